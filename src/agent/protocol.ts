@@ -1,0 +1,138 @@
+/**
+ * The snapshot agent protocol, version 1 (shared/design/agent-protocol.md): the pieces both the agent and
+ * its client must agree on byte for byte. Nothing here does I/O.
+ */
+import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { z } from 'zod';
+
+export const AUTH_SCHEME = 'TCAB-HMAC-SHA256';
+/** Accepted clock skew between client and agent, in seconds, either way. */
+export const AUTH_WINDOW_SECONDS = 300;
+export const MAX_BODY_BYTES = 16 * 1024;
+export const SNAPSHOT_ID_RE = /^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$/;
+export const NONCE_RE = /^[A-Za-z0-9_-]{16,64}$/;
+export const EMPTY_SHA256 = createHash('sha256').update('').digest('hex');
+
+export const CompressionSchema = z.enum(['gzip', 'zstd', 'none']);
+export type Compression = z.infer<typeof CompressionSchema>;
+
+/** File name extension of an artifact for each compression. */
+export const COMPRESSION_EXT: Record<Compression, string> = { gzip: '.gz', zstd: '.zst', none: '' };
+
+const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
+
+export const SnapshotDescriptionSchema = z.object({
+  id: z.string().regex(SNAPSHOT_ID_RE, 'an agent snapshot id like 20261124T161300Z-3f9a1c2e'),
+  createdAt: z.string().datetime({ offset: true }),
+  database: z.object({
+    name: z.string().min(1),
+    sqliteVersion: z.string(),
+    pageSize: z.number().int().positive(),
+    pageCount: z.number().int().nonnegative(),
+    journalMode: z.string(),
+    userVersion: z.number().int(),
+    tables: z.record(z.string(), z.number().int().nonnegative()),
+  }),
+  integrity: z.string(),
+  snapshot: z.object({ bytes: z.number().int().nonnegative(), sha256: Sha256Hex }),
+  artifact: z.object({ bytes: z.number().int().nonnegative(), sha256: Sha256Hex, compression: CompressionSchema }),
+  timings: z.record(z.string(), z.number().nonnegative()),
+});
+export type SnapshotDescription = z.infer<typeof SnapshotDescriptionSchema>;
+
+export const AgentStatusSchema = z.object({
+  database: z.object({
+    name: z.string(),
+    bytes: z.number().int().nonnegative(),
+    pageSize: z.number().int().positive(),
+    journalMode: z.string(),
+    tables: z.record(z.string(), z.number().int().nonnegative()),
+    /** Newest `published_at` of runs (ISO time), or null when there are none. */
+    newestPublishedAt: z.string().nullable(),
+  }),
+  staging: z.object({ freeBytes: z.number().int().nonnegative(), snapshots: z.number().int().nonnegative() }),
+  agent: z.object({ version: z.string(), compressions: z.array(CompressionSchema) }),
+});
+export type AgentStatus = z.infer<typeof AgentStatusSchema>;
+
+export const CreateSnapshotBodySchema = z
+  .object({ compression: CompressionSchema.optional() })
+  .strict();
+
+export function sha256Hex(data: string | Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+export function stringToSign(method: string, pathAndQuery: string, ts: number | string, nonce: string, bodySha256Hex: string): string {
+  return [AUTH_SCHEME, method.toUpperCase(), pathAndQuery, String(ts), nonce, bodySha256Hex].join('\n');
+}
+
+export function computeSignature(secret: string, toSign: string): string {
+  return createHmac('sha256', Buffer.from(secret, 'utf8')).update(toSign, 'utf8').digest('hex');
+}
+
+export function newNonce(): string {
+  return randomBytes(24).toString('base64url');
+}
+
+/** The Authorization header value for one request. `body` is the exact bytes sent (empty for none). */
+export function signRequest(args: {
+  keyId: string;
+  secret: string;
+  method: string;
+  pathAndQuery: string;
+  body?: string | Buffer;
+  ts?: number;
+  nonce?: string;
+}): string {
+  const ts = args.ts ?? Math.floor(Date.now() / 1000);
+  const nonce = args.nonce ?? newNonce();
+  const bodyHash = args.body && args.body.length > 0 ? sha256Hex(args.body) : EMPTY_SHA256;
+  const sig = computeSignature(args.secret, stringToSign(args.method, args.pathAndQuery, ts, nonce, bodyHash));
+  return `${AUTH_SCHEME} keyId=${args.keyId},ts=${ts},nonce=${nonce},sig=${sig}`;
+}
+
+export interface ParsedAuthorization {
+  keyId: string;
+  ts: number;
+  nonce: string;
+  sig: string;
+}
+
+/** Parses the header; null when it is not a well-formed TCAB-HMAC-SHA256 header (the caller answers 401). */
+export function parseAuthorization(header: string | undefined): ParsedAuthorization | null {
+  if (!header || !header.startsWith(AUTH_SCHEME + ' ')) return null;
+  const params = new Map<string, string>();
+  for (const part of header.slice(AUTH_SCHEME.length + 1).split(',')) {
+    const eq = part.indexOf('=');
+    if (eq <= 0) return null;
+    const k = part.slice(0, eq).trim();
+    if (params.has(k)) return null;
+    params.set(k, part.slice(eq + 1).trim());
+  }
+  const keyId = params.get('keyId');
+  const tsText = params.get('ts');
+  const nonce = params.get('nonce');
+  const sig = params.get('sig');
+  if (!keyId || !tsText || !nonce || !sig || params.size !== 4) return null;
+  if (!/^[0-9]{1,12}$/.test(tsText) || !NONCE_RE.test(nonce) || !/^[0-9a-f]{64}$/.test(sig)) return null;
+  return { keyId, ts: Number(tsText), nonce, sig };
+}
+
+/** Constant-time comparison of two hex signatures. */
+export function signaturesEqual(a: string, b: string): boolean {
+  const ba = Buffer.from(a, 'hex');
+  const bb = Buffer.from(b, 'hex');
+  return ba.length === bb.length && ba.length > 0 && timingSafeEqual(ba, bb);
+}
+
+/** Parses `TCAB_AGENT_KEYS` style lists: `id=secret,id2=secret2`. Secrets may contain '=' but not ','. */
+export function parseKeyList(text: string): Map<string, string> {
+  const keys = new Map<string, string>();
+  for (const entry of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const eq = entry.indexOf('=');
+    if (eq <= 0 || eq === entry.length - 1) throw new Error(`entry "${entry.slice(0, Math.max(eq, 0))}=…" is not id=secret`);
+    keys.set(entry.slice(0, eq), entry.slice(eq + 1));
+  }
+  return keys;
+}

@@ -1,0 +1,79 @@
+/**
+ * Where things live on a target (architecture.md, "On storage"), relative to the target's prefix:
+ *
+ *   snapshots/<database>/<YYYY>/<MM>/<DD>/<id>.sqlite.<gz|zst>   the artifact, exactly as the agent made it
+ *   snapshots/<database>/<YYYY>/<MM>/<DD>/<id>.json              the manifest: written last, deleted first
+ *   drills/<database>/<drill id>.json                            drill records
+ *   status/<database>.json                                       the latest health summary
+ *
+ * The date folders come from the snapshot id (its creation time, UTC), so every key is derived from the id.
+ */
+import { COMPRESSION_EXT, SNAPSHOT_ID_RE, type Compression } from '../agent/protocol.js';
+
+export const DATABASE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+function checkDatabase(database: string): void {
+  if (!DATABASE_NAME_RE.test(database)) throw new Error(`database name "${database}" must be lower-case letters, digits, '_' and '-'`);
+}
+
+function checkId(id: string): void {
+  if (!SNAPSHOT_ID_RE.test(id)) throw new Error(`"${id}" is not a snapshot id (expected like 20261124T161300Z-3f9a1c2e)`);
+}
+
+export function snapshotsPrefix(database: string): string {
+  checkDatabase(database);
+  return `snapshots/${database}/`;
+}
+
+function snapshotFolder(database: string, id: string): string {
+  checkId(id);
+  return `${snapshotsPrefix(database)}${id.slice(0, 4)}/${id.slice(4, 6)}/${id.slice(6, 8)}/`;
+}
+
+export function artifactKey(database: string, id: string, compression: Compression): string {
+  return `${snapshotFolder(database, id)}${id}.sqlite${COMPRESSION_EXT[compression]}`;
+}
+
+export function manifestKey(database: string, id: string): string {
+  return `${snapshotFolder(database, id)}${id}.json`;
+}
+
+export function drillKey(database: string, drillId: string): string {
+  checkDatabase(database);
+  if (!/^[A-Za-z0-9_.-]{1,128}$/.test(drillId) || drillId.includes('..')) throw new Error(`"${drillId}" is not a drill id`);
+  return `drills/${database}/${drillId}.json`;
+}
+
+export function drillsPrefix(database: string): string {
+  checkDatabase(database);
+  return `drills/${database}/`;
+}
+
+export function statusKey(database: string): string {
+  checkDatabase(database);
+  return `status/${database}.json`;
+}
+
+const MANIFEST_KEY_RE = /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.json$/;
+const ARTIFACT_KEY_RE = /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.sqlite(\.gz|\.zst)?$/;
+
+/** The snapshot id of a manifest key, or null when the key is not a manifest. */
+export function parseManifestKey(key: string): { database: string; id: string } | null {
+  const m = MANIFEST_KEY_RE.exec(key);
+  if (!m || m[5]!.slice(0, 8) !== `${m[2]}${m[3]}${m[4]}`) return null;
+  return { database: m[1]!, id: m[5]! };
+}
+
+/** The snapshot id of an artifact key, or null when the key is not an artifact. */
+export function parseArtifactKey(key: string): { database: string; id: string } | null {
+  const m = ARTIFACT_KEY_RE.exec(key);
+  if (!m || m[5]!.slice(0, 8) !== `${m[2]}${m[3]}${m[4]}`) return null;
+  return { database: m[1]!, id: m[5]! };
+}
+
+/** The creation time encoded in a snapshot id (second precision, UTC). */
+export function idTime(id: string): Date {
+  checkId(id);
+  const iso = `${id.slice(0, 4)}-${id.slice(4, 6)}-${id.slice(6, 8)}T${id.slice(9, 11)}:${id.slice(11, 13)}:${id.slice(13, 15)}Z`;
+  return new Date(iso);
+}

@@ -1,0 +1,306 @@
+/**
+ * Every setting, validated once with zod. Settings are environment variables (Function App settings,
+ * `local.settings.json` locally, the agent's environment file on the VM). A missing or invalid setting
+ * fails fast with a ConfigError naming each variable and what it expects.
+ *
+ * SETTINGS is the catalogue: the README's configuration reference and the infra checks read it, so a
+ * setting added here without docs or without an app setting in infra/ fails a test.
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+import { registerSecret } from './log.js';
+import { CompressionSchema, parseKeyList } from './agent/protocol.js';
+import { DATABASE_NAME_RE } from './catalog/layout.js';
+import { credentialVariable, isLoopbackHost, parseTargetList, type TargetSpec } from './targets/spec.js';
+import { parseDurationMs } from './util/duration.js';
+
+export type Env = Record<string, string | undefined>;
+
+export interface SettingDoc {
+  name: string;
+  /** Who reads it: the function app / CLI ('backup') or the snapshot agent on the VM ('agent'). */
+  side: 'backup' | 'agent';
+  /** Must be set for the Function App to start (infra/ must set it). */
+  requiredInAzure: boolean;
+  secret: boolean;
+  default?: string;
+  description: string;
+}
+
+export const SETTINGS: SettingDoc[] = [
+  { name: 'TCAB_BACKUP_TARGETS', side: 'backup', requiredInAzure: true, secret: false,
+    description: 'Comma-separated name=url list of targets, e.g. blob=azblob://stbak/tcab,r2=r2://<account-id>/tcab. Schemes: file://, azblob://, r2://, s3://...?endpoint=&region=.' },
+  { name: 'TCAB_BACKUP_TARGET_<NAME>_CONNECTION_STRING', side: 'backup', requiredInAzure: false, secret: true,
+    description: 'azblob targets only, local runs only: a connection string (Azurite: UseDevelopmentStorage=true). In Azure leave it unset: the managed identity (AZURE_CLIENT_ID) is used.' },
+  { name: 'TCAB_BACKUP_TARGET_<NAME>_ACCESS_KEY_ID', side: 'backup', requiredInAzure: false, secret: true,
+    description: 'r2/s3 targets: the access key id (an R2 API token scoped to the bucket). A Key Vault reference in Azure.' },
+  { name: 'TCAB_BACKUP_TARGET_<NAME>_SECRET_ACCESS_KEY', side: 'backup', requiredInAzure: false, secret: true,
+    description: 'r2/s3 targets: the secret access key. A Key Vault reference in Azure.' },
+  { name: 'TCAB_BACKUP_DATABASE', side: 'backup', requiredInAzure: false, secret: false, default: 'tcab',
+    description: 'Database name used in storage keys (snapshots/<database>/...). Must match the agent\'s TCAB_AGENT_DATABASE_NAME.' },
+  { name: 'TCAB_BACKUP_AGENT_URL', side: 'backup', requiredInAzure: true, secret: false,
+    description: 'Base URL of the snapshot agent, e.g. https://10.0.1.4:8787. Plain http only for loopback.' },
+  { name: 'TCAB_BACKUP_AGENT_KEY_ID', side: 'backup', requiredInAzure: true, secret: false,
+    description: 'Key id the functions sign agent requests with (one of the ids in the agent\'s TCAB_AGENT_KEYS).' },
+  { name: 'TCAB_BACKUP_AGENT_KEY', side: 'backup', requiredInAzure: true, secret: true,
+    description: 'HMAC secret for that key id, at least 32 characters (64 hex characters recommended). A Key Vault reference in Azure.' },
+  { name: 'TCAB_BACKUP_AGENT_CA', side: 'backup', requiredInAzure: false, secret: false,
+    description: 'PEM (inline or a file path) of the CA that signed the agent\'s TLS certificate, when it is not publicly trusted.' },
+  { name: 'TCAB_BACKUP_AGENT_TIMEOUT', side: 'backup', requiredInAzure: false, secret: false, default: '10m',
+    description: 'How long to wait for the agent to make one snapshot (VACUUM INTO, check, compress).' },
+  { name: 'TCAB_BACKUP_COMPRESSION', side: 'backup', requiredInAzure: false, secret: false, default: 'auto',
+    description: 'Compression asked of the agent: auto (the agent\'s best: zstd, else gzip), zstd, gzip or none.' },
+  { name: 'TCAB_BACKUP_SNAPSHOT_SCHEDULE', side: 'backup', requiredInAzure: true, secret: false, default: '0 0 * * * *',
+    description: 'NCRONTAB (six fields, UTC) of the timer-triggered snapshot. Default hourly.' },
+  { name: 'TCAB_AGENT_DB', side: 'agent', requiredInAzure: false, secret: false,
+    description: 'Path of the backend\'s SQLite database (read access is enough).' },
+  { name: 'TCAB_AGENT_STAGING', side: 'agent', requiredInAzure: false, secret: false,
+    description: 'Private staging folder on the same disk, writable by the agent only. Needs about 1.2 x the database size free.' },
+  { name: 'TCAB_AGENT_LISTEN', side: 'agent', requiredInAzure: false, secret: false, default: '127.0.0.1:8787',
+    description: 'host:port to listen on. A non-loopback address requires TLS (TCAB_AGENT_TLS_CERT and TCAB_AGENT_TLS_KEY).' },
+  { name: 'TCAB_AGENT_KEYS', side: 'agent', requiredInAzure: false, secret: true,
+    description: 'Accepted HMAC keys, id=secret,id2=secret2 (several during rotation). Each secret at least 32 characters.' },
+  { name: 'TCAB_AGENT_TLS_CERT', side: 'agent', requiredInAzure: false, secret: false,
+    description: 'Path of the PEM certificate (chain) to serve HTTPS with.' },
+  { name: 'TCAB_AGENT_TLS_KEY', side: 'agent', requiredInAzure: false, secret: false,
+    description: 'Path of the PEM private key for TCAB_AGENT_TLS_CERT.' },
+  { name: 'TCAB_AGENT_DATABASE_NAME', side: 'agent', requiredInAzure: false, secret: false, default: 'tcab',
+    description: 'Database name reported in snapshot descriptions.' },
+  { name: 'TCAB_AGENT_COMPRESSION', side: 'agent', requiredInAzure: false, secret: false, default: 'auto',
+    description: 'Default compression when a request names none: auto (zstd when available, else gzip), zstd, gzip or none.' },
+  { name: 'TCAB_AGENT_STAGING_TTL', side: 'agent', requiredInAzure: false, secret: false, default: '1h',
+    description: 'Staged snapshots are removed after this long even when no DELETE comes.' },
+];
+
+const MIN_SECRET_CHARS = 32;
+
+/** Collects every problem instead of stopping at the first, so one run shows all that is wrong. */
+class Problems {
+  readonly list: string[] = [];
+  add(name: string, message: string): void {
+    this.list.push(`${name}: ${message}`);
+  }
+  throwIfAny(): void {
+    if (this.list.length) throw new ConfigError(this.list);
+  }
+}
+
+function read<T>(env: Env, problems: Problems, name: string, schema: z.ZodType<T>, fallback?: string): T | undefined {
+  const raw = env[name]?.trim() || fallback;
+  const result = schema.safeParse(raw);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const what = raw === undefined ? 'is not set' : `"${redactIfSecret(name, raw)}" is invalid`;
+  problems.add(name, `${what}: ${issue?.message ?? 'invalid'}`);
+  return undefined;
+}
+
+function redactIfSecret(name: string, raw: string): string {
+  return SETTINGS.find((s) => s.name === name)?.secret || /KEY|SECRET|CONNECTION/.test(name) ? '***' : raw;
+}
+
+const durationMs = (what: string) =>
+  z.string({ message: `expected ${what}` }).transform((s, ctx) => {
+    try {
+      return parseDurationMs(s);
+    } catch (e) {
+      ctx.addIssue({ code: 'custom', message: (e as Error).message });
+      return z.NEVER;
+    }
+  });
+
+const NCRONTAB = z
+  .string({ message: 'expected an NCRONTAB expression with six fields (second minute hour day month weekday)' })
+  .refine((s) => s.trim().split(/\s+/).length === 6, 'expected six fields: second minute hour day month weekday (e.g. "0 0 * * * *")');
+
+function httpUrl(requireTlsOffLoopback: boolean) {
+  return z.string({ message: 'expected an http(s) URL' }).transform((s, ctx) => {
+    let u: URL;
+    try {
+      u = new URL(s);
+    } catch {
+      ctx.addIssue({ code: 'custom', message: 'expected an http(s) URL like https://10.0.1.4:8787' });
+      return z.NEVER;
+    }
+    if (u.protocol !== 'https:' && u.protocol !== 'http:') {
+      ctx.addIssue({ code: 'custom', message: `expected http or https, got ${u.protocol}` });
+      return z.NEVER;
+    }
+    if (requireTlsOffLoopback && u.protocol === 'http:' && !isLoopbackHost(u.hostname)) {
+      ctx.addIssue({ code: 'custom', message: 'plain http is only allowed to a loopback agent; use https' });
+      return z.NEVER;
+    }
+    if (u.username || u.password) {
+      ctx.addIssue({ code: 'custom', message: 'credentials may not be written in the URL' });
+      return z.NEVER;
+    }
+    return u;
+  });
+}
+
+const secretString = z.string({ message: 'is required' }).min(MIN_SECRET_CHARS, `must be at least ${MIN_SECRET_CHARS} characters (generate 64 hex characters)`);
+
+export interface TargetsConfig {
+  database: string;
+  targets: TargetSpec[];
+}
+
+export interface AgentClientConfig {
+  url: URL;
+  keyId: string;
+  key: string;
+  ca: string | undefined;
+  timeoutMs: number;
+  compression: 'auto' | 'gzip' | 'zstd' | 'none';
+}
+
+export interface BackupConfig extends TargetsConfig {
+  agent: AgentClientConfig;
+  snapshotSchedule: string;
+}
+
+export function loadTargetsConfig(env: Env = process.env): TargetsConfig {
+  const problems = new Problems();
+  const database = read(env, problems, 'TCAB_BACKUP_DATABASE', z.string().regex(DATABASE_NAME_RE, "lower-case letters, digits, '_' and '-'"), 'tcab');
+  let targets: TargetSpec[] = [];
+  const rawTargets = env.TCAB_BACKUP_TARGETS?.trim();
+  if (!rawTargets) {
+    problems.add('TCAB_BACKUP_TARGETS', 'is not set: expected name=url[,name=url...], e.g. local=file:///var/backups/tcab');
+  } else {
+    try {
+      targets = parseTargetList(rawTargets, (name) => {
+        const creds = {
+          connectionString: env[credentialVariable(name, 'CONNECTION_STRING')]?.trim() || undefined,
+          accessKeyId: env[credentialVariable(name, 'ACCESS_KEY_ID')]?.trim() || undefined,
+          secretAccessKey: env[credentialVariable(name, 'SECRET_ACCESS_KEY')]?.trim() || undefined,
+        };
+        registerSecret(creds.connectionString);
+        registerSecret(creds.secretAccessKey);
+        return creds;
+      });
+    } catch (e) {
+      problems.add('TCAB_BACKUP_TARGETS', (e as Error).message);
+    }
+    for (const t of targets) {
+      if (t.kind === 's3' && Boolean(t.accessKeyId) !== Boolean(t.secretAccessKey)) {
+        problems.add(credentialVariable(t.name, t.accessKeyId ? 'SECRET_ACCESS_KEY' : 'ACCESS_KEY_ID'),
+          `is not set, but its pair is: target "${t.name}" needs both the access key id and the secret`);
+      }
+    }
+  }
+  problems.throwIfAny();
+  return { database: database!, targets };
+}
+
+export function loadAgentClientConfig(env: Env = process.env): AgentClientConfig {
+  const problems = new Problems();
+  const url = read(env, problems, 'TCAB_BACKUP_AGENT_URL', httpUrl(true));
+  const keyId = read(env, problems, 'TCAB_BACKUP_AGENT_KEY_ID', z.string({ message: 'is required' }).regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, "_", "." and "-"'));
+  const key = read(env, problems, 'TCAB_BACKUP_AGENT_KEY', secretString);
+  registerSecret(key);
+  let ca: string | undefined;
+  const rawCa = env.TCAB_BACKUP_AGENT_CA?.trim();
+  if (rawCa) {
+    if (rawCa.includes('-----BEGIN')) ca = rawCa;
+    else {
+      try {
+        ca = readFileSync(rawCa, 'utf8');
+      } catch (e) {
+        problems.add('TCAB_BACKUP_AGENT_CA', `cannot read "${rawCa}": ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      }
+    }
+  }
+  const timeoutMs = read(env, problems, 'TCAB_BACKUP_AGENT_TIMEOUT', durationMs('a duration like 10m'), '10m');
+  const compression = read(env, problems, 'TCAB_BACKUP_COMPRESSION', z.enum(['auto', ...CompressionSchema.options], { message: 'expected auto, zstd, gzip or none' }), 'auto');
+  problems.throwIfAny();
+  return { url: url!, keyId: keyId!, key: key!, ca, timeoutMs: timeoutMs!, compression: compression! };
+}
+
+/** Everything the Function App needs; validated at once so a bad deployment fails on its first invocation. */
+export function loadBackupConfig(env: Env = process.env): BackupConfig {
+  const problems: string[] = [];
+  let targets: TargetsConfig | undefined;
+  let agent: AgentClientConfig | undefined;
+  try {
+    targets = loadTargetsConfig(env);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    problems.push(...e.problems);
+  }
+  try {
+    agent = loadAgentClientConfig(env);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    problems.push(...e.problems);
+  }
+  const p = new Problems();
+  const snapshotSchedule = read(env, p, 'TCAB_BACKUP_SNAPSHOT_SCHEDULE', NCRONTAB, '0 0 * * * *');
+  problems.push(...p.list);
+  if (problems.length) throw new ConfigError(problems);
+  return { ...targets!, agent: agent!, snapshotSchedule: snapshotSchedule! };
+}
+
+export interface AgentConfig {
+  dbPath: string;
+  stagingDir: string;
+  host: string;
+  port: number;
+  keys: Map<string, string>;
+  tls: { cert: string; key: string } | undefined;
+  databaseName: string;
+  compression: 'auto' | 'gzip' | 'zstd' | 'none';
+  stagingTtlMs: number;
+}
+
+export function loadAgentConfig(env: Env = process.env): AgentConfig {
+  const problems = new Problems();
+  const dbPath = read(env, problems, 'TCAB_AGENT_DB', z.string({ message: 'is required: the path of the SQLite database' }).min(1));
+  const stagingDir = read(env, problems, 'TCAB_AGENT_STAGING', z.string({ message: 'is required: a private staging folder' }).min(1));
+  const listen = read(env, problems, 'TCAB_AGENT_LISTEN',
+    z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:8787 or [::1]:8787'), '127.0.0.1:8787');
+  let keys: Map<string, string> | undefined;
+  const rawKeys = env.TCAB_AGENT_KEYS?.trim();
+  if (!rawKeys) problems.add('TCAB_AGENT_KEYS', 'is not set: expected id=secret[,id=secret...]');
+  else {
+    try {
+      keys = parseKeyList(rawKeys);
+      for (const [id, secret] of keys) {
+        registerSecret(secret);
+        if (!/^[A-Za-z0-9_.-]{1,64}$/.test(id)) problems.add('TCAB_AGENT_KEYS', `key id "${id}" must be letters, digits, "_", "." and "-"`);
+        if (secret.length < MIN_SECRET_CHARS) problems.add('TCAB_AGENT_KEYS', `the secret of key "${id}" is shorter than ${MIN_SECRET_CHARS} characters`);
+      }
+      if (keys.size === 0) problems.add('TCAB_AGENT_KEYS', 'holds no key');
+    } catch (e) {
+      problems.add('TCAB_AGENT_KEYS', (e as Error).message);
+    }
+  }
+  const certPath = env.TCAB_AGENT_TLS_CERT?.trim();
+  const keyPath = env.TCAB_AGENT_TLS_KEY?.trim();
+  let tls: AgentConfig['tls'];
+  if (Boolean(certPath) !== Boolean(keyPath)) {
+    problems.add(certPath ? 'TCAB_AGENT_TLS_KEY' : 'TCAB_AGENT_TLS_CERT', 'is not set, but its pair is: TLS needs both the certificate and the key');
+  } else if (certPath && keyPath) {
+    try {
+      tls = { cert: readFileSync(certPath, 'utf8'), key: readFileSync(keyPath, 'utf8') };
+    } catch (e) {
+      problems.add('TCAB_AGENT_TLS_CERT', `cannot read the certificate or key: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+  let host = '127.0.0.1';
+  let port = 8787;
+  if (listen) {
+    const idx = listen.lastIndexOf(':');
+    host = listen.slice(0, idx).replace(/^\[|\]$/g, '');
+    port = Number(listen.slice(idx + 1));
+    if (port > 65535) problems.add('TCAB_AGENT_LISTEN', `port ${port} is out of range`);
+    if (!tls && !isLoopbackHost(host)) {
+      problems.add('TCAB_AGENT_LISTEN', `"${listen}" is not a loopback address, and plain HTTP is only allowed on loopback: set TCAB_AGENT_TLS_CERT and TCAB_AGENT_TLS_KEY`);
+    }
+  }
+  const databaseName = read(env, problems, 'TCAB_AGENT_DATABASE_NAME', z.string().regex(DATABASE_NAME_RE, "lower-case letters, digits, '_' and '-'"), 'tcab');
+  const compression = read(env, problems, 'TCAB_AGENT_COMPRESSION', z.enum(['auto', ...CompressionSchema.options], { message: 'expected auto, zstd, gzip or none' }), 'auto');
+  const stagingTtlMs = read(env, problems, 'TCAB_AGENT_STAGING_TTL', durationMs('a duration like 1h'), '1h');
+  problems.throwIfAny();
+  return { dbPath: dbPath!, stagingDir: stagingDir!, host, port, keys: keys!, tls, databaseName: databaseName!, compression: compression!, stagingTtlMs: stagingTtlMs! };
+}

@@ -1,0 +1,83 @@
+/**
+ * The storage interface every backend implements (file://, azblob://, r2:// and s3://).
+ *
+ * Core logic (snapshot, replicate, prune, verify, drill) sees only this interface and never imports a
+ * backend. Every method takes an AbortSignal, streams instead of buffering, converts the backend's
+ * "not found" to NotFoundError at its edge, and returns errors instead of logging them.
+ * Retries for throttling, 5xx and connection resets live in one wrapper (retry.ts), not in backends.
+ */
+import type { Readable } from 'node:stream';
+
+export interface ObjectInfo {
+  /** Key relative to the target's prefix, '/'-separated, never starting with '/'. */
+  key: string;
+  size: number;
+  lastModified: Date;
+  /** Opaque version token usable with `ifMatch`. */
+  etag: string;
+}
+
+export interface PutOptions {
+  signal?: AbortSignal;
+  /** Known length of the body, when the caller has it (lets backends pick part sizes). */
+  contentLength?: number;
+  contentType?: string;
+  /** Write only if the current object's etag equals this (optimistic concurrency). */
+  ifMatch?: string;
+  /** Write only if no object exists at the key. */
+  ifNoneMatch?: '*';
+}
+
+export interface PutResult {
+  etag: string;
+  size: number;
+}
+
+export interface GetOptions {
+  signal?: AbortSignal;
+  /** Inclusive byte range. */
+  range?: { start: number; end?: number };
+}
+
+export interface GetResult {
+  body: Readable;
+  /** Size of the whole object (not of the range). */
+  size: number;
+  etag: string;
+}
+
+export interface Target {
+  /** The operator's name for this target (from TCAB_BACKUP_TARGETS). */
+  readonly name: string;
+  /** The target URL with any credential removed; safe to log. */
+  readonly url: string;
+
+  /**
+   * Streams `body` to `key`. The object becomes visible only when complete: a body that errors or an abort
+   * leaves no object and no partial object at `key` (temporary files and incomplete uploads are removed
+   * where the backend allows). Overwrites unless `ifNoneMatch`/`ifMatch` say otherwise, in which case a
+   * losing write throws PreconditionFailedError.
+   */
+  put(key: string, body: Readable, options?: PutOptions): Promise<PutResult>;
+
+  /** Opens the object for reading. Throws NotFoundError when it does not exist. */
+  get(key: string, options?: GetOptions): Promise<GetResult>;
+
+  /** Size, time and etag of one object. Throws NotFoundError when it does not exist. */
+  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo>;
+
+  /**
+   * Every object whose key starts with `prefix`, in lexicographic key order, paging through the backend.
+   * A failure on any page throws: callers that act on a listing (retention) must never see a partial one.
+   */
+  list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo>;
+
+  /** Removes the object. Idempotent: deleting a missing key succeeds. */
+  delete(key: string, options?: { signal?: AbortSignal }): Promise<void>;
+
+  /**
+   * Incomplete multipart uploads (or their backend's equivalent) older than `olderThan`, removed.
+   * Returns how many were removed; backends without such a thing return 0.
+   */
+  abortStaleUploads?(olderThan: Date, options?: { signal?: AbortSignal }): Promise<number>;
+}
