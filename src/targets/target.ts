@@ -53,12 +53,13 @@ export interface Target {
   readonly url: string;
 
   /**
-   * Streams `body` to `key`. The object becomes visible only when complete: a body that errors or an abort
-   * leaves no object and no partial object at `key` (temporary files and incomplete uploads are removed
-   * where the backend allows). Overwrites unless `ifNoneMatch`/`ifMatch` say otherwise, in which case a
-   * losing write throws PreconditionFailedError.
+   * Writes `body` to `key`, streaming a Readable. The object becomes visible only when complete: a body that
+   * errors or an abort leaves no object and no partial object at `key` (temporary files and incomplete
+   * uploads are removed where the backend allows). Overwrites unless `ifNoneMatch`/`ifMatch` say otherwise,
+   * in which case a losing write throws PreconditionFailedError. A Buffer body (small documents such as
+   * manifests) can be retried by the retry wrapper; a stream cannot be replayed, so it is not.
    */
-  put(key: string, body: Readable, options?: PutOptions): Promise<PutResult>;
+  put(key: string, body: Readable | Buffer, options?: PutOptions): Promise<PutResult>;
 
   /** Opens the object for reading. Throws NotFoundError when it does not exist. */
   get(key: string, options?: GetOptions): Promise<GetResult>;
