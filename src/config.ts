@@ -71,6 +71,14 @@ export const SETTINGS: SettingDoc[] = [
     description: 'Default compression when a request names none: auto (zstd when available, else gzip), zstd, gzip or none.' },
   { name: 'TCAB_AGENT_STAGING_TTL', side: 'agent', requiredInAzure: false, secret: false, default: '1h',
     description: 'Staged snapshots are removed after this long even when no DELETE comes.' },
+  { name: 'TCAB_BACKUP_RETENTION_<NAME>', side: 'backup', requiredInAzure: false, secret: false, default: 'hourly=48,daily=14,weekly=8,monthly=12,yearly=-1',
+    description: 'Retention policy of one target (restic forget semantics, UTC), comma-separated rules: last, hourly, daily, weekly (ISO weeks), monthly, yearly = a count or -1 (unlimited); within, withinHourly, withinDaily, withinWeekly, withinMonthly, withinYearly = a duration in y, m (months), d, h like 1y2m3d4h, measured back from the newest snapshot; tags = tag lists separated by ";", tags of one list joined by "+" (pinned;release+v1 keeps snapshots tagged pinned, or tagged both release and v1). E.g. last=3,hourly=24,daily=14,weekly=8,monthly=12,yearly=-1.' },
+  { name: 'TCAB_BACKUP_RETENTION_MIN_KEEP', side: 'backup', requiredInAzure: false, secret: false, default: '3',
+    description: 'Safety rail: prune always keeps at least this many of the newest snapshots of each target, whatever the policy says.' },
+  { name: 'TCAB_BACKUP_RETENTION_MIN_AGE', side: 'backup', requiredInAzure: false, secret: false, default: '1h',
+    description: 'Safety rail: prune never deletes a snapshot younger than this (e.g. 1h, 1d).' },
+  { name: 'TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE', side: 'backup', requiredInAzure: false, secret: false, default: '0.5',
+    description: 'Safety rail: a prune run that would delete more than this share (0 to 1) of a target\'s snapshots is refused unless forced (tcab-backup prune --force).' },
 ];
 
 const MIN_SECRET_CHARS = 32;
