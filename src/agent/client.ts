@@ -1,0 +1,362 @@
+/**
+ * The backup functions' side of the agent protocol. node:http/node:https rather than fetch, so a private CA
+ * (TCAB_BACKUP_AGENT_CA) applies to this client alone, and downloads stream with backpressure.
+ *
+ * Every request is signed with a fresh nonce. Errors name the agent by host and port only (never the key) and
+ * say what to check; 4xx answers other than 408/409/429 are marked permanent so retry wrappers give up at once.
+ */
+import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { Transform, type Readable } from 'node:stream';
+import { TcabError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import {
+  AgentStatusSchema,
+  SNAPSHOT_ID_RE,
+  signRequest,
+  SnapshotDescriptionSchema,
+  type AgentStatus,
+  type Compression,
+  type SnapshotDescription,
+} from './protocol.js';
+
+export interface AgentClientOptions {
+  url: URL | string;
+  keyId: string;
+  key: string;
+  /** PEM of the CA that signed the agent's certificate, when it is not publicly trusted. */
+  ca?: string;
+  /** Longest silence on the connection before giving up (a snapshot is one long silence); default 10 minutes. */
+  timeoutMs?: number;
+  logger?: Logger;
+}
+
+export class AgentError extends TcabError {
+  /** HTTP status, or undefined when no answer came (connection, TLS or timeout). */
+  readonly status: number | undefined;
+  readonly title: string | undefined;
+  readonly detail: string | undefined;
+  /** Path of the request, e.g. /v1/snapshots. */
+  readonly path: string;
+  readonly permanent: boolean;
+
+  constructor(message: string, options: { status?: number; title?: string; detail?: string; path: string; hint?: string; cause?: unknown; permanent?: boolean }) {
+    super(message, { hint: options.hint, cause: options.cause, code: options.status ? `AGENT_HTTP_${options.status}` : 'AGENT_UNREACHABLE' });
+    this.name = 'AgentError';
+    this.status = options.status;
+    this.title = options.title;
+    this.detail = options.detail;
+    this.path = options.path;
+    this.permanent = options.permanent ?? false;
+  }
+}
+
+/** 409: another snapshot is being made on the agent. */
+export class AgentBusyError extends AgentError {
+  readonly retryAfterSeconds: number;
+  constructor(message: string, options: ConstructorParameters<typeof AgentError>[1] & { retryAfterSeconds: number }) {
+    super(message, options);
+    this.name = 'AgentBusyError';
+    this.retryAfterSeconds = options.retryAfterSeconds;
+  }
+}
+
+const STATUS_HINTS: Record<number, string> = {
+  400: 'the request this client sent; the detail says what the agent refused',
+  401: "key id/secret mismatch (TCAB_BACKUP_AGENT_KEY_ID and TCAB_BACKUP_AGENT_KEY against the agent's TCAB_AGENT_KEYS) or clock skew > 300 s between function app and VM",
+  404: 'the snapshot may have expired on the agent (TCAB_AGENT_STAGING_TTL) or the agent restarted; make a new one',
+  409: 'another snapshot is being made; retry after Retry-After',
+  413: 'the request body is over 16 KiB',
+  416: 'the requested range lies outside the artifact',
+  500: "the agent's log on the VM (journalctl -u <agent unit>)",
+  507: 'free space in the staging folder on the VM (TCAB_AGENT_STAGING needs about 1.2 x the database size)',
+};
+
+const NETWORK_HINTS: Record<string, string> = {
+  ECONNREFUSED: 'is the agent running and reachable from the function app? (TCAB_BACKUP_AGENT_URL, the agent\'s TCAB_AGENT_LISTEN, VNet and NSG rules)',
+  ECONNRESET: 'the agent or a network device closed the connection: is the agent running, and does TCAB_BACKUP_AGENT_URL use the right scheme (http/https)?',
+  ENOTFOUND: 'the host name in TCAB_BACKUP_AGENT_URL does not resolve from the function app',
+  EHOSTUNREACH: 'is the agent reachable from the function app? (VNet integration, NSG rules)',
+  ETIMEDOUT: 'is the agent reachable from the function app? (VNet integration, NSG rules, firewall on the VM)',
+  EPROTO: 'does TCAB_BACKUP_AGENT_URL use the right scheme? An https URL to a plain-http agent fails like this',
+};
+const TLS_HINT = "the agent's certificate: TCAB_BACKUP_AGENT_CA must hold the CA that signed it, and its subject alternative names must include the host in TCAB_BACKUP_AGENT_URL";
+const MAX_ANSWER_BYTES = 1024 * 1024;
+
+interface SendOptions {
+  body?: Buffer;
+  signal?: AbortSignal | undefined;
+  headers?: OutgoingHttpHeaders;
+  signed?: boolean;
+}
+
+interface Exchange {
+  res: IncomingMessage;
+  /** Detaches the abort listener and timeout once the caller is done with the response. */
+  done(): void;
+  /** Why the request was destroyed after its answer began (abort, timeout), if it was. */
+  failure(): Error | undefined;
+}
+
+export class AgentClient {
+  private readonly base: URL;
+  private readonly keyId: string;
+  private readonly key: string;
+  private readonly ca: string | undefined;
+  private readonly timeoutMs: number;
+  private readonly logger: Logger;
+  /** host:port, the only part of the agent's address that appears in errors and logs. */
+  readonly agent: string;
+
+  constructor(options: AgentClientOptions) {
+    this.base = new URL(String(options.url));
+    if (this.base.protocol !== 'http:' && this.base.protocol !== 'https:') {
+      throw new TcabError(`The agent URL must be http(s), got ${this.base.protocol}`, { hint: 'TCAB_BACKUP_AGENT_URL' });
+    }
+    this.keyId = options.keyId;
+    this.key = options.key;
+    this.ca = options.ca;
+    this.timeoutMs = options.timeoutMs ?? 10 * 60_000;
+    this.logger = options.logger ?? silentLogger;
+    this.agent = this.base.host;
+  }
+
+  async health(signal?: AbortSignal): Promise<void> {
+    const exchange = await this.send('GET', '/healthz', { signal, signed: false });
+    const text = await this.readAnswer('GET', '/healthz', exchange, 1024);
+    if (exchange.res.statusCode !== 200 || text !== 'ok') throw this.answerError('GET', '/healthz', exchange.res, text);
+  }
+
+  async createSnapshot(opts: { compression?: Compression; signal?: AbortSignal } = {}): Promise<SnapshotDescription> {
+    const path = '/v1/snapshots';
+    const body = Buffer.from(JSON.stringify(opts.compression ? { compression: opts.compression } : {}));
+    const started = Date.now();
+    const answer = await this.json('POST', path, { body, signal: opts.signal, headers: { 'Content-Type': 'application/json' } }, 201);
+    const parsed = SnapshotDescriptionSchema.safeParse(answer);
+    if (!parsed.success) throw this.contractError('POST', path, 'snapshot description', parsed.error.issues);
+    this.logger.info('agent.snapshot_created', { agent: this.agent, snapshot: parsed.data.id, ms: Date.now() - started });
+    return parsed.data;
+  }
+
+  /**
+   * Streams a staged artifact. `bytes` is the length of what `body` will yield (the range's, for a range);
+   * `etag` is the artifact's sha256 in hex. The body errors (never ends cleanly) if the connection is cut.
+   */
+  async openSnapshot(
+    id: string,
+    opts: { signal?: AbortSignal; range?: { start: number; end?: number } } = {},
+  ): Promise<{ body: Readable; bytes: number; etag: string }> {
+    const path = this.snapshotPath(id);
+    const headers: OutgoingHttpHeaders = {};
+    if (opts.range) headers.Range = `bytes=${opts.range.start}-${opts.range.end ?? ''}`;
+    const exchange = await this.send('GET', path, { signal: opts.signal, headers });
+    const { res, done } = exchange;
+    const status = res.statusCode ?? 0;
+    const wholeFromStart = opts.range && opts.range.start === 0 && opts.range.end === undefined;
+    if (status !== 200 && status !== 206) {
+      const text = await this.readAnswer('GET', path, exchange, MAX_ANSWER_BYTES);
+      throw this.answerError('GET', path, res, text, id);
+    }
+    if (status === 200 && opts.range && !wholeFromStart) {
+      res.destroy();
+      done();
+      throw new AgentError(`Snapshot agent at ${this.agent}: GET ${path} ignored the Range header and sent the whole artifact`, {
+        status, path, permanent: true, hint: 'the agent version: protocol v1 agents answer a Range with 206',
+      });
+    }
+    const etag = /^"([0-9a-f]{64})"$/.exec(String(res.headers.etag ?? ''))?.[1];
+    const bytes = Number(res.headers['content-length']);
+    if (!etag || !Number.isSafeInteger(bytes)) {
+      res.destroy();
+      done();
+      throw this.contractError('GET', path, 'download', [{ message: 'missing ETag "<sha256>" or Content-Length' }]);
+    }
+    let received = 0;
+    const agent = this.agent;
+    const counter = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        received += chunk.length;
+        cb(null, chunk);
+      },
+      flush(cb) {
+        if (received === bytes) return cb();
+        cb(new AgentError(`Snapshot agent at ${agent}: download of snapshot ${id} ended after ${received} of ${bytes} bytes`, { path, hint: 'the agent or the network; retry the download' }));
+      },
+    });
+    // Wired by hand rather than with pipeline(), so the consumer sees why the download stopped, not a bare "aborted".
+    res.pipe(counter);
+    res.on('close', () => {
+      if (res.complete) return;
+      counter.destroy(exchange.failure() ?? new AgentError(`Snapshot agent at ${agent}: download of snapshot ${id} was cut off after ${received} of ${bytes} bytes`, {
+        path, hint: 'is the agent still running? Retry the download',
+      }));
+    });
+    counter.on('close', () => {
+      if (!res.complete) res.destroy();
+      done();
+    });
+    return { body: counter, bytes, etag };
+  }
+
+  /** Removes a staged snapshot. A snapshot that is already gone is fine. */
+  async deleteSnapshot(id: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const path = this.snapshotPath(id);
+    const exchange = await this.send('DELETE', path, { signal: opts.signal });
+    const text = await this.readAnswer('DELETE', path, exchange, MAX_ANSWER_BYTES);
+    const status = exchange.res.statusCode;
+    if (status !== 204 && status !== 404) throw this.answerError('DELETE', path, exchange.res, text, id);
+  }
+
+  async status(opts: { signal?: AbortSignal } = {}): Promise<AgentStatus> {
+    const path = '/v1/status';
+    const answer = await this.json('GET', path, { signal: opts.signal }, 200);
+    const parsed = AgentStatusSchema.safeParse(answer);
+    if (!parsed.success) throw this.contractError('GET', path, 'status', parsed.error.issues);
+    return parsed.data;
+  }
+
+  private snapshotPath(id: string): string {
+    if (!SNAPSHOT_ID_RE.test(id)) {
+      throw new AgentError(`"${id}" is not a snapshot id (expected like 20261124T161300Z-3f9a1c2e)`, { path: '/v1/snapshots/{id}', permanent: true });
+    }
+    return `/v1/snapshots/${id}`;
+  }
+
+  private async json(method: string, path: string, options: SendOptions, expected: number): Promise<unknown> {
+    const exchange = await this.send(method, path, options);
+    const text = await this.readAnswer(method, path, exchange, MAX_ANSWER_BYTES);
+    if (exchange.res.statusCode !== expected) throw this.answerError(method, path, exchange.res, text);
+    try {
+      return JSON.parse(text);
+    } catch {
+      throw this.contractError(method, path, 'answer', [{ message: 'the body is not JSON' }]);
+    }
+  }
+
+  /** The whole (small) answer body as text; a cut connection, abort or timeout while reading throws. */
+  private async readAnswer(method: string, path: string, exchange: Exchange, limit: number): Promise<string> {
+    try {
+      return (await readAll(exchange.res, limit)).toString('utf8');
+    } catch (err) {
+      throw exchange.failure() ?? this.networkError(method, path, err as Error);
+    } finally {
+      exchange.done();
+    }
+  }
+
+  /** Sends one request; resolves when the answer's headers have arrived. */
+  private send(method: string, path: string, options: SendOptions): Promise<Exchange> {
+    const signal = options.signal;
+    if (signal?.aborted) return Promise.reject(abortError(signal));
+    const fullPath = this.base.pathname.replace(/\/+$/, '') + path;
+    const body = options.body ?? Buffer.alloc(0);
+    const headers: OutgoingHttpHeaders = { ...options.headers, Accept: 'application/json, application/problem+json, */*' };
+    if (body.length > 0) headers['Content-Length'] = body.length;
+    if (options.signed !== false) {
+      headers.Authorization = signRequest({ keyId: this.keyId, secret: this.key, method, pathAndQuery: fullPath, body });
+    }
+    const https = this.base.protocol === 'https:';
+    const requestFn = https ? httpsRequest : httpRequest;
+    return new Promise<Exchange>((resolve, reject) => {
+      const req = requestFn({
+        protocol: this.base.protocol,
+        hostname: this.base.hostname.replace(/^\[|\]$/g, ''),
+        port: this.base.port || (https ? 443 : 80),
+        method,
+        path: fullPath,
+        headers,
+        agent: false,
+        ...(https && this.ca ? { ca: this.ca } : {}),
+      });
+      let settled = false;
+      let failure: Error | undefined;
+      const onAbort = () => req.destroy(abortError(signal!));
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const done = () => {
+        signal?.removeEventListener('abort', onAbort);
+        req.setTimeout(0);
+      };
+      req.setTimeout(this.timeoutMs, () => {
+        req.destroy(new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} got no answer within ${this.timeoutMs < 10_000 ? `${this.timeoutMs} ms` : `${Math.round(this.timeoutMs / 1000)} s`}`, {
+          path, hint: 'TCAB_BACKUP_AGENT_TIMEOUT, and whether the agent is overloaded or stuck (its log on the VM)',
+        }));
+      });
+      req.on('response', (res) => {
+        settled = true;
+        resolve({ res, done, failure: () => failure });
+      });
+      req.on('error', (err) => {
+        done();
+        failure = this.networkError(method, path, err);
+        if (!settled) {
+          settled = true;
+          reject(failure);
+        }
+      });
+      req.end(body);
+    });
+  }
+
+  private networkError(method: string, path: string, err: Error): Error {
+    if (err instanceof AgentError || (err as { name?: string }).name === 'AbortError') return err;
+    const code = (err as NodeJS.ErrnoException).code ?? '';
+    const tls = /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(code);
+    return new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} failed: ${code || err.message}`, {
+      path, cause: err, permanent: tls, hint: tls ? TLS_HINT : NETWORK_HINTS[code] ?? 'is the agent running and reachable from the function app?',
+    });
+  }
+
+  private answerError(method: string, path: string, res: IncomingMessage, text: string, id?: string): AgentError {
+    const status = res.statusCode ?? 0;
+    let problem: { title?: unknown; detail?: unknown } = {};
+    try {
+      problem = JSON.parse(text) as typeof problem;
+    } catch {
+      // not a problem document; the status alone has to do
+    }
+    const title = typeof problem.title === 'string' ? problem.title : res.statusMessage;
+    const detail = typeof problem.detail === 'string' ? problem.detail.slice(0, 500) : undefined;
+    const what = id && status === 404 ? `snapshot ${id} is not on the agent` : `${method} ${path} answered ${status}${title ? ` ${title}` : ''}`;
+    const options = {
+      status, title, detail, path, hint: STATUS_HINTS[status] ?? STATUS_HINTS[500],
+      permanent: status >= 400 && status < 500 && status !== 408 && status !== 409 && status !== 429,
+    };
+    const message = `Snapshot agent at ${this.agent}: ${what}${detail ? `: ${detail.replace(/\.$/, '')}` : ''}`;
+    if (status === 409) {
+      const retryAfterSeconds = Math.max(1, Number.parseInt(String(res.headers['retry-after'] ?? ''), 10) || 5);
+      return new AgentBusyError(message, { ...options, retryAfterSeconds });
+    }
+    return new AgentError(message, options);
+  }
+
+  private contractError(method: string, path: string, what: string, issues: ReadonlyArray<{ message: string; path?: ReadonlyArray<PropertyKey> }>): AgentError {
+    const first = issues[0];
+    const where = first?.path?.length ? `${first.path.map(String).join('.')}: ` : '';
+    return new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} sent a ${what} that does not follow protocol v1 (${where}${first?.message ?? 'invalid'})`, {
+      path, permanent: true, hint: 'the agent version matches this tcab-backup version',
+    });
+  }
+}
+
+function abortError(signal: AbortSignal): Error {
+  const err = new Error('The request to the snapshot agent was aborted', { cause: signal.reason });
+  err.name = 'AbortError';
+  return err;
+}
+
+function readAll(res: IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    res.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) return res.destroy(new Error(`the answer is larger than ${limit} bytes`));
+      chunks.push(chunk);
+    });
+    res.on('end', () => resolve(Buffer.concat(chunks)));
+    res.on('error', reject);
+    res.on('close', () => {
+      if (!res.complete) reject(Object.assign(new Error('the connection closed before the answer was complete'), { code: 'ECONNRESET' }));
+    });
+  });
+}

@@ -1,0 +1,202 @@
+/**
+ * The agent's request handler (agent-protocol.md, "Endpoints"). Order of checks for every request but /healthz:
+ * body size (413), signature (401), then the route; a snapshot id is validated against SNAPSHOT_ID_RE, on the
+ * raw path as sent (never decoded), before anything touches the file system.
+ */
+import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { basename } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
+import { RequestAuthenticator } from './auth.js';
+import { ARTIFACT_CONTENT_TYPE, chooseCompression, type CompressionSupport } from './compression.js';
+import { parseRange, readBody, sendJson, sendProblem } from './http.js';
+import { AUTH_SCHEME, CreateSnapshotBodySchema, MAX_BODY_BYTES, SNAPSHOT_ID_RE, type Compression } from './protocol.js';
+import { InsufficientStagingError, SnapshotBusyError, SnapshotFailedError, type Snapshotter } from './snapshotter.js';
+import type { Staging } from './staging.js';
+import { readStatus, type StatusSources } from './status.js';
+
+export interface AgentHandlerDeps {
+  authenticator: RequestAuthenticator;
+  snapshotter: Snapshotter;
+  staging: Staging;
+  compressions: CompressionSupport;
+  defaultCompression: Compression | 'auto';
+  status: StatusSources;
+  logger: Logger;
+}
+
+const UNAUTHORIZED_DETAIL =
+  'The request is not signed with an accepted key, or its timestamp or nonce is not accepted. See the agent\'s log for which check failed.';
+const SNAPSHOTS = '/v1/snapshots';
+
+/** Hints for what an operator can do about a failed snapshot, by SQLite or system error code. */
+const FAILURE_HINTS: Record<string, string> = {
+  ENOENT: 'the database file does not exist: check TCAB_AGENT_DB',
+  EACCES: 'the agent may not read the database or write its staging folder: check file permissions',
+  ENOSPC: 'the staging disk is full',
+  SQLITE_CANTOPEN: 'the agent cannot open the database: check TCAB_AGENT_DB and that the agent\'s user may read it and its -wal and -shm files',
+  SQLITE_READONLY_DIRECTORY: 'no -wal/-shm files exist (is the backend stopped?) and the agent may not create them: give the agent\'s group write access to the database folder, or keep the backend running',
+  SQLITE_BUSY: 'the database stayed locked for 10 s: check for a long-running write or a checkpoint in the backend',
+  SQLITE_CORRUPT: 'the database is damaged: check the backend\'s database with PRAGMA integrity_check',
+  SQLITE_NOTADB: 'TCAB_AGENT_DB does not point at a SQLite database',
+  SQLITE_FULL: 'the staging disk is full',
+  SQLITE_IOERR: 'a disk read or write failed: check the VM\'s disks',
+};
+
+export function createAgentHandler(deps: AgentHandlerDeps): (req: IncomingMessage, res: ServerResponse) => void {
+  const { logger } = deps;
+  return (req, res) => {
+    handle(deps, req, res).catch((err: unknown) => {
+      logger.error('request.failed', { method: req.method, path: pathOf(req), error: errorMessage(err) });
+      if (!res.headersSent) sendProblem(res, 500, 'The agent failed to answer this request; its log has the details.');
+      else res.destroy();
+    });
+  };
+}
+
+function pathOf(req: IncomingMessage): string {
+  return (req.url ?? '/').split('?')[0]!;
+}
+
+async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const method = req.method ?? 'GET';
+  const rawUrl = req.url ?? '/';
+  const path = pathOf(req);
+  res.setHeader('Cache-Control', 'no-store');
+
+  if (path === '/healthz') {
+    if (method !== 'GET' && method !== 'HEAD') return sendProblem(res, 405, 'Use GET.', { Allow: 'GET' });
+    res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8', 'Content-Length': 2 });
+    res.end('ok');
+    return;
+  }
+
+  const body = await readBody(req, MAX_BODY_BYTES);
+  if (!body.ok) {
+    if (body.reason === 'aborted') return void res.destroy();
+    // Closing the connection is what stops the client from sending the rest.
+    return sendProblem(res, 413, `Request bodies are limited to ${MAX_BODY_BYTES} bytes.`, { Connection: 'close' });
+  }
+
+  const verdict = deps.authenticator.verify({ method, pathAndQuery: rawUrl, authorization: req.headers.authorization, body: body.body });
+  if (!verdict.ok) {
+    // Named clientKeyId, not keyId: the logger masks fields whose names start with "key".
+    deps.logger.warn('auth.rejected', { reason: verdict.reason, clientKeyId: verdict.keyId, method, path, remote: req.socket.remoteAddress });
+    return sendProblem(res, 401, UNAUTHORIZED_DETAIL, { 'WWW-Authenticate': AUTH_SCHEME });
+  }
+  const log = deps.logger.child({ clientKeyId: verdict.keyId });
+
+  if (path === SNAPSHOTS) {
+    if (method !== 'POST') return sendProblem(res, 405, 'Use POST to make a snapshot.', { Allow: 'POST' });
+    return createSnapshot(deps, log, body.body, res);
+  }
+  if (path.startsWith(`${SNAPSHOTS}/`)) {
+    const id = path.slice(SNAPSHOTS.length + 1);
+    if (!SNAPSHOT_ID_RE.test(id)) return sendProblem(res, 400, 'The snapshot id is not valid: expected an id like 20261124T161300Z-3f9a1c2e.');
+    if (method === 'GET') return downloadSnapshot(deps, id, req, res);
+    if (method === 'DELETE') {
+      if (!(await deps.staging.remove(id))) return sendProblem(res, 404, `No snapshot ${id} is staged on this agent.`);
+      log.info('snapshot.deleted', { snapshot: id });
+      res.writeHead(204);
+      res.end();
+      return;
+    }
+    return sendProblem(res, 405, 'Use GET or DELETE.', { Allow: 'GET, DELETE' });
+  }
+  if (path === '/v1/status') {
+    if (method !== 'GET') return sendProblem(res, 405, 'Use GET.', { Allow: 'GET' });
+    try {
+      return sendJson(res, 200, await readStatus(deps.status));
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      log.error('status.failed', { error: errorMessage(err), code });
+      return sendProblem(res, 500, `Reading the database's status failed${code ? ` (${code})` : ''}${hintFor(code)}.`);
+    }
+  }
+  return sendProblem(res, 404, 'No such endpoint. The agent serves /healthz, /v1/snapshots and /v1/status.');
+}
+
+function hintFor(code: string | undefined): string {
+  const hint = code ? FAILURE_HINTS[code] ?? FAILURE_HINTS[code.replace(/_[A-Z]+$/, '')] : undefined;
+  return hint ? `: ${hint}` : '';
+}
+
+async function createSnapshot(deps: AgentHandlerDeps, log: Logger, raw: Buffer, res: ServerResponse): Promise<void> {
+  let asked: Compression | undefined;
+  if (raw.length > 0) {
+    let json: unknown;
+    try {
+      json = JSON.parse(raw.toString('utf8'));
+    } catch {
+      return sendProblem(res, 400, 'The request body is not JSON. Expected {"compression": "gzip" | "zstd" | "none"} or no body.');
+    }
+    const parsed = CreateSnapshotBodySchema.safeParse(json);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const where = issue?.path.length ? `${issue.path.join('.')}: ` : '';
+      return sendProblem(res, 400, `The request body is not valid: ${where}${issue?.message ?? 'invalid'}. Expected {"compression": "gzip" | "zstd" | "none"}.`);
+    }
+    asked = parsed.data.compression;
+  }
+  const choice = chooseCompression(asked, deps.defaultCompression, deps.compressions);
+  if (!choice.ok) return sendProblem(res, 400, `${choice.reason[0]!.toUpperCase()}${choice.reason.slice(1)}.`);
+
+  try {
+    const description = await deps.snapshotter.create(choice.compression);
+    return sendJson(res, 201, description, { Location: `${SNAPSHOTS}/${description.id}` });
+  } catch (err) {
+    if (err instanceof SnapshotBusyError) {
+      return sendProblem(res, 409, 'Another snapshot is being made; retry after the time in Retry-After.', { 'Retry-After': String(err.retryAfterSeconds) });
+    }
+    if (err instanceof InsufficientStagingError) {
+      log.error('snapshot.refused', { reason: 'staging space', freeBytes: err.freeBytes, neededBytes: err.neededBytes });
+      return sendProblem(res, 507, `${err.message}: free space in TCAB_AGENT_STAGING on the VM, or remove staged snapshots.`);
+    }
+    if (err instanceof SnapshotFailedError) {
+      log.error('snapshot.failed', { step: err.step, code: err.code, error: err.message });
+      return sendProblem(res, 500, `Making the snapshot failed at step "${err.step}"${err.code ? ` (${err.code})` : ''}${hintFor(err.code)}. The agent's log has the details.`);
+    }
+    throw err;
+  }
+}
+
+async function downloadSnapshot(deps: AgentHandlerDeps, id: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const staged = deps.staging.get(id);
+  // Opened before answering, so an expiry sweep between the lookup and the first read cannot cut the download.
+  const file = staged ? await open(staged.path, 'r').catch(() => undefined) : undefined;
+  if (!staged || !file) return sendProblem(res, 404, `No snapshot ${id} is staged on this agent (it may have expired: TCAB_AGENT_STAGING_TTL).`);
+  const { artifact } = staged.description;
+  const size = artifact.bytes;
+  const headers: Record<string, string | number> = {
+    'Content-Type': ARTIFACT_CONTENT_TYPE[artifact.compression],
+    'Content-Disposition': `attachment; filename="${basename(staged.path)}"`,
+    ETag: `"${artifact.sha256}"`,
+    'Repr-Digest': `sha-256=:${Buffer.from(artifact.sha256, 'hex').toString('base64')}:`,
+    'Accept-Ranges': 'bytes',
+  };
+  const range = parseRange(req.headers.range, size);
+  if (range === 'unsatisfiable') {
+    await file.close();
+    return sendProblem(res, 416, `The range is outside the artifact of ${size} bytes.`, { 'Content-Range': `bytes */${size}` });
+  }
+  const start = range?.start ?? 0;
+  const end = range?.end ?? size - 1;
+  if (range) headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
+  headers['Content-Length'] = Math.max(0, end - start + 1);
+  res.writeHead(range ? 206 : 200, headers);
+  if (size === 0) {
+    await file.close();
+    return void res.end();
+  }
+  const stream = createReadStream('', { fd: file, start, end, highWaterMark: 256 * 1024 });
+  try {
+    await pipeline(stream, res);
+  } catch (err) {
+    // The client went away, or the file could not be read: either way the response is cut, which the client sees.
+    deps.logger.warn('snapshot.download_interrupted', { snapshot: id, error: errorMessage(err) });
+    res.destroy();
+  }
+}

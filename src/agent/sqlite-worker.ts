@@ -1,0 +1,185 @@
+/**
+ * The SQLite work of the agent (VACUUM INTO, integrity_check, row counts, status queries) runs in a worker
+ * thread: better-sqlite3 is synchronous, and a 1 GB VACUUM INTO takes about 10 s, during which /healthz, a
+ * concurrent POST (409) and downloads must still be answered.
+ *
+ * The worker's code is a string evaluated in the worker (eval: true) rather than a module file: the agent must
+ * run both from the compiled output and from TypeScript sources under the test runner, and a worker thread
+ * cannot load a .ts file on Node 20. The code is small, and its contract is typed here.
+ *
+ * File permissions (the agent should run as its own user with read access only):
+ * - the database file must be readable; the agent opens it read-only and never writes it;
+ * - in WAL mode the -wal and -shm files must be readable too. Write access to -shm is not needed (SQLite >= 3.22
+ *   then keeps its own copy of the index in memory), but it is faster;
+ * - when the backend is stopped cleanly, SQLite deletes -wal and -shm, and a read-only opener must create them:
+ *   without write access to the database's folder that fails with SQLITE_READONLY_DIRECTORY. Either keep the
+ *   backend running during snapshots, or give the agent's group write access to the folder with umask 002 so
+ *   the files it creates stay writable for the backend.
+ * Nothing here sets a large mmap_size: mapped pages count in the agent's RSS (target <= 200 MB for 1 GB).
+ */
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
+
+export interface SnapshotTask {
+  kind: 'snapshot';
+  dbPath: string;
+  /** Where VACUUM INTO writes the plain snapshot; must not exist. */
+  outPath: string;
+}
+
+export interface SnapshotFacts {
+  /** Wall-clock time taken immediately before VACUUM INTO started its read transaction. */
+  createdAtMs: number;
+  vacuumMs: number;
+  checkMs: number;
+  sqliteVersion: string;
+  /** Journal mode of the source database (the snapshot itself is written in rollback mode). */
+  journalMode: string;
+  pageSize: number;
+  pageCount: number;
+  userVersion: number;
+  /** 'ok', or the first lines integrity_check reported, joined by '; '. */
+  integrity: string;
+  tables: Record<string, number>;
+}
+
+export interface StatusTask {
+  kind: 'status';
+  dbPath: string;
+}
+
+export interface StatusFacts {
+  pageSize: number;
+  journalMode: string;
+  tables: Record<string, number>;
+  /** max(runs.published_at) as stored, or null when there are no runs or no such column. */
+  newestPublishedAt: string | number | null;
+}
+
+/** A failure inside the worker, with the step it happened in and SQLite's (or the OS's) error code. */
+export class SqliteTaskError extends Error {
+  readonly step: string;
+  readonly code: string | undefined;
+  constructor(message: string, step: string, code: string | undefined) {
+    super(message);
+    this.name = 'SqliteTaskError';
+    this.step = step;
+    this.code = code;
+  }
+}
+
+const WORKER_SOURCE = String.raw`
+'use strict';
+const { parentPort, workerData } = require('node:worker_threads');
+const { performance } = require('node:perf_hooks');
+const Database = require(workerData.driver);
+const task = workerData.task;
+let step = 'open';
+
+function quote(name) { return '"' + name.replace(/"/g, '""') + '"'; }
+
+// Virtual tables are skipped: counting them may need a module this process does not have.
+function tableNames(db) {
+  return db.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_' " +
+    "AND coalesce(sql, '') NOT LIKE 'CREATE VIRTUAL TABLE%' ORDER BY name").pluck().all();
+}
+
+function countRows(db, names) {
+  const out = {};
+  for (const name of names) out[name] = db.prepare('SELECT count(*) FROM ' + quote(name)).pluck().get();
+  return out;
+}
+
+function openReadOnly(path) {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  db.pragma('busy_timeout = 10000');
+  return db;
+}
+
+function snapshot() {
+  const src = openReadOnly(task.dbPath);
+  let createdAtMs, vacuumMs, journalMode;
+  try {
+    journalMode = src.pragma('journal_mode', { simple: true });
+    step = 'vacuum';
+    createdAtMs = Date.now();
+    const t0 = performance.now();
+    src.prepare('VACUUM INTO ?').run(task.outPath);
+    vacuumMs = performance.now() - t0;
+  } finally {
+    src.close();
+  }
+  step = 'check';
+  const t1 = performance.now();
+  const out = openReadOnly(task.outPath);
+  try {
+    const problems = out.pragma('integrity_check').map((r) => String(r.integrity_check));
+    const integrity = problems.length === 1 && problems[0] === 'ok' ? 'ok' : problems.slice(0, 20).join('; ');
+    step = 'count';
+    const tables = countRows(out, tableNames(out));
+    return {
+      createdAtMs, vacuumMs, checkMs: performance.now() - t1, journalMode, integrity, tables,
+      sqliteVersion: out.prepare('SELECT sqlite_version()').pluck().get(),
+      pageSize: out.pragma('page_size', { simple: true }),
+      pageCount: out.pragma('page_count', { simple: true }),
+      userVersion: out.pragma('user_version', { simple: true }),
+    };
+  } finally {
+    out.close();
+  }
+}
+
+function status() {
+  const db = openReadOnly(task.dbPath);
+  try {
+    const journalMode = db.pragma('journal_mode', { simple: true });
+    // One read transaction, so the counts and the newest run belong to the same moment.
+    db.exec('BEGIN');
+    step = 'count';
+    const all = tableNames(db);
+    const key = all.filter((n) => n === 'runs' || n === 'reviews');
+    const tables = countRows(db, key.length ? key : all);
+    let newestPublishedAt = null;
+    if (all.includes('runs')) {
+      const columns = db.prepare("SELECT name FROM pragma_table_info('runs')").pluck().all();
+      if (columns.includes('published_at')) newestPublishedAt = db.prepare('SELECT max(published_at) FROM runs').pluck().get() ?? null;
+    }
+    db.exec('COMMIT');
+    return { pageSize: db.pragma('page_size', { simple: true }), journalMode, tables, newestPublishedAt };
+  } finally {
+    db.close();
+  }
+}
+
+try {
+  const result = task.kind === 'snapshot' ? snapshot() : status();
+  parentPort.postMessage({ ok: true, result });
+} catch (err) {
+  parentPort.postMessage({ ok: false, step, code: err && err.code, message: String((err && err.message) || err) });
+}
+`;
+
+const driverPath = createRequire(import.meta.url).resolve('better-sqlite3');
+
+type Reply<T> = { ok: true; result: T } | { ok: false; step: string; code?: string; message: string };
+
+export function runSqliteTask(task: SnapshotTask): Promise<SnapshotFacts>;
+export function runSqliteTask(task: StatusTask): Promise<StatusFacts>;
+export function runSqliteTask(task: SnapshotTask | StatusTask): Promise<SnapshotFacts | StatusFacts> {
+  return new Promise((resolve, reject) => {
+    let replied = false;
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { driver: driverPath, task } });
+    worker.on('message', (reply: Reply<SnapshotFacts | StatusFacts>) => {
+      replied = true;
+      if (reply.ok) resolve(reply.result);
+      else reject(new SqliteTaskError(reply.message, reply.step, reply.code));
+    });
+    worker.on('error', (err) => {
+      replied = true;
+      reject(new SqliteTaskError(err.message, 'worker', (err as NodeJS.ErrnoException).code));
+    });
+    worker.on('exit', (code) => {
+      if (!replied) reject(new SqliteTaskError(`the SQLite worker exited with code ${code} without an answer`, 'worker', undefined));
+    });
+  });
+}
