@@ -5,6 +5,7 @@
  *   snapshots/<database>/<YYYY>/<MM>/<DD>/<id>.json              the manifest: written last, deleted first
  *   drills/<database>/<drill id>.json                            drill records
  *   status/<database>.json                                       the latest health summary
+ *   status/<database>.verify.json                                when each snapshot was last re-read, and the result
  *
  * The date folders come from the snapshot id (its creation time, UTC), so every key is derived from the id.
  */
@@ -52,6 +53,15 @@ export function drillsPrefix(database: string): string {
 export function statusKey(database: string): string {
   checkDatabase(database);
   return `status/${database}.json`;
+}
+
+/**
+ * The verify record of a database on one target: when each snapshot was last re-read and whether it matched.
+ * The '.' cannot occur in a database name, so this key never collides with another database's status.
+ */
+export function verifyRecordKey(database: string): string {
+  checkDatabase(database);
+  return `status/${database}.verify.json`;
 }
 
 const MANIFEST_KEY_RE = /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.json$/;

@@ -1,0 +1,107 @@
+/**
+ * Reading and writing the catalog on one target: which snapshots exist (a manifest is the commit marker),
+ * which data objects have no manifest (orphans), and the manifests themselves.
+ */
+import { text } from 'node:stream/consumers';
+import { NotFoundError, TcabError } from '../errors.js';
+import type { ObjectInfo, Target } from '../targets/target.js';
+import { artifactKey, idTime, manifestKey, parseArtifactKey, parseManifestKey, snapshotsPrefix } from './layout.js';
+import { ManifestSchema, type Manifest } from './manifest.js';
+
+export interface CatalogListing {
+  /** Snapshots that have a manifest, newest first (by id, which starts with the creation time). */
+  snapshots: Array<{ id: string; time: Date; manifest: ObjectInfo; artifact: ObjectInfo | undefined }>;
+  /** Data objects without a manifest: in-flight uploads or garbage, depending on their age. */
+  orphans: ObjectInfo[];
+}
+
+/** One complete listing of the snapshots folder; a failure on any page throws (never a partial listing). */
+export async function listCatalog(target: Target, database: string, options: { signal?: AbortSignal } = {}): Promise<CatalogListing> {
+  const manifests = new Map<string, ObjectInfo>();
+  const artifacts = new Map<string, ObjectInfo>();
+  for await (const info of target.list(snapshotsPrefix(database), options)) {
+    const m = parseManifestKey(info.key);
+    if (m && m.database === database) {
+      manifests.set(m.id, info);
+      continue;
+    }
+    const a = parseArtifactKey(info.key);
+    if (a && a.database === database) artifacts.set(a.id, info);
+  }
+  const snapshots = [...manifests.entries()]
+    .map(([id, manifest]) => ({ id, time: idTime(id), manifest, artifact: artifacts.get(id) }))
+    .sort((x, y) => (x.id < y.id ? 1 : x.id > y.id ? -1 : 0));
+  const orphans = [...artifacts.entries()].filter(([id]) => !manifests.has(id)).map(([, info]) => info);
+  return { snapshots, orphans };
+}
+
+export async function readManifest(target: Target, database: string, id: string, options: { signal?: AbortSignal } = {}): Promise<Manifest> {
+  const key = manifestKey(database, id);
+  const { body } = await target.get(key, options);
+  const raw = await text(body);
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch (e) {
+    throw new TcabError(`Manifest ${key} on target "${target.name}" is not valid JSON`, {
+      hint: 'the object was damaged or written by something else; restore from another target and let replicate rewrite it',
+      cause: e,
+    });
+  }
+  const parsed = ManifestSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new TcabError(`Manifest ${key} on target "${target.name}" does not match format version 1: ${issue?.path.join('.')}: ${issue?.message}`, {
+      hint: 'was it written by a newer tcab-backup? Upgrade, or restore from another target',
+    });
+  }
+  if (parsed.data.id !== id) {
+    throw new TcabError(`Manifest ${key} on target "${target.name}" describes snapshot ${parsed.data.id}, not ${id}`, {
+      hint: 'the manifest was copied to the wrong key; delete it and run replicate',
+    });
+  }
+  return parsed.data;
+}
+
+export async function writeManifest(target: Target, manifest: Manifest, options: { signal?: AbortSignal } = {}): Promise<void> {
+  await target.put(manifestKey(manifest.databaseName, manifest.id), Buffer.from(JSON.stringify(manifest, null, 2) + '\n'), {
+    ...options,
+    contentType: 'application/json',
+  });
+}
+
+/** The artifact key recorded in a manifest, cross-checked against the layout so a bad manifest cannot point elsewhere. */
+export function manifestArtifactKey(manifest: Manifest): string {
+  const expected = artifactKey(manifest.databaseName, manifest.id, manifest.artifact.compression);
+  if (manifest.key !== expected) {
+    throw new TcabError(`Manifest of snapshot ${manifest.id} names artifact "${manifest.key}", expected "${expected}"`, {
+      hint: 'the manifest was edited or damaged; restore from another target',
+    });
+  }
+  return expected;
+}
+
+/** Reads the manifests of the listed snapshots with bounded concurrency, newest first. */
+export async function readManifests(
+  target: Target,
+  database: string,
+  ids: string[],
+  options: { signal?: AbortSignal; concurrency?: number } = {},
+): Promise<Array<{ id: string; manifest?: Manifest; error?: Error }>> {
+  const out: Array<{ id: string; manifest?: Manifest; error?: Error }> = new Array(ids.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < ids.length) {
+      const i = next++;
+      const id = ids[i]!;
+      try {
+        out[i] = { id, manifest: await readManifest(target, database, id, options) };
+      } catch (e) {
+        if (e instanceof NotFoundError) out[i] = { id, error: new TcabError(`Snapshot ${id} vanished from target "${target.name}" while listing (pruned concurrently?)`) };
+        else out[i] = { id, error: e as Error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(options.concurrency ?? 8, ids.length) }, worker));
+  return out;
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env node
+/**
+ * tcab-backup: the operators' command line. It runs the same jobs as the functions, with the same
+ * configuration (environment variables). `--json` outputs are a stable interface.
+ * Exit status: 0 success, 1 the job failed, 2 usage or configuration error.
+ */
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, TcabError, errorMessage } from '../errors.js';
+import { createLogger, redact, type Logger } from '../log.js';
+import { COMMANDS, UsageError, type CommandContext } from './commands.js';
+
+export const USAGE = `Usage: tcab-backup <command> [options]
+
+Commands:
+  agent                                   run the snapshot agent (TCAB_AGENT_* settings)
+  snapshot [--reason TEXT] [--pin] [--json]
+                                          take a snapshot now and store it on every target
+  list [--target NAME] [--json]           list the snapshots on each target
+  restore (--snapshot ID | --at ISO-TIME | --latest) -o PATH [--target NAME] [--force] [--json]
+                                          restore a snapshot to a verified SQLite file
+  verify [--json]                         re-read stored snapshots and check their sha256
+  retention plan                          apply a retention policy read as JSON on stdin (no safety rails)
+
+Settings are environment variables; see the README's configuration reference.
+Logs go to stderr as JSON lines (TCAB_LOG_LEVEL=debug|info|warn|error, default warn for the CLI).`;
+
+export async function main(argv: string[], io: { stdout: NodeJS.WritableStream; stderr: NodeJS.WriteStream; stdin: NodeJS.ReadableStream; env: NodeJS.ProcessEnv } = {
+  stdout: process.stdout, stderr: process.stderr, stdin: process.stdin, env: process.env,
+}): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    io.stdout.write(USAGE + '\n');
+    return name ? 0 : 2;
+  }
+  const logger: Logger = createLogger({ level: (io.env.TCAB_LOG_LEVEL as 'debug') || (name === 'agent' ? 'info' : 'warn'), sink: (_l, line) => io.stderr.write(line + '\n') });
+  const ctx: CommandContext = { io, logger, env: io.env };
+  const command = COMMANDS[name];
+  if (!command) {
+    io.stderr.write(`tcab-backup: unknown command "${name}"\n\n${USAGE}\n`);
+    return 2;
+  }
+  try {
+    return await command(rest, ctx);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      io.stderr.write(`tcab-backup ${name}: ${e.message}\n\n${USAGE}\n`);
+      return 2;
+    }
+    if (e instanceof ConfigError) {
+      io.stderr.write(`tcab-backup ${name}: ${redact(e.message)}\n`);
+      return 2;
+    }
+    const message = e instanceof TcabError ? e.message : `unexpected error: ${errorMessage(e)}`;
+    io.stderr.write(`tcab-backup ${name} failed: ${redact(message)}\n`);
+    if (!(e instanceof TcabError) && io.env.TCAB_LOG_LEVEL === 'debug') io.stderr.write(redact(String((e as Error).stack)) + '\n');
+    return 1;
+  }
+}
+
+function isEntryPoint(): boolean {
+  try {
+    return realpathSync(process.argv[1] ?? '') === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -1,0 +1,203 @@
+/**
+ * The snapshot job: ask the agent for a snapshot, stream the artifact into every target at once, read each
+ * copy back and check its sha256, then write the manifest (the commit marker) on each target that holds a
+ * verified copy, and remove the staged file from the agent.
+ *
+ * A target that fails does not stop the others; the job then throws naming every failed target, after the
+ * healthy targets have their snapshot. Nothing is half-visible: data without a manifest is not a snapshot.
+ */
+import { PassThrough } from 'node:stream';
+import type { Compression, SnapshotDescription } from '../agent/protocol.js';
+import { artifactKey } from '../catalog/layout.js';
+import { MANIFEST_FORMAT_VERSION, PIN_TAG, type Manifest, type Trigger } from '../catalog/manifest.js';
+import { writeManifest } from '../catalog/catalog.js';
+import { IntegrityError, TcabError, errorMessage } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { Target } from '../targets/target.js';
+import { HashingStream, fanOut, hashStream } from '../util/streams.js';
+import type { Readable } from 'node:stream';
+
+/** What the job needs from the agent (AgentClient implements it). */
+export interface SnapshotSource {
+  createSnapshot(options?: { compression?: Compression; signal?: AbortSignal }): Promise<SnapshotDescription>;
+  openSnapshot(id: string, options?: { signal?: AbortSignal }): Promise<{ body: Readable; bytes: number; etag: string }>;
+  deleteSnapshot(id: string, options?: { signal?: AbortSignal }): Promise<void>;
+}
+
+export interface SnapshotRequest {
+  trigger: Trigger;
+  pin?: boolean;
+  tags?: string[];
+  compression?: Compression | 'auto';
+  signal?: AbortSignal;
+}
+
+export interface TargetOutcome {
+  target: string;
+  ok: boolean;
+  key: string;
+  bytes?: number;
+  uploadMs?: number;
+  verifyMs?: number;
+  error?: string;
+}
+
+export interface SnapshotResult {
+  manifest: Manifest;
+  targets: TargetOutcome[];
+  totalMs: number;
+}
+
+export class SnapshotFailedError extends TcabError {
+  readonly result: Partial<SnapshotResult>;
+  constructor(message: string, result: Partial<SnapshotResult>, options: { hint?: string; cause?: unknown } = {}) {
+    super(message, { code: 'SNAPSHOT_FAILED', ...options });
+    this.name = 'SnapshotFailedError';
+    this.result = result;
+  }
+}
+
+export async function runSnapshot(
+  deps: { agent: SnapshotSource; targets: Target[]; database: string; logger?: Logger },
+  request: SnapshotRequest,
+): Promise<SnapshotResult> {
+  const log = deps.logger ?? silentLogger;
+  const started = Date.now();
+  if (deps.targets.length === 0) throw new TcabError('No targets configured', { hint: 'set TCAB_BACKUP_TARGETS' });
+  const signal = request.signal;
+
+  const compression = request.compression && request.compression !== 'auto' ? request.compression : undefined;
+  const desc = await deps.agent.createSnapshot({ ...(compression ? { compression } : {}), ...(signal ? { signal } : {}) });
+  log.info('snapshot.created', { id: desc.id, database: desc.database.name, bytes: desc.snapshot.bytes, artifactBytes: desc.artifact.bytes, compression: desc.artifact.compression, timings: desc.timings });
+  if (desc.database.name !== deps.database) {
+    await deps.agent.deleteSnapshot(desc.id).catch(() => undefined);
+    throw new TcabError(`The agent snapshots database "${desc.database.name}" but this function app backs up "${deps.database}"`, {
+      hint: 'TCAB_BACKUP_DATABASE (function app) must equal TCAB_AGENT_DATABASE_NAME (agent)',
+    });
+  }
+  if (desc.integrity !== 'ok') {
+    await deps.agent.deleteSnapshot(desc.id).catch(() => undefined);
+    throw new IntegrityError(`The agent's snapshot ${desc.id} failed PRAGMA integrity_check: ${desc.integrity.slice(0, 300)}`, {
+      hint: 'the source database itself may be damaged: run PRAGMA integrity_check on the VM and keep the existing snapshots',
+    });
+  }
+
+  const key = artifactKey(deps.database, desc.id, desc.artifact.compression);
+  const outcomes: TargetOutcome[] = deps.targets.map((t) => ({ target: t.name, ok: false, key }));
+  try {
+    await uploadToAll(deps.agent, deps.targets, desc, key, outcomes, log, signal);
+    await Promise.all(deps.targets.map(async (target, i) => {
+      const outcome = outcomes[i]!;
+      if (outcome.error) return;
+      const t0 = Date.now();
+      try {
+        const { body, size } = await target.get(key, signal ? { signal } : {});
+        const got = await hashStream(body, signal);
+        if (got.sha256 !== desc.artifact.sha256 || got.bytes !== desc.artifact.bytes || size !== desc.artifact.bytes) {
+          throw new IntegrityError(`read back ${got.bytes} bytes with sha256 ${got.sha256}, expected ${desc.artifact.bytes} bytes with ${desc.artifact.sha256}`);
+        }
+        outcome.verifyMs = Date.now() - t0;
+      } catch (e) {
+        outcome.error = `verification failed: ${errorMessage(e)}`;
+        await target.delete(key).catch(() => undefined);
+      }
+    }));
+  } catch (e) {
+    // The source failed (agent gone, bad bytes): no target gets a manifest.
+    await Promise.all(deps.targets.map((t) => t.delete(key).catch(() => undefined)));
+    await deps.agent.deleteSnapshot(desc.id).catch(() => undefined);
+    throw new SnapshotFailedError(`Snapshot ${desc.id}: download from the agent failed: ${errorMessage(e)}`, { targets: outcomes }, {
+      hint: 'check the agent service on the VM (journalctl -u tcab-backup-agent) and the network path; no snapshot was recorded',
+      cause: e,
+    });
+  }
+
+  const manifest: Manifest = {
+    formatVersion: MANIFEST_FORMAT_VERSION,
+    ...desc,
+    databaseName: deps.database,
+    trigger: request.trigger,
+    tags: [...new Set([...(request.tags ?? []), ...(request.pin ? [PIN_TAG] : [])])],
+    key,
+    storedAt: new Date().toISOString(),
+  };
+  await Promise.all(deps.targets.map(async (target, i) => {
+    const outcome = outcomes[i]!;
+    if (outcome.error) return;
+    try {
+      await writeManifest(target, { ...manifest, storedAt: new Date().toISOString() }, signal ? { signal } : {});
+      outcome.ok = true;
+    } catch (e) {
+      outcome.error = `manifest write failed: ${errorMessage(e)}`;
+    }
+  }));
+
+  await deps.agent.deleteSnapshot(desc.id).catch((e) => {
+    log.warn('snapshot.staging_cleanup_failed', { id: desc.id, error: errorMessage(e), note: 'the agent removes staged files after its TTL' });
+  });
+
+  const result: SnapshotResult = { manifest, targets: outcomes, totalMs: Date.now() - started };
+  const failed = outcomes.filter((o) => !o.ok);
+  for (const o of failed) log.error('snapshot.target_failed', { id: desc.id, target: o.target, error: o.error });
+  if (failed.length) {
+    const stored = outcomes.filter((o) => o.ok).map((o) => o.target);
+    throw new SnapshotFailedError(
+      `Snapshot ${desc.id} failed on ${failed.length} of ${outcomes.length} target(s): ${failed.map((o) => `"${o.target}" (${o.error})`).join('; ')}` +
+        (stored.length ? `; stored on ${stored.map((s) => `"${s}"`).join(', ')}` : ''),
+      result,
+      { hint: 'check the named target (reachability, credentials, permissions); replicate copies the snapshot there once it is healthy' },
+    );
+  }
+  log.info('snapshot.completed', {
+    database: deps.database, id: desc.id, createdAt: desc.createdAt, trigger: request.trigger.kind, pinned: manifest.tags.includes(PIN_TAG),
+    artifactBytes: desc.artifact.bytes, snapshotBytes: desc.snapshot.bytes, targets: outcomes.map((o) => o.target), totalMs: result.totalMs,
+  });
+  return result;
+}
+
+/** Streams the artifact once from the agent into every target; records per-target failures in `outcomes`. */
+async function uploadToAll(
+  agent: SnapshotSource,
+  targets: Target[],
+  desc: SnapshotDescription,
+  key: string,
+  outcomes: TargetOutcome[],
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const t0 = Date.now();
+  const download = await agent.openSnapshot(desc.id, signal ? { signal } : {});
+  if (download.bytes !== desc.artifact.bytes) {
+    download.body.destroy();
+    throw new IntegrityError(`the agent offers ${download.bytes} bytes for ${desc.id}, its description says ${desc.artifact.bytes}`);
+  }
+  const hasher = new HashingStream();
+  const pipes = targets.map(() => new PassThrough({ highWaterMark: 1 << 20 }));
+  const puts = targets.map((target, i) =>
+    target.put(key, pipes[i]!, { contentLength: desc.artifact.bytes, contentType: 'application/octet-stream', ...(signal ? { signal } : {}) }).then(
+      (r) => {
+        outcomes[i]!.bytes = r.size;
+        outcomes[i]!.uploadMs = Date.now() - t0;
+      },
+      (e: unknown) => {
+        outcomes[i]!.error ??= `upload failed: ${errorMessage(e)}`;
+        pipes[i]!.destroy();
+      },
+    ),
+  );
+  const source = download.body.pipe(hasher);
+  download.body.on('error', (e) => hasher.destroy(e));
+  try {
+    await fanOut(source, pipes, (i, err) => {
+      outcomes[i]!.error ??= `upload failed: ${errorMessage(err)}`;
+      log.warn('snapshot.target_upload_failed', { target: targets[i]!.name, id: desc.id, error: errorMessage(err) });
+    }, () => {
+      if (hasher.bytes !== desc.artifact.bytes || hasher.digest() !== desc.artifact.sha256) {
+        return new IntegrityError(`downloaded ${hasher.bytes} bytes with sha256 ${hasher.digest()}, the agent promised ${desc.artifact.bytes} bytes with ${desc.artifact.sha256}`);
+      }
+      return undefined;
+    });
+  } finally {
+    await Promise.all(puts);
+  }
+}
