@@ -94,16 +94,19 @@ async function restoreFromTarget(
         }
       });
     }
+    let decompressFailed = false;
     const file = await open(tmp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600);
     try {
-      await pipeline(body, artifactHash, decompressor(manifest.artifact.compression), plainHash, file.createWriteStream(), request.signal ? { signal: request.signal } : {});
+      const inflate = decompressor(manifest.artifact.compression);
+      inflate.once('error', () => (decompressFailed = true));
+      await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream(), request.signal ? { signal: request.signal } : {});
       await file.sync().catch(() => undefined);
     } catch (e) {
       // A damaged artifact usually fails decompression first; name the real cause when the hash says so.
       if (artifactHash.bytes === manifest.artifact.bytes && artifactHash.digest() !== manifest.artifact.sha256) {
         throw new IntegrityError(`Snapshot ${manifest.id} on target "${target.name}": artifact sha256 ${artifactHash.digest()} does not match the manifest's ${manifest.artifact.sha256}`, { cause: e });
       }
-      if (request.signal?.aborted || !(e as { code?: string }).code?.startsWith('Z_')) throw e;
+      if (request.signal?.aborted || !decompressFailed) throw e;
       throw new IntegrityError(`Snapshot ${manifest.id} on target "${target.name}": the ${manifest.artifact.compression} artifact does not decompress (${errorMessage(e)})`, {
         hint: 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"',
         cause: e,

@@ -115,22 +115,58 @@ export function decompressor(compression: Compression): Duplex {
   }
 }
 
-/** A child process as a Duplex filter (stdin -> stdout); a non-zero exit becomes a stream error. */
+/**
+ * A child process as a Duplex filter (stdin -> stdout). Its exit status decides how the stream ends: a
+ * non-zero exit becomes a stream error carrying the tool's own message (a broken pipe on stdin is only the
+ * symptom of that exit, so it is not reported instead of it). Errors carry `code: 'FILTER_FAILED'`.
+ */
 export function spawnFilter(command: string, args: string[], missingHint: string): Duplex {
   const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     if (stderr.length < 2000) stderr += d;
   });
-  const duplex = Duplex.from({ writable: child.stdin, readable: child.stdout });
+  let pendingWrite: ((err?: Error | null) => void) | undefined;
+  const duplex = new Duplex({
+    write(chunk: Buffer, _enc, cb) {
+      if (child.stdin.write(chunk)) cb();
+      else {
+        pendingWrite = cb;
+        child.stdin.once('drain', () => {
+          pendingWrite = undefined;
+          cb();
+        });
+      }
+    },
+    final(cb) {
+      child.stdin.end();
+      cb();
+    },
+    read() {
+      child.stdout.resume();
+    },
+    destroy(err, cb) {
+      if (child.exitCode === null && child.signalCode === null) child.kill();
+      cb(err);
+    },
+  });
+  child.stdout.on('data', (d: Buffer) => {
+    if (!duplex.push(d)) child.stdout.pause();
+  });
+  child.stdin.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') duplex.destroy(err);
+  });
   child.on('error', (err: NodeJS.ErrnoException) => {
-    duplex.destroy(err.code === 'ENOENT' ? new TcabError(`"${command}" was not found on PATH`, { hint: missingHint, cause: err }) : err);
+    duplex.destroy(err.code === 'ENOENT' ? new TcabError(`"${command}" was not found on PATH`, { hint: missingHint, cause: err, code: 'FILTER_FAILED' }) : err);
   });
   child.on('close', (code, signal) => {
-    if (code !== 0) duplex.destroy(new TcabError(`${command} ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderr.trim().slice(0, 500)}`));
-  });
-  duplex.on('close', () => {
-    if (child.exitCode === null) child.kill();
+    if (code === 0) {
+      duplex.push(null);
+      return;
+    }
+    const err = new TcabError(`${command} ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderr.trim().slice(0, 500)}`, { code: 'FILTER_FAILED' });
+    pendingWrite?.(err);
+    duplex.destroy(err);
   });
   return duplex;
 }
