@@ -28,11 +28,18 @@ export async function selectSnapshot(target: Target, database: string, selector:
   }
   const { snapshots } = await listCatalog(target, database, opts);
   const limit = 'at' in selector ? selector.at.getTime() : Infinity;
-  // Ids sort by creation second; createdAt has milliseconds, so check candidates in order.
-  for (const s of snapshots) {
-    if (s.time.getTime() > limit) continue;
-    const manifest = await readManifest(target, database, s.id, opts);
-    if (Date.parse(manifest.createdAt) <= limit) return manifest;
+  // Ids sort by creation second only; snapshots made within the same second are ordered by their
+  // manifests' createdAt (milliseconds), so read every candidate of the first second that qualifies.
+  const candidates = snapshots.filter((s) => s.time.getTime() <= limit);
+  let i = 0;
+  while (i < candidates.length) {
+    const second = candidates[i]!.time.getTime();
+    const group: Manifest[] = [];
+    for (; i < candidates.length && candidates[i]!.time.getTime() === second; i++) {
+      group.push(await readManifest(target, database, candidates[i]!.id, opts));
+    }
+    const best = group.filter((m) => Date.parse(m.createdAt) <= limit).sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt))[0];
+    if (best) return best;
   }
   throw new NotFoundError(`${describeSelector(selector)} of database "${database}" on target "${target.name}" (${target.url}); it holds ${snapshots.length} snapshot(s)`);
 }
