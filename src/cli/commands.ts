@@ -162,4 +162,7 @@ const retention: Command = async (args, ctx) => {
   return 0;
 };
 
-export const COMMANDS: Record<string, Command> = { agent, snapshot, list, restore, verify, retention };
+// Commands of the later jobs live beside their jobs' CLI files and are registered here.
+import { pgCommand } from './pg-commands.js';
+
+export const COMMANDS: Record<string, Command> = { agent, snapshot, list, restore, verify, retention, pg: pgCommand };
