@@ -244,6 +244,12 @@ export interface BackupConfig extends TargetsConfig {
 
 export function loadTargetsConfig(env: Env = process.env): TargetsConfig {
   const problems = new Problems();
+  // App Service resolves Key Vault references before the app starts; one still in this form did not resolve.
+  for (const [name, value] of Object.entries(env)) {
+    if (name.startsWith('TCAB_BACKUP_') && value?.trim().startsWith('@Microsoft.KeyVault(')) {
+      problems.add(name, 'is an unresolved Key Vault reference: check that the secret exists and that the function app\'s identity has the "Key Vault Secrets User" role on the vault (Azure portal: the setting shows its reference status)');
+    }
+  }
   const database = read(env, problems, 'TCAB_BACKUP_DATABASE', z.string().regex(DATABASE_NAME_RE, "lower-case letters, digits, '_' and '-'"), 'tcab');
   let targets: TargetSpec[] = [];
   const rawTargets = env.TCAB_BACKUP_TARGETS?.trim();

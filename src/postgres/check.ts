@@ -92,6 +92,8 @@ export async function runPgCheck(config: PgCheckConfig, deps: PgCheckDeps): Prom
   }
   const result: PgCheckResult = { checkedAt: now.toISOString(), ok: problems.length === 0, enforce: config.enforce, policy: config.policy, servers };
   if (problems.length) throw new PgPolicyViolationError(result, problems);
+  // The absence alert on this event is how a check that silently stops running gets noticed.
+  logger.info('pg.check.completed', { servers: servers.map((s) => s.server), enforce: config.enforce });
   return result;
 }
 

@@ -302,7 +302,7 @@ async function finish(h: DrillHandle, refusal?: string): Promise<StepResult> {
     deletion: { ...r.deletion, poller: undefined, ...(refusal ? {} : { deletedAt: now.toISOString() }) },
   });
   const fields = { drillId: r.drillId, server: h.ctx.source.name, drillServer: r.drillServer.name, outcome, recoveryTimeMs: r.recoveryTimeMs, recoveryPointMs: r.recoveryPointMs };
-  if (outcome === 'succeeded') h.ctx.logger.info('pg.drill.finished', fields);
-  else h.ctx.logger.error('pg.drill.finished', { ...fields, failure: failure?.message });
+  if (outcome === 'succeeded') h.ctx.logger.info('pg.drill.completed', fields);
+  else h.ctx.logger.error('pg.drill.failed', { ...fields, failure: failure?.message });
   return { action: 'finished', detail: outcome === 'succeeded' ? `drill ${r.drillId} succeeded and ${r.drillServer.name} is deleted` : `drill ${r.drillId} failed: ${failure?.message ?? 'unknown'}` };
 }

@@ -237,3 +237,11 @@ describe('faults', () => {
     expect(usage.stderr).toContain('restore needs -o PATH');
   });
 });
+
+describe('settings from Key Vault', () => {
+  it('names a Key Vault reference that did not resolve instead of using it as a key', async () => {
+    const r = await runCli(['snapshot'], { TCAB_BACKUP_AGENT_KEY: '@Microsoft.KeyVault(SecretUri=https://kv-tcab.vault.azure.net/secrets/agent-key/)' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('TCAB_BACKUP_AGENT_KEY: is an unresolved Key Vault reference');
+  });
+});

@@ -49,9 +49,11 @@ describe('pg check', () => {
   it('passes a server that meets the policy, reports what Azure said, and writes its status record', async () => {
     const s = healthy('tcab-prod', { geoRedundantBackup: 'Enabled' });
     arm.addBackup(s, { name: 'on-demand', backupType: 'Customer On-Demand', completedTime: new Date(Date.now() - HOUR) });
-    const { run } = await check([s], { TCAB_BACKUP_PG_REQUIRE_GEO_REDUNDANT: 'true' });
+    const { run, log } = await check([s], { TCAB_BACKUP_PG_REQUIRE_GEO_REDUNDANT: 'true' });
     const result = await run();
     expect(result.ok).toBe(true);
+    // The absence alert counts these events: a passing run must emit one.
+    expect(log.lines.some((l) => l.includes('"event":"pg.check.completed"'))).toBe(true);
     const facts = result.servers[0]!.facts!;
     expect(facts).toMatchObject({ state: 'Ready', location: 'westeurope', backupRetentionDays: 14, geoRedundantBackup: 'Enabled', automaticBackups: 2 });
     // The on-demand backup is newer but does not count as the schedule running.

@@ -137,7 +137,7 @@ describe('pg drill', () => {
 
     const [status] = await pgStatusSummary(store.target, [{ id: FakeArm.id(source), name: 'tcab-prod' }]);
     expect(status).toMatchObject({ server: 'tcab-prod', drill: { drillId: id, state: 'done' }, lastSucceededDrill: { drillId: id, outcome: 'succeeded', recoveryTimeMs: 10 * MIN } });
-    expect(log.lines.some((l) => l.includes('"event":"pg.drill.finished"') && l.includes('"recoveryPointMs"'))).toBe(true);
+    expect(log.lines.some((l) => l.includes('"event":"pg.drill.completed"') && l.includes('"recoveryPointMs"'))).toBe(true);
   });
 
   it('a restore that Azure fails fails the drill, deletes the half-made server, then raises the ARM error', async () => {
