@@ -158,7 +158,7 @@ export const SETTINGS: SettingDoc[] = [
 const MIN_SECRET_CHARS = 32;
 
 /** Collects every problem instead of stopping at the first, so one run shows all that is wrong. */
-class Problems {
+export class Problems {
   readonly list: string[] = [];
   add(name: string, message: string): void {
     this.list.push(`${name}: ${message}`);
@@ -168,12 +168,13 @@ class Problems {
   }
 }
 
-function read<T>(env: Env, problems: Problems, name: string, schema: z.ZodType<T>, fallback?: string): T | undefined {
+/** Reads one variable through a zod schema; a problem names the variable and never shows a secret's value. */
+export function read<T>(env: Env, problems: Problems, name: string, schema: z.ZodType<T>, fallback?: string, secret = false): T | undefined {
   const raw = env[name]?.trim() || fallback;
   const result = schema.safeParse(raw);
   if (result.success) return result.data;
   const issue = result.error.issues[0];
-  const what = raw === undefined ? 'is not set' : `"${redactIfSecret(name, raw)}" is invalid`;
+  const what = raw === undefined ? 'is not set' : `"${secret ? '***' : redactIfSecret(name, raw)}" is invalid`;
   problems.add(name, `${what}: ${issue?.message ?? 'invalid'}`);
   return undefined;
 }
@@ -182,17 +183,22 @@ function redactIfSecret(name: string, raw: string): string {
   return SETTINGS.find((s) => s.name === name)?.secret || /KEY|SECRET|CONNECTION/.test(name) ? '***' : raw;
 }
 
-const durationMs = (what: string) =>
+/** A positive duration like 90s, 15m, 1h30m, 7d, in milliseconds. */
+export const durationMs = (what: string) =>
   z.string({ message: `expected ${what}` }).transform((s, ctx) => {
     try {
-      return parseDurationMs(s);
+      const ms = parseDurationMs(s);
+      if (ms <= 0) throw new Error('must be longer than zero');
+      return ms;
     } catch (e) {
       ctx.addIssue({ code: 'custom', message: (e as Error).message });
       return z.NEVER;
     }
   });
 
-const NCRONTAB = z
+export const booleanSetting = z.enum(['true', 'false'], { message: 'expected true or false' }).transform((s) => s === 'true');
+
+export const NCRONTAB = z
   .string({ message: 'expected an NCRONTAB expression with six fields (second minute hour day month weekday)' })
   .refine((s) => s.trim().split(/\s+/).length === 6, 'expected six fields: second minute hour day month weekday (e.g. "0 0 * * * *")');
 

@@ -4,7 +4,7 @@
  * src/config.ts SETTINGS, next to every other setting.
  */
 import { z } from 'zod';
-import type { Env } from '../config.js';
+import { booleanSetting, durationMs, NCRONTAB, Problems, read, type Env } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { registerSecret } from '../log.js';
 import { isLoopbackHost } from '../targets/spec.js';
@@ -56,39 +56,9 @@ export interface PgDrillConfig extends PgCommonConfig {
   timeoutMs: number;
 }
 
-class Problems {
-  readonly list: string[] = [];
-  add(name: string, message: string): void {
-    this.list.push(`${name}: ${message}`);
-  }
-}
-
-function read<T>(env: Env, problems: Problems, name: string, schema: z.ZodType<T>, fallback?: string, secret = false): T | undefined {
-  const raw = env[name]?.trim() || fallback;
-  const result = schema.safeParse(raw);
-  if (result.success) return result.data;
-  const what = raw === undefined ? 'is not set' : `"${secret ? '***' : raw}" is invalid`;
-  problems.add(name, `${what}: ${result.error.issues[0]?.message ?? 'invalid'}`);
-  return undefined;
-}
-
-const duration = (example: string) =>
-  z.string({ message: `expected a duration like ${example}` }).transform((s, ctx) => {
-    try {
-      const ms = parseDurationMs(s);
-      if (ms <= 0) throw new Error('must be longer than zero');
-      return ms;
-    } catch (e) {
-      ctx.addIssue({ code: 'custom', message: (e as Error).message });
-      return z.NEVER;
-    }
-  });
-
-const bool = z.enum(['true', 'false'], { message: 'expected true or false' }).transform((s) => s === 'true');
-
-const ncrontab = z
-  .string({ message: 'expected an NCRONTAB expression with six fields (second minute hour day month weekday)' })
-  .refine((s) => s.trim().split(/\s+/).length === 6, 'expected six fields: second minute hour day month weekday (e.g. "0 */10 * * * *")');
+const duration = (example: string) => durationMs(`a duration like ${example}`);
+const bool = booleanSetting;
+const ncrontab = NCRONTAB;
 
 const armEndpoint = z.string().transform((s, ctx) => {
   let u: URL;
