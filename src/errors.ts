@@ -67,3 +67,65 @@ export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);
 }
+
+/**
+ * An object cannot be deleted or overwritten because an immutability lock (Blob version-level WORM, an R2
+ * bucket lock) or a legal hold protects it. Retention reports such objects as held, not as failures.
+ */
+export class ObjectHeldError extends TcabError {
+  readonly permanent = true;
+  constructor(what: string, options: { cause?: unknown } = {}) {
+    super(`Held: ${what} is protected by an immutability policy, bucket lock or legal hold`, {
+      code: 'OBJECT_HELD',
+      hint: 'nothing to do; it can be deleted once its retention period ends or the hold is lifted',
+      ...options,
+    });
+    this.name = 'ObjectHeldError';
+  }
+}
+
+/**
+ * A storage operation failed. The message names the target, its URL (never a credential), the operation
+ * and the key. `transient` marks what waiting and retrying may fix (throttling, 5xx, timeouts, connection
+ * resets); the retry wrapper retries only those.
+ */
+export class TargetError extends TcabError {
+  readonly target: string;
+  readonly operation: string;
+  readonly key: string | undefined;
+  /** HTTP status of the backend's answer, when there was one. */
+  readonly status: number | undefined;
+  readonly transient: boolean;
+  readonly permanent: boolean;
+  /** How long the backend asked us to wait (Retry-After), when it did. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(options: {
+    target: string;
+    url: string;
+    operation: string;
+    key?: string;
+    detail: string;
+    hint?: string;
+    cause?: unknown;
+    status?: number;
+    code?: string;
+    transient?: boolean;
+    retryAfterMs?: number;
+  }) {
+    const where = options.key === undefined ? options.operation : `${options.operation} ${options.key}`;
+    super(`Target "${options.target}" (${options.url}): ${where} failed: ${options.detail}`, {
+      code: options.code ?? 'TARGET_FAILED',
+      ...(options.hint ? { hint: options.hint } : {}),
+      cause: options.cause,
+    });
+    this.name = 'TargetError';
+    this.target = options.target;
+    this.operation = options.operation;
+    this.key = options.key;
+    this.status = options.status;
+    this.transient = options.transient ?? false;
+    this.permanent = !this.transient;
+    this.retryAfterMs = options.retryAfterMs;
+  }
+}

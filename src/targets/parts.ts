@@ -1,0 +1,105 @@
+/**
+ * Streams a body to a backend in fixed-size parts (S3 multipart parts, Blob blocks) with bounded memory:
+ * at most `concurrency` parts in flight plus the one being filled. Every part is sent as a Buffer with a
+ * known length, so no backend ever needs chunked transfer encoding, and each part can be retried on its
+ * own. A body that fits in one part is sent in a single request instead.
+ */
+import { addAbortSignal, type Readable } from 'node:stream';
+import { abortError, SourceError } from './failure.js';
+
+export interface PartSink<R> {
+  /** The whole body fitted in one part: store it with one request. */
+  single(data: Buffer): Promise<R>;
+  /** Called once before the first part of a multi-part upload. */
+  begin(): Promise<void>;
+  /** Stores part `number` (1-based). Parts may complete out of order. */
+  part(number: number, data: Buffer): Promise<void>;
+  /** All `count` parts are stored; make the object visible. */
+  complete(count: number, size: number): Promise<R>;
+  /** The upload failed or was aborted after `begin`: clean up where the backend allows. Must not throw. */
+  abandon(): Promise<void>;
+}
+
+export interface PartOptions {
+  partSize: number;
+  concurrency: number;
+  signal?: AbortSignal;
+}
+
+export async function putInParts<R>(body: Readable, sink: PartSink<R>, options: PartOptions): Promise<R> {
+  const { partSize, concurrency, signal } = options;
+  if (signal?.aborted) {
+    body.destroy();
+    throw abortError(signal);
+  }
+  if (signal) addAbortSignal(signal, body);
+
+  let buffer = Buffer.allocUnsafe(partSize);
+  let filled = 0;
+  let number = 0;
+  let size = 0;
+  let begun = false;
+  const inFlight = new Set<Promise<void>>();
+  let failure: unknown;
+
+  const send = async (data: Buffer) => {
+    if (!begun) {
+      begun = true;
+      await sink.begin();
+    }
+    const n = ++number;
+    const p = sink.part(n, data).then(
+      () => void inFlight.delete(p),
+      (err) => {
+        inFlight.delete(p);
+        failure ??= err;
+      },
+    );
+    inFlight.add(p);
+    while (inFlight.size >= concurrency && failure === undefined) await Promise.race(inFlight);
+  };
+
+  const chunks = (body as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      // Only a failure to read the body is the source's; whatever send() throws is the backend's.
+      let next: IteratorResult<Buffer | string>;
+      try {
+        next = await chunks.next();
+      } catch (err) {
+        if (signal?.aborted) throw abortError(signal);
+        throw new SourceError(err);
+      }
+      if (next.done) break;
+      const bytes = typeof next.value === 'string' ? Buffer.from(next.value) : next.value;
+      let offset = 0;
+      while (offset < bytes.length) {
+        // A full part waits for the next byte before it is sent: then the last part is never empty,
+        // and a body of exactly one part still goes as a single request.
+        if (filled === partSize) {
+          await send(buffer);
+          if (failure !== undefined) throw failure;
+          buffer = Buffer.allocUnsafe(partSize);
+          filled = 0;
+        }
+        const n = Math.min(partSize - filled, bytes.length - offset);
+        bytes.copy(buffer, filled, offset, offset + n);
+        filled += n;
+        offset += n;
+        size += n;
+      }
+    }
+    if (!begun) return await sink.single(buffer.subarray(0, filled));
+    await send(buffer.subarray(0, filled));
+    while (inFlight.size > 0) await Promise.race(inFlight);
+    if (failure !== undefined) throw failure;
+    if (signal?.aborted) throw abortError(signal);
+    return await sink.complete(number, size);
+  } catch (err) {
+    body.destroy();
+    // Parts still running would race the clean-up; let them finish (they fail fast once aborted).
+    await Promise.allSettled([...inFlight]);
+    if (begun) await sink.abandon();
+    throw err;
+  }
+}
