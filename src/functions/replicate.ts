@@ -1,0 +1,29 @@
+/**
+ * Replicate on a timer (TCAB_BACKUP_REPLICATE_SCHEDULE): copy every snapshot a target lacks from a target
+ * that has it. A failure throws, so the invocation fails and the alert rules fire; a target that was down
+ * catches up on the next run.
+ */
+import functions from '@azure/functions';
+import type { InvocationContext, Timer } from '@azure/functions';
+import { errorMessage } from '../errors.js';
+import { backupConfig, invocationLogger } from '../host/context.js';
+import { runReplicate } from '../jobs/replicate.js';
+import { loadRetentionConfig } from '../retention/settings.js';
+import { openTargets } from '../runtime.js';
+
+const { app } = functions;
+
+export async function replicateTimer(timer: Timer, context: InvocationContext): Promise<void> {
+  const logger = invocationLogger(context);
+  if (timer.isPastDue) logger.warn('replicate.timer_past_due', { note: 'the previous run was late or the app was stopped' });
+  try {
+    const config = backupConfig();
+    const retention = loadRetentionConfig(process.env, config.targets.map((t) => t.name));
+    await runReplicate({ targets: openTargets(config, logger), database: config.database, logger, retention });
+  } catch (e) {
+    logger.error('replicate.failed', { error: errorMessage(e) });
+    throw e;
+  }
+}
+
+app.timer('replicateTimer', { schedule: '%TCAB_BACKUP_REPLICATE_SCHEDULE%', runOnStartup: false, useMonitor: true, handler: replicateTimer });

@@ -1,0 +1,105 @@
+/**
+ * What replicate should copy where: every snapshot that some target holds completely and another lacks
+ * (no manifest, or a manifest whose data is missing or the wrong size), except what the destination's own
+ * retention would remove at once. Pure: no I/O.
+ *
+ * "Would remove at once" means what `prune --force` would remove right after the copy: the destination's
+ * policy over the union of what it has and what it would get, with the safety rails that keep snapshots
+ * (pinned, newest verified, min keep, min age). Copying less than that would leave a target short of
+ * snapshots its prune keeps; copying more would churn.
+ */
+import type { Manifest } from '../catalog/manifest.js';
+import { TcabError } from '../errors.js';
+import { planRetention } from '../retention/policy.js';
+import { applySafetyRails, type RailSnapshot } from '../retention/rails.js';
+import type { RetentionConfig } from '../retention/settings.js';
+import type { TargetCatalog } from './replicate-prune-catalog.js';
+
+export interface PlannedCopy {
+  id: string;
+  manifest: Manifest;
+  /** Targets holding a complete copy, in configuration order. */
+  sources: string[];
+  bytes: number;
+  /** Set when the destination has a damaged copy that this copy replaces: what is wrong with it. */
+  repairs?: string;
+}
+
+export interface SkippedCopy {
+  id: string;
+  reason: string;
+}
+
+export interface DestinationPlan {
+  destination: string;
+  /** Complete snapshots the destination already holds. */
+  present: number;
+  copies: PlannedCopy[];
+  skipped: SkippedCopy[];
+}
+
+export function planReplication(catalogs: readonly TargetCatalog[], options: { retention?: RetentionConfig; now: Date }): DestinationPlan[] {
+  const ids = new Set<string>();
+  for (const c of catalogs) for (const s of c.snapshots) ids.add(s.id);
+  const newestFirst = [...ids].sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
+
+  return catalogs.map((destination) => {
+    const plan: DestinationPlan = { destination: destination.target.name, present: 0, copies: [], skipped: [] };
+    for (const id of newestFirst) {
+      const own = destination.byId.get(id);
+      if (own?.complete) {
+        plan.present++;
+        continue;
+      }
+      const holders = catalogs.filter((c) => c !== destination && c.byId.get(id)?.complete);
+      if (holders.length === 0) {
+        const problems = catalogs.map((c) => c.byId.get(id) && `"${c.target.name}": ${c.byId.get(id)!.problem}`).filter(Boolean);
+        plan.skipped.push({ id, reason: `no reachable target holds a complete copy (${problems.join('; ')})` });
+        continue;
+      }
+      const manifest = holders[0]!.byId.get(id)!.manifest!;
+      plan.copies.push({
+        id, manifest, sources: holders.map((c) => c.target.name), bytes: manifest.artifact.bytes,
+        ...(own ? { repairs: own.problem! } : {}),
+      });
+    }
+    if (options.retention) dropWhatRetentionRemoves(destination, plan, options.retention, options.now);
+    return plan;
+  });
+}
+
+function dropWhatRetentionRemoves(destination: TargetCatalog, plan: DestinationPlan, retention: RetentionConfig, now: Date): void {
+  if (plan.copies.length === 0) return;
+  const name = destination.target.name;
+  const own = retention.policies.get(name);
+  if (!own) {
+    throw new TcabError(`No retention policy was loaded for target "${name}"`, {
+      hint: 'load the retention settings with the names of every configured target (loadRetentionConfig)',
+    });
+  }
+  const incoming = new Map(plan.copies.map((c) => [c.id, c]));
+  const snapshots: RailSnapshot[] = destination.snapshots.map((s) => {
+    const copy = incoming.get(s.id);
+    const tags = s.manifest?.tags ?? copy?.manifest.tags ?? [];
+    return { id: s.id, time: s.time, tags, verified: s.complete || copy !== undefined };
+  });
+  for (const copy of plan.copies) {
+    if (!destination.byId.has(copy.id)) {
+      snapshots.push({ id: copy.id, time: new Date(copy.manifest.createdAt), tags: copy.manifest.tags, verified: true });
+    }
+  }
+  const guarded = applySafetyRails(
+    planRetention(snapshots, own.policy, now),
+    snapshots,
+    { ...retention.rails, force: true, listingComplete: true, target: name },
+    now,
+  );
+  const removed = new Set(guarded.remove);
+  const kept: PlannedCopy[] = [];
+  for (const copy of plan.copies) {
+    if (removed.has(copy.id)) {
+      plan.skipped.push({ id: copy.id, reason: `the retention policy of target "${name}" (${own.source}) would remove it at once` });
+    } else kept.push(copy);
+  }
+  plan.copies = kept;
+}

@@ -1,0 +1,231 @@
+/**
+ * Replicate: make every target hold every snapshot that any target holds, except what the destination's
+ * own retention would remove at once. Each copy streams from a target that has the snapshot to one that
+ * lacks it, checked against the manifest as it streams; a corrupt source is refused and the next source
+ * tried. Idempotent: a second run finds nothing to copy, and a target that was unreachable catches up on
+ * the next run.
+ *
+ * Safe to run at the same time as itself and as prune, without a lock: two copies of one snapshot write the
+ * same bytes and equivalent manifests; a manifest is written only after its data is stored and verified;
+ * and the manifest-then-data-check handshake with prune (replicate-copy.ts, prune-delete.ts) withdraws any
+ * manifest whose data a concurrent prune removed. A lock would add an expiry to tune and a stuck-lock
+ * failure mode, and would still need the same ordering to survive a crash.
+ */
+import { TcabError, errorMessage } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { RetentionConfig } from '../retention/settings.js';
+import { backoffMs, isRetryable, sleep, type RetryOptions } from '../targets/retry.js';
+import type { Target } from '../targets/target.js';
+import type { Manifest } from '../catalog/manifest.js';
+import { copySnapshot, CopyError, type CopyResult } from './replicate-copy.js';
+import { planReplication, type DestinationPlan, type SkippedCopy } from './replicate-plan.js';
+import { readTargetCatalog, type TargetCatalog } from './replicate-prune-catalog.js';
+import { forEachLimit } from './replicate-prune-pool.js';
+
+export interface ReplicateDeps {
+  targets: Target[];
+  database: string;
+  logger?: Logger;
+  /** The targets' retention: snapshots a destination's policy would remove at once are not copied there. */
+  retention?: RetentionConfig;
+  /** The current time (tests). */
+  now?: () => Date;
+}
+
+export interface ReplicateRequest {
+  /** List what would be copied; copy nothing. */
+  dryRun?: boolean;
+  signal?: AbortSignal;
+  /** Copies in flight at once, across all destinations. Default 2. */
+  concurrency?: number;
+  /** Retries of a whole copy after a transient failure (a stream cannot be resumed). Default 2 retries. */
+  retry?: RetryOptions;
+}
+
+export interface CopiedSnapshot {
+  id: string;
+  from: string;
+  bytes: number;
+  ms: number;
+  /** What was wrong with the destination's own copy, when this copy replaced a damaged one. */
+  repaired?: string;
+  /** Sources tried first and given up (a corrupt copy, a read that broke off). */
+  refusedSources?: Array<{ source: string; error: string }>;
+}
+
+export interface FailedCopy {
+  id: string;
+  error: string;
+  /** Every source tried, and why it was given up. */
+  attempts: Array<{ source: string; error: string }>;
+}
+
+export interface DestinationOutcome {
+  target: string;
+  ok: boolean;
+  /** Set when the target could not be listed: it was neither source nor destination this run. */
+  error?: string;
+  /** Complete snapshots it already held. */
+  present: number;
+  /** What this run copies (or, with dryRun, would copy): id, first source, bytes. */
+  planned: Array<{ id: string; from: string; bytes: number; repairs?: string }>;
+  copied: CopiedSnapshot[];
+  skipped: SkippedCopy[];
+  failed: FailedCopy[];
+  bytes: number;
+}
+
+export interface ReplicateResult {
+  database: string;
+  dryRun: boolean;
+  targets: DestinationOutcome[];
+  copied: number;
+  failed: number;
+  bytes: number;
+  durationMs: number;
+}
+
+export class ReplicateFailedError extends TcabError {
+  readonly result: ReplicateResult;
+  constructor(message: string, result: ReplicateResult, hint: string) {
+    super(message, { code: 'REPLICATE_FAILED', hint });
+    this.name = 'ReplicateFailedError';
+    this.result = result;
+  }
+}
+
+/** A destination that failed this many copies in a row gets no more attempts this run. */
+const DESTINATION_GIVE_UP = 3;
+const DEFAULT_COPY_RETRY: RetryOptions = { retries: 2, baseDelayMs: 1_000, maxDelayMs: 20_000 };
+
+export async function runReplicate(deps: ReplicateDeps, request: ReplicateRequest = {}): Promise<ReplicateResult> {
+  const log = deps.logger ?? silentLogger;
+  const started = Date.now();
+  const now = deps.now?.() ?? new Date();
+  const signal = request.signal;
+  if (deps.targets.length === 0) throw new TcabError('No targets configured', { hint: 'set TCAB_BACKUP_TARGETS' });
+
+  const outcomes = new Map<string, DestinationOutcome>(deps.targets.map((t) => [t.name, {
+    target: t.name, ok: true, present: 0, planned: [], copied: [], skipped: [], failed: [], bytes: 0,
+  }]));
+  const catalogs: TargetCatalog[] = [];
+  await Promise.all(deps.targets.map(async (target) => {
+    try {
+      catalogs.push(await readTargetCatalog(target, deps.database, signal ? { signal } : {}));
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      const outcome = outcomes.get(target.name)!;
+      outcome.ok = false;
+      outcome.error = `listing failed: ${errorMessage(e)}`;
+      log.error('replicate.listing_failed', { target: target.name, error: errorMessage(e) });
+    }
+  }));
+  catalogs.sort((a, b) => deps.targets.indexOf(a.target) - deps.targets.indexOf(b.target));
+
+  const plans = planReplication(catalogs, { ...(deps.retention ? { retention: deps.retention } : {}), now });
+  for (const plan of plans) {
+    const outcome = outcomes.get(plan.destination)!;
+    outcome.present = plan.present;
+    outcome.skipped.push(...plan.skipped);
+    outcome.planned = plan.copies.map((c) => ({ id: c.id, from: c.sources[0]!, bytes: c.bytes, ...(c.repairs ? { repairs: c.repairs } : {}) }));
+  }
+  if (!request.dryRun) await copyAll(catalogs, plans, outcomes, log, request);
+
+  const targets = [...outcomes.values()];
+  const result: ReplicateResult = {
+    database: deps.database, dryRun: Boolean(request.dryRun), targets,
+    copied: targets.reduce((n, t) => n + t.copied.length, 0),
+    failed: targets.reduce((n, t) => n + t.failed.length, 0),
+    bytes: targets.reduce((n, t) => n + t.bytes, 0),
+    durationMs: Date.now() - started,
+  };
+  for (const t of targets) t.ok = !t.error && t.failed.length === 0;
+  throwIfFailed(result);
+  log.info('replicate.completed', {
+    database: deps.database, dryRun: result.dryRun, copied: result.copied, bytes: result.bytes, durationMs: result.durationMs,
+    planned: targets.reduce((n, t) => n + t.planned.length, 0), skipped: targets.reduce((n, t) => n + t.skipped.length, 0),
+  });
+  return result;
+}
+
+async function copyAll(
+  catalogs: TargetCatalog[],
+  plans: DestinationPlan[],
+  outcomes: Map<string, DestinationOutcome>,
+  log: Logger,
+  request: ReplicateRequest,
+): Promise<void> {
+  const byName = new Map(catalogs.map((c) => [c.target.name, c]));
+  // Newest first across destinations: the snapshots a restore would want are copied before older ones.
+  const tasks = plans.flatMap((p) => p.copies.map((copy) => ({ destination: byName.get(p.destination)!, copy })))
+    .sort((a, b) => (a.copy.id < b.copy.id ? 1 : a.copy.id > b.copy.id ? -1 : 0));
+  const failStreak = new Map<string, number>();
+
+  await forEachLimit(tasks, request.concurrency ?? 2, async ({ destination, copy }) => {
+    const name = destination.target.name;
+    const outcome = outcomes.get(name)!;
+    if ((failStreak.get(name) ?? 0) >= DESTINATION_GIVE_UP) {
+      outcome.skipped.push({ id: copy.id, reason: `not attempted: target "${name}" failed ${DESTINATION_GIVE_UP} copies in a row this run` });
+      return;
+    }
+    const attempts: FailedCopy['attempts'] = [];
+    for (const sourceName of copy.sources) {
+      const source = byName.get(sourceName)!;
+      // The source's own manifest: its bytes are checked against what it claims, and that is what is copied.
+      const manifest = source.byId.get(copy.id)!.manifest!;
+      try {
+        const done = await copyWithRetry(source.target, destination.target, manifest, request, log);
+        outcome.copied.push({
+          id: copy.id, from: sourceName, bytes: done.bytes, ms: done.ms,
+          ...(copy.repairs ? { repaired: copy.repairs } : {}), ...(attempts.length ? { refusedSources: attempts } : {}),
+        });
+        outcome.bytes += done.bytes;
+        failStreak.set(name, 0);
+        log.info('replicate.copied', { id: copy.id, from: sourceName, to: name, bytes: done.bytes, ms: done.ms, ...(copy.repairs ? { repaired: copy.repairs } : {}) });
+        return;
+      } catch (e) {
+        if (request.signal?.aborted) throw e;
+        attempts.push({ source: sourceName, error: errorMessage(e) });
+        const side = e instanceof CopyError ? e.side : 'destination';
+        log.warn('replicate.copy_failed', { id: copy.id, from: sourceName, to: name, side, error: errorMessage(e) });
+        if (side === 'destination') break;
+      }
+    }
+    const last = attempts[attempts.length - 1];
+    outcome.failed.push({ id: copy.id, error: last ? `from "${last.source}": ${last.error}` : 'no source could be read', attempts });
+    failStreak.set(name, (failStreak.get(name) ?? 0) + 1);
+  });
+}
+
+/** A copy cannot resume a broken stream, so a transient failure repeats the whole copy from the same source. */
+async function copyWithRetry(source: Target, destination: Target, manifest: Manifest, request: ReplicateRequest, log: Logger): Promise<CopyResult> {
+  const retry = { ...DEFAULT_COPY_RETRY, ...request.retry };
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await copySnapshot(source, destination, manifest, request.signal);
+    } catch (e) {
+      if (request.signal?.aborted) throw e;
+      const cause = e instanceof CopyError ? e.cause : e;
+      const transient = e instanceof CopyError ? !e.integrity && (e.brokeOff || isRetryable(cause)) : isRetryable(e);
+      if (attempt >= (retry.retries ?? 0) || !transient) throw e;
+      const delayMs = backoffMs(attempt, retry);
+      log.warn('replicate.copy_retry', { id: manifest.id, from: source.name, to: destination.name, attempt: attempt + 1, delayMs: Math.round(delayMs), error: errorMessage(e) });
+      await sleep(delayMs, request.signal);
+    }
+  }
+}
+
+function throwIfFailed(result: ReplicateResult): void {
+  const problems: string[] = [];
+  for (const t of result.targets) {
+    if (t.error) problems.push(`target "${t.target}": ${t.error}`);
+    for (const f of t.failed) problems.push(`snapshot ${f.id} to target "${t.target}" ${f.error}`);
+  }
+  if (problems.length === 0) return;
+  const shown = problems.slice(0, 5).join('; ') + (problems.length > 5 ? `; and ${problems.length - 5} more` : '');
+  throw new ReplicateFailedError(
+    `Replicate of "${result.database}" failed: ${shown}${result.copied ? ` (${result.copied} other copies succeeded)` : ''}`,
+    result,
+    'the named target (reachability, credentials, free space); a source whose copy does not match its manifest is damaged: run tcab-backup verify. The next replicate run retries what failed',
+  );
+}
