@@ -12,7 +12,6 @@ import { openAgent, openTargets } from '../runtime.js';
 import { runRestore } from '../jobs/restore.js';
 import { parseAtTime, type SnapshotSelector } from '../jobs/select.js';
 import { runSnapshot, SnapshotFailedError } from '../jobs/snapshot.js';
-import { runVerify, type VerifyResult } from '../jobs/verify.js';
 import { formatBytes, progressReporter, table } from './output.js';
 
 export interface CommandContext {
@@ -139,22 +138,6 @@ const restore: Command = async (args, ctx) => {
   return 0;
 };
 
-const verify: Command = async (args, ctx) => {
-  const { values } = parse(args, { json: { type: 'boolean' }, target: { type: 'string' } });
-  const config = loadTargetsConfig(ctx.env);
-  let result: VerifyResult;
-  try {
-    result = await runVerify({ targets: openTargets(config, ctx.logger, values.target), database: config.database, logger: ctx.logger }, { signal: abortOnSignal() });
-  } catch (e) {
-    const partial = (e as { result?: VerifyResult }).result;
-    if (values.json && partial) printJson(ctx, { ok: false, ...partial });
-    throw e;
-  }
-  if (values.json) printJson(ctx, { ok: true, ...result });
-  else ctx.io.stdout.write(`verified ${result.checked} stored snapshot(s), ${formatBytes(result.bytes)}, all match their manifests (${(result.durationMs / 1000).toFixed(1)} s)\n`);
-  return 0;
-};
-
 const retention: Command = async (args, ctx) => {
   const { positionals } = parse(args, {}, true);
   if (positionals.join(' ') !== 'plan') throw new UsageError('retention takes one subcommand: plan (reads JSON on stdin)');
@@ -163,6 +146,11 @@ const retention: Command = async (args, ctx) => {
 };
 
 // Commands of the later jobs live beside their jobs' CLI files and are registered here.
+import { drillCommand, statusCommand, verifyCommand } from './drill-status-commands.js';
 import { pgCommand } from './pg-commands.js';
+import { pruneCommand, replicateCommand } from './replicate-prune-commands.js';
 
-export const COMMANDS: Record<string, Command> = { agent, snapshot, list, restore, verify, retention, pg: pgCommand };
+export const COMMANDS: Record<string, Command> = {
+  agent, snapshot, list, restore, verify: verifyCommand, replicate: replicateCommand, prune: pruneCommand,
+  drill: drillCommand, status: statusCommand, retention, pg: pgCommand,
+};

@@ -19,8 +19,16 @@ Commands:
   list [--target NAME] [--json]           list the snapshots on each target
   restore (--snapshot ID | --at ISO-TIME | --latest) -o PATH [--target NAME] [--force] [--json]
                                           restore a snapshot to a verified SQLite file
-  verify [--json]                         re-read stored snapshots and check their sha256
+  verify [--all] [--target NAME] [--json]
+                                          re-read stored snapshots (a rotating share, or --all) and check sha256
+  replicate [--dry-run] [--json]          copy snapshots that one target has and another lacks
+  prune [--dry-run] [--force] [--json]    age snapshots out per each target's retention policy
+  drill [--target NAME] [--json]          restore the newest snapshot of each target and measure RPO/RTO
+  status [--target NAME] [--json] [--html PATH]
+                                          snapshot, drill and verify ages against thresholds
   retention plan                          apply a retention policy read as JSON on stdin (no safety rails)
+  pg check [--json]                       check Postgres servers' backup settings against the policy
+  pg drill [--force] [--json]             advance the Postgres point-in-time-restore drill by one step
 
 Settings are environment variables; see the README's configuration reference.
 Logs go to stderr as JSON lines (TCAB_LOG_LEVEL=debug|info|warn|error, default warn for the CLI).`;

@@ -1,0 +1,22 @@
+/**
+ * Verify on a timer (TCAB_BACKUP_VERIFY_SCHEDULE): re-reads the rotating subset of stored snapshots that
+ * keeps every one within TCAB_BACKUP_VERIFY_WITHIN. A mismatch throws, so the invocation fails and alerts.
+ */
+import functions from '@azure/functions';
+import type { InvocationContext, Timer } from '@azure/functions';
+import { backupConfig, invocationLogger } from '../host/context.js';
+import { loadVerifySettings } from '../jobs/health-settings.js';
+import { runVerifyRotation } from '../jobs/verify-rotation.js';
+import { openTargets } from '../runtime.js';
+
+const { app } = functions;
+
+export async function verifyTimer(timer: Timer, context: InvocationContext): Promise<void> {
+  const logger = invocationLogger(context);
+  if (timer.isPastDue) logger.warn('verify.timer_past_due', { note: 'the previous run was late or the app was stopped' });
+  const config = backupConfig();
+  const settings = loadVerifySettings();
+  await runVerifyRotation({ targets: openTargets(config, logger), database: config.database, logger }, { withinMs: settings.withinMs, intervalMs: settings.intervalMs });
+}
+
+app.timer('verifyTimer', { schedule: '%TCAB_BACKUP_VERIFY_SCHEDULE%', runOnStartup: false, useMonitor: true, handler: verifyTimer });

@@ -1,0 +1,104 @@
+/**
+ * Drill records: one JSON document per drill and target at drills/<database>/<drill id>.json, on the target
+ * that was drilled. They are the evidence that a restore works and how much it would lose; the monitor and
+ * the status page read the recent ones.
+ */
+import { z } from 'zod';
+import { drillKey, drillsPrefix } from '../catalog/layout.js';
+import { readRecord, writeRecord } from '../postgres/records.js';
+import type { Target } from '../targets/target.js';
+import { errorMessage } from '../errors.js';
+
+export const DRILL_RECORD_FORMAT_VERSION = 1;
+export const DRILL_ID_RE = /^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$/;
+/** About a year of daily drills; older records are removed by the drill that writes a new one. */
+export const DRILL_RECORDS_KEPT = 400;
+
+const Iso = z.string().datetime({ offset: true });
+
+export const DrillRecordSchema = z.object({
+  formatVersion: z.literal(DRILL_RECORD_FORMAT_VERSION),
+  kind: z.literal('sqlite-drill'),
+  drillId: z.string().regex(DRILL_ID_RE),
+  database: z.string(),
+  target: z.string(),
+  startedAt: Iso,
+  finishedAt: Iso,
+  ok: z.boolean(),
+  snapshot: z.object({
+    id: z.string(),
+    createdAt: Iso,
+    artifactBytes: z.number().int().nonnegative(),
+    bytes: z.number().int().nonnegative(),
+    compression: z.string(),
+  }).nullable(),
+  /** Download to verified file (both sha256 sums, decompression, integrity_check, row counts), in ms. */
+  recoveryTimeMs: z.number().nonnegative().nullable(),
+  recoveryPoint: z.object({
+    /** How old the snapshot was when the drill compared it with the live database. */
+    snapshotAgeMs: z.number(),
+    /** Runs in the live database minus runs in the snapshot: what restoring it would lose. Null without the agent. */
+    runsSince: z.number().int().nullable(),
+    newestPublishedAt: z.object({ snapshot: z.string().nullable(), live: z.string().nullable() }),
+    /** Newest published run live minus newest in the snapshot, in ms. */
+    publishedGapMs: z.number().nullable(),
+  }).nullable(),
+  tables: z.record(z.string(), z.object({
+    snapshot: z.number().int().nullable(),
+    live: z.number().int().nullable(),
+    /** live minus snapshot. */
+    difference: z.number().int().nullable(),
+  })),
+  live: z.object({
+    available: z.boolean(),
+    checkedAt: Iso.optional(),
+    agent: z.string().optional(),
+    error: z.string().optional(),
+  }),
+  warnings: z.array(z.string()),
+  error: z.string().optional(),
+});
+export type DrillRecord = z.infer<typeof DrillRecordSchema>;
+
+export async function writeDrillRecord(target: Target, record: DrillRecord, signal?: AbortSignal): Promise<void> {
+  await writeRecord(target, drillKey(record.database, record.drillId), record, { ifNoneMatch: '*' }, signal);
+}
+
+async function listDrillIds(target: Target, database: string, signal?: AbortSignal): Promise<string[]> {
+  const prefix = drillsPrefix(database);
+  const ids: string[] = [];
+  for await (const info of target.list(prefix, signal ? { signal } : {})) {
+    const name = info.key.slice(prefix.length);
+    if (name.endsWith('.json') && DRILL_ID_RE.test(name.slice(0, -5))) ids.push(name.slice(0, -5));
+  }
+  return ids.sort();
+}
+
+/** The newest `limit` drill records, newest first. A damaged record is reported in its place, never skipped silently. */
+export async function readRecentDrills(
+  target: Target,
+  database: string,
+  limit: number,
+  signal?: AbortSignal,
+): Promise<Array<{ drillId: string; record?: DrillRecord; error?: string }>> {
+  const ids = (await listDrillIds(target, database, signal)).reverse().slice(0, limit);
+  const read = await Promise.all(ids.map(async (drillId) => {
+    try {
+      const stored = await readRecord(target, drillKey(database, drillId), DrillRecordSchema, signal);
+      return stored ? { drillId, record: stored.value } : { drillId, error: 'vanished while being read' };
+    } catch (e) {
+      return { drillId, error: errorMessage(e) };
+    }
+  }));
+  // Ids have second precision; drills started within one second are ordered by when they started.
+  const at = (r: (typeof read)[number]) => r.record?.startedAt ?? r.drillId;
+  return read.sort((a, b) => (a.drillId.slice(0, 16) !== b.drillId.slice(0, 16) ? (a.drillId < b.drillId ? 1 : -1) : at(a) < at(b) ? 1 : at(a) > at(b) ? -1 : 0));
+}
+
+/** Removes the oldest records beyond DRILL_RECORDS_KEPT; returns how many went. */
+export async function trimDrillRecords(target: Target, database: string, keep = DRILL_RECORDS_KEPT, signal?: AbortSignal): Promise<number> {
+  const ids = await listDrillIds(target, database, signal);
+  const old = ids.slice(0, Math.max(0, ids.length - keep));
+  for (const id of old) await target.delete(drillKey(database, id), signal ? { signal } : {});
+  return old.length;
+}

@@ -1,0 +1,247 @@
+/**
+ * The restore drill: for each target, restore its newest snapshot into a scratch folder exactly as an
+ * operator would (download, artifact sha256, decompress, file sha256, PRAGMA integrity_check, row counts
+ * against the manifest: runRestore does all of it), then compare it with the live database through the
+ * agent's /v1/status and record what a restore would cost now:
+ * - recovery point: how old the snapshot is, how many runs were published since (live minus snapshot), and
+ *   the newest published_at live against the newest in the snapshot;
+ * - recovery time: from the first downloaded byte to a verified file.
+ * Each target gets a drill record and a `drill.completed` or `drill.failed` log event.
+ *
+ * When the agent cannot be asked (down, unreachable, not configured), the drill still proves the restore and
+ * records the live comparison as unavailable, with a warning, but does not fail: what it set out to prove
+ * (the backup restores) holds, and an agent that is down already fails the snapshot job and its alert.
+ * Any failure of the restore itself fails the drill, naming the target and the snapshot.
+ */
+import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import type { AgentStatus } from '../agent/protocol.js';
+import { toIsoTime } from '../agent/status.js';
+import type { Manifest } from '../catalog/manifest.js';
+import { NotFoundError, TcabError, errorMessage } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import { newDrillId } from '../postgres/drill-server.js';
+import type { Target } from '../targets/target.js';
+import { DRILL_RECORD_FORMAT_VERSION, trimDrillRecords, writeDrillRecord, type DrillRecord } from './drill-record.js';
+import { runRestore } from './restore.js';
+import { selectSnapshot } from './select.js';
+
+/** What the drill needs from the agent (AgentClient implements it). */
+export interface LiveStatusSource {
+  /** host:port of the agent, for records and messages. */
+  readonly agent: string;
+  status(options?: { signal?: AbortSignal }): Promise<AgentStatus>;
+}
+
+export interface DrillDeps {
+  targets: Target[];
+  database: string;
+  /** The agent, or why it cannot be asked (e.g. its settings are missing); the drill then warns. */
+  live: LiveStatusSource | { unavailable: string };
+  /** Folder to restore into (a fresh subfolder is made and removed). */
+  workDir: string;
+  logger?: Logger;
+  now?: () => Date;
+}
+
+export interface DrillResult {
+  database: string;
+  drillId: string;
+  ok: boolean;
+  targets: DrillRecord[];
+}
+
+export class DrillFailedError extends TcabError {
+  constructor(message: string, readonly result: DrillResult) {
+    super(message, {
+      code: 'DRILL_FAILED',
+      hint: 'the stored copy named is damaged or unreadable: restore from another target, run "tcab-backup verify --all --target <name>", and let replicate copy a good snapshot back',
+    });
+    this.name = 'DrillFailedError';
+  }
+}
+
+/** Free space the restored file needs beyond its size (SQLite opens it read-only; nothing else is written). */
+const SPACE_MARGIN = 1.05;
+
+export async function runDrill(deps: DrillDeps, options: { signal?: AbortSignal } = {}): Promise<DrillResult> {
+  const log = deps.logger ?? silentLogger;
+  const now = deps.now ?? (() => new Date());
+  if (deps.targets.length === 0) throw new TcabError('No targets configured', { hint: 'set TCAB_BACKUP_TARGETS' });
+  const drillId = newDrillId(now());
+  const live = await askLive(deps.live, options.signal, now);
+  if (live.error) log.warn('drill.live_unavailable', { database: deps.database, error: live.error, note: 'the restore is still checked; the comparison with the live database is skipped' });
+  await mkdir(deps.workDir, { recursive: true });
+  const records: DrillRecord[] = [];
+  // One target at a time: each restore needs the database's full size on local disk.
+  for (const target of deps.targets) {
+    const record = await drillTarget(target, deps, drillId, live, now, log, options.signal);
+    records.push(record);
+  }
+  const failed = records.filter((r) => !r.ok);
+  const result: DrillResult = { database: deps.database, drillId, ok: failed.length === 0, targets: records };
+  if (failed.length) {
+    throw new DrillFailedError(`Restore drill ${drillId} of database "${deps.database}" failed on ${failed.length} of ${records.length} target(s): ${failed.map((r) => r.error).join('; ')}`, result);
+  }
+  return result;
+}
+
+interface LiveFacts {
+  status?: AgentStatus;
+  checkedAt: Date;
+  agent?: string;
+  error?: string;
+}
+
+async function askLive(source: DrillDeps['live'], signal: AbortSignal | undefined, now: () => Date): Promise<LiveFacts> {
+  if ('unavailable' in source) return { checkedAt: now(), error: source.unavailable };
+  try {
+    const status = await source.status(signal ? { signal } : {});
+    return { status, checkedAt: now(), agent: source.agent };
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    return { checkedAt: now(), agent: source.agent, error: errorMessage(e) };
+  }
+}
+
+async function drillTarget(
+  target: Target,
+  deps: DrillDeps,
+  drillId: string,
+  live: LiveFacts,
+  now: () => Date,
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<DrillRecord> {
+  const startedAt = now();
+  const record: DrillRecord = {
+    formatVersion: DRILL_RECORD_FORMAT_VERSION, kind: 'sqlite-drill', drillId, database: deps.database, target: target.name,
+    startedAt: startedAt.toISOString(), finishedAt: startedAt.toISOString(), ok: false, snapshot: null, recoveryTimeMs: null,
+    recoveryPoint: null, tables: {}, live: { available: false }, warnings: [],
+  };
+  let manifest: Manifest | undefined;
+  const scratch = await mkdtemp(join(deps.workDir, 'tcab-drill-'));
+  try {
+    try {
+      manifest = await selectSnapshot(target, deps.database, { latest: true }, signal);
+    } catch (e) {
+      if (e instanceof NotFoundError) throw new TcabError(`target "${target.name}" (${target.url}) holds no snapshot of "${deps.database}" to drill`);
+      throw e;
+    }
+    record.snapshot = {
+      id: manifest.id, createdAt: manifest.createdAt, artifactBytes: manifest.artifact.bytes, bytes: manifest.snapshot.bytes, compression: manifest.artifact.compression,
+    };
+    await checkSpace(scratch, manifest);
+    const path = join(scratch, `${manifest.id}.sqlite`);
+    const restored = await runRestore({ targets: [target], database: deps.database }, { selector: { id: manifest.id }, outPath: path, ...(signal ? { signal } : {}) })
+      .catch((e: unknown) => {
+        throw new TcabError(restoreFailure(e, manifest!.id, target.name));
+      });
+    record.recoveryTimeMs = restored.durationMs;
+    const snapshotNewest = newestPublishedAt(path);
+    compareWithLive(record, manifest, restored.tables, snapshotNewest, live, deps.database);
+    record.ok = true;
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    const detail = errorMessage(e);
+    record.error = manifest
+      ? `target "${target.name}" (${target.url}) snapshot ${manifest.id}: ${detail}`
+      : detail.startsWith('target "') ? detail : `target "${target.name}" (${target.url}): ${detail}`;
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+  record.finishedAt = now().toISOString();
+  try {
+    await writeDrillRecord(target, record, signal);
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    const why = `the drill record ${record.drillId} could not be written: ${errorMessage(e)}`;
+    record.error = record.error ? `${record.error}; ${why}` : `target "${target.name}" (${target.url}): ${why}`;
+    record.ok = false;
+  }
+  const fields = {
+    database: deps.database, target: target.name, drillId, snapshot: record.snapshot?.id, recoveryTimeMs: record.recoveryTimeMs,
+    snapshotAgeMs: record.recoveryPoint?.snapshotAgeMs, runsSince: record.recoveryPoint?.runsSince, publishedGapMs: record.recoveryPoint?.publishedGapMs,
+    liveAvailable: record.live.available, warnings: record.warnings,
+  };
+  if (record.ok) log.info('drill.completed', fields);
+  else log.error('drill.failed', { ...fields, error: record.error });
+  if (record.ok) {
+    await trimDrillRecords(target, deps.database, undefined, signal).catch((e: unknown) => {
+      log.warn('drill.trim_failed', { target: target.name, error: errorMessage(e), note: 'old drill records stay until the next drill' });
+    });
+  }
+  return record;
+}
+
+/** runRestore's message names every target tried; here there is one, so keep only what went wrong. */
+function restoreFailure(e: unknown, id: string, targetName: string): string {
+  let message = errorMessage(e);
+  if (e instanceof TcabError && e.hint && message.endsWith(`. Check: ${e.hint}`)) message = message.slice(0, -`. Check: ${e.hint}`.length);
+  const prefix = `Restore of snapshot ${id} failed on every target: "${targetName}": `;
+  if (message.startsWith(prefix)) message = message.slice(prefix.length);
+  // The drill's own message names the target and snapshot already.
+  for (const named of [`Snapshot ${id} on target "${targetName}": `, `Snapshot ${id} from target "${targetName}": `, `Snapshot ${id} from target "${targetName}" `]) {
+    if (message.startsWith(named)) return message.slice(named.length);
+  }
+  return message;
+}
+
+async function checkSpace(dir: string, manifest: Manifest): Promise<void> {
+  const fs = await statfs(dir);
+  const free = fs.bavail * fs.bsize;
+  if (free < manifest.snapshot.bytes * SPACE_MARGIN) {
+    throw new TcabError(`the drill folder ${dir} has ${free} bytes free, the restored snapshot needs ${manifest.snapshot.bytes}`, {
+      hint: 'point TCAB_BACKUP_DRILL_WORK_DIR at a disk with room for the uncompressed database',
+    });
+  }
+}
+
+/** Newest published_at of runs in the restored file, or null when it has no such column or no runs. */
+function newestPublishedAt(path: string): string | null {
+  const db = new Database(path, { readonly: true, fileMustExist: true });
+  try {
+    const hasColumn = db.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'published_at'").get();
+    if (!hasColumn) return null;
+    const row = db.prepare('SELECT max(published_at) AS v FROM runs').get() as { v: string | number | null };
+    return toIsoTime(row.v);
+  } finally {
+    db.close();
+  }
+}
+
+function compareWithLive(record: DrillRecord, manifest: Manifest, restored: Record<string, number>, snapshotNewest: string | null, live: LiveFacts, database: string): void {
+  const at = live.checkedAt.getTime();
+  const status = live.status;
+  let liveError = live.error;
+  if (status && status.database.name !== database) {
+    liveError = `the agent at ${live.agent} serves database "${status.database.name}", not "${database}"`;
+  }
+  const usable = status && !liveError ? status : undefined;
+  record.live = usable
+    ? { available: true, checkedAt: live.checkedAt.toISOString(), ...(live.agent ? { agent: live.agent } : {}) }
+    : { available: false, ...(live.agent ? { agent: live.agent } : {}), error: liveError ?? 'unknown' };
+  if (!usable) record.warnings.push(`live comparison unavailable: ${liveError}`);
+  const names = new Set([...Object.keys(restored), ...Object.keys(usable?.database.tables ?? {})]);
+  for (const name of [...names].sort()) {
+    const snap = restored[name] ?? null;
+    const liveCount = usable ? usable.database.tables[name] ?? null : null;
+    const difference = snap !== null && liveCount !== null ? liveCount - snap : null;
+    record.tables[name] = { snapshot: snap, live: liveCount, difference };
+    // The runs database is append-mostly: fewer rows live than in a backup means deletions, or another database.
+    if (difference !== null && difference < 0) {
+      record.warnings.push(`table ${name} has ${liveCount} rows live but ${snap} in snapshot ${manifest.id}: rows were deleted since, or the agent reads another database file`);
+    }
+  }
+  const liveNewest = usable?.database.newestPublishedAt ?? null;
+  const gap = liveNewest && snapshotNewest && !Number.isNaN(Date.parse(liveNewest)) && !Number.isNaN(Date.parse(snapshotNewest))
+    ? Date.parse(liveNewest) - Date.parse(snapshotNewest)
+    : null;
+  record.recoveryPoint = {
+    snapshotAgeMs: at - Date.parse(manifest.createdAt),
+    runsSince: record.tables.runs?.difference ?? null,
+    newestPublishedAt: { snapshot: snapshotNewest, live: liveNewest },
+    publishedGapMs: gap,
+  };
+}

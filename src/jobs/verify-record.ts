@@ -1,0 +1,128 @@
+/**
+ * The verify record kept on each target (status/<database>.verify.json): when each stored snapshot was last
+ * re-read and whether its bytes still matched the manifest. The verify rotation reads it to pick the least
+ * recently verified snapshots; prune reads it so that a copy whose last re-read failed never counts as the
+ * "newest verified snapshot"; the monitor reads it for the age of the last clean run.
+ */
+import { z } from 'zod';
+import { verifyRecordKey } from '../catalog/layout.js';
+import { PreconditionFailedError, TargetError, isAbortError } from '../errors.js';
+import { readRecord, writeRecord } from '../postgres/records.js';
+import type { Target } from '../targets/target.js';
+
+export const VERIFY_RECORD_FORMAT_VERSION = 1;
+const Iso = z.string().datetime({ offset: true });
+
+export const VerifyEntrySchema = z.object({
+  checkedAt: Iso,
+  ok: z.boolean(),
+  /** Bytes read; on a mismatch, what was found. */
+  bytes: z.number().int().nonnegative().optional(),
+  error: z.string().optional(),
+  /** First of the consecutive failed checks, so the page can say for how long a copy has been bad. */
+  failingSince: Iso.optional(),
+});
+export type VerifyEntry = z.infer<typeof VerifyEntrySchema>;
+
+export const VerifyRunSchema = z.object({
+  startedAt: Iso,
+  finishedAt: Iso,
+  /** True for `verify --all`: every snapshot was read, not a rotating subset. */
+  all: z.boolean(),
+  snapshots: z.number().int().nonnegative(),
+  checked: z.number().int().nonnegative(),
+  failed: z.number().int().nonnegative(),
+  bytes: z.number().int().nonnegative(),
+  durationMs: z.number().nonnegative(),
+  failures: z.array(z.object({ id: z.string(), error: z.string() })),
+});
+export type VerifyRun = z.infer<typeof VerifyRunSchema>;
+
+export const VerifyRecordSchema = z.object({
+  formatVersion: z.literal(VERIFY_RECORD_FORMAT_VERSION),
+  kind: z.literal('verify-record'),
+  database: z.string(),
+  target: z.string(),
+  updatedAt: Iso,
+  /** Snapshot id -> the last check of its stored copy. Entries of snapshots that are gone are dropped. */
+  snapshots: z.record(z.string(), VerifyEntrySchema),
+  lastRun: VerifyRunSchema.optional(),
+  /** The last run that found every snapshot it read intact. */
+  lastCleanRun: VerifyRunSchema.optional(),
+  lastFailedRun: VerifyRunSchema.optional(),
+});
+export type VerifyRecord = z.infer<typeof VerifyRecordSchema>;
+
+/** The target's verify record, or undefined when verify never ran there. A damaged record throws. */
+export async function readVerifyRecord(target: Target, database: string, signal?: AbortSignal): Promise<VerifyRecord | undefined> {
+  return (await readRecord(target, verifyRecordKey(database), VerifyRecordSchema, signal))?.value;
+}
+
+/**
+ * How a stored copy stands: 'failed' when its last re-read did not match its manifest (prune must not count
+ * it as verified), 'ok' when it did, 'unchecked' when no run has re-read it yet (it was read back when stored).
+ */
+export function copyState(record: VerifyRecord | undefined, id: string): { state: 'ok' | 'failed' | 'unchecked'; checkedAt?: string; error?: string } {
+  const entry = record?.snapshots[id];
+  if (!entry) return { state: 'unchecked' };
+  return entry.ok ? { state: 'ok', checkedAt: entry.checkedAt } : { state: 'failed', checkedAt: entry.checkedAt, ...(entry.error ? { error: entry.error } : {}) };
+}
+
+export interface VerifyUpdate {
+  /** Ids listed on the target by this run (entries of other, older ids are dropped as pruned). */
+  listed: string[];
+  /** What this run found. */
+  results: Record<string, VerifyEntry>;
+  run: VerifyRun;
+  /** The stored record is damaged (not JSON, wrong format): replace it instead of merging into it. */
+  replaceDamaged?: boolean;
+}
+
+function apply(base: VerifyRecord | undefined, database: string, target: string, update: VerifyUpdate): VerifyRecord {
+  const listed = new Set(update.listed);
+  const newestListed = update.listed.reduce((a, b) => (b > a ? b : a), '');
+  const snapshots: Record<string, VerifyEntry> = {};
+  // A snapshot newer than this run's listing may have been verified by a concurrent run: keep it.
+  for (const [id, entry] of Object.entries(base?.snapshots ?? {})) if (listed.has(id) || id > newestListed) snapshots[id] = entry;
+  for (const [id, result] of Object.entries(update.results)) {
+    const previous = snapshots[id];
+    // A newer read by a concurrent run wins, except that a found mismatch is never hidden by a clean read.
+    if (previous && previous.checkedAt > result.checkedAt && (!previous.ok || result.ok)) continue;
+    snapshots[id] = result.ok ? result : { ...result, failingSince: previous && !previous.ok ? previous.failingSince ?? previous.checkedAt : result.checkedAt };
+  }
+  const run = update.run;
+  const newer = (a: VerifyRun | undefined) => (a && a.finishedAt > run.finishedAt ? a : run);
+  return {
+    formatVersion: VERIFY_RECORD_FORMAT_VERSION, kind: 'verify-record', database, target, updatedAt: new Date().toISOString(),
+    snapshots,
+    lastRun: newer(base?.lastRun),
+    ...(run.failed === 0 ? { lastCleanRun: newer(base?.lastCleanRun) } : base?.lastCleanRun ? { lastCleanRun: base.lastCleanRun } : {}),
+    ...(run.failed > 0 ? { lastFailedRun: newer(base?.lastFailedRun) } : base?.lastFailedRun ? { lastFailedRun: base.lastFailedRun } : {}),
+  };
+}
+
+/**
+ * Merges this run's results into the record. Conditional writes keep a concurrent run (the timer and an
+ * operator's CLI) from wiping out each other's results: on a conflict the record is read again and merged.
+ */
+export async function recordVerifyResults(target: Target, database: string, update: VerifyUpdate, signal?: AbortSignal): Promise<VerifyRecord> {
+  const key = verifyRecordKey(database);
+  for (let attempt = 0; ; attempt++) {
+    let stored: Awaited<ReturnType<typeof readRecord<VerifyRecord>>>;
+    let condition: { ifMatch: string } | { ifNoneMatch: '*' } | {} = {};
+    try {
+      stored = await readRecord(target, key, VerifyRecordSchema, signal);
+      condition = stored ? { ifMatch: stored.etag } : { ifNoneMatch: '*' };
+    } catch (e) {
+      if (!update.replaceDamaged || e instanceof TargetError || isAbortError(e)) throw e;
+      stored = undefined;
+    }
+    const next = apply(stored?.value, database, target.name, update);
+    try {
+      await writeRecord(target, key, next, condition, signal);
+      return next;
+    } catch (e) {
+      if (!(e instanceof PreconditionFailedError) || attempt >= 4) throw e;
+    }
+  }
+}

@@ -1,0 +1,231 @@
+/**
+ * Verify rotation: each run re-reads a subset of the stored snapshots so that, across runs, every snapshot is
+ * re-read within TCAB_BACKUP_VERIFY_WITHIN (restic's `check --read-data-subset`, but choosing the least
+ * recently verified snapshots instead of a fixed slice, so snapshots that come and go do not upset the cycle).
+ *
+ * A snapshot's clock starts when its manifest was stored (the writer read the copy back then) and restarts at
+ * each re-read. A run reads, least recently verified first:
+ * - every snapshot whose last re-read failed, or whose artifact is missing (they stay loud until fixed);
+ * - every snapshot that would pass the window before the next run could read it;
+ * - more, until it has read its share: 1/R of the snapshots and 1/R of the bytes, R being the runs that fit
+ *   in the window, so the work is spread evenly rather than piling up on the day snapshots fall due.
+ * `--all` reads everything. Results go to the verify record on each target (verify-record.ts).
+ */
+import { listCatalog } from '../catalog/catalog.js';
+import { TcabError, TargetError, errorMessage, isAbortError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { Target } from '../targets/target.js';
+import { formatDuration } from '../util/duration.js';
+import { verifyStoredSnapshot, type VerifyOutcome } from './verify.js';
+import { readVerifyRecord, recordVerifyResults, type VerifyEntry, type VerifyRecord, type VerifyRun } from './verify-record.js';
+
+export interface RotationCandidate {
+  id: string;
+  /** When the manifest was written to this target. */
+  storedAt: Date;
+  /** Size of the stored artifact; undefined when the data object is missing. */
+  artifactBytes: number | undefined;
+}
+
+export type SelectionReason = 'all' | 'failed-before' | 'missing-artifact' | 'due' | 'share';
+
+export interface RotationPlan {
+  selected: Array<{ id: string; reason: SelectionReason }>;
+  /** Runs of the schedule that fit in the window. */
+  runsPerWindow: number;
+  countShare: number;
+  byteShare: number;
+}
+
+export interface RotationOptions {
+  now: Date;
+  withinMs: number;
+  /** The longest gap between two verify runs. */
+  intervalMs: number;
+  all?: boolean;
+}
+
+/** When the snapshot's bytes were last known good on this target. */
+export function lastReadAt(candidate: RotationCandidate, entry: VerifyEntry | undefined): number {
+  return entry ? Date.parse(entry.checkedAt) : candidate.storedAt.getTime();
+}
+
+/** Which snapshots this run reads; pure, so the coverage guarantee can be tested over simulated months. */
+export function planVerifyRotation(candidates: RotationCandidate[], entries: Record<string, VerifyEntry>, options: RotationOptions): RotationPlan {
+  const runsPerWindow = Math.max(1, Math.floor(options.withinMs / options.intervalMs));
+  const totalBytes = candidates.reduce((n, c) => n + (c.artifactBytes ?? 0), 0);
+  const countShare = Math.ceil(candidates.length / runsPerWindow);
+  const byteShare = Math.ceil(totalBytes / runsPerWindow);
+  if (options.all) return { selected: candidates.map((c) => ({ id: c.id, reason: 'all' })), runsPerWindow, countShare, byteShare };
+  // A timer run may start a little late; do not let a snapshot's deadline fall in that slack.
+  const slackMs = Math.min(options.intervalMs / 10, 3_600_000);
+  const nextRun = options.now.getTime() + options.intervalMs + slackMs;
+  const ordered = [...candidates].sort((a, b) => lastReadAt(a, entries[a.id]) - lastReadAt(b, entries[b.id]) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const selected: RotationPlan['selected'] = [];
+  const rest: RotationCandidate[] = [];
+  let count = 0;
+  let bytes = 0;
+  for (const c of ordered) {
+    const entry = entries[c.id];
+    const reason: SelectionReason | undefined =
+      entry && !entry.ok ? 'failed-before'
+      : c.artifactBytes === undefined ? 'missing-artifact'
+      : lastReadAt(c, entry) + options.withinMs <= nextRun ? 'due'
+      : undefined;
+    if (!reason) {
+      rest.push(c);
+      continue;
+    }
+    selected.push({ id: c.id, reason });
+    count++;
+    bytes += c.artifactBytes ?? 0;
+  }
+  for (const c of rest) {
+    if (count >= countShare && bytes >= byteShare) break;
+    selected.push({ id: c.id, reason: 'share' });
+    count++;
+    bytes += c.artifactBytes ?? 0;
+  }
+  return { selected, runsPerWindow, countShare, byteShare };
+}
+
+export interface TargetVerifyResult {
+  target: string;
+  url: string;
+  /** False when the target could not be listed or its record not written; `error` says why. */
+  reachable: boolean;
+  error?: string;
+  snapshots: number;
+  checked: number;
+  failed: number;
+  bytes: number;
+  /** The longest any snapshot on the target had gone unread, after this run. */
+  longestUnreadMs: number;
+  selected: RotationPlan['selected'];
+}
+
+export interface VerifyRotationResult {
+  database: string;
+  all: boolean;
+  checked: number;
+  failed: number;
+  bytes: number;
+  durationMs: number;
+  targets: TargetVerifyResult[];
+  /** One per snapshot read, every target; the same shape `runVerify` returns. */
+  outcomes: VerifyOutcome[];
+}
+
+export interface VerifyRotationRequest {
+  withinMs: number;
+  intervalMs: number;
+  all?: boolean;
+  signal?: AbortSignal;
+  /** Snapshots read at once per target. Default 2. */
+  concurrency?: number;
+}
+
+export class VerifyFailedError extends TcabError {
+  constructor(message: string, readonly result: VerifyRotationResult) {
+    super(message, {
+      code: 'VERIFY_FAILED',
+      hint: 'restore from a target whose copy verifies; delete the damaged copy and run replicate to copy a good one back, then run "tcab-backup verify --all --target <name>"',
+    });
+    this.name = 'VerifyFailedError';
+  }
+}
+
+export async function runVerifyRotation(
+  deps: { targets: Target[]; database: string; logger?: Logger; now?: () => Date },
+  request: VerifyRotationRequest,
+): Promise<VerifyRotationResult> {
+  const log = deps.logger ?? silentLogger;
+  const now = deps.now ?? (() => new Date());
+  const started = Date.now();
+  const outcomes: VerifyOutcome[] = [];
+  const targets = await Promise.all(deps.targets.map((target) => verifyTarget(target, deps.database, request, now, log, outcomes)));
+  outcomes.sort((a, b) => a.target.localeCompare(b.target) || (a.id < b.id ? 1 : -1));
+  const result: VerifyRotationResult = {
+    database: deps.database, all: Boolean(request.all), checked: outcomes.length, failed: outcomes.filter((o) => !o.ok).length,
+    bytes: outcomes.reduce((n, o) => n + (o.bytes ?? 0), 0), durationMs: Date.now() - started, targets, outcomes,
+  };
+  const problems = [
+    ...targets.filter((t) => !t.reachable).map((t) => `target "${t.target}" (${t.url}): ${t.error}`),
+    ...outcomes.filter((o) => !o.ok).map((o) => `target "${o.target}" snapshot ${o.id}: ${o.error}`),
+  ];
+  if (problems.length) {
+    throw new VerifyFailedError(`Verify of database "${deps.database}" failed: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? `; and ${problems.length - 5} more` : ''}`, result);
+  }
+  log.info('verify.completed', {
+    database: deps.database, all: result.all, checked: result.checked, bytes: result.bytes, durationMs: result.durationMs,
+    targets: targets.map((t) => ({ target: t.target, snapshots: t.snapshots, checked: t.checked, longestUnreadMs: t.longestUnreadMs })),
+  });
+  return result;
+}
+
+async function verifyTarget(
+  target: Target,
+  database: string,
+  request: VerifyRotationRequest,
+  now: () => Date,
+  log: Logger,
+  outcomes: VerifyOutcome[],
+): Promise<TargetVerifyResult> {
+  const signal = request.signal;
+  const base: TargetVerifyResult = { target: target.name, url: target.url, reachable: true, snapshots: 0, checked: 0, failed: 0, bytes: 0, longestUnreadMs: 0, selected: [] };
+  const startedAt = now();
+  let record: VerifyRecord | undefined;
+  let damaged = false;
+  let all = Boolean(request.all);
+  let candidates: RotationCandidate[];
+  try {
+    const listing = await listCatalog(target, database, signal ? { signal } : {});
+    candidates = listing.snapshots.map((s) => ({ id: s.id, storedAt: s.manifest.lastModified, artifactBytes: s.artifact?.size }));
+    try {
+      record = await readVerifyRecord(target, database, signal);
+    } catch (e) {
+      if (e instanceof TargetError || isAbortError(e)) throw e;
+      // A damaged record cannot say what was read when: read everything once and start a new one.
+      log.warn('verify.record_damaged', { target: target.name, error: errorMessage(e), note: 'this run reads every snapshot and replaces the record' });
+      all = true;
+      damaged = true;
+    }
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    return { ...base, reachable: false, error: `listing failed: ${errorMessage(e)}` };
+  }
+  const plan = planVerifyRotation(candidates, record?.snapshots ?? {}, { now: startedAt, withinMs: request.withinMs, intervalMs: request.intervalMs, all });
+  const results: Record<string, VerifyEntry> = {};
+  const mine: VerifyOutcome[] = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < plan.selected.length) {
+      const { id } = plan.selected[next++]!;
+      const outcome = await verifyStoredSnapshot(target, database, id, signal);
+      mine.push(outcome);
+      results[id] = { checkedAt: now().toISOString(), ok: outcome.ok, ...(outcome.bytes !== undefined ? { bytes: outcome.bytes } : {}), ...(outcome.error ? { error: outcome.error } : {}) };
+      if (!outcome.ok) log.error('verify.mismatch', { database, target: target.name, id, error: outcome.error });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(request.concurrency ?? 2, Math.max(plan.selected.length, 1)) }, worker));
+  outcomes.push(...mine);
+  const finishedAt = now();
+  const failures = mine.filter((o) => !o.ok);
+  const run: VerifyRun = {
+    startedAt: startedAt.toISOString(), finishedAt: finishedAt.toISOString(), all, snapshots: candidates.length, checked: mine.length,
+    failed: failures.length, bytes: mine.reduce((n, o) => n + (o.bytes ?? 0), 0), durationMs: finishedAt.getTime() - startedAt.getTime(),
+    failures: failures.slice(0, 20).map((o) => ({ id: o.id, error: o.error ?? 'unknown' })),
+  };
+  const summary: TargetVerifyResult = { ...base, snapshots: candidates.length, checked: run.checked, failed: run.failed, bytes: run.bytes, selected: plan.selected };
+  try {
+    const updated = await recordVerifyResults(target, database, { listed: candidates.map((c) => c.id), results, run, replaceDamaged: damaged }, signal);
+    summary.longestUnreadMs = Math.max(0, ...candidates.map((c) => finishedAt.getTime() - lastReadAt(c, updated.snapshots[c.id])));
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    return { ...summary, reachable: false, error: `writing the verify record failed: ${errorMessage(e)}` };
+  }
+  if (summary.longestUnreadMs > request.withinMs) {
+    log.warn('verify.window_exceeded', { target: target.name, longestUnread: formatDuration(summary.longestUnreadMs), within: formatDuration(request.withinMs) });
+  }
+  return summary;
+}
