@@ -4,13 +4,14 @@
  * Per target: a complete listing with every manifest read (a failed page means this target deletes
  * nothing), the policy's plan, then the rails (pinned, newest verified, min keep, min age, max delete share
  * unless forced). A snapshot counts as verified when its manifest is readable and its artifact is listed
- * at the manifest's size: every manifest is written only after the bytes under it were hashed and matched
- * (snapshot reads its uploads back, replicate checks while it streams), and no verify record exists on
- * storage to say otherwise. Snapshots go manifest first, then data. Then garbage: data objects without a
+ * at the manifest's size (every manifest is written only after the bytes under it were hashed and matched:
+ * snapshot reads its uploads back, replicate checks while it streams) and the verify record does not say
+ * its last re-read failed. Snapshots go manifest first, then data. Then garbage: data objects without a
  * manifest older than a day, and stale multipart uploads. Objects under an immutability lock are reported as
  * held, not as failures. A refused target throws with the rail's message, after the other targets are done.
  */
 import { idTime } from '../catalog/layout.js';
+import { copyState, readVerifyRecord } from './verify-record.js';
 import { TcabError, errorMessage } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { planRetention, type KeptSnapshot } from '../retention/policy.js';
@@ -122,7 +123,15 @@ async function pruneTarget(target: Target, deps: PruneDeps, request: PruneReques
     return outcome;
   }
 
-  const snapshots: RailSnapshot[] = catalog.snapshots.map((s) => ({ id: s.id, time: s.time, tags: s.manifest?.tags ?? [], verified: s.complete }));
+  // A copy whose last re-read did not match its manifest is not verified, whatever its listing says.
+  const verifyRecord = await readVerifyRecord(target, deps.database, signal).catch((e: unknown) => {
+    log.warn('prune.verify_record_unreadable', { target: target.name, error: errorMessage(e) });
+    return undefined;
+  });
+  const snapshots: RailSnapshot[] = catalog.snapshots.map((s) => ({
+    id: s.id, time: s.time, tags: s.manifest?.tags ?? [],
+    verified: s.complete && copyState(verifyRecord, s.id).state !== 'failed',
+  }));
   const guarded = applySafetyRails(
     planRetention(snapshots, retention.policy, now),
     snapshots,

@@ -2,11 +2,12 @@
  * Prune against real targets (folders, and Azurite where the wire matters), one safety rail at a time.
  * Snapshots are synthetic artifacts with consistent manifests; times are relative to now.
  */
-import { mkdir, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { manifestKey } from '../../src/catalog/layout.js';
 import { PruneFailedError, runPrune } from '../../src/jobs/prune.js';
+import { runVerifyRotation } from '../../src/jobs/verify-rotation.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { listPage, startFaultProxy } from '../support/fault-proxy.js';
@@ -92,6 +93,20 @@ describe('prune', () => {
     const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) })).targets[0]!;
     expect(t.rails).toEqual([expect.objectContaining({ rail: 'newest-verified', ids: [ids[1]] })]);
     expect(t.removed).toEqual([ids[0]]);
+    expect(await idsOn(target)).toEqual(ids.slice(1));
+  });
+
+  it('does not count a copy whose last verify failed as the newest verified snapshot', async () => {
+    const { target, dir } = await folder();
+    const snaps = history(3, ago(HOUR), DAY);
+    const ids = await stored(target, snaps);
+    const damaged = join(dir, ...snaps[2]!.manifest.key.split('/'));
+    const bytes = await readFile(damaged);
+    bytes[0]! ^= 0xff;
+    await writeFile(damaged, bytes);
+    await expect(runVerifyRotation({ targets: [target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true })).rejects.toThrow(ids[2]!);
+    const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) })).targets[0]!;
+    expect(t.rails).toEqual([expect.objectContaining({ rail: 'newest-verified', ids: [ids[1]] })]);
     expect(await idsOn(target)).toEqual(ids.slice(1));
   });
 
