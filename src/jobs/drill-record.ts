@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { drillKey, drillsPrefix } from '../catalog/layout.js';
-import { readRecord, writeRecord } from '../postgres/records.js';
+import { readRecord, writeRecord } from '../catalog/records.js';
 import type { Target } from '../targets/target.js';
 import { errorMessage } from '../errors.js';
 

@@ -9,7 +9,7 @@ import { listCatalog, readManifest } from '../catalog/catalog.js';
 import { statusKey } from '../catalog/layout.js';
 import { TcabError, errorMessage } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { writeRecord } from '../postgres/records.js';
+import { writeRecord } from '../catalog/records.js';
 import { pgStatusSummary } from '../postgres/status.js';
 import type { ServerRef } from '../postgres/resource-id.js';
 import type { Target } from '../targets/target.js';

@@ -7,10 +7,12 @@
 import { z } from 'zod';
 import { verifyRecordKey } from '../catalog/layout.js';
 import { PreconditionFailedError, TargetError, isAbortError } from '../errors.js';
-import { readRecord, writeRecord } from '../postgres/records.js';
+import { readRecord, writeRecord } from '../catalog/records.js';
 import type { Target } from '../targets/target.js';
 
 export const VERIFY_RECORD_FORMAT_VERSION = 1;
+/** One entry per stored snapshot (about 150 bytes): room for some 100,000 snapshots on a target. */
+const MAX_VERIFY_RECORD_BYTES = 16 * 1024 * 1024;
 const Iso = z.string().datetime({ offset: true });
 
 export const VerifyEntrySchema = z.object({
@@ -55,7 +57,7 @@ export type VerifyRecord = z.infer<typeof VerifyRecordSchema>;
 
 /** The target's verify record, or undefined when verify never ran there. A damaged record throws. */
 export async function readVerifyRecord(target: Target, database: string, signal?: AbortSignal): Promise<VerifyRecord | undefined> {
-  return (await readRecord(target, verifyRecordKey(database), VerifyRecordSchema, signal))?.value;
+  return (await readRecord(target, verifyRecordKey(database), VerifyRecordSchema, signal, MAX_VERIFY_RECORD_BYTES))?.value;
 }
 
 /**
@@ -111,7 +113,7 @@ export async function recordVerifyResults(target: Target, database: string, upda
     let stored: Awaited<ReturnType<typeof readRecord<VerifyRecord>>>;
     let condition: { ifMatch: string } | { ifNoneMatch: '*' } | {} = {};
     try {
-      stored = await readRecord(target, key, VerifyRecordSchema, signal);
+      stored = await readRecord(target, key, VerifyRecordSchema, signal, MAX_VERIFY_RECORD_BYTES);
       condition = stored ? { ifMatch: stored.etag } : { ifNoneMatch: '*' };
     } catch (e) {
       if (!update.replaceDamaged || e instanceof TargetError || isAbortError(e)) throw e;

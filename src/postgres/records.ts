@@ -9,16 +9,11 @@
  * (3-63 lower-case letters, digits and '-'), so keys are built here rather than with layout.ts, whose
  * database names are capped at 63 characters including the prefix.
  */
-import type { Readable } from 'node:stream';
 import { z } from 'zod';
-import { NotFoundError, TcabError } from '../errors.js';
-import type { Target } from '../targets/target.js';
 import { SERVER_NAME_RE } from './resource-id.js';
 
 export const PG_RECORD_FORMAT_VERSION = 1;
 const DRILL_ID_RE = /^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$/;
-/** Records are a few KB; anything far larger is not ours and is refused instead of read into memory. */
-const MAX_RECORD_BYTES = 256 * 1024;
 
 function checkServer(name: string): void {
   if (!SERVER_NAME_RE.test(name)) throw new Error(`"${name}" is not a flexible server name`);
@@ -143,58 +138,4 @@ export const PgCheckStatusSchema = z.object({
 });
 export type PgCheckStatus = z.infer<typeof PgCheckStatusSchema>;
 
-export interface Stored<T> {
-  value: T;
-  etag: string;
-}
-
-async function readCapped(body: Readable, what: string): Promise<string> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of body) {
-    size += (chunk as Buffer).length;
-    if (size > MAX_RECORD_BYTES) {
-      body.destroy();
-      throw new TcabError(`${what} is larger than ${MAX_RECORD_BYTES} bytes`, { hint: 'the object was not written by tcab-backup; move it away' });
-    }
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks).toString('utf8');
-}
-
-/** The record and its etag, or undefined when there is none. A damaged record throws: it is never taken for absent. */
-export async function readRecord<T>(target: Target, key: string, schema: z.ZodType<T>, signal?: AbortSignal): Promise<Stored<T> | undefined> {
-  let got;
-  try {
-    got = await target.get(key, { signal });
-  } catch (e) {
-    if (e instanceof NotFoundError) return undefined;
-    throw e;
-  }
-  const where = `Record ${key} on target "${target.name}" (${target.url})`;
-  const text = await readCapped(got.body, where);
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new TcabError(`${where} is not valid JSON`, { hint: 'the object was damaged or written by something else; move it away and run again', cause: e });
-  }
-  const parsed = schema.safeParse(json);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new TcabError(`${where} does not match format version ${PG_RECORD_FORMAT_VERSION}: ${issue?.path.join('.')}: ${issue?.message}`, {
-      hint: 'was it written by a newer tcab-backup? Upgrade, or move the object away',
-    });
-  }
-  return { value: parsed.data, etag: got.etag };
-}
-
-/**
- * Writes a record. With `ifMatch` (or `ifNoneMatch: '*'`) a concurrent writer makes this throw
- * PreconditionFailedError instead of overwriting: callers act only after such a write succeeds.
- */
-export async function writeRecord<T>(target: Target, key: string, value: T, condition: { ifMatch: string } | { ifNoneMatch: '*' } | {}, signal?: AbortSignal): Promise<string> {
-  const body = Buffer.from(JSON.stringify(value, null, 2) + '\n');
-  const { etag } = await target.put(key, body, { ...condition, contentType: 'application/json', contentLength: body.length, signal });
-  return etag;
-}
+export { readRecord, writeRecord, type Stored } from '../catalog/records.js';
