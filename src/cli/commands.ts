@@ -1,6 +1,5 @@
 /** The CLI's commands: parse flags, load the settings a command needs, run the job, print the result. */
 import { text } from 'node:stream/consumers';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { startAgent } from '../agent/run.js';
 import { listCatalog, readManifests } from '../catalog/catalog.js';
 import { PIN_TAG } from '../catalog/manifest.js';
@@ -12,7 +11,10 @@ import { openAgent, openTargets } from '../runtime.js';
 import { runRestore } from '../jobs/restore.js';
 import { parseAtTime, type SnapshotSelector } from '../jobs/select.js';
 import { runSnapshot, SnapshotFailedError } from '../jobs/snapshot.js';
+import { interruptSignal as abortOnSignal, parse, printJson as printJsonTo, UsageError } from './args.js';
 import { formatBytes, progressReporter, table } from './output.js';
+
+const printJson = (ctx: CommandContext, value: unknown) => printJsonTo(ctx.io, value);
 
 export interface CommandContext {
   io: { stdout: NodeJS.WritableStream; stderr: NodeJS.WriteStream; stdin: NodeJS.ReadableStream; env: NodeJS.ProcessEnv };
@@ -22,27 +24,7 @@ export interface CommandContext {
 
 export type Command = (args: string[], ctx: CommandContext) => Promise<number>;
 
-export class UsageError extends Error {}
-
-function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T, allowPositionals = false) {
-  try {
-    return parseArgs({ args, options, strict: true, allowPositionals });
-  } catch (e) {
-    throw new UsageError(errorMessage(e));
-  }
-}
-
-function printJson(ctx: CommandContext, value: unknown): void {
-  ctx.io.stdout.write(JSON.stringify(value, null, 2) + '\n');
-}
-
-function abortOnSignal(): AbortSignal {
-  const controller = new AbortController();
-  const stop = () => controller.abort(new Error('interrupted'));
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-  return controller.signal;
-}
+export { UsageError };
 
 const agent: Command = async (args, ctx) => {
   parse(args, {});

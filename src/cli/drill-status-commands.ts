@@ -4,9 +4,7 @@
  */
 import { writeFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { loadTargetsConfig } from '../config.js';
-import { errorMessage } from '../errors.js';
 import { DrillFailedError, runDrill, type DrillResult } from '../jobs/drill.js';
 import type { DrillRecord } from '../jobs/drill-record.js';
 import { drillLiveSource, monitorPostgresSource } from '../jobs/health-deps.js';
@@ -18,28 +16,11 @@ import { openTargets } from '../runtime.js';
 import { renderStatusPage } from '../status/page.js';
 import { shortMs } from '../status/svg.js';
 import { formatDuration } from '../util/duration.js';
-import { UsageError, type Command, type CommandContext } from './commands.js';
+import { interruptSignal as interruptible, parse, printJson as printJsonTo, UsageError } from './args.js';
+import type { Command, CommandContext } from './commands.js';
+
+const printJson = (ctx: CommandContext, value: unknown) => printJsonTo(ctx.io, value);
 import { formatBytes } from './output.js';
-
-function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T) {
-  try {
-    return parseArgs({ args, options, strict: true, allowPositionals: false });
-  } catch (e) {
-    throw new UsageError(errorMessage(e));
-  }
-}
-
-function printJson(ctx: CommandContext, value: unknown): void {
-  ctx.io.stdout.write(JSON.stringify(value, null, 2) + '\n');
-}
-
-function interruptible(): AbortSignal {
-  const controller = new AbortController();
-  const stop = () => controller.abort(new Error('interrupted'));
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-  return controller.signal;
-}
 
 /** tcab-backup verify [--all] [--target NAME] [--json] */
 export const verifyCommand: Command = async (args, ctx) => {

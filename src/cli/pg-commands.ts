@@ -5,7 +5,8 @@ import { loadTargetsConfig } from '../config.js';
 import { errorMessage, TcabError } from '../errors.js';
 import { loadPgCheckConfig, loadPgDrillConfig, runPgCheck, runPgDrill, type PgCheckResult, type PgDrillResult } from '../postgres/index.js';
 import { openTargets } from '../runtime.js';
-import { UsageError, type Command } from './commands.js';
+import { interruptSignal, UsageError } from './args.js';
+import type { Command } from './commands.js';
 
 export const pgCommand: Command = async (args, ctx) => {
   const [sub, ...rest] = args;
@@ -24,8 +25,8 @@ export const pgCommand: Command = async (args, ctx) => {
   const print = (value: unknown) => ctx.io.stdout.write(JSON.stringify(value, null, 2) + '\n');
   try {
     const result = sub === 'check'
-      ? await runPgCheck(loadPgCheckConfig(ctx.env), { credential, target: target!, logger: ctx.logger })
-      : await runPgDrill(loadPgDrillConfig(ctx.env), { credential, target: target!, logger: ctx.logger }, { force: Boolean(values.force) });
+      ? await runPgCheck(loadPgCheckConfig(ctx.env), { credential, target: target!, logger: ctx.logger, signal: interruptSignal() })
+      : await runPgDrill(loadPgDrillConfig(ctx.env), { credential, target: target!, logger: ctx.logger, signal: interruptSignal() }, { force: Boolean(values.force) });
     if (values.json) print(result);
     else ctx.io.stdout.write(summary(sub, result) + '\n');
     return 0;

@@ -10,7 +10,8 @@ import { PruneFailedError, runPrune, type PruneResult } from '../jobs/prune.js';
 import { ReplicateFailedError, runReplicate, type ReplicateResult } from '../jobs/replicate.js';
 import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
-import { UsageError, type Command, type CommandContext } from './commands.js';
+import { interruptSignal as interruptible, UsageError } from './args.js';
+import type { Command, CommandContext } from './commands.js';
 import { formatBytes, table } from './output.js';
 
 function flags(args: string[], withForce: boolean): { dryRun: boolean; json: boolean; force: boolean } {
@@ -25,13 +26,6 @@ function flags(args: string[], withForce: boolean): { dryRun: boolean; json: boo
   }
 }
 
-function interruptible(): AbortSignal {
-  const controller = new AbortController();
-  const stop = () => controller.abort(new Error('interrupted'));
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-  return controller.signal;
-}
 
 function settings(ctx: CommandContext) {
   const targets = loadTargetsConfig(ctx.env);
