@@ -1,0 +1,168 @@
+/**
+ * Replication case: `tcab-backup replicate --json` copying N real snapshots from Azurite to s3rver, against
+ * `rclone copy` of the same objects between the same emulators, alternating (rclone, ours, ...), each run
+ * into a fresh, empty prefix of the bucket. Both are separate processes, timed and memory-watched alike.
+ * Both sides are bound by the emulators' own speed, so the ratio says more than the absolute times.
+ */
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { readManifest } from '../src/catalog/catalog.js';
+import { TcabError, errorMessage } from '../src/errors.js';
+import { hashStream } from '../src/util/streams.js';
+import { atMost, holds, type BenchCase, type CaseContext, type CaseResult } from './case.js';
+import { prepareDatabase } from './database.js';
+import { canWatchMemory, type TreePeaks } from './memory.js';
+import type { BenchOptions } from './options.js';
+import { cliPath, describeExit, runWatched } from './processes.js';
+import { BUCKET, CONTAINER, prepareReplicationSource, type ReplicationSource } from './replication-source.js';
+import { formatMb, formatSeconds, median, round } from './stats.js';
+
+/** No target is stated for replication; the snapshot case's is used, so both comparisons read alike. */
+export const REPLICATION_TARGETS = { timeRatio: 1.25, peakRssBytes: 200e6 } as const;
+/** Copies in flight: ours copies two at a time by default, so rclone is given the same. */
+const TRANSFERS = 2;
+/** Parts in flight per upload: R2 allows few concurrent uploads, and our r2:// targets keep to 2. */
+const UPLOAD_CONCURRENCY = 2;
+
+function rcloneEnv(source: ReplicationSource, workDir: string): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    // A config file that does not exist: an operator's own rclone.conf must not change what is measured.
+    RCLONE_CONFIG: join(workDir, 'rclone.conf'),
+    RCLONE_CONFIG_AZ_TYPE: 'azureblob',
+    RCLONE_CONFIG_AZ_USE_EMULATOR: 'true',
+    RCLONE_CONFIG_AZ_ENDPOINT: source.azurite.endpoint,
+    RCLONE_CONFIG_R2_TYPE: 's3',
+    RCLONE_CONFIG_R2_PROVIDER: 'Other',
+    RCLONE_CONFIG_R2_ENDPOINT: source.s3.endpoint,
+    RCLONE_CONFIG_R2_ACCESS_KEY_ID: source.s3.accessKeyId,
+    RCLONE_CONFIG_R2_SECRET_ACCESS_KEY: source.s3.secretAccessKey,
+    RCLONE_CONFIG_R2_FORCE_PATH_STYLE: 'true',
+  };
+}
+
+/** rclone for bookkeeping outside the timed runs (sizes, clean-up). */
+function rcloneQuiet(args: string[], env: NodeJS.ProcessEnv): string {
+  const r = spawnSync('rclone', args, { env, encoding: 'utf8', timeout: 300_000 });
+  if (r.error || r.status !== 0) {
+    throw new TcabError(`rclone ${args.join(' ')} failed: ${r.error?.message ?? r.stderr.trim().split('\n').slice(-3).join(' ')}`, {
+      hint: 'that rclone is installed (apt-get install rclone) and the emulators are running', code: 'BENCH_RCLONE_FAILED',
+    });
+  }
+  return r.stdout;
+}
+
+function size(remote: string, env: NodeJS.ProcessEnv): { count: number; bytes: number } {
+  return JSON.parse(rcloneQuiet(['size', '--json', remote], env)) as { count: number; bytes: number };
+}
+
+interface Run {
+  wallMs: number;
+  memory: TreePeaks;
+  /** Objects and bytes found at the destination afterwards. */
+  count: number;
+  bytes: number;
+}
+
+async function runRclone(prefix: string, env: NodeJS.ProcessEnv): Promise<Run> {
+  const f = await runWatched('rclone', ['copy', `az:${CONTAINER}/snapshots`, `r2:${BUCKET}/${prefix}/snapshots`, '--transfers', String(TRANSFERS), '--s3-upload-concurrency', String(UPLOAD_CONCURRENCY)], { env });
+  if (f.code !== 0) throw new TcabError(`rclone copy ${describeExit(f)}: ${f.stderrTail}`, { hint: 'the emulators, and rclone\'s message above', code: 'BENCH_RCLONE_FAILED' });
+  return { wallMs: f.wallMs, memory: f.memory, ...size(`r2:${BUCKET}/${prefix}`, env) };
+}
+
+/** Ours, then a check of every copy by hand: the manifest is there and the artifact hashes to it. */
+async function runOurs(source: ReplicationSource, prefix: string, bookkeeping: NodeJS.ProcessEnv): Promise<Run & { jobMs: number; copied: number; problems: string[] }> {
+  const f = await runWatched(process.execPath, [cliPath(), 'replicate', '--json'], { env: source.env(prefix) as NodeJS.ProcessEnv });
+  let answer: { ok?: boolean; copied?: number; durationMs?: number } = {};
+  try {
+    answer = JSON.parse(f.stdout) as typeof answer;
+  } catch {
+    // no JSON: the failure below quotes stderr
+  }
+  if (f.code !== 0 || !answer.ok) {
+    throw new TcabError(`tcab-backup replicate ${describeExit(f)}: ${f.stderrTail || f.stdout.slice(0, 1000)}`, { hint: 'the emulators and the replicate job\'s message', code: 'BENCH_REPLICATE_FAILED' });
+  }
+  const destination = source.destination(prefix);
+  const problems: string[] = [];
+  for (const s of source.snapshots) {
+    try {
+      const manifest = await readManifest(destination, 'tcab', s.id);
+      const got = await hashStream((await destination.get(manifest.key)).body);
+      if (got.sha256 !== s.sha256 || manifest.artifact.sha256 !== s.sha256) problems.push(`${s.id}: copy hashes to ${got.sha256}, source manifest says ${s.sha256}`);
+    } catch (e) {
+      problems.push(`${s.id}: ${errorMessage(e)}`);
+    }
+  }
+  return { wallMs: f.wallMs, jobMs: answer.durationMs ?? Number.NaN, memory: f.memory, copied: answer.copied ?? 0, problems, ...size(`r2:${BUCKET}/${prefix}`, bookkeeping) };
+}
+
+async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseResult> {
+  const probe = spawnSync('rclone', ['version'], { encoding: 'utf8' });
+  if (probe.status !== 0) throw new TcabError('The replication case compares with rclone, which is not installed', { hint: 'apt-get install rclone, or leave the case out with --case snapshot,retention', code: 'BENCH_NO_RCLONE' });
+  const rcloneVersion = probe.stdout.split('\n')[0]!.trim();
+  const db = await prepareDatabase(options, ctx.workDir, ctx.progress);
+  const source = await prepareReplicationSource({ dbPath: db.path, workDir: ctx.workDir, snapshots: options.replicateSnapshots }, ctx.progress);
+  const rclone: Run[] = [];
+  const ours: Array<Awaited<ReturnType<typeof runOurs>>> = [];
+  let sourceSize: { count: number; bytes: number };
+  try {
+    const env = rcloneEnv(source, ctx.workDir);
+    sourceSize = size(`az:${CONTAINER}/snapshots`, env);
+    for (let i = 1; i <= options.samples; i++) {
+      const r = await runRclone(`rclone-${i}`, env);
+      rclone.push(r);
+      rcloneQuiet(['purge', `r2:${BUCKET}/rclone-${i}`], env);
+      ctx.progress(`sample ${i}/${options.samples}: rclone copy ${formatSeconds(r.wallMs)}`);
+      const o = await runOurs(source, `ours-${i}`, env);
+      ours.push(o);
+      rcloneQuiet(['purge', `r2:${BUCKET}/ours-${i}`], env);
+      ctx.progress(`sample ${i}/${options.samples}: tcab-backup replicate ${formatSeconds(o.wallMs)}`);
+    }
+  } finally {
+    await source.stop();
+  }
+
+  const rcloneMs = median(rclone.map((r) => r.wallMs));
+  const oursMs = median(ours.map((o) => o.wallMs));
+  const oursPeak = Math.max(...ours.map((o) => o.memory.root?.peakHwmBytes ?? Number.NaN));
+  const rclonePeak = Math.max(...rclone.map((r) => r.memory.root?.peakHwmBytes ?? Number.NaN));
+  const n = source.snapshots.length;
+  const oursProblems = ours.flatMap((o, i) => [...(o.copied === n ? [] : [`run ${i + 1} copied ${o.copied} of ${n}`]), ...o.problems.map((p) => `run ${i + 1}: ${p}`)]);
+  const rcloneShort = rclone.flatMap((r, i) => (r.count === sourceSize.count && r.bytes === sourceSize.bytes ? [] : [`run ${i + 1}: ${r.count} objects, ${r.bytes} bytes`]));
+  const total = source.snapshots.reduce((b, s) => b + s.artifactBytes, 0);
+  return {
+    checks: [
+      atMost(`replicate ${n} snapshots, ours / rclone copy (medians)`, oursMs / rcloneMs, REPLICATION_TARGETS.timeRatio, (v) => v.toFixed(2)),
+      atMost('replicate process peak RSS (VmHWM)', oursPeak, REPLICATION_TARGETS.peakRssBytes, formatMb),
+      holds('every copy of ours has its manifest and matches its sha256', oursProblems.length === 0, `${ours.length * n - oursProblems.length} of ${ours.length * n}`, oursProblems.join('; ')),
+      holds('rclone copied every object', rcloneShort.length === 0, `${sourceSize.count} objects per run`, `the source has ${sourceSize.count} objects, ${sourceSize.bytes} bytes; ${rcloneShort.join('; ')}`),
+    ],
+    notes: [
+      `${n} snapshots of the ${formatMb(db.facts.bytes)} sample database (${formatMb(total)} of artifacts, ${sourceSize.count} objects with manifests), made by the real agent and snapshot job, on Azurite; copied to an empty prefix on s3rver each run`,
+      `ours: node dist/src/cli/main.js replicate --json to an r2:// target on s3rver (${TRANSFERS} copies in flight, ${UPLOAD_CONCURRENCY} parts per upload; sha256 checked against the manifest as bytes pass, manifest written after the data, then the data looked at again)`,
+      `rclone: ${rcloneVersion}, rclone copy az:${CONTAINER}/snapshots r2:${BUCKET}/<prefix>/snapshots --transfers ${TRANSFERS} --s3-upload-concurrency ${UPLOAD_CONCURRENCY} (size check; no sha256 against our manifests)`,
+      `samples (alternating, rclone first): rclone ${rclone.map((r) => formatSeconds(r.wallMs)).join(', ')} | ours ${ours.map((o) => formatSeconds(o.wallMs)).join(', ')}`,
+      `medians: rclone ${formatSeconds(rcloneMs)} (${(total / 1e6 / (rcloneMs / 1000)).toFixed(0)} MB/s), ours ${formatSeconds(oursMs)} (${(total / 1e6 / (oursMs / 1000)).toFixed(0)} MB/s), ` +
+        `of which the job ${formatSeconds(median(ours.map((o) => o.jobMs)))} and process start and exit ${formatSeconds(median(ours.map((o) => o.wallMs - o.jobMs)))}`,
+      `memory: ours ${formatMb(oursPeak)}, rclone ${formatMb(rclonePeak)}`,
+    ],
+    details: {
+      snapshots: source.snapshots, sourceObjects: sourceSize, rcloneVersion, transfers: TRANSFERS,
+      samples: {
+        rclone: rclone.map((r) => ({ wallMs: Math.round(r.wallMs), peakHwmBytes: r.memory.root?.peakHwmBytes, count: r.count, bytes: r.bytes })),
+        ours: ours.map((o) => ({ wallMs: Math.round(o.wallMs), jobMs: o.jobMs, peakHwmBytes: o.memory.root?.peakHwmBytes, copied: o.copied, count: o.count, bytes: o.bytes, problems: o.problems })),
+      },
+      medians: { rcloneMs: Math.round(rcloneMs), oursMs: Math.round(oursMs), ratio: round(oursMs / rcloneMs) },
+      memory: { oursPeakHwmBytes: oursPeak, rclonePeakHwmBytes: rclonePeak },
+    },
+  };
+}
+
+export const replicationCase: BenchCase = {
+  name: 'replication',
+  title: 'tcab-backup replicate (Azurite -> s3rver as R2) vs rclone copy, same snapshots',
+  run: async (options, ctx) => {
+    if (!canWatchMemory()) throw new TcabError('The replication case reads peak memory from /proc, which this system lacks', { hint: 'run the benchmark on Linux', code: 'BENCH_NO_PROC' });
+    return measure(options, ctx);
+  },
+};

@@ -1,0 +1,91 @@
+/**
+ * What the replication case copies: Azurite (standing in for Blob) holding real snapshots of the sample
+ * database, made by the real agent and snapshot job, and an empty s3rver standing in for R2, reached as an
+ * r2:// target so that our R2 settings (two uploads in flight, no default checksums) are what is measured. Both emulators are child processes on 127.0.0.1 with random ports; `stop` ends them and removes
+ * their data.
+ */
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { BlobServiceClient } from '@azure/storage-blob';
+import { AgentClient } from '../src/agent/client.js';
+import { startAgent } from '../src/agent/run.js';
+import { loadTargetsConfig, type Env } from '../src/config.js';
+import { startAzurite, startS3Server, type Azurite, type S3Server } from '../src/dev/emulators.js';
+import { runSnapshot } from '../src/jobs/snapshot.js';
+import { registerSecret, silentLogger } from '../src/log.js';
+import { openTargets } from '../src/runtime.js';
+import type { Target } from '../src/targets/target.js';
+
+export const SOURCE = 'blob';
+export const DESTINATION = 'r2';
+/** Any 32 hex characters: the destination is an r2:// target (R2's upload limits apply) pointed at s3rver. */
+const R2_ACCOUNT = '0123456789abcdef0123456789abcdef';
+export const CONTAINER = 'tcab';
+export const BUCKET = 'tcab';
+
+export interface ReplicationSource {
+  azurite: Azurite;
+  s3: S3Server;
+  /** The manifests' ids and artifact sizes, as stored on the source. */
+  snapshots: Array<{ id: string; artifactBytes: number; sha256: string; key: string }>;
+  /** Settings naming the source and a destination under `prefix` in the bucket (each run copies to a fresh prefix). */
+  env(prefix: string): Env;
+  /** The destination under `prefix`, opened in this process to check what a run left there. */
+  destination(prefix: string): Target;
+  stop(): Promise<void>;
+}
+
+export async function prepareReplicationSource(
+  options: { dbPath: string; workDir: string; snapshots: number },
+  progress: (line: string) => void,
+): Promise<ReplicationSource> {
+  const stops: Array<() => Promise<void>> = [];
+  const stopAll = async () => {
+    for (const stop of stops.reverse()) await stop().catch(() => undefined);
+  };
+  try {
+    const azurite = await startAzurite();
+    stops.push(() => azurite.stop());
+    const s3 = await startS3Server({ buckets: [BUCKET] });
+    stops.push(() => s3.stop());
+    await BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient(CONTAINER).createIfNotExists();
+    registerSecret(azurite.connectionString);
+
+    const env = (prefix: string): Env => ({
+      PATH: process.env.PATH,
+      TCAB_BACKUP_TARGETS: `${SOURCE}=azblob://${azurite.account}/${CONTAINER}?endpoint=${azurite.endpoint},${DESTINATION}=r2://${R2_ACCOUNT}/${BUCKET}/${prefix}?endpoint=${s3.endpoint}&pathStyle=true`,
+      TCAB_BACKUP_TARGET_BLOB_CONNECTION_STRING: azurite.connectionString,
+      TCAB_BACKUP_TARGET_R2_ACCESS_KEY_ID: s3.accessKeyId,
+      TCAB_BACKUP_TARGET_R2_SECRET_ACCESS_KEY: s3.secretAccessKey,
+      // Keep every snapshot on the destination: the default policy keeps one per hour, and these are minutes apart.
+      TCAB_BACKUP_RETENTION_R2: 'last=-1',
+    });
+    const openAll = (prefix: string) => openTargets(loadTargetsConfig(env(prefix)), silentLogger);
+
+    const key = randomBytes(32).toString('hex');
+    const agent = await startAgent(
+      { dbPath: options.dbPath, stagingDir: join(options.workDir, 'staging'), host: '127.0.0.1', port: 0, keys: new Map([['bench', key]]), tls: undefined, databaseName: 'tcab', compression: 'auto', stagingTtlMs: 3_600_000 },
+      { logger: silentLogger },
+    );
+    stops.push(() => agent.close());
+    const client = new AgentClient({ url: agent.url, keyId: 'bench', key });
+    const source = openAll('unused').find((t) => t.name === SOURCE)!;
+    const snapshots: ReplicationSource['snapshots'] = [];
+    for (let i = 1; i <= options.snapshots; i++) {
+      const made = await runSnapshot({ agent: client, targets: [source], database: 'tcab' }, { trigger: { kind: 'cli', reason: 'benchmark source' } });
+      const m = made.manifest;
+      snapshots.push({ id: m.id, artifactBytes: m.artifact.bytes, sha256: m.artifact.sha256, key: m.key });
+      progress(`source snapshot ${i}/${options.snapshots} on Azurite: ${m.id}, ${(m.artifact.bytes / 1e6).toFixed(1)} MB ${m.artifact.compression}`);
+    }
+    await agent.close();
+    stops.pop();
+    return {
+      azurite, s3, snapshots, env,
+      destination: (prefix) => openAll(prefix).find((t) => t.name === DESTINATION)!,
+      stop: stopAll,
+    };
+  } catch (e) {
+    await stopAll();
+    throw e;
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * The benchmark measures what it says: its options, the peak-memory watcher on real processes, and a whole
+ * run of the built benchmark on a tiny database (real agent and client processes, real shell recipe).
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { atMost } from '../../bench/case.js';
+import { ProcessTreeWatcher } from '../../bench/memory.js';
+import { parseBenchArgs, parseSize } from '../../bench/options.js';
+import { repoRoot } from '../../bench/processes.js';
+import { median } from '../../bench/stats.js';
+
+const CASES = ['snapshot', 'replication', 'retention'];
+
+describe('bench options', () => {
+  it('reads sizes the way the docs write them, decimal for MB and GB', () => {
+    expect(parseSize('100MB')).toBe(100e6);
+    expect(parseSize('1GB')).toBe(1e9);
+    expect(parseSize('1.5gb')).toBe(1.5e9);
+    expect(parseSize('512MiB')).toBe(512 * 1024 * 1024);
+    const defaults = parseBenchArgs([], CASES)!;
+    expect(defaults).toMatchObject({ sizeBytes: 1e9, sizeLabel: '1GB', seed: 1, samples: 3, keep: false, json: false, cases: undefined });
+    expect(parseBenchArgs(['--size', '100MB', '--samples', '5', '--case', 'retention,snapshot', '--json', '--keep', '--replicate-snapshots', '2'], CASES))
+      .toMatchObject({ sizeBytes: 100e6, samples: 5, cases: ['retention', 'snapshot'], json: true, keep: true, replicateSnapshots: 2 });
+    expect(parseBenchArgs(['--help'], CASES)).toBeUndefined();
+  });
+
+  it('names the option that is wrong', () => {
+    expect(() => parseSize('lots')).toThrow(/--size "lots" is not a size/);
+    expect(() => parseSize('10KB')).toThrow(/below the smallest useful size/);
+    expect(() => parseBenchArgs(['--samples', '0'], CASES)).toThrow(/--samples "0" is not a whole number from 1/);
+    expect(() => parseBenchArgs(['--case', 'replicate'], CASES)).toThrow(/unknown: replicate.*known: snapshot, replication, retention/);
+    expect(() => parseBenchArgs(['--sise', '1GB'], CASES)).toThrow(/--sise/);
+  });
+});
+
+describe('bench figures', () => {
+  it('takes the median of odd and even sample counts', () => {
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+  });
+
+  it('says by how much a target was missed', () => {
+    const ok = atMost('ratio', 1.2, 1.25, (v) => v.toFixed(2));
+    expect(ok).toMatchObject({ ok: true, shown: '1.20', target: '<= 1.25' });
+    expect(ok.miss).toBeUndefined();
+    const missed = atMost('ratio', 1.5, 1.25, (v) => v.toFixed(2));
+    expect(missed.ok).toBe(false);
+    expect(missed.miss).toBe('1.50 is 0.25 over the target of 1.25 (20% above)');
+  });
+});
+
+describe('ProcessTreeWatcher', () => {
+  it('sees the peak of a process and, separately, of the program it starts', async () => {
+    // The parent holds 120 MB, then starts `sleep`: the child must not be charged with the parent's memory,
+    // which a forked child shows until it execs.
+    const script = "const b = Buffer.alloc(120e6, 1); require('child_process').spawnSync('sleep', ['0.4']); b[0] = 2;";
+    const child = spawn(process.execPath, ['-e', script], { stdio: 'ignore' });
+    const watcher = new ProcessTreeWatcher(child.pid!, 10);
+    await new Promise((resolve) => child.once('exit', resolve));
+    const peaks = watcher.stop();
+    expect(peaks.root?.name).toBe('node');
+    expect(peaks.root!.peakHwmBytes).toBeGreaterThan(120e6);
+    expect(peaks.root!.peakHwmBytes).toBeLessThan(400e6);
+    const sleeper = peaks.descendants.find((p) => p.name === 'sleep');
+    expect(sleeper?.command).toBe('sleep 0.4');
+    expect(sleeper!.peakHwmBytes).toBeGreaterThan(0);
+    expect(sleeper!.peakHwmBytes).toBeLessThan(20e6);
+  });
+});
+
+describe('npm run bench (built)', () => {
+  const main = join(repoRoot(), 'dist', 'bench', 'main.js');
+  const run = (args: string[]) => {
+    expect(existsSync(main), `${main} is missing: npm run build first`).toBe(true);
+    return spawnSync(process.execPath, [main, ...args], { encoding: 'utf8', timeout: 110_000 });
+  };
+
+  it('runs every case on a small database and reports each figure against its target', { timeout: 120_000 }, () => {
+    const r = run(['--size', '2MB', '--samples', '1', '--retention-runs', '3', '--replicate-snapshots', '2', '--json']);
+    const report = JSON.parse(r.stdout) as {
+      ok: boolean; failures: string[];
+      cases: Array<{ name: string; ok: boolean; checks: Array<{ measure: string; value: number; ok: boolean; miss?: string }>; details: Record<string, any> }>;
+    };
+    expect(report.cases.map((c) => c.name)).toEqual(['snapshot', 'replication', 'retention']);
+    const snapshot = report.cases[0]!;
+    const check = (measure: string) => snapshot.checks.find((c) => c.measure.startsWith(measure))!;
+    expect(check('each stored artifact sha256 = its manifest')).toMatchObject({ ok: true, value: 1 });
+    expect(check('backend writer errors')).toMatchObject({ ok: true });
+    expect(check('our artifact compression')).toMatchObject({ ok: true });
+    expect(check('snapshot time, ours / shell recipe').value).toBeGreaterThan(0);
+    for (const who of ['agent', 'client']) {
+      const peak = check(`${who} process peak RSS`).value;
+      expect(peak, who).toBeGreaterThan(30e6);
+      expect(peak, who).toBeLessThan(1e9);
+    }
+    const ours = snapshot.details.samples.ours[0];
+    expect(ours.targets).toHaveLength(2);
+    expect(ours.writer.inserts).toBeGreaterThan(0);
+
+    const replication = report.cases[1]!;
+    expect(replication.checks.find((c) => c.measure.startsWith('every copy of ours'))).toMatchObject({ ok: true });
+    expect(replication.checks.find((c) => c.measure.startsWith('rclone copied every object'))).toMatchObject({ ok: true });
+    expect(replication.details.snapshots).toHaveLength(2);
+    expect(replication.details.samples.ours[0].copied).toBe(2);
+    expect(report.cases[2]!.checks[1]).toMatchObject({ ok: true });
+
+    // Exit status and failure lines follow the checks: one line per missed target, saying by how much.
+    const missed = report.cases.flatMap((c) => c.checks.filter((k) => !k.ok).map((k) => `MISSED ${c.name}: ${k.measure}: ${k.miss}`));
+    expect(report.failures).toEqual(missed);
+    expect(r.status).toBe(missed.length ? 1 : 0);
+    expect(report.ok).toBe(missed.length === 0);
+  });
+
+  it('refuses bad options with status 2 and says which', () => {
+    const r = run(['--size', '10']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain('--size "10" is below the smallest useful size');
+    expect(r.stdout).toBe('');
+  });
+});
