@@ -127,12 +127,17 @@ const retention: Command = async (args, ctx) => {
   return 0;
 };
 
-// Commands of the later jobs live beside their jobs' CLI files and are registered here.
-import { drillCommand, statusCommand, verifyCommand } from './drill-status-commands.js';
-import { pgCommand } from './pg-commands.js';
-import { pruneCommand, replicateCommand } from './replicate-prune-commands.js';
+/** A command whose module (and its SDKs) is imported only when it runs: `--help` and `list` stay light. */
+function lazy(load: () => Promise<Command>): Command {
+  return async (args, ctx) => (await load())(args, ctx);
+}
 
 export const COMMANDS: Record<string, Command> = {
-  agent, snapshot, list, restore, verify: verifyCommand, replicate: replicateCommand, prune: pruneCommand,
-  drill: drillCommand, status: statusCommand, retention, pg: pgCommand,
+  agent, snapshot, list, restore, retention,
+  verify: lazy(async () => (await import('./drill-status-commands.js')).verifyCommand),
+  drill: lazy(async () => (await import('./drill-status-commands.js')).drillCommand),
+  status: lazy(async () => (await import('./drill-status-commands.js')).statusCommand),
+  replicate: lazy(async () => (await import('./replicate-prune-commands.js')).replicateCommand),
+  prune: lazy(async () => (await import('./replicate-prune-commands.js')).pruneCommand),
+  pg: lazy(async () => (await import('./pg-commands.js')).pgCommand),
 };

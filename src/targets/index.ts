@@ -1,12 +1,11 @@
 /**
  * Opens a target from its spec: the backend for its scheme, wrapped with retries. Nothing connects until
- * the first operation.
+ * the first operation, and a cloud SDK is loaded only when a target of its scheme is first used (each SDK
+ * costs the process tens of MB and a few hundred ms to load; the agent and file-only runs need neither).
  */
 import { silentLogger, type Logger } from '../log.js';
-import { AzureBlobTarget } from './azblob.js';
 import { FileTarget } from './file.js';
 import { withRetry, type RetryOptions } from './retry.js';
-import { S3Target } from './s3.js';
 import type { TargetSpec } from './spec.js';
 import type { Target } from './target.js';
 
@@ -39,20 +38,20 @@ export function openTarget(spec: TargetSpec, options: OpenTargetOptions = {}): T
       backend = new FileTarget(spec);
       break;
     case 'azblob':
-      backend = new AzureBlobTarget(spec, {
+      backend = lazyBackend(spec, async () => new (await import('./azblob.js')).AzureBlobTarget(spec, {
         logger, ...(retry ? { retry } : {}),
         ...(tuning.pageSize ? { pageSize: tuning.pageSize } : {}),
         ...(tuning.partSize ? { blockSize: tuning.partSize } : {}),
         ...(tuning.concurrency ? { concurrency: tuning.concurrency } : {}),
-      });
+      }));
       break;
     case 's3':
-      backend = new S3Target(spec, {
+      backend = lazyBackend(spec, async () => new (await import('./s3.js')).S3Target(spec, {
         logger, ...(retry ? { retry } : {}),
         ...(tuning.pageSize ? { pageSize: tuning.pageSize } : {}),
         ...(tuning.partSize ? { partSize: tuning.partSize } : {}),
         ...(tuning.concurrency ? { concurrency: tuning.concurrency } : {}),
-      });
+      }));
       break;
     default: {
       const never: never = spec;
@@ -60,4 +59,25 @@ export function openTarget(spec: TargetSpec, options: OpenTargetOptions = {}): T
     }
   }
   return withRetry(backend, { ...retry, logger });
+}
+
+/** A target whose backend module is imported on first use. */
+function lazyBackend(spec: TargetSpec, load: () => Promise<Target>): Target {
+  let backend: Promise<Target> | undefined;
+  const open = () => (backend ??= load());
+  return {
+    name: spec.name,
+    url: spec.displayUrl,
+    put: async (key, body, options) => (await open()).put(key, body, options),
+    get: async (key, options) => (await open()).get(key, options),
+    head: async (key, options) => (await open()).head(key, options),
+    delete: async (key, options) => (await open()).delete(key, options),
+    async *list(prefix, options) {
+      yield* (await open()).list(prefix, options);
+    },
+    async abortStaleUploads(olderThan, options) {
+      const b = await open();
+      return b.abortStaleUploads ? b.abortStaleUploads(olderThan, options) : 0;
+    },
+  };
 }
