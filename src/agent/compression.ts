@@ -4,8 +4,8 @@
  * hourly snapshot on a 2-core VM gains more from speed than from the last few per cent of size (facts.md:
  * zstd -1 and -3 differ by 4 %, gzip -1 is 3.5x slower than zstd -1).
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { Duplex } from 'node:stream';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { Duplex, type Readable } from 'node:stream';
 import * as zlib from 'node:zlib';
 import type { Compression } from './protocol.js';
 
@@ -64,14 +64,23 @@ function settled(stream: Duplex): Compressor {
   return { stream, done: Promise.resolve(), abort: () => stream.destroy() };
 }
 
-function zstdCommand(command: string): Compressor {
-  const child = spawn(command, ['-1', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
+/**
+ * zstd reading the plain file itself (`zstd -1 -c FILE`): no copy through this process, so the agent can hash
+ * the plain file on its other core at the same time. The returned stream is the compressed output only.
+ */
+export function zstdFileCompressor(command: string, path: string): Omit<Compressor, 'stream'> & { output: Readable } {
+  const child = spawn(command, ['-1', '-c', '-q', path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const done = exitOf(child, command, child.stdout);
+  return { output: child.stdout, done, abort: () => child.kill('SIGKILL') };
+}
+
+/** Settles when the child exits: resolved on status 0, else rejected with its stderr; `stream` is failed too. */
+function exitOf(child: ChildProcess, command: string, stream: Readable | Duplex): Promise<void> {
   let stderr = '';
-  child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (text: string) => {
+  child.stderr!.setEncoding('utf8');
+  child.stderr!.on('data', (text: string) => {
     if (stderr.length < 2000) stderr += text;
   });
-  const stream = Duplex.from({ writable: child.stdin, readable: child.stdout });
   const done = new Promise<void>((resolve, reject) => {
     child.on('error', (err) => {
       stream.destroy(err);
@@ -79,14 +88,20 @@ function zstdCommand(command: string): Compressor {
     });
     child.on('close', (code, signal) => {
       if (code === 0) return resolve();
-      const err = new Error(`zstd exited with ${signal ?? `status ${code}`}${stderr ? `: ${stderr.trim()}` : ''}`);
+      const err = new Error(`${command} exited with ${signal ?? `status ${code}`}${stderr ? `: ${stderr.trim()}` : ''}`);
       stream.destroy(err);
       reject(err);
     });
   });
   // The pipeline reports the failure; this only keeps an unawaited rejection from crashing the agent.
   done.catch(() => {});
-  return { stream, done, abort: () => child.kill('SIGKILL') };
+  return done;
+}
+
+function zstdCommand(command: string): Compressor {
+  const child = spawn(command, ['-1', '-c', '-q'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const stream = Duplex.from({ writable: child.stdin, readable: child.stdout });
+  return { stream, done: exitOf(child, command, stream), abort: () => child.kill('SIGKILL') };
 }
 
 export const ARTIFACT_CONTENT_TYPE: Record<Compression, string> = {

@@ -11,7 +11,7 @@ import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { createCompressor, type CompressionSupport } from './compression.js';
+import { createCompressor, zstdFileCompressor, type CompressionSupport } from './compression.js';
 import type { Compression, SnapshotDescription } from './protocol.js';
 import { runSqliteTask, SqliteTaskError } from './sqlite-worker.js';
 import type { FreeBytes, Staging } from './staging.js';
@@ -185,8 +185,27 @@ export class Snapshotter {
       return { plain: plain.result(), artifact: plain.result() };
     }
     const artifact = new Digest();
-    const compressor = createCompressor(compression, this.options.compressions);
     const partialPath = `${artifactPath}.partial`;
+    const support = this.options.compressions;
+    if (compression === 'zstd' && support.zstdSource === 'command') {
+      // Two cores: the zstd process reads and compresses the file while this process hashes it.
+      const compressor = zstdFileCompressor(support.zstdCommand, workPath);
+      try {
+        await Promise.all([
+          pipeline(createReadStream(workPath, { highWaterMark: READ_CHUNK }), plain.tap(), async (source: AsyncIterable<Buffer>) => {
+            for await (const _ of source);
+          }),
+          pipeline(compressor.output, artifact.tap(), createWriteStream(partialPath, { flags: 'wx', mode: 0o600 })),
+          compressor.done,
+        ]);
+      } catch (err) {
+        compressor.abort();
+        throw err;
+      }
+      await rename(partialPath, artifactPath);
+      return { plain: plain.result(), artifact: artifact.result() };
+    }
+    const compressor = createCompressor(compression, support);
     try {
       await pipeline(
         createReadStream(workPath, { highWaterMark: READ_CHUNK }),

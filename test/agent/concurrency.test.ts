@@ -159,13 +159,14 @@ describe('staging space, expiry and leftovers', () => {
     try {
       createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { runs: 50 });
       const logs = captureLogger();
-      const other = await startAgent(agentConfig(dir.dir, { stagingTtlMs: 300 }), { logger: logs.logger });
+      // Long enough that the first GET comes before expiry on a loaded machine, short enough to wait for.
+      const other = await startAgent(agentConfig(dir.dir, { stagingTtlMs: 2000 }), { logger: logs.logger });
       try {
         const c = new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY });
         const desc = await c.createSnapshot({ compression: 'gzip' });
         expect((await signedRequest(other.url, 'GET', `/v1/snapshots/${desc.id}`)).status).toBe(200);
         let status = 200;
-        for (let i = 0; i < 100 && status === 200; i++) {
+        for (let i = 0; i < 300 && status === 200; i++) {
           await new Promise((r) => setTimeout(r, 50));
           status = (await signedRequest(other.url, 'GET', `/v1/snapshots/${desc.id}`)).status;
         }
