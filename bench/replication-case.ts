@@ -17,8 +17,12 @@ import { cliPath, describeExit, runWatched } from './processes.js';
 import { BUCKET, CONTAINER, prepareReplicationSource, type ReplicationSource } from './replication-source.js';
 import { formatMb, formatSeconds, median, round } from './stats.js';
 
-/** No target is stated for replication; the snapshot case's is used, so both comparisons read alike. */
-export const REPLICATION_TARGETS = { timeRatio: 1.25, peakRssBytes: 200e6 } as const;
+/**
+ * The replication targets: no slower than rclone copy between the same two servers, and memory flat: the
+ * replicate process may grow by at most a bounded amount over the same CLI at rest (`list`, which loads the
+ * same SDKs), whatever the size of what it copies.
+ */
+export const REPLICATION_TARGETS = { timeRatio: 1.0, rssGrowthBytes: 128 * 2 ** 20 } as const;
 /** Copies in flight: ours copies two at a time by default, so rclone is given the same. */
 const TRANSFERS = 2;
 /** Parts in flight per upload: R2 allows few concurrent uploads, and our r2:// targets keep to 2. */
@@ -105,9 +109,12 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   const rclone: Run[] = [];
   const ours: Array<Awaited<ReturnType<typeof runOurs>>> = [];
   let sourceSize: { count: number; bytes: number };
+  let restPeak = Number.NaN;
   try {
     const env = rcloneEnv(source, ctx.workDir);
     sourceSize = size(`az:${CONTAINER}/snapshots`, env);
+    const rest = await runWatched(process.execPath, [cliPath(), 'list', '--json'], { env: source.env('rest') as NodeJS.ProcessEnv });
+    restPeak = rest.memory.root?.peakHwmBytes ?? Number.NaN;
     for (let i = 1; i <= options.samples; i++) {
       const r = await runRclone(`rclone-${i}`, env);
       rclone.push(r);
@@ -133,7 +140,7 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   return {
     checks: [
       atMost(`replicate ${n} snapshots, ours / rclone copy (medians)`, oursMs / rcloneMs, REPLICATION_TARGETS.timeRatio, (v) => v.toFixed(2)),
-      atMost('replicate process peak RSS (VmHWM)', oursPeak, REPLICATION_TARGETS.peakRssBytes, formatMb),
+      atMost('replicate peak RSS above the CLI at rest (memory flat)', oursPeak - restPeak, REPLICATION_TARGETS.rssGrowthBytes, formatMb),
       holds('every copy of ours has its manifest and matches its sha256', oursProblems.length === 0, `${ours.length * n - oursProblems.length} of ${ours.length * n}`, oursProblems.join('; ')),
       holds('rclone copied every object', rcloneShort.length === 0, `${sourceSize.count} objects per run`, `the source has ${sourceSize.count} objects, ${sourceSize.bytes} bytes; ${rcloneShort.join('; ')}`),
     ],
@@ -144,7 +151,7 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
       `samples (alternating, rclone first): rclone ${rclone.map((r) => formatSeconds(r.wallMs)).join(', ')} | ours ${ours.map((o) => formatSeconds(o.wallMs)).join(', ')}`,
       `medians: rclone ${formatSeconds(rcloneMs)} (${(total / 1e6 / (rcloneMs / 1000)).toFixed(0)} MB/s), ours ${formatSeconds(oursMs)} (${(total / 1e6 / (oursMs / 1000)).toFixed(0)} MB/s), ` +
         `of which the job ${formatSeconds(median(ours.map((o) => o.jobMs)))} and process start and exit ${formatSeconds(median(ours.map((o) => o.wallMs - o.jobMs)))}`,
-      `memory: ours ${formatMb(oursPeak)}, rclone ${formatMb(rclonePeak)}`,
+      `memory: ours ${formatMb(oursPeak)} peak (the CLI at rest, tcab-backup list: ${formatMb(restPeak)}), rclone ${formatMb(rclonePeak)}`,
     ],
     details: {
       snapshots: source.snapshots, sourceObjects: sourceSize, rcloneVersion, transfers: TRANSFERS,

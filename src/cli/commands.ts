@@ -1,14 +1,15 @@
-/** The CLI's commands: parse flags, load the settings a command needs, run the job, print the result. */
+/**
+ * The CLI's commands: parse flags, load the settings a command needs, run the job, print the result.
+ * Modules only one command needs (the agent, SQLite for restore, the retention planner) load inside it, so
+ * every run starts quickly and small.
+ */
 import { text } from 'node:stream/consumers';
-import { startAgent } from '../agent/run.js';
 import { listCatalog, readManifests } from '../catalog/catalog.js';
 import { PIN_TAG } from '../catalog/manifest.js';
 import { loadAgentClientConfig, loadAgentConfig, loadTargetsConfig } from '../config.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { runRetentionPlanCommand } from '../retention/plan-command.js';
 import { openAgent, openTargets } from '../runtime.js';
-import { runRestore } from '../jobs/restore.js';
 import { parseAtTime, type SnapshotSelector } from '../jobs/select.js';
 import { runSnapshot, SnapshotFailedError } from '../jobs/snapshot.js';
 import { interruptSignal as abortOnSignal, parse, printJson as printJsonTo, UsageError } from './args.js';
@@ -28,6 +29,7 @@ export { UsageError };
 
 const agent: Command = async (args, ctx) => {
   parse(args, {});
+  const { startAgent } = await import('../agent/run.js');
   const running = await startAgent(loadAgentConfig(ctx.env), { logger: ctx.logger });
   ctx.logger.info('agent.listening', { url: running.url });
   await new Promise<void>((resolve) => {
@@ -107,6 +109,7 @@ const restore: Command = async (args, ctx) => {
   const selector: SnapshotSelector = values.snapshot !== undefined ? { id: values.snapshot } : values.at !== undefined ? { at: parseAtTime(values.at) } : { latest: true };
   const config = loadTargetsConfig(ctx.env);
   const progress = progressReporter('restoring');
+  const { runRestore } = await import('../jobs/restore.js');
   const result = await runRestore(
     { targets: openTargets(config, ctx.logger, values.target), database: config.database, logger: ctx.logger },
     { selector, outPath: values.output, force: Boolean(values.force), signal: abortOnSignal(), onProgress: values.json ? undefined : progress },
@@ -123,6 +126,7 @@ const restore: Command = async (args, ctx) => {
 const retention: Command = async (args, ctx) => {
   const { positionals } = parse(args, {}, true);
   if (positionals.join(' ') !== 'plan') throw new UsageError('retention takes one subcommand: plan (reads JSON on stdin)');
+  const { runRetentionPlanCommand } = await import('../retention/plan-command.js');
   ctx.io.stdout.write(runRetentionPlanCommand(await text(ctx.io.stdin)) + '\n');
   return 0;
 };
