@@ -41,10 +41,14 @@ export const SETTINGS: SettingDoc[] = [
     description: 'Database name used in storage keys (snapshots/<database>/...). Must match the agent\'s TCAB_AGENT_DATABASE_NAME.' },
   { name: 'TCAB_BACKUP_AGENT_URL', side: 'backup', requiredInAzure: true, secret: false,
     description: 'Base URL of the snapshot agent, e.g. https://10.0.1.4:8787. Plain http only for loopback.' },
+  { name: 'TCAB_BACKUP_AGENT_AUTH', side: 'backup', requiredInAzure: false, secret: false, default: 'hmac',
+    description: 'How the functions authenticate to the agent: hmac (TCAB-HMAC-SHA256 with TCAB_BACKUP_AGENT_KEY_ID and TCAB_BACKUP_AGENT_KEY), or entra (a Microsoft Entra ID token of the function app\'s managed identity for TCAB_BACKUP_AGENT_ENTRA_SCOPE; the agent must have entra in TCAB_AGENT_AUTH).' },
   { name: 'TCAB_BACKUP_AGENT_KEY_ID', side: 'backup', requiredInAzure: true, secret: false,
-    description: 'Key id the functions sign agent requests with (one of the ids in the agent\'s TCAB_AGENT_KEYS).' },
+    description: 'Key id the functions sign agent requests with (one of the ids in the agent\'s TCAB_AGENT_KEYS). Not needed with TCAB_BACKUP_AGENT_AUTH=entra.' },
   { name: 'TCAB_BACKUP_AGENT_KEY', side: 'backup', requiredInAzure: true, secret: true,
-    description: 'HMAC secret for that key id, at least 32 characters (64 hex characters recommended). A Key Vault reference in Azure.' },
+    description: 'HMAC secret for that key id, at least 32 characters (64 hex characters recommended). A Key Vault reference in Azure. Not needed with TCAB_BACKUP_AGENT_AUTH=entra.' },
+  { name: 'TCAB_BACKUP_AGENT_ENTRA_SCOPE', side: 'backup', requiredInAzure: false, secret: false,
+    description: 'With TCAB_BACKUP_AGENT_AUTH=entra: the scope the managed identity asks a token for, the agent\'s application id URI (or client id) followed by /.default, e.g. api://tcab-backup-agent/.default. AZURE_CLIENT_ID names a user-assigned identity.' },
   { name: 'TCAB_BACKUP_AGENT_CA', side: 'backup', requiredInAzure: false, secret: false,
     description: 'PEM (inline or a file path) of the CA that signed the agent\'s TLS certificate, when it is not publicly trusted.' },
   { name: 'TCAB_BACKUP_AGENT_TIMEOUT', side: 'backup', requiredInAzure: false, secret: false, default: '10m',
@@ -59,8 +63,20 @@ export const SETTINGS: SettingDoc[] = [
     description: 'Private staging folder on the same disk, writable by the agent only. Needs about 1.2 x the database size free.' },
   { name: 'TCAB_AGENT_LISTEN', side: 'agent', requiredInAzure: false, secret: false, default: '127.0.0.1:8787',
     description: 'host:port to listen on. A non-loopback address requires TLS (TCAB_AGENT_TLS_CERT and TCAB_AGENT_TLS_KEY).' },
+  { name: 'TCAB_AGENT_AUTH', side: 'agent', requiredInAzure: false, secret: false, default: 'hmac',
+    description: 'Accepted authentication schemes: hmac (TCAB-HMAC-SHA256 signatures with TCAB_AGENT_KEYS), entra (Bearer tokens from Microsoft Entra ID, see TCAB_AGENT_ENTRA_*), or hmac,entra for both (e.g. while switching).' },
   { name: 'TCAB_AGENT_KEYS', side: 'agent', requiredInAzure: false, secret: true,
-    description: 'Accepted HMAC keys, id=secret,id2=secret2 (several during rotation). Each secret at least 32 characters.' },
+    description: 'Accepted HMAC keys, id=secret,id2=secret2 (several during rotation). Each secret at least 32 characters. Required when TCAB_AGENT_AUTH includes hmac.' },
+  { name: 'TCAB_AGENT_ENTRA_TENANT_ID', side: 'agent', requiredInAzure: false, secret: false,
+    description: 'With entra in TCAB_AGENT_AUTH: the directory (tenant) id, a GUID. Tokens must be issued by this tenant (iss and tid).' },
+  { name: 'TCAB_AGENT_ENTRA_AUDIENCE', side: 'agent', requiredInAzure: false, secret: false,
+    description: 'With entra: the audience (aud) tokens must be for, the agent\'s application id URI (v1.0 tokens, e.g. api://tcab-backup-agent) or client id (v2.0 tokens); several comma-separated.' },
+  { name: 'TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS', side: 'agent', requiredInAzure: false, secret: false,
+    description: 'With entra: comma-separated object (principal) ids allowed to call the agent, the function app\'s managed identity. Tokens of any other identity are refused.' },
+  { name: 'TCAB_AGENT_ENTRA_AUTHORITY', side: 'agent', requiredInAzure: false, secret: false, default: 'https://login.microsoftonline.com',
+    description: 'With entra: the Entra ID authority (https) the signing keys are fetched from (<authority>/<tenant>/v2.0/.well-known/openid-configuration); another cloud\'s, or a local stand-in for tests.' },
+  { name: 'TCAB_AGENT_ENTRA_CA', side: 'agent', requiredInAzure: false, secret: false,
+    description: 'With entra: PEM (inline or a file path) of a CA to trust for TCAB_AGENT_ENTRA_AUTHORITY, for a private authority or tests. Not needed for Entra ID itself.' },
   { name: 'TCAB_AGENT_TLS_CERT', side: 'agent', requiredInAzure: false, secret: false,
     description: 'Path of the PEM certificate (chain) to serve HTTPS with.' },
   { name: 'TCAB_AGENT_TLS_KEY', side: 'agent', requiredInAzure: false, secret: false,
@@ -229,15 +245,86 @@ function httpUrl(requireTlsOffLoopback: boolean) {
 
 const secretString = z.string({ message: 'is required' }).min(MIN_SECRET_CHARS, `must be at least ${MIN_SECRET_CHARS} characters (generate 64 hex characters)`);
 
+const GUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const guid = (what: string) => z.string({ message: `is required: ${what}` }).regex(GUID_RE, `expected ${what}, a GUID like 72f988bf-86f1-41af-91ab-2d7cd011db47`).transform((s) => s.toLowerCase());
+
+/** A comma-separated list whose every entry passes `entry`; empty entries are dropped, at least one must remain. */
+function commaList<T>(what: string, entry: z.ZodType<T>) {
+  return z.string({ message: `is required: ${what}` }).transform((s, ctx) => {
+    const out: T[] = [];
+    for (const item of s.split(',').map((x) => x.trim()).filter(Boolean)) {
+      const r = entry.safeParse(item);
+      if (!r.success) {
+        ctx.addIssue({ code: 'custom', message: `"${item}": ${r.error.issues[0]?.message ?? 'invalid'}` });
+        return z.NEVER;
+      }
+      out.push(r.data);
+    }
+    if (out.length === 0) {
+      ctx.addIssue({ code: 'custom', message: `expected ${what}` });
+      return z.NEVER;
+    }
+    return out;
+  });
+}
+
+/** A PEM given inline, or the path of a PEM file. */
+function pemSetting(env: Env, problems: Problems, name: string): string | undefined {
+  const raw = env[name]?.trim();
+  if (!raw) return undefined;
+  if (raw.includes('-----BEGIN')) return raw;
+  try {
+    const text = readFileSync(raw, 'utf8');
+    if (text.includes('-----BEGIN')) return text;
+    problems.add(name, `"${raw}" is not a PEM file (expected -----BEGIN CERTIFICATE-----)`);
+  } catch (e) {
+    problems.add(name, `cannot read "${raw}": ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return undefined;
+}
+
+export type AgentAuthScheme = 'hmac' | 'entra';
+
+const agentAuthSchemes = z.string().transform((s, ctx) => {
+  const list = s.split(',').map((x) => x.trim().toLowerCase()).filter(Boolean);
+  if (list.length === 0 || list.some((x) => x !== 'hmac' && x !== 'entra') || new Set(list).size !== list.length) {
+    ctx.addIssue({ code: 'custom', message: 'expected hmac, entra, or hmac,entra for both' });
+    return z.NEVER;
+  }
+  return list as AgentAuthScheme[];
+});
+
+/** The Entra ID authority: https only, since the signing keys fetched from it decide which tokens are genuine. */
+const entraAuthority = z.string().transform((s, ctx) => {
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: 'expected an https URL like https://login.microsoftonline.com' });
+    return z.NEVER;
+  }
+  if (u.protocol !== 'https:' || u.username || u.password || u.search || u.hash) {
+    ctx.addIssue({ code: 'custom', message: 'expected an https URL without credentials, query or fragment, like https://login.microsoftonline.com' });
+    return z.NEVER;
+  }
+  return `${u.origin}${u.pathname.replace(/\/+$/, '')}`;
+});
+
+const entraScope = z
+  .string({ message: 'is required with TCAB_BACKUP_AGENT_AUTH=entra: the agent\'s application id URI followed by /.default' })
+  .regex(/^\S+\/\.default$/, 'expected the agent\'s application id URI (or client id) followed by /.default, e.g. api://tcab-backup-agent/.default');
+
 export interface TargetsConfig {
   database: string;
   targets: TargetSpec[];
 }
 
+/** How the functions prove themselves to the agent: a signing key, or a managed identity token for a scope. */
+export type AgentClientAuth = { scheme: 'hmac'; keyId: string; key: string } | { scheme: 'entra'; scope: string };
+
 export interface AgentClientConfig {
   url: URL;
-  keyId: string;
-  key: string;
+  auth: AgentClientAuth;
   ca: string | undefined;
   timeoutMs: number;
   compression: 'auto' | 'gzip' | 'zstd' | 'none';
@@ -290,25 +377,24 @@ export function loadTargetsConfig(env: Env = process.env): TargetsConfig {
 export function loadAgentClientConfig(env: Env = process.env): AgentClientConfig {
   const problems = new Problems();
   const url = read(env, problems, 'TCAB_BACKUP_AGENT_URL', httpUrl(true));
-  const keyId = read(env, problems, 'TCAB_BACKUP_AGENT_KEY_ID', z.string({ message: 'is required' }).regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, "_", "." and "-"'));
-  const key = read(env, problems, 'TCAB_BACKUP_AGENT_KEY', secretString);
-  registerSecret(key);
-  let ca: string | undefined;
-  const rawCa = env.TCAB_BACKUP_AGENT_CA?.trim();
-  if (rawCa) {
-    if (rawCa.includes('-----BEGIN')) ca = rawCa;
-    else {
-      try {
-        ca = readFileSync(rawCa, 'utf8');
-      } catch (e) {
-        problems.add('TCAB_BACKUP_AGENT_CA', `cannot read "${rawCa}": ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-      }
-    }
+  const scheme = read(env, problems, 'TCAB_BACKUP_AGENT_AUTH', z.enum(['hmac', 'entra'], { message: 'expected hmac or entra' }), 'hmac');
+  let auth: AgentClientAuth | undefined;
+  if (scheme === 'entra') {
+    // Unused with entra, yet a key left in the settings must still never reach a log.
+    registerSecret(env.TCAB_BACKUP_AGENT_KEY?.trim());
+    const scope = read(env, problems, 'TCAB_BACKUP_AGENT_ENTRA_SCOPE', entraScope);
+    if (scope) auth = { scheme: 'entra', scope };
+  } else if (scheme === 'hmac') {
+    const keyId = read(env, problems, 'TCAB_BACKUP_AGENT_KEY_ID', z.string({ message: 'is required' }).regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, "_", "." and "-"'));
+    const key = read(env, problems, 'TCAB_BACKUP_AGENT_KEY', secretString);
+    registerSecret(key);
+    if (keyId && key) auth = { scheme: 'hmac', keyId, key };
   }
+  const ca = pemSetting(env, problems, 'TCAB_BACKUP_AGENT_CA');
   const timeoutMs = read(env, problems, 'TCAB_BACKUP_AGENT_TIMEOUT', durationMs('a duration like 10m'), '10m');
   const compression = read(env, problems, 'TCAB_BACKUP_COMPRESSION', z.enum(['auto', ...CompressionSchema.options], { message: 'expected auto, zstd, gzip or none' }), 'auto');
   problems.throwIfAny();
-  return { url: url!, keyId: keyId!, key: key!, ca, timeoutMs: timeoutMs!, compression: compression! };
+  return { url: url!, auth: auth!, ca, timeoutMs: timeoutMs!, compression: compression! };
 }
 
 /** Everything the Function App needs; validated at once so a bad deployment fails on its first invocation. */
@@ -335,12 +421,29 @@ export function loadBackupConfig(env: Env = process.env): BackupConfig {
   return { ...targets!, agent: agent!, snapshotSchedule: snapshotSchedule! };
 }
 
+/** What the agent checks Bearer tokens against (TCAB_AGENT_ENTRA_*). */
+export interface EntraAgentConfig {
+  /** Lower-case GUID. */
+  tenantId: string;
+  audiences: string[];
+  /** Lower-case GUIDs. */
+  allowedObjectIds: string[];
+  /** e.g. https://login.microsoftonline.com, without a trailing slash. */
+  authority: string;
+  ca: string | undefined;
+}
+
 export interface AgentConfig {
   dbPath: string;
   stagingDir: string;
   host: string;
   port: number;
+  /** Accepted schemes; default hmac alone. */
+  auth?: AgentAuthScheme[];
+  /** HMAC keys; empty when hmac is not enabled. */
   keys: Map<string, string>;
+  /** Required when auth includes entra. */
+  entra?: EntraAgentConfig;
   tls: { cert: string; key: string } | undefined;
   databaseName: string;
   compression: 'auto' | 'gzip' | 'zstd' | 'none';
@@ -353,10 +456,14 @@ export function loadAgentConfig(env: Env = process.env): AgentConfig {
   const stagingDir = read(env, problems, 'TCAB_AGENT_STAGING', z.string({ message: 'is required: a private staging folder' }).min(1));
   const listen = read(env, problems, 'TCAB_AGENT_LISTEN',
     z.string().regex(/^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected host:port, e.g. 127.0.0.1:8787 or [::1]:8787'), '127.0.0.1:8787');
+  const auth = read(env, problems, 'TCAB_AGENT_AUTH', agentAuthSchemes, 'hmac');
+  const hmac = auth?.includes('hmac') ?? true;
   let keys: Map<string, string> | undefined;
   const rawKeys = env.TCAB_AGENT_KEYS?.trim();
-  if (!rawKeys) problems.add('TCAB_AGENT_KEYS', 'is not set: expected id=secret[,id=secret...]');
-  else {
+  if (!rawKeys) {
+    if (hmac) problems.add('TCAB_AGENT_KEYS', 'is not set: expected id=secret[,id=secret...] (or TCAB_AGENT_AUTH=entra to accept Entra ID tokens only)');
+    keys = new Map();
+  } else {
     try {
       keys = parseKeyList(rawKeys);
       for (const [id, secret] of keys) {
@@ -395,6 +502,22 @@ export function loadAgentConfig(env: Env = process.env): AgentConfig {
   const databaseName = read(env, problems, 'TCAB_AGENT_DATABASE_NAME', z.string().regex(DATABASE_NAME_RE, "lower-case letters, digits, '_' and '-'"), 'tcab');
   const compression = read(env, problems, 'TCAB_AGENT_COMPRESSION', z.enum(['auto', ...CompressionSchema.options], { message: 'expected auto, zstd, gzip or none' }), 'auto');
   const stagingTtlMs = read(env, problems, 'TCAB_AGENT_STAGING_TTL', durationMs('a duration like 1h'), '1h');
+  const entra = auth?.includes('entra') ? loadEntraAgentConfig(env, problems) : undefined;
   problems.throwIfAny();
-  return { dbPath: dbPath!, stagingDir: stagingDir!, host, port, keys: keys!, tls, databaseName: databaseName!, compression: compression!, stagingTtlMs: stagingTtlMs! };
+  return {
+    dbPath: dbPath!, stagingDir: stagingDir!, host, port, auth: auth!, keys: keys!, ...(entra ? { entra } : {}), tls,
+    databaseName: databaseName!, compression: compression!, stagingTtlMs: stagingTtlMs!,
+  };
+}
+
+function loadEntraAgentConfig(env: Env, problems: Problems): EntraAgentConfig | undefined {
+  const tenantId = read(env, problems, 'TCAB_AGENT_ENTRA_TENANT_ID', guid('the directory (tenant) id'));
+  const audiences = read(env, problems, 'TCAB_AGENT_ENTRA_AUDIENCE',
+    commaList('the agent\'s application id URI or client id, e.g. api://tcab-backup-agent', z.string().regex(/^\S+$/, 'no spaces')));
+  const allowedObjectIds = read(env, problems, 'TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS',
+    commaList('the object (principal) id of the function app\'s managed identity', guid('an object id')));
+  const authority = read(env, problems, 'TCAB_AGENT_ENTRA_AUTHORITY', entraAuthority, 'https://login.microsoftonline.com');
+  const ca = pemSetting(env, problems, 'TCAB_AGENT_ENTRA_CA');
+  if (!tenantId || !audiences || !allowedObjectIds || !authority) return undefined;
+  return { tenantId, audiences, allowedObjectIds, authority, ca };
 }

@@ -1,4 +1,5 @@
 /** Builds the jobs' dependencies from validated configuration; shared by the CLI and the functions. */
+import { DefaultAzureCredential, type TokenCredential } from '@azure/identity';
 import { AgentClient } from './agent/client.js';
 import type { AgentClientConfig, TargetsConfig } from './config.js';
 import { TcabError } from './errors.js';
@@ -14,6 +15,14 @@ export function openTargets(config: TargetsConfig, logger: Logger, only?: string
   return specs.map((spec) => openTarget(spec, { logger }));
 }
 
-export function openAgent(config: AgentClientConfig, logger: Logger): AgentClient {
-  return new AgentClient({ url: config.url, keyId: config.keyId, key: config.key, ...(config.ca ? { ca: config.ca } : {}), timeoutMs: config.timeoutMs, logger });
+/**
+ * The agent client for the configured scheme. With entra the token comes from `credential`, by default
+ * DefaultAzureCredential: the function app's managed identity in Azure (AZURE_CLIENT_ID names a user-assigned one).
+ */
+export function openAgent(config: AgentClientConfig, logger: Logger, credential?: TokenCredential): AgentClient {
+  const common = { url: config.url, ...(config.ca ? { ca: config.ca } : {}), timeoutMs: config.timeoutMs, logger };
+  if (config.auth.scheme === 'entra') {
+    return new AgentClient({ ...common, credential: credential ?? new DefaultAzureCredential(), scope: config.auth.scope });
+  }
+  return new AgentClient({ ...common, keyId: config.auth.keyId, key: config.auth.key });
 }

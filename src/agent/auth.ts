@@ -1,8 +1,12 @@
 /**
- * Checks TCAB-HMAC-SHA256 signatures (agent-protocol.md, "Authentication"). The verdict carries the reason for
- * the agent's log; the client only ever sees one generic 401, so a prober learns nothing about which check failed.
+ * Checks TCAB-HMAC-SHA256 signatures (agent-protocol.md, "Authentication"), and picks the scheme a request uses
+ * among those the agent enables (HMAC, Entra ID Bearer tokens). The verdict carries the reason for the agent's
+ * log; the client only ever sees one generic 401, so a prober learns nothing about which check failed.
  */
+import type { Fields } from '../log.js';
+import type { EntraTokenValidator } from './entra.js';
 import {
+  AUTH_SCHEME,
   AUTH_WINDOW_SECONDS,
   computeSignature,
   EMPTY_SHA256,
@@ -73,5 +77,53 @@ export class RequestAuthenticator {
 
   get rememberedNonces(): number {
     return this.seen.size;
+  }
+}
+
+export type AgentAuthVerdict =
+  /** `client` names the caller in log lines: clientKeyId, or clientObjectId and clientAppId. */
+  | { ok: true; scheme: 'hmac' | 'entra'; client: Fields }
+  | { ok: false; reason: string; client: Fields };
+
+const BEARER_RE = /^Bearer +([^\s]+) *$/i;
+
+/** Dispatches on the Authorization scheme to whichever checks TCAB_AGENT_AUTH enables. */
+export class AgentAuthenticator {
+  private readonly hmac: RequestAuthenticator | undefined;
+  private readonly entra: EntraTokenValidator | undefined;
+  /** The WWW-Authenticate value of a 401: the schemes this agent accepts. */
+  readonly challenge: string;
+
+  constructor(schemes: { hmac?: RequestAuthenticator; entra?: EntraTokenValidator }) {
+    if (!schemes.hmac && !schemes.entra) throw new Error('the agent needs at least one authentication scheme');
+    this.hmac = schemes.hmac;
+    this.entra = schemes.entra;
+    this.challenge = [schemes.hmac ? AUTH_SCHEME : '', schemes.entra ? 'Bearer' : ''].filter(Boolean).join(', ');
+  }
+
+  async verify(req: SignedRequest): Promise<AgentAuthVerdict> {
+    const bearer = BEARER_RE.exec(req.authorization ?? '');
+    if (bearer) {
+      if (!this.entra) return { ok: false, reason: 'malformed Authorization header (a Bearer token, but TCAB_AGENT_AUTH does not enable entra)', client: {} };
+      const verdict = await this.entra.verify(bearer[1]!);
+      const client: Fields = {};
+      if (verdict.objectId) client.clientObjectId = verdict.objectId;
+      if (verdict.appId) client.clientAppId = verdict.appId;
+      return verdict.ok ? { ok: true, scheme: 'entra', client } : { ok: false, reason: verdict.reason, client };
+    }
+    if (!this.hmac) {
+      const header = req.authorization;
+      const reason = !header ? 'no Authorization header'
+        : header.startsWith(`${AUTH_SCHEME} `) ? `a ${AUTH_SCHEME} signature, but TCAB_AGENT_AUTH does not enable hmac`
+          : 'malformed Authorization header (expected Bearer <token>)';
+      return { ok: false, reason, client: {} };
+    }
+    const verdict = this.hmac.verify(req);
+    if (verdict.ok) return { ok: true, scheme: 'hmac', client: { clientKeyId: verdict.keyId } };
+    return { ok: false, reason: verdict.reason, client: verdict.keyId === undefined ? {} : { clientKeyId: verdict.keyId } };
+  }
+
+  forgetExpired(): void {
+    this.hmac?.forgetExpired();
   }
 }

@@ -2,9 +2,12 @@
  * The backup functions' side of the agent protocol. node:http/node:https rather than fetch, so a private CA
  * (TCAB_BACKUP_AGENT_CA) applies to this client alone, and downloads stream with backpressure.
  *
- * Every request is signed with a fresh nonce. Errors name the agent by host and port only (never the key) and
- * say what to check; 4xx answers other than 408/409/429 are marked permanent so retry wrappers give up at once.
+ * Every request is signed with a fresh nonce, or, with a TokenCredential (TCAB_BACKUP_AGENT_AUTH=entra), carries
+ * a Microsoft Entra ID token of the function app's identity. Errors name the agent by host and port only (never
+ * the key or token) and say what to check; 4xx answers other than 408/409/429 are marked permanent so retry
+ * wrappers give up at once.
  */
+import type { AccessToken, TokenCredential } from '@azure/identity';
 import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { Transform, type Readable } from 'node:stream';
@@ -20,16 +23,19 @@ import {
   type SnapshotDescription,
 } from './protocol.js';
 
-export interface AgentClientOptions {
+/** HMAC signing with a key, or Bearer tokens from a credential for a scope (e.g. api://tcab-backup-agent/.default). */
+export type AgentClientCredentials =
+  | { keyId: string; key: string; credential?: undefined; scope?: undefined }
+  | { credential: TokenCredential; scope: string; keyId?: undefined; key?: undefined };
+
+export type AgentClientOptions = AgentClientCredentials & {
   url: URL | string;
-  keyId: string;
-  key: string;
   /** PEM of the CA that signed the agent's certificate, when it is not publicly trusted. */
   ca?: string;
   /** Longest silence on the connection before giving up (a snapshot is one long silence); default 10 minutes. */
   timeoutMs?: number;
   logger?: Logger;
-}
+};
 
 export class AgentError extends TcabError {
   /** HTTP status, or undefined when no answer came (connection, TLS or timeout). */
@@ -80,6 +86,10 @@ const NETWORK_HINTS: Record<string, string> = {
   ETIMEDOUT: 'is the agent reachable from the function app? (VNet integration, NSG rules, firewall on the VM)',
   EPROTO: 'does TCAB_BACKUP_AGENT_URL use the right scheme? An https URL to a plain-http agent fails like this',
 };
+const ENTRA_401_HINT =
+  "the agent's log says which check failed; usually: TCAB_AGENT_AUTH includes entra, TCAB_BACKUP_AGENT_ENTRA_SCOPE names the application in the agent's TCAB_AGENT_ENTRA_AUDIENCE, the function app identity's object id is in TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS, and the agent can reach Entra ID for its signing keys";
+/** A token is used until this long before it expires, so that none expires in flight or on a skewed clock. */
+const TOKEN_REFRESH_MARGIN_MS = 5 * 60_000;
 const TLS_HINT = "the agent's certificate: TCAB_BACKUP_AGENT_CA must hold the CA that signed it, and its subject alternative names must include the host in TCAB_BACKUP_AGENT_URL";
 const MAX_ANSWER_BYTES = 1024 * 1024;
 
@@ -100,8 +110,12 @@ interface Exchange {
 
 export class AgentClient {
   private readonly base: URL;
-  private readonly keyId: string;
-  private readonly key: string;
+  private readonly keyId: string | undefined;
+  private readonly key: string | undefined;
+  private readonly credential: TokenCredential | undefined;
+  private readonly scope: string | undefined;
+  private token: { value: string; refreshAt: number } | undefined;
+  private tokenRequest: Promise<string> | undefined;
   private readonly ca: string | undefined;
   private readonly timeoutMs: number;
   private readonly logger: Logger;
@@ -113,8 +127,15 @@ export class AgentClient {
     if (this.base.protocol !== 'http:' && this.base.protocol !== 'https:') {
       throw new TcabError(`The agent URL must be http(s), got ${this.base.protocol}`, { hint: 'TCAB_BACKUP_AGENT_URL' });
     }
-    this.keyId = options.keyId;
-    this.key = options.key;
+    if (options.credential) {
+      if (!options.scope) throw new TcabError('A token credential for the agent needs a scope', { hint: 'TCAB_BACKUP_AGENT_ENTRA_SCOPE, e.g. api://tcab-backup-agent/.default' });
+      this.credential = options.credential;
+      this.scope = options.scope;
+    } else {
+      if (!options.keyId || !options.key) throw new TcabError('The agent client needs a key id and key, or a token credential', { hint: 'TCAB_BACKUP_AGENT_KEY_ID and TCAB_BACKUP_AGENT_KEY, or TCAB_BACKUP_AGENT_AUTH=entra' });
+      this.keyId = options.keyId;
+      this.key = options.key;
+    }
     this.ca = options.ca;
     this.timeoutMs = options.timeoutMs ?? 10 * 60_000;
     this.logger = options.logger ?? silentLogger;
@@ -245,15 +266,18 @@ export class AgentClient {
   }
 
   /** Sends one request; resolves when the answer's headers have arrived. */
-  private send(method: string, path: string, options: SendOptions): Promise<Exchange> {
+  private async send(method: string, path: string, options: SendOptions): Promise<Exchange> {
     const signal = options.signal;
-    if (signal?.aborted) return Promise.reject(abortError(signal));
+    if (signal?.aborted) throw abortError(signal);
     const fullPath = this.base.pathname.replace(/\/+$/, '') + path;
     const body = options.body ?? Buffer.alloc(0);
     const headers: OutgoingHttpHeaders = { ...options.headers, Accept: 'application/json, application/problem+json, */*' };
     if (body.length > 0) headers['Content-Length'] = body.length;
     if (options.signed !== false) {
-      headers.Authorization = signRequest({ keyId: this.keyId, secret: this.key, method, pathAndQuery: fullPath, body });
+      headers.Authorization = this.credential
+        ? `Bearer ${await this.bearerToken(method, path, signal)}`
+        : signRequest({ keyId: this.keyId!, secret: this.key!, method, pathAndQuery: fullPath, body });
+      if (signal?.aborted) throw abortError(signal);
     }
     const https = this.base.protocol === 'https:';
     const requestFn = https ? httpsRequest : httpRequest;
@@ -297,6 +321,42 @@ export class AgentClient {
     });
   }
 
+  /** A cached token while it has more than the margin left; one request to the credential at a time. */
+  private async bearerToken(method: string, path: string, signal: AbortSignal | undefined): Promise<string> {
+    if (this.token && Date.now() < this.token.refreshAt) return this.token.value;
+    this.tokenRequest ??= this.requestToken(method, path).finally(() => {
+      this.tokenRequest = undefined;
+    });
+    if (!signal) return this.tokenRequest;
+    // The shared request goes on for the others; only this caller stops waiting.
+    return new Promise<string>((resolve, reject) => {
+      const onAbort = () => reject(abortError(signal));
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.tokenRequest!.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
+  }
+
+  private async requestToken(method: string, path: string): Promise<string> {
+    let token: AccessToken | null;
+    try {
+      token = await this.credential!.getToken(this.scope!);
+    } catch (err) {
+      const status = (err as { statusCode?: number }).statusCode;
+      throw new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} not sent: no Entra ID token for ${this.scope}: ${(err as Error).message ?? String(err)}`, {
+        path, cause: err, permanent: !(status !== undefined && status >= 500),
+        hint: "the function app's managed identity (AZURE_CLIENT_ID for a user-assigned one) and TCAB_BACKUP_AGENT_ENTRA_SCOPE: the agent's application id URI followed by /.default",
+      });
+    }
+    if (!token?.token) {
+      throw new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} not sent: the credential returned no token for ${this.scope}`, {
+        path, permanent: true, hint: "the function app's managed identity (AZURE_CLIENT_ID) and TCAB_BACKUP_AGENT_ENTRA_SCOPE",
+      });
+    }
+    const refreshAt = Math.min(token.refreshAfterTimestamp ?? Infinity, token.expiresOnTimestamp - TOKEN_REFRESH_MARGIN_MS);
+    this.token = { value: token.token, refreshAt };
+    return token.token;
+  }
+
   private networkError(method: string, path: string, err: Error): Error {
     if (err instanceof AgentError || (err as { name?: string }).name === 'AbortError') return err;
     const code = (err as NodeJS.ErrnoException).code ?? '';
@@ -318,7 +378,7 @@ export class AgentClient {
     const detail = typeof problem.detail === 'string' ? problem.detail.slice(0, 500) : undefined;
     const what = id && status === 404 ? `snapshot ${id} is not on the agent` : `${method} ${path} answered ${status}${title ? ` ${title}` : ''}`;
     const options = {
-      status, title, detail, path, hint: STATUS_HINTS[status] ?? STATUS_HINTS[500],
+      status, title, detail, path, hint: (status === 401 && this.credential ? ENTRA_401_HINT : STATUS_HINTS[status]) ?? STATUS_HINTS[500],
       permanent: status >= 400 && status < 500 && status !== 408 && status !== 409 && status !== 429,
     };
     const message = `Snapshot agent at ${this.agent}: ${what}${detail ? `: ${detail.replace(/\.$/, '')}` : ''}`;

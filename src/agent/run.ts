@@ -9,7 +9,9 @@ import type { AgentConfig } from '../config.js';
 import { TcabError } from '../errors.js';
 import { createLogger, registerSecret, type Logger } from '../log.js';
 import { isLoopbackHost } from '../targets/spec.js';
-import { RequestAuthenticator } from './auth.js';
+import { AgentAuthenticator, RequestAuthenticator } from './auth.js';
+import { EntraTokenValidator } from './entra.js';
+import { EntraSigningKeys } from './entra-keys.js';
 import { chooseCompression, detectCompressions } from './compression.js';
 import { answerClientError } from './http.js';
 import { createAgentHandler } from './server.js';
@@ -46,7 +48,17 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       code: 'AGENT_TLS_REQUIRED',
     });
   }
-  if (config.keys.size === 0) throw new TcabError('The snapshot agent has no HMAC key', { hint: 'TCAB_AGENT_KEYS (id=secret,...)', code: 'AGENT_NO_KEYS' });
+  const schemes = config.auth ?? ['hmac'];
+  const hmac = schemes.includes('hmac');
+  if (schemes.length === 0) throw new TcabError('The snapshot agent accepts no authentication scheme', { hint: 'TCAB_AGENT_AUTH (hmac, entra or hmac,entra)', code: 'AGENT_NO_AUTH' });
+  if (hmac && config.keys.size === 0) {
+    throw new TcabError('The snapshot agent has no HMAC key', { hint: 'TCAB_AGENT_KEYS (id=secret,...), or TCAB_AGENT_AUTH=entra to accept Entra ID tokens only', code: 'AGENT_NO_KEYS' });
+  }
+  if (schemes.includes('entra') && !config.entra) {
+    throw new TcabError('The snapshot agent is to accept Entra ID tokens (TCAB_AGENT_AUTH includes entra) but has no Entra settings', {
+      hint: 'TCAB_AGENT_ENTRA_TENANT_ID, TCAB_AGENT_ENTRA_AUDIENCE and TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS', code: 'AGENT_NO_ENTRA',
+    });
+  }
   for (const secret of config.keys.values()) registerSecret(secret);
 
   const compressions = detectCompressions({ zstdCommand: options.zstdCommand });
@@ -78,7 +90,12 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   }
   const freeBytes = options.freeBytes ?? statfsFreeBytes;
   const snapshotter = new Snapshotter({ dbPath: config.dbPath, databaseName: config.databaseName, staging, compressions, freeBytes, logger });
-  const authenticator = new RequestAuthenticator(config.keys);
+  const entra = schemes.includes('entra') ? config.entra : undefined;
+  const signingKeys = entra ? new EntraSigningKeys({ authority: entra.authority, tenantId: entra.tenantId, ca: entra.ca, logger }) : undefined;
+  const authenticator = new AgentAuthenticator({
+    ...(hmac ? { hmac: new RequestAuthenticator(config.keys) } : {}),
+    ...(entra && signingKeys ? { entra: new EntraTokenValidator({ ...entra, keys: signingKeys }) } : {}),
+  });
   const handler = createAgentHandler({
     authenticator, snapshotter, staging, compressions, defaultCompression: config.compression, logger,
     status: { dbPath: config.dbPath, databaseName: config.databaseName, staging, freeBytes, compressions, version: agentVersion() },
@@ -103,7 +120,9 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
 
   logger.info('agent.started', {
     url, database: config.databaseName, compressions: compressions.available, zstd: compressions.zstdSource ?? 'unavailable',
-    acceptedKeyIds: [...config.keys.keys()], stagingTtlMs: config.stagingTtlMs,
+    auth: schemes, stagingTtlMs: config.stagingTtlMs,
+    ...(hmac ? { acceptedKeyIds: [...config.keys.keys()] } : {}),
+    ...(entra ? { entraTenantId: entra.tenantId, entraAudiences: entra.audiences, entraAllowedObjectIds: entra.allowedObjectIds, entraAuthority: entra.authority } : {}),
   });
 
   let closing: Promise<void> | undefined;
@@ -112,6 +131,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     close: () => {
       closing ??= (async () => {
         clearInterval(sweeper);
+        signingKeys?.close();
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeAllConnections();
         await closed;

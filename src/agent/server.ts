@@ -10,16 +10,16 @@ import { basename } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { RequestAuthenticator } from './auth.js';
+import type { AgentAuthenticator } from './auth.js';
 import { ARTIFACT_CONTENT_TYPE, chooseCompression, type CompressionSupport } from './compression.js';
 import { parseRange, readBody, sendJson, sendProblem } from './http.js';
-import { AUTH_SCHEME, CreateSnapshotBodySchema, MAX_BODY_BYTES, SNAPSHOT_ID_RE, type Compression } from './protocol.js';
+import { CreateSnapshotBodySchema, MAX_BODY_BYTES, SNAPSHOT_ID_RE, type Compression } from './protocol.js';
 import { InsufficientStagingError, SnapshotBusyError, SnapshotFailedError, type Snapshotter } from './snapshotter.js';
 import type { Staging } from './staging.js';
 import { readStatus, type StatusSources } from './status.js';
 
 export interface AgentHandlerDeps {
-  authenticator: RequestAuthenticator;
+  authenticator: AgentAuthenticator;
   snapshotter: Snapshotter;
   staging: Staging;
   compressions: CompressionSupport;
@@ -28,8 +28,9 @@ export interface AgentHandlerDeps {
   logger: Logger;
 }
 
+// One text for every scheme and every failed check: the agent's log says which.
 const UNAUTHORIZED_DETAIL =
-  'The request is not signed with an accepted key, or its timestamp or nonce is not accepted. See the agent\'s log for which check failed.';
+  'The request is not signed with an accepted key, or its timestamp, nonce or token is not accepted. See the agent\'s log for which check failed.';
 const SNAPSHOTS = '/v1/snapshots';
 
 /** Hints for what an operator can do about a failed snapshot, by SQLite or system error code. */
@@ -81,13 +82,13 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
     return sendProblem(res, 413, `Request bodies are limited to ${MAX_BODY_BYTES} bytes.`, { Connection: 'close' });
   }
 
-  const verdict = deps.authenticator.verify({ method, pathAndQuery: rawUrl, authorization: req.headers.authorization, body: body.body });
+  const verdict = await deps.authenticator.verify({ method, pathAndQuery: rawUrl, authorization: req.headers.authorization, body: body.body });
   if (!verdict.ok) {
-    // Named clientKeyId, not keyId: the logger masks fields whose names start with "key".
-    deps.logger.warn('auth.rejected', { reason: verdict.reason, clientKeyId: verdict.keyId, method, path, remote: req.socket.remoteAddress });
-    return sendProblem(res, 401, UNAUTHORIZED_DETAIL, { 'WWW-Authenticate': AUTH_SCHEME });
+    // The client fields are named clientKeyId etc., not keyId: the logger masks fields whose names start with "key".
+    deps.logger.warn('auth.rejected', { reason: verdict.reason, ...verdict.client, method, path, remote: req.socket.remoteAddress });
+    return sendProblem(res, 401, UNAUTHORIZED_DETAIL, { 'WWW-Authenticate': deps.authenticator.challenge });
   }
-  const log = deps.logger.child({ clientKeyId: verdict.keyId });
+  const log = deps.logger.child(verdict.client);
 
   if (path === SNAPSHOTS) {
     if (method !== 'POST') return sendProblem(res, 405, 'Use POST to make a snapshot.', { Allow: 'POST' });
