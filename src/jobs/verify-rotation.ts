@@ -112,7 +112,7 @@ export interface VerifyRotationResult {
   bytes: number;
   durationMs: number;
   targets: TargetVerifyResult[];
-  /** One per snapshot read, every target; the same shape `runVerify` returns. */
+  /** One per snapshot read, every target. */
   outcomes: VerifyOutcome[];
 }
 
