@@ -9,9 +9,22 @@
  * its last re-read failed. Snapshots go manifest first, then data. Then garbage: data objects without a
  * manifest older than a day, and stale multipart uploads. Objects under an immutability lock are reported as
  * held, not as failures. A refused target throws with the rail's message, after the other targets are done.
+ *
+ * Every target is planned before any target deletes, because one rail looks across targets: last-good-copy.
+ * A snapshot that one target's plan removes stays there when its copy is good (complete, and its last verify
+ * did not fail), another target wants it but has no good copy of it, and no target that keeps it after this
+ * run has a good copy. "Wants" is what replicate acts on: the other target's policy and rails keep it over
+ * what it holds plus what it would receive (so a missing or incomplete copy counts, as replicate would
+ * restore it from here), or its own plan keeps a copy whose last verify failed. Every target with a good
+ * copy keeps it then, not just one: until the damaged side is repaired, two good copies are cheap insurance.
+ * A target whose listing failed counts as holding nothing and wanting what its policy would keep of the
+ * snapshots the others hold: its copies are unknown, and while it is unreachable the others keep what it
+ * would need (the run fails anyway, naming the listing). A target without a loaded policy takes no part.
+ * This rail runs after the others, so max-delete-share judges the plan before it: it may refuse more, never
+ * less.
  */
 import { idTime } from '../catalog/layout.js';
-import { copyState, readVerifyRecord } from './verify-record.js';
+import { copyState, readVerifyRecord, type VerifyRecord } from './verify-record.js';
 import { TcabError, errorMessage } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { planRetention, type KeptSnapshot } from '../retention/policy.js';
@@ -20,6 +33,7 @@ import type { RetentionConfig } from '../retention/settings.js';
 import { abortError } from '../targets/failure.js';
 import type { Target } from '../targets/target.js';
 import { removeOrphan, removeSnapshot } from './prune-delete.js';
+import { planReplication } from './replicate-plan.js';
 import { readTargetCatalog, type TargetCatalog } from './replicate-prune-catalog.js';
 
 /** Data without a manifest younger than this may be an upload in progress; older is garbage. */
@@ -58,11 +72,19 @@ export interface PruneTargetOutcome {
   held: Array<{ id: string; detail: string }>;
   /** Snapshots left in place because a replicate run stored them again meanwhile. */
   left: Array<{ id: string; detail: string }>;
-  /** What each safety rail changed. */
-  rails: RailReport[];
+  /** What each safety rail changed, last-good-copy (which looks across targets) after the others. */
+  rails: Array<RailReport | LastGoodCopyReport>;
   refused: RailReport | null;
   garbage: { removed: string[]; held: Array<{ key: string; detail: string }>; staleUploads: number };
   failures: string[];
+}
+
+/** The cross-target rail's report, shaped like the other rails' reports. */
+export interface LastGoodCopyReport {
+  rail: 'last-good-copy';
+  message: string;
+  /** The snapshots it kept on this target. */
+  ids: string[];
 }
 
 export interface PruneResult {
@@ -88,7 +110,9 @@ export async function runPrune(deps: PruneDeps, request: PruneRequest = {}): Pro
   const started = Date.now();
   const now = deps.now?.() ?? new Date();
   if (deps.targets.length === 0) throw new TcabError('No targets configured', { hint: 'set TCAB_BACKUP_TARGETS' });
-  const targets = await Promise.all(deps.targets.map((t) => pruneTarget(t, deps, request, now, log)));
+  const plans = await Promise.all(deps.targets.map((t) => planTarget(t, deps, request, now, log)));
+  keepLastGoodCopies(plans, deps.retention, now);
+  const targets = await Promise.all(plans.map((p) => carryOut(p, deps, request, now, log)));
   const result: PruneResult = {
     database: deps.database, dryRun: Boolean(request.dryRun), force: Boolean(request.force), targets,
     removed: targets.reduce((n, t) => n + t.removed.length, 0), durationMs: Date.now() - started,
@@ -101,36 +125,50 @@ export async function runPrune(deps: PruneDeps, request: PruneRequest = {}): Pro
   return result;
 }
 
-async function pruneTarget(target: Target, deps: PruneDeps, request: PruneRequest, now: Date, log: Logger): Promise<PruneTargetOutcome> {
+/** One target's plan, made before any target deletes. */
+interface TargetPlan {
+  target: Target;
+  outcome: PruneTargetOutcome;
+  /** Undefined when the target could not be listed or has no policy. */
+  catalog?: TargetCatalog;
+  verifyRecord?: VerifyRecord;
+  /** What the target's policy and rails keep, a refusal aside. */
+  wanted: Set<string>;
+  /** What this run removes. */
+  remove: string[];
+}
+
+async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest, now: Date, log: Logger): Promise<TargetPlan> {
   const retention = deps.retention.policies.get(target.name);
   const outcome: PruneTargetOutcome = {
     target: target.name, ok: false, policy: retention?.source ?? 'none', snapshots: 0, kept: [], removed: [], held: [], left: [],
     rails: [], refused: null, garbage: { removed: [], held: [], staleUploads: 0 }, failures: [],
   };
+  const plan: TargetPlan = { target, outcome, wanted: new Set(), remove: [] };
   if (!retention) {
     outcome.error = `no retention policy was loaded for target "${target.name}"`;
-    return outcome;
+    return plan;
   }
   const signal = request.signal;
-  let catalog: TargetCatalog;
   try {
-    catalog = await readTargetCatalog(target, deps.database, signal ? { signal } : {});
+    plan.catalog = await readTargetCatalog(target, deps.database, signal ? { signal } : {});
   } catch (e) {
     if (signal?.aborted) throw e;
     outcome.error = `listing failed: ${errorMessage(e)}`;
     outcome.refused = applySafetyRails({ keep: [], remove: [] }, [], { ...deps.retention.rails, force: false, listingComplete: false, target: target.name }, now).refused;
     log.error('prune.listing_failed', { target: target.name, error: errorMessage(e) });
-    return outcome;
+    return plan;
   }
+  const catalog = plan.catalog;
 
   // A copy whose last re-read did not match its manifest is not verified, whatever its listing says.
-  const verifyRecord = await readVerifyRecord(target, deps.database, signal).catch((e: unknown) => {
+  plan.verifyRecord = await readVerifyRecord(target, deps.database, signal).catch((e: unknown) => {
     log.warn('prune.verify_record_unreadable', { target: target.name, error: errorMessage(e) });
     return undefined;
   });
   const snapshots: RailSnapshot[] = catalog.snapshots.map((s) => ({
     id: s.id, time: s.time, tags: s.manifest?.tags ?? [],
-    verified: s.complete && copyState(verifyRecord, s.id).state !== 'failed',
+    verified: isGoodCopy(plan, s.id),
   }));
   const guarded = applySafetyRails(
     planRetention(snapshots, retention.policy, now),
@@ -142,15 +180,72 @@ async function pruneTarget(target: Target, deps: PruneDeps, request: PruneReques
   outcome.rails = guarded.rails;
   outcome.refused = guarded.refused;
   outcome.kept = guarded.keep;
+  const refusedIds = new Set(guarded.refused?.ids ?? []);
+  plan.wanted = new Set(guarded.keep.map((k) => k.id).filter((id) => !refusedIds.has(id)));
 
   // Without its manifest, a snapshot's tags (a pin) are unknown: it stays until it is repaired.
   const unreadable = new Map(catalog.snapshots.filter((s) => s.manifestError).map((s) => [s.id, s.manifestError!]));
   for (const [id, error] of unreadable) outcome.failures.push(`snapshot ${id}: ${error}`);
-  const remove = guarded.remove.filter((id) => !unreadable.has(id));
+  plan.remove = guarded.remove.filter((id) => !unreadable.has(id));
   for (const id of guarded.remove.filter((x) => unreadable.has(x))) outcome.kept.push({ id, reasons: ['manifest unreadable: kept until repaired'] });
-  if (guarded.refused) return finish(outcome);
+  return plan;
+}
 
-  for (const id of remove) {
+/** Complete as listed, and its last re-read (if any) matched: a copy replicate could restore others from. */
+function isGoodCopy(plan: TargetPlan, id: string): boolean {
+  return Boolean(plan.catalog?.byId.get(id)?.complete) && copyState(plan.verifyRecord, id).state !== 'failed';
+}
+
+/** Why the target wants a snapshot it has no good copy of, in words that follow 'target "b"'. */
+function lackOf(plan: TargetPlan, id: string): string {
+  if (!plan.catalog) return 'would keep it but could not be listed, so its copy is unknown';
+  const own = plan.catalog.byId.get(id);
+  if (!own) return 'keeps it but has no copy';
+  if (!own.complete) return `keeps it but its copy is damaged (${own.problem})`;
+  const state = copyState(plan.verifyRecord, id);
+  return `keeps it but its copy failed verify${state.error ? ` (${state.error})` : ''}`;
+}
+
+/** The last-good-copy rail (see the header): moves snapshots from "remove" to "keep" across targets. */
+function keepLastGoodCopies(plans: TargetPlan[], retention: RetentionConfig, now: Date): void {
+  // With a policy, a plan has either a catalog or a failed listing (an unknown target, with an empty catalog).
+  const taking = plans.filter((p) => retention.policies.has(p.target.name));
+  if (taking.length < 2) return;
+  // What replicate would copy to each target: what it lacks or holds incomplete, that its policy keeps.
+  const catalogs = taking.map((p) => p.catalog ?? { target: p.target, snapshots: [], byId: new Map(), orphans: [] });
+  const restorable = new Map(planReplication(catalogs, { retention, now }).map((d) => [d.destination, new Set(d.copies.map((c) => c.id))]));
+  const lacking = (p: TargetPlan, id: string) =>
+    restorable.get(p.target.name)!.has(id) || (p.wanted.has(id) && !isGoodCopy(p, id));
+  const removing = new Map(taking.map((p) => [p, new Set(p.remove)]));
+  const keptGood = (id: string) => taking.some((p) => p.catalog?.byId.has(id) && !removing.get(p)!.has(id) && isGoodCopy(p, id));
+
+  for (const plan of taking) {
+    if (plan.remove.length === 0) continue;
+    const where = `target "${plan.target.name}"`;
+    const kept: Array<{ id: string; reason: string }> = [];
+    for (const id of plan.remove) {
+      if (!isGoodCopy(plan, id) || keptGood(id)) continue;
+      const others = taking.filter((p) => p !== plan && lacking(p, id));
+      if (others.length === 0) continue;
+      kept.push({ id, reason: `last good copy: ${others.map((p) => `target "${p.target.name}" ${lackOf(p, id)}`).join('; ')}` });
+    }
+    if (kept.length === 0) continue;
+    const ids = new Set(kept.map((k) => k.id));
+    plan.remove = plan.remove.filter((id) => !ids.has(id));
+    for (const k of kept) plan.outcome.kept.push({ id: k.id, reasons: [k.reason] });
+    plan.outcome.rails.push({
+      rail: 'last-good-copy', ids: kept.map((k) => k.id),
+      message: `Kept ${kept.length} snapshot(s) on ${where} that the policy would remove, because another target keeps them without a good copy and no target keeping them has one: ${kept.map((k) => `${k.id} (${k.reason.replace(/^last good copy: /, '')})`).join(', ')}. Check: run tcab-backup replicate to restore them there; a copy that failed verify must be removed first, then replicate copies it again`,
+    });
+  }
+}
+
+/** Deletes what the plan removes (manifest first, then data), then collects garbage. */
+async function carryOut(plan: TargetPlan, deps: PruneDeps, request: PruneRequest, now: Date, log: Logger): Promise<PruneTargetOutcome> {
+  const { target, outcome, catalog } = plan;
+  if (!catalog || outcome.refused) return finish(outcome);
+  const signal = request.signal;
+  for (const id of plan.remove) {
     if (signal?.aborted) throw abortError(signal);
     if (request.dryRun) {
       outcome.removed.push(id);

@@ -86,7 +86,8 @@ describe('tcab-backup replicate', () => {
 describe('tcab-backup prune', () => {
   it('prints the refusal and fails, removes nothing; --force removes; --json on failure says ok: false', async () => {
     const { a, ids, env } = await twoTargets();
-    const settings = { ...env, TCAB_BACKUP_RETENTION_A: 'last=1' };
+    // b's policy keeps only what a keeps too, so the last-good-copy rail does not hold a's older snapshots for b.
+    const settings = { ...env, TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=1' };
 
     const dry = cli(settings);
     await expect(pruneCommand(['--dry-run'], dry.ctx)).rejects.toBeInstanceOf(PruneFailedError);
