@@ -1,5 +1,5 @@
 /** Builds the jobs' dependencies from validated configuration; shared by the CLI and the functions. */
-import { DefaultAzureCredential, type TokenCredential } from '@azure/identity';
+import type { TokenCredential } from '@azure/identity';
 import { AgentClient } from './agent/client.js';
 import type { AgentClientConfig, TargetsConfig } from './config.js';
 import { TcabError } from './errors.js';
@@ -22,7 +22,18 @@ export function openTargets(config: TargetsConfig, logger: Logger, only?: string
 export function openAgent(config: AgentClientConfig, logger: Logger, credential?: TokenCredential): AgentClient {
   const common = { url: config.url, ...(config.ca ? { ca: config.ca } : {}), timeoutMs: config.timeoutMs, logger };
   if (config.auth.scheme === 'entra') {
-    return new AgentClient({ ...common, credential: credential ?? new DefaultAzureCredential(), scope: config.auth.scope });
+    return new AgentClient({ ...common, credential: credential ?? managedIdentity(), scope: config.auth.scope });
   }
   return new AgentClient({ ...common, keyId: config.auth.keyId, key: config.auth.key });
+}
+
+/** DefaultAzureCredential, with @azure/identity loaded on the first token request (HMAC runs never load it). */
+function managedIdentity(): TokenCredential {
+  let credential: Promise<TokenCredential> | undefined;
+  return {
+    getToken: async (scopes, options) => {
+      credential ??= import('@azure/identity').then((m) => new m.DefaultAzureCredential());
+      return (await credential).getToken(scopes, options);
+    },
+  };
 }
