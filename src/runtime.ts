@@ -28,7 +28,7 @@ export function openAgent(config: AgentClientConfig, logger: Logger, credential?
 }
 
 /** DefaultAzureCredential, with @azure/identity loaded on the first token request (HMAC runs never load it). */
-function managedIdentity(): TokenCredential {
+export function managedIdentity(): TokenCredential {
   let credential: Promise<TokenCredential> | undefined;
   return {
     getToken: async (scopes, options) => {

@@ -1,10 +1,9 @@
 /** `tcab-backup pg check` and `tcab-backup pg drill`: the Postgres jobs, with the function app's settings. */
-import { DefaultAzureCredential } from '@azure/identity';
 import { parseArgs } from 'node:util';
 import { loadTargetsConfig } from '../config.js';
 import { errorMessage, TcabError } from '../errors.js';
 import { loadPgCheckConfig, loadPgDrillConfig, runPgCheck, runPgDrill, type PgCheckResult, type PgDrillResult } from '../postgres/index.js';
-import { openTargets } from '../runtime.js';
+import { managedIdentity, openTargets } from '../runtime.js';
 import { interruptSignal, UsageError } from './args.js';
 import type { Command } from './commands.js';
 
@@ -21,7 +20,7 @@ export const pgCommand: Command = async (args, ctx) => {
   // Drill records (and check status records) live on the first target: the records are the drill's lock.
   const targetsConfig = loadTargetsConfig(ctx.env);
   const [target] = openTargets(targetsConfig, ctx.logger);
-  const credential = new DefaultAzureCredential();
+  const credential = managedIdentity();
   const print = (value: unknown) => ctx.io.stdout.write(JSON.stringify(value, null, 2) + '\n');
   try {
     const result = sub === 'check'

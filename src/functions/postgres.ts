@@ -5,11 +5,10 @@
  */
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
-import { DefaultAzureCredential } from '@azure/identity';
 import { loadTargetsConfig } from '../config.js';
 import { invocationLogger } from '../host/context.js';
 import { isPgConfigured, loadPgCheckConfig, loadPgDrillConfig, runPgCheck, runPgDrill } from '../postgres/index.js';
-import { openTargets } from '../runtime.js';
+import { managedIdentity, openTargets } from '../runtime.js';
 
 const { app } = functions;
 
@@ -24,7 +23,7 @@ export async function pgCheckTimer(_timer: Timer, context: InvocationContext): P
     logger.info('pg.check.skipped', { reason: 'TCAB_BACKUP_PG_SERVERS is not set (Postgres mode off)' });
     return;
   }
-  await runPgCheck(loadPgCheckConfig(), { credential: new DefaultAzureCredential(), target: recordsTarget(logger), logger });
+  await runPgCheck(loadPgCheckConfig(), { credential: managedIdentity(), target: recordsTarget(logger), logger });
 }
 
 export async function pgDrillTimer(_timer: Timer, context: InvocationContext): Promise<void> {
@@ -33,7 +32,7 @@ export async function pgDrillTimer(_timer: Timer, context: InvocationContext): P
     logger.info('pg.drill.skipped', { reason: 'TCAB_BACKUP_PG_SERVERS is not set (Postgres mode off)' });
     return;
   }
-  await runPgDrill(loadPgDrillConfig(), { credential: new DefaultAzureCredential(), target: recordsTarget(logger), logger });
+  await runPgDrill(loadPgDrillConfig(), { credential: managedIdentity(), target: recordsTarget(logger), logger });
 }
 
 app.timer('pgCheckTimer', { schedule: '%TCAB_BACKUP_PG_CHECK_SCHEDULE%', handler: pgCheckTimer });
