@@ -69,7 +69,9 @@ export interface CopyResult {
  * Streams `manifest`'s artifact from `source` to `destination`, then writes the manifest there with
  * `replicatedFrom`. Throws CopyError naming the side that failed.
  */
-export async function copySnapshot(source: Target, destination: Target, manifest: Manifest, signal?: AbortSignal): Promise<CopyResult> {
+export async function copySnapshot(
+  source: Target, destination: Target, manifest: Manifest, signal?: AbortSignal, onStreamed?: () => void,
+): Promise<CopyResult> {
   const started = Date.now();
   const key = manifestArtifactKey(manifest);
   const what = `snapshot ${manifest.id} on target "${source.name}"`;
@@ -89,6 +91,9 @@ export async function copySnapshot(source: Target, destination: Target, manifest
     sourceError = e;
     verifier.destroy(e);
   });
+  // Every byte has been read and matched the manifest: what remains (the last parts, completing the upload,
+  // the manifest) no longer reads from the source, so the next copy may start reading.
+  if (onStreamed) verifier.once('end', onStreamed);
   body.pipe(verifier);
   try {
     const put = await destination.put(key, verifier, { contentLength: manifest.artifact.bytes, contentType: 'application/octet-stream', ...signalOption });

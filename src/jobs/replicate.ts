@@ -20,7 +20,7 @@ import type { Manifest } from '../catalog/manifest.js';
 import { copySnapshot, CopyError, type CopyResult } from './replicate-copy.js';
 import { planReplication, type DestinationPlan, type SkippedCopy } from './replicate-plan.js';
 import { readTargetCatalog, type TargetCatalog } from './replicate-prune-catalog.js';
-import { forEachLimit } from './replicate-prune-pool.js';
+import { forEachLimit, Gate } from './replicate-prune-pool.js';
 
 export interface ReplicateDeps {
   targets: Target[];
@@ -160,8 +160,28 @@ async function copyAll(
   const tasks = plans.flatMap((p) => p.copies.map((copy) => ({ destination: byName.get(p.destination)!, copy })))
     .sort((a, b) => (a.copy.id < b.copy.id ? 1 : a.copy.id > b.copy.id ? -1 : 0));
   const failStreak = new Map<string, number>();
+  const concurrency = Math.max(1, request.concurrency ?? 2);
+  // `concurrency` copies read from their sources at once. A copy whose bytes have all been read and verified
+  // gives its turn to the next while it finishes (last parts, completing the upload, manifest, check), so the
+  // source never idles during a destination's slowest step; one finishing copy per reading one at most.
+  const reading = new Gate(concurrency);
 
-  await forEachLimit(tasks, request.concurrency ?? 2, async ({ destination, copy }) => {
+  await forEachLimit(tasks, concurrency * 2, async ({ destination, copy }) => {
+    // The turn is taken before the destination's record is looked at: copies that failed meanwhile count.
+    let first: (() => void) | undefined = await reading.acquire();
+    const turn = async () => {
+      const t = first;
+      first = undefined;
+      return t ?? reading.acquire();
+    };
+    try {
+      await copyOne(destination, copy, turn);
+    } finally {
+      first?.();
+    }
+  });
+
+  async function copyOne(destination: TargetCatalog, copy: DestinationPlan['copies'][number], turn: () => Promise<() => void>): Promise<void> {
     const name = destination.target.name;
     const outcome = outcomes.get(name)!;
     if ((failStreak.get(name) ?? 0) >= DESTINATION_GIVE_UP) {
@@ -174,7 +194,7 @@ async function copyAll(
       // The source's own manifest: its bytes are checked against what it claims, and that is what is copied.
       const manifest = source.byId.get(copy.id)!.manifest!;
       try {
-        const done = await copyWithRetry(source.target, destination.target, manifest, request, log);
+        const done = await copyWithRetry(source.target, destination.target, manifest, request, log, turn);
         outcome.copied.push({
           id: copy.id, from: sourceName, bytes: done.bytes, ms: done.ms,
           ...(copy.repairs ? { repaired: copy.repairs } : {}), ...(attempts.length ? { refusedSources: attempts } : {}),
@@ -194,16 +214,21 @@ async function copyAll(
     const last = attempts[attempts.length - 1];
     outcome.failed.push({ id: copy.id, error: last ? `from "${last.source}": ${last.error}` : 'no source could be read', attempts });
     failStreak.set(name, (failStreak.get(name) ?? 0) + 1);
-  });
+  }
 }
 
 /** A copy cannot resume a broken stream, so a transient failure repeats the whole copy from the same source. */
-async function copyWithRetry(source: Target, destination: Target, manifest: Manifest, request: ReplicateRequest, log: Logger): Promise<CopyResult> {
+async function copyWithRetry(
+  source: Target, destination: Target, manifest: Manifest, request: ReplicateRequest, log: Logger, turn: () => Promise<() => void>,
+): Promise<CopyResult> {
   const retry = { ...DEFAULT_COPY_RETRY, ...request.retry };
   for (let attempt = 0; ; attempt++) {
+    // A turn per attempt: a copy waiting out its backoff does not keep another from reading.
+    const release = await turn();
     try {
-      return await copySnapshot(source, destination, manifest, request.signal);
+      return await copySnapshot(source, destination, manifest, request.signal, release);
     } catch (e) {
+      release();
       if (request.signal?.aborted) throw e;
       const cause = e instanceof CopyError ? e.cause : e;
       const transient = e instanceof CopyError ? !e.integrity && (e.brokeOff || isRetryable(cause)) : isRetryable(e);
@@ -211,6 +236,8 @@ async function copyWithRetry(source: Target, destination: Target, manifest: Mani
       const delayMs = backoffMs(attempt, retry);
       log.warn('replicate.copy_retry', { id: manifest.id, from: source.name, to: destination.name, attempt: attempt + 1, delayMs: Math.round(delayMs), error: errorMessage(e) });
       await sleep(delayMs, request.signal);
+    } finally {
+      release();
     }
   }
 }

@@ -34,7 +34,10 @@ export async function putInParts<R>(body: Readable, sink: PartSink<R>, options: 
   }
   if (signal) addAbortSignal(signal, body);
 
+  // A stored part's buffer is filled again rather than left to the garbage collector: an upload then holds
+  // at most `concurrency + 1` part buffers for its whole life, not a trail of freed ones awaiting collection.
   let buffer = Buffer.allocUnsafe(partSize);
+  const spare: Array<typeof buffer> = [];
   let filled = 0;
   let number = 0;
   let size = 0;
@@ -42,14 +45,17 @@ export async function putInParts<R>(body: Readable, sink: PartSink<R>, options: 
   const inFlight = new Set<Promise<void>>();
   let failure: unknown;
 
-  const send = async (data: Buffer) => {
+  const send = async (data: typeof buffer) => {
     if (!begun) {
       begun = true;
       await sink.begin();
     }
     const n = ++number;
     const p = sink.part(n, data).then(
-      () => void inFlight.delete(p),
+      () => {
+        inFlight.delete(p);
+        if (data.length === partSize) spare.push(data);
+      },
       (err) => {
         inFlight.delete(p);
         failure ??= err;
@@ -79,7 +85,7 @@ export async function putInParts<R>(body: Readable, sink: PartSink<R>, options: 
         if (filled === partSize) {
           await send(buffer);
           if (failure !== undefined) throw failure;
-          buffer = Buffer.allocUnsafe(partSize);
+          buffer = spare.pop() ?? Buffer.allocUnsafe(partSize);
           filled = 0;
         }
         const n = Math.min(partSize - filled, bytes.length - offset);

@@ -28,6 +28,7 @@ import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target }
 const MiB = 1024 * 1024;
 const MIN_PART_SIZE = 5 * MiB;
 const MAX_PARTS = 10_000;
+/** For a body of unknown length: 10,000 parts of 8 MiB hold objects up to 78 GiB. */
 const DEFAULT_PART_SIZE = 8 * MiB;
 /** Cloudflare R2 throttles more concurrent uploads than this (Litestream keeps R2 at 2 as well). */
 const R2_CONCURRENCY = 2;
@@ -36,7 +37,10 @@ const DEFAULT_CONCURRENCY = 4;
 export interface S3TargetOptions {
   /** Keys per ListObjectsV2 page. Default 1000 (the maximum). */
   pageSize?: number;
-  /** Part size for streamed uploads when the length is unknown; at least 5 MiB. Default 8 MiB. */
+  /**
+   * Part size for streamed uploads; at least 5 MiB. Default 5 MiB when the length is known (grown to fit
+   * 10,000 parts), 8 MiB when it is not.
+   */
   partSize?: number;
   /** Parts uploaded at once. Default 4, and never more than 2 on R2. */
   concurrency?: number;
@@ -71,7 +75,7 @@ export class S3Target implements Target {
   private readonly options: S3TargetOptions;
   private readonly logger: Logger;
   private readonly pageSize: number;
-  private readonly partSize: number;
+  private readonly partSize: number | undefined;
   readonly concurrency: number;
   private clientInstance: S3Client | undefined;
 
@@ -83,7 +87,7 @@ export class S3Target implements Target {
     this.options = options;
     this.logger = options.logger ?? silentLogger;
     this.pageSize = Math.max(1, Math.min(1000, options.pageSize ?? 1000));
-    this.partSize = Math.max(MIN_PART_SIZE, options.partSize ?? DEFAULT_PART_SIZE);
+    this.partSize = options.partSize === undefined ? undefined : Math.max(MIN_PART_SIZE, options.partSize);
     const wanted = options.concurrency ?? (spec.r2 ? R2_CONCURRENCY : DEFAULT_CONCURRENCY);
     this.concurrency = Math.max(1, spec.r2 ? Math.min(wanted, R2_CONCURRENCY) : wanted);
   }
@@ -177,7 +181,9 @@ export class S3Target implements Target {
     try {
       if (Buffer.isBuffer(body)) return await this.putObject(key, body, options);
       return await putInParts(body, this.multipart(key, options), {
-        partSize: choosePartSize(this.partSize, options.contentLength),
+        // Each upload holds `concurrency + 1` parts in memory: the smallest part R2 and S3 accept keeps
+        // that least, and a known length lets choosePartSize grow it should the object need more parts.
+        partSize: choosePartSize(this.partSize ?? (options.contentLength === undefined ? DEFAULT_PART_SIZE : MIN_PART_SIZE), options.contentLength),
         concurrency: this.concurrency,
         ...(signal ? { signal } : {}),
       });

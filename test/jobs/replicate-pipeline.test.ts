@@ -1,0 +1,117 @@
+/**
+ * Replicate's pipeline against Azurite and s3rver: while the destination finishes one copy (completing the
+ * multipart upload, the manifest, the check), the next copy is already reading from its source; yet no more
+ * than `concurrency` copies read from sources at once. Recording proxies in front of both servers show the
+ * order of requests as the servers saw it.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runReplicate } from '../../src/jobs/replicate.js';
+import { openTarget } from '../../src/targets/index.js';
+import { parseTargetUrl } from '../../src/targets/spec.js';
+import type { Target } from '../../src/targets/target.js';
+import { startForwardingProxy, type ForwardingProxy } from '../support/http-proxy.js';
+import {
+  BUCKET, CONTAINER, DATABASE, FAST_RETRY, HOUR, history, idsOn, invalidSnapshots, startClouds, storeSnapshot, type Clouds,
+} from '../support/stored-snapshots.js';
+
+const MiB = 1024 * 1024;
+/** How long the destination takes to complete each multipart upload: long enough to show what overlaps it. */
+const COMPLETE_MS = 400;
+
+interface Event {
+  at: number;
+  what: 'read-start' | 'read-end' | 'complete-start' | 'complete-end';
+  path: string;
+}
+
+let clouds: Clouds;
+const proxies: ForwardingProxy[] = [];
+const events: Event[] = [];
+
+beforeAll(async () => {
+  clouds = await startClouds();
+});
+
+afterAll(async () => {
+  for (const p of proxies) await p.stop();
+  await clouds?.stop();
+});
+
+function note(what: Event['what'], path: string): void {
+  events.push({ at: performance.now(), what, path });
+}
+
+/** Azurite behind a proxy that notes when each artifact download starts and when its last byte has passed. */
+async function recordedSource(): Promise<Target> {
+  const proxy = await startForwardingProxy(clouds.azurite.endpoint, async (x) => {
+    const artifact = x.req.method === 'GET' && /\.sqlite[^/]*$/.test(x.url.pathname);
+    if (artifact) note('read-start', x.url.pathname);
+    await x.forward();
+    if (artifact) note('read-end', x.url.pathname);
+  });
+  proxies.push(proxy);
+  const upstream = new URL(clouds.azurite.endpoint);
+  const endpoint = `${proxy.endpoint}${upstream.pathname}`;
+  const connectionString = clouds.azurite.connectionString.replace(/BlobEndpoint=[^;]+;/, `BlobEndpoint=${endpoint};`);
+  const spec = parseTargetUrl('blob', `azblob://${clouds.azurite.account}/${CONTAINER}/pipeline-${Date.now()}?endpoint=${endpoint}`, { connectionString });
+  return openTarget(spec, { retry: FAST_RETRY });
+}
+
+/** s3rver behind a proxy that holds every CompleteMultipartUpload for COMPLETE_MS, as a slow service would. */
+async function slowCompletingDestination(): Promise<Target> {
+  const proxy = await startForwardingProxy(clouds.s3.endpoint, async (x) => {
+    const complete = x.req.method === 'POST' && x.url.searchParams.has('uploadId');
+    if (complete) {
+      note('complete-start', x.url.pathname);
+      await new Promise((r) => setTimeout(r, COMPLETE_MS));
+    }
+    await x.forward();
+    if (complete) note('complete-end', x.url.pathname);
+  });
+  proxies.push(proxy);
+  const spec = parseTargetUrl('r2', `s3://${BUCKET}/pipeline-${Date.now()}?endpoint=${proxy.endpoint}`, {
+    accessKeyId: clouds.s3.accessKeyId, secretAccessKey: clouds.s3.secretAccessKey,
+  });
+  return openTarget(spec, { retry: FAST_RETRY });
+}
+
+function idOf(path: string): string {
+  return /(\d{8}T\d{6}Z-[0-9a-f]{8})/.exec(path)![1]!;
+}
+
+describe('replicate pipeline', () => {
+  it('reads the next snapshot while the destination completes the previous one, never more than `concurrency` reads at once', async () => {
+    const source = await recordedSource();
+    const destination = await slowCompletingDestination();
+    // Over 5 MiB each, so every copy is a multipart upload with a completion step.
+    const snaps = history(3, new Date(), HOUR, { bytes: 6 * MiB + 12_345 });
+    for (const s of snaps) await storeSnapshot(source, s);
+    events.length = 0;
+
+    const result = await runReplicate({ targets: [source, destination], database: DATABASE }, { concurrency: 1 });
+
+    expect(result.copied).toBe(3);
+    expect(await idsOn(destination)).toEqual(snaps.map((s) => s.manifest.id));
+    expect(await invalidSnapshots([destination])).toEqual([]);
+
+    const reads = events.filter((e) => e.what === 'read-start').map((e) => idOf(e.path));
+    const newestFirst = snaps.map((s) => s.manifest.id).reverse();
+    expect(reads).toEqual(newestFirst);
+
+    // Each later read started before the completion of the copy before it was answered.
+    for (let i = 1; i < newestFirst.length; i++) {
+      const nextRead = events.find((e) => e.what === 'read-start' && idOf(e.path) === newestFirst[i])!;
+      const previousComplete = events.find((e) => e.what === 'complete-end' && idOf(e.path) === newestFirst[i - 1])!;
+      expect(nextRead.at, `read of ${newestFirst[i]} vs completion of ${newestFirst[i - 1]}`).toBeLessThan(previousComplete.at);
+    }
+
+    // Concurrency 1: a read starts only after the previous read has ended.
+    let reading = 0;
+    let most = 0;
+    for (const e of events) {
+      if (e.what === 'read-start') most = Math.max(most, ++reading);
+      if (e.what === 'read-end') reading--;
+    }
+    expect(most).toBe(1);
+  });
+});
