@@ -16,7 +16,11 @@ import {
 
 const MiB = 1024 * 1024;
 /** How long the destination takes to complete each multipart upload: long enough to show what overlaps it. */
-const COMPLETE_MS = 400;
+/** Upper bound on how long a completion is held; a pipelined copier releases it much sooner. */
+const COMPLETE_MS = 5000;
+const completedIds = new Set<string>();
+let expectedReads = Number.POSITIVE_INFINITY;
+const readsStarted = () => events.filter((e) => e.what === 'read-start').length;
 
 interface Event {
   at: number;
@@ -63,7 +67,14 @@ async function slowCompletingDestination(): Promise<Target> {
     const complete = x.req.method === 'POST' && x.url.searchParams.has('uploadId');
     if (complete) {
       note('complete-start', x.url.pathname);
-      await new Promise((r) => setTimeout(r, COMPLETE_MS));
+      // Hold the completion until another snapshot's read has started (a pipelined copier starts it while
+      // this one completes), or give up after COMPLETE_MS: a copier that waits for completion before
+      // reading the next snapshot then shows up as a read after this completion.
+      const completing = idOf(x.url.pathname);
+      const deadline = Date.now() + COMPLETE_MS;
+      const othersRead = () => events.some((e) => e.what === 'read-start' && idOf(e.path) !== completing && !completedIds.has(idOf(e.path)));
+      while (Date.now() < deadline && !othersRead() && readsStarted() < expectedReads) await new Promise((r) => setTimeout(r, 10));
+      completedIds.add(completing);
     }
     await x.forward();
     if (complete) note('complete-end', x.url.pathname);
@@ -87,6 +98,8 @@ describe('replicate pipeline', () => {
     const snaps = history(3, new Date(), HOUR, { bytes: 6 * MiB + 12_345 });
     for (const s of snaps) await storeSnapshot(source, s);
     events.length = 0;
+    completedIds.clear();
+    expectedReads = snaps.length;
 
     const result = await runReplicate({ targets: [source, destination], database: DATABASE }, { concurrency: 1 });
 
