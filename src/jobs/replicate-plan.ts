@@ -1,7 +1,13 @@
 /**
  * What replicate should copy where: every snapshot that some target holds completely and another lacks
- * (no manifest, or a manifest whose data is missing or the wrong size), except what the destination's own
- * retention would remove at once. Pure: no I/O.
+ * (no manifest, or a manifest whose data is missing or the wrong size) or holds a copy of whose last verify
+ * failed (same size, other bytes: only a re-read finds that), except what the destination's own retention
+ * would remove at once. Pure: no I/O.
+ *
+ * A copy whose last verify failed is never a source for a repair: the repair would only be refused halfway,
+ * and with no other source the operator needs to hear that no good copy is left. Where the destination lacks
+ * the snapshot or holds it incomplete, such a copy is still tried, last: every copy is checked against the
+ * manifest as it streams, so bytes that match are good whatever an earlier re-read found.
  *
  * "Would remove at once" means what `prune --force` would remove right after the copy: the destination's
  * policy over the union of what it has and what it would get, with the safety rails that keep snapshots
@@ -14,6 +20,7 @@ import { planRetention } from '../retention/policy.js';
 import { applySafetyRails, type RailSnapshot } from '../retention/rails.js';
 import type { RetentionConfig } from '../retention/settings.js';
 import type { TargetCatalog } from './replicate-prune-catalog.js';
+import { copyState, type VerifyRecord } from './verify-record.js';
 
 export interface PlannedCopy {
   id: string;
@@ -36,23 +43,46 @@ export interface DestinationPlan {
   present: number;
   copies: PlannedCopy[];
   skipped: SkippedCopy[];
+  /** Copies whose last verify failed and that no target has a good copy to repair from: a failure, not a skip. */
+  unrepairable: SkippedCopy[];
 }
 
-export function planReplication(catalogs: readonly TargetCatalog[], options: { retention?: RetentionConfig; now: Date }): DestinationPlan[] {
+export interface PlanOptions {
+  retention?: RetentionConfig;
+  now: Date;
+  /** Each target's verify record, by target name; a target without one has no failed copies on record. */
+  verifyRecords?: ReadonlyMap<string, VerifyRecord | undefined>;
+}
+
+export function planReplication(catalogs: readonly TargetCatalog[], options: PlanOptions): DestinationPlan[] {
   const ids = new Set<string>();
   for (const c of catalogs) for (const s of c.snapshots) ids.add(s.id);
   const newestFirst = [...ids].sort((a, b) => (a < b ? 1 : a > b ? -1 : 0));
+  const verifyOf = (c: TargetCatalog, id: string) => copyState(options.verifyRecords?.get(c.target.name), id);
 
   return catalogs.map((destination) => {
-    const plan: DestinationPlan = { destination: destination.target.name, present: 0, copies: [], skipped: [] };
+    const plan: DestinationPlan = { destination: destination.target.name, present: 0, copies: [], skipped: [], unrepairable: [] };
     for (const id of newestFirst) {
       const own = destination.byId.get(id);
-      if (own?.complete) {
+      const ownVerify = own ? verifyOf(destination, id) : undefined;
+      const failedVerify = ownVerify?.state === 'failed';
+      if (own?.complete && !failedVerify) {
         plan.present++;
         continue;
       }
-      const holders = catalogs.filter((c) => c !== destination && c.byId.get(id)?.complete);
+      const complete = catalogs.filter((c) => c !== destination && c.byId.get(id)?.complete);
+      const good = complete.filter((c) => verifyOf(c, id).state !== 'failed');
+      const holders = failedVerify ? good : [...good, ...complete.filter((c) => !good.includes(c))];
+      const damage = own && !own.complete ? own.problem : failedVerify ? `its last verify failed${ownVerify.error ? ` (${ownVerify.error})` : ''}` : undefined;
       if (holders.length === 0) {
+        if (failedVerify) {
+          const others = catalogs.filter((c) => c !== destination).map((c) => `target "${c.target.name}" ${goodCopyLack(c, id, verifyOf(c, id))}`);
+          plan.unrepairable.push({
+            id,
+            reason: `cannot be repaired: its copy there failed verify${ownVerify.error ? ` (${ownVerify.error})` : ''}, and no other target has a good copy to copy again (${others.join('; ') || 'no other target could be listed'})`,
+          });
+          continue;
+        }
         const problems = catalogs.map((c) => c.byId.get(id) && `"${c.target.name}": ${c.byId.get(id)!.problem}`).filter(Boolean);
         plan.skipped.push({ id, reason: `no reachable target holds a complete copy (${problems.join('; ')})` });
         continue;
@@ -60,12 +90,20 @@ export function planReplication(catalogs: readonly TargetCatalog[], options: { r
       const manifest = holders[0]!.byId.get(id)!.manifest!;
       plan.copies.push({
         id, manifest, sources: holders.map((c) => c.target.name), bytes: manifest.artifact.bytes,
-        ...(own ? { repairs: own.problem! } : {}),
+        ...(damage ? { repairs: damage } : {}),
       });
     }
     if (options.retention) dropWhatRetentionRemoves(destination, plan, options.retention, options.now);
     return plan;
   });
+}
+
+/** Why a target cannot serve as the source of a repair, in words that follow 'target "a"'. */
+function goodCopyLack(catalog: TargetCatalog, id: string, verify: ReturnType<typeof copyState>): string {
+  const own = catalog.byId.get(id);
+  if (!own) return 'has no copy';
+  if (!own.complete) return `has a damaged copy (${own.problem})`;
+  return `has a copy whose last verify failed too${verify.error ? ` (${verify.error})` : ''}`;
 }
 
 function dropWhatRetentionRemoves(destination: TargetCatalog, plan: DestinationPlan, retention: RetentionConfig, now: Date): void {

@@ -5,6 +5,12 @@
  * tried. Idempotent: a second run finds nothing to copy, and a target that was unreachable catches up on
  * the next run.
  *
+ * A copy whose last verify failed (the target's verify record) is repaired: the artifact is copied again from
+ * a target whose copy is good and put over the damaged one (a put replaces an object whole on every backend,
+ * so a reader sees the old bytes or the new, never a mix), the manifest is rewritten, and the verify record
+ * entry becomes ok, since the new bytes were hashed against the manifest on the way in. Until then prune's
+ * last-good-copy rail holds the good copies elsewhere.
+ *
  * Safe to run at the same time as itself and as prune, without a lock: two copies of one snapshot write the
  * same bytes and equivalent manifests; a manifest is written only after its data is stored and verified;
  * and the manifest-then-data-check handshake with prune (replicate-copy.ts, prune-delete.ts) withdraws any
@@ -21,6 +27,7 @@ import { copySnapshot, CopyError, type CopyResult } from './replicate-copy.js';
 import { planReplication, type DestinationPlan, type SkippedCopy } from './replicate-plan.js';
 import { readTargetCatalog, type TargetCatalog } from './replicate-prune-catalog.js';
 import { forEachLimit, Gate } from './replicate-prune-pool.js';
+import { readVerifyRecord, recordRewrittenCopies, type VerifyEntry, type VerifyRecord } from './verify-record.js';
 
 export interface ReplicateDeps {
   targets: Target[];
@@ -47,6 +54,8 @@ export interface CopiedSnapshot {
   from: string;
   bytes: number;
   ms: number;
+  /** When the stored bytes were last hashed against the manifest: the end of this copy. */
+  checkedAt: string;
   /** What was wrong with the destination's own copy, when this copy replaced a damaged one. */
   repaired?: string;
   /** Sources tried first and given up (a corrupt copy, a read that broke off). */
@@ -121,15 +130,21 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
     }
   }));
   catalogs.sort((a, b) => deps.targets.indexOf(a.target) - deps.targets.indexOf(b.target));
+  const verifyRecords = await readVerifyRecords(catalogs, deps.database, log, signal);
 
-  const plans = planReplication(catalogs, { ...(deps.retention ? { retention: deps.retention } : {}), now });
+  const plans = planReplication(catalogs, { ...(deps.retention ? { retention: deps.retention } : {}), now, verifyRecords });
   for (const plan of plans) {
     const outcome = outcomes.get(plan.destination)!;
     outcome.present = plan.present;
     outcome.skipped.push(...plan.skipped);
+    outcome.failed.push(...plan.unrepairable.map((u) => ({ id: u.id, error: u.reason, attempts: [] })));
+    for (const u of plan.unrepairable) log.error('replicate.unrepairable', { id: u.id, target: plan.destination, error: u.reason });
     outcome.planned = plan.copies.map((c) => ({ id: c.id, from: c.sources[0]!, bytes: c.bytes, ...(c.repairs ? { repairs: c.repairs } : {}) }));
   }
-  if (!request.dryRun) await copyAll(catalogs, plans, outcomes, log, request);
+  if (!request.dryRun) {
+    await copyAll(catalogs, plans, outcomes, log, request);
+    await recordRepairs(catalogs, verifyRecords, outcomes, deps.database, log, signal);
+  }
 
   const targets = [...outcomes.values()];
   const result: ReplicateResult = {
@@ -146,6 +161,58 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
     planned: targets.reduce((n, t) => n + t.planned.length, 0), skipped: targets.reduce((n, t) => n + t.skipped.length, 0),
   });
   return result;
+}
+
+/**
+ * Each listed target's verify record. One that cannot be read counts as none: no copy there is repaired this
+ * run, and its copies may still serve as sources, which are checked against the manifest as they stream.
+ */
+async function readVerifyRecords(catalogs: TargetCatalog[], database: string, log: Logger, signal: AbortSignal | undefined): Promise<Map<string, VerifyRecord | undefined>> {
+  const records = new Map<string, VerifyRecord | undefined>();
+  await Promise.all(catalogs.map(async (c) => {
+    try {
+      records.set(c.target.name, await readVerifyRecord(c.target, database, signal));
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      log.warn('replicate.verify_record_unreadable', { target: c.target.name, error: errorMessage(e), note: 'copies there whose last verify failed are not repaired this run' });
+      records.set(c.target.name, undefined);
+    }
+  }));
+  return records;
+}
+
+/**
+ * Marks as ok, in each destination's verify record, every copy this run stored over one recorded as failed:
+ * otherwise the next run would repair it again and prune would keep holding the good copies elsewhere.
+ */
+async function recordRepairs(
+  catalogs: TargetCatalog[],
+  verifyRecords: Map<string, VerifyRecord | undefined>,
+  outcomes: Map<string, DestinationOutcome>,
+  database: string,
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  await Promise.all(catalogs.map(async ({ target }) => {
+    const record = verifyRecords.get(target.name);
+    const outcome = outcomes.get(target.name)!;
+    const rewritten = outcome.copied.filter((c) => record?.snapshots[c.id]?.ok === false);
+    if (rewritten.length === 0) return;
+    const entries: Record<string, VerifyEntry> = {};
+    for (const c of rewritten) entries[c.id] = { checkedAt: c.checkedAt, ok: true, bytes: c.bytes };
+    try {
+      await recordRewrittenCopies(target, database, entries, signal);
+      log.info('replicate.verify_record_updated', { target: target.name, ids: rewritten.map((c) => c.id) });
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      for (const c of rewritten) {
+        outcome.failed.push({
+          id: c.id, attempts: [],
+          error: `was copied again, but marking it ok in the verify record failed (${errorMessage(e)}); the next replicate run copies it again`,
+        });
+      }
+    }
+  }));
 }
 
 async function copyAll(
@@ -196,7 +263,7 @@ async function copyAll(
       try {
         const done = await copyWithRetry(source.target, destination.target, manifest, request, log, turn);
         outcome.copied.push({
-          id: copy.id, from: sourceName, bytes: done.bytes, ms: done.ms,
+          id: copy.id, from: sourceName, bytes: done.bytes, ms: done.ms, checkedAt: new Date().toISOString(),
           ...(copy.repairs ? { repaired: copy.repairs } : {}), ...(attempts.length ? { refusedSources: attempts } : {}),
         });
         outcome.bytes += done.bytes;
@@ -253,6 +320,6 @@ function throwIfFailed(result: ReplicateResult): void {
   throw new ReplicateFailedError(
     `Replicate of "${result.database}" failed: ${shown}${result.copied ? ` (${result.copied} other copies succeeded)` : ''}`,
     result,
-    'the named target (reachability, credentials, free space); a source whose copy does not match its manifest is damaged: run tcab-backup verify. The next replicate run retries what failed',
+    'the named target (reachability, credentials, free space); a source whose copy does not match its manifest is damaged: run tcab-backup verify. A snapshot that cannot be repaired has no good copy left on any target: keep its copies, and check them with "tcab-backup verify --all" (a failed re-read may have been the storage, not the bytes). The next replicate run retries what failed',
   );
 }

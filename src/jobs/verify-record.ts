@@ -80,18 +80,22 @@ export interface VerifyUpdate {
   replaceDamaged?: boolean;
 }
 
+function mergeResults(snapshots: Record<string, VerifyEntry>, results: Record<string, VerifyEntry>): void {
+  for (const [id, result] of Object.entries(results)) {
+    const previous = snapshots[id];
+    // A newer read by a concurrent run wins, except that a found mismatch is never hidden by a clean read.
+    if (previous && previous.checkedAt > result.checkedAt && (!previous.ok || result.ok)) continue;
+    snapshots[id] = result.ok ? result : { ...result, failingSince: previous && !previous.ok ? previous.failingSince ?? previous.checkedAt : result.checkedAt };
+  }
+}
+
 function apply(base: VerifyRecord | undefined, database: string, target: string, update: VerifyUpdate): VerifyRecord {
   const listed = new Set(update.listed);
   const newestListed = update.listed.reduce((a, b) => (b > a ? b : a), '');
   const snapshots: Record<string, VerifyEntry> = {};
   // A snapshot newer than this run's listing may have been verified by a concurrent run: keep it.
   for (const [id, entry] of Object.entries(base?.snapshots ?? {})) if (listed.has(id) || id > newestListed) snapshots[id] = entry;
-  for (const [id, result] of Object.entries(update.results)) {
-    const previous = snapshots[id];
-    // A newer read by a concurrent run wins, except that a found mismatch is never hidden by a clean read.
-    if (previous && previous.checkedAt > result.checkedAt && (!previous.ok || result.ok)) continue;
-    snapshots[id] = result.ok ? result : { ...result, failingSince: previous && !previous.ok ? previous.failingSince ?? previous.checkedAt : result.checkedAt };
-  }
+  mergeResults(snapshots, update.results);
   const run = update.run;
   const newer = (a: VerifyRun | undefined) => (a && a.finishedAt > run.finishedAt ? a : run);
   return {
@@ -122,6 +126,30 @@ export async function recordVerifyResults(target: Target, database: string, upda
     const next = apply(stored?.value, database, target.name, update);
     try {
       await writeRecord(target, key, next, condition, signal);
+      return next;
+    } catch (e) {
+      if (!(e instanceof PreconditionFailedError) || attempt >= 4) throw e;
+    }
+  }
+}
+
+/**
+ * Records copies that replicate stored again over a damaged one: their bytes were hashed against the manifest
+ * as they were written, which is as good as a re-read, so each entry becomes ok. Only the entries change: the
+ * runs stay as verify left them, because no verify run happened. Same conditional write and merge as
+ * recordVerifyResults, so a verify run finishing meanwhile keeps a mismatch it found after the copy. Without
+ * a record there is nothing that says the copies failed, and nothing is written.
+ */
+export async function recordRewrittenCopies(target: Target, database: string, results: Record<string, VerifyEntry>, signal?: AbortSignal): Promise<VerifyRecord | undefined> {
+  const key = verifyRecordKey(database);
+  for (let attempt = 0; ; attempt++) {
+    const stored = await readRecord(target, key, VerifyRecordSchema, signal, MAX_VERIFY_RECORD_BYTES);
+    if (!stored) return undefined;
+    const snapshots = { ...stored.value.snapshots };
+    mergeResults(snapshots, results);
+    const next: VerifyRecord = { ...stored.value, snapshots, updatedAt: new Date().toISOString() };
+    try {
+      await writeRecord(target, key, next, { ifMatch: stored.etag }, signal);
       return next;
     } catch (e) {
       if (!(e instanceof PreconditionFailedError) || attempt >= 4) throw e;
