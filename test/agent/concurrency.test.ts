@@ -53,9 +53,7 @@ describe('one snapshot at a time, and a responsive agent meanwhile', () => {
     });
     await snapshotInProgress(join(work.dir, 'staging'));
 
-    const t0 = performance.now();
     const health = await rawRequest(agent.url, { path: '/healthz' });
-    const healthMs = performance.now() - t0;
     expect(health.status).toBe(200);
     expect(health.body.toString()).toBe('ok');
 
@@ -76,7 +74,6 @@ describe('one snapshot at a time, and a responsive agent meanwhile', () => {
 
     // All of that was answered while the snapshot was still being made, not after it.
     expect(firstDone).toBe(false);
-    expect(healthMs).toBeLessThan(1000);
     const desc = await first;
     expect(desc.integrity).toBe('ok');
     await client.deleteSnapshot(desc.id);
