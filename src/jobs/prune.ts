@@ -235,7 +235,7 @@ function keepLastGoodCopies(plans: TargetPlan[], retention: RetentionConfig, now
     for (const k of kept) plan.outcome.kept.push({ id: k.id, reasons: [k.reason] });
     plan.outcome.rails.push({
       rail: 'last-good-copy', ids: kept.map((k) => k.id),
-      message: `Kept ${kept.length} snapshot(s) on ${where} that the policy would remove, because another target keeps them without a good copy and no target keeping them has one: ${kept.map((k) => `${k.id} (${k.reason.replace(/^last good copy: /, '')})`).join(', ')}. Check: run tcab-backup replicate to restore them there; a copy that failed verify must be removed first, then replicate copies it again`,
+      message: `Kept ${kept.length} snapshot(s) on ${where} that the policy would remove, because another target keeps them without a good copy and no target keeping them has one: ${kept.map((k) => `${k.id} (${k.reason.replace(/^last good copy: /, '')})`).join(', ')}. Check: run tcab-backup replicate to copy them there (it also repairs copies that failed verify)`,
     });
   }
 }

@@ -248,7 +248,7 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
   }
   for (const bad of status.verify.failing) {
     verifyState = worst(verifyState, add('critical', 'verify', `snapshot ${bad.id} failed verification at ${bad.checkedAt}: ${bad.error}`,
-      'this copy is damaged: delete it, let replicate copy it from a healthy target, then run "tcab-backup verify --all --target <name>"'));
+      'this copy is damaged: the next replicate run (or "tcab-backup replicate" now) copies a good one over it from a healthy target'));
   }
   const verifyHint = 'that verifyTimer runs (Application Insights > Failures), or run "tcab-backup verify"';
   if (status.verify.lastCleanRunAt) {

@@ -129,7 +129,7 @@ export class VerifyFailedError extends TcabError {
   constructor(message: string, readonly result: VerifyRotationResult) {
     super(message, {
       code: 'VERIFY_FAILED',
-      hint: 'restore from a target whose copy verifies; delete the damaged copy and run replicate to copy a good one back, then run "tcab-backup verify --all --target <name>"',
+      hint: 'restore from a target whose copy verifies; the next replicate run (or "tcab-backup replicate" now) copies a good one over the damaged copy and marks it verified',
     });
     this.name = 'VerifyFailedError';
   }
