@@ -5,31 +5,20 @@
  * that has a manifest has a valid artifact, and no snapshot the policy keeps was deleted.
  */
 import type { Readable } from 'node:stream';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { manifestKey } from '../../src/catalog/layout.js';
 import { runPrune } from '../../src/jobs/prune.js';
 import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { PutOptions, Target } from '../../src/targets/target.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, fileTarget, history, idsOn, invalidSnapshots, s3Target, startClouds, storeSnapshot, type Clouds,
+  DATABASE, DAY, HOUR, blobTarget, history, idsOn, invalidSnapshots, s3Target, storeSnapshot, testWorld,
 } from '../support/stored-snapshots.js';
 
-let clouds: Clouds;
-const cleanups: Array<() => Promise<void>> = [];
-
-beforeAll(async () => {
-  clouds = await startClouds();
-});
-
-afterAll(async () => {
-  for (const c of cleanups) await c().catch(() => undefined);
-  await clouds?.stop();
-});
+const world = testWorld();
 
 async function folder(name: string): Promise<Target> {
-  const f = await fileTarget(name);
-  cleanups.push(f.remove);
+  const f = await world.folder(name);
   return f.target;
 }
 
@@ -135,7 +124,7 @@ describe('prune and replicate at the same time', () => {
   });
 
   it('run freely on a folder, Azurite and s3rver: no invalid snapshot, nothing the policies keep is lost', async () => {
-    const targets = [await folder('local'), blobTarget(clouds, 'blob'), s3Target(clouds, 's3')];
+    const targets = [await folder('local'), blobTarget(world.clouds, 'blob'), s3Target(world.clouds, 's3')];
     const [local, blob, s3] = targets as [Target, Target, Target];
     const all = history(24, new Date(Date.now() - HOUR), HOUR, { bytes: 48 * 1024 });
     const ids = all.map((s) => s.manifest.id);

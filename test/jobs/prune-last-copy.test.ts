@@ -6,32 +6,20 @@
  */
 import { readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { PruneFailedError, runPrune, type PruneResult } from '../../src/jobs/prune.js';
 import { runVerifyRotation } from '../../src/jobs/verify-rotation.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { listPage, startFaultProxy } from '../support/fault-proxy.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, fileTarget, history, idsOn, invalidSnapshots, startClouds, storeSnapshot,
-  type Clouds, type TestSnapshot,
+  DATABASE, DAY, HOUR, blobTarget, history, idsOn, invalidSnapshots, storeSnapshot, testWorld, type TestSnapshot,
 } from '../support/stored-snapshots.js';
 
-let clouds: Clouds;
-const cleanups: Array<() => Promise<void>> = [];
-
-beforeAll(async () => {
-  clouds = await startClouds();
-});
-
-afterAll(async () => {
-  for (const c of cleanups) await c().catch(() => undefined);
-  await clouds?.stop();
-});
+const world = testWorld();
 
 async function folder(name: string): Promise<{ target: Target; dir: string }> {
-  const f = await fileTarget(name);
-  cleanups.push(f.remove);
+  const f = await world.folder(name);
   return f;
 }
 
@@ -189,9 +177,9 @@ describe('prune: last good copy across targets', () => {
   });
 
   it('while "b" cannot be listed, keeps on "a" what the policy of "b" would keep', async () => {
-    const proxy = await startFaultProxy(clouds.azurite.endpoint);
-    cleanups.push(proxy.stop);
-    const unreachable = blobTarget(clouds, 'b', { proxy, pageSize: 2 });
+    const proxy = await startFaultProxy(world.clouds.azurite.endpoint);
+    world.cleanup(proxy.stop);
+    const unreachable = blobTarget(world.clouds, 'b', { proxy, pageSize: 2 });
     const a = await folder('a');
     const snaps = history(5, ago(HOUR), DAY);
     const ids = snaps.map((s) => s.manifest.id);

@@ -4,7 +4,7 @@
  */
 import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { manifestKey } from '../../src/catalog/layout.js';
 import { PruneFailedError, runPrune } from '../../src/jobs/prune.js';
 import { runVerifyRotation } from '../../src/jobs/verify-rotation.js';
@@ -12,25 +12,13 @@ import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { listPage, startFaultProxy } from '../support/fault-proxy.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, fileTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, startClouds, storeSnapshot,
-  type Clouds, type TestSnapshot,
+  DATABASE, DAY, HOUR, blobTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, storeSnapshot, testWorld, type TestSnapshot,
 } from '../support/stored-snapshots.js';
 
-let clouds: Clouds;
-const cleanups: Array<() => Promise<void>> = [];
-
-beforeAll(async () => {
-  clouds = await startClouds();
-});
-
-afterAll(async () => {
-  for (const c of cleanups) await c().catch(() => undefined);
-  await clouds?.stop();
-});
+const world = testWorld();
 
 async function folder(name = 'local'): Promise<{ target: Target; dir: string }> {
-  const f = await fileTarget(name);
-  cleanups.push(f.remove);
+  const f = await world.folder(name);
   return f;
 }
 
@@ -200,9 +188,9 @@ describe('prune', () => {
   });
 
   it('reports snapshots under an immutability lock as held, not as failures (Azure answers 409 BlobImmutableDueToPolicy)', async () => {
-    const proxy = await startFaultProxy(clouds.azurite.endpoint);
-    cleanups.push(proxy.stop);
-    const target = blobTarget(clouds, 'blob', { proxy });
+    const proxy = await startFaultProxy(world.clouds.azurite.endpoint);
+    world.cleanup(proxy.stop);
+    const target = blobTarget(world.clouds, 'blob', { proxy });
     const snaps = history(4, ago(HOUR), DAY);
     const ids = await stored(target, snaps);
     const immutable = { status: 409, code: 'BlobImmutableDueToPolicy' };
@@ -223,9 +211,9 @@ describe('prune', () => {
   });
 
   it('deletes nothing on a target whose listing fails on page 3, prunes the healthy one, and says why', async () => {
-    const proxy = await startFaultProxy(clouds.azurite.endpoint);
-    cleanups.push(proxy.stop);
-    const flaky = blobTarget(clouds, 'blob', { proxy, pageSize: 2 });
+    const proxy = await startFaultProxy(world.clouds.azurite.endpoint);
+    world.cleanup(proxy.stop);
+    const flaky = blobTarget(world.clouds, 'blob', { proxy, pageSize: 2 });
     const healthy = (await folder()).target;
     const snaps = history(6, ago(HOUR), DAY);
     const onFlaky = await stored(flaky, snaps);
@@ -246,9 +234,9 @@ describe('prune', () => {
   });
 
   it('prunes as if nothing happened when a listing page fails once (the retry wrapper resumes it)', async () => {
-    const proxy = await startFaultProxy(clouds.azurite.endpoint);
-    cleanups.push(proxy.stop);
-    const target = blobTarget(clouds, 'blob', { proxy, pageSize: 2 });
+    const proxy = await startFaultProxy(world.clouds.azurite.endpoint);
+    world.cleanup(proxy.stop);
+    const target = blobTarget(world.clouds, 'blob', { proxy, pageSize: 2 });
     const ids = await stored(target, history(6, ago(HOUR), DAY));
     proxy.inject({ match: listPage(3), fault: { status: 503, code: 'ServerBusy' }, times: 1 });
     const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['blob'], { TCAB_BACKUP_RETENTION_BLOB: 'last=2' }) })).targets[0]!;
@@ -259,9 +247,9 @@ describe('prune', () => {
   });
 
   it('prunes through throttling, server errors and connection resets on s3rver, or not at all', async () => {
-    const proxy = await startFaultProxy(clouds.s3.endpoint);
-    cleanups.push(proxy.stop);
-    const target = s3Target(clouds, 's3', { proxy, pageSize: 3 });
+    const proxy = await startFaultProxy(world.clouds.s3.endpoint);
+    world.cleanup(proxy.stop);
+    const target = s3Target(world.clouds, 's3', { proxy, pageSize: 3 });
     const ids = await stored(target, history(8, ago(HOUR), DAY));
     proxy.inject({ match: (m) => m === 'DELETE', fault: { status: 503, code: 'SlowDown' }, times: 3 });
     proxy.inject({ match: (m) => m === 'DELETE', fault: 'reset', times: 2 });

@@ -9,32 +9,20 @@ import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate.js'
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import {
-  DATABASE, HOUR, blobTarget, fileTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, startClouds, storeSnapshot,
-  type Clouds, type TestSnapshot,
+  DATABASE, HOUR, blobTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, storeSnapshot, testWorld, type TestSnapshot,
 } from '../support/stored-snapshots.js';
 
-let clouds: Clouds;
-const cleanups: Array<() => Promise<void>> = [];
+const world = testWorld();
 const FAST = { retry: { retries: 2, baseDelayMs: 5, maxDelayMs: 20 } };
 
-beforeAll(async () => {
-  clouds = await startClouds();
-});
-
-afterAll(async () => {
-  for (const c of cleanups) await c().catch(() => undefined);
-  await clouds?.stop();
-});
-
 async function folder(name: string): Promise<Target> {
-  const f = await fileTarget(name);
-  cleanups.push(f.remove);
+  const f = await world.folder(name);
   return f.target;
 }
 
 const KINDS = [
-  { kind: 'Azurite', upstream: () => clouds.azurite.endpoint, open: (proxy: FaultProxy) => blobTarget(clouds, 'cloud', { proxy }) },
-  { kind: 's3rver', upstream: () => clouds.s3.endpoint, open: (proxy: FaultProxy) => s3Target(clouds, 'cloud', { proxy }) },
+  { kind: 'Azurite', upstream: () => world.clouds.azurite.endpoint, open: (proxy: FaultProxy) => blobTarget(world.clouds, 'cloud', { proxy }) },
+  { kind: 's3rver', upstream: () => world.clouds.s3.endpoint, open: (proxy: FaultProxy) => s3Target(world.clouds, 'cloud', { proxy }) },
 ];
 
 /** Two small snapshots and one of 9 MiB: more than one upload part or block. */

@@ -4,7 +4,7 @@
  */
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readManifest } from '../../src/catalog/catalog.js';
 import { runPrune } from '../../src/jobs/prune.js';
 import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate.js';
@@ -12,13 +12,11 @@ import { copyState, readVerifyRecord } from '../../src/jobs/verify-record.js';
 import { runVerifyRotation } from '../../src/jobs/verify-rotation.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
-import { DATABASE, DAY, HOUR, fileTarget, history, idsOn, invalidSnapshots, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
+import {
+  DATABASE, DAY, HOUR, history, idsOn, invalidSnapshots, storeSnapshot, testWorld, type TestSnapshot,
+} from '../support/stored-snapshots.js';
 
-const cleanups: Array<() => Promise<void>> = [];
-
-afterAll(async () => {
-  for (const c of cleanups) await c().catch(() => undefined);
-});
+const world = testWorld({ clouds: false });
 
 interface Folder {
   target: Target;
@@ -26,9 +24,7 @@ interface Folder {
 }
 
 async function folder(name: string): Promise<Folder> {
-  const f = await fileTarget(name);
-  cleanups.push(f.remove);
-  return f;
+  return world.folder(name);
 }
 
 async function store(target: Target, snaps: TestSnapshot[]): Promise<void> {

@@ -5,40 +5,28 @@
  */
 import { readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readManifest } from '../../src/catalog/catalog.js';
 import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, fileTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, startClouds, storeSnapshot,
-  type Clouds,
+  DATABASE, DAY, HOUR, blobTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, storeSnapshot, testWorld,
 } from '../support/stored-snapshots.js';
 
-let clouds: Clouds;
-const cleanups: Array<() => Promise<void>> = [];
-
-beforeAll(async () => {
-  clouds = await startClouds();
-});
-
-afterAll(async () => {
-  for (const c of cleanups) await c().catch(() => undefined);
-  await clouds?.stop();
-});
+const world = testWorld();
 
 async function folder(name: string): Promise<{ target: Target; dir: string }> {
-  const f = await fileTarget(name);
-  cleanups.push(f.remove);
+  const f = await world.folder(name);
   return f;
 }
 
 describe('replicate', () => {
   it('copies every snapshot a target lacks, in every direction, between a folder, Azurite and s3rver', async () => {
     const local = (await folder('local')).target;
-    const blob = blobTarget(clouds, 'blob');
-    const s3 = s3Target(clouds, 's3');
+    const blob = blobTarget(world.clouds, 'blob');
+    const s3 = s3Target(world.clouds, 's3');
     const now = Date.now();
     const [a, b, c] = [makeSnapshot({ time: new Date(now - 3 * HOUR) }), makeSnapshot({ time: new Date(now - 2 * HOUR) }), makeSnapshot({ time: new Date(now - HOUR), tags: ['pinned'] })];
     await storeSnapshot(local, a!);
@@ -70,7 +58,7 @@ describe('replicate', () => {
 
   it('lists what it would copy with --dry-run, and copies nothing', async () => {
     const local = (await folder('local')).target;
-    const blob = blobTarget(clouds, 'blob');
+    const blob = blobTarget(world.clouds, 'blob');
     const snaps = history(2, new Date(), HOUR);
     for (const s of snaps) await storeSnapshot(local, s);
     const result = await runReplicate({ targets: [local, blob], database: DATABASE }, { dryRun: true });
@@ -82,11 +70,11 @@ describe('replicate', () => {
   });
 
   it('fails naming the unreachable target, serves the others, and catches it up on the next run', async () => {
-    const proxy: FaultProxy = await startFaultProxy(clouds.s3.endpoint);
-    cleanups.push(proxy.stop);
+    const proxy: FaultProxy = await startFaultProxy(world.clouds.s3.endpoint);
+    world.cleanup(proxy.stop);
     const local = (await folder('local')).target;
-    const blob = blobTarget(clouds, 'blob');
-    const s3 = s3Target(clouds, 's3', { proxy });
+    const blob = blobTarget(world.clouds, 'blob');
+    const s3 = s3Target(world.clouds, 's3', { proxy });
     const [a, b] = history(2, new Date(), HOUR);
     await storeSnapshot(local, a!);
     await storeSnapshot(blob, b!);
@@ -111,8 +99,8 @@ describe('replicate', () => {
 
   it('refuses a source whose bytes do not match its manifest and copies from another target instead', async () => {
     const { target: local, dir } = await folder('local');
-    const blob = blobTarget(clouds, 'blob');
-    const s3 = s3Target(clouds, 's3');
+    const blob = blobTarget(world.clouds, 'blob');
+    const s3 = s3Target(world.clouds, 's3');
     const snap = makeSnapshot({ time: new Date(Date.now() - HOUR) });
     await storeSnapshot(local, snap);
     await storeSnapshot(blob, snap);
@@ -133,8 +121,8 @@ describe('replicate', () => {
 
   it('fails naming the source, the destination and the snapshot when the only copy is corrupt, and leaves no partial copy', async () => {
     const { target: local, dir } = await folder('local');
-    const blob = blobTarget(clouds, 'blob');
-    const s3 = s3Target(clouds, 's3');
+    const blob = blobTarget(world.clouds, 'blob');
+    const s3 = s3Target(world.clouds, 's3');
     const snap = makeSnapshot({ time: new Date(Date.now() - HOUR), bytes: 6 * 1024 * 1024 + 123 });
     await storeSnapshot(local, snap);
     const path = join(dir, ...snap.manifest.key.split('/'));
@@ -156,7 +144,7 @@ describe('replicate', () => {
 
   it('repairs a target whose artifact is missing or truncated from a complete copy elsewhere', async () => {
     const { target: local, dir } = await folder('local');
-    const blob = blobTarget(clouds, 'blob');
+    const blob = blobTarget(world.clouds, 'blob');
     const [a, b] = history(2, new Date(), HOUR);
     for (const s of [a!, b!]) {
       await storeSnapshot(local, s);

@@ -9,6 +9,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlobServiceClient } from '@azure/storage-blob';
+import { afterAll, beforeAll } from 'vitest';
 import { listCatalog, writeManifest } from '../../src/catalog/catalog.js';
 import { artifactKey } from '../../src/catalog/layout.js';
 import { MANIFEST_FORMAT_VERSION, type Manifest } from '../../src/catalog/manifest.js';
@@ -139,4 +140,41 @@ export async function fileTarget(name: string): Promise<{ target: Target; dir: s
   const dir = await mkdtemp(join(tmpdir(), `tcab-${name}-`));
   const spec = parseTargetUrl(name, `file://${dir}`);
   return { target: openTarget(spec, { retry: FAST_RETRY }), dir, remove: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/**
+ * The emulators and temporary folders of one test file: the emulators start before its tests (unless
+ * `clouds: false`), and everything is removed after them.
+ */
+export function testWorld(options: { clouds?: boolean } = {}): {
+  readonly clouds: Clouds;
+  folder(name?: string): Promise<{ target: Target; dir: string }>;
+  /** Runs `fn` after this file's tests (proxies and the like). */
+  cleanup(fn: () => Promise<void>): void;
+} {
+  let clouds: Clouds | undefined;
+  const cleanups: Array<() => Promise<void>> = [];
+  if (options.clouds !== false) {
+    beforeAll(async () => {
+      clouds = await startClouds();
+    });
+  }
+  afterAll(async () => {
+    for (const c of cleanups) await c().catch(() => undefined);
+    await clouds?.stop();
+  });
+  return {
+    get clouds(): Clouds {
+      if (!clouds) throw new Error('the emulators are not running: testWorld() was called with clouds: false, or beforeAll failed');
+      return clouds;
+    },
+    async folder(name = 'local') {
+      const f = await fileTarget(name);
+      cleanups.push(f.remove);
+      return { target: f.target, dir: f.dir };
+    },
+    cleanup(fn) {
+      cleanups.push(fn);
+    },
+  };
 }
