@@ -9,6 +9,7 @@
  *
  * The date folders come from the snapshot id (its creation time, UTC), so every key is derived from the id.
  */
+import { randomBytes } from 'node:crypto';
 import { COMPRESSION_EXT, SNAPSHOT_ID_RE, type Compression } from '../agent/protocol.js';
 
 export const DATABASE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -86,4 +87,10 @@ export function idTime(id: string): Date {
   checkId(id);
   const iso = `${id.slice(0, 4)}-${id.slice(4, 6)}-${id.slice(6, 8)}T${id.slice(9, 11)}:${id.slice(11, 13)}:${id.slice(13, 15)}Z`;
   return new Date(iso);
+}
+
+/** A drill id: the request time (UTC, second precision) and 8 random hex digits, the form of snapshot ids. */
+export function newDrillId(now: Date): string {
+  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z');
+  return `${stamp}-${randomBytes(4).toString('hex')}`;
 }

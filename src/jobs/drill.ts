@@ -21,7 +21,7 @@ import { toIsoTime } from '../agent/status.js';
 import type { Manifest } from '../catalog/manifest.js';
 import { NotFoundError, TcabError, errorMessage } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { newDrillId } from '../postgres/drill-server.js';
+import { newDrillId } from '../catalog/layout.js';
 import type { Target } from '../targets/target.js';
 import { DRILL_RECORD_FORMAT_VERSION, trimDrillRecords, writeDrillRecord, type DrillRecord } from './drill-record.js';
 import { runRestore } from './restore.js';

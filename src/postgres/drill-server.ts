@@ -3,7 +3,6 @@
  * of the wrong server is the one mistake a backup tool must never make, so the drill's own cleanup and
  * the sweeper share this one check.
  */
-import { randomBytes } from 'node:crypto';
 import type { Server } from '@azure/arm-postgresql-flexible';
 import { sameResourceId, type ServerRef } from './resource-id.js';
 
@@ -15,11 +14,6 @@ export const DRILL_NAME_PREFIX = 'tcab-drill-';
 /** ARM's limit on a tag value. */
 const MAX_TAG_VALUE = 256;
 
-/** A drill id: the request time (UTC, second precision) and 8 random hex digits, like snapshot ids. */
-export function newDrillId(now: Date): string {
-  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z');
-  return `${stamp}-${randomBytes(4).toString('hex')}`;
-}
 
 /**
  * "tcab-drill-<source>-<8 hex of the drill id>", within Azure's rules (3-63 lower-case letters, digits and

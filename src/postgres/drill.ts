@@ -11,7 +11,8 @@ import type { Target } from '../targets/target.js';
 import { armClientFactory, type ArmClientOptions } from './arm.js';
 import type { PgDrillConfig } from './config.js';
 import { DrillHandle, type DrillContext } from './drill-handle.js';
-import { drillServerName, newDrillId } from './drill-server.js';
+import { newDrillId } from '../catalog/layout.js';
+import { drillServerName } from './drill-server.js';
 import { advanceDrill, type StepAction } from './drill-steps.js';
 import {
   PG_RECORD_FORMAT_VERSION, PgCurrentDrillSchema, PgDrillRecordSchema, pgCurrentDrillKey, pgDrillKey, readRecord, writeRecord,

@@ -16,7 +16,7 @@ import { BlobServiceClient, type BlobRequestConditions, type ContainerClient, ty
 import { isAbortError, NotFoundError, ObjectHeldError, PreconditionFailedError, TargetError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  abortError, checkKey, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
+  abortError, checkKey, checkPutCondition, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
   scrub, sourceFailure, SourceError, type TargetIdentity,
 } from './failure.js';
 import { putInParts } from './parts.js';
@@ -198,7 +198,7 @@ export class AzureBlobTarget implements Target {
     return {
       single: (data: Buffer) => this.putBlob(key, data, options),
       begin: async () => {
-        if (options.ifNoneMatch || options.ifMatch) await this.precheck(key, options);
+        if (options.ifNoneMatch || options.ifMatch) await checkPutCondition(this, key, options);
       },
       part: async (number: number, data: Buffer) => {
         if (number > MAX_BLOCKS) {
@@ -232,18 +232,6 @@ export class AzureBlobTarget implements Target {
       // Uncommitted blocks cannot be deleted one by one; they are invisible and expire on their own.
       abandon: async () => {},
     };
-  }
-
-  private async precheck(key: string, options: PutOptions): Promise<void> {
-    let current: ObjectInfo | undefined;
-    try {
-      current = await this.head(key, options.signal ? { signal: options.signal } : {});
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-    }
-    if ((options.ifNoneMatch && current) || (options.ifMatch && current?.etag !== options.ifMatch)) {
-      throw new PreconditionFailedError(`${key} on target "${this.name}" (${this.url})`);
-    }
   }
 
   async get(key: string, options: GetOptions = {}): Promise<GetResult> {

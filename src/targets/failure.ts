@@ -3,7 +3,9 @@
  * act on (which target, which URL, which key, what to check), decide whether waiting could fix it, and
  * make sure no credential of the target leaks into the message.
  */
-import { TargetError } from '../errors.js';
+import type { Readable } from 'node:stream';
+import { NotFoundError, PreconditionFailedError, TargetError } from '../errors.js';
+import type { ObjectInfo, PutOptions } from './target.js';
 import { redact } from '../log.js';
 
 export interface TargetIdentity {
@@ -146,4 +148,42 @@ export function abortError(signal: AbortSignal | undefined): Error {
   const err = new Error('The operation was aborted', { cause: reason });
   err.name = 'AbortError';
   return err;
+}
+
+/**
+ * The chunks of a put's body as Buffers. A failure to read is the source's, not the backend's: it comes out
+ * as SourceError (or the abort), so the error's hint points at the agent or the copy source.
+ */
+export async function* bodyChunks(body: Readable, signal: AbortSignal | undefined): AsyncGenerator<Buffer> {
+  const chunks = (body as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
+  for (;;) {
+    let next: IteratorResult<Buffer | string>;
+    try {
+      next = await chunks.next();
+    } catch (err) {
+      throw signal?.aborted ? abortError(signal) : new SourceError(err);
+    }
+    if (next.done) return;
+    yield typeof next.value === 'string' ? Buffer.from(next.value) : next.value;
+  }
+}
+
+/**
+ * For multi-part conditional writes: fails fast, before gigabytes are uploaded, when the condition already
+ * does not hold. The condition is sent again on completion, which is what makes the write safe.
+ */
+export async function checkPutCondition(
+  target: { name: string; url: string; head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectInfo> },
+  key: string,
+  options: PutOptions,
+): Promise<void> {
+  let current: ObjectInfo | undefined;
+  try {
+    current = await target.head(key, options.signal ? { signal: options.signal } : {});
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) throw err;
+  }
+  if ((options.ifNoneMatch && current) || (options.ifMatch && current?.etag !== options.ifMatch)) {
+    throw new PreconditionFailedError(`${key} on target "${target.name}" (${target.url})`);
+  }
 }

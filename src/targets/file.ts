@@ -14,7 +14,7 @@ import { addAbortSignal, Readable } from 'node:stream';
 import { isAbortError, NotFoundError, PreconditionFailedError, TargetError } from '../errors.js';
 import type { FileTargetSpec } from './spec.js';
 import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
-import { abortError, checkKey, compareKeys, sourceFailure, SourceError, type TargetIdentity } from './failure.js';
+import { abortError, bodyChunks, checkKey, compareKeys, sourceFailure, SourceError, type TargetIdentity } from './failure.js';
 import { sleep } from './retry.js';
 
 const INTERNAL_PREFIX = '.tcab-';
@@ -369,18 +369,8 @@ async function writeAll(handle: FileHandle, source: Readable, signal: AbortSigna
     let offset = 0;
     while (offset < buf.length) offset += (await handle.write(buf, offset, buf.length - offset)).bytesWritten;
   };
-  const chunks = (source as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
   try {
-    for (;;) {
-      let next: IteratorResult<Buffer | string>;
-      try {
-        next = await chunks.next();
-      } catch (err) {
-        // Reading failed, not writing: the hint must point at the source, not at this folder.
-        throw signal?.aborted ? abortError(signal) : new SourceError(err);
-      }
-      if (next.done) break;
-      const buf = typeof next.value === 'string' ? Buffer.from(next.value) : next.value;
+    for await (const buf of bodyChunks(source, signal)) {
       pending.push(buf);
       pendingBytes += buf.length;
       if (pendingBytes >= WRITE_BATCH_BYTES) await flush();

@@ -5,7 +5,7 @@
  * own. A body that fits in one part is sent in a single request instead.
  */
 import { addAbortSignal, type Readable } from 'node:stream';
-import { abortError, SourceError } from './failure.js';
+import { abortError, bodyChunks } from './failure.js';
 
 export interface PartSink<R> {
   /** The whole body fitted in one part: store it with one request. */
@@ -65,19 +65,8 @@ export async function putInParts<R>(body: Readable, sink: PartSink<R>, options: 
     while (inFlight.size >= concurrency && failure === undefined) await Promise.race(inFlight);
   };
 
-  const chunks = (body as AsyncIterable<Buffer | string>)[Symbol.asyncIterator]();
   try {
-    for (;;) {
-      // Only a failure to read the body is the source's; whatever send() throws is the backend's.
-      let next: IteratorResult<Buffer | string>;
-      try {
-        next = await chunks.next();
-      } catch (err) {
-        if (signal?.aborted) throw abortError(signal);
-        throw new SourceError(err);
-      }
-      if (next.done) break;
-      const bytes = typeof next.value === 'string' ? Buffer.from(next.value) : next.value;
+    for await (const bytes of bodyChunks(body, signal)) {
       let offset = 0;
       while (offset < bytes.length) {
         // A full part waits for the next byte before it is sent: then the last part is never empty,

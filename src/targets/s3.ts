@@ -17,7 +17,7 @@ import {
 import { isAbortError, NotFoundError, ObjectHeldError, PreconditionFailedError, TargetError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  abortError, checkKey, compareKeys, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
+  abortError, checkKey, checkPutCondition, compareKeys, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
   scrub, sourceFailure, SourceError, type TargetIdentity,
 } from './failure.js';
 import { putInParts } from './parts.js';
@@ -217,7 +217,7 @@ export class S3Target implements Target {
       single: (data: Buffer) => this.putObject(key, data, options),
       begin: async () => {
         // The service checks the condition again on completion; checking first saves uploading gigabytes in vain.
-        if (options.ifNoneMatch || options.ifMatch) await this.precheck(key, options);
+        if (options.ifNoneMatch || options.ifMatch) await checkPutCondition(this, key, options);
         const out = await this.client.send(
           new CreateMultipartUploadCommand({ Bucket, Key, ...(options.contentType ? { ContentType: options.contentType } : {}) }),
           send,
@@ -268,18 +268,6 @@ export class S3Target implements Target {
         }
       },
     };
-  }
-
-  private async precheck(key: string, options: PutOptions): Promise<void> {
-    let current: ObjectInfo | undefined;
-    try {
-      current = await this.head(key, options.signal ? { signal: options.signal } : {});
-    } catch (err) {
-      if (!(err instanceof NotFoundError)) throw err;
-    }
-    if ((options.ifNoneMatch && current) || (options.ifMatch && current?.etag !== options.ifMatch)) {
-      throw new PreconditionFailedError(`${key} on target "${this.name}" (${this.url})`);
-    }
   }
 
   async get(key: string, options: GetOptions = {}): Promise<GetResult> {

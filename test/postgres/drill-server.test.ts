@@ -1,8 +1,9 @@
 import type { Server } from '@azure/arm-postgresql-flexible';
 import { describe, expect, it } from 'vitest';
 import {
-  DRILL_CREATED_TAG, DRILL_SOURCE_TAG, DRILL_TAG, deleteRefusal, drillServerCreatedAt, drillServerName, drillTags, newDrillId,
+  DRILL_CREATED_TAG, DRILL_SOURCE_TAG, DRILL_TAG, deleteRefusal, drillServerCreatedAt, drillServerName, drillTags,
 } from '../../src/postgres/drill-server.js';
+import { newDrillId } from '../../src/catalog/layout.js';
 import { judgeRestoredData } from '../../src/postgres/drill-validate.js';
 import { pgCurrentDrillKey, pgDrillKey, pgStatusKey } from '../../src/postgres/records.js';
 import { parseServerId, sameResourceId, SERVER_NAME_RE } from '../../src/postgres/resource-id.js';
