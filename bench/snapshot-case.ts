@@ -41,7 +41,8 @@ function ourBreakdown(ours: readonly OurRun[]) {
   const of = (f: (o: OurRun) => number) => median(ours.map(f));
   const uploadMs = (o: OurRun) => Math.max(...o.targets.map((t) => t.uploadMs ?? 0));
   const verifyMs = (o: OurRun) => Math.max(...o.targets.map((t) => t.verifyMs ?? 0));
-  const agentMs = (o: OurRun) => o.timings.vacuumMs + o.timings.checkMs + o.timings.compressMs;
+  // The integrity check and counts run while the artifact is compressed and hashed: the longer of the two counts.
+  const agentMs = (o: OurRun) => o.timings.vacuumMs + Math.max(o.timings.checkMs, o.timings.compressMs);
   return {
     agentRequestMs: of((o) => o.agentRequestMs ?? Number.NaN),
     vacuumMs: of((o) => o.timings.vacuumMs),
@@ -137,7 +138,7 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
     `samples (alternating, shell first): shell ${shell.map((s) => formatSeconds(s.wallMs)).join(', ')} | ours ${ours.map((o) => formatSeconds(o.wallMs)).join(', ')}`,
     `medians: shell ${formatSeconds(shellMs)}, ours ${formatSeconds(oursMs)}; ours per pair / shell: ${ours.map((o, i) => (o.wallMs / shell[i]!.wallMs).toFixed(2)).join(', ')}`,
     `ours, where the time goes (medians): agent request ${formatSeconds(breakdown.agentRequestMs)} = VACUUM INTO ${formatSeconds(breakdown.vacuumMs)} + ` +
-      `integrity_check and counts ${formatSeconds(breakdown.checkMs)} + hash, ${compression} and hash ${formatSeconds(breakdown.compressMs)} + the rest ${formatSeconds(breakdown.agentOtherMs)}; ` +
+      `hash, ${compression} and hash ${formatSeconds(breakdown.compressMs)} (integrity_check and counts ${formatSeconds(breakdown.checkMs)} at the same time) + the rest ${formatSeconds(breakdown.agentOtherMs)}; ` +
       `download to both targets ${formatSeconds(breakdown.uploadMs)}; read-back verify ${formatSeconds(breakdown.verifyMs)}; manifests and clean-up ${formatSeconds(breakdown.restMs)}; ` +
       `client process start and exit ${formatSeconds(breakdown.processMs)}`,
     `shell, where the time goes (medians): VACUUM INTO ${formatSeconds(shellSteps.vacuum)}, ${compression} ${formatSeconds(shellSteps.compress)}, ` +

@@ -13,7 +13,7 @@ import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { createCompressor, zstdFileCompressor, type CompressionSupport } from './compression.js';
 import type { Compression, SnapshotDescription } from './protocol.js';
-import { runSqliteTask, SqliteTaskError } from './sqlite-worker.js';
+import { runSqliteTask, SqliteTaskError, type SnapshotFacts, type Vacuumed } from './sqlite-worker.js';
 import type { FreeBytes, Staging } from './staging.js';
 
 /** Free staging space needed, as a multiple of the database size (plain snapshot plus its compressed form). */
@@ -130,17 +130,35 @@ export class Snapshotter {
 
     const workPath = staging.newWorkPath();
     let artifactPath: string | undefined;
+    let sqlite: Promise<SnapshotFacts> | undefined;
     try {
-      const facts = await runSqliteTask({ kind: 'snapshot', dbPath, outPath: workPath }).catch((err: unknown) => {
+      let onVacuumed!: (v: Vacuumed) => void;
+      const vacuumed = new Promise<Vacuumed>((resolve) => { onVacuumed = resolve; });
+      sqlite = runSqliteTask({ kind: 'snapshot', dbPath, outPath: workPath }, { onVacuumed }).catch((err: unknown) => {
         throw err instanceof SqliteTaskError ? new SnapshotFailedError(err.step, err.code, err) : err;
       });
-      const id = snapshotId(facts.createdAtMs);
+      // A failed VACUUM rejects `sqlite` before any `vacuumed` message.
+      const v = await Promise.race([vacuumed, sqlite]);
+      const id = snapshotId(v.createdAtMs);
       artifactPath = staging.artifactPath(id, compression);
+      // The worker runs integrity_check and the counts on the finished file while zstd compresses it and this
+      // thread hashes it: the three read the same cached pages on different cores. A failed check stops the
+      // compression; a failed compression waits for the check to end before the file is removed.
+      const stop = new AbortController();
+      sqlite.catch(() => stop.abort());
       const t0 = performance.now();
-      const digests = await this.writeArtifact(workPath, artifactPath, compression).catch((err: unknown) => {
-        throw new SnapshotFailedError('compress', (err as NodeJS.ErrnoException).code, err);
-      });
-      const compressMs = performance.now() - t0;
+      const [checked, written] = await Promise.allSettled([
+        sqlite,
+        this.writeArtifact(workPath, artifactPath, compression, stop.signal).then((digests) => ({ digests, ms: performance.now() - t0 })),
+      ]);
+      if (checked.status === 'rejected') throw checked.reason;
+      if (written.status === 'rejected') {
+        const err = written.reason as NodeJS.ErrnoException;
+        throw new SnapshotFailedError('compress', err?.code, err);
+      }
+      const facts = checked.value;
+      const { digests, ms: compressMs } = written.value;
+      if (compression === 'none') await rename(workPath, artifactPath);
       const description: SnapshotDescription = {
         id,
         createdAt: new Date(facts.createdAtMs).toISOString(),
@@ -169,19 +187,23 @@ export class Snapshotter {
       if (artifactPath && compression === 'none') await rm(artifactPath, { force: true });
       throw err;
     } finally {
+      // The worker may still be reading the file when the compression failed: let it finish first.
+      await sqlite?.catch(() => undefined);
       await rm(workPath, { force: true });
       await rm(`${workPath}-journal`, { force: true });
     }
   }
 
-  /** The single pass over the plain file; for 'none' the plain file itself becomes the artifact. */
-  private async writeArtifact(workPath: string, artifactPath: string, compression: Compression) {
+  /**
+   * The single pass over the plain file; for 'none' the plain file itself becomes the artifact (the caller
+   * renames it once the check is done with it). `signal` stops the pass and any compressor.
+   */
+  private async writeArtifact(workPath: string, artifactPath: string, compression: Compression, signal: AbortSignal) {
     const plain = new Digest();
     if (compression === 'none') {
       await pipeline(createReadStream(workPath, { highWaterMark: READ_CHUNK }), plain.tap(), async (source: AsyncIterable<Buffer>) => {
         for await (const _ of source);
-      });
-      await rename(workPath, artifactPath);
+      }, { signal });
       return { plain: plain.result(), artifact: plain.result() };
     }
     const artifact = new Digest();
@@ -190,17 +212,21 @@ export class Snapshotter {
     if (compression === 'zstd' && support.zstdSource === 'command') {
       // Two cores: the zstd process reads and compresses the file while this process hashes it.
       const compressor = zstdFileCompressor(support.zstdCommand, workPath);
+      const onAbort = () => compressor.abort();
+      signal.addEventListener('abort', onAbort, { once: true });
       try {
         await Promise.all([
           pipeline(createReadStream(workPath, { highWaterMark: READ_CHUNK }), plain.tap(), async (source: AsyncIterable<Buffer>) => {
             for await (const _ of source);
-          }),
-          pipeline(compressor.output, artifact.tap(), createWriteStream(partialPath, { flags: 'wx', mode: 0o600 })),
+          }, { signal }),
+          pipeline(compressor.output, artifact.tap(), createWriteStream(partialPath, { flags: 'wx', mode: 0o600 }), { signal }),
           compressor.done,
         ]);
       } catch (err) {
         compressor.abort();
         throw err;
+      } finally {
+        signal.removeEventListener('abort', onAbort);
       }
       await rename(partialPath, artifactPath);
       return { plain: plain.result(), artifact: artifact.result() };
@@ -213,6 +239,7 @@ export class Snapshotter {
         compressor.stream,
         artifact.tap(),
         createWriteStream(partialPath, { flags: 'wx', mode: 0o600 }),
+        { signal },
       );
       await compressor.done;
     } catch (err) {

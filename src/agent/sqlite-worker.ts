@@ -109,6 +109,8 @@ function snapshot() {
   } finally {
     src.close();
   }
+  // The file is complete: the agent compresses and hashes it while this thread checks it.
+  parentPort.postMessage({ vacuumed: { createdAtMs, vacuumMs } });
   step = 'check';
   const t1 = performance.now();
   const out = openReadOnly(task.outPath);
@@ -161,15 +163,33 @@ try {
 
 const driverPath = createRequire(import.meta.url).resolve('better-sqlite3');
 
-type Reply<T> = { ok: true; result: T } | { ok: false; step: string; code?: string; message: string };
+type Reply<T> =
+  | { ok: true; result: T }
+  | { ok: false; step: string; code?: string; message: string }
+  | { vacuumed: Vacuumed; ok?: undefined };
 
-export function runSqliteTask(task: SnapshotTask): Promise<SnapshotFacts>;
+/** The snapshot file is complete (sent before the integrity check and counts start). */
+export interface Vacuumed {
+  createdAtMs: number;
+  vacuumMs: number;
+}
+
+export interface TaskHooks {
+  /** Called once VACUUM INTO has written the whole file, while the worker goes on to check it. */
+  onVacuumed?: (v: Vacuumed) => void;
+}
+
+export function runSqliteTask(task: SnapshotTask, hooks?: TaskHooks): Promise<SnapshotFacts>;
 export function runSqliteTask(task: StatusTask): Promise<StatusFacts>;
-export function runSqliteTask(task: SnapshotTask | StatusTask): Promise<SnapshotFacts | StatusFacts> {
+export function runSqliteTask(task: SnapshotTask | StatusTask, hooks: TaskHooks = {}): Promise<SnapshotFacts | StatusFacts> {
   return new Promise((resolve, reject) => {
     let replied = false;
     const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { driver: driverPath, task } });
     worker.on('message', (reply: Reply<SnapshotFacts | StatusFacts>) => {
+      if ('vacuumed' in reply) {
+        hooks.onVacuumed?.(reply.vacuumed);
+        return;
+      }
       replied = true;
       if (reply.ok) resolve(reply.result);
       else reject(new SqliteTaskError(reply.message, reply.step, reply.code));

@@ -4,7 +4,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
@@ -131,6 +131,32 @@ describe('POST /v1/snapshots then GET: a restorable, verified snapshot', () => {
         const desc = await c.createSnapshot({ compression: 'gzip' });
         expect(desc.integrity).toContain('missing from index runs_slug');
         expect(desc.integrity).not.toBe('ok');
+      } finally {
+        await other.close();
+      }
+    } finally {
+      await dir.remove();
+    }
+  });
+  it('fails the request when zstd fails while the check runs, leaves staging empty, and makes the next snapshot', async () => {
+    const dir = await tempDir('zstd-fails');
+    try {
+      createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { runs: 400, seed: 3 });
+      // A zstd that answers --version, then writes part of an output and dies, as one killed mid-way would.
+      const fake = join(dir.dir, 'zstd');
+      await writeFile(fake, '#!/bin/sh\n[ "$1" = --version ] && { echo fake zstd; exit 0; }\nhead -c 5000 /dev/zero\necho "zstd: out of memory" >&2\nexit 3\n', { mode: 0o755 });
+      const logs = captureLogger();
+      const other = await startAgent(agentConfig(dir.dir), { logger: logs.logger, zstdCommand: fake });
+      try {
+        const c = new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY });
+        const failed = await c.createSnapshot({ compression: 'zstd' }).then(() => undefined, (e: unknown) => e);
+        expect(failed).toBeInstanceOf(AgentError);
+        expect((failed as AgentError).status).toBe(500);
+        expect(JSON.stringify(logs.lines)).toContain('out of memory');
+        expect(await readdir(join(dir.dir, 'staging'))).toEqual([]);
+        const next = await c.createSnapshot({ compression: 'gzip' });
+        expect(next.integrity).toBe('ok');
+        expect(next.database.tables.runs).toBe(400);
       } finally {
         await other.close();
       }
