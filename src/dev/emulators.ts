@@ -122,6 +122,44 @@ export interface S3Server extends Emulator {
   secretAccessKey: string;
 }
 
+/**
+ * s3rver, started from this script rather than its command line for one change. Its PutObject writes the
+ * object's file as the body arrives, so a body cut off mid-way leaves a partial object readable under the
+ * key, and an upload in progress is readable while it runs. S3 and R2 never show either: an object appears
+ * whole, or not at all. Here a PutObject's body is spooled beside the store first and handed on only once it
+ * has all arrived; an aborted request stores nothing. Arguments: directory, address, port, buckets (JSON).
+ */
+const S3RVER_MAIN = String.raw`
+'use strict';
+const { createReadStream, createWriteStream, promises: fs } = require('node:fs');
+const { join } = require('node:path');
+const { randomBytes } = require('node:crypto');
+const { pipeline } = require('node:stream/promises');
+const [s3rverPath, directory, address, port, buckets] = process.argv.slice(1);
+const S3rver = require(s3rverPath);
+const server = new S3rver({
+  directory, address, port: Number(port), silent: true, vhostBuckets: false,
+  configureBuckets: JSON.parse(buckets).map((name) => ({ name, configs: [] })),
+});
+const store = server.store;
+const putObject = store.putObject.bind(store);
+store.putObject = async (object) => {
+  if (Buffer.isBuffer(object.content)) return putObject(object);
+  const spool = join(directory, '.spool-' + randomBytes(8).toString('hex'));
+  try {
+    await pipeline(object.content, createWriteStream(spool));
+    object.content = createReadStream(spool);
+    return await putObject(object);
+  } finally {
+    await fs.rm(spool, { force: true });
+  }
+};
+server.run().then(({ address, port }) => console.log('S3rver listening on %s:%d', address, port), (err) => {
+  console.error(err);
+  process.exit(1);
+});
+`;
+
 export async function startS3Server(options: { port?: number; buckets?: string[] } = {}): Promise<S3Server> {
   const directory = await mkdtemp(join(tmpdir(), 'tcab-s3rver-'));
   const buckets = options.buckets ?? [];
@@ -131,11 +169,8 @@ export async function startS3Server(options: { port?: number; buckets?: string[]
     ({ child, match } = await startChild(
       's3rver',
       [
-        '--openssl-legacy-provider',
-        packageFile('s3rver', 'bin/s3rver.js'),
-        '--directory', directory, '--address', '127.0.0.1', '--port', String(options.port ?? 0),
-        '--silent', '--no-vhost-buckets',
-        ...buckets.flatMap((b) => ['--configure-bucket', b]),
+        '--openssl-legacy-provider', '-e', S3RVER_MAIN,
+        dirname(packageFile('s3rver', 'package.json')), directory, '127.0.0.1', String(options.port ?? 0), JSON.stringify(buckets),
       ],
       /listening on [^\s:]+:(\d+)/,
     ));

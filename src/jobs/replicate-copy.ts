@@ -96,7 +96,10 @@ export async function copySnapshot(
   if (onStreamed) verifier.once('end', onStreamed);
   body.pipe(verifier);
   try {
-    const put = await destination.put(key, verifier, { contentLength: manifest.artifact.bytes, contentType: 'application/octet-stream', ...signalOption });
+    // The manifest's sha256 goes with the put: a service that checks it (S3, R2) refuses any other bytes.
+    const put = await destination.put(key, verifier, {
+      contentLength: manifest.artifact.bytes, sha256: manifest.artifact.sha256, contentType: 'application/octet-stream', ...signalOption,
+    });
     if (put.size !== manifest.artifact.bytes) {
       throw new IntegrityError(`target "${destination.name}" stored ${put.size} bytes of ${key}, the manifest says ${manifest.artifact.bytes}`);
     }

@@ -21,6 +21,8 @@ export interface TargetTuning {
   partSize?: number;
   /** Parts in flight per upload; R2 is always held to 2. */
   concurrency?: number;
+  /** S3/R2: the largest body of known sha256 sent as one PutObject (default 1 GiB). */
+  singlePutMaxBytes?: number;
 }
 
 export interface OpenTargetOptions {
@@ -51,6 +53,7 @@ export function openTarget(spec: TargetSpec, options: OpenTargetOptions = {}): T
         ...(tuning.pageSize ? { pageSize: tuning.pageSize } : {}),
         ...(tuning.partSize ? { partSize: tuning.partSize } : {}),
         ...(tuning.concurrency ? { concurrency: tuning.concurrency } : {}),
+        ...(tuning.singlePutMaxBytes !== undefined ? { singlePutMaxBytes: tuning.singlePutMaxBytes } : {}),
       }));
       break;
     default: {

@@ -26,6 +26,12 @@ export interface PutOptions {
   ifMatch?: string;
   /** Write only if no object exists at the key. */
   ifNoneMatch?: '*';
+  /**
+   * The sha256 (hex) the caller knows the whole body has, from a manifest. A backend whose service can check
+   * it sends it (S3 and R2: `x-amz-content-sha256` on one PutObject, which the service refuses when the bytes
+   * differ) and may then send the body in one request; others ignore it. The caller still checks the bytes.
+   */
+  sha256?: string;
 }
 
 export interface PutResult {

@@ -1,7 +1,7 @@
 /**
- * Replicate's pipeline against Azurite and s3rver: while the destination finishes one copy (completing the
- * multipart upload, the manifest, the check), the next copy is already reading from its source; yet no more
- * than `concurrency` copies read from sources at once. Recording proxies in front of both servers show the
+ * Replicate's pipeline against Azurite and s3rver: while the destination finishes one copy (answering its
+ * PutObject or completing its multipart upload, then the manifest, the check), the next copy is already
+ * reading from its source; yet no more than `concurrency` copies read from sources at once. Recording proxies in front of both servers show the
  * order of requests as the servers saw it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -31,6 +31,8 @@ interface Event {
 let clouds: Clouds;
 const proxies: ForwardingProxy[] = [];
 const events: Event[] = [];
+/** Method and path with query of every request the destination saw. */
+const destinationRequests: string[] = [];
 
 beforeAll(async () => {
   clouds = await startClouds();
@@ -61,29 +63,36 @@ async function recordedSource(): Promise<Target> {
   return openTarget(spec, { retry: FAST_RETRY });
 }
 
-/** s3rver behind a proxy that holds every CompleteMultipartUpload for COMPLETE_MS, as a slow service would. */
-async function slowCompletingDestination(): Promise<Target> {
+/**
+ * s3rver behind a proxy that holds the answer to every request that makes an artifact visible (a PutObject of
+ * one, or a CompleteMultipartUpload) for up to COMPLETE_MS, as a slow service would.
+ */
+async function slowCompletingDestination(singlePutMaxBytes: number | undefined): Promise<Target> {
   const proxy = await startForwardingProxy(clouds.s3.endpoint, async (x) => {
-    const complete = x.req.method === 'POST' && x.url.searchParams.has('uploadId');
-    if (complete) {
-      note('complete-start', x.url.pathname);
-      // Hold the completion until another snapshot's read has started (a pipelined copier starts it while
-      // this one completes), or give up after COMPLETE_MS: a copier that waits for completion before
-      // reading the next snapshot then shows up as a read after this completion.
-      const completing = idOf(x.url.pathname);
-      const deadline = Date.now() + COMPLETE_MS;
-      const othersRead = () => events.some((e) => e.what === 'read-start' && idOf(e.path) !== completing && !completedIds.has(idOf(e.path)));
-      while (Date.now() < deadline && !othersRead() && readsStarted() < expectedReads) await new Promise((r) => setTimeout(r, 10));
-      completedIds.add(completing);
-    }
-    await x.forward();
+    const q = x.url.searchParams;
+    destinationRequests.push(`${x.req.method} ${x.url.pathname}${x.url.search}`);
+    const complete = (x.req.method === 'POST' && q.has('uploadId'))
+      || (x.req.method === 'PUT' && /\.sqlite[^/]*$/.test(x.url.pathname) && !q.has('uploadId'));
+    await x.forward({ beforeAnswer: () => (complete ? hold(x.url.pathname) : Promise.resolve()) });
     if (complete) note('complete-end', x.url.pathname);
   });
   proxies.push(proxy);
   const spec = parseTargetUrl('r2', `s3://${BUCKET}/pipeline-${Date.now()}?endpoint=${proxy.endpoint}`, {
     accessKeyId: clouds.s3.accessKeyId, secretAccessKey: clouds.s3.secretAccessKey,
   });
-  return openTarget(spec, { retry: FAST_RETRY });
+  return openTarget(spec, { retry: FAST_RETRY, ...(singlePutMaxBytes !== undefined ? { tuning: { singlePutMaxBytes } } : {}) });
+}
+
+async function hold(path: string): Promise<void> {
+      note('complete-start', path);
+  // Hold the completion until another snapshot's read has started (a pipelined copier starts it while
+  // this one completes), or give up after COMPLETE_MS: a copier that waits for completion before
+  // reading the next snapshot then shows up as a read after this completion.
+  const completing = idOf(path);
+  const deadline = Date.now() + COMPLETE_MS;
+  const othersRead = () => events.some((e) => e.what === 'read-start' && idOf(e.path) !== completing && !completedIds.has(idOf(e.path)));
+  while (Date.now() < deadline && !othersRead() && readsStarted() < expectedReads) await new Promise((r) => setTimeout(r, 10));
+  completedIds.add(completing);
 }
 
 function idOf(path: string): string {
@@ -91,19 +100,26 @@ function idOf(path: string): string {
 }
 
 describe('replicate pipeline', () => {
-  it('reads the next snapshot while the destination completes the previous one, never more than `concurrency` reads at once', async () => {
+  it.each([
+    { upload: 'one PutObject per copy', singlePutMaxBytes: undefined },
+    { upload: 'multipart uploads', singlePutMaxBytes: 5 * MiB },
+  ])('$upload: reads the next snapshot while the destination completes the previous one, never more than `concurrency` reads at once', async ({ upload, singlePutMaxBytes }) => {
     const source = await recordedSource();
-    const destination = await slowCompletingDestination();
-    // Over 5 MiB each, so every copy is a multipart upload with a completion step.
+    const destination = await slowCompletingDestination(singlePutMaxBytes);
+    // Over 5 MiB each: with a 5 MiB cut-off every copy is a multipart upload with a completion step.
     const snaps = history(3, new Date(), HOUR, { bytes: 6 * MiB + 12_345 });
     for (const s of snaps) await storeSnapshot(source, s);
     events.length = 0;
+    destinationRequests.length = 0;
     completedIds.clear();
     expectedReads = snaps.length;
 
     const result = await runReplicate({ targets: [source, destination], database: DATABASE }, { concurrency: 1 });
 
     expect(result.copied).toBe(3);
+    const multipart = destinationRequests.filter((r) => r.includes('uploadId='));
+    if (upload === 'multipart uploads') expect(multipart.length).toBeGreaterThanOrEqual(3 * 3);
+    else expect(multipart, 'no part uploads when one PutObject takes the copy').toEqual([]);
     expect(await idsOn(destination)).toEqual(snaps.map((s) => s.manifest.id));
     expect(await invalidSnapshots([destination])).toEqual([]);
 

@@ -5,6 +5,8 @@
  * - 400 to aws-chunked bodies (Content-Encoding: aws-chunked, x-amz-content-sha256: STREAMING-*) and to
  *   bodies without a Content-Length;
  * - 501 to object-lock, tagging and SSE-KMS headers;
+ * - 400 XAmzContentSHA256Mismatch when a PutObject or UploadPart body does not have the sha256 its
+ *   x-amz-content-sha256 header gives (then the upstream never receives the whole body);
  * - 400 EntityTooSmall when a multipart upload's parts are not equal-sized (but the last) or under 5 MiB;
  * - conditional PUTs (If-None-Match: *, If-Match) honoured, which s3rver ignores: the current object is
  *   checked before the request is forwarded, one request per key at a time;
@@ -143,11 +145,17 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
     if (op === 'UploadPart' || op === 'PutObject') {
       inFlight++;
       state.maxConcurrentUploads = Math.max(state.maxConcurrentUploads, inFlight);
+      // An upload is in flight until the service has answered it, not until the answer has reached the client.
+      let counted = true;
+      const answered = () => {
+        if (counted) inFlight--;
+        counted = false;
+      };
       try {
         if (state.uploadDelayMs > 0) await new Promise((r) => setTimeout(r, state.uploadDelayMs));
-        return await conditional(x, op, bucket, key);
+        return await conditional(x, op, bucket, key, answered);
       } finally {
-        inFlight--;
+        answered();
       }
     }
     return conditional(x, op, bucket, key);
@@ -202,10 +210,16 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
     x.res.end(body);
   }
 
-  async function conditional(x: Exchange, op: string, bucket: string, key: string): Promise<void> {
+  async function conditional(x: Exchange, op: string, bucket: string, key: string, answered?: () => void): Promise<void> {
     const ifNoneMatch = x.req.headers['if-none-match'];
     const ifMatch = x.req.headers['if-match'];
-    if ((op !== 'PutObject' && op !== 'CompleteMultipartUpload') || (!ifNoneMatch && !ifMatch)) return x.forward();
+    // R2 checks a body against the sha256 it was signed with (UNSIGNED-PAYLOAD is not a sha256, and not checked).
+    const signed = String(x.req.headers['x-amz-content-sha256'] ?? '');
+    const forward = () => x.forward({
+      ...(/^[0-9a-f]{64}$/.test(signed) && (op === 'PutObject' || op === 'UploadPart') ? { sha256: signed } : {}),
+      ...(answered ? { beforeAnswer: async () => answered() } : {}),
+    });
+    if ((op !== 'PutObject' && op !== 'CompleteMultipartUpload') || (!ifNoneMatch && !ifMatch)) return forward();
     return serialised(`${bucket}/${key}`, async () => {
       let etag: string | undefined;
       try {
@@ -218,7 +232,7 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
       if (ifMatch && (etag === undefined || bare(etag) !== bare(String(ifMatch)))) {
         return x.reply(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold');
       }
-      await x.forward();
+      await forward();
     });
   }
 

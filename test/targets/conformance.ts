@@ -44,6 +44,29 @@ export function randomStream(
   return { stream, sha256: () => hash.digest('hex') };
 }
 
+/**
+ * A stream of `data` in 64 KiB chunks that, with `failAtEnd`, fails after its last byte instead of ending:
+ * what a copy checked against its manifest does when the bytes turn out not to match.
+ */
+export function bufferStream(data: Buffer, options: { failAtEnd?: boolean } = {}): Readable {
+  let offset = 0;
+  return new Readable({
+    read() {
+      if (offset >= data.length) {
+        if (options.failAtEnd) this.destroy(new Error('the bytes do not match the manifest'));
+        else this.push(null);
+        return;
+      }
+      this.push(data.subarray(offset, offset + 64 * 1024));
+      offset += 64 * 1024;
+    },
+  });
+}
+
+export function sha256Hex(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
 export async function sha256Of(body: Readable): Promise<{ sha256: string; bytes: number }> {
   const hash = createHash('sha256');
   let bytes = 0;
@@ -192,6 +215,29 @@ export function describeTargetConformance(name: string, fresh: () => Promise<Tar
       const small = randomStream(1000, { failAfter: 500, chunk: 100 });
       await expect(t.put('small-broken', small.stream)).rejects.toThrow(/broke off/);
       expect(await listKeys(t, '')).toEqual([]);
+    });
+
+    it('stores a stream given with its length and sha256 byte for byte (7 MiB)', async () => {
+      const t = await fresh();
+      const data = randomBytes(7 * MiB);
+      const put = await t.put('snapshots/tcab/known.sqlite.zst', bufferStream(data), { contentLength: data.length, sha256: sha256Hex(data) });
+      expect(put.size).toBe(data.length);
+      expect(await sha256Of((await t.get('snapshots/tcab/known.sqlite.zst')).body)).toEqual({ sha256: sha256Hex(data), bytes: data.length });
+    });
+
+    it('leaves nothing visible when the body fails after its last byte instead of ending, with or without its sha256', async () => {
+      const t = await fresh();
+      for (const size of [1000, 6 * MiB + 3]) {
+        const data = randomBytes(size);
+        for (const sha256 of [undefined, sha256Hex(data)]) {
+          const err = await failureOf(t.put('snapshots/tcab/late.sqlite.zst', bufferStream(data, { failAtEnd: true }), {
+            contentLength: size, ...(sha256 ? { sha256 } : {}),
+          }));
+          expect(err.message).toContain('do not match the manifest');
+          await expect(t.head('snapshots/tcab/late.sqlite.zst')).rejects.toBeInstanceOf(NotFoundError);
+          expect(await listKeys(t, '')).toEqual([]);
+        }
+      }
     });
 
     it('stops an upload when its AbortSignal aborts, leaving nothing visible', async () => {

@@ -11,7 +11,7 @@ import { S3Target, choosePartSize } from '../../src/targets/s3.js';
 import { parseTargetUrl, type S3TargetSpec } from '../../src/targets/spec.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startR2Proxy, type R2Proxy } from '../support/r2-proxy.js';
-import { describeTargetConformance, failureOf, listKeys, MiB, randomStream, readAll, sha256Of } from './conformance.js';
+import { bufferStream, describeTargetConformance, failureOf, listKeys, MiB, randomStream, readAll, sha256Hex, sha256Of } from './conformance.js';
 
 const ACCOUNT = '0123456789abcdef0123456789abcdef';
 const BUCKET = 'tcab';
@@ -90,6 +90,41 @@ describe('r2 target', () => {
     } finally {
       r2.uploadDelayMs = 0;
     }
+  });
+
+  it('sends a stream of known sha256 as one PutObject signed with it; R2 refuses other bytes, and nothing is stored', async () => {
+    r2.resetCounters();
+    const t = openTarget(r2Spec(), {});
+    const data = randomBytes(9 * MiB);
+    const sha256 = sha256Hex(data);
+    await t.put('one.bin', bufferStream(data), { contentLength: data.length, sha256 });
+    const puts = r2.requests.filter((r) => r.method === 'PUT');
+    expect(puts.map((p) => `${p.path}${p.query}`)).toEqual([expect.stringMatching(/\/one\.bin(\?x-id=PutObject)?$/)]);
+    expect(puts[0]!.headers['x-amz-content-sha256']).toBe(sha256);
+    expect(puts[0]!.headers['content-length']).toBe(String(data.length));
+    expect((await sha256Of((await t.get('one.bin')).body)).sha256).toBe(sha256);
+
+    const other = Buffer.from(data);
+    other[other.length - 1]! ^= 1;
+    const err = await failureOf(t.put('two.bin', bufferStream(other), { contentLength: other.length, sha256 }));
+    expect(err).toBeInstanceOf(TargetError);
+    expect(err.message).toContain('XAmzContentSHA256Mismatch');
+    expect(err.message).toContain('two.bin');
+    await expect(t.head('two.bin')).rejects.toBeInstanceOf(NotFoundError);
+    expect(r2.violations).toEqual([]);
+  });
+
+  it('sends a stream of known sha256 above the single-request limit in parts, each signed with its own sha256', async () => {
+    r2.resetCounters();
+    const t = openTarget(r2Spec(), { tuning: { singlePutMaxBytes: 8 * MiB, partSize: 5 * MiB } });
+    const data = randomBytes(9 * MiB);
+    await t.put('parts.bin', bufferStream(data), { contentLength: data.length, sha256: sha256Hex(data) });
+    const parts = r2.requests.filter((r) => r.query.includes('partNumber='));
+    expect(parts).toHaveLength(2);
+    const signed = parts.map((p) => [/partNumber=(\d+)/.exec(p.query)![1], p.headers['x-amz-content-sha256']]).sort();
+    expect(signed).toEqual([['1', sha256Hex(data.subarray(0, 5 * MiB))], ['2', sha256Hex(data.subarray(5 * MiB))]]);
+    expect((await sha256Of((await t.get('parts.bin')).body)).sha256).toBe(sha256Hex(data));
+    expect(r2.violations).toEqual([]);
   });
 
   it('uploads up to 4 parts at once to other S3 services', async () => {
