@@ -1,7 +1,8 @@
 /**
  * What the replication case copies: Azurite (standing in for Blob) holding real snapshots of the sample
  * database, made by the real agent and snapshot job, and an empty s3rver standing in for R2, reached as an
- * r2:// target so that our R2 settings (two uploads in flight, no default checksums) are what is measured. Both emulators are child processes on 127.0.0.1 with random ports; `stop` ends them and removes
+ * r2:// target so that our R2 settings (two uploads in flight, no default checksums) are what is measured;
+ * and the way back, from copies on s3rver to an empty folder on Azurite. Both emulators are child processes on 127.0.0.1 with random ports; `stop` ends them and removes
  * their data.
  */
 import { randomBytes } from 'node:crypto';
@@ -32,6 +33,13 @@ export interface ReplicationSource {
   env(prefix: string): Env;
   /** The destination under `prefix`, opened in this process to check what a run left there. */
   destination(prefix: string): Target;
+  /**
+   * The way back: settings naming s3rver under `sourcePrefix` (holding copies of the snapshots, as R2 would)
+   * as the source and an empty Azurite folder `prefix` as the destination.
+   */
+  envBack(sourcePrefix: string, prefix: string): Env;
+  /** The Azurite folder `prefix`, to check what a run back left there. */
+  destinationBack(sourcePrefix: string, prefix: string): Target;
   stop(): Promise<void>;
 }
 
@@ -61,6 +69,14 @@ export async function prepareReplicationSource(
       TCAB_BACKUP_RETENTION_R2: 'last=-1',
     });
     const openAll = (prefix: string) => openTargets(loadTargetsConfig(env(prefix)), silentLogger);
+    const envBack = (sourcePrefix: string, prefix: string): Env => ({
+      PATH: process.env.PATH,
+      TCAB_BACKUP_TARGETS: `${DESTINATION}=r2://${R2_ACCOUNT}/${BUCKET}/${sourcePrefix}?endpoint=${s3.endpoint}&pathStyle=true,${SOURCE}=azblob://${azurite.account}/${CONTAINER}/${prefix}?endpoint=${azurite.endpoint}`,
+      TCAB_BACKUP_TARGET_BLOB_CONNECTION_STRING: azurite.connectionString,
+      TCAB_BACKUP_TARGET_R2_ACCESS_KEY_ID: s3.accessKeyId,
+      TCAB_BACKUP_TARGET_R2_SECRET_ACCESS_KEY: s3.secretAccessKey,
+      TCAB_BACKUP_RETENTION_BLOB: 'last=-1',
+    });
 
     const key = randomBytes(32).toString('hex');
     const agent = await startAgent(
@@ -82,6 +98,8 @@ export async function prepareReplicationSource(
     return {
       azurite, s3, snapshots, env,
       destination: (prefix) => openAll(prefix).find((t) => t.name === DESTINATION)!,
+      envBack,
+      destinationBack: (sourcePrefix, prefix) => openTargets(loadTargetsConfig(envBack(sourcePrefix, prefix)), silentLogger).find((t) => t.name === SOURCE)!,
       stop: stopAll,
     };
   } catch (e) {

@@ -21,7 +21,7 @@ export interface TargetTuning {
   partSize?: number;
   /** Parts in flight per upload; R2 is always held to 2. */
   concurrency?: number;
-  /** S3/R2: the largest body of known sha256 sent as one PutObject (default 1 GiB). */
+  /** S3/R2 and Blob: the largest body of known sha256 sent in one request (default 1 GiB). */
   singlePutMaxBytes?: number;
 }
 
@@ -45,6 +45,7 @@ export function openTarget(spec: TargetSpec, options: OpenTargetOptions = {}): T
         ...(tuning.pageSize ? { pageSize: tuning.pageSize } : {}),
         ...(tuning.partSize ? { blockSize: tuning.partSize } : {}),
         ...(tuning.concurrency ? { concurrency: tuning.concurrency } : {}),
+        ...(tuning.singlePutMaxBytes !== undefined ? { singlePutMaxBytes: tuning.singlePutMaxBytes } : {}),
       }));
       break;
     case 's3':

@@ -4,8 +4,8 @@
  * known length, so no backend ever needs chunked transfer encoding, and each part can be retried on its
  * own. A body that fits in one part is sent in a single request instead.
  */
-import { addAbortSignal, type Readable } from 'node:stream';
-import { abortError, bodyChunks } from './failure.js';
+import { addAbortSignal, Transform, type Readable, type TransformCallback } from 'node:stream';
+import { abortError, bodyChunks, SourceError } from './failure.js';
 
 export interface PartSink<R> {
   /** The whole body fitted in one part: store it with one request. */
@@ -96,5 +96,76 @@ export async function putInParts<R>(body: Readable, sink: PartSink<R>, options: 
     await Promise.allSettled([...inFlight]);
     if (begun) await sink.abandon();
     throw err;
+  }
+}
+
+/**
+ * The largest body sent in one request when the caller can send it all again (it passes the body's sha256,
+ * as replicate does from a manifest). One request instead of a part per few MiB: nothing to assemble at the
+ * service, and on S3/R2 no part to hash for its signature, since the known sha256 signs the whole body and
+ * the service checks it. The price is that a failure sends the whole body again (replicate retries a copy
+ * from its source): at 1 GiB, seconds between clouds. S3 and R2 take up to 5 GiB in one PutObject, Blob
+ * up to 5,000 MiB in one Put Blob.
+ */
+export const SINGLE_REQUEST_MAX_BYTES = 1024 * 1024 * 1024;
+
+/**
+ * Sends `body` (exactly `contentLength` bytes) as the streamed body of one request made by `send`. The last
+ * chunk is held back until the body has ended whole: a body that fails instead (a source cut off, a copy
+ * that does not match its manifest), or is longer or shorter than announced, aborts the request before the
+ * service has the whole object, so nothing is stored. Such a failure is thrown as a SourceError.
+ */
+export async function putWhole<R>(
+  body: Readable,
+  contentLength: number,
+  signal: AbortSignal | undefined,
+  send: (stream: Readable, abortSignal: AbortSignal) => Promise<R>,
+): Promise<R> {
+  const stop = new AbortController();
+  const onAbort = () => stop.abort(signal!.reason);
+  if (signal?.aborted) onAbort();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  let sourceFailed: unknown;
+  const guarded = new HoldLastChunk(contentLength);
+  // pipe() passes no errors on: a failing body must reach the request, which is then aborted.
+  body.once('error', (err) => guarded.destroy(err));
+  guarded.once('error', (err) => {
+    sourceFailed = err;
+    stop.abort(err);
+  });
+  body.pipe(guarded);
+  try {
+    return await send(guarded, stop.signal);
+  } catch (err) {
+    guarded.destroy();
+    body.destroy();
+    if (signal?.aborted) throw abortError(signal);
+    if (sourceFailed !== undefined) throw new SourceError(sourceFailed);
+    throw err;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/** Passes a body through but for its last chunk, which goes only once the body has ended with the announced length. */
+class HoldLastChunk extends Transform {
+  private held: Buffer | undefined;
+  private bytes = 0;
+
+  constructor(private readonly expected: number) {
+    super();
+  }
+
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.bytes += chunk.length;
+    if (this.bytes > this.expected) return cb(new Error(`the body has more than the ${this.expected} bytes announced`));
+    const previous = this.held;
+    this.held = chunk;
+    cb(null, previous);
+  }
+
+  override _flush(cb: TransformCallback): void {
+    if (this.bytes !== this.expected) return cb(new Error(`the body ended after ${this.bytes} of the ${this.expected} bytes announced`));
+    cb(null, this.held);
   }
 }

@@ -4,14 +4,14 @@
  * - DeleteObjects, which the SDK always checksums with CRC32, sends Content-MD5 instead;
  * - no aws-chunked bodies: every request body has a Content-Length. A stream whose sha256 the caller knows
  *   (a copy checked against its manifest) goes as one PutObject carrying that sha256 as x-amz-content-sha256,
- *   which the service checks against the bytes it received, up to SINGLE_PUT_MAX_BYTES; other streams go as
+ *   which the service checks against the bytes it received, up to SINGLE_REQUEST_MAX_BYTES; other streams go as
  *   multipart uploads of equal-sized Buffer parts (at least 5 MiB, at most 10,000 of them), each signed with
  *   its own sha256 and retried on its own, or, when small, one PutObject;
  * - no object-lock, tagging or SSE-KMS headers;
  * - at most 2 concurrent part uploads on R2 (its limit), 4 elsewhere.
  */
 import { createHash } from 'node:crypto';
-import { addAbortSignal, Transform, type Readable, type TransformCallback } from 'node:stream';
+import { addAbortSignal, type Readable } from 'node:stream';
 import {
   AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand,
   DeleteObjectsCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command,
@@ -23,7 +23,7 @@ import {
   abortError, checkKey, checkPutCondition, compareKeys, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
   scrub, sourceFailure, SourceError, type TargetIdentity,
 } from './failure.js';
-import { putInParts } from './parts.js';
+import { putInParts, putWhole, SINGLE_REQUEST_MAX_BYTES } from './parts.js';
 import { retrying, type RetryOptions } from './retry.js';
 import type { S3TargetSpec } from './spec.js';
 import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
@@ -36,14 +36,6 @@ const DEFAULT_PART_SIZE = 8 * MiB;
 /** Cloudflare R2 throttles more concurrent uploads than this (Litestream keeps R2 at 2 as well). */
 const R2_CONCURRENCY = 2;
 const DEFAULT_CONCURRENCY = 4;
-/**
- * The largest body sent as one streamed PutObject when its sha256 is known. One request instead of a part per
- * 5 MiB: no part to hash for its signature (the known sha256 signs the whole body, and the service checks it),
- * nothing for the service to assemble. The price is that a failure sends the whole body again, which the
- * caller does (replicate retries a copy from its source): at 1 GiB that is seconds between clouds. S3 and R2
- * accept up to 5 GiB in one PutObject.
- */
-export const SINGLE_PUT_MAX_BYTES = 1024 * MiB;
 
 export interface S3TargetOptions {
   /** Keys per ListObjectsV2 page. Default 1000 (the maximum). */
@@ -59,7 +51,7 @@ export interface S3TargetOptions {
   connectTimeoutMs?: number;
   /** A socket idle for this long is given up. Default 120 s. */
   idleTimeoutMs?: number;
-  /** The largest streamed body with a known sha256 sent as one PutObject. Default SINGLE_PUT_MAX_BYTES. */
+  /** The largest streamed body with a known sha256 sent as one PutObject. Default SINGLE_REQUEST_MAX_BYTES (1 GiB). */
   singlePutMaxBytes?: number;
   /** Retries of each part of a multipart upload. */
   retry?: RetryOptions;
@@ -194,7 +186,7 @@ export class S3Target implements Target {
     try {
       if (Buffer.isBuffer(body)) return await this.putObject(key, body, options);
       const { sha256, contentLength } = options;
-      if (sha256 !== undefined && contentLength !== undefined && contentLength <= (this.options.singlePutMaxBytes ?? SINGLE_PUT_MAX_BYTES)) {
+      if (sha256 !== undefined && contentLength !== undefined && contentLength <= (this.options.singlePutMaxBytes ?? SINGLE_REQUEST_MAX_BYTES)) {
         return await this.putStreamed(key, body, { ...options, sha256, contentLength });
       }
       return await putInParts(body, this.multipart(key, options), {
@@ -226,55 +218,32 @@ export class S3Target implements Target {
   /**
    * One PutObject streaming `body`, signed with the sha256 the caller knows it has: the service refuses the
    * request when the bytes differ (XAmzContentSHA256Mismatch), so nothing but the promised bytes is stored.
-   * The last chunk is held back until the body has ended with exactly `contentLength` bytes: a body that fails
-   * instead (a source cut off, a copy that does not match its manifest) aborts the request before the service
-   * has the whole object, so nothing is stored even by a service that would not check the sha256.
+   * putWhole holds the last chunk back, so a body that fails at its very end stores nothing either, even on
+   * a service that would not check the sha256.
    */
   private async putStreamed(key: string, body: Readable, options: PutOptions & { sha256: string; contentLength: number }): Promise<PutResult> {
     if (!/^[0-9a-f]{64}$/.test(options.sha256)) {
       throw new TargetError({ target: this.name, url: this.url, operation: 'put', key, detail: `"${options.sha256}" is not a sha256 in hex`, hint: 'the manifest the copy was made from' });
     }
-    const stop = new AbortController();
-    const { signal } = options;
-    const onAbort = () => stop.abort(signal!.reason);
-    if (signal?.aborted) onAbort();
-    signal?.addEventListener('abort', onAbort, { once: true });
-    let sourceFailed: unknown;
-    const guarded = new HoldLastChunk(options.contentLength);
-    // pipe() passes no errors on: a failing body must reach the request, which is then aborted.
-    body.once('error', (err) => guarded.destroy(err));
-    guarded.once('error', (err) => {
-      sourceFailed = err;
-      stop.abort(err);
-    });
-    body.pipe(guarded);
-    const command = new PutObjectCommand({
-      Bucket: this.spec.bucket, Key: this.objectKey(key), Body: guarded, ContentLength: options.contentLength,
-      ...(options.contentType ? { ContentType: options.contentType } : {}),
-      ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
-      ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
-    });
-    // Before signing: the signer takes a payload hash already present instead of computing one.
-    command.middlewareStack.add(
-      // eslint-disable-next-line @typescript-eslint/no-explicit-any
-      (next: any) => async (args: any) => {
-        (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = options.sha256;
-        return next(args);
-      },
-      { step: 'build', name: 'tcabPayloadSha256' },
-    );
-    try {
-      const out = await this.client.send(command, { abortSignal: stop.signal });
+    return putWhole(body, options.contentLength, options.signal, async (stream, abortSignal) => {
+      const command = new PutObjectCommand({
+        Bucket: this.spec.bucket, Key: this.objectKey(key), Body: stream, ContentLength: options.contentLength,
+        ...(options.contentType ? { ContentType: options.contentType } : {}),
+        ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
+        ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
+      });
+      // Before signing: the signer takes a payload hash already present instead of computing one.
+      command.middlewareStack.add(
+        // eslint-disable-next-line @typescript-eslint/no-explicit-any
+        (next: any) => async (args: any) => {
+          (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = options.sha256;
+          return next(args);
+        },
+        { step: 'build', name: 'tcabPayloadSha256' },
+      );
+      const out = await this.client.send(command, { abortSignal });
       return { etag: out.ETag ?? '', size: options.contentLength };
-    } catch (err) {
-      guarded.destroy();
-      body.destroy();
-      if (signal?.aborted) throw abortError(signal);
-      if (sourceFailed !== undefined) throw new SourceError(sourceFailed);
-      throw err;
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-    }
+    });
   }
 
   private multipart(key: string, options: PutOptions) {
@@ -503,33 +472,6 @@ export class S3Target implements Target {
       keyMarker = out.NextKeyMarker;
       uploadIdMarker = out.NextUploadIdMarker;
     }
-  }
-}
-
-/**
- * Passes a body through but for its last chunk, which goes only once the body has ended with exactly the
- * announced number of bytes. A body that fails, or is longer or shorter than announced, fails this stream
- * instead, and the request it feeds never carries the whole object.
- */
-class HoldLastChunk extends Transform {
-  private held: Buffer | undefined;
-  private bytes = 0;
-
-  constructor(private readonly expected: number) {
-    super();
-  }
-
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.bytes += chunk.length;
-    if (this.bytes > this.expected) return cb(new Error(`the body has more than the ${this.expected} bytes announced`));
-    const previous = this.held;
-    this.held = chunk;
-    cb(null, previous);
-  }
-
-  override _flush(cb: TransformCallback): void {
-    if (this.bytes !== this.expected) return cb(new Error(`the body ended after ${this.bytes} of the ${this.expected} bytes announced`));
-    cb(null, this.held);
   }
 }
 

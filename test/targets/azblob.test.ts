@@ -9,7 +9,7 @@ import { createLogger, type Fields } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl, type AzureBlobTargetSpec } from '../../src/targets/spec.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
-import { describeTargetConformance, failureOf, MiB, randomStream, readAll, sha256Of } from './conformance.js';
+import { bufferStream, describeTargetConformance, failureOf, MiB, randomStream, readAll, sha256Hex, sha256Of } from './conformance.js';
 
 const CONTAINER = 'tcab';
 let azurite: Azurite;
@@ -137,6 +137,33 @@ describe('azblob retries and held objects (Azurite behind a fault-injecting prox
     await t.put('big.bin', stream);
     expect((await sha256Of((await t.get('big.bin')).body)).sha256).toBe(sha256());
     expect(faults.seen.filter((s) => s.request.includes('comp=block&') || s.request.endsWith('comp=block'))).toHaveLength(4);
+  });
+
+  it('sends a stream of known sha256 as one Put Blob, and one of unknown sha256 in blocks', async () => {
+    faults.clear();
+    const t = openTarget(blobSpec({ connectionString: viaFaults() }), { tuning: { partSize: 5 * MiB } });
+    const data = randomBytes(9 * MiB);
+    await t.put('whole.bin', bufferStream(data), { contentLength: data.length, sha256: sha256Hex(data) });
+    const puts = () => faults.seen.filter((s) => s.request.startsWith('PUT')).map((s) => s.request.replace(/^PUT \/[^/]+\/[^/]+\/[^/]+\//, ''));
+    expect(puts()).toEqual(['whole.bin']);
+    expect((await sha256Of((await t.get('whole.bin')).body)).sha256).toBe(sha256Hex(data));
+
+    faults.clear();
+    await t.put('blocks.bin', bufferStream(data), { contentLength: data.length });
+    expect(puts().filter((p) => p.includes('comp=block&') || p.endsWith('comp=block'))).toHaveLength(2);
+    expect(puts().filter((p) => p.includes('comp=blocklist'))).toHaveLength(1);
+  });
+
+  it('does not retry a whole-body Put Blob that the connection cut: the caller sends it again', async () => {
+    faults.clear();
+    const t = openTarget(blobSpec({ connectionString: viaFaults() }), { retry: { baseDelayMs: 20 } });
+    faults.inject({ fault: 'reset', match: (m) => m === 'PUT' });
+    const data = randomBytes(2 * MiB);
+    const err = await failureOf(t.put('cut.bin', bufferStream(data), { contentLength: data.length, sha256: sha256Hex(data) }));
+    expect(err).toBeInstanceOf(TargetError);
+    expect(err.message).toContain('cut.bin');
+    expect(faults.seen.filter((s) => s.request.startsWith('PUT'))).toHaveLength(1);
+    await expect(t.head('cut.bin')).rejects.toBeInstanceOf(NotFoundError);
   });
 
   it('reports an object under an immutability policy or legal hold as held', async () => {
