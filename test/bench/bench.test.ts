@@ -101,10 +101,15 @@ describe('npm run bench (built)', () => {
     expect(ours.writer.inserts).toBeGreaterThan(0);
 
     const replication = report.cases[1]!;
-    expect(replication.checks.find((c) => c.measure.startsWith('every copy of ours'))).toMatchObject({ ok: true });
-    expect(replication.checks.find((c) => c.measure.startsWith('rclone copied every object'))).toMatchObject({ ok: true });
+    // Both ways: Azurite -> s3rver, and back from copies on s3rver to Azurite.
+    for (const direction of ['Azurite -> s3rver', 's3rver -> Azurite']) {
+      expect(replication.checks.find((c) => c.measure === `${direction}: every copy of ours has its manifest and matches its sha256`), direction).toMatchObject({ ok: true });
+      expect(replication.checks.find((c) => c.measure === `${direction}: rclone copied every object`), direction).toMatchObject({ ok: true });
+      expect(replication.details.directions[direction].samples.ours[0].copied, direction).toBe(2);
+      expect(replication.details.directions[direction].samples.rclone[0].count, direction).toBe(4);
+    }
+    expect(replication.checks.find((c) => c.measure.startsWith('replicate there and back'))).toBeDefined();
     expect(replication.details.snapshots).toHaveLength(2);
-    expect(replication.details.samples.ours[0].copied).toBe(2);
     expect(report.cases[2]!.checks[1]).toMatchObject({ ok: true });
 
     // Exit status and failure lines follow the checks: one line per missed target, saying by how much.
