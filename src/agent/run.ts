@@ -16,6 +16,7 @@ import { chooseCompression, detectCompressions } from './compression.js';
 import { answerClientError } from './http.js';
 import { createAgentHandler } from './server.js';
 import { Snapshotter } from './snapshotter.js';
+import { prepareSqliteWorker } from './sqlite-worker.js';
 import { Staging, statfsFreeBytes, type FreeBytes } from './staging.js';
 import { agentVersion } from './status.js';
 
@@ -30,6 +31,11 @@ export interface StartAgentOptions {
 export interface RunningAgent {
   /** Base URL the agent answers on, e.g. http://127.0.0.1:8787 (the real port when config.port was 0). */
   url: string;
+  /**
+   * Resolves once no snapshot is being made and the plain files of answered ones are gone (they are removed
+   * just after the answer, which does not wait for it): staging then holds only artifacts.
+   */
+  idle(): Promise<void>;
   /** Stops listening, cuts open connections, waits for a snapshot in progress, and empties staging. */
   close(): Promise<void>;
 }
@@ -107,6 +113,8 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   server.requestTimeout = 30_000;
   server.on('clientError', answerClientError);
   await listen(server, config.host, config.port);
+  // The first snapshot then does not wait for a SQLite thread to start.
+  prepareSqliteWorker();
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   const host = config.host.includes(':') ? `[${config.host}]` : config.host;
@@ -128,6 +136,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   let closing: Promise<void> | undefined;
   return {
     url,
+    idle: () => snapshotter.idle(),
     close: () => {
       closing ??= (async () => {
         clearInterval(sweeper);

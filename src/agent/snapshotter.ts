@@ -13,7 +13,7 @@ import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { createCompressor, zstdFileCompressor, type CompressionSupport } from './compression.js';
 import type { Compression, SnapshotDescription } from './protocol.js';
-import { runSqliteTask, SqliteTaskError, type SnapshotFacts, type Vacuumed } from './sqlite-worker.js';
+import { prepareSqliteWorker, runSqliteTask, SqliteTaskError, type SnapshotFacts, type Vacuumed } from './sqlite-worker.js';
 import type { FreeBytes, Staging } from './staging.js';
 
 /** Free staging space needed, as a multiple of the database size (plain snapshot plus its compressed form). */
@@ -78,6 +78,8 @@ export class Snapshotter {
   private readonly options: SnapshotterOptions;
   private running: { startedMs: number; settled: Promise<void> } | undefined;
   private lastDurationMs: number | undefined;
+  /** Removals of plain work files still running after their snapshot was answered. */
+  private readonly cleanups = new Set<Promise<void>>();
 
   constructor(options: SnapshotterOptions) {
     this.options = options;
@@ -90,6 +92,7 @@ export class Snapshotter {
   /** Resolves when no snapshot is being made (used on shutdown so no work file is left half-written). */
   async idle(): Promise<void> {
     await this.running?.settled;
+    await Promise.all(this.cleanups);
   }
 
   /**
@@ -125,12 +128,18 @@ export class Snapshotter {
       throw new SnapshotFailedError('open', (err as NodeJS.ErrnoException).code, err);
     }
     const needed = Math.ceil(dbBytes * STAGING_HEADROOM);
-    const free = await this.options.freeBytes(staging.dir);
+    let free = await this.options.freeBytes(staging.dir);
+    if (free < needed && this.cleanups.size > 0) {
+      // The last snapshot's plain file may still be going: its space counts once it has gone.
+      await Promise.all(this.cleanups);
+      free = await this.options.freeBytes(staging.dir);
+    }
     if (free < needed) throw new InsufficientStagingError(free, needed);
 
     const workPath = staging.newWorkPath();
     let artifactPath: string | undefined;
     let sqlite: Promise<SnapshotFacts> | undefined;
+    let answered = false;
     try {
       let onVacuumed!: (v: Vacuumed) => void;
       const vacuumed = new Promise<Vacuumed>((resolve) => { onVacuumed = resolve; });
@@ -181,17 +190,37 @@ export class Snapshotter {
         snapshot: id, integrity: facts.integrity, bytes: digests.plain.bytes, artifactBytes: digests.artifact.bytes,
         compression, ...description.timings,
       });
+      answered = true;
       return description;
     } catch (err) {
       if (artifactPath) await rm(`${artifactPath}.partial`, { force: true });
       if (artifactPath && compression === 'none') await rm(artifactPath, { force: true });
       throw err;
     } finally {
-      // The worker may still be reading the file when the compression failed: let it finish first.
-      await sqlite?.catch(() => undefined);
-      await rm(workPath, { force: true });
-      await rm(`${workPath}-journal`, { force: true });
+      const cleanup = (async () => {
+        // The worker may still be reading the file when the compression failed: let it finish first.
+        await sqlite?.catch(() => undefined);
+        await rm(workPath, { force: true });
+        await rm(`${workPath}-journal`, { force: true });
+      })();
+      if (answered) {
+        // Removing a plain file of 100 MB takes about 30 ms: the answer need not wait for it.
+        this.track(cleanup);
+      } else {
+        await cleanup;
+        prepareSqliteWorker();
+      }
     }
+  }
+
+  private track(cleanup: Promise<void>): void {
+    const tracked = cleanup.then(
+      () => prepareSqliteWorker(),
+      (err: unknown) => {
+        this.options.logger.warn('snapshot.cleanup_failed', { error: (err as Error)?.message ?? String(err), note: 'the staging TTL removes what is left' });
+      },
+    ).finally(() => this.cleanups.delete(tracked));
+    this.cleanups.add(tracked);
   }
 
   /**

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { CompressionSupport } from './compression.js';
 import type { AgentStatus } from './protocol.js';
 import { databaseBytes } from './snapshotter.js';
-import { runSqliteTask } from './sqlite-worker.js';
+import { prepareSqliteWorker, runSqliteTask } from './sqlite-worker.js';
 import type { FreeBytes, Staging } from './staging.js';
 
 export interface StatusSources {
@@ -21,7 +21,7 @@ export interface StatusSources {
 }
 
 export async function readStatus(s: StatusSources): Promise<AgentStatus> {
-  const [bytes, facts, freeBytes] = await Promise.all([databaseBytes(s.dbPath), runSqliteTask({ kind: 'status', dbPath: s.dbPath }), s.freeBytes(s.staging.dir)]);
+  const [bytes, facts, freeBytes] = await Promise.all([databaseBytes(s.dbPath), runSqliteTask({ kind: 'status', dbPath: s.dbPath }).finally(() => setImmediate(prepareSqliteWorker)), s.freeBytes(s.staging.dir)]);
   return {
     database: {
       name: s.databaseName,

@@ -81,7 +81,8 @@ describe('POST /v1/snapshots then GET: a restorable, verified snapshot', () => {
       else expect(desc.artifact.bytes).toBeLessThan(desc.snapshot.bytes / 2);
       expect(Object.keys(desc.timings).sort()).toEqual(['checkMs', 'compressMs', 'vacuumMs']);
 
-      // Only the artifact stays in staging: the plain file and work files are gone.
+      // Only the artifact stays in staging: the plain file and work files are gone (just after the answer).
+      await agent.idle();
       const ext = { gzip: '.gz', zstd: '.zst', none: '' }[compression];
       expect(await readdir(join(work.dir, 'staging'))).toContain(`${desc.id}.sqlite${ext}`);
       expect((await readdir(join(work.dir, 'staging'))).filter((n) => n.startsWith('work-') || n.endsWith('.partial'))).toEqual([]);
