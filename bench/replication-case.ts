@@ -88,7 +88,7 @@ interface Direction {
 }
 
 async function runRclone(direction: Direction, prefix: string, env: NodeJS.ProcessEnv): Promise<Run> {
-  // --fast-list: one recursive listing, as ours makes (s3rver answers listings by folder incompletely).
+  // --fast-list: one recursive listing, as ours makes; without it rclone found nothing to copy from s3rver.
   const f = await runWatched('rclone', ['copy', direction.rcloneSource, `${direction.rcloneDestination(prefix)}/snapshots`, '--transfers', String(TRANSFERS), '--fast-list', ...direction.rcloneFlags], { env });
   if (f.code !== 0) throw new TcabError(`rclone copy ${describeExit(f)}: ${f.stderrTail}`, { hint: 'the emulators, and rclone\'s message above', code: 'BENCH_RCLONE_FAILED' });
   return { wallMs: f.wallMs, memory: f.memory, ...size(direction.rcloneDestination(prefix), env) };
