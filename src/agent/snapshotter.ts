@@ -89,7 +89,10 @@ export class Snapshotter {
     return this.running !== undefined;
   }
 
-  /** Resolves when no snapshot is being made (used on shutdown so no work file is left half-written). */
+  /**
+   * Resolves when no snapshot is being made and the plain files of answered ones are removed (used on
+   * shutdown, so no work file is left half-written or behind).
+   */
   async idle(): Promise<void> {
     await this.running?.settled;
     await Promise.all(this.cleanups);
@@ -203,24 +206,23 @@ export class Snapshotter {
         await rm(workPath, { force: true });
         await rm(`${workPath}-journal`, { force: true });
       })();
-      if (answered) {
-        // Removing a plain file of 100 MB takes about 30 ms: the answer need not wait for it.
-        this.track(cleanup);
-      } else {
-        await cleanup;
-        prepareSqliteWorker();
-      }
+      // Removing a plain file of 100 MB takes about 30 ms: an answer need not wait for it; a failure does,
+      // so that the error it reports is the last thing the snapshot did.
+      const tracked = this.track(cleanup);
+      if (!answered) await tracked;
     }
   }
 
-  private track(cleanup: Promise<void>): void {
-    const tracked = cleanup.then(
+  /** Runs the removal of a work file to its end, logging (not throwing) a failure, and then starts a spare SQLite thread. */
+  private track(cleanup: Promise<void>): Promise<void> {
+    const tracked: Promise<void> = cleanup.then(
       () => prepareSqliteWorker(),
       (err: unknown) => {
-        this.options.logger.warn('snapshot.cleanup_failed', { error: (err as Error)?.message ?? String(err), note: 'the staging TTL removes what is left' });
+        this.options.logger.warn('snapshot.cleanup_failed', { error: errorMessage(err), note: 'the agent removes leftover work files from staging when it next starts' });
       },
     ).finally(() => this.cleanups.delete(tracked));
     this.cleanups.add(tracked);
+    return tracked;
   }
 
   /**

@@ -224,7 +224,7 @@ function takeWorker(): Worker {
 export function runSqliteTask(task: SnapshotTask, hooks?: TaskHooks): Promise<SnapshotFacts>;
 export function runSqliteTask(task: StatusTask): Promise<StatusFacts>;
 export function runSqliteTask(task: SnapshotTask | StatusTask, hooks: TaskHooks = {}): Promise<SnapshotFacts | StatusFacts> {
-  const done = new Promise<SnapshotFacts | StatusFacts>((resolve, reject) => {
+  return new Promise<SnapshotFacts | StatusFacts>((resolve, reject) => {
     let replied = false;
     const worker = takeWorker();
     worker.postMessage(task);
@@ -245,5 +245,4 @@ export function runSqliteTask(task: SnapshotTask | StatusTask, hooks: TaskHooks 
       if (!replied) reject(new SqliteTaskError(`the SQLite worker exited with code ${code} without an answer`, 'worker', undefined));
     });
   });
-  return done;
 }

@@ -19,7 +19,7 @@ import {
   abortError, checkKey, checkPutCondition, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
   scrub, sourceFailure, SourceError, type TargetIdentity,
 } from './failure.js';
-import { putInParts, putWhole, SINGLE_REQUEST_MAX_BYTES } from './parts.js';
+import { putInParts, putWhole, wholeBodyLength } from './parts.js';
 import { retrying, type RetryOptions } from './retry.js';
 import type { AzureBlobTargetSpec } from './spec.js';
 import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
@@ -169,10 +169,8 @@ export class AzureBlobTarget implements Target {
     const { signal } = options;
     try {
       if (Buffer.isBuffer(body)) return await this.putBlob(key, body, options);
-      const { contentLength } = options;
-      if (options.sha256 !== undefined && contentLength !== undefined && contentLength <= (this.options.singlePutMaxBytes ?? SINGLE_REQUEST_MAX_BYTES)) {
-        return await this.putStreamed(key, body, { ...options, contentLength });
-      }
+      const whole = wholeBodyLength(options, this.options.singlePutMaxBytes);
+      if (whole !== undefined) return await this.putStreamed(key, body, { ...options, contentLength: whole });
       return await putInParts(body, this.blocks(key, options), {
         partSize: chooseBlockSize(this.blockSize, options.contentLength),
         concurrency: this.concurrency,

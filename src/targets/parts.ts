@@ -1,5 +1,6 @@
 /**
- * Streams a body to a backend in fixed-size parts (S3 multipart parts, Blob blocks) with bounded memory:
+ * How streamed bodies reach a backend. putWhole sends one of known sha256 and length in a single request.
+ * putInParts streams any other body in fixed-size parts (S3 multipart parts, Blob blocks) with bounded memory:
  * at most `concurrency` parts in flight plus the one being filled. Every part is sent as a Buffer with a
  * known length, so no backend ever needs chunked transfer encoding, and each part can be retried on its
  * own. A body that fits in one part is sent in a single request instead.
@@ -108,6 +109,15 @@ export async function putInParts<R>(body: Readable, sink: PartSink<R>, options: 
  * up to 5,000 MiB in one Put Blob.
  */
 export const SINGLE_REQUEST_MAX_BYTES = 1024 * 1024 * 1024;
+
+/**
+ * The length of a stream to send whole with putWhole: its sha256 and length are known and it is at most
+ * `max` bytes (SINGLE_REQUEST_MAX_BYTES unless a target was tuned); undefined when it goes in parts.
+ */
+export function wholeBodyLength(options: { sha256?: string; contentLength?: number }, max = SINGLE_REQUEST_MAX_BYTES): number | undefined {
+  const { sha256, contentLength } = options;
+  return sha256 !== undefined && contentLength !== undefined && contentLength <= max ? contentLength : undefined;
+}
 
 /**
  * Sends `body` (exactly `contentLength` bytes) as the streamed body of one request made by `send`. The last

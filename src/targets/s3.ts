@@ -23,7 +23,7 @@ import {
   abortError, checkKey, checkPutCondition, compareKeys, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
   scrub, sourceFailure, SourceError, type TargetIdentity,
 } from './failure.js';
-import { putInParts, putWhole, SINGLE_REQUEST_MAX_BYTES } from './parts.js';
+import { putInParts, putWhole, wholeBodyLength } from './parts.js';
 import { retrying, type RetryOptions } from './retry.js';
 import type { S3TargetSpec } from './spec.js';
 import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
@@ -185,10 +185,8 @@ export class S3Target implements Target {
     const { signal } = options;
     try {
       if (Buffer.isBuffer(body)) return await this.putObject(key, body, options);
-      const { sha256, contentLength } = options;
-      if (sha256 !== undefined && contentLength !== undefined && contentLength <= (this.options.singlePutMaxBytes ?? SINGLE_REQUEST_MAX_BYTES)) {
-        return await this.putStreamed(key, body, { ...options, sha256, contentLength });
-      }
+      const whole = wholeBodyLength(options, this.options.singlePutMaxBytes);
+      if (whole !== undefined) return await this.putStreamed(key, body, { ...options, sha256: options.sha256!, contentLength: whole });
       return await putInParts(body, this.multipart(key, options), {
         // Each upload holds `concurrency + 1` parts in memory: the smallest part R2 and S3 accept keeps
         // that least, and a known length lets choosePartSize grow it should the object need more parts.
