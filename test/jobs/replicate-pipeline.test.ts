@@ -15,7 +15,6 @@ import {
 } from '../support/stored-snapshots.js';
 
 const MiB = 1024 * 1024;
-/** How long the destination takes to complete each multipart upload: long enough to show what overlaps it. */
 /** Upper bound on how long a completion is held; a pipelined copier releases it much sooner. */
 const COMPLETE_MS = 5000;
 const completedIds = new Set<string>();
@@ -84,7 +83,7 @@ async function slowCompletingDestination(singlePutMaxBytes: number | undefined):
 }
 
 async function hold(path: string): Promise<void> {
-      note('complete-start', path);
+  note('complete-start', path);
   // Hold the completion until another snapshot's read has started (a pipelined copier starts it while
   // this one completes), or give up after COMPLETE_MS: a copier that waits for completion before
   // reading the next snapshot then shows up as a read after this completion.
