@@ -33,7 +33,7 @@ export const USAGE = `Usage: npm run bench -- [options]
   --samples N           pairs of runs, the standard tool's and ours, per comparison (default 3)
   --retention-runs N    runs of the retention planner (default 15)
   --replicate-snapshots N
-                        snapshots copied per replication run (default 4)
+                        snapshots copied per replication run, of mixed sizes (default 6)
   --case NAME[,NAME]    run only these cases (default: all)
   --keep                keep the work folder and print where it is
   --json                one JSON document on stdout (progress still goes to stderr)
@@ -101,7 +101,7 @@ export function parseBenchArgs(argv: string[], knownCases: readonly string[]): B
     seed: values.seed === undefined ? 1 : positiveInteger('seed', values.seed, 1),
     samples: positiveInteger('samples', values.samples, 3),
     retentionRuns: positiveInteger('retention-runs', values['retention-runs'], 15),
-    replicateSnapshots: positiveInteger('replicate-snapshots', values['replicate-snapshots'], 4),
+    replicateSnapshots: positiveInteger('replicate-snapshots', values['replicate-snapshots'], 6),
     cases,
     keep: Boolean(values.keep),
     json: Boolean(values.json),

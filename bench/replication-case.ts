@@ -184,7 +184,8 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   const total = source.snapshots.reduce((b, s) => b + s.artifactBytes, 0);
   const checks: Check[] = [];
   const notes: string[] = [
-    `${n} snapshots of the ${formatMb(db.facts.bytes)} sample database (${formatMb(total)} of artifacts, ${sourceSize.count} objects with manifests), made by the real agent and snapshot job, on Azurite; ` +
+    `${n} snapshots of the ${formatMb(db.facts.bytes)} sample database, cut down between them (artifacts of ${source.snapshots.map((s) => formatMb(s.artifactBytes)).join(', ')}: ` +
+      `${formatMb(total)} in ${sourceSize.count} objects with manifests), made by the real agent and snapshot job, on Azurite; ` +
       'copied to an empty prefix on s3rver each run, and back from copies on s3rver to an empty folder on Azurite',
     `ours: node dist/src/cli/main.js replicate --json (${TRANSFERS} copies in flight; to the r2:// target one PutObject per copy signed with the manifest's sha256, ` +
       `to Blob one Put Blob per copy; sha256 checked against the manifest as bytes pass, manifest written after the data, then the data looked at again)`,

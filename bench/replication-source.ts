@@ -1,6 +1,6 @@
 /**
  * What the replication case copies: Azurite (standing in for Blob) holding real snapshots of the sample
- * database, made by the real agent and snapshot job, and an empty s3rver standing in for R2, reached as an
+ * database, of mixed sizes (the database is cut down between them), made by the real agent and snapshot job, and an empty s3rver standing in for R2, reached as an
  * r2:// target so that our R2 settings (two uploads in flight, no default checksums) are what is measured;
  * and the way back, from copies on s3rver to an empty folder on Azurite. Both emulators are child processes on 127.0.0.1 with random ports; `stop` ends them and removes
  * their data.
@@ -8,6 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { BlobServiceClient } from '@azure/storage-blob';
+import Database from 'better-sqlite3';
 import { AgentClient } from '../src/agent/client.js';
 import { startAgent } from '../src/agent/run.js';
 import { loadTargetsConfig, type Env } from '../src/config.js';
@@ -23,6 +24,39 @@ export const DESTINATION = 'r2';
 const R2_ACCOUNT = '0123456789abcdef0123456789abcdef';
 export const CONTAINER = 'tcab';
 export const BUCKET = 'tcab';
+
+/**
+ * Sizes mixed: snapshot i of n is taken of the database cut down to this share of its runs (1 for the first,
+ * 0.2 for the last, evenly between), so n = 6 snapshots of a database add up to about 3.6 of its snapshots.
+ */
+export function keptShare(i: number, n: number): number {
+  return n <= 1 ? 1 : 1 - (0.8 * (i - 1)) / (n - 1);
+}
+
+/** The ids of the sample's runs, before any is deleted. */
+function runIds(dbPath: string): { first: number; last: number } {
+  const db = new Database(dbPath, { fileMustExist: true, readonly: true });
+  try {
+    return db.prepare('SELECT min(id) AS first, max(id) AS last FROM runs').get() as { first: number; last: number };
+  } finally {
+    db.close();
+  }
+}
+
+/** Deletes the newest runs (and their reviews) of the working copy so that `share` of the sample's `ids` remain. */
+function keepShare(dbPath: string, share: number, ids: { first: number; last: number }): void {
+  const db = new Database(dbPath, { fileMustExist: true });
+  try {
+    db.pragma('busy_timeout = 10000');
+    const cutoff = Math.floor(ids.first + (ids.last - ids.first + 1) * share);
+    db.transaction(() => {
+      db.prepare('DELETE FROM reviews WHERE run_id >= ?').run(cutoff);
+      db.prepare('DELETE FROM runs WHERE id >= ?').run(cutoff);
+    })();
+  } finally {
+    db.close();
+  }
+}
 
 export interface ReplicationSource {
   azurite: Azurite;
@@ -87,7 +121,9 @@ export async function prepareReplicationSource(
     const client = new AgentClient({ url: agent.url, keyId: 'bench', key });
     const source = openAll('unused').find((t) => t.name === SOURCE)!;
     const snapshots: ReplicationSource['snapshots'] = [];
+    const ids = runIds(options.dbPath);
     for (let i = 1; i <= options.snapshots; i++) {
+      if (i > 1) keepShare(options.dbPath, keptShare(i, options.snapshots), ids);
       const made = await runSnapshot({ agent: client, targets: [source], database: 'tcab' }, { trigger: { kind: 'cli', reason: 'benchmark source' } });
       const m = made.manifest;
       snapshots.push({ id: m.id, artifactBytes: m.artifact.bytes, sha256: m.artifact.sha256, key: m.key });

@@ -24,6 +24,7 @@ describe('bench options', () => {
     expect(defaults).toMatchObject({ sizeBytes: 1e9, sizeLabel: '1GB', seed: 1, samples: 3, keep: false, json: false, cases: undefined });
     expect(parseBenchArgs(['--size', '100MB', '--samples', '5', '--case', 'retention,snapshot', '--json', '--keep', '--replicate-snapshots', '2'], CASES))
       .toMatchObject({ sizeBytes: 100e6, samples: 5, cases: ['retention', 'snapshot'], json: true, keep: true, replicateSnapshots: 2 });
+    expect(parseBenchArgs([], CASES)).toMatchObject({ replicateSnapshots: 6 });
     expect(parseBenchArgs(['--help'], CASES)).toBeUndefined();
   });
 
@@ -110,6 +111,9 @@ describe('npm run bench (built)', () => {
     }
     expect(replication.checks.find((c) => c.measure.startsWith('replicate there and back'))).toBeDefined();
     expect(replication.details.snapshots).toHaveLength(2);
+    // Sizes mixed: the second snapshot is of the database cut down to a fifth of its runs.
+    const [big, small] = replication.details.snapshots as Array<{ artifactBytes: number }>;
+    expect(small!.artifactBytes).toBeLessThan(big!.artifactBytes * 0.4);
     expect(report.cases[2]!.checks[1]).toMatchObject({ ok: true });
 
     // Exit status and failure lines follow the checks: one line per missed target, saying by how much.
