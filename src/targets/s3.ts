@@ -158,9 +158,13 @@ export class S3Target implements Target {
     if (code === 'InvalidRange' || status === 416) {
       return this.targetError(operation, key, err, status, 'INVALID_RANGE', false, 'the requested range against the object size');
     }
-    const transient = isTransientStatus(status) || code === 'SlowDown';
+    // The service received other bytes than the sha256 they were sent with: changed on the way (a proxy
+    // rewriting bodies, a faulty network card). Sending them again from the source may well succeed.
+    const garbled = code === 'XAmzContentSHA256Mismatch' || code === 'BadDigest';
+    const transient = isTransientStatus(status) || code === 'SlowDown' || garbled;
     const hint =
-      status === 401 || status === 403 ? hintFor('auth', this.where())
+      garbled ? `what lies between here and ${this.where()} (a proxy that rewrites request bodies?): the service received other bytes than were sent and stored nothing; they are sent again (a part on its own, a whole copy from its source)`
+      : status === 401 || status === 403 ? hintFor('auth', this.where())
       : status === 429 || code === 'SlowDown' ? hintFor('throttled', this.where())
       : status === 501 ? `that the server supports this operation (${code ?? 'NotImplemented'})`
       : status !== undefined && status >= 500 ? hintFor('server', this.where())

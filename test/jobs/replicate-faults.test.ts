@@ -4,12 +4,18 @@
  * through the retries or fails cleanly, naming what failed; after every one, no invalid snapshot is
  * visible and no good snapshot is gone.
  */
+import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate.js';
+import { createLogger, type Fields } from '../../src/log.js';
+import { openTarget } from '../../src/targets/index.js';
+import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
+import { startForwardingProxy, type ForwardingProxy } from '../support/http-proxy.js';
+import { startR2Proxy, type R2Proxy } from '../support/r2-proxy.js';
 import {
-  DATABASE, HOUR, blobTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, storeSnapshot, testWorld, type TestSnapshot,
+  BUCKET, DATABASE, HOUR, blobTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, storeSnapshot, testWorld, type TestSnapshot,
 } from '../support/stored-snapshots.js';
 
 const world = testWorld();
@@ -129,6 +135,72 @@ describe.each(KINDS)('replicate through faults in front of $kind', ({ upstream, 
 
     await runReplicate({ targets: [local, cloud], database: DATABASE }, FAST);
     expect(await idsOn(cloud)).toEqual(ids);
+    expect(await invalidSnapshots([local, cloud])).toEqual([]);
+  });
+});
+
+describe('replicate to R2 when bytes change on the way', () => {
+  let r2: R2Proxy;
+  let garbler: ForwardingProxy;
+  let garble = 0;
+  beforeAll(async () => {
+    r2 = await startR2Proxy({ upstream: world.clouds.s3.endpoint, accessKeyId: world.clouds.s3.accessKeyId, secretAccessKey: world.clouds.s3.secretAccessKey });
+    // Between us and "R2": flips one bit in the middle of the next `garble` artifact uploads, keeping the
+    // length and the headers (and so the signature and the x-amz-content-sha256 it promises).
+    const upstream = new URL(r2.endpoint);
+    garbler = await startForwardingProxy(r2.endpoint, async (x) => {
+      if (!(x.req.method === 'PUT' && /\.sqlite[^/]*$/.test(x.url.pathname) && garble > 0)) return x.forward();
+      garble--;
+      const middle = Math.floor(Number(x.req.headers['content-length']) / 2);
+      let seen = 0;
+      const out = httpRequest({ host: upstream.hostname, port: upstream.port, method: 'PUT', path: x.req.url, headers: x.req.headers, agent: false });
+      await new Promise<void>((resolve) => {
+        out.on('response', (answer) => {
+          x.res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(x.res);
+          answer.on('end', resolve);
+        });
+        out.on('error', () => {
+          x.res.destroy();
+          resolve();
+        });
+        x.req.on('data', (chunk: Buffer) => {
+          if (seen <= middle && middle < seen + chunk.length) chunk[middle - seen]! ^= 0x01;
+          seen += chunk.length;
+          out.write(chunk);
+        });
+        x.req.on('end', () => out.end());
+      });
+    });
+  });
+  afterAll(async () => {
+    await garbler?.stop();
+    await r2?.stop();
+  });
+
+  it('R2 refuses the changed bytes, stores nothing of them, and the copy is sent again from the source', async () => {
+    const local = await folder('local');
+    const spec = parseTargetUrl('r2', `s3://${BUCKET}/garbled-${Date.now()}?endpoint=${garbler.endpoint}`, {
+      accessKeyId: world.clouds.s3.accessKeyId, secretAccessKey: world.clouds.s3.secretAccessKey,
+    });
+    const cloud = openTarget(spec, { retry: FAST.retry });
+    const big = makeSnapshot({ time: new Date(Date.now() - HOUR), bytes: 3 * 1024 * 1024 + 5 });
+    await storeSnapshot(local, big);
+    garble = 1;
+    r2.resetCounters();
+
+    const events: Fields[] = [];
+    const logger = createLogger({ level: 'debug', sink: (_l, _line, record) => events.push(record) });
+    const result = await runReplicate({ targets: [local, cloud], database: DATABASE, logger }, FAST);
+
+    expect(garble).toBe(0);
+    const retry = events.find((e) => e.event === 'replicate.copy_retry');
+    expect(retry?.error).toMatch(/XAmzContentSHA256Mismatch/);
+    const artifactPuts = r2.requests.filter((r) => r.method === 'PUT' && /\.sqlite/.test(r.path));
+    expect(artifactPuts).toHaveLength(2);
+    expect(artifactPuts.every((p) => p.headers['x-amz-content-sha256'] === big.manifest.artifact.sha256)).toBe(true);
+    expect(result.targets.find((t) => t.target === 'r2')!.copied.map((c) => c.id)).toEqual([big.manifest.id]);
+    expect(await idsOn(cloud)).toEqual([big.manifest.id]);
     expect(await invalidSnapshots([local, cloud])).toEqual([]);
   });
 });

@@ -110,6 +110,8 @@ describe('r2 target', () => {
     expect(err).toBeInstanceOf(TargetError);
     expect(err.message).toContain('XAmzContentSHA256Mismatch');
     expect(err.message).toContain('two.bin');
+    expect(err.message).toContain('received other bytes than were sent and stored nothing');
+    expect((err as TargetError).transient).toBe(true);
     await expect(t.head('two.bin')).rejects.toBeInstanceOf(NotFoundError);
     expect(r2.violations).toEqual([]);
   });
