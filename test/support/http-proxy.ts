@@ -95,10 +95,7 @@ export async function startForwardingProxy(upstream: string, handle: (x: Exchang
             }
             refused = true;
             out.destroy();
-            const body = `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>XAmzContentSHA256Mismatch</Code><Message>The provided 'x-amz-content-sha256' header does not match what was computed.</Message></Error>`;
-            res.writeHead(400, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
-            res.end(body);
-            resolve();
+            void exchange.reply(400, 'XAmzContentSHA256Mismatch', "The provided 'x-amz-content-sha256' header does not match what was computed.").then(resolve, resolve);
           });
         }),
       reply: async (status, code, message, headers = {}) => {
