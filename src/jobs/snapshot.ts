@@ -6,7 +6,7 @@
  * A target that fails does not stop the others; the job then throws naming every failed target, after the
  * healthy targets have their snapshot. Nothing is half-visible: data without a manifest is not a snapshot.
  */
-import { PassThrough } from 'node:stream';
+import { PassThrough, pipeline } from 'node:stream';
 import type { Compression, SnapshotDescription } from '../agent/protocol.js';
 import { artifactKey } from '../catalog/layout.js';
 import { MANIFEST_FORMAT_VERSION, PIN_TAG, type Manifest, type Trigger } from '../catalog/manifest.js';
@@ -178,24 +178,31 @@ async function uploadToAll(
       (r) => {
         outcomes[i]!.bytes = r.size;
         outcomes[i]!.uploadMs = Date.now() - t0;
+        // A put that returns before reading its body to the end would hold the other targets back for good.
+        if (!pipes[i]!.readableEnded) pipes[i]!.destroy(new Error(`target "${target.name}" said the upload was stored before it had read all of it`));
       },
       (e: unknown) => {
-        outcomes[i]!.error ??= `upload failed: ${errorMessage(e)}`;
-        pipes[i]!.destroy();
+        // The target's own error says more than the fan-out's view of its stream stopping.
+        outcomes[i]!.error = `upload failed: ${errorMessage(e)}`;
+        pipes[i]!.destroy(e instanceof Error ? e : new Error(String(e)));
       },
     ),
   );
-  const source = download.body.pipe(hasher);
-  download.body.on('error', (e) => hasher.destroy(e));
+  // Whichever side stops first, the other is stopped too: a download nobody reads any more is closed, and
+  // one that closes early fails the copy instead of leaving it waiting for an end that never comes.
+  const source = pipeline(download.body, hasher, () => undefined);
   try {
     await fanOut(source, pipes, (i, err) => {
       outcomes[i]!.error ??= `upload failed: ${errorMessage(err)}`;
       log.warn('snapshot.target_upload_failed', { target: targets[i]!.name, id: desc.id, error: errorMessage(err) });
-    }, () => {
-      if (hasher.bytes !== desc.artifact.bytes || hasher.digest() !== desc.artifact.sha256) {
-        return new IntegrityError(`downloaded ${hasher.bytes} bytes with sha256 ${hasher.digest()}, the agent promised ${desc.artifact.bytes} bytes with ${desc.artifact.sha256}`);
-      }
-      return undefined;
+    }, {
+      beforeEnd: () => {
+        if (hasher.bytes !== desc.artifact.bytes || hasher.digest() !== desc.artifact.sha256) {
+          return new IntegrityError(`downloaded ${hasher.bytes} bytes with sha256 ${hasher.digest()}, the agent promised ${desc.artifact.bytes} bytes with ${desc.artifact.sha256}`);
+        }
+        return undefined;
+      },
+      ...(signal ? { signal } : {}),
     });
   } finally {
     await Promise.all(puts);

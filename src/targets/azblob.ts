@@ -16,7 +16,7 @@ import { BlobServiceClient, type BlobRequestConditions, type ContainerClient, ty
 import { isAbortError, NotFoundError, ObjectHeldError, PreconditionFailedError, TargetError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  abortError, checkKey, checkPutCondition, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
+  abandonBody, abortError, checkKey, checkPutCondition, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
   scrub, sourceFailure, SourceError, type TargetIdentity,
 } from './failure.js';
 import { putInParts, putWhole, wholeBodyLength } from './parts.js';
@@ -177,8 +177,10 @@ export class AzureBlobTarget implements Target {
         ...(signal ? { signal } : {}),
       });
     } catch (err) {
-      if (signal?.aborted) throw abortError(signal);
-      throw this.fail('put', key, err, Boolean(options.ifMatch || options.ifNoneMatch));
+      const failure = signal?.aborted ? abortError(signal) : this.fail('put', key, err, Boolean(options.ifMatch || options.ifNoneMatch));
+      // A failure before the body was read (a refused condition, a bad sha256) must not leave it waiting.
+      if (!Buffer.isBuffer(body)) abandonBody(body, failure);
+      throw failure;
     }
   }
 

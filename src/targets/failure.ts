@@ -151,6 +151,19 @@ export function abortError(signal: AbortSignal | undefined): Error {
 }
 
 /**
+ * Stops a put's body that the put will not read to its end, destroying it with the reason. Whoever feeds it
+ * (a snapshot writing one download into several targets) learns at once that this target stopped and why;
+ * a body destroyed without a reason looks, to its writer, like one that merely has no room yet. The put's
+ * own rejection is what its caller acts on, so the body's error must not become an uncaught exception:
+ * a listener is added for it.
+ */
+export function abandonBody(body: Readable, reason: unknown): void {
+  if (body.destroyed) return;
+  body.on('error', () => undefined);
+  body.destroy(reason instanceof Error ? reason : new Error(String(reason)));
+}
+
+/**
  * The chunks of a put's body as Buffers. A failure to read is the source's, not the backend's: it comes out
  * as SourceError (or the abort), so the error's hint points at the agent or the copy source.
  */

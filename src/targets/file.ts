@@ -14,7 +14,7 @@ import { addAbortSignal, Readable } from 'node:stream';
 import { isAbortError, NotFoundError, PreconditionFailedError, TargetError } from '../errors.js';
 import type { FileTargetSpec } from './spec.js';
 import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
-import { abortError, bodyChunks, checkKey, compareKeys, sourceFailure, SourceError, type TargetIdentity } from './failure.js';
+import { abandonBody, abortError, bodyChunks, checkKey, compareKeys, sourceFailure, SourceError, type TargetIdentity } from './failure.js';
 import { sleep } from './retry.js';
 
 const INTERNAL_PREFIX = '.tcab-';
@@ -110,11 +110,11 @@ export class FileTarget implements Target {
       if (this.fsync) await syncFolder(dir);
       return { etag: etagOf(written), size: Number(written.size) };
     } catch (err) {
-      source.destroy();
+      const failure = signal?.aborted ? abortError(signal) : this.fail('put', key, err);
+      abandonBody(source, failure);
       await handle?.close().catch(() => {});
       await rm(temp, { force: true }).catch(() => {});
-      if (signal?.aborted) throw abortError(signal);
-      throw this.fail('put', key, err);
+      throw failure;
     }
   }
 

@@ -6,7 +6,7 @@
  * own. A body that fits in one part is sent in a single request instead.
  */
 import { addAbortSignal, Transform, type Readable, type TransformCallback } from 'node:stream';
-import { abortError, bodyChunks, SourceError } from './failure.js';
+import { abandonBody, abortError, bodyChunks, SourceError } from './failure.js';
 
 export interface PartSink<R> {
   /** The whole body fitted in one part: store it with one request. */
@@ -30,7 +30,7 @@ export interface PartOptions {
 export async function putInParts<R>(body: Readable, sink: PartSink<R>, options: PartOptions): Promise<R> {
   const { partSize, concurrency, signal } = options;
   if (signal?.aborted) {
-    body.destroy();
+    abandonBody(body, abortError(signal));
     throw abortError(signal);
   }
   if (signal) addAbortSignal(signal, body);
@@ -92,7 +92,7 @@ export async function putInParts<R>(body: Readable, sink: PartSink<R>, options: 
     if (signal?.aborted) throw abortError(signal);
     return await sink.complete(number, size);
   } catch (err) {
-    body.destroy();
+    abandonBody(body, err);
     // Parts still running would race the clean-up; let them finish (they fail fast once aborted).
     await Promise.allSettled([...inFlight]);
     if (begun) await sink.abandon();
@@ -148,7 +148,7 @@ export async function putWhole<R>(
     return await send(guarded, stop.signal);
   } catch (err) {
     guarded.destroy();
-    body.destroy();
+    abandonBody(body, signal?.aborted ? abortError(signal) : err);
     if (signal?.aborted) throw abortError(signal);
     if (sourceFailed !== undefined) throw new SourceError(sourceFailed);
     throw err;

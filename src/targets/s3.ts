@@ -20,7 +20,7 @@ import {
 import { isAbortError, NotFoundError, ObjectHeldError, PreconditionFailedError, TargetError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  abortError, checkKey, checkPutCondition, compareKeys, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
+  abandonBody, abortError, checkKey, checkPutCondition, compareKeys, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
   scrub, sourceFailure, SourceError, type TargetIdentity,
 } from './failure.js';
 import { putInParts, putWhole, wholeBodyLength } from './parts.js';
@@ -199,8 +199,10 @@ export class S3Target implements Target {
         ...(signal ? { signal } : {}),
       });
     } catch (err) {
-      if (signal?.aborted) throw abortError(signal);
-      throw this.fail('put', key, err, Boolean(options.ifMatch || options.ifNoneMatch));
+      const failure = signal?.aborted ? abortError(signal) : this.fail('put', key, err, Boolean(options.ifMatch || options.ifNoneMatch));
+      // A failure before the body was read (a refused condition, a bad sha256) must not leave it waiting.
+      if (!Buffer.isBuffer(body)) abandonBody(body, failure);
+      throw failure;
     }
   }
 

@@ -62,7 +62,9 @@ export interface Target {
    * Writes `body` to `key`, streaming a Readable. The object becomes visible only when complete: a body that
    * errors or an abort leaves no object and no partial object at `key` (temporary files and incomplete
    * uploads are removed where the backend allows). Overwrites unless `ifNoneMatch`/`ifMatch` say otherwise,
-   * in which case a losing write throws PreconditionFailedError. A Buffer body (small documents such as
+   * in which case a losing write throws PreconditionFailedError. A put that fails destroys a streamed body
+   * it has not read to the end, with its error, so whoever writes into the body stops waiting for room (the
+   * body's error is handled: it never becomes an uncaught exception). A Buffer body (small documents such as
    * manifests) can be retried by the retry wrapper; a stream cannot be replayed, so it is not.
    */
   put(key: string, body: Readable | Buffer, options?: PutOptions): Promise<PutResult>;

@@ -1,7 +1,7 @@
 /** Stream pieces shared by the jobs: hashing on the fly, fan-out to several sinks, decompression. */
 import { spawn } from 'node:child_process';
 import { createHash, type Hash } from 'node:crypto';
-import { Duplex, PassThrough, Transform, type Readable, type Writable } from 'node:stream';
+import { Duplex, finished, PassThrough, Transform, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as zlib from 'node:zlib';
 import type { Compression } from '../agent/protocol.js';
@@ -39,36 +39,65 @@ export async function hashStream(source: Readable, signal?: AbortSignal): Promis
 
 /**
  * Copies `source` into every sink at the pace of the slowest one (memory stays bounded). A sink that fails
- * is dropped and reported through `onSinkError`; the others go on. A source error destroys every sink with
- * that error, so no consumer can mistake a truncated stream for a complete one.
+ * is dropped and reported through `onSinkError`, once; the others go on. A sink fails when it errors, or
+ * when it is destroyed or closed before it has taken the whole stream, whenever that happens: before the
+ * first byte (even before this call), while a write waits for room, or after the last byte while its
+ * consumer still reads. A failure after this function has returned is still reported. A source error
+ * destroys every sink with that error, so no consumer can mistake a truncated stream for a complete one.
  */
 export async function fanOut(
   source: Readable,
   sinks: Writable[],
   onSinkError: (index: number, err: Error) => void,
-  /** Runs after the last byte, before the sinks are ended: an error here fails every sink instead. */
-  beforeEnd?: () => Error | undefined,
+  options: {
+    /** Runs after the last byte, before the sinks are ended: an error here fails every sink instead. */
+    beforeEnd?: () => Error | undefined;
+    /** Aborting destroys every sink with the abort and rejects, even while a slow sink holds the copy. */
+    signal?: AbortSignal;
+  } = {},
 ): Promise<void> {
+  const { beforeEnd, signal } = options;
   const alive = new Set(sinks.map((_, i) => i));
-  const failures = sinks.map((sink, i) => {
-    const listener = (err: Error) => {
-      if (alive.delete(i)) onSinkError(i, err);
-    };
-    sink.on('error', listener);
-    return listener;
+  let copied = 0;
+  const drop = (i: number, err: Error) => {
+    if (alive.delete(i)) onSinkError(i, err);
+  };
+  // A destroyed sink answers write() with false and emits neither 'drain' nor 'error': only its state and
+  // its 'close' tell. finished() sees both, including a close that came before it was called.
+  sinks.forEach((sink, i) => {
+    finished(sink, (err) => {
+      if (err) drop(i, sinkFailure(err, copied));
+    });
   });
+  /** Stops feeding the sinks still alive: they are destroyed with `err`, which is not reported as theirs. */
+  const destroyAlive = (err: Error) => {
+    const doomed = [...alive];
+    alive.clear();
+    for (const i of doomed) sinks[i]!.destroy(err);
+  };
+  const usable = (i: number): boolean => {
+    const sink = sinks[i]!;
+    if (!sink.destroyed && !sink.writableEnded) return true;
+    drop(i, sinkFailure(sink.errored ?? prematureClose(), copied));
+    return false;
+  };
+
   try {
+    if (signal?.aborted) throw abortReason(signal);
     for await (const chunk of source) {
-      if (alive.size === 0) break;
       const waits: Promise<void>[] = [];
       for (const i of alive) {
+        if (!usable(i)) continue;
         const sink = sinks[i]!;
-        if (!sink.write(chunk)) waits.push(waitDrain(sink));
+        if (!sink.write(chunk)) waits.push(room(sink, signal));
       }
+      copied += (chunk as Buffer).length;
       if (waits.length) await Promise.all(waits);
+      if (signal?.aborted) throw abortReason(signal);
+      if (alive.size === 0) break;
     }
   } catch (err) {
-    for (const i of alive) sinks[i]!.destroy(err as Error);
+    destroyAlive(err as Error);
     throw err;
   }
   if (alive.size === 0) {
@@ -77,25 +106,44 @@ export async function fanOut(
   }
   const veto = beforeEnd?.();
   if (veto) {
-    for (const i of alive) sinks[i]!.destroy(veto);
+    destroyAlive(veto);
     throw veto;
   }
-  for (const i of alive) sinks[i]!.end();
-  sinks.forEach((sink, i) => sink.off('error', failures[i]!));
+  for (const i of alive) if (usable(i)) sinks[i]!.end();
 }
 
-function waitDrain(sink: Writable): Promise<void> {
+/** Resolves when `sink` has room again, fails, closes, or `signal` aborts: whichever comes first. */
+function room(sink: Writable, signal: AbortSignal | undefined): Promise<void> {
+  if (sink.destroyed || !sink.writableNeedDrain || signal?.aborted) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
       sink.off('drain', done);
       sink.off('close', done);
       sink.off('error', done);
+      signal?.removeEventListener('abort', done);
       resolve();
     };
     sink.on('drain', done);
     sink.on('close', done);
     sink.on('error', done);
+    signal?.addEventListener('abort', done, { once: true });
   });
+}
+
+function prematureClose(): Error {
+  return Object.assign(new Error('Premature close'), { code: 'ERR_STREAM_PREMATURE_CLOSE' });
+}
+
+/** A sink's own error as it is; a bare close says what it means here. */
+function sinkFailure(err: Error, copied: number): Error {
+  if ((err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') return err;
+  return new TcabError(`the upload stopped taking data after ${copied} bytes without giving a reason (its stream was closed before the end)`, { cause: err });
+}
+
+function abortReason(signal: AbortSignal): Error {
+  const reason = signal.reason as unknown;
+  if (reason instanceof Error && reason.name === 'AbortError') return reason;
+  return Object.assign(new Error('The operation was aborted', { cause: reason }), { name: 'AbortError' });
 }
 
 type ZlibWithZstd = typeof zlib & { createZstdDecompress?: () => Transform };
