@@ -166,17 +166,23 @@ export function decompressor(compression: Compression): Duplex {
 /**
  * A child process as a Duplex filter (stdin -> stdout). Its exit status decides how the stream ends: a
  * non-zero exit becomes a stream error carrying the tool's own message (a broken pipe on stdin is only the
- * symptom of that exit, so it is not reported instead of it). Errors carry `code: 'FILTER_FAILED'`.
+ * symptom of that exit, so it is not reported instead of it). A tool that exits with status 0 before it has
+ * read all of its input fails the stream too: the input it left was not processed, and a write waiting for
+ * its stdin to drain would otherwise wait for good. Errors carry `code: 'FILTER_FAILED'`.
  */
 export function spawnFilter(command: string, args: string[], missingHint: string): Duplex {
   const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const what = [command, ...args].join(' ');
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     if (stderr.length < 2000) stderr += d;
   });
   let pendingWrite: ((err?: Error | null) => void) | undefined;
+  let exited = false;
+  const leftInput = () => new TcabError(`${what} exited before reading all of its input`, { code: 'FILTER_FAILED' });
   const duplex = new Duplex({
     write(chunk: Buffer, _enc, cb) {
+      if (exited || child.stdin.destroyed) return cb(leftInput());
       if (child.stdin.write(chunk)) cb();
       else {
         pendingWrite = cb;
@@ -208,12 +214,16 @@ export function spawnFilter(command: string, args: string[], missingHint: string
     duplex.destroy(err.code === 'ENOENT' ? new TcabError(`"${command}" was not found on PATH`, { hint: missingHint, cause: err, code: 'FILTER_FAILED' }) : err);
   });
   child.on('close', (code, signal) => {
-    if (code === 0) {
+    exited = true;
+    // A broken pipe on stdin means the tool stopped reading: with status 0 too, input was left over.
+    const unread = pendingWrite !== undefined || (child.stdin.destroyed && !child.stdin.writableFinished);
+    if (code === 0 && !unread) {
       duplex.push(null);
       return;
     }
-    const err = new TcabError(`${command} ${args.join(' ')} failed (${signal ?? `exit ${code}`}): ${stderr.trim().slice(0, 500)}`, { code: 'FILTER_FAILED' });
+    const err = code === 0 ? leftInput() : new TcabError(`${what} failed (${signal ?? `exit ${code}`}): ${stderr.trim().slice(0, 500)}`, { code: 'FILTER_FAILED' });
     pendingWrite?.(err);
+    pendingWrite = undefined;
     duplex.destroy(err);
   });
   return duplex;
