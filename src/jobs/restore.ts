@@ -95,7 +95,11 @@ async function restoreFromTarget(
       });
     }
     let decompressFailed = false;
-    const file = await open(tmp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600);
+    const file = await open(tmp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600).catch((e: unknown) => {
+      // Nothing will read the download now: close it rather than leave its connection open.
+      body.destroy();
+      throw e;
+    });
     try {
       const inflate = decompressor(manifest.artifact.compression);
       inflate.once('error', () => (decompressFailed = true));
