@@ -5,7 +5,7 @@
  * becomes visible. Only after the data is stored is the manifest written, and then the data is looked at
  * once more (see settle in prune-delete.ts for the other half of that handshake).
  */
-import { Transform, type TransformCallback } from 'node:stream';
+import { finished, Transform, type TransformCallback } from 'node:stream';
 import { createHash, type Hash } from 'node:crypto';
 import { manifestArtifactKey, writeManifest } from '../catalog/catalog.js';
 import { manifestKey } from '../catalog/layout.js';
@@ -87,9 +87,15 @@ export async function copySnapshot(
   // The put learns of a failure from the stream itself; this listener only keeps a failure that comes
   // before the destination has started reading from being an uncaught exception.
   verifier.on('error', () => undefined);
-  body.on('error', (e) => {
-    sourceError = e;
-    verifier.destroy(e);
+  // A download that errors, or closes before its end without one, fails the copy: the destination must not
+  // wait for bytes that will never come.
+  finished(body, (e) => {
+    if (!e) return;
+    const why = (e as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE'
+      ? new Error(`the download was closed before its end, without an error, after about ${verifier.bytes} of ${manifest.artifact.bytes} bytes`, { cause: e })
+      : e;
+    sourceError ??= why;
+    verifier.destroy(why);
   });
   // Every byte has been read and matched the manifest: what remains (the last parts, completing the upload,
   // the manifest) no longer reads from the source, so the next copy may start reading.
