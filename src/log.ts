@@ -48,11 +48,16 @@ const ORDER: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40 
 
 export type Sink = (level: Level, line: string, record: Fields) => void;
 
-export function createLogger(options: { sink?: Sink; level?: Level; fields?: Fields } = {}): Logger {
+/** Sees every event, at every level, before the level filter: to know where a job was, not to print it. */
+export type EventObserver = (event: string, fields: Fields) => void;
+
+export function createLogger(options: { sink?: Sink; level?: Level; fields?: Fields; onEvent?: EventObserver } = {}): Logger {
   const min = ORDER[options.level ?? ((process.env.TCAB_LOG_LEVEL as Level) || 'info')] ?? ORDER.info;
   const sink: Sink = options.sink ?? ((_level, line) => process.stderr.write(line + '\n'));
   const base = options.fields ?? {};
+  const { onEvent } = options;
   const emit = (level: Level, event: string, fields?: Fields) => {
+    onEvent?.(event, { ...base, ...fields });
     if (ORDER[level] < min) return;
     const record = redactValue({ time: new Date().toISOString(), level, event, ...base, ...fields }) as Fields;
     sink(level, JSON.stringify(record), record);
@@ -62,7 +67,7 @@ export function createLogger(options: { sink?: Sink; level?: Level; fields?: Fie
     info: (e, f) => emit('info', e, f),
     warn: (e, f) => emit('warn', e, f),
     error: (e, f) => emit('error', e, f),
-    child: (fields) => createLogger({ sink, level: options.level, fields: { ...base, ...fields } }),
+    child: (fields) => createLogger({ sink, level: options.level, fields: { ...base, ...fields }, ...(onEvent ? { onEvent } : {}) }),
   };
 }
 

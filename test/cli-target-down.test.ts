@@ -80,6 +80,7 @@ describe('tcab-backup snapshot with one target down', () => {
     expect(r.stderr).toMatch(/tcab-backup snapshot failed: Snapshot \S+ failed on 1 of 2 target\(s\): "dead" \(upload failed: /);
     expect(r.stderr).toContain('stored on "good"');
     expect(r.stderr).not.toContain('dead-target-secret-access-key');
+    expect(r.stderr).not.toContain('stalled');
     const out = JSON.parse(r.stdout);
     expect(out.ok).toBe(false);
     expect(out.targets.map((t: { target: string; ok: boolean }) => [t.target, t.ok])).toEqual([['good', true], ['dead', false]]);

@@ -2,13 +2,14 @@
 /**
  * tcab-backup: the operators' command line. It runs the same jobs as the functions, with the same
  * configuration (environment variables). `--json` outputs are a stable interface.
- * Exit status: 0 success, 1 the job failed, 2 usage or configuration error.
+ * Exit status: 0 success, 1 the job failed (or stalled before it finished), 2 usage or configuration error.
  */
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, TcabError, errorMessage } from '../errors.js';
-import { createLogger, redact, type Logger } from '../log.js';
-import { COMMANDS, UsageError, type CommandContext } from './commands.js';
+import { createLogger, redact, type EventObserver, type Logger } from '../log.js';
+import { LastStep } from '../util/last-step.js';
+import { COMMANDS, UsageError, type Command, type CommandContext } from './commands.js';
 
 export const USAGE = `Usage: tcab-backup <command> [options]
 
@@ -33,17 +34,29 @@ Commands:
 Settings are environment variables; see the README's configuration reference.
 Logs go to stderr as JSON lines (TCAB_LOG_LEVEL=debug|info|warn|error, default warn for the CLI).`;
 
-export async function main(argv: string[], io: { stdout: NodeJS.WritableStream; stderr: NodeJS.WriteStream; stdin: NodeJS.ReadableStream; env: NodeJS.ProcessEnv } = {
-  stdout: process.stdout, stderr: process.stderr, stdin: process.stdin, env: process.env,
-}): Promise<number> {
+type CliIo = { stdout: NodeJS.WritableStream; stderr: NodeJS.WriteStream; stdin: NodeJS.ReadableStream; env: NodeJS.ProcessEnv };
+
+const PROCESS_IO: CliIo = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin, env: process.env };
+
+export interface MainOptions {
+  /** The command table; the real one unless a caller brings its own. */
+  commands?: Record<string, Command>;
+  /** Sees every event the command logs, at every level. */
+  onEvent?: EventObserver;
+}
+
+export async function main(argv: string[], io: CliIo = PROCESS_IO, options: MainOptions = {}): Promise<number> {
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
     io.stdout.write(USAGE + '\n');
     return name ? 0 : 2;
   }
-  const logger: Logger = createLogger({ level: (io.env.TCAB_LOG_LEVEL as 'debug') || (name === 'agent' ? 'info' : 'warn'), sink: (_l, line) => io.stderr.write(line + '\n') });
+  const logger: Logger = createLogger({
+    level: (io.env.TCAB_LOG_LEVEL as 'debug') || (name === 'agent' ? 'info' : 'warn'), sink: (_l, line) => io.stderr.write(line + '\n'),
+    ...(options.onEvent ? { onEvent: options.onEvent } : {}),
+  });
   const ctx: CommandContext = { io, logger, env: io.env };
-  const command = COMMANDS[name];
+  const command = (options.commands ?? COMMANDS)[name];
   if (!command) {
     io.stderr.write(`tcab-backup: unknown command "${name}"\n\n${USAGE}\n`);
     return 2;
@@ -74,12 +87,40 @@ function isEntryPoint(): boolean {
   }
 }
 
+/**
+ * Runs the CLI as this process: the exit status is the command's. A command still unfinished when the event
+ * loop has nothing left to do is waiting for something that can never happen, and Node would then exit with
+ * status 0, as if it had succeeded. It exits 1 instead, saying which command stalled and where.
+ */
+export function runAsProcess(argv: string[], options: Pick<MainOptions, 'commands'> = {}): void {
+  const step = new LastStep();
+  let settled = false;
+  process.once('beforeExit', () => {
+    if (settled) return;
+    const name = argv[0] ?? '';
+    const message = `tcab-backup ${name} stalled ${step.describe()}: it was waiting for something that can no longer happen, so it did not finish. ` +
+      'Check: the targets and the agent it was using (tcab-backup list); run it again with TCAB_LOG_LEVEL=debug to see each step, and report the stall with that log';
+    if (argv.includes('--json')) PROCESS_IO.stdout.write(JSON.stringify({ ok: false, error: redact(message) }, null, 2) + '\n');
+    PROCESS_IO.stderr.write(redact(message) + '\n');
+    process.exitCode = 1;
+  });
+  main(argv, PROCESS_IO, { ...options, onEvent: step.observe }).then(
+    (code) => {
+      settled = true;
+      process.exitCode = code;
+    },
+    (e: unknown) => {
+      settled = true;
+      PROCESS_IO.stderr.write(`tcab-backup ${argv[0] ?? ''} failed: unexpected error: ${redact(errorMessage(e))}\n`);
+      process.exitCode = 1;
+    },
+  );
+}
+
 if (isEntryPoint()) {
   // The S3 client warns on every run under Node 20 that versions published after January 2027 will need
   // Node 22. The version locked here runs on Node 20 and the Function App runs Node 22; an operator's
   // terminal need not repeat it. Setting the variable to false brings the warning back.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-  main(process.argv.slice(2)).then((code) => {
-    process.exitCode = code;
-  });
+  runAsProcess(process.argv.slice(2));
 }
