@@ -5,7 +5,7 @@
  */
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
-import { backupConfig, invocationLogger } from '../host/context.js';
+import { backupConfig, invocation } from '../host/context.js';
 import { runDrill } from '../jobs/drill.js';
 import { loadDrillSettings } from '../jobs/health-settings.js';
 import { openAgent, openTargets } from '../runtime.js';
@@ -16,14 +16,15 @@ const { app } = functions;
 let running = false;
 
 export async function drillTimer(timer: Timer, context: InvocationContext): Promise<void> {
-  const logger = invocationLogger(context);
+  const { logger, bounded } = invocation(context);
   if (timer.isPastDue) logger.warn('drill.timer_past_due', { note: 'the previous run was late or the app was stopped' });
   if (running) throw new Error('A restore drill is still running on this instance; this timer run is skipped and counts as failed so a stuck drill is noticed');
   running = true;
   try {
     const config = backupConfig();
     const settings = loadDrillSettings();
-    await runDrill({ targets: openTargets(config, logger), database: config.database, live: openAgent(config.agent, logger), workDir: settings.workDir, logger });
+    await bounded('drill', (signal) =>
+      runDrill({ targets: openTargets(config, logger), database: config.database, live: openAgent(config.agent, logger), workDir: settings.workDir, logger }, { signal }));
   } finally {
     running = false;
   }

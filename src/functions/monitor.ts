@@ -5,7 +5,7 @@
  */
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
-import { backupConfig, invocationLogger } from '../host/context.js';
+import { backupConfig, invocation } from '../host/context.js';
 import { monitorPostgresSource } from '../jobs/health-deps.js';
 import { loadMonitorSettings } from '../jobs/health-settings.js';
 import { runMonitor } from '../jobs/monitor.js';
@@ -14,11 +14,12 @@ import { openTargets } from '../runtime.js';
 const { app } = functions;
 
 export async function monitorTimer(_timer: Timer, context: InvocationContext): Promise<void> {
-  const logger = invocationLogger(context);
+  const { logger, bounded } = invocation(context);
   const config = backupConfig();
   const settings = loadMonitorSettings();
   const targets = openTargets(config, logger);
-  await runMonitor({ targets, database: config.database, thresholds: settings.thresholds, postgres: monitorPostgresSource(process.env, targets), logger });
+  await bounded('monitor', (signal) =>
+    runMonitor({ targets, database: config.database, thresholds: settings.thresholds, postgres: monitorPostgresSource(process.env, targets), logger }, { signal }));
 }
 
 app.timer('monitorTimer', { schedule: '%TCAB_BACKUP_MONITOR_SCHEDULE%', runOnStartup: false, useMonitor: true, handler: monitorTimer });

@@ -6,7 +6,7 @@
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
 import { errorMessage } from '../errors.js';
-import { backupConfig, invocationLogger } from '../host/context.js';
+import { backupConfig, invocation } from '../host/context.js';
 import { runPrune } from '../jobs/prune.js';
 import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
@@ -14,12 +14,12 @@ import { openTargets } from '../runtime.js';
 const { app } = functions;
 
 export async function pruneTimer(timer: Timer, context: InvocationContext): Promise<void> {
-  const logger = invocationLogger(context);
+  const { logger, bounded } = invocation(context);
   if (timer.isPastDue) logger.warn('prune.timer_past_due', { note: 'the previous run was late or the app was stopped' });
   try {
     const config = backupConfig();
     const retention = loadRetentionConfig(process.env, config.targets.map((t) => t.name));
-    await runPrune({ targets: openTargets(config, logger), database: config.database, logger, retention });
+    await bounded('prune', (signal) => runPrune({ targets: openTargets(config, logger), database: config.database, logger, retention }, { signal }));
   } catch (e) {
     logger.error('prune.failed', { error: errorMessage(e) });
     throw e;

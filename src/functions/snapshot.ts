@@ -7,9 +7,8 @@ import type { HttpRequest, HttpResponseInit, InvocationContext, Timer } from '@a
 import { z } from 'zod';
 import { AgentError } from '../agent/client.js';
 import { ConfigError, errorMessage } from '../errors.js';
-import { backupConfig, invocationLogger, json, problem } from '../host/context.js';
+import { backupConfig, invocation, JobTimeoutError, json, problem, type Invocation } from '../host/context.js';
 import { runSnapshot, SnapshotFailedError, type SnapshotRequest, type SnapshotResult } from '../jobs/snapshot.js';
-import type { Logger } from '../log.js';
 import { openAgent, openTargets } from '../runtime.js';
 
 const { app } = functions;
@@ -17,21 +16,22 @@ const { app } = functions;
 /** One snapshot at a time per instance; the agent enforces one at a time across instances (409). */
 let running = false;
 
-async function snapshotOnce(logger: Logger, request: Omit<SnapshotRequest, 'compression'>): Promise<SnapshotResult> {
+async function snapshotOnce({ logger, bounded }: Invocation, request: Omit<SnapshotRequest, 'compression' | 'signal'>): Promise<SnapshotResult> {
   const config = backupConfig();
-  return runSnapshot(
+  return bounded('snapshot', (signal) => runSnapshot(
     { agent: openAgent(config.agent, logger), targets: openTargets(config, logger), database: config.database, logger },
-    { ...request, compression: config.agent.compression },
-  );
+    { ...request, compression: config.agent.compression, signal },
+  ));
 }
 
 export async function snapshotTimer(timer: Timer, context: InvocationContext): Promise<void> {
-  const logger = invocationLogger(context);
+  const run = invocation(context);
+  const { logger } = run;
   if (timer.isPastDue) logger.warn('snapshot.timer_past_due', { note: 'the previous run was late or the app was stopped' });
   if (running) throw new Error('A snapshot is still running on this instance; this timer run is skipped and counts as failed so a stuck job is noticed');
   running = true;
   try {
-    await snapshotOnce(logger, { trigger: { kind: 'timer' } });
+    await snapshotOnce(run, { trigger: { kind: 'timer' } });
   } finally {
     running = false;
   }
@@ -45,7 +45,8 @@ const ManualSnapshotBody = z
   .strict();
 
 export async function snapshotHttp(request: HttpRequest, context: InvocationContext): Promise<HttpResponseInit> {
-  const logger = invocationLogger(context);
+  const run = invocation(context);
+  const { logger } = run;
   const raw = await request.text();
   let body: unknown = {};
   if (raw.trim()) {
@@ -64,13 +65,14 @@ export async function snapshotHttp(request: HttpRequest, context: InvocationCont
   if (running) return { ...problem(409, 'A snapshot is already running', 'Try again when it has finished'), headers: { 'Content-Type': 'application/problem+json', 'Cache-Control': 'no-store', 'Retry-After': '30' } };
   running = true;
   try {
-    const result = await snapshotOnce(logger, { trigger: { kind: 'manual', ...(parsed.data.reason ? { reason: parsed.data.reason } : {}) }, pin: parsed.data.pin ?? false });
+    const result = await snapshotOnce(run, { trigger: { kind: 'manual', ...(parsed.data.reason ? { reason: parsed.data.reason } : {}) }, pin: parsed.data.pin ?? false });
     return json(201, { manifest: result.manifest, targets: result.targets });
   } catch (e) {
     logger.error('snapshot.failed', { trigger: 'manual', error: errorMessage(e) });
     if (e instanceof AgentError && e.status === 409) {
       return { ...problem(409, 'A snapshot is already running', 'The agent is making another snapshot; try again shortly'), headers: { 'Content-Type': 'application/problem+json', 'Cache-Control': 'no-store', 'Retry-After': String((e as AgentError & { retryAfterSeconds?: number }).retryAfterSeconds ?? 30) } };
     }
+    if (e instanceof JobTimeoutError) return problem(504, 'The snapshot did not finish in time', errorMessage(e));
     if (e instanceof AgentError) return problem(502, 'The snapshot agent failed', errorMessage(e));
     if (e instanceof SnapshotFailedError) return problem(502, 'The snapshot failed', errorMessage(e), { targets: e.result.targets });
     if (e instanceof ConfigError) return problem(500, 'The function app is misconfigured', errorMessage(e));

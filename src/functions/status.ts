@@ -6,7 +6,7 @@
 import functions from '@azure/functions';
 import type { HttpRequest, HttpResponseInit, InvocationContext } from '@azure/functions';
 import { ConfigError, errorMessage } from '../errors.js';
-import { backupConfig, invocationLogger, json, problem } from '../host/context.js';
+import { backupConfig, invocation, json, problem } from '../host/context.js';
 import { monitorPostgresSource } from '../jobs/health-deps.js';
 import { loadMonitorSettings } from '../jobs/health-settings.js';
 import { runMonitor } from '../jobs/monitor.js';
@@ -29,15 +29,15 @@ export function wantsHtml(accept: string | null): boolean {
 }
 
 export async function statusHttp(request: HttpRequest, context: InvocationContext): Promise<HttpResponseInit> {
-  const logger = invocationLogger(context);
+  const { logger, bounded } = invocation(context);
   try {
     const config = backupConfig();
     const settings = loadMonitorSettings();
     const targets = openTargets(config, logger);
-    const doc = await runMonitor(
+    const doc = await bounded('status', (signal) => runMonitor(
       { targets, database: config.database, thresholds: settings.thresholds, postgres: monitorPostgresSource(process.env, targets), logger },
-      { write: false, throwOnCritical: false },
-    );
+      { write: false, throwOnCritical: false, signal },
+    ));
     if (wantsHtml(request.headers.get('accept'))) {
       return {
         status: 200,

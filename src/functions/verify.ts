@@ -4,7 +4,7 @@
  */
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
-import { backupConfig, invocationLogger } from '../host/context.js';
+import { backupConfig, invocation } from '../host/context.js';
 import { loadVerifySettings } from '../jobs/health-settings.js';
 import { runVerifyRotation } from '../jobs/verify-rotation.js';
 import { openTargets } from '../runtime.js';
@@ -12,11 +12,12 @@ import { openTargets } from '../runtime.js';
 const { app } = functions;
 
 export async function verifyTimer(timer: Timer, context: InvocationContext): Promise<void> {
-  const logger = invocationLogger(context);
+  const { logger, bounded } = invocation(context);
   if (timer.isPastDue) logger.warn('verify.timer_past_due', { note: 'the previous run was late or the app was stopped' });
   const config = backupConfig();
   const settings = loadVerifySettings();
-  await runVerifyRotation({ targets: openTargets(config, logger), database: config.database, logger }, { withinMs: settings.withinMs, intervalMs: settings.intervalMs });
+  await bounded('verify', (signal) =>
+    runVerifyRotation({ targets: openTargets(config, logger), database: config.database, logger }, { withinMs: settings.withinMs, intervalMs: settings.intervalMs, signal }));
 }
 
 app.timer('verifyTimer', { schedule: '%TCAB_BACKUP_VERIFY_SCHEDULE%', runOnStartup: false, useMonitor: true, handler: verifyTimer });

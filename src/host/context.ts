@@ -3,8 +3,11 @@
  * invocation's log (Application Insights traces), and problem+json responses.
  */
 import type { HttpResponseInit, InvocationContext } from '@azure/functions';
-import { loadBackupConfig, type BackupConfig } from '../config.js';
-import { createLogger, redact, type Level, type Logger } from '../log.js';
+import { durationMs, loadBackupConfig, Problems, read, SETTINGS, type BackupConfig, type Env } from '../config.js';
+import { TcabError } from '../errors.js';
+import { createLogger, redact, type EventObserver, type Level, type Logger } from '../log.js';
+import { formatDuration } from '../util/duration.js';
+import { LastStep } from '../util/last-step.js';
 
 let cached: { config?: BackupConfig; error?: unknown } | undefined;
 
@@ -26,14 +29,72 @@ export function resetBackupConfig(): void {
   cached = undefined;
 }
 
-export function invocationLogger(context: InvocationContext): Logger {
+export function invocationLogger(context: InvocationContext, onEvent?: EventObserver): Logger {
   const write: Record<Level, (line: string) => void> = {
     debug: (l) => context.debug(l),
     info: (l) => context.info(l),
     warn: (l) => context.warn(l),
     error: (l) => context.error(l),
   };
-  return createLogger({ sink: (level, line) => write[level](line), fields: { invocationId: context.invocationId, function: context.functionName } });
+  return createLogger({
+    sink: (level, line) => write[level](line), fields: { invocationId: context.invocationId, function: context.functionName },
+    ...(onEvent ? { onEvent } : {}),
+  });
+}
+
+/** TCAB_BACKUP_JOB_TIMEOUT, read at every invocation; an invalid value fails the invocation naming it. */
+export function jobTimeoutMs(env: Env = process.env): number {
+  const problems = new Problems();
+  const fallback = SETTINGS.find((s) => s.name === 'TCAB_BACKUP_JOB_TIMEOUT')!.default;
+  const ms = read(env, problems, 'TCAB_BACKUP_JOB_TIMEOUT', durationMs('a duration like 25m'), fallback);
+  problems.throwIfAny();
+  return ms!;
+}
+
+export class JobTimeoutError extends TcabError {
+  constructor(job: string, timeoutMs: number, where: string) {
+    super(`The ${job} job did not finish within ${formatDuration(timeoutMs)} (TCAB_BACKUP_JOB_TIMEOUT): it was stopped ${where}, so that this invocation fails now instead of being cut off by the host`, {
+      code: 'JOB_TIMEOUT',
+      hint: 'the agent or target named in that step (reachability, throttling, a request that is never answered); a job that needs longer can have it with TCAB_BACKUP_JOB_TIMEOUT, kept below functionTimeout in host.json',
+    });
+    this.name = 'JobTimeoutError';
+  }
+}
+
+export interface Invocation {
+  logger: Logger;
+  /**
+   * Runs a job with a signal that aborts at TCAB_BACKUP_JOB_TIMEOUT. At that moment the invocation fails with
+   * JobTimeoutError, naming the job and its last logged step, even should some wait of the job not heed the
+   * signal: the host's functionTimeout would end it anyway, but without a word of what was stuck.
+   */
+  bounded<T>(job: string, run: (signal: AbortSignal) => Promise<T>): Promise<T>;
+}
+
+export function invocation(context: InvocationContext): Invocation {
+  const step = new LastStep();
+  const logger = invocationLogger(context, step.observe);
+  return {
+    logger,
+    async bounded(job, run) {
+      const timeoutMs = jobTimeoutMs();
+      const controller = new AbortController();
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<never>((_resolve, reject) => {
+        timer = setTimeout(() => {
+          const err = new JobTimeoutError(job, timeoutMs, step.describe());
+          logger.error('job.timed_out', { job, timeoutMs, error: err.message });
+          reject(err);
+          controller.abort(err);
+        }, timeoutMs);
+      });
+      try {
+        return await Promise.race([Promise.resolve().then(() => run(controller.signal)), deadline]);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
 }
 
 export function problem(status: number, title: string, detail: string, extra: Record<string, unknown> = {}): HttpResponseInit {

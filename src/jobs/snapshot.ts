@@ -67,6 +67,7 @@ export async function runSnapshot(
   const signal = request.signal;
 
   const compression = request.compression && request.compression !== 'auto' ? request.compression : undefined;
+  log.debug('snapshot.requesting', { database: deps.database, targets: deps.targets.map((t) => t.name) });
   const desc = await deps.agent.createSnapshot({ ...(compression ? { compression } : {}), ...(signal ? { signal } : {}) });
   log.info('snapshot.created', { id: desc.id, database: desc.database.name, bytes: desc.snapshot.bytes, artifactBytes: desc.artifact.bytes, compression: desc.artifact.compression, timings: desc.timings });
   if (desc.database.name !== deps.database) {
