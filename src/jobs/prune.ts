@@ -6,14 +6,16 @@
  * unless forced). A snapshot counts as verified when its manifest is readable and its artifact is listed
  * at the manifest's size (every manifest is written only after the bytes under it were hashed and matched:
  * snapshot reads its uploads back, replicate checks while it streams) and the verify record does not say
- * its last re-read failed. Snapshots go manifest first, then data. Then garbage: data objects without a
- * manifest older than a day, and stale multipart uploads. Objects under an immutability lock are reported as
- * held, not as failures. A refused target throws with the rail's message, after the other targets are done.
+ * its last re-read failed or could not read it. Snapshots go manifest first, then data. Then garbage: data
+ * objects without a manifest older than a day, and stale multipart uploads. Objects under an immutability
+ * lock are reported as held, not as failures. A refused target throws with the rail's message, after the
+ * other targets are done.
  *
  * Every target is planned before any target deletes, because one rail looks across targets: last-good-copy.
- * A snapshot that one target's plan removes stays there when its copy is good (complete, and its last verify
- * did not fail), another target wants it but has no good copy of it, and no target that keeps it after this
- * run has a good copy. "Wants" is what replicate acts on: the other target's policy and rails keep it over
+ * A snapshot that one target's plan removes stays there when its copy may be good (complete, and its last
+ * verify did not find it damaged), another target wants it but has no good copy of it, and no target that
+ * keeps it after this run has a good copy. A copy verify could not read is not known to be good: it never
+ * lets another target delete, and it stays where it may be the last good one. "Wants" is what replicate acts on: the other target's policy and rails keep it over
  * what it holds plus what it would receive (so a missing or incomplete copy counts, as replicate would
  * restore it from here), or its own plan keeps a copy whose last verify failed. Every target with a good
  * copy keeps it then, not just one: until the damaged side is repaired, two good copies are cheap insurance.
@@ -209,13 +211,15 @@ async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest
 /**
  * 'good': complete as listed, and its last re-read (if any) matched, a copy replicate could restore others
  * from; 'bad': incomplete, or its last re-read did not match; 'unknown': complete, but whether its bytes
- * still match cannot be said (the verify record could not be read). Only a good copy lets another target
- * delete its own; a good or unknown one may be the last good copy, and stays.
+ * still match cannot be said (the verify record could not be read, or the last re-read could not get the
+ * bytes). Only a good copy lets another target delete its own; a good or unknown one may be the last good
+ * copy, and stays.
  */
 function copyStatus(plan: TargetPlan, id: string): 'good' | 'bad' | 'unknown' {
   if (!plan.catalog?.byId.get(id)?.complete) return 'bad';
   if (plan.verifyRecordError) return 'unknown';
-  return copyState(plan.verifyRecord, id).state === 'failed' ? 'bad' : 'good';
+  const state = copyState(plan.verifyRecord, id).state;
+  return state === 'failed' ? 'bad' : state === 'unreadable' ? 'unknown' : 'good';
 }
 
 /**
@@ -254,6 +258,7 @@ function lackOf(plan: TargetPlan, id: string): string {
   if (!own.complete) return `keeps it but its copy is damaged (${own.problem})`;
   if (plan.verifyRecordError) return `keeps it but its verify record ${plan.verifyRecordError.key} could not be read, so whether its copy is good is unknown`;
   const state = copyState(plan.verifyRecord, id);
+  if (state.state === 'unreadable') return `keeps it but verify could not read its copy, so whether it is good is unknown${state.error ? ` (${state.error})` : ''}`;
   return `keeps it but its copy failed verify${state.error ? ` (${state.error})` : ''}`;
 }
 
