@@ -7,12 +7,15 @@
  */
 import { describe, expect, it } from 'vitest';
 import { verifyRecordKey } from '../../src/catalog/layout.js';
+import { loadMonitorSettings } from '../../src/jobs/health-settings.js';
+import { runMonitor } from '../../src/jobs/monitor.js';
 import { runPrune, type PruneResult } from '../../src/jobs/prune.js';
 import { runReplicate } from '../../src/jobs/replicate.js';
 import { verifyStoredSnapshot } from '../../src/jobs/verify.js';
 import { copyState, readVerifyRecord } from '../../src/jobs/verify-record.js';
 import { VerifyFailedError, runVerifyRotation } from '../../src/jobs/verify-rotation.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
+import { renderStatusPage } from '../../src/status/page.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type Fault, type FaultProxy } from '../support/fault-proxy.js';
 import {
@@ -216,8 +219,30 @@ describe('prune: a copy that verify could not read', () => {
   });
 });
 
+describe('monitor: a copy that verify could not read', () => {
+  it('warns naming it and does not list it as damaged, on the status page too', async () => {
+    const b = await behindProxy('azurite');
+    const snaps = history(2, ago(HOUR), HOUR, { bytes: BYTES });
+    await store(b.target, snaps);
+    await verifyWhileUnreadable(b, snaps[0]!, { cutAfterBytes: 10_000 });
+
+    const doc = await runMonitor({ targets: [b.target], database: DATABASE, thresholds: loadMonitorSettings({}).thresholds }, { write: false, throwOnCritical: false });
+    const verify = doc.targets[0]!.verify;
+    expect(verify.failing).toEqual([]);
+    expect(verify.unreadable).toEqual([expect.objectContaining({ id: snaps[0]!.manifest.id, error: expect.stringContaining('could not be read') })]);
+    expect(verify.state).toBe('warn');
+    expect(doc.problems.filter((p) => p.check === 'verify')).toContainEqual(expect.objectContaining({
+      state: 'warn', message: expect.stringMatching(new RegExp(`^target "b": snapshot ${snaps[0]!.manifest.id} could not be read by verify at .*, so whether it is intact is unknown`)),
+    }));
+    const page = renderStatusPage(doc);
+    expect(page).toContain('1 unreadable');
+    expect(page).toContain('Snapshots that verify could not read (not proven damaged)');
+    expect(page).not.toContain('Snapshots that failed verification');
+  });
+});
+
 describe('verify records written before verdicts', () => {
-  it('still read ok: false as damaged: replicate repairs it', async () => {
+  it('still read ok: false as damaged: replicate repairs it and the monitor calls it damaged', async () => {
     const a = await world.folder('a');
     const b = await world.folder('b');
     const snaps = history(2, ago(HOUR), HOUR);
@@ -235,5 +260,8 @@ describe('verify records written before verdicts', () => {
     expect(copyState(await readVerifyRecord(b.target, DATABASE), id).state).toBe('failed');
     const plan = await runReplicate({ targets: [a.target, b.target], database: DATABASE }, { dryRun: true });
     expect(plan.targets.find((t) => t.target === 'b')!.planned).toEqual([expect.objectContaining({ id, repairs: expect.stringContaining('a read error of old') })]);
+    const doc = await runMonitor({ targets: [b.target], database: DATABASE, thresholds: loadMonitorSettings({}).thresholds }, { write: false, throwOnCritical: false });
+    expect(doc.targets[0]!.verify.failing).toEqual([expect.objectContaining({ id })]);
+    expect(doc.targets[0]!.verify.state).toBe('critical');
   });
 });
