@@ -46,7 +46,11 @@ export interface RotationOptions {
   all?: boolean;
 }
 
-/** When the snapshot's bytes were last known good on this target. */
+/**
+ * When the snapshot's bytes were last read on this target. For a copy whose last read failed (damaged or
+ * unreadable) that is the failed attempt: such a copy is read on every run until it reads well, and every
+ * one of those runs fails, so it is the failure, not the window, that keeps it loud.
+ */
 export function lastReadAt(candidate: RotationCandidate, entry: VerifyEntry | undefined): number {
   return entry ? Date.parse(entry.checkedAt) : candidate.storedAt.getTime();
 }
