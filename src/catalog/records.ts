@@ -5,8 +5,8 @@
  */
 import type { Readable } from 'node:stream';
 import type { z } from 'zod';
-import { NotFoundError, TcabError } from '../errors.js';
-import type { Target } from '../targets/target.js';
+import { NotFoundError, TargetError, TcabError, errorMessage } from '../errors.js';
+import type { GetResult, Target } from '../targets/target.js';
 
 /** Records are a few KB; anything far larger is not ours and is refused instead of read into memory. */
 export const DEFAULT_MAX_RECORD_BYTES = 256 * 1024;
@@ -16,17 +16,34 @@ export interface Stored<T> {
   etag: string;
 }
 
-async function readCapped(body: Readable, what: string, maxBytes: number): Promise<string> {
+/**
+ * The body as text. An answer that breaks off is the target's failure (a TargetError, transient), never the
+ * record's: callers that replace a damaged record must not take a connection reset for damage.
+ */
+async function readCapped(target: Target, key: string, got: GetResult, what: string, maxBytes: number, signal: AbortSignal | undefined): Promise<string> {
+  const body = got.body;
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of body) {
-    size += (chunk as Buffer).length;
-    if (size > maxBytes) {
-      body.destroy();
-      throw new TcabError(`${what} is larger than ${maxBytes} bytes`, { hint: 'the object was not written by tcab-backup; move it away' });
+  const brokeOff = (detail: string, cause?: unknown) => new TargetError({
+    target: target.name, url: target.url, operation: 'get', key, transient: true, cause,
+    detail: `the answer broke off after ${size} of ${got.size} bytes${detail}`,
+    hint: 'the network path to the target and its health; the next run reads it again',
+  });
+  try {
+    for await (const chunk of body) {
+      size += (chunk as Buffer).length;
+      if (size > maxBytes) {
+        body.destroy();
+        throw new TcabError(`${what} is larger than ${maxBytes} bytes`, { hint: 'the object was not written by tcab-backup; move it away' });
+      }
+      chunks.push(chunk as Buffer);
     }
-    chunks.push(chunk as Buffer);
+  } catch (e) {
+    if (e instanceof TcabError || signal?.aborted) throw e;
+    throw brokeOff(`: ${errorMessage(e).replace(/\.$/, '')}`, e);
   }
+  // A body that ends short without an error is cut off too, not a damaged record.
+  if (size < got.size) throw brokeOff('');
   return Buffer.concat(chunks).toString('utf8');
 }
 
@@ -40,7 +57,7 @@ export async function readRecord<T>(target: Target, key: string, schema: z.ZodTy
     throw e;
   }
   const where = `Record ${key} on target "${target.name}" (${target.url})`;
-  const text = await readCapped(got.body, where, maxBytes);
+  const text = await readCapped(target, key, got, where, maxBytes, signal);
   let json: unknown;
   try {
     json = JSON.parse(text);

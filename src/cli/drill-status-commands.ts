@@ -34,10 +34,15 @@ export const verifyCommand: Command = async (args, ctx) => {
         ctx.io.stdout.write(`target ${t.target} (${t.url}): ERROR ${t.error}\n`);
         continue;
       }
-      ctx.io.stdout.write(`target ${t.target}: read ${t.checked} of ${t.snapshots} snapshot(s), ${formatBytes(t.bytes)}, ${t.failed ? `${t.failed} DAMAGED` : 'all match their manifests'}; `
+      const found = [...(t.failed ? [`${t.failed} DAMAGED`] : []), ...(t.unreadable ? [`${t.unreadable} UNREADABLE`] : [])];
+      ctx.io.stdout.write(`target ${t.target}: read ${t.checked} of ${t.snapshots} snapshot(s), ${formatBytes(t.bytes)}, ${found.length ? found.join(', ') : 'all match their manifests'}; `
         + `longest any snapshot has gone unread: ${formatDuration(t.longestUnreadMs)} (window ${formatDuration(settings.withinMs)})\n`);
     }
-    for (const o of result.outcomes.filter((x) => !x.ok)) ctx.io.stdout.write(`  DAMAGED target ${o.target} snapshot ${o.id}: ${o.error}\n`);
+    for (const o of result.outcomes.filter((x) => !x.ok)) {
+      ctx.io.stdout.write(o.verdict === 'unreadable'
+        ? `  UNREADABLE target ${o.target} snapshot ${o.id}: ${o.error}\n`
+        : `  DAMAGED target ${o.target} snapshot ${o.id}: ${o.error}\n`);
+    }
   };
   try {
     const result = await runVerifyRotation(
@@ -101,7 +106,8 @@ function statusText(doc: StatusDocument): string {
     const n = t.snapshots.newest;
     out.push(`  target ${t.name} ${WORD[t.state]}: newest snapshot ${n ? `${formatDuration(n.ageMs)} ago (${n.id})` : 'none'}, ${t.snapshots.count} snapshot(s) ${formatBytes(t.snapshots.totalArtifactBytes)}; `
       + `drill ${t.drill.lastSucceeded ? `${formatDuration(t.drill.ageMs!)} ago (restored in ${shortMs(t.drill.lastSucceeded.recoveryTimeMs ?? 0)})` : 'never'}; `
-      + `verify ${t.verify.lastCleanRunAt ? `${formatDuration(t.verify.ageMs!)} ago` : 'never'}${t.verify.failing.length ? `, ${t.verify.failing.length} damaged` : ''}`);
+      + `verify ${t.verify.lastCleanRunAt ? `${formatDuration(t.verify.ageMs!)} ago` : 'never'}${t.verify.failing.length ? `, ${t.verify.failing.length} damaged` : ''}`
+      + `${t.verify.unreadable?.length ? `, ${t.verify.unreadable.length} unreadable` : ''}`);
   }
   if (doc.postgres) {
     out.push(`  postgres ${WORD[doc.postgres.state]}${doc.postgres.error ? `: ${doc.postgres.error}` : ''}`);

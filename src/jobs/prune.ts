@@ -6,26 +6,33 @@
  * unless forced). A snapshot counts as verified when its manifest is readable and its artifact is listed
  * at the manifest's size (every manifest is written only after the bytes under it were hashed and matched:
  * snapshot reads its uploads back, replicate checks while it streams) and the verify record does not say
- * its last re-read failed. Snapshots go manifest first, then data. Then garbage: data objects without a
- * manifest older than a day, and stale multipart uploads. Objects under an immutability lock are reported as
- * held, not as failures. A refused target throws with the rail's message, after the other targets are done.
+ * its last re-read failed or could not read it. Snapshots go manifest first, then data. Then garbage: data
+ * objects without a manifest older than a day, and stale multipart uploads. Objects under an immutability
+ * lock are reported as held, not as failures. A refused target throws with the rail's message, after the
+ * other targets are done.
  *
  * Every target is planned before any target deletes, because one rail looks across targets: last-good-copy.
- * A snapshot that one target's plan removes stays there when its copy is good (complete, and its last verify
- * did not fail), another target wants it but has no good copy of it, and no target that keeps it after this
- * run has a good copy. "Wants" is what replicate acts on: the other target's policy and rails keep it over
+ * A snapshot that one target's plan removes stays there when its copy may be good (complete, and its last
+ * verify did not find it damaged), another target wants it but has no good copy of it, and no target that
+ * keeps it after this run has a good copy. A copy verify could not read is not known to be good: it never
+ * lets another target delete, and it stays where it may be the last good one. "Wants" is what replicate acts on: the other target's policy and rails keep it over
  * what it holds plus what it would receive (so a missing or incomplete copy counts, as replicate would
  * restore it from here), or its own plan keeps a copy whose last verify failed. Every target with a good
  * copy keeps it then, not just one: until the damaged side is repaired, two good copies are cheap insurance.
  * A target whose listing failed counts as holding nothing and wanting what its policy would keep of the
  * snapshots the others hold: its copies are unknown, and while it is unreachable the others keep what it
  * would need (the run fails anyway, naming the listing). A target without a loaded policy takes no part.
+ * A target whose verify record cannot be read (the answer broke off, not JSON, over the size cap) is much
+ * the same: the record may say that some of its copies are damaged, so none of them counts as good (no other
+ * target deletes a snapshot on the strength of them), it removes nothing itself, and the run fails naming
+ * the record. The other targets still prune what is safe: failing whole would let every target grow until
+ * one record is fixed, and the rail already keeps all they might need.
  * This rail runs after the others, so max-delete-share judges the plan before it: it may refuse more, never
  * less.
  */
-import { idTime } from '../catalog/layout.js';
+import { idTime, verifyRecordKey } from '../catalog/layout.js';
 import { copyState, readVerifyRecord, type VerifyRecord } from './verify-record.js';
-import { TcabError, errorMessage } from '../errors.js';
+import { TargetError, TcabError, errorMessage } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { planRetention, type KeptSnapshot } from '../retention/policy.js';
 import { applySafetyRails, type RailReport, type RailSnapshot } from '../retention/rails.js';
@@ -132,6 +139,8 @@ interface TargetPlan {
   /** Undefined when the target could not be listed or has no policy. */
   catalog?: TargetCatalog;
   verifyRecord?: VerifyRecord;
+  /** Why the verify record could not be read: then no copy on the target is known to be good. */
+  verifyRecordError?: { key: string; message: string; damaged: boolean };
   /** What the target's policy and rails keep, a refusal aside. */
   wanted: Set<string>;
   /** What this run removes. */
@@ -161,14 +170,18 @@ async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest
   }
   const catalog = plan.catalog;
 
-  // A copy whose last re-read did not match its manifest is not verified, whatever its listing says.
-  plan.verifyRecord = await readVerifyRecord(target, deps.database, signal).catch((e: unknown) => {
-    log.warn('prune.verify_record_unreadable', { target: target.name, error: errorMessage(e) });
-    return undefined;
-  });
+  // A copy whose last re-read did not match its manifest is not verified, whatever its listing says. A record
+  // that cannot be read may hold such a verdict: then every copy here is unknown, never taken for good.
+  try {
+    plan.verifyRecord = await readVerifyRecord(target, deps.database, signal);
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    plan.verifyRecordError = { key: verifyRecordKey(deps.database), message: withoutHint(e), damaged: !(e instanceof TargetError) };
+    log.error('prune.verify_record_unreadable', { target: target.name, record: verifyRecordKey(deps.database), error: errorMessage(e) });
+  }
   const snapshots: RailSnapshot[] = catalog.snapshots.map((s) => ({
     id: s.id, time: s.time, tags: s.manifest?.tags ?? [],
-    verified: isGoodCopy(plan, s.id),
+    verified: copyStatus(plan, s.id) === 'good',
   }));
   const guarded = applySafetyRails(
     planRetention(snapshots, retention.policy, now),
@@ -182,6 +195,10 @@ async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest
   outcome.kept = guarded.keep;
   const refusedIds = new Set(guarded.refused?.ids ?? []);
   plan.wanted = new Set(guarded.keep.map((k) => k.id).filter((id) => !refusedIds.has(id)));
+  if (plan.verifyRecordError !== undefined) {
+    refuseUnknownCopies(plan, guarded.refused ? guarded.refused.ids : guarded.remove);
+    return plan;
+  }
 
   // Without its manifest, a snapshot's tags (a pin) are unknown: it stays until it is repaired.
   const unreadable = new Map(catalog.snapshots.filter((s) => s.manifestError).map((s) => [s.id, s.manifestError!]));
@@ -191,9 +208,46 @@ async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest
   return plan;
 }
 
-/** Complete as listed, and its last re-read (if any) matched: a copy replicate could restore others from. */
-function isGoodCopy(plan: TargetPlan, id: string): boolean {
-  return Boolean(plan.catalog?.byId.get(id)?.complete) && copyState(plan.verifyRecord, id).state !== 'failed';
+/**
+ * 'good': complete as listed, and its last re-read (if any) matched, a copy replicate could restore others
+ * from; 'bad': incomplete, or its last re-read did not match; 'unknown': complete, but whether its bytes
+ * still match cannot be said (the verify record could not be read, or the last re-read could not get the
+ * bytes). Only a good copy lets another target delete its own; a good or unknown one may be the last good
+ * copy, and stays.
+ */
+function copyStatus(plan: TargetPlan, id: string): 'good' | 'bad' | 'unknown' {
+  if (!plan.catalog?.byId.get(id)?.complete) return 'bad';
+  if (plan.verifyRecordError) return 'unknown';
+  const state = copyState(plan.verifyRecord, id).state;
+  return state === 'failed' ? 'bad' : state === 'unreadable' ? 'unknown' : 'good';
+}
+
+/**
+ * A target whose verify record cannot be read deletes no snapshot: any of its copies may be the last good
+ * one, and a copy it would delete may be the one others count on. The run fails; the other targets go on,
+ * counting none of this target's copies as good (see keepLastGoodCopies).
+ */
+function refuseUnknownCopies(plan: TargetPlan, ids: string[]): void {
+  const name = plan.target.name;
+  const { key, message, damaged } = plan.verifyRecordError!;
+  const check = damaged
+    ? `run "tcab-backup verify --target ${name}": it re-reads every snapshot there and writes a new record; then run prune again`
+    : `the reachability of target "${name}" and that the function app may read ${key} there, then run prune again`;
+  plan.outcome.refused = {
+    rail: 'verify-record', ids,
+    message: `Retention refused on target "${name}": its verify record ${key} could not be read (${message}), so whether its copies are good is unknown; nothing is removed there (the plan would remove ${ids.length}), and no other target removes a snapshot on the strength of its copies. Check: ${check}`,
+  };
+  const refused = new Set(ids);
+  plan.outcome.kept = plan.outcome.kept.filter((k) => !refused.has(k.id));
+  for (const id of ids) plan.outcome.kept.push({ id, reasons: ['run refused (verify-record)'] });
+  plan.remove = [];
+}
+
+/** An error's message without its "Check:" part, to quote inside a message that has its own. */
+function withoutHint(e: unknown): string {
+  const message = errorMessage(e);
+  const tail = e instanceof TcabError && e.hint ? `. Check: ${e.hint}` : '';
+  return tail && message.endsWith(tail) ? message.slice(0, -tail.length) : message;
 }
 
 /** Why the target wants a snapshot it has no good copy of, in words that follow 'target "b"'. */
@@ -202,7 +256,9 @@ function lackOf(plan: TargetPlan, id: string): string {
   const own = plan.catalog.byId.get(id);
   if (!own) return 'keeps it but has no copy';
   if (!own.complete) return `keeps it but its copy is damaged (${own.problem})`;
+  if (plan.verifyRecordError) return `keeps it but its verify record ${plan.verifyRecordError.key} could not be read, so whether its copy is good is unknown`;
   const state = copyState(plan.verifyRecord, id);
+  if (state.state === 'unreadable') return `keeps it but verify could not read its copy, so whether it is good is unknown${state.error ? ` (${state.error})` : ''}`;
   return `keeps it but its copy failed verify${state.error ? ` (${state.error})` : ''}`;
 }
 
@@ -215,16 +271,16 @@ function keepLastGoodCopies(plans: TargetPlan[], retention: RetentionConfig, now
   const catalogs = taking.map((p) => p.catalog ?? { target: p.target, snapshots: [], byId: new Map(), orphans: [] });
   const restorable = new Map(planReplication(catalogs, { retention, now }).map((d) => [d.destination, new Set(d.copies.map((c) => c.id))]));
   const lacking = (p: TargetPlan, id: string) =>
-    restorable.get(p.target.name)!.has(id) || (p.wanted.has(id) && !isGoodCopy(p, id));
+    restorable.get(p.target.name)!.has(id) || (p.wanted.has(id) && copyStatus(p, id) !== 'good');
   const removing = new Map(taking.map((p) => [p, new Set(p.remove)]));
-  const keptGood = (id: string) => taking.some((p) => p.catalog?.byId.has(id) && !removing.get(p)!.has(id) && isGoodCopy(p, id));
+  const keptGood = (id: string) => taking.some((p) => p.catalog?.byId.has(id) && !removing.get(p)!.has(id) && copyStatus(p, id) === 'good');
 
   for (const plan of taking) {
     if (plan.remove.length === 0) continue;
     const where = `target "${plan.target.name}"`;
     const kept: Array<{ id: string; reason: string }> = [];
     for (const id of plan.remove) {
-      if (!isGoodCopy(plan, id) || keptGood(id)) continue;
+      if (copyStatus(plan, id) === 'bad' || keptGood(id)) continue;
       const others = taking.filter((p) => p !== plan && lacking(p, id));
       if (others.length === 0) continue;
       kept.push({ id, reason: `last good copy: ${others.map((p) => `target "${p.target.name}" ${lackOf(p, id)}`).join('; ')}` });
@@ -302,7 +358,9 @@ function finish(outcome: PruneTargetOutcome): PruneTargetOutcome {
 
 function throwIfFailed(result: PruneResult): void {
   const refused = result.targets.filter((t) => t.refused);
-  const failed = result.targets.filter((t) => t.error || t.failures.length);
+  // Not a policy decision: the target could not say which of its copies are good.
+  const unknown = refused.filter((t) => t.refused!.rail === 'verify-record');
+  const failed = result.targets.filter((t) => t.error || t.failures.length || unknown.includes(t));
   if (refused.length === 0 && failed.length === 0) return;
   const parts: string[] = [];
   for (const t of result.targets) {
@@ -316,6 +374,9 @@ function throwIfFailed(result: PruneResult): void {
     code: onlyRefused ? 'PRUNE_REFUSED' : 'PRUNE_FAILED',
     hint: onlyRefused
       ? 'the message of the safety rail above; nothing was removed on a refused target'
-      : 'the named target (reachability, permissions); an unreadable manifest must be repaired (replicate rewrites it from another target) or removed by hand',
+      : [
+        'the named target (reachability, permissions); an unreadable manifest must be repaired (replicate rewrites it from another target) or removed by hand',
+        ...(unknown.length ? ['a target whose verify record cannot be read removes nothing until it can be read again'] : []),
+      ].join('; '),
   });
 }

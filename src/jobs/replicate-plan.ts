@@ -9,6 +9,9 @@
  * the snapshot or holds it incomplete, such a copy is still tried, last: every copy is checked against the
  * manifest as it streams, so bytes that match are good whatever an earlier re-read found.
  *
+ * A copy that verify could not read (the target did not deliver it) is not damaged as far as anyone knows:
+ * it is not copied over, and as a source it comes after the copies known to be good.
+ *
  * "Would remove at once" means what `prune --force` would remove right after the copy: the destination's
  * policy over the union of what it has and what it would get, with the safety rails that keep snapshots
  * (pinned, newest verified, min keep, min age). Copying less than that would leave a target short of
@@ -71,7 +74,8 @@ export function planReplication(catalogs: readonly TargetCatalog[], options: Pla
         continue;
       }
       const complete = catalogs.filter((c) => c !== destination && c.byId.get(id)?.complete);
-      const good = complete.filter((c) => verifyOf(c, id).state !== 'failed');
+      const known = complete.filter((c) => ['ok', 'unchecked'].includes(verifyOf(c, id).state));
+      const good = [...known, ...complete.filter((c) => verifyOf(c, id).state === 'unreadable')];
       const holders = failedVerify ? good : [...good, ...complete.filter((c) => !good.includes(c))];
       const damage = own && !own.complete ? own.problem : failedVerify ? `its last verify failed${ownVerify.error ? ` (${ownVerify.error})` : ''}` : undefined;
       if (holders.length === 0) {

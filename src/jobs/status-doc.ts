@@ -10,8 +10,10 @@
  *   drill older than the thresholds: warn or critical (before the first drill, the age of the oldest
  *   snapshot stands in, so a drill timer that never ran is still caught); the last drill could not compare
  *   with the live database: warn;
- * - verify: a stored snapshot whose last re-read failed: critical; the last clean run older than the
- *   thresholds: warn or critical (the oldest snapshot stands in before the first run).
+ * - verify: a stored snapshot whose last re-read found it damaged: critical; one whose last re-read could
+ *   not get its bytes: warn (not proven damaged; a run with such a copy is not clean, so the age of the last
+ *   clean run turns critical if it stays unreadable); the last clean run older than the thresholds: warn or
+ *   critical (the oldest snapshot stands in before the first run).
  * Postgres servers (when configured): a policy violation or unreadable records: critical; check or successful
  * drill older than the thresholds: warn or critical; no record yet: warn.
  */
@@ -20,7 +22,7 @@ import type { PgServerStatus } from '../postgres/status.js';
 import { formatDuration } from '../util/duration.js';
 import type { DrillRecord } from './drill-record.js';
 import type { AgeThreshold, MonitorThresholds } from './health-settings.js';
-import type { VerifyRecord } from './verify-record.js';
+import { verdictOf, type VerifyRecord } from './verify-record.js';
 
 export const STATUS_FORMAT_VERSION = 1;
 export type State = 'ok' | 'warn' | 'critical';
@@ -89,8 +91,10 @@ export interface TargetStatus {
     ageMs: number | null;
     lastCleanRunAt: string | null;
     lastRun: { finishedAt: string; all: boolean; checked: number; failed: number; bytes: number } | null;
-    /** Stored snapshots whose last re-read failed. */
+    /** Stored snapshots whose last re-read found them damaged. */
     failing: Array<{ id: string; checkedAt: string; failingSince: string | null; error: string }>;
+    /** Stored snapshots whose last re-read could not get their bytes: neither good nor damaged. */
+    unreadable: Array<{ id: string; checkedAt: string; failingSince: string | null; error: string }>;
     /** Stored snapshots re-read at least once by verify. */
     reread: number;
   };
@@ -184,7 +188,7 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
     },
     recoveryPointNowMs: snapshotAge,
     drill: { state: 'ok', ageMs: null, lastSucceeded: null, lastFailed: null, recent: [] },
-    verify: { state: 'ok', ageMs: null, lastCleanRunAt: null, lastRun: null, failing: [], reread: 0 },
+    verify: { state: 'ok', ageMs: null, lastCleanRunAt: null, lastRun: null, failing: [], unreadable: [], reread: 0 },
   };
   if (f.error) {
     status.state = add('critical', 'reachability', `cannot be read: ${f.error}`, 'the target\'s reachability and credentials (TCAB_BACKUP_TARGETS and its TCAB_BACKUP_TARGET_<NAME>_* settings); until it answers, nothing proves its backups exist');
@@ -241,14 +245,20 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
   if (v) {
     status.verify.lastCleanRunAt = v.lastCleanRun?.finishedAt ?? null;
     status.verify.lastRun = v.lastRun ? { finishedAt: v.lastRun.finishedAt, all: v.lastRun.all, checked: v.lastRun.checked, failed: v.lastRun.failed, bytes: v.lastRun.bytes } : null;
-    status.verify.failing = Object.entries(v.snapshots).filter(([id, e]) => !e.ok && listed.has(id))
-      .map(([id, e]) => ({ id, checkedAt: e.checkedAt, failingSince: e.failingSince ?? null, error: e.error ?? 'mismatch' }))
+    const withVerdict = (verdict: 'damaged' | 'unreadable') => Object.entries(v.snapshots).filter(([id, e]) => verdictOf(e) === verdict && listed.has(id))
+      .map(([id, e]) => ({ id, checkedAt: e.checkedAt, failingSince: e.failingSince ?? null, error: e.error ?? (verdict === 'damaged' ? 'mismatch' : 'could not be read') }))
       .sort((a, b) => (a.id < b.id ? 1 : -1));
+    status.verify.failing = withVerdict('damaged');
+    status.verify.unreadable = withVerdict('unreadable');
     status.verify.reread = Object.entries(v.snapshots).filter(([id, e]) => e.ok && listed.has(id)).length;
   }
   for (const bad of status.verify.failing) {
     verifyState = worst(verifyState, add('critical', 'verify', `snapshot ${bad.id} failed verification at ${bad.checkedAt}: ${bad.error}`,
       'this copy is damaged: the next replicate run (or "tcab-backup replicate" now) copies a good one over it from a healthy target'));
+  }
+  for (const unknown of status.verify.unreadable) {
+    verifyState = worst(verifyState, add('warn', 'verify', `snapshot ${unknown.id} could not be read by verify at ${unknown.checkedAt}${unknown.failingSince && unknown.failingSince !== unknown.checkedAt ? ` (since ${unknown.failingSince})` : ''}, so whether it is intact is unknown: ${unknown.error}`,
+      'the reachability and health of this target; the next verify run (or "tcab-backup verify") reads it again; until then prune keeps it and replicate does not replace it'));
   }
   const verifyHint = 'that verifyTimer runs (Application Insights > Failures), or run "tcab-backup verify"';
   if (status.verify.lastCleanRunAt) {

@@ -3,6 +3,14 @@
  * re-read and whether its bytes still matched the manifest. The verify rotation reads it to pick the least
  * recently verified snapshots; prune reads it so that a copy whose last re-read failed never counts as the
  * "newest verified snapshot"; the monitor reads it for the age of the last clean run.
+ *
+ * Each entry has a verdict: 'ok' (the bytes matched), 'damaged' (they did not, or the manifest or data is
+ * gone or invalid) or 'unreadable' (the target did not deliver them: a timeout, a 5xx after retries, an
+ * answer that broke off). An unreadable copy is proven neither good nor damaged: prune keeps it, replicate
+ * does not replace it, and verify reads it again on its next run. The verdict field came after format 1:
+ * an entry without it has `ok` alone, and `ok: false` then means damaged, as it always did. Entries written
+ * now keep `ok` (false for unreadable), so a reader that knows only `ok` still sees no unreadable copy as
+ * good.
  */
 import { z } from 'zod';
 import { verifyRecordKey } from '../catalog/layout.js';
@@ -15,16 +23,27 @@ export const VERIFY_RECORD_FORMAT_VERSION = 1;
 const MAX_VERIFY_RECORD_BYTES = 16 * 1024 * 1024;
 const Iso = z.string().datetime({ offset: true });
 
+export const VerdictSchema = z.enum(['ok', 'damaged', 'unreadable']);
+export type Verdict = z.infer<typeof VerdictSchema>;
+
 export const VerifyEntrySchema = z.object({
   checkedAt: Iso,
   ok: z.boolean(),
+  /** Absent in entries written before verdicts: then `ok` alone says it ('damaged' when false). */
+  verdict: VerdictSchema.optional(),
   /** Bytes read; on a mismatch, what was found. */
   bytes: z.number().int().nonnegative().optional(),
   error: z.string().optional(),
-  /** First of the consecutive failed checks, so the page can say for how long a copy has been bad. */
+  /** First of the consecutive checks with this same verdict (not ok), so the page can say for how long. */
   failingSince: Iso.optional(),
 });
 export type VerifyEntry = z.infer<typeof VerifyEntrySchema>;
+
+/** The entry's verdict. An entry whose `ok` and verdict disagree never reads as good. */
+export function verdictOf(entry: Pick<VerifyEntry, 'ok' | 'verdict'>): Verdict {
+  if (!entry.ok) return entry.verdict === 'unreadable' ? 'unreadable' : 'damaged';
+  return entry.verdict === undefined || entry.verdict === 'ok' ? 'ok' : entry.verdict;
+}
 
 export const VerifyRunSchema = z.object({
   startedAt: Iso,
@@ -33,10 +52,13 @@ export const VerifyRunSchema = z.object({
   all: z.boolean(),
   snapshots: z.number().int().nonnegative(),
   checked: z.number().int().nonnegative(),
+  /** Copies found damaged (before verdicts: every check that did not pass). */
   failed: z.number().int().nonnegative(),
+  /** Copies the target did not deliver; absent before verdicts. */
+  unreadable: z.number().int().nonnegative().optional(),
   bytes: z.number().int().nonnegative(),
   durationMs: z.number().nonnegative(),
-  failures: z.array(z.object({ id: z.string(), error: z.string() })),
+  failures: z.array(z.object({ id: z.string(), error: z.string(), verdict: VerdictSchema.optional() })),
 });
 export type VerifyRun = z.infer<typeof VerifyRunSchema>;
 
@@ -49,7 +71,7 @@ export const VerifyRecordSchema = z.object({
   /** Snapshot id -> the last check of its stored copy. Entries of snapshots that are gone are dropped. */
   snapshots: z.record(z.string(), VerifyEntrySchema),
   lastRun: VerifyRunSchema.optional(),
-  /** The last run that found every snapshot it read intact. */
+  /** The last run that found every snapshot it read intact (an unreadable one keeps a run from being clean). */
   lastCleanRun: VerifyRunSchema.optional(),
   lastFailedRun: VerifyRunSchema.optional(),
 });
@@ -62,12 +84,15 @@ export async function readVerifyRecord(target: Target, database: string, signal?
 
 /**
  * How a stored copy stands: 'failed' when its last re-read did not match its manifest (prune must not count
- * it as verified), 'ok' when it did, 'unchecked' when no run has re-read it yet (it was read back when stored).
+ * it as verified), 'ok' when it did, 'unreadable' when the last re-read could not get its bytes (neither
+ * good nor damaged), 'unchecked' when no run has re-read it yet (it was read back when stored).
  */
-export function copyState(record: VerifyRecord | undefined, id: string): { state: 'ok' | 'failed' | 'unchecked'; checkedAt?: string; error?: string } {
+export function copyState(record: VerifyRecord | undefined, id: string): { state: 'ok' | 'failed' | 'unreadable' | 'unchecked'; checkedAt?: string; error?: string } {
   const entry = record?.snapshots[id];
   if (!entry) return { state: 'unchecked' };
-  return entry.ok ? { state: 'ok', checkedAt: entry.checkedAt } : { state: 'failed', checkedAt: entry.checkedAt, ...(entry.error ? { error: entry.error } : {}) };
+  const verdict = verdictOf(entry);
+  if (verdict === 'ok') return { state: 'ok', checkedAt: entry.checkedAt };
+  return { state: verdict === 'damaged' ? 'failed' : 'unreadable', checkedAt: entry.checkedAt, ...(entry.error ? { error: entry.error } : {}) };
 }
 
 export interface VerifyUpdate {
@@ -83,9 +108,14 @@ export interface VerifyUpdate {
 function mergeResults(snapshots: Record<string, VerifyEntry>, results: Record<string, VerifyEntry>): void {
   for (const [id, result] of Object.entries(results)) {
     const previous = snapshots[id];
-    // A newer read by a concurrent run wins, except that a found mismatch is never hidden by a clean read.
-    if (previous && previous.checkedAt > result.checkedAt && (!previous.ok || result.ok)) continue;
-    snapshots[id] = result.ok ? result : { ...result, failingSince: previous && !previous.ok ? previous.failingSince ?? previous.checkedAt : result.checkedAt };
+    const was = previous && verdictOf(previous);
+    const is = verdictOf(result);
+    // A newer read by a concurrent run wins, except that a found mismatch is never hidden by a read that
+    // did not find one.
+    if (previous && previous.checkedAt > result.checkedAt && (was === 'damaged' || is !== 'damaged')) continue;
+    // Not being able to read a damaged copy does not make it any less damaged: it stays to be repaired.
+    if (was === 'damaged' && is === 'unreadable') continue;
+    snapshots[id] = is === 'ok' ? result : { ...result, failingSince: previous && was === is ? previous.failingSince ?? previous.checkedAt : result.checkedAt };
   }
 }
 
@@ -98,12 +128,13 @@ function apply(base: VerifyRecord | undefined, database: string, target: string,
   mergeResults(snapshots, update.results);
   const run = update.run;
   const newer = (a: VerifyRun | undefined) => (a && a.finishedAt > run.finishedAt ? a : run);
+  const clean = run.failed === 0 && !run.unreadable;
   return {
     formatVersion: VERIFY_RECORD_FORMAT_VERSION, kind: 'verify-record', database, target, updatedAt: new Date().toISOString(),
     snapshots,
     lastRun: newer(base?.lastRun),
-    ...(run.failed === 0 ? { lastCleanRun: newer(base?.lastCleanRun) } : base?.lastCleanRun ? { lastCleanRun: base.lastCleanRun } : {}),
-    ...(run.failed > 0 ? { lastFailedRun: newer(base?.lastFailedRun) } : base?.lastFailedRun ? { lastFailedRun: base.lastFailedRun } : {}),
+    ...(clean ? { lastCleanRun: newer(base?.lastCleanRun) } : base?.lastCleanRun ? { lastCleanRun: base.lastCleanRun } : {}),
+    ...(!clean ? { lastFailedRun: newer(base?.lastFailedRun) } : base?.lastFailedRun ? { lastFailedRun: base.lastFailedRun } : {}),
   };
 }
 

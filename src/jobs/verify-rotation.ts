@@ -5,7 +5,8 @@
  *
  * A snapshot's clock starts when its manifest was stored (the writer read the copy back then) and restarts at
  * each re-read. A run reads, least recently verified first:
- * - every snapshot whose last re-read failed, or whose artifact is missing (they stay loud until fixed);
+ * - every snapshot whose last re-read failed (found it damaged, or could not read it), or whose artifact is
+ *   missing (they stay loud until fixed);
  * - every snapshot that would pass the window before the next run could read it;
  * - more, until it has read its share: 1/R of the snapshots and 1/R of the bytes, R being the runs that fit
  *   in the window, so the work is spread evenly rather than piling up on the day snapshots fall due.
@@ -17,7 +18,7 @@ import { silentLogger, type Logger } from '../log.js';
 import type { Target } from '../targets/target.js';
 import { formatDuration } from '../util/duration.js';
 import { verifyStoredSnapshot, type VerifyOutcome } from './verify.js';
-import { readVerifyRecord, recordVerifyResults, type VerifyEntry, type VerifyRecord, type VerifyRun } from './verify-record.js';
+import { readVerifyRecord, recordVerifyResults, verdictOf, type VerifyEntry, type VerifyRecord, type VerifyRun } from './verify-record.js';
 
 export interface RotationCandidate {
   id: string;
@@ -27,7 +28,7 @@ export interface RotationCandidate {
   artifactBytes: number | undefined;
 }
 
-export type SelectionReason = 'all' | 'failed-before' | 'missing-artifact' | 'due' | 'share';
+export type SelectionReason = 'all' | 'failed-before' | 'unreadable-before' | 'missing-artifact' | 'due' | 'share';
 
 export interface RotationPlan {
   selected: Array<{ id: string; reason: SelectionReason }>;
@@ -45,7 +46,11 @@ export interface RotationOptions {
   all?: boolean;
 }
 
-/** When the snapshot's bytes were last known good on this target. */
+/**
+ * When the snapshot's bytes were last read on this target. For a copy whose last read failed (damaged or
+ * unreadable) that is the failed attempt: such a copy is read on every run until it reads well, and every
+ * one of those runs fails, so it is the failure, not the window, that keeps it loud.
+ */
 export function lastReadAt(candidate: RotationCandidate, entry: VerifyEntry | undefined): number {
   return entry ? Date.parse(entry.checkedAt) : candidate.storedAt.getTime();
 }
@@ -68,7 +73,7 @@ export function planVerifyRotation(candidates: RotationCandidate[], entries: Rec
   for (const c of ordered) {
     const entry = entries[c.id];
     const reason: SelectionReason | undefined =
-      entry && !entry.ok ? 'failed-before'
+      entry && !entry.ok ? (verdictOf(entry) === 'unreadable' ? 'unreadable-before' : 'failed-before')
       : c.artifactBytes === undefined ? 'missing-artifact'
       : lastReadAt(c, entry) + options.withinMs <= nextRun ? 'due'
       : undefined;
@@ -97,7 +102,10 @@ export interface TargetVerifyResult {
   error?: string;
   snapshots: number;
   checked: number;
+  /** Copies found damaged. */
   failed: number;
+  /** Copies the target did not deliver: neither good nor damaged, read again next run. */
+  unreadable: number;
   bytes: number;
   /** The longest any snapshot on the target had gone unread, after this run. */
   longestUnreadMs: number;
@@ -108,7 +116,10 @@ export interface VerifyRotationResult {
   database: string;
   all: boolean;
   checked: number;
+  /** Copies found damaged. */
   failed: number;
+  /** Copies that could not be read. */
+  unreadable: number;
   bytes: number;
   durationMs: number;
   targets: TargetVerifyResult[];
@@ -125,11 +136,15 @@ export interface VerifyRotationRequest {
   concurrency?: number;
 }
 
+const DAMAGED_HINT = 'restore from a target whose copy verifies; the next replicate run (or "tcab-backup replicate" now) copies a good one over the damaged copy and marks it verified';
+const UNREADABLE_HINT = 'for a copy that could not be read, the reachability and health of its target: it counts as neither good nor damaged (prune keeps it, replicate does not replace it) until the next verify run reads it again';
+
 export class VerifyFailedError extends TcabError {
   constructor(message: string, readonly result: VerifyRotationResult) {
+    const damaged = result.failed > 0 || result.targets.some((t) => !t.reachable);
     super(message, {
       code: 'VERIFY_FAILED',
-      hint: 'restore from a target whose copy verifies; the next replicate run (or "tcab-backup replicate" now) copies a good one over the damaged copy and marks it verified',
+      hint: [...(damaged || result.unreadable === 0 ? [DAMAGED_HINT] : []), ...(result.unreadable > 0 ? [UNREADABLE_HINT] : [])].join('; '),
     });
     this.name = 'VerifyFailedError';
   }
@@ -146,12 +161,14 @@ export async function runVerifyRotation(
   const targets = await Promise.all(deps.targets.map((target) => verifyTarget(target, deps.database, request, now, log, outcomes)));
   outcomes.sort((a, b) => a.target.localeCompare(b.target) || (a.id < b.id ? 1 : -1));
   const result: VerifyRotationResult = {
-    database: deps.database, all: Boolean(request.all), checked: outcomes.length, failed: outcomes.filter((o) => !o.ok).length,
+    database: deps.database, all: Boolean(request.all), checked: outcomes.length,
+    failed: outcomes.filter((o) => o.verdict === 'damaged').length, unreadable: outcomes.filter((o) => o.verdict === 'unreadable').length,
     bytes: outcomes.reduce((n, o) => n + (o.bytes ?? 0), 0), durationMs: Date.now() - started, targets, outcomes,
   };
   const problems = [
     ...targets.filter((t) => !t.reachable).map((t) => `target "${t.target}" (${t.url}): ${t.error}`),
-    ...outcomes.filter((o) => !o.ok).map((o) => `target "${o.target}" snapshot ${o.id}: ${o.error}`),
+    ...outcomes.filter((o) => o.verdict === 'damaged').map((o) => `target "${o.target}" snapshot ${o.id}: ${o.error}`),
+    ...outcomes.filter((o) => o.verdict === 'unreadable').map((o) => `target "${o.target}" snapshot ${o.id} ${o.error}`),
   ];
   if (problems.length) {
     throw new VerifyFailedError(`Verify of database "${deps.database}" failed: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? `; and ${problems.length - 5} more` : ''}`, result);
@@ -172,7 +189,7 @@ async function verifyTarget(
   outcomes: VerifyOutcome[],
 ): Promise<TargetVerifyResult> {
   const signal = request.signal;
-  const base: TargetVerifyResult = { target: target.name, url: target.url, reachable: true, snapshots: 0, checked: 0, failed: 0, bytes: 0, longestUnreadMs: 0, selected: [] };
+  const base: TargetVerifyResult = { target: target.name, url: target.url, reachable: true, snapshots: 0, checked: 0, failed: 0, unreadable: 0, bytes: 0, longestUnreadMs: 0, selected: [] };
   const startedAt = now();
   let record: VerifyRecord | undefined;
   let damaged = false;
@@ -181,18 +198,20 @@ async function verifyTarget(
   try {
     const listing = await listCatalog(target, database, signal ? { signal } : {});
     candidates = listing.snapshots.map((s) => ({ id: s.id, storedAt: s.manifest.lastModified, artifactBytes: s.artifact?.size }));
-    try {
-      record = await readVerifyRecord(target, database, signal);
-    } catch (e) {
-      if (e instanceof TargetError || isAbortError(e)) throw e;
-      // A damaged record cannot say what was read when: read everything once and start a new one.
-      log.warn('verify.record_damaged', { target: target.name, error: errorMessage(e), note: 'this run reads every snapshot and replaces the record' });
-      all = true;
-      damaged = true;
-    }
   } catch (e) {
     if (signal?.aborted) throw e;
     return { ...base, reachable: false, error: `listing failed: ${errorMessage(e)}` };
+  }
+  try {
+    record = await readVerifyRecord(target, database, signal);
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    // Not delivered is not damaged: a record that could not be read is never replaced (it may hold verdicts).
+    if (e instanceof TargetError || isAbortError(e)) return { ...base, reachable: false, error: `reading the verify record failed: ${errorMessage(e)}` };
+    // A damaged record cannot say what was read when: read everything once and start a new one.
+    log.warn('verify.record_damaged', { target: target.name, error: errorMessage(e), note: 'this run reads every snapshot and replaces the record' });
+    all = true;
+    damaged = true;
   }
   const plan = planVerifyRotation(candidates, record?.snapshots ?? {}, { now: startedAt, withinMs: request.withinMs, intervalMs: request.intervalMs, all });
   const results: Record<string, VerifyEntry> = {};
@@ -203,20 +222,25 @@ async function verifyTarget(
       const { id } = plan.selected[next++]!;
       const outcome = await verifyStoredSnapshot(target, database, id, signal);
       mine.push(outcome);
-      results[id] = { checkedAt: now().toISOString(), ok: outcome.ok, ...(outcome.bytes !== undefined ? { bytes: outcome.bytes } : {}), ...(outcome.error ? { error: outcome.error } : {}) };
-      if (!outcome.ok) log.error('verify.mismatch', { database, target: target.name, id, error: outcome.error });
+      results[id] = {
+        checkedAt: now().toISOString(), ok: outcome.ok, verdict: outcome.verdict,
+        ...(outcome.bytes !== undefined ? { bytes: outcome.bytes } : {}), ...(outcome.error ? { error: outcome.error } : {}),
+      };
+      if (outcome.verdict === 'damaged') log.error('verify.mismatch', { database, target: target.name, id, error: outcome.error });
+      if (outcome.verdict === 'unreadable') log.error('verify.unreadable', { database, target: target.name, id, error: outcome.error });
     }
   };
   await Promise.all(Array.from({ length: Math.min(request.concurrency ?? 2, Math.max(plan.selected.length, 1)) }, worker));
   outcomes.push(...mine);
   const finishedAt = now();
   const failures = mine.filter((o) => !o.ok);
+  const unreadable = failures.filter((o) => o.verdict === 'unreadable').length;
   const run: VerifyRun = {
     startedAt: startedAt.toISOString(), finishedAt: finishedAt.toISOString(), all, snapshots: candidates.length, checked: mine.length,
-    failed: failures.length, bytes: mine.reduce((n, o) => n + (o.bytes ?? 0), 0), durationMs: finishedAt.getTime() - startedAt.getTime(),
-    failures: failures.slice(0, 20).map((o) => ({ id: o.id, error: o.error ?? 'unknown' })),
+    failed: failures.length - unreadable, unreadable, bytes: mine.reduce((n, o) => n + (o.bytes ?? 0), 0), durationMs: finishedAt.getTime() - startedAt.getTime(),
+    failures: failures.slice(0, 20).map((o) => ({ id: o.id, error: o.error ?? 'unknown', verdict: o.verdict })),
   };
-  const summary: TargetVerifyResult = { ...base, snapshots: candidates.length, checked: run.checked, failed: run.failed, bytes: run.bytes, selected: plan.selected };
+  const summary: TargetVerifyResult = { ...base, snapshots: candidates.length, checked: run.checked, failed: run.failed, unreadable, bytes: run.bytes, selected: plan.selected };
   try {
     const updated = await recordVerifyResults(target, database, { listed: candidates.map((c) => c.id), results, run, replaceDamaged: damaged }, signal);
     summary.longestUnreadMs = Math.max(0, ...candidates.map((c) => finishedAt.getTime() - lastReadAt(c, updated.snapshots[c.id])));

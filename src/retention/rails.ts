@@ -47,7 +47,11 @@ export interface SafetyRails extends RetentionRailSettings {
   target?: string;
 }
 
-export type RailName = 'listing-complete' | 'pinned' | 'newest-verified' | 'min-keep' | 'min-age' | 'max-delete-share';
+/**
+ * 'verify-record' is not applied here: prune refuses a target with it when the target's verify record cannot
+ * be read, since then no copy there is known to be good (src/jobs/prune.ts).
+ */
+export type RailName = 'listing-complete' | 'pinned' | 'newest-verified' | 'min-keep' | 'min-age' | 'max-delete-share' | 'verify-record';
 
 export interface RailReport {
   rail: RailName;

@@ -89,7 +89,7 @@ function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: numb
       `${formatBytes(t.snapshots.totalArtifactBytes)} stored${newest?.artifactBytes != null ? `; newest ${formatBytes(newest.artifactBytes)}${newest.bytes != null ? ` (${formatBytes(newest.bytes)} restored)` : ''}` : ''}`),
     fact('Last restore drill', drillText(lastDrill), t.drill.state,
       t.drill.lastSucceeded ? `last success ${ago(t.drill.ageMs)}${t.drill.lastSucceeded.runsSince !== null ? `; ${t.drill.lastSucceeded.runsSince} run(s) published after its snapshot` : ''}` : 'no successful drill yet'),
-    fact('Verification', t.verify.failing.length ? `${t.verify.failing.length} damaged` : t.verify.lastCleanRunAt ? 'intact' : 'not run yet', t.verify.state,
+    fact('Verification', verificationText(t), t.verify.state,
       `last clean run ${ago(t.verify.ageMs)}; ${t.verify.reread} of ${t.snapshots.count} re-read`),
   ].join('');
   const timeline = snapshotTimelineSvg(`${slug}-timeline`, t, now);
@@ -97,6 +97,11 @@ function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: numb
   const failing = t.verify.failing.length
     ? `<h3 class="state-critical">✕ Snapshots that failed verification</h3><table><thead><tr><th>snapshot</th><th>checked</th><th>failing since</th><th>what was found</th></tr></thead><tbody>`
       + t.verify.failing.map((f) => `<tr><td><code>${esc(f.id)}</code></td><td>${esc(utcMinute(f.checkedAt))}</td><td>${f.failingSince ? esc(utcMinute(f.failingSince)) : ''}</td><td>${esc(f.error)}</td></tr>`).join('')
+      + '</tbody></table>'
+    : '';
+  const unreadable = t.verify.unreadable?.length
+    ? `<h3 class="state-warn">! Snapshots that verify could not read (not proven damaged)</h3><table><thead><tr><th>snapshot</th><th>checked</th><th>unreadable since</th><th>what happened</th></tr></thead><tbody>`
+      + t.verify.unreadable.map((f) => `<tr><td><code>${esc(f.id)}</code></td><td>${esc(utcMinute(f.checkedAt))}</td><td>${f.failingSince ? esc(utcMinute(f.failingSince)) : ''}</td><td>${esc(f.error)}</td></tr>`).join('')
       + '</tbody></table>'
     : '';
   const lastFailed = t.drill.lastFailed && (!t.drill.lastSucceeded || t.drill.lastFailed.finishedAt > t.drill.lastSucceeded.finishedAt)
@@ -113,7 +118,18 @@ function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: numb
     + `<figcaption>Recovery point now: the newest snapshot's age, i.e. at least how much a restore from this target would lose.</figcaption></figure>`
     + `<figure>${recoveryTimeSvg(`${slug}-rt`, t.name, t.drill.recent)}<figcaption>Recovery time trend: download to verified file, per drill. Hatched bars failed; dotted bars and "!" had warnings.</figcaption></figure></div>`
     + failing
+    + unreadable
     + '</section>';
+}
+
+function verificationText(t: TargetStatus): string {
+  // Documents written before unreadable copies were told apart have no such list.
+  const unreadable = t.verify.unreadable?.length ?? 0;
+  const parts = [
+    ...(t.verify.failing.length ? [`${t.verify.failing.length} damaged`] : []),
+    ...(unreadable ? [`${unreadable} unreadable`] : []),
+  ];
+  return parts.length ? parts.join(', ') : t.verify.lastCleanRunAt ? 'intact' : 'not run yet';
 }
 
 function postgresSection(p: PostgresStatus): string {

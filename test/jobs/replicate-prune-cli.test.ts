@@ -108,4 +108,18 @@ describe('tcab-backup prune', () => {
     expect(forced.out()).toContain(`a: removed ${ids.slice(0, 3).reverse().join(', ')}`);
     expect(await idsOn(a.target)).toEqual([ids[3]]);
   });
+
+  it('fails naming the target and the verify record it cannot read, and removes nothing there, even with --force', async () => {
+    const { a, ids, env } = await twoTargets();
+    await a.target.put('status/tcab.verify.json', Buffer.from('{"formatVersion": 1, "kind": "verify-rec'));
+    const run = cli({ ...env, TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=1' });
+    const err = await pruneCommand(['--force'], run.ctx).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PruneFailedError);
+    expect((err as PruneFailedError).code).toBe('PRUNE_FAILED');
+    expect((err as Error).message).toMatch(/target "a": its verify record status\/tcab\.verify\.json could not be read \(.*is not valid JSON\)/);
+    expect(run.out()).toMatch(/\n\s+a\s+4\s+4\s+refused\s+0\s+0\s+TCAB_BACKUP_RETENTION_A\n/);
+    expect(run.out()).toContain('a: REFUSED (verify-record): Retention refused on target "a"');
+    expect(run.out()).toContain('Check: run "tcab-backup verify --target a"');
+    expect(await idsOn(a.target)).toEqual(ids);
+  });
 });

@@ -93,14 +93,20 @@ function forwardAndCut(x: Exchange, upstream: string, limit: number): Promise<vo
         x.res.writeHead(answer.statusCode ?? 502, answer.headers);
         let sent = 0;
         answer.on('data', (chunk: Buffer) => {
+          if (sent >= limit) return;
           const room = limit - sent;
-          if (room > 0) x.res.write(chunk.subarray(0, room));
           sent += chunk.length;
-          if (sent >= limit) {
-            answer.destroy();
+          if (sent < limit) {
+            x.res.write(chunk);
+            return;
+          }
+          answer.destroy();
+          // The status, headers and the first `limit` bytes reach the client before the connection drops, so
+          // the client sees an answer that breaks off part-way, not one that never came.
+          x.res.write(chunk.subarray(0, room), () => {
             x.res.socket?.destroy();
             resolve();
-          }
+          });
         });
         answer.on('end', () => {
           x.res.end();
