@@ -15,6 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
 import { access, link, mkdir, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import Database from 'better-sqlite3';
 import { manifestArtifactKey } from '../catalog/catalog.js';
@@ -100,7 +101,12 @@ async function restoreFromTarget(
   const key = manifestArtifactKey(manifest);
   const tmp = join(dirname(outPath), `.${basename(outPath)}.restore-${randomBytes(4).toString('hex')}.tmp`);
   try {
-    const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
+    // The file first: a destination that cannot take it is found before anything is downloaded.
+    const file = await open(tmp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600).catch((e: unknown) => {
+      throw new DestinationError(`Restore cannot create its temporary file ${tmp} beside ${outPath} (${errorMessage(e)})`, {
+        hint: `check that ${dirname(outPath)} exists, is writable and has room for the database; nothing was changed there`, cause: e,
+      });
+    });
     const artifactHash = new HashingStream();
     const plainHash = new HashingStream();
     let lastReport = 0;
@@ -114,13 +120,17 @@ async function restoreFromTarget(
       });
     }
     let decompressFailed = false;
-    const file = await open(tmp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600);
+    let inflate: Duplex | undefined;
     try {
-      const inflate = decompressor(manifest.artifact.compression);
+      inflate = decompressor(manifest.artifact.compression);
       inflate.once('error', () => (decompressFailed = true));
+      // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
+      const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
       await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream(), request.signal ? { signal: request.signal } : {});
       await file.sync().catch(() => undefined);
     } catch (e) {
+      // A get that failed leaves the decompressor unused (for zstd on older Node, a child process waiting).
+      inflate?.destroy();
       // A damaged artifact usually fails decompression first; name the real cause when the hash says so.
       if (artifactHash.bytes === manifest.artifact.bytes && artifactHash.digest() !== manifest.artifact.sha256) {
         throw new IntegrityError(`Snapshot ${manifest.id} on target "${target.name}": artifact sha256 ${artifactHash.digest()} does not match the manifest's ${manifest.artifact.sha256}`, { cause: e });

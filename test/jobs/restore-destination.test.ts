@@ -9,7 +9,7 @@ import { copyFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
@@ -18,8 +18,10 @@ import { manifestKey } from '../../src/catalog/layout.js';
 import type { Manifest } from '../../src/catalog/manifest.js';
 import { main as cli } from '../../src/cli/main.js';
 import { createSampleDatabase, SAMPLE_SCHEMA } from '../../src/dev/sample-db.js';
+import { runRestore } from '../../src/jobs/restore.js';
 import { runSnapshot } from '../../src/jobs/snapshot.js';
 import { openTarget } from '../../src/targets/index.js';
+import type { GetOptions, GetResult, Target } from '../../src/targets/target.js';
 
 let work: string;
 let agent: { url: string; close(): Promise<void> };
@@ -218,5 +220,46 @@ describe('restore onto a database path with -wal, -shm or -journal beside it', (
     expect(r.code).toBe(1);
     expect(r.stderr).toContain(`Snapshot ${snapshot.id} on target "damaged"`);
     expect(folderState(dir)).toEqual(before);
+  });
+});
+
+/** A real target that keeps every body it hands out, and runs `beforeGet` before each read. */
+function watched(target: Target, beforeGet: (key: string) => Promise<void>): { target: Target; bodies: Readable[] } {
+  const bodies: Readable[] = [];
+  return {
+    bodies,
+    target: {
+      name: target.name, url: target.url,
+      put: (k, b, o) => target.put(k, b, o), head: (k, o) => target.head(k, o), list: (p, o) => target.list(p, o), delete: (k, o) => target.delete(k, o),
+      async get(k: string, o?: GetOptions): Promise<GetResult> {
+        await beforeGet(k);
+        const got = await target.get(k, o);
+        bodies.push(got.body);
+        return got;
+      },
+    },
+  };
+}
+
+describe('restore when the destination folder fails', () => {
+  it('stops at once naming the folder, and leaves no download open, when the temporary file cannot be created', async () => {
+    const dir = join(work, 'vanishing', 'db');
+    const a = openTarget({ kind: 'file', name: 'a', displayUrl: `file://${join(work, 'a')}`, path: join(work, 'a') });
+    // The folder is removed (an unmounted volume, a cleanup job) while the restore reads the manifest.
+    const vanish = async (k: string) => void (k.endsWith('.json') && (await rm(dir, { recursive: true, force: true })));
+    const first = watched(a, vanish);
+    const second = watched(a, vanish);
+    const err = await runRestore(
+      { targets: [first.target, { ...second.target, name: 'b' }], database: 'tcab' },
+      { selector: { id: snapshot.id }, outPath: join(dir, 'runs.sqlite') },
+    ).then(() => undefined, (e: unknown) => e as Error);
+    expect(err).toBeInstanceOf(Error);
+    expect(err!.message).toContain(dir);
+    expect(err!.message).toMatch(/ENOENT|no such file/);
+    const open = [...first.bodies, ...second.bodies].filter((b) => !b.destroyed);
+    expect(open).toHaveLength(0);
+    // Every target would meet the same folder: the second is not asked for the snapshot's data.
+    expect(second.bodies).toHaveLength(0);
+    expect(existsSync(dir)).toBe(false);
   });
 });
