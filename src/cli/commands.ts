@@ -119,6 +119,10 @@ const restore: Command = async (args, ctx) => {
     ctx.io.stdout.write(`restored snapshot ${result.id} (created ${result.createdAt}) from target "${result.target}" to ${result.path}\n`);
     ctx.io.stdout.write(`  ${formatBytes(result.bytes)}, sha256 and integrity_check ok, ${Object.entries(result.tables).map(([k, v]) => `${k}=${v}`).join(' ')}, ${(result.durationMs / 1000).toFixed(1)} s\n`);
     for (const s of result.skipped) ctx.io.stdout.write(`  skipped target "${s.target}": ${s.error}\n`);
+    if (result.movedAside.length) {
+      ctx.io.stdout.write('  moved aside, kept as they were (opened under the new name they are the old database; delete them when no longer needed):\n');
+      for (const m of result.movedAside) ctx.io.stdout.write(`    ${m.from} -> ${m.to}\n`);
+    }
   }
   return 0;
 };

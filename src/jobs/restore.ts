@@ -2,12 +2,20 @@
  * Restore: download a snapshot, check the artifact's sha256 against the manifest while it streams,
  * decompress, check the plain file's sha256 and PRAGMA integrity_check, and only then move it into place.
  * The file is written beside the destination under a temporary name and renamed at the end, so a failed
- * restore leaves nothing at the destination (and never replaces an existing file without `force`).
+ * restore leaves the destination as it was (and never replaces an existing file without `force`).
+ *
+ * SQLite reads the files beside a database when it opens it: it replays a `-wal` over whatever file is at
+ * the path, and rolls a hot `-journal` back into it. A restored file renamed next to the `-wal` of the
+ * database it replaces would open as that old database. So restore refuses while any of them is there, and
+ * with `force` moves the old database and those files aside together, never deleting them: after a crash
+ * the `-wal` holds the newest writes, possibly ones no snapshot has, and it means something only next to
+ * the database file it belongs to (opened under its new name, the set is the old database as it was).
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
 import { access, link, mkdir, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import Database from 'better-sqlite3';
 import { manifestArtifactKey } from '../catalog/catalog.js';
@@ -39,7 +47,21 @@ export interface RestoreResult {
   durationMs: number;
   /** Targets tried before this one and why they failed. */
   skipped: Array<{ target: string; error: string }>;
+  /**
+   * With `force`: what was at the destination (the old database, its -wal, -shm, -journal) and where it
+   * was moved, in that order. Empty when the destination was free.
+   */
+  movedAside: Array<{ from: string; to: string }>;
 }
+
+/** Files SQLite reads beside a database `path` when it opens it (`path` + suffix). */
+export const SQLITE_COMPANION_SUFFIXES = ['-wal', '-shm', '-journal'] as const;
+
+/**
+ * A problem with the destination rather than with a target: every target would meet it, so the restore
+ * stops at once instead of downloading the snapshot again from the next one.
+ */
+class DestinationError extends TcabError {}
 
 /** Tries the targets in order and restores from the first that has the snapshot and passes every check. */
 export async function runRestore(
@@ -48,9 +70,7 @@ export async function runRestore(
 ): Promise<RestoreResult> {
   const log = deps.logger ?? silentLogger;
   const outPath = resolve(request.outPath);
-  if (!request.force && (await exists(outPath))) {
-    throw new TcabError(`Restore destination ${outPath} already exists`, { hint: 'choose another -o path, or pass --force to replace it (the old file is replaced only after the restore is verified)' });
-  }
+  if (!request.force) await refuseOccupied(outPath, 'already exists');
   await mkdir(dirname(outPath), { recursive: true });
   const skipped: RestoreResult['skipped'] = [];
   for (const target of deps.targets) {
@@ -59,7 +79,7 @@ export async function runRestore(
       const result = await restoreFromTarget(target, manifest, outPath, request, log);
       return { ...result, skipped };
     } catch (e) {
-      if (request.signal?.aborted) throw e;
+      if (request.signal?.aborted || e instanceof DestinationError) throw e;
       skipped.push({ target: target.name, error: errorMessage(e) });
       log.warn('restore.target_failed', { target: target.name, error: errorMessage(e) });
     }
@@ -81,7 +101,12 @@ async function restoreFromTarget(
   const key = manifestArtifactKey(manifest);
   const tmp = join(dirname(outPath), `.${basename(outPath)}.restore-${randomBytes(4).toString('hex')}.tmp`);
   try {
-    const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
+    // The file first: a destination that cannot take it is found before anything is downloaded.
+    const file = await open(tmp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600).catch((e: unknown) => {
+      throw new DestinationError(`Restore cannot create its temporary file ${tmp} beside ${outPath} (${errorMessage(e)})`, {
+        hint: `check that ${dirname(outPath)} exists, is writable and has room for the database; nothing was changed there`, cause: e,
+      });
+    });
     const artifactHash = new HashingStream();
     const plainHash = new HashingStream();
     let lastReport = 0;
@@ -95,17 +120,17 @@ async function restoreFromTarget(
       });
     }
     let decompressFailed = false;
-    const file = await open(tmp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600).catch((e: unknown) => {
-      // Nothing will read the download now: close it rather than leave its connection open.
-      body.destroy();
-      throw e;
-    });
+    let inflate: Duplex | undefined;
     try {
-      const inflate = decompressor(manifest.artifact.compression);
+      inflate = decompressor(manifest.artifact.compression);
       inflate.once('error', () => (decompressFailed = true));
+      // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
+      const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
       await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream(), request.signal ? { signal: request.signal } : {});
       await file.sync().catch(() => undefined);
     } catch (e) {
+      // A get that failed leaves the decompressor unused (for zstd on older Node, a child process waiting).
+      inflate?.destroy();
       // A damaged artifact usually fails decompression first; name the real cause when the hash says so.
       if (artifactHash.bytes === manifest.artifact.bytes && artifactHash.digest() !== manifest.artifact.sha256) {
         throw new IntegrityError(`Snapshot ${manifest.id} on target "${target.name}": artifact sha256 ${artifactHash.digest()} does not match the manifest's ${manifest.artifact.sha256}`, { cause: e });
@@ -130,17 +155,31 @@ async function restoreFromTarget(
       });
     }
     const tables = checkDatabase(tmp, manifest, target.name);
-    if (request.force) await rename(tmp, outPath);
-    else {
+    let movedAside: RestoreResult['movedAside'] = [];
+    if (request.force) {
+      movedAside = await moveAside(outPath, log);
+      try {
+        await rename(tmp, outPath);
+      } catch (e) {
+        await putBack(movedAside, log);
+        throw new DestinationError(`Restore could not move the verified file into place at ${outPath} (${errorMessage(e)})`, {
+          hint: `${movedAside.length ? 'what was there has been moved back; ' : ''}check that the folder is writable`, cause: e,
+        });
+      }
+    } else {
+      // Checked again: a database may have been opened there during the download.
+      await refuseOccupied(outPath, 'appeared during the restore');
       // link() fails if the destination appeared meanwhile: never replace a file without --force.
       await link(tmp, outPath).catch((e: NodeJS.ErrnoException) => {
-        throw new TcabError(`Restore destination ${outPath} ${e.code === 'EEXIST' ? 'appeared during the restore' : `cannot be created (${e.code})`}`, { hint: 'pass --force to replace it, or choose another path', cause: e });
+        throw new DestinationError(`Restore destination ${outPath} ${e.code === 'EEXIST' ? 'appeared during the restore' : `cannot be created (${e.code})`}`, { hint: 'pass --force to replace it, or choose another path', cause: e });
       });
       await rm(tmp, { force: true });
     }
+    // The renames are durable only once the folder is: a power cut must not bring the old database back.
+    await syncFolder(dirname(outPath));
     const result = {
       id: manifest.id, target: target.name, path: outPath, createdAt: manifest.createdAt,
-      artifactBytes: manifest.artifact.bytes, bytes: plainHash.bytes, tables, durationMs: Date.now() - started,
+      artifactBytes: manifest.artifact.bytes, bytes: plainHash.bytes, tables, durationMs: Date.now() - started, movedAside,
     };
     log.info('restore.completed', { ...result });
     return result;
@@ -172,6 +211,84 @@ export function checkDatabase(path: string, manifest: Manifest, targetName: stri
     return tables;
   } finally {
     db.close();
+  }
+}
+
+/** The database file at `path` and the companions beside it that exist, database first. */
+async function occupants(path: string): Promise<string[]> {
+  const all = [path, ...SQLITE_COMPANION_SUFFIXES.map((s) => `${path}${s}`)];
+  const present = await Promise.all(all.map(exists));
+  return all.filter((_, i) => present[i]);
+}
+
+/** Without --force: refuse while a database, or a file SQLite would read with one, is at the destination. */
+async function refuseOccupied(outPath: string, what: string): Promise<void> {
+  const found = await occupants(outPath);
+  if (found.length === 0) return;
+  const companions = found.filter((f) => f !== outPath);
+  const aside = `${outPath}.replaced-<time>`;
+  if (companions.length === 0) {
+    throw new DestinationError(`Restore destination ${outPath} ${what}`, {
+      hint: `choose another -o path, or pass --force to replace it once the restore is verified (the old file is kept as ${aside})`,
+    });
+  }
+  throw new DestinationError(
+    `Restore destination ${outPath} ${found.includes(outPath) ? `${what}, with ${companions.join(', ')} beside it` : `has ${companions.join(', ')} beside it`}: `
+      + 'SQLite would replay them over the restored database, which would then open as the old one',
+    {
+      hint: `stop every process that uses ${outPath} (after a crash these files hold its newest writes); then choose another -o path, `
+        + `or pass --force to move them aside once the restore is verified: they are kept together, never deleted, as ${found.map((f) => `${basename(aside)}${f.slice(outPath.length)}`).join(', ')}`,
+    },
+  );
+}
+
+/**
+ * Moves the database at `outPath` and its companions aside under one free name, so that they stay a set
+ * SQLite opens as the old database. The database goes first: a crash between the renames then leaves at
+ * most a companion at the path, which the next restore refuses or moves aside too.
+ */
+async function moveAside(outPath: string, log: Logger): Promise<RestoreResult['movedAside']> {
+  const found = await occupants(outPath);
+  if (found.length === 0) return [];
+  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  let base = `${outPath}.replaced-${stamp}`;
+  for (let n = 2; (await occupants(base)).length > 0; n++) base = `${outPath}.replaced-${stamp}-${n}`;
+  const moved: RestoreResult['movedAside'] = [];
+  for (const from of found) {
+    const to = `${base}${from.slice(outPath.length)}`;
+    try {
+      await rename(from, to);
+    } catch (e) {
+      await putBack(moved, log);
+      throw new DestinationError(`Restore could not move ${from} aside to ${to} (${errorMessage(e)})`, {
+        hint: `nothing was replaced${moved.length ? ' and what was moved has been moved back' : ''}; check that the folder is writable`, cause: e,
+      });
+    }
+    moved.push({ from, to });
+  }
+  return moved;
+}
+
+/** Undoes moveAside as far as it can; what cannot be moved back is logged with both names. */
+async function putBack(moved: RestoreResult['movedAside'], log: Logger): Promise<void> {
+  for (const { from, to } of [...moved].reverse()) {
+    await rename(to, from).catch((e) => log.error('restore.move_back_failed', { from: to, to: from, error: errorMessage(e) }));
+  }
+}
+
+async function syncFolder(dir: string): Promise<void> {
+  const handle = await open(dir, fsc.O_RDONLY);
+  try {
+    await handle.sync();
+  } catch (e) {
+    // Some file systems cannot sync a folder at all; there is nothing more to do there.
+    if (!['EINVAL', 'ENOTSUP', 'EPERM', 'EISDIR'].includes((e as NodeJS.ErrnoException).code ?? '')) {
+      throw new DestinationError(`Restore wrote ${dir} but could not flush the folder to disk (${errorMessage(e)})`, {
+        hint: 'the restored file is in place but may not survive a power cut; check the disk (dmesg) and run the restore again', cause: e,
+      });
+    }
+  } finally {
+    await handle.close();
   }
 }
 

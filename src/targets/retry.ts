@@ -8,7 +8,7 @@
  * here; its backends retry each buffered part through `retrying` instead.
  */
 import type { Readable } from 'node:stream';
-import { errorMessage, isAbortError, isPermanent, TargetError } from '../errors.js';
+import { errorMessage, isAbortError, isPermanent, NotFoundError, PreconditionFailedError, TargetError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { abortError, compareKeys, isTransientNetworkError } from './failure.js';
 import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
@@ -94,6 +94,7 @@ export function withRetry(target: Target, options: RetryOptions & { logger?: Log
     url: target.url,
     put(key: string, body: Readable | Buffer, putOptions?: PutOptions): Promise<PutResult> {
       if (!Buffer.isBuffer(body)) return target.put(key, body, putOptions);
+      if (putOptions?.ifMatch || putOptions?.ifNoneMatch) return conditionalPut(target, key, body, putOptions, ctx('put', key, putOptions.signal));
       return retrying(() => target.put(key, body, putOptions), ctx('put', key, putOptions?.signal));
     },
     get(key: string, getOptions?: GetOptions): Promise<GetResult> {
@@ -115,6 +116,60 @@ export function withRetry(target: Target, options: RetryOptions & { logger?: Log
       retrying(() => abortStale(olderThan, abortOptions), ctx('abort stale uploads', undefined, abortOptions?.signal));
   }
   return wrapped;
+}
+
+/**
+ * A conditional write, retried. An attempt that failed without an answer (a reset, a timeout, a 5xx) may
+ * still have been applied; its retry then loses the condition to that very write. So when a retry ends in
+ * PreconditionFailed after such an attempt, the object is read back: holding exactly the bytes written, it
+ * is this write (success, with the object's etag now); holding others, another writer won (the race is
+ * lost). Identical bytes from another writer would be indistinguishable, and change nothing the caller can
+ * see: records used as locks carry their writer's own ids and times. A first attempt that loses is a lost
+ * race without any reading back.
+ */
+async function conditionalPut(target: Target, key: string, body: Buffer, options: PutOptions, ctx: RetryContext): Promise<PutResult> {
+  let unsure = false;
+  try {
+    return await retrying(async () => {
+      try {
+        return await target.put(key, body, options);
+      } catch (err) {
+        if (isRetryable(err)) unsure = true;
+        throw err;
+      }
+    }, ctx);
+  } catch (err) {
+    if (!unsure || !(err instanceof PreconditionFailedError)) throw err;
+    const etag = await retrying(() => etagIfHolding(target, key, body, options.signal), { ...ctx, operation: 'read back' });
+    if (etag === undefined) throw err;
+    ctx.logger?.info('target.conditional_write_landed', { target: ctx.target, object: key, detail: 'an earlier attempt was applied though its answer was lost' });
+    return { etag, size: body.length };
+  }
+}
+
+/** The object's etag when it holds exactly `expected`, else undefined (also when it is gone). */
+async function etagIfHolding(target: Target, key: string, expected: Buffer, signal: AbortSignal | undefined): Promise<string | undefined> {
+  let got;
+  try {
+    got = await target.get(key, signal ? { signal } : {});
+  } catch (err) {
+    if (err instanceof NotFoundError) return undefined;
+    throw err;
+  }
+  if (got.size !== expected.length) {
+    got.body.destroy();
+    return undefined;
+  }
+  let offset = 0;
+  try {
+    for await (const chunk of got.body as AsyncIterable<Buffer>) {
+      if (offset + chunk.length > expected.length || !chunk.equals(expected.subarray(offset, offset + chunk.length))) return undefined;
+      offset += chunk.length;
+    }
+  } finally {
+    got.body.destroy();
+  }
+  return offset === expected.length ? got.etag : undefined;
 }
 
 /**

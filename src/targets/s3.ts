@@ -24,7 +24,7 @@ import {
   scrub, sourceFailure, SourceError, type TargetIdentity,
 } from './failure.js';
 import { putInParts, putWhole, wholeBodyLength } from './parts.js';
-import { retrying, type RetryOptions } from './retry.js';
+import { isRetryable, retrying, type RetryContext, type RetryOptions } from './retry.js';
 import type { S3TargetSpec } from './spec.js';
 import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
 
@@ -161,7 +161,8 @@ export class S3Target implements Target {
     // The service received other bytes than the sha256 they were sent with: changed on the way (a proxy
     // rewriting bodies, a faulty network card). Sending them again from the source may well succeed.
     const garbled = code === 'XAmzContentSHA256Mismatch' || code === 'BadDigest';
-    const transient = isTransientStatus(status) || code === 'SlowDown' || garbled;
+    // S3 may answer CompleteMultipartUpload 200 with an InternalError body: as retryable as a 500.
+    const transient = isTransientStatus(status) || code === 'SlowDown' || code === 'InternalError' || garbled;
     const hint =
       garbled ? `what lies between here and ${this.where()} (a proxy that rewrites request bodies?): the service received other bytes than were sent and stored nothing; they are sent again (a part on its own, a whole copy from its source)`
       : status === 401 || status === 403 ? hintFor('auth', this.where())
@@ -236,15 +237,7 @@ export class S3Target implements Target {
         ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
         ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
       });
-      // Before signing: the signer takes a payload hash already present instead of computing one.
-      command.middlewareStack.add(
-        // eslint-disable-next-line @typescript-eslint/no-explicit-any
-        (next: any) => async (args: any) => {
-          (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = options.sha256;
-          return next(args);
-        },
-        { step: 'build', name: 'tcabPayloadSha256' },
-      );
+      signWithSha256(command, options.sha256);
       const out = await this.client.send(command, { abortSignal });
       return { etag: out.ETag ?? '', size: options.contentLength };
     });
@@ -255,17 +248,31 @@ export class S3Target implements Target {
     const Bucket = this.spec.bucket;
     const Key = this.objectKey(key);
     const send = { ...(signal ? { abortSignal: signal } : {}) };
+    const conditional = Boolean(options.ifNoneMatch || options.ifMatch);
     const parts: CompletedPart[] = [];
+    /** Each part's length and sha256, which sign it and which prove, if it comes to that, what was stored. */
+    const sums: Array<{ bytes: number; sha256: string }> = [];
     let uploadId: string | undefined;
+    const retry = (operation: string): RetryContext => ({
+      ...this.options.retry, target: this.name, operation, key, logger: this.logger, ...(signal ? { signal } : {}),
+    });
     return {
       single: (data: Buffer) => this.putObject(key, data, options),
       begin: async () => {
         // The service checks the condition again on completion; checking first saves uploading gigabytes in vain.
-        if (options.ifNoneMatch || options.ifMatch) await checkPutCondition(this, key, options);
-        const out = await this.client.send(
-          new CreateMultipartUploadCommand({ Bucket, Key, ...(options.contentType ? { ContentType: options.contentType } : {}) }),
-          send,
-        );
+        if (conditional) await checkPutCondition(this, key, options);
+        // A start whose answer was lost leaves an empty upload behind, which abortStaleUploads and the
+        // bucket's lifecycle remove; the retry starts another.
+        const out = await retrying(async () => {
+          try {
+            return await this.client.send(
+              new CreateMultipartUploadCommand({ Bucket, Key, ...(options.contentType ? { ContentType: options.contentType } : {}) }),
+              send,
+            );
+          } catch (err) {
+            throw this.fail('start upload', key, err);
+          }
+        }, retry('start upload'));
         uploadId = out.UploadId;
       },
       part: async (number: number, data: Buffer) => {
@@ -276,31 +283,61 @@ export class S3Target implements Target {
             hint: 'pass contentLength with the put so that the part size can be chosen for the object size',
           });
         }
+        // The signature needs the part's sha256 anyway: computed here, the SDK takes it instead of hashing again.
+        const sha256 = createHash('sha256').update(data).digest('hex');
+        sums[number - 1] = { bytes: data.length, sha256 };
         const out = await retrying(
           async () => {
             try {
-              return await this.client.send(
-                new UploadPartCommand({ Bucket, Key, UploadId: uploadId, PartNumber: number, Body: data, ContentLength: data.length }),
-                send,
-              );
+              const command = new UploadPartCommand({ Bucket, Key, UploadId: uploadId, PartNumber: number, Body: data, ContentLength: data.length });
+              signWithSha256(command, sha256);
+              return await this.client.send(command, send);
             } catch (err) {
               throw this.fail('upload part', `${key} #${number}`, err);
             }
           },
-          { ...this.options.retry, target: this.name, operation: 'upload part', key: `${key} #${number}`, logger: this.logger, ...(signal ? { signal } : {}) },
+          { ...retry('upload part'), key: `${key} #${number}` },
         );
         parts[number - 1] = { PartNumber: number, ETag: out.ETag };
       },
       complete: async (count: number, size: number) => {
-        const out = await this.client.send(
-          new CompleteMultipartUploadCommand({
-            Bucket, Key, UploadId: uploadId, MultipartUpload: { Parts: parts.slice(0, count) },
-            ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
-            ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
-          }),
-          send,
-        );
-        return { etag: out.ETag ?? '', size };
+        let unsure = false;
+        try {
+          return await retrying(async () => {
+            try {
+              const out = await this.client.send(
+                new CompleteMultipartUploadCommand({
+                  Bucket, Key, UploadId: uploadId, MultipartUpload: { Parts: parts.slice(0, count) },
+                  ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
+                  ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
+                }),
+                send,
+              );
+              return { etag: out.ETag ?? '', size };
+            } catch (err) {
+              const failure = this.fail('complete upload', key, err, conditional);
+              if (isRetryable(failure)) unsure = true;
+              throw failure;
+            }
+          }, retry('complete upload'));
+        } catch (err) {
+          // An earlier attempt may have completed the upload with its answer lost: the retry then finds no
+          // such upload (or, with a condition, the object it made). Only proof that the object is this upload
+          // ends it well.
+          if (!unsure || !(err instanceof NotFoundError || err instanceof PreconditionFailedError)) throw err;
+          const etag = await retrying(() => this.storedUpload(key, parts.slice(0, count), sums.slice(0, count), size, signal), retry('check completed upload'));
+          if (etag === undefined) {
+            if (err instanceof PreconditionFailedError) throw err;
+            throw new TargetError({
+              target: this.name, url: this.url, operation: 'complete upload', key,
+              detail: `the multipart upload was gone when its completion was sent again, and ${key} does not hold its ${count} parts`,
+              hint: `whether something aborted it (a prune's stale-upload clean-up, a lifecycle rule) or wrote ${key} meanwhile; the upload is sent again on the next run`,
+              cause: err,
+            });
+          }
+          this.logger.info('target.upload_completed_unanswered', { target: this.name, object: key, parts: count, bytes: size });
+          return { etag, size };
+        }
       },
       abandon: async () => {
         if (!uploadId) return;
@@ -312,6 +349,50 @@ export class S3Target implements Target {
         }
       },
     };
+  }
+
+  /**
+   * The object's etag when `key` holds exactly the parts of a multipart upload, else undefined. Its size
+   * must match; then its etag, when it is the one S3 and R2 give an object assembled from exactly these
+   * parts (see multipartEtag), proves it. A service whose etags say nothing of the kind is read back,
+   * part by part against the sha256 each part was signed with. A size alone proves nothing: another
+   * writer's object may have it too.
+   */
+  private async storedUpload(key: string, parts: CompletedPart[], sums: Array<{ bytes: number; sha256: string }>, size: number, signal: AbortSignal | undefined): Promise<string | undefined> {
+    let info: ObjectInfo;
+    try {
+      info = await this.head(key, signal ? { signal } : {});
+    } catch (err) {
+      if (err instanceof NotFoundError) return undefined;
+      throw err;
+    }
+    if (info.size !== size) return undefined;
+    const expected = multipartEtag(parts.map((p) => p.ETag ?? ''));
+    if (expected !== undefined && bareEtag(info.etag) === expected) return info.etag;
+    const { body, etag } = await this.get(key, signal ? { signal } : {});
+    let part = 0;
+    let filled = 0;
+    let hash = createHash('sha256');
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        for (let offset = 0; offset < chunk.length;) {
+          if (part >= sums.length) return undefined;
+          const n = Math.min(sums[part]!.bytes - filled, chunk.length - offset);
+          hash.update(chunk.subarray(offset, offset + n));
+          offset += n;
+          filled += n;
+          if (filled === sums[part]!.bytes) {
+            if (hash.digest('hex') !== sums[part]!.sha256) return undefined;
+            part++;
+            filled = 0;
+            hash = createHash('sha256');
+          }
+        }
+      }
+    } finally {
+      body.destroy();
+    }
+    return part === sums.length && filled === 0 && etag === info.etag ? etag : undefined;
   }
 
   async get(key: string, options: GetOptions = {}): Promise<GetResult> {
@@ -497,6 +578,32 @@ const contentMd5ForDeleteObjects = (next: any, context: any) => async (args: any
   }
   return next(args);
 };
+
+/** Signs `command` with a payload sha256 the caller has (before signing, so the signer takes it instead of hashing). */
+function signWithSha256(command: PutObjectCommand | UploadPartCommand, sha256: string): void {
+  (command.middlewareStack as PutObjectCommand['middlewareStack']).add(
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any
+    (next: any) => async (args: any) => {
+      (args.request as { headers: Record<string, string> }).headers['x-amz-content-sha256'] = sha256;
+      return next(args);
+    },
+    { step: 'build', name: 'tcabPayloadSha256' },
+  );
+}
+
+function bareEtag(etag: string): string {
+  return etag.replace(/^W\//, '').replace(/"/g, '');
+}
+
+/**
+ * The etag S3 and R2 give an object completed from these parts: the MD5 of the parts' binary MD5s (their
+ * etags), then "-" and the number of parts. Undefined when a part's etag is not an MD5 (SSE-KMS, other services).
+ */
+export function multipartEtag(partEtags: string[]): string | undefined {
+  const md5s = partEtags.map(bareEtag);
+  if (md5s.length === 0 || md5s.some((e) => !/^[0-9a-f]{32}$/i.test(e))) return undefined;
+  return `${createHash('md5').update(Buffer.concat(md5s.map((e) => Buffer.from(e, 'hex')))).digest('hex')}-${md5s.length}`;
+}
 
 export function createS3Target(spec: S3TargetSpec, options?: S3TargetOptions): S3Target {
   return new S3Target(spec, options);

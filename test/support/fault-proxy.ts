@@ -1,7 +1,8 @@
 /**
  * A forwarder that injects failures the way clouds produce them: error statuses (503 SlowDown,
- * 500 InternalError, 429), connections reset before any answer, and answers cut off part-way through
- * their body. Rules apply to matching requests, a set number of times each, in the order they were added.
+ * 500 InternalError, 429), connections reset before any answer, answers cut off part-way through
+ * their body, and answers lost after the upstream applied the request. Rules apply to matching
+ * requests, a set number of times each, in the order they were added.
  */
 import { request as httpRequest } from 'node:http';
 import { startForwardingProxy, type Exchange } from './http-proxy.js';
@@ -10,7 +11,12 @@ export type Fault =
   | { status: number; code: string; retryAfter?: string }
   | 'reset'
   /** Forward the request, then drop the connection after this many bytes of the answer's body. */
-  | { cutAfterBytes: number };
+  | { cutAfterBytes: number }
+  /**
+   * Forward the request and let the upstream apply it, then reset the client's connection instead of
+   * passing the answer on: a write that succeeded but whose answer was lost.
+   */
+  | 'lost-answer';
 
 export interface FaultRule {
   /** Which requests it applies to; default all. */
@@ -45,6 +51,10 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
       seen.push({ request, fault: 'reset' });
       x.req.socket.destroy();
       return;
+    }
+    if (rule.fault === 'lost-answer') {
+      seen.push({ request, fault: 'lost answer' });
+      return forwardAndDropAnswer(x, upstream);
     }
     if ('cutAfterBytes' in rule.fault) {
       seen.push({ request, fault: `cut after ${rule.fault.cutAfterBytes} bytes` });
@@ -82,6 +92,23 @@ export function listPage(page: number): (method: string, url: URL) => boolean {
     current = continued ? current + 1 : 1;
     return current === page;
   };
+}
+
+function forwardAndDropAnswer(x: Exchange, upstream: string): Promise<void> {
+  const target = new URL(upstream);
+  return new Promise<void>((resolve) => {
+    const drop = () => {
+      x.req.socket.destroy();
+      resolve();
+    };
+    const out = httpRequest(
+      { host: target.hostname, port: target.port, method: x.req.method, path: x.req.url, headers: x.req.headers, agent: false },
+      // The whole answer is read first: by then the upstream has done all it was asked to.
+      (answer) => answer.on('end', drop).on('error', drop).resume(),
+    );
+    out.on('error', drop);
+    x.req.pipe(out);
+  });
 }
 
 function forwardAndCut(x: Exchange, upstream: string, limit: number): Promise<void> {

@@ -11,7 +11,8 @@
  * - conditional PUTs (If-None-Match: *, If-Match) honoured, which s3rver ignores: the current object is
  *   checked before the request is forwarded, one request per key at a time;
  * - listings in key order (s3rver lists in the order it walks its folders);
- * - ListMultipartUploads and AbortMultipartUpload, which s3rver lacks, for the uploads seen passing through.
+ * - ListMultipartUploads and AbortMultipartUpload, which s3rver lacks, for the uploads seen passing through;
+ * - 404 NoSuchUpload to a part or completion of an upload already completed or aborted (s3rver answers 500).
  * Every refusal is recorded in `violations`; uploads in flight are counted.
  */
 import { HeadObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
@@ -48,6 +49,8 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
   const partSizes = new Map<string, Map<number, number>>();
   /** Incomplete multipart uploads, known from their first part: s3rver can neither list nor abort them. */
   const uploads = new Map<string, { bucket: string; key: string; initiated: Date }>();
+  /** Uploads completed or aborted: R2 and S3 answer NoSuchUpload for them, s3rver a 500. */
+  const ended = new Set<string>();
   let inFlight = 0;
 
   const state = {
@@ -118,6 +121,13 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
       return refuse(x, 501, 'NotImplemented', 'SSE-KMS');
     }
 
+    if ((op === 'UploadPart' || op === 'CompleteMultipartUpload') && ended.has(q.get('uploadId')!)) {
+      return x.reply(404, 'NoSuchUpload', 'The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.');
+    }
+    if (op === 'CompleteMultipartUpload') {
+      const id = q.get('uploadId')!;
+      x.res.once('finish', () => x.res.statusCode < 300 && ended.add(id));
+    }
     if (op === 'UploadPart' && !uploads.has(q.get('uploadId')!)) {
       uploads.set(q.get('uploadId')!, { bucket, key, initiated: new Date() });
     }
@@ -139,6 +149,7 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
     if (op === 'ListMultipartUploads') return listUploads(x, bucket);
     if (op === 'AbortMultipartUpload') {
       uploads.delete(q.get('uploadId')!);
+      ended.add(q.get('uploadId')!);
       x.res.writeHead(204).end();
       return;
     }

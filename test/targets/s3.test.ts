@@ -7,7 +7,7 @@ import { startS3Server, type S3Server } from '../../src/dev/emulators.js';
 import { NotFoundError, ObjectHeldError, TargetError } from '../../src/errors.js';
 import { createLogger, type Fields } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
-import { S3Target, choosePartSize } from '../../src/targets/s3.js';
+import { S3Target, choosePartSize, multipartEtag } from '../../src/targets/s3.js';
 import { parseTargetUrl, type S3TargetSpec } from '../../src/targets/spec.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startR2Proxy, type R2Proxy } from '../support/r2-proxy.js';
@@ -18,14 +18,18 @@ const BUCKET = 'tcab';
 let s3: S3Server;
 let r2: R2Proxy;
 let faults: FaultProxy;
+/** Faults in front of the R2 rules, which answer a finished upload as R2 and S3 do (NoSuchUpload). */
+let r2Faults: FaultProxy;
 
 beforeAll(async () => {
   s3 = await startS3Server({ buckets: [BUCKET] });
   r2 = await startR2Proxy({ upstream: s3.endpoint, accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey });
   faults = await startFaultProxy(s3.endpoint);
+  r2Faults = await startFaultProxy(r2.endpoint);
 });
 
 afterAll(async () => {
+  await r2Faults?.stop();
   await faults?.stop();
   await r2?.stop();
   await s3?.stop();
@@ -361,6 +365,64 @@ describe('retries (s3rver behind a fault-injecting proxy)', () => {
     faults.inject({ fault: { status: 500, code: 'InternalError' }, match: (m, url) => m === 'GET' && url.searchParams.has('continuation-token') });
     expect(await listKeys(t, '')).toEqual(keys);
     expect(faults.seen.filter((s) => s.fault === '500')).toHaveLength(1);
+  });
+});
+
+describe('s3 multipart upload start and completion (s3rver behind a fault-injecting proxy)', () => {
+  const isCreate = (m: string, url: URL) => m === 'POST' && url.searchParams.has('uploads');
+  const isComplete = (m: string, url: URL) => m === 'POST' && url.searchParams.has('uploadId');
+  const faultsOf = (proxy: FaultProxy, which: (m: string, url: URL) => boolean) =>
+    proxy.seen.filter((s) => which(s.request.split(' ')[0]!, new URL(s.request.split(' ')[1]!, 'http://x'))).map((s) => s.fault);
+
+  it('retries a 503 on CreateMultipartUpload and on CompleteMultipartUpload', async () => {
+    faults.clear();
+    const t = openTarget(s3Spec(faults.endpoint), { tuning: { partSize: 5 * MiB }, retry: { baseDelayMs: 5, maxDelayMs: 20 } });
+    faults.inject({ fault: { status: 503, code: 'SlowDown' }, match: isCreate });
+    faults.inject({ fault: { status: 503, code: 'SlowDown' }, match: isComplete });
+    const { stream, sha256 } = randomStream(11 * MiB);
+    await t.put('big.bin', stream);
+    expect(faultsOf(faults, isCreate)).toEqual(['503', null]);
+    expect(faultsOf(faults, isComplete)).toEqual(['503', null]);
+    expect(await sha256Of((await t.get('big.bin')).body)).toEqual({ sha256: sha256(), bytes: 11 * MiB });
+  });
+
+  it('ends well when CompleteMultipartUpload was applied but its answer lost, once the object proves to be the upload', async () => {
+    r2Faults.clear();
+    const events: Fields[] = [];
+    const logger = createLogger({ level: 'debug', sink: (_l, _line, record) => events.push(record) });
+    const t = openTarget(s3Spec(r2Faults.endpoint), { logger, tuning: { partSize: 5 * MiB }, retry: { baseDelayMs: 5, maxDelayMs: 20 } });
+    r2Faults.inject({ fault: 'lost-answer', match: isComplete });
+    const { stream, sha256 } = randomStream(11 * MiB);
+    const stored = await t.put('big.bin', stream, { contentLength: 11 * MiB });
+    // The retry found the upload gone (NoSuchUpload), and the object there holding exactly its parts.
+    expect(faultsOf(r2Faults, isComplete)).toEqual(['lost answer', null]);
+    expect(events.filter((e) => e.event === 'target.upload_completed_unanswered')).toMatchObject([{ object: 'big.bin', parts: 3, bytes: 11 * MiB }]);
+    expect(stored).toEqual({ etag: (await t.head('big.bin')).etag, size: 11 * MiB });
+    expect(await sha256Of((await t.get('big.bin')).body)).toEqual({ sha256: sha256(), bytes: 11 * MiB });
+  });
+
+  it('fails naming the key when the upload is gone and the object there, though of the same size, is not it', async () => {
+    r2Faults.clear();
+    const t = openTarget(s3Spec(r2Faults.endpoint), { tuning: { partSize: 5 * MiB }, retry: { baseDelayMs: 5, maxDelayMs: 20 } });
+    // Another writer's object of exactly the size this upload will have.
+    const theirs = randomStream(11 * MiB);
+    await t.put('big.bin', theirs.stream, { contentLength: 11 * MiB });
+    const theirSha256 = theirs.sha256();
+    r2Faults.clear();
+    // The first completion never arrives; by its retry the upload is gone (aborted by a clean-up, say).
+    r2Faults.inject({ fault: 'reset', match: isComplete });
+    r2Faults.inject({ fault: { status: 404, code: 'NoSuchUpload' }, match: isComplete });
+    const err = await failureOf(t.put('big.bin', randomStream(11 * MiB).stream, { contentLength: 11 * MiB }));
+    expect(err).toBeInstanceOf(TargetError);
+    expect(err.message).toContain('big.bin');
+    expect(err.message).toMatch(/upload was gone.*does not hold its 3 parts/);
+    expect(faultsOf(r2Faults, isComplete)).toEqual(['reset', '404']);
+    expect((await sha256Of((await t.get('big.bin')).body)).sha256).toBe(theirSha256);
+  });
+
+  it('computes the etag S3 and R2 give a multipart object (the example in the R2 documentation)', () => {
+    expect(multipartEtag(['"bce6bf66aeb76c7040fdd5f4eccb78e6"', '8165449fc15bbf43d3b674595cbcc406'])).toBe('f77dc0eecdebcd774a2a22cb393ad2ff-2');
+    expect(multipartEtag(['not-an-md5'])).toBeUndefined();
   });
 });
 
