@@ -5,7 +5,7 @@
  * becomes visible. Only after the data is stored is the manifest written, and then the data is looked at
  * once more (see settle in prune-delete.ts for the other half of that handshake).
  */
-import { Transform, type TransformCallback } from 'node:stream';
+import { finished, Transform, type TransformCallback } from 'node:stream';
 import { createHash, type Hash } from 'node:crypto';
 import { manifestArtifactKey, writeManifest } from '../catalog/catalog.js';
 import { manifestKey } from '../catalog/layout.js';
@@ -87,7 +87,10 @@ export async function copySnapshot(
   // The put learns of a failure from the stream itself; this listener only keeps a failure that comes
   // before the destination has started reading from being an uncaught exception.
   verifier.on('error', () => undefined);
-  body.on('error', (e) => {
+  // finished() also reports a body closed before its end without an error (a stream destroyed under it):
+  // pipe() would leave the verifier open then, and the destination's put waiting for bytes that never come.
+  finished(body, { writable: false }, (e) => {
+    if (!e || verifier.writableFinished) return;
     sourceError = e;
     verifier.destroy(e);
   });
