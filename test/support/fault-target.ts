@@ -279,9 +279,12 @@ export class FaultTarget implements Target {
     return { ...got, body: this.cutBody(key, got.body, limit, f, options.signal) };
   }
 
-  /** The body as read, up to `limit` bytes; then it fails the way the fault says. */
+  /**
+   * The body as read, up to `limit` bytes; then it fails the way the fault says. Bytes are pulled from the
+   * inner body only as the consumer reads, so the fault comes while the consumer is reading (a failure that
+   * comes before anyone listens is a different case, which the wire tests reach).
+   */
   private cutBody(key: string, body: Readable, limit: number, f: Fault, signal: AbortSignal | undefined): Readable {
-    const out = new PassThrough({ highWaterMark: 64 * 1024 });
     let passed = 0;
     let tripped = false;
     const trip = () => {
@@ -299,27 +302,32 @@ export class FaultTarget implements Target {
       }
       out.destroy(this.error('get', key, `the body broke off after ${passed} bytes`, f.kind === 'transient'));
     };
+    const out = new Readable({
+      highWaterMark: 64 * 1024,
+      read: () => {
+        if (!tripped) body.resume();
+      },
+      destroy: (err, cb) => {
+        // A consumer that gives up stops the read underneath.
+        if (!tripped) body.destroy();
+        cb(err);
+      },
+    });
     const onData = (chunk: Buffer) => {
       if (passed + chunk.length > limit) {
         const room = limit - passed;
-        if (room > 0) out.write(chunk.subarray(0, room));
+        if (room > 0) out.push(chunk.subarray(0, room));
         passed = limit;
         return trip();
       }
       passed += chunk.length;
-      if (!out.write(chunk)) {
-        body.pause();
-        out.once('drain', () => body.resume());
-      }
+      if (!out.push(chunk)) body.pause();
     };
     const onEnd = () => trip();
     body.on('data', onData);
+    body.pause();
     body.once('end', onEnd);
     body.once('error', (e) => out.destroy(e));
-    // A consumer that gives up stops the read underneath.
-    out.once('close', () => {
-      if (!tripped) body.destroy();
-    });
     return out;
   }
 
