@@ -170,6 +170,8 @@ export class FaultTarget implements Target {
    */
   private putThrough(key: string, source: Readable, options: PutOptions, f: Fault): Promise<PutResult> {
     const relay = new PassThrough({ highWaterMark: 64 * 1024 });
+    // The inner put learns of a failure of its body by reading it; it may not be reading yet.
+    relay.on('error', () => undefined);
     const inner = this.inner.put(key, relay, options);
     const limit = f.point.at === 'body' ? f.point.offset : Infinity;
     return new Promise<PutResult>((resolve, reject) => {
