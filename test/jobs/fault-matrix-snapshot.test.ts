@@ -4,64 +4,30 @@
  * operation at one point. Artifacts of one part and of five (the agent's compression is off so the artifact
  * is as large as the database).
  */
-import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
-import { startAgent, type RunningAgent } from '../../src/agent/run.js';
-import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { runSnapshot } from '../../src/jobs/snapshot.js';
-import { silentLogger } from '../../src/log.js';
-import { agentConfig, KEY, KEY_ID } from '../agent/helpers.js';
+import { startAgentPool, type AgentPool } from '../support/agent-pool.js';
 import { casesOf, faultOf, PART, SIZES, SNAPSHOT_TABLE, settleWithin, type MatrixCase, type SizeName } from '../support/fault-matrix.js';
 import { expectOutcome, goodIds, matrixFolder, visibleProblems } from '../support/matrix-world.js';
 
 const DATABASE = 'tcab';
-/** The agent makes one snapshot at a time: a few agents per size let cases run side by side. */
-const AGENTS_PER_SIZE = 3;
-interface PooledAgent { agent: RunningAgent; client: AgentClient }
-const pools = new Map<SizeName, { free: PooledAgent[]; waiting: Array<(a: PooledAgent) => void> }>();
-let work: string;
+const pools = new Map<SizeName, AgentPool>();
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), 'tcab-matrix-agents-'));
   for (const size of SNAPSHOT_TABLE.sizes) {
-    const db = join(work, `${size}.sqlite`);
     // One part: about 80 KiB. Many: past four parts, so a fault in the middle part has whole parts on both sides.
-    createSampleDatabase(db, size === 'one' ? { runs: 10 } : { targetBytes: (SIZES.many.parts - 0.5) * PART });
-    const free: PooledAgent[] = [];
-    for (let i = 0; i < AGENTS_PER_SIZE; i++) {
-      const dir = join(work, `${size}-${i}`);
-      await mkdir(dir);
-      await copyFile(db, join(dir, 'tcab.sqlite'));
-      const agent = await startAgent(agentConfig(dir, { compression: 'none' }), { logger: silentLogger });
-      free.push({ agent, client: new AgentClient({ url: agent.url, keyId: KEY_ID, key: KEY }) });
-    }
-    pools.set(size, { free, waiting: [] });
+    pools.set(size, await startAgentPool(3, size === 'one' ? { runs: 10 } : { targetBytes: (SIZES.many.parts - 0.5) * PART }, 'none'));
   }
 });
 
 afterAll(async () => {
-  for (const pool of pools.values()) for (const { agent } of pool.free) await agent.close();
-  await rm(work, { recursive: true, force: true });
+  for (const pool of pools.values()) await pool.close();
 });
-
-async function withAgent<T>(size: SizeName, fn: (client: AgentClient) => Promise<T>): Promise<T> {
-  const pool = pools.get(size)!;
-  const a = pool.free.pop() ?? (await new Promise<PooledAgent>((resolve) => pool.waiting.push(resolve)));
-  try {
-    return await fn(a.client);
-  } finally {
-    const next = pool.waiting.shift();
-    if (next) next(a);
-    else pool.free.push(a);
-  }
-}
 
 describe.concurrent('fault matrix: snapshot', () => {
   it.each(casesOf(SNAPSHOT_TABLE).map((c) => [c.title, c] as const))('%s', async (_title, c) => {
-    await withAgent(c.size, (client) => snapshotCase(c, client));
+    await pools.get(c.size)!.with((client) => snapshotCase(c, client));
   });
 });
 
