@@ -113,8 +113,7 @@ export const WIRE_CASES: WireCase[] = [
   { name: 'the commit carried out, its answer lost', jobs: UPLOADS, expect: 'either', rule: () => ({ kind: 'CompleteUpload', nth: 1, fault: 'answer-lost' }) },
   { name: 'the manifest stored, its answer lost', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'PutObject', nth: 1, path: /\.json$/, fault: 'answer-lost' }) },
   { name: 'the artifact GET cut off after 3 MiB', jobs: READS, expect: 'either', rule: () => ({ kind: 'GetObject', nth: 1, path: /\.sqlite$/, fault: { cutAfterBytes: 3 * MiB } }) },
-  { name: 'the artifact GET reset once', jobs: ['restore', 'replicate from the cloud'], expect: 'succeeds', rule: () => ({ kind: 'GetObject', nth: 1, path: /\.sqlite$/, fault: 'reset' }) },
-  { name: 'the listing answered 503 once', jobs: ['restore', 'replicate from the cloud'], expect: 'succeeds', rule: () => ({ kind: 'List', nth: 1, fault: { status: 503, code: 'SlowDown' } }) },
+  { name: 'the artifact GET reset once', jobs: ['restore'], expect: 'succeeds', rule: () => ({ kind: 'GetObject', nth: 1, path: /\.sqlite$/, fault: 'reset' }) },
 ];
 
 /** A replicate that copies from the cloud retries a copy that broke off: a cut body must not fail it. */
