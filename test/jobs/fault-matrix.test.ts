@@ -3,6 +3,7 @@
  * (split so that they run in parallel), and the wire faults in fault-wire.test.ts. This file checks that the
  * tables cover every job and every kind of fault, and prints the count.
  */
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { casesOf, KINDS, matrixSize, SIZES, TABLES } from '../support/fault-matrix.js';
 
@@ -19,6 +20,8 @@ describe('fault matrix', () => {
     for (const t of TABLES) {
       if (t.sizes.length < Object.keys(SIZES).length) expect(t.sizeNote, `${t.job} runs at one size only and does not say why`).toBeTruthy();
     }
+    // The README states the size; it must say what the tables hold.
+    expect(readFileSync(new URL('../../README.md', import.meta.url), 'utf8')).toContain(`It is ${size.total} cases`);
     // Titles name the cases in test output: each must be unique within its job.
     for (const t of TABLES) expect(new Set(casesOf(t).map((c) => c.title)).size).toBe(casesOf(t).length);
   });
