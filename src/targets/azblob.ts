@@ -246,11 +246,22 @@ export class AzureBlobTarget implements Target {
       complete: async (count: number, size: number) => {
         const conditions = conditionsOf(options);
         const ids = Array.from({ length: count }, (_, i) => blockId(i + 1));
-        const out = await blob.commitBlockList(ids, {
-          ...(conditions ? { conditions } : {}),
-          ...(options.contentType ? { blobHTTPHeaders: { blobContentType: options.contentType } } : {}),
-          ...(signal ? { abortSignal: signal } : {}),
-        });
+        // Committing the same block list again is harmless, and one 503 here would otherwise throw away every
+        // block staged (the streamed body cannot be sent again).
+        const out = await retrying(
+          async () => {
+            try {
+              return await blob.commitBlockList(ids, {
+                ...(conditions ? { conditions } : {}),
+                ...(options.contentType ? { blobHTTPHeaders: { blobContentType: options.contentType } } : {}),
+                ...(signal ? { abortSignal: signal } : {}),
+              });
+            } catch (err) {
+              throw this.fail('commit block list', key, err, Boolean(conditions));
+            }
+          },
+          { ...this.options.retry, target: this.name, operation: 'commit block list', key, logger: this.logger, ...(signal ? { signal } : {}) },
+        );
         return { etag: quoted(out.etag), size };
       },
       // Uncommitted blocks cannot be deleted one by one; they are invisible and expire on their own.

@@ -149,3 +149,144 @@ function forwardAndCut(x: Exchange, upstream: string, limit: number): Promise<vo
     x.req.pipe(out);
   });
 }
+
+/**
+ * The request kinds a wire fault can single out, the same names for both services:
+ * - CreateUpload: S3 CreateMultipartUpload (POST ?uploads); Blob has none;
+ * - UploadPart: S3 UploadPart (PUT ?partNumber&uploadId), Blob Put Block (PUT ?comp=block);
+ * - CompleteUpload: S3 CompleteMultipartUpload (POST ?uploadId), Blob Put Block List (PUT ?comp=blocklist);
+ * - AbortUpload: S3 AbortMultipartUpload (DELETE ?uploadId);
+ * - PutObject: S3 PutObject, Blob Put Blob (a whole object in one request);
+ * - GetObject, HeadObject, DeleteObject, List (S3 ListObjectsV2 and ListMultipartUploads, Blob List Blobs).
+ */
+export type WireRequestKind =
+  | 'CreateUpload' | 'UploadPart' | 'CompleteUpload' | 'AbortUpload' | 'PutObject' | 'GetObject' | 'HeadObject' | 'DeleteObject' | 'List' | 'Other';
+
+export function wireRequestKind(method: string, url: URL): WireRequestKind {
+  const q = url.searchParams;
+  switch (method) {
+    case 'POST':
+      if (q.has('uploads')) return 'CreateUpload';
+      if (q.has('uploadId')) return 'CompleteUpload';
+      return 'Other';
+    case 'PUT':
+      if (q.has('partNumber') || q.get('comp') === 'block') return 'UploadPart';
+      if (q.get('comp') === 'blocklist') return 'CompleteUpload';
+      if (q.has('comp') || q.has('restype')) return 'Other';
+      return 'PutObject';
+    case 'GET':
+      if (isListing(method, url) || q.has('uploads')) return 'List';
+      if (q.has('comp') || q.has('restype')) return 'Other';
+      return 'GetObject';
+    case 'HEAD':
+      return 'HeadObject';
+    case 'DELETE':
+      return q.has('uploadId') ? 'AbortUpload' : 'DeleteObject';
+    default:
+      return 'Other';
+  }
+}
+
+export type WireFault =
+  | { status: number; code: string }
+  /** The connection is reset before the request reaches the service. */
+  | 'reset'
+  /** The request reaches the service and is carried out; then the connection is reset before the answer. */
+  | 'answer-lost'
+  /** The answer's body is cut off after this many bytes. */
+  | { cutAfterBytes: number };
+
+export interface WireRule {
+  kind: WireRequestKind;
+  /** The first request of that kind it applies to, 1-based, counted from when the rule was added. */
+  nth: number;
+  /** How many requests of that kind from the nth on; default 1; Infinity for every one. */
+  times?: number;
+  /** Only requests whose path matches. */
+  path?: RegExp;
+  fault: WireFault;
+}
+
+export interface WireFaultProxy {
+  endpoint: string;
+  /** Every request, with its kind and the fault it got, if any. */
+  seen: Array<{ request: string; kind: WireRequestKind; fault: string | null }>;
+  inject(rule: WireRule): void;
+  /** Faults actually applied since the last clear. */
+  applied(): string[];
+  clear(): void;
+  stop(): Promise<void>;
+}
+
+function describeWireFault(fault: WireFault): string {
+  if (typeof fault === 'string') return fault;
+  if ('cutAfterBytes' in fault) return `cut after ${fault.cutAfterBytes} bytes`;
+  return `${fault.status} ${fault.code}`;
+}
+
+/**
+ * A forwarder that fails request N of a kind: with an error status, a reset before or after the service
+ * carried the request out, or an answer cut off mid-body. Counting is per rule and deterministic: the 7th
+ * UploadPart is the 7th that reaches the proxy (with concurrent parts, whichever that is).
+ */
+export async function startWireFaultProxy(upstream: string): Promise<WireFaultProxy> {
+  const rules: Array<{ rule: WireRule; count: number }> = [];
+  const seen: WireFaultProxy['seen'] = [];
+  const proxy = await startForwardingProxy(upstream, async (x) => {
+    const method = x.req.method ?? 'GET';
+    const kind = wireRequestKind(method, x.url);
+    const request = `${method} ${x.url.pathname}${x.url.search}`;
+    let fault: WireFault | undefined;
+    for (const entry of rules) {
+      const { rule } = entry;
+      if (rule.kind !== kind || (rule.path && !rule.path.test(x.url.pathname))) continue;
+      entry.count++;
+      const times = rule.times ?? 1;
+      if (!fault && entry.count >= rule.nth && entry.count < rule.nth + times) fault = rule.fault;
+    }
+    seen.push({ request, kind, fault: fault ? describeWireFault(fault) : null });
+    if (!fault) return x.forward();
+    if (fault === 'reset') {
+      x.req.socket.destroy();
+      return;
+    }
+    if (fault === 'answer-lost') return forwardThenReset(x, upstream);
+    if ('cutAfterBytes' in fault) return forwardAndCut(x, upstream, fault.cutAfterBytes);
+    await x.reply(fault.status, fault.code, 'injected by the test');
+  });
+  return {
+    endpoint: proxy.endpoint,
+    seen,
+    inject: (rule) => rules.push({ rule, count: 0 }),
+    applied: () => seen.filter((s) => s.fault).map((s) => `${s.kind} ${s.request}: ${s.fault}`),
+    clear: () => {
+      rules.length = 0;
+      seen.length = 0;
+    },
+    stop: proxy.stop,
+  };
+}
+
+/** Sends the request to the service and waits for its whole answer, then resets the client's connection. */
+function forwardThenReset(x: Exchange, upstream: string): Promise<void> {
+  const target = new URL(upstream);
+  return new Promise<void>((resolve) => {
+    const out = httpRequest(
+      { host: target.hostname, port: target.port, method: x.req.method, path: x.req.url, headers: x.req.headers, agent: false },
+      (answer) => {
+        answer.resume();
+        const done = () => {
+          x.req.socket.destroy();
+          resolve();
+        };
+        answer.on('end', done);
+        answer.on('error', done);
+      },
+    );
+    out.on('error', () => {
+      x.req.socket.destroy();
+      resolve();
+    });
+    x.req.pipe(out);
+  });
+}

@@ -1,0 +1,28 @@
+/**
+ * The size of the fault matrix, stated: the cases run in fault-matrix-{snapshot,copies,restore,pg}.test.ts
+ * (split so that they run in parallel), and the wire faults in fault-wire.test.ts. This file checks that the
+ * tables cover every job and every kind of fault, and prints the count.
+ */
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { casesOf, KINDS, matrixSize, SIZES, TABLES } from '../support/fault-matrix.js';
+
+describe('fault matrix', () => {
+  it('covers every job, every operation kind and every fault kind, at both sizes where the job streams artifacts', () => {
+    const size = matrixSize();
+    console.log(size.text);
+    expect(TABLES.map((t) => t.job)).toEqual(['snapshot', 'replicate', 'prune', 'verify', 'drill', 'restore', 'pg drill']);
+    const all = TABLES.flatMap(casesOf);
+    expect(all).toHaveLength(size.total);
+    expect(new Set(all.map((c) => c.row.op))).toEqual(new Set(['put', 'get', 'head', 'list', 'delete']));
+    expect(new Set(all.map((c) => c.kind))).toEqual(new Set(Object.keys(KINDS)));
+    expect(new Set(all.map((c) => c.row.at))).toEqual(new Set(['start', 'body', 'commit', 'page']));
+    for (const t of TABLES) {
+      if (t.sizes.length < Object.keys(SIZES).length) expect(t.sizeNote, `${t.job} runs at one size only and does not say why`).toBeTruthy();
+    }
+    // The README states the size; it must say what the tables hold.
+    expect(readFileSync(new URL('../../README.md', import.meta.url), 'utf8')).toContain(`It is ${size.total} cases`);
+    // Titles name the cases in test output: each must be unique within its job.
+    for (const t of TABLES) expect(new Set(casesOf(t).map((c) => c.title)).size).toBe(casesOf(t).length);
+  });
+});
