@@ -5,7 +5,7 @@
  * known length, so no backend ever needs chunked transfer encoding, and each part can be retried on its
  * own. A body that fits in one part is sent in a single request instead.
  */
-import { addAbortSignal, Transform, type Readable, type TransformCallback } from 'node:stream';
+import { addAbortSignal, finished, Transform, type Readable, type TransformCallback } from 'node:stream';
 import { abandonBody, abortError, bodyChunks, SourceError } from './failure.js';
 
 export interface PartSink<R> {
@@ -137,8 +137,11 @@ export async function putWhole<R>(
   signal?.addEventListener('abort', onAbort, { once: true });
   let sourceFailed: unknown;
   const guarded = new HoldLastChunk(contentLength);
-  // pipe() passes no errors on: a failing body must reach the request, which is then aborted.
-  body.once('error', (err) => guarded.destroy(err));
+  // pipe() passes no errors on, nor a close before the end: either must reach the request, which is then
+  // aborted (a body closed without an error would otherwise leave the request waiting for bytes for ever).
+  finished(body, { writable: false }, (err) => {
+    if (err) guarded.destroy(err.code === 'ERR_STREAM_PREMATURE_CLOSE' ? new Error(`the body was closed after ${guarded.received} of the ${contentLength} bytes announced, without an error`, { cause: err }) : err);
+  });
   guarded.once('error', (err) => {
     sourceFailed = err;
     stop.abort(err);
@@ -161,6 +164,10 @@ export async function putWhole<R>(
 class HoldLastChunk extends Transform {
   private held: Buffer | undefined;
   private bytes = 0;
+
+  get received(): number {
+    return this.bytes;
+  }
 
   constructor(private readonly expected: number) {
     super();

@@ -240,6 +240,25 @@ export function describeTargetConformance(name: string, fresh: () => Promise<Tar
       }
     });
 
+    it('fails, and leaves nothing visible, when the body is closed half-way without an error, with or without its sha256', async () => {
+      const t = await fresh();
+      const size = 6 * MiB + 3;
+      const data = randomBytes(size);
+      for (const sha256 of [undefined, sha256Hex(data)]) {
+        // A source that gives up without saying why: its stream is destroyed with no error after 3 MiB.
+        const body = bufferStream(data);
+        let sent = 0;
+        body.on('data', (chunk: Buffer) => {
+          sent += chunk.length;
+          if (sent >= 3 * MiB) body.destroy();
+        });
+        const err = await failureOf(t.put('snapshots/tcab/closed.sqlite.zst', body, { contentLength: size, ...(sha256 ? { sha256 } : {}) }));
+        expect(err).toBeInstanceOf(Error);
+        await expect(t.head('snapshots/tcab/closed.sqlite.zst')).rejects.toBeInstanceOf(NotFoundError);
+        expect(await listKeys(t, '')).toEqual([]);
+      }
+    });
+
     it('stops an upload when its AbortSignal aborts, leaving nothing visible', async () => {
       const t = await fresh();
       const controller = new AbortController();
