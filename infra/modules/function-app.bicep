@@ -75,7 +75,7 @@ resource app 'Microsoft.Web/sites@2025-03-01' = {
         }
       }
       scaleAndConcurrency: { instanceMemoryMB: instanceMemoryMB, maximumInstanceCount: maximumInstanceCount }
-      runtime: { name: 'node', version: '22' }
+      runtime: { name: 'node', version: '24' }
     }
   }
 }

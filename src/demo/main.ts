@@ -18,8 +18,6 @@ import { createSampleDatabase } from '../dev/sample-db.js';
 import { startAzurite, startS3Server } from '../dev/emulators.js';
 
 const keep = process.argv.includes('--keep');
-// The AWS SDK's notice that its 2027 releases need Node 22 would bury the demo's output on Node 20.
-process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const say = (line: string) => process.stdout.write(line + '\n');
 
 async function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<string> {

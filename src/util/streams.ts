@@ -100,8 +100,11 @@ function waitDrain(sink: Writable): Promise<void> {
 
 type ZlibWithZstd = typeof zlib & { createZstdDecompress?: () => Transform };
 
-/** A transform that undoes the artifact's compression: node:zlib, or the zstd CLI where Node lacks zstd. */
-export function decompressor(compression: Compression): Duplex {
+/**
+ * A transform that undoes the artifact's compression: node:zlib, or the zstd CLI where Node lacks zstd
+ * (`runtimeZstd: false` takes that path on any runtime, so tests cover both).
+ */
+export function decompressor(compression: Compression, options: { runtimeZstd?: boolean; zstdCommand?: string } = {}): Duplex {
   switch (compression) {
     case 'none':
       return new PassThrough();
@@ -109,8 +112,8 @@ export function decompressor(compression: Compression): Duplex {
       return zlib.createGunzip();
     case 'zstd': {
       const z = zlib as ZlibWithZstd;
-      if (typeof z.createZstdDecompress === 'function') return z.createZstdDecompress();
-      return spawnFilter('zstd', ['-d', '-c', '-q'], 'install the zstd package (apt-get install zstd) or run on Node >= 22.15');
+      if (options.runtimeZstd !== false && typeof z.createZstdDecompress === 'function') return z.createZstdDecompress();
+      return spawnFilter(options.zstdCommand ?? 'zstd', ['-d', '-c', '-q'], 'install the zstd package (apt-get install zstd) or run on Node 24');
     }
   }
 }

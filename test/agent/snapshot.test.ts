@@ -147,7 +147,8 @@ describe('POST /v1/snapshots then GET: a restorable, verified snapshot', () => {
       const fake = join(dir.dir, 'zstd');
       await writeFile(fake, '#!/bin/sh\n[ "$1" = --version ] && { echo fake zstd; exit 0; }\nhead -c 5000 /dev/zero\necho "zstd: out of memory" >&2\nexit 3\n', { mode: 0o755 });
       const logs = captureLogger();
-      const other = await startAgent(agentConfig(dir.dir), { logger: logs.logger, zstdCommand: fake });
+      // runtimeZstd: false, so the zstd program is used even on a runtime whose node:zlib has zstd.
+      const other = await startAgent(agentConfig(dir.dir), { logger: logs.logger, zstdCommand: fake, runtimeZstd: false });
       try {
         const c = new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY });
         const failed = await c.createSnapshot({ compression: 'zstd' }).then(() => undefined, (e: unknown) => e);

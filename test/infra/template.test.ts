@@ -202,14 +202,14 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(site.properties.keyVaultReferenceIdentity).toBe(one(s, 'Microsoft.ManagedIdentity/userAssignedIdentities').id);
   });
 
-  it('runs on Flex Consumption with Node 22 and a user-assigned identity, without keys', () => {
+  it('runs on Flex Consumption with Node 24 and a user-assigned identity, without keys', () => {
     const plan = one(s, 'Microsoft.Web/serverfarms');
     expect(plan.sku).toMatchObject({ name: 'FC1', tier: 'FlexConsumption' });
     const site = one(s, 'Microsoft.Web/sites');
     const identity = one(s, 'Microsoft.ManagedIdentity/userAssignedIdentities');
     expect(site.identity?.type).toBe('UserAssigned');
     expect(Object.keys(site.identity?.userAssignedIdentities ?? {})).toEqual([identity.id]);
-    expect(site.properties.functionAppConfig.runtime).toEqual({ name: 'node', version: '22' });
+    expect(site.properties.functionAppConfig.runtime).toEqual({ name: 'node', version: '24' });
     expect(site.properties.functionAppConfig.deployment.storage.authentication).toEqual({
       type: 'UserAssignedIdentity', userAssignedIdentityResourceId: identity.id,
     });
