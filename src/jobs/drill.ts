@@ -15,7 +15,6 @@
  */
 import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import type { AgentStatus } from '../agent/protocol.js';
 import { toIsoTime } from '../agent/status.js';
 import type { Manifest } from '../catalog/manifest.js';
@@ -25,6 +24,7 @@ import { newDrillId } from '../catalog/layout.js';
 import type { Target } from '../targets/target.js';
 import { DRILL_RECORD_FORMAT_VERSION, trimDrillRecords, writeDrillRecord, type DrillRecord } from './drill-record.js';
 import { runRestore } from './restore.js';
+import { firstValue, openDatabase } from '../util/sqlite.js';
 import { selectSnapshot } from './select.js';
 
 /** What the drill needs from the agent (AgentClient implements it). */
@@ -200,12 +200,11 @@ async function checkSpace(dir: string, manifest: Manifest): Promise<void> {
 
 /** Newest published_at of runs in the restored file, or null when it has no such column or no runs. */
 function newestPublishedAt(path: string): string | null {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
+  const db = openDatabase(path, { readOnly: true });
   try {
-    const hasColumn = db.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'published_at'").get();
+    const hasColumn = firstValue(db, "SELECT 1 FROM pragma_table_info('runs') WHERE name = 'published_at'");
     if (!hasColumn) return null;
-    const row = db.prepare('SELECT max(published_at) AS v FROM runs').get() as { v: string | number | null };
-    return toIsoTime(row.v);
+    return toIsoTime(firstValue<string | number | null>(db, 'SELECT max(published_at) FROM runs') ?? null);
   } finally {
     db.close();
   }
