@@ -23,7 +23,7 @@ export async function drillTimer(timer: Timer, context: InvocationContext): Prom
   try {
     const config = backupConfig();
     const settings = loadDrillSettings();
-    await runDrill({ targets: openTargets(config, logger), database: config.database, live: openAgent(config.agent, logger), workDir: settings.workDir, logger });
+    await runDrill({ targets: openTargets(config, logger), database: config.database, live: openAgent(config.agent, logger), workDir: settings.workDir, method: settings.method, logger });
   } finally {
     running = false;
   }
