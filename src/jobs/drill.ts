@@ -224,7 +224,7 @@ async function chooseMethod(setting: DrillMethodSetting, workDir: string, scratc
 
 /** Newest published_at of runs in the restored file, or null when it has no such column or no runs. */
 function newestPublishedAt(path: string): string | null {
-  const db = openDatabase(path, { readOnly: true });
+  const db = openDatabase(path, { readOnly: true, immutable: true });
   try {
     const hasColumn = firstValue(db, "SELECT 1 FROM pragma_table_info('runs') WHERE name = 'published_at'");
     if (!hasColumn) return null;

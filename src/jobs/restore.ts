@@ -149,7 +149,7 @@ async function restoreFromTarget(
 export function checkDatabase(path: string, manifest: Manifest, targetName: string): Record<string, number> {
   let db: ReturnType<typeof openDatabase>;
   try {
-    db = openDatabase(path, { readOnly: true });
+    db = openDatabase(path, { readOnly: true, immutable: true });
   } catch (e) {
     throw new IntegrityError(`Snapshot ${manifest.id} from target "${targetName}" is not a SQLite database: ${errorMessage(e)}`);
   }

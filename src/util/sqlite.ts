@@ -40,11 +40,21 @@ export interface OpenOptions {
   mustExist?: boolean;
   /** How long to wait on a lock before SQLITE_BUSY. Default 0: fail at once, as SQLite does. */
   busyTimeoutMs?: number;
+  /**
+   * With readOnly: the file cannot change while open (a restored scratch copy nobody else has), so SQLite
+   * takes no locks. Locks are what a network file system (the drill's Azure Files share, SMB) may refuse.
+   */
+  immutable?: boolean;
 }
 
 export function openDatabase(path: string, options: OpenOptions = {}): DatabaseSync {
   const { DatabaseSync } = nodeSqlite();
   const settings = { readOnly: options.readOnly ?? false, timeout: options.busyTimeoutMs ?? 0 };
+  if (options.readOnly && options.immutable) {
+    const url = pathToFileURL(path);
+    url.searchParams.set('immutable', '1');
+    return new DatabaseSync(url, settings);
+  }
   if (options.mustExist && !options.readOnly) {
     // mode=rw: SQLite's own "open, do not create", so there is no window between a check and the open.
     const url = pathToFileURL(path);
