@@ -6,9 +6,9 @@
 import { copyFile, mkdir, readFile, rename, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import Database from 'better-sqlite3';
 import { createSampleDatabase } from '../src/dev/sample-db.js';
 import { TcabError, errorMessage } from '../src/errors.js';
+import { firstValue, openDatabase } from '../src/util/sqlite.js';
 import { repoRoot } from './processes.js';
 
 export interface SampleFacts {
@@ -97,9 +97,9 @@ export async function prepareDatabase(
 
 /** The backend keeps its database in WAL mode, and the snapshot path is tuned for it: make sure the copy is too. */
 function assertWalMode(path: string): void {
-  const db = new Database(path, { fileMustExist: true });
+  const db = openDatabase(path, { mustExist: true });
   try {
-    const mode = db.pragma('journal_mode', { simple: true });
+    const mode = firstValue<string>(db, 'PRAGMA journal_mode');
     if (mode !== 'wal') throw new TcabError(`The benchmark database ${path} is in journal mode "${String(mode)}", not WAL`, { hint: 'delete .tmp/bench/ so it is generated again' });
   } finally {
     db.close();

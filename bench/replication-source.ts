@@ -8,7 +8,6 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { BlobServiceClient } from '@azure/storage-blob';
-import Database from 'better-sqlite3';
 import { AgentClient } from '../src/agent/client.js';
 import { startAgent } from '../src/agent/run.js';
 import { loadTargetsConfig, type Env } from '../src/config.js';
@@ -17,6 +16,7 @@ import { runSnapshot } from '../src/jobs/snapshot.js';
 import { registerSecret, silentLogger } from '../src/log.js';
 import { openTargets } from '../src/runtime.js';
 import type { Target } from '../src/targets/target.js';
+import { inTransaction, openDatabase } from '../src/util/sqlite.js';
 
 export const SOURCE = 'blob';
 export const DESTINATION = 'r2';
@@ -35,9 +35,9 @@ export function keptShare(i: number, n: number): number {
 
 /** The ids of the sample's runs, before any is deleted. */
 function runIds(dbPath: string): { first: number; last: number } {
-  const db = new Database(dbPath, { fileMustExist: true, readonly: true });
+  const db = openDatabase(dbPath, { readOnly: true });
   try {
-    return db.prepare('SELECT min(id) AS first, max(id) AS last FROM runs').get() as { first: number; last: number };
+    return { ...db.prepare('SELECT min(id) AS first, max(id) AS last FROM runs').get() } as { first: number; last: number };
   } finally {
     db.close();
   }
@@ -45,14 +45,13 @@ function runIds(dbPath: string): { first: number; last: number } {
 
 /** Deletes the newest runs (and their reviews) of the working copy so that `share` of the sample's `ids` remain. */
 function keepShare(dbPath: string, share: number, ids: { first: number; last: number }): void {
-  const db = new Database(dbPath, { fileMustExist: true });
+  const db = openDatabase(dbPath, { mustExist: true, busyTimeoutMs: 10_000 });
   try {
-    db.pragma('busy_timeout = 10000');
     const cutoff = Math.floor(ids.first + (ids.last - ids.first + 1) * share);
-    db.transaction(() => {
+    inTransaction(db, () => {
       db.prepare('DELETE FROM reviews WHERE run_id >= ?').run(cutoff);
       db.prepare('DELETE FROM runs WHERE id >= ?').run(cutoff);
-    })();
+    });
   } finally {
     db.close();
   }

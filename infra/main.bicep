@@ -185,6 +185,14 @@ param logRetentionDays int = 30
 @description('Purge protection keeps a deleted vault recoverable for 90 days and cannot be turned off again.')
 param keyVaultPurgeProtection bool = true
 
+@description('Mount an Azure Files share at /mounts/drill and let restore drills restore there, so they run integrity_check and the row counts themselves on a database larger than a Flex instance\'s 0.8 GB temporary disk. SMB authenticates with an account key: the share has a storage account of its own, holding only the drill\'s scratch copy. false: a drill that does not fit the temporary disk verifies by streaming (both sha256 sums) instead.')
+param drillShare bool = true
+
+@minValue(1)
+@maxValue(5120)
+@description('Quota of the drill share in GiB: at least the uncompressed database, with room to grow.')
+param drillShareQuotaGiB int = 8
+
 @description('More app settings (e.g. TCAB_BACKUP_AGENT_TIMEOUT); they override the template\'s TCAB_BACKUP_* settings, never the identity-based connections.')
 param extraAppSettings stringMap = {}
 
@@ -199,6 +207,7 @@ var names = {
   applicationInsights: 'appi-tcab-backup-${resourceToken}'
   runtimeStorage: 'stfn${resourceToken}'
   backupStorage: 'stbak${resourceToken}'
+  drillStorage: 'stdrill${resourceToken}'
   keyVault: 'kv-tcab-${resourceToken}'
   plan: 'plan-tcab-backup-${resourceToken}'
   functionApp: 'func-tcab-backup-${resourceToken}'
@@ -287,6 +296,9 @@ var r2Settings = r2Enabled
 
 var agentCaSettings = empty(agentCaPem) ? {} : { TCAB_BACKUP_AGENT_CA: agentCaPem }
 
+var drillMountPath = '/mounts/drill'
+var drillSettings = drillShare ? { TCAB_BACKUP_DRILL_WORK_DIR: drillMountPath } : {}
+
 var pgSettings = !pgEnabled
   ? {}
   : union(
@@ -358,6 +370,18 @@ module backupStorage 'modules/backup-storage.bicep' = {
   }
 }
 
+module drillStorage 'modules/drill-share.bicep' = if (drillShare) {
+  name: 'drill-share'
+  scope: rg
+  params: {
+    name: names.drillStorage
+    location: location
+    tags: tags
+    shareName: 'drill'
+    quotaGiB: drillShareQuotaGiB
+  }
+}
+
 module keyVault 'modules/key-vault.bicep' = {
   name: 'key-vault'
   scope: rg
@@ -394,7 +418,10 @@ module functionApp 'modules/function-app.bicep' = {
     subnetId: checkedFunctionSubnetId
     instanceMemoryMB: functionInstanceMemoryMB
     maximumInstanceCount: functionMaximumInstanceCount
-    appSettings: union(backupSettings, r2Settings, agentCaSettings, pgSettings, extraAppSettings)
+    appSettings: union(backupSettings, r2Settings, agentCaSettings, pgSettings, drillSettings, extraAppSettings)
+    drillShareAccountName: drillShare ? drillStorage!.outputs.name : ''
+    drillShareName: drillShare ? drillStorage!.outputs.shareName : ''
+    drillMountPath: drillShare ? drillMountPath : ''
   }
   // Key Vault references resolve when the app starts: the vault, its secrets and the identity's
   // access must exist by then, or the app starts with unresolved references.

@@ -1,6 +1,7 @@
 // The Flex Consumption function app that runs the backup jobs. It holds no keys: runtime storage,
 // the deployment package, Application Insights and Key Vault references all use the user-assigned
-// identity.
+// identity. The one exception is the drill share's mount (drill-share.bicep), which SMB authenticates
+// with that scratch account's key.
 import { stringMap, tagSet } from 'types.bicep'
 
 param name string
@@ -24,6 +25,11 @@ param instanceMemoryMB int
 param maximumInstanceCount int
 @description('The app\'s own settings (TCAB_BACKUP_*); the platform settings below are applied after them, so no extra setting can replace the identity-based connections.')
 param appSettings stringMap
+@description('Storage account of the restore drill\'s Azure Files share; empty for no mount.')
+param drillShareAccountName string = ''
+param drillShareName string = ''
+@description('Where the drill share is mounted in the app (TCAB_BACKUP_DRILL_WORK_DIR points there).')
+param drillMountPath string = ''
 
 // Flex Consumption rejects FUNCTIONS_WORKER_RUNTIME and FUNCTIONS_EXTENSION_VERSION (the runtime is
 // set in functionAppConfig), so only the identity-based connections are platform settings.
@@ -75,7 +81,28 @@ resource app 'Microsoft.Web/sites@2025-03-01' = {
         }
       }
       scaleAndConcurrency: { instanceMemoryMB: instanceMemoryMB, maximumInstanceCount: maximumInstanceCount }
-      runtime: { name: 'node', version: '22' }
+      runtime: { name: 'node', version: '24' }
+    }
+  }
+}
+
+resource drillAccount 'Microsoft.Storage/storageAccounts@2025-01-01' existing = if (!empty(drillShareAccountName)) {
+  name: drillShareAccountName
+}
+
+// The restore drill's scratch folder: room for the whole database, which a Flex instance's temporary disk
+// (0.8 GB) does not have.
+resource mounts 'Microsoft.Web/sites/config@2025-03-01' = if (!empty(drillShareAccountName)) {
+  parent: app
+  name: 'azurestorageaccounts'
+  properties: {
+    drill: {
+      type: 'AzureFiles'
+      protocol: 'Smb'
+      accountName: drillShareAccountName
+      shareName: drillShareName
+      mountPath: drillMountPath
+      accessKey: drillAccount!.listKeys().keys[0].value
     }
   }
 }

@@ -1,6 +1,6 @@
 /**
- * Compressors for snapshot artifacts. gzip comes from node:zlib; zstd from node:zlib where the runtime has it
- * (Node >= 22.15), else from the `zstd` command streaming through its stdin and stdout. Level 1 for both: an
+ * Compressors for snapshot artifacts. gzip comes from node:zlib; zstd from node:zlib (Node 24 has it), else
+ * from the `zstd` command streaming through its stdin and stdout, for a runtime built without it. Level 1 for both: an
  * hourly snapshot on a 2-core VM gains more from speed than from the last few per cent of size (facts.md:
  * zstd -1 and -3 differ by 4 %, gzip -1 is 3.5x slower than zstd -1).
  */
@@ -23,11 +23,23 @@ export interface CompressionSupport {
   zstdCommand: string;
 }
 
+export interface DetectOptions {
+  /** The zstd program used when the runtime's zlib has no zstd; default `zstd` from PATH. */
+  zstdCommand?: string;
+  /** false: leave node:zlib's zstd aside, as a runtime without it would (so both paths can be tested on one). */
+  runtimeZstd?: boolean;
+}
+
+/** Whether this runtime's node:zlib compresses zstd. */
+export function runtimeHasZstd(): boolean {
+  return typeof zlibZstd === 'function' && ZSTD_LEVEL_PARAM !== undefined;
+}
+
 /** Looks once (at start) for what this runtime and machine can compress with. */
-export function detectCompressions(options: { zstdCommand?: string } = {}): CompressionSupport {
+export function detectCompressions(options: DetectOptions = {}): CompressionSupport {
   const zstdCommand = options.zstdCommand ?? 'zstd';
   let zstdSource: CompressionSupport['zstdSource'];
-  if (typeof zlibZstd === 'function' && ZSTD_LEVEL_PARAM !== undefined) zstdSource = 'zlib';
+  if (options.runtimeZstd !== false && runtimeHasZstd()) zstdSource = 'zlib';
   else if (spawnSync(zstdCommand, ['--version'], { stdio: 'ignore', timeout: 10_000 }).status === 0) zstdSource = 'command';
   return { available: zstdSource ? ['zstd', 'gzip', 'none'] : ['gzip', 'none'], zstdSource, zstdCommand };
 }

@@ -19,6 +19,7 @@ import { Snapshotter } from './snapshotter.js';
 import { prepareSqliteWorker } from './sqlite-worker.js';
 import { Staging, statfsFreeBytes, type FreeBytes } from './staging.js';
 import { agentVersion } from './status.js';
+import { nodeSqlite } from '../util/sqlite.js';
 
 export interface StartAgentOptions {
   logger?: Logger;
@@ -26,6 +27,8 @@ export interface StartAgentOptions {
   freeBytes?: FreeBytes;
   /** The zstd program used when the runtime's zlib has no zstd; default `zstd` from PATH. */
   zstdCommand?: string;
+  /** false: use the zstd program even where node:zlib has zstd (tests of that path). */
+  runtimeZstd?: boolean;
 }
 
 export interface RunningAgent {
@@ -54,6 +57,8 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
       code: 'AGENT_TLS_REQUIRED',
     });
   }
+  // Before anything else: on an older Node every snapshot would fail; say so at start instead.
+  nodeSqlite();
   const schemes = config.auth ?? ['hmac'];
   const hmac = schemes.includes('hmac');
   if (schemes.length === 0) throw new TcabError('The snapshot agent accepts no authentication scheme', { hint: 'TCAB_AGENT_AUTH (hmac, entra or hmac,entra)', code: 'AGENT_NO_AUTH' });
@@ -67,7 +72,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   }
   for (const secret of config.keys.values()) registerSecret(secret);
 
-  const compressions = detectCompressions({ zstdCommand: options.zstdCommand });
+  const compressions = detectCompressions({ zstdCommand: options.zstdCommand, runtimeZstd: options.runtimeZstd });
   if (config.compression !== 'auto' && !chooseCompression(config.compression, 'auto', compressions).ok) {
     throw new TcabError(`The snapshot agent cannot make ${config.compression} artifacts (it can make: ${compressions.available.join(', ')})`, {
       hint: config.compression === 'zstd' ? 'install the zstd package on the VM, or set TCAB_AGENT_COMPRESSION=auto' : 'TCAB_AGENT_COMPRESSION',

@@ -1,11 +1,11 @@
 /**
  * The SQLite work of the agent (VACUUM INTO, integrity_check, row counts, status queries) runs in a worker
- * thread: better-sqlite3 is synchronous, and a 1 GB VACUUM INTO takes about 10 s, during which /healthz, a
- * concurrent POST (409) and downloads must still be answered.
+ * thread: node:sqlite's DatabaseSync is synchronous, and a 1 GB VACUUM INTO takes seconds, during which
+ * /healthz, a concurrent POST (409) and downloads must still be answered.
  *
  * The worker's code is a string evaluated in the worker (eval: true) rather than a module file: the agent must
- * run both from the compiled output and from TypeScript sources under the test runner, and a worker thread
- * cannot load a .ts file on Node 20. The code is small, and its contract is typed here.
+ * run both from the compiled output and from TypeScript sources under the test runner, whose module
+ * resolution a worker thread does not share. The code is small, and its contract is typed here.
  *
  * File permissions (the agent should run as its own user with read access only):
  * - the database file must be readable; the agent opens it read-only and never writes it;
@@ -17,8 +17,8 @@
  *   the files it creates stay writable for the backend.
  * Nothing here sets a large mmap_size: mapped pages count in the agent's RSS (target <= 200 MB for 1 GB).
  */
-import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
+import { SQLITE_CODE_NAMES } from '../util/sqlite.js';
 
 export interface SnapshotTask {
   kind: 'snapshot';
@@ -72,39 +72,60 @@ const WORKER_SOURCE = String.raw`
 'use strict';
 const { parentPort, workerData } = require('node:worker_threads');
 const { performance } = require('node:perf_hooks');
-const Database = require(workerData.driver);
+const { DatabaseSync } = require('node:sqlite');
 let task;
 let step = 'open';
 
 function quote(name) { return '"' + name.replace(/"/g, '""') + '"'; }
 
+function value(db, sql) {
+  const statement = db.prepare(sql);
+  statement.setReturnArrays(true);
+  const row = statement.get();
+  return row === undefined ? undefined : row[0];
+}
+
+function column(db, sql) {
+  const statement = db.prepare(sql);
+  statement.setReturnArrays(true);
+  return statement.all().map((row) => row[0]);
+}
+
 // Virtual tables are skipped: counting them may need a module this process does not have.
 function tableNames(db) {
-  return db.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_' " +
-    "AND coalesce(sql, '') NOT LIKE 'CREATE VIRTUAL TABLE%' ORDER BY name").pluck().all();
+  return column(db, "SELECT name FROM sqlite_schema WHERE type = 'table' AND substr(name, 1, 7) <> 'sqlite_' " +
+    "AND coalesce(sql, '') NOT LIKE 'CREATE VIRTUAL TABLE%' ORDER BY name");
 }
 
 function countRows(db, names) {
   const out = {};
-  for (const name of names) out[name] = db.prepare('SELECT count(*) FROM ' + quote(name)).pluck().get();
+  for (const name of names) out[name] = value(db, 'SELECT count(*) FROM ' + quote(name));
   return out;
 }
 
+// Read-only: a file that does not exist is an error, never created.
 function openReadOnly(path) {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
-  db.pragma('busy_timeout = 10000');
-  return db;
+  return new DatabaseSync(path, { readOnly: true, timeout: 10000 });
+}
+
+// node:sqlite gives SQLite's extended result code as a number; the agent's hints and logs use its name.
+function codeOf(err) {
+  if (!err) return undefined;
+  if (typeof err.errcode === 'number') {
+    return workerData.codeNames[err.errcode] || workerData.codeNames[err.errcode & 0xff] || 'SQLITE_' + err.errcode;
+  }
+  return err.code;
 }
 
 function snapshot() {
   const src = openReadOnly(task.dbPath);
   let createdAtMs, vacuumMs, journalMode;
   try {
-    journalMode = src.pragma('journal_mode', { simple: true });
+    journalMode = value(src, 'PRAGMA journal_mode');
     // VACUUM INTO gives its output this connection's synchronous setting. The staged file is read once and
     // removed, and a crash discards it anyway: syncing it to disk only costs time (50 ms of 160 at 100 MB).
     // The source is opened read-only, so nothing else is affected.
-    src.pragma('synchronous = OFF');
+    src.exec('PRAGMA synchronous = OFF');
     step = 'vacuum';
     createdAtMs = Date.now();
     const t0 = performance.now();
@@ -119,16 +140,16 @@ function snapshot() {
   const t1 = performance.now();
   const out = openReadOnly(task.outPath);
   try {
-    const problems = out.pragma('integrity_check').map((r) => String(r.integrity_check));
+    const problems = column(out, 'PRAGMA integrity_check').map(String);
     const integrity = problems.length === 1 && problems[0] === 'ok' ? 'ok' : problems.slice(0, 20).join('; ');
     step = 'count';
     const tables = countRows(out, tableNames(out));
     return {
       createdAtMs, vacuumMs, checkMs: performance.now() - t1, journalMode, integrity, tables,
-      sqliteVersion: out.prepare('SELECT sqlite_version()').pluck().get(),
-      pageSize: out.pragma('page_size', { simple: true }),
-      pageCount: out.pragma('page_count', { simple: true }),
-      userVersion: out.pragma('user_version', { simple: true }),
+      sqliteVersion: value(out, 'SELECT sqlite_version()'),
+      pageSize: value(out, 'PRAGMA page_size'),
+      pageCount: value(out, 'PRAGMA page_count'),
+      userVersion: value(out, 'PRAGMA user_version'),
     };
   } finally {
     out.close();
@@ -138,7 +159,7 @@ function snapshot() {
 function status() {
   const db = openReadOnly(task.dbPath);
   try {
-    const journalMode = db.pragma('journal_mode', { simple: true });
+    const journalMode = value(db, 'PRAGMA journal_mode');
     // One read transaction, so the counts and the newest run belong to the same moment.
     db.exec('BEGIN');
     step = 'count';
@@ -147,29 +168,27 @@ function status() {
     const tables = countRows(db, key.length ? key : all);
     let newestPublishedAt = null;
     if (all.includes('runs')) {
-      const columns = db.prepare("SELECT name FROM pragma_table_info('runs')").pluck().all();
-      if (columns.includes('published_at')) newestPublishedAt = db.prepare('SELECT max(published_at) FROM runs').pluck().get() ?? null;
+      const columns = column(db, "SELECT name FROM pragma_table_info('runs')");
+      if (columns.includes('published_at')) newestPublishedAt = value(db, 'SELECT max(published_at) FROM runs') ?? null;
     }
     db.exec('COMMIT');
-    return { pageSize: db.pragma('page_size', { simple: true }), journalMode, tables, newestPublishedAt };
+    return { pageSize: value(db, 'PRAGMA page_size'), journalMode, tables, newestPublishedAt };
   } finally {
     db.close();
   }
 }
 
-// Started ahead of need with the driver loaded; one task, then the thread ends.
+// Started ahead of need with node:sqlite loaded; one task, then the thread ends.
 parentPort.once('message', (message) => {
   task = message;
   try {
     const result = task.kind === 'snapshot' ? snapshot() : status();
     parentPort.postMessage({ ok: true, result });
   } catch (err) {
-    parentPort.postMessage({ ok: false, step, code: err && err.code, message: String((err && err.message) || err) });
+    parentPort.postMessage({ ok: false, step, code: codeOf(err), message: String((err && err.message) || err) });
   }
 });
 `;
-
-const driverPath = createRequire(import.meta.url).resolve('better-sqlite3');
 
 type Reply<T> =
   | { ok: true; result: T }
@@ -188,13 +207,13 @@ export interface TaskHooks {
 }
 
 /**
- * A worker started ahead of need: starting a thread and loading the driver takes about 25 ms, which a
+ * A worker started ahead of need: starting a thread and loading node:sqlite takes about 25 ms, which a
  * snapshot need not wait for. It does not keep the process alive while it waits for a task.
  */
 let spare: Worker | undefined;
 
 function startWorker(): Worker {
-  const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { driver: driverPath } });
+  const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { codeNames: SQLITE_CODE_NAMES } });
   worker.unref();
   return worker;
 }

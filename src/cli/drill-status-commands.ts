@@ -6,7 +6,7 @@ import { writeFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { loadTargetsConfig } from '../config.js';
 import { DrillFailedError, runDrill, type DrillResult } from '../jobs/drill.js';
-import type { DrillRecord } from '../jobs/drill-record.js';
+import { provenText, type DrillRecord } from '../jobs/drill-record.js';
 import { drillLiveSource, monitorPostgresSource } from '../jobs/health-deps.js';
 import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../jobs/health-settings.js';
 import { runMonitor } from '../jobs/monitor.js';
@@ -60,8 +60,10 @@ export const verifyCommand: Command = async (args, ctx) => {
 function drillLines(r: DrillRecord): string {
   if (!r.ok) return `target ${r.target}: FAILED ${r.error}\n`;
   const rp = r.recoveryPoint!;
-  const lines = [`target ${r.target}: snapshot ${r.snapshot!.id} restored and verified in ${shortMs(r.recoveryTimeMs ?? 0)} `
-    + `(${formatBytes(r.snapshot!.artifactBytes)} ${r.snapshot!.compression} -> ${formatBytes(r.snapshot!.bytes)}); snapshot age ${formatDuration(rp.snapshotAgeMs)}`];
+  const how = r.checks?.method === 'stream' ? 'verified while streaming' : 'restored and verified';
+  const lines = [`target ${r.target}: snapshot ${r.snapshot!.id} ${how} in ${shortMs(r.recoveryTimeMs ?? 0)} `
+    + `(${formatBytes(r.snapshot!.artifactBytes)} ${r.snapshot!.compression} -> ${formatBytes(r.snapshot!.bytes)}); snapshot age ${formatDuration(rp.snapshotAgeMs)}`,
+  `  proved: ${provenText(r.checks)}${r.checks?.reason ? ` (streamed because ${r.checks.reason})` : ''}`];
   if (r.live.available) {
     lines.push(`  runs published since the snapshot: ${rp.runsSince ?? 'unknown'}; newest published_at live ${rp.newestPublishedAt.live ?? '-'}, in the snapshot ${rp.newestPublishedAt.snapshot ?? '-'}`);
     lines.push(`  tables (snapshot -> live): ${Object.entries(r.tables).map(([n, t]) => `${n} ${t.snapshot ?? '-'} -> ${t.live ?? '-'}${t.difference !== null ? ` (${t.difference >= 0 ? '+' : ''}${t.difference})` : ''}`).join(', ')}`);
@@ -83,7 +85,7 @@ export const drillCommand: Command = async (args, ctx) => {
   };
   try {
     const result = await runDrill(
-      { targets: openTargets(config, ctx.logger, values.target), database: config.database, live, workDir: settings.workDir, logger: ctx.logger },
+      { targets: openTargets(config, ctx.logger, values.target), database: config.database, live, workDir: settings.workDir, method: settings.method, logger: ctx.logger },
       { signal: interruptible() },
     );
     print(result);
@@ -105,7 +107,7 @@ function statusText(doc: StatusDocument): string {
     }
     const n = t.snapshots.newest;
     out.push(`  target ${t.name} ${WORD[t.state]}: newest snapshot ${n ? `${formatDuration(n.ageMs)} ago (${n.id})` : 'none'}, ${t.snapshots.count} snapshot(s) ${formatBytes(t.snapshots.totalArtifactBytes)}; `
-      + `drill ${t.drill.lastSucceeded ? `${formatDuration(t.drill.ageMs!)} ago (restored in ${shortMs(t.drill.lastSucceeded.recoveryTimeMs ?? 0)})` : 'never'}; `
+      + `drill ${t.drill.lastSucceeded ? `${formatDuration(t.drill.ageMs!)} ago (${t.drill.lastSucceeded.checks?.method === 'stream' ? 'verified streaming' : 'restored'} in ${shortMs(t.drill.lastSucceeded.recoveryTimeMs ?? 0)})` : 'never'}; `
       + `verify ${t.verify.lastCleanRunAt ? `${formatDuration(t.verify.ageMs!)} ago` : 'never'}${t.verify.failing.length ? `, ${t.verify.failing.length} damaged` : ''}`
       + `${t.verify.unreadable?.length ? `, ${t.verify.unreadable.length} unreadable` : ''}`);
   }

@@ -118,9 +118,5 @@ export function runAsProcess(argv: string[], options: Pick<MainOptions, 'command
 }
 
 if (isEntryPoint()) {
-  // The S3 client warns on every run under Node 20 that versions published after January 2027 will need
-  // Node 22. The version locked here runs on Node 20 and the Function App runs Node 22; an operator's
-  // terminal need not repeat it. Setting the variable to false brings the warning back.
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   runAsProcess(process.argv.slice(2));
 }

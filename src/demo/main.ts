@@ -10,16 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { BlobServiceClient } from '@azure/storage-blob';
-import Database from 'better-sqlite3';
 import { startAgent } from '../agent/run.js';
 import { main as cli } from '../cli/main.js';
 import { createLogger } from '../log.js';
 import { createSampleDatabase } from '../dev/sample-db.js';
 import { startAzurite, startS3Server } from '../dev/emulators.js';
+import { firstValue, openDatabase } from '../util/sqlite.js';
 
 const keep = process.argv.includes('--keep');
-// The AWS SDK's notice that its 2027 releases need Node 22 would bury the demo's output on Node 20.
-process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const say = (line: string) => process.stdout.write(line + '\n');
 
 async function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<string> {
@@ -78,8 +76,8 @@ async function demo(): Promise<void> {
     const restored = join(work, 'restored.sqlite');
     say(`6. tcab-backup restore --latest -o ${restored}`);
     const r = JSON.parse(await runCli(['restore', '--latest', '-o', restored, '--json'], env));
-    const db = new Database(restored, { readonly: true });
-    const runs = (db.prepare('SELECT count(*) AS n FROM runs').get() as { n: number }).n;
+    const db = openDatabase(restored, { readOnly: true });
+    const runs = firstValue<number>(db, 'SELECT count(*) FROM runs');
     db.close();
     if (runs !== sample.runs) throw new Error(`restored database has ${runs} runs, the sample has ${sample.runs}`);
     say(`   restored ${r.id} from "${r.target}" in ${r.durationMs} ms: sha256 ok, integrity_check ok, ${runs} runs as in the source`);

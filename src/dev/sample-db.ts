@@ -5,8 +5,8 @@
  * in, so it compresses about as well as real run records (roughly 3 to 5x) rather than absurdly well.
  */
 import { existsSync, statSync } from 'node:fs';
-import Database from 'better-sqlite3';
 import { TcabError } from '../errors.js';
+import { firstValue, inTransaction, openDatabase } from '../util/sqlite.js';
 
 export interface SampleDatabaseOptions {
   /** Exactly this many runs. Default 1000 when targetBytes is not given either. */
@@ -102,19 +102,18 @@ export function createSampleDatabase(path: string, options: SampleDatabaseOption
   const wantRuns = options.runs ?? (options.targetBytes === undefined ? 1000 : Number.POSITIVE_INFINITY);
   const targetBytes = options.targetBytes ?? Number.POSITIVE_INFINITY;
   const text = new TextMaker(rng(options.seed ?? 1));
-  const db = new Database(path);
+  const db = openDatabase(path);
   try {
-    db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = NORMAL');
+    db.exec('PRAGMA journal_mode = WAL');
+    db.exec('PRAGMA synchronous = NORMAL');
     db.exec(SAMPLE_SCHEMA);
     const insertRun = db.prepare('INSERT INTO runs (id, slug, title, published_at, record, source_url, build_url) VALUES (?, ?, ?, ?, ?, ?, ?)');
     const insertReview = db.prepare('INSERT INTO reviews (run_id, reviewer, score, body, created_at) VALUES (?, ?, ?, ?, ?)');
-    const pageSize = db.pragma('page_size', { simple: true }) as number;
-    const pageCount = db.prepare('PRAGMA page_count').pluck();
+    const pageSize = firstValue<number>(db, 'PRAGMA page_size')!;
     let runs = 0;
     let reviews = 0;
     let timeMs = START_MS;
-    const batch = db.transaction((count: number) => {
+    const batch = (count: number) => inTransaction(db, () => {
       for (let i = 0; i < count; i++) {
         const id = ++runs;
         timeMs += 30_000 + text.int(600_000);
@@ -129,9 +128,9 @@ export function createSampleDatabase(path: string, options: SampleDatabaseOption
         }
       }
     });
-    while (runs < wantRuns && (pageCount.get() as number) * pageSize < targetBytes) batch(Math.min(BATCH, wantRuns - runs));
+    while (runs < wantRuns && firstValue<number>(db, 'PRAGMA page_count')! * pageSize < targetBytes) batch(Math.min(BATCH, wantRuns - runs));
     // Fold the WAL into the main file so `bytes` is the database's size, as a fresh copy would have it.
-    db.pragma('wal_checkpoint(TRUNCATE)');
+    db.exec('PRAGMA wal_checkpoint(TRUNCATE)');
     return { runs, reviews, bytes: statSync(path).size };
   } finally {
     db.close();

@@ -8,7 +8,7 @@
  * run from TypeScript sources under the test runner as well as from the compiled output.
  */
 import { spawn } from 'node:child_process';
-import { createRequire } from 'node:module';
+import { SQLITE_CODE_NAMES } from '../util/sqlite.js';
 
 export interface WriterOptions {
   /** Pause between inserts; 0 inserts as fast as the database allows. Default 5 ms. */
@@ -35,9 +35,12 @@ const CHILD_SOURCE = String.raw`
 'use strict';
 const { randomBytes } = require('node:crypto');
 const args = JSON.parse(process.argv[1]);
-const Database = require(args.driver);
-const db = new Database(args.path, { fileMustExist: true });
-db.pragma('busy_timeout = ' + Number(args.busyTimeoutMs));
+const { DatabaseSync } = require('node:sqlite');
+const { pathToFileURL } = require('node:url');
+// mode=rw: open the existing database, never create one.
+const url = pathToFileURL(args.path);
+url.searchParams.set('mode', 'rw');
+const db = new DatabaseSync(url, { timeout: Number(args.busyTimeoutMs) });
 const insertRun = db.prepare('INSERT INTO runs (slug, title, published_at, record, source_url, build_url) VALUES (?, ?, ?, ?, ?, ?)');
 const insertReview = db.prepare('INSERT INTO reviews (run_id, reviewer, score, body, created_at) VALUES (?, ?, ?, ?, ?)');
 let inserts = 0;
@@ -53,7 +56,8 @@ function insertOne() {
     if (inserts % 2 === 0) insertReview.run(id, 'writer', 3, 'reviewed while a snapshot may be running', now);
     inserts++;
   } catch (err) {
-    if (errors.length < 100) errors.push((err.code ? err.code + ': ' : '') + err.message);
+    const code = typeof err.errcode === 'number' ? args.codeNames[err.errcode] || args.codeNames[err.errcode & 0xff] : err.code;
+    if (errors.length < 100) errors.push((code ? code + ': ' : '') + err.message);
   }
 }
 function loop() {
@@ -76,11 +80,9 @@ process.on('disconnect', () => process.exit(0));
 loop();
 `;
 
-const driverPath = createRequire(import.meta.url).resolve('better-sqlite3');
-
 export function startWriter(path: string, options: WriterOptions = {}): RunningWriter {
   const args = {
-    driver: driverPath,
+    codeNames: SQLITE_CODE_NAMES,
     path,
     intervalMs: options.intervalMs ?? 5,
     recordBytes: options.recordBytes ?? 3000,

@@ -24,7 +24,7 @@ export async function drillTimer(timer: Timer, context: InvocationContext): Prom
     const config = backupConfig();
     const settings = loadDrillSettings();
     await bounded('drill', (signal) =>
-      runDrill({ targets: openTargets(config, logger), database: config.database, live: openAgent(config.agent, logger), workDir: settings.workDir, logger }, { signal }));
+      runDrill({ targets: openTargets(config, logger), database: config.database, live: openAgent(config.agent, logger), workDir: settings.workDir, method: settings.method, logger }, { signal }));
   } finally {
     running = false;
   }

@@ -16,6 +16,31 @@ export const DRILL_RECORDS_KEPT = 400;
 
 const Iso = z.string().datetime({ offset: true });
 
+/** The checks a drill can make: the artifact's sha256, the decompressed file's sha256, PRAGMA integrity_check, row counts. */
+export const DRILL_CHECKS = ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'] as const;
+export type DrillCheck = (typeof DRILL_CHECKS)[number];
+
+export const DrillChecksSchema = z.object({
+  /** restore: written to the work folder and opened with SQLite; stream: checked as it streamed, nothing written. */
+  method: z.enum(['restore', 'stream']),
+  /** What the drill itself checked. */
+  ran: z.array(z.enum(DRILL_CHECKS)),
+  /**
+   * Checks the agent made when it took the snapshot, on the very bytes the drill decompressed (their sha256 is
+   * the manifest's), taken from the manifest rather than run again.
+   */
+  fromSnapshot: z.array(z.enum(DRILL_CHECKS)),
+  /** Why the drill streamed instead of restoring. */
+  reason: z.string().optional(),
+});
+export type DrillChecks = z.infer<typeof DrillChecksSchema>;
+
+/** What a successful drill proved, in words, for the CLI and the status page. Records without `checks` restored. */
+export function provenText(checks: DrillChecks | null | undefined): string {
+  if (!checks || checks.method === 'restore') return 'restored to a file: artifact and database sha256, integrity_check and row counts';
+  return 'verified as it streamed, nothing written: artifact and database sha256 equal the manifest\'s, so integrity_check and row counts are the agent\'s on the same bytes';
+}
+
 export const DrillRecordSchema = z.object({
   formatVersion: z.literal(DRILL_RECORD_FORMAT_VERSION),
   kind: z.literal('sqlite-drill'),
@@ -32,8 +57,13 @@ export const DrillRecordSchema = z.object({
     bytes: z.number().int().nonnegative(),
     compression: z.string(),
   }).nullable(),
-  /** Download to verified file (both sha256 sums, decompression, integrity_check, row counts), in ms. */
+  /**
+   * Download to verified file (both sha256 sums, decompression, integrity_check, row counts), in ms; for a
+   * streamed drill, download to verified bytes (nothing written, SQLite not opened).
+   */
   recoveryTimeMs: z.number().nonnegative().nullable(),
+  /** What this drill proved and how; absent in records from before drills could stream (those always restored). */
+  checks: DrillChecksSchema.optional(),
   recoveryPoint: z.object({
     /** How old the snapshot was when the drill compared it with the live database. */
     snapshotAgeMs: z.number(),

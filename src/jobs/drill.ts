@@ -2,7 +2,12 @@
  * The restore drill: for each target, restore its newest snapshot into a scratch folder exactly as an
  * operator would (download, artifact sha256, decompress, file sha256, PRAGMA integrity_check, row counts
  * against the manifest: runRestore does all of it), then compare it with the live database through the
- * agent's /v1/status and record what a restore would cost now:
+ * agent's /v1/status and record what a restore would cost now.
+ *
+ * When the work folder has no room for the whole database (a Flex Consumption instance has 0.8 GB of
+ * temporary disk), or TCAB_BACKUP_DRILL_METHOD=stream, the drill verifies the snapshot as it streams instead
+ * (drill-stream.ts): both sha256 sums, nothing written; integrity_check and the row counts are then the
+ * agent's, made on the same bytes. The record's `checks` says which checks ran and how. The record holds:
  * - recovery point: how old the snapshot is, how many runs were published since (live minus snapshot), and
  *   the newest published_at live against the newest in the snapshot;
  * - recovery time: from the first downloaded byte to a verified file.
@@ -15,7 +20,6 @@
  */
 import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import type { AgentStatus } from '../agent/protocol.js';
 import { toIsoTime } from '../agent/status.js';
 import type { Manifest } from '../catalog/manifest.js';
@@ -25,6 +29,9 @@ import { newDrillId } from '../catalog/layout.js';
 import type { Target } from '../targets/target.js';
 import { DRILL_RECORD_FORMAT_VERSION, trimDrillRecords, writeDrillRecord, type DrillRecord } from './drill-record.js';
 import { runRestore } from './restore.js';
+import { firstValue, openDatabase } from '../util/sqlite.js';
+import { verifyByStreaming } from './drill-stream.js';
+import type { DrillMethodSetting } from './health-settings.js';
 import { selectSnapshot } from './select.js';
 
 /** What the drill needs from the agent (AgentClient implements it). */
@@ -41,6 +48,8 @@ export interface DrillDeps {
   live: LiveStatusSource | { unavailable: string };
   /** Folder to restore into (a fresh subfolder is made and removed). */
   workDir: string;
+  /** restore, stream, or auto (restore when workDir has room for the database, else stream). Default auto. */
+  method?: DrillMethodSetting;
   logger?: Logger;
   now?: () => Date;
 }
@@ -132,15 +141,24 @@ async function drillTarget(
     record.snapshot = {
       id: manifest.id, createdAt: manifest.createdAt, artifactBytes: manifest.artifact.bytes, bytes: manifest.snapshot.bytes, compression: manifest.artifact.compression,
     };
-    await checkSpace(scratch, manifest);
-    const path = join(scratch, `${manifest.id}.sqlite`);
-    const restored = await runRestore({ targets: [target], database: deps.database }, { selector: { id: manifest.id }, outPath: path, ...(signal ? { signal } : {}) })
-      .catch((e: unknown) => {
-        throw new TcabError(restoreFailure(e, manifest!.id, target.name));
-      });
-    record.recoveryTimeMs = restored.durationMs;
-    const snapshotNewest = newestPublishedAt(path);
-    compareWithLive(record, manifest, restored.tables, snapshotNewest, live, deps.database);
+    const method = await chooseMethod(deps.method ?? 'auto', deps.workDir, scratch, manifest);
+    if (method.method === 'restore') {
+      const path = join(scratch, `${manifest.id}.sqlite`);
+      const restored = await runRestore({ targets: [target], database: deps.database }, { selector: { id: manifest.id }, outPath: path, ...(signal ? { signal } : {}) })
+        .catch((e: unknown) => {
+          throw new TcabError(restoreFailure(e, manifest!.id, target.name));
+        });
+      record.recoveryTimeMs = restored.durationMs;
+      record.checks = { method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] };
+      compareWithLive(record, manifest, restored.tables, newestPublishedAt(path), live, deps.database);
+    } else {
+      log.info('drill.streaming', { database: deps.database, target: target.name, snapshot: manifest.id, reason: method.reason });
+      const streamed = await verifyByStreaming(target, manifest, signal);
+      record.recoveryTimeMs = streamed.durationMs;
+      record.checks = { method: 'stream', ran: ['artifact-sha256', 'snapshot-sha256'], fromSnapshot: ['integrity-check', 'row-counts'], reason: method.reason };
+      // The counts are the agent's, of these very bytes; the newest published run is not known without opening the file.
+      compareWithLive(record, manifest, manifest.database.tables, null, live, deps.database);
+    }
     record.ok = true;
   } catch (e) {
     if (signal?.aborted) throw e;
@@ -163,7 +181,7 @@ async function drillTarget(
   const fields = {
     database: deps.database, target: target.name, drillId, snapshot: record.snapshot?.id, recoveryTimeMs: record.recoveryTimeMs,
     snapshotAgeMs: record.recoveryPoint?.snapshotAgeMs, runsSince: record.recoveryPoint?.runsSince, publishedGapMs: record.recoveryPoint?.publishedGapMs,
-    liveAvailable: record.live.available, warnings: record.warnings,
+    liveAvailable: record.live.available, method: record.checks?.method, checks: record.checks?.ran, fromSnapshot: record.checks?.fromSnapshot, warnings: record.warnings,
   };
   if (record.ok) log.info('drill.completed', fields);
   else log.error('drill.failed', { ...fields, error: record.error });
@@ -188,24 +206,29 @@ function restoreFailure(e: unknown, id: string, targetName: string): string {
   return message;
 }
 
-async function checkSpace(dir: string, manifest: Manifest): Promise<void> {
-  const fs = await statfs(dir);
+/** restore when asked, or (auto) when the folder has room for the database; otherwise stream, saying why. */
+async function chooseMethod(setting: DrillMethodSetting, workDir: string, scratch: string, manifest: Manifest): Promise<{ method: 'restore' } | { method: 'stream'; reason: string }> {
+  if (setting === 'stream') return { method: 'stream', reason: 'TCAB_BACKUP_DRILL_METHOD=stream' };
+  const fs = await statfs(scratch);
   const free = fs.bavail * fs.bsize;
-  if (free < manifest.snapshot.bytes * SPACE_MARGIN) {
-    throw new TcabError(`the drill folder ${dir} has ${free} bytes free, the restored snapshot needs ${manifest.snapshot.bytes}`, {
-      hint: 'point TCAB_BACKUP_DRILL_WORK_DIR at a disk with room for the uncompressed database',
+  const needed = Math.ceil(manifest.snapshot.bytes * SPACE_MARGIN);
+  if (free >= needed) return { method: 'restore' };
+  const why = `the drill folder ${workDir} has ${free} bytes free, restoring the ${manifest.snapshot.bytes}-byte database needs ${needed}`;
+  if (setting === 'restore') {
+    throw new TcabError(`${why} (TCAB_BACKUP_DRILL_METHOD=restore)`, {
+      hint: 'point TCAB_BACKUP_DRILL_WORK_DIR at a disk with room for the uncompressed database (such as a mounted Azure Files share), or set TCAB_BACKUP_DRILL_METHOD=auto to verify by streaming when it has none',
     });
   }
+  return { method: 'stream', reason: why };
 }
 
 /** Newest published_at of runs in the restored file, or null when it has no such column or no runs. */
 function newestPublishedAt(path: string): string | null {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
+  const db = openDatabase(path, { readOnly: true, immutable: true });
   try {
-    const hasColumn = db.prepare("SELECT 1 FROM pragma_table_info('runs') WHERE name = 'published_at'").get();
+    const hasColumn = firstValue(db, "SELECT 1 FROM pragma_table_info('runs') WHERE name = 'published_at'");
     if (!hasColumn) return null;
-    const row = db.prepare('SELECT max(published_at) AS v FROM runs').get() as { v: string | number | null };
-    return toIsoTime(row.v);
+    return toIsoTime(firstValue<string | number | null>(db, 'SELECT max(published_at) FROM runs') ?? null);
   } finally {
     db.close();
   }

@@ -34,7 +34,10 @@ export interface DrillSettings {
   schedule: string;
   /** Where drills restore to; removed afterwards. */
   workDir: string;
+  method: DrillMethodSetting;
 }
+
+export type DrillMethodSetting = 'auto' | 'restore' | 'stream';
 
 export interface MonitorSettings {
   schedule: string;
@@ -89,8 +92,10 @@ export function loadDrillSettings(env: Env = process.env): DrillSettings {
   const { text } = schedule(env, problems, 'TCAB_BACKUP_DRILL_SCHEDULE');
   const workDir = env.TCAB_BACKUP_DRILL_WORK_DIR?.trim() || tmpdir();
   if (!isAbsolute(workDir)) problems.add('TCAB_BACKUP_DRILL_WORK_DIR', `"${workDir}" must be an absolute path`);
+  const method = (env.TCAB_BACKUP_DRILL_METHOD?.trim() || 'auto') as DrillMethodSetting;
+  if (!['auto', 'restore', 'stream'].includes(method)) problems.add('TCAB_BACKUP_DRILL_METHOD', `"${method}" is not auto, restore or stream`);
   problems.throwIfAny();
-  return { schedule: text, workDir };
+  return { schedule: text, workDir, method };
 }
 
 export function loadMonitorSettings(env: Env = process.env): MonitorSettings {

@@ -82,6 +82,8 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions = {}
   const fields = {
     database: deps.database, state: doc.state,
     targets: Object.fromEntries(doc.targets.map((t) => [t.name, t.state])),
+    // What the newest successful drill of each target proved: restore (SQLite checks run by the drill) or stream.
+    drills: Object.fromEntries(doc.targets.map((t) => [t.name, t.drill.lastSucceeded?.checks?.method ?? 'none'])),
     ...(doc.postgres ? { postgres: doc.postgres.state } : {}),
     problems: doc.problems.map((p) => `${p.state}: ${p.message}`),
   };

@@ -17,12 +17,12 @@ import { access, link, mkdir, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import Database from 'better-sqlite3';
 import { manifestArtifactKey } from '../catalog/catalog.js';
 import type { Manifest } from '../catalog/manifest.js';
 import { IntegrityError, TcabError, errorMessage } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { Target } from '../targets/target.js';
+import { firstColumn, firstValue, openDatabase } from '../util/sqlite.js';
 import { HashingStream, decompressor } from '../util/streams.js';
 import { describeSelector, selectSnapshot, type SnapshotSelector } from './select.js';
 
@@ -190,20 +190,19 @@ async function restoreFromTarget(
 
 /** PRAGMA integrity_check and row counts of the restored file, compared with the manifest. */
 export function checkDatabase(path: string, manifest: Manifest, targetName: string): Record<string, number> {
-  let db: Database.Database;
+  let db: ReturnType<typeof openDatabase>;
   try {
-    db = new Database(path, { readonly: true, fileMustExist: true });
+    db = openDatabase(path, { readOnly: true, immutable: true });
   } catch (e) {
     throw new IntegrityError(`Snapshot ${manifest.id} from target "${targetName}" is not a SQLite database: ${errorMessage(e)}`);
   }
   try {
-    const rows = db.prepare('PRAGMA integrity_check').all() as Array<{ integrity_check: string }>;
-    const verdict = rows.map((r) => r.integrity_check).join('; ');
+    const verdict = firstColumn<string>(db, 'PRAGMA integrity_check').join('; ');
     if (verdict !== 'ok') throw new IntegrityError(`Snapshot ${manifest.id} from target "${targetName}" fails PRAGMA integrity_check: ${verdict.slice(0, 300)}`);
     const tables: Record<string, number> = {};
     for (const name of Object.keys(manifest.database.tables)) {
-      const exists = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(name);
-      tables[name] = exists ? (db.prepare(`SELECT count(*) AS n FROM "${name.replace(/"/g, '""')}"`).get() as { n: number }).n : -1;
+      const exists = firstValue(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", name);
+      tables[name] = exists ? firstValue<number>(db, `SELECT count(*) FROM "${name.replace(/"/g, '""')}"`)! : -1;
       if (tables[name] !== manifest.database.tables[name]) {
         throw new IntegrityError(`Snapshot ${manifest.id} from target "${targetName}": table ${name} has ${tables[name]} rows, the manifest says ${manifest.database.tables[name]}`);
       }

@@ -20,7 +20,7 @@
 import type { Manifest } from '../catalog/manifest.js';
 import type { PgServerStatus } from '../postgres/status.js';
 import { formatDuration } from '../util/duration.js';
-import type { DrillRecord } from './drill-record.js';
+import type { DrillChecks, DrillRecord } from './drill-record.js';
 import type { AgeThreshold, MonitorThresholds } from './health-settings.js';
 import { verdictOf, type VerifyRecord } from './verify-record.js';
 
@@ -52,6 +52,8 @@ export interface DrillSummary {
   ok: boolean;
   snapshotId: string | null;
   recoveryTimeMs: number | null;
+  /** How the drill proved the snapshot: restored (SQLite checks here) or streamed (sha256 here, SQLite checks the agent's). */
+  checks: DrillChecks | null;
   snapshotAgeMs: number | null;
   runsSince: number | null;
   liveAvailable: boolean;
@@ -158,6 +160,7 @@ function limits(t: AgeThreshold): string {
 function summarizeDrill(r: DrillRecord): DrillSummary {
   return {
     drillId: r.drillId, finishedAt: r.finishedAt, ok: r.ok, snapshotId: r.snapshot?.id ?? null, recoveryTimeMs: r.recoveryTimeMs,
+    checks: r.checks ?? (r.ok ? { method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] } : null),
     snapshotAgeMs: r.recoveryPoint?.snapshotAgeMs ?? null, runsSince: r.recoveryPoint?.runsSince ?? null, liveAvailable: r.live.available,
     warnings: r.warnings, ...(r.error ? { error: r.error } : {}),
   };

@@ -113,7 +113,7 @@ export function recoveryTimeSvg(id: string, targetName: string, recentNewestFirs
   drills.forEach((d, i) => {
     const cx = m.l + slot * (i + 0.5);
     const day = spread >= 2 * DAY ? utcDay(Date.parse(d.finishedAt)) : d.finishedAt.slice(11, 16);
-    const title = `Drill ${d.drillId} finished ${utcMinute(d.finishedAt)}: ${d.ok ? `restored in ${shortMs(d.recoveryTimeMs ?? 0)}` : `failed: ${d.error ?? ''}`}`;
+    const title = `Drill ${d.drillId} finished ${utcMinute(d.finishedAt)}: ${d.ok ? `${d.checks?.method === 'stream' ? 'verified streaming' : 'restored'} in ${shortMs(d.recoveryTimeMs ?? 0)}` : `failed: ${d.error ?? ''}`}`;
     if (!d.ok) {
       parts.push(`<rect x="${px(cx - barW / 2)}" y="${m.t}" width="${px(barW)}" height="${ph}" fill="url(#hatch-critical)" stroke="${COLOURS.critical}"><title>${esc(title)}</title></rect>`);
       parts.push(`<text x="${px(cx)}" y="${m.t - 6}" text-anchor="middle" class="value critical">✕ failed</text>`);

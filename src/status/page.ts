@@ -6,6 +6,7 @@
  */
 import { formatBytes } from '../cli/output.js';
 import type { DrillSummary, PostgresStatus, State, StatusDocument, TargetStatus } from '../jobs/status-doc.js';
+import { provenText } from '../jobs/drill-record.js';
 import type { MonitorThresholds } from '../jobs/health-settings.js';
 import { formatDuration } from '../util/duration.js';
 import { COLOURS, patternDefs, recoveryPointGaugeSvg, recoveryTimeSvg, snapshotTimelineSvg } from './charts.js';
@@ -69,7 +70,8 @@ function fact(label: string, value: string, state: State | null, detail: string)
 
 function drillText(d: DrillSummary | null): string {
   if (!d) return 'none yet';
-  return d.ok ? `restored in ${shortMs(d.recoveryTimeMs ?? 0)}` : 'failed';
+  if (!d.ok) return 'failed';
+  return d.checks?.method === 'stream' ? `verified streaming in ${shortMs(d.recoveryTimeMs ?? 0)}` : `restored in ${shortMs(d.recoveryTimeMs ?? 0)}`;
 }
 
 function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: number, index: number): string {
@@ -88,7 +90,7 @@ function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: numb
     fact('Snapshots', String(t.snapshots.count), null,
       `${formatBytes(t.snapshots.totalArtifactBytes)} stored${newest?.artifactBytes != null ? `; newest ${formatBytes(newest.artifactBytes)}${newest.bytes != null ? ` (${formatBytes(newest.bytes)} restored)` : ''}` : ''}`),
     fact('Last restore drill', drillText(lastDrill), t.drill.state,
-      t.drill.lastSucceeded ? `last success ${ago(t.drill.ageMs)}${t.drill.lastSucceeded.runsSince !== null ? `; ${t.drill.lastSucceeded.runsSince} run(s) published after its snapshot` : ''}` : 'no successful drill yet'),
+      t.drill.lastSucceeded ? `last success ${ago(t.drill.ageMs)}${t.drill.lastSucceeded.runsSince !== null ? `; ${t.drill.lastSucceeded.runsSince} run(s) published after its snapshot` : ''}; proved: ${provenText(t.drill.lastSucceeded.checks)}` : 'no successful drill yet'),
     fact('Verification', verificationText(t), t.verify.state,
       `last clean run ${ago(t.verify.ageMs)}; ${t.verify.reread} of ${t.snapshots.count} re-read`),
   ].join('');
@@ -116,7 +118,7 @@ function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: numb
     + `${hidden > 0 ? `; ${hidden} older snapshot(s) not shown (oldest ${esc(t.snapshots.oldest!.id)})` : ''}.</figcaption></figure>`
     + `<div class="charts"><figure>${recoveryPointGaugeSvg(`${slug}-rp`, t.name, t.recoveryPointNowMs, thresholds.snapshot)}`
     + `<figcaption>Recovery point now: the newest snapshot's age, i.e. at least how much a restore from this target would lose.</figcaption></figure>`
-    + `<figure>${recoveryTimeSvg(`${slug}-rt`, t.name, t.drill.recent)}<figcaption>Recovery time trend: download to verified file, per drill. Hatched bars failed; dotted bars and "!" had warnings.</figcaption></figure></div>`
+    + `<figure>${recoveryTimeSvg(`${slug}-rt`, t.name, t.drill.recent)}<figcaption>Recovery time trend: download to verified file (or verified bytes, for a drill that streamed), per drill. Hatched bars failed; dotted bars and "!" had warnings.</figcaption></figure></div>`
     + failing
     + unreadable
     + '</section>';

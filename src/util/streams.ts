@@ -148,8 +148,11 @@ function abortReason(signal: AbortSignal): Error {
 
 type ZlibWithZstd = typeof zlib & { createZstdDecompress?: () => Transform };
 
-/** A transform that undoes the artifact's compression: node:zlib, or the zstd CLI where Node lacks zstd. */
-export function decompressor(compression: Compression): Duplex {
+/**
+ * A transform that undoes the artifact's compression: node:zlib, or the zstd CLI where Node lacks zstd
+ * (`runtimeZstd: false` takes that path on any runtime, so tests cover both).
+ */
+export function decompressor(compression: Compression, options: { runtimeZstd?: boolean; zstdCommand?: string } = {}): Duplex {
   switch (compression) {
     case 'none':
       return new PassThrough();
@@ -157,8 +160,8 @@ export function decompressor(compression: Compression): Duplex {
       return zlib.createGunzip();
     case 'zstd': {
       const z = zlib as ZlibWithZstd;
-      if (typeof z.createZstdDecompress === 'function') return z.createZstdDecompress();
-      return spawnFilter('zstd', ['-d', '-c', '-q'], 'install the zstd package (apt-get install zstd) or run on Node >= 22.15');
+      if (options.runtimeZstd !== false && typeof z.createZstdDecompress === 'function') return z.createZstdDecompress();
+      return spawnFilter(options.zstdCommand ?? 'zstd', ['-d', '-c', '-q'], 'install the zstd package (apt-get install zstd) or run on Node 24');
     }
   }
 }

@@ -7,10 +7,10 @@ import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import Database from 'better-sqlite3';
 import type { AgentConfig } from '../../src/config.js';
 import { createLogger, type Logger } from '../../src/log.js';
 import { signRequest } from '../../src/agent/protocol.js';
+import { firstColumn, firstValue, openDatabase } from '../../src/util/sqlite.js';
 
 export const KEY_ID = 'functions';
 export const KEY = randomBytes(32).toString('hex');
@@ -117,19 +117,19 @@ export function sha256(data: Buffer): string {
 
 /** Row counts of every table, read the way an operator would after a restore. */
 export function tableCounts(path: string): Record<string, number> {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
+  const db = openDatabase(path, { readOnly: true });
   try {
-    const names = db.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").pluck().all() as string[];
-    return Object.fromEntries(names.map((n) => [n, db.prepare(`SELECT count(*) FROM "${n}"`).pluck().get() as number]));
+    const names = firstColumn<string>(db, "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name");
+    return Object.fromEntries(names.map((n) => [n, firstValue<number>(db, `SELECT count(*) FROM "${n}"`)!]));
   } finally {
     db.close();
   }
 }
 
 export function integrityCheck(path: string): string {
-  const db = new Database(path, { readonly: true, fileMustExist: true });
+  const db = openDatabase(path, { readOnly: true });
   try {
-    return (db.pragma('integrity_check') as Array<{ integrity_check: string }>).map((r) => r.integrity_check).join('; ');
+    return firstColumn<string>(db, 'PRAGMA integrity_check').join('; ');
   } finally {
     db.close();
   }

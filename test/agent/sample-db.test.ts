@@ -1,11 +1,11 @@
 /** The sample database and the concurrent writer that the agent tests, the demo and the benchmark rely on. */
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { startWriter } from '../../src/dev/writer.js';
 import { TcabError } from '../../src/errors.js';
+import { firstColumn, firstValue, openDatabase } from '../../src/util/sqlite.js';
 import { sha256OfFile, tableCounts, tempDir } from './helpers.js';
 
 let work: { dir: string; remove(): Promise<void> };
@@ -23,23 +23,23 @@ describe('createSampleDatabase', () => {
     expect(tableCounts(path)).toEqual({ runs: 250, reviews: made.reviews });
     expect(made.reviews).toBeGreaterThan(100);
 
-    const db = new Database(path, { readonly: true });
+    const db = openDatabase(path, { readOnly: true });
     try {
-      expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+      expect(firstValue(db, 'PRAGMA journal_mode')).toBe('wal');
       const indexes = db.prepare("SELECT name, tbl_name FROM sqlite_schema WHERE type = 'index' ORDER BY name").all();
       expect(indexes).toEqual([{ name: 'reviews_run_id', tbl_name: 'reviews' }, { name: 'runs_published_at', tbl_name: 'runs' }]);
-      const columns = db.prepare("SELECT name FROM pragma_table_info('runs')").pluck().all();
+      const columns = firstColumn(db, "SELECT name FROM pragma_table_info('runs')");
       expect(columns).toEqual(['id', 'slug', 'title', 'published_at', 'record', 'source_url', 'build_url']);
-      const run = db.prepare('SELECT * FROM runs WHERE id = 17').get() as { slug: string; published_at: string; record: string };
+      const run = db.prepare('SELECT * FROM runs WHERE id = 17').get() as unknown as { slug: string; published_at: string; record: string };
       // The record is verbatim JSON of a few KB, and published_at an ISO time.
       const record = JSON.parse(run.record) as { slug: string; publishedAt: string };
       expect(record.slug).toBe(run.slug);
       expect(record.publishedAt).toBe(run.published_at);
       expect(new Date(run.published_at).toISOString()).toBe(run.published_at);
-      const avg = db.prepare('SELECT avg(length(record)) FROM runs').pluck().get() as number;
+      const avg = firstValue<number>(db, 'SELECT avg(length(record)) FROM runs')!;
       expect(avg).toBeGreaterThan(1500);
       expect(avg).toBeLessThan(10_000);
-      const orphans = db.prepare('SELECT count(*) FROM reviews WHERE run_id NOT IN (SELECT id FROM runs)').pluck().get();
+      const orphans = firstValue(db, 'SELECT count(*) FROM reviews WHERE run_id NOT IN (SELECT id FROM runs)');
       expect(orphans).toBe(0);
     } finally {
       db.close();
@@ -91,7 +91,7 @@ describe('startWriter', () => {
     const path = join(work.dir, 'locked.sqlite');
     createSampleDatabase(path, { runs: 5 });
     // Another connection holds the write lock longer than the writer's busy_timeout.
-    const holder = new Database(path);
+    const holder = openDatabase(path);
     holder.exec('BEGIN IMMEDIATE');
     const writer = startWriter(path, { intervalMs: 1, busyTimeoutMs: 20 });
     await writer.ready;

@@ -8,12 +8,12 @@ import { readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient, AgentError } from '../../src/agent/client.js';
 import { SNAPSHOT_ID_RE, type SnapshotDescription } from '../../src/agent/protocol.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
+import { firstValue, openDatabase } from '../../src/util/sqlite.js';
 import {
   agentConfig, captureLogger, integrityCheck, KEY, KEY_ID, problemOf, sha256, sha256OfFile, sha256OfStream,
   signedRequest, tableCounts, tempDir,
@@ -147,7 +147,8 @@ describe('POST /v1/snapshots then GET: a restorable, verified snapshot', () => {
       const fake = join(dir.dir, 'zstd');
       await writeFile(fake, '#!/bin/sh\n[ "$1" = --version ] && { echo fake zstd; exit 0; }\nhead -c 5000 /dev/zero\necho "zstd: out of memory" >&2\nexit 3\n', { mode: 0o755 });
       const logs = captureLogger();
-      const other = await startAgent(agentConfig(dir.dir), { logger: logs.logger, zstdCommand: fake });
+      // runtimeZstd: false, so the zstd program is used even on a runtime whose node:zlib has zstd.
+      const other = await startAgent(agentConfig(dir.dir), { logger: logs.logger, zstdCommand: fake, runtimeZstd: false });
       try {
         const c = new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY });
         const failed = await c.createSnapshot({ compression: 'zstd' }).then(() => undefined, (e: unknown) => e);
@@ -170,17 +171,18 @@ describe('POST /v1/snapshots then GET: a restorable, verified snapshot', () => {
 /** Makes an index disagree with its table, a corruption VACUUM INTO copies as it is and integrity_check finds. */
 function corruptIndex(dbPath: string): void {
   createSampleDatabase(dbPath, { runs: 50 });
-  let db = new Database(dbPath);
+  let db = openDatabase(dbPath);
   db.exec('CREATE INDEX runs_slug ON runs(slug)');
-  const root = db.prepare("SELECT rootpage FROM sqlite_schema WHERE name = 'runs_slug'").pluck().get();
-  db.unsafeMode(true);
-  db.pragma('writable_schema = ON');
+  const root = firstValue<number>(db, "SELECT rootpage FROM sqlite_schema WHERE name = 'runs_slug'")!;
+  // Defensive mode (node:sqlite's default) forbids editing the schema table, which is the point here.
+  db.enableDefensive(false);
+  db.exec('PRAGMA writable_schema = ON');
   db.exec("DELETE FROM sqlite_schema WHERE name = 'runs_slug'");
   db.close();
-  db = new Database(dbPath);
+  db = openDatabase(dbPath);
   db.exec("UPDATE runs SET slug = slug || '-renamed' WHERE id <= 3");
-  db.unsafeMode(true);
-  db.pragma('writable_schema = ON');
+  db.enableDefensive(false);
+  db.exec('PRAGMA writable_schema = ON');
   db.prepare("INSERT INTO sqlite_schema VALUES ('index', 'runs_slug', 'runs', ?, 'CREATE INDEX runs_slug ON runs(slug)')").run(root);
   db.close();
 }
@@ -259,8 +261,8 @@ describe('GET /v1/status', () => {
   it('reports the live database, staging and agent', async () => {
     const staged = await client.createSnapshot({ compression: 'gzip' });
     const status = await client.status();
-    const db = new Database(join(work.dir, 'tcab.sqlite'), { readonly: true });
-    const newest = db.prepare('SELECT max(published_at) FROM runs').pluck().get() as string;
+    const db = openDatabase(join(work.dir, 'tcab.sqlite'), { readOnly: true });
+    const newest = firstValue<string>(db, 'SELECT max(published_at) FROM runs');
     db.close();
     expect(status.database).toEqual({
       name: 'tcab',
@@ -280,8 +282,8 @@ describe('GET /v1/status', () => {
   it('counts every table when there is no runs or reviews table, and has no newest run', async () => {
     const dir = await tempDir('other-schema');
     try {
-      const db = new Database(join(dir.dir, 'tcab.sqlite'));
-      db.pragma('journal_mode = WAL');
+      const db = openDatabase(join(dir.dir, 'tcab.sqlite'));
+      db.exec('PRAGMA journal_mode = WAL');
       db.exec("CREATE TABLE events (id INTEGER PRIMARY KEY, at TEXT); INSERT INTO events (at) VALUES ('a'), ('b'); CREATE TABLE notes (x)");
       db.close();
       const other = await startAgent(agentConfig(dir.dir), { logger: captureLogger().logger });

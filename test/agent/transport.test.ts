@@ -42,16 +42,18 @@ describe('startAgent refuses what it must not run with', () => {
   });
 
   it('refuses a configured compression this machine cannot do', async () => {
-    const err = await startAgent(agentConfig(work.dir, { compression: 'zstd' }), { logger: captureLogger().logger, zstdCommand: join(work.dir, 'no-such-zstd') }).catch((e: unknown) => e);
+    // A runtime without zstd in node:zlib and a machine without the zstd program.
+    const noZstd = { zstdCommand: join(work.dir, 'no-such-zstd'), runtimeZstd: false };
+    const err = await startAgent(agentConfig(work.dir, { compression: 'zstd' }), { logger: captureLogger().logger, ...noZstd }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TcabError);
     expect((err as Error).message).toContain('cannot make zstd artifacts (it can make: gzip, none)');
     expect((err as Error).message).toContain('install the zstd package');
   });
 });
 
-describe('without zstd on the machine', () => {
+describe('without zstd in the runtime or on the machine', () => {
   it('offers gzip and none, makes gzip by default, and answers 400 to a request for zstd', async () => {
-    const agent = await startAgent(agentConfig(work.dir), { logger: captureLogger().logger, zstdCommand: join(work.dir, 'no-such-zstd') });
+    const agent = await startAgent(agentConfig(work.dir), { logger: captureLogger().logger, zstdCommand: join(work.dir, 'no-such-zstd'), runtimeZstd: false });
     try {
       const client = new AgentClient({ url: agent.url, keyId: KEY_ID, key: KEY });
       expect((await client.status()).agent.compressions).toEqual(['gzip', 'none']);

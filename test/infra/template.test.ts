@@ -105,18 +105,21 @@ describe('infra: compile and lint', () => {
     expect(template.$schema).toContain('subscriptionDeploymentTemplate');
   });
 
-  it('no storage account in the compiled template allows shared key access', async () => {
+  it('no storage account in the compiled template allows shared key access, but the drill share\'s (SMB mounts need its key)', async () => {
     const template = await compiledTemplate();
-    const accounts: any[] = [];
-    const walk = (resources: any) => {
+    const accounts: Array<{ module: string; allowSharedKeyAccess: unknown }> = [];
+    const walk = (resources: any, module: string) => {
       for (const r of Object.values(resources ?? {}) as any[]) {
-        if (r.type === 'Microsoft.Storage/storageAccounts' && !r.existing) accounts.push(r);
-        if (r.type === 'Microsoft.Resources/deployments') walk(r.properties.template.resources);
+        if (r.type === 'Microsoft.Storage/storageAccounts' && !r.existing) accounts.push({ module, allowSharedKeyAccess: r.properties.allowSharedKeyAccess });
+        if (r.type === 'Microsoft.Resources/deployments') walk(r.properties.template.resources, r.name);
       }
     };
-    walk(template.resources);
-    expect(accounts).toHaveLength(2);
-    for (const a of accounts) expect(a.properties.allowSharedKeyAccess).toBe(false);
+    walk(template.resources, 'main');
+    expect(accounts.sort((a, b) => a.module.localeCompare(b.module))).toEqual([
+      { module: 'backup-storage', allowSharedKeyAccess: false },
+      { module: 'drill-share', allowSharedKeyAccess: true },
+      { module: 'runtime-storage', allowSharedKeyAccess: false },
+    ]);
   });
 });
 
@@ -202,14 +205,14 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(site.properties.keyVaultReferenceIdentity).toBe(one(s, 'Microsoft.ManagedIdentity/userAssignedIdentities').id);
   });
 
-  it('runs on Flex Consumption with Node 22 and a user-assigned identity, without keys', () => {
+  it('runs on Flex Consumption with Node 24 and a user-assigned identity, without keys', () => {
     const plan = one(s, 'Microsoft.Web/serverfarms');
     expect(plan.sku).toMatchObject({ name: 'FC1', tier: 'FlexConsumption' });
     const site = one(s, 'Microsoft.Web/sites');
     const identity = one(s, 'Microsoft.ManagedIdentity/userAssignedIdentities');
     expect(site.identity?.type).toBe('UserAssigned');
     expect(Object.keys(site.identity?.userAssignedIdentities ?? {})).toEqual([identity.id]);
-    expect(site.properties.functionAppConfig.runtime).toEqual({ name: 'node', version: '22' });
+    expect(site.properties.functionAppConfig.runtime).toEqual({ name: 'node', version: '24' });
     expect(site.properties.functionAppConfig.deployment.storage.authentication).toEqual({
       type: 'UserAssignedIdentity', userAssignedIdentityResourceId: identity.id,
     });
@@ -226,21 +229,38 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(env.APPLICATIONINSIGHTS_AUTHENTICATION_STRING).toBe(`[format('ClientId={0};Authorization=AAD', reference('${identity.id}', '2024-11-30').clientId)]`);
     expect(env.AzureWebJobsStorage).toBeUndefined();
     expect(Object.keys(env)).not.toContain('FUNCTIONS_WORKER_RUNTIME');
-    expect(s.text).not.toMatch(/AccountKey=|listKeys\(/);
+    expect(s.text).not.toMatch(/AccountKey=/);
+    // The one key in the template: the drill share's, handed to the mount and nowhere else (not to a setting or an output).
+    expect(s.text.match(/listKeys\(/g)).toHaveLength(1);
+    const mount = one(s, 'Microsoft.Web/sites/config', '/azurestorageaccounts');
+    expect(mount.properties.drill.accessKey).toMatch(/^\[listKeys\(/);
+    expect(JSON.stringify(env)).not.toMatch(/listKeys/);
 
     const insights = one(s, 'Microsoft.Insights/components');
     expect(insights.properties.DisableLocalAuth).toBe(true);
     expect(insights.properties.WorkspaceResourceId).toBe(one(s, 'Microsoft.OperationalInsights/workspaces').id);
   });
 
-  it('no storage account allows shared keys, public blobs, old TLS or plain HTTP', () => {
+  it('no storage account allows shared keys (but the drill share\'s), public blobs, old TLS or plain HTTP', () => {
     const accounts = ofType(s, 'Microsoft.Storage/storageAccounts');
-    expect(accounts.map((a) => a.name.replace(/[a-z0-9]{13}$/, '')).sort()).toEqual(['stbak', 'stfn']);
+    expect(accounts.map((a) => a.name.replace(/[a-z0-9]{13}$/, '')).sort()).toEqual(['stbak', 'stdrill', 'stfn']);
     for (const a of accounts) {
       expect(a.properties, a.name).toMatchObject({
-        allowSharedKeyAccess: false, allowBlobPublicAccess: false, minimumTlsVersion: 'TLS1_2', supportsHttpsTrafficOnly: true,
+        allowSharedKeyAccess: a.name.startsWith('stdrill'), allowBlobPublicAccess: false, minimumTlsVersion: 'TLS1_2', supportsHttpsTrafficOnly: true,
       });
     }
+  });
+
+  it('mounts the drill share at the drill\'s work folder: an account of its own holding one file share, no blob, no role for anyone', () => {
+    const drill = ofType(s, 'Microsoft.Storage/storageAccounts').find((a) => a.name.startsWith('stdrill'))!;
+    const share = one(s, 'Microsoft.Storage/storageAccounts/fileServices/shares');
+    expect(share.name).toBe(`${drill.name}/default/drill`);
+    expect(share.properties).toMatchObject({ shareQuota: 8, enabledProtocols: 'SMB' });
+    expect(ofType(s, 'Microsoft.Storage/storageAccounts/blobServices/containers').filter((c) => c.name.startsWith(drill.name))).toEqual([]);
+    expect(ofType(s, 'Microsoft.Authorization/roleAssignments').filter((r) => String(r.id).includes(drill.name))).toEqual([]);
+    const mount = one(s, 'Microsoft.Web/sites/config', '/azurestorageaccounts');
+    expect(mount.properties.drill).toMatchObject({ type: 'AzureFiles', protocol: 'Smb', accountName: drill.name, shareName: 'drill', mountPath: '/mounts/drill' });
+    expect(env.TCAB_BACKUP_DRILL_WORK_DIR).toBe('/mounts/drill');
   });
 
   it('protects the backup account: versioning, soft delete, and a lifecycle backstop beyond retention', () => {
@@ -356,6 +376,16 @@ describe('infra: the defaults (Azure target only, Postgres mode off, no operator
     expect(Object.keys(env).filter((k) => k.startsWith('TCAB_BACKUP_PG_') && !/_SCHEDULE$|_SERVERS$/.test(k))).toEqual([]);
     expect(loadBackupConfig(resolved(env)).targets.map((t) => t.name)).toEqual(['blob']);
   });
+
+  it('mounts the drill share by default, and not with drillShare=false (drills that do not fit then stream)', async () => {
+    expect(env.TCAB_BACKUP_DRILL_WORK_DIR).toBe('/mounts/drill');
+    expect(ofType(s, 'Microsoft.Web/sites/config').map((c) => c.name)).toContainEqual(expect.stringMatching(/\/azurestorageaccounts$/));
+    const off = await snapshot('no-drill-share', { ...BASE_PARAMS, drillShare: false });
+    expect(ofType(off, 'Microsoft.Storage/storageAccounts').map((a) => a.name.replace(/[a-z0-9]{13}$/, '')).sort()).toEqual(['stbak', 'stfn']);
+    expect(ofType(off, 'Microsoft.Web/sites/config').filter((c) => c.name.endsWith('/azurestorageaccounts'))).toEqual([]);
+    expect(appSettings(off).TCAB_BACKUP_DRILL_WORK_DIR).toBeUndefined();
+    expect(off.text).not.toMatch(/listKeys\(/);
+  }, 180_000);
 
   it('creates no custom role, lock, NSG rule or operator grant', () => {
     expect(ofType(s, 'Microsoft.Authorization/roleDefinitions')).toEqual([]);

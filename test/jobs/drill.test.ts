@@ -59,6 +59,7 @@ describe('restore drill', () => {
       expect(rp.publishedGapMs).toBe(Date.parse(rp.newestPublishedAt.live!) - Date.parse(rp.newestPublishedAt.snapshot!));
       expect(r.live).toMatchObject({ available: true, agent: fx.client.agent });
       expect(r.warnings).toEqual([]);
+      expect(r.checks).toEqual({ method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] });
     }
     for (const target of fx.targets) {
       const [latest] = await readRecentDrills(target, DATABASE, 5);
@@ -110,6 +111,41 @@ describe('restore drill', () => {
       expect(events).toContainEqual(expect.objectContaining({ event: 'drill.failed', level: 'error', target: 'local', snapshot: manifest.id }));
       expect(events).toContainEqual(expect.objectContaining({ event: 'drill.completed', target: 'blob' }));
       expect(await readdir(workDir)).toEqual([]);
+    } finally {
+      await writeFile(path, original);
+    }
+  });
+
+  it('verifies by streaming when told to: both sha256 sums, nothing written, the agent\'s checks of the same bytes, and the record says so', async () => {
+    const { logger, events } = capturingLogger();
+    const result = await runDrill({ targets: fx.targets, database: DATABASE, live: fx.client, workDir, method: 'stream', logger });
+    expect(result.ok).toBe(true);
+    for (const r of result.targets) {
+      expect(r.checks).toEqual({
+        method: 'stream', ran: ['artifact-sha256', 'snapshot-sha256'], fromSnapshot: ['integrity-check', 'row-counts'], reason: 'TCAB_BACKUP_DRILL_METHOD=stream',
+      });
+      expect(r.recoveryTimeMs).toBeGreaterThan(0);
+      expect(r.recoveryPoint!.runsSince).toBe(published.inserts);
+      expect(r.tables.runs).toEqual({ snapshot: 150, live: 150 + published.inserts, difference: published.inserts });
+      // The newest published run needs the file opened; streaming does not open it.
+      expect(r.recoveryPoint!.newestPublishedAt.snapshot).toBeNull();
+      expect(r.recoveryPoint!.publishedGapMs).toBeNull();
+    }
+    expect(events.filter((e) => e.event === 'drill.completed').map((e) => e.method)).toEqual(['stream', 'stream']);
+    expect(await readdir(workDir)).toEqual([]);
+  });
+
+  it('fails a streamed drill of a damaged artifact, naming what differs', async () => {
+    const path = join(fx.work, 'backups', manifest.key);
+    const original = await readFile(path);
+    const damaged = Buffer.from(original);
+    damaged[damaged.length - 20]! ^= 0x55;
+    await writeFile(path, damaged);
+    try {
+      const err = await runDrill({ targets: [fx.local], database: DATABASE, live: fx.client, workDir, method: 'stream' }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DrillFailedError);
+      expect((err as Error).message).toMatch(new RegExp(`target "local" .* snapshot ${manifest.id}: (artifact sha256 [0-9a-f]{64} does not match|the gzip artifact does not decompress)`));
+      expect((err as DrillFailedError).result.targets[0]!.checks).toBeUndefined();
     } finally {
       await writeFile(path, original);
     }

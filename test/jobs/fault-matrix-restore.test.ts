@@ -9,12 +9,12 @@ import { createHash } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
 import type { Manifest } from '../../src/catalog/manifest.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
+import { openDatabase } from '../../src/util/sqlite.js';
 import { readRecentDrills } from '../../src/jobs/drill-record.js';
 import { runDrill } from '../../src/jobs/drill.js';
 import { runRestore } from '../../src/jobs/restore.js';
@@ -135,9 +135,8 @@ describe.concurrent('fault matrix: restore', () => {
       // A writer that crashed: its -wal holds committed rows not yet checkpointed into the file.
       const live = join(world.root, 'live.sqlite');
       existingDatabase(live);
-      const db = new Database(live);
-      db.pragma('journal_mode = WAL');
-      db.pragma('wal_autocheckpoint = 0');
+      const db = openDatabase(live);
+      db.exec('PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;');
       db.prepare("INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-again', title, published_at, record FROM runs").run();
       for (const suffix of ['', '-wal', '-shm']) await cp(live + suffix, out + suffix);
       db.close();

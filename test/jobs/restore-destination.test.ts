@@ -10,7 +10,6 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
@@ -18,6 +17,7 @@ import { manifestKey } from '../../src/catalog/layout.js';
 import type { Manifest } from '../../src/catalog/manifest.js';
 import { main as cli } from '../../src/cli/main.js';
 import { createSampleDatabase, SAMPLE_SCHEMA } from '../../src/dev/sample-db.js';
+import { firstValue, inTransaction, openDatabase } from '../../src/util/sqlite.js';
 import { runRestore } from '../../src/jobs/restore.js';
 import { runSnapshot } from '../../src/jobs/snapshot.js';
 import { openTarget } from '../../src/targets/index.js';
@@ -46,10 +46,10 @@ async function runCli(args: string[], targets = `a=file://${join(work, 'a')}`): 
 }
 
 function runsIn(path: string): number {
-  const db = new Database(path, { fileMustExist: true });
+  const db = openDatabase(path, { mustExist: true });
   try {
-    expect(db.pragma('integrity_check', { simple: true })).toBe('ok');
-    return (db.prepare('SELECT count(*) AS n FROM runs').get() as { n: number }).n;
+    expect(firstValue(db, 'PRAGMA integrity_check')).toBe('ok');
+    return firstValue<number>(db, 'SELECT count(*) FROM runs')!;
   } finally {
     db.close();
   }
@@ -92,14 +92,13 @@ beforeAll(async () => {
   crashImage = join(work, 'crash');
   await mkdir(crashImage);
   const livePath = join(work, 'live.sqlite');
-  const live = new Database(livePath);
-  live.pragma('journal_mode = WAL');
-  live.pragma('wal_autocheckpoint = 0');
+  const live = openDatabase(livePath);
+  live.exec('PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;');
   live.exec(SAMPLE_SCHEMA);
   const insert = live.prepare("INSERT INTO runs (id, slug, title, published_at, record) VALUES (?, ?, 'live', '2026-01-01T00:00:00Z', '{}')");
-  live.transaction(() => {
+  inTransaction(live, () => {
     for (let i = 1; i <= LIVE_RUNS; i++) insert.run(i, `run-${i}`);
-  })();
+  });
   for (const s of ['', '-wal', '-shm']) copyFileSync(`${livePath}${s}`, join(crashImage, `live.sqlite${s}`));
   live.close();
   // The image is what a crash leaves: the database file alone does not hold the rows, the -wal does.
@@ -185,8 +184,8 @@ describe('restore onto a database path with -wal, -shm or -journal beside it', (
       if (suffix === '-wal') placeCrashImage(dest, ['-wal']);
       else {
         // A real rollback journal: PERSIST mode keeps it beside the database after each transaction.
-        const db = new Database(join(dir, 'other.sqlite'));
-        db.pragma('journal_mode = PERSIST');
+        const db = openDatabase(join(dir, 'other.sqlite'));
+        db.exec('PRAGMA journal_mode = PERSIST');
         db.exec('CREATE TABLE t (x); INSERT INTO t VALUES (1);');
         db.close();
         await writeFile(`${dest}-journal`, await readFile(join(dir, 'other.sqlite-journal')));

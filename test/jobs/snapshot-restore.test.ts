@@ -10,7 +10,6 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
@@ -22,6 +21,7 @@ import { runSnapshot, SnapshotFailedError } from '../../src/jobs/snapshot.js';
 import { createLogger } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
 import type { Target } from '../../src/targets/target.js';
+import { firstColumn, firstValue, openDatabase } from '../../src/util/sqlite.js';
 
 let work: string;
 let agent: { url: string; close(): Promise<void> };
@@ -95,9 +95,9 @@ describe('snapshot and restore', () => {
     expect(r.code).toBe(0);
     const restored = JSON.parse(r.stdout);
     expect(restored.id).toBe(result.manifest.id);
-    const db = new Database(out, { readonly: true });
-    expect((db.prepare('SELECT count(*) AS n FROM runs').get() as { n: number }).n).toBe(result.manifest.database.tables.runs);
-    expect(db.prepare('PRAGMA integrity_check').get()).toEqual({ integrity_check: 'ok' });
+    const db = openDatabase(out, { readOnly: true });
+    expect(firstValue(db, 'SELECT count(*) FROM runs')).toBe(result.manifest.database.tables.runs);
+    expect(firstColumn(db, 'PRAGMA integrity_check')).toEqual(['ok']);
     db.close();
   });
 

@@ -8,7 +8,6 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BlobServiceClient } from '@azure/storage-blob';
-import Database from 'better-sqlite3';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
@@ -18,6 +17,7 @@ import { createLogger, type Logger } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
+import { inTransaction, openDatabase } from '../../src/util/sqlite.js';
 
 export const DATABASE = 'tcab';
 
@@ -63,12 +63,12 @@ export async function startFixture(options: { runs?: number; azurite?: boolean; 
     work, dbPath, key, agent, client, local, blob, azurite, targets,
     snapshot: () => runSnapshot({ agent: client, targets, database: DATABASE }, { trigger: { kind: 'cli' } }),
     publishRuns(count, publishedAt = new Date().toISOString()) {
-      const db = new Database(dbPath);
+      const db = openDatabase(dbPath, { mustExist: true });
       try {
         const insert = db.prepare("INSERT INTO runs (slug, title, published_at, record) VALUES (?, 'published after the snapshot', ?, '{}')");
-        db.transaction(() => {
+        inTransaction(db, () => {
           for (let i = 0; i < count; i++) insert.run(`late-${randomBytes(4).toString('hex')}`, publishedAt);
-        })();
+        });
       } finally {
         db.close();
       }

@@ -34,7 +34,7 @@ async function freshFolder(): Promise<string> {
 /** Every file under `dir`, relative, including the hidden temporary and lock files. */
 async function allFiles(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true });
-  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath ?? e.path, e.name).slice(dir.length + 1)).sort();
+  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name).slice(dir.length + 1)).sort();
 }
 
 describeTargetConformance('file', async () => openTarget(specFor(await freshFolder())), { pageSize: 1 });

@@ -1,0 +1,55 @@
+/**
+ * A drill that does not fit on disk: the artifact is downloaded, hashed, decompressed and hashed again as it
+ * streams, and the bytes are dropped. Nothing is written, so it needs no room at all (a Flex Consumption
+ * instance has 0.8 GB of temporary disk and no persisted disk).
+ *
+ * What it proves: the stored copy is the artifact the agent made (its sha256), and it decompresses to exactly
+ * the snapshot file the agent made (that sha256 too). The agent ran PRAGMA integrity_check and counted the
+ * rows of that very file before it answered, and the manifest records both; equal bytes inherit them. What it
+ * does not do is open the file with SQLite here: that needs a folder with room (TCAB_BACKUP_DRILL_WORK_DIR).
+ */
+import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { manifestArtifactKey } from '../catalog/catalog.js';
+import type { Manifest } from '../catalog/manifest.js';
+import { IntegrityError, TcabError, errorMessage } from '../errors.js';
+import type { Target } from '../targets/target.js';
+import { HashingStream, decompressor } from '../util/streams.js';
+
+/**
+ * Resolves once the bytes match the manifest; throws naming what differs. Messages leave out the target and
+ * the snapshot, and what to do next: the drill's own error names them.
+ */
+export async function verifyByStreaming(target: Target, manifest: Manifest, signal?: AbortSignal): Promise<{ durationMs: number }> {
+  if (manifest.integrity !== 'ok') {
+    throw new IntegrityError(`the agent's integrity_check of this snapshot reported "${manifest.integrity.slice(0, 300)}"`);
+  }
+  const started = Date.now();
+  const { body } = await target.get(manifestArtifactKey(manifest), signal ? { signal } : {});
+  const artifact = new HashingStream();
+  const plain = new HashingStream();
+  const inflate = decompressor(manifest.artifact.compression);
+  let decompressFailed = false;
+  inflate.once('error', () => (decompressFailed = true));
+  const discard = new Writable({ write: (_chunk, _enc, done) => done() });
+  try {
+    await pipeline(body, artifact, inflate, plain, discard, signal ? { signal } : {});
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    // A damaged artifact usually fails decompression first; its hash names the real cause.
+    if (artifact.bytes === manifest.artifact.bytes && artifact.digest() !== manifest.artifact.sha256) {
+      throw new IntegrityError(`artifact sha256 ${artifact.digest()} does not match the manifest's ${manifest.artifact.sha256}`, { cause: e });
+    }
+    if (decompressFailed) {
+      throw new IntegrityError(`the ${manifest.artifact.compression} artifact does not decompress (${errorMessage(e)})`, { cause: e });
+    }
+    throw e instanceof TcabError ? e : new TcabError(`reading the artifact failed after ${artifact.bytes} bytes: ${errorMessage(e)}`, { cause: e });
+  }
+  if (artifact.bytes !== manifest.artifact.bytes || artifact.digest() !== manifest.artifact.sha256) {
+    throw new IntegrityError(`artifact is ${artifact.bytes} bytes with sha256 ${artifact.digest()}, the manifest says ${manifest.artifact.bytes} bytes with ${manifest.artifact.sha256}`);
+  }
+  if (plain.bytes !== manifest.snapshot.bytes || plain.digest() !== manifest.snapshot.sha256) {
+    throw new IntegrityError(`decompressed, it is ${plain.bytes} bytes with sha256 ${plain.digest()}, the manifest says ${manifest.snapshot.bytes} bytes with ${manifest.snapshot.sha256}`);
+  }
+  return { durationMs: Date.now() - started };
+}
