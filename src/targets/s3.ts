@@ -98,6 +98,10 @@ export class S3Target implements Target {
   }
 
   /** Created on first use, so opening a target never touches the network. */
+  private sdkNotice(content: unknown[]): void {
+    this.logger.debug('target.sdk_notice', { target: this.name, message: scrub(this.id, content.map((c) => (c instanceof Error ? c.message : String(c))).join(' ')).slice(0, 500) });
+  }
+
   get client(): S3Client {
     if (!this.clientInstance) {
       const { spec } = this;
@@ -112,6 +116,16 @@ export class S3Target implements Target {
         responseChecksumValidation: 'WHEN_REQUIRED',
         // Retries happen in retry.ts; SDK retries on top would multiply attempts.
         maxAttempts: 1,
+        // Without a logger the SDK writes notices straight to the console (an upload that failed prints "An
+        // error was encountered in a non-retryable streaming request." on stderr, outside the JSON log). The
+        // failure itself is reported by this target; the SDK's words go to the debug log only. Its info and
+        // debug output (request inputs) are not wanted at all.
+        logger: {
+          debug: () => undefined,
+          info: () => undefined,
+          warn: (...content: unknown[]) => this.sdkNotice(content),
+          error: (...content: unknown[]) => this.sdkNotice(content),
+        },
         requestHandler: {
           connectionTimeout: this.options.connectTimeoutMs ?? 10_000,
           socketTimeout: this.options.idleTimeoutMs ?? 120_000,
