@@ -1,6 +1,8 @@
 /**
- * Compressors for snapshot artifacts. gzip comes from node:zlib; zstd from node:zlib (Node 24 has it), else
- * from the `zstd` command streaming through its stdin and stdout, for a runtime built without it. Level 1 for both: an
+ * Compressors for snapshot artifacts. gzip comes from node:zlib. zstd comes from the `zstd` program when the
+ * machine has it: it reads the snapshot file itself on two threads, while the agent hashes on the other core
+ * (node:zlib's zstd runs on one thread, and its multi-threaded mode fails in Node 24.21). Without the program,
+ * node:zlib's zstd (Node 24 has it) makes the same format. Level 1 for both: an
  * hourly snapshot on a 2-core VM gains more from speed than from the last few per cent of size (facts.md:
  * zstd -1 and -3 differ by 4 %, gzip -1 is 3.5x slower than zstd -1).
  */
@@ -24,7 +26,7 @@ export interface CompressionSupport {
 }
 
 export interface DetectOptions {
-  /** The zstd program used when the runtime's zlib has no zstd; default `zstd` from PATH. */
+  /** The zstd program, preferred when it runs; default `zstd` from PATH. A missing one leaves node:zlib's zstd. */
   zstdCommand?: string;
   /** false: leave node:zlib's zstd aside, as a runtime without it would (so both paths can be tested on one). */
   runtimeZstd?: boolean;
@@ -39,8 +41,8 @@ export function runtimeHasZstd(): boolean {
 export function detectCompressions(options: DetectOptions = {}): CompressionSupport {
   const zstdCommand = options.zstdCommand ?? 'zstd';
   let zstdSource: CompressionSupport['zstdSource'];
-  if (options.runtimeZstd !== false && runtimeHasZstd()) zstdSource = 'zlib';
-  else if (spawnSync(zstdCommand, ['--version'], { stdio: 'ignore', timeout: 10_000 }).status === 0) zstdSource = 'command';
+  if (spawnSync(zstdCommand, ['--version'], { stdio: 'ignore', timeout: 10_000 }).status === 0) zstdSource = 'command';
+  else if (options.runtimeZstd !== false && runtimeHasZstd()) zstdSource = 'zlib';
   return { available: zstdSource ? ['zstd', 'gzip', 'none'] : ['gzip', 'none'], zstdSource, zstdCommand };
 }
 
