@@ -13,6 +13,7 @@ import { registerSecret } from './log.js';
 import { CompressionSchema, parseKeyList } from './agent/protocol.js';
 import { DATABASE_NAME_RE } from './catalog/layout.js';
 import { credentialVariable, isLoopbackHost, parseTargetList, type TargetSpec } from './targets/spec.js';
+import { splitCommand } from './util/command.js';
 import { parseDurationMs } from './util/duration.js';
 
 export type Env = Record<string, string | undefined>;
@@ -89,6 +90,12 @@ export const SETTINGS: SettingDoc[] = [
     description: 'Default compression when a request names none: auto (zstd when available, else gzip), zstd, gzip or none.' },
   { name: 'TCAB_AGENT_STAGING_TTL', side: 'agent', requiredInAzure: false, secret: false, default: '1h',
     description: 'Staged snapshots are removed after this long even when no DELETE comes.' },
+  { name: 'TCAB_AGENT_DRILL_BACKEND_COMMAND', side: 'agent', requiredInAzure: false, secret: false,
+    description: 'The backend command an application drill starts on the restored copy (POST /v1/drills), run without a shell: words separated by spaces, "..." or \'...\' to keep spaces in a word; {database_url} and {port} are replaced, and TCAB_BACKEND_DATABASE_URL=sqlite://<scratch file> and PORT=<free loopback port> are added to its environment (the agent\'s own TCAB_AGENT_* settings are not passed on). Unset: application drills are refused (501). E.g. /opt/tcab/bin/tcab-backend serve --port {port}.' },
+  { name: 'TCAB_AGENT_DRILL_HEALTH_TIMEOUT', side: 'agent', requiredInAzure: false, secret: false, default: '2m',
+    description: 'How long an application drill waits for the backend\'s GET /healthz to answer 200 (migrations on a large copy take time).' },
+  { name: 'TCAB_AGENT_DRILL_STOP_GRACE', side: 'agent', requiredInAzure: false, secret: false, default: '10s',
+    description: 'After an application drill, the backend gets SIGTERM and this long to exit before SIGKILL.' },
   { name: 'TCAB_BACKUP_RETENTION_<NAME>', side: 'backup', requiredInAzure: false, secret: false, default: 'hourly=48,daily=14,weekly=8,monthly=12,yearly=-1',
     description: 'Retention policy of one target (restic forget semantics, UTC), comma-separated rules: last, hourly, daily, weekly (ISO weeks), monthly, yearly = a count or -1 (unlimited); within, withinHourly, withinDaily, withinWeekly, withinMonthly, withinYearly = a duration in y, m (months), d, h like 1y2m3d4h, measured back from the newest snapshot; tags = tag lists separated by ";", tags of one list joined by "+" (pinned;release+v1 keeps snapshots tagged pinned, or tagged both release and v1). E.g. last=3,hourly=24,daily=14,weekly=8,monthly=12,yearly=-1.' },
   { name: 'TCAB_BACKUP_RETENTION_MIN_KEEP', side: 'backup', requiredInAzure: false, secret: false, default: '3',
@@ -452,6 +459,8 @@ export interface AgentConfig {
   databaseName: string;
   compression: 'auto' | 'gzip' | 'zstd' | 'none';
   stagingTtlMs: number;
+  /** Application drills; absent or without a command: POST /v1/drills answers 501. */
+  drill?: { command: string[] | undefined; healthTimeoutMs: number; stopGraceMs: number };
 }
 
 export function loadAgentConfig(env: Env = process.env): AgentConfig {
@@ -507,10 +516,22 @@ export function loadAgentConfig(env: Env = process.env): AgentConfig {
   const compression = read(env, problems, 'TCAB_AGENT_COMPRESSION', z.enum(['auto', ...CompressionSchema.options], { message: 'expected auto, zstd, gzip or none' }), 'auto');
   const stagingTtlMs = read(env, problems, 'TCAB_AGENT_STAGING_TTL', durationMs('a duration like 1h'), '1h');
   const entra = auth?.includes('entra') ? loadEntraAgentConfig(env, problems) : undefined;
+  let drillCommand: string[] | undefined;
+  const rawCommand = env.TCAB_AGENT_DRILL_BACKEND_COMMAND?.trim();
+  if (rawCommand) {
+    try {
+      drillCommand = splitCommand(rawCommand);
+    } catch (e) {
+      problems.add('TCAB_AGENT_DRILL_BACKEND_COMMAND', (e as Error).message);
+    }
+  }
+  const healthTimeoutMs = read(env, problems, 'TCAB_AGENT_DRILL_HEALTH_TIMEOUT', durationMs('a duration like 2m'), '2m');
+  const stopGraceMs = read(env, problems, 'TCAB_AGENT_DRILL_STOP_GRACE', durationMs('a duration like 10s'), '10s');
   problems.throwIfAny();
   return {
     dbPath: dbPath!, stagingDir: stagingDir!, host, port, auth: auth!, keys: keys!, ...(entra ? { entra } : {}), tls,
     databaseName: databaseName!, compression: compression!, stagingTtlMs: stagingTtlMs!,
+    drill: { command: drillCommand, healthTimeoutMs: healthTimeoutMs!, stopGraceMs: stopGraceMs! },
   };
 }
 

@@ -24,6 +24,11 @@ export interface SignedRequest {
   pathAndQuery: string;
   authorization: string | undefined;
   body: Buffer;
+  /**
+   * Stands for hex(sha256(body)) when the body is streamed and not yet read: the drill's artifact, whose
+   * sha256 the signed query names and the agent checks as the bytes arrive.
+   */
+  bodySha256?: string;
 }
 
 /** Enough for far more requests than the backup functions ever make in one window. */
@@ -56,7 +61,7 @@ export class RequestAuthenticator {
       return { ok: false, keyId: auth.keyId, reason: `timestamp ${skew > 0 ? 'ahead of' : 'behind'} the agent's clock by ${Math.abs(skew)} s (limit ${this.windowSeconds} s)` };
     }
     const secret = this.keys.get(auth.keyId);
-    const bodyHash = req.body.length > 0 ? sha256Hex(req.body) : EMPTY_SHA256;
+    const bodyHash = req.bodySha256 ?? (req.body.length > 0 ? sha256Hex(req.body) : EMPTY_SHA256);
     const expected = computeSignature(secret ?? DECOY_SECRET, stringToSign(req.method, req.pathAndQuery, auth.ts, auth.nonce, bodyHash));
     const matches = signaturesEqual(expected, auth.sig);
     if (secret === undefined) return { ok: false, keyId: auth.keyId, reason: 'unknown key id' };

@@ -82,12 +82,14 @@ export function signRequest(args: {
   method: string;
   pathAndQuery: string;
   body?: string | Buffer;
+  /** A streamed body's sha256 (hex), known beforehand: the drill's artifact, whose manifest states it. */
+  bodySha256?: string;
   ts?: number;
   nonce?: string;
 }): string {
   const ts = args.ts ?? Math.floor(Date.now() / 1000);
   const nonce = args.nonce ?? newNonce();
-  const bodyHash = args.body && args.body.length > 0 ? sha256Hex(args.body) : EMPTY_SHA256;
+  const bodyHash = args.bodySha256 ?? (args.body && args.body.length > 0 ? sha256Hex(args.body) : EMPTY_SHA256);
   const sig = computeSignature(args.secret, stringToSign(args.method, args.pathAndQuery, ts, nonce, bodyHash));
   return `${AUTH_SCHEME} keyId=${args.keyId},ts=${ts},nonce=${nonce},sig=${sig}`;
 }

@@ -9,6 +9,7 @@ import type { AgentConfig } from '../config.js';
 import { TcabError } from '../errors.js';
 import { createLogger, registerSecret, type Logger } from '../log.js';
 import { isLoopbackHost } from '../targets/spec.js';
+import { AppDriller } from './app-drill.js';
 import { AgentAuthenticator, RequestAuthenticator } from './auth.js';
 import { EntraTokenValidator } from './entra.js';
 import { EntraSigningKeys } from './entra-keys.js';
@@ -36,7 +37,7 @@ export interface RunningAgent {
   url: string;
   /**
    * Resolves once no snapshot is being made and the plain files of answered ones are gone (they are removed
-   * just after the answer, which does not wait for it): staging then holds only artifacts.
+   * just after the answer, which does not wait for it), and no application drill runs: staging then holds only artifacts.
    */
   idle(): Promise<void>;
   /** Stops listening, cuts open connections, waits for a snapshot in progress, and empties staging. */
@@ -101,6 +102,10 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   }
   const freeBytes = options.freeBytes ?? statfsFreeBytes;
   const snapshotter = new Snapshotter({ dbPath: config.dbPath, databaseName: config.databaseName, staging, compressions, freeBytes, logger });
+  const driller = new AppDriller({
+    staging, freeBytes, compressions, logger,
+    settings: config.drill ?? { command: undefined, healthTimeoutMs: 120_000, stopGraceMs: 10_000 },
+  });
   const entra = schemes.includes('entra') ? config.entra : undefined;
   const signingKeys = entra ? new EntraSigningKeys({ authority: entra.authority, tenantId: entra.tenantId, ca: entra.ca, logger }) : undefined;
   const authenticator = new AgentAuthenticator({
@@ -108,7 +113,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     ...(entra && signingKeys ? { entra: new EntraTokenValidator({ ...entra, keys: signingKeys }) } : {}),
   });
   const handler = createAgentHandler({
-    authenticator, snapshotter, staging, compressions, defaultCompression: config.compression, logger,
+    authenticator, snapshotter, staging, compressions, defaultCompression: config.compression, logger, driller,
     status: { dbPath: config.dbPath, databaseName: config.databaseName, staging, freeBytes, compressions, version: agentVersion() },
   });
 
@@ -133,7 +138,7 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
 
   logger.info('agent.started', {
     url, database: config.databaseName, compressions: compressions.available, zstd: compressions.zstdSource ?? 'unavailable',
-    auth: schemes, stagingTtlMs: config.stagingTtlMs,
+    auth: schemes, stagingTtlMs: config.stagingTtlMs, appDrill: driller.configured ? config.drill!.command![0] : 'not configured',
     ...(hmac ? { acceptedKeyIds: [...config.keys.keys()] } : {}),
     ...(entra ? { entraTenantId: entra.tenantId, entraAudiences: entra.audiences, entraAllowedObjectIds: entra.allowedObjectIds, entraAuthority: entra.authority } : {}),
   });
@@ -141,13 +146,17 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   let closing: Promise<void> | undefined;
   return {
     url,
-    idle: () => snapshotter.idle(),
+    idle: async () => {
+      await snapshotter.idle();
+      await driller.idle();
+    },
     close: () => {
       closing ??= (async () => {
         clearInterval(sweeper);
         signingKeys?.close();
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeAllConnections();
+        await driller.close();
         await closed;
         await snapshotter.idle();
         await staging.removeAll();

@@ -10,10 +10,11 @@ import { basename } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
+import { AppDriller, DrillBusyError, DrillNotConfiguredError, DrillRefusedError, DrillSpaceError, type DrillRequest } from './app-drill.js';
 import type { AgentAuthenticator } from './auth.js';
 import { ARTIFACT_CONTENT_TYPE, chooseCompression, type CompressionSupport } from './compression.js';
 import { parseRange, readBody, sendJson, sendProblem } from './http.js';
-import { CreateSnapshotBodySchema, MAX_BODY_BYTES, SNAPSHOT_ID_RE, type Compression } from './protocol.js';
+import { CompressionSchema, CreateSnapshotBodySchema, MAX_BODY_BYTES, SNAPSHOT_ID_RE, type Compression } from './protocol.js';
 import { InsufficientStagingError, SnapshotBusyError, SnapshotFailedError, type Snapshotter } from './snapshotter.js';
 import type { Staging } from './staging.js';
 import { readStatus, type StatusSources } from './status.js';
@@ -25,6 +26,7 @@ export interface AgentHandlerDeps {
   compressions: CompressionSupport;
   defaultCompression: Compression | 'auto';
   status: StatusSources;
+  driller: AppDriller;
   logger: Logger;
 }
 
@@ -32,6 +34,9 @@ export interface AgentHandlerDeps {
 const UNAUTHORIZED_DETAIL =
   'The request is not signed with an accepted key, or its timestamp, nonce or token is not accepted. See the agent\'s log for which check failed.';
 const SNAPSHOTS = '/v1/snapshots';
+const DRILLS = '/v1/drills';
+const SHA256_RE = /^[0-9a-f]{64}$/;
+const COUNT_RE = /^(0|[1-9][0-9]{0,15})$/;
 
 /** Hints for what an operator can do about a failed snapshot, by SQLite or system error code. */
 const FAILURE_HINTS: Record<string, string> = {
@@ -75,6 +80,9 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
     return;
   }
 
+  // The drill's body is a whole artifact, streamed: it is not read before the signature is checked.
+  if (path === DRILLS) return drill(deps, req, res, method, rawUrl);
+
   const body = await readBody(req, MAX_BODY_BYTES);
   if (!body.ok) {
     if (body.reason === 'aborted') return void res.destroy();
@@ -117,7 +125,7 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
       return sendProblem(res, 500, `Reading the database's status failed${code ? ` (${code})` : ''}${hintFor(code)}.`);
     }
   }
-  return sendProblem(res, 404, 'No such endpoint. The agent serves /healthz, /v1/snapshots and /v1/status.');
+  return sendProblem(res, 404, 'No such endpoint. The agent serves /healthz, /v1/snapshots, /v1/drills and /v1/status.');
 }
 
 function hintFor(code: string | undefined): string {
@@ -199,5 +207,76 @@ async function downloadSnapshot(deps: AgentHandlerDeps, id: string, req: Incomin
     // The client went away, or the file could not be read: either way the response is cut, which the client sees.
     deps.logger.warn('snapshot.download_interrupted', { snapshot: id, error: errorMessage(err) });
     res.destroy();
+  }
+}
+
+/** The drill's parameters, from the signed query. */
+function drillRequest(rawUrl: string): DrillRequest | string {
+  const query = new URLSearchParams(rawUrl.includes('?') ? rawUrl.slice(rawUrl.indexOf('?') + 1) : '');
+  const artifactSha256 = query.get('artifactSha256') ?? '';
+  const snapshotSha256 = query.get('snapshotSha256') ?? '';
+  const artifactBytes = query.get('artifactBytes') ?? '';
+  const snapshotBytes = query.get('snapshotBytes') ?? '';
+  const compression = CompressionSchema.safeParse(query.get('compression'));
+  const snapshotId = query.get('snapshotId') ?? undefined;
+  if (!SHA256_RE.test(artifactSha256)) return 'artifactSha256 must be the artifact\'s lower-case hex sha256';
+  if (!SHA256_RE.test(snapshotSha256)) return 'snapshotSha256 must be the plain snapshot\'s lower-case hex sha256';
+  if (!COUNT_RE.test(artifactBytes)) return 'artifactBytes must be the artifact\'s size in bytes';
+  if (!COUNT_RE.test(snapshotBytes)) return 'snapshotBytes must be the plain snapshot\'s size in bytes';
+  if (!compression.success) return 'compression must be gzip, zstd or none';
+  if (snapshotId !== undefined && !SNAPSHOT_ID_RE.test(snapshotId)) return 'snapshotId must be an id like 20261124T161300Z-3f9a1c2e';
+  return {
+    artifactSha256, snapshotSha256, artifactBytes: Number(artifactBytes), snapshotBytes: Number(snapshotBytes),
+    compression: compression.data, snapshotId,
+  };
+}
+
+async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerResponse, method: string, rawUrl: string): Promise<void> {
+  // Refusals before the body is read close the connection: that is what stops the client sending the rest.
+  const refuse = (status: number, detail: string, headers: Record<string, string> = {}) => sendProblem(res, status, detail, { ...headers, Connection: 'close' });
+  const parsed = drillRequest(rawUrl);
+  if (typeof parsed === 'string') return refuse(400, `The drill's query is not valid: ${parsed}.`);
+  const verdict = await deps.authenticator.verify({
+    method, pathAndQuery: rawUrl, authorization: req.headers.authorization, body: Buffer.alloc(0), bodySha256: parsed.artifactSha256,
+  });
+  if (!verdict.ok) {
+    deps.logger.warn('auth.rejected', { reason: verdict.reason, ...verdict.client, method, path: DRILLS, remote: req.socket.remoteAddress });
+    return refuse(401, UNAUTHORIZED_DETAIL, { 'WWW-Authenticate': deps.authenticator.challenge });
+  }
+  const log = deps.logger.child(verdict.client);
+  if (method !== 'POST') return refuse(405, 'Use POST to run an application drill.', { Allow: 'POST' });
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) !== parsed.artifactBytes) {
+    return refuse(400, `The body is ${declared} bytes, but artifactBytes says ${parsed.artifactBytes}.`);
+  }
+  const cancel = new AbortController();
+  const onClose = () => {
+    if (!res.writableFinished) cancel.abort(new Error('the client went away before the drill ended'));
+  };
+  res.on('close', onClose);
+  req.on('aborted', onClose);
+  try {
+    const result = await deps.driller.run(req, parsed, cancel.signal);
+    return sendJson(res, 200, result);
+  } catch (err) {
+    if (cancel.signal.aborted) return void res.destroy();
+    if (err instanceof DrillNotConfiguredError) {
+      return refuse(501, 'This agent has no backend command for application drills: set TCAB_AGENT_DRILL_BACKEND_COMMAND on the VM.');
+    }
+    if (err instanceof DrillBusyError) return refuse(409, 'Another application drill is running on this agent; retry when it has ended.', { 'Retry-After': '60' });
+    if (err instanceof DrillSpaceError) {
+      log.error('drill.refused', { reason: 'staging space', freeBytes: err.freeBytes, neededBytes: err.neededBytes });
+      return refuse(507, `${err.message}: free space in TCAB_AGENT_STAGING on the VM.`);
+    }
+    if (err instanceof DrillRefusedError) {
+      log.error('drill.refused', { reason: err.message });
+      return refuse(422, `The drill was refused before the backend was started: ${err.message}.`);
+    }
+    const code = (err as NodeJS.ErrnoException).code;
+    log.error('drill.failed', { error: errorMessage(err), code });
+    return refuse(500, `The application drill failed while restoring the snapshot${code ? ` (${code})` : ''}${hintFor(code)}. The agent's log has the details.`);
+  } finally {
+    res.off('close', onClose);
+    req.off('aborted', onClose);
   }
 }

@@ -48,6 +48,19 @@ export interface StatusTask {
   dbPath: string;
 }
 
+/** integrity_check and row counts of a restored copy (the application drill's scratch file). */
+export interface CheckTask {
+  kind: 'check';
+  dbPath: string;
+}
+
+export interface CheckFacts {
+  checkMs: number;
+  /** 'ok', or the first lines integrity_check reported, joined by '; '. */
+  integrity: string;
+  tables: Record<string, number>;
+}
+
 export interface StatusFacts {
   pageSize: number;
   journalMode: string;
@@ -178,11 +191,26 @@ function status() {
   }
 }
 
+function check() {
+  const t0 = performance.now();
+  const db = openReadOnly(task.dbPath);
+  try {
+    step = 'check';
+    const problems = column(db, 'PRAGMA integrity_check').map(String);
+    const integrity = problems.length === 1 && problems[0] === 'ok' ? 'ok' : problems.slice(0, 20).join('; ');
+    step = 'count';
+    const tables = countRows(db, tableNames(db));
+    return { checkMs: performance.now() - t0, integrity, tables };
+  } finally {
+    db.close();
+  }
+}
+
 // Started ahead of need with node:sqlite loaded; one task, then the thread ends.
 parentPort.once('message', (message) => {
   task = message;
   try {
-    const result = task.kind === 'snapshot' ? snapshot() : status();
+    const result = task.kind === 'snapshot' ? snapshot() : task.kind === 'check' ? check() : status();
     parentPort.postMessage({ ok: true, result });
   } catch (err) {
     parentPort.postMessage({ ok: false, step, code: codeOf(err), message: String((err && err.message) || err) });
@@ -242,12 +270,13 @@ function takeWorker(): Worker {
 
 export function runSqliteTask(task: SnapshotTask, hooks?: TaskHooks): Promise<SnapshotFacts>;
 export function runSqliteTask(task: StatusTask): Promise<StatusFacts>;
-export function runSqliteTask(task: SnapshotTask | StatusTask, hooks: TaskHooks = {}): Promise<SnapshotFacts | StatusFacts> {
-  return new Promise<SnapshotFacts | StatusFacts>((resolve, reject) => {
+export function runSqliteTask(task: CheckTask): Promise<CheckFacts>;
+export function runSqliteTask(task: SnapshotTask | StatusTask | CheckTask, hooks: TaskHooks = {}): Promise<SnapshotFacts | StatusFacts | CheckFacts> {
+  return new Promise<SnapshotFacts | StatusFacts | CheckFacts>((resolve, reject) => {
     let replied = false;
     const worker = takeWorker();
     worker.postMessage(task);
-    worker.on('message', (reply: Reply<SnapshotFacts | StatusFacts>) => {
+    worker.on('message', (reply: Reply<SnapshotFacts | StatusFacts | CheckFacts>) => {
       if ('vacuumed' in reply) {
         hooks.onVacuumed?.(reply.vacuumed);
         return;

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { COMPRESSION_EXT, type Compression, type SnapshotDescription } from './protocol.js';
 
-const OWN_FILE_RE = /^(?:work-[0-9a-f]{16}\.sqlite(?:-journal|-wal|-shm)?|[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}\.sqlite(?:\.gz|\.zst)?(?:\.partial)?)$/;
+const OWN_FILE_RE = /^(?:(?:work|drill)-[0-9a-f]{16}\.sqlite(?:-journal|-wal|-shm)?|[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}\.sqlite(?:\.gz|\.zst)?(?:\.partial)?)$/;
 
 export interface StagedSnapshot {
   description: SnapshotDescription;
@@ -51,6 +51,11 @@ export class Staging {
   /** A fresh path for VACUUM INTO to write to (it refuses to overwrite, so every attempt gets a new name). */
   newWorkPath(): string {
     return join(this.dir, `work-${randomBytes(8).toString('hex')}.sqlite`);
+  }
+
+  /** A fresh scratch path for an application drill's restored copy. */
+  newDrillPath(): string {
+    return join(this.dir, `drill-${randomBytes(8).toString('hex')}.sqlite`);
   }
 
   artifactPath(id: string, compression: Compression): string {
