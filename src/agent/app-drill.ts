@@ -9,14 +9,13 @@
  * stops the drill at whatever step it is in and removes the scratch files.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { createServer } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { Digest } from './snapshotter.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { decompressor } from '../util/streams.js';
@@ -492,25 +491,4 @@ async function checkRuns(port: number, inFile: number | null, signal: AbortSigna
   return served === inFile
     ? { ok: true, detail: `GET /runs served ${served} runs, as many as the restored file holds`, served, comparison: 'all' }
     : { ok: false, detail: `GET /runs served ${served} runs, but the restored file holds ${inFile}`, served, comparison: 'all' };
-}
-
-class Digest {
-  private readonly hash = createHash('sha256');
-  private bytes = 0;
-  private hex: string | undefined;
-
-  tap(): Transform {
-    return new Transform({
-      transform: (chunk: Buffer, _enc, done) => {
-        this.hash.update(chunk);
-        this.bytes += chunk.length;
-        done(null, chunk);
-      },
-    });
-  }
-
-  result(): { bytes: number; sha256: string } {
-    this.hex ??= this.hash.digest('hex');
-    return { bytes: this.bytes, sha256: this.hex };
-  }
 }

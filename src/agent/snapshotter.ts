@@ -283,7 +283,7 @@ export class Snapshotter {
 }
 
 /** sha256 and byte count of whatever flows through `tap()`. */
-class Digest {
+export class Digest {
   private readonly hash: Hash = createHash('sha256');
   private bytes = 0;
   private hex: string | undefined;
