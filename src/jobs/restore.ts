@@ -126,8 +126,8 @@ async function restoreFromTarget(
       inflate.once('error', () => (decompressFailed = true));
       // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
       const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
-      await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream(), request.signal ? { signal: request.signal } : {});
-      await file.sync().catch(() => undefined);
+      // flush: the stream fsyncs the file before it closes the handle, so the rename below publishes durable bytes.
+      await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream({ flush: true }), request.signal ? { signal: request.signal } : {});
     } catch (e) {
       // A get that failed leaves the decompressor unused (for zstd on older Node, a child process waiting).
       inflate?.destroy();
