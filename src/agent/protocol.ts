@@ -1,5 +1,5 @@
 /**
- * The snapshot agent protocol, version 1 (shared/design/agent-protocol.md): the pieces both the agent and
+ * The snapshot agent protocol, version 1 (docs/agent-protocol.md): the pieces both the agent and
  * its client must agree on byte for byte. Nothing here does I/O.
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';

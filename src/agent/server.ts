@@ -1,5 +1,5 @@
 /**
- * The agent's request handler (agent-protocol.md, "Endpoints"). Order of checks for every request but /healthz:
+ * The agent's request handler (docs/agent-protocol.md, "Endpoints"). Order of checks for every request but /healthz:
  * body size (413), signature (401), then the route; a snapshot id is validated against SNAPSHOT_ID_RE, on the
  * raw path as sent (never decoded), before anything touches the file system.
  */
