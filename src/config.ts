@@ -57,7 +57,7 @@ export const SETTINGS: SettingDoc[] = [
   { name: 'TCAB_BACKUP_COMPRESSION', side: 'backup', requiredInAzure: false, secret: false, default: 'auto',
     description: 'Compression asked of the agent: auto (the agent\'s best: zstd, else gzip), zstd, gzip or none.' },
   { name: 'TCAB_BACKUP_JOB_TIMEOUT', side: 'backup', requiredInAzure: false, secret: false, default: '25m',
-    description: 'Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step. Keep it below functionTimeout in host.json (30 minutes), so that the job, not the host, says what was stuck.' },
+    description: 'Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step once the job has settled (at most a minute later). Keep it below functionTimeout in host.json (30 minutes), so that the job, not the host, says what was stuck.' },
   { name: 'TCAB_BACKUP_SNAPSHOT_SCHEDULE', side: 'backup', requiredInAzure: true, secret: false, default: '0 0 * * * *',
     description: 'NCRONTAB (six fields, UTC) of the timer-triggered snapshot. Default hourly.' },
   { name: 'TCAB_AGENT_DB', side: 'agent', requiredInAzure: false, secret: false,
