@@ -233,9 +233,12 @@ function refuseUnknownCopies(plan: TargetPlan, ids: string[]): void {
   const check = damaged
     ? `run "tcab-backup verify --target ${name}": it re-reads every snapshot there and writes a new record; then run prune again`
     : `the reachability of target "${name}" and that the function app may read ${key} there, then run prune again`;
+  // A rail that refused first (max-delete-share) keeps its say: the operator must hear of both.
+  const earlier = plan.outcome.refused;
   plan.outcome.refused = {
     rail: 'verify-record', ids,
-    message: `Retention refused on target "${name}": its verify record ${key} could not be read (${message}), so whether its copies are good is unknown; nothing is removed there (the plan would remove ${ids.length}), and no other target removes a snapshot on the strength of its copies. Check: ${check}`,
+    message: `Retention refused on target "${name}": its verify record ${key} could not be read (${message}), so whether its copies are good is unknown; nothing is removed there (the plan would remove ${ids.length}), and no other target removes a snapshot on the strength of its copies. Check: ${check}`
+      + (earlier ? `. The ${earlier.rail} rail refused this run too: ${earlier.message}` : ''),
   };
   const refused = new Set(ids);
   plan.outcome.kept = plan.outcome.kept.filter((k) => !refused.has(k.id));
