@@ -13,7 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { access, link, mkdir, open, rename, rm } from 'node:fs/promises';
+import { link, lstat, mkdir, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -291,11 +291,15 @@ async function syncFolder(dir: string): Promise<void> {
   }
 }
 
+/** Only "no such file" means absent: a path that cannot be looked at (EACCES, ELOOP) is not taken as free. */
 async function exists(path: string): Promise<boolean> {
   try {
-    await access(path);
+    await lstat(path);
     return true;
-  } catch {
-    return false;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw new DestinationError(`Restore cannot tell whether ${path} exists (${errorMessage(e)})`, {
+      hint: `check the permissions of ${dirname(path)}; nothing was changed there`, cause: e,
+    });
   }
 }
