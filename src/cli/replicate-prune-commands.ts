@@ -6,8 +6,8 @@
 import { parseArgs } from 'node:util';
 import { loadTargetsConfig } from '../config.js';
 import { errorMessage } from '../errors.js';
-import { PruneFailedError, runPrune, type PruneResult } from '../jobs/prune.js';
-import { ReplicateFailedError, runReplicate, type ReplicateResult } from '../jobs/replicate.js';
+import { PruneFailedError, runPrune, type PruneResult } from '../jobs/prune/index.js';
+import { ReplicateFailedError, runReplicate, type ReplicateResult } from '../jobs/replicate/index.js';
 import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
 import { interruptSignal as interruptible, UsageError } from './args.js';

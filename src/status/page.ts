@@ -5,9 +5,9 @@
  * of recent drills. Every state is spelled out in words and marked with a symbol, never by colour alone.
  */
 import { formatBytes } from '../cli/output.js';
-import type { DrillSummary, PostgresStatus, State, StatusDocument, TargetStatus } from '../jobs/status-doc.js';
-import { provenText } from '../jobs/drill-record.js';
-import type { MonitorThresholds } from '../jobs/health-settings.js';
+import type { DrillSummary, PostgresStatus, State, StatusDocument, TargetStatus } from '../jobs/monitor/status-document.js';
+import { provenText } from '../catalog/drill-record.js';
+import type { MonitorThresholds } from '../jobs/settings.js';
 import { formatDuration } from '../util/duration.js';
 import { COLOURS, patternDefs, recoveryPointGaugeSvg, recoveryTimeSvg, snapshotTimelineSvg } from './charts.js';
 import { esc, shortMs, utcMinute } from './svg.js';

@@ -7,11 +7,11 @@
  */
 import { finished, Transform, type TransformCallback } from 'node:stream';
 import { createHash, type Hash } from 'node:crypto';
-import { manifestArtifactKey, writeManifest } from '../catalog/catalog.js';
-import { manifestKey } from '../catalog/layout.js';
-import type { Manifest } from '../catalog/manifest.js';
-import { IntegrityError, NotFoundError, TcabError, errorMessage } from '../errors.js';
-import type { Target } from '../targets/target.js';
+import { manifestArtifactKey, writeManifest } from '../../catalog/catalog.js';
+import { manifestKey } from '../../catalog/layout.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import { IntegrityError, NotFoundError, TcabError, errorMessage } from '../../errors.js';
+import type { Target } from '../../targets/target.js';
 
 /** Which side of a copy failed: the fix differs (another source, or the destination's health). */
 export class CopyError extends TcabError {
