@@ -13,7 +13,8 @@ import { openAgent, openTargets } from '../runtime.js';
 import { parseAtTime, type SnapshotSelector } from '../catalog/select.js';
 import { runSnapshot, SnapshotFailedError } from '../jobs/snapshot/index.js';
 import { interruptSignal as abortOnSignal, parse, printJson as printJsonTo, UsageError } from './args.js';
-import { formatBytes, progressReporter, table } from './output.js';
+import { formatBytes } from '../util/format.js';
+import { progressReporter, table } from './output.js';
 
 const printJson = (ctx: CommandContext, value: unknown) => printJsonTo(ctx.io, value);
 

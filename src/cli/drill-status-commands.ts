@@ -20,7 +20,7 @@ import { interruptSignal as interruptible, parse, printJson as printJsonTo, Usag
 import type { Command, CommandContext } from './commands.js';
 
 const printJson = (ctx: CommandContext, value: unknown) => printJsonTo(ctx.io, value);
-import { formatBytes } from './output.js';
+import { formatBytes } from '../util/format.js';
 
 /** tcab-backup verify [--all] [--target NAME] [--json] */
 export const verifyCommand: Command = async (args, ctx) => {

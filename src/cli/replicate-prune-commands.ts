@@ -12,7 +12,8 @@ import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
 import { interruptSignal as interruptible, UsageError } from './args.js';
 import type { Command, CommandContext } from './commands.js';
-import { formatBytes, table } from './output.js';
+import { formatBytes } from '../util/format.js';
+import { table } from './output.js';
 
 function flags(args: string[], withForce: boolean): { dryRun: boolean; json: boolean; force: boolean } {
   try {

@@ -4,7 +4,7 @@
  * it shows the state, the recovery point now, the snapshot timeline with sizes, and the recovery-time trend
  * of recent drills. Every state is spelled out in words and marked with a symbol, never by colour alone.
  */
-import { formatBytes } from '../cli/output.js';
+import { formatBytes } from '../util/format.js';
 import type { DrillSummary, PostgresStatus, State, StatusDocument, TargetStatus } from '../jobs/monitor/status-document.js';
 import { provenText } from '../catalog/drill-record.js';
 import type { MonitorThresholds } from '../jobs/settings.js';

@@ -21,7 +21,7 @@
 import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AgentStatus } from '../../agent/protocol.js';
-import { toIsoTime } from '../../agent/status.js';
+import { toIsoTime } from '../../util/time.js';
 import type { Manifest } from '../../catalog/manifest.js';
 import { NotFoundError, TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
