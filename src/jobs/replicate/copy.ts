@@ -3,7 +3,7 @@
  * manifest while the bytes pass. A mismatch fails the body stream before its end, so the destination's put
  * fails and, by the Target contract, commits nothing: a corrupt source is never spread, and no partial copy
  * becomes visible. Only after the data is stored is the manifest written, and then the data is looked at
- * once more (see settle in prune-delete.ts for the other half of that handshake).
+ * once more (see settle in prune/delete.ts for the other half of that handshake).
  */
 import { finished, Transform, type TransformCallback } from 'node:stream';
 import { createHash, type Hash } from 'node:crypto';

@@ -13,7 +13,7 @@
  *
  * Safe to run at the same time as itself and as prune, without a lock: two copies of one snapshot write the
  * same bytes and equivalent manifests; a manifest is written only after its data is stored and verified;
- * and the manifest-then-data-check handshake with prune (replicate-copy.ts, prune-delete.ts) withdraws any
+ * and the manifest-then-data-check handshake with prune (copy.ts, ../prune/delete.ts) withdraws any
  * manifest whose data a concurrent prune removed. A lock would add an expiry to tune and a stuck-lock
  * failure mode, and would still need the same ordering to survive a crash.
  */

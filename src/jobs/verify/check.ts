@@ -1,6 +1,6 @@
 /**
  * Re-reading one stored artifact and checking it against its manifest (size and sha256), so that silent
- * corruption on a target is found while another copy still exists. verify-rotation.ts decides which
+ * corruption on a target is found while another copy still exists. index.ts (the verify job) decides which
  * snapshots each run reads.
  *
  * Two ways a check does not pass, kept apart because they call for opposite actions: 'damaged' (the bytes,
