@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 /**
- * No two parts of src/ import each other. A part is a top-level folder of src/ (agent, jobs, status...) or a
- * file directly in src/ (config.ts, errors.ts...). Every relative import, re-export and dynamic import of
+ * No two parts of src/ import each other, and no longer loop either (a -> b -> c -> a). A part is a top-level
+ * folder of src/ (agent, jobs, status...) or a file directly in src/ (config.ts, errors.ts...). Every relative import, re-export and dynamic import of
  * src/**\/*.ts counts, `import type` included: a cycle of types is still two parts that cannot be read or
  * changed apart. Prints each pair with one file on each side and exits 1; exits 0 when there is none.
  * Usage: node scripts/check-layers.mjs [src-dir]
@@ -61,6 +61,38 @@ export function mutualImports(srcDir) {
   return pairs;
 }
 
+/** A loop of three or more parts (pairs are reported by mutualImports), as its edges; undefined when none. */
+export function longerCycle(srcDir) {
+  const edges = [...partEdges(srcDir).values()];
+  const out = new Map();
+  for (const e of edges) out.set(e.from, [...(out.get(e.from) ?? []), e]);
+  const done = new Set();
+  const path = [];
+  const visit = (part) => {
+    const at = path.findIndex((e) => e.from === part);
+    if (at >= 0) return path.slice(at).length > 2 ? path.slice(at) : undefined;
+    if (done.has(part)) return undefined;
+    for (const e of out.get(part) ?? []) {
+      path.push(e);
+      const found = visit(e.to);
+      path.pop();
+      if (found) return found;
+    }
+    done.add(part);
+    return undefined;
+  };
+  for (const part of out.keys()) {
+    const found = visit(part);
+    if (found) return found;
+  }
+  return undefined;
+}
+
+export function describeCycle(cycle) {
+  return `${[...cycle.map((e) => e.from), cycle[0].from].join(' -> ')}: `
+    + cycle.map((e) => `src/${e.file} imports '${e.spec}'`).join(', ');
+}
+
 export function describePair({ a, b, ab, ba }) {
   return `${a} <-> ${b}: src/${ab.file} imports '${ab.spec}', and src/${ba.file} imports '${ba.spec}'`;
 }
@@ -74,5 +106,11 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
       + pairs.map((p) => `  ${describePair(p)}\n`).join(''));
     process.exit(1);
   }
-  process.stdout.write(`check-layers: no two parts of ${srcDir} import each other\n`);
+  const cycle = longerCycle(srcDir);
+  if (cycle) {
+    process.stderr.write(`check-layers: parts of ${srcDir} import each other in a loop; move the shared piece to `
+      + `the lowest part (or to src/util/) so imports go one way:\n  ${describeCycle(cycle)}\n`);
+    process.exit(1);
+  }
+  process.stdout.write(`check-layers: no two parts of ${srcDir} import each other, and no loop\n`);
 }

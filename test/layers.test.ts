@@ -26,7 +26,7 @@ async function tree(files: Record<string, string>): Promise<string> {
   return root;
 }
 
-it('no two folders (or top-level files) of src/ import each other', () => {
+it('no two folders (or top-level files) of src/ import each other, nor loop through others', () => {
   // On failure the output names both imports of each pair: move the shared piece down (often to src/util/).
   const r = checkLayers();
   expect(r.out).toContain('no two parts');
@@ -51,4 +51,17 @@ it('the check names a pair of folders that import each other, type imports and r
   expect(r.out).toContain("agent <-> config: src/agent/run.ts imports '../config.js', and src/config.ts imports './agent/protocol.js'");
   expect(r.out).not.toContain('cli <-> util');
   expect(r.out).toContain('2 pair(s)');
+});
+
+it('the check names a loop of three parts, where no two import each other directly', async () => {
+  const src = await tree({
+    'agent/run.ts': "import { Env } from '../config.js';\nexport const a: Env = '';\n",
+    'config.ts': "import { KEY } from './catalog/layout.js';\nexport type Env = string;\nexport const k = KEY;\n",
+    'catalog/layout.ts': "import type { A } from '../agent/run.js';\nexport const KEY = 'k';\nexport type B = A;\n",
+  });
+  const r = checkLayers(src);
+  expect(r.status).toBe(1);
+  expect(r.out).not.toContain('pair(s)');
+  expect(r.out).toMatch(/agent -> config -> catalog -> agent|config -> catalog -> agent -> config|catalog -> agent -> config -> catalog/);
+  expect(r.out).toContain("src/catalog/layout.ts imports '../agent/run.js'");
 });
