@@ -15,7 +15,7 @@ import type { AgentAuthenticator } from './auth.js';
 import { ARTIFACT_CONTENT_TYPE, chooseCompression, type CompressionSupport } from './compression.js';
 import { parseRange, readBody, sendJson, sendProblem } from './http.js';
 import { CompressionSchema, CreateSnapshotBodySchema, MAX_BODY_BYTES, SNAPSHOT_ID_RE, type Compression } from './protocol.js';
-import { InsufficientStagingError, SnapshotBusyError, SnapshotFailedError, type Snapshotter } from './snapshotter.js';
+import { InsufficientStagingError, SnapshotBusyError, SnapshotStepError, type Snapshotter } from './snapshotter.js';
 import type { Staging } from './staging.js';
 import { readStatus, type StatusSources } from './status.js';
 
@@ -164,7 +164,7 @@ async function createSnapshot(deps: AgentHandlerDeps, log: Logger, raw: Buffer, 
       log.error('snapshot.refused', { reason: 'staging space', freeBytes: err.freeBytes, neededBytes: err.neededBytes });
       return sendProblem(res, 507, `${err.message}: free space in TCAB_AGENT_STAGING on the VM, or remove staged snapshots.`);
     }
-    if (err instanceof SnapshotFailedError) {
+    if (err instanceof SnapshotStepError) {
       log.error('snapshot.failed', { step: err.step, code: err.code, error: err.message });
       return sendProblem(res, 500, `Making the snapshot failed at step "${err.step}"${err.code ? ` (${err.code})` : ''}${hintFor(err.code)}. The agent's log has the details.`);
     }

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { booleanSetting, durationMs, NCRONTAB, Problems, read, type Env } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { registerSecret } from '../log.js';
-import { isLoopbackHost } from '../targets/spec.js';
+import { isLoopbackHost } from '../util/net.js';
 import { formatDuration, parseDurationMs } from '../util/duration.js';
 import { parseServerId, sameResourceId, type ServerRef } from './resource-id.js';
 

@@ -4,8 +4,8 @@ import { registration, registrations } from '../support/functions-host.js';
 import { HttpRequest, InvocationContext } from '@azure/functions';
 import { statusKey } from '../../src/catalog/layout.js';
 import { resetBackupConfig } from '../../src/host/context.js';
-import { readRecentDrills } from '../../src/jobs/drill-record.js';
-import { readVerifyRecord } from '../../src/jobs/verify-record.js';
+import { readRecentDrills } from '../../src/catalog/drill-record.js';
+import { readVerifyRecord } from '../../src/catalog/verify-record.js';
 import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 
 let fx: Fixture;

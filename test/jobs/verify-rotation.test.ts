@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { SETTINGS } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
-import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../../src/jobs/health-settings.js';
-import { longestGapMs } from '../../src/jobs/schedule-gap.js';
-import { lastReadAt, planVerifyRotation, type RotationCandidate } from '../../src/jobs/verify-rotation.js';
-import type { VerifyEntry } from '../../src/jobs/verify-record.js';
+import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../../src/jobs/settings.js';
+import { longestGapMs } from '../../src/util/schedule-gap.js';
+import { lastReadAt, planVerifyRotation, type RotationCandidate } from '../../src/jobs/verify/index.js';
+import type { VerifyEntry } from '../../src/catalog/verify-record.js';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;

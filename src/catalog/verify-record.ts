@@ -13,9 +13,9 @@
  * good.
  */
 import { z } from 'zod';
-import { verifyRecordKey } from '../catalog/layout.js';
+import { verifyRecordKey } from './layout.js';
 import { PreconditionFailedError, TargetError, isAbortError } from '../errors.js';
-import { readRecord, writeRecord } from '../catalog/records.js';
+import { readRecord, writeRecord } from './records.js';
 import type { Target } from '../targets/target.js';
 
 export const VERIFY_RECORD_FORMAT_VERSION = 1;

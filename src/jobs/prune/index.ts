@@ -30,18 +30,18 @@
  * This rail runs after the others, so max-delete-share judges the plan before it: it may refuse more, never
  * less.
  */
-import { idTime, verifyRecordKey } from '../catalog/layout.js';
-import { copyState, readVerifyRecord, type VerifyRecord } from './verify-record.js';
-import { TargetError, TcabError, errorMessage } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import { planRetention, type KeptSnapshot } from '../retention/policy.js';
-import { applySafetyRails, type RailReport, type RailSnapshot } from '../retention/rails.js';
-import type { RetentionConfig } from '../retention/settings.js';
-import { abortError } from '../targets/failure.js';
-import type { Target } from '../targets/target.js';
-import { removeOrphan, removeSnapshot } from './prune-delete.js';
-import { planReplication } from './replicate-plan.js';
-import { readTargetCatalog, type TargetCatalog } from './replicate-prune-catalog.js';
+import { idTime, verifyRecordKey } from '../../catalog/layout.js';
+import { copyState, readVerifyRecord, type VerifyRecord } from '../../catalog/verify-record.js';
+import { TargetError, TcabError, errorMessage } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import { planRetention, type KeptSnapshot } from '../../retention/policy.js';
+import { applySafetyRails, type RailReport, type RailSnapshot } from '../../retention/rails.js';
+import type { RetentionConfig } from '../../retention/settings.js';
+import { abortError } from '../../targets/failure.js';
+import type { Target } from '../../targets/target.js';
+import { removeOrphan, removeSnapshot } from './delete.js';
+import { planReplication } from '../replicate/plan.js';
+import { readTargetCatalog, type TargetCatalog } from '../../catalog/target-catalog.js';
 
 /** Data without a manifest younger than this may be an upload in progress; older is garbage. */
 export const GARBAGE_AGE_MS = 24 * 3_600_000;

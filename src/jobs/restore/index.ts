@@ -17,14 +17,14 @@ import { link, lstat, mkdir, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { manifestArtifactKey } from '../catalog/catalog.js';
-import type { Manifest } from '../catalog/manifest.js';
-import { IntegrityError, TcabError, errorMessage } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import type { Target } from '../targets/target.js';
-import { firstColumn, firstValue, openDatabase } from '../util/sqlite.js';
-import { HashingStream, decompressor } from '../util/streams.js';
-import { describeSelector, selectSnapshot, type SnapshotSelector } from './select.js';
+import { manifestArtifactKey } from '../../catalog/catalog.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import type { Target } from '../../targets/target.js';
+import { firstColumn, firstValue, openDatabase } from '../../util/sqlite.js';
+import { HashingStream, decompressor } from '../../util/streams.js';
+import { describeSelector, selectSnapshot, type SnapshotSelector } from '../../catalog/select.js';
 
 export interface RestoreRequest {
   selector: SnapshotSelector;
