@@ -10,7 +10,7 @@ import { basename } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { AppDriller, DrillBusyError, DrillNotConfiguredError, DrillRefusedError, DrillSpaceError, type DrillRequest } from './app-drill.js';
+import { type AppDriller, DrillBusyError, DrillNotConfiguredError, DrillRefusedError, DrillSpaceError, type DrillRequest } from './app-drill.js';
 import type { AgentAuthenticator } from './auth.js';
 import { ARTIFACT_CONTENT_TYPE, chooseCompression, type CompressionSupport } from './compression.js';
 import { parseRange, readBody, sendJson, sendProblem } from './http.js';

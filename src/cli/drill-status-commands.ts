@@ -16,7 +16,7 @@ import { openTargets } from '../runtime.js';
 import { renderStatusPage } from '../status/page.js';
 import { shortMs } from '../status/svg.js';
 import { formatDuration } from '../util/duration.js';
-import { interruptSignal as interruptible, parse, printJson as printJsonTo, UsageError } from './args.js';
+import { interruptSignal as interruptible, parse, printJson as printJsonTo } from './args.js';
 import type { Command, CommandContext } from './commands.js';
 
 const printJson = (ctx: CommandContext, value: unknown) => printJsonTo(ctx.io, value);

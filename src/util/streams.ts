@@ -35,7 +35,7 @@ export class HashingStream extends Transform {
 /** sha256 and length of a whole stream, without keeping it. */
 export async function hashStream(source: Readable, signal?: AbortSignal): Promise<{ sha256: string; bytes: number }> {
   const h = new HashingStream();
-  await pipeline(source, h, async function* (chunks) {
+  await pipeline(source, h, async (chunks: AsyncIterable<Buffer>) => {
     for await (const _ of chunks) {
       /* drain */
     }

@@ -15,7 +15,7 @@ import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import {
-  artifactBytes, casesOf, faultOf, MATRIX_RETRY, PRUNE_TABLE, REPLICATE_TABLE, settleWithin, VERIFY_TABLE, type MatrixCase,
+  artifactBytes, casesOf, faultOf, PRUNE_TABLE, REPLICATE_TABLE, settleWithin, VERIFY_TABLE, type MatrixCase,
 } from '../support/fault-matrix.js';
 import { expectOutcome, goodIds, matrixFolder, visibleProblems, type MatrixFolder } from '../support/matrix-world.js';
 import { DATABASE, DAY, HOUR, history, makeSnapshot, snapshotIdAt, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';

@@ -100,7 +100,7 @@ interface WireCase {
 const UPLOADS: Job[] = ['snapshot', 'replicate to the cloud'];
 const READS: Job[] = ['snapshot', 'replicate from the cloud', 'restore'];
 
-export const WIRE_CASES: WireCase[] = [
+const WIRE_CASES: WireCase[] = [
   { name: 'the 2nd part answered 503 once', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'UploadPart', nth: 2, fault: { status: 503, code: 'SlowDown' } }) },
   { name: 'the 2nd part and every one after answered 500', jobs: UPLOADS, expect: 'fails', rule: () => ({ kind: 'UploadPart', nth: 2, times: Infinity, fault: { status: 500, code: 'InternalError' } }) },
   { name: 'the 2nd part reset before the service has it', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'UploadPart', nth: 2, fault: 'reset' }) },

@@ -142,7 +142,9 @@ describe('verify rotation', () => {
     // Checked one a day over the last 14 days, in a shuffled order.
     const order = [5, 2, 9, 0, 13, 7, 11, 1, 4, 12, 3, 8, 6, 10];
     const entries: Record<string, VerifyEntry> = {};
-    order.forEach((ci, day) => (entries[candidates[ci]!.id] = { checkedAt: new Date(now.getTime() - (14 - day) * DAY + HOUR).toISOString(), ok: true }));
+    order.forEach((ci, day) => {
+      entries[candidates[ci]!.id] = { checkedAt: new Date(now.getTime() - (14 - day) * DAY + HOUR).toISOString(), ok: true };
+    });
     // A 28-day window: nothing is due, so the one snapshot of this run's share is the least recently read.
     const plan = planVerifyRotation(candidates, entries, { now, withinMs: 28 * DAY, intervalMs: DAY });
     expect(plan.selected).toEqual([{ id: candidates[5]!.id, reason: 'share' }]);
