@@ -8,25 +8,12 @@ import { listCatalog, readManifests } from '../catalog/catalog.js';
 import { PIN_TAG } from '../catalog/manifest.js';
 import { loadAgentClientConfig, loadAgentConfig, loadTargetsConfig } from '../config.js';
 import { errorMessage } from '../errors.js';
-import type { Logger } from '../log.js';
 import { openAgent, openTargets } from '../runtime.js';
 import { parseAtTime, type SnapshotSelector } from '../catalog/select.js';
 import { runSnapshot, SnapshotFailedError } from '../jobs/snapshot/index.js';
-import { interruptSignal as abortOnSignal, parse, printJson as printJsonTo, UsageError } from './args.js';
+import { interruptSignal as abortOnSignal, parse, printJson, UsageError, type Command } from './command.js';
 import { formatBytes } from '../util/format.js';
 import { progressReporter, table } from './output.js';
-
-const printJson = (ctx: CommandContext, value: unknown) => printJsonTo(ctx.io, value);
-
-export interface CommandContext {
-  io: { stdout: NodeJS.WritableStream; stderr: NodeJS.WriteStream; stdin: NodeJS.ReadableStream; env: NodeJS.ProcessEnv };
-  logger: Logger;
-  env: NodeJS.ProcessEnv;
-}
-
-export type Command = (args: string[], ctx: CommandContext) => Promise<number>;
-
-export { UsageError };
 
 const agent: Command = async (args, ctx) => {
   parse(args, {});

@@ -16,10 +16,7 @@ import { openTargets } from '../runtime.js';
 import { renderStatusPage } from '../status/page.js';
 import { shortMs } from '../status/svg.js';
 import { formatDuration } from '../util/duration.js';
-import { interruptSignal as interruptible, parse, printJson as printJsonTo } from './args.js';
-import type { Command, CommandContext } from './commands.js';
-
-const printJson = (ctx: CommandContext, value: unknown) => printJsonTo(ctx.io, value);
+import { interruptSignal as interruptible, parse, printJson, type Command } from './command.js';
 import { formatBytes } from '../util/format.js';
 
 /** tcab-backup verify [--all] [--target NAME] [--json] */

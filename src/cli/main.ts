@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, TcabError, errorMessage } from '../errors.js';
 import { createLogger, redact, type EventObserver, type Logger } from '../log.js';
 import { LastStep } from '../util/last-step.js';
-import { COMMANDS, UsageError, type Command, type CommandContext } from './commands.js';
+import { UsageError, type Command, type CommandContext } from './command.js';
+import { COMMANDS } from './commands.js';
 
 export const USAGE = `Usage: tcab-backup <command> [options]
 

@@ -4,8 +4,7 @@ import { loadTargetsConfig } from '../config.js';
 import { errorMessage, TcabError } from '../errors.js';
 import { loadPgCheckConfig, loadPgDrillConfig, runPgCheck, runPgDrill, type PgCheckResult, type PgDrillResult } from '../postgres/index.js';
 import { managedIdentity, openTargets } from '../runtime.js';
-import { interruptSignal, UsageError } from './args.js';
-import type { Command } from './commands.js';
+import { interruptSignal, printJson, UsageError, type Command } from './command.js';
 
 export const pgCommand: Command = async (args, ctx) => {
   const [sub, ...rest] = args;
@@ -21,17 +20,16 @@ export const pgCommand: Command = async (args, ctx) => {
   const targetsConfig = loadTargetsConfig(ctx.env);
   const [target] = openTargets(targetsConfig, ctx.logger);
   const credential = managedIdentity();
-  const print = (value: unknown) => ctx.io.stdout.write(JSON.stringify(value, null, 2) + '\n');
   try {
     const result = sub === 'check'
       ? await runPgCheck(loadPgCheckConfig(ctx.env), { credential, target: target!, logger: ctx.logger, signal: interruptSignal() })
       : await runPgDrill(loadPgDrillConfig(ctx.env), { credential, target: target!, logger: ctx.logger, signal: interruptSignal() }, { force: Boolean(values.force) });
-    if (values.json) print(result);
+    if (values.json) printJson(ctx, result);
     else ctx.io.stdout.write(summary(sub, result) + '\n');
     return 0;
   } catch (e) {
     const partial = (e as { result?: unknown }).result;
-    if (values.json && partial && e instanceof TcabError) print({ ...(partial as object), error: e.message });
+    if (values.json && partial && e instanceof TcabError) printJson(ctx, { ...(partial as object), error: e.message });
     throw e;
   }
 };

@@ -10,8 +10,7 @@ import { PruneFailedError, runPrune, type PruneResult } from '../jobs/prune/inde
 import { ReplicateFailedError, runReplicate, type ReplicateResult } from '../jobs/replicate/index.js';
 import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
-import { interruptSignal as interruptible, UsageError } from './args.js';
-import type { Command, CommandContext } from './commands.js';
+import { interruptSignal as interruptible, printJson, UsageError, type Command, type CommandContext } from './command.js';
 import { formatBytes } from '../util/format.js';
 import { table } from './output.js';
 
@@ -71,7 +70,7 @@ export const pruneCommand: Command = async (args, ctx) => {
 function printReplicate(ctx: CommandContext, result: ReplicateResult, json: boolean, ok: boolean): void {
   const out = ctx.io.stdout;
   if (json) {
-    out.write(JSON.stringify({ ok, ...result }, null, 2) + '\n');
+    printJson(ctx, { ok, ...result });
     return;
   }
   const planned = result.targets.reduce((n, t) => n + t.planned.length, 0);
@@ -98,7 +97,7 @@ function printReplicate(ctx: CommandContext, result: ReplicateResult, json: bool
 function printPrune(ctx: CommandContext, result: PruneResult, json: boolean, ok: boolean): void {
   const out = ctx.io.stdout;
   if (json) {
-    out.write(JSON.stringify({ ok, ...result }, null, 2) + '\n');
+    printJson(ctx, { ok, ...result });
     return;
   }
   out.write(`prune "${result.database}"${result.dryRun ? ' (dry run: nothing removed)' : ''}${result.force ? ' (forced)' : ''}: ${result.dryRun ? 'would remove' : 'removed'} ${result.removed} snapshot(s)\n`);

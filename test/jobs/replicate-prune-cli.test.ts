@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { UsageError, type CommandContext } from '../../src/cli/commands.js';
+import { UsageError, type CommandContext } from '../../src/cli/command.js';
 import { pruneCommand, replicateCommand } from '../../src/cli/replicate-prune-commands.js';
 import { ConfigError } from '../../src/errors.js';
 import { PruneFailedError } from '../../src/jobs/prune/index.js';

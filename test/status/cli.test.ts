@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { drillCommand, statusCommand, verifyCommand } from '../../src/cli/drill-status-commands.js';
-import { UsageError, type Command } from '../../src/cli/commands.js';
+import { UsageError, type Command } from '../../src/cli/command.js';
 import { createLogger } from '../../src/log.js';
 import { startFixture, type Fixture } from './fixture.js';
 
