@@ -17,7 +17,7 @@ function run(args: string[], env: Record<string, string> = {}) {
   const script = `
     import { PassThrough } from 'node:stream';
     import { runAsProcess } from ${JSON.stringify(MAIN)};
-    import { COMMANDS } from ${JSON.stringify(MAIN.replace(/main\.js$/, 'commands.js'))};
+    import { COMMANDS } from ${JSON.stringify(MAIN)};
     const stall = async (_args, ctx) => {
       ctx.logger.info('upload.waiting', { target: 'r2' });
       const sink = new PassThrough();

@@ -10,7 +10,29 @@ import { ConfigError, TcabError, errorMessage } from '../errors.js';
 import { createLogger, redact, type EventObserver, type Logger } from '../log.js';
 import { LastStep } from '../util/last-step.js';
 import { UsageError, type Command, type CommandContext } from './command.js';
-import { COMMANDS } from './commands.js';
+
+/**
+ * The commands by name, each a file of ./commands/ imported only when that command runs: `--help`, a usage
+ * error and `list` never load the SDKs, the agent or SQLite that another command needs.
+ */
+const REGISTRY: Record<string, () => Promise<Command>> = {
+  agent: async () => (await import('./commands/agent.js')).agentCommand,
+  snapshot: async () => (await import('./commands/snapshot.js')).snapshotCommand,
+  list: async () => (await import('./commands/list.js')).listCommand,
+  restore: async () => (await import('./commands/restore.js')).restoreCommand,
+  retention: async () => (await import('./commands/retention-plan.js')).retentionCommand,
+  verify: async () => (await import('./commands/verify.js')).verifyCommand,
+  drill: async () => (await import('./drill-status-commands.js')).drillCommand,
+  status: async () => (await import('./commands/status.js')).statusCommand,
+  replicate: async () => (await import('./commands/replicate.js')).replicateCommand,
+  prune: async () => (await import('./commands/prune.js')).pruneCommand,
+  pg: async () => (await import('./commands/pg.js')).pgCommand,
+};
+
+/** The command table `main` runs from: each entry loads its file, then runs it. */
+export const COMMANDS: Record<string, Command> = Object.fromEntries(
+  Object.entries(REGISTRY).map(([name, load]): [string, Command] => [name, async (args, ctx) => (await load())(args, ctx)]),
+);
 
 export const USAGE = `Usage: tcab-backup <command> [options]
 
