@@ -22,7 +22,7 @@ const REGISTRY: Record<string, () => Promise<Command>> = {
   restore: async () => (await import('./commands/restore.js')).restoreCommand,
   retention: async () => (await import('./commands/retention-plan.js')).retentionCommand,
   verify: async () => (await import('./commands/verify.js')).verifyCommand,
-  drill: async () => (await import('./drill-status-commands.js')).drillCommand,
+  drill: async () => (await import('./commands/drill.js')).drillCommand,
   status: async () => (await import('./commands/status.js')).statusCommand,
   replicate: async () => (await import('./commands/replicate.js')).replicateCommand,
   prune: async () => (await import('./commands/prune.js')).pruneCommand,

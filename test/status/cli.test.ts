@@ -4,7 +4,7 @@ import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { statusCommand } from '../../src/cli/commands/status.js';
 import { verifyCommand } from '../../src/cli/commands/verify.js';
-import { drillCommand } from '../../src/cli/drill-status-commands.js';
+import { drillCommand } from '../../src/cli/commands/drill.js';
 import { UsageError, type Command } from '../../src/cli/command.js';
 import { createLogger } from '../../src/log.js';
 import { startFixture, type Fixture } from './fixture.js';

@@ -1,17 +1,14 @@
-/**
- * CLI command for the restore drill: `drill`. It runs the same job as the drill timer, with the same settings.
- * (verify and status are in ./commands/; this command moves there next.)
- */
-import { loadTargetsConfig } from '../config.js';
-import { DrillFailedError, runDrill, type DrillResult } from '../jobs/drill/index.js';
-import { provenText, type DrillRecord } from '../catalog/drill-record.js';
-import { drillLiveSource } from '../jobs/deps.js';
-import { loadDrillSettings } from '../jobs/settings.js';
-import { openTargets } from '../runtime.js';
-import { shortMs } from '../status/svg.js';
-import { formatDuration } from '../util/duration.js';
-import { interruptSignal as interruptible, parse, printJson, type Command } from './command.js';
-import { formatBytes } from '../util/format.js';
+/** `tcab-backup drill [--target NAME] [--json]`: the restore drill, the same job as the drill timer, with the same settings. */
+import { provenText, type DrillRecord } from '../../catalog/drill-record.js';
+import { loadTargetsConfig } from '../../config.js';
+import { drillLiveSource } from '../../jobs/deps.js';
+import { DrillFailedError, runDrill, type DrillResult } from '../../jobs/drill/index.js';
+import { loadDrillSettings } from '../../jobs/settings.js';
+import { openTargets } from '../../runtime.js';
+import { shortMs } from '../../status/svg.js';
+import { formatDuration } from '../../util/duration.js';
+import { formatBytes } from '../../util/format.js';
+import { interruptSignal as interruptible, parse, printJson, type Command } from '../command.js';
 
 function drillLines(r: DrillRecord): string {
   if (!r.ok) return `target ${r.target}: FAILED ${r.error}\n`;
