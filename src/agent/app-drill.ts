@@ -136,10 +136,10 @@ export class AppDriller {
    * Claims the one drill slot and checks the space, before a byte of the body is read. Throws DrillBusyError
    * synchronously, so two requests arriving together can never both start one.
    */
-  async run(body: IncomingMessage, req: DrillRequest, signal: AbortSignal): Promise<DrillResult> {
+  async run(body: IncomingMessage, req: DrillRequest, signal: AbortSignal, accept: () => void = () => undefined): Promise<DrillResult> {
     if (!this.options.settings.command) throw new DrillNotConfiguredError();
     if (this.running) throw new DrillBusyError();
-    const work = this.drill(body, req, AbortSignal.any([signal, this.stopAll.signal]));
+    const work = this.drill(body, req, AbortSignal.any([signal, this.stopAll.signal]), accept);
     this.running = work;
     try {
       return await work;
@@ -148,11 +148,13 @@ export class AppDriller {
     }
   }
 
-  private async drill(body: IncomingMessage, req: DrillRequest, signal: AbortSignal): Promise<DrillResult> {
+  /** `accept` is called once every refusal is past, just before the body is read (the server's 100 Continue). */
+  private async drill(body: IncomingMessage, req: DrillRequest, signal: AbortSignal, accept: () => void): Promise<DrillResult> {
     const { staging, logger, settings } = this.options;
     const needed = Math.ceil(req.snapshotBytes * DRILL_HEADROOM);
     const free = await this.options.freeBytes(staging.dir);
     if (free < needed) throw new DrillSpaceError(free, needed);
+    accept();
 
     const t0 = performance.now();
     const scratch = staging.newDrillPath();

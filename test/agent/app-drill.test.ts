@@ -1,21 +1,19 @@
 /**
  * The application drill through a real agent over real HTTP: a real snapshot's artifact streamed to
- * POST /v1/drills, restored into staging, and a stand-in backend (test/support/standin-backend.mjs) started on
+ * POST /v1/drills, restored into staging, and a stand-in backend (src/dev/standin-backend.ts) started on
  * the copy. Every case checks that no backend process and no scratch file is left behind.
  */
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { request as httpRequest, type ClientRequest } from 'node:http';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DrillResult } from '../../src/agent/app-drill.js';
 import { signRequest, type SnapshotDescription } from '../../src/agent/protocol.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { createLogger } from '../../src/log.js';
-import { agentConfig, KEY, KEY_ID, signedRequest, tempDir } from './helpers.js';
+import { agentConfig, KEY, KEY_ID, signedRequest, STANDIN, tempDir } from './helpers.js';
 
-const STANDIN = fileURLToPath(new URL('../support/standin-backend.mjs', import.meta.url));
 const RUNS = 300;
 
 let work: { dir: string; remove(): Promise<void> };
