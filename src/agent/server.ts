@@ -85,10 +85,11 @@ function deadline(req: IncomingMessage, res: ServerResponse, ms: number): void {
   if (ms <= 0) return;
   const timer = setTimeout(() => {
     if (req.complete) return;
+    const socket = req.socket;
     if (!res.headersSent) {
-      res.once('finish', () => req.socket.destroy());
+      res.once('finish', () => socket?.destroy());
       sendProblem(res, 408, `The request did not arrive whole within ${ms} ms.`, { Connection: 'close' });
-    } else req.socket.destroy();
+    } else socket?.destroy();
   }, ms);
   timer.unref();
   const clear = () => clearTimeout(timer);
@@ -296,11 +297,12 @@ async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerRe
   // The artifact must keep arriving: a client that stalls mid-upload for longer than a whole other request
   // may take is cut off (the drill is then cancelled and cleaned up). Once it has all arrived, no limit here.
   const stallMs = deps.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+  const socket = req.socket;
   const stalled = () => {
-    if (req.complete) return;
+    if (req.complete || cancel.signal.aborted) return;
     log.warn('drill.upload_stalled', { stallMs });
     cancel.abort(new Error(`no bytes of the artifact arrived for ${stallMs} ms`));
-    req.socket.destroy();
+    socket.destroy();
   };
   const accept = () => {
     if (stallMs > 0) {
