@@ -258,16 +258,25 @@ export class AppDriller {
   private async receive(body: IncomingMessage, req: DrillRequest, scratch: string, signal: AbortSignal) {
     const artifact = new Digest();
     const plain = new Digest();
+    // The request is piped in rather than made part of the pipeline: a failure downstream must not destroy it,
+    // or the connection would be reset under the refusal the client is to read. Its rest is drained instead.
+    const first = artifact.tap();
+    const forward = (err: Error) => first.destroy(err);
+    body.once('error', forward);
+    body.pipe(first);
     const stages = [
-      body,
-      artifact.tap(),
+      first,
       decompressor(req.compression, { runtimeZstd: this.options.compressions.zstdSource === 'zlib', zstdCommand: this.options.compressions.zstdCommand }),
       plain.tap(),
       createWriteStream(scratch, { flags: 'wx', mode: 0o600 }),
     ] as const;
     try {
       await pipeline(...stages, { signal });
+      body.off('error', forward);
     } catch (err) {
+      body.off('error', forward);
+      body.unpipe(first);
+      if (!body.complete && !body.destroyed) body.resume();
       if (signal.aborted) throw err;
       // A body whose bytes were changed may not even decompress: that is the same refusal as a wrong sha256.
       const got = artifact.result();

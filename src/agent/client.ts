@@ -345,6 +345,8 @@ export class AgentClient {
         clearTimeout(waitContinue);
         clearTimeout(lateError);
         req.setTimeout(0);
+        // An answer before the whole body: the connection cannot carry another request, so it goes.
+        if (!req.writableFinished) req.destroy();
       };
       const send = () => {
         if (sending || settled) return;

@@ -326,7 +326,10 @@ async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerRe
     }
     if (err instanceof DrillRefusedError) {
       log.error('drill.refused', { reason: err.message });
-      return refuse(422, `The drill was refused before the backend was started: ${err.message}.`);
+      // The rest of a body being sent is drained (app-drill.ts), not cut: closing now would reset the
+      // connection under this answer before the client has read it.
+      const detail = `The drill was refused before the backend was started: ${err.message}.`;
+      return req.complete ? refuse(422, detail) : sendProblem(res, 422, detail);
     }
     const code = (err as NodeJS.ErrnoException).code;
     log.error('drill.failed', { error: errorMessage(err), code });
