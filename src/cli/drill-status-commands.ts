@@ -68,10 +68,12 @@ function drillLines(r: DrillRecord): string {
   }
   const rp = r.recoveryPoint!;
   const how = r.checks?.method === 'stream' ? 'verified while streaming' : 'restored and verified';
-  const lines = [`target ${r.target}: snapshot ${r.snapshot!.id} ${how} in ${shortMs(r.recoveryTimeMs ?? 0)} `
+  // With the application drill, the recovery time is the file's plus the backend's start to serving.
+  const fileMs = (r.recoveryTimeMs ?? 0) - (r.app?.startToServingMs ?? 0);
+  const lines = [`target ${r.target}: snapshot ${r.snapshot!.id} ${how} in ${shortMs(fileMs)} `
     + `(${formatBytes(r.snapshot!.artifactBytes)} ${r.snapshot!.compression} -> ${formatBytes(r.snapshot!.bytes)}); snapshot age ${formatDuration(rp.snapshotAgeMs)}`,
   `  proved: ${provenText(r.checks)}${r.checks?.reason ? ` (streamed because ${r.checks.reason})` : ''}`];
-  if (r.app) lines.push(`  application: ${appDrillText(r.app)}; recovery time ${shortMs(r.recoveryTimeMs ?? 0)} includes it`);
+  if (r.app) lines.push(`  application: ${appDrillText(r.app)}`, `  recovery time ${shortMs(r.recoveryTimeMs ?? 0)}: the file ${shortMs(fileMs)}, then the backend to serving ${shortMs(r.app.startToServingMs ?? 0)}`);
   if (r.live.available) {
     lines.push(`  runs published since the snapshot: ${rp.runsSince ?? 'unknown'}; newest published_at live ${rp.newestPublishedAt.live ?? '-'}, in the snapshot ${rp.newestPublishedAt.snapshot ?? '-'}`);
     lines.push(`  tables (snapshot -> live): ${Object.entries(r.tables).map(([n, t]) => `${n} ${t.snapshot ?? '-'} -> ${t.live ?? '-'}${t.difference !== null ? ` (${t.difference >= 0 ? '+' : ''}${t.difference})` : ''}`).join(', ')}`);
@@ -90,7 +92,7 @@ export const drillCommand: Command = async (args, ctx) => {
   const print = (result: DrillResult) => {
     if (values.json) return printJson(ctx, result);
     ctx.io.stdout.write(`restore drill ${result.drillId} of "${result.database}":\n`);
-    for (const r of result.targets) ctx.io.stdout.write(drillLines(r).replace(/^/gm, '  '));
+    for (const r of result.targets) ctx.io.stdout.write(drillLines(r).replace(/^(?=.)/gm, '  '));
   };
   try {
     const result = await runDrill(
@@ -116,7 +118,7 @@ function statusText(doc: StatusDocument): string {
     }
     const n = t.snapshots.newest;
     out.push(`  target ${t.name} ${WORD[t.state]}: newest snapshot ${n ? `${formatDuration(n.ageMs)} ago (${n.id})` : 'none'}, ${t.snapshots.count} snapshot(s) ${formatBytes(t.snapshots.totalArtifactBytes)}; `
-      + `drill ${t.drill.lastSucceeded ? `${formatDuration(t.drill.ageMs!)} ago (${t.drill.lastSucceeded.checks?.method === 'stream' ? 'verified streaming' : 'restored'} in ${shortMs(t.drill.lastSucceeded.recoveryTimeMs ?? 0)})` : 'never'}; `
+      + `drill ${t.drill.lastSucceeded ? `${formatDuration(t.drill.ageMs!)} ago (${t.drill.lastSucceeded.checks?.method === 'stream' ? 'verified streaming' : 'restored'}${t.drill.lastSucceeded.app ? `, backend served ${t.drill.lastSucceeded.app.runsServed ?? 0} runs,` : ''} in ${shortMs(t.drill.lastSucceeded.recoveryTimeMs ?? 0)})` : 'never'}; `
       + `verify ${t.verify.lastCleanRunAt ? `${formatDuration(t.verify.ageMs!)} ago` : 'never'}${t.verify.failing.length ? `, ${t.verify.failing.length} damaged` : ''}`
       + `${t.verify.unreadable?.length ? `, ${t.verify.unreadable.length} unreadable` : ''}`);
   }
