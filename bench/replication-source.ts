@@ -12,7 +12,7 @@ import { AgentClient } from '../src/agent/client.js';
 import { startAgent } from '../src/agent/run.js';
 import { loadTargetsConfig, type Env } from '../src/config.js';
 import { startAzurite, startS3Server, type Azurite, type S3Server } from '../src/dev/emulators.js';
-import { runSnapshot } from '../src/jobs/snapshot.js';
+import { runSnapshot } from '../src/jobs/snapshot/index.js';
 import { registerSecret, silentLogger } from '../src/log.js';
 import { openTargets } from '../src/runtime.js';
 import type { Target } from '../src/targets/target.js';

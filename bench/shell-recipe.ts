@@ -41,6 +41,7 @@ function recipeCommands(compression: RecipeCompression): string[][] {
 export function recipeScript(compression: RecipeCompression): string {
   const lines = ['set -euo pipefail', 'marks=("$EPOCHREALTIME")'];
   for (const step of recipeCommands(compression)) lines.push(...step, 'marks+=("$EPOCHREALTIME")');
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: shell syntax, expanded by bash
   lines.push('echo "${marks[@]}" > "$TIMES"');
   return lines.join('\n');
 }

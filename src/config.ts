@@ -10,13 +10,17 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
 import { registerSecret } from './log.js';
+import type { AgentAuthScheme, AgentConfig, EntraAgentConfig } from './agent/config.js';
 import { CompressionSchema, parseKeyList } from './agent/protocol.js';
 import { DATABASE_NAME_RE } from './catalog/layout.js';
-import { credentialVariable, isLoopbackHost, parseTargetList, type TargetSpec } from './targets/spec.js';
+import { credentialVariable, parseTargetList, type TargetSpec } from './targets/spec.js';
+import { isLoopbackHost } from './util/net.js';
 import { splitCommand } from './util/command.js';
 import { parseDurationMs } from './util/duration.js';
 
 export type Env = Record<string, string | undefined>;
+/** The agent's settings are its own types (src/agent/config.ts); loadAgentConfig below reads them. */
+export type { AgentAuthScheme, AgentConfig, EntraAgentConfig };
 
 export interface SettingDoc {
   name: string;
@@ -57,7 +61,7 @@ export const SETTINGS: SettingDoc[] = [
   { name: 'TCAB_BACKUP_COMPRESSION', side: 'backup', requiredInAzure: false, secret: false, default: 'auto',
     description: 'Compression asked of the agent: auto (the agent\'s best: zstd, else gzip), zstd, gzip or none.' },
   { name: 'TCAB_BACKUP_JOB_TIMEOUT', side: 'backup', requiredInAzure: false, secret: false, default: '25m',
-    description: 'Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step. Keep it below functionTimeout in host.json (30 minutes), so that the job, not the host, says what was stuck.' },
+    description: 'Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step once the job has settled (at most a minute later). Keep it below functionTimeout in host.json (30 minutes), so that the job, not the host, says what was stuck.' },
   { name: 'TCAB_BACKUP_SNAPSHOT_SCHEDULE', side: 'backup', requiredInAzure: true, secret: false, default: '0 0 * * * *',
     description: 'NCRONTAB (six fields, UTC) of the timer-triggered snapshot. Default hourly.' },
   { name: 'TCAB_AGENT_DB', side: 'agent', requiredInAzure: false, secret: false,
@@ -296,8 +300,6 @@ function pemSetting(env: Env, problems: Problems, name: string): string | undefi
   return undefined;
 }
 
-export type AgentAuthScheme = 'hmac' | 'entra';
-
 const agentAuthSchemes = z.string().transform((s, ctx) => {
   const list = s.split(',').map((x) => x.trim().toLowerCase()).filter(Boolean);
   if (list.length === 0 || list.some((x) => x !== 'hmac' && x !== 'entra') || new Set(list).size !== list.length) {
@@ -432,37 +434,6 @@ export function loadBackupConfig(env: Env = process.env): BackupConfig {
   problems.push(...p.list);
   if (problems.length) throw new ConfigError(problems);
   return { ...targets!, agent: agent!, snapshotSchedule: snapshotSchedule! };
-}
-
-/** What the agent checks Bearer tokens against (TCAB_AGENT_ENTRA_*). */
-export interface EntraAgentConfig {
-  /** Lower-case GUID. */
-  tenantId: string;
-  audiences: string[];
-  /** Lower-case GUIDs. */
-  allowedObjectIds: string[];
-  /** e.g. https://login.microsoftonline.com, without a trailing slash. */
-  authority: string;
-  ca: string | undefined;
-}
-
-export interface AgentConfig {
-  dbPath: string;
-  stagingDir: string;
-  host: string;
-  port: number;
-  /** Accepted schemes; default hmac alone. */
-  auth?: AgentAuthScheme[];
-  /** HMAC keys; empty when hmac is not enabled. */
-  keys: Map<string, string>;
-  /** Required when auth includes entra. */
-  entra?: EntraAgentConfig;
-  tls: { cert: string; key: string } | undefined;
-  databaseName: string;
-  compression: 'auto' | 'gzip' | 'zstd' | 'none';
-  stagingTtlMs: number;
-  /** Application drills; absent or without a command: POST /v1/drills answers 501. */
-  drill?: { command: string[] | undefined; healthTimeoutMs: number; stopGraceMs: number };
 }
 
 export function loadAgentConfig(env: Env = process.env): AgentConfig {

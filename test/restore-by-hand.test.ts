@@ -11,7 +11,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { AgentClient } from '../src/agent/client.js';
 import { startAgent } from '../src/agent/run.js';
 import { createSampleDatabase } from '../src/dev/sample-db.js';
-import { runSnapshot } from '../src/jobs/snapshot.js';
+import { runSnapshot } from '../src/jobs/snapshot/index.js';
 import { openTarget } from '../src/targets/index.js';
 
 let work: string;

@@ -1,5 +1,5 @@
 /**
- * The application drill (agent-protocol.md, "POST /v1/drills"): a snapshot's artifact arrives in the request
+ * The application drill (docs/agent-protocol.md, "POST /v1/drills"): a snapshot's artifact arrives in the request
  * body, is checked and restored into a scratch file in staging, and the configured backend command is started
  * on that file, asked for /healthz and /runs, and stopped. The live database is never involved: the backend
  * only ever sees the scratch file's URL.

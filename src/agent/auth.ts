@@ -1,5 +1,5 @@
 /**
- * Checks TCAB-HMAC-SHA256 signatures (agent-protocol.md, "Authentication"), and picks the scheme a request uses
+ * Checks TCAB-HMAC-SHA256 signatures (docs/agent-protocol.md, "Authentication"), and picks the scheme a request uses
  * among those the agent enables (HMAC, Entra ID Bearer tokens). The verdict carries the reason for the agent's
  * log; the client only ever sees one generic 401, so a prober learns nothing about which check failed.
  */

@@ -3,7 +3,7 @@
  * machine has it: it reads the snapshot file itself on two threads, while the agent hashes on the other core
  * (node:zlib's zstd runs on one thread, and its multi-threaded mode fails in Node 24.21). Without the program,
  * node:zlib's zstd (Node 24 has it) makes the same format. Level 1 for both: an
- * hourly snapshot on a 2-core VM gains more from speed than from the last few per cent of size (facts.md:
+ * hourly snapshot on a 2-core VM gains more from speed than from the last few per cent of size (measured:
  * zstd -1 and -3 differ by 4 %, gzip -1 is 3.5x slower than zstd -1).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';

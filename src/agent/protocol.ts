@@ -1,5 +1,5 @@
 /**
- * The snapshot agent protocol, version 1 (shared/design/agent-protocol.md): the pieces both the agent and
+ * The snapshot agent protocol, version 1 (docs/agent-protocol.md): the pieces both the agent and
  * its client must agree on byte for byte. Nothing here does I/O.
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -120,7 +120,7 @@ export interface ParsedAuthorization {
 
 /** Parses the header; null when it is not a well-formed TCAB-HMAC-SHA256 header (the caller answers 401). */
 export function parseAuthorization(header: string | undefined): ParsedAuthorization | null {
-  if (!header || !header.startsWith(AUTH_SCHEME + ' ')) return null;
+  if (!header?.startsWith(AUTH_SCHEME + ' ')) return null;
   const params = new Map<string, string>();
   for (const part of header.slice(AUTH_SCHEME.length + 1).split(',')) {
     const eq = part.indexOf('=');

@@ -5,10 +5,10 @@
 import { access, constants } from 'node:fs/promises';
 import { createServer as createHttpServer, type Server } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import type { AgentConfig } from '../config.js';
+import type { AgentConfig } from './config.js';
 import { TcabError } from '../errors.js';
 import { createLogger, registerSecret, type Logger } from '../log.js';
-import { isLoopbackHost } from '../targets/spec.js';
+import { isLoopbackHost } from '../util/net.js';
 import { AppDriller } from './app-drill.js';
 import { AgentAuthenticator, RequestAuthenticator } from './auth.js';
 import { EntraTokenValidator } from './entra.js';

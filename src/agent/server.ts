@@ -1,5 +1,5 @@
 /**
- * The agent's request handler (agent-protocol.md, "Endpoints"). Order of checks for every request but /healthz:
+ * The agent's request handler (docs/agent-protocol.md, "Endpoints"). Order of checks for every request but /healthz:
  * body size (413), signature (401), then the route; a snapshot id is validated against SNAPSHOT_ID_RE, on the
  * raw path as sent (never decoded), before anything touches the file system.
  */
@@ -10,12 +10,12 @@ import { basename } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { AppDriller, DrillBusyError, DrillNotConfiguredError, DrillRefusedError, DrillSpaceError, type DrillRequest } from './app-drill.js';
+import { type AppDriller, DrillBusyError, DrillNotConfiguredError, DrillRefusedError, DrillSpaceError, type DrillRequest } from './app-drill.js';
 import type { AgentAuthenticator } from './auth.js';
 import { ARTIFACT_CONTENT_TYPE, chooseCompression, type CompressionSupport } from './compression.js';
 import { parseRange, readBody, sendJson, sendProblem } from './http.js';
 import { CompressionSchema, CreateSnapshotBodySchema, MAX_BODY_BYTES, SNAPSHOT_ID_RE, type Compression } from './protocol.js';
-import { InsufficientStagingError, SnapshotBusyError, SnapshotFailedError, type Snapshotter } from './snapshotter.js';
+import { InsufficientStagingError, SnapshotBusyError, SnapshotStepError, type Snapshotter } from './snapshotter.js';
 import type { Staging } from './staging.js';
 import { readStatus, type StatusSources } from './status.js';
 
@@ -203,7 +203,7 @@ async function createSnapshot(deps: AgentHandlerDeps, log: Logger, raw: Buffer, 
       log.error('snapshot.refused', { reason: 'staging space', freeBytes: err.freeBytes, neededBytes: err.neededBytes });
       return sendProblem(res, 507, `${err.message}: free space in TCAB_AGENT_STAGING on the VM, or remove staged snapshots.`);
     }
-    if (err instanceof SnapshotFailedError) {
+    if (err instanceof SnapshotStepError) {
       log.error('snapshot.failed', { step: err.step, code: err.code, error: err.message });
       return sendProblem(res, 500, `Making the snapshot failed at step "${err.step}"${err.code ? ` (${err.code})` : ''}${hintFor(err.code)}. The agent's log has the details.`);
     }

@@ -40,13 +40,16 @@ export class InsufficientStagingError extends Error {
   }
 }
 
-/** A snapshot failed. `step` and `code` are safe to show a client; `message` may hold paths and goes to the log. */
-export class SnapshotFailedError extends Error {
+/**
+ * Making the snapshot on the agent failed at a step (open, vacuum, compress...); the server answers 500 with the
+ * step. `step` and `code` are safe to show a client; `message` may hold paths and goes to the log.
+ */
+export class SnapshotStepError extends Error {
   readonly step: string;
   readonly code: string | undefined;
   constructor(step: string, code: string | undefined, cause: unknown) {
     super(`snapshot failed at step "${step}"${code ? ` (${code})` : ''}: ${errorMessage(cause)}`, { cause });
-    this.name = 'SnapshotFailedError';
+    this.name = 'SnapshotStepError';
     this.step = step;
     this.code = code;
   }
@@ -128,7 +131,7 @@ export class Snapshotter {
     try {
       dbBytes = await databaseBytes(dbPath);
     } catch (err) {
-      throw new SnapshotFailedError('open', (err as NodeJS.ErrnoException).code, err);
+      throw new SnapshotStepError('open', (err as NodeJS.ErrnoException).code, err);
     }
     const needed = Math.ceil(dbBytes * STAGING_HEADROOM);
     let free = await this.options.freeBytes(staging.dir);
@@ -147,7 +150,7 @@ export class Snapshotter {
       let onVacuumed!: (v: Vacuumed) => void;
       const vacuumed = new Promise<Vacuumed>((resolve) => { onVacuumed = resolve; });
       sqlite = runSqliteTask({ kind: 'snapshot', dbPath, outPath: workPath }, { onVacuumed }).catch((err: unknown) => {
-        throw err instanceof SqliteTaskError ? new SnapshotFailedError(err.step, err.code, err) : err;
+        throw err instanceof SqliteTaskError ? new SnapshotStepError(err.step, err.code, err) : err;
       });
       // A failed VACUUM rejects `sqlite` before any `vacuumed` message.
       const v = await Promise.race([vacuumed, sqlite]);
@@ -166,7 +169,7 @@ export class Snapshotter {
       if (checked.status === 'rejected') throw checked.reason;
       if (written.status === 'rejected') {
         const err = written.reason as NodeJS.ErrnoException;
-        throw new SnapshotFailedError('compress', err?.code, err);
+        throw new SnapshotStepError('compress', err?.code, err);
       }
       const facts = checked.value;
       const { digests, ms: compressMs } = written.value;

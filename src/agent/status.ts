@@ -10,6 +10,7 @@ import type { AgentStatus } from './protocol.js';
 import { databaseBytes } from './snapshotter.js';
 import { prepareSqliteWorker, runSqliteTask } from './sqlite-worker.js';
 import type { FreeBytes, Staging } from './staging.js';
+import { toIsoTime } from '../util/time.js';
 
 export interface StatusSources {
   dbPath: string;
@@ -34,20 +35,6 @@ export async function readStatus(s: StatusSources): Promise<AgentStatus> {
     staging: { freeBytes: Math.max(0, Math.floor(freeBytes)), snapshots: s.staging.count },
     agent: { version: s.version, compressions: s.compressions.available },
   };
-}
-
-/**
- * `published_at` as an ISO time. Stored text is usually ISO already; SQLite's own "YYYY-MM-DD HH:MM:SS" form is
- * UTC by SQLite's convention (JavaScript would read it as local time); numbers are unix seconds or milliseconds.
- * Anything else is passed through as stored, so the operator still sees it.
- */
-export function toIsoTime(value: string | number | null): string | null {
-  if (value === null) return null;
-  if (typeof value === 'number') return new Date(value < 1e11 ? value * 1000 : value).toISOString();
-  const sqliteForm = /^\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(value);
-  const ms = Date.parse(sqliteForm ? `${value.replace(' ', 'T')}Z` : value);
-  const hasZone = sqliteForm || /(Z|[+-]\d{2}:?\d{2})$/i.test(value);
-  return Number.isNaN(ms) || !hasZone ? value : new Date(ms).toISOString();
 }
 
 /** The version in this package's package.json, found by walking up from this file (src/ or dist/src/). */

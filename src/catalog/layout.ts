@@ -1,5 +1,5 @@
 /**
- * Where things live on a target (architecture.md, "On storage"), relative to the target's prefix:
+ * Where things live on a target (docs/architecture.md, "On a target"), relative to the target's prefix:
  *
  *   snapshots/<database>/<YYYY>/<MM>/<DD>/<id>.sqlite.<gz|zst>   the artifact, exactly as the agent made it
  *   snapshots/<database>/<YYYY>/<MM>/<DD>/<id>.json              the manifest: written last, deleted first

@@ -3,7 +3,6 @@
  * read through a zod schema with their etag, written with optional If-Match / If-None-Match so that
  * concurrent invocations cannot both act on the same state.
  */
-import type { Readable } from 'node:stream';
 import type { z } from 'zod';
 import { NotFoundError, TargetError, TcabError, errorMessage } from '../errors.js';
 import type { GetResult, Target } from '../targets/target.js';
@@ -78,7 +77,7 @@ export async function readRecord<T>(target: Target, key: string, schema: z.ZodTy
  * Writes a record. With `ifMatch` (or `ifNoneMatch: '*'`) a concurrent writer makes this throw
  * PreconditionFailedError instead of overwriting: callers act only after such a write succeeds.
  */
-export async function writeRecord<T>(target: Target, key: string, value: T, condition: { ifMatch: string } | { ifNoneMatch: '*' } | {}, signal?: AbortSignal): Promise<string> {
+export async function writeRecord<T>(target: Target, key: string, value: T, condition: { ifMatch: string } | { ifNoneMatch: '*' } | Record<string, never>, signal?: AbortSignal): Promise<string> {
   const body = Buffer.from(JSON.stringify(value, null, 2) + '\n');
   const { etag } = await target.put(key, body, { ...condition, contentType: 'application/json', contentLength: body.length, signal });
   return etag;

@@ -10,10 +10,11 @@ import { loadAgentClientConfig, loadAgentConfig, loadTargetsConfig } from '../co
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { openAgent, openTargets } from '../runtime.js';
-import { parseAtTime, type SnapshotSelector } from '../jobs/select.js';
-import { runSnapshot, SnapshotFailedError } from '../jobs/snapshot.js';
+import { parseAtTime, type SnapshotSelector } from '../catalog/select.js';
+import { runSnapshot, SnapshotFailedError } from '../jobs/snapshot/index.js';
 import { interruptSignal as abortOnSignal, parse, printJson as printJsonTo, UsageError } from './args.js';
-import { formatBytes, progressReporter, table } from './output.js';
+import { formatBytes } from '../util/format.js';
+import { progressReporter, table } from './output.js';
 
 const printJson = (ctx: CommandContext, value: unknown) => printJsonTo(ctx.io, value);
 
@@ -109,7 +110,7 @@ const restore: Command = async (args, ctx) => {
   const selector: SnapshotSelector = values.snapshot !== undefined ? { id: values.snapshot } : values.at !== undefined ? { at: parseAtTime(values.at) } : { latest: true };
   const config = loadTargetsConfig(ctx.env);
   const progress = progressReporter('restoring');
-  const { runRestore } = await import('../jobs/restore.js');
+  const { runRestore } = await import('../jobs/restore/index.js');
   const result = await runRestore(
     { targets: openTargets(config, ctx.logger, values.target), database: config.database, logger: ctx.logger },
     { selector, outPath: values.output, force: Boolean(values.force), signal: abortOnSignal(), onProgress: values.json ? undefined : progress },

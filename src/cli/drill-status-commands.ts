@@ -5,22 +5,22 @@
 import { writeFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { loadTargetsConfig } from '../config.js';
-import { DrillFailedError, runDrill, type DrillResult } from '../jobs/drill.js';
-import { appDrillText, provenText, type DrillRecord } from '../jobs/drill-record.js';
-import { drillAppSource, drillLiveSource, monitorPostgresSource } from '../jobs/health-deps.js';
-import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../jobs/health-settings.js';
-import { runMonitor } from '../jobs/monitor.js';
-import type { State, StatusDocument } from '../jobs/status-doc.js';
-import { VerifyFailedError, runVerifyRotation, type VerifyRotationResult } from '../jobs/verify-rotation.js';
+import { DrillFailedError, runDrill, type DrillResult } from '../jobs/drill/index.js';
+import { appDrillText, provenText, type DrillRecord } from '../catalog/drill-record.js';
+import { drillAppSource, drillLiveSource, monitorPostgresSource } from '../jobs/deps.js';
+import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../jobs/settings.js';
+import { runMonitor } from '../jobs/monitor/index.js';
+import type { State, StatusDocument } from '../jobs/monitor/status-document.js';
+import { VerifyFailedError, runVerifyRotation, type VerifyRotationResult } from '../jobs/verify/index.js';
 import { openTargets } from '../runtime.js';
 import { renderStatusPage } from '../status/page.js';
 import { shortMs } from '../status/svg.js';
 import { formatDuration } from '../util/duration.js';
-import { interruptSignal as interruptible, parse, printJson as printJsonTo, UsageError } from './args.js';
+import { interruptSignal as interruptible, parse, printJson as printJsonTo } from './args.js';
 import type { Command, CommandContext } from './commands.js';
 
 const printJson = (ctx: CommandContext, value: unknown) => printJsonTo(ctx.io, value);
-import { formatBytes } from './output.js';
+import { formatBytes } from '../util/format.js';
 
 /** tcab-backup verify [--all] [--target NAME] [--json] */
 export const verifyCommand: Command = async (args, ctx) => {

@@ -1,15 +1,5 @@
-/** Human output helpers for the CLI: sizes, tables, progress on a TTY. */
-export function formatBytes(n: number): string {
-  if (!Number.isFinite(n)) return '-';
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
-}
+/** Human output helpers for the CLI: tables, progress on a TTY (sizes: src/util/format.ts). */
+import { formatBytes } from '../util/format.js';
 
 export function table(rows: string[][]): string {
   if (rows.length === 0) return '';

@@ -6,13 +6,14 @@
 import { parseArgs } from 'node:util';
 import { loadTargetsConfig } from '../config.js';
 import { errorMessage } from '../errors.js';
-import { PruneFailedError, runPrune, type PruneResult } from '../jobs/prune.js';
-import { ReplicateFailedError, runReplicate, type ReplicateResult } from '../jobs/replicate.js';
+import { PruneFailedError, runPrune, type PruneResult } from '../jobs/prune/index.js';
+import { ReplicateFailedError, runReplicate, type ReplicateResult } from '../jobs/replicate/index.js';
 import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
 import { interruptSignal as interruptible, UsageError } from './args.js';
 import type { Command, CommandContext } from './commands.js';
-import { formatBytes, table } from './output.js';
+import { formatBytes } from '../util/format.js';
+import { table } from './output.js';
 
 function flags(args: string[], withForce: boolean): { dryRun: boolean; json: boolean; force: boolean } {
   try {

@@ -7,9 +7,9 @@
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
 import { backupConfig, invocation } from '../host/context.js';
-import { runDrill } from '../jobs/drill.js';
-import { drillAppSource } from '../jobs/health-deps.js';
-import { loadDrillSettings } from '../jobs/health-settings.js';
+import { runDrill } from '../jobs/drill/index.js';
+import { drillAppSource } from '../jobs/deps.js';
+import { loadDrillSettings } from '../jobs/settings.js';
 import { openAgent, openTargets } from '../runtime.js';
 
 const { app } = functions;

@@ -6,9 +6,9 @@
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
 import { backupConfig, invocation } from '../host/context.js';
-import { monitorPostgresSource } from '../jobs/health-deps.js';
-import { loadMonitorSettings } from '../jobs/health-settings.js';
-import { runMonitor } from '../jobs/monitor.js';
+import { monitorPostgresSource } from '../jobs/deps.js';
+import { loadMonitorSettings } from '../jobs/settings.js';
+import { runMonitor } from '../jobs/monitor/index.js';
 import { openTargets } from '../runtime.js';
 
 const { app } = functions;

@@ -7,7 +7,7 @@ import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
 import { errorMessage } from '../errors.js';
 import { backupConfig, invocation } from '../host/context.js';
-import { runPrune } from '../jobs/prune.js';
+import { runPrune } from '../jobs/prune/index.js';
 import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
 

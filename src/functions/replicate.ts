@@ -7,7 +7,7 @@ import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
 import { errorMessage } from '../errors.js';
 import { backupConfig, invocation } from '../host/context.js';
-import { runReplicate } from '../jobs/replicate.js';
+import { runReplicate } from '../jobs/replicate/index.js';
 import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
 

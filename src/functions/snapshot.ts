@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { AgentError } from '../agent/client.js';
 import { ConfigError, errorMessage } from '../errors.js';
 import { backupConfig, invocation, JobTimeoutError, json, problem, type Invocation } from '../host/context.js';
-import { runSnapshot, SnapshotFailedError, type SnapshotRequest, type SnapshotResult } from '../jobs/snapshot.js';
+import { runSnapshot, SnapshotFailedError, type SnapshotRequest, type SnapshotResult } from '../jobs/snapshot/index.js';
 import { openAgent, openTargets } from '../runtime.js';
 
 const { app } = functions;

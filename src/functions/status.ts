@@ -7,9 +7,9 @@ import functions from '@azure/functions';
 import type { HttpRequest, HttpResponseInit, InvocationContext } from '@azure/functions';
 import { ConfigError, errorMessage } from '../errors.js';
 import { backupConfig, invocation, json, problem } from '../host/context.js';
-import { monitorPostgresSource } from '../jobs/health-deps.js';
-import { loadMonitorSettings } from '../jobs/health-settings.js';
-import { runMonitor } from '../jobs/monitor.js';
+import { monitorPostgresSource } from '../jobs/deps.js';
+import { loadMonitorSettings } from '../jobs/settings.js';
+import { runMonitor } from '../jobs/monitor/index.js';
 import { openTargets } from '../runtime.js';
 import { renderStatusPage } from '../status/page.js';
 

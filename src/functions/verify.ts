@@ -5,8 +5,8 @@
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
 import { backupConfig, invocation } from '../host/context.js';
-import { loadVerifySettings } from '../jobs/health-settings.js';
-import { runVerifyRotation } from '../jobs/verify-rotation.js';
+import { loadVerifySettings } from '../jobs/settings.js';
+import { runVerifyRotation } from '../jobs/verify/index.js';
 import { openTargets } from '../runtime.js';
 
 const { app } = functions;

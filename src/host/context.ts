@@ -43,6 +43,9 @@ export function invocationLogger(context: InvocationContext, onEvent?: EventObse
 }
 
 /** TCAB_BACKUP_JOB_TIMEOUT, read at every invocation; an invalid value fails the invocation naming it. */
+/** How long a job stopped at its timeout gets to settle before its invocation fails anyway. */
+const JOB_SETTLE_GRACE_MS = 60_000;
+
 export function jobTimeoutMs(env: Env = process.env): number {
   const problems = new Problems();
   const fallback = SETTINGS.find((s) => s.name === 'TCAB_BACKUP_JOB_TIMEOUT')!.default;
@@ -88,8 +91,23 @@ export function invocation(context: InvocationContext): Invocation {
           controller.abort(err);
         }, timeoutMs);
       });
+      const running = Promise.resolve().then(() => run(controller.signal));
       try {
-        return await Promise.race([Promise.resolve().then(() => run(controller.signal)), deadline]);
+        return await Promise.race([running, deadline]);
+      } catch (e) {
+        if (controller.signal.aborted) {
+          // The aborted job closes its streams and removes what it staged; the invocation (and a caller's
+          // one-at-a-time flag) ends only after that, or after a bounded wait for a job that ignores the abort.
+          const graceMs = Math.min(timeoutMs, JOB_SETTLE_GRACE_MS);
+          let wait: NodeJS.Timeout | undefined;
+          const settled = await Promise.race([
+            running.then(() => true, () => true),
+            new Promise<false>((resolve) => { wait = setTimeout(() => resolve(false), graceMs); }),
+          ]);
+          clearTimeout(wait);
+          if (!settled) logger.error('job.not_settled', { job, graceMs, note: 'the stopped job did not settle; whatever it holds is released when the instance recycles' });
+        }
+        throw e;
       } finally {
         clearTimeout(timer);
       }

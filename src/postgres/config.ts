@@ -7,8 +7,8 @@ import { z } from 'zod';
 import { booleanSetting, durationMs, NCRONTAB, Problems, read, type Env } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { registerSecret } from '../log.js';
-import { isLoopbackHost } from '../targets/spec.js';
-import { formatDuration, parseDurationMs } from '../util/duration.js';
+import { isLoopbackHost } from '../util/net.js';
+import { formatDuration } from '../util/duration.js';
 import { parseServerId, sameResourceId, type ServerRef } from './resource-id.js';
 
 export const DEFAULT_VALIDATION_SQL = 'SELECT count(*) AS runs, max(published_at) AS newest_published_at FROM runs';

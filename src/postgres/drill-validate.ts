@@ -7,7 +7,7 @@ import type { TokenCredential } from '@azure/identity';
 import pg from 'pg';
 import { errorMessage } from '../errors.js';
 import { redact } from '../log.js';
-import { isLoopbackHost } from '../targets/spec.js';
+import { isLoopbackHost } from '../util/net.js';
 import { formatDuration } from '../util/duration.js';
 import type { PgDrillConfig } from './config.js';
 import type { ValidationCheck } from './records.js';

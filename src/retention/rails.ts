@@ -49,7 +49,7 @@ export interface SafetyRails extends RetentionRailSettings {
 
 /**
  * 'verify-record' is not applied here: prune refuses a target with it when the target's verify record cannot
- * be read, since then no copy there is known to be good (src/jobs/prune.ts).
+ * be read, since then no copy there is known to be good (src/jobs/prune/index.ts).
  */
 export type RailName = 'listing-complete' | 'pinned' | 'newest-verified' | 'min-keep' | 'min-age' | 'max-delete-share' | 'verify-record';
 

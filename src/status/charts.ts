@@ -2,9 +2,9 @@
  * The status page's charts, as inline SVG (no scripts, no external assets). Each chart carries a title and
  * a description for screen readers, and states are marked with words and patterns as well as colour.
  */
-import { formatBytes } from '../cli/output.js';
-import type { AgeThreshold } from '../jobs/health-settings.js';
-import type { DrillSummary, TargetStatus } from '../jobs/status-doc.js';
+import { formatBytes } from '../util/format.js';
+import type { AgeThreshold } from '../jobs/settings.js';
+import type { DrillSummary, TargetStatus } from '../jobs/monitor/status-document.js';
 import { formatDuration } from '../util/duration.js';
 import { esc, niceBytesStep, niceStep, px, shortMs, utcDay, utcMinute } from './svg.js';
 

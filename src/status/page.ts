@@ -4,10 +4,10 @@
  * it shows the state, the recovery point now, the snapshot timeline with sizes, and the recovery-time trend
  * of recent drills. Every state is spelled out in words and marked with a symbol, never by colour alone.
  */
-import { formatBytes } from '../cli/output.js';
-import type { DrillSummary, PostgresStatus, State, StatusDocument, TargetStatus } from '../jobs/status-doc.js';
-import { provenText } from '../jobs/drill-record.js';
-import type { MonitorThresholds } from '../jobs/health-settings.js';
+import { formatBytes } from '../util/format.js';
+import type { DrillSummary, PostgresStatus, State, StatusDocument, TargetStatus } from '../jobs/monitor/status-document.js';
+import { provenText } from '../catalog/drill-record.js';
+import type { MonitorThresholds } from '../jobs/settings.js';
 import { formatDuration } from '../util/duration.js';
 import { COLOURS, patternDefs, recoveryPointGaugeSvg, recoveryTimeSvg, snapshotTimelineSvg } from './charts.js';
 import { esc, shortMs, utcMinute } from './svg.js';

@@ -18,6 +18,7 @@ export interface TargetIdentity {
 
 const MAX_KEY_LENGTH = 1024;
 // Control characters break listings and logs; backslashes mean different things on different backends.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it looks for
 const FORBIDDEN_KEY_CHARS = /[\u0000-\u001f\u007f\\]/;
 
 /** Why `key` cannot name an object, or null when it can. `prefix` allows '' and a trailing '/'. */

@@ -8,6 +8,7 @@
  *   s3://<bucket>[/<prefix>]?endpoint=<URL>&region=<region>[&pathStyle=true]
  */
 import { fileURLToPath } from 'node:url';
+import { isLoopbackHost } from '../util/net.js';
 
 export type TargetSpec = FileTargetSpec | AzureBlobTargetSpec | S3TargetSpec;
 
@@ -150,11 +151,6 @@ function checkEndpoint(name: string, endpoint: string): void {
   if (u.protocol === 'http:' && !isLoopbackHost(u.hostname)) {
     throw new Error(`target "${name}": plain http endpoint "${u.host}" is only allowed on loopback (emulators); use https`);
   }
-}
-
-export function isLoopbackHost(host: string): boolean {
-  const h = host.replace(/^\[|\]$/g, '');
-  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
 }
 
 /** Parses `name=url,name=url` (TCAB_BACKUP_TARGETS). */

@@ -4,8 +4,14 @@ import { createHash, type Hash } from 'node:crypto';
 import { Duplex, finished, PassThrough, Transform, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as zlib from 'node:zlib';
-import type { Compression } from '../agent/protocol.js';
 import { TcabError } from '../errors.js';
+
+/**
+ * The codecs decompressor() undoes, written out here so that util/ does not import the agent. The protocol's
+ * Compression (src/agent/protocol.ts) must stay assignable to it: a codec added there fails the build at the
+ * callers until it is handled here.
+ */
+export type Codec = 'gzip' | 'zstd' | 'none';
 
 /** A pass-through that counts bytes and computes sha256 of everything that flows through it. */
 export class HashingStream extends Transform {
@@ -29,7 +35,7 @@ export class HashingStream extends Transform {
 /** sha256 and length of a whole stream, without keeping it. */
 export async function hashStream(source: Readable, signal?: AbortSignal): Promise<{ sha256: string; bytes: number }> {
   const h = new HashingStream();
-  await pipeline(source, h, async function* (chunks) {
+  await pipeline(source, h, async (chunks: AsyncIterable<Buffer>) => {
     for await (const _ of chunks) {
       /* drain */
     }
@@ -152,7 +158,7 @@ type ZlibWithZstd = typeof zlib & { createZstdDecompress?: () => Transform };
  * A transform that undoes the artifact's compression: node:zlib, or the zstd CLI where Node lacks zstd
  * (`runtimeZstd: false` takes that path on any runtime, so tests cover both).
  */
-export function decompressor(compression: Compression, options: { runtimeZstd?: boolean; zstdCommand?: string } = {}): Duplex {
+export function decompressor(compression: Codec, options: { runtimeZstd?: boolean; zstdCommand?: string } = {}): Duplex {
   switch (compression) {
     case 'none':
       return new PassThrough();

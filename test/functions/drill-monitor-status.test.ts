@@ -4,8 +4,8 @@ import { registration, registrations } from '../support/functions-host.js';
 import { HttpRequest, InvocationContext } from '@azure/functions';
 import { statusKey } from '../../src/catalog/layout.js';
 import { resetBackupConfig } from '../../src/host/context.js';
-import { readRecentDrills } from '../../src/jobs/drill-record.js';
-import { readVerifyRecord } from '../../src/jobs/verify-record.js';
+import { readRecentDrills } from '../../src/catalog/drill-record.js';
+import { readVerifyRecord } from '../../src/catalog/verify-record.js';
 import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 
 let fx: Fixture;
@@ -161,7 +161,7 @@ describe('the application drill setting', () => {
     expect((err as Error).message).toMatch(/failed at step agent: the agent did not run it: .*answered 501.*TCAB_AGENT_DRILL_BACKEND_COMMAND/);
     const drill = (await readRecentDrills(fx.local, DATABASE, 50)).find((d) => d.record?.app);
     expect(drill!.record).toMatchObject({ ok: false, app: { passed: false, failedStep: 'agent' } });
-    await registration('monitorTimer').handler(timer, context('monitorTimer')).catch(() => undefined);
+    await (registration('monitorTimer').handler(timer, context('monitorTimer')) as Promise<unknown>).catch(() => undefined);
     expect(events('monitor.status').at(-1)).toMatchObject({ state: 'critical', appDrills: { local: 'failed at agent' } });
     delete process.env.TCAB_BACKUP_DRILL_APP;
   });

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { HttpRequest, InvocationContext } from '@azure/functions';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { SETTINGS } from '../../src/config.js';
-import { resetBackupConfig } from '../../src/host/context.js';
+import { invocation, resetBackupConfig } from '../../src/host/context.js';
 import { parseDurationMs } from '../../src/util/duration.js';
 
 let work: string;
@@ -118,6 +118,35 @@ describe('a job stuck on a request that is never answered', () => {
   it('fails an invocation whose TCAB_BACKUP_JOB_TIMEOUT is not a duration, naming the variable', async () => {
     setEnv({ TCAB_BACKUP_JOB_TIMEOUT: 'soon' });
     await expect(registration('snapshotTimer').handler(timer, context('snapshotTimer')) as Promise<void>).rejects.toThrow(/TCAB_BACKUP_JOB_TIMEOUT: "soon" is invalid/);
+  });
+});
+
+describe('a job stopped at its timeout', () => {
+  it('is given time to settle before the invocation fails, so a one-at-a-time flag is not released while it still runs', async () => {
+    setEnv();
+    const events: string[] = [];
+    const run = invocation(context('snapshotTimer')).bounded('snapshot', async (signal) => {
+      await once(signal, 'abort');
+      events.push('aborted');
+      // Cleanup after the abort (closing streams, removing staging) takes a while.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      events.push('cleaned up');
+      throw signal.reason;
+    });
+    await expect(run).rejects.toThrow(/The snapshot job did not finish within 1s/);
+    events.push('invocation failed');
+    expect(events).toEqual(['aborted', 'cleaned up', 'invocation failed']);
+  });
+
+  it('fails anyway, and logs it, when the stopped job never settles', async () => {
+    setEnv();
+    logs.length = 0;
+    const started = Date.now();
+    const run = invocation(context('snapshotTimer')).bounded('snapshot', () => new Promise<never>(() => undefined));
+    await expect(run).rejects.toThrow(/The snapshot job did not finish within 1s/);
+    // One second to the timeout and at most as long again for the job to settle.
+    expect(Date.now() - started).toBeLessThan(5_000);
+    expect(logs.join('\n')).toMatch(/job\.not_settled/);
   });
 });
 

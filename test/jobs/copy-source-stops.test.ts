@@ -7,7 +7,7 @@
 import type { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listCatalog } from '../../src/catalog/catalog.js';
-import { CopyError, copySnapshot } from '../../src/jobs/replicate-copy.js';
+import { CopyError, copySnapshot } from '../../src/jobs/replicate/copy.js';
 import type { Target } from '../../src/targets/target.js';
 import { DATABASE, fileTarget, makeSnapshot, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
 

@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/catalog/manifest.js';
-import { readRecentDrills } from '../../src/jobs/drill-record.js';
+import { readRecentDrills } from '../../src/catalog/drill-record.js';
 import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 
 const run = promisify(execFile);

@@ -8,14 +8,14 @@ import { readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { artifactKey } from '../../src/catalog/layout.js';
-import { runPrune } from '../../src/jobs/prune.js';
-import { runReplicate } from '../../src/jobs/replicate.js';
-import { copyState, readVerifyRecord } from '../../src/jobs/verify-record.js';
-import { runVerifyRotation } from '../../src/jobs/verify-rotation.js';
+import { runPrune } from '../../src/jobs/prune/index.js';
+import { runReplicate } from '../../src/jobs/replicate/index.js';
+import { copyState, readVerifyRecord } from '../../src/catalog/verify-record.js';
+import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import {
-  artifactBytes, casesOf, faultOf, MATRIX_RETRY, PRUNE_TABLE, REPLICATE_TABLE, settleWithin, VERIFY_TABLE, type MatrixCase,
+  artifactBytes, casesOf, faultOf, PRUNE_TABLE, REPLICATE_TABLE, settleWithin, VERIFY_TABLE, type MatrixCase,
 } from '../support/fault-matrix.js';
 import { expectOutcome, goodIds, matrixFolder, visibleProblems, type MatrixFolder } from '../support/matrix-world.js';
 import { DATABASE, DAY, HOUR, history, makeSnapshot, snapshotIdAt, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';

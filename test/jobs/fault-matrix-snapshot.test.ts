@@ -5,8 +5,8 @@
  * is as large as the database).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentClient } from '../../src/agent/client.js';
-import { runSnapshot } from '../../src/jobs/snapshot.js';
+import type { AgentClient } from '../../src/agent/client.js';
+import { runSnapshot } from '../../src/jobs/snapshot/index.js';
 import { startAgentPool, type AgentPool } from '../support/agent-pool.js';
 import { casesOf, faultOf, PART, SIZES, SNAPSHOT_TABLE, settleWithin, type MatrixCase, type SizeName } from '../support/fault-matrix.js';
 import { expectOutcome, goodIds, matrixFolder, visibleProblems } from '../support/matrix-world.js';

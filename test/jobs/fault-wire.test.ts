@@ -15,9 +15,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentClient } from '../../src/agent/client.js';
 import { listCatalog, writeManifest } from '../../src/catalog/catalog.js';
 import type { Manifest } from '../../src/catalog/manifest.js';
-import { runReplicate } from '../../src/jobs/replicate.js';
-import { runRestore } from '../../src/jobs/restore.js';
-import { runSnapshot } from '../../src/jobs/snapshot.js';
+import { runReplicate } from '../../src/jobs/replicate/index.js';
+import { runRestore } from '../../src/jobs/restore/index.js';
+import { runSnapshot } from '../../src/jobs/snapshot/index.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
@@ -100,7 +100,7 @@ interface WireCase {
 const UPLOADS: Job[] = ['snapshot', 'replicate to the cloud'];
 const READS: Job[] = ['snapshot', 'replicate from the cloud', 'restore'];
 
-export const WIRE_CASES: WireCase[] = [
+const WIRE_CASES: WireCase[] = [
   { name: 'the 2nd part answered 503 once', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'UploadPart', nth: 2, fault: { status: 503, code: 'SlowDown' } }) },
   { name: 'the 2nd part and every one after answered 500', jobs: UPLOADS, expect: 'fails', rule: () => ({ kind: 'UploadPart', nth: 2, times: Infinity, fault: { status: 500, code: 'InternalError' } }) },
   { name: 'the 2nd part reset before the service has it', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'UploadPart', nth: 2, fault: 'reset' }) },

@@ -7,8 +7,8 @@
 import type { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { manifestKey } from '../../src/catalog/layout.js';
-import { runPrune } from '../../src/jobs/prune.js';
-import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate.js';
+import { runPrune } from '../../src/jobs/prune/index.js';
+import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { PutOptions, Target } from '../../src/targets/target.js';
 import {

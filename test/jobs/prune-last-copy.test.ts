@@ -7,8 +7,8 @@
 import { readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { PruneFailedError, runPrune, type PruneResult } from '../../src/jobs/prune.js';
-import { runVerifyRotation } from '../../src/jobs/verify-rotation.js';
+import { PruneFailedError, runPrune, type PruneResult } from '../../src/jobs/prune/index.js';
+import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { listPage, startFaultProxy } from '../support/fault-proxy.js';

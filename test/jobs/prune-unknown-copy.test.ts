@@ -8,10 +8,10 @@ import { appendFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { verifyRecordKey } from '../../src/catalog/layout.js';
-import { PruneFailedError, runPrune, type PruneResult } from '../../src/jobs/prune.js';
-import { verifyStoredSnapshot } from '../../src/jobs/verify.js';
-import { copyState, readVerifyRecord } from '../../src/jobs/verify-record.js';
-import { runVerifyRotation } from '../../src/jobs/verify-rotation.js';
+import { PruneFailedError, runPrune, type PruneResult } from '../../src/jobs/prune/index.js';
+import { verifyStoredSnapshot } from '../../src/jobs/verify/check.js';
+import { copyState, readVerifyRecord } from '../../src/catalog/verify-record.js';
+import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy } from '../support/fault-proxy.js';
@@ -163,5 +163,23 @@ describe('prune: a verify record that cannot be read makes that target\'s copies
     expect(await idsOn(b.target)).toEqual(ids);
     expect(await idsOn(a.target)).toEqual(ids);
     expect(await verifyStoredSnapshot(b.target, DATABASE, ids[0]!)).toMatchObject({ ok: true });
+  });
+  it('names both refusals when max-delete-share refuses the plan and the verify record cannot be read', async () => {
+    const b = await world.folder('b');
+    const snaps = history(4, ago(HOUR), DAY);
+    await store(b.target, snaps);
+    await b.target.put(RECORD, Buffer.from('{ "formatVersion": 1, half a record'));
+    const err = await runPrune({
+      targets: [b.target], database: DATABASE,
+      retention: loadRetentionConfig({
+        TCAB_BACKUP_RETENTION_MIN_KEEP: '0', TCAB_BACKUP_RETENTION_MIN_AGE: '0s', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '0.5',
+        TCAB_BACKUP_RETENTION_B: 'last=1',
+      }, ['b']),
+    }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PruneFailedError);
+    const message = (err as Error).message;
+    expect(message).toContain(RECORD);
+    expect(message).toMatch(/max-delete-share rail refused this run too: .*3 of 4/);
+    expect(await idsOn(b.target)).toEqual(snaps.map((s) => s.manifest.id));
   });
 });

@@ -6,7 +6,7 @@
  */
 import { request as httpRequest } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate.js';
+import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/index.js';
 import { createLogger, type Fields } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';

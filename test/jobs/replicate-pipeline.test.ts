@@ -5,7 +5,7 @@
  * order of requests as the servers saw it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runReplicate } from '../../src/jobs/replicate.js';
+import { runReplicate } from '../../src/jobs/replicate/index.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UsageError, type CommandContext } from '../../src/cli/commands.js';
 import { pruneCommand, replicateCommand } from '../../src/cli/replicate-prune-commands.js';
 import { ConfigError } from '../../src/errors.js';
-import { PruneFailedError } from '../../src/jobs/prune.js';
+import { PruneFailedError } from '../../src/jobs/prune/index.js';
 import { silentLogger } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';

@@ -6,10 +6,10 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readManifest } from '../../src/catalog/catalog.js';
-import { runPrune } from '../../src/jobs/prune.js';
-import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate.js';
-import { copyState, readVerifyRecord } from '../../src/jobs/verify-record.js';
-import { runVerifyRotation } from '../../src/jobs/verify-rotation.js';
+import { runPrune } from '../../src/jobs/prune/index.js';
+import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/index.js';
+import { copyState, readVerifyRecord } from '../../src/catalog/verify-record.js';
+import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import {

@@ -7,7 +7,7 @@ import { readFile, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { readManifest } from '../../src/catalog/catalog.js';
-import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate.js';
+import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';

@@ -18,8 +18,8 @@ import type { Manifest } from '../../src/catalog/manifest.js';
 import { main as cli } from '../../src/cli/main.js';
 import { createSampleDatabase, SAMPLE_SCHEMA } from '../../src/dev/sample-db.js';
 import { firstValue, inTransaction, openDatabase } from '../../src/util/sqlite.js';
-import { runRestore } from '../../src/jobs/restore.js';
-import { runSnapshot } from '../../src/jobs/snapshot.js';
+import { runRestore } from '../../src/jobs/restore/index.js';
+import { runSnapshot } from '../../src/jobs/snapshot/index.js';
 import { openTarget } from '../../src/targets/index.js';
 import type { GetOptions, GetResult, Target } from '../../src/targets/target.js';
 

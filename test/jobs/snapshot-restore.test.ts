@@ -17,7 +17,7 @@ import { listCatalog, readManifest } from '../../src/catalog/catalog.js';
 import { main as cli } from '../../src/cli/main.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { startWriter } from '../../src/dev/writer.js';
-import { runSnapshot, SnapshotFailedError } from '../../src/jobs/snapshot.js';
+import { runSnapshot, SnapshotFailedError } from '../../src/jobs/snapshot/index.js';
 import { createLogger } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
 import type { Target } from '../../src/targets/target.js';

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { SETTINGS } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
-import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../../src/jobs/health-settings.js';
-import { longestGapMs } from '../../src/jobs/schedule-gap.js';
-import { lastReadAt, planVerifyRotation, type RotationCandidate } from '../../src/jobs/verify-rotation.js';
-import type { VerifyEntry } from '../../src/jobs/verify-record.js';
+import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../../src/jobs/settings.js';
+import { longestGapMs } from '../../src/util/schedule-gap.js';
+import { lastReadAt, planVerifyRotation, type RotationCandidate } from '../../src/jobs/verify/index.js';
+import type { VerifyEntry } from '../../src/catalog/verify-record.js';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
@@ -142,7 +142,9 @@ describe('verify rotation', () => {
     // Checked one a day over the last 14 days, in a shuffled order.
     const order = [5, 2, 9, 0, 13, 7, 11, 1, 4, 12, 3, 8, 6, 10];
     const entries: Record<string, VerifyEntry> = {};
-    order.forEach((ci, day) => (entries[candidates[ci]!.id] = { checkedAt: new Date(now.getTime() - (14 - day) * DAY + HOUR).toISOString(), ok: true }));
+    order.forEach((ci, day) => {
+      entries[candidates[ci]!.id] = { checkedAt: new Date(now.getTime() - (14 - day) * DAY + HOUR).toISOString(), ok: true };
+    });
     // A 28-day window: nothing is due, so the one snapshot of this run's share is the least recently read.
     const plan = planVerifyRotation(candidates, entries, { now, withinMs: 28 * DAY, intervalMs: DAY });
     expect(plan.selected).toEqual([{ id: candidates[5]!.id, reason: 'share' }]);

@@ -7,13 +7,13 @@
  */
 import { describe, expect, it } from 'vitest';
 import { verifyRecordKey } from '../../src/catalog/layout.js';
-import { loadMonitorSettings } from '../../src/jobs/health-settings.js';
-import { runMonitor } from '../../src/jobs/monitor.js';
-import { runPrune, type PruneResult } from '../../src/jobs/prune.js';
-import { runReplicate } from '../../src/jobs/replicate.js';
-import { verifyStoredSnapshot } from '../../src/jobs/verify.js';
-import { copyState, readVerifyRecord } from '../../src/jobs/verify-record.js';
-import { VerifyFailedError, runVerifyRotation } from '../../src/jobs/verify-rotation.js';
+import { loadMonitorSettings } from '../../src/jobs/settings.js';
+import { runMonitor } from '../../src/jobs/monitor/index.js';
+import { runPrune, type PruneResult } from '../../src/jobs/prune/index.js';
+import { runReplicate } from '../../src/jobs/replicate/index.js';
+import { verifyStoredSnapshot } from '../../src/jobs/verify/check.js';
+import { copyState, readVerifyRecord } from '../../src/catalog/verify-record.js';
+import { VerifyFailedError, runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import { renderStatusPage } from '../../src/status/page.js';
 import type { Target } from '../../src/targets/target.js';

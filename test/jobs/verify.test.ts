@@ -4,8 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyRecordKey } from '../../src/catalog/layout.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
-import { VerifyFailedError, runVerifyRotation } from '../../src/jobs/verify-rotation.js';
-import { copyState, readVerifyRecord, recordVerifyResults } from '../../src/jobs/verify-record.js';
+import { VerifyFailedError, runVerifyRotation } from '../../src/jobs/verify/index.js';
+import { copyState, readVerifyRecord, recordVerifyResults } from '../../src/catalog/verify-record.js';
 import { capturingLogger, DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 
 const DAY = 86_400_000;

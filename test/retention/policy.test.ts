@@ -24,7 +24,11 @@ function referencePlan(snapshots: RetentionSnapshot[], policy: RetentionPolicy, 
 
   const firstsOfPeriods = (indices: number[], key: (i: number) => number) => {
     const seen = new Set<number>();
-    return indices.filter((i) => (seen.has(key(i)) ? false : (seen.add(key(i)), true)));
+    return indices.filter((i) => {
+      if (seen.has(key(i))) return false;
+      seen.add(key(i));
+      return true;
+    });
   };
   const all = sorted.map((_, i) => i);
   const perSnapshot: Array<Array<[number, string]>> = sorted.map(() => []);
@@ -33,12 +37,12 @@ function referencePlan(snapshots: RetentionSnapshot[], policy: RetentionPolicy, 
 
   for (const list of policy.tags ?? []) {
     const o = order++;
-    all.filter((i) => list.every((t) => sorted[i]!.tags.includes(t))).forEach((i) => note(i, `has tags [${list.join(', ')}]`, o));
+    for (const i of all.filter((i) => list.every((t) => sorted[i]!.tags.includes(t)))) note(i, `has tags [${list.join(', ')}]`, o);
   }
   if (policy.within) {
     const cutoff = subtractCalendarDuration(ref, policy.within);
     const o = order++;
-    all.filter((i) => ms(i) > cutoff).forEach((i) => note(i, 'within', o));
+    for (const i of all.filter((i) => ms(i) > cutoff)) note(i, 'within', o);
   }
   const countRules: Array<[keyof RetentionPolicy, (i: number) => number, string]> = [
     ['last', (i) => i, 'last'], ['hourly', (i) => hourOf(ms(i)), 'hourly'], ['daily', (i) => dayOf(ms(i)), 'daily'],
@@ -50,7 +54,7 @@ function referencePlan(snapshots: RetentionSnapshot[], policy: RetentionPolicy, 
     const o = order++;
     const firsts = firstsOfPeriods(all, key);
     const chosen = n === -1 ? firsts : firsts.slice(0, n);
-    chosen.forEach((i) => note(i, `${word} snapshot`, o));
+    for (const i of chosen) note(i, `${word} snapshot`, o);
     const usedBeforeOldest = chosen.filter((i) => i < oldest).length;
     if (!chosen.includes(oldest) && (n === -1 || usedBeforeOldest < n)) note(oldest, `oldest ${word} snapshot`, o);
   }
@@ -65,7 +69,7 @@ function referencePlan(snapshots: RetentionSnapshot[], policy: RetentionPolicy, 
     const cutoff = subtractCalendarDuration(ref, d);
     const inside = all.filter((i) => ms(i) > cutoff);
     const firsts = firstsOfPeriods(inside, key);
-    firsts.forEach((i) => note(i, `${word} within`, o));
+    for (const i of firsts) note(i, `${word} within`, o);
     if (inside.includes(oldest) && !firsts.includes(oldest)) note(oldest, `oldest ${word} within`, o);
   }
   for (const [i, notes] of perSnapshot.entries()) for (const [, r] of notes.sort((a, b) => a[0] - b[0])) add(sorted[i]!.id, r);

@@ -35,7 +35,7 @@ describe('drill, verify and status commands', () => {
   it('drill prints what a restore would lose and how long it took; --json is the drill result', async () => {
     const human = await run(drillCommand, []);
     expect(human.code).toBe(0);
-    expect(human.stdout).toMatch(/^restore drill \S+ of "tcab":\n  target local: snapshot \S+ restored and verified in (\d+ ms|\d+(\.\d)? s)/);
+    expect(human.stdout).toMatch(/^restore drill \S+ of "tcab":\n {2}target local: snapshot \S+ restored and verified in (\d+ ms|\d+(\.\d)? s)/);
     expect(human.stdout).toContain('runs published since the snapshot: 3');
     expect(human.stdout).toMatch(/runs 80 -> 83 \(\+3\)/);
     const json = JSON.parse((await run(drillCommand, ['--json'])).stdout);

@@ -12,7 +12,7 @@ import { AgentClient } from '../../src/agent/client.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { startAzurite, type Azurite } from '../../src/dev/emulators.js';
-import { runSnapshot, type SnapshotResult } from '../../src/jobs/snapshot.js';
+import { runSnapshot, type SnapshotResult } from '../../src/jobs/snapshot/index.js';
 import { createLogger, type Logger } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';

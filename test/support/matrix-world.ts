@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { listCatalog } from '../../src/catalog/catalog.js';
-import { verifyStoredSnapshot } from '../../src/jobs/verify.js';
+import { verifyStoredSnapshot } from '../../src/jobs/verify/check.js';
 import { FileTarget } from '../../src/targets/file.js';
 import { withRetry } from '../../src/targets/retry.js';
 import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';

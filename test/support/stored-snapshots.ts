@@ -14,7 +14,7 @@ import { listCatalog, writeManifest } from '../../src/catalog/catalog.js';
 import { artifactKey } from '../../src/catalog/layout.js';
 import { MANIFEST_FORMAT_VERSION, type Manifest } from '../../src/catalog/manifest.js';
 import { startAzurite, startS3Server, type Azurite, type S3Server } from '../../src/dev/emulators.js';
-import { verifyStoredSnapshot } from '../../src/jobs/verify.js';
+import { verifyStoredSnapshot } from '../../src/jobs/verify/check.js';
 import { openTarget, type OpenTargetOptions } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';

@@ -30,18 +30,18 @@
  * This rail runs after the others, so max-delete-share judges the plan before it: it may refuse more, never
  * less.
  */
-import { idTime, verifyRecordKey } from '../catalog/layout.js';
-import { copyState, readVerifyRecord, type VerifyRecord } from './verify-record.js';
-import { TargetError, TcabError, errorMessage } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import { planRetention, type KeptSnapshot } from '../retention/policy.js';
-import { applySafetyRails, type RailReport, type RailSnapshot } from '../retention/rails.js';
-import type { RetentionConfig } from '../retention/settings.js';
-import { abortError } from '../targets/failure.js';
-import type { Target } from '../targets/target.js';
-import { removeOrphan, removeSnapshot } from './prune-delete.js';
-import { planReplication } from './replicate-plan.js';
-import { readTargetCatalog, type TargetCatalog } from './replicate-prune-catalog.js';
+import { idTime, verifyRecordKey } from '../../catalog/layout.js';
+import { copyState, readVerifyRecord, type VerifyRecord } from '../../catalog/verify-record.js';
+import { TargetError, TcabError, errorMessage } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import { planRetention, type KeptSnapshot } from '../../retention/policy.js';
+import { applySafetyRails, type RailReport, type RailSnapshot } from '../../retention/rails.js';
+import type { RetentionConfig } from '../../retention/settings.js';
+import { abortError } from '../../targets/failure.js';
+import type { Target } from '../../targets/target.js';
+import { removeOrphan, removeSnapshot } from './delete.js';
+import { planReplication } from '../replicate/plan.js';
+import { readTargetCatalog, type TargetCatalog } from '../../catalog/target-catalog.js';
 
 /** Data without a manifest younger than this may be an upload in progress; older is garbage. */
 export const GARBAGE_AGE_MS = 24 * 3_600_000;
@@ -233,9 +233,12 @@ function refuseUnknownCopies(plan: TargetPlan, ids: string[]): void {
   const check = damaged
     ? `run "tcab-backup verify --target ${name}": it re-reads every snapshot there and writes a new record; then run prune again`
     : `the reachability of target "${name}" and that the function app may read ${key} there, then run prune again`;
+  // A rail that refused first (max-delete-share) keeps its say: the operator must hear of both.
+  const earlier = plan.outcome.refused;
   plan.outcome.refused = {
     rail: 'verify-record', ids,
-    message: `Retention refused on target "${name}": its verify record ${key} could not be read (${message}), so whether its copies are good is unknown; nothing is removed there (the plan would remove ${ids.length}), and no other target removes a snapshot on the strength of its copies. Check: ${check}`,
+    message: `Retention refused on target "${name}": its verify record ${key} could not be read (${message}), so whether its copies are good is unknown; nothing is removed there (the plan would remove ${ids.length}), and no other target removes a snapshot on the strength of its copies. Check: ${check}`
+      + (earlier ? `. The ${earlier.rail} rail refused this run too: ${earlier.message}` : ''),
   };
   const refused = new Set(ids);
   plan.outcome.kept = plan.outcome.kept.filter((k) => !refused.has(k.id));

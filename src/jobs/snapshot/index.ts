@@ -7,14 +7,14 @@
  * healthy targets have their snapshot. Nothing is half-visible: data without a manifest is not a snapshot.
  */
 import { PassThrough, pipeline } from 'node:stream';
-import type { Compression, SnapshotDescription } from '../agent/protocol.js';
-import { artifactKey } from '../catalog/layout.js';
-import { MANIFEST_FORMAT_VERSION, PIN_TAG, type Manifest, type Trigger } from '../catalog/manifest.js';
-import { writeManifest } from '../catalog/catalog.js';
-import { IntegrityError, TcabError, errorMessage } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import type { Target } from '../targets/target.js';
-import { HashingStream, fanOut, hashStream } from '../util/streams.js';
+import type { Compression, SnapshotDescription } from '../../agent/protocol.js';
+import { artifactKey } from '../../catalog/layout.js';
+import { MANIFEST_FORMAT_VERSION, PIN_TAG, type Manifest, type Trigger } from '../../catalog/manifest.js';
+import { writeManifest } from '../../catalog/catalog.js';
+import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import type { Target } from '../../targets/target.js';
+import { HashingStream, fanOut, hashStream } from '../../util/streams.js';
 import type { Readable } from 'node:stream';
 
 /** What the job needs from the agent (AgentClient implements it). */

@@ -13,9 +13,9 @@
  * good.
  */
 import { z } from 'zod';
-import { verifyRecordKey } from '../catalog/layout.js';
+import { verifyRecordKey } from './layout.js';
 import { PreconditionFailedError, TargetError, isAbortError } from '../errors.js';
-import { readRecord, writeRecord } from '../catalog/records.js';
+import { readRecord, writeRecord } from './records.js';
 import type { Target } from '../targets/target.js';
 
 export const VERIFY_RECORD_FORMAT_VERSION = 1;
@@ -146,7 +146,7 @@ export async function recordVerifyResults(target: Target, database: string, upda
   const key = verifyRecordKey(database);
   for (let attempt = 0; ; attempt++) {
     let stored: Awaited<ReturnType<typeof readRecord<VerifyRecord>>>;
-    let condition: { ifMatch: string } | { ifNoneMatch: '*' } | {} = {};
+    let condition: { ifMatch: string } | { ifNoneMatch: '*' } | Record<string, never> = {};
     try {
       stored = await readRecord(target, key, VerifyRecordSchema, signal, MAX_VERIFY_RECORD_BYTES);
       condition = stored ? { ifMatch: stored.etag } : { ifNoneMatch: '*' };

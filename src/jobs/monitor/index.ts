@@ -5,18 +5,18 @@
  * target it can reach, logs `monitor.status` with `state`, and throws when the state is critical so the
  * invocation fails and the alert fires. An unreachable target is critical.
  */
-import { listCatalog, readManifest } from '../catalog/catalog.js';
-import { statusKey } from '../catalog/layout.js';
-import { TcabError, errorMessage } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import { writeRecord } from '../catalog/records.js';
-import { pgStatusSummary } from '../postgres/status.js';
-import type { ServerRef } from '../postgres/resource-id.js';
-import type { Target } from '../targets/target.js';
-import { readRecentDrills } from './drill-record.js';
-import type { MonitorThresholds } from './health-settings.js';
-import { RECENT_DRILLS, addProblem, buildStatusDocument, type PostgresFacts, type StatusDocument, type TargetFacts } from './status-doc.js';
-import { readVerifyRecord } from './verify-record.js';
+import { listCatalog, readManifest } from '../../catalog/catalog.js';
+import { statusKey } from '../../catalog/layout.js';
+import { TcabError, errorMessage } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import { writeRecord } from '../../catalog/records.js';
+import { pgStatusSummary } from '../../postgres/status.js';
+import type { ServerRef } from '../../postgres/resource-id.js';
+import type { Target } from '../../targets/target.js';
+import { readRecentDrills } from '../../catalog/drill-record.js';
+import type { MonitorThresholds } from '../settings.js';
+import { RECENT_DRILLS, addProblem, buildStatusDocument, type PostgresFacts, type StatusDocument, type TargetFacts } from './status-document.js';
+import { readVerifyRecord } from '../../catalog/verify-record.js';
 
 /** Drill records read per target: enough to find the last success behind a run of failures. */
 const DRILLS_READ = RECENT_DRILLS * 2;

@@ -3,15 +3,15 @@
  * manifest while the bytes pass. A mismatch fails the body stream before its end, so the destination's put
  * fails and, by the Target contract, commits nothing: a corrupt source is never spread, and no partial copy
  * becomes visible. Only after the data is stored is the manifest written, and then the data is looked at
- * once more (see settle in prune-delete.ts for the other half of that handshake).
+ * once more (see settle in prune/delete.ts for the other half of that handshake).
  */
 import { finished, Transform, type TransformCallback } from 'node:stream';
 import { createHash, type Hash } from 'node:crypto';
-import { manifestArtifactKey, writeManifest } from '../catalog/catalog.js';
-import { manifestKey } from '../catalog/layout.js';
-import type { Manifest } from '../catalog/manifest.js';
-import { IntegrityError, NotFoundError, TcabError, errorMessage } from '../errors.js';
-import type { Target } from '../targets/target.js';
+import { manifestArtifactKey, writeManifest } from '../../catalog/catalog.js';
+import { manifestKey } from '../../catalog/layout.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import { IntegrityError, NotFoundError, TcabError, errorMessage } from '../../errors.js';
+import type { Target } from '../../targets/target.js';
 
 /** Which side of a copy failed: the fix differs (another source, or the destination's health). */
 export class CopyError extends TcabError {

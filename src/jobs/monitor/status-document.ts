@@ -17,12 +17,12 @@
  * Postgres servers (when configured): a policy violation or unreadable records: critical; check or successful
  * drill older than the thresholds: warn or critical; no record yet: warn.
  */
-import type { Manifest } from '../catalog/manifest.js';
-import type { PgServerStatus } from '../postgres/status.js';
-import { formatDuration } from '../util/duration.js';
-import { appDrillText, type DrillChecks, type DrillRecord } from './drill-record.js';
-import type { AgeThreshold, MonitorThresholds } from './health-settings.js';
-import { verdictOf, type VerifyRecord } from './verify-record.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import type { PgServerStatus } from '../../postgres/status.js';
+import { formatDuration } from '../../util/duration.js';
+import { appDrillText, type DrillChecks, type DrillRecord } from '../../catalog/drill-record.js';
+import type { AgeThreshold, MonitorThresholds } from '../settings.js';
+import { verdictOf, type VerifyRecord } from '../../catalog/verify-record.js';
 
 export const STATUS_FORMAT_VERSION = 1;
 export type State = 'ok' | 'warn' | 'critical';

@@ -17,13 +17,13 @@
  * (pinned, newest verified, min keep, min age). Copying less than that would leave a target short of
  * snapshots its prune keeps; copying more would churn.
  */
-import type { Manifest } from '../catalog/manifest.js';
-import { TcabError } from '../errors.js';
-import { planRetention } from '../retention/policy.js';
-import { applySafetyRails, type RailSnapshot } from '../retention/rails.js';
-import type { RetentionConfig } from '../retention/settings.js';
-import type { TargetCatalog } from './replicate-prune-catalog.js';
-import { copyState, type VerifyRecord } from './verify-record.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import { TcabError } from '../../errors.js';
+import { planRetention } from '../../retention/policy.js';
+import { applySafetyRails, type RailSnapshot } from '../../retention/rails.js';
+import type { RetentionConfig } from '../../retention/settings.js';
+import type { TargetCatalog } from '../../catalog/target-catalog.js';
+import { copyState, type VerifyRecord } from '../../catalog/verify-record.js';
 
 export interface PlannedCopy {
   id: string;

@@ -1,6 +1,6 @@
 /**
  * Re-reading one stored artifact and checking it against its manifest (size and sha256), so that silent
- * corruption on a target is found while another copy still exists. verify-rotation.ts decides which
+ * corruption on a target is found while another copy still exists. index.ts (the verify job) decides which
  * snapshots each run reads.
  *
  * Two ways a check does not pass, kept apart because they call for opposite actions: 'damaged' (the bytes,
@@ -8,11 +8,11 @@
  * (the target did not deliver them: the copy may be intact, so it is neither replaced nor counted as good,
  * and the next run reads it again).
  */
-import { manifestArtifactKey, readManifest } from '../catalog/catalog.js';
-import { NotFoundError, TargetError, TcabError, errorMessage } from '../errors.js';
-import type { Target } from '../targets/target.js';
-import { hashStream } from '../util/streams.js';
-import type { Verdict } from './verify-record.js';
+import { manifestArtifactKey, readManifest } from '../../catalog/catalog.js';
+import { NotFoundError, TargetError, TcabError, errorMessage } from '../../errors.js';
+import type { Target } from '../../targets/target.js';
+import { hashStream } from '../../util/streams.js';
+import type { Verdict } from '../../catalog/verify-record.js';
 
 export interface VerifyOutcome {
   target: string;

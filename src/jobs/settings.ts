@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { isAbsolute } from 'node:path';
 import { Problems, SETTINGS, booleanSetting, durationMs, read, type Env } from '../config.js';
 import { formatDuration } from '../util/duration.js';
-import { longestGapMs } from './schedule-gap.js';
+import { longestGapMs } from '../util/schedule-gap.js';
 
 export interface AgeThreshold {
   warnMs: number;

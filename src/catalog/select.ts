@@ -1,6 +1,6 @@
 /** Picking a snapshot on a target: by id, as of a time, or the latest. */
-import { listCatalog, readManifest } from '../catalog/catalog.js';
-import type { Manifest } from '../catalog/manifest.js';
+import { listCatalog, readManifest } from './catalog.js';
+import type { Manifest } from './manifest.js';
 import { NotFoundError, TcabError } from '../errors.js';
 import type { Target } from '../targets/target.js';
 

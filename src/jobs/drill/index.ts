@@ -29,21 +29,21 @@
 import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import type { AppDrillArtifact } from '../agent/client.js';
-import type { AppDrillResult, AgentStatus } from '../agent/protocol.js';
-import { manifestArtifactKey } from '../catalog/catalog.js';
-import { toIsoTime } from '../agent/status.js';
-import type { Manifest } from '../catalog/manifest.js';
-import { NotFoundError, TcabError, errorMessage } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import { newDrillId } from '../catalog/layout.js';
-import type { Target } from '../targets/target.js';
-import { DRILL_RECORD_FORMAT_VERSION, trimDrillRecords, writeDrillRecord, type AppDrillRecord, type DrillRecord } from './drill-record.js';
-import { runRestore } from './restore.js';
-import { firstValue, openDatabase } from '../util/sqlite.js';
-import { verifyByStreaming } from './drill-stream.js';
-import type { DrillMethodSetting } from './health-settings.js';
-import { selectSnapshot } from './select.js';
+import type { AppDrillArtifact } from '../../agent/client.js';
+import type { AppDrillResult, AgentStatus } from '../../agent/protocol.js';
+import { manifestArtifactKey } from '../../catalog/catalog.js';
+import { toIsoTime } from '../../util/time.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import { NotFoundError, TcabError, errorMessage } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import { newDrillId } from '../../catalog/layout.js';
+import type { Target } from '../../targets/target.js';
+import { DRILL_RECORD_FORMAT_VERSION, trimDrillRecords, writeDrillRecord, type AppDrillRecord, type DrillRecord } from '../../catalog/drill-record.js';
+import { runRestore } from '../restore/index.js';
+import { firstValue, openDatabase } from '../../util/sqlite.js';
+import { verifyByStreaming } from './stream.js';
+import type { DrillMethodSetting } from '../settings.js';
+import { selectSnapshot } from '../../catalog/select.js';
 
 /** What the drill needs from the agent (AgentClient implements it). */
 export interface LiveStatusSource {

@@ -3,12 +3,12 @@
  * against the listing, so both jobs agree on what "this target has snapshot X" means: a readable manifest
  * whose artifact is listed at the size the manifest gives.
  */
-import { listCatalog, manifestArtifactKey, readManifest } from '../catalog/catalog.js';
-import { idTime } from '../catalog/layout.js';
-import type { Manifest } from '../catalog/manifest.js';
+import { listCatalog, manifestArtifactKey, readManifest } from './catalog.js';
+import { idTime } from './layout.js';
+import type { Manifest } from './manifest.js';
 import { NotFoundError, errorMessage } from '../errors.js';
 import type { ObjectInfo, Target } from '../targets/target.js';
-import { forEachLimit } from './replicate-prune-pool.js';
+import { forEachLimit } from '../util/pool.js';
 
 export interface StoredSnapshot {
   id: string;

@@ -4,8 +4,8 @@
  * the status page read the recent ones.
  */
 import { z } from 'zod';
-import { drillKey, drillsPrefix } from '../catalog/layout.js';
-import { readRecord, writeRecord } from '../catalog/records.js';
+import { drillKey, drillsPrefix } from './layout.js';
+import { readRecord, writeRecord } from './records.js';
 import type { Target } from '../targets/target.js';
 import { errorMessage } from '../errors.js';
 

@@ -13,21 +13,21 @@
  *
  * Safe to run at the same time as itself and as prune, without a lock: two copies of one snapshot write the
  * same bytes and equivalent manifests; a manifest is written only after its data is stored and verified;
- * and the manifest-then-data-check handshake with prune (replicate-copy.ts, prune-delete.ts) withdraws any
+ * and the manifest-then-data-check handshake with prune (copy.ts, ../prune/delete.ts) withdraws any
  * manifest whose data a concurrent prune removed. A lock would add an expiry to tune and a stuck-lock
  * failure mode, and would still need the same ordering to survive a crash.
  */
-import { TcabError, errorMessage } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import type { RetentionConfig } from '../retention/settings.js';
-import { backoffMs, isRetryable, sleep, type RetryOptions } from '../targets/retry.js';
-import type { Target } from '../targets/target.js';
-import type { Manifest } from '../catalog/manifest.js';
-import { copySnapshot, CopyError, type CopyResult } from './replicate-copy.js';
-import { planReplication, type DestinationPlan, type SkippedCopy } from './replicate-plan.js';
-import { readTargetCatalog, type TargetCatalog } from './replicate-prune-catalog.js';
-import { forEachLimit, Gate } from './replicate-prune-pool.js';
-import { readVerifyRecord, recordRewrittenCopies, type VerifyEntry, type VerifyRecord } from './verify-record.js';
+import { TcabError, errorMessage } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import type { RetentionConfig } from '../../retention/settings.js';
+import { backoffMs, isRetryable, sleep, type RetryOptions } from '../../targets/retry.js';
+import type { Target } from '../../targets/target.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import { copySnapshot, CopyError, type CopyResult } from './copy.js';
+import { planReplication, type DestinationPlan, type SkippedCopy } from './plan.js';
+import { readTargetCatalog, type TargetCatalog } from '../../catalog/target-catalog.js';
+import { forEachLimit, Gate } from '../../util/pool.js';
+import { readVerifyRecord, recordRewrittenCopies, type VerifyEntry, type VerifyRecord } from '../../catalog/verify-record.js';
 
 export interface ReplicateDeps {
   targets: Target[];

@@ -10,11 +10,11 @@
  */
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { manifestArtifactKey } from '../catalog/catalog.js';
-import type { Manifest } from '../catalog/manifest.js';
-import { IntegrityError, TcabError, errorMessage } from '../errors.js';
-import type { Target } from '../targets/target.js';
-import { HashingStream, decompressor } from '../util/streams.js';
+import { manifestArtifactKey } from '../../catalog/catalog.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
+import type { Target } from '../../targets/target.js';
+import { HashingStream, decompressor } from '../../util/streams.js';
 
 /**
  * Resolves once the bytes match the manifest; throws naming what differs. Messages leave out the target and

@@ -9,8 +9,8 @@ import { isPgConfigured } from '../postgres/config.js';
 import { parseServerId, type ServerRef } from '../postgres/resource-id.js';
 import { openAgent } from '../runtime.js';
 import type { Target } from '../targets/target.js';
-import type { DrillDeps } from './drill.js';
-import type { MonitorDeps } from './monitor.js';
+import type { DrillDeps } from './drill/index.js';
+import type { MonitorDeps } from './monitor/index.js';
 
 /**
  * The Postgres servers the monitor reports on, and the target holding their records: the first target of

@@ -2,14 +2,14 @@
  * Deleting from a target without ever leaving a manifest whose data is gone, even while replicate copies
  * to the same target: the manifest goes first, then the data; and afterwards the manifest key is looked at
  * once more. Replicate does the mirror image (data, manifest, then look at the data again; see
- * replicate-copy.ts). Whichever of the two acts last sees the other's work and withdraws a manifest whose
+ * replicate/copy.ts). Whichever of the two acts last sees the other's work and withdraws a manifest whose
  * data is gone, so no interleaving ends with a visible snapshot that cannot be restored.
  */
-import { manifestArtifactKey, readManifest } from '../catalog/catalog.js';
-import { manifestKey, parseArtifactKey } from '../catalog/layout.js';
-import { NotFoundError, ObjectHeldError, TcabError, errorMessage } from '../errors.js';
-import type { ObjectInfo, Target } from '../targets/target.js';
-import type { StoredSnapshot } from './replicate-prune-catalog.js';
+import { manifestArtifactKey, readManifest } from '../../catalog/catalog.js';
+import { manifestKey, parseArtifactKey } from '../../catalog/layout.js';
+import { NotFoundError, ObjectHeldError, TcabError, errorMessage } from '../../errors.js';
+import type { ObjectInfo, Target } from '../../targets/target.js';
+import type { StoredSnapshot } from '../../catalog/target-catalog.js';
 
 export type RemoveOutcome =
   | { status: 'removed' }

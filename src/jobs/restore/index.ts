@@ -13,18 +13,18 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { access, link, mkdir, open, rename, rm } from 'node:fs/promises';
+import { link, lstat, mkdir, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { manifestArtifactKey } from '../catalog/catalog.js';
-import type { Manifest } from '../catalog/manifest.js';
-import { IntegrityError, TcabError, errorMessage } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import type { Target } from '../targets/target.js';
-import { firstColumn, firstValue, openDatabase } from '../util/sqlite.js';
-import { HashingStream, decompressor } from '../util/streams.js';
-import { describeSelector, selectSnapshot, type SnapshotSelector } from './select.js';
+import { manifestArtifactKey } from '../../catalog/catalog.js';
+import type { Manifest } from '../../catalog/manifest.js';
+import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import type { Target } from '../../targets/target.js';
+import { firstColumn, firstValue, openDatabase } from '../../util/sqlite.js';
+import { HashingStream, decompressor } from '../../util/streams.js';
+import { describeSelector, selectSnapshot, type SnapshotSelector } from '../../catalog/select.js';
 
 export interface RestoreRequest {
   selector: SnapshotSelector;
@@ -126,8 +126,8 @@ async function restoreFromTarget(
       inflate.once('error', () => (decompressFailed = true));
       // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
       const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
-      await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream(), request.signal ? { signal: request.signal } : {});
-      await file.sync().catch(() => undefined);
+      // flush: the stream fsyncs the file before it closes the handle, so the rename below publishes durable bytes.
+      await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream({ flush: true }), request.signal ? { signal: request.signal } : {});
     } catch (e) {
       // A get that failed leaves the decompressor unused (for zstd on older Node, a child process waiting).
       inflate?.destroy();
@@ -291,11 +291,15 @@ async function syncFolder(dir: string): Promise<void> {
   }
 }
 
+/** Only "no such file" means absent: a path that cannot be looked at (EACCES, ELOOP) is not taken as free. */
 async function exists(path: string): Promise<boolean> {
   try {
-    await access(path);
+    await lstat(path);
     return true;
-  } catch {
-    return false;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw new DestinationError(`Restore cannot tell whether ${path} exists (${errorMessage(e)})`, {
+      hint: `check the permissions of ${dirname(path)}; nothing was changed there`, cause: e,
+    });
   }
 }

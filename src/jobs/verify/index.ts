@@ -10,15 +10,15 @@
  * - every snapshot that would pass the window before the next run could read it;
  * - more, until it has read its share: 1/R of the snapshots and 1/R of the bytes, R being the runs that fit
  *   in the window, so the work is spread evenly rather than piling up on the day snapshots fall due.
- * `--all` reads everything. Results go to the verify record on each target (verify-record.ts).
+ * `--all` reads everything. Results go to the verify record on each target (src/catalog/verify-record.ts).
  */
-import { listCatalog } from '../catalog/catalog.js';
-import { TcabError, TargetError, errorMessage, isAbortError } from '../errors.js';
-import { silentLogger, type Logger } from '../log.js';
-import type { Target } from '../targets/target.js';
-import { formatDuration } from '../util/duration.js';
-import { verifyStoredSnapshot, type VerifyOutcome } from './verify.js';
-import { readVerifyRecord, recordVerifyResults, verdictOf, type VerifyEntry, type VerifyRecord, type VerifyRun } from './verify-record.js';
+import { listCatalog } from '../../catalog/catalog.js';
+import { TcabError, TargetError, errorMessage, isAbortError } from '../../errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import type { Target } from '../../targets/target.js';
+import { formatDuration } from '../../util/duration.js';
+import { verifyStoredSnapshot, type VerifyOutcome } from './check.js';
+import { readVerifyRecord, recordVerifyResults, verdictOf, type VerifyEntry, type VerifyRecord, type VerifyRun } from '../../catalog/verify-record.js';
 
 export interface RotationCandidate {
   id: string;
