@@ -60,7 +60,7 @@ export const DRILL_STEPS = ['receive', 'snapshot-sha256', 'integrity', 'start', 
 export const DrillStepSchema = z.enum(DRILL_STEPS);
 export type DrillStep = z.infer<typeof DrillStepSchema>;
 
-/** The agent's answer to an accepted POST /v1/drills, passed or not (agent-protocol.md). */
+/** The agent's answer to an accepted POST /v1/drills, passed or not (docs/agent-protocol.md, "POST /v1/drills: the application drill"). */
 export const AppDrillResultSchema = z.object({
   passed: z.boolean(),
   snapshotId: z.string().nullable(),

@@ -43,8 +43,8 @@ export function provenText(checks: DrillChecks | null | undefined): string {
 
 /**
  * The application drill (TCAB_BACKUP_DRILL_APP=true): the target's artifact streamed to the agent, restored on
- * the VM, and the backend started on the copy and asked for /healthz and /runs (agent-protocol.md, POST
- * /v1/drills). Absent in records of drills without it.
+ * the VM, and the backend started on the copy and asked for /healthz and /runs (docs/agent-protocol.md,
+ * "POST /v1/drills: the application drill"). Absent in records of drills without it.
  */
 export const AppDrillRecordSchema = z.object({
   passed: z.boolean(),
