@@ -136,10 +136,10 @@ export class AppDriller {
    * Claims the one drill slot and checks the space, before a byte of the body is read. Throws DrillBusyError
    * synchronously, so two requests arriving together can never both start one.
    */
-  async run(body: IncomingMessage, req: DrillRequest, signal: AbortSignal): Promise<DrillResult> {
+  async run(body: IncomingMessage, req: DrillRequest, signal: AbortSignal, accept: () => void = () => undefined): Promise<DrillResult> {
     if (!this.options.settings.command) throw new DrillNotConfiguredError();
     if (this.running) throw new DrillBusyError();
-    const work = this.drill(body, req, AbortSignal.any([signal, this.stopAll.signal]));
+    const work = this.drill(body, req, AbortSignal.any([signal, this.stopAll.signal]), accept);
     this.running = work;
     try {
       return await work;
@@ -148,11 +148,13 @@ export class AppDriller {
     }
   }
 
-  private async drill(body: IncomingMessage, req: DrillRequest, signal: AbortSignal): Promise<DrillResult> {
+  /** `accept` is called once every refusal is past, just before the body is read (the server's 100 Continue). */
+  private async drill(body: IncomingMessage, req: DrillRequest, signal: AbortSignal, accept: () => void): Promise<DrillResult> {
     const { staging, logger, settings } = this.options;
     const needed = Math.ceil(req.snapshotBytes * DRILL_HEADROOM);
     const free = await this.options.freeBytes(staging.dir);
     if (free < needed) throw new DrillSpaceError(free, needed);
+    accept();
 
     const t0 = performance.now();
     const scratch = staging.newDrillPath();
@@ -256,16 +258,25 @@ export class AppDriller {
   private async receive(body: IncomingMessage, req: DrillRequest, scratch: string, signal: AbortSignal) {
     const artifact = new Digest();
     const plain = new Digest();
+    // The request is piped in rather than made part of the pipeline: a failure downstream must not destroy it,
+    // or the connection would be reset under the refusal the client is to read. Its rest is drained instead.
+    const first = artifact.tap();
+    const forward = (err: Error) => first.destroy(err);
+    body.once('error', forward);
+    body.pipe(first);
     const stages = [
-      body,
-      artifact.tap(),
+      first,
       decompressor(req.compression, { runtimeZstd: this.options.compressions.zstdSource === 'zlib', zstdCommand: this.options.compressions.zstdCommand }),
       plain.tap(),
       createWriteStream(scratch, { flags: 'wx', mode: 0o600 }),
     ] as const;
     try {
       await pipeline(...stages, { signal });
+      body.off('error', forward);
     } catch (err) {
+      body.off('error', forward);
+      body.unpipe(first);
+      if (!body.complete && !body.destroyed) body.resume();
       if (signal.aborted) throw err;
       // A body whose bytes were changed may not even decompress: that is the same refusal as a wrong sha256.
       const got = artifact.result();

@@ -14,11 +14,13 @@ import { Transform, type Readable } from 'node:stream';
 import { TcabError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
+  AppDrillResultSchema,
   AgentStatusSchema,
   SNAPSHOT_ID_RE,
   signRequest,
   SnapshotDescriptionSchema,
   type AgentStatus,
+  type AppDrillResult,
   type Compression,
   type SnapshotDescription,
 } from './protocol.js';
@@ -86,6 +88,23 @@ const NETWORK_HINTS: Record<string, string> = {
   ETIMEDOUT: 'is the agent reachable from the function app? (VNet integration, NSG rules, firewall on the VM)',
   EPROTO: 'does TCAB_BACKUP_AGENT_URL use the right scheme? An https URL to a plain-http agent fails like this',
 };
+/** What to check when the agent refuses an application drill, by status. */
+const DRILL_HINTS: Record<number, string> = {
+  409: 'another application drill is running on the agent (one at a time); retry when it has ended',
+  422: 'the stored artifact differs from its manifest or was changed on the way: run "tcab-backup verify --all --target <name>"',
+  501: 'set TCAB_AGENT_DRILL_BACKEND_COMMAND on the VM (the agent\'s EnvironmentFile) and restart the agent, or set TCAB_BACKUP_DRILL_APP=false',
+  507: 'free space in TCAB_AGENT_STAGING on the VM: an application drill needs about 1.2 x the database size',
+};
+/** How long a drill's upload waits for the agent's 100 Continue before sending anyway (an agent or proxy that ignores Expect). */
+const CONTINUE_WAIT_MS = 5_000;
+
+/** What POST /v1/drills needs to know of the artifact it is sent: the manifest's artifact and snapshot facts. */
+export interface AppDrillArtifact {
+  snapshotId?: string;
+  artifact: { bytes: number; sha256: string; compression: Compression };
+  snapshot: { bytes: number; sha256: string };
+}
+
 const ENTRA_401_HINT =
   "the agent's log says which check failed; usually: TCAB_AGENT_AUTH includes entra, TCAB_BACKUP_AGENT_ENTRA_SCOPE names the application in the agent's TCAB_AGENT_ENTRA_AUDIENCE, the function app identity's object id is in TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS, and the agent can reach Entra ID for its signing keys";
 /** A token is used until this long before it expires, so that none expires in flight or on a skewed clock. */
@@ -234,6 +253,148 @@ export class AgentClient {
     const parsed = AgentStatusSchema.safeParse(answer);
     if (!parsed.success) throw this.contractError('GET', path, 'status', parsed.error.issues);
     return parsed.data;
+  }
+
+  /**
+   * The application drill (POST /v1/drills): streams `body`, the artifact `of` describes, to the agent, which
+   * restores it, starts the backend on the copy and answers with the result, passed or not. The body is never
+   * buffered here; it is signed with the artifact's sha256, which the agent checks as the bytes arrive.
+   *
+   * The request asks `Expect: 100-continue`, so a refusal before the body is read (400, 401, 409, 501, 507)
+   * arrives before any byte is sent and is reported as the agent's status and message (AgentBusyError for 409),
+   * not as the broken pipe a closed connection would otherwise cause. `body` is destroyed when it is not sent
+   * whole. A cancelled `signal` cuts the upload; the agent then stops the drill and removes its files.
+   */
+  async appDrill(of: AppDrillArtifact, body: Readable, opts: { signal?: AbortSignal } = {}): Promise<AppDrillResult> {
+    const path = '/v1/drills';
+    const query = new URLSearchParams({
+      ...(of.snapshotId ? { snapshotId: of.snapshotId } : {}),
+      artifactSha256: of.artifact.sha256, artifactBytes: String(of.artifact.bytes), compression: of.artifact.compression,
+      snapshotSha256: of.snapshot.sha256, snapshotBytes: String(of.snapshot.bytes),
+    });
+    const pathAndQuery = `${this.base.pathname.replace(/\/+$/, '')}${path}?${query.toString()}`;
+    const signal = opts.signal;
+    const started = Date.now();
+    try {
+      if (signal?.aborted) throw abortError(signal);
+      const headers: OutgoingHttpHeaders = {
+        Accept: 'application/json, application/problem+json',
+        'Content-Type': 'application/octet-stream',
+        'Content-Length': of.artifact.bytes,
+        Expect: '100-continue',
+        Authorization: this.credential
+          ? `Bearer ${await this.bearerToken('POST', path, signal)}`
+          : signRequest({ keyId: this.keyId!, secret: this.key!, method: 'POST', pathAndQuery, bodySha256: of.artifact.sha256 }),
+      };
+      if (signal?.aborted) throw abortError(signal);
+      const exchange = await this.upload(pathAndQuery, path, headers, body, signal);
+      const text = await this.readAnswer('POST', path, exchange, MAX_ANSWER_BYTES);
+      const res = exchange.res;
+      if (res.statusCode !== 200) {
+        const err = this.answerError('POST', path, res, text);
+        const hint = DRILL_HINTS[res.statusCode ?? 0];
+        if (err instanceof AgentBusyError) throw new AgentBusyError(err.message, { status: err.status, title: err.title, detail: err.detail, path, hint: hint ?? err.hint, retryAfterSeconds: err.retryAfterSeconds });
+        if (hint) throw new AgentError(err.message, { status: err.status, title: err.title, detail: err.detail, path, hint, permanent: err.permanent });
+        throw err;
+      }
+      let json: unknown;
+      try {
+        json = JSON.parse(text);
+      } catch {
+        throw this.contractError('POST', path, 'drill result', [{ message: 'the body is not JSON' }]);
+      }
+      const parsed = AppDrillResultSchema.safeParse(json);
+      if (!parsed.success) throw this.contractError('POST', path, 'drill result', parsed.error.issues);
+      this.logger.info('agent.app_drill_answered', { agent: this.agent, snapshot: of.snapshotId, passed: parsed.data.passed, failedStep: parsed.data.failedStep, ms: Date.now() - started });
+      return parsed.data;
+    } finally {
+      if (!body.readableEnded) body.destroy();
+    }
+  }
+
+  /**
+   * Sends a streamed body once the agent says 100 Continue (or after CONTINUE_WAIT_MS without an answer);
+   * resolves with the answer's headers. An answer that arrives first means the body is not sent at all. When
+   * the connection breaks while sending, an answer the agent managed to send wins over the write error.
+   */
+  private upload(pathAndQuery: string, path: string, headers: OutgoingHttpHeaders, body: Readable, signal: AbortSignal | undefined): Promise<Exchange> {
+    const https = this.base.protocol === 'https:';
+    const requestFn = https ? httpsRequest : httpRequest;
+    return new Promise<Exchange>((resolve, reject) => {
+      const req = requestFn({
+        protocol: this.base.protocol,
+        hostname: this.base.hostname.replace(/^\[|\]$/g, ''),
+        port: this.base.port || (https ? 443 : 80),
+        method: 'POST',
+        path: pathAndQuery,
+        headers,
+        agent: false,
+        ...(https && this.ca ? { ca: this.ca } : {}),
+      });
+      let settled = false;
+      let failure: Error | undefined;
+      let sending = false;
+      let lateError: NodeJS.Timeout | undefined;
+      const onAbort = () => {
+        body.destroy();
+        req.destroy(abortError(signal!));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const done = () => {
+        signal?.removeEventListener('abort', onAbort);
+        clearTimeout(waitContinue);
+        clearTimeout(lateError);
+        req.setTimeout(0);
+        // An answer before the whole body: the connection cannot carry another request, so it goes.
+        if (!req.writableFinished) req.destroy();
+      };
+      const send = () => {
+        if (sending || settled) return;
+        sending = true;
+        clearTimeout(waitContinue);
+        body.once('error', (err) => {
+          // The artifact could not be read (a target failing mid-download): the upload is cut, the agent cleans up.
+          failure = err;
+          req.destroy(err);
+        });
+        body.pipe(req);
+      };
+      const waitContinue = setTimeout(send, CONTINUE_WAIT_MS);
+      req.on('continue', send);
+      req.setTimeout(this.timeoutMs, () => {
+        req.destroy(new AgentError(`Snapshot agent at ${this.agent}: POST ${path} got no answer within ${this.timeoutMs < 10_000 ? `${this.timeoutMs} ms` : `${Math.round(this.timeoutMs / 1000)} s`}`, {
+          path, hint: 'TCAB_BACKUP_AGENT_TIMEOUT, and the agent\'s TCAB_AGENT_DRILL_HEALTH_TIMEOUT (the answer comes after the backend has started and stopped)',
+        }));
+      });
+      req.on('response', (res) => {
+        clearTimeout(lateError);
+        if (settled) return;
+        settled = true;
+        clearTimeout(waitContinue);
+        // An answer before the body was sent whole: the rest is not wanted.
+        if (!sending || !req.writableFinished) {
+          body.unpipe(req);
+          body.destroy();
+        }
+        resolve({ res, done, failure: () => failure });
+      });
+      req.on('error', (err) => {
+        const error = failure && err === failure ? err : this.networkError('POST', path, err);
+        failure ??= error;
+        if (settled) return done();
+        // A refusal closes the connection: the write may fail a moment before its answer is parsed.
+        const late = sending && !(error as { name?: string }).name?.includes('Abort') && !signal?.aborted;
+        const fail = () => {
+          if (settled) return;
+          settled = true;
+          done();
+          body.destroy();
+          reject(failure);
+        };
+        if (late) lateError = setTimeout(fail, 250);
+        else fail();
+      });
+    });
   }
 
   private snapshotPath(id: string): string {

@@ -55,6 +55,23 @@ export const AgentStatusSchema = z.object({
 });
 export type AgentStatus = z.infer<typeof AgentStatusSchema>;
 
+/** The steps of an application drill (POST /v1/drills), in the order the agent runs them. */
+export const DRILL_STEPS = ['receive', 'snapshot-sha256', 'integrity', 'start', 'healthz', 'runs', 'stop'] as const;
+export const DrillStepSchema = z.enum(DRILL_STEPS);
+export type DrillStep = z.infer<typeof DrillStepSchema>;
+
+/** The agent's answer to an accepted POST /v1/drills, passed or not (docs/agent-protocol.md, "POST /v1/drills: the application drill"). */
+export const AppDrillResultSchema = z.object({
+  passed: z.boolean(),
+  snapshotId: z.string().nullable(),
+  failedStep: DrillStepSchema.nullable(),
+  checks: z.array(z.object({ name: DrillStepSchema, ok: z.boolean(), ms: z.number().nonnegative(), detail: z.string() })),
+  runs: z.object({ inFile: z.number().int().nullable(), served: z.number().int().nullable(), comparison: z.string().nullable() }),
+  totalMs: z.number().nonnegative(),
+  backendLog: z.array(z.string()).optional(),
+});
+export type AppDrillResult = z.infer<typeof AppDrillResultSchema>;
+
 export const CreateSnapshotBodySchema = z
   .object({ compression: CompressionSchema.optional() })
   .strict();

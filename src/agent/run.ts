@@ -30,6 +30,8 @@ export interface StartAgentOptions {
   zstdCommand?: string;
   /** false: use the zstd program even where node:zlib has zstd (tests of that path). */
   runtimeZstd?: boolean;
+  /** How long a request (other than a drill's upload) may take to arrive; default 30 s. Tests shorten it. */
+  requestTimeoutMs?: number;
 }
 
 export interface RunningAgent {
@@ -114,13 +116,17 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   });
   const handler = createAgentHandler({
     authenticator, snapshotter, staging, compressions, defaultCompression: config.compression, logger, driller,
+    ...(options.requestTimeoutMs !== undefined ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
     status: { dbPath: config.dbPath, databaseName: config.databaseName, staging, freeBytes, compressions, version: agentVersion() },
   });
 
   const server: Server = config.tls ? createHttpsServer({ cert: config.tls.cert, key: config.tls.key }, handler) : createHttpServer(handler);
-  // Bodies are at most 16 KiB: a client that takes longer than this to send one is not the backup functions.
   server.headersTimeout = 15_000;
-  server.requestTimeout = 30_000;
+  // Off for the server as a whole: a drill's upload of a whole artifact may take minutes. The handler gives
+  // every other request its own deadline (bodies are at most 16 KiB: a client that takes longer than 30 s to
+  // send one is not the backup functions), and a drill's upload one for stalling (server.ts).
+  server.requestTimeout = 0;
+  server.on('checkContinue', handler);
   server.on('clientError', answerClientError);
   await listen(server, config.host, config.port);
   // The first snapshot then does not wait for a SQLite thread to start.

@@ -28,6 +28,12 @@ export interface AgentHandlerDeps {
   status: StatusSources;
   driller: AppDriller;
   logger: Logger;
+  /**
+   * How long a request other than a drill may take to arrive whole (headers and body); default 30 s. A drill's
+   * body is a whole artifact: it instead must not stall for longer than this between two reads, and once it
+   * has arrived the drill's own timeouts (TCAB_AGENT_DRILL_HEALTH_TIMEOUT) apply.
+   */
+  requestTimeoutMs?: number;
 }
 
 // One text for every scheme and every failed check: the agent's log says which.
@@ -52,15 +58,47 @@ const FAILURE_HINTS: Record<string, string> = {
   SQLITE_IOERR: 'a disk read or write failed: check the VM\'s disks',
 };
 
+export const REQUEST_TIMEOUT_MS = 30_000;
+
+/**
+ * The handler for both the server's 'request' and 'checkContinue' events: a request that asks
+ * `Expect: 100-continue` gets its 100 only when its body is about to be read, so a refused drill is answered
+ * before the client sends a byte of the artifact.
+ */
 export function createAgentHandler(deps: AgentHandlerDeps): (req: IncomingMessage, res: ServerResponse) => void {
   const { logger } = deps;
   return (req, res) => {
+    if (pathOf(req) !== DRILLS) deadline(req, res, deps.requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
     handle(deps, req, res).catch((err: unknown) => {
       logger.error('request.failed', { method: req.method, path: pathOf(req), error: errorMessage(err) });
       if (!res.headersSent) sendProblem(res, 500, 'The agent failed to answer this request; its log has the details.');
       else res.destroy();
     });
   };
+}
+
+/**
+ * The server's own requestTimeout is off (a drill's upload may take minutes): every other request must arrive
+ * whole within `ms`, or is answered 408 and its connection closed.
+ */
+function deadline(req: IncomingMessage, res: ServerResponse, ms: number): void {
+  if (ms <= 0) return;
+  const timer = setTimeout(() => {
+    if (req.complete) return;
+    const socket = req.socket;
+    if (!res.headersSent) {
+      res.once('finish', () => socket?.destroy());
+      sendProblem(res, 408, `The request did not arrive whole within ${ms} ms.`, { Connection: 'close' });
+    } else socket?.destroy();
+  }, ms);
+  timer.unref();
+  const clear = () => clearTimeout(timer);
+  req.once('end', clear);
+  res.once('close', clear);
+}
+
+function expectsContinue(req: IncomingMessage): boolean {
+  return /\b100-continue\b/i.test(String(req.headers.expect ?? ''));
 }
 
 function pathOf(req: IncomingMessage): string {
@@ -82,6 +120,7 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
 
   // The drill's body is a whole artifact, streamed: it is not read before the signature is checked.
   if (path === DRILLS) return drill(deps, req, res, method, rawUrl);
+  if (expectsContinue(req)) res.writeContinue();
 
   const body = await readBody(req, MAX_BODY_BYTES);
   if (!body.ok) {
@@ -255,8 +294,25 @@ async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerRe
   };
   res.on('close', onClose);
   req.on('aborted', onClose);
+  // The artifact must keep arriving: a client that stalls mid-upload for longer than a whole other request
+  // may take is cut off (the drill is then cancelled and cleaned up). Once it has all arrived, no limit here.
+  const stallMs = deps.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
+  const socket = req.socket;
+  const stalled = () => {
+    if (req.complete || cancel.signal.aborted) return;
+    log.warn('drill.upload_stalled', { stallMs });
+    cancel.abort(new Error(`no bytes of the artifact arrived for ${stallMs} ms`));
+    socket.destroy();
+  };
+  const accept = () => {
+    if (stallMs > 0) {
+      req.setTimeout(stallMs, stalled);
+      req.once('end', () => req.setTimeout(0));
+    }
+    if (expectsContinue(req)) res.writeContinue();
+  };
   try {
-    const result = await deps.driller.run(req, parsed, cancel.signal);
+    const result = await deps.driller.run(req, parsed, cancel.signal, accept);
     return sendJson(res, 200, result);
   } catch (err) {
     if (cancel.signal.aborted) return void res.destroy();
@@ -270,7 +326,10 @@ async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerRe
     }
     if (err instanceof DrillRefusedError) {
       log.error('drill.refused', { reason: err.message });
-      return refuse(422, `The drill was refused before the backend was started: ${err.message}.`);
+      // The rest of a body being sent is drained (app-drill.ts), not cut: closing now would reset the
+      // connection under this answer before the client has read it.
+      const detail = `The drill was refused before the backend was started: ${err.message}.`;
+      return req.complete ? refuse(422, detail) : sendProblem(res, 422, detail);
     }
     const code = (err as NodeJS.ErrnoException).code;
     log.error('drill.failed', { error: errorMessage(err), code });

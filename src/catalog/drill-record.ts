@@ -41,6 +41,45 @@ export function provenText(checks: DrillChecks | null | undefined): string {
   return 'verified as it streamed, nothing written: artifact and database sha256 equal the manifest\'s, so integrity_check and row counts are the agent\'s on the same bytes';
 }
 
+/**
+ * The application drill (TCAB_BACKUP_DRILL_APP=true): the target's artifact streamed to the agent, restored on
+ * the VM, and the backend started on the copy and asked for /healthz and /runs (docs/agent-protocol.md,
+ * "POST /v1/drills: the application drill"). Absent in records of drills without it.
+ */
+export const AppDrillRecordSchema = z.object({
+  passed: z.boolean(),
+  /**
+   * The first step that failed: one of the agent's (receive, snapshot-sha256, integrity, start, healthz, runs,
+   * stop), or `agent` when the agent refused before receiving (busy, no space, no backend command) or could not
+   * be asked. Null when passed.
+   */
+  failedStep: z.string().nullable(),
+  /** host:port of the agent, or null when none could be asked. */
+  agent: z.string().nullable(),
+  runs: z.object({ inFile: z.number().int().nullable(), served: z.number().int().nullable(), comparison: z.string().nullable() }),
+  /** The agent's checks in order, each with its time. */
+  checks: z.array(z.object({ name: z.string(), ok: z.boolean(), ms: z.number().nonnegative(), detail: z.string() })),
+  /** start + /healthz + /runs: how long the backend took from being started to serving the runs. */
+  startToServingMs: z.number().nonnegative().nullable(),
+  /** The agent's whole drill, from the first byte received to the backend stopped and its files removed. */
+  totalMs: z.number().nonnegative().nullable(),
+  /** The backend's last output lines, when a step after its start failed. */
+  backendLog: z.array(z.string()).optional(),
+  /** What went wrong, with what to check; absent when passed. */
+  error: z.string().optional(),
+});
+export type AppDrillRecord = z.infer<typeof AppDrillRecordSchema>;
+
+/** "backend started and served N runs in ..." for the CLI, the status page and the monitor's summary. */
+export function appDrillText(app: AppDrillRecord): string {
+  const ms = (name: string) => app.checks.find((c) => c.name === name)?.ms;
+  if (app.passed) {
+    return `backend started and served ${app.runs.served ?? 0} runs in ${app.startToServingMs ?? 0} ms `
+      + `(start ${ms('start') ?? '-'} ms, /healthz ${ms('healthz') ?? '-'} ms, /runs ${ms('runs') ?? '-'} ms; ${app.runs.inFile ?? '-'} runs in the file; whole drill on the agent ${app.totalMs ?? '-'} ms)`;
+  }
+  return `application drill FAILED at step ${app.failedStep ?? 'unknown'}: ${app.error ?? 'no reason recorded'}`;
+}
+
 export const DrillRecordSchema = z.object({
   formatVersion: z.literal(DRILL_RECORD_FORMAT_VERSION),
   kind: z.literal('sqlite-drill'),
@@ -59,9 +98,14 @@ export const DrillRecordSchema = z.object({
   }).nullable(),
   /**
    * Download to verified file (both sha256 sums, decompression, integrity_check, row counts), in ms; for a
-   * streamed drill, download to verified bytes (nothing written, SQLite not opened).
+   * streamed drill, download to verified bytes (nothing written, SQLite not opened). With the application
+   * drill, plus the backend's start to serving the runs (app.startToServingMs): the file a recovery restores
+   * on the VM, then the backend brought up on it. The upload to the agent is not counted (a real recovery
+   * downloads onto the VM once: that is the file part).
    */
   recoveryTimeMs: z.number().nonnegative().nullable(),
+  /** The application drill, when TCAB_BACKUP_DRILL_APP=true; absent in older records and without it. */
+  app: AppDrillRecordSchema.optional(),
   /** What this drill proved and how; absent in records from before drills could stream (those always restored). */
   checks: DrillChecksSchema.optional(),
   recoveryPoint: z.object({

@@ -47,7 +47,8 @@ Commands:
                                           re-read stored snapshots (a rotating share, or --all) and check sha256
   replicate [--dry-run] [--json]          copy snapshots that one target has and another lacks
   prune [--dry-run] [--force] [--json]    age snapshots out per each target's retention policy
-  drill [--target NAME] [--json]          restore the newest snapshot of each target and measure RPO/RTO
+  drill [--target NAME] [--app] [--json]  restore the newest snapshot of each target and measure RPO/RTO;
+                                          --app also starts the backend on it through the agent
   status [--target NAME] [--json] [--html PATH]
                                           snapshot, drill and verify ages against thresholds
   retention plan                          apply a retention policy read as JSON on stdin (no safety rails)

@@ -2,12 +2,15 @@
  * `npm run demo`: the whole snapshot path on one machine, nothing to configure. It creates a sample TCAB
  * database, starts the snapshot agent on loopback with a fresh key, starts Azurite and an S3 server
  * in-process, and then runs the real CLI: snapshot to a file target, Azurite and S3; list; restore the
- * latest and verify it; verify every stored copy. Everything is removed at the end unless --keep is given.
+ * latest and verify it; verify every stored copy; drill every target, with the application drill: the agent
+ * starts a stand-in backend (src/dev/standin-backend.ts, run built from dist) on each restored copy and checks
+ * /healthz and /runs. Everything is removed at the end unless --keep is given.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { PassThrough } from 'node:stream';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { startAgent } from '../agent/run.js';
@@ -15,7 +18,12 @@ import { main as cli } from '../cli/main.js';
 import { createLogger } from '../log.js';
 import { createSampleDatabase } from '../dev/sample-db.js';
 import { startAzurite, startS3Server } from '../dev/emulators.js';
+import { splitCommand } from '../util/command.js';
 import { firstValue, openDatabase } from '../util/sqlite.js';
+
+/** The stand-in backend, built next to this file; quoted, as TCAB_AGENT_DRILL_BACKEND_COMMAND would say it. */
+const STANDIN = fileURLToPath(new URL('../dev/standin-backend.js', import.meta.url));
+const BACKEND_COMMAND = `"${process.execPath}" "${STANDIN}" --database-url {database_url} --port {port}`;
 
 const keep = process.argv.includes('--keep');
 const say = (line: string) => process.stdout.write(line + '\n');
@@ -40,11 +48,16 @@ async function demo(): Promise<void> {
 
     const key = randomBytes(32).toString('hex');
     const agent = await startAgent(
-      { dbPath, stagingDir: join(work, 'staging'), host: '127.0.0.1', port: 0, keys: new Map([['demo', key]]), tls: undefined, databaseName: 'tcab', compression: 'auto', stagingTtlMs: 3_600_000 },
+      {
+        dbPath, stagingDir: join(work, 'staging'), host: '127.0.0.1', port: 0, keys: new Map([['demo', key]]), tls: undefined, databaseName: 'tcab', compression: 'auto', stagingTtlMs: 3_600_000,
+        // TCAB_AGENT_DRILL_BACKEND_COMMAND, parsed as the agent parses the setting.
+        drill: { command: splitCommand(BACKEND_COMMAND), healthTimeoutMs: 30_000, stopGraceMs: 5_000 },
+      },
       { logger: createLogger({ level: 'warn' }) },
     );
     stops.push(() => agent.close());
     say(`2. snapshot agent listening on ${agent.url} (HMAC key generated for this run)`);
+    say(`   TCAB_AGENT_DRILL_BACKEND_COMMAND=${BACKEND_COMMAND}`);
 
     const azurite = await startAzurite();
     stops.push(() => azurite.stop());
@@ -86,14 +99,18 @@ async function demo(): Promise<void> {
     const v = JSON.parse(await runCli(['verify', '--json'], env));
     say(`   ${v.checked} stored copies re-read, ${v.failed} bad`);
 
-    say('8. tcab-backup drill');
-    const d = JSON.parse(await runCli(['drill', '--json'], env));
-    for (const t of d.targets ?? []) say(`   ${t.target}: ${t.ok === false ? 'FAILED' : 'ok'}${t.recoveryTimeMs !== undefined ? `, recovery time ${t.recoveryTimeMs} ms` : ''}${t.recoveryPoint?.snapshotAgeMs !== undefined ? `, recovery point ${t.recoveryPoint.snapshotAgeMs} ms old` : ''}`);
+    say('8. tcab-backup drill --app   (restore every target\'s copy, then the backend started on it by the agent)');
+    const drilled = await runCli(['drill', '--app'], env);
+    process.stdout.write(drilled.trimEnd().replace(/^/gm, '   ') + '\n');
+    const served = drilled.match(/backend started and served \d+ runs/g) ?? [];
+    if (served.length !== 3 || !served.every((line) => line === `backend started and served ${sample.runs} runs`)) {
+      throw new Error(`the application drill did not show the backend serving all ${sample.runs} runs on every target:\n${drilled}`);
+    }
 
     say('9. tcab-backup status');
     process.stdout.write((await runCli(['status'], env)).trimEnd().replace(/^/gm, '   ') + '\n');
 
-    say('\nDemo passed: one snapshot on three targets, restored, verified and drilled.');
+    say('\nDemo passed: one snapshot on three targets, restored, verified and drilled, and the backend started on each copy.');
     if (keep) say(`Kept ${work} (the servers are stopped).`);
   } finally {
     for (const stop of stops.reverse()) await stop().catch(() => undefined);

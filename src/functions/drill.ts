@@ -1,12 +1,14 @@
 /**
  * The restore drill on a timer (TCAB_BACKUP_DRILL_SCHEDULE): restores the newest snapshot of every target
- * into a scratch folder, checks it, compares it with the live database and records recovery point and time.
+ * into a scratch folder, checks it, compares it with the live database and records recovery point and time;
+ * with TCAB_BACKUP_DRILL_APP=true, also starts the backend on each target's copy through the agent.
  * A restore that fails throws, so the invocation fails and alerts.
  */
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
 import { backupConfig, invocation } from '../host/context.js';
 import { runDrill } from '../jobs/drill/index.js';
+import { drillAppSource } from '../jobs/deps.js';
 import { loadDrillSettings } from '../jobs/settings.js';
 import { openAgent, openTargets } from '../runtime.js';
 
@@ -24,7 +26,10 @@ export async function drillTimer(timer: Timer, context: InvocationContext): Prom
     const config = backupConfig();
     const settings = loadDrillSettings();
     await bounded('drill', (signal) =>
-      runDrill({ targets: openTargets(config, logger), database: config.database, live: openAgent(config.agent, logger), workDir: settings.workDir, method: settings.method, logger }, { signal }));
+      runDrill({
+        targets: openTargets(config, logger), database: config.database, live: openAgent(config.agent, logger), workDir: settings.workDir, method: settings.method, logger,
+        ...(settings.app ? { app: drillAppSource(process.env, logger) } : {}),
+      }, { signal }));
   } finally {
     running = false;
   }

@@ -45,3 +45,17 @@ export function drillLiveSource(env: Env, logger: Logger): DrillDeps['live'] {
   }
 }
 
+
+/**
+ * The agent for the application drill (TCAB_BACKUP_DRILL_APP=true or `tcab-backup drill --app`): the same
+ * agent settings as the live comparison, but an agent that cannot be asked makes the drill fail, not warn.
+ */
+export function drillAppSource(env: Env, logger: Logger): NonNullable<DrillDeps['app']> {
+  if (!env.TCAB_BACKUP_AGENT_URL?.trim()) return { unavailable: 'TCAB_BACKUP_AGENT_URL is not set' };
+  try {
+    return openAgent(loadAgentClientConfig(env), logger);
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    return { unavailable: errorMessage(e) };
+  }
+}

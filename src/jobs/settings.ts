@@ -5,7 +5,7 @@
  */
 import { tmpdir } from 'node:os';
 import { isAbsolute } from 'node:path';
-import { Problems, SETTINGS, durationMs, read, type Env } from '../config.js';
+import { Problems, SETTINGS, booleanSetting, durationMs, read, type Env } from '../config.js';
 import { formatDuration } from '../util/duration.js';
 import { longestGapMs } from '../util/schedule-gap.js';
 
@@ -35,6 +35,8 @@ export interface DrillSettings {
   /** Where drills restore to; removed afterwards. */
   workDir: string;
   method: DrillMethodSetting;
+  /** TCAB_BACKUP_DRILL_APP: also bring the backend up on each target's snapshot through the agent. */
+  app: boolean;
 }
 
 export type DrillMethodSetting = 'auto' | 'restore' | 'stream';
@@ -94,8 +96,9 @@ export function loadDrillSettings(env: Env = process.env): DrillSettings {
   if (!isAbsolute(workDir)) problems.add('TCAB_BACKUP_DRILL_WORK_DIR', `"${workDir}" must be an absolute path`);
   const method = (env.TCAB_BACKUP_DRILL_METHOD?.trim() || 'auto') as DrillMethodSetting;
   if (!['auto', 'restore', 'stream'].includes(method)) problems.add('TCAB_BACKUP_DRILL_METHOD', `"${method}" is not auto, restore or stream`);
+  const app = read(env, problems, 'TCAB_BACKUP_DRILL_APP', booleanSetting, fallback('TCAB_BACKUP_DRILL_APP'));
   problems.throwIfAny();
-  return { schedule: text, workDir, method };
+  return { schedule: text, workDir, method, app: app! };
 }
 
 export function loadMonitorSettings(env: Env = process.env): MonitorSettings {

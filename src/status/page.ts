@@ -70,8 +70,9 @@ function fact(label: string, value: string, state: State | null, detail: string)
 
 function drillText(d: DrillSummary | null): string {
   if (!d) return 'none yet';
-  if (!d.ok) return 'failed';
-  return d.checks?.method === 'stream' ? `verified streaming in ${shortMs(d.recoveryTimeMs ?? 0)}` : `restored in ${shortMs(d.recoveryTimeMs ?? 0)}`;
+  if (!d.ok) return d.app && !d.app.passed ? `failed: backend at step ${d.app.failedStep ?? 'unknown'}` : 'failed';
+  const file = d.checks?.method === 'stream' ? `verified streaming in ${shortMs(d.recoveryTimeMs ?? 0)}` : `restored in ${shortMs(d.recoveryTimeMs ?? 0)}`;
+  return d.app ? `${file}, backend served ${d.app.runsServed ?? 0} runs` : file;
 }
 
 function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: number, index: number): string {
@@ -90,7 +91,7 @@ function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: numb
     fact('Snapshots', String(t.snapshots.count), null,
       `${formatBytes(t.snapshots.totalArtifactBytes)} stored${newest?.artifactBytes != null ? `; newest ${formatBytes(newest.artifactBytes)}${newest.bytes != null ? ` (${formatBytes(newest.bytes)} restored)` : ''}` : ''}`),
     fact('Last restore drill', drillText(lastDrill), t.drill.state,
-      t.drill.lastSucceeded ? `last success ${ago(t.drill.ageMs)}${t.drill.lastSucceeded.runsSince !== null ? `; ${t.drill.lastSucceeded.runsSince} run(s) published after its snapshot` : ''}; proved: ${provenText(t.drill.lastSucceeded.checks)}` : 'no successful drill yet'),
+      t.drill.lastSucceeded ? `last success ${ago(t.drill.ageMs)}${t.drill.lastSucceeded.runsSince !== null ? `; ${t.drill.lastSucceeded.runsSince} run(s) published after its snapshot` : ''}; proved: ${provenText(t.drill.lastSucceeded.checks)}${t.drill.lastSucceeded.app ? `; ${t.drill.lastSucceeded.app.text}` : ''}` : 'no successful drill yet'),
     fact('Verification', verificationText(t), t.verify.state,
       `last clean run ${ago(t.verify.ageMs)}; ${t.verify.reread} of ${t.snapshots.count} re-read`),
   ].join('');
@@ -118,7 +119,7 @@ function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: numb
     + `${hidden > 0 ? `; ${hidden} older snapshot(s) not shown (oldest ${esc(t.snapshots.oldest!.id)})` : ''}.</figcaption></figure>`
     + `<div class="charts"><figure>${recoveryPointGaugeSvg(`${slug}-rp`, t.name, t.recoveryPointNowMs, thresholds.snapshot)}`
     + `<figcaption>Recovery point now: the newest snapshot's age, i.e. at least how much a restore from this target would lose.</figcaption></figure>`
-    + `<figure>${recoveryTimeSvg(`${slug}-rt`, t.name, t.drill.recent)}<figcaption>Recovery time trend: download to verified file (or verified bytes, for a drill that streamed), per drill. Hatched bars failed; dotted bars and "!" had warnings.</figcaption></figure></div>`
+    + `<figure>${recoveryTimeSvg(`${slug}-rt`, t.name, t.drill.recent)}<figcaption>Recovery time trend: download to verified file (or verified bytes, for a drill that streamed), plus the backend's start to serving the runs where the application drill ran, per drill. Hatched bars failed; dotted bars and "!" had warnings.</figcaption></figure></div>`
     + failing
     + unreadable
     + '</section>';

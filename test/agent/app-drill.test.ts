@@ -1,21 +1,21 @@
 /**
  * The application drill through a real agent over real HTTP: a real snapshot's artifact streamed to
- * POST /v1/drills, restored into staging, and a stand-in backend (test/support/standin-backend.mjs) started on
+ * POST /v1/drills, restored into staging, and a stand-in backend (src/dev/standin-backend.ts) started on
  * the copy. Every case checks that no backend process and no scratch file is left behind.
  */
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { request as httpRequest, type ClientRequest } from 'node:http';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Readable } from 'node:stream';
 import type { DrillResult } from '../../src/agent/app-drill.js';
+import { AgentBusyError, AgentClient, AgentError } from '../../src/agent/client.js';
 import { signRequest, type SnapshotDescription } from '../../src/agent/protocol.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { createLogger } from '../../src/log.js';
-import { agentConfig, KEY, KEY_ID, signedRequest, tempDir } from './helpers.js';
+import { agentConfig, KEY, KEY_ID, rawRequest, signedRequest, STANDIN, tempDir } from './helpers.js';
 
-const STANDIN = fileURLToPath(new URL('../support/standin-backend.mjs', import.meta.url));
 const RUNS = 300;
 
 let work: { dir: string; remove(): Promise<void> };
@@ -53,7 +53,7 @@ interface DrillAgent {
 
 const agents: DrillAgent[] = [];
 
-async function drillAgent(name: string, knobs: string[] = [], options: { healthTimeoutMs?: number; stopGraceMs?: number; freeBytes?: number } = {}): Promise<DrillAgent> {
+async function drillAgent(name: string, knobs: string[] = [], options: { healthTimeoutMs?: number; stopGraceMs?: number; freeBytes?: number; requestTimeoutMs?: number } = {}): Promise<DrillAgent> {
   const staging = join(work.dir, `staging-${name}`);
   const pidFile = join(work.dir, `${name}.pid`);
   const events = eventLogger();
@@ -66,7 +66,11 @@ async function drillAgent(name: string, knobs: string[] = [], options: { healthT
         stopGraceMs: options.stopGraceMs ?? 5_000,
       },
     }),
-    { logger: events.logger, ...(options.freeBytes !== undefined ? { freeBytes: async () => options.freeBytes! } : {}) },
+    {
+      logger: events.logger,
+      ...(options.freeBytes !== undefined ? { freeBytes: async () => options.freeBytes! } : {}),
+      ...(options.requestTimeoutMs !== undefined ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
+    },
   );
   const made = { agent, staging, pidFile, events };
   agents.push(made);
@@ -279,5 +283,115 @@ describe('POST /v1/drills', () => {
     });
     expect(unsigned).toBe(401);
     await rm(staging, { recursive: true, force: true });
+  });
+});
+
+/** The artifact as a stream that counts what was read of it, in chunks, with `pauseMs` between them. */
+function countedBody(data: Buffer, options: { chunks?: number; pauseMs?: number } = {}): { body: Readable; read(): number } {
+  let read = 0;
+  const chunks = options.chunks ?? 4;
+  const size = Math.ceil(data.length / chunks);
+  async function* gen() {
+    for (let at = 0; at < data.length; at += size) {
+      if (at > 0 && options.pauseMs) await new Promise((r) => setTimeout(r, options.pauseMs));
+      const chunk = data.subarray(at, at + size);
+      read += chunk.length;
+      yield chunk;
+    }
+  }
+  return { body: Readable.from(gen(), { objectMode: false }), read: () => read };
+}
+
+const clientFor = (d: { agent: RunningAgent }, key = KEY) => new AgentClient({ url: d.agent.url, keyId: KEY_ID, key });
+
+describe('AgentClient.appDrill', () => {
+  it('streams the artifact and returns the agent\'s result', async () => {
+    const d = await drillAgent('client-happy');
+    const { body, read } = countedBody(artifact);
+    const result = await clientFor(d).appDrill({ snapshotId: description.id, artifact: description.artifact, snapshot: description.snapshot }, body);
+    expect(result.passed).toBe(true);
+    expect(result.runs).toEqual({ inFile: RUNS, served: RUNS, comparison: 'all' });
+    expect(result.checks.map((c) => c.name)).toEqual(['receive', 'snapshot-sha256', 'integrity', 'start', 'healthz', 'runs', 'stop']);
+    expect(read()).toBe(artifact.length);
+    await expectNothingLeft(d);
+  });
+
+  it('reports refusals before the body as the agent\'s status and message, without sending a byte of the artifact', async () => {
+    const of = { snapshotId: description.id, artifact: description.artifact, snapshot: description.snapshot };
+    // 507: no space.
+    const full = await drillAgent('client-full', [], { freeBytes: 1000 });
+    let sent = countedBody(artifact);
+    const noSpace = await clientFor(full).appDrill(of, sent.body).catch((e: unknown) => e);
+    expect(noSpace).toBeInstanceOf(AgentError);
+    expect(noSpace).toMatchObject({ status: 507, message: expect.stringMatching(/POST \/v1\/drills answered 507.*needs about \d+/) });
+    expect((noSpace as AgentError).hint).toMatch(/TCAB_AGENT_STAGING/);
+    expect(sent.read()).toBe(0);
+    expect(sent.body.destroyed).toBe(true);
+    // 401: a wrong key.
+    sent = countedBody(artifact);
+    const unsigned = await clientFor(full, 'not-the-key').appDrill(of, sent.body).catch((e: unknown) => e);
+    expect(unsigned).toMatchObject({ status: 401 });
+    expect(sent.read()).toBe(0);
+    // 409: a drill is running (its backend never answers /healthz).
+    const busy = await drillAgent('client-busy', ['STANDIN_NO_HEALTH=1'], { healthTimeoutMs: 60_000 });
+    const up = busy.events.next('drill.backend_started');
+    const cancel = new AbortController();
+    const first = clientFor(busy).appDrill(of, countedBody(artifact).body, { signal: cancel.signal }).catch((e: unknown) => e);
+    await up;
+    sent = countedBody(artifact);
+    const second = await clientFor(busy).appDrill(of, sent.body).catch((e: unknown) => e);
+    expect(second).toBeInstanceOf(AgentBusyError);
+    expect((second as AgentBusyError).message).toMatch(/answered 409.*Another application drill is running/);
+    expect(sent.read()).toBe(0);
+    const cancelled = busy.events.next('drill.cancelled');
+    cancel.abort();
+    expect(await first).toMatchObject({ name: 'AbortError' });
+    await cancelled;
+    await expectNothingLeft(busy);
+    await expectNothingLeft(full);
+  });
+});
+
+describe('deadlines', () => {
+  it('lets a drill take longer than the request deadline of the other routes, upload and backend start alike', async () => {
+    const d = await drillAgent('slow', ['STANDIN_START_DELAY_MS=900'], { requestTimeoutMs: 400 });
+    // The upload takes about 1.2 s in pauses shorter than the deadline; the backend then takes 0.9 s to listen.
+    const { body } = countedBody(artifact, { chunks: 6, pauseMs: 200 });
+    const started = Date.now();
+    const result = await clientFor(d).appDrill({ snapshotId: description.id, artifact: description.artifact, snapshot: description.snapshot }, body);
+    expect(Date.now() - started).toBeGreaterThan(1_500);
+    expect(result.passed).toBe(true);
+    expect(result.checks.find((c) => c.name === 'receive')!.ms).toBeGreaterThan(400);
+    expect(result.checks.find((c) => c.name === 'healthz')!.ms + result.checks.find((c) => c.name === 'start')!.ms).toBeGreaterThan(400);
+    await expectNothingLeft(d);
+  });
+
+  it('still cuts another request that does not arrive within the deadline, and a drill upload that stalls', async () => {
+    const d = await drillAgent('deadline', [], { requestTimeoutMs: 400 });
+    const url = new URL(d.agent.url);
+    const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+      const req = httpRequest({ hostname: url.hostname, port: url.port, method: 'POST', path: '/v1/snapshots', agent: false, headers: { 'Content-Type': 'application/json', 'Content-Length': 20 } });
+      req.on('response', (res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (text += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+      });
+      req.on('error', reject);
+      req.write('{"compression"');
+    });
+    expect(answer.status).toBe(408);
+    expect(answer.body).toMatch(/did not arrive whole within 400 ms/);
+    // A drill whose client stops sending mid-artifact is cut off and cleaned up.
+    const stalled = d.events.next('drill.upload_stalled');
+    const cancelled = d.events.next('drill.cancelled');
+    const sent = sendDrill(d.agent.url, artifact, { hold: true });
+    sent.answer.catch(() => undefined);
+    await stalled;
+    await cancelled;
+    await expectNothingLeft(d);
+    // The routes still answer in time when the request is whole.
+    const health = await rawRequest(d.agent.url, { path: '/healthz' });
+    expect(health.status).toBe(200);
   });
 });

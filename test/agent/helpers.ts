@@ -6,6 +6,7 @@ import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
 import type { AgentConfig } from '../../src/config.js';
 import { createLogger, type Logger } from '../../src/log.js';
@@ -13,6 +14,8 @@ import { signRequest } from '../../src/agent/protocol.js';
 import { firstColumn, firstValue, openDatabase } from '../../src/util/sqlite.js';
 
 export const KEY_ID = 'functions';
+/** The stand-in backend of application drills; the demo runs it built, the tests from its source (Node 24 strips the types). */
+export const STANDIN = fileURLToPath(new URL('../../src/dev/standin-backend.ts', import.meta.url));
 export const KEY = randomBytes(32).toString('hex');
 
 export async function tempDir(prefix: string): Promise<{ dir: string; remove(): Promise<void> }> {

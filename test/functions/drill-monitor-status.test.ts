@@ -12,7 +12,7 @@ let fx: Fixture;
 const logs: string[] = [];
 const SETTINGS = [
   'TCAB_BACKUP_TARGETS', 'TCAB_BACKUP_AGENT_URL', 'TCAB_BACKUP_AGENT_KEY_ID', 'TCAB_BACKUP_AGENT_KEY', 'TCAB_BACKUP_DRILL_WORK_DIR',
-  'TCAB_BACKUP_SNAPSHOT_WARN_AGE', 'TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE', 'TCAB_BACKUP_VERIFY_WITHIN',
+  'TCAB_BACKUP_SNAPSHOT_WARN_AGE', 'TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE', 'TCAB_BACKUP_VERIFY_WITHIN', 'TCAB_BACKUP_DRILL_APP',
 ];
 
 function context(name: string): InvocationContext {
@@ -149,5 +149,20 @@ describe('statusHttp', () => {
     expect(res.status).toBe(500);
     expect(res.headers['Content-Type']).toBe('application/problem+json');
     expect(JSON.parse(res.body).detail).toMatch(/TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE: "soon" is invalid/);
+  });
+});
+
+// Last: it leaves a failed drill as the newest record.
+describe('the application drill setting', () => {
+  it('with TCAB_BACKUP_DRILL_APP=true, the drill timer fails when the agent cannot run the application drill', async () => {
+    // The fixture's agent has no backend command: it refuses the drill (501), and the drill fails, naming why.
+    process.env.TCAB_BACKUP_DRILL_APP = 'true';
+    const err = await (registration('drillTimer').handler(timer, context('drillTimer')) as Promise<unknown>).catch((e: unknown) => e);
+    expect((err as Error).message).toMatch(/failed at step agent: the agent did not run it: .*answered 501.*TCAB_AGENT_DRILL_BACKEND_COMMAND/);
+    const drill = (await readRecentDrills(fx.local, DATABASE, 50)).find((d) => d.record?.app);
+    expect(drill!.record).toMatchObject({ ok: false, app: { passed: false, failedStep: 'agent' } });
+    await (registration('monitorTimer').handler(timer, context('monitorTimer')) as Promise<unknown>).catch(() => undefined);
+    expect(events('monitor.status').at(-1)).toMatchObject({ state: 'critical', appDrills: { local: 'failed at agent' } });
+    delete process.env.TCAB_BACKUP_DRILL_APP;
   });
 });

@@ -95,6 +95,36 @@ describe('infra/vm: the agent unit', () => {
   });
 });
 
+describe('infra/vm: the agent unit and the application drill', () => {
+  it('keeps the agent and the backend it starts off every network but loopback, the function subnet and the VM\'s own services', async () => {
+    expect(unit.get('IPAddressDeny')).toEqual(['any']);
+    const allowed = (unit.get('IPAddressAllow') ?? []).flatMap((v) => v.split(/\s+/));
+    expect(allowed).toEqual(expect.arrayContaining(['localhost', 'link-local', '168.63.129.16']));
+    // The function app's integration subnet: the same one the deployment guide's NSG rule admits.
+    const subnets = allowed.filter((a) => /^\d+\.\d+\.\d+\.\d+\/\d+$/.test(a));
+    expect(subnets).toHaveLength(1);
+    const deploy = await readFile(path.join(INFRA, '..', 'docs', 'deploy.md'), 'utf8');
+    expect(deploy).toContain(`--source-address-prefixes ${subnets[0]} --destination-port-ranges 8787`);
+    // Nothing else opens the fence: no address family beyond IP and Unix sockets.
+    expect(first('RestrictAddressFamilies')).toBe('AF_INET AF_INET6 AF_UNIX');
+  });
+
+  it('says how the backend runs: as the unit\'s user, with an optional settings file, writing only to staging', async () => {
+    const text = await readFile(UNIT, 'utf8');
+    expect(text).toMatch(/TCAB_AGENT_DRILL_BACKEND_COMMAND/);
+    expect(unit.get('EnvironmentFile')).toEqual(['/etc/tcab-backup/agent.env', '-/etc/tcab-backup/drill-backend.env']);
+    const writable = (unit.get('ReadWritePaths') ?? []).flatMap((v) => v.split(/\s+/));
+    expect(writable).toContain(example.TCAB_AGENT_STAGING);
+    expect(writable).toHaveLength(2);
+    // The example leaves it unset: application drills are refused (501) until the operator configures one.
+    expect(example.TCAB_AGENT_DRILL_BACKEND_COMMAND).toBe('');
+    const deploy = await readFile(path.join(INFRA, '..', 'docs', 'deploy.md'), 'utf8');
+    expect(deploy).toMatch(/TCAB_AGENT_DRILL_BACKEND_COMMAND=/);
+    expect(deploy).toContain('/etc/tcab-backup/drill-backend.env');
+    expect(deploy).toContain('TCAB_BACKUP_DRILL_APP');
+  });
+});
+
 describe('infra/vm: agent.env.example', () => {
   it('lists every agent setting and nothing else', () => {
     const agentSettings = SETTINGS.filter((s) => s.side === 'agent').map((s) => s.name).sort();

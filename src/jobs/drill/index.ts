@@ -17,17 +17,28 @@
  * records the live comparison as unavailable, with a warning, but does not fail: what it set out to prove
  * (the backup restores) holds, and an agent that is down already fails the snapshot job and its alert.
  * Any failure of the restore itself fails the drill, naming the target and the snapshot.
+ *
+ * The application drill (TCAB_BACKUP_DRILL_APP=true, `deps.app`): per target, once that target's copy passed
+ * the file checks, its artifact is read from the target again and streamed to the agent's POST /v1/drills,
+ * which restores it on the VM, starts the backend on the copy and checks /healthz and /runs. It runs per
+ * target, not once, because each target's stored bytes are what a recovery from that target would start the
+ * backend on. A failed step fails that target's drill, naming the step and what to check; so does an agent
+ * that cannot be asked (the operator asked for the application drill: its absence is not a warning). The
+ * recovery time then adds the backend's start to serving the runs to the file's restore time.
  */
 import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { AgentStatus } from '../../agent/protocol.js';
+import type { Readable } from 'node:stream';
+import type { AppDrillArtifact } from '../../agent/client.js';
+import type { AppDrillResult, AgentStatus } from '../../agent/protocol.js';
+import { manifestArtifactKey } from '../../catalog/catalog.js';
 import { toIsoTime } from '../../util/time.js';
 import type { Manifest } from '../../catalog/manifest.js';
 import { NotFoundError, TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { newDrillId } from '../../catalog/layout.js';
 import type { Target } from '../../targets/target.js';
-import { DRILL_RECORD_FORMAT_VERSION, trimDrillRecords, writeDrillRecord, type DrillRecord } from '../../catalog/drill-record.js';
+import { DRILL_RECORD_FORMAT_VERSION, trimDrillRecords, writeDrillRecord, type AppDrillRecord, type DrillRecord } from '../../catalog/drill-record.js';
 import { runRestore } from '../restore/index.js';
 import { firstValue, openDatabase } from '../../util/sqlite.js';
 import { verifyByStreaming } from './stream.js';
@@ -41,6 +52,12 @@ export interface LiveStatusSource {
   status(options?: { signal?: AbortSignal }): Promise<AgentStatus>;
 }
 
+/** What the application drill needs from the agent (AgentClient implements it). */
+export interface AppDrillSource {
+  readonly agent: string;
+  appDrill(of: AppDrillArtifact, body: Readable, options?: { signal?: AbortSignal }): Promise<AppDrillResult>;
+}
+
 export interface DrillDeps {
   targets: Target[];
   database: string;
@@ -50,6 +67,11 @@ export interface DrillDeps {
   workDir: string;
   /** restore, stream, or auto (restore when workDir has room for the database, else stream). Default auto. */
   method?: DrillMethodSetting;
+  /**
+   * The application drill (TCAB_BACKUP_DRILL_APP=true): the agent to run it on, or why none can be asked (the
+   * drill of every target then fails). Undefined: no application drill.
+   */
+  app?: AppDrillSource | { unavailable: string };
   logger?: Logger;
   now?: () => Date;
 }
@@ -63,9 +85,12 @@ export interface DrillResult {
 
 export class DrillFailedError extends TcabError {
   constructor(message: string, readonly result: DrillResult) {
+    const fileFailed = result.targets.some((r) => !r.ok && !(r.app && !r.app.passed));
     super(message, {
       code: 'DRILL_FAILED',
-      hint: 'the stored copy named is damaged or unreadable: restore from another target, run "tcab-backup verify --all --target <name>", and let replicate copy a good snapshot back',
+      hint: fileFailed
+        ? 'the stored copy named is damaged or unreadable: restore from another target, run "tcab-backup verify --all --target <name>", and let replicate copy a good snapshot back'
+        : 'the application drill\'s step named above: on the VM, TCAB_AGENT_DRILL_BACKEND_COMMAND, the backend\'s last log lines (in the drill record and the agent\'s log, journalctl -u tcab-backup-agent), and that this backend version starts on the stored database',
     });
     this.name = 'DrillFailedError';
   }
@@ -159,6 +184,13 @@ async function drillTarget(
       // The counts are the agent's, of these very bytes; the newest published run is not known without opening the file.
       compareWithLive(record, manifest, manifest.database.tables, null, live, deps.database);
     }
+    if (deps.app) {
+      const fileMs = record.recoveryTimeMs;
+      const app = await appDrill(target, manifest, deps.app, log, signal);
+      record.app = app;
+      if (!app.passed) throw new TcabError(app.error!);
+      if (fileMs !== null && app.startToServingMs !== null) record.recoveryTimeMs = fileMs + app.startToServingMs;
+    }
     record.ok = true;
   } catch (e) {
     if (signal?.aborted) throw e;
@@ -182,6 +214,7 @@ async function drillTarget(
     database: deps.database, target: target.name, drillId, snapshot: record.snapshot?.id, recoveryTimeMs: record.recoveryTimeMs,
     snapshotAgeMs: record.recoveryPoint?.snapshotAgeMs, runsSince: record.recoveryPoint?.runsSince, publishedGapMs: record.recoveryPoint?.publishedGapMs,
     liveAvailable: record.live.available, method: record.checks?.method, checks: record.checks?.ran, fromSnapshot: record.checks?.fromSnapshot, warnings: record.warnings,
+    ...(record.app ? { app: record.app.passed ? 'passed' : 'failed', appFailedStep: record.app.failedStep, runsServed: record.app.runs.served, startToServingMs: record.app.startToServingMs } : {}),
   };
   if (record.ok) log.info('drill.completed', fields);
   else log.error('drill.failed', { ...fields, error: record.error });
@@ -191,6 +224,61 @@ async function drillTarget(
     });
   }
   return record;
+}
+
+/** What to check when a step of the application drill fails, by step. */
+const APP_STEP_HINTS: Record<string, string> = {
+  receive: 'the stored artifact against its manifest ("tcab-backup verify --all --target <name>"), and the network between the function app and the VM',
+  'snapshot-sha256': 'the stored artifact decompresses to a file other than the manifest\'s: run "tcab-backup verify --all --target <name>"',
+  integrity: 'the restored database is damaged: run "tcab-backup verify --all --target <name>" and drill another target',
+  start: 'TCAB_AGENT_DRILL_BACKEND_COMMAND on the VM, and that the agent\'s user may run it',
+  healthz: 'the backend\'s last log lines (below and in the drill record), TCAB_AGENT_DRILL_BACKEND_COMMAND and TCAB_AGENT_DRILL_HEALTH_TIMEOUT on the VM, and that this backend version starts on the stored database (its migrations)',
+  runs: 'that the backend serves every run of the restored database: its version against the stored schema, and the backend\'s last log lines',
+  stop: 'the backend\'s handling of SIGTERM, and TCAB_AGENT_DRILL_STOP_GRACE on the VM',
+};
+
+/**
+ * Streams the target's artifact to the agent's POST /v1/drills and turns the answer, or the refusal, into the
+ * record's `app` part. Never throws but for a cancellation: every failure is a failed application drill.
+ */
+async function appDrill(target: Target, manifest: Manifest, source: AppDrillSource | { unavailable: string }, log: Logger, signal: AbortSignal | undefined): Promise<AppDrillRecord> {
+  const empty = { runs: { inFile: null, served: null, comparison: null }, checks: [], startToServingMs: null, totalMs: null };
+  if ('unavailable' in source) {
+    return { passed: false, failedStep: 'agent', agent: null, ...empty,
+      error: `the application drill (TCAB_BACKUP_DRILL_APP=true) needs the agent, which cannot be asked: ${source.unavailable}. Check: TCAB_BACKUP_AGENT_URL and its key, or set TCAB_BACKUP_DRILL_APP=false` };
+  }
+  let result: AppDrillResult;
+  let reading = true;
+  try {
+    const { body } = await target.get(manifestArtifactKey(manifest), signal ? { signal } : {});
+    reading = false;
+    log.info('drill.app_started', { target: target.name, snapshot: manifest.id, agent: source.agent, artifactBytes: manifest.artifact.bytes });
+    result = await source.appDrill({ snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot }, body, signal ? { signal } : {});
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    const status = e instanceof TcabError && 'status' in e ? (e as { status?: number }).status : undefined;
+    const step = reading || status === 422 ? 'receive' : 'agent';
+    const what = reading ? 'reading the artifact from the target failed'
+      : status === 409 ? 'the agent is busy with another application drill'
+        : status === 422 ? 'the agent refused the artifact before starting anything'
+          : 'the agent did not run it';
+    return { passed: false, failedStep: step, agent: source.agent, ...empty, error: `application drill on the agent at ${source.agent} failed at step ${step}: ${what}: ${errorMessage(e)}` };
+  }
+  const ms = (name: string) => result.checks.find((c) => c.name === name)?.ms ?? 0;
+  const app: AppDrillRecord = {
+    passed: result.passed, failedStep: result.failedStep, agent: source.agent, runs: result.runs,
+    checks: result.checks, startToServingMs: result.passed ? ms('start') + ms('healthz') + ms('runs') : null, totalMs: result.totalMs,
+    ...(result.backendLog ? { backendLog: result.backendLog } : {}),
+  };
+  if (!result.passed) {
+    const step = result.failedStep ?? 'unknown';
+    const failed = result.checks.find((c) => !c.ok);
+    const lines = (result.backendLog ?? []).filter((l) => l.trim()).slice(-5);
+    app.error = `application drill on the agent at ${source.agent} failed at step ${step}: ${failed?.detail ?? 'no detail'}. `
+      + `Check: ${APP_STEP_HINTS[step] ?? 'the agent\'s log on the VM'}`
+      + (lines.length ? `. The backend's last log lines: ${lines.join(' | ')}` : '');
+  }
+  return app;
 }
 
 /** runRestore's message names every target tried; here there is one, so keep only what went wrong. */

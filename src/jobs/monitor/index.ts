@@ -84,6 +84,11 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions = {}
     targets: Object.fromEntries(doc.targets.map((t) => [t.name, t.state])),
     // What the newest successful drill of each target proved: restore (SQLite checks run by the drill) or stream.
     drills: Object.fromEntries(doc.targets.map((t) => [t.name, t.drill.lastSucceeded?.checks?.method ?? 'none'])),
+    // The newest drill's application drill, where one ran: passed, or the step it failed at (a failed one is a failed drill above).
+    appDrills: Object.fromEntries(doc.targets.flatMap((t) => {
+      const app = t.drill.recent[0]?.app;
+      return app ? [[t.name, app.passed ? 'passed' : `failed at ${app.failedStep ?? 'unknown'}`]] : [];
+    })),
     ...(doc.postgres ? { postgres: doc.postgres.state } : {}),
     problems: doc.problems.map((p) => `${p.state}: ${p.message}`),
   };

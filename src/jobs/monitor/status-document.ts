@@ -20,7 +20,7 @@
 import type { Manifest } from '../../catalog/manifest.js';
 import type { PgServerStatus } from '../../postgres/status.js';
 import { formatDuration } from '../../util/duration.js';
-import type { DrillChecks, DrillRecord } from '../../catalog/drill-record.js';
+import { appDrillText, type DrillChecks, type DrillRecord } from '../../catalog/drill-record.js';
 import type { AgeThreshold, MonitorThresholds } from '../settings.js';
 import { verdictOf, type VerifyRecord } from '../../catalog/verify-record.js';
 
@@ -59,6 +59,8 @@ export interface DrillSummary {
   liveAvailable: boolean;
   warnings: string[];
   error?: string;
+  /** The application drill (TCAB_BACKUP_DRILL_APP), when this drill ran one: the backend brought up on the copy. */
+  app?: { passed: boolean; failedStep: string | null; runsServed: number | null; runsInFile: number | null; startToServingMs: number | null; text: string };
 }
 
 export interface TargetStatus {
@@ -163,6 +165,12 @@ function summarizeDrill(r: DrillRecord): DrillSummary {
     checks: r.checks ?? (r.ok ? { method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] } : null),
     snapshotAgeMs: r.recoveryPoint?.snapshotAgeMs ?? null, runsSince: r.recoveryPoint?.runsSince ?? null, liveAvailable: r.live.available,
     warnings: r.warnings, ...(r.error ? { error: r.error } : {}),
+    ...(r.app ? {
+      app: {
+        passed: r.app.passed, failedStep: r.app.failedStep, runsServed: r.app.runs.served, runsInFile: r.app.runs.inFile,
+        startToServingMs: r.app.startToServingMs, text: appDrillText(r.app),
+      },
+    } : {}),
   };
 }
 
@@ -223,8 +231,11 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
   let drillState: State = 'ok';
   const newestDrill = records[0];
   if (newestDrill && !newestDrill.ok) {
-    drillState = add('critical', 'drill', `the last restore drill ${newestDrill.drillId} failed: ${newestDrill.error ?? 'no reason recorded'}`,
-      'restore from another target; run "tcab-backup verify --all" to find damaged copies, and "tcab-backup drill" once fixed');
+    // A backend that did not come up on a good file is as failed a drill as a file that did not restore.
+    const appFailed = newestDrill.app && !newestDrill.app.passed;
+    drillState = add('critical', 'drill', `the last restore drill ${newestDrill.drillId} failed: ${newestDrill.error ?? 'no reason recorded'}`, appFailed
+      ? 'the application drill\'s failed step and the backend\'s last log lines in the drill record; on the VM, TCAB_AGENT_DRILL_BACKEND_COMMAND and the agent\'s log; "tcab-backup drill --app" once fixed'
+      : 'restore from another target; run "tcab-backup verify --all" to find damaged copies, and "tcab-backup drill" once fixed');
   }
   if (lastSucceeded) {
     drillState = worst(drillState, add(ageState(status.drill.ageMs, t.drill), 'drill', `the last successful restore drill was ${formatDuration(status.drill.ageMs!)} ago (${limits(t.drill)})`, drillHint));

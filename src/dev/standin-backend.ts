@@ -1,4 +1,4 @@
-// A stand-in for the TCAB backend in application drill tests: opens the SQLite file named by
+// A stand-in for the TCAB backend in application drills (the tests and `npm run demo`): opens the SQLite file named by
 // TCAB_BACKEND_DATABASE_URL (sqlite://<path>) with node:sqlite and serves GET /healthz and GET /runs as JSON on
 // 127.0.0.1:$PORT. The command line must repeat the same URL and port (--database-url, --port), so the tests
 // see that the agent fills in {database_url} and {port}.
@@ -9,6 +9,9 @@
 //   STANDIN_NO_HEALTH=1          accept connections to /healthz but never answer them
 //   STANDIN_IGNORE_SIGTERM=1     ignore SIGTERM (only SIGKILL stops it)
 //   STANDIN_DROP_RUNS=<n>        serve n runs fewer than the file holds
+//   STANDIN_START_DELAY_MS=<ms>  wait this long before listening (a backend that is slow to start)
+//
+// Run as `node dist/src/dev/standin-backend.js` (built), or from the source with a Node that strips types.
 import { writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { DatabaseSync } from 'node:sqlite';
@@ -17,11 +20,11 @@ const env = process.env;
 // Knobs may also come as STANDIN_X=value words on the command line.
 for (const word of process.argv.slice(2)) {
   const m = /^(STANDIN_[A-Z_]+)=(.*)$/.exec(word);
-  if (m) env[m[1]] = m[2];
+  if (m) env[m[1]!] = m[2]!;
 }
 if (env.STANDIN_PID_FILE) writeFileSync(env.STANDIN_PID_FILE, String(process.pid));
 const args = process.argv.slice(2);
-const arg = (name) => {
+const arg = (name: string): string | undefined => {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
 };
@@ -67,4 +70,9 @@ const server = createServer((req, res) => {
   res.writeHead(404, { 'Content-Type': 'application/json' });
   res.end('{"error":"not found"}');
 });
-server.listen(port, '127.0.0.1', () => console.log(`stand-in backend: listening on 127.0.0.1:${port}`));
+const listen = () => server.listen(port, '127.0.0.1', () => console.log(`stand-in backend: listening on 127.0.0.1:${port}`));
+const delay = Number(env.STANDIN_START_DELAY_MS ?? 0);
+if (delay > 0) {
+  console.log(`stand-in backend: starting in ${delay} ms`);
+  setTimeout(listen, delay);
+} else listen();
