@@ -6,7 +6,8 @@
 import { text } from 'node:stream/consumers';
 import { listCatalog, readManifests } from '../catalog/catalog.js';
 import { PIN_TAG } from '../catalog/manifest.js';
-import { loadAgentClientConfig, loadAgentConfig, loadTargetsConfig } from '../config.js';
+import { loadAgentConfig } from '../agent/config.js';
+import { loadAgentClientConfig, loadTargetsConfig } from '../config.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { openAgent, openTargets } from '../runtime.js';

@@ -10,7 +10,7 @@ import { provenText, type DrillRecord } from '../catalog/drill-record.js';
 import { drillLiveSource, monitorPostgresSource } from '../jobs/deps.js';
 import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../jobs/settings.js';
 import { runMonitor } from '../jobs/monitor/index.js';
-import type { State, StatusDocument } from '../jobs/monitor/status-document.js';
+import type { State, StatusDocument } from '../status/document.js';
 import { VerifyFailedError, runVerifyRotation, type VerifyRotationResult } from '../jobs/verify/index.js';
 import { openTargets } from '../runtime.js';
 import { renderStatusPage } from '../status/page.js';
