@@ -1,4 +1,4 @@
-// Rewrites the README's configuration reference from the settings catalogue in src/config.ts.
+// Rewrites the README's configuration reference from the settings catalogue in src/settings.ts.
 // Usage (after `npm run build`): node scripts/settings-table.mjs
 import { readFileSync, writeFileSync } from 'node:fs';
 import { withSettingsSection } from '../dist/src/settings-doc.js';

@@ -1,9 +1,9 @@
 /** Renders the configuration reference (Markdown) from the settings catalogue, for the README. */
-import { SETTINGS, type SettingDoc } from './config.js';
+import { SETTINGS, type SettingDoc } from './settings.js';
 
 const esc = (s: string) => s.replace(/\|/g, '\\|');
 
-export function settingsMarkdown(settings: SettingDoc[] = SETTINGS): string {
+export function settingsMarkdown(settings: readonly SettingDoc[] = SETTINGS): string {
   const out: string[] = [];
   for (const side of ['backup', 'agent'] as const) {
     out.push(side === 'backup' ? '### Function app and CLI' : '### Snapshot agent (on the VM)', '');

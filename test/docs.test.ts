@@ -2,7 +2,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect, it } from 'vitest';
-import { SETTINGS } from '../src/config.js';
+import { SETTINGS } from '../src/settings.js';
 import { withSettingsSection } from '../src/settings-doc.js';
 
 it('the README configuration reference lists every setting exactly as the catalogue defines it', async () => {

@@ -10,6 +10,8 @@ export const AUTH_SCHEME = 'TCAB-HMAC-SHA256';
 export const AUTH_WINDOW_SECONDS = 300;
 export const MAX_BODY_BYTES = 16 * 1024;
 export const SNAPSHOT_ID_RE = /^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$/;
+/** A database name as both sides write it in storage keys and snapshot descriptions. */
+export const DATABASE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export const NONCE_RE = /^[A-Za-z0-9_-]{16,64}$/;
 export const EMPTY_SHA256 = createHash('sha256').update('').digest('hex');
 

@@ -10,9 +10,9 @@
  * The date folders come from the snapshot id (its creation time, UTC), so every key is derived from the id.
  */
 import { randomBytes } from 'node:crypto';
-import { COMPRESSION_EXT, SNAPSHOT_ID_RE, type Compression } from '../agent/protocol.js';
+import { COMPRESSION_EXT, DATABASE_NAME_RE, SNAPSHOT_ID_RE, type Compression } from '../agent/protocol.js';
 
-export const DATABASE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+export { DATABASE_NAME_RE };
 
 function checkDatabase(database: string): void {
   if (!DATABASE_NAME_RE.test(database)) throw new Error(`database name "${database}" must be lower-case letters, digits, '_' and '-'`);

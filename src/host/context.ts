@@ -3,7 +3,7 @@
  * invocation's log (Application Insights traces), and problem+json responses.
  */
 import type { HttpResponseInit, InvocationContext } from '@azure/functions';
-import { durationMs, loadBackupConfig, Problems, read, SETTINGS, type BackupConfig, type Env } from '../config.js';
+import { loadBackupConfig, loadJobTimeoutMs, type BackupConfig, type Env } from '../config.js';
 import { TcabError } from '../errors.js';
 import { createLogger, redact, type EventObserver, type Level, type Logger } from '../log.js';
 import { formatDuration } from '../util/duration.js';
@@ -42,16 +42,12 @@ export function invocationLogger(context: InvocationContext, onEvent?: EventObse
   });
 }
 
-/** TCAB_BACKUP_JOB_TIMEOUT, read at every invocation; an invalid value fails the invocation naming it. */
 /** How long a job stopped at its timeout gets to settle before its invocation fails anyway. */
 const JOB_SETTLE_GRACE_MS = 60_000;
 
+/** TCAB_BACKUP_JOB_TIMEOUT, read at every invocation; an invalid value fails the invocation naming it. */
 export function jobTimeoutMs(env: Env = process.env): number {
-  const problems = new Problems();
-  const fallback = SETTINGS.find((s) => s.name === 'TCAB_BACKUP_JOB_TIMEOUT')!.default;
-  const ms = read(env, problems, 'TCAB_BACKUP_JOB_TIMEOUT', durationMs('a duration like 25m'), fallback);
-  problems.throwIfAny();
-  return ms!;
+  return loadJobTimeoutMs(env);
 }
 
 export class JobTimeoutError extends TcabError {

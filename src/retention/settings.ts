@@ -13,22 +13,35 @@
  * The safety rails (src/retention/rails.ts) are shared by all targets.
  */
 import { ConfigError } from '../errors.js';
-import { SETTINGS, type Env } from '../config.js';
 import { parseDurationMs } from '../util/duration.js';
+import { defineSettings, settingsReader, type Env } from '../util/settings.js';
 import { formatCalendarDuration, isZeroDuration, parseCalendarDuration } from './duration.js';
 import { COUNT_RULES, WITHIN_RULES, isEmptyPolicy, policyProblems, type RetentionPolicy } from './policy.js';
 import type { RetentionRailSettings } from './rails.js';
 
 /**
- * For a snapshot every hour: two days of hours (an incident found the next working day can still be undone
- * to the hour), two weeks of days, two months of weeks, a year of months, and one snapshot of every year
- * for good (the runs database is a system of record, and one file a year costs next to nothing). About 80
- * snapshots per target once a year has passed.
+ * The default policy, for a snapshot every hour: two days of hours (an incident found the next working day
+ * can still be undone to the hour), two weeks of days, two months of weeks, a year of months, and one
+ * snapshot of every year for good (the runs database is a system of record, and one file a year costs next to
+ * nothing). About 80 snapshots per target once a year has passed.
  */
-export const DEFAULT_RETENTION_POLICY_TEXT = 'hourly=48,daily=14,weekly=8,monthly=12,yearly=-1';
-export const DEFAULT_MIN_KEEP = 3;
-export const DEFAULT_MIN_AGE = '1h';
-export const DEFAULT_MAX_DELETE_SHARE = 0.5;
+export const RETENTION_SETTINGS = defineSettings([
+  { name: 'TCAB_BACKUP_RETENTION_<NAME>', side: 'backup', requiredInAzure: false, secret: false, default: 'hourly=48,daily=14,weekly=8,monthly=12,yearly=-1',
+    description: 'Retention policy of one target (restic forget semantics, UTC), comma-separated rules: last, hourly, daily, weekly (ISO weeks), monthly, yearly = a count or -1 (unlimited); within, withinHourly, withinDaily, withinWeekly, withinMonthly, withinYearly = a duration in y, m (months), d, h like 1y2m3d4h, measured back from the newest snapshot; tags = tag lists separated by ";", tags of one list joined by "+" (pinned;release+v1 keeps snapshots tagged pinned, or tagged both release and v1). E.g. last=3,hourly=24,daily=14,weekly=8,monthly=12,yearly=-1.' },
+  { name: 'TCAB_BACKUP_RETENTION_MIN_KEEP', side: 'backup', requiredInAzure: false, secret: false, default: '3',
+    description: 'Safety rail: prune always keeps at least this many of the newest snapshots of each target, whatever the policy says.' },
+  { name: 'TCAB_BACKUP_RETENTION_MIN_AGE', side: 'backup', requiredInAzure: false, secret: false, default: '1h',
+    description: 'Safety rail: prune never deletes a snapshot younger than this (e.g. 1h, 1d).' },
+  { name: 'TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE', side: 'backup', requiredInAzure: false, secret: false, default: '0.5',
+    description: 'Safety rail: a prune run that would delete more than this share (0 to 1) of a target\'s snapshots is refused unless forced (tcab-backup prune --force).' },
+]);
+
+const { fallback } = settingsReader(RETENTION_SETTINGS);
+
+export const DEFAULT_RETENTION_POLICY_TEXT = fallback('TCAB_BACKUP_RETENTION_<NAME>');
+export const DEFAULT_MIN_KEEP = Number(fallback('TCAB_BACKUP_RETENTION_MIN_KEEP'));
+export const DEFAULT_MIN_AGE = fallback('TCAB_BACKUP_RETENTION_MIN_AGE');
+export const DEFAULT_MAX_DELETE_SHARE = Number(fallback('TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE'));
 
 export const MIN_KEEP_VARIABLE = 'TCAB_BACKUP_RETENTION_MIN_KEEP';
 export const MIN_AGE_VARIABLE = 'TCAB_BACKUP_RETENTION_MIN_AGE';
@@ -166,7 +179,7 @@ export function loadRetentionConfig(env: Env, targetNames: readonly string[]): R
       problems.push(`${variable}: "${text}" is invalid: ${(e as Error).message}`);
     }
   }
-  const documented = new Set(SETTINGS.map((s) => s.name));
+  const documented = new Set<string>(RETENTION_SETTINGS.map((s) => s.name));
   for (const variable of Object.keys(env)) {
     if (!variable.startsWith('TCAB_BACKUP_RETENTION_') || targetVariables.has(variable) || documented.has(variable)) continue;
     if (!env[variable]?.trim()) continue;

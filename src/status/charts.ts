@@ -3,8 +3,7 @@
  * a description for screen readers, and states are marked with words and patterns as well as colour.
  */
 import { formatBytes } from '../util/format.js';
-import type { AgeThreshold } from '../jobs/settings.js';
-import type { DrillSummary, TargetStatus } from '../jobs/monitor/status-document.js';
+import type { AgeThreshold, DrillSummary, TargetStatus } from './document.js';
 import { formatDuration } from '../util/duration.js';
 import { esc, niceBytesStep, niceStep, px, shortMs, utcDay, utcMinute } from './svg.js';
 

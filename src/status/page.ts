@@ -5,9 +5,8 @@
  * of recent drills. Every state is spelled out in words and marked with a symbol, never by colour alone.
  */
 import { formatBytes } from '../util/format.js';
-import type { DrillSummary, PostgresStatus, State, StatusDocument, TargetStatus } from '../jobs/monitor/status-document.js';
+import type { DrillSummary, MonitorThresholds, PostgresStatus, State, StatusDocument, TargetStatus } from './document.js';
 import { provenText } from '../catalog/drill-record.js';
-import type { MonitorThresholds } from '../jobs/settings.js';
 import { formatDuration } from '../util/duration.js';
 import { COLOURS, patternDefs, recoveryPointGaugeSvg, recoveryTimeSvg, snapshotTimelineSvg } from './charts.js';
 import { esc, shortMs, utcMinute } from './svg.js';

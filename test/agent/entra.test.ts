@@ -10,7 +10,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { AgentClient, AgentError } from '../../src/agent/client.js';
 import { EntraSigningKeys } from '../../src/agent/entra-keys.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
-import { loadAgentClientConfig, loadAgentConfig, type AgentConfig, type EntraAgentConfig } from '../../src/config.js';
+import { loadAgentConfig, type AgentConfig, type EntraAgentConfig } from '../../src/agent/config.js';
+import { loadAgentClientConfig } from '../../src/config.js';
 import { ConfigError } from '../../src/errors.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { silentLogger } from '../../src/log.js';

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
-import type { AgentConfig } from '../../src/config.js';
+import type { AgentConfig } from '../../src/agent/config.js';
 import { createLogger, type Logger } from '../../src/log.js';
 import { signRequest } from '../../src/agent/protocol.js';
 import { firstColumn, firstValue, openDatabase } from '../../src/util/sqlite.js';

@@ -5,7 +5,8 @@
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { loadBackupConfig, loadTargetsConfig, SETTINGS } from '../../src/config.js';
+import { loadBackupConfig, loadTargetsConfig } from '../../src/config.js';
+import { SETTINGS } from '../../src/settings.js';
 import { loadPgCheckConfig, loadPgDrillConfig } from '../../src/postgres/config.js';
 import { parseRetentionPolicy } from '../../src/retention/settings.js';
 import {

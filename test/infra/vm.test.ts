@@ -9,7 +9,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
-import { loadAgentConfig, SETTINGS } from '../../src/config.js';
+import { loadAgentConfig } from '../../src/agent/config.js';
+import { SETTINGS } from '../../src/settings.js';
 import { INFRA } from './bicep.js';
 
 const run = promisify(execFile);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SETTINGS } from '../../src/config.js';
+import { SETTINGS } from '../../src/settings.js';
 import { ConfigError } from '../../src/errors.js';
 import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../../src/jobs/settings.js';
 import { longestGapMs } from '../../src/util/schedule-gap.js';

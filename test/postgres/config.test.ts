@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SETTINGS } from '../../src/config.js';
+import { SETTINGS } from '../../src/settings.js';
 import { ConfigError } from '../../src/errors.js';
 import { DEFAULT_VALIDATION_SQL, isPgConfigured, loadPgCheckConfig, loadPgDrillConfig } from '../../src/postgres/config.js';
 

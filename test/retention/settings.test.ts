@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { SETTINGS } from '../../src/config.js';
+import { SETTINGS } from '../../src/settings.js';
 import { ConfigError } from '../../src/errors.js';
 import { parseCalendarDuration } from '../../src/retention/duration.js';
 import { planRetention } from '../../src/retention/policy.js';

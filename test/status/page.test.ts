@@ -7,7 +7,7 @@ import { runDrill } from '../../src/jobs/drill/index.js';
 import type { DrillRecord } from '../../src/catalog/drill-record.js';
 import { loadMonitorSettings } from '../../src/jobs/settings.js';
 import { runMonitor } from '../../src/jobs/monitor/index.js';
-import { buildStatusDocument, type StatusDocument, type TargetFacts } from '../../src/jobs/monitor/status-document.js';
+import { buildStatusDocument, type StatusDocument, type TargetFacts } from '../../src/status/document.js';
 import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import type { VerifyRecord } from '../../src/catalog/verify-record.js';
 import { renderStatusPage } from '../../src/status/page.js';

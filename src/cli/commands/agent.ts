@@ -1,6 +1,6 @@
 /** `tcab-backup agent`: runs the snapshot agent in this process (TCAB_AGENT_* settings) until SIGINT or SIGTERM. */
 import { startAgent } from '../../agent/run.js';
-import { loadAgentConfig } from '../../config.js';
+import { loadAgentConfig } from '../../agent/config.js';
 import { parse, type Command } from '../command.js';
 
 export const agentCommand: Command = async (args, ctx) => {

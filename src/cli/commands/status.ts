@@ -7,7 +7,7 @@ import { resolve } from 'node:path';
 import { loadTargetsConfig } from '../../config.js';
 import { monitorPostgresSource } from '../../jobs/deps.js';
 import { runMonitor } from '../../jobs/monitor/index.js';
-import type { State, StatusDocument } from '../../jobs/monitor/status-document.js';
+import type { State, StatusDocument } from '../../status/document.js';
 import { loadMonitorSettings } from '../../jobs/settings.js';
 import { openTargets } from '../../runtime.js';
 import { renderStatusPage } from '../../status/page.js';

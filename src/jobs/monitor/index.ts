@@ -1,7 +1,7 @@
 /**
  * The monitor, the dead-man's switch: a timer that never runs never fails, so this job looks for what did
  * not happen. It reads every target (snapshot listing, the newest manifest, recent drill records, the verify
- * record), judges the ages against the thresholds (status-doc.ts), writes the status document to every
+ * record), judges the ages against the thresholds (src/status/document.ts), writes the status document to every
  * target it can reach, logs `monitor.status` with `state`, and throws when the state is critical so the
  * invocation fails and the alert fires. An unreachable target is critical.
  */
@@ -14,8 +14,9 @@ import { pgStatusSummary } from '../../postgres/status.js';
 import type { ServerRef } from '../../postgres/resource-id.js';
 import type { Target } from '../../targets/target.js';
 import { readRecentDrills } from '../../catalog/drill-record.js';
-import type { MonitorThresholds } from '../settings.js';
-import { RECENT_DRILLS, addProblem, buildStatusDocument, type PostgresFacts, type StatusDocument, type TargetFacts } from './status-document.js';
+import {
+  RECENT_DRILLS, addProblem, buildStatusDocument, type MonitorThresholds, type PostgresFacts, type StatusDocument, type TargetFacts,
+} from '../../status/document.js';
 import { readVerifyRecord } from '../../catalog/verify-record.js';
 
 /** Drill records read per target: enough to find the last success behind a run of failures. */

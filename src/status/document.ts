@@ -17,12 +17,25 @@
  * Postgres servers (when configured): a policy violation or unreadable records: critical; check or successful
  * drill older than the thresholds: warn or critical; no record yet: warn.
  */
-import type { Manifest } from '../../catalog/manifest.js';
-import type { PgServerStatus } from '../../postgres/status.js';
-import { formatDuration } from '../../util/duration.js';
-import { appDrillText, type DrillChecks, type DrillRecord } from '../../catalog/drill-record.js';
-import type { AgeThreshold, MonitorThresholds } from '../settings.js';
-import { verdictOf, type VerifyRecord } from '../../catalog/verify-record.js';
+import type { Manifest } from '../catalog/manifest.js';
+import type { PgServerStatus } from '../postgres/status.js';
+import { formatDuration } from '../util/duration.js';
+import { appDrillText, type DrillChecks, type DrillRecord } from '../catalog/drill-record.js';
+import { verdictOf, type VerifyRecord } from '../catalog/verify-record.js';
+
+/** An age judged against two limits (the monitor's *_WARN_AGE and *_CRITICAL_AGE settings). */
+export interface AgeThreshold {
+  warnMs: number;
+  criticalMs: number;
+}
+
+export interface MonitorThresholds {
+  snapshot: AgeThreshold;
+  drill: AgeThreshold;
+  verify: AgeThreshold;
+  pgCheck: AgeThreshold;
+  pgDrill: AgeThreshold;
+}
 
 export const STATUS_FORMAT_VERSION = 1;
 export type State = 'ok' | 'warn' | 'critical';
