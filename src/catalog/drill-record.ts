@@ -155,7 +155,11 @@ export async function readRecentDrills(
   limit: number,
   signal?: AbortSignal,
 ): Promise<Array<{ drillId: string; record?: DrillRecord; error?: string }>> {
-  const ids = (await listDrillIds(target, database, signal)).reverse().slice(0, limit);
+  const all = (await listDrillIds(target, database, signal)).reverse();
+  // Read past the limit while ids share the last one's second: which of those is newer is known only from the records.
+  let end = Math.min(limit, all.length);
+  while (end > 0 && end < all.length && all[end]!.slice(0, 16) === all[end - 1]!.slice(0, 16)) end++;
+  const ids = all.slice(0, end);
   const read = await Promise.all(ids.map(async (drillId) => {
     try {
       const stored = await readRecord(target, drillKey(database, drillId), DrillRecordSchema, signal);
@@ -166,7 +170,7 @@ export async function readRecentDrills(
   }));
   // Ids have second precision; drills started within one second are ordered by when they started.
   const at = (r: (typeof read)[number]) => r.record?.startedAt ?? r.drillId;
-  return read.sort((a, b) => (a.drillId.slice(0, 16) !== b.drillId.slice(0, 16) ? (a.drillId < b.drillId ? 1 : -1) : at(a) < at(b) ? 1 : at(a) > at(b) ? -1 : 0));
+  return read.sort((a, b) => (a.drillId.slice(0, 16) !== b.drillId.slice(0, 16) ? (a.drillId < b.drillId ? 1 : -1) : at(a) < at(b) ? 1 : at(a) > at(b) ? -1 : 0)).slice(0, limit);
 }
 
 /** Removes the oldest records beyond DRILL_RECORDS_KEPT; returns how many went. */
