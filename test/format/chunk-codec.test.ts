@@ -12,7 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { createZstdDecompress, zstdDecompress } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IntegrityError, TcabError } from '../../src/errors.js';
-import { CHUNK_ZSTD_LEVEL, compressChunk, decompressChunk } from '../../src/format/chunk-codec.js';
+import { CHUNK_ZSTD_LEVEL, ChunkCompressor, compressChunk, decompressChunk } from '../../src/format/chunk-codec.js';
 import type { Chunk } from '../../src/format/chunker.js';
 import { collect, deterministicBytes, sampleSnapshot, sha256, tempDir } from './helpers.js';
 
@@ -26,7 +26,10 @@ beforeAll(async () => {
   snapshotPath = sampleSnapshot(work.dir, 300);
   plain = await readFile(snapshotPath);
   chunks = await collect(createReadStream(snapshotPath));
-  frames = await Promise.all(chunks.map((c) => compressChunk(c.bytes)));
+  // One reused context, as a snapshot would compress them; calls overlap on purpose.
+  const compressor = new ChunkCompressor();
+  frames = await Promise.all(chunks.map((c) => compressor.compress(c.bytes)));
+  await compressor.close();
 });
 afterAll(() => work?.remove());
 
@@ -76,7 +79,31 @@ describe('compressChunk and decompressChunk', () => {
     await expect(short).rejects.toThrow(`decompresses to ${chunks[0]!.length} bytes, not the ${chunks[0]!.length + 5} its manifest lists`);
   });
 
+  it('one-shot compressChunk and a reused ChunkCompressor both make single frames that decode alone', async () => {
+    const compressor = new ChunkCompressor(1);
+    try {
+      for (const i of [0, 7, chunks.length - 1]) {
+        const c = chunks[i]!;
+        for (const frame of [await compressChunk(c.bytes, 1), await compressor.compress(c.bytes)]) {
+          expect((await decompressChunk(frame, { sha256: c.sha256, bytes: c.length }, `chunk ${i}`)).equals(c.bytes)).toBe(true);
+          const path = join(work.dir, `single-${i}.zst`);
+          await writeFile(path, frame);
+          const info = execFileSync('zstd', ['-lv', path], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+          expect(info).toMatch(/# Zstandard Frames: 1\n/);
+        }
+      }
+      // A chunk that does not compress, at the largest size the format allows, still makes one whole frame.
+      const big = deterministicBytes('largest', 16 * 1024 * 1024);
+      const frame = await compressor.compress(big);
+      expect((await decompressChunk(frame, { sha256: sha256(big), bytes: big.length }, 'largest')).equals(big)).toBe(true);
+      await expect(compressor.compress(Buffer.alloc(0))).rejects.toThrow(/Compressing a chunk of 0 bytes failed: a chunk is never empty/);
+    } finally {
+      await compressor.close();
+    }
+  });
+
   it('refuses a level zstd does not have', async () => {
+    expect(() => new ChunkCompressor(20)).toThrow(/Invalid zstd level 20 for a chunk/);
     await expect(compressChunk(Buffer.alloc(10), 0)).rejects.toBeInstanceOf(TcabError);
     await expect(compressChunk(Buffer.alloc(10), 23)).rejects.toThrow(/Invalid zstd level 23 for a chunk/);
   });
