@@ -111,9 +111,13 @@ async function hashes(path: string, params: Partial<ChunkerParams> = {}): Promis
 
 async function wholeFileZstd(path: string, level: number): Promise<number> {
   let bytes = 0;
-  await pipeline(createReadStream(path, { highWaterMark: READ_BYTES }), zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: level } }), async (src: AsyncIterable<Buffer>) => {
-    for await (const b of src) bytes += b.length;
-  });
+  await pipeline(
+    createReadStream(path, { highWaterMark: READ_BYTES }),
+    zlib.createZstdCompress({ params: { [zlib.constants.ZSTD_c_compressionLevel]: level } }),
+    async (src: AsyncIterable<Buffer>) => {
+      for await (const b of src) bytes += b.length;
+    },
+  );
   return bytes;
 }
 
@@ -210,12 +214,21 @@ export async function measureChunks(firstPath: string, secondPath: string): Prom
   const v1ArtifactBytes = await wholeFileZstd(secondPath, 1);
   mark('v1');
   return {
-    first: { bytes: firstBytes, chunks: chunked.value.length, distinctChunks: new Set(chunked.value.map(([h]) => h)).size, storedBytes: firstStored },
+    first: {
+      bytes: firstBytes,
+      chunks: chunked.value.length,
+      distinctChunks: new Set(chunked.value.map(([h]) => h)).size,
+      storedBytes: firstStored,
+    },
     second,
     v1ArtifactBytes,
     manifestChunkLinesBytes: chunkLines.length,
     manifestChunkLinesZstdBytes,
-    throughput: { cutMBps: mbps(firstBytes, cut.ms), chunkMBps: mbps(firstBytes, chunked.ms), compressMBps: mbps(compressedPlain, compressMs) },
+    throughput: {
+      cutMBps: mbps(firstBytes, cut.ms),
+      chunkMBps: mbps(firstBytes, chunked.ms),
+      compressMBps: mbps(compressedPlain, compressMs),
+    },
     levels,
     otherSizes,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
@@ -246,17 +259,27 @@ function publishRuns(livePath: string, workDir: string, runs: number, seed: numb
   try {
     db.exec(`ATTACH DATABASE '${batchPath.replaceAll("'", "''")}' AS batch`);
     const newest = firstValue<string>(db, 'SELECT max(published_at) FROM main.runs') ?? new Date(0).toISOString();
-    const batchRuns = db.prepare('SELECT id, slug, title, record, source_url, build_url FROM batch.runs ORDER BY id').all() as Array<Record<string, string | number | null>>;
-    const insertRun = db.prepare('INSERT INTO main.runs (slug, title, published_at, record, source_url, build_url) VALUES (?, ?, ?, ?, ?, ?)');
-    const copyReviews = db.prepare('INSERT INTO main.reviews (run_id, reviewer, score, body, created_at) SELECT ?, reviewer, score, body, ? FROM batch.reviews WHERE run_id = ? ORDER BY id');
+    const batchRuns = db.prepare('SELECT id, slug, title, record, source_url, build_url FROM batch.runs ORDER BY id').all() as Array<
+      Record<string, string | number | null>
+    >;
+    const insertRun = db.prepare(
+      'INSERT INTO main.runs (slug, title, published_at, record, source_url, build_url) VALUES (?, ?, ?, ?, ?, ?)',
+    );
+    const copyReviews = db.prepare(
+      'INSERT INTO main.reviews (run_id, reviewer, score, body, created_at) SELECT ?, reviewer, score, body, ? FROM batch.reviews WHERE run_id = ? ORDER BY id',
+    );
     let reviews = 0;
     batchRuns.forEach((r, i) => {
       // A few runs a minute: one every 20 s of simulated time.
       const at = new Date(Date.parse(newest) + (i + 1) * 20_000).toISOString();
-      inTransaction(db, () => {
-        const id = insertRun.run(`${String(r.slug)}-live`, r.title, at, r.record, r.source_url, r.build_url).lastInsertRowid;
-        reviews += Number(copyReviews.run(id, at, r.id).changes);
-      }, 'IMMEDIATE');
+      inTransaction(
+        db,
+        () => {
+          const id = insertRun.run(`${String(r.slug)}-live`, r.title, at, r.record, r.source_url, r.build_url).lastInsertRowid;
+          reviews += Number(copyReviews.run(id, at, r.id).changes);
+        },
+        'IMMEDIATE',
+      );
     });
     db.exec('DETACH DATABASE batch');
     return { runs: batchRuns.length, reviews };
@@ -276,13 +299,20 @@ function runChild(firstPath: string, secondPath: string): Promise<ChunkFigures> 
     child.once('error', reject);
     child.once('exit', (code) => {
       if (code !== 0) {
-        reject(new TcabError(`The chunk measurement (${script} --measure-chunks) exited with code ${code}: ${err.trim().split('\n').slice(-3).join(' ')}`, { hint: 'run npm run build first; the figures come from the compiled file' }));
+        reject(
+          new TcabError(
+            `The chunk measurement (${script} --measure-chunks) exited with code ${code}: ${err.trim().split('\n').slice(-3).join(' ')}`,
+            { hint: 'run npm run build first; the figures come from the compiled file' },
+          ),
+        );
         return;
       }
       try {
         resolve(JSON.parse(out) as ChunkFigures);
       } catch (e) {
-        reject(new TcabError(`The chunk measurement printed no figures: ${errorMessage(e)}`, { hint: `its output began: ${out.slice(0, 200)}` }));
+        reject(
+          new TcabError(`The chunk measurement printed no figures: ${errorMessage(e)}`, { hint: `its output began: ${out.slice(0, 200)}` }),
+        );
       }
     });
   });
@@ -317,9 +347,13 @@ export function describeFigures(f: DedupFigures): string[] {
   return [
     `database ${formatMb(f.database.bytes)} (${f.database.runs} runs); published ${f.published.runs} runs and ${f.published.reviews} reviews between the snapshots (+${formatMb(f.published.growthBytes)})`,
     `first snapshot: ${formatMb(f.first.bytes)} in ${f.first.chunks} chunks (${f.first.distinctChunks} distinct, mean ${(f.first.bytes / f.first.chunks / 1024).toFixed(1)} KiB), stored ${formatMb(f.first.storedBytes)} (${formatPercent(f.first.storedBytes / f.first.bytes)}); v1 artifact (zstd -1, whole file) ${formatMb(f.v1ArtifactBytes)} (${formatPercent(f.v1ArtifactBytes / s.bytes)})`,
-    `second snapshot: ${s.chunks} chunks, ${s.newChunks} new: ${formatMb(s.newPlainBytes)} plain = ${(100 * s.newPlainBytes / s.bytes).toFixed(2)}% of its bytes; ${formatMb(s.newStoredBytes)} compressed = ${(100 * s.newStoredBytes / s.storedBytes).toFixed(2)}% of its stored bytes, ${(100 * s.newStoredBytes / f.v1ArtifactBytes).toFixed(2)}% of a v1 artifact`,
-    `manifest chunk list: ${formatMb(f.manifestChunkLinesBytes)} plain (${(f.manifestChunkLinesBytes / s.chunks).toFixed(0)} B a chunk), ${formatMb(f.manifestChunkLinesZstdBytes)} through zstd; upload for the second snapshot with the plain manifest: ${formatMb(s.newStoredBytes + f.manifestChunkLinesBytes)} = ${(100 * (s.newStoredBytes + f.manifestChunkLinesBytes) / s.bytes).toFixed(2)}% of the database`,
-    `throughput: cut points ${f.throughput.cutMBps} MB/s, chunking with sha256 ${f.throughput.chunkMBps} MB/s, zstd level ${CHUNK_ZSTD_LEVEL} per chunk ${f.throughput.compressMBps} MB/s; peak RSS of the chunking process ${formatMb(f.peakRssBytes)} (after each phase: ${Object.entries(f.peakRssAfter).map(([k, v]) => `${k} ${formatMb(v)}`).join(', ')})`,
+    `second snapshot: ${s.chunks} chunks, ${s.newChunks} new: ${formatMb(s.newPlainBytes)} plain = ${((100 * s.newPlainBytes) / s.bytes).toFixed(2)}% of its bytes; ${formatMb(s.newStoredBytes)} compressed = ${((100 * s.newStoredBytes) / s.storedBytes).toFixed(2)}% of its stored bytes, ${((100 * s.newStoredBytes) / f.v1ArtifactBytes).toFixed(2)}% of a v1 artifact`,
+    `manifest chunk list: ${formatMb(f.manifestChunkLinesBytes)} plain (${(f.manifestChunkLinesBytes / s.chunks).toFixed(0)} B a chunk), ${formatMb(f.manifestChunkLinesZstdBytes)} through zstd; upload for the second snapshot with the plain manifest: ${formatMb(s.newStoredBytes + f.manifestChunkLinesBytes)} = ${((100 * (s.newStoredBytes + f.manifestChunkLinesBytes)) / s.bytes).toFixed(2)}% of the database`,
+    `throughput: cut points ${f.throughput.cutMBps} MB/s, chunking with sha256 ${f.throughput.chunkMBps} MB/s, zstd level ${CHUNK_ZSTD_LEVEL} per chunk ${f.throughput.compressMBps} MB/s; peak RSS of the chunking process ${formatMb(f.peakRssBytes)} (after each phase: ${Object.entries(
+      f.peakRssAfter,
+    )
+      .map(([k, v]) => `${k} ${formatMb(v)}`)
+      .join(', ')})`,
     `levels (stored share, speed): ${f.levels.map((l) => `${l.level}: ${formatPercent(l.storedShare)} at ${l.MBps} MB/s`).join('; ')}`,
     `other chunk sizes (plain share of new bytes): ${f.otherSizes.map((o) => `avg ${o.avgBytes / 1024} KiB: ${(100 * o.newPlainShare).toFixed(2)}% (${o.chunks} chunks)`).join('; ')}`,
     `VACUUM INTO: ${f.vacuumMs.map((ms) => formatSeconds(ms)).join(', ')}`,
@@ -348,7 +382,11 @@ async function main(argv: string[]): Promise<void> {
     process.stdout.write(`${JSON.stringify(await measureChunks(argv[1]!, argv[2]!))}\n`);
     return;
   }
-  const { values } = parseArgs({ args: argv, strict: true, options: { size: { type: 'string' }, seed: { type: 'string' }, runs: { type: 'string' }, keep: { type: 'boolean' } } });
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    options: { size: { type: 'string' }, seed: { type: 'string' }, runs: { type: 'string' }, keep: { type: 'boolean' } },
+  });
   const sizeBytes = parseSize(values.size ?? '100MB');
   const seed = Number(values.seed ?? 1);
   const runs = Number(values.runs ?? 60);

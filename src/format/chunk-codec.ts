@@ -40,7 +40,10 @@ export interface ChunkRef {
 
 function checkLevel(level: number): void {
   if (!Number.isInteger(level) || level < 1 || level > 19) {
-    throw new TcabError(`Invalid zstd level ${level} for a chunk`, { hint: `use 1 to 19; the format's default is ${CHUNK_ZSTD_LEVEL}`, code: 'CHUNK_LEVEL' });
+    throw new TcabError(`Invalid zstd level ${level} for a chunk`, {
+      hint: `use 1 to 19; the format's default is ${CHUNK_ZSTD_LEVEL}`,
+      code: 'CHUNK_LEVEL',
+    });
   }
 }
 
@@ -116,7 +119,12 @@ export class ChunkCompressor {
   private compressOne(plain: Uint8Array): Promise<Buffer> {
     return new Promise((resolve, reject) => {
       const fail = (e: unknown) =>
-        reject(new TcabError(`Compressing a chunk of ${plain.byteLength} bytes failed: ${errorMessage(e)}`, { hint: 'the compressor is unusable now; start a new ChunkCompressor', cause: e }));
+        reject(
+          new TcabError(`Compressing a chunk of ${plain.byteLength} bytes failed: ${errorMessage(e)}`, {
+            hint: 'the compressor is unusable now; start a new ChunkCompressor',
+            cause: e,
+          }),
+        );
       if (this.failed) return fail(this.failed);
       if (plain.byteLength === 0) return fail(new Error('a chunk is never empty'));
       this.stream.write(plain, (err) => {
@@ -124,7 +132,8 @@ export class ChunkCompressor {
         const parts: Buffer[] = [];
         for (let b: Buffer | null; (b = this.stream.read() as Buffer | null) !== null; ) parts.push(b);
         const frame = Buffer.concat(parts);
-        if (frame.length < 4 || frame.readUInt32LE(0) !== ZSTD_MAGIC) return fail(new Error(`the compressor produced ${frame.length} bytes that do not start a zstd frame`));
+        if (frame.length < 4 || frame.readUInt32LE(0) !== ZSTD_MAGIC)
+          return fail(new Error(`the compressor produced ${frame.length} bytes that do not start a zstd frame`));
         resolve(frame);
       });
     });
@@ -154,9 +163,12 @@ export async function decompressChunk(stored: Uint8Array, ref: ChunkRef, where: 
     });
   }
   if (plain.length !== ref.bytes) {
-    throw new IntegrityError(`Chunk ${ref.sha256} (${where}) decompresses to ${plain.length > ref.bytes ? 'more than' : plain.length} bytes, not the ${ref.bytes} its manifest lists`, {
-      hint: 'the stored chunk is damaged or belongs to another file; verify the target, and replicate the chunk from another target',
-    });
+    throw new IntegrityError(
+      `Chunk ${ref.sha256} (${where}) decompresses to ${plain.length > ref.bytes ? 'more than' : plain.length} bytes, not the ${ref.bytes} its manifest lists`,
+      {
+        hint: 'the stored chunk is damaged or belongs to another file; verify the target, and replicate the chunk from another target',
+      },
+    );
   }
   const sha256 = createHash('sha256').update(plain).digest('hex');
   if (sha256 !== ref.sha256) {

@@ -82,12 +82,14 @@ export function chunkerParams(overrides: Partial<ChunkerParams> = {}): ChunkerPa
     if (!Number.isSafeInteger(p[key]) || p[key] < 0) problems.push(`${key} must be a non-negative integer, not ${String(p[key])}`);
   }
   if (problems.length === 0) {
-    if (p.minBytes < 2 * HASH_WINDOW) problems.push(`minBytes must be at least ${2 * HASH_WINDOW} (twice the gear hash window), not ${p.minBytes}`);
+    if (p.minBytes < 2 * HASH_WINDOW)
+      problems.push(`minBytes must be at least ${2 * HASH_WINDOW} (twice the gear hash window), not ${p.minBytes}`);
     if (!(p.minBytes < p.avgBytes && p.avgBytes < p.maxBytes)) {
       problems.push(`the sizes must satisfy minBytes < avgBytes < maxBytes, but they are ${p.minBytes}, ${p.avgBytes}, ${p.maxBytes}`);
     }
     if (p.maxBytes > MAX_CHUNK_LIMIT) problems.push(`maxBytes must be at most ${MAX_CHUNK_LIMIT} (16 MiB), not ${p.maxBytes}`);
-    if ((p.avgBytes & (p.avgBytes - 1)) !== 0) problems.push(`avgBytes must be a power of two (the cut masks are log2 of it), not ${p.avgBytes}`);
+    if ((p.avgBytes & (p.avgBytes - 1)) !== 0)
+      problems.push(`avgBytes must be a power of two (the cut masks are log2 of it), not ${p.avgBytes}`);
     const bits = Math.log2(p.avgBytes);
     if (p.normalization > 3) problems.push(`normalization must be 0 to 3, not ${p.normalization}`);
     else if (Number.isInteger(bits) && (bits + p.normalization > 32 || bits - p.normalization < 1)) {
@@ -213,7 +215,10 @@ function asBuffer(data: unknown, offset: number): Buffer {
  * Cuts a stream of bytes into content-defined chunks, in order. `source` is a Readable of the plain file (or
  * any async iterable of Uint8Array); reading is paused while the receiver handles a chunk (for-await).
  */
-export async function* chunkStream(source: AsyncIterable<unknown>, overrides: Partial<ChunkerParams> = {}): AsyncGenerator<Chunk, void, undefined> {
+export async function* chunkStream(
+  source: AsyncIterable<unknown>,
+  overrides: Partial<ChunkerParams> = {},
+): AsyncGenerator<Chunk, void, undefined> {
   const params = chunkerParams(overrides);
   const finder = new CutFinder(params);
   // The current chunk's bytes, copied out of the reads: a source may reuse its read buffer once we ask for more.

@@ -15,6 +15,7 @@ export const GEAR_RECIPE_PREFIX = 'tcab-backup format 2 gear table, entry ';
 /** sha256 of the 256 entries written as 4-byte big-endian words, in order. */
 export const GEAR_TABLE_SHA256 = '3064e238489d807294bc6dde9f37429a58d741ce8301234e2a37c93a45485546';
 
+// biome-ignore format: eight entries a row, so the table reads as a table
 export const GEAR: Readonly<Uint32Array> = Uint32Array.of(
   0x14a1120c, 0xa35c5c3f, 0x45dadc5b, 0xc0a0c8b3, 0x17463e1b, 0x374e0e4e, 0x7afe6880, 0xfcb57b03,
   0xd1e15107, 0x106c4ac8, 0x0dc4d646, 0xd5b00951, 0xac299ab1, 0x5bc4100f, 0x94ac7b18, 0x52803b71,

@@ -77,7 +77,11 @@ export const ManifestV2Schema = SnapshotDescriptionSchema.omit({ artifact: true 
   })
   .superRefine((m, ctx) => {
     if (m.databaseName !== m.database.name) {
-      ctx.addIssue({ code: 'custom', path: ['databaseName'], message: `databaseName "${m.databaseName}" differs from database.name "${m.database.name}"` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['databaseName'],
+        message: `databaseName "${m.databaseName}" differs from database.name "${m.database.name}"`,
+      });
     }
     const { minBytes, maxBytes } = m.chunking;
     let plain = 0;
@@ -95,10 +99,18 @@ export const ManifestV2Schema = SnapshotDescriptionSchema.omit({ artifact: true 
       }
     });
     if (plain !== m.snapshot.bytes) {
-      ctx.addIssue({ code: 'custom', path: ['chunks'], message: `the chunks add up to ${plain} bytes, not the snapshot's ${m.snapshot.bytes}` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['chunks'],
+        message: `the chunks add up to ${plain} bytes, not the snapshot's ${m.snapshot.bytes}`,
+      });
     }
     if (stored !== m.stored.bytes) {
-      ctx.addIssue({ code: 'custom', path: ['stored', 'bytes'], message: `the chunks' stored lengths add up to ${stored}, not stored.bytes ${m.stored.bytes}` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['stored', 'bytes'],
+        message: `the chunks' stored lengths add up to ${stored}, not stored.bytes ${m.stored.bytes}`,
+      });
     }
   });
 export type ManifestV2 = z.infer<typeof ManifestV2Schema>;
@@ -117,7 +129,10 @@ export function parseManifestV2(text: string, where: string): ManifestV2 {
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new TcabError(`The manifest ${where} is not JSON: ${(e as Error).message}`, { hint: 'the object is damaged or not a manifest', code: 'MANIFEST_INVALID' });
+    throw new TcabError(`The manifest ${where} is not JSON: ${(e as Error).message}`, {
+      hint: 'the object is damaged or not a manifest',
+      code: 'MANIFEST_INVALID',
+    });
   }
   const result = ManifestV2Schema.safeParse(json);
   if (!result.success) {

@@ -63,14 +63,18 @@ describe('compressChunk and decompressChunk', () => {
     const other = chunks[2]!;
     const wrong = decompressChunk(frames[2]!, { sha256: c.sha256, bytes: other.length }, 'chunks/tcab/aa/x.zst on target "file"');
     await expect(wrong).rejects.toBeInstanceOf(IntegrityError);
-    await expect(wrong).rejects.toThrow(new RegExp(`Chunk ${c.sha256} \\(chunks/tcab/aa/x.zst on target "file"\\) decompresses to bytes whose sha256 is ${other.sha256}`));
+    await expect(wrong).rejects.toThrow(
+      new RegExp(`Chunk ${c.sha256} \\(chunks/tcab/aa/x.zst on target "file"\\) decompresses to bytes whose sha256 is ${other.sha256}`),
+    );
   });
 
   it('refuses a damaged frame, and one that inflates past its listed length without producing it all', async () => {
     const c = chunks[3]!;
     const damaged = Buffer.from(frames[3]!);
     damaged[Math.floor(damaged.length / 2)]! ^= 0xff;
-    await expect(decompressChunk(damaged, { sha256: c.sha256, bytes: c.length }, 'here')).rejects.toThrow(/Chunk [0-9a-f]{64} \(here\) (does not decompress as zstd|decompresses to bytes whose sha256)/);
+    await expect(decompressChunk(damaged, { sha256: c.sha256, bytes: c.length }, 'here')).rejects.toThrow(
+      /Chunk [0-9a-f]{64} \(here\) (does not decompress as zstd|decompresses to bytes whose sha256)/,
+    );
     const big = await compressChunk(Buffer.alloc(10_000_000));
     const tooLong = decompressChunk(big, { sha256: c.sha256, bytes: 16_384 }, 'bomb');
     await expect(tooLong).rejects.toBeInstanceOf(IntegrityError);
@@ -119,7 +123,14 @@ describe('concatenated chunk frames', () => {
       await writeFile(join(dir, name), f);
       names.push(name);
     }
-    const run = spawnSync('bash', ['-c', 'cat ' + names.join(' ') + ' | zstd -d > db && sha256sum db && sqlite3 db "PRAGMA integrity_check; SELECT count(*) FROM runs;"'], { cwd: dir, encoding: 'utf8' });
+    const run = spawnSync(
+      'bash',
+      [
+        '-c',
+        'cat ' + names.join(' ') + ' | zstd -d > db && sha256sum db && sqlite3 db "PRAGMA integrity_check; SELECT count(*) FROM runs;"',
+      ],
+      { cwd: dir, encoding: 'utf8' },
+    );
     expect(run.stderr).toBe('');
     expect(run.status).toBe(0);
     expect(run.stdout).toBe(`${sha256(plain)}  db\nok\n300\n`);
@@ -151,18 +162,26 @@ describe('concatenated chunk frames', () => {
     const oneShot = await new Promise<Buffer>((resolve, reject) => zstdDecompress(two, (e, r) => (e ? reject(e) : resolve(r))));
     expect(oneShot.length).toBe(chunks[0]!.length);
     const out: Buffer[] = [];
-    const streamed = pipeline(Readable.from([two.subarray(0, frames[0]!.length + 5), two.subarray(frames[0]!.length + 5)]), createZstdDecompress(), async (src: AsyncIterable<Buffer>) => {
-      for await (const b of src) out.push(b);
-    });
+    const streamed = pipeline(
+      Readable.from([two.subarray(0, frames[0]!.length + 5), two.subarray(frames[0]!.length + 5)]),
+      createZstdDecompress(),
+      async (src: AsyncIterable<Buffer>) => {
+        for await (const b of src) out.push(b);
+      },
+    );
     await streamed.catch(() => undefined);
     expect(Buffer.concat(out).length).toBeLessThan(chunks[0]!.length + chunks[1]!.length);
   });
 
   it('round-trip incompressible chunks too (stored frames slightly larger than plain)', async () => {
     const data = deterministicBytes('incompressible', 300_000);
-    const cs = await collect((async function* () { yield data; })());
+    const cs = await collect(
+      (async function* () {
+        yield data;
+      })(),
+    );
     const fs = await Promise.all(cs.map((c) => compressChunk(c.bytes)));
-    fs.forEach((f, i) => expect(f.length).toBeLessThan(cs[i]!.length + 64));
+    for (const [i, f] of fs.entries()) expect(f.length).toBeLessThan(cs[i]!.length + 64);
     const run = spawnSync('zstd', ['-d', '-c'], { input: Buffer.concat(fs), maxBuffer: 64 << 20 });
     expect(run.status).toBe(0);
     expect(sha256(run.stdout)).toBe(sha256(data));

@@ -8,7 +8,14 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TcabError } from '../../src/errors.js';
-import { CHUNKER_ALGORITHM, DEFAULT_CHUNKER_PARAMS, chunkStream, chunkerDescription, chunkerParams, type ChunkerParams } from '../../src/format/chunker.js';
+import {
+  CHUNKER_ALGORITHM,
+  DEFAULT_CHUNKER_PARAMS,
+  chunkStream,
+  chunkerDescription,
+  chunkerParams,
+  type ChunkerParams,
+} from '../../src/format/chunker.js';
 import { GEAR, GEAR_RECIPE_PREFIX, GEAR_TABLE_SHA256 } from '../../src/format/gear-table.js';
 import { collect, deterministicBytes, inReads, prng, sha256, tempDir } from './helpers.js';
 
@@ -49,7 +56,12 @@ describe('chunker parameters', () => {
   it('defaults to min 4 KiB, average 16 KiB, max 64 KiB, normalization 2', () => {
     expect(chunkerParams()).toEqual({ minBytes: 4096, avgBytes: 16384, maxBytes: 65536, normalization: 2 });
     expect(chunkerDescription(chunkerParams())).toEqual({
-      algorithm: CHUNKER_ALGORITHM, gearTableSha256: GEAR_TABLE_SHA256, minBytes: 4096, avgBytes: 16384, maxBytes: 65536, normalization: 2,
+      algorithm: CHUNKER_ALGORITHM,
+      gearTableSha256: GEAR_TABLE_SHA256,
+      minBytes: 4096,
+      avgBytes: 16384,
+      maxBytes: 65536,
+      normalization: 2,
     });
   });
 
@@ -89,10 +101,12 @@ describe('chunker parameters', () => {
 
 describe('the frozen format', () => {
   it('the gear table is the documented recipe, and its golden hash has not moved', () => {
-    const derived = Array.from({ length: 256 }, (_, i) => createHash('sha256').update(`${GEAR_RECIPE_PREFIX}${i}`).digest().readUInt32BE(0));
+    const derived = Array.from({ length: 256 }, (_, i) =>
+      createHash('sha256').update(`${GEAR_RECIPE_PREFIX}${i}`).digest().readUInt32BE(0),
+    );
     expect(Array.from(GEAR)).toEqual(derived);
     const bytes = Buffer.alloc(1024);
-    GEAR.forEach((v, i) => bytes.writeUInt32BE(v, i * 4));
+    for (const [i, v] of GEAR.entries()) bytes.writeUInt32BE(v, i * 4);
     // Golden: changing the table changes every cut point, and chunks stored before would no longer deduplicate.
     expect(sha256(bytes)).toBe('3064e238489d807294bc6dde9f37429a58d741ce8301234e2a37c93a45485546');
     expect(GEAR_TABLE_SHA256).toBe('3064e238489d807294bc6dde9f37429a58d741ce8301234e2a37c93a45485546');
@@ -103,22 +117,32 @@ describe('the frozen format', () => {
     const data = deterministicBytes('golden cut points', 1 << 20);
     const chunks = await collect(whole(data));
     expect(chunks.map((c) => c.length)).toEqual([
-      7786, 19785, 20011, 24265, 6671, 18668, 14739, 7416, 19706, 18810, 21191, 19632, 11479, 25863, 20376, 17871, 17002, 17551, 16517, 5182,
-      19072, 18137, 23785, 21141, 18498, 16524, 14050, 17475, 18263, 17924, 19015, 20858, 20499, 22071, 21273, 5951, 22506, 23125, 17314, 14771,
-      17690, 18619, 21844, 12796, 17657, 17097, 32082, 22783, 20069, 18811, 21206, 11191, 17707, 16519, 18523, 17079, 23680, 19887, 563,
+      7786, 19785, 20011, 24265, 6671, 18668, 14739, 7416, 19706, 18810, 21191, 19632, 11479, 25863, 20376, 17871, 17002, 17551, 16517,
+      5182, 19072, 18137, 23785, 21141, 18498, 16524, 14050, 17475, 18263, 17924, 19015, 20858, 20499, 22071, 21273, 5951, 22506, 23125,
+      17314, 14771, 17690, 18619, 21844, 12796, 17657, 17097, 32082, 22783, 20069, 18811, 21206, 11191, 17707, 16519, 18523, 17079, 23680,
+      19887, 563,
     ]);
-    expect(sha256(Buffer.from(chunks.map((c) => `${c.sha256}\n`).join('')))).toBe('2f752920db34505a88cfdf796778b1de7c04c1c6ddeae793b2431ed80618f2b1');
+    expect(sha256(Buffer.from(chunks.map((c) => `${c.sha256}\n`).join('')))).toBe(
+      '2f752920db34505a88cfdf796778b1de7c04c1c6ddeae793b2431ed80618f2b1',
+    );
   });
 
   it('cuts a fixed input at the golden points with other parameters', async () => {
     const data = deterministicBytes('golden small', 1 << 20);
     const chunks = await collect(whole(data), { minBytes: 256, avgBytes: 1024, maxBytes: 4096 });
     expect(chunks.length).toBe(902);
-    expect(sha256(Buffer.from(chunks.map((c) => `${c.sha256}\n`).join('')))).toBe('6e73890bc9d1a1edad28f5685b2b3720b0439fac65a558f374828b2e861f7ee9');
+    expect(sha256(Buffer.from(chunks.map((c) => `${c.sha256}\n`).join('')))).toBe(
+      '6e73890bc9d1a1edad28f5685b2b3720b0439fac65a558f374828b2e861f7ee9',
+    );
   });
 
   it('cuts where the plain statement of the rule cuts, for several parameter sets', async () => {
-    const sets: Array<Partial<ChunkerParams>> = [{}, { minBytes: 256, avgBytes: 1024, maxBytes: 4096 }, { normalization: 0 }, { minBytes: 64, avgBytes: 128, maxBytes: 200, normalization: 3 }];
+    const sets: Array<Partial<ChunkerParams>> = [
+      {},
+      { minBytes: 256, avgBytes: 1024, maxBytes: 4096 },
+      { normalization: 0 },
+      { minBytes: 64, avgBytes: 128, maxBytes: 200, normalization: 3 },
+    ];
     for (const [n, set] of sets.entries()) {
       const p = chunkerParams(set);
       const data = deterministicBytes(`reference ${n}`, 600_000);
@@ -146,7 +170,10 @@ describe('chunkStream', () => {
       const data1 = name === '1-byte reads' ? data.subarray(0, 300_000) : data;
       const want = name === '1-byte reads' ? await collect(whole(data1)) : expected;
       const got = await collect(inReads(data1, size));
-      expect({ name, cuts: got.map((c) => [c.offset, c.length, c.sha256]) }).toEqual({ name, cuts: want.map((c) => [c.offset, c.length, c.sha256]) });
+      expect({ name, cuts: got.map((c) => [c.offset, c.length, c.sha256]) }).toEqual({
+        name,
+        cuts: want.map((c) => [c.offset, c.length, c.sha256]),
+      });
     }
   });
 
@@ -173,7 +200,11 @@ describe('chunkStream', () => {
 
   it('cuts a run of identical bytes into identical maximal chunks (which then deduplicate)', async () => {
     // A zero-filled stretch, like SQLite's free pages: no content cut is guaranteed, so max bounds it.
-    const data = Buffer.concat([deterministicBytes('before zeros', 10_000), Buffer.alloc(1_000_000), deterministicBytes('after zeros', 10_000)]);
+    const data = Buffer.concat([
+      deterministicBytes('before zeros', 10_000),
+      Buffer.alloc(1_000_000),
+      deterministicBytes('after zeros', 10_000),
+    ]);
     const chunks = await collect(whole(data));
     const inside = chunks.filter((c) => c.offset >= 80_000 && c.offset + c.length <= 900_000);
     expect(inside.length).toBeGreaterThan(5);

@@ -16,7 +16,10 @@ export async function tempDir(prefix: string): Promise<{ dir: string; remove(): 
 export function deterministicBytes(label: string, length: number): Buffer {
   const out = Buffer.allocUnsafe(length);
   for (let block = 0, at = 0; at < length; block++, at += 32) {
-    createHash('sha256').update(`${label}/${block}`).digest().copy(out, at, 0, Math.min(32, length - at));
+    createHash('sha256')
+      .update(`${label}/${block}`)
+      .digest()
+      .copy(out, at, 0, Math.min(32, length - at));
   }
   return out;
 }

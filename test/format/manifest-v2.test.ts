@@ -11,7 +11,14 @@ import { manifestKey } from '../../src/catalog/layout.js';
 import { CHUNK_ZSTD_LEVEL, compressChunk } from '../../src/format/chunk-codec.js';
 import { chunkKey, chunksPrefix, parseChunkKey } from '../../src/format/chunk-key.js';
 import { chunkerDescription, chunkerParams } from '../../src/format/chunker.js';
-import { MANIFEST_V2_FORMAT_VERSION, ManifestV2Schema, distinctChunks, parseManifestV2, serializeManifestV2, type ManifestV2 } from '../../src/format/manifest-v2.js';
+import {
+  MANIFEST_V2_FORMAT_VERSION,
+  ManifestV2Schema,
+  distinctChunks,
+  parseManifestV2,
+  serializeManifestV2,
+  type ManifestV2,
+} from '../../src/format/manifest-v2.js';
 import { firstValue, openDatabase } from '../../src/util/sqlite.js';
 import { collect, sampleSnapshot, sha256, tempDir } from './helpers.js';
 
@@ -44,7 +51,15 @@ beforeAll(async () => {
   manifest = {
     id: ID,
     createdAt: '2026-11-24T16:13:00.000Z',
-    database: { name: 'tcab', sqliteVersion: '3.50.4', pageSize: facts.pageSize, pageCount: facts.pageCount, journalMode: 'wal', userVersion: 0, tables: { runs: facts.runs, reviews: facts.reviews } },
+    database: {
+      name: 'tcab',
+      sqliteVersion: '3.50.4',
+      pageSize: facts.pageSize,
+      pageCount: facts.pageCount,
+      journalMode: 'wal',
+      userVersion: 0,
+      tables: { runs: facts.runs, reviews: facts.reviews },
+    },
     integrity: 'ok',
     snapshot: { bytes: plain.length, sha256: sha256(plain) },
     timings: { vacuumMs: 12, chunkMs: 3 },
@@ -99,14 +114,46 @@ describe('ManifestV2Schema', () => {
   });
 
   it.each<[string, (m: ManifestV2) => unknown, RegExp]>([
-    ['a v1 manifest', (m) => ({ ...m, formatVersion: 1, artifact: { bytes: 1, sha256: m.snapshot.sha256, compression: 'zstd' } }), /formatVersion: Invalid input: expected 2/],
-    ['chunks that do not add up to the file', (m) => ({ ...m, chunks: m.chunks.slice(1), stored: { bytes: m.stored.bytes - m.chunks[0]![2] } }), /chunks: the chunks add up to \d+ bytes, not the snapshot's \d+/],
-    ['a stored total that is not the sum', (m) => ({ ...m, stored: { bytes: m.stored.bytes + 1 } }), /stored\.bytes: the chunks' stored lengths add up to/],
-    ['a chunk under the minimum before the last', (m) => ({ ...m, chunks: [[m.chunks[0]![0], 100, 50], ...m.chunks.slice(1)] }), /chunks\.0\.1: chunk 0 is 100 bytes, outside the chunker's 4096\.\.65536/],
-    ['a chunk over the maximum', (m) => ({ ...m, chunks: [...m.chunks.slice(0, -1), [m.chunks.at(-1)![0], 70000, 50]] }), /chunk \d+ is 70000 bytes, outside the chunker's 1\.\.65536/],
-    ['an upper-case hash', (m) => ({ ...m, chunks: [[m.chunks[0]![0].toUpperCase(), m.chunks[0]![1], m.chunks[0]![2]], ...m.chunks.slice(1)] }), /chunks\.0\.0: a lower-case hex sha256/],
-    ['chunker parameters the chunker refuses', (m) => ({ ...m, chunking: { ...m.chunking, avgBytes: 10000 } }), /chunking: Invalid chunker parameters: avgBytes must be a power of two/],
-    ['another database name than the database', (m) => ({ ...m, databaseName: 'other' }), /databaseName: databaseName "other" differs from database.name "tcab"/],
+    [
+      'a v1 manifest',
+      (m) => ({ ...m, formatVersion: 1, artifact: { bytes: 1, sha256: m.snapshot.sha256, compression: 'zstd' } }),
+      /formatVersion: Invalid input: expected 2/,
+    ],
+    [
+      'chunks that do not add up to the file',
+      (m) => ({ ...m, chunks: m.chunks.slice(1), stored: { bytes: m.stored.bytes - m.chunks[0]![2] } }),
+      /chunks: the chunks add up to \d+ bytes, not the snapshot's \d+/,
+    ],
+    [
+      'a stored total that is not the sum',
+      (m) => ({ ...m, stored: { bytes: m.stored.bytes + 1 } }),
+      /stored\.bytes: the chunks' stored lengths add up to/,
+    ],
+    [
+      'a chunk under the minimum before the last',
+      (m) => ({ ...m, chunks: [[m.chunks[0]![0], 100, 50], ...m.chunks.slice(1)] }),
+      /chunks\.0\.1: chunk 0 is 100 bytes, outside the chunker's 4096\.\.65536/,
+    ],
+    [
+      'a chunk over the maximum',
+      (m) => ({ ...m, chunks: [...m.chunks.slice(0, -1), [m.chunks.at(-1)![0], 70000, 50]] }),
+      /chunk \d+ is 70000 bytes, outside the chunker's 1\.\.65536/,
+    ],
+    [
+      'an upper-case hash',
+      (m) => ({ ...m, chunks: [[m.chunks[0]![0].toUpperCase(), m.chunks[0]![1], m.chunks[0]![2]], ...m.chunks.slice(1)] }),
+      /chunks\.0\.0: a lower-case hex sha256/,
+    ],
+    [
+      'chunker parameters the chunker refuses',
+      (m) => ({ ...m, chunking: { ...m.chunking, avgBytes: 10000 } }),
+      /chunking: Invalid chunker parameters: avgBytes must be a power of two/,
+    ],
+    [
+      'another database name than the database',
+      (m) => ({ ...m, databaseName: 'other' }),
+      /databaseName: databaseName "other" differs from database.name "tcab"/,
+    ],
     ['a compression other than zstd', (m) => ({ ...m, encoding: { compression: 'gzip', level: 1 } }), /encoding\.compression/],
     ['a missing integrity result', (m) => ({ ...m, integrity: undefined }), /integrity: Invalid input/],
   ])('refuses %s, saying what', (_name, change, message) => {
@@ -148,7 +195,11 @@ sqlite3 tcab.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM runs;'
 
   it('restores the snapshot with cat, zstd -d, sha256sum and sqlite3, verbatim', async () => {
     // A trigger reason that looks like a chunk line must not be taken for one.
-    const m = { ...manifest, trigger: { kind: 'manual' as const, reason: `before upgrade\n["${'0'.repeat(64)}",1,1]` }, tags: ['f'.repeat(64)] };
+    const m = {
+      ...manifest,
+      trigger: { kind: 'manual' as const, reason: `before upgrade\n["${'0'.repeat(64)}",1,1]` },
+      tags: ['f'.repeat(64)],
+    };
     const target = await targetFolder('target-ok', m);
     const restoreDir = join(work.dir, 'restore-ok');
     await mkdir(restoreDir);
@@ -157,7 +208,10 @@ sqlite3 tcab.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM runs;'
     expect(run.stdout).toBe(`tcab.sqlite: OK\nok\n250\n`);
     expect((await readFile(join(restoreDir, 'tcab.sqlite'))).equals(await readFile(snapshotPath))).toBe(true);
     // The hashes the recipe picks are exactly the manifest's list (what `jq -r '.chunks[][0]'` prints).
-    const picked = spawnSync('bash', ['-c', `sed -n 's|^\\["\\([0-9a-f]\\{64\\}\\)".*|\\1|p' ${ID}.json`], { cwd: restoreDir, encoding: 'utf8' }).stdout;
+    const picked = spawnSync('bash', ['-c', `sed -n 's|^\\["\\([0-9a-f]\\{64\\}\\)".*|\\1|p' ${ID}.json`], {
+      cwd: restoreDir,
+      encoding: 'utf8',
+    }).stdout;
     expect(picked).toBe(manifest.chunks.map((c) => `${c[0]}\n`).join(''));
   });
 
