@@ -51,13 +51,17 @@ export async function startAgentProcess(options: { dbPath: string; stagingDir: s
   const pid = child.pid;
   const watcher = new ProcessTreeWatcher(pid);
   let log = '';
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
 
   const started = await new Promise<{ url: string; compressions: string[]; zstd: string }>((resolve, reject) => {
     const fail = (why: string) => {
       clearTimeout(timer);
       child.kill('SIGKILL');
-      reject(new TcabError(`The snapshot agent process ${why}`, { hint: `its log:\n${redact(log.slice(-2000))}`, code: 'BENCH_AGENT_START' }));
+      reject(
+        new TcabError(`The snapshot agent process ${why}`, { hint: `its log:\n${redact(log.slice(-2000))}`, code: 'BENCH_AGENT_START' }),
+      );
     };
     const timer = setTimeout(() => fail(`did not report agent.started within ${START_TIMEOUT_MS / 1000} s`), START_TIMEOUT_MS);
     let pending = '';
@@ -85,7 +89,12 @@ export async function startAgentProcess(options: { dbPath: string; stagingDir: s
 
   let stopping: Promise<TreePeaks> | undefined;
   return {
-    url: started.url, keyId, key, pid, compressions: started.compressions, zstdSource: started.zstd,
+    url: started.url,
+    keyId,
+    key,
+    pid,
+    compressions: started.compressions,
+    zstdSource: started.zstd,
     memory: () => {
       watcher.poll();
       return watcher.result();
@@ -101,7 +110,8 @@ export async function startAgentProcess(options: { dbPath: string; stagingDir: s
         const peaks = watcher.stop();
         if (code !== 0) {
           throw new TcabError(`The snapshot agent process ended badly on SIGTERM (${signal ?? `status ${code}`})`, {
-            hint: `its log:\n${redact(log.slice(-2000))}`, code: 'BENCH_AGENT_STOP',
+            hint: `its log:\n${redact(log.slice(-2000))}`,
+            code: 'BENCH_AGENT_STOP',
           });
         }
         return peaks;

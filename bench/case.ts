@@ -45,7 +45,8 @@ export interface BenchCase {
 export function atMost(measure: string, value: number, limit: number, show: (v: number) => string): Check {
   const ok = value <= limit;
   const check: Check = { measure, value, shown: show(value), target: `<= ${show(limit)}`, ok };
-  if (!ok) check.miss = `${show(value)} is ${show(value - limit)} over the target of ${show(limit)} (${((value / limit - 1) * 100).toFixed(0)}% above)`;
+  if (!ok)
+    check.miss = `${show(value)} is ${show(value - limit)} over the target of ${show(limit)} (${((value / limit - 1) * 100).toFixed(0)}% above)`;
   return check;
 }
 

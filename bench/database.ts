@@ -49,10 +49,13 @@ async function checkFreeSpace(folder: string, neededBytes: number, what: string)
   const s = await statfs(folder);
   const free = s.bavail * s.bsize;
   if (free < neededBytes) {
-    throw new TcabError(`Not enough free disk space in ${folder} for ${what}: ${(free / 1e9).toFixed(1)} GB free, about ${(neededBytes / 1e9).toFixed(1)} GB needed`, {
-      hint: 'free some space, or pass a smaller --size',
-      code: 'BENCH_NO_SPACE',
-    });
+    throw new TcabError(
+      `Not enough free disk space in ${folder} for ${what}: ${(free / 1e9).toFixed(1)} GB free, about ${(neededBytes / 1e9).toFixed(1)} GB needed`,
+      {
+        hint: 'free some space, or pass a smaller --size',
+        code: 'BENCH_NO_SPACE',
+      },
+    );
   }
 }
 
@@ -70,14 +73,19 @@ export async function prepareDatabase(
     await checkFreeSpace(folder, options.sizeBytes * 1.1, 'the sample database');
     const partial = `${cachePath}.partial`;
     await Promise.all(['', '-wal', '-shm'].map((s) => rm(partial + s, { force: true })));
-    progress(`generating a ${(options.sizeBytes / 1e6).toFixed(0)} MB sample database (seed ${options.seed}) into ${cachePath}; later runs reuse it`);
+    progress(
+      `generating a ${(options.sizeBytes / 1e6).toFixed(0)} MB sample database (seed ${options.seed}) into ${cachePath}; later runs reuse it`,
+    );
     const t0 = performance.now();
     let made: { runs: number; reviews: number; bytes: number };
     try {
       made = createSampleDatabase(partial, { targetBytes: options.sizeBytes, seed: options.seed });
     } catch (e) {
       await Promise.all(['', '-wal', '-shm'].map((s) => rm(partial + s, { force: true })));
-      throw new TcabError(`Generating the sample database ${partial} failed: ${errorMessage(e)}`, { hint: 'free disk space in .tmp/bench, then run again', cause: e });
+      throw new TcabError(`Generating the sample database ${partial} failed: ${errorMessage(e)}`, {
+        hint: 'free disk space in .tmp/bench, then run again',
+        cause: e,
+      });
     }
     facts = { ...made, seed: options.seed, generateMs: Math.round(performance.now() - t0) };
     // The facts file first, then the rename: a database in place always has its facts next to it.
@@ -100,7 +108,10 @@ function assertWalMode(path: string): void {
   const db = openDatabase(path, { mustExist: true });
   try {
     const mode = firstValue<string>(db, 'PRAGMA journal_mode');
-    if (mode !== 'wal') throw new TcabError(`The benchmark database ${path} is in journal mode "${String(mode)}", not WAL`, { hint: 'delete .tmp/bench/ so it is generated again' });
+    if (mode !== 'wal')
+      throw new TcabError(`The benchmark database ${path} is in journal mode "${String(mode)}", not WAL`, {
+        hint: 'delete .tmp/bench/ so it is generated again',
+      });
   } finally {
     db.close();
   }

@@ -36,6 +36,8 @@ export function describeMachine(): MachineFacts {
 }
 
 export function machineLine(m: MachineFacts): string {
-  return `${m.cores} x ${m.cpu}, ${(m.memoryBytes / 1e9).toFixed(1)} GB RAM (${(m.freeMemoryBytes / 1e9).toFixed(1)} GB free), Linux ${m.kernel}, ` +
-    `Node ${m.node}, sqlite3 CLI ${m.sqlite3Cli}, zstd CLI ${m.zstd}, load ${m.loadAverage.join(' ')}`;
+  return (
+    `${m.cores} x ${m.cpu}, ${(m.memoryBytes / 1e9).toFixed(1)} GB RAM (${(m.freeMemoryBytes / 1e9).toFixed(1)} GB free), Linux ${m.kernel}, ` +
+    `Node ${m.node}, sqlite3 CLI ${m.sqlite3Cli}, zstd CLI ${m.zstd}, load ${m.loadAverage.join(' ')}`
+  );
 }

@@ -54,7 +54,10 @@ async function run(options: BenchOptions): Promise<number> {
 async function main(argv: string[]): Promise<number> {
   let options: BenchOptions | undefined;
   try {
-    options = parseBenchArgs(argv, CASES.map((c) => c.name));
+    options = parseBenchArgs(
+      argv,
+      CASES.map((c) => c.name),
+    );
   } catch (e) {
     if (!(e instanceof BenchUsageError)) throw e;
     process.stderr.write(`bench: ${e.message}\n\n${USAGE}\n`);

@@ -96,7 +96,10 @@ export class ProcessTreeWatcher {
   private readonly timer: NodeJS.Timeout;
   private polls = 0;
 
-  constructor(private readonly rootPid: number, intervalMs = 20) {
+  constructor(
+    private readonly rootPid: number,
+    intervalMs = 20,
+  ) {
     this.poll();
     this.timer = setInterval(() => this.poll(), intervalMs);
   }
@@ -113,7 +116,8 @@ export class ProcessTreeWatcher {
         let peak = this.peaks.get(pid);
         // A child is forked first (and until it execs, shows its parent's memory and command line), then execs its
         // program, whose memory starts afresh: readings taken before the command line changed are dropped.
-        if (!peak || peak.command !== status.command) peak = { pid, name: status.name, command: status.command, peakHwmBytes: 0, peakRssBytes: 0 };
+        if (!peak || peak.command !== status.command)
+          peak = { pid, name: status.name, command: status.command, peakHwmBytes: 0, peakRssBytes: 0 };
         peak.peakHwmBytes = Math.max(peak.peakHwmBytes, status.hwm);
         peak.peakRssBytes = Math.max(peak.peakRssBytes, status.rss);
         this.peaks.set(pid, peak);
@@ -136,7 +140,9 @@ export class ProcessTreeWatcher {
 }
 
 /** The largest peak among descendants with this command name, and how many there were. */
-export function peakByName(peaks: readonly ProcessPeak[]): Array<{ name: string; processes: number; peakHwmBytes: number; peakRssBytes: number }> {
+export function peakByName(
+  peaks: readonly ProcessPeak[],
+): Array<{ name: string; processes: number; peakHwmBytes: number; peakRssBytes: number }> {
   const byName = new Map<string, { name: string; processes: number; peakHwmBytes: number; peakRssBytes: number }>();
   for (const p of peaks) {
     const entry = byName.get(p.name) ?? { name: p.name, processes: 0, peakHwmBytes: 0, peakRssBytes: 0 };

@@ -49,7 +49,18 @@ export class BenchUsageError extends TcabError {
 }
 
 const UNITS: Record<string, number> = {
-  b: 1, kb: 1e3, mb: 1e6, gb: 1e9, tb: 1e12, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, tib: 1024 ** 4, k: 1e3, m: 1e6, g: 1e9,
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+  tib: 1024 ** 4,
+  k: 1e3,
+  m: 1e6,
+  g: 1e9,
 };
 /** Below this the database is a few hundred runs and the timings say nothing; it also keeps tests quick. */
 export const MIN_SIZE_BYTES = 1e6;
@@ -77,9 +88,15 @@ export function parseBenchArgs(argv: string[], knownCases: readonly string[]): B
       args: argv,
       strict: true,
       options: {
-        size: { type: 'string' }, seed: { type: 'string' }, samples: { type: 'string' }, 'retention-runs': { type: 'string' },
+        size: { type: 'string' },
+        seed: { type: 'string' },
+        samples: { type: 'string' },
+        'retention-runs': { type: 'string' },
         'replicate-snapshots': { type: 'string' },
-        case: { type: 'string' }, keep: { type: 'boolean' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' },
+        case: { type: 'string' },
+        keep: { type: 'boolean' },
+        json: { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
       },
     }));
   } catch (e) {
@@ -89,10 +106,15 @@ export function parseBenchArgs(argv: string[], knownCases: readonly string[]): B
   const sizeLabel = (values.size ?? '1GB').trim();
   let cases: string[] | undefined;
   if (values.case !== undefined) {
-    cases = values.case.split(',').map((c) => c.trim()).filter(Boolean);
+    cases = values.case
+      .split(',')
+      .map((c) => c.trim())
+      .filter(Boolean);
     const unknown = cases.filter((c) => !knownCases.includes(c));
     if (unknown.length || cases.length === 0) {
-      throw new BenchUsageError(`--case "${values.case}" names no known case${unknown.length ? ` (unknown: ${unknown.join(', ')})` : ''}; known: ${knownCases.join(', ')}`);
+      throw new BenchUsageError(
+        `--case "${values.case}" names no known case${unknown.length ? ` (unknown: ${unknown.join(', ')})` : ''}; known: ${knownCases.join(', ')}`,
+      );
     }
   }
   return {

@@ -63,19 +63,35 @@ async function sha256OfFile(path: string): Promise<{ sha256: string; bytes: numb
   return { sha256: hash.digest('hex'), bytes };
 }
 
-async function checkTarget(root: string, name: string, reported: Manifest, outcome: ClientAnswer['targets'][number] | undefined): Promise<TargetCheck> {
-  const base = { target: name, ...(outcome?.uploadMs !== undefined ? { uploadMs: outcome.uploadMs } : {}), ...(outcome?.verifyMs !== undefined ? { verifyMs: outcome.verifyMs } : {}) };
+async function checkTarget(
+  root: string,
+  name: string,
+  reported: Manifest,
+  outcome: ClientAnswer['targets'][number] | undefined,
+): Promise<TargetCheck> {
+  const base = {
+    target: name,
+    ...(outcome?.uploadMs !== undefined ? { uploadMs: outcome.uploadMs } : {}),
+    ...(outcome?.verifyMs !== undefined ? { verifyMs: outcome.verifyMs } : {}),
+  };
   const manifestPath = join(root, ...manifestKey(DATABASE, reported.id).split('/'));
   try {
     const stored = ManifestSchema.parse(JSON.parse(await readFile(manifestPath, 'utf8')));
     const artifactPath = join(root, ...stored.key.split('/'));
     const got = await sha256OfFile(artifactPath);
     const problems: string[] = [];
-    if (got.sha256 !== stored.artifact.sha256) problems.push(`the artifact hashes to ${got.sha256}, its manifest says ${stored.artifact.sha256}`);
-    if (got.bytes !== stored.artifact.bytes) problems.push(`the artifact has ${got.bytes} bytes, its manifest says ${stored.artifact.bytes}`);
+    if (got.sha256 !== stored.artifact.sha256)
+      problems.push(`the artifact hashes to ${got.sha256}, its manifest says ${stored.artifact.sha256}`);
+    if (got.bytes !== stored.artifact.bytes)
+      problems.push(`the artifact has ${got.bytes} bytes, its manifest says ${stored.artifact.bytes}`);
     if (stored.artifact.sha256 !== reported.artifact.sha256) problems.push(`the stored manifest differs from the one the client reported`);
     if (problems.length) return { ...base, ok: false, detail: `${artifactPath}: ${problems.join('; ')}` };
-    return { ...base, ok: true, artifactBytes: got.bytes, detail: `sha256 ${got.sha256.slice(0, 12)}... of ${got.bytes} bytes matches the manifest` };
+    return {
+      ...base,
+      ok: true,
+      artifactBytes: got.bytes,
+      detail: `sha256 ${got.sha256.slice(0, 12)}... of ${got.bytes} bytes matches the manifest`,
+    };
   } catch (e) {
     return { ...base, ok: false, detail: `reading snapshot ${reported.id} back from ${root} failed: ${errorMessage(e)}` };
   }
@@ -117,13 +133,25 @@ export async function runOurSnapshot(agent: AgentProcess, folder: string, keep: 
     // no JSON: the failure below says what the client printed on stderr
   }
   if (finished.code !== 0 || !answer?.ok) {
-    throw new TcabError(`tcab-backup snapshot ${describeExit(finished)}: ${finished.stderrTail || finished.stdout.slice(0, 1000) || '(no output)'}`, {
-      hint: `the agent process (${agent.url}) and the target folders under ${folder}`,
-      code: 'BENCH_SNAPSHOT_FAILED',
-    });
+    throw new TcabError(
+      `tcab-backup snapshot ${describeExit(finished)}: ${finished.stderrTail || finished.stdout.slice(0, 1000) || '(no output)'}`,
+      {
+        hint: `the agent process (${agent.url}) and the target folders under ${folder}`,
+        code: 'BENCH_SNAPSHOT_FAILED',
+      },
+    );
   }
   const reported = answer.manifest;
-  const targets = await Promise.all(TARGET_NAMES.map((name, i) => checkTarget(roots[i]!, name, reported, answer.targets.find((t) => t.target === name))));
+  const targets = await Promise.all(
+    TARGET_NAMES.map((name, i) =>
+      checkTarget(
+        roots[i]!,
+        name,
+        reported,
+        answer.targets.find((t) => t.target === name),
+      ),
+    ),
+  );
   if (!keep) await rm(folder, { recursive: true, force: true });
   return {
     wallMs: finished.wallMs,

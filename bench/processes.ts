@@ -23,7 +23,10 @@ export function repoRoot(): string {
     const manifest = join(dir, 'package.json');
     if (existsSync(manifest) && (JSON.parse(readFileSync(manifest, 'utf8')) as { name?: string }).name === 'tcab-backup') return dir;
     const up = dirname(dir);
-    if (up === dir) throw new TcabError('Cannot find the tcab-backup package root above the benchmark', { hint: 'run the benchmark with npm run bench from the repository' });
+    if (up === dir)
+      throw new TcabError('Cannot find the tcab-backup package root above the benchmark', {
+        hint: 'run the benchmark with npm run bench from the repository',
+      });
     dir = up;
   }
 }

@@ -56,7 +56,8 @@ function rcloneQuiet(args: string[], env: NodeJS.ProcessEnv): string {
   const r = spawnSync('rclone', args, { env, encoding: 'utf8', timeout: 300_000 });
   if (r.error || r.status !== 0) {
     throw new TcabError(`rclone ${args.join(' ')} failed: ${r.error?.message ?? r.stderr.trim().split('\n').slice(-3).join(' ')}`, {
-      hint: 'that rclone is installed (apt-get install rclone) and the emulators are running', code: 'BENCH_RCLONE_FAILED',
+      hint: 'that rclone is installed (apt-get install rclone) and the emulators are running',
+      code: 'BENCH_RCLONE_FAILED',
     });
   }
   return r.stdout;
@@ -89,13 +90,34 @@ interface Direction {
 
 async function runRclone(direction: Direction, prefix: string, env: NodeJS.ProcessEnv): Promise<Run> {
   // --fast-list: one recursive listing, as ours makes; without it rclone found nothing to copy from s3rver.
-  const f = await runWatched('rclone', ['copy', direction.rcloneSource, `${direction.rcloneDestination(prefix)}/snapshots`, '--transfers', String(TRANSFERS), '--fast-list', ...direction.rcloneFlags], { env });
-  if (f.code !== 0) throw new TcabError(`rclone copy ${describeExit(f)}: ${f.stderrTail}`, { hint: 'the emulators, and rclone\'s message above', code: 'BENCH_RCLONE_FAILED' });
+  const f = await runWatched(
+    'rclone',
+    [
+      'copy',
+      direction.rcloneSource,
+      `${direction.rcloneDestination(prefix)}/snapshots`,
+      '--transfers',
+      String(TRANSFERS),
+      '--fast-list',
+      ...direction.rcloneFlags,
+    ],
+    { env },
+  );
+  if (f.code !== 0)
+    throw new TcabError(`rclone copy ${describeExit(f)}: ${f.stderrTail}`, {
+      hint: "the emulators, and rclone's message above",
+      code: 'BENCH_RCLONE_FAILED',
+    });
   return { wallMs: f.wallMs, memory: f.memory, ...size(direction.rcloneDestination(prefix), env) };
 }
 
 /** Ours, then a check of every copy by hand: the manifest is there and the artifact hashes to it. */
-async function runOurs(source: ReplicationSource, direction: Direction, prefix: string, bookkeeping: NodeJS.ProcessEnv): Promise<Run & { jobMs: number; copied: number; problems: string[] }> {
+async function runOurs(
+  source: ReplicationSource,
+  direction: Direction,
+  prefix: string,
+  bookkeeping: NodeJS.ProcessEnv,
+): Promise<Run & { jobMs: number; copied: number; problems: string[] }> {
   const f = await runWatched(process.execPath, [cliPath(), 'replicate', '--json'], { env: direction.ourEnv(prefix) });
   let answer: { ok?: boolean; copied?: number; durationMs?: number } = {};
   try {
@@ -104,7 +126,10 @@ async function runOurs(source: ReplicationSource, direction: Direction, prefix: 
     // no JSON: the failure below quotes stderr
   }
   if (f.code !== 0 || !answer.ok) {
-    throw new TcabError(`tcab-backup replicate ${describeExit(f)}: ${f.stderrTail || f.stdout.slice(0, 1000)}`, { hint: 'the emulators and the replicate job\'s message', code: 'BENCH_REPLICATE_FAILED' });
+    throw new TcabError(`tcab-backup replicate ${describeExit(f)}: ${f.stderrTail || f.stdout.slice(0, 1000)}`, {
+      hint: "the emulators and the replicate job's message",
+      code: 'BENCH_REPLICATE_FAILED',
+    });
   }
   const destination = direction.ourDestination(prefix);
   const problems: string[] = [];
@@ -112,12 +137,20 @@ async function runOurs(source: ReplicationSource, direction: Direction, prefix: 
     try {
       const manifest = await readManifest(destination, 'tcab', s.id);
       const got = await hashStream((await destination.get(manifest.key)).body);
-      if (got.sha256 !== s.sha256 || manifest.artifact.sha256 !== s.sha256) problems.push(`${s.id}: copy hashes to ${got.sha256}, source manifest says ${s.sha256}`);
+      if (got.sha256 !== s.sha256 || manifest.artifact.sha256 !== s.sha256)
+        problems.push(`${s.id}: copy hashes to ${got.sha256}, source manifest says ${s.sha256}`);
     } catch (e) {
       problems.push(`${s.id}: ${errorMessage(e)}`);
     }
   }
-  return { wallMs: f.wallMs, jobMs: answer.durationMs ?? Number.NaN, memory: f.memory, copied: answer.copied ?? 0, problems, ...size(direction.rcloneDestination(prefix), bookkeeping) };
+  return {
+    wallMs: f.wallMs,
+    jobMs: answer.durationMs ?? Number.NaN,
+    memory: f.memory,
+    copied: answer.copied ?? 0,
+    problems,
+    ...size(direction.rcloneDestination(prefix), bookkeeping),
+  };
 }
 
 interface DirectionResult {
@@ -127,7 +160,14 @@ interface DirectionResult {
 }
 
 /** Alternating samples, rclone first, each run into a fresh prefix that is purged afterwards. */
-async function sampleDirection(source: ReplicationSource, direction: Direction, env: NodeJS.ProcessEnv, options: BenchOptions, ctx: CaseContext, tag: string): Promise<DirectionResult> {
+async function sampleDirection(
+  source: ReplicationSource,
+  direction: Direction,
+  env: NodeJS.ProcessEnv,
+  options: BenchOptions,
+  ctx: CaseContext,
+  tag: string,
+): Promise<DirectionResult> {
   const result: DirectionResult = { direction, rclone: [], ours: [] };
   for (let i = 1; i <= options.samples; i++) {
     const r = await runRclone(direction, `${tag}rclone-${i}`, env);
@@ -144,10 +184,17 @@ async function sampleDirection(source: ReplicationSource, direction: Direction, 
 
 async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseResult> {
   const probe = spawnSync('rclone', ['version'], { encoding: 'utf8' });
-  if (probe.status !== 0) throw new TcabError('The replication case compares with rclone, which is not installed', { hint: 'apt-get install rclone, or leave the case out with --case snapshot,retention', code: 'BENCH_NO_RCLONE' });
+  if (probe.status !== 0)
+    throw new TcabError('The replication case compares with rclone, which is not installed', {
+      hint: 'apt-get install rclone, or leave the case out with --case snapshot,retention',
+      code: 'BENCH_NO_RCLONE',
+    });
   const rcloneVersion = probe.stdout.split('\n')[0]!.trim();
   const db = await prepareDatabase(options, ctx.workDir, ctx.progress);
-  const source = await prepareReplicationSource({ dbPath: db.path, workDir: ctx.workDir, snapshots: options.replicateSnapshots }, ctx.progress);
+  const source = await prepareReplicationSource(
+    { dbPath: db.path, workDir: ctx.workDir, snapshots: options.replicateSnapshots },
+    ctx.progress,
+  );
   const results: DirectionResult[] = [];
   let sourceSize: { count: number; bytes: number };
   let restPeak = Number.NaN;
@@ -203,12 +250,32 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
     rcloneRound += rcloneMs;
     oursPeak = Math.max(oursPeak, ...ours.map((o) => o.memory.root?.peakHwmBytes ?? Number.NaN));
     const rclonePeak = Math.max(...rclone.map((r) => r.memory.root?.peakHwmBytes ?? Number.NaN));
-    const oursProblems = ours.flatMap((o, i) => [...(o.copied === n ? [] : [`run ${i + 1} copied ${o.copied} of ${n}`]), ...o.problems.map((p) => `run ${i + 1}: ${p}`)]);
-    const rcloneShort = rclone.flatMap((r, i) => (r.count === sourceSize.count && r.bytes === sourceSize.bytes ? [] : [`run ${i + 1}: ${r.count} objects, ${r.bytes} bytes`]));
+    const oursProblems = ours.flatMap((o, i) => [
+      ...(o.copied === n ? [] : [`run ${i + 1} copied ${o.copied} of ${n}`]),
+      ...o.problems.map((p) => `run ${i + 1}: ${p}`),
+    ]);
+    const rcloneShort = rclone.flatMap((r, i) =>
+      r.count === sourceSize.count && r.bytes === sourceSize.bytes ? [] : [`run ${i + 1}: ${r.count} objects, ${r.bytes} bytes`],
+    );
     checks.push(
-      atMost(`replicate ${n} snapshots ${direction.name}, ours / rclone copy (medians)`, oursMs / rcloneMs, REPLICATION_TARGETS.timeRatio, (v) => v.toFixed(2)),
-      holds(`${direction.name}: every copy of ours has its manifest and matches its sha256`, oursProblems.length === 0, `${ours.length * n - oursProblems.length} of ${ours.length * n}`, oursProblems.join('; ')),
-      holds(`${direction.name}: rclone copied every object`, rcloneShort.length === 0, `${sourceSize.count} objects per run`, `the source has ${sourceSize.count} objects, ${sourceSize.bytes} bytes; ${rcloneShort.join('; ')}`),
+      atMost(
+        `replicate ${n} snapshots ${direction.name}, ours / rclone copy (medians)`,
+        oursMs / rcloneMs,
+        REPLICATION_TARGETS.timeRatio,
+        (v) => v.toFixed(2),
+      ),
+      holds(
+        `${direction.name}: every copy of ours has its manifest and matches its sha256`,
+        oursProblems.length === 0,
+        `${ours.length * n - oursProblems.length} of ${ours.length * n}`,
+        oursProblems.join('; '),
+      ),
+      holds(
+        `${direction.name}: rclone copied every object`,
+        rcloneShort.length === 0,
+        `${sourceSize.count} objects per run`,
+        `the source has ${sourceSize.count} objects, ${sourceSize.bytes} bytes; ${rcloneShort.join('; ')}`,
+      ),
     );
     notes.push(
       `${direction.name}: samples (alternating, rclone first): rclone ${rclone.map((r) => formatSeconds(r.wallMs)).join(', ')} | ours ${ours.map((o) => formatSeconds(o.wallMs)).join(', ')}`,
@@ -217,15 +284,32 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
         `peak RSS ours ${formatMb(Math.max(...ours.map((o) => o.memory.root?.peakHwmBytes ?? Number.NaN)))}, rclone ${formatMb(rclonePeak)}`,
     );
     medians[direction.name] = {
-      rcloneMs: Math.round(rcloneMs), oursMs: Math.round(oursMs), ratio: round(oursMs / rcloneMs),
+      rcloneMs: Math.round(rcloneMs),
+      oursMs: Math.round(oursMs),
+      ratio: round(oursMs / rcloneMs),
       samples: {
-        rclone: rclone.map((r) => ({ wallMs: Math.round(r.wallMs), peakHwmBytes: r.memory.root?.peakHwmBytes, count: r.count, bytes: r.bytes })),
-        ours: ours.map((o) => ({ wallMs: Math.round(o.wallMs), jobMs: o.jobMs, peakHwmBytes: o.memory.root?.peakHwmBytes, copied: o.copied, count: o.count, bytes: o.bytes, problems: o.problems })),
+        rclone: rclone.map((r) => ({
+          wallMs: Math.round(r.wallMs),
+          peakHwmBytes: r.memory.root?.peakHwmBytes,
+          count: r.count,
+          bytes: r.bytes,
+        })),
+        ours: ours.map((o) => ({
+          wallMs: Math.round(o.wallMs),
+          jobMs: o.jobMs,
+          peakHwmBytes: o.memory.root?.peakHwmBytes,
+          copied: o.copied,
+          count: o.count,
+          bytes: o.bytes,
+          problems: o.problems,
+        })),
       },
     };
   }
   checks.push(
-    atMost(`replicate there and back, ours / rclone copy (sums of medians)`, oursRound / rcloneRound, REPLICATION_TARGETS.timeRatio, (v) => v.toFixed(2)),
+    atMost(`replicate there and back, ours / rclone copy (sums of medians)`, oursRound / rcloneRound, REPLICATION_TARGETS.timeRatio, (v) =>
+      v.toFixed(2),
+    ),
     atMost('replicate peak RSS above the CLI at rest (memory flat)', oursPeak - restPeak, REPLICATION_TARGETS.rssGrowthBytes, formatMb),
   );
   notes.push(`memory: ours ${formatMb(oursPeak)} peak in either direction (the CLI at rest, tcab-backup list: ${formatMb(restPeak)})`);
@@ -233,7 +317,11 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
     checks,
     notes,
     details: {
-      snapshots: source.snapshots, sourceObjects: sourceSize, rcloneVersion, transfers: TRANSFERS, directions: medians,
+      snapshots: source.snapshots,
+      sourceObjects: sourceSize,
+      rcloneVersion,
+      transfers: TRANSFERS,
+      directions: medians,
       roundTrip: { oursMs: Math.round(oursRound), rcloneMs: Math.round(rcloneRound), ratio: round(oursRound / rcloneRound) },
       memory: { oursPeakHwmBytes: oursPeak, restPeakHwmBytes: restPeak },
     },
@@ -244,7 +332,11 @@ export const replicationCase: BenchCase = {
   name: 'replication',
   title: 'tcab-backup replicate (Azurite -> s3rver as R2, and back) vs rclone copy, same snapshots',
   run: async (options, ctx) => {
-    if (!canWatchMemory()) throw new TcabError('The replication case reads peak memory from /proc, which this system lacks', { hint: 'run the benchmark on Linux', code: 'BENCH_NO_PROC' });
+    if (!canWatchMemory())
+      throw new TcabError('The replication case reads peak memory from /proc, which this system lacks', {
+        hint: 'run the benchmark on Linux',
+        code: 'BENCH_NO_PROC',
+      });
     return measure(options, ctx);
   },
 };

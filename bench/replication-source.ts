@@ -113,7 +113,17 @@ export async function prepareReplicationSource(
 
     const key = randomBytes(32).toString('hex');
     const agent = await startAgent(
-      { dbPath: options.dbPath, stagingDir: join(options.workDir, 'staging'), host: '127.0.0.1', port: 0, keys: new Map([['bench', key]]), tls: undefined, databaseName: 'tcab', compression: 'auto', stagingTtlMs: 3_600_000 },
+      {
+        dbPath: options.dbPath,
+        stagingDir: join(options.workDir, 'staging'),
+        host: '127.0.0.1',
+        port: 0,
+        keys: new Map([['bench', key]]),
+        tls: undefined,
+        databaseName: 'tcab',
+        compression: 'auto',
+        stagingTtlMs: 3_600_000,
+      },
       { logger: silentLogger },
     );
     stops.push(() => agent.close());
@@ -123,18 +133,27 @@ export async function prepareReplicationSource(
     const ids = runIds(options.dbPath);
     for (let i = 1; i <= options.snapshots; i++) {
       if (i > 1) keepShare(options.dbPath, keptShare(i, options.snapshots), ids);
-      const made = await runSnapshot({ agent: client, targets: [source], database: 'tcab' }, { trigger: { kind: 'cli', reason: 'benchmark source' } });
+      const made = await runSnapshot(
+        { agent: client, targets: [source], database: 'tcab' },
+        { trigger: { kind: 'cli', reason: 'benchmark source' } },
+      );
       const m = made.manifest;
       snapshots.push({ id: m.id, artifactBytes: m.artifact.bytes, sha256: m.artifact.sha256, key: m.key });
-      progress(`source snapshot ${i}/${options.snapshots} on Azurite: ${m.id}, ${(m.artifact.bytes / 1e6).toFixed(1)} MB ${m.artifact.compression}`);
+      progress(
+        `source snapshot ${i}/${options.snapshots} on Azurite: ${m.id}, ${(m.artifact.bytes / 1e6).toFixed(1)} MB ${m.artifact.compression}`,
+      );
     }
     await agent.close();
     stops.pop();
     return {
-      azurite, s3, snapshots, env,
+      azurite,
+      s3,
+      snapshots,
+      env,
       destination: (prefix) => openAll(prefix).find((t) => t.name === DESTINATION)!,
       envBack,
-      destinationBack: (sourcePrefix, prefix) => openTargets(loadTargetsConfig(envBack(sourcePrefix, prefix)), silentLogger).find((t) => t.name === SOURCE)!,
+      destinationBack: (sourcePrefix, prefix) =>
+        openTargets(loadTargetsConfig(envBack(sourcePrefix, prefix)), silentLogger).find((t) => t.name === SOURCE)!,
       stop: stopAll,
     };
   } catch (e) {

@@ -27,7 +27,8 @@ export function failureLines(report: BenchReport): string[] {
   const lines: string[] = [];
   for (const o of report.outcomes) {
     if (o.error !== undefined) lines.push(`FAILED ${o.case.name}: the case did not finish: ${o.error}`);
-    for (const c of o.result?.checks ?? []) if (!c.ok) lines.push(`MISSED ${o.case.name}: ${c.measure}: ${c.miss ?? `${c.shown}, target ${c.target}`}`);
+    for (const c of o.result?.checks ?? [])
+      if (!c.ok) lines.push(`MISSED ${o.case.name}: ${c.measure}: ${c.miss ?? `${c.shown}, target ${c.target}`}`);
   }
   return lines;
 }
@@ -57,21 +58,27 @@ export function renderText(report: BenchReport): string {
 
 export function renderJson(report: BenchReport): string {
   const failures = failureLines(report);
-  return JSON.stringify({
-    ok: failures.length === 0,
-    startedAt: report.startedAt,
-    machine: report.machine,
-    options: report.options,
-    cases: report.outcomes.map((o) => ({
-      name: o.case.name,
-      title: o.case.title,
-      ok: o.error === undefined && (o.result?.checks.every((c) => c.ok) ?? false),
-      durationMs: Math.round(o.durationMs),
-      ...(o.error !== undefined ? { error: o.error } : {}),
-      checks: o.result?.checks ?? [],
-      notes: o.result?.notes ?? [],
-      details: o.result?.details ?? {},
-    })),
-    failures,
-  }, null, 2) + '\n';
+  return (
+    JSON.stringify(
+      {
+        ok: failures.length === 0,
+        startedAt: report.startedAt,
+        machine: report.machine,
+        options: report.options,
+        cases: report.outcomes.map((o) => ({
+          name: o.case.name,
+          title: o.case.title,
+          ok: o.error === undefined && (o.result?.checks.every((c) => c.ok) ?? false),
+          durationMs: Math.round(o.durationMs),
+          ...(o.error !== undefined ? { error: o.error } : {}),
+          checks: o.result?.checks ?? [],
+          notes: o.result?.notes ?? [],
+          details: o.result?.details ?? {},
+        })),
+        failures,
+      },
+      null,
+      2,
+    ) + '\n'
+  );
 }

@@ -7,7 +7,13 @@
 import { performance } from 'node:perf_hooks';
 import { planRetention } from '../src/retention/policy.js';
 import { applySafetyRails, type GuardedPlan, type RailSnapshot } from '../src/retention/rails.js';
-import { DEFAULT_MAX_DELETE_SHARE, DEFAULT_MIN_AGE, DEFAULT_MIN_KEEP, DEFAULT_RETENTION_POLICY, DEFAULT_RETENTION_POLICY_TEXT } from '../src/retention/settings.js';
+import {
+  DEFAULT_MAX_DELETE_SHARE,
+  DEFAULT_MIN_AGE,
+  DEFAULT_MIN_KEEP,
+  DEFAULT_RETENTION_POLICY,
+  DEFAULT_RETENTION_POLICY_TEXT,
+} from '../src/retention/settings.js';
 import { syntheticHistory } from '../src/retention/synthetic.js';
 import { parseDurationMs } from '../src/util/duration.js';
 import { atMost, holds, type BenchCase, type CaseResult } from './case.js';
@@ -19,10 +25,19 @@ export const RETENTION_TARGET_MS = 250;
 
 function planOnce(history: readonly RailSnapshot[], now: Date): { ms: number; plan: GuardedPlan } {
   const t0 = performance.now();
-  const plan = applySafetyRails(planRetention(history, DEFAULT_RETENTION_POLICY, now), history, {
-    minKeep: DEFAULT_MIN_KEEP, minAgeMs: parseDurationMs(DEFAULT_MIN_AGE), maxDeleteShare: DEFAULT_MAX_DELETE_SHARE,
-    force: true, listingComplete: true, target: 'bench',
-  }, now);
+  const plan = applySafetyRails(
+    planRetention(history, DEFAULT_RETENTION_POLICY, now),
+    history,
+    {
+      minKeep: DEFAULT_MIN_KEEP,
+      minAgeMs: parseDurationMs(DEFAULT_MIN_AGE),
+      maxDeleteShare: DEFAULT_MAX_DELETE_SHARE,
+      force: true,
+      listingComplete: true,
+      target: 'bench',
+    },
+    now,
+  );
   return { ms: performance.now() - t0, plan };
 }
 
@@ -39,9 +54,18 @@ export const retentionCase: BenchCase = {
     const complete = plan.keep.length + plan.remove.length === SNAPSHOTS && plan.keep.length > 0 && plan.refused === null;
     return {
       checks: [
-        atMost(`retention plan of ${SNAPSHOTS.toLocaleString('en')} snapshots (median of ${options.retentionRuns})`, medianMs, RETENTION_TARGET_MS, formatSeconds),
-        holds('the plan covers every snapshot, keeps some, is not refused', complete, `${plan.keep.length} kept, ${plan.remove.length} removed`,
-          `the plan has ${plan.keep.length} kept and ${plan.remove.length} removed of ${SNAPSHOTS}${plan.refused ? `, refused: ${plan.refused.message}` : ''}`),
+        atMost(
+          `retention plan of ${SNAPSHOTS.toLocaleString('en')} snapshots (median of ${options.retentionRuns})`,
+          medianMs,
+          RETENTION_TARGET_MS,
+          formatSeconds,
+        ),
+        holds(
+          'the plan covers every snapshot, keeps some, is not refused',
+          complete,
+          `${plan.keep.length} kept, ${plan.remove.length} removed`,
+          `the plan has ${plan.keep.length} kept and ${plan.remove.length} removed of ${SNAPSHOTS}${plan.refused ? `, refused: ${plan.refused.message}` : ''}`,
+        ),
       ],
       notes: [
         `policy ${DEFAULT_RETENTION_POLICY_TEXT}; rails min keep ${DEFAULT_MIN_KEEP}, min age ${DEFAULT_MIN_AGE}, max delete share ${DEFAULT_MAX_DELETE_SHARE} (forced)`,
@@ -49,8 +73,13 @@ export const retentionCase: BenchCase = {
           `min ${formatSeconds(Math.min(...times))}, max ${formatSeconds(Math.max(...times))}; ${plan.keep.length} kept, ${plan.remove.length} removed, rails: ${plan.rails.map((r) => r.rail).join(', ') || 'none'}`,
       ],
       details: {
-        snapshots: SNAPSHOTS, policy: DEFAULT_RETENTION_POLICY_TEXT, runs: options.retentionRuns,
-        samplesMs: times.map((t) => round(t, 2)), medianMs: round(medianMs, 2), kept: plan.keep.length, removed: plan.remove.length,
+        snapshots: SNAPSHOTS,
+        policy: DEFAULT_RETENTION_POLICY_TEXT,
+        runs: options.retentionRuns,
+        samplesMs: times.map((t) => round(t, 2)),
+        medianMs: round(medianMs, 2),
+        kept: plan.keep.length,
+        removed: plan.remove.length,
         rails: plan.rails.map((r) => ({ rail: r.rail, snapshots: r.ids.length })),
       },
     };

@@ -71,7 +71,16 @@ export async function runRecipe(dbPath: string, folder: string, compression: Rec
   const packed = `${raw}${compression === 'zstd' ? '.zst' : compression === 'gzip' ? '.gz' : '.copy'}`;
   const sums = join(folder, 'SHA256SUMS');
   const times = join(folder, 'TIMES');
-  const env = { PATH: process.env.PATH, DB: dbPath, RAW: raw, PACKED: packed, SUMS: sums, TIMES: times, TARGET_A: targetA, TARGET_B: targetB };
+  const env = {
+    PATH: process.env.PATH,
+    DB: dbPath,
+    RAW: raw,
+    PACKED: packed,
+    SUMS: sums,
+    TIMES: times,
+    TARGET_A: targetA,
+    TARGET_B: targetB,
+  };
   const finished = await runWatched('bash', ['-c', recipeScript(compression)], { env });
   if (finished.code !== 0) {
     throw new TcabError(`The shell recipe ${describeExit(finished)}: ${finished.stderrTail || '(no output)'}`, {
@@ -79,13 +88,25 @@ export async function runRecipe(dbPath: string, folder: string, compression: Rec
       code: 'BENCH_RECIPE_FAILED',
     });
   }
-  const [rawStat, packedStat, sumText, timesText] = await Promise.all([stat(raw), stat(join(targetB, basename(packed))), readFile(sums, 'utf8'), readFile(times, 'utf8')]);
-  if (sumText.trim().split('\n').length !== 2) throw new TcabError(`The shell recipe wrote no sha256 for both files in ${sums}`, { code: 'BENCH_RECIPE_FAILED' });
+  const [rawStat, packedStat, sumText, timesText] = await Promise.all([
+    stat(raw),
+    stat(join(targetB, basename(packed))),
+    readFile(sums, 'utf8'),
+    readFile(times, 'utf8'),
+  ]);
+  if (sumText.trim().split('\n').length !== 2)
+    throw new TcabError(`The shell recipe wrote no sha256 for both files in ${sums}`, { code: 'BENCH_RECIPE_FAILED' });
   const marks = timesText.trim().split(/\s+/).map(Number);
   if (marks.length !== RECIPE_STEPS.length + 1 || marks.some((m) => !Number.isFinite(m))) {
-    throw new TcabError(`The shell recipe's step times in ${times} are unreadable: "${timesText.trim()}"`, { hint: 'bash 5 or later (EPOCHREALTIME)', code: 'BENCH_RECIPE_FAILED' });
+    throw new TcabError(`The shell recipe's step times in ${times} are unreadable: "${timesText.trim()}"`, {
+      hint: 'bash 5 or later (EPOCHREALTIME)',
+      code: 'BENCH_RECIPE_FAILED',
+    });
   }
-  const stepsMs = Object.fromEntries(RECIPE_STEPS.map((step, i) => [step, (marks[i + 1]! - marks[i]!) * 1000])) as Record<RecipeStep, number>;
+  const stepsMs = Object.fromEntries(RECIPE_STEPS.map((step, i) => [step, (marks[i + 1]! - marks[i]!) * 1000])) as Record<
+    RecipeStep,
+    number
+  >;
   const run = { wallMs: finished.wallMs, stepsMs, rawBytes: rawStat.size, packedBytes: packedStat.size, memory: finished.memory };
   await rm(folder, { recursive: true, force: true });
   return run;

@@ -66,15 +66,21 @@ function peakOf(p: ProcessPeak | undefined): number {
 
 function describeChildren(peaks: readonly ProcessPeak[]): string {
   const named = peakByName(peaks);
-  return named.length ? named.map((c) => `${c.name} ${formatMb(c.peakHwmBytes)} (${c.processes} process${c.processes === 1 ? '' : 'es'})`).join(', ') : 'none seen';
+  return named.length
+    ? named.map((c) => `${c.name} ${formatMb(c.peakHwmBytes)} (${c.processes} process${c.processes === 1 ? '' : 'es'})`).join(', ')
+    : 'none seen';
 }
 
 async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseResult> {
   const db = await prepareDatabase(options, ctx.workDir, ctx.progress);
-  ctx.progress(`database: ${formatMb(db.facts.bytes)}, ${db.facts.runs} runs, ${db.facts.reviews} reviews (${db.cacheHit ? 'cached' : 'generated'}: ${db.cachePath}); working copy made in ${formatSeconds(db.copyMs)}`);
+  ctx.progress(
+    `database: ${formatMb(db.facts.bytes)}, ${db.facts.runs} runs, ${db.facts.reviews} reviews (${db.cacheHit ? 'cached' : 'generated'}: ${db.cachePath}); working copy made in ${formatSeconds(db.copyMs)}`,
+  );
 
   const agent: AgentProcess = await startAgentProcess({ dbPath: db.path, stagingDir: join(ctx.workDir, 'staging') });
-  ctx.progress(`agent process ${agent.pid} listening on ${agent.url}, can make ${agent.compressions.join(', ')} (zstd from ${agent.zstdSource})`);
+  ctx.progress(
+    `agent process ${agent.pid} listening on ${agent.url}, can make ${agent.compressions.join(', ')} (zstd from ${agent.zstdSource})`,
+  );
   const compression = (agent.compressions[0] ?? 'gzip') as RecipeCompression;
   // What the processes hold before any snapshot: loading modules, not the database, sets this part.
   const agentAtStart = peakOf(agent.memory().root);
@@ -94,7 +100,9 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
       ours.push({ ...o.result, writer: o.writer });
       // Read after every sample: a peak that keeps climbing from sample to sample would be a leak, not a peak.
       agentAfterSample.push(peakOf(agent.memory().root));
-      ctx.progress(`sample ${i}/${options.samples}: tcab-backup snapshot ${formatSeconds(o.result.wallMs)} (writer: ${o.writer.inserts} inserts, ${o.writer.errors.length} errors; agent peak so far ${formatMb(agentAfterSample.at(-1)!)})`);
+      ctx.progress(
+        `sample ${i}/${options.samples}: tcab-backup snapshot ${formatSeconds(o.result.wallMs)} (writer: ${o.writer.inserts} inserts, ${o.writer.errors.length} errors; agent peak so far ${formatMb(agentAfterSample.at(-1)!)})`,
+      );
     }
   } finally {
     agentPeaks = await agent.stop();
@@ -118,17 +126,35 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
     atMost('bytes stored / raw snapshot bytes', storedShare, TARGETS.storedShare, formatPercent),
     atMost('agent process peak RSS (VmHWM)', agentPeak, TARGETS.peakRssBytes, formatMb),
     atMost('client process peak RSS (VmHWM)', clientPeak, TARGETS.peakRssBytes, formatMb),
-    holds('backend writer errors during our snapshots', writerErrors.length === 0, `${writerErrors.length} errors in ${writerInserts} inserts`,
-      `the writer saw ${writerErrors.length} failed inserts during our snapshots, e.g. ${writerErrors.slice(0, 3).join(' | ')}`),
-    holds('each stored artifact sha256 = its manifest', badCopies.length === 0, `${copies.length - badCopies.length} of ${copies.length} copies`,
-      badCopies.map((c) => `snapshot ${c.id} on target "${c.target}": ${c.detail}`).join('; ')),
-    holds('our artifact compression = the recipe\'s', mixed.length === 0, compression,
-      `the agent made ${mixed.map((o) => o.compression).join(', ')} but the recipe used ${compression}: the times do not compare`),
+    holds(
+      'backend writer errors during our snapshots',
+      writerErrors.length === 0,
+      `${writerErrors.length} errors in ${writerInserts} inserts`,
+      `the writer saw ${writerErrors.length} failed inserts during our snapshots, e.g. ${writerErrors.slice(0, 3).join(' | ')}`,
+    ),
+    holds(
+      'each stored artifact sha256 = its manifest',
+      badCopies.length === 0,
+      `${copies.length - badCopies.length} of ${copies.length} copies`,
+      badCopies.map((c) => `snapshot ${c.id} on target "${c.target}": ${c.detail}`).join('; '),
+    ),
+    holds(
+      "our artifact compression = the recipe's",
+      mixed.length === 0,
+      compression,
+      `the agent made ${mixed.map((o) => o.compression).join(', ')} but the recipe used ${compression}: the times do not compare`,
+    ),
   ];
 
   const breakdown = ourBreakdown(ours);
-  const shellSteps = Object.fromEntries(RECIPE_STEPS.map((step) => [step, median(shell.map((r) => r.stepsMs[step]))])) as Record<RecipeStep, number>;
-  const shellWriter = shell.reduce((acc, s) => ({ inserts: acc.inserts + s.writer.inserts, errors: acc.errors + s.writer.errors.length }), { inserts: 0, errors: 0 });
+  const shellSteps = Object.fromEntries(RECIPE_STEPS.map((step) => [step, median(shell.map((r) => r.stepsMs[step]))])) as Record<
+    RecipeStep,
+    number
+  >;
+  const shellWriter = shell.reduce((acc, s) => ({ inserts: acc.inserts + s.writer.inserts, errors: acc.errors + s.writer.errors.length }), {
+    inserts: 0,
+    errors: 0,
+  });
   const last = ours.at(-1)!;
   const notes = [
     `database: ${formatMb(db.facts.bytes)} (${db.facts.runs} runs, ${db.facts.reviews} reviews, WAL mode, seed ${db.facts.seed}); raw snapshot ${formatMb(last.snapshotBytes)} -> ${formatMb(last.artifactBytes)} ${last.compression}`,
@@ -156,16 +182,45 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
       recipe: recipeDescription(compression),
       compression,
       samples: {
-        shell: shell.map((s) => ({ wallMs: Math.round(s.wallMs), stepsMs: s.stepsMs, rawBytes: s.rawBytes, packedBytes: s.packedBytes, writer: { inserts: s.writer.inserts, errors: s.writer.errors }, programs: peakByName(s.memory.descendants) })),
+        shell: shell.map((s) => ({
+          wallMs: Math.round(s.wallMs),
+          stepsMs: s.stepsMs,
+          rawBytes: s.rawBytes,
+          packedBytes: s.packedBytes,
+          writer: { inserts: s.writer.inserts, errors: s.writer.errors },
+          programs: peakByName(s.memory.descendants),
+        })),
         ours: ours.map((o) => ({
-          wallMs: Math.round(o.wallMs), jobMs: o.jobMs, agentRequestMs: o.agentRequestMs, id: o.id, snapshotBytes: o.snapshotBytes, artifactBytes: o.artifactBytes, compression: o.compression,
-          timings: o.timings, targets: o.targets, clientPeakHwmBytes: peakOf(o.memory.root), clientPeakRssBytes: o.memory.root?.peakRssBytes,
+          wallMs: Math.round(o.wallMs),
+          jobMs: o.jobMs,
+          agentRequestMs: o.agentRequestMs,
+          id: o.id,
+          snapshotBytes: o.snapshotBytes,
+          artifactBytes: o.artifactBytes,
+          compression: o.compression,
+          timings: o.timings,
+          targets: o.targets,
+          clientPeakHwmBytes: peakOf(o.memory.root),
+          clientPeakRssBytes: o.memory.root?.peakRssBytes,
           writer: { inserts: o.writer.inserts, errors: o.writer.errors },
         })),
       },
-      medians: { shellMs: Math.round(shellMs), oursMs: Math.round(oursMs), ratio: round(ratio), storedShare: round(storedShare, 4), ours: breakdown, shellSteps },
+      medians: {
+        shellMs: Math.round(shellMs),
+        oursMs: Math.round(oursMs),
+        ratio: round(ratio),
+        storedShare: round(storedShare, 4),
+        ours: breakdown,
+        shellSteps,
+      },
       memory: {
-        agent: { peakHwmBytes: agentPeak, peakRssBytes: agentPeaks.root?.peakRssBytes, atStartHwmBytes: agentAtStart, afterEachSampleHwmBytes: agentAfterSample, polls: agentPeaks.polls },
+        agent: {
+          peakHwmBytes: agentPeak,
+          peakRssBytes: agentPeaks.root?.peakRssBytes,
+          atStartHwmBytes: agentAtStart,
+          afterEachSampleHwmBytes: agentAfterSample,
+          polls: agentPeaks.polls,
+        },
         agentChildren: peakByName(agentPeaks.descendants),
         client: { peakHwmBytes: clientPeak, peakRssBytes: clientRssPeak, helpOnlyHwmBytes: clientAtStart },
       },
@@ -178,9 +233,13 @@ export const snapshotCase: BenchCase = {
   title: 'tcab-backup snapshot (agent + client processes, two targets) vs the shell recipe, same database',
   run: async (options, ctx) => {
     if (!canWatchMemory()) {
-      throw new TcabError('The snapshot case reads peak memory from /proc/<pid>/status and /proc/<pid>/task/<tid>/children, which this system lacks', {
-        hint: 'run the benchmark on Linux (the VM, or a Linux container)', code: 'BENCH_NO_PROC',
-      });
+      throw new TcabError(
+        'The snapshot case reads peak memory from /proc/<pid>/status and /proc/<pid>/task/<tid>/children, which this system lacks',
+        {
+          hint: 'run the benchmark on Linux (the VM, or a Linux container)',
+          code: 'BENCH_NO_PROC',
+        },
+      );
     }
     return measure(options, ctx);
   },

@@ -10,7 +10,8 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const IMPORT_RE = /(?:^|[\s;])(?:import|export)\s+(?:type\s+)?(?:[\w*{}\s,$]+?\s+from\s+)?['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)/g;
+const IMPORT_RE =
+  /(?:^|[\s;])(?:import|export)\s+(?:type\s+)?(?:[\w*{}\s,$]+?\s+from\s+)?['"]([^'"]+)['"]|\bimport\(\s*['"]([^'"]+)['"]\s*\)/g;
 
 function tsFiles(dir) {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
@@ -89,8 +90,9 @@ export function longerCycle(srcDir) {
 }
 
 export function describeCycle(cycle) {
-  return `${[...cycle.map((e) => e.from), cycle[0].from].join(' -> ')}: `
-    + cycle.map((e) => `src/${e.file} imports '${e.spec}'`).join(', ');
+  return (
+    `${[...cycle.map((e) => e.from), cycle[0].from].join(' -> ')}: ` + cycle.map((e) => `src/${e.file} imports '${e.spec}'`).join(', ')
+  );
 }
 
 export function describePair({ a, b, ab, ba }) {
@@ -101,15 +103,19 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   const srcDir = resolve(process.argv[2] ?? join(dirname(fileURLToPath(import.meta.url)), '..', 'src'));
   const pairs = mutualImports(srcDir);
   if (pairs.length) {
-    process.stderr.write(`check-layers: ${pairs.length} pair(s) of parts of ${srcDir} import each other; `
-      + 'move the shared piece to the lower part (or to src/util/) so imports go one way:\n'
-      + pairs.map((p) => `  ${describePair(p)}\n`).join(''));
+    process.stderr.write(
+      `check-layers: ${pairs.length} pair(s) of parts of ${srcDir} import each other; ` +
+        'move the shared piece to the lower part (or to src/util/) so imports go one way:\n' +
+        pairs.map((p) => `  ${describePair(p)}\n`).join(''),
+    );
     process.exit(1);
   }
   const cycle = longerCycle(srcDir);
   if (cycle) {
-    process.stderr.write(`check-layers: parts of ${srcDir} import each other in a loop; move the shared piece to `
-      + `the lowest part (or to src/util/) so imports go one way:\n  ${describeCycle(cycle)}\n`);
+    process.stderr.write(
+      `check-layers: parts of ${srcDir} import each other in a loop; move the shared piece to ` +
+        `the lowest part (or to src/util/) so imports go one way:\n  ${describeCycle(cycle)}\n`,
+    );
     process.exit(1);
   }
   process.stdout.write(`check-layers: no two parts of ${srcDir} import each other, and no loop\n`);

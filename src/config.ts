@@ -9,50 +9,148 @@ import { ConfigError } from './errors.js';
 import { registerSecret } from './log.js';
 import { credentialVariable, parseTargetList, type TargetSpec } from './targets/spec.js';
 import {
-  defineSettings, durationMs, httpUrl, NCRONTAB, pemSetting, Problems, secretString, settingsReader, type Env,
+  defineSettings,
+  durationMs,
+  httpUrl,
+  NCRONTAB,
+  pemSetting,
+  Problems,
+  secretString,
+  settingsReader,
+  type Env,
 } from './util/settings.js';
 
 export type { Env };
 
 export const BACKUP_SETTINGS = defineSettings([
-  { name: 'TCAB_BACKUP_TARGETS', side: 'backup', requiredInAzure: true, secret: false,
-    description: 'Comma-separated name=url list of targets, e.g. blob=azblob://stbak/tcab,r2=r2://<account-id>/tcab. Schemes: file://, azblob://, r2://, s3://...?endpoint=&region=.' },
-  { name: 'TCAB_BACKUP_TARGET_<NAME>_CONNECTION_STRING', side: 'backup', requiredInAzure: false, secret: true,
-    description: 'azblob targets only, local runs only: a connection string (Azurite: UseDevelopmentStorage=true). In Azure leave it unset: the managed identity (AZURE_CLIENT_ID) is used.' },
-  { name: 'TCAB_BACKUP_TARGET_<NAME>_ACCESS_KEY_ID', side: 'backup', requiredInAzure: false, secret: true,
-    description: 'r2/s3 targets: the access key id (an R2 API token scoped to the bucket). A Key Vault reference in Azure.' },
-  { name: 'TCAB_BACKUP_TARGET_<NAME>_SECRET_ACCESS_KEY', side: 'backup', requiredInAzure: false, secret: true,
-    description: 'r2/s3 targets: the secret access key. A Key Vault reference in Azure.' },
-  { name: 'TCAB_BACKUP_DATABASE', side: 'backup', requiredInAzure: false, secret: false, default: 'tcab',
-    description: 'Database name used in storage keys (snapshots/<database>/...). Must match the agent\'s TCAB_AGENT_DATABASE_NAME.' },
-  { name: 'TCAB_BACKUP_AGENT_URL', side: 'backup', requiredInAzure: true, secret: false,
-    description: 'Base URL of the snapshot agent, e.g. https://10.0.1.4:8787. Plain http only for loopback.' },
-  { name: 'TCAB_BACKUP_AGENT_AUTH', side: 'backup', requiredInAzure: false, secret: false, default: 'hmac',
-    description: 'How the functions authenticate to the agent: hmac (TCAB-HMAC-SHA256 with TCAB_BACKUP_AGENT_KEY_ID and TCAB_BACKUP_AGENT_KEY), or entra (a Microsoft Entra ID token of the function app\'s managed identity for TCAB_BACKUP_AGENT_ENTRA_SCOPE; the agent must have entra in TCAB_AGENT_AUTH).' },
-  { name: 'TCAB_BACKUP_AGENT_KEY_ID', side: 'backup', requiredInAzure: true, secret: false,
-    description: 'Key id the functions sign agent requests with (one of the ids in the agent\'s TCAB_AGENT_KEYS). Not needed with TCAB_BACKUP_AGENT_AUTH=entra.' },
-  { name: 'TCAB_BACKUP_AGENT_KEY', side: 'backup', requiredInAzure: true, secret: true,
-    description: 'HMAC secret for that key id, at least 32 characters (64 hex characters recommended). A Key Vault reference in Azure. Not needed with TCAB_BACKUP_AGENT_AUTH=entra.' },
-  { name: 'TCAB_BACKUP_AGENT_ENTRA_SCOPE', side: 'backup', requiredInAzure: false, secret: false,
-    description: 'With TCAB_BACKUP_AGENT_AUTH=entra: the scope the managed identity asks a token for, the agent\'s application id URI (or client id) followed by /.default, e.g. api://tcab-backup-agent/.default. AZURE_CLIENT_ID names a user-assigned identity.' },
-  { name: 'TCAB_BACKUP_AGENT_CA', side: 'backup', requiredInAzure: false, secret: false,
-    description: 'PEM (inline or a file path) of the CA that signed the agent\'s TLS certificate, when it is not publicly trusted.' },
-  { name: 'TCAB_BACKUP_AGENT_TIMEOUT', side: 'backup', requiredInAzure: false, secret: false, default: '10m',
-    description: 'How long to wait for the agent to make one snapshot (VACUUM INTO, check, compress).' },
-  { name: 'TCAB_BACKUP_COMPRESSION', side: 'backup', requiredInAzure: false, secret: false, default: 'auto',
-    description: 'Compression asked of the agent: auto (the agent\'s best: zstd, else gzip), zstd, gzip or none.' },
-  { name: 'TCAB_BACKUP_JOB_TIMEOUT', side: 'backup', requiredInAzure: false, secret: false, default: '25m',
-    description: 'Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step once the job has settled (at most a minute later). Keep it below functionTimeout in host.json (30 minutes), so that the job, not the host, says what was stuck.' },
-  { name: 'TCAB_BACKUP_SNAPSHOT_SCHEDULE', side: 'backup', requiredInAzure: true, secret: false, default: '0 0 * * * *',
-    description: 'NCRONTAB (six fields, UTC) of the timer-triggered snapshot. Default hourly.' },
+  {
+    name: 'TCAB_BACKUP_TARGETS',
+    side: 'backup',
+    requiredInAzure: true,
+    secret: false,
+    description:
+      'Comma-separated name=url list of targets, e.g. blob=azblob://stbak/tcab,r2=r2://<account-id>/tcab. Schemes: file://, azblob://, r2://, s3://...?endpoint=&region=.',
+  },
+  {
+    name: 'TCAB_BACKUP_TARGET_<NAME>_CONNECTION_STRING',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: true,
+    description:
+      'azblob targets only, local runs only: a connection string (Azurite: UseDevelopmentStorage=true). In Azure leave it unset: the managed identity (AZURE_CLIENT_ID) is used.',
+  },
+  {
+    name: 'TCAB_BACKUP_TARGET_<NAME>_ACCESS_KEY_ID',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: true,
+    description: 'r2/s3 targets: the access key id (an R2 API token scoped to the bucket). A Key Vault reference in Azure.',
+  },
+  {
+    name: 'TCAB_BACKUP_TARGET_<NAME>_SECRET_ACCESS_KEY',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: true,
+    description: 'r2/s3 targets: the secret access key. A Key Vault reference in Azure.',
+  },
+  {
+    name: 'TCAB_BACKUP_DATABASE',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: 'tcab',
+    description: "Database name used in storage keys (snapshots/<database>/...). Must match the agent's TCAB_AGENT_DATABASE_NAME.",
+  },
+  {
+    name: 'TCAB_BACKUP_AGENT_URL',
+    side: 'backup',
+    requiredInAzure: true,
+    secret: false,
+    description: 'Base URL of the snapshot agent, e.g. https://10.0.1.4:8787. Plain http only for loopback.',
+  },
+  {
+    name: 'TCAB_BACKUP_AGENT_AUTH',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: 'hmac',
+    description:
+      "How the functions authenticate to the agent: hmac (TCAB-HMAC-SHA256 with TCAB_BACKUP_AGENT_KEY_ID and TCAB_BACKUP_AGENT_KEY), or entra (a Microsoft Entra ID token of the function app's managed identity for TCAB_BACKUP_AGENT_ENTRA_SCOPE; the agent must have entra in TCAB_AGENT_AUTH).",
+  },
+  {
+    name: 'TCAB_BACKUP_AGENT_KEY_ID',
+    side: 'backup',
+    requiredInAzure: true,
+    secret: false,
+    description:
+      "Key id the functions sign agent requests with (one of the ids in the agent's TCAB_AGENT_KEYS). Not needed with TCAB_BACKUP_AGENT_AUTH=entra.",
+  },
+  {
+    name: 'TCAB_BACKUP_AGENT_KEY',
+    side: 'backup',
+    requiredInAzure: true,
+    secret: true,
+    description:
+      'HMAC secret for that key id, at least 32 characters (64 hex characters recommended). A Key Vault reference in Azure. Not needed with TCAB_BACKUP_AGENT_AUTH=entra.',
+  },
+  {
+    name: 'TCAB_BACKUP_AGENT_ENTRA_SCOPE',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    description:
+      "With TCAB_BACKUP_AGENT_AUTH=entra: the scope the managed identity asks a token for, the agent's application id URI (or client id) followed by /.default, e.g. api://tcab-backup-agent/.default. AZURE_CLIENT_ID names a user-assigned identity.",
+  },
+  {
+    name: 'TCAB_BACKUP_AGENT_CA',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    description: "PEM (inline or a file path) of the CA that signed the agent's TLS certificate, when it is not publicly trusted.",
+  },
+  {
+    name: 'TCAB_BACKUP_AGENT_TIMEOUT',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: '10m',
+    description: 'How long to wait for the agent to make one snapshot (VACUUM INTO, check, compress).',
+  },
+  {
+    name: 'TCAB_BACKUP_COMPRESSION',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: 'auto',
+    description: "Compression asked of the agent: auto (the agent's best: zstd, else gzip), zstd, gzip or none.",
+  },
+  {
+    name: 'TCAB_BACKUP_JOB_TIMEOUT',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: '25m',
+    description:
+      'Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step once the job has settled (at most a minute later). Keep it below functionTimeout in host.json (30 minutes), so that the job, not the host, says what was stuck.',
+  },
+  {
+    name: 'TCAB_BACKUP_SNAPSHOT_SCHEDULE',
+    side: 'backup',
+    requiredInAzure: true,
+    secret: false,
+    default: '0 0 * * * *',
+    description: 'NCRONTAB (six fields, UTC) of the timer-triggered snapshot. Default hourly.',
+  },
 ]);
 
 const { read } = settingsReader(BACKUP_SETTINGS);
 
 const entraScope = z
-  .string({ message: 'is required with TCAB_BACKUP_AGENT_AUTH=entra: the agent\'s application id URI followed by /.default' })
-  .regex(/^\S+\/\.default$/, 'expected the agent\'s application id URI (or client id) followed by /.default, e.g. api://tcab-backup-agent/.default');
-
+  .string({ message: "is required with TCAB_BACKUP_AGENT_AUTH=entra: the agent's application id URI followed by /.default" })
+  .regex(
+    /^\S+\/\.default$/,
+    "expected the agent's application id URI (or client id) followed by /.default, e.g. api://tcab-backup-agent/.default",
+  );
 
 export interface TargetsConfig {
   database: string;
@@ -80,10 +178,18 @@ export function loadTargetsConfig(env: Env = process.env): TargetsConfig {
   // App Service resolves Key Vault references before the app starts; one still in this form did not resolve.
   for (const [name, value] of Object.entries(env)) {
     if (name.startsWith('TCAB_BACKUP_') && value?.trim().startsWith('@Microsoft.KeyVault(')) {
-      problems.add(name, 'is an unresolved Key Vault reference: check that the secret exists and that the function app\'s identity has the "Key Vault Secrets User" role on the vault (Azure portal: the setting shows its reference status)');
+      problems.add(
+        name,
+        'is an unresolved Key Vault reference: check that the secret exists and that the function app\'s identity has the "Key Vault Secrets User" role on the vault (Azure portal: the setting shows its reference status)',
+      );
     }
   }
-  const database = read(env, problems, 'TCAB_BACKUP_DATABASE', z.string().regex(DATABASE_NAME_RE, "lower-case letters, digits, '_' and '-'"));
+  const database = read(
+    env,
+    problems,
+    'TCAB_BACKUP_DATABASE',
+    z.string().regex(DATABASE_NAME_RE, "lower-case letters, digits, '_' and '-'"),
+  );
   let targets: TargetSpec[] = [];
   const rawTargets = env.TCAB_BACKUP_TARGETS?.trim();
   if (!rawTargets) {
@@ -105,8 +211,10 @@ export function loadTargetsConfig(env: Env = process.env): TargetsConfig {
     }
     for (const t of targets) {
       if (t.kind === 's3' && Boolean(t.accessKeyId) !== Boolean(t.secretAccessKey)) {
-        problems.add(credentialVariable(t.name, t.accessKeyId ? 'SECRET_ACCESS_KEY' : 'ACCESS_KEY_ID'),
-          `is not set, but its pair is: target "${t.name}" needs both the access key id and the secret`);
+        problems.add(
+          credentialVariable(t.name, t.accessKeyId ? 'SECRET_ACCESS_KEY' : 'ACCESS_KEY_ID'),
+          `is not set, but its pair is: target "${t.name}" needs both the access key id and the secret`,
+        );
       }
     }
   }
@@ -125,14 +233,24 @@ export function loadAgentClientConfig(env: Env = process.env): AgentClientConfig
     const scope = read(env, problems, 'TCAB_BACKUP_AGENT_ENTRA_SCOPE', entraScope);
     if (scope) auth = { scheme: 'entra', scope };
   } else if (scheme === 'hmac') {
-    const keyId = read(env, problems, 'TCAB_BACKUP_AGENT_KEY_ID', z.string({ message: 'is required' }).regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, "_", "." and "-"'));
+    const keyId = read(
+      env,
+      problems,
+      'TCAB_BACKUP_AGENT_KEY_ID',
+      z.string({ message: 'is required' }).regex(/^[A-Za-z0-9_.-]{1,64}$/, 'letters, digits, "_", "." and "-"'),
+    );
     const key = read(env, problems, 'TCAB_BACKUP_AGENT_KEY', secretString);
     registerSecret(key);
     if (keyId && key) auth = { scheme: 'hmac', keyId, key };
   }
   const ca = pemSetting(env, problems, 'TCAB_BACKUP_AGENT_CA');
   const timeoutMs = read(env, problems, 'TCAB_BACKUP_AGENT_TIMEOUT', durationMs('a duration like 10m'));
-  const compression = read(env, problems, 'TCAB_BACKUP_COMPRESSION', z.enum(['auto', ...CompressionSchema.options], { message: 'expected auto, zstd, gzip or none' }));
+  const compression = read(
+    env,
+    problems,
+    'TCAB_BACKUP_COMPRESSION',
+    z.enum(['auto', ...CompressionSchema.options], { message: 'expected auto, zstd, gzip or none' }),
+  );
   problems.throwIfAny();
   return { url: url!, auth: auth!, ca, timeoutMs: timeoutMs!, compression: compression! };
 }

@@ -10,7 +10,9 @@ import type { Target } from './targets/target.js';
 export function openTargets(config: TargetsConfig, logger: Logger, only?: string): Target[] {
   const specs = only ? config.targets.filter((t) => t.name === only) : config.targets;
   if (only && specs.length === 0) {
-    throw new TcabError(`No target named "${only}"`, { hint: `TCAB_BACKUP_TARGETS names: ${config.targets.map((t) => t.name).join(', ')}` });
+    throw new TcabError(`No target named "${only}"`, {
+      hint: `TCAB_BACKUP_TARGETS names: ${config.targets.map((t) => t.name).join(', ')}`,
+    });
   }
   return specs.map((spec) => openTarget(spec, { logger }));
 }

@@ -32,7 +32,9 @@ function run(args: string[], env: Record<string, string> = {}) {
     runAsProcess(process.argv.slice(1), { commands: { ...COMMANDS, stall, finish } });
   `;
   return spawnSync(process.execPath, ['--input-type=module', '-e', script, ...args], {
-    encoding: 'utf8', timeout: 30_000, env: { PATH: process.env.PATH, ...env },
+    encoding: 'utf8',
+    timeout: 30_000,
+    env: { PATH: process.env.PATH, ...env },
   });
 }
 
@@ -43,15 +45,18 @@ describe('a command that stalls', () => {
     expect(r.stdout).toBe('');
     expect(r.stderr).toBe(
       'tcab-backup stall stalled after its last logged step, upload.waiting (target "r2"): it was waiting for something that can no longer happen, ' +
-      'so it did not finish. Check: the targets and the agent it was using (tcab-backup list); run it again with TCAB_LOG_LEVEL=debug to see each step, ' +
-      'and report the stall with that log\n',
+        'so it did not finish. Check: the targets and the agent it was using (tcab-backup list); run it again with TCAB_LOG_LEVEL=debug to see each step, ' +
+        'and report the stall with that log\n',
     );
   });
 
   it('says so on stdout too when JSON was asked for', () => {
     const r = run(['stall', '--json']);
     expect(r.status).toBe(1);
-    expect(JSON.parse(r.stdout)).toEqual({ ok: false, error: expect.stringMatching(/^tcab-backup stall stalled after its last logged step, upload\.waiting/) });
+    expect(JSON.parse(r.stdout)).toEqual({
+      ok: false,
+      error: expect.stringMatching(/^tcab-backup stall stalled after its last logged step, upload\.waiting/),
+    });
   });
 
   it('leaves a command that finishes alone, with its own exit status', () => {

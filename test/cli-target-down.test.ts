@@ -28,7 +28,17 @@ beforeAll(async () => {
   createSampleDatabase(join(work, 'tcab.sqlite'), { runs: 2000 });
   await writeFile(join(work, 'a-file'), 'not a folder\n');
   agent = await startAgent(
-    { dbPath: join(work, 'tcab.sqlite'), stagingDir: join(work, 'staging'), host: '127.0.0.1', port: 0, keys: new Map([['ops', key]]), tls: undefined, databaseName: 'tcab', compression: 'auto', stagingTtlMs: 3_600_000 },
+    {
+      dbPath: join(work, 'tcab.sqlite'),
+      stagingDir: join(work, 'staging'),
+      host: '127.0.0.1',
+      port: 0,
+      keys: new Map([['ops', key]]),
+      tls: undefined,
+      databaseName: 'tcab',
+      compression: 'auto',
+      stagingTtlMs: 3_600_000,
+    },
     { logger: createLogger({ level: 'error' }) },
   );
 });
@@ -43,8 +53,12 @@ function cli(args: string[], env: Record<string, string>): Promise<{ status: num
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], {
       env: {
-        PATH: process.env.PATH, TCAB_BACKUP_AGENT_URL: agent.url, TCAB_BACKUP_AGENT_KEY_ID: 'ops', TCAB_BACKUP_AGENT_KEY: key,
-        TCAB_BACKUP_COMPRESSION: 'none', ...env,
+        PATH: process.env.PATH,
+        TCAB_BACKUP_AGENT_URL: agent.url,
+        TCAB_BACKUP_AGENT_KEY_ID: 'ops',
+        TCAB_BACKUP_AGENT_KEY: key,
+        TCAB_BACKUP_COMPRESSION: 'none',
+        ...env,
       },
     });
     let stdout = '';
@@ -67,7 +81,10 @@ const DEAD: Array<{ why: string; url: () => string; env: Record<string, string> 
   {
     why: 'its S3 endpoint refuses connections',
     url: () => 's3://tcab?endpoint=http://127.0.0.1:9',
-    env: { TCAB_BACKUP_TARGET_DEAD_ACCESS_KEY_ID: 'AKIADEADTARGET', TCAB_BACKUP_TARGET_DEAD_SECRET_ACCESS_KEY: 'dead-target-secret-access-key' },
+    env: {
+      TCAB_BACKUP_TARGET_DEAD_ACCESS_KEY_ID: 'AKIADEADTARGET',
+      TCAB_BACKUP_TARGET_DEAD_SECRET_ACCESS_KEY: 'dead-target-secret-access-key',
+    },
   },
 ];
 
@@ -83,7 +100,10 @@ describe('tcab-backup snapshot with one target down', () => {
     expect(r.stderr).not.toContain('stalled');
     const out = JSON.parse(r.stdout);
     expect(out.ok).toBe(false);
-    expect(out.targets.map((t: { target: string; ok: boolean }) => [t.target, t.ok])).toEqual([['good', true], ['dead', false]]);
+    expect(out.targets.map((t: { target: string; ok: boolean }) => [t.target, t.ok])).toEqual([
+      ['good', true],
+      ['dead', false],
+    ]);
     expect(out.targets[1].error).toMatch(/Target "dead"/);
 
     // The healthy target holds a real snapshot: a manifest, and data whose bytes are the ones it promises.

@@ -27,7 +27,10 @@ function filesOf(dir: string, out: string[] = []): string[] {
 describe('production dependencies', () => {
   it('hold no .node addon and no binding.gyp (npm ls --omit=dev)', () => {
     const listed = execFileSync('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: ROOT, encoding: 'utf8' });
-    const dirs = listed.split('\n').map((l) => l.trim()).filter((l) => l && resolve(l) !== ROOT);
+    const dirs = listed
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l && resolve(l) !== ROOT);
     expect(dirs.length, listed).toBeGreaterThan(20);
     const native = dirs.flatMap((dir) => filesOf(dir)).filter((f) => f.endsWith('.node') || basename(f) === 'binding.gyp');
     expect(native).toEqual([]);

@@ -17,7 +17,9 @@ it('local.settings.example.json holds only known settings and no real secret', a
   const known = new Set(SETTINGS.map((s) => s.name));
   for (const [name, value] of Object.entries(example.Values as Record<string, string>)) {
     if (['FUNCTIONS_WORKER_RUNTIME', 'AzureWebJobsStorage'].includes(name)) continue;
-    const pattern = [...known].some((k) => k === name || (k.includes('<NAME>') && new RegExp(`^${k.replace('<NAME>', '[A-Z0-9_]+')}$`).test(name)));
+    const pattern = [...known].some(
+      (k) => k === name || (k.includes('<NAME>') && new RegExp(`^${k.replace('<NAME>', '[A-Z0-9_]+')}$`).test(name)),
+    );
     expect(pattern, `${name} is not in SETTINGS`).toBe(true);
     if (/KEY$|SECRET/.test(name)) expect(value).toMatch(/^</);
   }
@@ -27,7 +29,11 @@ const repo = new URL('../', import.meta.url);
 
 /** GitHub's anchor for a heading: lower case, punctuation dropped, spaces as '-'. */
 function slug(heading: string): string {
-  return heading.trim().toLowerCase().replace(/[^\p{L}\p{N}_\- ]/gu, '').replace(/ /g, '-');
+  return heading
+    .trim()
+    .toLowerCase()
+    .replace(/[^\p{L}\p{N}_\- ]/gu, '')
+    .replace(/ /g, '-');
 }
 
 async function headings(file: string): Promise<string[]> {
@@ -48,7 +54,8 @@ async function brokenReference(path: string, anchor: string | undefined, section
   if (!(await stat(new URL(path, repo)).catch(() => undefined))) return `${path} does not exist`;
   const hs = await headings(path);
   if (anchor !== undefined && !hs.some((h) => slug(h) === anchor)) return `${path} has no heading with the anchor #${anchor}`;
-  if (section !== undefined && !hs.some((h) => h.replace(/^\d+\.\s*/, '').startsWith(section))) return `${path} has no section "${section}"`;
+  if (section !== undefined && !hs.some((h) => h.replace(/^\d+\.\s*/, '').startsWith(section)))
+    return `${path} has no section "${section}"`;
   return undefined;
 }
 
@@ -62,8 +69,11 @@ it('every Markdown file (and section) named in a comment of src, bench, infra or
       // A relative path is the file's own (code reading ../README.md); an absolute one on the VM
       // (file:///opt/tcab-backup/docs/deploy.md) names the repository's docs/ too.
       const named = m[1]!;
-      const path = named.startsWith('.') ? join(dirname(file), named)
-        : named.includes('docs/') ? named.slice(named.lastIndexOf('docs/')) : named;
+      const path = named.startsWith('.')
+        ? join(dirname(file), named)
+        : named.includes('docs/')
+          ? named.slice(named.lastIndexOf('docs/'))
+          : named;
       checked++;
       const problem = /shared\/design/.test(named) ? 'points outside the repository' : await brokenReference(path, m[2], m[3]);
       if (problem) broken.push(`${file}: "${m[0]}": ${problem}`);

@@ -15,7 +15,8 @@ const OUT = join(ROOT, '.tmp', 'function-app');
 
 function allFiles(dir: string, prefix = ''): string[] {
   return readdirSync(join(dir, prefix), { withFileTypes: true }).flatMap((e) =>
-    e.isDirectory() ? allFiles(dir, join(prefix, e.name)) : [join(prefix, e.name)]);
+    e.isDirectory() ? allFiles(dir, join(prefix, e.name)) : [join(prefix, e.name)],
+  );
 }
 
 beforeAll(() => {
@@ -30,7 +31,8 @@ describe('the function app package (npm run package)', () => {
     for (const dev of ['node', 'typescript', 'vitest', 'azurite', 's3rver', '@types']) {
       expect(existsSync(join(OUT, 'node_modules', dev)), `${dev} is a development dependency`).toBe(false);
     }
-    for (const prod of ['@azure/functions', '@aws-sdk/client-s3', 'zod']) expect(existsSync(join(OUT, 'node_modules', prod)), prod).toBe(true);
+    for (const prod of ['@azure/functions', '@aws-sdk/client-s3', 'zod'])
+      expect(existsSync(join(OUT, 'node_modules', prod)), prod).toBe(true);
     const native = allFiles(join(OUT, 'node_modules')).filter((f) => f.endsWith('.node') || f.endsWith('binding.gyp'));
     expect(native).toEqual([]);
   });
@@ -39,20 +41,43 @@ describe('the function app package (npm run package)', () => {
     const modules = readdirSync(join(OUT, 'dist', 'src', 'functions')).filter((f) => f.endsWith('.js'));
     expect(modules.length).toBeGreaterThanOrEqual(8);
     const script = `for (const f of ${JSON.stringify(modules)}) await import('./dist/src/functions/' + f);`;
-    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { cwd: OUT, encoding: 'utf8', timeout: 60_000, env: { PATH: process.env.PATH } });
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: OUT,
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { PATH: process.env.PATH },
+    });
     expect(r.status, r.stderr).toBe(0);
     // Outside the Functions host the library names each function it is asked to register, then skips it.
     const registered = [...r.stderr.matchAll(/register function "([A-Za-z]+)"/g)].map((m) => m[1]).sort();
-    expect(registered).toEqual(['drillTimer', 'monitorTimer', 'pgCheckTimer', 'pgDrillTimer', 'pruneTimer', 'replicateTimer', 'snapshotHttp', 'snapshotTimer', 'statusHttp', 'verifyTimer']);
+    expect(registered).toEqual([
+      'drillTimer',
+      'monitorTimer',
+      'pgCheckTimer',
+      'pgDrillTimer',
+      'pruneTimer',
+      'replicateTimer',
+      'snapshotHttp',
+      'snapshotTimer',
+      'statusHttp',
+      'verifyTimer',
+    ]);
   });
 
   it('loses nothing to .funcignore, and .funcignore does not name node_modules (which would ask azd for a remote build)', () => {
     const gitDir = mkdtempSync(join(tmpdir(), 'tcab-funcignore-'));
     try {
       execFileSync('git', ['--git-dir', gitDir, 'init', '-q']);
-      const kept = execFileSync('git', ['--git-dir', gitDir, '--work-tree', OUT, 'ls-files', '--others', `--exclude-from=${join(ROOT, '.funcignore')}`], {
-        encoding: 'utf8', maxBuffer: 64 << 20,
-      }).split('\n').filter(Boolean);
+      const kept = execFileSync(
+        'git',
+        ['--git-dir', gitDir, '--work-tree', OUT, 'ls-files', '--others', `--exclude-from=${join(ROOT, '.funcignore')}`],
+        {
+          encoding: 'utf8',
+          maxBuffer: 64 << 20,
+        },
+      )
+        .split('\n')
+        .filter(Boolean);
       const keptSet = new Set(kept);
       expect(allFiles(OUT).filter((f) => !keptSet.has(f))).toEqual([]);
       expect(keptSet.has('dist/src/functions/snapshot.js')).toBe(true);

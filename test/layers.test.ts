@@ -47,7 +47,9 @@ it('the check names a pair of folders that import each other, type imports and r
   });
   const r = checkLayers(src);
   expect(r.status).toBe(1);
-  expect(r.out).toContain("jobs <-> status: src/jobs/monitor/index.ts imports '../../status/page.js', and src/status/page.ts imports '../jobs/settings.js'");
+  expect(r.out).toContain(
+    "jobs <-> status: src/jobs/monitor/index.ts imports '../../status/page.js', and src/status/page.ts imports '../jobs/settings.js'",
+  );
   expect(r.out).toContain("agent <-> config: src/agent/run.ts imports '../config.js', and src/config.ts imports './agent/protocol.js'");
   expect(r.out).not.toContain('cli <-> util');
   expect(r.out).toContain('2 pair(s)');

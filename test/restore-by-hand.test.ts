@@ -22,8 +22,15 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'tcab-byhand-'));
   createSampleDatabase(join(work, 'tcab.sqlite'), { runs: 700 });
   agent = await startAgent({
-    dbPath: join(work, 'tcab.sqlite'), stagingDir: join(work, 'staging'), host: '127.0.0.1', port: 0,
-    keys: new Map([['ops', key]]), tls: undefined, databaseName: 'tcab', compression: 'auto', stagingTtlMs: 3_600_000,
+    dbPath: join(work, 'tcab.sqlite'),
+    stagingDir: join(work, 'staging'),
+    host: '127.0.0.1',
+    port: 0,
+    keys: new Map([['ops', key]]),
+    tls: undefined,
+    databaseName: 'tcab',
+    compression: 'auto',
+    stagingTtlMs: 3_600_000,
   });
 });
 
@@ -51,7 +58,10 @@ for (const compression of ['zstd', 'gzip'] as const) {
     );
     let script = (await readmeRecipe())
       .replace(/^ID=.*$/m, `ID=${manifest.id}`)
-      .replaceAll('/var/backups/tcab/snapshots/tcab/2026/11/24/', `${backups}/snapshots/tcab/${manifest.id.slice(0, 4)}/${manifest.id.slice(4, 6)}/${manifest.id.slice(6, 8)}/`);
+      .replaceAll(
+        '/var/backups/tcab/snapshots/tcab/2026/11/24/',
+        `${backups}/snapshots/tcab/${manifest.id.slice(0, 4)}/${manifest.id.slice(4, 6)}/${manifest.id.slice(6, 8)}/`,
+      );
     if (compression === 'gzip') {
       // The README shows the .zst form with the gzip alternative beside it; run the gzip alternative.
       script = script.replaceAll('$ID.sqlite.zst', '$ID.sqlite.gz').replace(/^zstd -d .*$/m, 'gunzip -c $ID.sqlite.gz > tcab.sqlite');

@@ -20,14 +20,20 @@ const BASE: Env = {
   TCAB_AGENT_DB: '/tmp/runs.sqlite',
   TCAB_AGENT_STAGING: '/tmp/staging',
   TCAB_AGENT_KEYS: `k1=${SECRET}`,
-  TCAB_BACKUP_PG_SERVERS: '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/pg1',
+  TCAB_BACKUP_PG_SERVERS:
+    '/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/pg1',
   TCAB_BACKUP_PG_DRILL_USER: 'drill',
   TCAB_BACKUP_PG_DRILL_PASSWORD: SECRET,
 };
 const ENTRA: Env = {
-  TCAB_BACKUP_AGENT_AUTH: 'entra', TCAB_BACKUP_AGENT_ENTRA_SCOPE: 'api://tcab-backup-agent/.default',
-  TCAB_AGENT_AUTH: 'hmac,entra', TCAB_AGENT_ENTRA_TENANT_ID: GUID, TCAB_AGENT_ENTRA_AUDIENCE: 'api://tcab-backup-agent',
-  TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS: GUID, TCAB_BACKUP_PG_DRILL_AUTH: 'entra', TCAB_BACKUP_PG_DRILL_PASSWORD: undefined,
+  TCAB_BACKUP_AGENT_AUTH: 'entra',
+  TCAB_BACKUP_AGENT_ENTRA_SCOPE: 'api://tcab-backup-agent/.default',
+  TCAB_AGENT_AUTH: 'hmac,entra',
+  TCAB_AGENT_ENTRA_TENANT_ID: GUID,
+  TCAB_AGENT_ENTRA_AUDIENCE: 'api://tcab-backup-agent',
+  TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS: GUID,
+  TCAB_BACKUP_PG_DRILL_AUTH: 'entra',
+  TCAB_BACKUP_PG_DRILL_PASSWORD: undefined,
 };
 
 /** Every loader of settings, each giving back what it loaded (or the ConfigError it threw). */
@@ -60,18 +66,23 @@ function run(load: (env: Env) => unknown, env: Env): unknown {
 
 /** The catalogue name of a variable: the zz target's variables stand for the <NAME> patterns. */
 const catalogueName = (variable: string) =>
-  variable.replace(/^TCAB_BACKUP_TARGET_ZZ_/, 'TCAB_BACKUP_TARGET_<NAME>_').replace(/^TCAB_BACKUP_RETENTION_ZZ$/, 'TCAB_BACKUP_RETENTION_<NAME>');
+  variable
+    .replace(/^TCAB_BACKUP_TARGET_ZZ_/, 'TCAB_BACKUP_TARGET_<NAME>_')
+    .replace(/^TCAB_BACKUP_RETENTION_ZZ$/, 'TCAB_BACKUP_RETENTION_<NAME>');
 
 /** The TCAB_ variables the loaders look at, over the hmac and the entra variants. */
 function variablesRead(): Set<string> {
   const seen = new Set<string>();
   for (const variant of [BASE, { ...BASE, ...ENTRA }, {}]) {
-    const env = new Proxy({ ...variant }, {
-      get(target, name) {
-        if (typeof name === 'string' && name.startsWith('TCAB_')) seen.add(catalogueName(name));
-        return Reflect.get(target, name);
+    const env = new Proxy(
+      { ...variant },
+      {
+        get(target, name) {
+          if (typeof name === 'string' && name.startsWith('TCAB_')) seen.add(catalogueName(name));
+          return Reflect.get(target, name);
+        },
       },
-    });
+    );
     for (const load of Object.values(LOADERS)) run(load, env);
   }
   return seen;
@@ -92,10 +103,19 @@ it('the loaders read exactly the catalogued settings, besides the timer schedule
   const read = variablesRead();
   const bound = await timerBindings();
   const catalogue = new Set(SETTINGS.map((s) => s.name));
-  expect([...read].filter((n) => !catalogue.has(n)), 'read by a loader, but not in the catalogue').toEqual([]);
-  expect([...bound].filter((n) => !catalogue.has(n)), 'bound by a timer, but not in the catalogue').toEqual([]);
+  expect(
+    [...read].filter((n) => !catalogue.has(n)),
+    'read by a loader, but not in the catalogue',
+  ).toEqual([]);
+  expect(
+    [...bound].filter((n) => !catalogue.has(n)),
+    'bound by a timer, but not in the catalogue',
+  ).toEqual([]);
   const unread = [...catalogue].filter((n) => !read.has(n));
-  expect(unread.filter((n) => !bound.has(n)), 'in the catalogue, but read by nothing').toEqual([]);
+  expect(
+    unread.filter((n) => !bound.has(n)),
+    'in the catalogue, but read by nothing',
+  ).toEqual([]);
   // Today only replicate and prune leave their schedule to the host alone.
   expect(unread.sort()).toEqual(['TCAB_BACKUP_PRUNE_SCHEDULE', 'TCAB_BACKUP_REPLICATE_SCHEDULE']);
 });

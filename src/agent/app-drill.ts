@@ -85,7 +85,9 @@ export class DrillSpaceError extends Error {
   readonly freeBytes: number;
   readonly neededBytes: number;
   constructor(freeBytes: number, neededBytes: number) {
-    super(`staging has ${freeBytes} bytes free, restoring this snapshot for a drill needs about ${neededBytes} (snapshot size x ${DRILL_HEADROOM})`);
+    super(
+      `staging has ${freeBytes} bytes free, restoring this snapshot for a drill needs about ${neededBytes} (snapshot size x ${DRILL_HEADROOM})`,
+    );
     this.name = 'DrillSpaceError';
     this.freeBytes = freeBytes;
     this.neededBytes = neededBytes;
@@ -194,16 +196,26 @@ export class AppDriller {
       });
       if (!recv.ok) return finish('receive');
       const plain = received.plain.result();
-      const sha = await step('snapshot-sha256', async () => plain.sha256 === req.snapshotSha256 && plain.bytes === req.snapshotBytes
-        ? { ok: true, detail: `${plain.bytes} bytes, sha256 matches` }
-        : { ok: false, detail: `the restored file (${plain.bytes} bytes, sha256 ${plain.sha256}) is not the snapshot the manifest names (${req.snapshotBytes} bytes, sha256 ${req.snapshotSha256})` });
+      const sha = await step('snapshot-sha256', async () =>
+        plain.sha256 === req.snapshotSha256 && plain.bytes === req.snapshotBytes
+          ? { ok: true, detail: `${plain.bytes} bytes, sha256 matches` }
+          : {
+              ok: false,
+              detail: `the restored file (${plain.bytes} bytes, sha256 ${plain.sha256}) is not the snapshot the manifest names (${req.snapshotBytes} bytes, sha256 ${req.snapshotSha256})`,
+            },
+      );
       if (!sha.ok) return finish('snapshot-sha256');
       signal.throwIfAborted();
       const integrity = await step('integrity', async () => {
         const facts = await runSqliteTask({ kind: 'check', dbPath: scratch });
         runs.inFile = facts.tables.runs ?? null;
         return facts.integrity === 'ok'
-          ? { ok: true, detail: `integrity_check ok; ${Object.entries(facts.tables).map(([t, n]) => `${t}: ${n}`).join(', ')}` }
+          ? {
+              ok: true,
+              detail: `integrity_check ok; ${Object.entries(facts.tables)
+                .map(([t, n]) => `${t}: ${n}`)
+                .join(', ')}`,
+            }
           : { ok: false, detail: `integrity_check: ${facts.integrity}` };
       });
       if (!integrity.ok) return finish('integrity');
@@ -266,7 +278,10 @@ export class AppDriller {
     body.pipe(first);
     const stages = [
       first,
-      decompressor(req.compression, { runtimeZstd: this.options.compressions.zstdSource === 'zlib', zstdCommand: this.options.compressions.zstdCommand }),
+      decompressor(req.compression, {
+        runtimeZstd: this.options.compressions.zstdSource === 'zlib',
+        zstdCommand: this.options.compressions.zstdCommand,
+      }),
       plain.tap(),
       createWriteStream(scratch, { flags: 'wx', mode: 0o600 }),
     ] as const;
@@ -281,7 +296,9 @@ export class AppDriller {
       // A body whose bytes were changed may not even decompress: that is the same refusal as a wrong sha256.
       const got = artifact.result();
       if (got.sha256 !== req.artifactSha256) {
-        throw new DrillRefusedError(`the artifact received (${got.bytes} bytes so far) could not be restored (${errorMessage(err)}) and its sha256 is not the one named: it was changed or cut on the way`);
+        throw new DrillRefusedError(
+          `the artifact received (${got.bytes} bytes so far) could not be restored (${errorMessage(err)}) and its sha256 is not the one named: it was changed or cut on the way`,
+        );
       }
       throw err;
     }
@@ -358,7 +375,11 @@ function startBackend(command: string[], databaseUrl: string, port: number): Bac
     child.once('spawn', () => resolve());
     child.once('error', (err) => {
       exitedWith ??= `could not be started (${(err as NodeJS.ErrnoException).code ?? err.message})`;
-      reject(new Error(`the backend command ${argv[0]} could not be started (${(err as NodeJS.ErrnoException).code ?? err.message}): check TCAB_AGENT_DRILL_BACKEND_COMMAND and that the agent's user may run it`));
+      reject(
+        new Error(
+          `the backend command ${argv[0]} could not be started (${(err as NodeJS.ErrnoException).code ?? err.message}): check TCAB_AGENT_DRILL_BACKEND_COMMAND and that the agent's user may run it`,
+        ),
+      );
     });
   });
   spawned.catch(() => undefined);
@@ -406,9 +427,22 @@ function startBackend(command: string[], databaseUrl: string, port: number): Bac
   };
 }
 
-function get(port: number, path: string, signal: AbortSignal, limit: number): Promise<{ status: number; type: string; body: string; truncated: boolean }> {
+function get(
+  port: number,
+  path: string,
+  signal: AbortSignal,
+  limit: number,
+): Promise<{ status: number; type: string; body: string; truncated: boolean }> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest({ host: '127.0.0.1', port, path, method: 'GET', agent: false, signal, headers: { Accept: 'application/json' } });
+    const req = httpRequest({
+      host: '127.0.0.1',
+      port,
+      path,
+      method: 'GET',
+      agent: false,
+      signal,
+      headers: { Accept: 'application/json' },
+    });
     req.on('response', (res) => {
       let body = '';
       let size = 0;
@@ -433,13 +467,19 @@ function get(port: number, path: string, signal: AbortSignal, limit: number): Pr
 }
 
 /** Asks /healthz until it answers 200, the process exits, or the timeout passes. */
-async function waitHealthy(backend: Backend, port: number, timeoutMs: number, signal: AbortSignal): Promise<{ ok: boolean; detail: string }> {
+async function waitHealthy(
+  backend: Backend,
+  port: number,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<{ ok: boolean; detail: string }> {
   const deadline = performance.now() + timeoutMs;
   let last = 'no answer yet';
   let pause = 50;
   while (performance.now() < deadline) {
     signal.throwIfAborted();
-    if (backend.hasExited()) return { ok: false, detail: `the backend ${await backend.exited} before /healthz answered 200 (last: ${last})` };
+    if (backend.hasExited())
+      return { ok: false, detail: `the backend ${await backend.exited} before /healthz answered 200 (last: ${last})` };
     const left = deadline - performance.now();
     const attempt = AbortSignal.any([signal, AbortSignal.timeout(Math.max(1, Math.ceil(Math.min(left, 5_000))))]);
     try {
@@ -454,12 +494,20 @@ async function waitHealthy(backend: Backend, port: number, timeoutMs: number, si
     const wait = Math.min(pause, deadline - performance.now());
     if (wait > 0) {
       let timer: NodeJS.Timeout | undefined;
-      await Promise.race([backend.exited, new Promise<void>((r) => { timer = setTimeout(r, wait); })]);
+      await Promise.race([
+        backend.exited,
+        new Promise<void>((r) => {
+          timer = setTimeout(r, wait);
+        }),
+      ]);
       clearTimeout(timer);
     }
     pause = Math.min(pause * 2, 1_000);
   }
-  return { ok: false, detail: `GET /healthz did not answer 200 within ${timeoutMs} ms (last: ${last}): check TCAB_AGENT_DRILL_HEALTH_TIMEOUT and the backend's log lines` };
+  return {
+    ok: false,
+    detail: `GET /healthz did not answer 200 within ${timeoutMs} ms (last: ${last}): check TCAB_AGENT_DRILL_HEALTH_TIMEOUT and the backend's log lines`,
+  };
 }
 
 /**
@@ -469,10 +517,21 @@ async function waitHealthy(backend: Backend, port: number, timeoutMs: number, si
  * `nextCursor`, `next_cursor`, `hasMore`, `has_more`) must hold at least one run and no more than the file;
  * a list that does not is the whole set and must hold exactly the file's runs.
  */
-async function checkRuns(port: number, inFile: number | null, signal: AbortSignal): Promise<{ ok: boolean; detail: string; served: number | null; comparison: string | null }> {
+async function checkRuns(
+  port: number,
+  inFile: number | null,
+  signal: AbortSignal,
+): Promise<{ ok: boolean; detail: string; served: number | null; comparison: string | null }> {
   const answer = await get(port, '/runs', signal, RUNS_ANSWER_LIMIT);
-  if (answer.status !== 200) return { ok: false, detail: `GET /runs answered ${answer.status}, expected 200`, served: null, comparison: null };
-  if (answer.truncated) return { ok: false, detail: `GET /runs answered more than ${RUNS_ANSWER_LIMIT} bytes: too large to count`, served: null, comparison: null };
+  if (answer.status !== 200)
+    return { ok: false, detail: `GET /runs answered ${answer.status}, expected 200`, served: null, comparison: null };
+  if (answer.truncated)
+    return {
+      ok: false,
+      detail: `GET /runs answered more than ${RUNS_ANSWER_LIMIT} bytes: too large to count`,
+      served: null,
+      comparison: null,
+    };
   let json: unknown;
   try {
     json = JSON.parse(answer.body);
@@ -481,23 +540,57 @@ async function checkRuns(port: number, inFile: number | null, signal: AbortSigna
   }
   const obj = json !== null && typeof json === 'object' && !Array.isArray(json) ? (json as Record<string, unknown>) : undefined;
   const list = Array.isArray(json) ? json : [obj?.runs, obj?.items, obj?.data].find(Array.isArray);
-  if (!list) return { ok: false, detail: 'GET /runs answered JSON without a list of runs (an array, or one under runs, items or data)', served: null, comparison: null };
+  if (!list)
+    return {
+      ok: false,
+      detail: 'GET /runs answered JSON without a list of runs (an array, or one under runs, items or data)',
+      served: null,
+      comparison: null,
+    };
   const served = list.length;
   const total = [obj?.total, obj?.count, obj?.totalCount].find((v): v is number => typeof v === 'number');
-  const paged = obj !== undefined && ['next', 'nextCursor', 'next_cursor', 'hasMore', 'has_more'].some((k) => obj[k] !== undefined && obj[k] !== null && obj[k] !== false);
+  const paged =
+    obj !== undefined &&
+    ['next', 'nextCursor', 'next_cursor', 'hasMore', 'has_more'].some((k) => obj[k] !== undefined && obj[k] !== null && obj[k] !== false);
   if (inFile === null) {
-    return { ok: true, detail: `GET /runs answered 200 with ${served} runs (the restored file has no runs table to compare with)`, served, comparison: 'none: no runs table' };
+    return {
+      ok: true,
+      detail: `GET /runs answered 200 with ${served} runs (the restored file has no runs table to compare with)`,
+      served,
+      comparison: 'none: no runs table',
+    };
   }
-  if (inFile > 0 && served === 0) return { ok: false, detail: `GET /runs served no runs, but the restored file holds ${inFile}`, served, comparison: 'non-empty' };
+  if (inFile > 0 && served === 0)
+    return { ok: false, detail: `GET /runs served no runs, but the restored file holds ${inFile}`, served, comparison: 'non-empty' };
   if (total !== undefined) {
     return total === inFile
-      ? { ok: true, detail: `GET /runs served ${served} runs and a total of ${total}, as in the restored file`, served, comparison: 'total' }
-      : { ok: false, detail: `GET /runs states a total of ${total} runs, but the restored file holds ${inFile}`, served, comparison: 'total' };
+      ? {
+          ok: true,
+          detail: `GET /runs served ${served} runs and a total of ${total}, as in the restored file`,
+          served,
+          comparison: 'total',
+        }
+      : {
+          ok: false,
+          detail: `GET /runs states a total of ${total} runs, but the restored file holds ${inFile}`,
+          served,
+          comparison: 'total',
+        };
   }
   if (paged) {
     return served <= inFile
-      ? { ok: true, detail: `GET /runs served a first page of ${served} runs (the restored file holds ${inFile})`, served, comparison: 'first page' }
-      : { ok: false, detail: `GET /runs served ${served} runs on one page, but the restored file holds only ${inFile}`, served, comparison: 'first page' };
+      ? {
+          ok: true,
+          detail: `GET /runs served a first page of ${served} runs (the restored file holds ${inFile})`,
+          served,
+          comparison: 'first page',
+        }
+      : {
+          ok: false,
+          detail: `GET /runs served ${served} runs on one page, but the restored file holds only ${inFile}`,
+          served,
+          comparison: 'first page',
+        };
   }
   return served === inFile
     ? { ok: true, detail: `GET /runs served ${served} runs, as many as the restored file holds`, served, comparison: 'all' }

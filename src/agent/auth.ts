@@ -58,19 +58,25 @@ export class RequestAuthenticator {
     const now = this.now();
     const skew = auth.ts - now;
     if (Math.abs(skew) > this.windowSeconds) {
-      return { ok: false, keyId: auth.keyId, reason: `timestamp ${skew > 0 ? 'ahead of' : 'behind'} the agent's clock by ${Math.abs(skew)} s (limit ${this.windowSeconds} s)` };
+      return {
+        ok: false,
+        keyId: auth.keyId,
+        reason: `timestamp ${skew > 0 ? 'ahead of' : 'behind'} the agent's clock by ${Math.abs(skew)} s (limit ${this.windowSeconds} s)`,
+      };
     }
     const secret = this.keys.get(auth.keyId);
     const bodyHash = req.bodySha256 ?? (req.body.length > 0 ? sha256Hex(req.body) : EMPTY_SHA256);
     const expected = computeSignature(secret ?? DECOY_SECRET, stringToSign(req.method, req.pathAndQuery, auth.ts, auth.nonce, bodyHash));
     const matches = signaturesEqual(expected, auth.sig);
     if (secret === undefined) return { ok: false, keyId: auth.keyId, reason: 'unknown key id' };
-    if (!matches) return { ok: false, keyId: auth.keyId, reason: 'signature does not match (wrong secret, or method, path, query or body changed)' };
+    if (!matches)
+      return { ok: false, keyId: auth.keyId, reason: 'signature does not match (wrong secret, or method, path, query or body changed)' };
     // Remembered only after the signature holds, so unsigned traffic cannot fill the cache.
     const nonceKey = `${auth.keyId}\n${auth.nonce}`;
     if (this.seen.has(nonceKey)) return { ok: false, keyId: auth.keyId, reason: 'nonce already used (replayed request)' };
     if (this.seen.size >= this.maxNonces) this.forgetExpired(now);
-    if (this.seen.size >= this.maxNonces) return { ok: false, keyId: auth.keyId, reason: `more than ${this.maxNonces} signed requests within the time window` };
+    if (this.seen.size >= this.maxNonces)
+      return { ok: false, keyId: auth.keyId, reason: `more than ${this.maxNonces} signed requests within the time window` };
     this.seen.set(nonceKey, auth.ts + this.windowSeconds);
     return { ok: true, keyId: auth.keyId };
   }
@@ -87,8 +93,7 @@ export class RequestAuthenticator {
 
 export type AgentAuthVerdict =
   /** `client` names the caller in log lines: clientKeyId, or clientObjectId and clientAppId. */
-  | { ok: true; scheme: 'hmac' | 'entra'; client: Fields }
-  | { ok: false; reason: string; client: Fields };
+  { ok: true; scheme: 'hmac' | 'entra'; client: Fields } | { ok: false; reason: string; client: Fields };
 
 const BEARER_RE = /^Bearer +([^\s]+) *$/i;
 
@@ -109,7 +114,12 @@ export class AgentAuthenticator {
   async verify(req: SignedRequest): Promise<AgentAuthVerdict> {
     const bearer = BEARER_RE.exec(req.authorization ?? '');
     if (bearer) {
-      if (!this.entra) return { ok: false, reason: 'malformed Authorization header (a Bearer token, but TCAB_AGENT_AUTH does not enable entra)', client: {} };
+      if (!this.entra)
+        return {
+          ok: false,
+          reason: 'malformed Authorization header (a Bearer token, but TCAB_AGENT_AUTH does not enable entra)',
+          client: {},
+        };
       const verdict = await this.entra.verify(bearer[1]!);
       const client: Fields = {};
       if (verdict.objectId) client.clientObjectId = verdict.objectId;
@@ -118,8 +128,10 @@ export class AgentAuthenticator {
     }
     if (!this.hmac) {
       const header = req.authorization;
-      const reason = !header ? 'no Authorization header'
-        : header.startsWith(`${AUTH_SCHEME} `) ? `a ${AUTH_SCHEME} signature, but TCAB_AGENT_AUTH does not enable hmac`
+      const reason = !header
+        ? 'no Authorization header'
+        : header.startsWith(`${AUTH_SCHEME} `)
+          ? `a ${AUTH_SCHEME} signature, but TCAB_AGENT_AUTH does not enable hmac`
           : 'malformed Authorization header (expected Bearer <token>)';
       return { ok: false, reason, client: {} };
     }

@@ -48,8 +48,15 @@ export class AgentError extends TcabError {
   readonly path: string;
   readonly permanent: boolean;
 
-  constructor(message: string, options: { status?: number; title?: string; detail?: string; path: string; hint?: string; cause?: unknown; permanent?: boolean }) {
-    super(message, { hint: options.hint, cause: options.cause, code: options.status ? `AGENT_HTTP_${options.status}` : 'AGENT_UNREACHABLE' });
+  constructor(
+    message: string,
+    options: { status?: number; title?: string; detail?: string; path: string; hint?: string; cause?: unknown; permanent?: boolean },
+  ) {
+    super(message, {
+      hint: options.hint,
+      cause: options.cause,
+      code: options.status ? `AGENT_HTTP_${options.status}` : 'AGENT_UNREACHABLE',
+    });
     this.name = 'AgentError';
     this.status = options.status;
     this.title = options.title;
@@ -81,8 +88,10 @@ const STATUS_HINTS: Record<number, string> = {
 };
 
 const NETWORK_HINTS: Record<string, string> = {
-  ECONNREFUSED: 'is the agent running and reachable from the function app? (TCAB_BACKUP_AGENT_URL, the agent\'s TCAB_AGENT_LISTEN, VNet and NSG rules)',
-  ECONNRESET: 'the agent or a network device closed the connection: is the agent running, and does TCAB_BACKUP_AGENT_URL use the right scheme (http/https)?',
+  ECONNREFUSED:
+    "is the agent running and reachable from the function app? (TCAB_BACKUP_AGENT_URL, the agent's TCAB_AGENT_LISTEN, VNet and NSG rules)",
+  ECONNRESET:
+    'the agent or a network device closed the connection: is the agent running, and does TCAB_BACKUP_AGENT_URL use the right scheme (http/https)?',
   ENOTFOUND: 'the host name in TCAB_BACKUP_AGENT_URL does not resolve from the function app',
   EHOSTUNREACH: 'is the agent reachable from the function app? (VNet integration, NSG rules)',
   ETIMEDOUT: 'is the agent reachable from the function app? (VNet integration, NSG rules, firewall on the VM)',
@@ -92,7 +101,7 @@ const NETWORK_HINTS: Record<string, string> = {
 const DRILL_HINTS: Record<number, string> = {
   409: 'another application drill is running on the agent (one at a time); retry when it has ended',
   422: 'the stored artifact differs from its manifest or was changed on the way: run "tcab-backup verify --all --target <name>"',
-  501: 'set TCAB_AGENT_DRILL_BACKEND_COMMAND on the VM (the agent\'s EnvironmentFile) and restart the agent, or set TCAB_BACKUP_DRILL_APP=false',
+  501: "set TCAB_AGENT_DRILL_BACKEND_COMMAND on the VM (the agent's EnvironmentFile) and restart the agent, or set TCAB_BACKUP_DRILL_APP=false",
   507: 'free space in TCAB_AGENT_STAGING on the VM: an application drill needs about 1.2 x the database size',
 };
 /** How long a drill's upload waits for the agent's 100 Continue before sending anyway (an agent or proxy that ignores Expect). */
@@ -109,7 +118,8 @@ const ENTRA_401_HINT =
   "the agent's log says which check failed; usually: TCAB_AGENT_AUTH includes entra, TCAB_BACKUP_AGENT_ENTRA_SCOPE names the application in the agent's TCAB_AGENT_ENTRA_AUDIENCE, the function app identity's object id is in TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS, and the agent can reach Entra ID for its signing keys";
 /** A token is used until this long before it expires, so that none expires in flight or on a skewed clock. */
 const TOKEN_REFRESH_MARGIN_MS = 5 * 60_000;
-const TLS_HINT = "the agent's certificate: TCAB_BACKUP_AGENT_CA must hold the CA that signed it, and its subject alternative names must include the host in TCAB_BACKUP_AGENT_URL";
+const TLS_HINT =
+  "the agent's certificate: TCAB_BACKUP_AGENT_CA must hold the CA that signed it, and its subject alternative names must include the host in TCAB_BACKUP_AGENT_URL";
 const MAX_ANSWER_BYTES = 1024 * 1024;
 
 interface SendOptions {
@@ -147,11 +157,17 @@ export class AgentClient {
       throw new TcabError(`The agent URL must be http(s), got ${this.base.protocol}`, { hint: 'TCAB_BACKUP_AGENT_URL' });
     }
     if (options.credential) {
-      if (!options.scope) throw new TcabError('A token credential for the agent needs a scope', { hint: 'TCAB_BACKUP_AGENT_ENTRA_SCOPE, e.g. api://tcab-backup-agent/.default' });
+      if (!options.scope)
+        throw new TcabError('A token credential for the agent needs a scope', {
+          hint: 'TCAB_BACKUP_AGENT_ENTRA_SCOPE, e.g. api://tcab-backup-agent/.default',
+        });
       this.credential = options.credential;
       this.scope = options.scope;
     } else {
-      if (!options.keyId || !options.key) throw new TcabError('The agent client needs a key id and key, or a token credential', { hint: 'TCAB_BACKUP_AGENT_KEY_ID and TCAB_BACKUP_AGENT_KEY, or TCAB_BACKUP_AGENT_AUTH=entra' });
+      if (!options.keyId || !options.key)
+        throw new TcabError('The agent client needs a key id and key, or a token credential', {
+          hint: 'TCAB_BACKUP_AGENT_KEY_ID and TCAB_BACKUP_AGENT_KEY, or TCAB_BACKUP_AGENT_AUTH=entra',
+        });
       this.keyId = options.keyId;
       this.key = options.key;
     }
@@ -201,7 +217,10 @@ export class AgentClient {
       res.destroy();
       done();
       throw new AgentError(`Snapshot agent at ${this.agent}: GET ${path} ignored the Range header and sent the whole artifact`, {
-        status, path, permanent: true, hint: 'the agent version: protocol v1 agents answer a Range with 206',
+        status,
+        path,
+        permanent: true,
+        hint: 'the agent version: protocol v1 agents answer a Range with 206',
       });
     }
     const etag = /^"([0-9a-f]{64})"$/.exec(String(res.headers.etag ?? ''))?.[1];
@@ -220,16 +239,25 @@ export class AgentClient {
       },
       flush(cb) {
         if (received === bytes) return cb();
-        cb(new AgentError(`Snapshot agent at ${agent}: download of snapshot ${id} ended after ${received} of ${bytes} bytes`, { path, hint: 'the agent or the network; retry the download' }));
+        cb(
+          new AgentError(`Snapshot agent at ${agent}: download of snapshot ${id} ended after ${received} of ${bytes} bytes`, {
+            path,
+            hint: 'the agent or the network; retry the download',
+          }),
+        );
       },
     });
     // Wired by hand rather than with pipeline(), so the consumer sees why the download stopped, not a bare "aborted".
     res.pipe(counter);
     res.on('close', () => {
       if (res.complete) return;
-      counter.destroy(exchange.failure() ?? new AgentError(`Snapshot agent at ${agent}: download of snapshot ${id} was cut off after ${received} of ${bytes} bytes`, {
-        path, hint: 'is the agent still running? Retry the download',
-      }));
+      counter.destroy(
+        exchange.failure() ??
+          new AgentError(`Snapshot agent at ${agent}: download of snapshot ${id} was cut off after ${received} of ${bytes} bytes`, {
+            path,
+            hint: 'is the agent still running? Retry the download',
+          }),
+      );
     });
     counter.on('close', () => {
       if (!res.complete) res.destroy();
@@ -269,8 +297,11 @@ export class AgentClient {
     const path = '/v1/drills';
     const query = new URLSearchParams({
       ...(of.snapshotId ? { snapshotId: of.snapshotId } : {}),
-      artifactSha256: of.artifact.sha256, artifactBytes: String(of.artifact.bytes), compression: of.artifact.compression,
-      snapshotSha256: of.snapshot.sha256, snapshotBytes: String(of.snapshot.bytes),
+      artifactSha256: of.artifact.sha256,
+      artifactBytes: String(of.artifact.bytes),
+      compression: of.artifact.compression,
+      snapshotSha256: of.snapshot.sha256,
+      snapshotBytes: String(of.snapshot.bytes),
     });
     const pathAndQuery = `${this.base.pathname.replace(/\/+$/, '')}${path}?${query.toString()}`;
     const signal = opts.signal;
@@ -293,8 +324,24 @@ export class AgentClient {
       if (res.statusCode !== 200) {
         const err = this.answerError('POST', path, res, text);
         const hint = DRILL_HINTS[res.statusCode ?? 0];
-        if (err instanceof AgentBusyError) throw new AgentBusyError(err.message, { status: err.status, title: err.title, detail: err.detail, path, hint: hint ?? err.hint, retryAfterSeconds: err.retryAfterSeconds });
-        if (hint) throw new AgentError(err.message, { status: err.status, title: err.title, detail: err.detail, path, hint, permanent: err.permanent });
+        if (err instanceof AgentBusyError)
+          throw new AgentBusyError(err.message, {
+            status: err.status,
+            title: err.title,
+            detail: err.detail,
+            path,
+            hint: hint ?? err.hint,
+            retryAfterSeconds: err.retryAfterSeconds,
+          });
+        if (hint)
+          throw new AgentError(err.message, {
+            status: err.status,
+            title: err.title,
+            detail: err.detail,
+            path,
+            hint,
+            permanent: err.permanent,
+          });
         throw err;
       }
       let json: unknown;
@@ -305,7 +352,13 @@ export class AgentClient {
       }
       const parsed = AppDrillResultSchema.safeParse(json);
       if (!parsed.success) throw this.contractError('POST', path, 'drill result', parsed.error.issues);
-      this.logger.info('agent.app_drill_answered', { agent: this.agent, snapshot: of.snapshotId, passed: parsed.data.passed, failedStep: parsed.data.failedStep, ms: Date.now() - started });
+      this.logger.info('agent.app_drill_answered', {
+        agent: this.agent,
+        snapshot: of.snapshotId,
+        passed: parsed.data.passed,
+        failedStep: parsed.data.failedStep,
+        ms: Date.now() - started,
+      });
       return parsed.data;
     } finally {
       if (!body.readableEnded) body.destroy();
@@ -317,7 +370,13 @@ export class AgentClient {
    * resolves with the answer's headers. An answer that arrives first means the body is not sent at all. When
    * the connection breaks while sending, an answer the agent managed to send wins over the write error.
    */
-  private upload(pathAndQuery: string, path: string, headers: OutgoingHttpHeaders, body: Readable, signal: AbortSignal | undefined): Promise<Exchange> {
+  private upload(
+    pathAndQuery: string,
+    path: string,
+    headers: OutgoingHttpHeaders,
+    body: Readable,
+    signal: AbortSignal | undefined,
+  ): Promise<Exchange> {
     const https = this.base.protocol === 'https:';
     const requestFn = https ? httpsRequest : httpRequest;
     return new Promise<Exchange>((resolve, reject) => {
@@ -362,9 +421,15 @@ export class AgentClient {
       const waitContinue = setTimeout(send, CONTINUE_WAIT_MS);
       req.on('continue', send);
       req.setTimeout(this.timeoutMs, () => {
-        req.destroy(new AgentError(`Snapshot agent at ${this.agent}: POST ${path} got no answer within ${this.timeoutMs < 10_000 ? `${this.timeoutMs} ms` : `${Math.round(this.timeoutMs / 1000)} s`}`, {
-          path, hint: 'TCAB_BACKUP_AGENT_TIMEOUT, and the agent\'s TCAB_AGENT_DRILL_HEALTH_TIMEOUT (the answer comes after the backend has started and stopped)',
-        }));
+        req.destroy(
+          new AgentError(
+            `Snapshot agent at ${this.agent}: POST ${path} got no answer within ${this.timeoutMs < 10_000 ? `${this.timeoutMs} ms` : `${Math.round(this.timeoutMs / 1000)} s`}`,
+            {
+              path,
+              hint: "TCAB_BACKUP_AGENT_TIMEOUT, and the agent's TCAB_AGENT_DRILL_HEALTH_TIMEOUT (the answer comes after the backend has started and stopped)",
+            },
+          ),
+        );
       });
       req.on('response', (res) => {
         clearTimeout(lateError);
@@ -399,7 +464,10 @@ export class AgentClient {
 
   private snapshotPath(id: string): string {
     if (!SNAPSHOT_ID_RE.test(id)) {
-      throw new AgentError(`"${id}" is not a snapshot id (expected like 20261124T161300Z-3f9a1c2e)`, { path: '/v1/snapshots/{id}', permanent: true });
+      throw new AgentError(`"${id}" is not a snapshot id (expected like 20261124T161300Z-3f9a1c2e)`, {
+        path: '/v1/snapshots/{id}',
+        permanent: true,
+      });
     }
     return `/v1/snapshots/${id}`;
   }
@@ -462,9 +530,15 @@ export class AgentClient {
         req.setTimeout(0);
       };
       req.setTimeout(this.timeoutMs, () => {
-        req.destroy(new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} got no answer within ${this.timeoutMs < 10_000 ? `${this.timeoutMs} ms` : `${Math.round(this.timeoutMs / 1000)} s`}`, {
-          path, hint: 'TCAB_BACKUP_AGENT_TIMEOUT, and whether the agent is overloaded or stuck (its log on the VM)',
-        }));
+        req.destroy(
+          new AgentError(
+            `Snapshot agent at ${this.agent}: ${method} ${path} got no answer within ${this.timeoutMs < 10_000 ? `${this.timeoutMs} ms` : `${Math.round(this.timeoutMs / 1000)} s`}`,
+            {
+              path,
+              hint: 'TCAB_BACKUP_AGENT_TIMEOUT, and whether the agent is overloaded or stuck (its log on the VM)',
+            },
+          ),
+        );
       });
       req.on('response', (res) => {
         settled = true;
@@ -503,15 +577,25 @@ export class AgentClient {
       token = await this.credential!.getToken(this.scope!);
     } catch (err) {
       const status = (err as { statusCode?: number }).statusCode;
-      throw new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} not sent: no Entra ID token for ${this.scope}: ${(err as Error).message ?? String(err)}`, {
-        path, cause: err, permanent: !(status !== undefined && status >= 500),
-        hint: "the function app's managed identity (AZURE_CLIENT_ID for a user-assigned one) and TCAB_BACKUP_AGENT_ENTRA_SCOPE: the agent's application id URI followed by /.default",
-      });
+      throw new AgentError(
+        `Snapshot agent at ${this.agent}: ${method} ${path} not sent: no Entra ID token for ${this.scope}: ${(err as Error).message ?? String(err)}`,
+        {
+          path,
+          cause: err,
+          permanent: !(status !== undefined && status >= 500),
+          hint: "the function app's managed identity (AZURE_CLIENT_ID for a user-assigned one) and TCAB_BACKUP_AGENT_ENTRA_SCOPE: the agent's application id URI followed by /.default",
+        },
+      );
     }
     if (!token?.token) {
-      throw new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} not sent: the credential returned no token for ${this.scope}`, {
-        path, permanent: true, hint: "the function app's managed identity (AZURE_CLIENT_ID) and TCAB_BACKUP_AGENT_ENTRA_SCOPE",
-      });
+      throw new AgentError(
+        `Snapshot agent at ${this.agent}: ${method} ${path} not sent: the credential returned no token for ${this.scope}`,
+        {
+          path,
+          permanent: true,
+          hint: "the function app's managed identity (AZURE_CLIENT_ID) and TCAB_BACKUP_AGENT_ENTRA_SCOPE",
+        },
+      );
     }
     const refreshAt = Math.min(token.refreshAfterTimestamp ?? Infinity, token.expiresOnTimestamp - TOKEN_REFRESH_MARGIN_MS);
     this.token = { value: token.token, refreshAt };
@@ -523,7 +607,10 @@ export class AgentClient {
     const code = (err as NodeJS.ErrnoException).code ?? '';
     const tls = /CERT|SSL|TLS|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(code);
     return new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} failed: ${code || err.message}`, {
-      path, cause: err, permanent: tls, hint: tls ? TLS_HINT : NETWORK_HINTS[code] ?? 'is the agent running and reachable from the function app?',
+      path,
+      cause: err,
+      permanent: tls,
+      hint: tls ? TLS_HINT : (NETWORK_HINTS[code] ?? 'is the agent running and reachable from the function app?'),
     });
   }
 
@@ -537,9 +624,14 @@ export class AgentClient {
     }
     const title = typeof problem.title === 'string' ? problem.title : res.statusMessage;
     const detail = typeof problem.detail === 'string' ? problem.detail.slice(0, 500) : undefined;
-    const what = id && status === 404 ? `snapshot ${id} is not on the agent` : `${method} ${path} answered ${status}${title ? ` ${title}` : ''}`;
+    const what =
+      id && status === 404 ? `snapshot ${id} is not on the agent` : `${method} ${path} answered ${status}${title ? ` ${title}` : ''}`;
     const options = {
-      status, title, detail, path, hint: (status === 401 && this.credential ? ENTRA_401_HINT : STATUS_HINTS[status]) ?? STATUS_HINTS[500],
+      status,
+      title,
+      detail,
+      path,
+      hint: (status === 401 && this.credential ? ENTRA_401_HINT : STATUS_HINTS[status]) ?? STATUS_HINTS[500],
       permanent: status >= 400 && status < 500 && status !== 408 && status !== 409 && status !== 429,
     };
     const message = `Snapshot agent at ${this.agent}: ${what}${detail ? `: ${detail.replace(/\.$/, '')}` : ''}`;
@@ -550,12 +642,22 @@ export class AgentClient {
     return new AgentError(message, options);
   }
 
-  private contractError(method: string, path: string, what: string, issues: ReadonlyArray<{ message: string; path?: ReadonlyArray<PropertyKey> }>): AgentError {
+  private contractError(
+    method: string,
+    path: string,
+    what: string,
+    issues: ReadonlyArray<{ message: string; path?: ReadonlyArray<PropertyKey> }>,
+  ): AgentError {
     const first = issues[0];
     const where = first?.path?.length ? `${first.path.map(String).join('.')}: ` : '';
-    return new AgentError(`Snapshot agent at ${this.agent}: ${method} ${path} sent a ${what} that does not follow protocol v1 (${where}${first?.message ?? 'invalid'})`, {
-      path, permanent: true, hint: 'the agent version matches this tcab-backup version',
-    });
+    return new AgentError(
+      `Snapshot agent at ${this.agent}: ${method} ${path} sent a ${what} that does not follow protocol v1 (${where}${first?.message ?? 'invalid'})`,
+      {
+        path,
+        permanent: true,
+        hint: 'the agent version matches this tcab-backup version',
+      },
+    );
   }
 }
 

@@ -80,7 +80,7 @@ export class EntraSigningKeys {
   private mayFetch(now: number): boolean {
     if (this.aborter.signal.aborted) return false;
     if (this.inflight || this.lastAttempt === undefined) return true;
-    const interval = this.lastFailure ? this.options.retryIntervalMs ?? 10_000 : this.options.refreshIntervalMs ?? 60_000;
+    const interval = this.lastFailure ? (this.options.retryIntervalMs ?? 10_000) : (this.options.refreshIntervalMs ?? 60_000);
     return now - this.lastAttempt >= interval;
   }
 
@@ -98,7 +98,8 @@ export class EntraSigningKeys {
       if (!this.jwksUri) {
         const config = await this.getJson(url);
         const jwksUri = (config as { jwks_uri?: unknown }).jwks_uri;
-        if (typeof jwksUri !== 'string' || !jwksUri.startsWith('https://')) throw new Error('the OpenID configuration has no https jwks_uri');
+        if (typeof jwksUri !== 'string' || !jwksUri.startsWith('https://'))
+          throw new Error('the OpenID configuration has no https jwks_uri');
         this.jwksUri = jwksUri;
       }
       url = this.jwksUri;
@@ -130,8 +131,12 @@ export class EntraSigningKeys {
         signal: this.aborter.signal,
         ...(this.options.ca ? { ca: this.options.ca } : {}),
       });
-      req.setTimeout(this.options.timeoutMs ?? 10_000, () => req.destroy(new Error(`no answer within ${this.options.timeoutMs ?? 10_000} ms`)));
-      req.on('error', (err: NodeJS.ErrnoException) => reject(new Error(err.code && !err.message.includes(err.code) ? `${err.code} (${err.message})` : err.message)));
+      req.setTimeout(this.options.timeoutMs ?? 10_000, () =>
+        req.destroy(new Error(`no answer within ${this.options.timeoutMs ?? 10_000} ms`)),
+      );
+      req.on('error', (err: NodeJS.ErrnoException) =>
+        reject(new Error(err.code && !err.message.includes(err.code) ? `${err.code} (${err.message})` : err.message)),
+      );
       req.on('response', (res) => {
         if (res.statusCode !== 200) {
           res.resume();

@@ -72,9 +72,13 @@ export class EntraTokenValidator {
     if (!header || !claims) return { ok: false, reason: 'the bearer token is not a JWT (its header or claims are not JSON objects)' };
 
     if (header.alg !== 'RS256') {
-      return { ok: false, reason: `the token's algorithm ${typeof header.alg === 'string' ? `"${header.alg.slice(0, 16)}"` : '(none given)'} is not accepted: only RS256` };
+      return {
+        ok: false,
+        reason: `the token's algorithm ${typeof header.alg === 'string' ? `"${header.alg.slice(0, 16)}"` : '(none given)'} is not accepted: only RS256`,
+      };
     }
-    if (header.crit !== undefined) return { ok: false, reason: 'the token has critical header parameters (crit), which the agent does not understand' };
+    if (header.crit !== undefined)
+      return { ok: false, reason: 'the token has critical header parameters (crit), which the agent does not understand' };
     if (typeof header.kid !== 'string' || header.kid.length === 0 || header.kid.length > 128) {
       return { ok: false, reason: 'the token names no signing key (kid)' };
     }
@@ -83,27 +87,35 @@ export class EntraTokenValidator {
     const found = await this.options.keys.find(header.kid);
     if (!found.ok) return { ok: false, reason: found.reason };
     const signed = verify('RSA-SHA256', Buffer.from(`${parts[0]}.${parts[1]}`, 'ascii'), found.key, Buffer.from(signature, 'base64url'));
-    if (!signed) return { ok: false, reason: `the signature does not match the tenant's key "${header.kid}" (not issued by the tenant, or altered)` };
+    if (!signed)
+      return { ok: false, reason: `the signature does not match the tenant's key "${header.kid}" (not issued by the tenant, or altered)` };
 
     const who = { objectId: guidOrUndefined(claims.oid), appId: guidOrUndefined(claims.appid ?? claims.azp) };
     const refuse = (reason: string): EntraVerdict => ({ ok: false, reason, ...who });
     if (typeof claims.iss !== 'string' || !this.issuers.includes(claims.iss)) {
-      return refuse(`the issuer (iss) is not the configured tenant's (expected ${this.issuers.join(' or ')}): check TCAB_AGENT_ENTRA_TENANT_ID`);
+      return refuse(
+        `the issuer (iss) is not the configured tenant's (expected ${this.issuers.join(' or ')}): check TCAB_AGENT_ENTRA_TENANT_ID`,
+      );
     }
     if (typeof claims.tid !== 'string' || claims.tid.toLowerCase() !== this.options.tenantId.toLowerCase()) {
       return refuse('the tenant (tid) is not TCAB_AGENT_ENTRA_TENANT_ID');
     }
     const aud = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
     if (!aud.some((a) => typeof a === 'string' && this.audiences.has(a))) {
-      return refuse('the audience (aud) is not TCAB_AGENT_ENTRA_AUDIENCE: check that the function app asks for TCAB_BACKUP_AGENT_ENTRA_SCOPE of this agent\'s application (a v2.0 token\'s aud is the client id, a v1.0 token\'s the application id URI)');
+      return refuse(
+        "the audience (aud) is not TCAB_AGENT_ENTRA_AUDIENCE: check that the function app asks for TCAB_BACKUP_AGENT_ENTRA_SCOPE of this agent's application (a v2.0 token's aud is the client id, a v1.0 token's the application id URI)",
+      );
     }
     const now = this.now();
     if (typeof claims.exp !== 'number') return refuse('the token has no expiry (exp)');
-    if (now > claims.exp + this.skew) return refuse(`the token expired ${now - claims.exp} s ago (beyond the ${this.skew} s allowed for clock skew)`);
+    if (now > claims.exp + this.skew)
+      return refuse(`the token expired ${now - claims.exp} s ago (beyond the ${this.skew} s allowed for clock skew)`);
     if (claims.nbf !== undefined && (typeof claims.nbf !== 'number' || now < claims.nbf - this.skew)) {
-      return refuse(typeof claims.nbf === 'number'
-        ? `the token is not valid for another ${claims.nbf - now} s (nbf; beyond the ${this.skew} s allowed for clock skew)`
-        : 'the token\'s not-before (nbf) is not a number');
+      return refuse(
+        typeof claims.nbf === 'number'
+          ? `the token is not valid for another ${claims.nbf - now} s (nbf; beyond the ${this.skew} s allowed for clock skew)`
+          : "the token's not-before (nbf) is not a number",
+      );
     }
     if (!who.objectId) return refuse('the token names no object id (oid)');
     if (!this.allowed.has(who.objectId)) return refuse(`object id ${who.objectId} is not in TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS`);
@@ -122,5 +134,7 @@ function decodeJson(part: string): Record<string, unknown> | undefined {
 
 /** Only well-formed ids reach the log: a signed token is still the caller's text. */
 function guidOrUndefined(value: unknown): string | undefined {
-  return typeof value === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(value) ? value.toLowerCase() : undefined;
+  return typeof value === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(value)
+    ? value.toLowerCase()
+    : undefined;
 }

@@ -74,9 +74,7 @@ export const AppDrillResultSchema = z.object({
 });
 export type AppDrillResult = z.infer<typeof AppDrillResultSchema>;
 
-export const CreateSnapshotBodySchema = z
-  .object({ compression: CompressionSchema.optional() })
-  .strict();
+export const CreateSnapshotBodySchema = z.object({ compression: CompressionSchema.optional() }).strict();
 
 export function sha256Hex(data: string | Buffer): string {
   return createHash('sha256').update(data).digest('hex');
@@ -150,7 +148,10 @@ export function signaturesEqual(a: string, b: string): boolean {
 /** Parses `TCAB_AGENT_KEYS` style lists: `id=secret,id2=secret2`. Secrets may contain '=' but not ','. */
 export function parseKeyList(text: string): Map<string, string> {
   const keys = new Map<string, string>();
-  for (const entry of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const entry of text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const eq = entry.indexOf('=');
     if (eq <= 0 || eq === entry.length - 1) throw new Error(`entry "${entry.slice(0, Math.max(eq, 0))}=…" is not id=secret`);
     keys.set(entry.slice(0, eq), entry.slice(eq + 1));

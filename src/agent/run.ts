@@ -64,23 +64,37 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   nodeSqlite();
   const schemes = config.auth ?? ['hmac'];
   const hmac = schemes.includes('hmac');
-  if (schemes.length === 0) throw new TcabError('The snapshot agent accepts no authentication scheme', { hint: 'TCAB_AGENT_AUTH (hmac, entra or hmac,entra)', code: 'AGENT_NO_AUTH' });
+  if (schemes.length === 0)
+    throw new TcabError('The snapshot agent accepts no authentication scheme', {
+      hint: 'TCAB_AGENT_AUTH (hmac, entra or hmac,entra)',
+      code: 'AGENT_NO_AUTH',
+    });
   if (hmac && config.keys.size === 0) {
-    throw new TcabError('The snapshot agent has no HMAC key', { hint: 'TCAB_AGENT_KEYS (id=secret,...), or TCAB_AGENT_AUTH=entra to accept Entra ID tokens only', code: 'AGENT_NO_KEYS' });
+    throw new TcabError('The snapshot agent has no HMAC key', {
+      hint: 'TCAB_AGENT_KEYS (id=secret,...), or TCAB_AGENT_AUTH=entra to accept Entra ID tokens only',
+      code: 'AGENT_NO_KEYS',
+    });
   }
   if (schemes.includes('entra') && !config.entra) {
     throw new TcabError('The snapshot agent is to accept Entra ID tokens (TCAB_AGENT_AUTH includes entra) but has no Entra settings', {
-      hint: 'TCAB_AGENT_ENTRA_TENANT_ID, TCAB_AGENT_ENTRA_AUDIENCE and TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS', code: 'AGENT_NO_ENTRA',
+      hint: 'TCAB_AGENT_ENTRA_TENANT_ID, TCAB_AGENT_ENTRA_AUDIENCE and TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS',
+      code: 'AGENT_NO_ENTRA',
     });
   }
   for (const secret of config.keys.values()) registerSecret(secret);
 
   const compressions = detectCompressions({ zstdCommand: options.zstdCommand, runtimeZstd: options.runtimeZstd });
   if (config.compression !== 'auto' && !chooseCompression(config.compression, 'auto', compressions).ok) {
-    throw new TcabError(`The snapshot agent cannot make ${config.compression} artifacts (it can make: ${compressions.available.join(', ')})`, {
-      hint: config.compression === 'zstd' ? 'install the zstd package on the VM, or set TCAB_AGENT_COMPRESSION=auto' : 'TCAB_AGENT_COMPRESSION',
-      code: 'AGENT_COMPRESSION_UNAVAILABLE',
-    });
+    throw new TcabError(
+      `The snapshot agent cannot make ${config.compression} artifacts (it can make: ${compressions.available.join(', ')})`,
+      {
+        hint:
+          config.compression === 'zstd'
+            ? 'install the zstd package on the VM, or set TCAB_AGENT_COMPRESSION=auto'
+            : 'TCAB_AGENT_COMPRESSION',
+        code: 'AGENT_COMPRESSION_UNAVAILABLE',
+      },
+    );
   }
   try {
     await access(config.dbPath, constants.R_OK);
@@ -103,24 +117,44 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
     });
   }
   const freeBytes = options.freeBytes ?? statfsFreeBytes;
-  const snapshotter = new Snapshotter({ dbPath: config.dbPath, databaseName: config.databaseName, staging, compressions, freeBytes, logger });
+  const snapshotter = new Snapshotter({
+    dbPath: config.dbPath,
+    databaseName: config.databaseName,
+    staging,
+    compressions,
+    freeBytes,
+    logger,
+  });
   const driller = new AppDriller({
-    staging, freeBytes, compressions, logger,
+    staging,
+    freeBytes,
+    compressions,
+    logger,
     settings: config.drill ?? { command: undefined, healthTimeoutMs: 120_000, stopGraceMs: 10_000 },
   });
   const entra = schemes.includes('entra') ? config.entra : undefined;
-  const signingKeys = entra ? new EntraSigningKeys({ authority: entra.authority, tenantId: entra.tenantId, ca: entra.ca, logger }) : undefined;
+  const signingKeys = entra
+    ? new EntraSigningKeys({ authority: entra.authority, tenantId: entra.tenantId, ca: entra.ca, logger })
+    : undefined;
   const authenticator = new AgentAuthenticator({
     ...(hmac ? { hmac: new RequestAuthenticator(config.keys) } : {}),
     ...(entra && signingKeys ? { entra: new EntraTokenValidator({ ...entra, keys: signingKeys }) } : {}),
   });
   const handler = createAgentHandler({
-    authenticator, snapshotter, staging, compressions, defaultCompression: config.compression, logger, driller,
+    authenticator,
+    snapshotter,
+    staging,
+    compressions,
+    defaultCompression: config.compression,
+    logger,
+    driller,
     ...(options.requestTimeoutMs !== undefined ? { requestTimeoutMs: options.requestTimeoutMs } : {}),
     status: { dbPath: config.dbPath, databaseName: config.databaseName, staging, freeBytes, compressions, version: agentVersion() },
   });
 
-  const server: Server = config.tls ? createHttpsServer({ cert: config.tls.cert, key: config.tls.key }, handler) : createHttpServer(handler);
+  const server: Server = config.tls
+    ? createHttpsServer({ cert: config.tls.cert, key: config.tls.key }, handler)
+    : createHttpServer(handler);
   server.headersTimeout = 15_000;
   // Off for the server as a whole: a drill's upload of a whole artifact may take minutes. The handler gives
   // every other request its own deadline (bodies are at most 16 KiB: a client that takes longer than 30 s to
@@ -143,10 +177,22 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
   sweeper.unref();
 
   logger.info('agent.started', {
-    url, database: config.databaseName, compressions: compressions.available, zstd: compressions.zstdSource ?? 'unavailable',
-    auth: schemes, stagingTtlMs: config.stagingTtlMs, appDrill: driller.configured ? config.drill!.command![0] : 'not configured',
+    url,
+    database: config.databaseName,
+    compressions: compressions.available,
+    zstd: compressions.zstdSource ?? 'unavailable',
+    auth: schemes,
+    stagingTtlMs: config.stagingTtlMs,
+    appDrill: driller.configured ? config.drill!.command![0] : 'not configured',
     ...(hmac ? { acceptedKeyIds: [...config.keys.keys()] } : {}),
-    ...(entra ? { entraTenantId: entra.tenantId, entraAudiences: entra.audiences, entraAllowedObjectIds: entra.allowedObjectIds, entraAuthority: entra.authority } : {}),
+    ...(entra
+      ? {
+          entraTenantId: entra.tenantId,
+          entraAudiences: entra.audiences,
+          entraAllowedObjectIds: entra.allowedObjectIds,
+          entraAuthority: entra.authority,
+        }
+      : {}),
   });
 
   let closing: Promise<void> | undefined;
@@ -176,11 +222,14 @@ export async function startAgent(config: AgentConfig, options: StartAgentOptions
 function listen(server: Server, host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException) => {
-      reject(new TcabError(`The snapshot agent cannot listen on ${host}:${port} (${err.code})`, {
-        hint: err.code === 'EADDRINUSE' ? 'another process uses that port: TCAB_AGENT_LISTEN' : 'TCAB_AGENT_LISTEN is an address of this VM',
-        code: 'AGENT_LISTEN_FAILED',
-        cause: err,
-      }));
+      reject(
+        new TcabError(`The snapshot agent cannot listen on ${host}:${port} (${err.code})`, {
+          hint:
+            err.code === 'EADDRINUSE' ? 'another process uses that port: TCAB_AGENT_LISTEN' : 'TCAB_AGENT_LISTEN is an address of this VM',
+          code: 'AGENT_LISTEN_FAILED',
+          cause: err,
+        }),
+      );
     };
     server.once('error', onError);
     server.listen(port, host, () => {

@@ -10,7 +10,14 @@ import { basename } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { type AppDriller, DrillBusyError, DrillNotConfiguredError, DrillRefusedError, DrillSpaceError, type DrillRequest } from './app-drill.js';
+import {
+  type AppDriller,
+  DrillBusyError,
+  DrillNotConfiguredError,
+  DrillRefusedError,
+  DrillSpaceError,
+  type DrillRequest,
+} from './app-drill.js';
 import type { AgentAuthenticator } from './auth.js';
 import { ARTIFACT_CONTENT_TYPE, chooseCompression, type CompressionSupport } from './compression.js';
 import { parseRange, readBody, sendJson, sendProblem } from './http.js';
@@ -38,7 +45,7 @@ export interface AgentHandlerDeps {
 
 // One text for every scheme and every failed check: the agent's log says which.
 const UNAUTHORIZED_DETAIL =
-  'The request is not signed with an accepted key, or its timestamp, nonce or token is not accepted. See the agent\'s log for which check failed.';
+  "The request is not signed with an accepted key, or its timestamp, nonce or token is not accepted. See the agent's log for which check failed.";
 const SNAPSHOTS = '/v1/snapshots';
 const DRILLS = '/v1/drills';
 const SHA256_RE = /^[0-9a-f]{64}$/;
@@ -49,13 +56,15 @@ const FAILURE_HINTS: Record<string, string> = {
   ENOENT: 'the database file does not exist: check TCAB_AGENT_DB',
   EACCES: 'the agent may not read the database or write its staging folder: check file permissions',
   ENOSPC: 'the staging disk is full',
-  SQLITE_CANTOPEN: 'the agent cannot open the database: check TCAB_AGENT_DB and that the agent\'s user may read it and its -wal and -shm files',
-  SQLITE_READONLY_DIRECTORY: 'no -wal/-shm files exist (is the backend stopped?) and the agent may not create them: give the agent\'s group write access to the database folder, or keep the backend running',
+  SQLITE_CANTOPEN:
+    "the agent cannot open the database: check TCAB_AGENT_DB and that the agent's user may read it and its -wal and -shm files",
+  SQLITE_READONLY_DIRECTORY:
+    "no -wal/-shm files exist (is the backend stopped?) and the agent may not create them: give the agent's group write access to the database folder, or keep the backend running",
   SQLITE_BUSY: 'the database stayed locked for 10 s: check for a long-running write or a checkpoint in the backend',
-  SQLITE_CORRUPT: 'the database is damaged: check the backend\'s database with PRAGMA integrity_check',
+  SQLITE_CORRUPT: "the database is damaged: check the backend's database with PRAGMA integrity_check",
   SQLITE_NOTADB: 'TCAB_AGENT_DB does not point at a SQLite database',
   SQLITE_FULL: 'the staging disk is full',
-  SQLITE_IOERR: 'a disk read or write failed: check the VM\'s disks',
+  SQLITE_IOERR: "a disk read or write failed: check the VM's disks",
 };
 
 export const REQUEST_TIMEOUT_MS = 30_000;
@@ -129,7 +138,12 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
     return sendProblem(res, 413, `Request bodies are limited to ${MAX_BODY_BYTES} bytes.`, { Connection: 'close' });
   }
 
-  const verdict = await deps.authenticator.verify({ method, pathAndQuery: rawUrl, authorization: req.headers.authorization, body: body.body });
+  const verdict = await deps.authenticator.verify({
+    method,
+    pathAndQuery: rawUrl,
+    authorization: req.headers.authorization,
+    body: body.body,
+  });
   if (!verdict.ok) {
     // The client fields are named clientKeyId etc., not keyId: the logger masks fields whose names start with "key".
     deps.logger.warn('auth.rejected', { reason: verdict.reason, ...verdict.client, method, path, remote: req.socket.remoteAddress });
@@ -143,7 +157,8 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
   }
   if (path.startsWith(`${SNAPSHOTS}/`)) {
     const id = path.slice(SNAPSHOTS.length + 1);
-    if (!SNAPSHOT_ID_RE.test(id)) return sendProblem(res, 400, 'The snapshot id is not valid: expected an id like 20261124T161300Z-3f9a1c2e.');
+    if (!SNAPSHOT_ID_RE.test(id))
+      return sendProblem(res, 400, 'The snapshot id is not valid: expected an id like 20261124T161300Z-3f9a1c2e.');
     if (method === 'GET') return downloadSnapshot(deps, id, req, res);
     if (method === 'DELETE') {
       if (!(await deps.staging.remove(id))) return sendProblem(res, 404, `No snapshot ${id} is staged on this agent.`);
@@ -168,7 +183,7 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
 }
 
 function hintFor(code: string | undefined): string {
-  const hint = code ? FAILURE_HINTS[code] ?? FAILURE_HINTS[code.replace(/_[A-Z]+$/, '')] : undefined;
+  const hint = code ? (FAILURE_HINTS[code] ?? FAILURE_HINTS[code.replace(/_[A-Z]+$/, '')]) : undefined;
   return hint ? `: ${hint}` : '';
 }
 
@@ -185,7 +200,11 @@ async function createSnapshot(deps: AgentHandlerDeps, log: Logger, raw: Buffer, 
     if (!parsed.success) {
       const issue = parsed.error.issues[0];
       const where = issue?.path.length ? `${issue.path.join('.')}: ` : '';
-      return sendProblem(res, 400, `The request body is not valid: ${where}${issue?.message ?? 'invalid'}. Expected {"compression": "gzip" | "zstd" | "none"}.`);
+      return sendProblem(
+        res,
+        400,
+        `The request body is not valid: ${where}${issue?.message ?? 'invalid'}. Expected {"compression": "gzip" | "zstd" | "none"}.`,
+      );
     }
     asked = parsed.data.compression;
   }
@@ -197,7 +216,9 @@ async function createSnapshot(deps: AgentHandlerDeps, log: Logger, raw: Buffer, 
     return sendJson(res, 201, description, { Location: `${SNAPSHOTS}/${description.id}` });
   } catch (err) {
     if (err instanceof SnapshotBusyError) {
-      return sendProblem(res, 409, 'Another snapshot is being made; retry after the time in Retry-After.', { 'Retry-After': String(err.retryAfterSeconds) });
+      return sendProblem(res, 409, 'Another snapshot is being made; retry after the time in Retry-After.', {
+        'Retry-After': String(err.retryAfterSeconds),
+      });
     }
     if (err instanceof InsufficientStagingError) {
       log.error('snapshot.refused', { reason: 'staging space', freeBytes: err.freeBytes, neededBytes: err.neededBytes });
@@ -205,7 +226,11 @@ async function createSnapshot(deps: AgentHandlerDeps, log: Logger, raw: Buffer, 
     }
     if (err instanceof SnapshotStepError) {
       log.error('snapshot.failed', { step: err.step, code: err.code, error: err.message });
-      return sendProblem(res, 500, `Making the snapshot failed at step "${err.step}"${err.code ? ` (${err.code})` : ''}${hintFor(err.code)}. The agent's log has the details.`);
+      return sendProblem(
+        res,
+        500,
+        `Making the snapshot failed at step "${err.step}"${err.code ? ` (${err.code})` : ''}${hintFor(err.code)}. The agent's log has the details.`,
+      );
     }
     throw err;
   }
@@ -215,7 +240,8 @@ async function downloadSnapshot(deps: AgentHandlerDeps, id: string, req: Incomin
   const staged = deps.staging.get(id);
   // Opened before answering, so an expiry sweep between the lookup and the first read cannot cut the download.
   const file = staged ? await open(staged.path, 'r').catch(() => undefined) : undefined;
-  if (!staged || !file) return sendProblem(res, 404, `No snapshot ${id} is staged on this agent (it may have expired: TCAB_AGENT_STAGING_TTL).`);
+  if (!staged || !file)
+    return sendProblem(res, 404, `No snapshot ${id} is staged on this agent (it may have expired: TCAB_AGENT_STAGING_TTL).`);
   const { artifact } = staged.description;
   const size = artifact.bytes;
   const headers: Record<string, string | number> = {
@@ -258,28 +284,43 @@ function drillRequest(rawUrl: string): DrillRequest | string {
   const snapshotBytes = query.get('snapshotBytes') ?? '';
   const compression = CompressionSchema.safeParse(query.get('compression'));
   const snapshotId = query.get('snapshotId') ?? undefined;
-  if (!SHA256_RE.test(artifactSha256)) return 'artifactSha256 must be the artifact\'s lower-case hex sha256';
-  if (!SHA256_RE.test(snapshotSha256)) return 'snapshotSha256 must be the plain snapshot\'s lower-case hex sha256';
-  if (!COUNT_RE.test(artifactBytes)) return 'artifactBytes must be the artifact\'s size in bytes';
-  if (!COUNT_RE.test(snapshotBytes)) return 'snapshotBytes must be the plain snapshot\'s size in bytes';
+  if (!SHA256_RE.test(artifactSha256)) return "artifactSha256 must be the artifact's lower-case hex sha256";
+  if (!SHA256_RE.test(snapshotSha256)) return "snapshotSha256 must be the plain snapshot's lower-case hex sha256";
+  if (!COUNT_RE.test(artifactBytes)) return "artifactBytes must be the artifact's size in bytes";
+  if (!COUNT_RE.test(snapshotBytes)) return "snapshotBytes must be the plain snapshot's size in bytes";
   if (!compression.success) return 'compression must be gzip, zstd or none';
   if (snapshotId !== undefined && !SNAPSHOT_ID_RE.test(snapshotId)) return 'snapshotId must be an id like 20261124T161300Z-3f9a1c2e';
   return {
-    artifactSha256, snapshotSha256, artifactBytes: Number(artifactBytes), snapshotBytes: Number(snapshotBytes),
-    compression: compression.data, snapshotId,
+    artifactSha256,
+    snapshotSha256,
+    artifactBytes: Number(artifactBytes),
+    snapshotBytes: Number(snapshotBytes),
+    compression: compression.data,
+    snapshotId,
   };
 }
 
 async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerResponse, method: string, rawUrl: string): Promise<void> {
   // Refusals before the body is read close the connection: that is what stops the client sending the rest.
-  const refuse = (status: number, detail: string, headers: Record<string, string> = {}) => sendProblem(res, status, detail, { ...headers, Connection: 'close' });
+  const refuse = (status: number, detail: string, headers: Record<string, string> = {}) =>
+    sendProblem(res, status, detail, { ...headers, Connection: 'close' });
   const parsed = drillRequest(rawUrl);
   if (typeof parsed === 'string') return refuse(400, `The drill's query is not valid: ${parsed}.`);
   const verdict = await deps.authenticator.verify({
-    method, pathAndQuery: rawUrl, authorization: req.headers.authorization, body: Buffer.alloc(0), bodySha256: parsed.artifactSha256,
+    method,
+    pathAndQuery: rawUrl,
+    authorization: req.headers.authorization,
+    body: Buffer.alloc(0),
+    bodySha256: parsed.artifactSha256,
   });
   if (!verdict.ok) {
-    deps.logger.warn('auth.rejected', { reason: verdict.reason, ...verdict.client, method, path: DRILLS, remote: req.socket.remoteAddress });
+    deps.logger.warn('auth.rejected', {
+      reason: verdict.reason,
+      ...verdict.client,
+      method,
+      path: DRILLS,
+      remote: req.socket.remoteAddress,
+    });
     return refuse(401, UNAUTHORIZED_DETAIL, { 'WWW-Authenticate': deps.authenticator.challenge });
   }
   const log = deps.logger.child(verdict.client);
@@ -319,7 +360,8 @@ async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerRe
     if (err instanceof DrillNotConfiguredError) {
       return refuse(501, 'This agent has no backend command for application drills: set TCAB_AGENT_DRILL_BACKEND_COMMAND on the VM.');
     }
-    if (err instanceof DrillBusyError) return refuse(409, 'Another application drill is running on this agent; retry when it has ended.', { 'Retry-After': '60' });
+    if (err instanceof DrillBusyError)
+      return refuse(409, 'Another application drill is running on this agent; retry when it has ended.', { 'Retry-After': '60' });
     if (err instanceof DrillSpaceError) {
       log.error('drill.refused', { reason: 'staging space', freeBytes: err.freeBytes, neededBytes: err.neededBytes });
       return refuse(507, `${err.message}: free space in TCAB_AGENT_STAGING on the VM.`);
@@ -333,7 +375,10 @@ async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerRe
     }
     const code = (err as NodeJS.ErrnoException).code;
     log.error('drill.failed', { error: errorMessage(err), code });
-    return refuse(500, `The application drill failed while restoring the snapshot${code ? ` (${code})` : ''}${hintFor(code)}. The agent's log has the details.`);
+    return refuse(
+      500,
+      `The application drill failed while restoring the snapshot${code ? ` (${code})` : ''}${hintFor(code)}. The agent's log has the details.`,
+    );
   } finally {
     res.off('close', onClose);
     req.off('aborted', onClose);

@@ -33,7 +33,9 @@ export class InsufficientStagingError extends Error {
   readonly freeBytes: number;
   readonly neededBytes: number;
   constructor(freeBytes: number, neededBytes: number) {
-    super(`staging has ${freeBytes} bytes free, a snapshot of this database needs about ${neededBytes} (database size x ${STAGING_HEADROOM})`);
+    super(
+      `staging has ${freeBytes} bytes free, a snapshot of this database needs about ${neededBytes} (database size x ${STAGING_HEADROOM})`,
+    );
     this.name = 'InsufficientStagingError';
     this.freeBytes = freeBytes;
     this.neededBytes = neededBytes;
@@ -109,7 +111,13 @@ export class Snapshotter {
     if (this.running) throw new SnapshotBusyError(this.retryAfterSeconds());
     const startedMs = Date.now();
     const work = this.make(compression);
-    this.running = { startedMs, settled: work.then(() => {}, () => {}) };
+    this.running = {
+      startedMs,
+      settled: work.then(
+        () => {},
+        () => {},
+      ),
+    };
     try {
       return await work;
     } finally {
@@ -148,7 +156,9 @@ export class Snapshotter {
     let answered = false;
     try {
       let onVacuumed!: (v: Vacuumed) => void;
-      const vacuumed = new Promise<Vacuumed>((resolve) => { onVacuumed = resolve; });
+      const vacuumed = new Promise<Vacuumed>((resolve) => {
+        onVacuumed = resolve;
+      });
       sqlite = runSqliteTask({ kind: 'snapshot', dbPath, outPath: workPath }, { onVacuumed }).catch((err: unknown) => {
         throw err instanceof SqliteTaskError ? new SnapshotStepError(err.step, err.code, err) : err;
       });
@@ -193,8 +203,12 @@ export class Snapshotter {
       };
       staging.add(description, artifactPath);
       logger[facts.integrity === 'ok' ? 'info' : 'error']('snapshot.created', {
-        snapshot: id, integrity: facts.integrity, bytes: digests.plain.bytes, artifactBytes: digests.artifact.bytes,
-        compression, ...description.timings,
+        snapshot: id,
+        integrity: facts.integrity,
+        bytes: digests.plain.bytes,
+        artifactBytes: digests.artifact.bytes,
+        compression,
+        ...description.timings,
       });
       answered = true;
       return description;
@@ -218,12 +232,17 @@ export class Snapshotter {
 
   /** Runs the removal of a work file to its end, logging (not throwing) a failure, and then starts a spare SQLite thread. */
   private track(cleanup: Promise<void>): Promise<void> {
-    const tracked: Promise<void> = cleanup.then(
-      () => prepareSqliteWorker(),
-      (err: unknown) => {
-        this.options.logger.warn('snapshot.cleanup_failed', { error: errorMessage(err), note: 'the agent removes leftover work files from staging when it next starts' });
-      },
-    ).finally(() => this.cleanups.delete(tracked));
+    const tracked: Promise<void> = cleanup
+      .then(
+        () => prepareSqliteWorker(),
+        (err: unknown) => {
+          this.options.logger.warn('snapshot.cleanup_failed', {
+            error: errorMessage(err),
+            note: 'the agent removes leftover work files from staging when it next starts',
+          });
+        },
+      )
+      .finally(() => this.cleanups.delete(tracked));
     this.cleanups.add(tracked);
     return tracked;
   }
@@ -235,9 +254,14 @@ export class Snapshotter {
   private async writeArtifact(workPath: string, artifactPath: string, compression: Compression, signal: AbortSignal) {
     const plain = new Digest();
     if (compression === 'none') {
-      await pipeline(createReadStream(workPath, { highWaterMark: READ_CHUNK }), plain.tap(), async (source: AsyncIterable<Buffer>) => {
-        for await (const _ of source);
-      }, { signal });
+      await pipeline(
+        createReadStream(workPath, { highWaterMark: READ_CHUNK }),
+        plain.tap(),
+        async (source: AsyncIterable<Buffer>) => {
+          for await (const _ of source);
+        },
+        { signal },
+      );
       return { plain: plain.result(), artifact: plain.result() };
     }
     const artifact = new Digest();
@@ -250,9 +274,14 @@ export class Snapshotter {
       signal.addEventListener('abort', onAbort, { once: true });
       try {
         await Promise.all([
-          pipeline(createReadStream(workPath, { highWaterMark: READ_CHUNK }), plain.tap(), async (source: AsyncIterable<Buffer>) => {
-            for await (const _ of source);
-          }, { signal }),
+          pipeline(
+            createReadStream(workPath, { highWaterMark: READ_CHUNK }),
+            plain.tap(),
+            async (source: AsyncIterable<Buffer>) => {
+              for await (const _ of source);
+            },
+            { signal },
+          ),
           pipeline(compressor.output, artifact.tap(), createWriteStream(partialPath, { flags: 'wx', mode: 0o600 }), { signal }),
           compressor.done,
         ]);

@@ -271,7 +271,10 @@ function takeWorker(): Worker {
 export function runSqliteTask(task: SnapshotTask, hooks?: TaskHooks): Promise<SnapshotFacts>;
 export function runSqliteTask(task: StatusTask): Promise<StatusFacts>;
 export function runSqliteTask(task: CheckTask): Promise<CheckFacts>;
-export function runSqliteTask(task: SnapshotTask | StatusTask | CheckTask, hooks: TaskHooks = {}): Promise<SnapshotFacts | StatusFacts | CheckFacts> {
+export function runSqliteTask(
+  task: SnapshotTask | StatusTask | CheckTask,
+  hooks: TaskHooks = {},
+): Promise<SnapshotFacts | StatusFacts | CheckFacts> {
   return new Promise<SnapshotFacts | StatusFacts | CheckFacts>((resolve, reject) => {
     let replied = false;
     const worker = takeWorker();

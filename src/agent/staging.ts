@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import type { Logger } from '../log.js';
 import { COMPRESSION_EXT, type Compression, type SnapshotDescription } from './protocol.js';
 
-const OWN_FILE_RE = /^(?:(?:work|drill)-[0-9a-f]{16}\.sqlite(?:-journal|-wal|-shm)?|[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}\.sqlite(?:\.gz|\.zst)?(?:\.partial)?)$/;
+const OWN_FILE_RE =
+  /^(?:(?:work|drill)-[0-9a-f]{16}\.sqlite(?:-journal|-wal|-shm)?|[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}\.sqlite(?:\.gz|\.zst)?(?:\.partial)?)$/;
 
 export interface StagedSnapshot {
   description: SnapshotDescription;

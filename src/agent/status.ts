@@ -22,7 +22,11 @@ export interface StatusSources {
 }
 
 export async function readStatus(s: StatusSources): Promise<AgentStatus> {
-  const [bytes, facts, freeBytes] = await Promise.all([databaseBytes(s.dbPath), runSqliteTask({ kind: 'status', dbPath: s.dbPath }).finally(() => setImmediate(prepareSqliteWorker)), s.freeBytes(s.staging.dir)]);
+  const [bytes, facts, freeBytes] = await Promise.all([
+    databaseBytes(s.dbPath),
+    runSqliteTask({ kind: 'status', dbPath: s.dbPath }).finally(() => setImmediate(prepareSqliteWorker)),
+    s.freeBytes(s.staging.dir),
+  ]);
   return {
     database: {
       name: s.databaseName,

@@ -35,7 +35,12 @@ export async function listCatalog(target: Target, database: string, options: { s
   return { snapshots, orphans };
 }
 
-export async function readManifest(target: Target, database: string, id: string, options: { signal?: AbortSignal } = {}): Promise<Manifest> {
+export async function readManifest(
+  target: Target,
+  database: string,
+  id: string,
+  options: { signal?: AbortSignal } = {},
+): Promise<Manifest> {
   const key = manifestKey(database, id);
   const { body } = await target.get(key, options);
   const raw = await text(body);
@@ -51,9 +56,12 @@ export async function readManifest(target: Target, database: string, id: string,
   const parsed = ManifestSchema.safeParse(json);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
-    throw new TcabError(`Manifest ${key} on target "${target.name}" does not match format version 1: ${issue?.path.join('.')}: ${issue?.message}`, {
-      hint: 'was it written by a newer tcab-backup? Upgrade, or restore from another target',
-    });
+    throw new TcabError(
+      `Manifest ${key} on target "${target.name}" does not match format version 1: ${issue?.path.join('.')}: ${issue?.message}`,
+      {
+        hint: 'was it written by a newer tcab-backup? Upgrade, or restore from another target',
+      },
+    );
   }
   if (parsed.data.id !== id) {
     throw new TcabError(`Manifest ${key} on target "${target.name}" describes snapshot ${parsed.data.id}, not ${id}`, {
@@ -97,7 +105,11 @@ export async function readManifests(
       try {
         out[i] = { id, manifest: await readManifest(target, database, id, options) };
       } catch (e) {
-        if (e instanceof NotFoundError) out[i] = { id, error: new TcabError(`Snapshot ${id} vanished from target "${target.name}" while listing (pruned concurrently?)`) };
+        if (e instanceof NotFoundError)
+          out[i] = {
+            id,
+            error: new TcabError(`Snapshot ${id} vanished from target "${target.name}" while listing (pruned concurrently?)`),
+          };
         else out[i] = { id, error: e as Error };
       }
     }

@@ -38,7 +38,7 @@ export type DrillChecks = z.infer<typeof DrillChecksSchema>;
 /** What a successful drill proved, in words, for the CLI and the status page. Records without `checks` restored. */
 export function provenText(checks: DrillChecks | null | undefined): string {
   if (!checks || checks.method === 'restore') return 'restored to a file: artifact and database sha256, integrity_check and row counts';
-  return 'verified as it streamed, nothing written: artifact and database sha256 equal the manifest\'s, so integrity_check and row counts are the agent\'s on the same bytes';
+  return "verified as it streamed, nothing written: artifact and database sha256 equal the manifest's, so integrity_check and row counts are the agent's on the same bytes";
 }
 
 /**
@@ -74,8 +74,10 @@ export type AppDrillRecord = z.infer<typeof AppDrillRecordSchema>;
 export function appDrillText(app: AppDrillRecord): string {
   const ms = (name: string) => app.checks.find((c) => c.name === name)?.ms;
   if (app.passed) {
-    return `backend started and served ${app.runs.served ?? 0} runs in ${app.startToServingMs ?? 0} ms `
-      + `(start ${ms('start') ?? '-'} ms, /healthz ${ms('healthz') ?? '-'} ms, /runs ${ms('runs') ?? '-'} ms; ${app.runs.inFile ?? '-'} runs in the file; whole drill on the agent ${app.totalMs ?? '-'} ms)`;
+    return (
+      `backend started and served ${app.runs.served ?? 0} runs in ${app.startToServingMs ?? 0} ms ` +
+      `(start ${ms('start') ?? '-'} ms, /healthz ${ms('healthz') ?? '-'} ms, /runs ${ms('runs') ?? '-'} ms; ${app.runs.inFile ?? '-'} runs in the file; whole drill on the agent ${app.totalMs ?? '-'} ms)`
+    );
   }
   return `application drill FAILED at step ${app.failedStep ?? 'unknown'}: ${app.error ?? 'no reason recorded'}`;
 }
@@ -89,13 +91,15 @@ export const DrillRecordSchema = z.object({
   startedAt: Iso,
   finishedAt: Iso,
   ok: z.boolean(),
-  snapshot: z.object({
-    id: z.string(),
-    createdAt: Iso,
-    artifactBytes: z.number().int().nonnegative(),
-    bytes: z.number().int().nonnegative(),
-    compression: z.string(),
-  }).nullable(),
+  snapshot: z
+    .object({
+      id: z.string(),
+      createdAt: Iso,
+      artifactBytes: z.number().int().nonnegative(),
+      bytes: z.number().int().nonnegative(),
+      compression: z.string(),
+    })
+    .nullable(),
   /**
    * Download to verified file (both sha256 sums, decompression, integrity_check, row counts), in ms; for a
    * streamed drill, download to verified bytes (nothing written, SQLite not opened). With the application
@@ -108,21 +112,26 @@ export const DrillRecordSchema = z.object({
   app: AppDrillRecordSchema.optional(),
   /** What this drill proved and how; absent in records from before drills could stream (those always restored). */
   checks: DrillChecksSchema.optional(),
-  recoveryPoint: z.object({
-    /** How old the snapshot was when the drill compared it with the live database. */
-    snapshotAgeMs: z.number(),
-    /** Runs in the live database minus runs in the snapshot: what restoring it would lose. Null without the agent. */
-    runsSince: z.number().int().nullable(),
-    newestPublishedAt: z.object({ snapshot: z.string().nullable(), live: z.string().nullable() }),
-    /** Newest published run live minus newest in the snapshot, in ms. */
-    publishedGapMs: z.number().nullable(),
-  }).nullable(),
-  tables: z.record(z.string(), z.object({
-    snapshot: z.number().int().nullable(),
-    live: z.number().int().nullable(),
-    /** live minus snapshot. */
-    difference: z.number().int().nullable(),
-  })),
+  recoveryPoint: z
+    .object({
+      /** How old the snapshot was when the drill compared it with the live database. */
+      snapshotAgeMs: z.number(),
+      /** Runs in the live database minus runs in the snapshot: what restoring it would lose. Null without the agent. */
+      runsSince: z.number().int().nullable(),
+      newestPublishedAt: z.object({ snapshot: z.string().nullable(), live: z.string().nullable() }),
+      /** Newest published run live minus newest in the snapshot, in ms. */
+      publishedGapMs: z.number().nullable(),
+    })
+    .nullable(),
+  tables: z.record(
+    z.string(),
+    z.object({
+      snapshot: z.number().int().nullable(),
+      live: z.number().int().nullable(),
+      /** live minus snapshot. */
+      difference: z.number().int().nullable(),
+    }),
+  ),
   live: z.object({
     available: z.boolean(),
     checkedAt: Iso.optional(),
@@ -160,17 +169,23 @@ export async function readRecentDrills(
   let end = Math.min(limit, all.length);
   while (end > 0 && end < all.length && all[end]!.slice(0, 16) === all[end - 1]!.slice(0, 16)) end++;
   const ids = all.slice(0, end);
-  const read = await Promise.all(ids.map(async (drillId) => {
-    try {
-      const stored = await readRecord(target, drillKey(database, drillId), DrillRecordSchema, signal);
-      return stored ? { drillId, record: stored.value } : { drillId, error: 'vanished while being read' };
-    } catch (e) {
-      return { drillId, error: errorMessage(e) };
-    }
-  }));
+  const read = await Promise.all(
+    ids.map(async (drillId) => {
+      try {
+        const stored = await readRecord(target, drillKey(database, drillId), DrillRecordSchema, signal);
+        return stored ? { drillId, record: stored.value } : { drillId, error: 'vanished while being read' };
+      } catch (e) {
+        return { drillId, error: errorMessage(e) };
+      }
+    }),
+  );
   // Ids have second precision; drills started within one second are ordered by when they started.
   const at = (r: (typeof read)[number]) => r.record?.startedAt ?? r.drillId;
-  return read.sort((a, b) => (a.drillId.slice(0, 16) !== b.drillId.slice(0, 16) ? (a.drillId < b.drillId ? 1 : -1) : at(a) < at(b) ? 1 : at(a) > at(b) ? -1 : 0)).slice(0, limit);
+  return read
+    .sort((a, b) =>
+      a.drillId.slice(0, 16) !== b.drillId.slice(0, 16) ? (a.drillId < b.drillId ? 1 : -1) : at(a) < at(b) ? 1 : at(a) > at(b) ? -1 : 0,
+    )
+    .slice(0, limit);
 }
 
 /** Removes the oldest records beyond DRILL_RECORDS_KEPT; returns how many went. */

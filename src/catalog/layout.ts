@@ -66,7 +66,8 @@ export function verifyRecordKey(database: string): string {
 }
 
 const MANIFEST_KEY_RE = /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.json$/;
-const ARTIFACT_KEY_RE = /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.sqlite(\.gz|\.zst)?$/;
+const ARTIFACT_KEY_RE =
+  /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.sqlite(\.gz|\.zst)?$/;
 
 /** The snapshot id of a manifest key, or null when the key is not a manifest. */
 export function parseManifestKey(key: string): { database: string; id: string } | null {
@@ -91,6 +92,9 @@ export function idTime(id: string): Date {
 
 /** A drill id: the request time (UTC, second precision) and 8 random hex digits, the form of snapshot ids. */
 export function newDrillId(now: Date): string {
-  const stamp = now.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z');
+  const stamp = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}Z$/, 'Z');
   return `${stamp}-${randomBytes(4).toString('hex')}`;
 }

@@ -19,21 +19,36 @@ export interface Stored<T> {
  * The body as text. An answer that breaks off is the target's failure (a TargetError, transient), never the
  * record's: callers that replace a damaged record must not take a connection reset for damage.
  */
-async function readCapped(target: Target, key: string, got: GetResult, what: string, maxBytes: number, signal: AbortSignal | undefined): Promise<string> {
+async function readCapped(
+  target: Target,
+  key: string,
+  got: GetResult,
+  what: string,
+  maxBytes: number,
+  signal: AbortSignal | undefined,
+): Promise<string> {
   const body = got.body;
   const chunks: Buffer[] = [];
   let size = 0;
-  const brokeOff = (detail: string, cause?: unknown) => new TargetError({
-    target: target.name, url: target.url, operation: 'get', key, transient: true, cause,
-    detail: `the answer broke off after ${size} of ${got.size} bytes${detail}`,
-    hint: 'the network path to the target and its health; the next run reads it again',
-  });
+  const brokeOff = (detail: string, cause?: unknown) =>
+    new TargetError({
+      target: target.name,
+      url: target.url,
+      operation: 'get',
+      key,
+      transient: true,
+      cause,
+      detail: `the answer broke off after ${size} of ${got.size} bytes${detail}`,
+      hint: 'the network path to the target and its health; the next run reads it again',
+    });
   try {
     for await (const chunk of body) {
       size += (chunk as Buffer).length;
       if (size > maxBytes) {
         body.destroy();
-        throw new TcabError(`${what} is larger than ${maxBytes} bytes`, { hint: 'the object was not written by tcab-backup; move it away' });
+        throw new TcabError(`${what} is larger than ${maxBytes} bytes`, {
+          hint: 'the object was not written by tcab-backup; move it away',
+        });
       }
       chunks.push(chunk as Buffer);
     }
@@ -47,7 +62,13 @@ async function readCapped(target: Target, key: string, got: GetResult, what: str
 }
 
 /** The record and its etag, or undefined when there is none. A damaged record throws: it is never taken for absent. */
-export async function readRecord<T>(target: Target, key: string, schema: z.ZodType<T>, signal?: AbortSignal, maxBytes = DEFAULT_MAX_RECORD_BYTES): Promise<Stored<T> | undefined> {
+export async function readRecord<T>(
+  target: Target,
+  key: string,
+  schema: z.ZodType<T>,
+  signal?: AbortSignal,
+  maxBytes = DEFAULT_MAX_RECORD_BYTES,
+): Promise<Stored<T> | undefined> {
   let got;
   try {
     got = await target.get(key, { signal });
@@ -61,7 +82,10 @@ export async function readRecord<T>(target: Target, key: string, schema: z.ZodTy
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new TcabError(`${where} is not valid JSON`, { hint: 'the object was damaged or written by something else; move it away and run again', cause: e });
+    throw new TcabError(`${where} is not valid JSON`, {
+      hint: 'the object was damaged or written by something else; move it away and run again',
+      cause: e,
+    });
   }
   const parsed = schema.safeParse(json);
   if (!parsed.success) {
@@ -77,7 +101,13 @@ export async function readRecord<T>(target: Target, key: string, schema: z.ZodTy
  * Writes a record. With `ifMatch` (or `ifNoneMatch: '*'`) a concurrent writer makes this throw
  * PreconditionFailedError instead of overwriting: callers act only after such a write succeeds.
  */
-export async function writeRecord<T>(target: Target, key: string, value: T, condition: { ifMatch: string } | { ifNoneMatch: '*' } | Record<string, never>, signal?: AbortSignal): Promise<string> {
+export async function writeRecord<T>(
+  target: Target,
+  key: string,
+  value: T,
+  condition: { ifMatch: string } | { ifNoneMatch: '*' } | Record<string, never>,
+  signal?: AbortSignal,
+): Promise<string> {
   const body = Buffer.from(JSON.stringify(value, null, 2) + '\n');
   const { etag } = await target.put(key, body, { ...condition, contentType: 'application/json', contentLength: body.length, signal });
   return etag;

@@ -16,7 +16,12 @@ export function describeSelector(s: SnapshotSelector): string {
  * The manifest of the selected snapshot on one target. `at` compares against the manifest's createdAt (the
  * moment the snapshot's read transaction began), so the result holds the database as it was at that time.
  */
-export async function selectSnapshot(target: Target, database: string, selector: SnapshotSelector, signal?: AbortSignal): Promise<Manifest> {
+export async function selectSnapshot(
+  target: Target,
+  database: string,
+  selector: SnapshotSelector,
+  signal?: AbortSignal,
+): Promise<Manifest> {
   const opts = signal ? { signal } : {};
   if ('id' in selector) {
     try {
@@ -41,7 +46,9 @@ export async function selectSnapshot(target: Target, database: string, selector:
     const best = group.filter((m) => Date.parse(m.createdAt) <= limit).sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt))[0];
     if (best) return best;
   }
-  throw new NotFoundError(`${describeSelector(selector)} of database "${database}" on target "${target.name}" (${target.url}); it holds ${snapshots.length} snapshot(s)`);
+  throw new NotFoundError(
+    `${describeSelector(selector)} of database "${database}" on target "${target.name}" (${target.url}); it holds ${snapshots.length} snapshot(s)`,
+  );
 }
 
 export function parseAtTime(text: string): Date {

@@ -63,9 +63,11 @@ export async function readTargetCatalog(
     const artifact = listed.artifact;
     const problem = manifestError
       ? `manifest unusable: ${manifestError}`
-      : !artifact ? `manifest without artifact (${manifest!.key} is missing)`
-      : artifact.size !== manifest!.artifact.bytes ? `artifact ${artifact.key} is ${artifact.size} bytes, the manifest says ${manifest!.artifact.bytes}`
-      : undefined;
+      : !artifact
+        ? `manifest without artifact (${manifest!.key} is missing)`
+        : artifact.size !== manifest!.artifact.bytes
+          ? `artifact ${artifact.key} is ${artifact.size} bytes, the manifest says ${manifest!.artifact.bytes}`
+          : undefined;
     const createdAt = manifest ? new Date(manifest.createdAt) : undefined;
     read[i] = {
       id: listed.id,

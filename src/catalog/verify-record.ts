@@ -87,12 +87,19 @@ export async function readVerifyRecord(target: Target, database: string, signal?
  * it as verified), 'ok' when it did, 'unreadable' when the last re-read could not get its bytes (neither
  * good nor damaged), 'unchecked' when no run has re-read it yet (it was read back when stored).
  */
-export function copyState(record: VerifyRecord | undefined, id: string): { state: 'ok' | 'failed' | 'unreadable' | 'unchecked'; checkedAt?: string; error?: string } {
+export function copyState(
+  record: VerifyRecord | undefined,
+  id: string,
+): { state: 'ok' | 'failed' | 'unreadable' | 'unchecked'; checkedAt?: string; error?: string } {
   const entry = record?.snapshots[id];
   if (!entry) return { state: 'unchecked' };
   const verdict = verdictOf(entry);
   if (verdict === 'ok') return { state: 'ok', checkedAt: entry.checkedAt };
-  return { state: verdict === 'damaged' ? 'failed' : 'unreadable', checkedAt: entry.checkedAt, ...(entry.error ? { error: entry.error } : {}) };
+  return {
+    state: verdict === 'damaged' ? 'failed' : 'unreadable',
+    checkedAt: entry.checkedAt,
+    ...(entry.error ? { error: entry.error } : {}),
+  };
 }
 
 export interface VerifyUpdate {
@@ -115,7 +122,10 @@ function mergeResults(snapshots: Record<string, VerifyEntry>, results: Record<st
     if (previous && previous.checkedAt > result.checkedAt && (was === 'damaged' || is !== 'damaged')) continue;
     // Not being able to read a damaged copy does not make it any less damaged: it stays to be repaired.
     if (was === 'damaged' && is === 'unreadable') continue;
-    snapshots[id] = is === 'ok' ? result : { ...result, failingSince: previous && was === is ? previous.failingSince ?? previous.checkedAt : result.checkedAt };
+    snapshots[id] =
+      is === 'ok'
+        ? result
+        : { ...result, failingSince: previous && was === is ? (previous.failingSince ?? previous.checkedAt) : result.checkedAt };
   }
 }
 
@@ -130,7 +140,11 @@ function apply(base: VerifyRecord | undefined, database: string, target: string,
   const newer = (a: VerifyRun | undefined) => (a && a.finishedAt > run.finishedAt ? a : run);
   const clean = run.failed === 0 && !run.unreadable;
   return {
-    formatVersion: VERIFY_RECORD_FORMAT_VERSION, kind: 'verify-record', database, target, updatedAt: new Date().toISOString(),
+    formatVersion: VERIFY_RECORD_FORMAT_VERSION,
+    kind: 'verify-record',
+    database,
+    target,
+    updatedAt: new Date().toISOString(),
     snapshots,
     lastRun: newer(base?.lastRun),
     ...(clean ? { lastCleanRun: newer(base?.lastCleanRun) } : base?.lastCleanRun ? { lastCleanRun: base.lastCleanRun } : {}),
@@ -142,7 +156,12 @@ function apply(base: VerifyRecord | undefined, database: string, target: string,
  * Merges this run's results into the record. Conditional writes keep a concurrent run (the timer and an
  * operator's CLI) from wiping out each other's results: on a conflict the record is read again and merged.
  */
-export async function recordVerifyResults(target: Target, database: string, update: VerifyUpdate, signal?: AbortSignal): Promise<VerifyRecord> {
+export async function recordVerifyResults(
+  target: Target,
+  database: string,
+  update: VerifyUpdate,
+  signal?: AbortSignal,
+): Promise<VerifyRecord> {
   const key = verifyRecordKey(database);
   for (let attempt = 0; ; attempt++) {
     let stored: Awaited<ReturnType<typeof readRecord<VerifyRecord>>>;
@@ -171,7 +190,12 @@ export async function recordVerifyResults(target: Target, database: string, upda
  * recordVerifyResults, so a verify run finishing meanwhile keeps a mismatch it found after the copy. Without
  * a record there is nothing that says the copies failed, and nothing is written.
  */
-export async function recordRewrittenCopies(target: Target, database: string, results: Record<string, VerifyEntry>, signal?: AbortSignal): Promise<VerifyRecord | undefined> {
+export async function recordRewrittenCopies(
+  target: Target,
+  database: string,
+  results: Record<string, VerifyEntry>,
+  signal?: AbortSignal,
+): Promise<VerifyRecord | undefined> {
   const key = verifyRecordKey(database);
   for (let attempt = 0; ; attempt++) {
     const stored = await readRecord(target, key, VerifyRecordSchema, signal, MAX_VERIFY_RECORD_BYTES);

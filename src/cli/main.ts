@@ -76,7 +76,8 @@ export async function main(argv: string[], io: CliIo = PROCESS_IO, options: Main
     return name ? 0 : 2;
   }
   const logger: Logger = createLogger({
-    level: (io.env.TCAB_LOG_LEVEL as 'debug') || (name === 'agent' ? 'info' : 'warn'), sink: (_l, line) => io.stderr.write(line + '\n'),
+    level: (io.env.TCAB_LOG_LEVEL as 'debug') || (name === 'agent' ? 'info' : 'warn'),
+    sink: (_l, line) => io.stderr.write(line + '\n'),
     ...(options.onEvent ? { onEvent: options.onEvent } : {}),
   });
   const ctx: CommandContext = { io, logger, env: io.env };
@@ -122,7 +123,8 @@ export function runAsProcess(argv: string[], options: Pick<MainOptions, 'command
   process.once('beforeExit', () => {
     if (settled) return;
     const name = argv[0] ?? '';
-    const message = `tcab-backup ${name} stalled ${step.describe()}: it was waiting for something that can no longer happen, so it did not finish. ` +
+    const message =
+      `tcab-backup ${name} stalled ${step.describe()}: it was waiting for something that can no longer happen, so it did not finish. ` +
       'Check: the targets and the agent it was using (tcab-backup list); run it again with TCAB_LOG_LEVEL=debug to see each step, and report the stall with that log';
     if (argv.includes('--json')) PROCESS_IO.stdout.write(JSON.stringify({ ok: false, error: redact(message) }, null, 2) + '\n');
     PROCESS_IO.stderr.write(redact(message) + '\n');

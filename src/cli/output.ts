@@ -8,7 +8,10 @@ export function table(rows: string[][]): string {
 }
 
 /** A progress line on stderr when it is a terminal; silent otherwise (scripts, CI, --json). */
-export function progressReporter(label: string, stream: NodeJS.WriteStream = process.stderr): ((done: number, total: number) => void) & { finish(): void } {
+export function progressReporter(
+  label: string,
+  stream: NodeJS.WriteStream = process.stderr,
+): ((done: number, total: number) => void) & { finish(): void } {
   const started = Date.now();
   const enabled = Boolean(stream.isTTY);
   const report = (done: number, total: number) => {

@@ -49,7 +49,15 @@ async function demo(): Promise<void> {
     const key = randomBytes(32).toString('hex');
     const agent = await startAgent(
       {
-        dbPath, stagingDir: join(work, 'staging'), host: '127.0.0.1', port: 0, keys: new Map([['demo', key]]), tls: undefined, databaseName: 'tcab', compression: 'auto', stagingTtlMs: 3_600_000,
+        dbPath,
+        stagingDir: join(work, 'staging'),
+        host: '127.0.0.1',
+        port: 0,
+        keys: new Map([['demo', key]]),
+        tls: undefined,
+        databaseName: 'tcab',
+        compression: 'auto',
+        stagingTtlMs: 3_600_000,
         // TCAB_AGENT_DRILL_BACKEND_COMMAND, parsed as the agent parses the setting.
         drill: { command: splitCommand(BACKEND_COMMAND), healthTimeoutMs: 30_000, stopGraceMs: 5_000 },
       },
@@ -69,7 +77,11 @@ async function demo(): Promise<void> {
     const env: NodeJS.ProcessEnv = {
       PATH: process.env.PATH,
       TCAB_LOG_LEVEL: 'warn',
-      TCAB_BACKUP_TARGETS: [`local=file://${join(work, 'backups')}`, `blob=azblob://${azurite.account}/tcab?endpoint=${azurite.endpoint}`, `s3=s3://tcab?endpoint=${s3.endpoint}`].join(','),
+      TCAB_BACKUP_TARGETS: [
+        `local=file://${join(work, 'backups')}`,
+        `blob=azblob://${azurite.account}/tcab?endpoint=${azurite.endpoint}`,
+        `s3=s3://tcab?endpoint=${s3.endpoint}`,
+      ].join(','),
       TCAB_BACKUP_TARGET_BLOB_CONNECTION_STRING: azurite.connectionString,
       TCAB_BACKUP_TARGET_S3_ACCESS_KEY_ID: s3.accessKeyId,
       TCAB_BACKUP_TARGET_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
@@ -81,7 +93,9 @@ async function demo(): Promise<void> {
     say('4. tcab-backup snapshot --reason demo --pin');
     const snap = JSON.parse(await runCli(['snapshot', '--reason', 'demo', '--pin', '--json'], env));
     const m = snap.manifest;
-    say(`   ${m.id}: ${(m.snapshot.bytes / 1e6).toFixed(1)} MB -> ${(m.artifact.bytes / 1e6).toFixed(1)} MB ${m.artifact.compression}, on ${snap.targets.map((t: { target: string }) => t.target).join(', ')} in ${snap.totalMs} ms`);
+    say(
+      `   ${m.id}: ${(m.snapshot.bytes / 1e6).toFixed(1)} MB -> ${(m.artifact.bytes / 1e6).toFixed(1)} MB ${m.artifact.compression}, on ${snap.targets.map((t: { target: string }) => t.target).join(', ')} in ${snap.totalMs} ms`,
+    );
 
     say('5. tcab-backup list');
     process.stdout.write((await runCli(['list'], env)).trimEnd().replace(/^/gm, '   ') + '\n');
@@ -99,7 +113,7 @@ async function demo(): Promise<void> {
     const v = JSON.parse(await runCli(['verify', '--json'], env));
     say(`   ${v.checked} stored copies re-read, ${v.failed} bad`);
 
-    say('8. tcab-backup drill --app   (restore every target\'s copy, then the backend started on it by the agent)');
+    say("8. tcab-backup drill --app   (restore every target's copy, then the backend started on it by the agent)");
     const drilled = await runCli(['drill', '--app'], env);
     process.stdout.write(drilled.trimEnd().replace(/^/gm, '   ') + '\n');
     const served = drilled.match(/backend started and served \d+ runs/g) ?? [];

@@ -98,8 +98,14 @@ export async function startAzurite(options: { port?: number } = {}): Promise<Azu
     'Azurite',
     [
       packageFile('azurite', 'dist/src/blob/main.js'),
-      '--blobHost', '127.0.0.1', '--blobPort', String(options.port ?? 0),
-      '--inMemoryPersistence', '--skipApiVersionCheck', '--disableTelemetry', '--silent',
+      '--blobHost',
+      '127.0.0.1',
+      '--blobPort',
+      String(options.port ?? 0),
+      '--inMemoryPersistence',
+      '--skipApiVersionCheck',
+      '--disableTelemetry',
+      '--silent',
     ],
     /successfully listens on (https?:\/\/[^\s]+)/,
   );
@@ -169,8 +175,14 @@ export async function startS3Server(options: { port?: number; buckets?: string[]
     ({ child, match } = await startChild(
       's3rver',
       [
-        '--openssl-legacy-provider', '-e', S3RVER_MAIN,
-        dirname(packageFile('s3rver', 'package.json')), directory, '127.0.0.1', String(options.port ?? 0), JSON.stringify(buckets),
+        '--openssl-legacy-provider',
+        '-e',
+        S3RVER_MAIN,
+        dirname(packageFile('s3rver', 'package.json')),
+        directory,
+        '127.0.0.1',
+        String(options.port ?? 0),
+        JSON.stringify(buckets),
       ],
       /listening on [^\s:]+:(\d+)/,
     ));

@@ -83,12 +83,19 @@ class TextMaker {
 function runRecord(text: TextMaker, id: number, slug: string, publishedAt: string): string {
   const steps = 4 + text.int(16);
   return JSON.stringify({
-    id, slug, publishedAt, schema: 'tcab.run/v3',
+    id,
+    slug,
+    publishedAt,
+    schema: 'tcab.run/v3',
     model: { name: `model-${text.int(12)}`, revision: text.hex(12), temperature: text.int(100) / 100 },
     task: { suite: `suite-${text.int(30)}`, name: text.sentence(4), prompt: text.sentence(30 + text.int(60)) },
     steps: Array.from({ length: steps }, (_, i) => ({
-      index: i, action: text.sentence(3 + text.int(8)), observation: text.sentence(10 + text.int(40)),
-      tokens: text.int(4000), latencyMs: text.int(30000), digest: text.hex(40),
+      index: i,
+      action: text.sentence(3 + text.int(8)),
+      observation: text.sentence(10 + text.int(40)),
+      tokens: text.int(4000),
+      latencyMs: text.int(30000),
+      digest: text.hex(40),
     })),
     metrics: { passed: text.int(2) === 1, score: text.int(1000) / 1000, cost: text.int(100000) / 10000, tokens: text.int(200000) },
     notes: text.sentence(10 + text.int(50)),
@@ -107,28 +114,44 @@ export function createSampleDatabase(path: string, options: SampleDatabaseOption
     db.exec('PRAGMA journal_mode = WAL');
     db.exec('PRAGMA synchronous = NORMAL');
     db.exec(SAMPLE_SCHEMA);
-    const insertRun = db.prepare('INSERT INTO runs (id, slug, title, published_at, record, source_url, build_url) VALUES (?, ?, ?, ?, ?, ?, ?)');
+    const insertRun = db.prepare(
+      'INSERT INTO runs (id, slug, title, published_at, record, source_url, build_url) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    );
     const insertReview = db.prepare('INSERT INTO reviews (run_id, reviewer, score, body, created_at) VALUES (?, ?, ?, ?, ?)');
     const pageSize = firstValue<number>(db, 'PRAGMA page_size')!;
     let runs = 0;
     let reviews = 0;
     let timeMs = START_MS;
-    const batch = (count: number) => inTransaction(db, () => {
-      for (let i = 0; i < count; i++) {
-        const id = ++runs;
-        timeMs += 30_000 + text.int(600_000);
-        const publishedAt = new Date(timeMs).toISOString();
-        const slug = `run-${id}-${text.hex(8)}`;
-        insertRun.run(id, slug, text.sentence(3 + text.int(6)), publishedAt, runRecord(text, id, slug, publishedAt),
-          `https://github.com/tcab/runs/blob/main/${slug}.json`, `https://ci.tcab.example/builds/${text.int(1e7)}`);
-        for (let r = text.int(3); r > 0; r--) {
-          reviews++;
-          insertReview.run(id, REVIEWERS[text.int(REVIEWERS.length)]!, 1 + text.int(5), text.sentence(15 + text.int(80)),
-            new Date(timeMs + text.int(86_400_000)).toISOString());
+    const batch = (count: number) =>
+      inTransaction(db, () => {
+        for (let i = 0; i < count; i++) {
+          const id = ++runs;
+          timeMs += 30_000 + text.int(600_000);
+          const publishedAt = new Date(timeMs).toISOString();
+          const slug = `run-${id}-${text.hex(8)}`;
+          insertRun.run(
+            id,
+            slug,
+            text.sentence(3 + text.int(6)),
+            publishedAt,
+            runRecord(text, id, slug, publishedAt),
+            `https://github.com/tcab/runs/blob/main/${slug}.json`,
+            `https://ci.tcab.example/builds/${text.int(1e7)}`,
+          );
+          for (let r = text.int(3); r > 0; r--) {
+            reviews++;
+            insertReview.run(
+              id,
+              REVIEWERS[text.int(REVIEWERS.length)]!,
+              1 + text.int(5),
+              text.sentence(15 + text.int(80)),
+              new Date(timeMs + text.int(86_400_000)).toISOString(),
+            );
+          }
         }
-      }
-    });
-    while (runs < wantRuns && firstValue<number>(db, 'PRAGMA page_count')! * pageSize < targetBytes) batch(Math.min(BATCH, wantRuns - runs));
+      });
+    while (runs < wantRuns && firstValue<number>(db, 'PRAGMA page_count')! * pageSize < targetBytes)
+      batch(Math.min(BATCH, wantRuns - runs));
     // Fold the WAL into the main file so `bytes` is the database's size, as a fresh copy would have it.
     db.exec('PRAGMA wal_checkpoint(TRUNCATE)');
     return { runs, reviews, bytes: statSync(path).size };

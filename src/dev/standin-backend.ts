@@ -44,12 +44,13 @@ if (!url.startsWith('sqlite://')) {
   process.exit(5);
 }
 if (env.STANDIN_IGNORE_SIGTERM) process.on('SIGTERM', () => console.log('stand-in backend: ignoring SIGTERM'));
-else process.on('SIGTERM', () => {
-  console.log('stand-in backend: stopping');
-  server.close();
-  db.close();
-  process.exit(0);
-});
+else
+  process.on('SIGTERM', () => {
+    console.log('stand-in backend: stopping');
+    server.close();
+    db.close();
+    process.exit(0);
+  });
 
 const db = new DatabaseSync(url.slice('sqlite://'.length));
 db.exec('PRAGMA journal_mode = WAL');

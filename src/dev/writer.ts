@@ -96,7 +96,8 @@ export function startWriter(path: string, options: WriterOptions = {}): RunningW
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   let result: WriterResult | undefined;
   let readyResolve!: () => void;
-  const failed = (what: string) => new Error(`The test writer for ${path} ${what}${stderr ? `: ${stderr.trim().split('\n').slice(-3).join(' ')}` : ''}`);
+  const failed = (what: string) =>
+    new Error(`The test writer for ${path} ${what}${stderr ? `: ${stderr.trim().split('\n').slice(-3).join(' ')}` : ''}`);
   const ready = new Promise<void>((resolve, reject) => {
     readyResolve = resolve;
     void exited.then(() => reject(failed('exited before its first insert')));

@@ -20,16 +20,28 @@ let running = false;
 export async function drillTimer(timer: Timer, context: InvocationContext): Promise<void> {
   const { logger, bounded } = invocation(context);
   if (timer.isPastDue) logger.warn('drill.timer_past_due', { note: 'the previous run was late or the app was stopped' });
-  if (running) throw new Error('A restore drill is still running on this instance; this timer run is skipped and counts as failed so a stuck drill is noticed');
+  if (running)
+    throw new Error(
+      'A restore drill is still running on this instance; this timer run is skipped and counts as failed so a stuck drill is noticed',
+    );
   running = true;
   try {
     const config = backupConfig();
     const settings = loadDrillSettings();
     await bounded('drill', (signal) =>
-      runDrill({
-        targets: openTargets(config, logger), database: config.database, live: openAgent(config.agent, logger), workDir: settings.workDir, method: settings.method, logger,
-        ...(settings.app ? { app: drillAppSource(process.env, logger) } : {}),
-      }, { signal }));
+      runDrill(
+        {
+          targets: openTargets(config, logger),
+          database: config.database,
+          live: openAgent(config.agent, logger),
+          workDir: settings.workDir,
+          method: settings.method,
+          logger,
+          ...(settings.app ? { app: drillAppSource(process.env, logger) } : {}),
+        },
+        { signal },
+      ),
+    );
   } finally {
     running = false;
   }

@@ -19,7 +19,17 @@ export async function monitorTimer(_timer: Timer, context: InvocationContext): P
   const settings = loadMonitorSettings();
   const targets = openTargets(config, logger);
   await bounded('monitor', (signal) =>
-    runMonitor({ targets, database: config.database, thresholds: settings.thresholds, postgres: monitorPostgresSource(process.env, targets), logger }, { signal }));
+    runMonitor(
+      {
+        targets,
+        database: config.database,
+        thresholds: settings.thresholds,
+        postgres: monitorPostgresSource(process.env, targets),
+        logger,
+      },
+      { signal },
+    ),
+  );
 }
 
 app.timer('monitorTimer', { schedule: '%TCAB_BACKUP_MONITOR_SCHEDULE%', runOnStartup: false, useMonitor: true, handler: monitorTimer });

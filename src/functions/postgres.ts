@@ -25,7 +25,9 @@ export async function pgCheckTimer(_timer: Timer, context: InvocationContext): P
     return;
   }
   const config = loadPgCheckConfig();
-  await bounded('pg check', (signal) => runPgCheck(config, { credential: managedIdentity(), target: recordsTarget(logger), logger, signal }));
+  await bounded('pg check', (signal) =>
+    runPgCheck(config, { credential: managedIdentity(), target: recordsTarget(logger), logger, signal }),
+  );
 }
 
 export async function pgDrillTimer(_timer: Timer, context: InvocationContext): Promise<void> {
@@ -35,7 +37,9 @@ export async function pgDrillTimer(_timer: Timer, context: InvocationContext): P
     return;
   }
   const config = loadPgDrillConfig();
-  await bounded('pg drill', (signal) => runPgDrill(config, { credential: managedIdentity(), target: recordsTarget(logger), logger, signal }));
+  await bounded('pg drill', (signal) =>
+    runPgDrill(config, { credential: managedIdentity(), target: recordsTarget(logger), logger, signal }),
+  );
 }
 
 app.timer('pgCheckTimer', { schedule: '%TCAB_BACKUP_PG_CHECK_SCHEDULE%', handler: pgCheckTimer });

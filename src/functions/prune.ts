@@ -18,8 +18,13 @@ export async function pruneTimer(timer: Timer, context: InvocationContext): Prom
   if (timer.isPastDue) logger.warn('prune.timer_past_due', { note: 'the previous run was late or the app was stopped' });
   try {
     const config = backupConfig();
-    const retention = loadRetentionConfig(process.env, config.targets.map((t) => t.name));
-    await bounded('prune', (signal) => runPrune({ targets: openTargets(config, logger), database: config.database, logger, retention }, { signal }));
+    const retention = loadRetentionConfig(
+      process.env,
+      config.targets.map((t) => t.name),
+    );
+    await bounded('prune', (signal) =>
+      runPrune({ targets: openTargets(config, logger), database: config.database, logger, retention }, { signal }),
+    );
   } catch (e) {
     logger.error('prune.failed', { error: errorMessage(e) });
     throw e;

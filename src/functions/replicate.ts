@@ -18,12 +18,22 @@ export async function replicateTimer(timer: Timer, context: InvocationContext): 
   if (timer.isPastDue) logger.warn('replicate.timer_past_due', { note: 'the previous run was late or the app was stopped' });
   try {
     const config = backupConfig();
-    const retention = loadRetentionConfig(process.env, config.targets.map((t) => t.name));
-    await bounded('replicate', (signal) => runReplicate({ targets: openTargets(config, logger), database: config.database, logger, retention }, { signal }));
+    const retention = loadRetentionConfig(
+      process.env,
+      config.targets.map((t) => t.name),
+    );
+    await bounded('replicate', (signal) =>
+      runReplicate({ targets: openTargets(config, logger), database: config.database, logger, retention }, { signal }),
+    );
   } catch (e) {
     logger.error('replicate.failed', { error: errorMessage(e) });
     throw e;
   }
 }
 
-app.timer('replicateTimer', { schedule: '%TCAB_BACKUP_REPLICATE_SCHEDULE%', runOnStartup: false, useMonitor: true, handler: replicateTimer });
+app.timer('replicateTimer', {
+  schedule: '%TCAB_BACKUP_REPLICATE_SCHEDULE%',
+  runOnStartup: false,
+  useMonitor: true,
+  handler: replicateTimer,
+});

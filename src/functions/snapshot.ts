@@ -16,19 +16,27 @@ const { app } = functions;
 /** One snapshot at a time per instance; the agent enforces one at a time across instances (409). */
 let running = false;
 
-async function snapshotOnce({ logger, bounded }: Invocation, request: Omit<SnapshotRequest, 'compression' | 'signal'>): Promise<SnapshotResult> {
+async function snapshotOnce(
+  { logger, bounded }: Invocation,
+  request: Omit<SnapshotRequest, 'compression' | 'signal'>,
+): Promise<SnapshotResult> {
   const config = backupConfig();
-  return bounded('snapshot', (signal) => runSnapshot(
-    { agent: openAgent(config.agent, logger), targets: openTargets(config, logger), database: config.database, logger },
-    { ...request, compression: config.agent.compression, signal },
-  ));
+  return bounded('snapshot', (signal) =>
+    runSnapshot(
+      { agent: openAgent(config.agent, logger), targets: openTargets(config, logger), database: config.database, logger },
+      { ...request, compression: config.agent.compression, signal },
+    ),
+  );
 }
 
 export async function snapshotTimer(timer: Timer, context: InvocationContext): Promise<void> {
   const run = invocation(context);
   const { logger } = run;
   if (timer.isPastDue) logger.warn('snapshot.timer_past_due', { note: 'the previous run was late or the app was stopped' });
-  if (running) throw new Error('A snapshot is still running on this instance; this timer run is skipped and counts as failed so a stuck job is noticed');
+  if (running)
+    throw new Error(
+      'A snapshot is still running on this instance; this timer run is skipped and counts as failed so a stuck job is noticed',
+    );
   running = true;
   try {
     await snapshotOnce(run, { trigger: { kind: 'timer' } });
@@ -50,7 +58,8 @@ export async function snapshotHttp(request: HttpRequest, context: InvocationCont
   const raw = await request.text();
   let body: unknown = {};
   if (raw.trim()) {
-    if (raw.length > 16 * 1024) return problem(413, 'Request body too large', 'The body is at most 16 KiB of JSON: {"reason"?: string, "pin"?: boolean}');
+    if (raw.length > 16 * 1024)
+      return problem(413, 'Request body too large', 'The body is at most 16 KiB of JSON: {"reason"?: string, "pin"?: boolean}');
     try {
       body = JSON.parse(raw);
     } catch {
@@ -60,17 +69,35 @@ export async function snapshotHttp(request: HttpRequest, context: InvocationCont
   const parsed = ManualSnapshotBody.safeParse(body);
   if (!parsed.success) {
     const issue = parsed.error.issues[0]!;
-    return problem(400, 'Invalid request body', `${issue.path.join('.') || 'body'}: ${issue.message}. Expected {"reason"?: string, "pin"?: boolean}`);
+    return problem(
+      400,
+      'Invalid request body',
+      `${issue.path.join('.') || 'body'}: ${issue.message}. Expected {"reason"?: string, "pin"?: boolean}`,
+    );
   }
-  if (running) return { ...problem(409, 'A snapshot is already running', 'Try again when it has finished'), headers: { 'Content-Type': 'application/problem+json', 'Cache-Control': 'no-store', 'Retry-After': '30' } };
+  if (running)
+    return {
+      ...problem(409, 'A snapshot is already running', 'Try again when it has finished'),
+      headers: { 'Content-Type': 'application/problem+json', 'Cache-Control': 'no-store', 'Retry-After': '30' },
+    };
   running = true;
   try {
-    const result = await snapshotOnce(run, { trigger: { kind: 'manual', ...(parsed.data.reason ? { reason: parsed.data.reason } : {}) }, pin: parsed.data.pin ?? false });
+    const result = await snapshotOnce(run, {
+      trigger: { kind: 'manual', ...(parsed.data.reason ? { reason: parsed.data.reason } : {}) },
+      pin: parsed.data.pin ?? false,
+    });
     return json(201, { manifest: result.manifest, targets: result.targets });
   } catch (e) {
     logger.error('snapshot.failed', { trigger: 'manual', error: errorMessage(e) });
     if (e instanceof AgentError && e.status === 409) {
-      return { ...problem(409, 'A snapshot is already running', 'The agent is making another snapshot; try again shortly'), headers: { 'Content-Type': 'application/problem+json', 'Cache-Control': 'no-store', 'Retry-After': String((e as AgentError & { retryAfterSeconds?: number }).retryAfterSeconds ?? 30) } };
+      return {
+        ...problem(409, 'A snapshot is already running', 'The agent is making another snapshot; try again shortly'),
+        headers: {
+          'Content-Type': 'application/problem+json',
+          'Cache-Control': 'no-store',
+          'Retry-After': String((e as AgentError & { retryAfterSeconds?: number }).retryAfterSeconds ?? 30),
+        },
+      };
     }
     if (e instanceof JobTimeoutError) return problem(504, 'The snapshot did not finish in time', errorMessage(e));
     if (e instanceof AgentError) return problem(502, 'The snapshot agent failed', errorMessage(e));

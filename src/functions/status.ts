@@ -20,7 +20,12 @@ export function wantsHtml(accept: string | null): boolean {
   if (!accept) return false;
   const types = accept.split(',').map((part) => {
     const [type = '', ...params] = part.trim().toLowerCase().split(';');
-    const q = Number(params.map((p) => p.trim()).find((p) => p.startsWith('q='))?.slice(2) ?? '1');
+    const q = Number(
+      params
+        .map((p) => p.trim())
+        .find((p) => p.startsWith('q='))
+        ?.slice(2) ?? '1',
+    );
     return { type: type.trim(), q: Number.isNaN(q) ? 0 : q };
   });
   const html = Math.max(0, ...types.filter((t) => t.type === 'text/html').map((t) => t.q));
@@ -34,15 +39,25 @@ export async function statusHttp(request: HttpRequest, context: InvocationContex
     const config = backupConfig();
     const settings = loadMonitorSettings();
     const targets = openTargets(config, logger);
-    const doc = await bounded('status', (signal) => runMonitor(
-      { targets, database: config.database, thresholds: settings.thresholds, postgres: monitorPostgresSource(process.env, targets), logger },
-      { write: false, throwOnCritical: false, signal },
-    ));
+    const doc = await bounded('status', (signal) =>
+      runMonitor(
+        {
+          targets,
+          database: config.database,
+          thresholds: settings.thresholds,
+          postgres: monitorPostgresSource(process.env, targets),
+          logger,
+        },
+        { write: false, throwOnCritical: false, signal },
+      ),
+    );
     if (wantsHtml(request.headers.get('accept'))) {
       return {
         status: 200,
         headers: {
-          'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store', 'X-Tcab-Backup-State': doc.state,
+          'Content-Type': 'text/html; charset=utf-8',
+          'Cache-Control': 'no-store',
+          'X-Tcab-Backup-State': doc.state,
           // The page needs nothing from anywhere: say so, so nothing can be injected into it either.
           'Content-Security-Policy': "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'",
           'X-Content-Type-Options': 'nosniff',

@@ -17,7 +17,11 @@ export async function verifyTimer(timer: Timer, context: InvocationContext): Pro
   const config = backupConfig();
   const settings = loadVerifySettings();
   await bounded('verify', (signal) =>
-    runVerifyRotation({ targets: openTargets(config, logger), database: config.database, logger }, { withinMs: settings.withinMs, intervalMs: settings.intervalMs, signal }));
+    runVerifyRotation(
+      { targets: openTargets(config, logger), database: config.database, logger },
+      { withinMs: settings.withinMs, intervalMs: settings.intervalMs, signal },
+    ),
+  );
 }
 
 app.timer('verifyTimer', { schedule: '%TCAB_BACKUP_VERIFY_SCHEDULE%', runOnStartup: false, useMonitor: true, handler: verifyTimer });

@@ -37,7 +37,8 @@ export function invocationLogger(context: InvocationContext, onEvent?: EventObse
     error: (l) => context.error(l),
   };
   return createLogger({
-    sink: (level, line) => write[level](line), fields: { invocationId: context.invocationId, function: context.functionName },
+    sink: (level, line) => write[level](line),
+    fields: { invocationId: context.invocationId, function: context.functionName },
     ...(onEvent ? { onEvent } : {}),
   });
 }
@@ -52,10 +53,13 @@ export function jobTimeoutMs(env: Env = process.env): number {
 
 export class JobTimeoutError extends TcabError {
   constructor(job: string, timeoutMs: number, where: string) {
-    super(`The ${job} job did not finish within ${formatDuration(timeoutMs)} (TCAB_BACKUP_JOB_TIMEOUT): it was stopped ${where}, so that this invocation fails now instead of being cut off by the host`, {
-      code: 'JOB_TIMEOUT',
-      hint: 'the agent or target named in that step (reachability, throttling, a request that is never answered); a job that needs longer can have it with TCAB_BACKUP_JOB_TIMEOUT, kept below functionTimeout in host.json',
-    });
+    super(
+      `The ${job} job did not finish within ${formatDuration(timeoutMs)} (TCAB_BACKUP_JOB_TIMEOUT): it was stopped ${where}, so that this invocation fails now instead of being cut off by the host`,
+      {
+        code: 'JOB_TIMEOUT',
+        hint: 'the agent or target named in that step (reachability, throttling, a request that is never answered); a job that needs longer can have it with TCAB_BACKUP_JOB_TIMEOUT, kept below functionTimeout in host.json',
+      },
+    );
     this.name = 'JobTimeoutError';
   }
 }
@@ -97,11 +101,21 @@ export function invocation(context: InvocationContext): Invocation {
           const graceMs = Math.min(timeoutMs, JOB_SETTLE_GRACE_MS);
           let wait: NodeJS.Timeout | undefined;
           const settled = await Promise.race([
-            running.then(() => true, () => true),
-            new Promise<false>((resolve) => { wait = setTimeout(() => resolve(false), graceMs); }),
+            running.then(
+              () => true,
+              () => true,
+            ),
+            new Promise<false>((resolve) => {
+              wait = setTimeout(() => resolve(false), graceMs);
+            }),
           ]);
           clearTimeout(wait);
-          if (!settled) logger.error('job.not_settled', { job, graceMs, note: 'the stopped job did not settle; whatever it holds is released when the instance recycles' });
+          if (!settled)
+            logger.error('job.not_settled', {
+              job,
+              graceMs,
+              note: 'the stopped job did not settle; whatever it holds is released when the instance recycles',
+            });
         }
         throw e;
       } finally {

@@ -21,7 +21,10 @@ export function monitorPostgresSource(env: Env, targets: Target[]): MonitorDeps[
   const recordsTarget = targets[0];
   if (!recordsTarget) return { error: 'no target to read the Postgres records from' };
   const servers: ServerRef[] = [];
-  for (const entry of (env.TCAB_BACKUP_PG_SERVERS ?? '').split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const entry of (env.TCAB_BACKUP_PG_SERVERS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     try {
       servers.push(parseServerId(entry));
     } catch (e) {
@@ -44,7 +47,6 @@ export function drillLiveSource(env: Env, logger: Logger): DrillDeps['live'] {
     return { unavailable: errorMessage(e) };
   }
 }
-
 
 /**
  * The agent for the application drill (TCAB_BACKUP_DRILL_APP=true or `tcab-backup drill --app`): the same

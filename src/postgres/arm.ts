@@ -80,9 +80,11 @@ export function armHint(err: unknown, where: { resourceGroup: string; role: stri
   if (f.status === 401 || f.status === 403) {
     return `the function app's managed identity (AZURE_CLIENT_ID) needs the ${where.role} role on resource group "${where.resourceGroup}"`;
   }
-  if (f.status === 404) return 'the resource id in TCAB_BACKUP_PG_SERVERS (subscription, resource group and server name) and that the server still exists';
+  if (f.status === 404)
+    return 'the resource id in TCAB_BACKUP_PG_SERVERS (subscription, resource group and server name) and that the server still exists';
   if (f.status === 409) return 'another operation is running on the server; the next run retries';
-  if (f.status === 429 || (f.status !== undefined && f.status >= 500)) return 'Azure throttled or failed the request; the next run retries. If it persists, check Azure status for Azure Database for PostgreSQL';
+  if (f.status === 429 || (f.status !== undefined && f.status >= 500))
+    return 'Azure throttled or failed the request; the next run retries. If it persists, check Azure status for Azure Database for PostgreSQL';
   if (f.status === undefined) {
     // No HTTP status: either the request never got an answer, or Azure ran the operation and reports it failed.
     return (err as { name?: string } | null)?.name === 'RestError'

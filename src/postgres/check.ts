@@ -52,7 +52,10 @@ export interface PgCheckResult {
 
 /** Thrown when any server violates the policy (or cannot be checked); carries the full result. */
 export class PgPolicyViolationError extends TcabError {
-  constructor(readonly result: PgCheckResult, problems: string[]) {
+  constructor(
+    readonly result: PgCheckResult,
+    problems: string[],
+  ) {
     super(`Postgres backup policy check failed:\n  - ${problems.join('\n  - ')}`, {
       code: 'PG_POLICY_VIOLATION',
       hint: 'each line says what is wrong and how to fix it; tcab-backup pg check --json shows what Azure reported',
@@ -78,7 +81,12 @@ export async function runPgCheck(config: PgCheckConfig, deps: PgCheckDeps): Prom
     logger.info('pg.check.server', { server: ref.name, ok: result.ok, violations: result.violations.length, ...(result.facts ?? {}) });
     if (deps.target) {
       const status: PgCheckStatus = {
-        formatVersion: PG_RECORD_FORMAT_VERSION, kind: 'pg-check', server: ref.name, serverId: ref.id, checkedAt: now.toISOString(), ok: result.ok,
+        formatVersion: PG_RECORD_FORMAT_VERSION,
+        kind: 'pg-check',
+        server: ref.name,
+        serverId: ref.id,
+        checkedAt: now.toISOString(),
+        ok: result.ok,
         violations: result.violations.map(({ rule, message, hint }) => ({ rule, message, hint })),
         facts: result.facts ? { ...result.facts } : null,
         actions: result.actions.map((a) => ({ ...a })),
@@ -90,7 +98,13 @@ export async function runPgCheck(config: PgCheckConfig, deps: PgCheckDeps): Prom
       }
     }
   }
-  const result: PgCheckResult = { checkedAt: now.toISOString(), ok: problems.length === 0, enforce: config.enforce, policy: config.policy, servers };
+  const result: PgCheckResult = {
+    checkedAt: now.toISOString(),
+    ok: problems.length === 0,
+    enforce: config.enforce,
+    policy: config.policy,
+    servers,
+  };
   if (problems.length) throw new PgPolicyViolationError(result, problems);
   // The absence alert on this event is how a check that silently stops running gets noticed.
   logger.info('pg.check.completed', { servers: servers.map((s) => s.server), enforce: config.enforce });
@@ -98,11 +112,16 @@ export async function runPgCheck(config: PgCheckConfig, deps: PgCheckDeps): Prom
 }
 
 async function checkServer(
-  ref: ServerRef, config: PgCheckConfig, client: PostgreSQLManagementFlexibleServerClient, now: Date, signal: AbortSignal | undefined,
+  ref: ServerRef,
+  config: PgCheckConfig,
+  client: PostgreSQLManagementFlexibleServerClient,
+  now: Date,
+  signal: AbortSignal | undefined,
 ): Promise<PgServerCheckResult> {
   const base = { server: ref.name, serverId: ref.id };
   const unreadable = (what: string, e: unknown): PolicyViolation => ({
-    server: ref.name, rule: 'unreadable',
+    server: ref.name,
+    rule: 'unreadable',
     message: `PostgreSQL server "${ref.name}": ${what} failed: ${describeArmFailure(e)}`,
     hint: armHint(e, { resourceGroup: ref.resourceGroup, role: 'Reader' }),
   });
@@ -129,10 +148,13 @@ async function checkServer(
     violations.push(unreadable('listing its backups', e));
   }
   const facts: PgServerFacts = {
-    state: server.state, location: server.location,
-    backupRetentionDays: server.backup?.backupRetentionDays, geoRedundantBackup: server.backup?.geoRedundantBackup,
+    state: server.state,
+    location: server.location,
+    backupRetentionDays: server.backup?.backupRetentionDays,
+    geoRedundantBackup: server.backup?.geoRedundantBackup,
     earliestRestorePoint: server.backup?.earliestRestoreDate ? new Date(server.backup.earliestRestoreDate).toISOString() : undefined,
-    newestAutomaticBackupAt: newest?.toISOString(), automaticBackups,
+    newestAutomaticBackupAt: newest?.toISOString(),
+    automaticBackups,
   };
   violations.push(...evaluateBackupPolicy(ref, facts, config.policy, now).filter((v) => backupsListed || v.rule !== 'backup-age'));
 
@@ -143,7 +165,12 @@ async function checkServer(
   if (config.enforce && current !== undefined && current < target) {
     const action: RetentionAction = { action: 'raise-retention', fromDays: current, toDays: target, status: 'in-progress' };
     try {
-      const poller = await client.servers.beginUpdate(ref.resourceGroup, ref.name, { backup: { backupRetentionDays: target } }, { abortSignal: signal });
+      const poller = await client.servers.beginUpdate(
+        ref.resourceGroup,
+        ref.name,
+        { backup: { backupRetentionDays: target } },
+        { abortSignal: signal },
+      );
       action.status = poller.isDone() ? 'done' : 'in-progress';
       const i = violations.findIndex((v) => v.rule === 'retention');
       if (i >= 0) violations.splice(i, 1);

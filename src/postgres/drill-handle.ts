@@ -48,6 +48,12 @@ export class DrillHandle {
    */
   async fail(step: DrillState, message: string, hint: string, extra: Partial<PgDrillRecord> = {}): Promise<void> {
     await this.save({ ...extra, state: 'deleting', outcome: 'failed', failure: { step, message, hint } });
-    this.ctx.logger.error('pg.drill.failing', { drillId: this.record.drillId, server: this.ctx.source.name, drillServer: this.record.drillServer.name, step, message });
+    this.ctx.logger.error('pg.drill.failing', {
+      drillId: this.record.drillId,
+      server: this.ctx.source.name,
+      drillServer: this.record.drillServer.name,
+      step,
+      message,
+    });
   }
 }

@@ -14,7 +14,6 @@ export const DRILL_NAME_PREFIX = 'tcab-drill-';
 /** ARM's limit on a tag value. */
 const MAX_TAG_VALUE = 256;
 
-
 /**
  * "tcab-drill-<source>-<8 hex of the drill id>", within Azure's rules (3-63 lower-case letters, digits and
  * '-', not starting or ending with '-'): the source part is cut to fit and stripped of trailing hyphens.
@@ -22,7 +21,11 @@ const MAX_TAG_VALUE = 256;
 export function drillServerName(sourceName: string, drillId: string): string {
   const suffix = drillId.slice(-8).toLowerCase();
   const room = 63 - DRILL_NAME_PREFIX.length - 1 - suffix.length;
-  const source = sourceName.toLowerCase().replace(/[^a-z0-9-]/g, '').slice(0, room).replace(/-+$/, '');
+  const source = sourceName
+    .toLowerCase()
+    .replace(/[^a-z0-9-]/g, '')
+    .slice(0, room)
+    .replace(/-+$/, '');
   return `${DRILL_NAME_PREFIX}${source ? source + '-' : ''}${suffix}`;
 }
 
@@ -41,7 +44,10 @@ export function drillTags(source: ServerRef, drillId: string, createdAt: Date): 
 /** When the drill server was made: its creation tag, else ARM's record of its creation, else unknown. */
 export function drillServerCreatedAt(server: Server): Date | undefined {
   const tagged = server.tags?.[DRILL_CREATED_TAG];
-  const candidates = [tagged ? new Date(tagged) : undefined, server.systemData?.createdAt ? new Date(server.systemData.createdAt) : undefined];
+  const candidates = [
+    tagged ? new Date(tagged) : undefined,
+    server.systemData?.createdAt ? new Date(server.systemData.createdAt) : undefined,
+  ];
   return candidates.find((d) => d !== undefined && !Number.isNaN(d.getTime()));
 }
 

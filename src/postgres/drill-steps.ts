@@ -21,7 +21,17 @@ import { judgeRestoredData, queryDrillServer } from './drill-validate.js';
 /** An invocation that claimed a step and has not recorded acting on it within this long is presumed dead. */
 export const CLAIM_STALE_MS = 5 * 60_000;
 
-export type StepAction = 'restore-started' | 'restoring' | 'waiting' | 'ready' | 'validation-retry' | 'validated' | 'failing' | 'delete-started' | 'deleting' | 'finished';
+export type StepAction =
+  | 'restore-started'
+  | 'restoring'
+  | 'waiting'
+  | 'ready'
+  | 'validation-retry'
+  | 'validated'
+  | 'failing'
+  | 'delete-started'
+  | 'deleting'
+  | 'finished';
 
 export interface StepResult {
   action: StepAction;
@@ -70,8 +80,11 @@ async function startRestore(h: DrillHandle): Promise<StepResult> {
   const now = h.ctx.now();
   const earliest = src.backup?.earliestRestoreDate ? new Date(src.backup.earliestRestoreDate) : undefined;
   if (!earliest || Number.isNaN(earliest.getTime()) || earliest.getTime() > now.getTime()) {
-    await h.fail('requested', `source server "${source.name}" reports ${earliest ? `an earliest restore point in the future (${earliest.toISOString()})` : 'no earliest restore point'}, so there is nothing to restore`,
-      'run tcab-backup pg check; a new server has a restore point after its first backup');
+    await h.fail(
+      'requested',
+      `source server "${source.name}" reports ${earliest ? `an earliest restore point in the future (${earliest.toISOString()})` : 'no earliest restore point'}, so there is nothing to restore`,
+      'run tcab-backup pg check; a new server has a restore point after its first backup',
+    );
     return { action: 'failing', detail: h.record.failure!.message };
   }
   // A restore point before the earliest one Azure still holds is moved up to it (and recorded as such):
@@ -85,29 +98,53 @@ async function startRestore(h: DrillHandle): Promise<StepResult> {
     restore: { startedAt: h.record.restore.startedAt ?? now.toISOString(), claimedAt: now.toISOString() },
   });
   if (clamped) {
-    h.ctx.logger.warn('pg.drill.restore-point-clamped', { drillId: h.record.drillId, server: source.name, requested: requested.toISOString(), earliestRestorePoint: earliest.toISOString() });
+    h.ctx.logger.warn('pg.drill.restore-point-clamped', {
+      drillId: h.record.drillId,
+      server: source.name,
+      requested: requested.toISOString(),
+      earliestRestorePoint: earliest.toISOString(),
+    });
   }
   let poller;
   try {
-    poller = await client.servers.beginCreateOrUpdate(source.resourceGroup, h.record.drillServer.name, {
-      location: src.location,
-      createMode: 'PointInTimeRestore',
-      sourceServerResourceId: src.id ?? source.id,
-      pointInTimeUTC: used,
-      tags: drillTags(source, h.record.drillId, now),
-    }, { abortSignal: signal });
+    poller = await client.servers.beginCreateOrUpdate(
+      source.resourceGroup,
+      h.record.drillServer.name,
+      {
+        location: src.location,
+        createMode: 'PointInTimeRestore',
+        sourceServerResourceId: src.id ?? source.id,
+        pointInTimeUTC: used,
+        tags: drillTags(source, h.record.drillId, now),
+      },
+      { abortSignal: signal },
+    );
   } catch (e) {
     if (isRestError(e) && !(armStatus(e) >= 400 && armStatus(e) < 500)) {
       // Unknown whether Azure took the request: the next tick finds the server or, once the claim is stale, sends it again.
       throw armError(`Sending the point-in-time restore for ${where(h)}`, e, h, 'Contributor');
     }
-    await h.fail('restoring', `Azure refused the point-in-time restore of "${source.name}" at ${used.toISOString()} to ${where(h)}: ${describeArmFailure(e)}`,
-      isRestError(e) ? armHint(e, { resourceGroup: source.resourceGroup, role: 'Contributor' }) : `the Activity log of resource group "${source.resourceGroup}"`);
+    await h.fail(
+      'restoring',
+      `Azure refused the point-in-time restore of "${source.name}" at ${used.toISOString()} to ${where(h)}: ${describeArmFailure(e)}`,
+      isRestError(e)
+        ? armHint(e, { resourceGroup: source.resourceGroup, role: 'Contributor' })
+        : `the Activity log of resource group "${source.resourceGroup}"`,
+    );
     return { action: 'failing', detail: h.record.failure!.message };
   }
   await h.save({ restore: { ...h.record.restore, poller: poller.toString() } });
-  h.ctx.logger.info('pg.drill.restore-started', { drillId: h.record.drillId, server: source.name, drillServer: h.record.drillServer.name, pointInTime: used.toISOString(), clamped });
-  return { action: 'restore-started', detail: `restoring "${source.name}" at ${used.toISOString()}${clamped ? ' (the earliest restore point)' : ''} to "${h.record.drillServer.name}"` };
+  h.ctx.logger.info('pg.drill.restore-started', {
+    drillId: h.record.drillId,
+    server: source.name,
+    drillServer: h.record.drillServer.name,
+    pointInTime: used.toISOString(),
+    clamped,
+  });
+  return {
+    action: 'restore-started',
+    detail: `restoring "${source.name}" at ${used.toISOString()}${clamped ? ' (the earliest restore point)' : ''} to "${h.record.drillServer.name}"`,
+  };
 }
 
 function armStatus(e: unknown): number {
@@ -121,8 +158,11 @@ async function followRestore(h: DrillHandle): Promise<StepResult> {
   const startedAt = new Date(r.restore.startedAt ?? r.requestedAt);
   const timedOut = now.getTime() - startedAt.getTime() > config.timeoutMs;
   const timeout = async (): Promise<StepResult> => {
-    await h.fail('restoring', `${where(h)} was not ready ${formatDuration(config.timeoutMs)} after its restore started (${startedAt.toISOString()})`,
-      `TCAB_BACKUP_PG_DRILL_TIMEOUT, and the Activity log of resource group "${source.resourceGroup}" for a stuck restore`);
+    await h.fail(
+      'restoring',
+      `${where(h)} was not ready ${formatDuration(config.timeoutMs)} after its restore started (${startedAt.toISOString()})`,
+      `TCAB_BACKUP_PG_DRILL_TIMEOUT, and the Activity log of resource group "${source.resourceGroup}" for a stuck restore`,
+    );
     return { action: 'failing', detail: h.record.failure!.message };
   };
 
@@ -130,14 +170,22 @@ async function followRestore(h: DrillHandle): Promise<StepResult> {
     let poller;
     try {
       // With resumeFrom the SDK sends no new request: it polls the operation the record names.
-      poller = await client.servers.beginCreateOrUpdate(source.resourceGroup, r.drillServer.name, { location: '' }, { resumeFrom: r.restore.poller, abortSignal: h.ctx.signal });
+      poller = await client.servers.beginCreateOrUpdate(
+        source.resourceGroup,
+        r.drillServer.name,
+        { location: '' },
+        { resumeFrom: r.restore.poller, abortSignal: h.ctx.signal },
+      );
     } catch (e) {
       if (isRestError(e)) {
         if (timedOut) return timeout();
         throw armError(`Polling the restore of ${where(h)}`, e, h, 'Reader');
       }
-      await h.fail('restoring', `the point-in-time restore of "${source.name}" to ${where(h)} failed: ${describeArmFailure(e)}`,
-        `the Activity log of resource group "${source.resourceGroup}"; the source server's backups with tcab-backup pg check`);
+      await h.fail(
+        'restoring',
+        `the point-in-time restore of "${source.name}" to ${where(h)} failed: ${describeArmFailure(e)}`,
+        `the Activity log of resource group "${source.resourceGroup}"; the source server's backups with tcab-backup pg check`,
+      );
       return { action: 'failing', detail: h.record.failure!.message };
     }
     if (poller.isDone()) {
@@ -145,7 +193,10 @@ async function followRestore(h: DrillHandle): Promise<StepResult> {
       if (server && isReady(server)) return markReady(h, server.fullyQualifiedDomainName!);
       // Done but not Ready yet: follow the server's own state from here on.
       await h.save({ restore: { ...r.restore, poller: undefined } });
-      return { action: 'restoring', detail: `the restore finished; waiting for ${where(h)} to be Ready (it is ${server?.state ?? 'unknown'})` };
+      return {
+        action: 'restoring',
+        detail: `the restore finished; waiting for ${where(h)} to be Ready (it is ${server?.state ?? 'unknown'})`,
+      };
     }
     if (timedOut) return timeout();
     await h.save({ restore: { ...r.restore, poller: poller.toString() } });
@@ -161,7 +212,11 @@ async function followRestore(h: DrillHandle): Promise<StepResult> {
   if (server) {
     if (isReady(server)) return markReady(h, server.fullyQualifiedDomainName!);
     if (['disabled', 'inaccessible', 'dropping'].includes(server.state?.toLowerCase() ?? '')) {
-      await h.fail('restoring', `${where(h)} is ${server.state} instead of becoming Ready`, `the Activity log of resource group "${source.resourceGroup}"`);
+      await h.fail(
+        'restoring',
+        `${where(h)} is ${server.state} instead of becoming Ready`,
+        `the Activity log of resource group "${source.resourceGroup}"`,
+      );
       return { action: 'failing', detail: h.record.failure!.message };
     }
     if (timedOut) return timeout();
@@ -169,7 +224,8 @@ async function followRestore(h: DrillHandle): Promise<StepResult> {
   }
   if (timedOut) return timeout();
   const claimAgeMs = now.getTime() - new Date(r.restore.claimedAt ?? r.requestedAt).getTime();
-  if (claimAgeMs < CLAIM_STALE_MS) return { action: 'waiting', detail: `another invocation is sending the restore request for ${where(h)}` };
+  if (claimAgeMs < CLAIM_STALE_MS)
+    return { action: 'waiting', detail: `another invocation is sending the restore request for ${where(h)}` };
   h.ctx.logger.warn('pg.drill.claim-taken-over', { drillId: r.drillId, step: 'restoring', claimAgeMs });
   return startRestore(h);
 }
@@ -187,7 +243,12 @@ async function markReady(h: DrillHandle, fqdn: string): Promise<StepResult> {
     recoveryTimeMs: now.getTime() - Date.parse(r.requestedAt),
     restoreDurationMs: now.getTime() - Date.parse(r.restore.startedAt ?? r.requestedAt),
   });
-  h.ctx.logger.info('pg.drill.ready', { drillId: r.drillId, server: h.ctx.source.name, drillServer: r.drillServer.name, recoveryTimeMs: h.record.recoveryTimeMs });
+  h.ctx.logger.info('pg.drill.ready', {
+    drillId: r.drillId,
+    server: h.ctx.source.name,
+    drillServer: r.drillServer.name,
+    recoveryTimeMs: h.record.recoveryTimeMs,
+  });
   return { action: 'ready', detail: `${where(h)} is Ready after ${formatDuration(h.record.recoveryTimeMs!)}` };
 }
 
@@ -208,33 +269,49 @@ async function validate(h: DrillHandle): Promise<StepResult> {
         await h.save({ validation: { ...r.validation, attempts, lastError: outcome.error } });
         return { action: 'validation-retry', detail: `cannot connect to ${where(h)} yet (${outcome.error}); the next tick retries` };
       }
-      await h.fail('validating', `cannot connect to ${where(h)} at ${fqdn}:${config.port} as "${config.user}" (database "${config.database}") for ${formatDuration(waitedMs)}: ${outcome.error}`,
-        'that the function app can reach the server (the restored server copies the source\'s network and firewall rules), TCAB_BACKUP_PG_DRILL_USER, and its password or Microsoft Entra role',
-        { validation: { ...r.validation, attempts, lastError: outcome.error } });
+      await h.fail(
+        'validating',
+        `cannot connect to ${where(h)} at ${fqdn}:${config.port} as "${config.user}" (database "${config.database}") for ${formatDuration(waitedMs)}: ${outcome.error}`,
+        "that the function app can reach the server (the restored server copies the source's network and firewall rules), TCAB_BACKUP_PG_DRILL_USER, and its password or Microsoft Entra role",
+        { validation: { ...r.validation, attempts, lastError: outcome.error } },
+      );
       return { action: 'failing', detail: h.record.failure!.message };
     }
     case 'query-failed':
-      await h.fail('validating', `the validation SQL failed on ${where(h)}, database "${config.database}": ${outcome.error}`,
+      await h.fail(
+        'validating',
+        `the validation SQL failed on ${where(h)}, database "${config.database}": ${outcome.error}`,
         'TCAB_BACKUP_PG_VALIDATION_SQL (one row with columns runs and newest_published_at) and TCAB_BACKUP_PG_DRILL_DATABASE',
-        { validation: { ...r.validation, attempts, lastError: outcome.error } });
+        { validation: { ...r.validation, attempts, lastError: outcome.error } },
+      );
       return { action: 'failing', detail: h.record.failure!.message };
     case 'ran': {
       const restorePoint = new Date(r.restorePoint.used ?? r.restorePoint.requested);
       const { checks, recoveryPointMs } = judgeRestoredData(outcome.runs, outcome.newestPublishedAt, restorePoint, config.maxDataAgeMs);
       const failed = checks.filter((c) => !c.ok);
       const validation = {
-        attempts, checkedAt: now.toISOString(), runs: outcome.runs,
-        newestPublishedAt: outcome.newestPublishedAt ? outcome.newestPublishedAt.toISOString() : null, checks,
+        attempts,
+        checkedAt: now.toISOString(),
+        runs: outcome.runs,
+        newestPublishedAt: outcome.newestPublishedAt ? outcome.newestPublishedAt.toISOString() : null,
+        checks,
       };
       const measured = recoveryPointMs === undefined ? {} : { recoveryPointMs };
       if (failed.length) {
-        await h.fail('validating', `the data restored to ${where(h)} failed validation: ${failed.map((c) => c.detail).join('; ')}`,
-          'the source server\'s data and backups; TCAB_BACKUP_PG_DRILL_MAX_DATA_AGE if runs are published less often', { validation, ...measured });
+        await h.fail(
+          'validating',
+          `the data restored to ${where(h)} failed validation: ${failed.map((c) => c.detail).join('; ')}`,
+          "the source server's data and backups; TCAB_BACKUP_PG_DRILL_MAX_DATA_AGE if runs are published less often",
+          { validation, ...measured },
+        );
         return { action: 'failing', detail: h.record.failure!.message };
       }
       await h.save({ state: 'deleting', outcome: 'succeeded', validation, ...measured });
       h.ctx.logger.info('pg.drill.validated', { drillId: r.drillId, server: source.name, runs: outcome.runs, recoveryPointMs });
-      return { action: 'validated', detail: `${where(h)} holds ${outcome.runs} runs; the newest is ${formatDuration(Math.max(0, recoveryPointMs ?? 0))} before the restore point` };
+      return {
+        action: 'validated',
+        detail: `${where(h)} holds ${outcome.runs} runs; the newest is ${formatDuration(Math.max(0, recoveryPointMs ?? 0))} before the restore point`,
+      };
     }
   }
 }
@@ -294,15 +371,35 @@ async function finish(h: DrillHandle, refusal?: string): Promise<StepResult> {
   const now = h.ctx.now();
   const r = h.record;
   const failure = refusal
-    ? { step: 'deleting' as const, message: `refused to delete ${where(h)}: ${refusal}`, hint: 'inspect the server in the Azure portal; delete it by hand only if it is a drill server' }
+    ? {
+        step: 'deleting' as const,
+        message: `refused to delete ${where(h)}: ${refusal}`,
+        hint: 'inspect the server in the Azure portal; delete it by hand only if it is a drill server',
+      }
     : r.failure;
   const outcome = !refusal && r.outcome === 'succeeded' ? 'succeeded' : 'failed';
   await h.save({
-    state: outcome === 'succeeded' ? 'done' : 'failed', outcome, failure, finishedAt: now.toISOString(),
+    state: outcome === 'succeeded' ? 'done' : 'failed',
+    outcome,
+    failure,
+    finishedAt: now.toISOString(),
     deletion: { ...r.deletion, poller: undefined, ...(refusal ? {} : { deletedAt: now.toISOString() }) },
   });
-  const fields = { drillId: r.drillId, server: h.ctx.source.name, drillServer: r.drillServer.name, outcome, recoveryTimeMs: r.recoveryTimeMs, recoveryPointMs: r.recoveryPointMs };
+  const fields = {
+    drillId: r.drillId,
+    server: h.ctx.source.name,
+    drillServer: r.drillServer.name,
+    outcome,
+    recoveryTimeMs: r.recoveryTimeMs,
+    recoveryPointMs: r.recoveryPointMs,
+  };
   if (outcome === 'succeeded') h.ctx.logger.info('pg.drill.completed', fields);
   else h.ctx.logger.error('pg.drill.failed', { ...fields, failure: failure?.message });
-  return { action: 'finished', detail: outcome === 'succeeded' ? `drill ${r.drillId} succeeded and ${r.drillServer.name} is deleted` : `drill ${r.drillId} failed: ${failure?.message ?? 'unknown'}` };
+  return {
+    action: 'finished',
+    detail:
+      outcome === 'succeeded'
+        ? `drill ${r.drillId} succeeded and ${r.drillServer.name} is deleted`
+        : `drill ${r.drillId} failed: ${failure?.message ?? 'unknown'}`,
+  };
 }

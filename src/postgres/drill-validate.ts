@@ -33,7 +33,7 @@ export async function queryDrillServer(config: PgDrillConfig, host: string, cred
   }
   let password: string;
   try {
-    password = config.auth.kind === 'password' ? config.auth.password : (await credential.getToken(PG_ENTRA_SCOPE))?.token ?? '';
+    password = config.auth.kind === 'password' ? config.auth.password : ((await credential.getToken(PG_ENTRA_SCOPE))?.token ?? '');
   } catch (e) {
     return { kind: 'unreachable', error: `cannot get a Microsoft Entra token for ${PG_ENTRA_SCOPE}: ${redact(errorMessage(e))}` };
   }
@@ -63,12 +63,20 @@ export async function queryDrillServer(config: PgDrillConfig, host: string, cred
     const result = await client.query(config.validationSql);
     const row = result.rows[0] as Record<string, unknown> | undefined;
     if (!row || !('runs' in row) || !('newest_published_at' in row)) {
-      return { kind: 'query-failed', error: `the validation SQL returned ${row ? `columns ${Object.keys(row).join(', ')}` : 'no row'}; it must return one row with columns runs and newest_published_at` };
+      return {
+        kind: 'query-failed',
+        error: `the validation SQL returned ${row ? `columns ${Object.keys(row).join(', ')}` : 'no row'}; it must return one row with columns runs and newest_published_at`,
+      };
     }
     const runs = Number(row.runs);
-    if (!Number.isFinite(runs)) return { kind: 'query-failed', error: `the validation SQL returned runs = ${String(row.runs)}, not a number` };
+    if (!Number.isFinite(runs))
+      return { kind: 'query-failed', error: `the validation SQL returned runs = ${String(row.runs)}, not a number` };
     const newest = toDate(row.newest_published_at);
-    if (newest === undefined) return { kind: 'query-failed', error: `the validation SQL returned newest_published_at = ${String(row.newest_published_at)}, not a time` };
+    if (newest === undefined)
+      return {
+        kind: 'query-failed',
+        error: `the validation SQL returned newest_published_at = ${String(row.newest_published_at)}, not a time`,
+      };
     return { kind: 'ran', runs, newestPublishedAt: newest };
   } catch (e) {
     return { kind: 'query-failed', error: describePgError(e) };
@@ -95,7 +103,12 @@ function describePgError(e: unknown): string {
 }
 
 /** The checks a drill's data must pass; each says what it found. */
-export function judgeRestoredData(runs: number, newest: Date | null, restorePoint: Date, maxDataAgeMs: number): { checks: ValidationCheck[]; recoveryPointMs: number | undefined } {
+export function judgeRestoredData(
+  runs: number,
+  newest: Date | null,
+  restorePoint: Date,
+  maxDataAgeMs: number,
+): { checks: ValidationCheck[]; recoveryPointMs: number | undefined } {
   const checks: ValidationCheck[] = [];
   checks.push({ name: 'has-runs', ok: runs >= 1, detail: `the restored server holds ${runs} runs` });
   if (!newest) {
@@ -106,9 +119,10 @@ export function judgeRestoredData(runs: number, newest: Date | null, restorePoin
   checks.push({
     name: 'not-after-restore-point',
     ok: recoveryPointMs >= -CLOCK_SKEW_MS,
-    detail: recoveryPointMs >= -CLOCK_SKEW_MS
-      ? `the newest run (${newest.toISOString()}) is not after the restore point (${restorePoint.toISOString()})`
-      : `the newest run (${newest.toISOString()}) is ${formatDuration(-recoveryPointMs)} after the restore point (${restorePoint.toISOString()}): the restore did not stop at the requested point`,
+    detail:
+      recoveryPointMs >= -CLOCK_SKEW_MS
+        ? `the newest run (${newest.toISOString()}) is not after the restore point (${restorePoint.toISOString()})`
+        : `the newest run (${newest.toISOString()}) is ${formatDuration(-recoveryPointMs)} after the restore point (${restorePoint.toISOString()}): the restore did not stop at the requested point`,
   });
   checks.push({
     name: 'recovery-point',

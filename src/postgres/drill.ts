@@ -15,8 +15,17 @@ import { newDrillId } from '../catalog/layout.js';
 import { drillServerName } from './drill-server.js';
 import { advanceDrill, type StepAction } from './drill-steps.js';
 import {
-  PG_RECORD_FORMAT_VERSION, PgCurrentDrillSchema, PgDrillRecordSchema, pgCurrentDrillKey, pgDrillKey, readRecord, writeRecord,
-  type PgCurrentDrill, type PgDrillRecord, type PgDrillSummary, type Stored,
+  PG_RECORD_FORMAT_VERSION,
+  PgCurrentDrillSchema,
+  PgDrillRecordSchema,
+  pgCurrentDrillKey,
+  pgDrillKey,
+  readRecord,
+  writeRecord,
+  type PgCurrentDrill,
+  type PgDrillRecord,
+  type PgDrillSummary,
+  type Stored,
 } from './records.js';
 import { serverId } from './resource-id.js';
 import { sweepDrillServers, type SweepResult } from './sweeper.js';
@@ -73,7 +82,10 @@ export interface PgDrillResult {
 
 /** Thrown when a drill failed, a step could not be taken, or the sweeper could not delete; carries the result. */
 export class PgDrillError extends TcabError {
-  constructor(readonly result: PgDrillResult, problems: string[]) {
+  constructor(
+    readonly result: PgDrillResult,
+    problems: string[],
+  ) {
     super(`Postgres PITR drill: ${problems.length} problem(s):\n  - ${problems.join('\n  - ')}`, {
       code: 'PG_DRILL_FAILED',
       hint: 'each line says what failed and what to check; tcab-backup pg drill --json shows every drill record',
@@ -84,9 +96,16 @@ export class PgDrillError extends TcabError {
 
 export function drillView(r: PgDrillRecord): PgDrillView {
   return {
-    drillId: r.drillId, state: r.state, outcome: r.outcome, drillServer: r.drillServer.name, requestedAt: r.requestedAt,
-    restorePoint: r.restorePoint.used ?? r.restorePoint.requested, restorePointClamped: r.restorePoint.clamped ?? false,
-    recoveryTimeMs: r.recoveryTimeMs, recoveryPointMs: r.recoveryPointMs, finishedAt: r.finishedAt,
+    drillId: r.drillId,
+    state: r.state,
+    outcome: r.outcome,
+    drillServer: r.drillServer.name,
+    requestedAt: r.requestedAt,
+    restorePoint: r.restorePoint.used ?? r.restorePoint.requested,
+    restorePointClamped: r.restorePoint.clamped ?? false,
+    recoveryTimeMs: r.recoveryTimeMs,
+    recoveryPointMs: r.recoveryPointMs,
+    finishedAt: r.finishedAt,
     failure: r.failure ? `${r.failure.message}. Check: ${r.failure.hint}` : undefined,
   };
 }
@@ -95,14 +114,38 @@ export async function runPgDrill(config: PgDrillConfig, deps: PgJobDeps, options
   const logger = deps.logger ?? silentLogger;
   const now = deps.now ?? (() => new Date());
   const clientFor = armClientFactory(config, deps.credential, deps.arm);
-  const sweep = await sweepDrillServers({ sources: config.servers, maxAgeMs: config.maxAgeMs, clientFor, logger, now: now(), signal: deps.signal });
+  const sweep = await sweepDrillServers({
+    sources: config.servers,
+    maxAgeMs: config.maxAgeMs,
+    clientFor,
+    logger,
+    now: now(),
+    signal: deps.signal,
+  });
   const problems = [...sweep.errors];
   const servers: PgDrillServerResult[] = [];
   for (const source of config.servers) {
-    const ctx: DrillContext = { config, source, client: clientFor(source.subscriptionId), credential: deps.credential, target: deps.target, logger: logger.child({ server: source.name }), now, signal: deps.signal };
+    const ctx: DrillContext = {
+      config,
+      source,
+      client: clientFor(source.subscriptionId),
+      credential: deps.credential,
+      target: deps.target,
+      logger: logger.child({ server: source.name }),
+      now,
+      signal: deps.signal,
+    };
     const result = await tickServer(ctx, options).catch((e): PgDrillServerResult => {
       problems.push(`server "${source.name}": ${errorMessage(e)}`);
-      return { server: source.name, serverId: source.id, action: 'error', detail: errorMessage(e), newDrill: false, drill: null, nextDrillDueAt: undefined };
+      return {
+        server: source.name,
+        serverId: source.id,
+        action: 'error',
+        detail: errorMessage(e),
+        newDrill: false,
+        drill: null,
+        nextDrillDueAt: undefined,
+      };
     });
     if (result.action === 'finished' && result.drill?.outcome === 'failed') {
       problems.push(`server "${source.name}": drill ${result.drill.drillId} failed: ${result.drill.failure ?? 'unknown reason'}`);
@@ -134,7 +177,13 @@ async function tickServer(ctx: DrillContext, options: PgDrillOptions): Promise<P
     if (handle && pointer) pointer = await noteFinished(ctx, pointerKey, pointer, handle.record);
     const dueAt = pointer ? new Date(Date.parse(pointer.value.requestedAt) + config.intervalMs) : ctx.now();
     if (!options.force && ctx.now().getTime() < dueAt.getTime()) {
-      return { ...base, action: 'not-due', detail: `the next drill is due at ${dueAt.toISOString()}`, drill: handle ? drillView(handle.record) : null, nextDrillDueAt: dueAt.toISOString() };
+      return {
+        ...base,
+        action: 'not-due',
+        detail: `the next drill is due at ${dueAt.toISOString()}`,
+        drill: handle ? drillView(handle.record) : null,
+        nextDrillDueAt: dueAt.toISOString(),
+      };
     }
     handle = await requestDrill(ctx, pointerKey, pointer);
     const step = await advanceDrill(handle);
@@ -142,7 +191,13 @@ async function tickServer(ctx: DrillContext, options: PgDrillOptions): Promise<P
   } catch (e) {
     if (!(e instanceof PreconditionFailedError)) throw e;
     ctx.logger.info('pg.drill.backed-off', { drillId: handle?.record.drillId });
-    return { ...base, action: 'backed-off', detail: 'another invocation advanced the drill at the same time; this one backed off', drill: handle ? drillView(handle.record) : null, nextDrillDueAt: undefined };
+    return {
+      ...base,
+      action: 'backed-off',
+      detail: 'another invocation advanced the drill at the same time; this one backed off',
+      drill: handle ? drillView(handle.record) : null,
+      nextDrillDueAt: undefined,
+    };
   }
 }
 
@@ -152,7 +207,10 @@ function isFinished(r: PgDrillRecord): boolean {
 
 function summary(r: PgDrillRecord): PgDrillSummary {
   return {
-    drillId: r.drillId, outcome: r.outcome ?? 'failed', requestedAt: r.requestedAt, finishedAt: r.finishedAt ?? r.updatedAt,
+    drillId: r.drillId,
+    outcome: r.outcome ?? 'failed',
+    requestedAt: r.requestedAt,
+    finishedAt: r.finishedAt ?? r.updatedAt,
     ...(r.recoveryTimeMs !== undefined ? { recoveryTimeMs: r.recoveryTimeMs } : {}),
     ...(r.recoveryPointMs !== undefined ? { recoveryPointMs: r.recoveryPointMs } : {}),
     ...(r.failure ? { failure: r.failure.message } : {}),
@@ -164,7 +222,12 @@ function summary(r: PgDrillRecord): PgDrillSummary {
  * matters: whoever won wrote the same summary, or a later tick writes it. So it never makes a tick back off,
  * which would hide the failure of the drill that just finished.
  */
-async function noteFinished(ctx: DrillContext, key: string, pointer: Stored<PgCurrentDrill>, record: PgDrillRecord): Promise<Stored<PgCurrentDrill>> {
+async function noteFinished(
+  ctx: DrillContext,
+  key: string,
+  pointer: Stored<PgCurrentDrill>,
+  record: PgDrillRecord,
+): Promise<Stored<PgCurrentDrill>> {
   if (pointer.value.drillId !== record.drillId || pointer.value.lastFinished?.drillId === record.drillId) return pointer;
   const s = summary(record);
   const value: PgCurrentDrill = { ...pointer.value, lastFinished: s, ...(s.outcome === 'succeeded' ? { lastSucceeded: s } : {}) };
@@ -187,18 +250,28 @@ async function requestDrill(ctx: DrillContext, pointerKey: string, pointer: Stor
   const name = drillServerName(source.name, drillId);
   const at = now.toISOString();
   const record: PgDrillRecord = {
-    formatVersion: PG_RECORD_FORMAT_VERSION, kind: 'pg-pitr-drill', drillId,
+    formatVersion: PG_RECORD_FORMAT_VERSION,
+    kind: 'pg-pitr-drill',
+    drillId,
     source: { id: source.id, name: source.name, subscriptionId: source.subscriptionId, resourceGroup: source.resourceGroup },
     drillServer: { name, id: serverId(source.subscriptionId, source.resourceGroup, name) },
-    state: 'requested', requestedAt: at,
+    state: 'requested',
+    requestedAt: at,
     restorePoint: { requested: new Date(now.getTime() - config.restoreLagMs).toISOString() },
-    restore: {}, validation: { attempts: 0, checks: [] }, deletion: {},
-    history: [{ state: 'requested', at }], updatedAt: at,
+    restore: {},
+    validation: { attempts: 0, checks: [] },
+    deletion: {},
+    history: [{ state: 'requested', at }],
+    updatedAt: at,
   };
   const key = pgDrillKey(source.name, drillId);
   const etag = await writeRecord(target, key, record, { ifNoneMatch: '*' }, ctx.signal);
   const next: PgCurrentDrill = {
-    formatVersion: PG_RECORD_FORMAT_VERSION, kind: 'pg-current-drill', sourceServerId: source.id, drillId, requestedAt: at,
+    formatVersion: PG_RECORD_FORMAT_VERSION,
+    kind: 'pg-current-drill',
+    sourceServerId: source.id,
+    drillId,
+    requestedAt: at,
     ...(pointer?.value.lastFinished ? { lastFinished: pointer.value.lastFinished } : {}),
     ...(pointer?.value.lastSucceeded ? { lastSucceeded: pointer.value.lastSucceeded } : {}),
   };
@@ -206,7 +279,9 @@ async function requestDrill(ctx: DrillContext, pointerKey: string, pointer: Stor
     await writeRecord(target, pointerKey, next, pointer ? { ifMatch: pointer.etag } : { ifNoneMatch: '*' }, ctx.signal);
   } catch (e) {
     if (e instanceof PreconditionFailedError) {
-      await target.delete(key, { signal: ctx.signal }).catch((err) => ctx.logger.warn('pg.drill.orphan-record', { key, error: errorMessage(err) }));
+      await target
+        .delete(key, { signal: ctx.signal })
+        .catch((err) => ctx.logger.warn('pg.drill.orphan-record', { key, error: errorMessage(err) }));
     }
     throw e;
   }

@@ -23,13 +23,17 @@ export function parseServerId(raw: string): ServerRef {
   const id = raw.trim().replace(/\/+$/, '');
   const m = ID_RE.exec(id);
   if (!m) {
-    throw new Error(`"${raw}" is not a flexible server resource id (expected /subscriptions/<subscription id>/resourceGroups/<group>/providers/Microsoft.DBforPostgreSQL/flexibleServers/<server name>)`);
+    throw new Error(
+      `"${raw}" is not a flexible server resource id (expected /subscriptions/<subscription id>/resourceGroups/<group>/providers/Microsoft.DBforPostgreSQL/flexibleServers/<server name>)`,
+    );
   }
   const [, subscriptionId, resourceGroup, name] = m as unknown as [string, string, string, string];
   if (!UUID_RE.test(subscriptionId)) throw new Error(`"${subscriptionId}" in "${raw}" is not a subscription id (a UUID)`);
   if (!RESOURCE_GROUP_RE.test(resourceGroup)) throw new Error(`"${resourceGroup}" in "${raw}" is not a resource group name`);
   if (!SERVER_NAME_RE.test(name)) {
-    throw new Error(`"${name}" in "${raw}" is not a flexible server name (3-63 lower-case letters, digits and '-', not starting or ending with '-')`);
+    throw new Error(
+      `"${name}" in "${raw}" is not a flexible server name (3-63 lower-case letters, digits and '-', not starting or ending with '-')`,
+    );
   }
   return { id, subscriptionId: subscriptionId.toLowerCase(), resourceGroup, name };
 }

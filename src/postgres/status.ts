@@ -6,7 +6,14 @@
 import type { Target } from '../targets/target.js';
 import { drillView, type PgDrillView } from './drill.js';
 import {
-  PgCheckStatusSchema, PgCurrentDrillSchema, PgDrillRecordSchema, pgCurrentDrillKey, pgDrillKey, pgStatusKey, readRecord, type PgDrillSummary,
+  PgCheckStatusSchema,
+  PgCurrentDrillSchema,
+  PgDrillRecordSchema,
+  pgCurrentDrillKey,
+  pgDrillKey,
+  pgStatusKey,
+  readRecord,
+  type PgDrillSummary,
 } from './records.js';
 import type { ServerRef } from './resource-id.js';
 
@@ -20,7 +27,11 @@ export interface PgServerStatus {
   lastSucceededDrill: PgDrillSummary | null;
 }
 
-export async function pgStatusSummary(target: Target, servers: Pick<ServerRef, 'id' | 'name'>[], signal?: AbortSignal): Promise<PgServerStatus[]> {
+export async function pgStatusSummary(
+  target: Target,
+  servers: Pick<ServerRef, 'id' | 'name'>[],
+  signal?: AbortSignal,
+): Promise<PgServerStatus[]> {
   const out: PgServerStatus[] = [];
   for (const s of servers) {
     const check = await readRecord(target, pgStatusKey(s.name), PgCheckStatusSchema, signal);
@@ -29,7 +40,9 @@ export async function pgStatusSummary(target: Target, servers: Pick<ServerRef, '
     out.push({
       server: s.name,
       serverId: s.id,
-      check: check ? { checkedAt: check.value.checkedAt, ok: check.value.ok, violations: check.value.violations.map((v) => v.message) } : null,
+      check: check
+        ? { checkedAt: check.value.checkedAt, ok: check.value.ok, violations: check.value.violations.map((v) => v.message) }
+        : null,
       drill: drill ? drillView(drill.value) : null,
       lastFinishedDrill: pointer?.value.lastFinished ?? null,
       lastSucceededDrill: pointer?.value.lastSucceeded ?? null,

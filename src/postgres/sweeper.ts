@@ -39,7 +39,9 @@ export async function sweepDrillServers(args: {
     try {
       for await (const s of client.servers.listByResourceGroup(resourceGroup, { abortSignal: args.signal })) servers.push(s);
     } catch (e) {
-      result.errors.push(`Listing servers of resource group "${resourceGroup}" to sweep drill servers failed: ${describeArmFailure(e)}. Check: ${armHint(e, { resourceGroup, role: 'Reader' })}`);
+      result.errors.push(
+        `Listing servers of resource group "${resourceGroup}" to sweep drill servers failed: ${describeArmFailure(e)}. Check: ${armHint(e, { resourceGroup, role: 'Reader' })}`,
+      );
       continue;
     }
     for (const server of servers) {
@@ -58,7 +60,9 @@ export async function sweepDrillServers(args: {
       }
       const ageMs = args.now.getTime() - createdAt.getTime();
       if (ageMs <= args.maxAgeMs) {
-        keep(`drill server "${name}" is ${formatDuration(ageMs)} old, younger than TCAB_BACKUP_PG_DRILL_MAX_AGE (${formatDuration(args.maxAgeMs)})`);
+        keep(
+          `drill server "${name}" is ${formatDuration(ageMs)} old, younger than TCAB_BACKUP_PG_DRILL_MAX_AGE (${formatDuration(args.maxAgeMs)})`,
+        );
         continue;
       }
       if (server.state?.toLowerCase() === 'dropping') {
@@ -71,10 +75,11 @@ export async function sweepDrillServers(args: {
         args.logger.warn('pg.sweep.deleted', { server: name, resourceGroup, ageMs, source: source.name });
       } catch (e) {
         if (isArmNotFound(e)) continue;
-        result.errors.push(`Deleting drill server "${name}" (resource group "${resourceGroup}", ${formatDuration(ageMs)} old) failed: ${describeArmFailure(e) || errorMessage(e)}. Check: ${armHint(e, { resourceGroup, role: 'Contributor' })}`);
+        result.errors.push(
+          `Deleting drill server "${name}" (resource group "${resourceGroup}", ${formatDuration(ageMs)} old) failed: ${describeArmFailure(e) || errorMessage(e)}. Check: ${armHint(e, { resourceGroup, role: 'Contributor' })}`,
+        );
       }
     }
   }
   return result;
 }
-

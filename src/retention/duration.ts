@@ -30,7 +30,8 @@ export function parseCalendarDuration(text: string): CalendarDuration {
     const [, digits, unit] = m as unknown as [string, string, string];
     if (!unit && re.lastIndex === t.length) throw new Error(`"${text}" has no unit after ${digits}: expected ${FORMAT}`);
     if (!unit) throw new Error(`"${text}" is not a retention duration: expected whole ${FORMAT}`);
-    if (!(unit in UNITS)) throw new Error(`"${text}" has the unknown unit "${unit}": expected ${FORMAT} (minutes and seconds are too fine for retention)`);
+    if (!(unit in UNITS))
+      throw new Error(`"${text}" has the unknown unit "${unit}": expected ${FORMAT} (minutes and seconds are too fine for retention)`);
     if (seen.has(unit)) throw new Error(`"${text}" gives the unit "${unit}" twice`);
     if (digits.length > MAX_DIGITS) throw new Error(`"${text}" is too long a duration (at most ${MAX_DIGITS} digits per unit)`);
     seen.add(unit);

@@ -15,8 +15,10 @@ import { TcabError } from '../errors.js';
 import { parseCalendarDuration } from './duration.js';
 import { planRetention, type RetentionPolicy, type RetentionSnapshot } from './policy.js';
 
-const Count = z.number({ message: 'expected a count: a whole number from 0, or -1 for no limit' })
-  .int('expected a whole number').min(-1, 'expected a whole number from 0, or -1 for no limit');
+const Count = z
+  .number({ message: 'expected a count: a whole number from 0, or -1 for no limit' })
+  .int('expected a whole number')
+  .min(-1, 'expected a whole number from 0, or -1 for no limit');
 
 const Duration = z.string({ message: 'expected a duration string like 7d or 1y2m3d4h' }).transform((s, ctx) => {
   try {
@@ -27,47 +29,67 @@ const Duration = z.string({ message: 'expected a duration string like 7d or 1y2m
   }
 });
 
-const Time = z.iso.datetime({ offset: true, message: 'expected an ISO 8601 time with a zone, like 2026-11-24T16:13:00Z' })
+const Time = z.iso
+  .datetime({ offset: true, message: 'expected an ISO 8601 time with a zone, like 2026-11-24T16:13:00Z' })
   .transform((s) => new Date(s));
 
-export const RetentionPolicySchema = z.strictObject({
-  last: Count.optional(),
-  hourly: Count.optional(),
-  daily: Count.optional(),
-  weekly: Count.optional(),
-  monthly: Count.optional(),
-  yearly: Count.optional(),
-  within: Duration.optional(),
-  withinHourly: Duration.optional(),
-  withinDaily: Duration.optional(),
-  withinWeekly: Duration.optional(),
-  withinMonthly: Duration.optional(),
-  withinYearly: Duration.optional(),
-  tags: z.array(
-    z.array(z.string().min(1, 'a tag may not be empty'), { message: 'expected a list of tags' })
-      .min(1, 'a tag list may not be empty (it would keep every snapshot)'),
-    { message: 'expected a list of tag lists, like [["pinned"], ["release", "v1"]]' },
-  ).optional(),
-}, { message: 'expected an object of rules, like {"daily": 7, "weekly": 4}' });
+export const RetentionPolicySchema = z.strictObject(
+  {
+    last: Count.optional(),
+    hourly: Count.optional(),
+    daily: Count.optional(),
+    weekly: Count.optional(),
+    monthly: Count.optional(),
+    yearly: Count.optional(),
+    within: Duration.optional(),
+    withinHourly: Duration.optional(),
+    withinDaily: Duration.optional(),
+    withinWeekly: Duration.optional(),
+    withinMonthly: Duration.optional(),
+    withinYearly: Duration.optional(),
+    tags: z
+      .array(
+        z
+          .array(z.string().min(1, 'a tag may not be empty'), { message: 'expected a list of tags' })
+          .min(1, 'a tag list may not be empty (it would keep every snapshot)'),
+        { message: 'expected a list of tag lists, like [["pinned"], ["release", "v1"]]' },
+      )
+      .optional(),
+  },
+  { message: 'expected an object of rules, like {"daily": 7, "weekly": 4}' },
+);
 
-const SnapshotSchema = z.object({
-  id: z.string({ message: 'expected the snapshot id as a string' }).min(1, 'the snapshot id may not be empty'),
-  time: Time,
-  tags: z.array(z.string(), { message: 'expected a list of tag strings' }).default([]),
-}, { message: 'expected a snapshot object {"id", "time", "tags"}' });
+const SnapshotSchema = z.object(
+  {
+    id: z.string({ message: 'expected the snapshot id as a string' }).min(1, 'the snapshot id may not be empty'),
+    time: Time,
+    tags: z.array(z.string(), { message: 'expected a list of tag strings' }).default([]),
+  },
+  { message: 'expected a snapshot object {"id", "time", "tags"}' },
+);
 
-export const RetentionPlanInputSchema = z.strictObject({
-  policy: RetentionPolicySchema,
-  snapshots: z.array(SnapshotSchema, { message: 'expected a list of snapshots' }),
-  now: Time.optional(),
-}, { message: 'expected an object {"policy": {...}, "snapshots": [...], "now"?}' }).superRefine((input, ctx) => {
-  const first = new Map<string, number>();
-  input.snapshots.forEach((s, i) => {
-    const earlier = first.get(s.id);
-    if (earlier !== undefined) ctx.addIssue({ code: 'custom', path: ['snapshots', i, 'id'], message: `"${s.id}" is also snapshots[${earlier}].id: each snapshot must appear once` });
-    else first.set(s.id, i);
+export const RetentionPlanInputSchema = z
+  .strictObject(
+    {
+      policy: RetentionPolicySchema,
+      snapshots: z.array(SnapshotSchema, { message: 'expected a list of snapshots' }),
+      now: Time.optional(),
+    },
+    { message: 'expected an object {"policy": {...}, "snapshots": [...], "now"?}' },
+  )
+  .superRefine((input, ctx) => {
+    const first = new Map<string, number>();
+    input.snapshots.forEach((s, i) => {
+      const earlier = first.get(s.id);
+      if (earlier !== undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['snapshots', i, 'id'],
+          message: `"${s.id}" is also snapshots[${earlier}].id: each snapshot must appear once`,
+        });
+      else first.set(s.id, i);
+    });
   });
-});
 
 function pathOf(path: ReadonlyArray<PropertyKey>): string {
   let out = '';

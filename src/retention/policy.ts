@@ -80,7 +80,12 @@ export const EMPTY_POLICY_REASON = 'no retention rule set';
 
 // The `last` rule's period is the snapshot's position: every snapshot starts a new one.
 const COUNT_PERIODS: Record<CountRule, PeriodOf | null> = {
-  last: null, hourly: hourOf, daily: dayOf, weekly: weekOf, monthly: monthOf, yearly: yearOf,
+  last: null,
+  hourly: hourOf,
+  daily: dayOf,
+  weekly: weekOf,
+  monthly: monthOf,
+  yearly: yearOf,
 };
 const WITHIN_PERIODS: Record<Exclude<WithinRule, 'within'>, { periodOf: PeriodOf; word: string }> = {
   withinHourly: { periodOf: hourOf, word: 'hourly' },
@@ -90,8 +95,12 @@ const WITHIN_PERIODS: Record<Exclude<WithinRule, 'within'>, { periodOf: PeriodOf
   withinYearly: { periodOf: yearOf, word: 'yearly' },
 };
 const COUNT_REASON: Record<CountRule, string> = {
-  last: 'last snapshot', hourly: 'hourly snapshot', daily: 'daily snapshot', weekly: 'weekly snapshot',
-  monthly: 'monthly snapshot', yearly: 'yearly snapshot',
+  last: 'last snapshot',
+  hourly: 'hourly snapshot',
+  daily: 'daily snapshot',
+  weekly: 'weekly snapshot',
+  monthly: 'monthly snapshot',
+  yearly: 'yearly snapshot',
 };
 
 /** When no snapshot is older than `now`, restic measures from Go's zero time: 0001-01-01T00:00:00Z. */
@@ -106,13 +115,15 @@ export function policyProblems(policy: RetentionPolicy): string[] {
   const problems: string[] = [];
   for (const rule of COUNT_RULES) {
     const n = policy[rule];
-    if (n !== undefined && !(Number.isSafeInteger(n) && n >= -1)) problems.push(`${rule}: ${n} is not a count (a whole number from 0, or -1 for no limit)`);
+    if (n !== undefined && !(Number.isSafeInteger(n) && n >= -1))
+      problems.push(`${rule}: ${n} is not a count (a whole number from 0, or -1 for no limit)`);
   }
   for (const rule of WITHIN_RULES) {
     const d = policy[rule];
     if (d === undefined) continue;
     const parts = [d.years, d.months, d.days, d.hours];
-    if (!parts.every((x) => Number.isSafeInteger(x) && x >= 0)) problems.push(`${rule}: years, months, days and hours must be whole numbers from 0`);
+    if (!parts.every((x) => Number.isSafeInteger(x) && x >= 0))
+      problems.push(`${rule}: years, months, days and hours must be whole numbers from 0`);
   }
   (policy.tags ?? []).forEach((list, i) => {
     if (list.length === 0) problems.push(`tags[${i}]: a tag list is empty (it would keep every snapshot)`);
@@ -122,11 +133,7 @@ export function policyProblems(policy: RetentionPolicy): string[] {
 }
 
 export function isEmptyPolicy(policy: RetentionPolicy): boolean {
-  return (
-    COUNT_RULES.every((r) => !policy[r]) &&
-    WITHIN_RULES.every((r) => isZeroDuration(policy[r])) &&
-    (policy.tags ?? []).length === 0
-  );
+  return COUNT_RULES.every((r) => !policy[r]) && WITHIN_RULES.every((r) => isZeroDuration(policy[r])) && (policy.tags ?? []).length === 0;
 }
 
 /** Newest first; equal times keep their input order (Array.prototype.sort is stable). */
@@ -147,14 +154,25 @@ function withinReference(timesMs: number[], nowMs: number): number {
 function checkInput(snapshots: readonly RetentionSnapshot[], policy: RetentionPolicy, now: Date): void {
   const problems = policyProblems(policy);
   if (problems.length) {
-    throw new TcabError(`Invalid retention policy: ${problems.join('; ')}`, { code: 'RETENTION_POLICY_INVALID', hint: 'the retention setting of this target' });
+    throw new TcabError(`Invalid retention policy: ${problems.join('; ')}`, {
+      code: 'RETENTION_POLICY_INVALID',
+      hint: 'the retention setting of this target',
+    });
   }
   if (Number.isNaN(now.getTime())) throw new TcabError('Retention planning got an invalid "now" time', { code: 'RETENTION_INPUT_INVALID' });
   const seen = new Set<string>();
   for (const s of snapshots) {
-    if (seen.has(s.id)) throw new TcabError(`Retention planning got snapshot ${s.id} twice`, { code: 'RETENTION_INPUT_INVALID', hint: 'the snapshot listing: each id must appear once' });
+    if (seen.has(s.id))
+      throw new TcabError(`Retention planning got snapshot ${s.id} twice`, {
+        code: 'RETENTION_INPUT_INVALID',
+        hint: 'the snapshot listing: each id must appear once',
+      });
     seen.add(s.id);
-    if (Number.isNaN(s.time.getTime())) throw new TcabError(`Retention planning got snapshot ${s.id} with an invalid time`, { code: 'RETENTION_INPUT_INVALID', hint: "the snapshot's manifest (createdAt)" });
+    if (Number.isNaN(s.time.getTime()))
+      throw new TcabError(`Retention planning got snapshot ${s.id} with an invalid time`, {
+        code: 'RETENTION_INPUT_INVALID',
+        hint: "the snapshot's manifest (createdAt)",
+      });
   }
 }
 
@@ -173,10 +191,15 @@ export function planRetention(snapshots: readonly RetentionSnapshot[], policy: R
 
   const timesMs = sorted.map((s) => s.time.getTime());
   const reference = withinReference(timesMs, now.getTime());
-  const within = isZeroDuration(policy.within) ? null : { cutoff: subtractCalendarDuration(reference, policy.within!), reason: `within ${formatCalendarDuration(policy.within!)}` };
+  const within = isZeroDuration(policy.within)
+    ? null
+    : { cutoff: subtractCalendarDuration(reference, policy.within!), reason: `within ${formatCalendarDuration(policy.within!)}` };
 
   const counters = COUNT_RULES.filter((r) => policy[r]).map((r) => ({
-    left: policy[r]!, periodOf: COUNT_PERIODS[r], reason: COUNT_REASON[r], previous: undefined as number | undefined,
+    left: policy[r]!,
+    periodOf: COUNT_PERIODS[r],
+    reason: COUNT_REASON[r],
+    previous: undefined as number | undefined,
   }));
   const windows = (Object.keys(WITHIN_PERIODS) as Array<keyof typeof WITHIN_PERIODS>)
     .filter((r) => !isZeroDuration(policy[r]))

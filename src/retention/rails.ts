@@ -71,8 +71,13 @@ function checkRails(rails: SafetyRails): void {
   const problems: string[] = [];
   if (!(Number.isSafeInteger(rails.minKeep) && rails.minKeep >= 0)) problems.push(`minKeep ${rails.minKeep} is not a whole number from 0`);
   if (!(Number.isFinite(rails.minAgeMs) && rails.minAgeMs >= 0)) problems.push(`minAgeMs ${rails.minAgeMs} is not a duration from 0`);
-  if (!(rails.maxDeleteShare >= 0 && rails.maxDeleteShare <= 1)) problems.push(`maxDeleteShare ${rails.maxDeleteShare} is not between 0 and 1`);
-  if (problems.length) throw new TcabError(`Invalid retention safety rails: ${problems.join('; ')}`, { code: 'RETENTION_RAILS_INVALID', hint: 'TCAB_BACKUP_RETENTION_MIN_KEEP, TCAB_BACKUP_RETENTION_MIN_AGE and TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE' });
+  if (!(rails.maxDeleteShare >= 0 && rails.maxDeleteShare <= 1))
+    problems.push(`maxDeleteShare ${rails.maxDeleteShare} is not between 0 and 1`);
+  if (problems.length)
+    throw new TcabError(`Invalid retention safety rails: ${problems.join('; ')}`, {
+      code: 'RETENTION_RAILS_INVALID',
+      hint: 'TCAB_BACKUP_RETENTION_MIN_KEEP, TCAB_BACKUP_RETENTION_MIN_AGE and TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE',
+    });
 }
 
 function checkPlanCoversSnapshots(plan: RetentionPlan, snapshots: readonly RailSnapshot[]): void {
@@ -84,16 +89,24 @@ function checkPlanCoversSnapshots(plan: RetentionPlan, snapshots: readonly RailS
     const detail = [
       unplanned.length ? `not in the plan: ${unplanned.slice(0, 5).join(', ')}` : '',
       unlisted.length ? `not in the listing: ${unlisted.slice(0, 5).join(', ')}` : '',
-    ].filter(Boolean).join('; ');
+    ]
+      .filter(Boolean)
+      .join('; ');
     throw new TcabError(`The retention plan does not match the snapshot listing${detail ? ` (${detail})` : ' (an id is planned twice)'}`, {
-      code: 'RETENTION_INPUT_INVALID', hint: 'plan and rails must be given the same list of snapshots',
+      code: 'RETENTION_INPUT_INVALID',
+      hint: 'plan and rails must be given the same list of snapshots',
     });
   }
 }
 
 const percent = (share: number) => `${Math.round(share * 1000) / 10}%`;
 
-export function applySafetyRails(plan: RetentionPlan, snapshots: readonly RailSnapshot[], rails: SafetyRails, now: Date = new Date()): GuardedPlan {
+export function applySafetyRails(
+  plan: RetentionPlan,
+  snapshots: readonly RailSnapshot[],
+  rails: SafetyRails,
+  now: Date = new Date(),
+): GuardedPlan {
   checkRails(rails);
   checkPlanCoversSnapshots(plan, snapshots);
   const where = rails.target ? ` on target "${rails.target}"` : '';
@@ -120,7 +133,8 @@ export function applySafetyRails(plan: RetentionPlan, snapshots: readonly RailSn
   if (!rails.listingComplete) {
     const ids = planned();
     return result({
-      rail: 'listing-complete', ids,
+      rail: 'listing-complete',
+      ids,
       message: `Retention refused${where}: the snapshot listing is incomplete, so the policy could delete snapshots whose newer neighbours it did not see; nothing is removed (the plan would remove ${ids.length}). Check: the listing errors of this target in the log, then run prune again`,
     });
   }
@@ -135,20 +149,38 @@ export function applySafetyRails(plan: RetentionPlan, snapshots: readonly RailSn
     reports.push({ rail, ids, message: message(ids) });
   };
 
-  rescue('pinned', sorted.filter((s) => s.pinned || s.tags.includes(PIN_TAG)), 'pinned',
-    (ids) => `Kept ${ids.length} pinned snapshot(s)${where} that the policy would remove: ${ids.join(', ')}`);
+  rescue(
+    'pinned',
+    sorted.filter((s) => s.pinned || s.tags.includes(PIN_TAG)),
+    'pinned',
+    (ids) => `Kept ${ids.length} pinned snapshot(s)${where} that the policy would remove: ${ids.join(', ')}`,
+  );
 
   const newestVerified = sorted.find((s) => s.verified);
-  rescue('newest-verified', newestVerified ? [newestVerified] : [], 'newest verified snapshot',
-    (ids) => `Kept ${ids[0]}${where}, the newest snapshot whose sha256 was verified, which the policy would remove`);
+  rescue(
+    'newest-verified',
+    newestVerified ? [newestVerified] : [],
+    'newest verified snapshot',
+    (ids) => `Kept ${ids[0]}${where}, the newest snapshot whose sha256 was verified, which the policy would remove`,
+  );
 
-  rescue('min-keep', sorted.slice(0, rails.minKeep), `one of the ${rails.minKeep} newest (min keep)`,
-    (ids) => `Kept ${ids.length} snapshot(s)${where} among the ${rails.minKeep} newest (TCAB_BACKUP_RETENTION_MIN_KEEP) that the policy would remove: ${ids.join(', ')}`);
+  rescue(
+    'min-keep',
+    sorted.slice(0, rails.minKeep),
+    `one of the ${rails.minKeep} newest (min keep)`,
+    (ids) =>
+      `Kept ${ids.length} snapshot(s)${where} among the ${rails.minKeep} newest (TCAB_BACKUP_RETENTION_MIN_KEEP) that the policy would remove: ${ids.join(', ')}`,
+  );
 
   const nowMs = now.getTime();
   const minAge = formatDuration(rails.minAgeMs);
-  rescue('min-age', sorted.filter((s) => nowMs - s.time.getTime() < rails.minAgeMs), `younger than ${minAge} (min age)`,
-    (ids) => `Kept ${ids.length} snapshot(s)${where} younger than ${minAge} (TCAB_BACKUP_RETENTION_MIN_AGE) that the policy would remove: ${ids.join(', ')}`);
+  rescue(
+    'min-age',
+    sorted.filter((s) => nowMs - s.time.getTime() < rails.minAgeMs),
+    `younger than ${minAge} (min age)`,
+    (ids) =>
+      `Kept ${ids.length} snapshot(s)${where} younger than ${minAge} (TCAB_BACKUP_RETENTION_MIN_AGE) that the policy would remove: ${ids.join(', ')}`,
+  );
 
   const total = sorted.length;
   const share = total ? removing.size / total : 0;
@@ -157,7 +189,8 @@ export function applySafetyRails(plan: RetentionPlan, snapshots: readonly RailSn
     const what = `the run would delete ${ids.length} of ${total} snapshots${where} (${percent(share)}), more than TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE allows (${percent(rails.maxDeleteShare)})`;
     if (!rails.force) {
       return result({
-        rail: 'max-delete-share', ids,
+        rail: 'max-delete-share',
+        ids,
         message: `Retention refused: ${what}; nothing is removed. Check: the retention policy of this target; if the deletion is intended, run prune with --force or raise TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE`,
       });
     }

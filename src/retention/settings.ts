@@ -26,14 +26,40 @@ import type { RetentionRailSettings } from './rails.js';
  * nothing). About 80 snapshots per target once a year has passed.
  */
 export const RETENTION_SETTINGS = defineSettings([
-  { name: 'TCAB_BACKUP_RETENTION_<NAME>', side: 'backup', requiredInAzure: false, secret: false, default: 'hourly=48,daily=14,weekly=8,monthly=12,yearly=-1',
-    description: 'Retention policy of one target (restic forget semantics, UTC), comma-separated rules: last, hourly, daily, weekly (ISO weeks), monthly, yearly = a count or -1 (unlimited); within, withinHourly, withinDaily, withinWeekly, withinMonthly, withinYearly = a duration in y, m (months), d, h like 1y2m3d4h, measured back from the newest snapshot; tags = tag lists separated by ";", tags of one list joined by "+" (pinned;release+v1 keeps snapshots tagged pinned, or tagged both release and v1). E.g. last=3,hourly=24,daily=14,weekly=8,monthly=12,yearly=-1.' },
-  { name: 'TCAB_BACKUP_RETENTION_MIN_KEEP', side: 'backup', requiredInAzure: false, secret: false, default: '3',
-    description: 'Safety rail: prune always keeps at least this many of the newest snapshots of each target, whatever the policy says.' },
-  { name: 'TCAB_BACKUP_RETENTION_MIN_AGE', side: 'backup', requiredInAzure: false, secret: false, default: '1h',
-    description: 'Safety rail: prune never deletes a snapshot younger than this (e.g. 1h, 1d).' },
-  { name: 'TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE', side: 'backup', requiredInAzure: false, secret: false, default: '0.5',
-    description: 'Safety rail: a prune run that would delete more than this share (0 to 1) of a target\'s snapshots is refused unless forced (tcab-backup prune --force).' },
+  {
+    name: 'TCAB_BACKUP_RETENTION_<NAME>',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: 'hourly=48,daily=14,weekly=8,monthly=12,yearly=-1',
+    description:
+      'Retention policy of one target (restic forget semantics, UTC), comma-separated rules: last, hourly, daily, weekly (ISO weeks), monthly, yearly = a count or -1 (unlimited); within, withinHourly, withinDaily, withinWeekly, withinMonthly, withinYearly = a duration in y, m (months), d, h like 1y2m3d4h, measured back from the newest snapshot; tags = tag lists separated by ";", tags of one list joined by "+" (pinned;release+v1 keeps snapshots tagged pinned, or tagged both release and v1). E.g. last=3,hourly=24,daily=14,weekly=8,monthly=12,yearly=-1.',
+  },
+  {
+    name: 'TCAB_BACKUP_RETENTION_MIN_KEEP',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: '3',
+    description: 'Safety rail: prune always keeps at least this many of the newest snapshots of each target, whatever the policy says.',
+  },
+  {
+    name: 'TCAB_BACKUP_RETENTION_MIN_AGE',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: '1h',
+    description: 'Safety rail: prune never deletes a snapshot younger than this (e.g. 1h, 1d).',
+  },
+  {
+    name: 'TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: '0.5',
+    description:
+      "Safety rail: a prune run that would delete more than this share (0 to 1) of a target's snapshots is refused unless forced (tcab-backup prune --force).",
+  },
 ]);
 
 const { fallback } = settingsReader(RETENTION_SETTINGS);
@@ -61,7 +87,10 @@ function parseCount(rule: string, value: string): number {
 function parseTagLists(value: string): string[][] {
   return value.split(';').map((list, i) => {
     const tags = list.split('+').map((t) => t.trim());
-    if (tags.some((t) => !t)) throw new Error(`tags: list ${i + 1} ("${list}") has an empty tag: expected lists separated by ";", tags within a list joined by "+", e.g. pinned;release+v1`);
+    if (tags.some((t) => !t))
+      throw new Error(
+        `tags: list ${i + 1} ("${list}") has an empty tag: expected lists separated by ";", tags within a list joined by "+", e.g. pinned;release+v1`,
+      );
     return tags;
   });
 }
@@ -94,7 +123,9 @@ export function parseRetentionPolicy(text: string): RetentionPolicy {
   const problems = policyProblems(policy);
   if (problems.length) throw new Error(problems.join('; '));
   if (isEmptyPolicy(policy)) {
-    throw new Error(`sets no rule that keeps anything, and an empty policy would never remove a snapshot: give at least one rule (e.g. ${DEFAULT_RETENTION_POLICY_TEXT}), or last=-1 to keep everything`);
+    throw new Error(
+      `sets no rule that keeps anything, and an empty policy would never remove a snapshot: give at least one rule (e.g. ${DEFAULT_RETENTION_POLICY_TEXT}), or last=-1 to keep everything`,
+    );
   }
   return policy;
 }
@@ -128,7 +159,11 @@ export interface RetentionConfig {
 }
 
 function readRails(env: Env, problems: string[]): RetentionRailSettings {
-  const rails: RetentionRailSettings = { minKeep: DEFAULT_MIN_KEEP, minAgeMs: parseDurationMs(DEFAULT_MIN_AGE), maxDeleteShare: DEFAULT_MAX_DELETE_SHARE };
+  const rails: RetentionRailSettings = {
+    minKeep: DEFAULT_MIN_KEEP,
+    minAgeMs: parseDurationMs(DEFAULT_MIN_AGE),
+    maxDeleteShare: DEFAULT_MAX_DELETE_SHARE,
+  };
   const minKeep = env[MIN_KEEP_VARIABLE]?.trim();
   if (minKeep) {
     if (/^\d{1,6}$/.test(minKeep)) rails.minKeep = Number(minKeep);
@@ -146,7 +181,10 @@ function readRails(env: Env, problems: string[]): RetentionRailSettings {
   if (share) {
     const n = /^(0|1|0?\.\d+|1\.0*)$/.test(share) ? Number(share) : NaN;
     if (n >= 0 && n <= 1) rails.maxDeleteShare = n;
-    else problems.push(`${MAX_DELETE_SHARE_VARIABLE}: "${share}" is invalid: expected a share from 0 to 1, like 0.5 (a run deleting more than this share of a target's snapshots is refused unless forced)`);
+    else
+      problems.push(
+        `${MAX_DELETE_SHARE_VARIABLE}: "${share}" is invalid: expected a share from 0 to 1, like 0.5 (a run deleting more than this share of a target's snapshots is refused unless forced)`,
+      );
   }
   return rails;
 }
@@ -165,7 +203,9 @@ export function loadRetentionConfig(env: Env, targetNames: readonly string[]): R
     const variable = retentionVariable(name);
     targetVariables.add(variable);
     if (RAIL_VARIABLES.includes(variable)) {
-      problems.push(`TCAB_BACKUP_TARGETS: the target name "${name}" makes its retention variable ${variable}, which is a safety-rail setting; give the target another name`);
+      problems.push(
+        `TCAB_BACKUP_TARGETS: the target name "${name}" makes its retention variable ${variable}, which is a safety-rail setting; give the target another name`,
+      );
       continue;
     }
     const text = env[variable]?.trim();
@@ -183,7 +223,9 @@ export function loadRetentionConfig(env: Env, targetNames: readonly string[]): R
   for (const variable of Object.keys(env)) {
     if (!variable.startsWith('TCAB_BACKUP_RETENTION_') || targetVariables.has(variable) || documented.has(variable)) continue;
     if (!env[variable]?.trim()) continue;
-    problems.push(`${variable}: is set, but no target in TCAB_BACKUP_TARGETS has this name (targets: ${targetNames.join(', ') || 'none'}); check the spelling of the target name`);
+    problems.push(
+      `${variable}: is set, but no target in TCAB_BACKUP_TARGETS has this name (targets: ${targetNames.join(', ') || 'none'}); check the spelling of the target name`,
+    );
   }
   if (problems.length) throw new ConfigError(problems);
   return { policies, rails };

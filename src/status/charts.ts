@@ -13,9 +13,17 @@ const DAY = 24 * HOUR;
 export const TIMELINE_SPAN_MS = 14 * DAY;
 
 export const COLOURS = {
-  ok: '#1a7f37', warn: '#9a6700', critical: '#cf222e',
-  okBg: '#dafbe1', warnBg: '#fff8c5', criticalBg: '#ffebe9',
-  bar: '#0969da', barNewest: '#0a3069', axis: '#57606a', grid: '#d0d7de', text: '#1f2328',
+  ok: '#1a7f37',
+  warn: '#9a6700',
+  critical: '#cf222e',
+  okBg: '#dafbe1',
+  warnBg: '#fff8c5',
+  criticalBg: '#ffebe9',
+  bar: '#0969da',
+  barNewest: '#0a3069',
+  axis: '#57606a',
+  grid: '#d0d7de',
+  text: '#1f2328',
 };
 
 /** Patterns shared by every chart on the page; defined once in a hidden SVG. */
@@ -27,8 +35,10 @@ export function patternDefs(): string {
 }
 
 function svgOpen(id: string, width: number, height: number, title: string, desc: string): string {
-  return `<svg class="chart" role="img" aria-labelledby="${id}-t ${id}-d" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}" xmlns="http://www.w3.org/2000/svg">`
-    + `<title id="${id}-t">${esc(title)}</title><desc id="${id}-d">${esc(desc)}</desc>`;
+  return (
+    `<svg class="chart" role="img" aria-labelledby="${id}-t ${id}-d" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}" xmlns="http://www.w3.org/2000/svg">` +
+    `<title id="${id}-t">${esc(title)}</title><desc id="${id}-d">${esc(desc)}</desc>`
+  );
 }
 
 /** Snapshot times along the last days, each a bar as tall as its stored size. */
@@ -68,18 +78,25 @@ export function snapshotTimelineSvg(id: string, target: TargetStatus, now: numbe
     const cx = x(p.ms);
     const label = `Snapshot ${p.id}, ${utcMinute(p.ms)}, ${p.artifactBytes === null ? 'artifact missing' : formatBytes(p.artifactBytes)}`;
     if (p.artifactBytes === null) {
-      parts.push(`<rect x="${px(cx - barW / 2)}" y="${m.t}" width="${px(barW)}" height="${ph}" fill="url(#hatch-critical)" stroke="${COLOURS.critical}"><title>${esc(label)}</title></rect>`);
+      parts.push(
+        `<rect x="${px(cx - barW / 2)}" y="${m.t}" width="${px(barW)}" height="${ph}" fill="url(#hatch-critical)" stroke="${COLOURS.critical}"><title>${esc(label)}</title></rect>`,
+      );
     } else {
       const top = y(p.artifactBytes);
-      parts.push(`<rect x="${px(cx - barW / 2)}" y="${px(top)}" width="${px(barW)}" height="${px(Math.max(1, m.t + ph - top))}" fill="${i === 0 ? COLOURS.barNewest : COLOURS.bar}"><title>${esc(label)}</title></rect>`);
+      parts.push(
+        `<rect x="${px(cx - barW / 2)}" y="${px(top)}" width="${px(barW)}" height="${px(Math.max(1, m.t + ph - top))}" fill="${i === 0 ? COLOURS.barNewest : COLOURS.bar}"><title>${esc(label)}</title></rect>`,
+      );
     }
   });
   parts.push(`<line x1="${m.l}" x2="${W - m.r}" y1="${m.t + ph}" y2="${m.t + ph}" stroke="${COLOURS.axis}"/>`);
   parts.push(`<line x1="${W - m.r}" x2="${W - m.r}" y1="${m.t}" y2="${m.t + ph}" stroke="${COLOURS.text}" stroke-dasharray="4 3"/>`);
   parts.push(`<text x="${W - m.r}" y="${m.t - 4}" text-anchor="middle" class="tick">now</text>`);
   parts.push(`<text x="${m.l}" y="${H - 4}" class="axis-label">time (UTC) →</text>`);
-  parts.push(`<text x="12" y="${m.t + ph / 2}" class="axis-label" transform="rotate(-90 12 ${m.t + ph / 2})" text-anchor="middle">stored size</text>`);
-  if (!shown.length) parts.push(`<text x="${m.l + pw / 2}" y="${m.t + ph / 2}" text-anchor="middle" class="empty">no snapshot in this period</text>`);
+  parts.push(
+    `<text x="12" y="${m.t + ph / 2}" class="axis-label" transform="rotate(-90 12 ${m.t + ph / 2})" text-anchor="middle">stored size</text>`,
+  );
+  if (!shown.length)
+    parts.push(`<text x="${m.l + pw / 2}" y="${m.t + ph / 2}" text-anchor="middle" class="empty">no snapshot in this period</text>`);
   parts.push('</svg>');
   return { svg: parts.join(''), shown: shown.length, spanMs: span };
 }
@@ -114,19 +131,27 @@ export function recoveryTimeSvg(id: string, targetName: string, recentNewestFirs
     const day = spread >= 2 * DAY ? utcDay(Date.parse(d.finishedAt)) : d.finishedAt.slice(11, 16);
     const title = `Drill ${d.drillId} finished ${utcMinute(d.finishedAt)}: ${d.ok ? `${d.checks?.method === 'stream' ? 'verified streaming' : 'restored'} in ${shortMs(d.recoveryTimeMs ?? 0)}` : `failed: ${d.error ?? ''}`}`;
     if (!d.ok) {
-      parts.push(`<rect x="${px(cx - barW / 2)}" y="${m.t}" width="${px(barW)}" height="${ph}" fill="url(#hatch-critical)" stroke="${COLOURS.critical}"><title>${esc(title)}</title></rect>`);
+      parts.push(
+        `<rect x="${px(cx - barW / 2)}" y="${m.t}" width="${px(barW)}" height="${ph}" fill="url(#hatch-critical)" stroke="${COLOURS.critical}"><title>${esc(title)}</title></rect>`,
+      );
       parts.push(`<text x="${px(cx)}" y="${m.t - 6}" text-anchor="middle" class="value critical">✕ failed</text>`);
     } else {
       const top = y(d.recoveryTimeMs ?? 0);
       const warned = d.warnings.length > 0;
-      parts.push(`<rect x="${px(cx - barW / 2)}" y="${px(top)}" width="${px(barW)}" height="${px(Math.max(1, m.t + ph - top))}" fill="${warned ? 'url(#dots-warn)' : COLOURS.ok}" stroke="${warned ? COLOURS.warn : COLOURS.ok}"><title>${esc(title + (warned ? `; warnings: ${d.warnings.join('; ')}` : ''))}</title></rect>`);
-      parts.push(`<text x="${px(cx)}" y="${px(top - 6)}" text-anchor="middle" class="value">${esc(shortMs(d.recoveryTimeMs ?? 0))}${warned ? ' !' : ''}</text>`);
+      parts.push(
+        `<rect x="${px(cx - barW / 2)}" y="${px(top)}" width="${px(barW)}" height="${px(Math.max(1, m.t + ph - top))}" fill="${warned ? 'url(#dots-warn)' : COLOURS.ok}" stroke="${warned ? COLOURS.warn : COLOURS.ok}"><title>${esc(title + (warned ? `; warnings: ${d.warnings.join('; ')}` : ''))}</title></rect>`,
+      );
+      parts.push(
+        `<text x="${px(cx)}" y="${px(top - 6)}" text-anchor="middle" class="value">${esc(shortMs(d.recoveryTimeMs ?? 0))}${warned ? ' !' : ''}</text>`,
+      );
     }
-    if (drills.length <= 16 || i % 2 === drills.length % 2) parts.push(`<text x="${px(cx)}" y="${H - m.b + 18}" text-anchor="middle" class="tick">${day}</text>`);
+    if (drills.length <= 16 || i % 2 === drills.length % 2)
+      parts.push(`<text x="${px(cx)}" y="${H - m.b + 18}" text-anchor="middle" class="tick">${day}</text>`);
   });
   parts.push(`<line x1="${m.l}" x2="${W - m.r}" y1="${m.t + ph}" y2="${m.t + ph}" stroke="${COLOURS.axis}"/>`);
   parts.push(`<text x="${m.l}" y="${H - 4}" class="axis-label">drills, oldest to newest (bar: download to verified file)</text>`);
-  if (!drills.length) parts.push(`<text x="${m.l + pw / 2}" y="${m.t + ph / 2}" text-anchor="middle" class="empty">no drill recorded yet</text>`);
+  if (!drills.length)
+    parts.push(`<text x="${m.l + pw / 2}" y="${m.t + ph / 2}" text-anchor="middle" class="empty">no drill recorded yet</text>`);
   parts.push('</svg>');
   return parts.join('');
 }
@@ -139,9 +164,10 @@ export function recoveryPointGaugeSvg(id: string, targetName: string, ageMs: num
   const pw = W - m.l - m.r;
   const scale = Math.max(t.criticalMs * 1.5, (ageMs ?? 0) * 1.1);
   const x = (ms: number) => m.l + (Math.min(ms, scale) / scale) * pw;
-  const desc = ageMs === null
-    ? 'No snapshot: there is nothing to restore.'
-    : `The newest snapshot is ${formatDuration(ageMs)} old; warning after ${formatDuration(t.warnMs)}, critical after ${formatDuration(t.criticalMs)}.`;
+  const desc =
+    ageMs === null
+      ? 'No snapshot: there is nothing to restore.'
+      : `The newest snapshot is ${formatDuration(ageMs)} old; warning after ${formatDuration(t.warnMs)}, critical after ${formatDuration(t.criticalMs)}.`;
   const parts = [svgOpen(id, W, H, `Recovery point now on target ${targetName}`, desc)];
   const zones: Array<[number, number, string, string, string]> = [
     [0, t.warnMs, COLOURS.okBg, COLOURS.ok, 'ok'],
@@ -149,15 +175,21 @@ export function recoveryPointGaugeSvg(id: string, targetName: string, ageMs: num
     [t.criticalMs, scale, 'url(#hatch-critical)', COLOURS.critical, 'critical'],
   ];
   for (const [from, to, fill, ink, label] of zones) {
-    parts.push(`<rect x="${px(x(from))}" y="${m.t}" width="${px(x(to) - x(from))}" height="${H - m.t - m.b}" fill="${fill}" stroke="${ink}" stroke-width="0.5"/>`);
-    parts.push(`<text x="${px((x(from) + x(to)) / 2)}" y="${H - 8}" text-anchor="middle" class="tick" fill="${ink}">${label}${from > 0 ? ` (from ${formatDuration(from)})` : ''}</text>`);
+    parts.push(
+      `<rect x="${px(x(from))}" y="${m.t}" width="${px(x(to) - x(from))}" height="${H - m.t - m.b}" fill="${fill}" stroke="${ink}" stroke-width="0.5"/>`,
+    );
+    parts.push(
+      `<text x="${px((x(from) + x(to)) / 2)}" y="${H - 8}" text-anchor="middle" class="tick" fill="${ink}">${label}${from > 0 ? ` (from ${formatDuration(from)})` : ''}</text>`,
+    );
   }
   if (ageMs !== null) {
     const ax = x(ageMs);
     parts.push(`<line x1="${px(ax)}" x2="${px(ax)}" y1="${m.t - 4}" y2="${H - m.b + 2}" stroke="${COLOURS.text}" stroke-width="3"/>`);
     parts.push(`<path d="M${px(ax - 6)} ${m.t - 14} L${px(ax + 6)} ${m.t - 14} L${px(ax)} ${m.t - 4} Z" fill="${COLOURS.text}"/>`);
     const anchor = ax > W - 120 ? 'end' : ax < 120 ? 'start' : 'middle';
-    parts.push(`<text x="${px(ax + (anchor === 'start' ? 10 : anchor === 'end' ? -10 : 0))}" y="${m.t - 18}" text-anchor="${anchor}" class="value">${esc(formatDuration(ageMs))} old${ageMs > scale ? ' (off the scale)' : ''}</text>`);
+    parts.push(
+      `<text x="${px(ax + (anchor === 'start' ? 10 : anchor === 'end' ? -10 : 0))}" y="${m.t - 18}" text-anchor="${anchor}" class="value">${esc(formatDuration(ageMs))} old${ageMs > scale ? ' (off the scale)' : ''}</text>`,
+    );
   } else {
     parts.push(`<text x="${W / 2}" y="${m.t - 10}" text-anchor="middle" class="value critical">✕ no snapshot</text>`);
   }

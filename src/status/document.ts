@@ -73,7 +73,14 @@ export interface DrillSummary {
   warnings: string[];
   error?: string;
   /** The application drill (TCAB_BACKUP_DRILL_APP), when this drill ran one: the backend brought up on the copy. */
-  app?: { passed: boolean; failedStep: string | null; runsServed: number | null; runsInFile: number | null; startToServingMs: number | null; text: string };
+  app?: {
+    passed: boolean;
+    failedStep: string | null;
+    runsServed: number | null;
+    runsInFile: number | null;
+    startToServingMs: number | null;
+    text: string;
+  };
 }
 
 export interface TargetStatus {
@@ -86,7 +93,14 @@ export interface TargetStatus {
     state: State;
     count: number;
     totalArtifactBytes: number;
-    newest: { id: string; createdAt: string; ageMs: number; artifactBytes: number | null; bytes: number | null; compression: string | null } | null;
+    newest: {
+      id: string;
+      createdAt: string;
+      ageMs: number;
+      artifactBytes: number | null;
+      bytes: number | null;
+      compression: string | null;
+    } | null;
     oldest: { id: string; time: string } | null;
     /** Newest first, at most TIMELINE_LIMIT. */
     timeline: Array<{ id: string; time: string; artifactBytes: number | null }>;
@@ -174,16 +188,31 @@ function limits(t: AgeThreshold): string {
 
 function summarizeDrill(r: DrillRecord): DrillSummary {
   return {
-    drillId: r.drillId, finishedAt: r.finishedAt, ok: r.ok, snapshotId: r.snapshot?.id ?? null, recoveryTimeMs: r.recoveryTimeMs,
-    checks: r.checks ?? (r.ok ? { method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] } : null),
-    snapshotAgeMs: r.recoveryPoint?.snapshotAgeMs ?? null, runsSince: r.recoveryPoint?.runsSince ?? null, liveAvailable: r.live.available,
-    warnings: r.warnings, ...(r.error ? { error: r.error } : {}),
-    ...(r.app ? {
-      app: {
-        passed: r.app.passed, failedStep: r.app.failedStep, runsServed: r.app.runs.served, runsInFile: r.app.runs.inFile,
-        startToServingMs: r.app.startToServingMs, text: appDrillText(r.app),
-      },
-    } : {}),
+    drillId: r.drillId,
+    finishedAt: r.finishedAt,
+    ok: r.ok,
+    snapshotId: r.snapshot?.id ?? null,
+    recoveryTimeMs: r.recoveryTimeMs,
+    checks:
+      r.checks ??
+      (r.ok ? { method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] } : null),
+    snapshotAgeMs: r.recoveryPoint?.snapshotAgeMs ?? null,
+    runsSince: r.recoveryPoint?.runsSince ?? null,
+    liveAvailable: r.live.available,
+    warnings: r.warnings,
+    ...(r.error ? { error: r.error } : {}),
+    ...(r.app
+      ? {
+          app: {
+            passed: r.app.passed,
+            failedStep: r.app.failedStep,
+            runsServed: r.app.runs.served,
+            runsInFile: r.app.runs.inFile,
+            startToServingMs: r.app.startToServingMs,
+            text: appDrillText(r.app),
+          },
+        }
+      : {}),
   };
 }
 
@@ -199,36 +228,71 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
   // Before the first drill or verify, the oldest snapshot says how long the evidence has been missing.
   const sinceFirstSnapshot = oldestSnapshot ? now - oldestSnapshot.time.getTime() : null;
   const status: TargetStatus = {
-    name: f.name, url: f.url, state: 'ok', reachable: !f.error, ...(f.error ? { error: f.error } : {}),
+    name: f.name,
+    url: f.url,
+    state: 'ok',
+    reachable: !f.error,
+    ...(f.error ? { error: f.error } : {}),
     snapshots: {
-      state: 'ok', count: f.snapshots.length, totalArtifactBytes: f.snapshots.reduce((n, s) => n + (s.artifactBytes ?? 0), 0),
-      newest: newestSnapshot ? {
-        id: newestSnapshot.id, createdAt: f.newestManifest?.createdAt ?? newestSnapshot.time.toISOString(), ageMs: snapshotAge!,
-        artifactBytes: f.newestManifest?.artifact.bytes ?? newestSnapshot.artifactBytes ?? null, bytes: f.newestManifest?.snapshot.bytes ?? null,
-        compression: f.newestManifest?.artifact.compression ?? null,
-      } : null,
+      state: 'ok',
+      count: f.snapshots.length,
+      totalArtifactBytes: f.snapshots.reduce((n, s) => n + (s.artifactBytes ?? 0), 0),
+      newest: newestSnapshot
+        ? {
+            id: newestSnapshot.id,
+            createdAt: f.newestManifest?.createdAt ?? newestSnapshot.time.toISOString(),
+            ageMs: snapshotAge!,
+            artifactBytes: f.newestManifest?.artifact.bytes ?? newestSnapshot.artifactBytes ?? null,
+            bytes: f.newestManifest?.snapshot.bytes ?? null,
+            compression: f.newestManifest?.artifact.compression ?? null,
+          }
+        : null,
       oldest: oldestSnapshot ? { id: oldestSnapshot.id, time: oldestSnapshot.time.toISOString() } : null,
-      timeline: f.snapshots.slice(0, TIMELINE_LIMIT).map((s) => ({ id: s.id, time: s.time.toISOString(), artifactBytes: s.artifactBytes ?? null })),
+      timeline: f.snapshots
+        .slice(0, TIMELINE_LIMIT)
+        .map((s) => ({ id: s.id, time: s.time.toISOString(), artifactBytes: s.artifactBytes ?? null })),
     },
     recoveryPointNowMs: snapshotAge,
     drill: { state: 'ok', ageMs: null, lastSucceeded: null, lastFailed: null, recent: [] },
     verify: { state: 'ok', ageMs: null, lastCleanRunAt: null, lastRun: null, failing: [], unreadable: [], reread: 0 },
   };
   if (f.error) {
-    status.state = add('critical', 'reachability', `cannot be read: ${f.error}`, 'the target\'s reachability and credentials (TCAB_BACKUP_TARGETS and its TCAB_BACKUP_TARGET_<NAME>_* settings); until it answers, nothing proves its backups exist');
+    status.state = add(
+      'critical',
+      'reachability',
+      `cannot be read: ${f.error}`,
+      "the target's reachability and credentials (TCAB_BACKUP_TARGETS and its TCAB_BACKUP_TARGET_<NAME>_* settings); until it answers, nothing proves its backups exist",
+    );
     status.snapshots.state = status.drill.state = status.verify.state = 'critical';
     return status;
   }
 
   // Snapshots.
   if (!newestSnapshot) {
-    status.snapshots.state = add('critical', 'snapshot', 'holds no snapshot', 'that snapshotTimer runs and succeeds (Application Insights > Failures), or run "tcab-backup snapshot"');
+    status.snapshots.state = add(
+      'critical',
+      'snapshot',
+      'holds no snapshot',
+      'that snapshotTimer runs and succeeds (Application Insights > Failures), or run "tcab-backup snapshot"',
+    );
   } else {
     const s = ageState(snapshotAge, t.snapshot);
-    status.snapshots.state = add(s, 'snapshot', `the newest snapshot ${newestSnapshot.id} is ${formatDuration(snapshotAge!)} old (${limits(t.snapshot)})`,
-      'that snapshotTimer runs and succeeds, that the agent answers, and that this target accepts writes (replicate copies missed snapshots)');
+    status.snapshots.state = add(
+      s,
+      'snapshot',
+      `the newest snapshot ${newestSnapshot.id} is ${formatDuration(snapshotAge!)} old (${limits(t.snapshot)})`,
+      'that snapshotTimer runs and succeeds, that the agent answers, and that this target accepts writes (replicate copies missed snapshots)',
+    );
     if (f.newestManifestError) {
-      status.snapshots.state = worst(status.snapshots.state, add('warn', 'snapshot', `the manifest of the newest snapshot ${newestSnapshot.id} cannot be read: ${f.newestManifestError}`, 'run "tcab-backup verify --all" and restore from another target if it is damaged'));
+      status.snapshots.state = worst(
+        status.snapshots.state,
+        add(
+          'warn',
+          'snapshot',
+          `the manifest of the newest snapshot ${newestSnapshot.id} cannot be read: ${f.newestManifestError}`,
+          'run "tcab-backup verify --all" and restore from another target if it is damaged',
+        ),
+      );
     }
   }
 
@@ -246,22 +310,58 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
   if (newestDrill && !newestDrill.ok) {
     // A backend that did not come up on a good file is as failed a drill as a file that did not restore.
     const appFailed = newestDrill.app && !newestDrill.app.passed;
-    drillState = add('critical', 'drill', `the last restore drill ${newestDrill.drillId} failed: ${newestDrill.error ?? 'no reason recorded'}`, appFailed
-      ? 'the application drill\'s failed step and the backend\'s last log lines in the drill record; on the VM, TCAB_AGENT_DRILL_BACKEND_COMMAND and the agent\'s log; "tcab-backup drill --app" once fixed'
-      : 'restore from another target; run "tcab-backup verify --all" to find damaged copies, and "tcab-backup drill" once fixed');
+    drillState = add(
+      'critical',
+      'drill',
+      `the last restore drill ${newestDrill.drillId} failed: ${newestDrill.error ?? 'no reason recorded'}`,
+      appFailed
+        ? "the application drill's failed step and the backend's last log lines in the drill record; on the VM, TCAB_AGENT_DRILL_BACKEND_COMMAND and the agent's log; \"tcab-backup drill --app\" once fixed"
+        : 'restore from another target; run "tcab-backup verify --all" to find damaged copies, and "tcab-backup drill" once fixed',
+    );
   }
   if (lastSucceeded) {
-    drillState = worst(drillState, add(ageState(status.drill.ageMs, t.drill), 'drill', `the last successful restore drill was ${formatDuration(status.drill.ageMs!)} ago (${limits(t.drill)})`, drillHint));
+    drillState = worst(
+      drillState,
+      add(
+        ageState(status.drill.ageMs, t.drill),
+        'drill',
+        `the last successful restore drill was ${formatDuration(status.drill.ageMs!)} ago (${limits(t.drill)})`,
+        drillHint,
+      ),
+    );
     if (newestDrill === lastSucceeded && !lastSucceeded.live.available) {
-      drillState = worst(drillState, add('warn', 'drill', `the last drill restored snapshot ${lastSucceeded.snapshot?.id} but could not compare it with the live database: ${lastSucceeded.live.error ?? 'unknown'}`,
-        'that the agent answers GET /v1/status (TCAB_BACKUP_AGENT_URL, key, network path)'));
+      drillState = worst(
+        drillState,
+        add(
+          'warn',
+          'drill',
+          `the last drill restored snapshot ${lastSucceeded.snapshot?.id} but could not compare it with the live database: ${lastSucceeded.live.error ?? 'unknown'}`,
+          'that the agent answers GET /v1/status (TCAB_BACKUP_AGENT_URL, key, network path)',
+        ),
+      );
     }
   } else if (sinceFirstSnapshot !== null) {
-    drillState = worst(drillState, add(ageState(sinceFirstSnapshot, t.drill), 'drill', `no restore drill has succeeded since the oldest snapshot, ${formatDuration(sinceFirstSnapshot)} ago (${limits(t.drill)})`, drillHint));
+    drillState = worst(
+      drillState,
+      add(
+        ageState(sinceFirstSnapshot, t.drill),
+        'drill',
+        `no restore drill has succeeded since the oldest snapshot, ${formatDuration(sinceFirstSnapshot)} ago (${limits(t.drill)})`,
+        drillHint,
+      ),
+    );
   }
   const damagedDrills = f.drills.filter((d) => d.error);
   if (damagedDrills.length) {
-    drillState = worst(drillState, add('warn', 'drill', `${damagedDrills.length} drill record(s) cannot be read, e.g. ${damagedDrills[0]!.drillId}: ${damagedDrills[0]!.error}`, 'the records under drills/ on this target; move damaged ones away'));
+    drillState = worst(
+      drillState,
+      add(
+        'warn',
+        'drill',
+        `${damagedDrills.length} drill record(s) cannot be read, e.g. ${damagedDrills[0]!.drillId}: ${damagedDrills[0]!.error}`,
+        'the records under drills/ on this target; move damaged ones away',
+      ),
+    );
   }
   status.drill.state = drillState;
 
@@ -271,30 +371,84 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
   let verifyState: State = 'ok';
   if (v) {
     status.verify.lastCleanRunAt = v.lastCleanRun?.finishedAt ?? null;
-    status.verify.lastRun = v.lastRun ? { finishedAt: v.lastRun.finishedAt, all: v.lastRun.all, checked: v.lastRun.checked, failed: v.lastRun.failed, bytes: v.lastRun.bytes } : null;
-    const withVerdict = (verdict: 'damaged' | 'unreadable') => Object.entries(v.snapshots).filter(([id, e]) => verdictOf(e) === verdict && listed.has(id))
-      .map(([id, e]) => ({ id, checkedAt: e.checkedAt, failingSince: e.failingSince ?? null, error: e.error ?? (verdict === 'damaged' ? 'mismatch' : 'could not be read') }))
-      .sort((a, b) => (a.id < b.id ? 1 : -1));
+    status.verify.lastRun = v.lastRun
+      ? {
+          finishedAt: v.lastRun.finishedAt,
+          all: v.lastRun.all,
+          checked: v.lastRun.checked,
+          failed: v.lastRun.failed,
+          bytes: v.lastRun.bytes,
+        }
+      : null;
+    const withVerdict = (verdict: 'damaged' | 'unreadable') =>
+      Object.entries(v.snapshots)
+        .filter(([id, e]) => verdictOf(e) === verdict && listed.has(id))
+        .map(([id, e]) => ({
+          id,
+          checkedAt: e.checkedAt,
+          failingSince: e.failingSince ?? null,
+          error: e.error ?? (verdict === 'damaged' ? 'mismatch' : 'could not be read'),
+        }))
+        .sort((a, b) => (a.id < b.id ? 1 : -1));
     status.verify.failing = withVerdict('damaged');
     status.verify.unreadable = withVerdict('unreadable');
     status.verify.reread = Object.entries(v.snapshots).filter(([id, e]) => e.ok && listed.has(id)).length;
   }
   for (const bad of status.verify.failing) {
-    verifyState = worst(verifyState, add('critical', 'verify', `snapshot ${bad.id} failed verification at ${bad.checkedAt}: ${bad.error}`,
-      'this copy is damaged: the next replicate run (or "tcab-backup replicate" now) copies a good one over it from a healthy target'));
+    verifyState = worst(
+      verifyState,
+      add(
+        'critical',
+        'verify',
+        `snapshot ${bad.id} failed verification at ${bad.checkedAt}: ${bad.error}`,
+        'this copy is damaged: the next replicate run (or "tcab-backup replicate" now) copies a good one over it from a healthy target',
+      ),
+    );
   }
   for (const unknown of status.verify.unreadable) {
-    verifyState = worst(verifyState, add('warn', 'verify', `snapshot ${unknown.id} could not be read by verify at ${unknown.checkedAt}${unknown.failingSince && unknown.failingSince !== unknown.checkedAt ? ` (since ${unknown.failingSince})` : ''}, so whether it is intact is unknown: ${unknown.error}`,
-      'the reachability and health of this target; the next verify run (or "tcab-backup verify") reads it again; until then prune keeps it and replicate does not replace it'));
+    verifyState = worst(
+      verifyState,
+      add(
+        'warn',
+        'verify',
+        `snapshot ${unknown.id} could not be read by verify at ${unknown.checkedAt}${unknown.failingSince && unknown.failingSince !== unknown.checkedAt ? ` (since ${unknown.failingSince})` : ''}, so whether it is intact is unknown: ${unknown.error}`,
+        'the reachability and health of this target; the next verify run (or "tcab-backup verify") reads it again; until then prune keeps it and replicate does not replace it',
+      ),
+    );
   }
   const verifyHint = 'that verifyTimer runs (Application Insights > Failures), or run "tcab-backup verify"';
   if (status.verify.lastCleanRunAt) {
     status.verify.ageMs = now - Date.parse(status.verify.lastCleanRunAt);
-    verifyState = worst(verifyState, add(ageState(status.verify.ageMs, t.verify), 'verify', `the last verify run without damage finished ${formatDuration(status.verify.ageMs)} ago (${limits(t.verify)})`, verifyHint));
+    verifyState = worst(
+      verifyState,
+      add(
+        ageState(status.verify.ageMs, t.verify),
+        'verify',
+        `the last verify run without damage finished ${formatDuration(status.verify.ageMs)} ago (${limits(t.verify)})`,
+        verifyHint,
+      ),
+    );
   } else if (sinceFirstSnapshot !== null) {
-    verifyState = worst(verifyState, add(ageState(sinceFirstSnapshot, t.verify), 'verify', `no verify run has finished without damage since the oldest snapshot, ${formatDuration(sinceFirstSnapshot)} ago (${limits(t.verify)})`, verifyHint));
+    verifyState = worst(
+      verifyState,
+      add(
+        ageState(sinceFirstSnapshot, t.verify),
+        'verify',
+        `no verify run has finished without damage since the oldest snapshot, ${formatDuration(sinceFirstSnapshot)} ago (${limits(t.verify)})`,
+        verifyHint,
+      ),
+    );
   }
-  if (f.verifyError) verifyState = worst(verifyState, add('warn', 'verify', `the verify record cannot be read: ${f.verifyError}`, 'the next verify run replaces a damaged record after re-reading every snapshot'));
+  if (f.verifyError)
+    verifyState = worst(
+      verifyState,
+      add(
+        'warn',
+        'verify',
+        `the verify record cannot be read: ${f.verifyError}`,
+        'the next verify run replaces a damaged record after re-reading every snapshot',
+      ),
+    );
   status.verify.state = verifyState;
 
   status.state = worst(status.snapshots.state, status.drill.state, status.verify.state);
@@ -303,7 +457,12 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
 
 function judgePostgres(p: PostgresFacts, t: MonitorThresholds, now: number, problems: Problem[]): PostgresStatus {
   if ('error' in p) {
-    problems.push({ state: 'critical', check: 'postgres', message: `Postgres records cannot be read: ${p.error}`, hint: 'TCAB_BACKUP_PG_SERVERS and the records target' });
+    problems.push({
+      state: 'critical',
+      check: 'postgres',
+      message: `Postgres records cannot be read: ${p.error}`,
+      hint: 'TCAB_BACKUP_PG_SERVERS and the records target',
+    });
     return { state: 'critical', recordsTarget: p.recordsTarget, error: p.error, servers: [] };
   }
   const servers = p.servers.map((s): PostgresServerStatus => {
@@ -313,17 +472,65 @@ function judgePostgres(p: PostgresFacts, t: MonitorThresholds, now: number, prob
     };
     let state: State = 'ok';
     const checkAgeMs = s.check ? now - Date.parse(s.check.checkedAt) : null;
-    if (!s.check) state = add('warn', 'pg-check', 'no backup-policy check recorded yet', 'that pgCheckTimer runs, or run "tcab-backup pg check"');
+    if (!s.check)
+      state = add('warn', 'pg-check', 'no backup-policy check recorded yet', 'that pgCheckTimer runs, or run "tcab-backup pg check"');
     else {
-      state = worst(state, add(ageState(checkAgeMs, t.pgCheck), 'pg-check', `the last backup-policy check was ${formatDuration(checkAgeMs!)} ago (${limits(t.pgCheck)})`, 'that pgCheckTimer runs, or run "tcab-backup pg check"'));
-      if (!s.check.ok) state = worst(state, add('critical', 'pg-check', `violates the backup policy: ${s.check.violations.join('; ')}`, 'the server\'s backup settings in the Azure portal, or run "tcab-backup pg check --json" for details'));
+      state = worst(
+        state,
+        add(
+          ageState(checkAgeMs, t.pgCheck),
+          'pg-check',
+          `the last backup-policy check was ${formatDuration(checkAgeMs!)} ago (${limits(t.pgCheck)})`,
+          'that pgCheckTimer runs, or run "tcab-backup pg check"',
+        ),
+      );
+      if (!s.check.ok)
+        state = worst(
+          state,
+          add(
+            'critical',
+            'pg-check',
+            `violates the backup policy: ${s.check.violations.join('; ')}`,
+            'the server\'s backup settings in the Azure portal, or run "tcab-backup pg check --json" for details',
+          ),
+        );
     }
     const drillAgeMs = s.lastSucceededDrill ? now - Date.parse(s.lastSucceededDrill.finishedAt) : null;
-    if (!s.lastSucceededDrill) state = worst(state, add('warn', 'pg-drill', 'no point-in-time restore drill has succeeded yet', 'that pgDrillTimer runs, or run "tcab-backup pg drill"'));
-    else state = worst(state, add(ageState(drillAgeMs, t.pgDrill), 'pg-drill', `the last successful point-in-time restore drill finished ${formatDuration(drillAgeMs!)} ago (${limits(t.pgDrill)})`, 'that pgDrillTimer runs, or run "tcab-backup pg drill"'));
+    if (!s.lastSucceededDrill)
+      state = worst(
+        state,
+        add(
+          'warn',
+          'pg-drill',
+          'no point-in-time restore drill has succeeded yet',
+          'that pgDrillTimer runs, or run "tcab-backup pg drill"',
+        ),
+      );
+    else
+      state = worst(
+        state,
+        add(
+          ageState(drillAgeMs, t.pgDrill),
+          'pg-drill',
+          `the last successful point-in-time restore drill finished ${formatDuration(drillAgeMs!)} ago (${limits(t.pgDrill)})`,
+          'that pgDrillTimer runs, or run "tcab-backup pg drill"',
+        ),
+      );
     const lastFinished = s.lastFinishedDrill;
-    if (lastFinished && lastFinished.outcome === 'failed' && (!s.lastSucceededDrill || lastFinished.finishedAt > s.lastSucceededDrill.finishedAt)) {
-      state = worst(state, add('critical', 'pg-drill', `the last point-in-time restore drill ${lastFinished.drillId} failed: ${lastFinished.failure ?? 'no reason recorded'}`, 'run "tcab-backup pg drill --json" for the drill record'));
+    if (
+      lastFinished &&
+      lastFinished.outcome === 'failed' &&
+      (!s.lastSucceededDrill || lastFinished.finishedAt > s.lastSucceededDrill.finishedAt)
+    ) {
+      state = worst(
+        state,
+        add(
+          'critical',
+          'pg-drill',
+          `the last point-in-time restore drill ${lastFinished.drillId} failed: ${lastFinished.failure ?? 'no reason recorded'}`,
+          'run "tcab-backup pg drill --json" for the drill record',
+        ),
+      );
     }
     return { ...s, state, checkAgeMs, drillAgeMs };
   });
@@ -342,10 +549,22 @@ export function buildStatusDocument(input: {
   const targets = input.targets.map((f) => judgeTarget(f, input.thresholds, now, problems));
   const postgres = input.postgres ? judgePostgres(input.postgres, input.thresholds, now, problems) : undefined;
   problems.sort((a, b) => RANK[b.state] - RANK[a.state]);
-  const thresholds = Object.fromEntries(Object.entries(input.thresholds).map(([k, v]) => [k, { warn: formatDuration(v.warnMs), critical: formatDuration(v.criticalMs), warnMs: v.warnMs, criticalMs: v.criticalMs }])) as StatusDocument['thresholds'];
+  const thresholds = Object.fromEntries(
+    Object.entries(input.thresholds).map(([k, v]) => [
+      k,
+      { warn: formatDuration(v.warnMs), critical: formatDuration(v.criticalMs), warnMs: v.warnMs, criticalMs: v.criticalMs },
+    ]),
+  ) as StatusDocument['thresholds'];
   return {
-    formatVersion: STATUS_FORMAT_VERSION, kind: 'tcab-backup-status', database: input.database, generatedAt: input.now.toISOString(),
-    state: worst(...targets.map((x) => x.state), postgres?.state ?? 'ok'), thresholds, problems, targets, ...(postgres ? { postgres } : {}),
+    formatVersion: STATUS_FORMAT_VERSION,
+    kind: 'tcab-backup-status',
+    database: input.database,
+    generatedAt: input.now.toISOString(),
+    state: worst(...targets.map((x) => x.state), postgres?.state ?? 'ok'),
+    thresholds,
+    problems,
+    targets,
+    ...(postgres ? { postgres } : {}),
   };
 }
 

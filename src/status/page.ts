@@ -62,15 +62,20 @@ h1 code,h2 code{font-size:0.95em}
 `;
 
 function fact(label: string, value: string, state: State | null, detail: string): string {
-  return `<div class="fact"><div class="label">${esc(label)}</div><div class="value">${esc(value)}</div>`
-    + (state ? `<div class="state state-${state}">${LABEL[state]}</div>` : '')
-    + `<div class="label">${esc(detail)}</div></div>`;
+  return (
+    `<div class="fact"><div class="label">${esc(label)}</div><div class="value">${esc(value)}</div>` +
+    (state ? `<div class="state state-${state}">${LABEL[state]}</div>` : '') +
+    `<div class="label">${esc(detail)}</div></div>`
+  );
 }
 
 function drillText(d: DrillSummary | null): string {
   if (!d) return 'none yet';
   if (!d.ok) return d.app && !d.app.passed ? `failed: backend at step ${d.app.failedStep ?? 'unknown'}` : 'failed';
-  const file = d.checks?.method === 'stream' ? `verified streaming in ${shortMs(d.recoveryTimeMs ?? 0)}` : `restored in ${shortMs(d.recoveryTimeMs ?? 0)}`;
+  const file =
+    d.checks?.method === 'stream'
+      ? `verified streaming in ${shortMs(d.recoveryTimeMs ?? 0)}`
+      : `restored in ${shortMs(d.recoveryTimeMs ?? 0)}`;
   return d.app ? `${file}, backend served ${d.app.runsServed ?? 0} runs` : file;
 }
 
@@ -78,50 +83,83 @@ function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: numb
   const slug = `t${index}`;
   const head = `<div class="target-head"><h2>Target <code>${esc(t.name)}</code></h2>${badge(t.state)}<span class="muted">${esc(t.url)}</span></div>`;
   if (!t.reachable) {
-    return `<section class="card target" id="target-${esc(t.name)}" data-target="${esc(t.name)}" data-state="${t.state}" aria-labelledby="${slug}-h">`
-      + head.replace('<h2>', `<h2 id="${slug}-h">`)
-      + `<p class="state-critical"><strong>✕ Unreachable:</strong> ${esc(t.error ?? '')}</p></section>`;
+    return (
+      `<section class="card target" id="target-${esc(t.name)}" data-target="${esc(t.name)}" data-state="${t.state}" aria-labelledby="${slug}-h">` +
+      head.replace('<h2>', `<h2 id="${slug}-h">`) +
+      `<p class="state-critical"><strong>✕ Unreachable:</strong> ${esc(t.error ?? '')}</p></section>`
+    );
   }
   const newest = t.snapshots.newest;
   const lastDrill = t.drill.recent[0] ?? null;
   const facts = [
-    fact('Recovery point now', t.recoveryPointNowMs === null ? 'no snapshot' : formatDuration(t.recoveryPointNowMs), t.snapshots.state,
-      newest ? `newest snapshot ${newest.id}, ${utcMinute(newest.createdAt)}` : 'nothing to restore'),
-    fact('Snapshots', String(t.snapshots.count), null,
-      `${formatBytes(t.snapshots.totalArtifactBytes)} stored${newest?.artifactBytes != null ? `; newest ${formatBytes(newest.artifactBytes)}${newest.bytes != null ? ` (${formatBytes(newest.bytes)} restored)` : ''}` : ''}`),
-    fact('Last restore drill', drillText(lastDrill), t.drill.state,
-      t.drill.lastSucceeded ? `last success ${ago(t.drill.ageMs)}${t.drill.lastSucceeded.runsSince !== null ? `; ${t.drill.lastSucceeded.runsSince} run(s) published after its snapshot` : ''}; proved: ${provenText(t.drill.lastSucceeded.checks)}${t.drill.lastSucceeded.app ? `; ${t.drill.lastSucceeded.app.text}` : ''}` : 'no successful drill yet'),
-    fact('Verification', verificationText(t), t.verify.state,
-      `last clean run ${ago(t.verify.ageMs)}; ${t.verify.reread} of ${t.snapshots.count} re-read`),
+    fact(
+      'Recovery point now',
+      t.recoveryPointNowMs === null ? 'no snapshot' : formatDuration(t.recoveryPointNowMs),
+      t.snapshots.state,
+      newest ? `newest snapshot ${newest.id}, ${utcMinute(newest.createdAt)}` : 'nothing to restore',
+    ),
+    fact(
+      'Snapshots',
+      String(t.snapshots.count),
+      null,
+      `${formatBytes(t.snapshots.totalArtifactBytes)} stored${newest?.artifactBytes != null ? `; newest ${formatBytes(newest.artifactBytes)}${newest.bytes != null ? ` (${formatBytes(newest.bytes)} restored)` : ''}` : ''}`,
+    ),
+    fact(
+      'Last restore drill',
+      drillText(lastDrill),
+      t.drill.state,
+      t.drill.lastSucceeded
+        ? `last success ${ago(t.drill.ageMs)}${t.drill.lastSucceeded.runsSince !== null ? `; ${t.drill.lastSucceeded.runsSince} run(s) published after its snapshot` : ''}; proved: ${provenText(t.drill.lastSucceeded.checks)}${t.drill.lastSucceeded.app ? `; ${t.drill.lastSucceeded.app.text}` : ''}`
+        : 'no successful drill yet',
+    ),
+    fact(
+      'Verification',
+      verificationText(t),
+      t.verify.state,
+      `last clean run ${ago(t.verify.ageMs)}; ${t.verify.reread} of ${t.snapshots.count} re-read`,
+    ),
   ].join('');
   const timeline = snapshotTimelineSvg(`${slug}-timeline`, t, now);
   const hidden = t.snapshots.count - timeline.shown;
   const failing = t.verify.failing.length
-    ? `<h3 class="state-critical">✕ Snapshots that failed verification</h3><table><thead><tr><th>snapshot</th><th>checked</th><th>failing since</th><th>what was found</th></tr></thead><tbody>`
-      + t.verify.failing.map((f) => `<tr><td><code>${esc(f.id)}</code></td><td>${esc(utcMinute(f.checkedAt))}</td><td>${f.failingSince ? esc(utcMinute(f.failingSince)) : ''}</td><td>${esc(f.error)}</td></tr>`).join('')
-      + '</tbody></table>'
+    ? `<h3 class="state-critical">✕ Snapshots that failed verification</h3><table><thead><tr><th>snapshot</th><th>checked</th><th>failing since</th><th>what was found</th></tr></thead><tbody>` +
+      t.verify.failing
+        .map(
+          (f) =>
+            `<tr><td><code>${esc(f.id)}</code></td><td>${esc(utcMinute(f.checkedAt))}</td><td>${f.failingSince ? esc(utcMinute(f.failingSince)) : ''}</td><td>${esc(f.error)}</td></tr>`,
+        )
+        .join('') +
+      '</tbody></table>'
     : '';
   const unreadable = t.verify.unreadable?.length
-    ? `<h3 class="state-warn">! Snapshots that verify could not read (not proven damaged)</h3><table><thead><tr><th>snapshot</th><th>checked</th><th>unreadable since</th><th>what happened</th></tr></thead><tbody>`
-      + t.verify.unreadable.map((f) => `<tr><td><code>${esc(f.id)}</code></td><td>${esc(utcMinute(f.checkedAt))}</td><td>${f.failingSince ? esc(utcMinute(f.failingSince)) : ''}</td><td>${esc(f.error)}</td></tr>`).join('')
-      + '</tbody></table>'
+    ? `<h3 class="state-warn">! Snapshots that verify could not read (not proven damaged)</h3><table><thead><tr><th>snapshot</th><th>checked</th><th>unreadable since</th><th>what happened</th></tr></thead><tbody>` +
+      t.verify.unreadable
+        .map(
+          (f) =>
+            `<tr><td><code>${esc(f.id)}</code></td><td>${esc(utcMinute(f.checkedAt))}</td><td>${f.failingSince ? esc(utcMinute(f.failingSince)) : ''}</td><td>${esc(f.error)}</td></tr>`,
+        )
+        .join('') +
+      '</tbody></table>'
     : '';
-  const lastFailed = t.drill.lastFailed && (!t.drill.lastSucceeded || t.drill.lastFailed.finishedAt > t.drill.lastSucceeded.finishedAt)
-    ? `<p class="state-critical"><strong>✕ Last drill failed</strong> (${esc(utcMinute(t.drill.lastFailed.finishedAt))}): ${esc(t.drill.lastFailed.error ?? '')}</p>`
-    : '';
-  return `<section class="card target" id="target-${esc(t.name)}" data-target="${esc(t.name)}" data-state="${t.state}" aria-labelledby="${slug}-h">`
-    + head.replace('<h2>', `<h2 id="${slug}-h">`)
-    + `<div class="facts">${facts}</div>`
-    + lastFailed
-    + `<figure class="timeline">${timeline.svg}<figcaption>Snapshot timeline: one bar per snapshot, as tall as its stored (compressed) size; the darkest bar is the newest. `
-    + `${timeline.shown} shown from the last ${formatDuration(timeline.spanMs)}`
-    + `${hidden > 0 ? `; ${hidden} older snapshot(s) not shown (oldest ${esc(t.snapshots.oldest!.id)})` : ''}.</figcaption></figure>`
-    + `<div class="charts"><figure>${recoveryPointGaugeSvg(`${slug}-rp`, t.name, t.recoveryPointNowMs, thresholds.snapshot)}`
-    + `<figcaption>Recovery point now: the newest snapshot's age, i.e. at least how much a restore from this target would lose.</figcaption></figure>`
-    + `<figure>${recoveryTimeSvg(`${slug}-rt`, t.name, t.drill.recent)}<figcaption>Recovery time trend: download to verified file (or verified bytes, for a drill that streamed), plus the backend's start to serving the runs where the application drill ran, per drill. Hatched bars failed; dotted bars and "!" had warnings.</figcaption></figure></div>`
-    + failing
-    + unreadable
-    + '</section>';
+  const lastFailed =
+    t.drill.lastFailed && (!t.drill.lastSucceeded || t.drill.lastFailed.finishedAt > t.drill.lastSucceeded.finishedAt)
+      ? `<p class="state-critical"><strong>✕ Last drill failed</strong> (${esc(utcMinute(t.drill.lastFailed.finishedAt))}): ${esc(t.drill.lastFailed.error ?? '')}</p>`
+      : '';
+  return (
+    `<section class="card target" id="target-${esc(t.name)}" data-target="${esc(t.name)}" data-state="${t.state}" aria-labelledby="${slug}-h">` +
+    head.replace('<h2>', `<h2 id="${slug}-h">`) +
+    `<div class="facts">${facts}</div>` +
+    lastFailed +
+    `<figure class="timeline">${timeline.svg}<figcaption>Snapshot timeline: one bar per snapshot, as tall as its stored (compressed) size; the darkest bar is the newest. ` +
+    `${timeline.shown} shown from the last ${formatDuration(timeline.spanMs)}` +
+    `${hidden > 0 ? `; ${hidden} older snapshot(s) not shown (oldest ${esc(t.snapshots.oldest!.id)})` : ''}.</figcaption></figure>` +
+    `<div class="charts"><figure>${recoveryPointGaugeSvg(`${slug}-rp`, t.name, t.recoveryPointNowMs, thresholds.snapshot)}` +
+    `<figcaption>Recovery point now: the newest snapshot's age, i.e. at least how much a restore from this target would lose.</figcaption></figure>` +
+    `<figure>${recoveryTimeSvg(`${slug}-rt`, t.name, t.drill.recent)}<figcaption>Recovery time trend: download to verified file (or verified bytes, for a drill that streamed), plus the backend's start to serving the runs where the application drill ran, per drill. Hatched bars failed; dotted bars and "!" had warnings.</figcaption></figure></div>` +
+    failing +
+    unreadable +
+    '</section>'
+  );
 }
 
 function verificationText(t: TargetStatus): string {
@@ -135,24 +173,37 @@ function verificationText(t: TargetStatus): string {
 }
 
 function postgresSection(p: PostgresStatus): string {
-  const rows = p.servers.map((s) => `<tr data-server="${esc(s.server)}"><td><code>${esc(s.server)}</code></td><td>${badge(s.state)}</td>`
-    + `<td>${s.check ? `${esc(utcMinute(s.check.checkedAt))} (${ago(s.checkAgeMs)}): ${s.check.ok ? 'policy met' : `<span class="state-critical">✕ ${esc(s.check.violations.join('; '))}</span>`}` : 'none yet'}</td>`
-    + `<td>${s.lastSucceededDrill ? `${esc(utcMinute(s.lastSucceededDrill.finishedAt))} (${ago(s.drillAgeMs)})${s.lastSucceededDrill.recoveryTimeMs !== undefined ? `, restored in ${formatDuration(s.lastSucceededDrill.recoveryTimeMs)}` : ''}` : 'none yet'}</td>`
-    + `<td>${s.drill ? `${esc(s.drill.state)}${s.drill.failure ? `: ${esc(s.drill.failure)}` : ''}` : 'none'}</td></tr>`).join('');
-  return `<section class="card postgres" id="postgres" data-state="${p.state}" aria-labelledby="pg-h"><div class="target-head"><h2 id="pg-h">PostgreSQL servers</h2>${badge(p.state)}`
-    + `<span class="muted">records on target ${esc(p.recordsTarget ?? 'unknown')}</span></div>`
-    + (p.error ? `<p class="state-critical"><strong>✕ Cannot be read:</strong> ${esc(p.error)}</p>` : '')
-    + (p.servers.length ? `<table><thead><tr><th>server</th><th>state</th><th>backup-policy check</th><th>last successful PITR drill</th><th>current drill</th></tr></thead><tbody>${rows}</tbody></table>` : '')
-    + '</section>';
+  const rows = p.servers
+    .map(
+      (s) =>
+        `<tr data-server="${esc(s.server)}"><td><code>${esc(s.server)}</code></td><td>${badge(s.state)}</td>` +
+        `<td>${s.check ? `${esc(utcMinute(s.check.checkedAt))} (${ago(s.checkAgeMs)}): ${s.check.ok ? 'policy met' : `<span class="state-critical">✕ ${esc(s.check.violations.join('; '))}</span>`}` : 'none yet'}</td>` +
+        `<td>${s.lastSucceededDrill ? `${esc(utcMinute(s.lastSucceededDrill.finishedAt))} (${ago(s.drillAgeMs)})${s.lastSucceededDrill.recoveryTimeMs !== undefined ? `, restored in ${formatDuration(s.lastSucceededDrill.recoveryTimeMs)}` : ''}` : 'none yet'}</td>` +
+        `<td>${s.drill ? `${esc(s.drill.state)}${s.drill.failure ? `: ${esc(s.drill.failure)}` : ''}` : 'none'}</td></tr>`,
+    )
+    .join('');
+  return (
+    `<section class="card postgres" id="postgres" data-state="${p.state}" aria-labelledby="pg-h"><div class="target-head"><h2 id="pg-h">PostgreSQL servers</h2>${badge(p.state)}` +
+    `<span class="muted">records on target ${esc(p.recordsTarget ?? 'unknown')}</span></div>` +
+    (p.error ? `<p class="state-critical"><strong>✕ Cannot be read:</strong> ${esc(p.error)}</p>` : '') +
+    (p.servers.length
+      ? `<table><thead><tr><th>server</th><th>state</th><th>backup-policy check</th><th>last successful PITR drill</th><th>current drill</th></tr></thead><tbody>${rows}</tbody></table>`
+      : '') +
+    '</section>'
+  );
 }
 
 export function renderStatusPage(doc: StatusDocument): string {
   const now = Date.parse(doc.generatedAt);
-  const thresholds = Object.fromEntries(Object.entries(doc.thresholds).map(([k, v]) => [k, { warnMs: v.warnMs, criticalMs: v.criticalMs }])) as unknown as MonitorThresholds;
+  const thresholds = Object.fromEntries(
+    Object.entries(doc.thresholds).map(([k, v]) => [k, { warnMs: v.warnMs, criticalMs: v.criticalMs }]),
+  ) as unknown as MonitorThresholds;
   const problems = doc.problems.length
-    ? `<section class="card" id="problems" aria-labelledby="problems-h"><h2 id="problems-h">What needs attention (${doc.problems.length})</h2><ul class="problems">`
-      + doc.problems.map((p) => `<li data-state="${p.state}">${badge(p.state)} ${esc(p.message)}<span class="hint">Check: ${esc(p.hint)}</span></li>`).join('')
-      + '</ul></section>'
+    ? `<section class="card" id="problems" aria-labelledby="problems-h"><h2 id="problems-h">What needs attention (${doc.problems.length})</h2><ul class="problems">` +
+      doc.problems
+        .map((p) => `<li data-state="${p.state}">${badge(p.state)} ${esc(p.message)}<span class="hint">Check: ${esc(p.hint)}</span></li>`)
+        .join('') +
+      '</ul></section>'
     : `<section class="card" id="problems" data-state="ok"><p class="state-ok"><strong>✓ Nothing needs attention.</strong> Every target has a fresh snapshot, a recent successful restore drill and a recent clean verification.</p></section>`;
   return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

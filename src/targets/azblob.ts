@@ -16,8 +16,20 @@ import { BlobServiceClient, type BlobRequestConditions, type ContainerClient, ty
 import { isAbortError, NotFoundError, ObjectHeldError, PreconditionFailedError, TargetError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  abandonBody, abortError, checkKey, checkPutCondition, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
-  scrub, sourceFailure, SourceError, type TargetIdentity,
+  abandonBody,
+  abortError,
+  checkKey,
+  checkPutCondition,
+  describeStatus,
+  hintFor,
+  isTransientNetworkError,
+  isTransientStatus,
+  networkDetail,
+  parseRetryAfterMs,
+  scrub,
+  sourceFailure,
+  SourceError,
+  type TargetIdentity,
 } from './failure.js';
 import { putInParts, putWhole, wholeBodyLength } from './parts.js';
 import { retrying, type RetryOptions } from './retry.js';
@@ -133,20 +145,36 @@ export class AzureBlobTarget implements Target {
     }
     if (status === 404) return new NotFoundError(what, { cause: err });
     if (e.name === 'CredentialUnavailableError' || e.name === 'AuthenticationError' || e.name === 'AggregateAuthenticationError') {
-      return this.targetError(operation, key, err, false,
-        'the managed identity of the Function App (AZURE_CLIENT_ID names a user-assigned one) or, for local runs, the connection string setting of this target');
+      return this.targetError(
+        operation,
+        key,
+        err,
+        false,
+        'the managed identity of the Function App (AZURE_CLIENT_ID names a user-assigned one) or, for local runs, the connection string setting of this target',
+      );
     }
     if (!this.spec.connectionString && /non-TLS/.test(e.message ?? '')) {
-      return this.targetError(operation, key, err, false, 'the endpoint: without a connection string the managed identity is used, and it needs https');
+      return this.targetError(
+        operation,
+        key,
+        err,
+        false,
+        'the endpoint: without a connection string the managed identity is used, and it needs https',
+      );
     }
-    if (status === 416 || code === 'InvalidRange') return this.targetError(operation, key, err, false, 'the requested range against the object size');
+    if (status === 416 || code === 'InvalidRange')
+      return this.targetError(operation, key, err, false, 'the requested range against the object size');
     const transient = isTransientStatus(status) || (status === undefined && isTransientNetworkError(err));
     const hint =
-      status === undefined && transient ? hintFor('network', this.spec.endpoint)
-      : status === 401 || status === 403 ? `${hintFor('auth', this.where())} (the identity needs Storage Blob Data Contributor)`
-      : status === 429 || status === 503 ? hintFor('throttled', this.where())
-      : status !== undefined && status >= 500 ? hintFor('server', this.where())
-      : hintFor('other', this.where());
+      status === undefined && transient
+        ? hintFor('network', this.spec.endpoint)
+        : status === 401 || status === 403
+          ? `${hintFor('auth', this.where())} (the identity needs Storage Blob Data Contributor)`
+          : status === 429 || status === 503
+            ? hintFor('throttled', this.where())
+            : status !== undefined && status >= 500
+              ? hintFor('server', this.where())
+              : hintFor('other', this.where());
     return this.targetError(operation, key, err, transient, hint);
   }
 
@@ -155,12 +183,19 @@ export class AzureBlobTarget implements Target {
     const code = e.code ?? e.details?.errorCode ?? e.response?.headers?.get('x-ms-error-code');
     // The service's messages carry a request id and time on further lines; the first line says it.
     const message = (e.message ?? String(err)).split('\n')[0];
-    const detail = e.statusCode === undefined ? networkDetail(err) ?? message : describeStatus(e.statusCode, code, message);
+    const detail = e.statusCode === undefined ? (networkDetail(err) ?? message) : describeStatus(e.statusCode, code, message);
     const retryAfterMs = parseRetryAfterMs(e.response?.headers?.get('retry-after'));
     return new TargetError({
-      target: this.name, url: this.url, operation, ...(key !== undefined ? { key } : {}),
-      detail: scrub(this.id, detail ?? 'unknown error'), hint, cause: err, transient,
-      ...(e.statusCode !== undefined ? { status: e.statusCode } : {}), ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
+      target: this.name,
+      url: this.url,
+      operation,
+      ...(key !== undefined ? { key } : {}),
+      detail: scrub(this.id, detail ?? 'unknown error'),
+      hint,
+      cause: err,
+      transient,
+      ...(e.statusCode !== undefined ? { status: e.statusCode } : {}),
+      ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
     });
   }
 
@@ -227,7 +262,10 @@ export class AzureBlobTarget implements Target {
       part: async (number: number, data: Buffer) => {
         if (number > MAX_BLOCKS) {
           throw new TargetError({
-            target: this.name, url: this.url, operation: 'put', key,
+            target: this.name,
+            url: this.url,
+            operation: 'put',
+            key,
             detail: `the upload needs more than ${MAX_BLOCKS} blocks of ${data.length} bytes`,
             hint: 'pass contentLength with the put so that the block size can be chosen for the object size',
           });
@@ -240,7 +278,14 @@ export class AzureBlobTarget implements Target {
               throw this.fail('stage block', `${key} #${number}`, err);
             }
           },
-          { ...this.options.retry, target: this.name, operation: 'stage block', key: `${key} #${number}`, logger: this.logger, ...(signal ? { signal } : {}) },
+          {
+            ...this.options.retry,
+            target: this.name,
+            operation: 'stage block',
+            key: `${key} #${number}`,
+            logger: this.logger,
+            ...(signal ? { signal } : {}),
+          },
         );
       },
       complete: async (count: number, size: number) => {
@@ -260,7 +305,14 @@ export class AzureBlobTarget implements Target {
               throw this.fail('commit block list', key, err, Boolean(conditions));
             }
           },
-          { ...this.options.retry, target: this.name, operation: 'commit block list', key, logger: this.logger, ...(signal ? { signal } : {}) },
+          {
+            ...this.options.retry,
+            target: this.name,
+            operation: 'commit block list',
+            key,
+            logger: this.logger,
+            ...(signal ? { signal } : {}),
+          },
         );
         return { etag: quoted(out.etag), size };
       },
@@ -319,8 +371,10 @@ export class AzureBlobTarget implements Target {
       if (page.done) return;
       for (const b of page.value.segment.blobItems) {
         yield {
-          key: b.name.slice(strip), size: Number(b.properties.contentLength ?? 0),
-          lastModified: b.properties.lastModified, etag: quoted(b.properties.etag),
+          key: b.name.slice(strip),
+          size: Number(b.properties.contentLength ?? 0),
+          lastModified: b.properties.lastModified,
+          etag: quoted(b.properties.etag),
         };
       }
     }

@@ -45,8 +45,12 @@ export function checkKey(id: TargetIdentity, operation: string, key: string, kin
   const problem = keyProblem(key, kind);
   if (problem) {
     throw new TargetError({
-      target: id.name, url: id.url, operation, key: JSON.stringify(key),
-      detail: `invalid ${kind}: ${problem}`, code: 'INVALID_KEY',
+      target: id.name,
+      url: id.url,
+      operation,
+      key: JSON.stringify(key),
+      detail: `invalid ${kind}: ${problem}`,
+      code: 'INVALID_KEY',
       hint: 'keys are "/"-separated relative paths such as snapshots/tcab/2026/11/24/<id>.json',
     });
   }
@@ -65,8 +69,18 @@ export function scrub(id: TargetIdentity, text: string): string {
 }
 
 const TRANSIENT_CODES = new Set([
-  'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ECONNREFUSED', 'ECONNABORTED', 'EAI_AGAIN', 'ENETUNREACH',
-  'EHOSTUNREACH', 'ENETDOWN', 'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'ERR_STREAM_PREMATURE_CLOSE',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EAI_AGAIN',
+  'ENETUNREACH',
+  'EHOSTUNREACH',
+  'ENETDOWN',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'ERR_STREAM_PREMATURE_CLOSE',
 ]);
 
 /** A connection-level failure (reset, refused, timed out, hang-up) anywhere in the cause chain. */
@@ -90,7 +104,8 @@ export function networkDetail(err: unknown): string | undefined {
   let found: string | undefined;
   for (let e = err, depth = 0; e && typeof e === 'object' && depth < 6; e = (e as { cause?: unknown }).cause, depth++) {
     const { code, message } = e as { code?: unknown; message?: unknown };
-    if (typeof code === 'string' && typeof message === 'string' && message) found = message.includes(code) ? message : `${code}: ${message}`;
+    if (typeof code === 'string' && typeof message === 'string' && message)
+      found = message.includes(code) ? message : `${code}: ${message}`;
   }
   return found;
 }
@@ -136,8 +151,12 @@ export class SourceError extends Error {
 
 export function sourceFailure(id: TargetIdentity, operation: string, key: string | undefined, err: SourceError): TargetError {
   return new TargetError({
-    target: id.name, url: id.url, operation, ...(key !== undefined ? { key } : {}),
-    detail: `reading the data to upload failed: ${scrub(id, err.message)}`, cause: err.cause,
+    target: id.name,
+    url: id.url,
+    operation,
+    ...(key !== undefined ? { key } : {}),
+    detail: `reading the data to upload failed: ${scrub(id, err.message)}`,
+    cause: err.cause,
     hint: 'the source of the upload (the snapshot agent, or the target it was being copied from)',
   });
 }

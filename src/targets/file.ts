@@ -56,7 +56,11 @@ export class FileTarget implements Target {
     checkKey(this.id, operation, key);
     if (key.split('/').some((s) => s.startsWith(INTERNAL_PREFIX))) {
       throw new TargetError({
-        target: this.name, url: this.url, operation, key, code: 'INVALID_KEY',
+        target: this.name,
+        url: this.url,
+        operation,
+        key,
+        code: 'INVALID_KEY',
         detail: `invalid key: segments starting with "${INTERNAL_PREFIX}" are reserved for temporary and lock files`,
       });
     }
@@ -70,12 +74,19 @@ export class FileTarget implements Target {
     if (err instanceof SourceError) return sourceFailure(this.id, operation, key, err);
     const code = (err as NodeJS.ErrnoException).code;
     const hint =
-      code === 'ENOSPC' ? `free space on the file system of ${this.root}`
-      : code === 'EACCES' || code === 'EPERM' || code === 'EROFS' ? `that ${this.root} is writable by the user running tcab-backup`
-      : `that ${this.root} exists, is mounted and is writable`;
+      code === 'ENOSPC'
+        ? `free space on the file system of ${this.root}`
+        : code === 'EACCES' || code === 'EPERM' || code === 'EROFS'
+          ? `that ${this.root} is writable by the user running tcab-backup`
+          : `that ${this.root} exists, is mounted and is writable`;
     return new TargetError({
-      target: this.name, url: this.url, operation, ...(key !== undefined ? { key } : {}),
-      detail: (err as Error)?.message ?? String(err), hint, cause: err,
+      target: this.name,
+      url: this.url,
+      operation,
+      ...(key !== undefined ? { key } : {}),
+      detail: (err as Error)?.message ?? String(err),
+      hint,
+      cause: err,
       // A busy or interrupted file system may recover; a missing, full or read-only one will not by waiting.
       transient: code === 'EBUSY' || code === 'EAGAIN' || code === 'EINTR',
     });
@@ -166,7 +177,10 @@ export class FileTarget implements Target {
         }
         if (Date.now() > deadline) {
           throw new TargetError({
-            target: this.name, url: this.url, operation: 'lock', key,
+            target: this.name,
+            url: this.url,
+            operation: 'lock',
+            key,
             detail: `another writer has held ${lock} for more than ${LOCK_WAIT_MS / 1000}s`,
             hint: 'whether another tcab-backup process is writing the same key; a lock file older than a minute is removed automatically',
             transient: true,
@@ -199,7 +213,11 @@ export class FileTarget implements Target {
         end = Math.min(range.end ?? size - 1, size - 1);
         if (!Number.isInteger(start) || start < 0 || (start >= size && size > 0) || end < start - 1) {
           throw new TargetError({
-            target: this.name, url: this.url, operation: 'get', key, code: 'INVALID_RANGE',
+            target: this.name,
+            url: this.url,
+            operation: 'get',
+            key,
+            code: 'INVALID_RANGE',
             detail: `range ${range.start}-${range.end ?? ''} is outside the object (${size} bytes)`,
           });
         }

@@ -40,22 +40,32 @@ export function openTarget(spec: TargetSpec, options: OpenTargetOptions = {}): T
       backend = new FileTarget(spec);
       break;
     case 'azblob':
-      backend = lazyBackend(spec, async () => new (await import('./azblob.js')).AzureBlobTarget(spec, {
-        logger, ...(retry ? { retry } : {}),
-        ...(tuning.pageSize ? { pageSize: tuning.pageSize } : {}),
-        ...(tuning.partSize ? { blockSize: tuning.partSize } : {}),
-        ...(tuning.concurrency ? { concurrency: tuning.concurrency } : {}),
-        ...(tuning.singlePutMaxBytes !== undefined ? { singlePutMaxBytes: tuning.singlePutMaxBytes } : {}),
-      }));
+      backend = lazyBackend(
+        spec,
+        async () =>
+          new (await import('./azblob.js')).AzureBlobTarget(spec, {
+            logger,
+            ...(retry ? { retry } : {}),
+            ...(tuning.pageSize ? { pageSize: tuning.pageSize } : {}),
+            ...(tuning.partSize ? { blockSize: tuning.partSize } : {}),
+            ...(tuning.concurrency ? { concurrency: tuning.concurrency } : {}),
+            ...(tuning.singlePutMaxBytes !== undefined ? { singlePutMaxBytes: tuning.singlePutMaxBytes } : {}),
+          }),
+      );
       break;
     case 's3':
-      backend = lazyBackend(spec, async () => new (await import('./s3.js')).S3Target(spec, {
-        logger, ...(retry ? { retry } : {}),
-        ...(tuning.pageSize ? { pageSize: tuning.pageSize } : {}),
-        ...(tuning.partSize ? { partSize: tuning.partSize } : {}),
-        ...(tuning.concurrency ? { concurrency: tuning.concurrency } : {}),
-        ...(tuning.singlePutMaxBytes !== undefined ? { singlePutMaxBytes: tuning.singlePutMaxBytes } : {}),
-      }));
+      backend = lazyBackend(
+        spec,
+        async () =>
+          new (await import('./s3.js')).S3Target(spec, {
+            logger,
+            ...(retry ? { retry } : {}),
+            ...(tuning.pageSize ? { pageSize: tuning.pageSize } : {}),
+            ...(tuning.partSize ? { partSize: tuning.partSize } : {}),
+            ...(tuning.concurrency ? { concurrency: tuning.concurrency } : {}),
+            ...(tuning.singlePutMaxBytes !== undefined ? { singlePutMaxBytes: tuning.singlePutMaxBytes } : {}),
+          }),
+      );
       break;
     default: {
       const never: never = spec;

@@ -140,7 +140,14 @@ export async function putWhole<R>(
   // pipe() passes no errors on, nor a close before the end: either must reach the request, which is then
   // aborted (a body closed without an error would otherwise leave the request waiting for bytes for ever).
   finished(body, { writable: false }, (err) => {
-    if (err) guarded.destroy(err.code === 'ERR_STREAM_PREMATURE_CLOSE' ? new Error(`the body was closed after ${guarded.received} of the ${contentLength} bytes announced, without an error`, { cause: err }) : err);
+    if (err)
+      guarded.destroy(
+        err.code === 'ERR_STREAM_PREMATURE_CLOSE'
+          ? new Error(`the body was closed after ${guarded.received} of the ${contentLength} bytes announced, without an error`, {
+              cause: err,
+            })
+          : err,
+      );
   });
   guarded.once('error', (err) => {
     sourceFailed = err;

@@ -75,8 +75,13 @@ export async function retrying<T>(fn: () => Promise<T>, ctx: RetryContext): Prom
       const delayMs = backoffMs(attempt, ctx, (err as TargetError).retryAfterMs);
       (ctx.logger ?? silentLogger).warn('target.retry', {
         // "object", not "key": the logger masks fields named like credentials ("key", "secret").
-        target: ctx.target, operation: ctx.operation, object: ctx.key, attempt: attempt + 1, of: retries,
-        delayMs: Math.round(delayMs), error: errorMessage(err),
+        target: ctx.target,
+        operation: ctx.operation,
+        object: ctx.key,
+        attempt: attempt + 1,
+        of: retries,
+        delayMs: Math.round(delayMs),
+        error: errorMessage(err),
       });
       await sleep(delayMs, ctx.signal);
     }
@@ -87,14 +92,20 @@ export async function retrying<T>(fn: () => Promise<T>, ctx: RetryContext): Prom
 export function withRetry(target: Target, options: RetryOptions & { logger?: Logger } = {}): Target {
   const logger = options.logger ?? silentLogger;
   const ctx = (operation: string, key: string | undefined, signal: AbortSignal | undefined): RetryContext => ({
-    ...options, target: target.name, operation, key, signal, logger,
+    ...options,
+    target: target.name,
+    operation,
+    key,
+    signal,
+    logger,
   });
   const wrapped: Target = {
     name: target.name,
     url: target.url,
     put(key: string, body: Readable | Buffer, putOptions?: PutOptions): Promise<PutResult> {
       if (!Buffer.isBuffer(body)) return target.put(key, body, putOptions);
-      if (putOptions?.ifMatch || putOptions?.ifNoneMatch) return conditionalPut(target, key, body, putOptions, ctx('put', key, putOptions.signal));
+      if (putOptions?.ifMatch || putOptions?.ifNoneMatch)
+        return conditionalPut(target, key, body, putOptions, ctx('put', key, putOptions.signal));
       return retrying(() => target.put(key, body, putOptions), ctx('put', key, putOptions?.signal));
     },
     get(key: string, getOptions?: GetOptions): Promise<GetResult> {
@@ -142,7 +153,11 @@ async function conditionalPut(target: Target, key: string, body: Buffer, options
     if (!unsure || !(err instanceof PreconditionFailedError)) throw err;
     const etag = await retrying(() => etagIfHolding(target, key, body, options.signal), { ...ctx, operation: 'read back' });
     if (etag === undefined) throw err;
-    ctx.logger?.info('target.conditional_write_landed', { target: ctx.target, object: key, detail: 'an earlier attempt was applied though its answer was lost' });
+    ctx.logger?.info('target.conditional_write_landed', {
+      target: ctx.target,
+      object: key,
+      detail: 'an earlier attempt was applied though its answer was lost',
+    });
     return { etag, size: body.length };
   }
 }
@@ -176,7 +191,12 @@ async function etagIfHolding(target: Target, key: string, expected: Buffer, sign
  * A listing that survives a failed page: it starts again and skips what it already yielded. That is sound
  * because listings come in key order, and it never hides a failure that persists (the error is thrown).
  */
-async function* listWithRetry(target: Target, prefix: string, signal: AbortSignal | undefined, ctx: RetryContext): AsyncGenerator<ObjectInfo> {
+async function* listWithRetry(
+  target: Target,
+  prefix: string,
+  signal: AbortSignal | undefined,
+  ctx: RetryContext,
+): AsyncGenerator<ObjectInfo> {
   const retries = ctx.retries ?? DEFAULT_RETRY.retries;
   let last: string | undefined;
   let attempt = 0;
@@ -196,8 +216,14 @@ async function* listWithRetry(target: Target, prefix: string, signal: AbortSigna
       if (attempt >= retries || !isRetryable(err)) throw err;
       const delayMs = backoffMs(attempt, ctx, (err as TargetError).retryAfterMs);
       ctx.logger?.warn('target.retry', {
-        target: ctx.target, operation: 'list', object: prefix, attempt: attempt + 1, of: retries, after: last,
-        delayMs: Math.round(delayMs), error: errorMessage(err),
+        target: ctx.target,
+        operation: 'list',
+        object: prefix,
+        attempt: attempt + 1,
+        of: retries,
+        after: last,
+        delayMs: Math.round(delayMs),
+        error: errorMessage(err),
       });
       attempt++;
       await sleep(delayMs, signal);

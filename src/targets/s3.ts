@@ -13,15 +13,38 @@
 import { createHash } from 'node:crypto';
 import { addAbortSignal, type Readable } from 'node:stream';
 import {
-  AbortMultipartUploadCommand, CompleteMultipartUploadCommand, CreateMultipartUploadCommand, DeleteObjectCommand,
-  DeleteObjectsCommand, GetObjectCommand, HeadObjectCommand, ListMultipartUploadsCommand, ListObjectsV2Command,
-  PutObjectCommand, S3Client, UploadPartCommand, type CompletedPart,
+  AbortMultipartUploadCommand,
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListMultipartUploadsCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+  type CompletedPart,
 } from '@aws-sdk/client-s3';
 import { isAbortError, NotFoundError, ObjectHeldError, PreconditionFailedError, TargetError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  abandonBody, abortError, checkKey, checkPutCondition, compareKeys, describeStatus, hintFor, isTransientNetworkError, isTransientStatus, networkDetail, parseRetryAfterMs,
-  scrub, sourceFailure, SourceError, type TargetIdentity,
+  abandonBody,
+  abortError,
+  checkKey,
+  checkPutCondition,
+  compareKeys,
+  describeStatus,
+  hintFor,
+  isTransientNetworkError,
+  isTransientStatus,
+  networkDetail,
+  parseRetryAfterMs,
+  scrub,
+  sourceFailure,
+  SourceError,
+  type TargetIdentity,
 } from './failure.js';
 import { putInParts, putWhole, wholeBodyLength } from './parts.js';
 import { isRetryable, retrying, type RetryContext, type RetryOptions } from './retry.js';
@@ -99,7 +122,10 @@ export class S3Target implements Target {
 
   /** Created on first use, so opening a target never touches the network. */
   private sdkNotice(content: unknown[]): void {
-    this.logger.debug('target.sdk_notice', { target: this.name, message: scrub(this.id, content.map((c) => (c instanceof Error ? c.message : String(c))).join(' ')).slice(0, 500) });
+    this.logger.debug('target.sdk_notice', {
+      target: this.name,
+      message: scrub(this.id, content.map((c) => (c instanceof Error ? c.message : String(c))).join(' ')).slice(0, 500),
+    });
   }
 
   get client(): S3Client {
@@ -162,7 +188,10 @@ export class S3Target implements Target {
       return this.targetError(operation, key, err, status, code, false, hintFor('missing-container', this.where()));
     }
     if (code === 'ObjectLockedByBucketPolicy' || code === 'ObjectLocked') return new ObjectHeldError(what, { cause: err });
-    if (conditional && (status === 412 || status === 409 || status === 404 || code === 'PreconditionFailed' || code === 'ConditionalRequestConflict')) {
+    if (
+      conditional &&
+      (status === 412 || status === 409 || status === 404 || code === 'PreconditionFailed' || code === 'ConditionalRequestConflict')
+    ) {
       return new PreconditionFailedError(what, { cause: err });
     }
     if (status === 404 || code === 'NoSuchKey' || code === 'NotFound') return new NotFoundError(what, { cause: err });
@@ -177,25 +206,43 @@ export class S3Target implements Target {
     const garbled = code === 'XAmzContentSHA256Mismatch' || code === 'BadDigest';
     // S3 may answer CompleteMultipartUpload 200 with an InternalError body: as retryable as a 500.
     const transient = isTransientStatus(status) || code === 'SlowDown' || code === 'InternalError' || garbled;
-    const hint =
-      garbled ? `what lies between here and ${this.where()} (a proxy that rewrites request bodies?): the service received other bytes than were sent and stored nothing; they are sent again (a part on its own, a whole copy from its source)`
-      : status === 401 || status === 403 ? hintFor('auth', this.where())
-      : status === 429 || code === 'SlowDown' ? hintFor('throttled', this.where())
-      : status === 501 ? `that the server supports this operation (${code ?? 'NotImplemented'})`
-      : status !== undefined && status >= 500 ? hintFor('server', this.where())
-      : hintFor('other', this.where());
+    const hint = garbled
+      ? `what lies between here and ${this.where()} (a proxy that rewrites request bodies?): the service received other bytes than were sent and stored nothing; they are sent again (a part on its own, a whole copy from its source)`
+      : status === 401 || status === 403
+        ? hintFor('auth', this.where())
+        : status === 429 || code === 'SlowDown'
+          ? hintFor('throttled', this.where())
+          : status === 501
+            ? `that the server supports this operation (${code ?? 'NotImplemented'})`
+            : status !== undefined && status >= 500
+              ? hintFor('server', this.where())
+              : hintFor('other', this.where());
     return this.targetError(operation, key, err, status, code, transient, hint);
   }
 
-  private targetError(operation: string, key: string | undefined, err: unknown, status: number | undefined, code: string | undefined,
-    transient: boolean, hint: string): TargetError {
+  private targetError(
+    operation: string,
+    key: string | undefined,
+    err: unknown,
+    status: number | undefined,
+    code: string | undefined,
+    transient: boolean,
+    hint: string,
+  ): TargetError {
     const e = (err ?? {}) as S3Failure;
-    const detail = status === undefined ? networkDetail(err) ?? e.message ?? String(err) : describeStatus(status, code, e.message);
+    const detail = status === undefined ? (networkDetail(err) ?? e.message ?? String(err)) : describeStatus(status, code, e.message);
     const retryAfterMs = parseRetryAfterMs(e.$response?.headers?.['retry-after']);
     return new TargetError({
-      target: this.name, url: this.url, operation, ...(key !== undefined ? { key } : {}),
-      detail: scrub(this.id, detail), hint, cause: err, transient,
-      ...(status !== undefined ? { status } : {}), ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
+      target: this.name,
+      url: this.url,
+      operation,
+      ...(key !== undefined ? { key } : {}),
+      detail: scrub(this.id, detail),
+      hint,
+      cause: err,
+      transient,
+      ...(status !== undefined ? { status } : {}),
+      ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
     });
   }
 
@@ -209,7 +256,10 @@ export class S3Target implements Target {
       return await putInParts(body, this.multipart(key, options), {
         // Each upload holds `concurrency + 1` parts in memory: the smallest part R2 and S3 accept keeps
         // that least, and a known length lets choosePartSize grow it should the object need more parts.
-        partSize: choosePartSize(this.partSize ?? (options.contentLength === undefined ? DEFAULT_PART_SIZE : MIN_PART_SIZE), options.contentLength),
+        partSize: choosePartSize(
+          this.partSize ?? (options.contentLength === undefined ? DEFAULT_PART_SIZE : MIN_PART_SIZE),
+          options.contentLength,
+        ),
         concurrency: this.concurrency,
         ...(signal ? { signal } : {}),
       });
@@ -224,7 +274,10 @@ export class S3Target implements Target {
   private async putObject(key: string, data: Buffer, options: PutOptions): Promise<PutResult> {
     const out = await this.client.send(
       new PutObjectCommand({
-        Bucket: this.spec.bucket, Key: this.objectKey(key), Body: data, ContentLength: data.length,
+        Bucket: this.spec.bucket,
+        Key: this.objectKey(key),
+        Body: data,
+        ContentLength: data.length,
         ...(options.contentType ? { ContentType: options.contentType } : {}),
         ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
         ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
@@ -240,13 +293,27 @@ export class S3Target implements Target {
    * putWhole holds the last chunk back, so a body that fails at its very end stores nothing either, even on
    * a service that would not check the sha256.
    */
-  private async putStreamed(key: string, body: Readable, options: PutOptions & { sha256: string; contentLength: number }): Promise<PutResult> {
+  private async putStreamed(
+    key: string,
+    body: Readable,
+    options: PutOptions & { sha256: string; contentLength: number },
+  ): Promise<PutResult> {
     if (!/^[0-9a-f]{64}$/.test(options.sha256)) {
-      throw new TargetError({ target: this.name, url: this.url, operation: 'put', key, detail: `"${options.sha256}" is not a sha256 in hex`, hint: 'the manifest the copy was made from' });
+      throw new TargetError({
+        target: this.name,
+        url: this.url,
+        operation: 'put',
+        key,
+        detail: `"${options.sha256}" is not a sha256 in hex`,
+        hint: 'the manifest the copy was made from',
+      });
     }
     return putWhole(body, options.contentLength, options.signal, async (stream, abortSignal) => {
       const command = new PutObjectCommand({
-        Bucket: this.spec.bucket, Key: this.objectKey(key), Body: stream, ContentLength: options.contentLength,
+        Bucket: this.spec.bucket,
+        Key: this.objectKey(key),
+        Body: stream,
+        ContentLength: options.contentLength,
         ...(options.contentType ? { ContentType: options.contentType } : {}),
         ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
         ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
@@ -268,7 +335,12 @@ export class S3Target implements Target {
     const sums: Array<{ bytes: number; sha256: string }> = [];
     let uploadId: string | undefined;
     const retry = (operation: string): RetryContext => ({
-      ...this.options.retry, target: this.name, operation, key, logger: this.logger, ...(signal ? { signal } : {}),
+      ...this.options.retry,
+      target: this.name,
+      operation,
+      key,
+      logger: this.logger,
+      ...(signal ? { signal } : {}),
     });
     return {
       single: (data: Buffer) => this.putObject(key, data, options),
@@ -292,7 +364,10 @@ export class S3Target implements Target {
       part: async (number: number, data: Buffer) => {
         if (number > MAX_PARTS) {
           throw new TargetError({
-            target: this.name, url: this.url, operation: 'put', key,
+            target: this.name,
+            url: this.url,
+            operation: 'put',
+            key,
             detail: `the upload needs more than ${MAX_PARTS} parts of ${data.length} bytes`,
             hint: 'pass contentLength with the put so that the part size can be chosen for the object size',
           });
@@ -303,7 +378,14 @@ export class S3Target implements Target {
         const out = await retrying(
           async () => {
             try {
-              const command = new UploadPartCommand({ Bucket, Key, UploadId: uploadId, PartNumber: number, Body: data, ContentLength: data.length });
+              const command = new UploadPartCommand({
+                Bucket,
+                Key,
+                UploadId: uploadId,
+                PartNumber: number,
+                Body: data,
+                ContentLength: data.length,
+              });
               signWithSha256(command, sha256);
               return await this.client.send(command, send);
             } catch (err) {
@@ -321,7 +403,10 @@ export class S3Target implements Target {
             try {
               const out = await this.client.send(
                 new CompleteMultipartUploadCommand({
-                  Bucket, Key, UploadId: uploadId, MultipartUpload: { Parts: parts.slice(0, count) },
+                  Bucket,
+                  Key,
+                  UploadId: uploadId,
+                  MultipartUpload: { Parts: parts.slice(0, count) },
                   ...(options.ifNoneMatch ? { IfNoneMatch: options.ifNoneMatch } : {}),
                   ...(options.ifMatch ? { IfMatch: options.ifMatch } : {}),
                 }),
@@ -339,11 +424,17 @@ export class S3Target implements Target {
           // such upload (or, with a condition, the object it made). Only proof that the object is this upload
           // ends it well.
           if (!unsure || !(err instanceof NotFoundError || err instanceof PreconditionFailedError)) throw err;
-          const etag = await retrying(() => this.storedUpload(key, parts.slice(0, count), sums.slice(0, count), size, signal), retry('check completed upload'));
+          const etag = await retrying(
+            () => this.storedUpload(key, parts.slice(0, count), sums.slice(0, count), size, signal),
+            retry('check completed upload'),
+          );
           if (etag === undefined) {
             if (err instanceof PreconditionFailedError) throw err;
             throw new TargetError({
-              target: this.name, url: this.url, operation: 'complete upload', key,
+              target: this.name,
+              url: this.url,
+              operation: 'complete upload',
+              key,
               detail: `the multipart upload was gone when its completion was sent again, and ${key} does not hold its ${count} parts`,
               hint: `whether something aborted it (a prune's stale-upload clean-up, a lifecycle rule) or wrote ${key} meanwhile; the upload is sent again on the next run`,
               cause: err,
@@ -356,10 +447,16 @@ export class S3Target implements Target {
       abandon: async () => {
         if (!uploadId) return;
         try {
-          await this.client.send(new AbortMultipartUploadCommand({ Bucket, Key, UploadId: uploadId }), { abortSignal: AbortSignal.timeout(30_000) });
+          await this.client.send(new AbortMultipartUploadCommand({ Bucket, Key, UploadId: uploadId }), {
+            abortSignal: AbortSignal.timeout(30_000),
+          });
         } catch (err) {
           // Some servers do not implement it; R2 and S3 also expire incomplete uploads (abortStaleUploads).
-          this.logger.warn('target.abort_upload_failed', { target: this.name, key, error: scrub(this.id, (err as Error).message ?? String(err)) });
+          this.logger.warn('target.abort_upload_failed', {
+            target: this.name,
+            key,
+            error: scrub(this.id, (err as Error).message ?? String(err)),
+          });
         }
       },
     };
@@ -372,7 +469,13 @@ export class S3Target implements Target {
    * part by part against the sha256 each part was signed with. A size alone proves nothing: another
    * writer's object may have it too.
    */
-  private async storedUpload(key: string, parts: CompletedPart[], sums: Array<{ bytes: number; sha256: string }>, size: number, signal: AbortSignal | undefined): Promise<string | undefined> {
+  private async storedUpload(
+    key: string,
+    parts: CompletedPart[],
+    sums: Array<{ bytes: number; sha256: string }>,
+    size: number,
+    signal: AbortSignal | undefined,
+  ): Promise<string | undefined> {
     let info: ObjectInfo;
     try {
       info = await this.head(key, signal ? { signal } : {});
@@ -389,7 +492,7 @@ export class S3Target implements Target {
     let hash = createHash('sha256');
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
-        for (let offset = 0; offset < chunk.length;) {
+        for (let offset = 0; offset < chunk.length; ) {
           if (part >= sums.length) return undefined;
           const n = Math.min(sums[part]!.bytes - filled, chunk.length - offset);
           hash.update(chunk.subarray(offset, offset + n));
@@ -415,7 +518,8 @@ export class S3Target implements Target {
     try {
       const out = await this.client.send(
         new GetObjectCommand({
-          Bucket: this.spec.bucket, Key: this.objectKey(key),
+          Bucket: this.spec.bucket,
+          Key: this.objectKey(key),
           ...(range ? { Range: `bytes=${range.start}-${range.end ?? ''}` } : {}),
         }),
         signal ? { abortSignal: signal } : {},
@@ -458,7 +562,9 @@ export class S3Target implements Target {
       try {
         out = await this.client.send(
           new ListObjectsV2Command({
-            Bucket: this.spec.bucket, Prefix: this.objectKey(prefix), MaxKeys: this.pageSize,
+            Bucket: this.spec.bucket,
+            Prefix: this.objectKey(prefix),
+            MaxKeys: this.pageSize,
             ...(token ? { ContinuationToken: token } : {}),
           }),
           signal ? { abortSignal: signal } : {},
@@ -473,7 +579,10 @@ export class S3Target implements Target {
         // would make keys disappear from listings, and retention act on an incomplete one.
         if (previous !== undefined && compareKeys(o.Key, previous) <= 0) {
           throw new TargetError({
-            target: this.name, url: this.url, operation: 'list', key: prefix,
+            target: this.name,
+            url: this.url,
+            operation: 'list',
+            key: prefix,
             detail: `the service listed "${o.Key}" after "${previous}", out of key order`,
             hint: 'that the endpoint is an S3-compatible service that lists keys in order',
           });
@@ -525,7 +634,11 @@ export class S3Target implements Target {
       if (refused.length > 0) {
         const first = refused[0]!;
         const key = (first.Key ?? '').slice(this.spec.prefix.length);
-        throw this.fail('delete', key, Object.assign(new Error(first.Message ?? first.Code ?? 'refused'), { Code: first.Code, name: first.Code }));
+        throw this.fail(
+          'delete',
+          key,
+          Object.assign(new Error(first.Message ?? first.Code ?? 'refused'), { Code: first.Code, name: first.Code }),
+        );
       }
     }
   }
@@ -542,8 +655,10 @@ export class S3Target implements Target {
       try {
         out = await this.client.send(
           new ListMultipartUploadsCommand({
-            Bucket: this.spec.bucket, Prefix: this.spec.prefix,
-            ...(keyMarker ? { KeyMarker: keyMarker } : {}), ...(uploadIdMarker ? { UploadIdMarker: uploadIdMarker } : {}),
+            Bucket: this.spec.bucket,
+            Prefix: this.spec.prefix,
+            ...(keyMarker ? { KeyMarker: keyMarker } : {}),
+            ...(uploadIdMarker ? { UploadIdMarker: uploadIdMarker } : {}),
           }),
           send,
         );
@@ -616,7 +731,9 @@ function bareEtag(etag: string): string {
 export function multipartEtag(partEtags: string[]): string | undefined {
   const md5s = partEtags.map(bareEtag);
   if (md5s.length === 0 || md5s.some((e) => !/^[0-9a-f]{32}$/i.test(e))) return undefined;
-  return `${createHash('md5').update(Buffer.concat(md5s.map((e) => Buffer.from(e, 'hex')))).digest('hex')}-${md5s.length}`;
+  return `${createHash('md5')
+    .update(Buffer.concat(md5s.map((e) => Buffer.from(e, 'hex'))))
+    .digest('hex')}-${md5s.length}`;
 }
 
 export function createS3Target(spec: S3TargetSpec, options?: S3TargetOptions): S3Target {

@@ -84,7 +84,9 @@ export function parseTargetUrl(name: string, rawUrl: string, creds: TargetCreden
     throw new Error(`target "${name}": "${rawUrl}" is not a URL (expected file://, azblob://, r2:// or s3://)`);
   }
   if (url.username || url.password) {
-    throw new Error(`target "${name}": credentials may not be written in the URL; use ${credentialVariable(name, 'CONNECTION_STRING')} or ${credentialVariable(name, 'ACCESS_KEY_ID')}/${credentialVariable(name, 'SECRET_ACCESS_KEY')}`);
+    throw new Error(
+      `target "${name}": credentials may not be written in the URL; use ${credentialVariable(name, 'CONNECTION_STRING')} or ${credentialVariable(name, 'ACCESS_KEY_ID')}/${credentialVariable(name, 'SECRET_ACCESS_KEY')}`,
+    );
   }
   const display = `${url.protocol}//${url.host}${url.pathname}`;
   switch (url.protocol) {
@@ -96,12 +98,20 @@ export function parseTargetUrl(name: string, rawUrl: string, creds: TargetCreden
     case 'azblob:': {
       const account = url.host;
       const [container, ...rest] = url.pathname.replace(/^\//, '').split('/');
-      if (!AZ_ACCOUNT_RE.test(account)) throw new Error(`target "${name}": "${account}" is not a storage account name (3-24 lower-case letters and digits)`);
-      if (!container || !AZ_CONTAINER_RE.test(container)) throw new Error(`target "${name}": "${container ?? ''}" is not a container name (3-63 lower-case letters, digits and '-')`);
+      if (!AZ_ACCOUNT_RE.test(account))
+        throw new Error(`target "${name}": "${account}" is not a storage account name (3-24 lower-case letters and digits)`);
+      if (!container || !AZ_CONTAINER_RE.test(container))
+        throw new Error(`target "${name}": "${container ?? ''}" is not a container name (3-63 lower-case letters, digits and '-')`);
       const endpoint = url.searchParams.get('endpoint') ?? `https://${account}.blob.core.windows.net`;
       checkEndpoint(name, endpoint);
       return {
-        kind: 'azblob', name, displayUrl: display, account, container, prefix: normalisePrefix(rest.join('/')), endpoint,
+        kind: 'azblob',
+        name,
+        displayUrl: display,
+        account,
+        container,
+        prefix: normalisePrefix(rest.join('/')),
+        endpoint,
         ...(creds.connectionString ? { connectionString: creds.connectionString } : {}),
       };
     }
@@ -113,7 +123,8 @@ export function parseTargetUrl(name: string, rawUrl: string, creds: TargetCreden
       let endpoint: string | undefined;
       if (r2) {
         const accountId = url.host;
-        if (!/^[0-9a-f]{32}$/.test(accountId)) throw new Error(`target "${name}": "${accountId}" is not a Cloudflare account id (32 hex characters)`);
+        if (!/^[0-9a-f]{32}$/.test(accountId))
+          throw new Error(`target "${name}": "${accountId}" is not a Cloudflare account id (32 hex characters)`);
         const [b, ...rest] = url.pathname.replace(/^\//, '').split('/');
         bucket = b ?? '';
         prefixPath = rest.join('/');
@@ -123,13 +134,20 @@ export function parseTargetUrl(name: string, rawUrl: string, creds: TargetCreden
         prefixPath = url.pathname;
         endpoint = url.searchParams.get('endpoint') ?? undefined;
       }
-      if (!BUCKET_RE.test(bucket)) throw new Error(`target "${name}": "${bucket}" is not a bucket name (3-63 lower-case letters, digits, '.' and '-')`);
+      if (!BUCKET_RE.test(bucket))
+        throw new Error(`target "${name}": "${bucket}" is not a bucket name (3-63 lower-case letters, digits, '.' and '-')`);
       if (endpoint) checkEndpoint(name, endpoint);
       const region = url.searchParams.get('region') ?? (r2 ? 'auto' : 'us-east-1');
       const pathStyle = url.searchParams.get('pathStyle');
       return {
-        kind: 's3', name, displayUrl: display + (endpoint && !r2 ? `?endpoint=${endpoint}` : ''), r2, bucket,
-        prefix: normalisePrefix(prefixPath), endpoint, region,
+        kind: 's3',
+        name,
+        displayUrl: display + (endpoint && !r2 ? `?endpoint=${endpoint}` : ''),
+        r2,
+        bucket,
+        prefix: normalisePrefix(prefixPath),
+        endpoint,
+        region,
         forcePathStyle: pathStyle === null ? !r2 && endpoint !== undefined : pathStyle === 'true',
         ...(creds.accessKeyId ? { accessKeyId: creds.accessKeyId } : {}),
         ...(creds.secretAccessKey ? { secretAccessKey: creds.secretAccessKey } : {}),
@@ -156,7 +174,10 @@ function checkEndpoint(name: string, endpoint: string): void {
 /** Parses `name=url,name=url` (TCAB_BACKUP_TARGETS). */
 export function parseTargetList(text: string, credsFor: (name: string) => TargetCredentials): TargetSpec[] {
   const specs: TargetSpec[] = [];
-  const entries = text.split(',').map((s) => s.trim()).filter(Boolean);
+  const entries = text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (entries.length === 0) throw new Error('no targets: expected name=url[,name=url...]');
   for (const entry of entries) {
     const eq = entry.indexOf('=');

@@ -60,7 +60,14 @@ function parseField(text: string, f: FieldSpec): Set<number> {
 export function longestGapMs(schedule: string, from: Date = new Date()): number {
   const parts = schedule.trim().split(/\s+/);
   if (parts.length !== 6) throw new Error(`"${schedule}" has ${parts.length} fields; expected six: second minute hour day month weekday`);
-  const [seconds, minutes, hours, days, months, weekdays] = parts.map((p, i) => parseField(p, FIELDS[i]!)) as [Set<number>, Set<number>, Set<number>, Set<number>, Set<number>, Set<number>];
+  const [seconds, minutes, hours, days, months, weekdays] = parts.map((p, i) => parseField(p, FIELDS[i]!)) as [
+    Set<number>,
+    Set<number>,
+    Set<number>,
+    Set<number>,
+    Set<number>,
+    Set<number>,
+  ];
   const times: number[] = [];
   for (const h of [...hours].sort((a, b) => a - b)) {
     for (const m of [...minutes].sort((a, b) => a - b)) {

@@ -132,16 +132,25 @@ export function httpUrl(requireTlsOffLoopback: boolean) {
 /** The shortest HMAC secret accepted, on both sides. */
 export const MIN_SECRET_CHARS = 32;
 
-export const secretString = z.string({ message: 'is required' }).min(MIN_SECRET_CHARS, `must be at least ${MIN_SECRET_CHARS} characters (generate 64 hex characters)`);
+export const secretString = z
+  .string({ message: 'is required' })
+  .min(MIN_SECRET_CHARS, `must be at least ${MIN_SECRET_CHARS} characters (generate 64 hex characters)`);
 
 const GUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-export const guid = (what: string) => z.string({ message: `is required: ${what}` }).regex(GUID_RE, `expected ${what}, a GUID like 72f988bf-86f1-41af-91ab-2d7cd011db47`).transform((s) => s.toLowerCase());
+export const guid = (what: string) =>
+  z
+    .string({ message: `is required: ${what}` })
+    .regex(GUID_RE, `expected ${what}, a GUID like 72f988bf-86f1-41af-91ab-2d7cd011db47`)
+    .transform((s) => s.toLowerCase());
 
 /** A comma-separated list whose every entry passes `entry`; empty entries are dropped, at least one must remain. */
 export function commaList<T>(what: string, entry: z.ZodType<T>) {
   return z.string({ message: `is required: ${what}` }).transform((s, ctx) => {
     const out: T[] = [];
-    for (const item of s.split(',').map((x) => x.trim()).filter(Boolean)) {
+    for (const item of s
+      .split(',')
+      .map((x) => x.trim())
+      .filter(Boolean)) {
       const r = entry.safeParse(item);
       if (!r.success) {
         ctx.addIssue({ code: 'custom', message: `"${item}": ${r.error.issues[0]?.message ?? 'invalid'}` });

@@ -35,11 +35,16 @@ export class HashingStream extends Transform {
 /** sha256 and length of a whole stream, without keeping it. */
 export async function hashStream(source: Readable, signal?: AbortSignal): Promise<{ sha256: string; bytes: number }> {
   const h = new HashingStream();
-  await pipeline(source, h, async (chunks: AsyncIterable<Buffer>) => {
-    for await (const _ of chunks) {
-      /* drain */
-    }
-  }, { signal });
+  await pipeline(
+    source,
+    h,
+    async (chunks: AsyncIterable<Buffer>) => {
+      for await (const _ of chunks) {
+        /* drain */
+      }
+    },
+    { signal },
+  );
   return { sha256: h.digest(), bytes: h.bytes };
 }
 
@@ -143,7 +148,10 @@ function prematureClose(): Error {
 /** A sink's own error as it is; a bare close says what it means here. */
 function sinkFailure(err: Error, copied: number): Error {
   if ((err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') return err;
-  return new TcabError(`the upload stopped taking data after ${copied} bytes without giving a reason (its stream was closed before the end)`, { cause: err });
+  return new TcabError(
+    `the upload stopped taking data after ${copied} bytes without giving a reason (its stream was closed before the end)`,
+    { cause: err },
+  );
 }
 
 function abortReason(signal: AbortSignal): Error {
@@ -167,7 +175,11 @@ export function decompressor(compression: Codec, options: { runtimeZstd?: boolea
     case 'zstd': {
       const z = zlib as ZlibWithZstd;
       if (options.runtimeZstd !== false && typeof z.createZstdDecompress === 'function') return z.createZstdDecompress();
-      return spawnFilter(options.zstdCommand ?? 'zstd', ['-d', '-c', '-q'], 'install the zstd package (apt-get install zstd) or run on Node 24');
+      return spawnFilter(
+        options.zstdCommand ?? 'zstd',
+        ['-d', '-c', '-q'],
+        'install the zstd package (apt-get install zstd) or run on Node 24',
+      );
     }
   }
 }
@@ -220,7 +232,11 @@ export function spawnFilter(command: string, args: string[], missingHint: string
     if (err.code !== 'EPIPE') duplex.destroy(err);
   });
   child.on('error', (err: NodeJS.ErrnoException) => {
-    duplex.destroy(err.code === 'ENOENT' ? new TcabError(`"${command}" was not found on PATH`, { hint: missingHint, cause: err, code: 'FILTER_FAILED' }) : err);
+    duplex.destroy(
+      err.code === 'ENOENT'
+        ? new TcabError(`"${command}" was not found on PATH`, { hint: missingHint, cause: err, code: 'FILTER_FAILED' })
+        : err,
+    );
   });
   child.on('close', (code, signal) => {
     exited = true;
@@ -230,7 +246,10 @@ export function spawnFilter(command: string, args: string[], missingHint: string
       duplex.push(null);
       return;
     }
-    const err = code === 0 ? leftInput() : new TcabError(`${what} failed (${signal ?? `exit ${code}`}): ${stderr.trim().slice(0, 500)}`, { code: 'FILTER_FAILED' });
+    const err =
+      code === 0
+        ? leftInput()
+        : new TcabError(`${what} failed (${signal ?? `exit ${code}`}): ${stderr.trim().slice(0, 500)}`, { code: 'FILTER_FAILED' });
     pendingWrite?.(err);
     pendingWrite = undefined;
     duplex.destroy(err);

@@ -53,7 +53,11 @@ interface DrillAgent {
 
 const agents: DrillAgent[] = [];
 
-async function drillAgent(name: string, knobs: string[] = [], options: { healthTimeoutMs?: number; stopGraceMs?: number; freeBytes?: number; requestTimeoutMs?: number } = {}): Promise<DrillAgent> {
+async function drillAgent(
+  name: string,
+  knobs: string[] = [],
+  options: { healthTimeoutMs?: number; stopGraceMs?: number; freeBytes?: number; requestTimeoutMs?: number } = {},
+): Promise<DrillAgent> {
   const staging = join(work.dir, `staging-${name}`);
   const pidFile = join(work.dir, `${name}.pid`);
   const events = eventLogger();
@@ -61,7 +65,16 @@ async function drillAgent(name: string, knobs: string[] = [], options: { healthT
     agentConfig(work.dir, {
       stagingDir: staging,
       drill: {
-        command: [process.execPath, STANDIN, '--database-url', '{database_url}', '--port', '{port}', `STANDIN_PID_FILE=${pidFile}`, ...knobs],
+        command: [
+          process.execPath,
+          STANDIN,
+          '--database-url',
+          '{database_url}',
+          '--port',
+          '{port}',
+          `STANDIN_PID_FILE=${pidFile}`,
+          ...knobs,
+        ],
         healthTimeoutMs: options.healthTimeoutMs ?? 30_000,
         stopGraceMs: options.stopGraceMs ?? 5_000,
       },
@@ -79,8 +92,12 @@ async function drillAgent(name: string, knobs: string[] = [], options: { healthT
 
 function drillPath(d: SnapshotDescription): string {
   const q = new URLSearchParams({
-    snapshotId: d.id, artifactSha256: d.artifact.sha256, artifactBytes: String(d.artifact.bytes),
-    compression: d.artifact.compression, snapshotSha256: d.snapshot.sha256, snapshotBytes: String(d.snapshot.bytes),
+    snapshotId: d.id,
+    artifactSha256: d.artifact.sha256,
+    artifactBytes: String(d.artifact.bytes),
+    compression: d.artifact.compression,
+    snapshotSha256: d.snapshot.sha256,
+    snapshotBytes: String(d.snapshot.bytes),
   });
   return `/v1/drills?${q.toString()}`;
 }
@@ -95,9 +112,19 @@ function sendDrill(baseUrl: string, body: Buffer, options: { hold?: boolean } = 
   const path = drillPath(description);
   const url = new URL(baseUrl);
   const req = httpRequest({
-    hostname: url.hostname, port: url.port, method: 'POST', path, agent: false,
+    hostname: url.hostname,
+    port: url.port,
+    method: 'POST',
+    path,
+    agent: false,
     headers: {
-      Authorization: signRequest({ keyId: KEY_ID, secret: KEY, method: 'POST', pathAndQuery: path, bodySha256: description.artifact.sha256 }),
+      Authorization: signRequest({
+        keyId: KEY_ID,
+        secret: KEY,
+        method: 'POST',
+        pathAndQuery: path,
+        bodySha256: description.artifact.sha256,
+      }),
       'Content-Type': 'application/octet-stream',
       'Content-Length': body.length,
     },
@@ -143,7 +170,9 @@ async function expectNothingLeft(d: DrillAgent): Promise<void> {
 beforeAll(async () => {
   work = await tempDir('app-drill');
   createSampleDatabase(join(work.dir, 'tcab.sqlite'), { runs: RUNS, seed: 11 });
-  const source = await startAgent(agentConfig(work.dir, { stagingDir: join(work.dir, 'staging-source') }), { logger: eventLogger().logger });
+  const source = await startAgent(agentConfig(work.dir, { stagingDir: join(work.dir, 'staging-source') }), {
+    logger: eventLogger().logger,
+  });
   try {
     const made = await signedRequest(source.url, 'POST', '/v1/snapshots', '{"compression":"gzip"}');
     expect(made.status).toBe(201);
@@ -171,7 +200,13 @@ describe('POST /v1/drills', () => {
     expect(result.failedStep).toBeNull();
     expect(result.snapshotId).toBe(description.id);
     expect(result.checks.map((c) => [c.name, c.ok])).toEqual([
-      ['receive', true], ['snapshot-sha256', true], ['integrity', true], ['start', true], ['healthz', true], ['runs', true], ['stop', true],
+      ['receive', true],
+      ['snapshot-sha256', true],
+      ['integrity', true],
+      ['start', true],
+      ['healthz', true],
+      ['runs', true],
+      ['stop', true],
     ]);
     expect(result.runs).toEqual({ inFile: RUNS, served: RUNS, comparison: 'all' });
     expect(result.checks.every((c) => c.ms >= 0)).toBe(true);
@@ -273,7 +308,14 @@ describe('POST /v1/drills', () => {
     expect(result.detail).toMatch(/TCAB_AGENT_DRILL_BACKEND_COMMAND/);
     const unsigned = await new Promise<number>((resolve, reject) => {
       const url = new URL(agent.url);
-      const req = httpRequest({ hostname: url.hostname, port: url.port, method: 'POST', path: drillPath(description), agent: false, headers: { 'Content-Length': artifact.length } });
+      const req = httpRequest({
+        hostname: url.hostname,
+        port: url.port,
+        method: 'POST',
+        path: drillPath(description),
+        agent: false,
+        headers: { 'Content-Length': artifact.length },
+      });
       req.on('response', (res) => {
         res.resume();
         resolve(res.statusCode ?? 0);
@@ -305,10 +347,13 @@ function countedBody(data: Buffer, options: { chunks?: number; pauseMs?: number 
 const clientFor = (d: { agent: RunningAgent }, key = KEY) => new AgentClient({ url: d.agent.url, keyId: KEY_ID, key });
 
 describe('AgentClient.appDrill', () => {
-  it('streams the artifact and returns the agent\'s result', async () => {
+  it("streams the artifact and returns the agent's result", async () => {
     const d = await drillAgent('client-happy');
     const { body, read } = countedBody(artifact);
-    const result = await clientFor(d).appDrill({ snapshotId: description.id, artifact: description.artifact, snapshot: description.snapshot }, body);
+    const result = await clientFor(d).appDrill(
+      { snapshotId: description.id, artifact: description.artifact, snapshot: description.snapshot },
+      body,
+    );
     expect(result.passed).toBe(true);
     expect(result.runs).toEqual({ inFile: RUNS, served: RUNS, comparison: 'all' });
     expect(result.checks.map((c) => c.name)).toEqual(['receive', 'snapshot-sha256', 'integrity', 'start', 'healthz', 'runs', 'stop']);
@@ -316,12 +361,14 @@ describe('AgentClient.appDrill', () => {
     await expectNothingLeft(d);
   });
 
-  it('reports refusals before the body as the agent\'s status and message, without sending a byte of the artifact', async () => {
+  it("reports refusals before the body as the agent's status and message, without sending a byte of the artifact", async () => {
     const of = { snapshotId: description.id, artifact: description.artifact, snapshot: description.snapshot };
     // 507: no space.
     const full = await drillAgent('client-full', [], { freeBytes: 1000 });
     let sent = countedBody(artifact);
-    const noSpace = await clientFor(full).appDrill(of, sent.body).catch((e: unknown) => e);
+    const noSpace = await clientFor(full)
+      .appDrill(of, sent.body)
+      .catch((e: unknown) => e);
     expect(noSpace).toBeInstanceOf(AgentError);
     expect(noSpace).toMatchObject({ status: 507, message: expect.stringMatching(/POST \/v1\/drills answered 507.*needs about \d+/) });
     expect((noSpace as AgentError).hint).toMatch(/TCAB_AGENT_STAGING/);
@@ -329,17 +376,23 @@ describe('AgentClient.appDrill', () => {
     expect(sent.body.destroyed).toBe(true);
     // 401: a wrong key.
     sent = countedBody(artifact);
-    const unsigned = await clientFor(full, 'not-the-key').appDrill(of, sent.body).catch((e: unknown) => e);
+    const unsigned = await clientFor(full, 'not-the-key')
+      .appDrill(of, sent.body)
+      .catch((e: unknown) => e);
     expect(unsigned).toMatchObject({ status: 401 });
     expect(sent.read()).toBe(0);
     // 409: a drill is running (its backend never answers /healthz).
     const busy = await drillAgent('client-busy', ['STANDIN_NO_HEALTH=1'], { healthTimeoutMs: 60_000 });
     const up = busy.events.next('drill.backend_started');
     const cancel = new AbortController();
-    const first = clientFor(busy).appDrill(of, countedBody(artifact).body, { signal: cancel.signal }).catch((e: unknown) => e);
+    const first = clientFor(busy)
+      .appDrill(of, countedBody(artifact).body, { signal: cancel.signal })
+      .catch((e: unknown) => e);
     await up;
     sent = countedBody(artifact);
-    const second = await clientFor(busy).appDrill(of, sent.body).catch((e: unknown) => e);
+    const second = await clientFor(busy)
+      .appDrill(of, sent.body)
+      .catch((e: unknown) => e);
     expect(second).toBeInstanceOf(AgentBusyError);
     expect((second as AgentBusyError).message).toMatch(/answered 409.*Another application drill is running/);
     expect(sent.read()).toBe(0);
@@ -358,7 +411,10 @@ describe('deadlines', () => {
     // The upload takes about 1.2 s in pauses shorter than the deadline; the backend then takes 0.9 s to listen.
     const { body } = countedBody(artifact, { chunks: 6, pauseMs: 200 });
     const started = Date.now();
-    const result = await clientFor(d).appDrill({ snapshotId: description.id, artifact: description.artifact, snapshot: description.snapshot }, body);
+    const result = await clientFor(d).appDrill(
+      { snapshotId: description.id, artifact: description.artifact, snapshot: description.snapshot },
+      body,
+    );
     expect(Date.now() - started).toBeGreaterThan(1_500);
     expect(result.passed).toBe(true);
     expect(result.checks.find((c) => c.name === 'receive')!.ms).toBeGreaterThan(400);
@@ -370,7 +426,14 @@ describe('deadlines', () => {
     const d = await drillAgent('deadline', [], { requestTimeoutMs: 400 });
     const url = new URL(d.agent.url);
     const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-      const req = httpRequest({ hostname: url.hostname, port: url.port, method: 'POST', path: '/v1/snapshots', agent: false, headers: { 'Content-Type': 'application/json', 'Content-Length': 20 } });
+      const req = httpRequest({
+        hostname: url.hostname,
+        port: url.port,
+        method: 'POST',
+        path: '/v1/snapshots',
+        agent: false,
+        headers: { 'Content-Type': 'application/json', 'Content-Length': 20 },
+      });
       req.on('response', (res) => {
         let text = '';
         res.setEncoding('utf8');

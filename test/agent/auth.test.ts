@@ -14,7 +14,16 @@ import { MAX_BODY_BYTES, signRequest } from '../../src/agent/protocol.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import {
-  agentConfig, captureLogger, KEY, KEY_ID, problemOf, rawRequest, signedHeaders, signedRequest, tempDir, type RawAnswer,
+  agentConfig,
+  captureLogger,
+  KEY,
+  KEY_ID,
+  problemOf,
+  rawRequest,
+  signedHeaders,
+  signedRequest,
+  tempDir,
+  type RawAnswer,
 } from './helpers.js';
 
 const OLD_KEY_ID = 'functions-2025';
@@ -28,7 +37,15 @@ const logs = captureLogger();
 beforeAll(async () => {
   work = await tempDir('auth');
   createSampleDatabase(join(work.dir, 'tcab.sqlite'), { runs: 30 });
-  agent = await startAgent(agentConfig(work.dir, { keys: new Map([[KEY_ID, KEY], [OLD_KEY_ID, OLD_KEY]]) }), { logger: logs.logger });
+  agent = await startAgent(
+    agentConfig(work.dir, {
+      keys: new Map([
+        [KEY_ID, KEY],
+        [OLD_KEY_ID, OLD_KEY],
+      ]),
+    }),
+    { logger: logs.logger },
+  );
 });
 
 afterAll(async () => {
@@ -71,20 +88,62 @@ describe('every signing failure is the same 401; the reason goes to the log', ()
   const cases: Array<[string, () => Promise<RawAnswer>, RegExp]> = [
     ['unsigned', () => rawRequest(agent.url, { path: '/v1/status' }), /no Authorization header/],
     ['another scheme', () => rawRequest(agent.url, { path: '/v1/status', headers: { Authorization: `Bearer ${KEY}` } }), /malformed/],
-    ['signed with a wrong secret', () => rawRequest(agent.url, { path: '/v1/status', headers: signedHeaders('GET', '/v1/status', '', { secret: WRONG_KEY }) }), /signature does not match/],
-    ['an unknown key id', () => rawRequest(agent.url, { path: '/v1/status', headers: signedHeaders('GET', '/v1/status', '', { keyId: 'stranger' }) }), /unknown key id/],
-    ['a stale timestamp (301 s old)', () => rawRequest(agent.url, { path: '/v1/status', headers: signedHeaders('GET', '/v1/status', '', { ts: now() - 301 }) }), /behind the agent's clock by 30\d s/],
-    ['a future timestamp (301 s ahead)', () => rawRequest(agent.url, { path: '/v1/status', headers: signedHeaders('GET', '/v1/status', '', { ts: now() + 301 }) }), /ahead of the agent's clock by 30\d s/],
-    ['a tampered body', () => rawRequest(agent.url, {
-      method: 'POST', path: '/v1/snapshots', body: '{"compression":"none"}',
-      headers: { ...signedHeaders('POST', '/v1/snapshots', '{"compression":"gzip"}') },
-    }), /signature does not match/],
-    ['a tampered path', () => rawRequest(agent.url, {
-      method: 'DELETE', path: '/v1/snapshots/20260101T000000Z-00000002',
-      headers: signedHeaders('DELETE', '/v1/snapshots/20260101T000000Z-00000001'),
-    }), /signature does not match/],
-    ['a tampered query', () => rawRequest(agent.url, { path: '/v1/status?verbose=1', headers: signedHeaders('GET', '/v1/status') }), /signature does not match/],
-    ['a tampered method', () => rawRequest(agent.url, { method: 'DELETE', path: '/v1/snapshots/20260101T000000Z-00000001', headers: signedHeaders('GET', '/v1/snapshots/20260101T000000Z-00000001') }), /signature does not match/],
+    [
+      'signed with a wrong secret',
+      () => rawRequest(agent.url, { path: '/v1/status', headers: signedHeaders('GET', '/v1/status', '', { secret: WRONG_KEY }) }),
+      /signature does not match/,
+    ],
+    [
+      'an unknown key id',
+      () => rawRequest(agent.url, { path: '/v1/status', headers: signedHeaders('GET', '/v1/status', '', { keyId: 'stranger' }) }),
+      /unknown key id/,
+    ],
+    [
+      'a stale timestamp (301 s old)',
+      () => rawRequest(agent.url, { path: '/v1/status', headers: signedHeaders('GET', '/v1/status', '', { ts: now() - 301 }) }),
+      /behind the agent's clock by 30\d s/,
+    ],
+    [
+      'a future timestamp (301 s ahead)',
+      () => rawRequest(agent.url, { path: '/v1/status', headers: signedHeaders('GET', '/v1/status', '', { ts: now() + 301 }) }),
+      /ahead of the agent's clock by 30\d s/,
+    ],
+    [
+      'a tampered body',
+      () =>
+        rawRequest(agent.url, {
+          method: 'POST',
+          path: '/v1/snapshots',
+          body: '{"compression":"none"}',
+          headers: { ...signedHeaders('POST', '/v1/snapshots', '{"compression":"gzip"}') },
+        }),
+      /signature does not match/,
+    ],
+    [
+      'a tampered path',
+      () =>
+        rawRequest(agent.url, {
+          method: 'DELETE',
+          path: '/v1/snapshots/20260101T000000Z-00000002',
+          headers: signedHeaders('DELETE', '/v1/snapshots/20260101T000000Z-00000001'),
+        }),
+      /signature does not match/,
+    ],
+    [
+      'a tampered query',
+      () => rawRequest(agent.url, { path: '/v1/status?verbose=1', headers: signedHeaders('GET', '/v1/status') }),
+      /signature does not match/,
+    ],
+    [
+      'a tampered method',
+      () =>
+        rawRequest(agent.url, {
+          method: 'DELETE',
+          path: '/v1/snapshots/20260101T000000Z-00000001',
+          headers: signedHeaders('GET', '/v1/snapshots/20260101T000000Z-00000001'),
+        }),
+      /signature does not match/,
+    ],
   ];
   for (const [what, send, reason] of cases) {
     it(`rejects ${what}`, async () => {
@@ -94,7 +153,10 @@ describe('every signing failure is the same 401; the reason goes to the log', ()
   }
 
   it('logs which key id a rejected request claimed, so an operator can tell a stale key from a stranger', async () => {
-    await rawRequest(agent.url, { path: '/v1/status', headers: signedHeaders('GET', '/v1/status', '', { keyId: OLD_KEY_ID, secret: WRONG_KEY }) });
+    await rawRequest(agent.url, {
+      path: '/v1/status',
+      headers: signedHeaders('GET', '/v1/status', '', { keyId: OLD_KEY_ID, secret: WRONG_KEY }),
+    });
     expect(lastRejectedKeyId()).toBe(OLD_KEY_ID);
     expect(logs.events('auth.rejected').at(-1)).toMatchObject({ level: 'warn', method: 'GET', path: '/v1/status', remote: '127.0.0.1' });
   });
@@ -148,7 +210,9 @@ describe('every signing failure is the same 401; the reason goes to the log', ()
 describe('the replay cache stays bounded', () => {
   const keys = new Map([['k', KEY]]);
   const signed = (ts: number, nonce: string) => ({
-    method: 'GET', pathAndQuery: '/v1/status', body: Buffer.alloc(0),
+    method: 'GET',
+    pathAndQuery: '/v1/status',
+    body: Buffer.alloc(0),
     authorization: signRequest({ keyId: 'k', secret: KEY, method: 'GET', pathAndQuery: '/v1/status', ts, nonce }),
   });
 
@@ -159,12 +223,18 @@ describe('the replay cache stays bounded', () => {
     for (const n of ['nonce-aaaaaaaaaaaa', 'nonce-bbbbbbbbbbbb', 'nonce-cccccccccccc']) expect(auth.verify(signed(t, n)).ok).toBe(true);
     expect(auth.verify(signed(t, 'nonce-aaaaaaaaaaaa'))).toMatchObject({ ok: false, reason: expect.stringMatching(/nonce already used/) });
     // Full, and nothing has expired yet: a new request is refused rather than a remembered nonce dropped.
-    expect(auth.verify(signed(t, 'nonce-dddddddddddd'))).toMatchObject({ ok: false, reason: expect.stringMatching(/more than 3 signed requests/) });
+    expect(auth.verify(signed(t, 'nonce-dddddddddddd'))).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/more than 3 signed requests/),
+    });
     // Past the window the old nonces are forgotten; replaying them now fails on the timestamp instead.
     nowMs += 301_000;
     expect(auth.verify(signed(nowMs / 1000, 'nonce-dddddddddddd')).ok).toBe(true);
     expect(auth.rememberedNonces).toBe(1);
-    expect(auth.verify(signed(t, 'nonce-aaaaaaaaaaaa'))).toMatchObject({ ok: false, reason: expect.stringMatching(/behind the agent's clock/) });
+    expect(auth.verify(signed(t, 'nonce-aaaaaaaaaaaa'))).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/behind the agent's clock/),
+    });
   });
 });
 
@@ -173,7 +243,11 @@ describe('request hygiene', () => {
     const answer = await new Promise<RawAnswer>((resolve, reject) => {
       const base = new URL(agent.url);
       const req = request({
-        hostname: base.hostname, port: base.port, method: 'POST', path: '/v1/snapshots', agent: false,
+        hostname: base.hostname,
+        port: base.port,
+        method: 'POST',
+        path: '/v1/snapshots',
+        agent: false,
         headers: { ...signedHeaders('POST', '/v1/snapshots'), 'Content-Type': 'application/json', 'Content-Length': 10 * 1024 * 1024 },
       });
       req.on('response', (res) => {
@@ -196,7 +270,14 @@ describe('request hygiene', () => {
     const body = JSON.stringify({ compression: 'gzip', padding: 'x'.repeat(MAX_BODY_BYTES) });
     const answer = await new Promise<RawAnswer>((resolve, reject) => {
       const base = new URL(agent.url);
-      const req = request({ hostname: base.hostname, port: base.port, method: 'POST', path: '/v1/snapshots', agent: false, headers: signedHeaders('POST', '/v1/snapshots') });
+      const req = request({
+        hostname: base.hostname,
+        port: base.port,
+        method: 'POST',
+        path: '/v1/snapshots',
+        agent: false,
+        headers: signedHeaders('POST', '/v1/snapshots'),
+      });
       req.on('response', (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -209,7 +290,17 @@ describe('request hygiene', () => {
     expect(answer.status).toBe(413);
   });
 
-  const badIds = ['..', '../staging', '%2e%2e', '%2e%2e%2ftcab.sqlite', 'a/b', '20260101T000000Z-deadbeef%2f..', '20260101T000000Z-deadbeef/..', '20260101T000000Z-DEADBEEF', '20260101T000000Z-deadbeef.sqlite.gz'];
+  const badIds = [
+    '..',
+    '../staging',
+    '%2e%2e',
+    '%2e%2e%2ftcab.sqlite',
+    'a/b',
+    '20260101T000000Z-deadbeef%2f..',
+    '20260101T000000Z-deadbeef/..',
+    '20260101T000000Z-DEADBEEF',
+    '20260101T000000Z-deadbeef.sqlite.gz',
+  ];
   for (const id of badIds) {
     it(`answers 400 to the snapshot id "${id}" for GET and DELETE`, async () => {
       for (const method of ['GET', 'DELETE']) {
@@ -239,7 +330,11 @@ describe('request hygiene', () => {
     const answer = await new Promise<string>((resolve, reject) => {
       const socket = connect(Number(port), '127.0.0.1', () => socket.write('HELLO agent\r\n\r\n'));
       let text = '';
-      socket.setEncoding('utf8').on('data', (t: string) => (text += t)).on('end', () => resolve(text)).on('error', reject);
+      socket
+        .setEncoding('utf8')
+        .on('data', (t: string) => (text += t))
+        .on('end', () => resolve(text))
+        .on('error', reject);
     });
     expect(answer).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
     expect(answer).toContain('Cache-Control: no-store');

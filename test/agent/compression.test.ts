@@ -54,7 +54,7 @@ const makers = {
 };
 
 describe('zstd artifacts', () => {
-  it('this runtime has zstd in node:zlib, as the function app\'s Node 24 does', () => {
+  it("this runtime has zstd in node:zlib, as the function app's Node 24 does", () => {
     expect(runtimeHasZstd()).toBe(true);
     expect(detectCompressions().available).toEqual(['zstd', 'gzip', 'none']);
   });
@@ -73,7 +73,10 @@ describe('zstd artifacts', () => {
 
   it('the program path without the program fails the stream, saying what to install', async () => {
     const inflate = decompressor('zstd', { runtimeZstd: false, zstdCommand: join(work.dir, 'no-such-zstd') });
-    const failed = await pipeline(createReadStream(plain), inflate, new PassThrough().resume()).then(() => undefined, (e: unknown) => e);
+    const failed = await pipeline(createReadStream(plain), inflate, new PassThrough().resume()).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(String(failed)).toContain('was not found on PATH');
     expect((failed as { hint?: string }).hint).toContain('apt-get install zstd');
   });

@@ -14,7 +14,16 @@ import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { startWriter } from '../../src/dev/writer.js';
 import { isAbortError } from '../../src/errors.js';
 import {
-  agentConfig, captureLogger, KEY, KEY_ID, problemOf, rawRequest, sha256OfFile, signedRequest, tableCounts, tempDir,
+  agentConfig,
+  captureLogger,
+  KEY,
+  KEY_ID,
+  problemOf,
+  rawRequest,
+  sha256OfFile,
+  signedRequest,
+  tableCounts,
+  tempDir,
 } from './helpers.js';
 
 let work: { dir: string; remove(): Promise<void> };
@@ -110,7 +119,10 @@ describe('stopping the agent', () => {
       createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { targetBytes: 20e6 });
       const other = await startAgent(agentConfig(dir.dir), { logger: captureLogger().logger });
       const c = new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY });
-      const pending = c.createSnapshot({ compression: 'gzip' }).then(() => undefined, (e: unknown) => e);
+      const pending = c.createSnapshot({ compression: 'gzip' }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       await snapshotInProgress(join(dir.dir, 'staging'));
       await other.close();
       const err = await pending;
@@ -190,7 +202,13 @@ describe('staging space, expiry and leftovers', () => {
       createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { runs: 20 });
       const staging = join(dir.dir, 'staging');
       await startAgent(agentConfig(dir.dir), { logger: captureLogger().logger }).then((a) => a.close());
-      const ours = ['work-0123456789abcdef.sqlite', 'work-0123456789abcdef.sqlite-journal', '20260101T000000Z-deadbeef.sqlite.gz.partial', '20260101T000000Z-deadbeef.sqlite.zst', '20260101T000000Z-cafebabe.sqlite'];
+      const ours = [
+        'work-0123456789abcdef.sqlite',
+        'work-0123456789abcdef.sqlite-journal',
+        '20260101T000000Z-deadbeef.sqlite.gz.partial',
+        '20260101T000000Z-deadbeef.sqlite.zst',
+        '20260101T000000Z-cafebabe.sqlite',
+      ];
       const theirs = ['notes.txt', 'tcab.sqlite', 'tcab.sqlite-wal', '20260101T000000Z-deadbeef.json'];
       for (const name of [...ours, ...theirs]) await writeFile(join(staging, name), 'x');
       const logs = captureLogger();
@@ -222,7 +240,10 @@ describe('a download that does not complete', () => {
           if (received === (chunk as Buffer).length) await other.close();
         }
       })();
-      const err = await reading.then(() => undefined, (e: unknown) => e);
+      const err = await reading.then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(AgentError);
       expect((err as Error).message).toMatch(/download of snapshot .* was cut off after \d+ of \d+ bytes/);
       expect(received).toBeLessThan(bytes);
@@ -237,7 +258,10 @@ describe('a download that does not complete', () => {
     const { body } = await client.openSnapshot(desc.id, { signal: controller.signal });
     const err = await (async () => {
       for await (const _ of body) controller.abort();
-    })().then(() => undefined, (e: unknown) => e);
+    })().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     expect(isAbortError(err)).toBe(true);
     await client.deleteSnapshot(desc.id);
   });

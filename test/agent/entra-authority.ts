@@ -58,8 +58,23 @@ export async function startFakeAuthority(workDir: string): Promise<FakeAuthority
   const certPath = join(workDir, 'authority.crt');
   const keyPath = join(workDir, 'authority.key');
   await run('openssl', [
-    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
-    '-subj', '/CN=login.test', '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', keyPath, '-out', certPath,
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-days',
+    '1',
+    '-subj',
+    '/CN=login.test',
+    '-addext',
+    'subjectAltName=IP:127.0.0.1',
+    '-keyout',
+    keyPath,
+    '-out',
+    certPath,
   ]);
   const cert = await readFile(certPath, 'utf8');
   const authority: FakeAuthority = {
@@ -69,10 +84,11 @@ export async function startFakeAuthority(workDir: string): Promise<FakeAuthority
     keysStatus: undefined,
     hits: new Map(),
     jwksPath: (tenant) => `/${tenant}/discovery/v2.0/keys`,
-    close: () => new Promise((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    }),
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
   };
   const server: Server = createServer({ cert, key: await readFile(keyPath, 'utf8') }, (req, res) => {
     const path = req.url ?? '/';

@@ -40,17 +40,38 @@ let both: RunningAgent;
 const now = () => Math.floor(Date.now() / 1000);
 
 function entraConfig(overrides: Partial<EntraAgentConfig> = {}): EntraAgentConfig {
-  return { tenantId: TENANT, audiences: [AUDIENCE], allowedObjectIds: [FUNCTION_APP_OID], authority: authority.url, ca: authority.ca, ...overrides };
+  return {
+    tenantId: TENANT,
+    audiences: [AUDIENCE],
+    allowedObjectIds: [FUNCTION_APP_OID],
+    authority: authority.url,
+    ca: authority.ca,
+    ...overrides,
+  };
 }
 
 /** A v2.0 access token of the function app's managed identity, as Entra ID would issue it; `claims` overrides. */
 function token(claims: Record<string, unknown> = {}, key: SigningKey = keyA, header: Record<string, unknown> = {}): string {
   const t = now();
-  const jwt = signToken({
-    aud: AUDIENCE, iss: `${authority.url}/${TENANT}/v2.0`, iat: t - 60, nbf: t - 60, exp: t + 3600,
-    azp: FUNCTION_APP_CLIENT_ID, azpacr: '2', idtyp: 'app', oid: FUNCTION_APP_OID, sub: FUNCTION_APP_OID, tid: TENANT, ver: '2.0',
-    ...claims,
-  }, key, header);
+  const jwt = signToken(
+    {
+      aud: AUDIENCE,
+      iss: `${authority.url}/${TENANT}/v2.0`,
+      iat: t - 60,
+      nbf: t - 60,
+      exp: t + 3600,
+      azp: FUNCTION_APP_CLIENT_ID,
+      azpacr: '2',
+      idtyp: 'app',
+      oid: FUNCTION_APP_OID,
+      sub: FUNCTION_APP_OID,
+      tid: TENANT,
+      ver: '2.0',
+      ...claims,
+    },
+    key,
+    header,
+  );
   issued.push(jwt);
   return jwt;
 }
@@ -58,7 +79,9 @@ function token(claims: Record<string, unknown> = {}, key: SigningKey = keyA, hea
 const bearer = (url: string, jwt: string, path = '/v1/status') => rawRequest(url, { path, headers: { Authorization: `Bearer ${jwt}` } });
 
 async function start(overrides: Partial<AgentConfig>, logger = logs.logger): Promise<RunningAgent> {
-  const agent = await startAgent(agentConfig(work.dir, { stagingDir: join(work.dir, `staging-${agents.length}`), ...overrides }), { logger });
+  const agent = await startAgent(agentConfig(work.dir, { stagingDir: join(work.dir, `staging-${agents.length}`), ...overrides }), {
+    logger,
+  });
   agents.push(agent);
   return agent;
 }
@@ -125,15 +148,27 @@ describe('an agent accepting both schemes', () => {
   });
 
   const refusals: Array<[string, () => string, RegExp]> = [
-    ['a token signed by another key under a published key id', () => token({}, { ...notPublished, kid: keyA.kid }), /signature does not match the tenant's key/],
+    [
+      'a token signed by another key under a published key id',
+      () => token({}, { ...notPublished, kid: keyA.kid }),
+      /signature does not match the tenant's key/,
+    ],
     ['alg none', () => token({}, keyA, { alg: 'none' }), /algorithm "none" is not accepted: only RS256/],
     ['HS256 with the public key as the secret', () => token({}, keyA, { alg: 'HS256' }), /algorithm "HS256" is not accepted/],
     ['an expired token', () => token({ exp: now() - 400, nbf: now() - 4000 }), /expired 40\d s ago/],
     ['a token not yet valid', () => token({ nbf: now() + 400 }), /not valid for another (39\d|40\d) s/],
     ['a token for another audience', () => token({ aud: 'api://some-other-api' }), /audience \(aud\) is not TCAB_AGENT_ENTRA_AUDIENCE/],
-    ['a token from another issuer', () => token({ iss: `${authority.url}/${OTHER_TENANT}/v2.0` }), /issuer \(iss\) is not the configured tenant's/],
+    [
+      'a token from another issuer',
+      () => token({ iss: `${authority.url}/${OTHER_TENANT}/v2.0` }),
+      /issuer \(iss\) is not the configured tenant's/,
+    ],
     ['a token of another tenant', () => token({ tid: OTHER_TENANT }), /tenant \(tid\) is not TCAB_AGENT_ENTRA_TENANT_ID/],
-    ['a token of an identity not in the allow-list', () => token({ oid: STRANGER_OID }), new RegExp(`object id ${STRANGER_OID} is not in TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS`)],
+    [
+      'a token of an identity not in the allow-list',
+      () => token({ oid: STRANGER_OID }),
+      new RegExp(`object id ${STRANGER_OID} is not in TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS`),
+    ],
     ['a token without an expiry', () => token({ exp: undefined }), /no expiry/],
     ['something that is not a JWT', () => 'not-a-jwt', /not a signed JWT/],
   ];
@@ -148,7 +183,12 @@ describe('an agent accepting both schemes', () => {
 
   it('names the refused identity in the log once the signature holds, so an operator can tell who knocked', async () => {
     await bearer(both.url, token({ oid: STRANGER_OID }));
-    expect(lastRejection()).toMatchObject({ level: 'warn', clientObjectId: STRANGER_OID, clientAppId: FUNCTION_APP_CLIENT_ID, path: '/v1/status' });
+    expect(lastRejection()).toMatchObject({
+      level: 'warn',
+      clientObjectId: STRANGER_OID,
+      clientAppId: FUNCTION_APP_CLIENT_ID,
+      path: '/v1/status',
+    });
     await bearer(both.url, token({ oid: STRANGER_OID }, { ...notPublished, kid: keyA.kid }));
     expect(lastRejection().clientObjectId).toBeUndefined();
   });
@@ -193,7 +233,13 @@ describe('an agent accepting both schemes', () => {
 
   it('says so when the credential cannot give a token, and sends nothing', async () => {
     const rejections = logs.events('auth.rejected').length;
-    const failing = { getToken: async () => { throw Object.assign(new Error('ManagedIdentityCredential: no managed identity endpoint found'), { name: 'CredentialUnavailableError' }); } };
+    const failing = {
+      getToken: async () => {
+        throw Object.assign(new Error('ManagedIdentityCredential: no managed identity endpoint found'), {
+          name: 'CredentialUnavailableError',
+        });
+      },
+    };
     const err = await new AgentClient({ url: both.url, credential: failing, scope: SCOPE }).status().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AgentError);
     expect((err as AgentError).message).toMatch(/no Entra ID token for api:\/\/tcab-backup-agent\/\.default: ManagedIdentityCredential/);
@@ -208,7 +254,11 @@ describe('agents with one scheme', () => {
     expect((await bearer(agent.url, token())).status).toBe(200);
     expectGeneric401(await signedRequest(agent.url, 'GET', '/v1/status'), 'Bearer');
     expect(String(lastRejection().reason)).toMatch(/TCAB-HMAC-SHA256 signature, but TCAB_AGENT_AUTH does not enable hmac/);
-    expect(logs.events('agent.started').at(-1)).toMatchObject({ auth: ['entra'], entraTenantId: TENANT, entraAllowedObjectIds: [FUNCTION_APP_OID] });
+    expect(logs.events('agent.started').at(-1)).toMatchObject({
+      auth: ['entra'],
+      entraTenantId: TENANT,
+      entraAllowedObjectIds: [FUNCTION_APP_OID],
+    });
   });
 
   it('hmac only (the default): Bearer is refused, HMAC works', async () => {
@@ -219,7 +269,9 @@ describe('agents with one scheme', () => {
   });
 
   it('refuses to start with entra enabled but no Entra settings, naming them', async () => {
-    await expect(startAgent(agentConfig(work.dir, { auth: ['entra'], keys: new Map() }), { logger: silentLogger })).rejects.toThrow(/TCAB_AGENT_ENTRA_TENANT_ID/);
+    await expect(startAgent(agentConfig(work.dir, { auth: ['entra'], keys: new Map() }), { logger: silentLogger })).rejects.toThrow(
+      /TCAB_AGENT_ENTRA_TENANT_ID/,
+    );
   });
 });
 
@@ -230,8 +282,13 @@ describe('when the signing keys cannot be fetched', () => {
       // A new agent holds no keys yet: it must fetch them, and cannot.
       const agent = await start({ auth: ['hmac', 'entra'], entra: entraConfig() });
       expectGeneric401(await bearer(agent.url, token()));
-      expect(String(lastRejection().reason)).toMatch(/signing keys could not be fetched \(GET https:\/\/127\.0\.0\.1:\d+\/[0-9a-f-]+\/discovery\/v2\.0\/keys: answered 503/);
-      expect(logs.events('entra.keys_unavailable').at(-1)).toMatchObject({ level: 'error', hint: expect.stringContaining('TCAB_AGENT_ENTRA_AUTHORITY') });
+      expect(String(lastRejection().reason)).toMatch(
+        /signing keys could not be fetched \(GET https:\/\/127\.0\.0\.1:\d+\/[0-9a-f-]+\/discovery\/v2\.0\/keys: answered 503/,
+      );
+      expect(logs.events('entra.keys_unavailable').at(-1)).toMatchObject({
+        level: 'error',
+        hint: expect.stringContaining('TCAB_AGENT_ENTRA_AUTHORITY'),
+      });
       expect((await rawRequest(agent.url, { path: '/healthz' })).status).toBe(200);
       expect((await signedRequest(agent.url, 'GET', '/v1/status')).status).toBe(200);
     } finally {
@@ -251,7 +308,7 @@ describe('when the signing keys cannot be fetched', () => {
     expect(String(lastRejection().reason)).toMatch(/could not be fetched .*ECONNREFUSED/);
   });
 
-  it('answers 401 when the authority\'s certificate is not trusted (no TCAB_AGENT_ENTRA_CA)', async () => {
+  it("answers 401 when the authority's certificate is not trusted (no TCAB_AGENT_ENTRA_CA)", async () => {
     const agent = await start({ auth: ['entra'], keys: new Map(), entra: entraConfig({ ca: undefined }) });
     expectGeneric401(await bearer(agent.url, token()), 'Bearer');
     expect(String(lastRejection().reason)).toMatch(/could not be fetched .*(SELF_SIGNED|self-signed|certificate)/i);
@@ -261,7 +318,13 @@ describe('when the signing keys cannot be fetched', () => {
 describe('the key cache, on a clock of its own', () => {
   it('retries a failed fetch after 10 s, refetches old keys after an hour, and drops a withdrawn key', async () => {
     let clock = 1_800_000_000_000;
-    const keys = new EntraSigningKeys({ authority: authority.url, tenantId: TENANT, ca: authority.ca, logger: silentLogger, nowMs: () => clock });
+    const keys = new EntraSigningKeys({
+      authority: authority.url,
+      tenantId: TENANT,
+      ca: authority.ca,
+      logger: silentLogger,
+      nowMs: () => clock,
+    });
     authority.keysStatus = 500;
     try {
       expect(await keys.find(keyA.kid)).toMatchObject({ ok: false, reason: expect.stringContaining('answered 500') });
@@ -307,27 +370,57 @@ describe('settings', () => {
   };
 
   it('agent: TCAB_AGENT_AUTH=entra needs the Entra settings, not TCAB_AGENT_KEYS, and names each one that is wrong', () => {
-    const text = problems(() => loadAgentConfig({ ...agentEnv, TCAB_AGENT_AUTH: 'entra', TCAB_AGENT_ENTRA_TENANT_ID: 'contoso.onmicrosoft.com', TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS: `${FUNCTION_APP_OID},app-identity`, TCAB_AGENT_ENTRA_AUTHORITY: 'http://login.microsoftonline.com' }));
+    const text = problems(() =>
+      loadAgentConfig({
+        ...agentEnv,
+        TCAB_AGENT_AUTH: 'entra',
+        TCAB_AGENT_ENTRA_TENANT_ID: 'contoso.onmicrosoft.com',
+        TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS: `${FUNCTION_APP_OID},app-identity`,
+        TCAB_AGENT_ENTRA_AUTHORITY: 'http://login.microsoftonline.com',
+      }),
+    );
     expect(text).toMatch(/TCAB_AGENT_ENTRA_TENANT_ID: "contoso.onmicrosoft.com" is invalid: expected the directory \(tenant\) id, a GUID/);
     expect(text).toMatch(/TCAB_AGENT_ENTRA_AUDIENCE: is not set/);
     expect(text).toMatch(/TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS: .*"app-identity": expected an object id, a GUID/);
     expect(text).toMatch(/TCAB_AGENT_ENTRA_AUTHORITY: .*expected an https URL/);
     expect(text).not.toContain('TCAB_AGENT_KEYS');
-    expect(problems(() => loadAgentConfig({ ...agentEnv, TCAB_AGENT_AUTH: 'hmac,kerberos' }))).toMatch(/TCAB_AGENT_AUTH: .*expected hmac, entra, or hmac,entra/);
-    expect(problems(() => loadAgentConfig({ ...agentEnv, TCAB_AGENT_AUTH: 'hmac,entra', TCAB_AGENT_ENTRA_TENANT_ID: TENANT, TCAB_AGENT_ENTRA_AUDIENCE: AUDIENCE, TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS: FUNCTION_APP_OID })))
-      .toMatch(/TCAB_AGENT_KEYS: is not set/);
+    expect(problems(() => loadAgentConfig({ ...agentEnv, TCAB_AGENT_AUTH: 'hmac,kerberos' }))).toMatch(
+      /TCAB_AGENT_AUTH: .*expected hmac, entra, or hmac,entra/,
+    );
+    expect(
+      problems(() =>
+        loadAgentConfig({
+          ...agentEnv,
+          TCAB_AGENT_AUTH: 'hmac,entra',
+          TCAB_AGENT_ENTRA_TENANT_ID: TENANT,
+          TCAB_AGENT_ENTRA_AUDIENCE: AUDIENCE,
+          TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS: FUNCTION_APP_OID,
+        }),
+      ),
+    ).toMatch(/TCAB_AGENT_KEYS: is not set/);
   });
 
   it('agent: reads a complete Entra configuration, with the CA from a file', async () => {
     const caFile = join(work.dir, 'authority-ca.pem');
     await import('node:fs/promises').then((fs) => fs.writeFile(caFile, authority.ca));
     const config = loadAgentConfig({
-      ...agentEnv, TCAB_AGENT_AUTH: ' entra ', TCAB_AGENT_ENTRA_TENANT_ID: TENANT.toUpperCase(), TCAB_AGENT_ENTRA_AUDIENCE: `${AUDIENCE}, ${FUNCTION_APP_CLIENT_ID}`,
-      TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS: `${FUNCTION_APP_OID},${STRANGER_OID.toUpperCase()}`, TCAB_AGENT_ENTRA_AUTHORITY: `${authority.url}/`, TCAB_AGENT_ENTRA_CA: caFile,
+      ...agentEnv,
+      TCAB_AGENT_AUTH: ' entra ',
+      TCAB_AGENT_ENTRA_TENANT_ID: TENANT.toUpperCase(),
+      TCAB_AGENT_ENTRA_AUDIENCE: `${AUDIENCE}, ${FUNCTION_APP_CLIENT_ID}`,
+      TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS: `${FUNCTION_APP_OID},${STRANGER_OID.toUpperCase()}`,
+      TCAB_AGENT_ENTRA_AUTHORITY: `${authority.url}/`,
+      TCAB_AGENT_ENTRA_CA: caFile,
     });
     expect(config.auth).toEqual(['entra']);
     expect(config.keys.size).toBe(0);
-    expect(config.entra).toEqual({ tenantId: TENANT, audiences: [AUDIENCE, FUNCTION_APP_CLIENT_ID], allowedObjectIds: [FUNCTION_APP_OID, STRANGER_OID], authority: authority.url, ca: authority.ca });
+    expect(config.entra).toEqual({
+      tenantId: TENANT,
+      audiences: [AUDIENCE, FUNCTION_APP_CLIENT_ID],
+      allowedObjectIds: [FUNCTION_APP_OID, STRANGER_OID],
+      authority: authority.url,
+      ca: authority.ca,
+    });
     expect(loadAgentConfig({ ...agentEnv, TCAB_AGENT_KEYS: `${KEY_ID}=${KEY}` }).auth).toEqual(['hmac']);
   });
 
@@ -337,8 +430,12 @@ describe('settings', () => {
     expect(text).toMatch(/TCAB_BACKUP_AGENT_ENTRA_SCOPE: "api:\/\/tcab-backup-agent" is invalid: expected .* followed by \/\.default/);
     expect(text).not.toMatch(/TCAB_BACKUP_AGENT_KEY/);
     expect(problems(() => loadAgentClientConfig(clientEnv))).toMatch(/TCAB_BACKUP_AGENT_ENTRA_SCOPE: is not set/);
-    expect(problems(() => loadAgentClientConfig({ ...clientEnv, TCAB_BACKUP_AGENT_AUTH: 'oauth' }))).toMatch(/TCAB_BACKUP_AGENT_AUTH: .*expected hmac or entra/);
-    expect(problems(() => loadAgentClientConfig({ ...clientEnv, TCAB_BACKUP_AGENT_AUTH: 'hmac' }))).toMatch(/TCAB_BACKUP_AGENT_KEY_ID: is not set/);
+    expect(problems(() => loadAgentClientConfig({ ...clientEnv, TCAB_BACKUP_AGENT_AUTH: 'oauth' }))).toMatch(
+      /TCAB_BACKUP_AGENT_AUTH: .*expected hmac or entra/,
+    );
+    expect(problems(() => loadAgentClientConfig({ ...clientEnv, TCAB_BACKUP_AGENT_AUTH: 'hmac' }))).toMatch(
+      /TCAB_BACKUP_AGENT_KEY_ID: is not set/,
+    );
 
     const config = loadAgentClientConfig({ ...clientEnv, TCAB_BACKUP_AGENT_ENTRA_SCOPE: SCOPE });
     expect(config.auth).toEqual({ scheme: 'entra', scope: SCOPE });

@@ -91,7 +91,15 @@ export function signedHeaders(
   opts: { keyId?: string; secret?: string; ts?: number; nonce?: string } = {},
 ): Record<string, string | number> {
   const headers: Record<string, string | number> = {
-    Authorization: signRequest({ keyId: opts.keyId ?? KEY_ID, secret: opts.secret ?? KEY, method, pathAndQuery, body, ts: opts.ts, nonce: opts.nonce }),
+    Authorization: signRequest({
+      keyId: opts.keyId ?? KEY_ID,
+      secret: opts.secret ?? KEY,
+      method,
+      pathAndQuery,
+      body,
+      ts: opts.ts,
+      nonce: opts.nonce,
+    }),
   };
   if (body) {
     headers['Content-Type'] = 'application/json';
@@ -100,7 +108,13 @@ export function signedHeaders(
   return headers;
 }
 
-export function signedRequest(baseUrl: string, method: string, path: string, body = '', extra: Record<string, string> = {}): Promise<RawAnswer> {
+export function signedRequest(
+  baseUrl: string,
+  method: string,
+  path: string,
+  body = '',
+  extra: Record<string, string> = {},
+): Promise<RawAnswer> {
   return rawRequest(baseUrl, { method, path, body, headers: { ...signedHeaders(method, path, body), ...extra } });
 }
 

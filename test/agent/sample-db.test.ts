@@ -27,7 +27,10 @@ describe('createSampleDatabase', () => {
     try {
       expect(firstValue(db, 'PRAGMA journal_mode')).toBe('wal');
       const indexes = db.prepare("SELECT name, tbl_name FROM sqlite_schema WHERE type = 'index' ORDER BY name").all();
-      expect(indexes).toEqual([{ name: 'reviews_run_id', tbl_name: 'reviews' }, { name: 'runs_published_at', tbl_name: 'runs' }]);
+      expect(indexes).toEqual([
+        { name: 'reviews_run_id', tbl_name: 'reviews' },
+        { name: 'runs_published_at', tbl_name: 'runs' },
+      ]);
       const columns = firstColumn(db, "SELECT name FROM pragma_table_info('runs')");
       expect(columns).toEqual(['id', 'slug', 'title', 'published_at', 'record', 'source_url', 'build_url']);
       const run = db.prepare('SELECT * FROM runs WHERE id = 17').get() as unknown as { slug: string; published_at: string; record: string };

@@ -15,8 +15,18 @@ import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { firstValue, openDatabase } from '../../src/util/sqlite.js';
 import {
-  agentConfig, captureLogger, integrityCheck, KEY, KEY_ID, problemOf, sha256, sha256OfFile, sha256OfStream,
-  signedRequest, tableCounts, tempDir,
+  agentConfig,
+  captureLogger,
+  integrityCheck,
+  KEY,
+  KEY_ID,
+  problemOf,
+  sha256,
+  sha256OfFile,
+  sha256OfStream,
+  signedRequest,
+  tableCounts,
+  tempDir,
 } from './helpers.js';
 
 const run = promisify(execFile);
@@ -27,7 +37,10 @@ async function decompress(artifactPath: string, compression: string, outPath: st
     await run('cp', [artifactPath, outPath]);
     return;
   }
-  const child = spawn(compression === 'gzip' ? 'gunzip' : 'zstd', compression === 'gzip' ? ['-c', artifactPath] : ['-d', '-c', '-q', artifactPath]);
+  const child = spawn(
+    compression === 'gzip' ? 'gunzip' : 'zstd',
+    compression === 'gzip' ? ['-c', artifactPath] : ['-d', '-c', '-q', artifactPath],
+  );
   const exit = new Promise<number | null>((resolve) => child.on('close', resolve));
   await pipeline(child.stdout, createWriteStream(outPath));
   expect(await exit).toBe(0);
@@ -145,13 +158,20 @@ describe('POST /v1/snapshots then GET: a restorable, verified snapshot', () => {
       createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { runs: 400, seed: 3 });
       // A zstd that answers --version, then writes part of an output and dies, as one killed mid-way would.
       const fake = join(dir.dir, 'zstd');
-      await writeFile(fake, '#!/bin/sh\n[ "$1" = --version ] && { echo fake zstd; exit 0; }\nhead -c 5000 /dev/zero\necho "zstd: out of memory" >&2\nexit 3\n', { mode: 0o755 });
+      await writeFile(
+        fake,
+        '#!/bin/sh\n[ "$1" = --version ] && { echo fake zstd; exit 0; }\nhead -c 5000 /dev/zero\necho "zstd: out of memory" >&2\nexit 3\n',
+        { mode: 0o755 },
+      );
       const logs = captureLogger();
       // runtimeZstd: false, so the zstd program is used even on a runtime whose node:zlib has zstd.
       const other = await startAgent(agentConfig(dir.dir), { logger: logs.logger, zstdCommand: fake, runtimeZstd: false });
       try {
         const c = new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY });
-        const failed = await c.createSnapshot({ compression: 'zstd' }).then(() => undefined, (e: unknown) => e);
+        const failed = await c.createSnapshot({ compression: 'zstd' }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
         expect(failed).toBeInstanceOf(AgentError);
         expect((failed as AgentError).status).toBe(500);
         expect(JSON.stringify(logs.lines)).toContain('out of memory');

@@ -36,7 +36,9 @@ describe('startAgent refuses what it must not run with', () => {
   });
 
   it('refuses a database it cannot read, naming the setting', async () => {
-    const err = await startAgent(agentConfig(work.dir, { dbPath: join(work.dir, 'missing.sqlite') }), { logger: captureLogger().logger }).catch((e: unknown) => e);
+    const err = await startAgent(agentConfig(work.dir, { dbPath: join(work.dir, 'missing.sqlite') }), {
+      logger: captureLogger().logger,
+    }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TcabError);
     expect((err as Error).message).toMatch(/cannot read the database .*missing\.sqlite \(ENOENT\).*TCAB_AGENT_DB/);
   });
@@ -44,7 +46,9 @@ describe('startAgent refuses what it must not run with', () => {
   it('refuses a configured compression this machine cannot do', async () => {
     // A runtime without zstd in node:zlib and a machine without the zstd program.
     const noZstd = { zstdCommand: join(work.dir, 'no-such-zstd'), runtimeZstd: false };
-    const err = await startAgent(agentConfig(work.dir, { compression: 'zstd' }), { logger: captureLogger().logger, ...noZstd }).catch((e: unknown) => e);
+    const err = await startAgent(agentConfig(work.dir, { compression: 'zstd' }), { logger: captureLogger().logger, ...noZstd }).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(TcabError);
     expect((err as Error).message).toContain('cannot make zstd artifacts (it can make: gzip, none)');
     expect((err as Error).message).toContain('install the zstd package');
@@ -53,7 +57,11 @@ describe('startAgent refuses what it must not run with', () => {
 
 describe('without zstd in the runtime or on the machine', () => {
   it('offers gzip and none, makes gzip by default, and answers 400 to a request for zstd', async () => {
-    const agent = await startAgent(agentConfig(work.dir), { logger: captureLogger().logger, zstdCommand: join(work.dir, 'no-such-zstd'), runtimeZstd: false });
+    const agent = await startAgent(agentConfig(work.dir), {
+      logger: captureLogger().logger,
+      zstdCommand: join(work.dir, 'no-such-zstd'),
+      runtimeZstd: false,
+    });
     try {
       const client = new AgentClient({ url: agent.url, keyId: KEY_ID, key: KEY });
       expect((await client.status()).agent.compressions).toEqual(['gzip', 'none']);
@@ -75,14 +83,29 @@ describe('HTTPS with a self-signed certificate', () => {
     const certPath = join(work.dir, 'agent.crt');
     const keyPath = join(work.dir, 'agent.key');
     await run('openssl', [
-      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
-      '-subj', '/CN=tcab-agent', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost', '-keyout', keyPath, '-out', certPath,
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-days',
+      '1',
+      '-subj',
+      '/CN=tcab-agent',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+      '-keyout',
+      keyPath,
+      '-out',
+      certPath,
     ]);
     cert = await readFile(certPath, 'utf8');
     key = await readFile(keyPath, 'utf8');
   });
 
-  it("serves https, and a client trusting the certificate through `ca` works end to end", async () => {
+  it('serves https, and a client trusting the certificate through `ca` works end to end', async () => {
     const agent = await startAgent(agentConfig(work.dir, { tls: { cert, key } }), { logger: captureLogger().logger });
     try {
       expect(agent.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
@@ -154,7 +177,9 @@ describe('what the client says when the agent is not there or silent', () => {
 
   it('refuses an answer that does not follow the protocol', async () => {
     const liar: Server = createServer((s) => {
-      s.once('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{"database":{}}'));
+      s.once('data', () =>
+        s.end('HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\nConnection: close\r\n\r\n{"database":{}}'),
+      );
     });
     await new Promise<void>((r) => liar.listen(0, '127.0.0.1', r));
     try {

@@ -22,8 +22,12 @@ describe('bench options', () => {
     expect(parseSize('512MiB')).toBe(512 * 1024 * 1024);
     const defaults = parseBenchArgs([], CASES)!;
     expect(defaults).toMatchObject({ sizeBytes: 1e9, sizeLabel: '1GB', seed: 1, samples: 3, keep: false, json: false, cases: undefined });
-    expect(parseBenchArgs(['--size', '100MB', '--samples', '5', '--case', 'retention,snapshot', '--json', '--keep', '--replicate-snapshots', '2'], CASES))
-      .toMatchObject({ sizeBytes: 100e6, samples: 5, cases: ['retention', 'snapshot'], json: true, keep: true, replicateSnapshots: 2 });
+    expect(
+      parseBenchArgs(
+        ['--size', '100MB', '--samples', '5', '--case', 'retention,snapshot', '--json', '--keep', '--replicate-snapshots', '2'],
+        CASES,
+      ),
+    ).toMatchObject({ sizeBytes: 100e6, samples: 5, cases: ['retention', 'snapshot'], json: true, keep: true, replicateSnapshots: 2 });
     expect(parseBenchArgs([], CASES)).toMatchObject({ replicateSnapshots: 6 });
     expect(parseBenchArgs(['--help'], CASES)).toBeUndefined();
   });
@@ -82,8 +86,14 @@ describe('npm run bench (built)', () => {
   it('runs every case on a small database and reports each figure against its target', { timeout: 120_000 }, () => {
     const r = run(['--size', '2MB', '--samples', '1', '--retention-runs', '3', '--replicate-snapshots', '2', '--json']);
     const report = JSON.parse(r.stdout) as {
-      ok: boolean; failures: string[];
-      cases: Array<{ name: string; ok: boolean; checks: Array<{ measure: string; value: number; ok: boolean; miss?: string }>; details: Record<string, any> }>;
+      ok: boolean;
+      failures: string[];
+      cases: Array<{
+        name: string;
+        ok: boolean;
+        checks: Array<{ measure: string; value: number; ok: boolean; miss?: string }>;
+        details: Record<string, any>;
+      }>;
     };
     expect(report.cases.map((c) => c.name)).toEqual(['snapshot', 'replication', 'retention']);
     const snapshot = report.cases[0]!;
@@ -104,8 +114,14 @@ describe('npm run bench (built)', () => {
     const replication = report.cases[1]!;
     // Both ways: Azurite -> s3rver, and back from copies on s3rver to Azurite.
     for (const direction of ['Azurite -> s3rver', 's3rver -> Azurite']) {
-      expect(replication.checks.find((c) => c.measure === `${direction}: every copy of ours has its manifest and matches its sha256`), direction).toMatchObject({ ok: true });
-      expect(replication.checks.find((c) => c.measure === `${direction}: rclone copied every object`), direction).toMatchObject({ ok: true });
+      expect(
+        replication.checks.find((c) => c.measure === `${direction}: every copy of ours has its manifest and matches its sha256`),
+        direction,
+      ).toMatchObject({ ok: true });
+      expect(
+        replication.checks.find((c) => c.measure === `${direction}: rclone copied every object`),
+        direction,
+      ).toMatchObject({ ok: true });
       expect(replication.details.directions[direction].samples.ours[0].copied, direction).toBe(2);
       expect(replication.details.directions[direction].samples.rclone[0].count, direction).toBe(4);
     }

@@ -15,9 +15,20 @@ let target: Target;
 
 function record(drillId: string, startedAt: string, ok: boolean): DrillRecord {
   return {
-    formatVersion: DRILL_RECORD_FORMAT_VERSION, kind: 'sqlite-drill', drillId, database: 'tcab', target: 'local',
-    startedAt, finishedAt: startedAt, ok, snapshot: null, recoveryTimeMs: null, recoveryPoint: null, tables: {},
-    live: { available: false }, warnings: [],
+    formatVersion: DRILL_RECORD_FORMAT_VERSION,
+    kind: 'sqlite-drill',
+    drillId,
+    database: 'tcab',
+    target: 'local',
+    startedAt,
+    finishedAt: startedAt,
+    ok,
+    snapshot: null,
+    recoveryTimeMs: null,
+    recoveryPoint: null,
+    tables: {},
+    live: { available: false },
+    warnings: [],
   } as DrillRecord;
 }
 

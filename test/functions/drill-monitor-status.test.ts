@@ -11,12 +11,23 @@ import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 let fx: Fixture;
 const logs: string[] = [];
 const SETTINGS = [
-  'TCAB_BACKUP_TARGETS', 'TCAB_BACKUP_AGENT_URL', 'TCAB_BACKUP_AGENT_KEY_ID', 'TCAB_BACKUP_AGENT_KEY', 'TCAB_BACKUP_DRILL_WORK_DIR',
-  'TCAB_BACKUP_SNAPSHOT_WARN_AGE', 'TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE', 'TCAB_BACKUP_VERIFY_WITHIN', 'TCAB_BACKUP_DRILL_APP',
+  'TCAB_BACKUP_TARGETS',
+  'TCAB_BACKUP_AGENT_URL',
+  'TCAB_BACKUP_AGENT_KEY_ID',
+  'TCAB_BACKUP_AGENT_KEY',
+  'TCAB_BACKUP_DRILL_WORK_DIR',
+  'TCAB_BACKUP_SNAPSHOT_WARN_AGE',
+  'TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE',
+  'TCAB_BACKUP_VERIFY_WITHIN',
+  'TCAB_BACKUP_DRILL_APP',
 ];
 
 function context(name: string): InvocationContext {
-  return new InvocationContext({ functionName: name, invocationId: randomBytes(8).toString('hex'), logHandler: (_level, ...args) => logs.push(args.map(String).join(' ')) });
+  return new InvocationContext({
+    functionName: name,
+    invocationId: randomBytes(8).toString('hex'),
+    logHandler: (_level, ...args) => logs.push(args.map(String).join(' ')),
+  });
 }
 
 function events(name: string): Array<Record<string, unknown>> {
@@ -35,10 +46,11 @@ function setEnv(): void {
 
 const timer = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: '', next: '', lastUpdated: '' } };
 type Answer = { status: number; headers: Record<string, string>; body: string };
-const getStatus = (accept?: string) => registration('statusHttp').handler(
-  new HttpRequest({ method: 'GET', url: 'http://localhost/api/status', headers: accept ? { accept } : {} }),
-  context('statusHttp'),
-) as Promise<Answer>;
+const getStatus = (accept?: string) =>
+  registration('statusHttp').handler(
+    new HttpRequest({ method: 'GET', url: 'http://localhost/api/status', headers: accept ? { accept } : {} }),
+    context('statusHttp'),
+  ) as Promise<Answer>;
 
 beforeAll(async () => {
   fx = await startFixture({ runs: 100 });
@@ -93,13 +105,17 @@ describe('timers', () => {
     process.env.TCAB_BACKUP_SNAPSHOT_WARN_AGE = '1s';
     process.env.TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE = '2s';
     await new Promise((r) => setTimeout(r, 2100));
-    await expect(registration('monitorTimer').handler(timer, context('monitorTimer'))).rejects.toThrow(/Backups of database "tcab" are critical: target "local": the newest snapshot \S+ is \d+s old/);
+    await expect(registration('monitorTimer').handler(timer, context('monitorTimer'))).rejects.toThrow(
+      /Backups of database "tcab" are critical: target "local": the newest snapshot \S+ is \d+s old/,
+    );
     expect(events('monitor.status')).toEqual([expect.objectContaining({ state: 'critical', level: 'error' })]);
   });
 
   it('verify fails the invocation naming a setting no rotation can meet', async () => {
     process.env.TCAB_BACKUP_VERIFY_WITHIN = '1h';
-    await expect(registration('verifyTimer').handler(timer, context('verifyTimer'))).rejects.toThrow(/TCAB_BACKUP_VERIFY_WITHIN: 1h is shorter than the longest gap/);
+    await expect(registration('verifyTimer').handler(timer, context('verifyTimer'))).rejects.toThrow(
+      /TCAB_BACKUP_VERIFY_WITHIN: 1h is shorter than the longest gap/,
+    );
   });
 });
 
@@ -158,7 +174,9 @@ describe('the application drill setting', () => {
     // The fixture's agent has no backend command: it refuses the drill (501), and the drill fails, naming why.
     process.env.TCAB_BACKUP_DRILL_APP = 'true';
     const err = await (registration('drillTimer').handler(timer, context('drillTimer')) as Promise<unknown>).catch((e: unknown) => e);
-    expect((err as Error).message).toMatch(/failed at step agent: the agent did not run it: .*answered 501.*TCAB_AGENT_DRILL_BACKEND_COMMAND/);
+    expect((err as Error).message).toMatch(
+      /failed at step agent: the agent did not run it: .*answered 501.*TCAB_AGENT_DRILL_BACKEND_COMMAND/,
+    );
     const drill = (await readRecentDrills(fx.local, DATABASE, 50)).find((d) => d.record?.app);
     expect(drill!.record).toMatchObject({ ok: false, app: { passed: false, failedStep: 'agent' } });
     await (registration('monitorTimer').handler(timer, context('monitorTimer')) as Promise<unknown>).catch(() => undefined);

@@ -24,8 +24,15 @@ let port: number;
 const sockets: Socket[] = [];
 const key = randomBytes(32).toString('hex');
 const logs: string[] = [];
-const VARIABLES = ['TCAB_BACKUP_TARGETS', 'TCAB_BACKUP_AGENT_URL', 'TCAB_BACKUP_AGENT_KEY_ID', 'TCAB_BACKUP_AGENT_KEY', 'TCAB_BACKUP_JOB_TIMEOUT',
-  'TCAB_BACKUP_TARGET_HOLE_ACCESS_KEY_ID', 'TCAB_BACKUP_TARGET_HOLE_SECRET_ACCESS_KEY'];
+const VARIABLES = [
+  'TCAB_BACKUP_TARGETS',
+  'TCAB_BACKUP_AGENT_URL',
+  'TCAB_BACKUP_AGENT_KEY_ID',
+  'TCAB_BACKUP_AGENT_KEY',
+  'TCAB_BACKUP_JOB_TIMEOUT',
+  'TCAB_BACKUP_TARGET_HOLE_ACCESS_KEY_ID',
+  'TCAB_BACKUP_TARGET_HOLE_SECRET_ACCESS_KEY',
+];
 const timer = { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: '', next: '', lastUpdated: '' } };
 
 function context(name: string): InvocationContext {
@@ -97,16 +104,23 @@ describe('a job stuck on a request that is never answered', () => {
   });
 
   it('answers the manual snapshot with 504 and the reason', async () => {
-    const res = await registration('snapshotHttp').handler(new HttpRequest({ method: 'POST', url: 'http://localhost/api/snapshots', body: { string: '{}' } }), context('snapshotHttp')) as { status: number; body: string };
+    const res = (await registration('snapshotHttp').handler(
+      new HttpRequest({ method: 'POST', url: 'http://localhost/api/snapshots', body: { string: '{}' } }),
+      context('snapshotHttp'),
+    )) as { status: number; body: string };
     expect(res.status).toBe(504);
-    expect(JSON.parse(res.body)).toMatchObject({ title: 'The snapshot did not finish in time', detail: expect.stringMatching(/^The snapshot job did not finish within 1s/) });
+    expect(JSON.parse(res.body)).toMatchObject({
+      title: 'The snapshot did not finish in time',
+      detail: expect.stringMatching(/^The snapshot job did not finish within 1s/),
+    });
     expect(await connectionsClosed()).toBe(1);
   });
 
   it('fails the replicate timer when a storage endpoint never answers', async () => {
     setEnv({
       TCAB_BACKUP_TARGETS: `local=file://${join(work, 'local')},hole=s3://tcab?endpoint=http://127.0.0.1:${port}`,
-      TCAB_BACKUP_TARGET_HOLE_ACCESS_KEY_ID: 'AKIATIMEOUTTEST', TCAB_BACKUP_TARGET_HOLE_SECRET_ACCESS_KEY: 'timeout-test-secret-access-key',
+      TCAB_BACKUP_TARGET_HOLE_ACCESS_KEY_ID: 'AKIATIMEOUTTEST',
+      TCAB_BACKUP_TARGET_HOLE_SECRET_ACCESS_KEY: 'timeout-test-secret-access-key',
     });
     const err = await (registration('replicateTimer').handler(timer, context('replicateTimer')) as Promise<void>).catch((e: Error) => e);
     expect(err).toMatchObject({ name: 'JobTimeoutError' });
@@ -117,7 +131,9 @@ describe('a job stuck on a request that is never answered', () => {
 
   it('fails an invocation whose TCAB_BACKUP_JOB_TIMEOUT is not a duration, naming the variable', async () => {
     setEnv({ TCAB_BACKUP_JOB_TIMEOUT: 'soon' });
-    await expect(registration('snapshotTimer').handler(timer, context('snapshotTimer')) as Promise<void>).rejects.toThrow(/TCAB_BACKUP_JOB_TIMEOUT: "soon" is invalid/);
+    await expect(registration('snapshotTimer').handler(timer, context('snapshotTimer')) as Promise<void>).rejects.toThrow(
+      /TCAB_BACKUP_JOB_TIMEOUT: "soon" is invalid/,
+    );
   });
 });
 

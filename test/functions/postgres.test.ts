@@ -10,7 +10,10 @@ beforeAll(async () => {
 });
 
 it('registers the Postgres check and drill timers on their schedule settings', () => {
-  for (const [name, setting] of [['pgCheckTimer', 'TCAB_BACKUP_PG_CHECK_SCHEDULE'], ['pgDrillTimer', 'TCAB_BACKUP_PG_DRILL_SCHEDULE']] as const) {
+  for (const [name, setting] of [
+    ['pgCheckTimer', 'TCAB_BACKUP_PG_CHECK_SCHEDULE'],
+    ['pgDrillTimer', 'TCAB_BACKUP_PG_DRILL_SCHEDULE'],
+  ] as const) {
     const trigger = Object.values(registration(name).bindings).find((b) => b.direction === 'in')!;
     expect(trigger.type).toBe('timerTrigger');
     expect(trigger.schedule).toBe(`%${setting}%`);

@@ -19,8 +19,15 @@ let work: string;
 const key = randomBytes(32).toString('hex');
 const logs: string[] = [];
 const VARIABLES = [
-  'TCAB_BACKUP_TARGETS', 'TCAB_BACKUP_AGENT_URL', 'TCAB_BACKUP_AGENT_KEY_ID', 'TCAB_BACKUP_AGENT_KEY', 'TCAB_BACKUP_RETENTION_PRIMARY',
-  'TCAB_BACKUP_RETENTION_SECONDARY', 'TCAB_BACKUP_RETENTION_MIN_KEEP', 'TCAB_BACKUP_RETENTION_MIN_AGE', 'TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE',
+  'TCAB_BACKUP_TARGETS',
+  'TCAB_BACKUP_AGENT_URL',
+  'TCAB_BACKUP_AGENT_KEY_ID',
+  'TCAB_BACKUP_AGENT_KEY',
+  'TCAB_BACKUP_RETENTION_PRIMARY',
+  'TCAB_BACKUP_RETENTION_SECONDARY',
+  'TCAB_BACKUP_RETENTION_MIN_KEEP',
+  'TCAB_BACKUP_RETENTION_MIN_AGE',
+  'TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE',
 ];
 
 function context(name: string): InvocationContext {
@@ -69,7 +76,10 @@ beforeEach(async () => {
 
 describe('function registrations', () => {
   it('registers replicateTimer and pruneTimer on their schedule settings, which the Function App must set', () => {
-    for (const [name, setting] of [['replicateTimer', 'TCAB_BACKUP_REPLICATE_SCHEDULE'], ['pruneTimer', 'TCAB_BACKUP_PRUNE_SCHEDULE']] as const) {
+    for (const [name, setting] of [
+      ['replicateTimer', 'TCAB_BACKUP_REPLICATE_SCHEDULE'],
+      ['pruneTimer', 'TCAB_BACKUP_PRUNE_SCHEDULE'],
+    ] as const) {
       const trigger = Object.values(registration(name).bindings).find((b) => b.direction === 'in')!;
       expect(trigger.type).toBe('timerTrigger');
       expect(trigger.schedule).toBe(`%${setting}%`);

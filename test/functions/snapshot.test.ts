@@ -38,7 +38,17 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'tcab-fn-'));
   createSampleDatabase(join(work, 'tcab.sqlite'), { runs: 300 });
   agent = await startAgent(
-    { dbPath: join(work, 'tcab.sqlite'), stagingDir: join(work, 'staging'), host: '127.0.0.1', port: 0, keys: new Map([['functions', key]]), tls: undefined, databaseName: 'tcab', compression: 'gzip', stagingTtlMs: 3_600_000 },
+    {
+      dbPath: join(work, 'tcab.sqlite'),
+      stagingDir: join(work, 'staging'),
+      host: '127.0.0.1',
+      port: 0,
+      keys: new Map([['functions', key]]),
+      tls: undefined,
+      databaseName: 'tcab',
+      compression: 'gzip',
+      stagingTtlMs: 3_600_000,
+    },
     { logger: createLogger({ level: 'error' }) },
   );
   setEnv(agent.url);
@@ -72,7 +82,12 @@ describe('function registrations', () => {
 describe('snapshotHttp', () => {
   const call = (body: string) =>
     registration('snapshotHttp').handler(
-      new HttpRequest({ method: 'POST', url: 'http://localhost/api/snapshots', body: { string: body }, headers: { 'content-type': 'application/json' } }),
+      new HttpRequest({
+        method: 'POST',
+        url: 'http://localhost/api/snapshots',
+        body: { string: body },
+        headers: { 'content-type': 'application/json' },
+      }),
       context('snapshotHttp'),
     ) as Promise<{ status: number; headers: Record<string, string>; body: string }>;
 
@@ -113,7 +128,10 @@ describe('snapshotHttp', () => {
 
 describe('snapshotTimer', () => {
   it('stores a timer snapshot on the target', async () => {
-    await registration('snapshotTimer').handler({ isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: '', next: '', lastUpdated: '' } }, context('snapshotTimer'));
+    await registration('snapshotTimer').handler(
+      { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: '', next: '', lastUpdated: '' } },
+      context('snapshotTimer'),
+    );
     const target = openTarget({ kind: 'file', name: 'local', displayUrl: 'file://', path: join(work, 'backups') });
     const { snapshots } = await listCatalog(target, 'tcab');
     const manifests = await Promise.all(snapshots.map((s) => readManifest(target, 'tcab', s.id)));
@@ -125,6 +143,8 @@ describe('snapshotTimer', () => {
   it('fails the invocation with a message naming the invalid setting', async () => {
     process.env.TCAB_BACKUP_AGENT_KEY = 'short';
     resetBackupConfig();
-    await expect(registration('snapshotTimer').handler({ isPastDue: false }, context('snapshotTimer'))).rejects.toThrow(/TCAB_BACKUP_AGENT_KEY: .*at least 32 characters/);
+    await expect(registration('snapshotTimer').handler({ isPastDue: false }, context('snapshotTimer'))).rejects.toThrow(
+      /TCAB_BACKUP_AGENT_KEY: .*at least 32 characters/,
+    );
   });
 });

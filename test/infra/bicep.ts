@@ -64,18 +64,24 @@ function newestBicepSource(dir: string): number {
 
 /** The compiled ARM template; built through the check script when missing or older than infra/. */
 export async function compiledTemplate(): Promise<any> {
-  const built = await stat(COMPILED).then((s) => s.mtimeMs, () => 0);
+  const built = await stat(COMPILED).then(
+    (s) => s.mtimeMs,
+    () => 0,
+  );
   if (built < newestBicepSource(INFRA)) await runInfraCheck();
   return JSON.parse(await readFile(COMPILED, 'utf8'));
 }
 
 /** A value written as a Bicep literal, for .bicepparam files. */
 export function bicepLiteral(value: unknown): string {
-  if (typeof value === 'string') return `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'").replace(/\$\{/g, '\\${').replace(/\n/g, '\\n')}'`;
+  if (typeof value === 'string')
+    return `'${value.replace(/\\/g, '\\\\').replace(/'/g, "\\'").replace(/\$\{/g, '\\${').replace(/\n/g, '\\n')}'`;
   if (typeof value === 'number' || typeof value === 'boolean') return String(value);
   if (Array.isArray(value)) return `[${value.map(bicepLiteral).join(', ')}]`;
   if (value && typeof value === 'object') {
-    return `{ ${Object.entries(value).map(([k, v]) => `${/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) ? k : bicepLiteral(k)}: ${bicepLiteral(v)}`).join(', ')} }`;
+    return `{ ${Object.entries(value)
+      .map(([k, v]) => `${/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) ? k : bicepLiteral(k)}: ${bicepLiteral(v)}`)
+      .join(', ')} }`;
   }
   throw new Error(`cannot write ${String(value)} as a Bicep literal`);
 }
@@ -101,10 +107,24 @@ export async function snapshot(name: string, params: Record<string, unknown>): P
   const file = path.join(dir, 'main.bicepparam');
   await writeFile(file, lines.join('\n') + '\n');
   try {
-    await run(await bicep(), [
-      'snapshot', file, '--mode', 'overwrite',
-      '--subscription-id', SUBSCRIPTION, '--tenant-id', TENANT, '--location', LOCATION, '--deployment-name', 'tcab-backup',
-    ], { cwd: dir, maxBuffer: 16 << 20 });
+    await run(
+      await bicep(),
+      [
+        'snapshot',
+        file,
+        '--mode',
+        'overwrite',
+        '--subscription-id',
+        SUBSCRIPTION,
+        '--tenant-id',
+        TENANT,
+        '--location',
+        LOCATION,
+        '--deployment-name',
+        'tcab-backup',
+      ],
+      { cwd: dir, maxBuffer: 16 << 20 },
+    );
   } catch (e) {
     const err = e as { stdout?: string; stderr?: string; message: string };
     throw new Error(`${err.stdout ?? ''}${err.stderr ?? ''}`.trim() || err.message);
@@ -121,7 +141,8 @@ export function ofType(s: Snapshot, type: string): ArmResource[] {
 
 export function one(s: Snapshot, type: string, nameEndsWith = ''): ArmResource {
   const found = ofType(s, type).filter((r) => r.name.endsWith(nameEndsWith));
-  if (found.length !== 1) throw new Error(`expected one ${type} named *${nameEndsWith}, found ${found.map((r) => r.name).join(', ') || 'none'}`);
+  if (found.length !== 1)
+    throw new Error(`expected one ${type} named *${nameEndsWith}, found ${found.map((r) => r.name).join(', ') || 'none'}`);
   return found[0]!;
 }
 
@@ -149,7 +170,10 @@ export interface KeyVaultReference {
 export function keyVaultReference(value: string): KeyVaultReference | null {
   const literal = /^@Microsoft\.KeyVault\(SecretUri=https:\/\/([a-z0-9-]+)\.vault\.azure\.net\/secrets\/([A-Za-z0-9-]+)\/?\)$/.exec(value);
   if (literal) return { vault: literal[1]!, secret: literal[2]! };
-  const expression = /^\[format\('@Microsoft\.KeyVault\(SecretUri=\{0\}secrets\/\{1\}\)', format\('https:\/\/\{0\}\{1\}\/', '([a-z0-9-]+)', environment\(\)\.suffixes\.keyvaultDns\), '([A-Za-z0-9-]+)'\)\]$/.exec(value);
+  const expression =
+    /^\[format\('@Microsoft\.KeyVault\(SecretUri=\{0\}secrets\/\{1\}\)', format\('https:\/\/\{0\}\{1\}\/', '([a-z0-9-]+)', environment\(\)\.suffixes\.keyvaultDns\), '([A-Za-z0-9-]+)'\)\]$/.exec(
+      value,
+    );
   if (expression) return { vault: expression[1]!, secret: expression[2]! };
   return null;
 }

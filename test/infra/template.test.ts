@@ -10,15 +10,30 @@ import { SETTINGS } from '../../src/settings.js';
 import { loadPgCheckConfig, loadPgDrillConfig } from '../../src/postgres/config.js';
 import { parseRetentionPolicy } from '../../src/retention/settings.js';
 import {
-  appSettings, BASE_PARAMS, compiledTemplate, keyVaultReference, ofType, one, ROOT, runInfraCheck, snapshot,
-  SUBSCRIPTION, type ArmResource, type Snapshot,
+  appSettings,
+  BASE_PARAMS,
+  compiledTemplate,
+  keyVaultReference,
+  ofType,
+  one,
+  ROOT,
+  runInfraCheck,
+  snapshot,
+  SUBSCRIPTION,
+  type ArmResource,
+  type Snapshot,
 } from './bicep.js';
 
 const OPERATOR = '11111111-1111-1111-1111-111111111111';
 const PG_RG = '/subscriptions/22222222-2222-2222-2222-222222222222/resourceGroups/rg-db';
-const PG_SERVERS = [`${PG_RG}/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg`, `${PG_RG}/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg-replica`];
-const SUBNET = '/subscriptions/33333333-3333-3333-3333-333333333333/resourceGroups/rg-net/providers/Microsoft.Network/virtualNetworks/vnet-tcab/subnets/snet-functions';
-const NSG = '/subscriptions/33333333-3333-3333-3333-333333333333/resourceGroups/rg-vm/providers/Microsoft.Network/networkSecurityGroups/nsg-tcab-vm';
+const PG_SERVERS = [
+  `${PG_RG}/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg`,
+  `${PG_RG}/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg-replica`,
+];
+const SUBNET =
+  '/subscriptions/33333333-3333-3333-3333-333333333333/resourceGroups/rg-net/providers/Microsoft.Network/virtualNetworks/vnet-tcab/subnets/snet-functions';
+const NSG =
+  '/subscriptions/33333333-3333-3333-3333-333333333333/resourceGroups/rg-vm/providers/Microsoft.Network/networkSecurityGroups/nsg-tcab-vm';
 const R2_URL = 'r2://0123456789abcdef0123456789abcdef/tcab-backups';
 const AGENT_KEY = 'a3f1'.repeat(16);
 const R2_SECRET = 'r2-secret-value-that-must-stay-in-key-vault';
@@ -34,16 +49,41 @@ const BUILT_IN_ROLES: Record<string, string> = {
   'b86a8fe4-44ce-4948-aee5-eccb2c155cd7': 'Key Vault Secrets Officer',
 };
 
-const FUNCTION_NAMES = ['snapshotTimer', 'snapshotHttp', 'replicateTimer', 'pruneTimer', 'verifyTimer', 'drillTimer', 'monitorTimer', 'statusHttp', 'pgCheckTimer', 'pgDrillTimer'];
+const FUNCTION_NAMES = [
+  'snapshotTimer',
+  'snapshotHttp',
+  'replicateTimer',
+  'pruneTimer',
+  'verifyTimer',
+  'drillTimer',
+  'monitorTimer',
+  'statusHttp',
+  'pgCheckTimer',
+  'pgDrillTimer',
+];
 
 /** Settings from work in progress elsewhere that the template must set as well. */
 const ALSO_REQUIRED = [
-  'TCAB_BACKUP_REPLICATE_SCHEDULE', 'TCAB_BACKUP_PRUNE_SCHEDULE', 'TCAB_BACKUP_VERIFY_SCHEDULE', 'TCAB_BACKUP_DRILL_SCHEDULE',
-  'TCAB_BACKUP_MONITOR_SCHEDULE', 'TCAB_BACKUP_RETENTION_BLOB', 'TCAB_BACKUP_RETENTION_R2', 'TCAB_BACKUP_PG_SERVERS',
-  'TCAB_BACKUP_PG_CHECK_SCHEDULE', 'TCAB_BACKUP_PG_DRILL_SCHEDULE', 'TCAB_BACKUP_PG_DRILL_PASSWORD',
-  'TCAB_BACKUP_TARGET_R2_ACCESS_KEY_ID', 'TCAB_BACKUP_TARGET_R2_SECRET_ACCESS_KEY',
+  'TCAB_BACKUP_REPLICATE_SCHEDULE',
+  'TCAB_BACKUP_PRUNE_SCHEDULE',
+  'TCAB_BACKUP_VERIFY_SCHEDULE',
+  'TCAB_BACKUP_DRILL_SCHEDULE',
+  'TCAB_BACKUP_MONITOR_SCHEDULE',
+  'TCAB_BACKUP_RETENTION_BLOB',
+  'TCAB_BACKUP_RETENTION_R2',
+  'TCAB_BACKUP_PG_SERVERS',
+  'TCAB_BACKUP_PG_CHECK_SCHEDULE',
+  'TCAB_BACKUP_PG_DRILL_SCHEDULE',
+  'TCAB_BACKUP_PG_DRILL_PASSWORD',
+  'TCAB_BACKUP_TARGET_R2_ACCESS_KEY_ID',
+  'TCAB_BACKUP_TARGET_R2_SECRET_ACCESS_KEY',
 ];
-const SECRET_SETTINGS = ['TCAB_BACKUP_AGENT_KEY', 'TCAB_BACKUP_TARGET_R2_ACCESS_KEY_ID', 'TCAB_BACKUP_TARGET_R2_SECRET_ACCESS_KEY', 'TCAB_BACKUP_PG_DRILL_PASSWORD'];
+const SECRET_SETTINGS = [
+  'TCAB_BACKUP_AGENT_KEY',
+  'TCAB_BACKUP_TARGET_R2_ACCESS_KEY_ID',
+  'TCAB_BACKUP_TARGET_R2_SECRET_ACCESS_KEY',
+  'TCAB_BACKUP_PG_DRILL_PASSWORD',
+];
 
 const IDENTITY_PRINCIPAL = /^\[reference\('[^']*\/userAssignedIdentities\/(id-tcab-backup-[a-z0-9]+)', '[0-9-]+'\)\.principalId\]$/;
 
@@ -80,7 +120,9 @@ function principalOf(r: ArmResource): string {
 
 function roleOf(r: ArmResource, s: Snapshot): string {
   const id = String(r.properties.roleDefinitionId ?? '');
-  const builtIn = new RegExp(`^/subscriptions/${SUBSCRIPTION}/providers/Microsoft\\.Authorization/roleDefinitions/([0-9a-f-]{36})$`).exec(id);
+  const builtIn = new RegExp(`^/subscriptions/${SUBSCRIPTION}/providers/Microsoft\\.Authorization/roleDefinitions/([0-9a-f-]{36})$`).exec(
+    id,
+  );
   if (builtIn && BUILT_IN_ROLES[builtIn[1]!]) return BUILT_IN_ROLES[builtIn[1]!]!;
   const custom = ofType(s, 'Microsoft.Authorization/roleDefinitions').find((d) => d.id.toLowerCase() === id.toLowerCase());
   if (custom) return custom.properties.roleName;
@@ -106,12 +148,13 @@ describe('infra: compile and lint', () => {
     expect(template.$schema).toContain('subscriptionDeploymentTemplate');
   });
 
-  it('no storage account in the compiled template allows shared key access, but the drill share\'s (SMB mounts need its key)', async () => {
+  it("no storage account in the compiled template allows shared key access, but the drill share's (SMB mounts need its key)", async () => {
     const template = await compiledTemplate();
     const accounts: Array<{ module: string; allowSharedKeyAccess: unknown }> = [];
     const walk = (resources: any, module: string) => {
       for (const r of Object.values(resources ?? {}) as any[]) {
-        if (r.type === 'Microsoft.Storage/storageAccounts' && !r.existing) accounts.push({ module, allowSharedKeyAccess: r.properties.allowSharedKeyAccess });
+        if (r.type === 'Microsoft.Storage/storageAccounts' && !r.existing)
+          accounts.push({ module, allowSharedKeyAccess: r.properties.allowSharedKeyAccess });
         if (r.type === 'Microsoft.Resources/deployments') walk(r.properties.template.resources, r.name);
       }
     };
@@ -146,8 +189,9 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
 
   it('sets every setting the app requires in Azure, and the settings of the other jobs', () => {
     const targetNames = env.TCAB_BACKUP_TARGETS!.split(',').map((t) => t.split('=')[0]!.toUpperCase());
-    const required = SETTINGS.filter((d) => d.side === 'backup' && d.requiredInAzure)
-      .flatMap((d) => (d.name.includes('<NAME>') ? targetNames.map((t) => d.name.replace('<NAME>', t)) : [d.name]));
+    const required = SETTINGS.filter((d) => d.side === 'backup' && d.requiredInAzure).flatMap((d) =>
+      d.name.includes('<NAME>') ? targetNames.map((t) => d.name.replace('<NAME>', t)) : [d.name],
+    );
     expect(required).toContain('TCAB_BACKUP_TARGETS');
     for (const name of [...required, ...ALSO_REQUIRED]) {
       expect(env[name], `app setting ${name}`).toBeTruthy();
@@ -164,10 +208,13 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     for (const setting of bindingSettings) expect(env[setting], `app setting ${setting} (a trigger binding)`).toBeTruthy();
   });
 
-  it('writes settings the app\'s own configuration loader accepts', () => {
+  it("writes settings the app's own configuration loader accepts", () => {
     const config = loadBackupConfig(resolved(env));
     const backupAccount = ofType(s, 'Microsoft.Storage/storageAccounts').find((a) => a.name.startsWith('stbak'))!.name;
-    expect(config.targets.map((t) => [t.name, t.kind])).toEqual([['blob', 'azblob'], ['r2', 's3']]);
+    expect(config.targets.map((t) => [t.name, t.kind])).toEqual([
+      ['blob', 'azblob'],
+      ['r2', 's3'],
+    ]);
     const blob = config.targets[0]!;
     expect(blob.kind === 'azblob' && blob.account).toBe(backupAccount);
     expect(blob.kind === 'azblob' && blob.connectionString).toBeUndefined();
@@ -185,7 +232,7 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(pgDrill.auth.kind).toBe('password');
   });
 
-  it('keeps secrets in Key Vault: the settings are references to this template\'s vault, no value is inlined', () => {
+  it("keeps secrets in Key Vault: the settings are references to this template's vault, no value is inlined", () => {
     const vault = one(s, 'Microsoft.KeyVault/vaults');
     expect(vault.properties.enableRbacAuthorization).toBe(true);
     const secretResources = ofType(s, 'Microsoft.KeyVault/vaults/secrets').map((r) => r.name.split('/')[1]);
@@ -215,7 +262,8 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(Object.keys(site.identity?.userAssignedIdentities ?? {})).toEqual([identity.id]);
     expect(site.properties.functionAppConfig.runtime).toEqual({ name: 'node', version: '24' });
     expect(site.properties.functionAppConfig.deployment.storage.authentication).toEqual({
-      type: 'UserAssignedIdentity', userAssignedIdentityResourceId: identity.id,
+      type: 'UserAssignedIdentity',
+      userAssignedIdentityResourceId: identity.id,
     });
     expect(site.properties.httpsOnly).toBe(true);
     expect(site.properties.virtualNetworkSubnetId).toBe(SUBNET);
@@ -227,7 +275,9 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     const clientId = `[reference('${identity.id}', '2024-11-30').clientId]`;
     expect(env.AzureWebJobsStorage__clientId).toBe(clientId);
     expect(env.AZURE_CLIENT_ID).toBe(clientId);
-    expect(env.APPLICATIONINSIGHTS_AUTHENTICATION_STRING).toBe(`[format('ClientId={0};Authorization=AAD', reference('${identity.id}', '2024-11-30').clientId)]`);
+    expect(env.APPLICATIONINSIGHTS_AUTHENTICATION_STRING).toBe(
+      `[format('ClientId={0};Authorization=AAD', reference('${identity.id}', '2024-11-30').clientId)]`,
+    );
     expect(env.AzureWebJobsStorage).toBeUndefined();
     expect(Object.keys(env)).not.toContain('FUNCTIONS_WORKER_RUNTIME');
     expect(s.text).not.toMatch(/AccountKey=/);
@@ -242,17 +292,20 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(insights.properties.WorkspaceResourceId).toBe(one(s, 'Microsoft.OperationalInsights/workspaces').id);
   });
 
-  it('no storage account allows shared keys (but the drill share\'s), public blobs, old TLS or plain HTTP', () => {
+  it("no storage account allows shared keys (but the drill share's), public blobs, old TLS or plain HTTP", () => {
     const accounts = ofType(s, 'Microsoft.Storage/storageAccounts');
     expect(accounts.map((a) => a.name.replace(/[a-z0-9]{13}$/, '')).sort()).toEqual(['stbak', 'stdrill', 'stfn']);
     for (const a of accounts) {
       expect(a.properties, a.name).toMatchObject({
-        allowSharedKeyAccess: a.name.startsWith('stdrill'), allowBlobPublicAccess: false, minimumTlsVersion: 'TLS1_2', supportsHttpsTrafficOnly: true,
+        allowSharedKeyAccess: a.name.startsWith('stdrill'),
+        allowBlobPublicAccess: false,
+        minimumTlsVersion: 'TLS1_2',
+        supportsHttpsTrafficOnly: true,
       });
     }
   });
 
-  it('mounts the drill share at the drill\'s work folder: an account of its own holding one file share, no blob, no role for anyone', () => {
+  it("mounts the drill share at the drill's work folder: an account of its own holding one file share, no blob, no role for anyone", () => {
     const drill = ofType(s, 'Microsoft.Storage/storageAccounts').find((a) => a.name.startsWith('stdrill'))!;
     const share = one(s, 'Microsoft.Storage/storageAccounts/fileServices/shares');
     expect(share.name).toBe(`${drill.name}/default/drill`);
@@ -260,7 +313,13 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(ofType(s, 'Microsoft.Storage/storageAccounts/blobServices/containers').filter((c) => c.name.startsWith(drill.name))).toEqual([]);
     expect(ofType(s, 'Microsoft.Authorization/roleAssignments').filter((r) => String(r.id).includes(drill.name))).toEqual([]);
     const mount = one(s, 'Microsoft.Web/sites/config', '/azurestorageaccounts');
-    expect(mount.properties.drill).toMatchObject({ type: 'AzureFiles', protocol: 'Smb', accountName: drill.name, shareName: 'drill', mountPath: '/mounts/drill' });
+    expect(mount.properties.drill).toMatchObject({
+      type: 'AzureFiles',
+      protocol: 'Smb',
+      accountName: drill.name,
+      shareName: 'drill',
+      mountPath: '/mounts/drill',
+    });
     expect(env.TCAB_BACKUP_DRILL_WORK_DIR).toBe('/mounts/drill');
   });
 
@@ -291,15 +350,17 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     const vault = one(s, 'Microsoft.KeyVault/vaults').id;
     const insights = one(s, 'Microsoft.Insights/components').id;
     const customRole = one(s, 'Microsoft.Authorization/roleDefinitions').properties.roleName;
-    expect(grants(s)).toEqual([
-      `function identity | Key Vault Secrets User | ${vault}`,
-      `function identity | Monitoring Metrics Publisher | ${insights}`,
-      `function identity | Storage Blob Data Contributor | ${backup}`,
-      `function identity | Storage Blob Data Owner | ${runtime}`,
-      `function identity | ${customRole} | ${PG_RG}`,
-      `operator | Key Vault Secrets Officer | ${vault}`,
-      `operator | Storage Blob Data Reader | ${backup}`,
-    ].sort());
+    expect(grants(s)).toEqual(
+      [
+        `function identity | Key Vault Secrets User | ${vault}`,
+        `function identity | Monitoring Metrics Publisher | ${insights}`,
+        `function identity | Storage Blob Data Contributor | ${backup}`,
+        `function identity | Storage Blob Data Owner | ${runtime}`,
+        `function identity | ${customRole} | ${PG_RG}`,
+        `operator | Key Vault Secrets Officer | ${vault}`,
+        `operator | Storage Blob Data Reader | ${backup}`,
+      ].sort(),
+    );
   });
 
   it('Postgres mode: one least-privilege role per resource group and a delete lock on every source server', () => {
@@ -338,7 +399,8 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
       expect(failed, `failed-invocation rule for ${fn}`).toHaveLength(1);
       expect(failed[0]!.properties.criteria.allOf[0]).toMatchObject({ timeAggregation: 'Count', operator: 'GreaterThan', threshold: 0 });
     }
-    const absence = (event: string) => rules.filter((r) => query(r).includes(`tostring(e.event) == "${event}"`) && r.properties.criteria.allOf[0].operator === 'LessThan');
+    const absence = (event: string) =>
+      rules.filter((r) => query(r).includes(`tostring(e.event) == "${event}"`) && r.properties.criteria.allOf[0].operator === 'LessThan');
     for (const event of ['snapshot.completed', 'drill.completed', 'verify.completed', 'monitor.status', 'pg.check.completed']) {
       expect(absence(event), `absence rule for ${event}`).toHaveLength(1);
       expect(absence(event)[0]!.properties.criteria.allOf[0].threshold).toBe(1);
@@ -351,7 +413,7 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(critical[0]!.properties.criteria.allOf[0]).toMatchObject({ operator: 'GreaterThan', threshold: 0 });
   });
 
-  it('admits only the function subnet to the agent port on the VM\'s NSG', () => {
+  it("admits only the function subnet to the agent port on the VM's NSG", () => {
     const rules = ofType(s, 'Microsoft.Network/networkSecurityGroups/securityRules');
     expect(rules.map((r) => r.id.split('/securityRules/')[0])).toEqual([NSG, NSG]);
     const allow = rules.find((r) => r.properties.access === 'Allow')!.properties;
@@ -382,7 +444,11 @@ describe('infra: the defaults (Azure target only, Postgres mode off, no operator
     expect(env.TCAB_BACKUP_DRILL_WORK_DIR).toBe('/mounts/drill');
     expect(ofType(s, 'Microsoft.Web/sites/config').map((c) => c.name)).toContainEqual(expect.stringMatching(/\/azurestorageaccounts$/));
     const off = await snapshot('no-drill-share', { ...BASE_PARAMS, drillShare: false });
-    expect(ofType(off, 'Microsoft.Storage/storageAccounts').map((a) => a.name.replace(/[a-z0-9]{13}$/, '')).sort()).toEqual(['stbak', 'stfn']);
+    expect(
+      ofType(off, 'Microsoft.Storage/storageAccounts')
+        .map((a) => a.name.replace(/[a-z0-9]{13}$/, ''))
+        .sort(),
+    ).toEqual(['stbak', 'stfn']);
     expect(ofType(off, 'Microsoft.Web/sites/config').filter((c) => c.name.endsWith('/azurestorageaccounts'))).toEqual([]);
     expect(appSettings(off).TCAB_BACKUP_DRILL_WORK_DIR).toBeUndefined();
     expect(off.text).not.toMatch(/listKeys\(/);
@@ -396,7 +462,7 @@ describe('infra: the defaults (Azure target only, Postgres mode off, no operator
     expect(grants(s)).toHaveLength(4);
   });
 
-  it('still watches every function, but not the Postgres jobs\' absence', () => {
+  it("still watches every function, but not the Postgres jobs' absence", () => {
     const queries = ofType(s, 'Microsoft.Insights/scheduledQueryRules').map((r) => r.properties.criteria.allOf[0].query as string);
     expect(queries.filter((q) => q.startsWith('AppRequests'))).toHaveLength(FUNCTION_NAMES.length);
     expect(queries.filter((q) => q.includes('pg.check.completed') || q.includes('pg.drill.completed'))).toEqual([]);

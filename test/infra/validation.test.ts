@@ -11,7 +11,9 @@ import { appSettings, BASE_PARAMS, compiledTemplate, INFRA, one, ROOT, snapshot 
 const lifecycleDelete = async (name: string, params: Record<string, unknown>) => {
   const s = await snapshot(name, { ...BASE_PARAMS, ...params });
   const rules = one(s, 'Microsoft.Storage/storageAccounts/managementPolicies').properties.policy.rules;
-  return rules.find((r: any) => r.name === 'snapshots-backstop')?.definition.actions.baseBlob.delete?.daysAfterModificationGreaterThan as number | undefined;
+  return rules.find((r: any) => r.name === 'snapshots-backstop')?.definition.actions.baseBlob.delete?.daysAfterModificationGreaterThan as
+    | number
+    | undefined;
 };
 
 describe('infra: the lifecycle backstop never deletes what retention keeps', () => {
@@ -38,7 +40,9 @@ describe('infra: the lifecycle backstop never deletes what retention keeps', () 
   });
 
   it('refuses tiering to Cool at or after the delete age', async () => {
-    await expect(lifecycleDelete('cool-after-delete', { coolAfterDays: 400 })).rejects.toThrow(/coolAfterDays \(400\) must be smaller than deleteAfterDays \(400\)/);
+    await expect(lifecycleDelete('cool-after-delete', { coolAfterDays: 400 })).rejects.toThrow(
+      /coolAfterDays \(400\) must be smaller than deleteAfterDays \(400\)/,
+    );
   });
 });
 
@@ -56,23 +60,28 @@ describe('infra: refused parameters', () => {
   });
 
   it('a Postgres server id that is not a flexible server, and Postgres mode without a drill user', async () => {
-    const vm = '/subscriptions/22222222-2222-2222-2222-222222222222/resourceGroups/rg-db/providers/Microsoft.Compute/virtualMachines/tcab-vm';
+    const vm =
+      '/subscriptions/22222222-2222-2222-2222-222222222222/resourceGroups/rg-db/providers/Microsoft.Compute/virtualMachines/tcab-vm';
     await expect(snapshot('bad-pg-id', { ...BASE_PARAMS, pgServerIds: vm, pgDrillUser: 'tcab_drill' })).rejects.toThrow(
       /pgServerIds: ".*virtualMachines\/tcab-vm" is not the ARM id of a PostgreSQL flexible server/,
     );
-    const server = '/subscriptions/22222222-2222-2222-2222-222222222222/resourceGroups/rg-db/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg';
+    const server =
+      '/subscriptions/22222222-2222-2222-2222-222222222222/resourceGroups/rg-db/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg';
     await expect(snapshot('pg-no-user', { ...BASE_PARAMS, pgServerIds: server })).rejects.toThrow(/pgDrillUser is empty/);
   });
 
   it('an NSG rule without a function subnet to admit', async () => {
-    const nsg = '/subscriptions/33333333-3333-3333-3333-333333333333/resourceGroups/rg-vm/providers/Microsoft.Network/networkSecurityGroups/nsg-tcab-vm';
+    const nsg =
+      '/subscriptions/33333333-3333-3333-3333-333333333333/resourceGroups/rg-vm/providers/Microsoft.Network/networkSecurityGroups/nsg-tcab-vm';
     await expect(snapshot('nsg-no-subnet', { ...BASE_PARAMS, agentNetworkSecurityGroupId: nsg })).rejects.toThrow(
       /agentNetworkSecurityGroupId is set but functionSubnetId is empty/,
     );
   });
 
   it('a retention count below -1', async () => {
-    await expect(snapshot('bad-retention', { ...BASE_PARAMS, retentionBlob: { daily: -2 } })).rejects.toThrow(/minimum allowable value is -1/);
+    await expect(snapshot('bad-retention', { ...BASE_PARAMS, retentionBlob: { daily: -2 } })).rejects.toThrow(
+      /minimum allowable value is -1/,
+    );
   });
 });
 
@@ -87,16 +96,27 @@ describe('infra: optional protections', () => {
   });
 
   it('entra sign-in for Postgres drills replaces the password reference', async () => {
-    const server = '/subscriptions/22222222-2222-2222-2222-222222222222/resourceGroups/rg-db/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg';
-    const env = appSettings(await snapshot('pg-entra', { ...BASE_PARAMS, pgServerIds: server, pgDrillUser: 'func-tcab-backup', pgDrillAuth: 'entra' }));
+    const server =
+      '/subscriptions/22222222-2222-2222-2222-222222222222/resourceGroups/rg-db/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg';
+    const env = appSettings(
+      await snapshot('pg-entra', { ...BASE_PARAMS, pgServerIds: server, pgDrillUser: 'func-tcab-backup', pgDrillAuth: 'entra' }),
+    );
     expect(env.TCAB_BACKUP_PG_DRILL_AUTH).toBe('entra');
     expect(env.TCAB_BACKUP_PG_DRILL_PASSWORD).toBeUndefined();
     expect(env.TCAB_BACKUP_PG_REQUIRE_GEO_REDUNDANT).toBe('false');
-    expect(loadPgDrillConfig(Object.fromEntries(Object.entries(env).filter(([, v]) => !v.startsWith('['))))).toMatchObject({ auth: { kind: 'entra' }, user: 'func-tcab-backup' });
+    expect(loadPgDrillConfig(Object.fromEntries(Object.entries(env).filter(([, v]) => !v.startsWith('['))))).toMatchObject({
+      auth: { kind: 'entra' },
+      user: 'func-tcab-backup',
+    });
   });
 
   it('extra app settings are applied last', async () => {
-    const env = appSettings(await snapshot('extra', { ...BASE_PARAMS, extraAppSettings: { TCAB_BACKUP_AGENT_TIMEOUT: '20m', TCAB_BACKUP_SNAPSHOT_SCHEDULE: '0 30 * * * *' } }));
+    const env = appSettings(
+      await snapshot('extra', {
+        ...BASE_PARAMS,
+        extraAppSettings: { TCAB_BACKUP_AGENT_TIMEOUT: '20m', TCAB_BACKUP_SNAPSHOT_SCHEDULE: '0 30 * * * *' },
+      }),
+    );
     expect(env.TCAB_BACKUP_AGENT_TIMEOUT).toBe('20m');
     expect(env.TCAB_BACKUP_SNAPSHOT_SCHEDULE).toBe('0 30 * * * *');
   });
@@ -112,7 +132,9 @@ describe('infra: azd wiring', () => {
       expect(Object.keys(declared), `${name} is a template parameter`).toContain(name);
       expect(value, `${name} comes from an azd variable, never a literal`).toMatch(/^\$\{[A-Z][A-Z0-9_]*\}$/);
     }
-    const required = Object.entries(declared).filter(([, p]) => !('defaultValue' in p)).map(([n]) => n);
+    const required = Object.entries(declared)
+      .filter(([, p]) => !('defaultValue' in p))
+      .map(([n]) => n);
     expect(required.sort()).toEqual(['agentUrl', 'alertEmails', 'environmentName', 'location']);
     for (const name of required) expect(Object.keys(mapped)).toContain(name);
   });
@@ -136,7 +158,11 @@ describe('infra/r2: the bucket rules the deployment guide applies', () => {
     const rules = lifecycle.rules as any[];
     const abort = rules.filter((r) => r.abortMultipartUploadsTransition);
     expect(abort).toHaveLength(1);
-    expect(abort[0]).toMatchObject({ enabled: true, conditions: { prefix: '' }, abortMultipartUploadsTransition: { condition: { type: 'Age', maxAge: 86400 } } });
+    expect(abort[0]).toMatchObject({
+      enabled: true,
+      conditions: { prefix: '' },
+      abortMultipartUploadsTransition: { condition: { type: 'Age', maxAge: 86400 } },
+    });
     const remove = rules.filter((r) => r.deleteObjectsTransition);
     expect(remove).toHaveLength(1);
     expect(remove[0].conditions.prefix).toBe('snapshots/');

@@ -97,7 +97,7 @@ describe('infra/vm: the agent unit', () => {
 });
 
 describe('infra/vm: the agent unit and the application drill', () => {
-  it('keeps the agent and the backend it starts off every network but loopback, the function subnet and the VM\'s own services', async () => {
+  it("keeps the agent and the backend it starts off every network but loopback, the function subnet and the VM's own services", async () => {
     expect(unit.get('IPAddressDeny')).toEqual(['any']);
     const allowed = (unit.get('IPAddressAllow') ?? []).flatMap((v) => v.split(/\s+/));
     expect(allowed).toEqual(expect.arrayContaining(['localhost', 'link-local', '168.63.129.16']));
@@ -110,7 +110,7 @@ describe('infra/vm: the agent unit and the application drill', () => {
     expect(first('RestrictAddressFamilies')).toBe('AF_INET AF_INET6 AF_UNIX');
   });
 
-  it('says how the backend runs: as the unit\'s user, with an optional settings file, writing only to staging', async () => {
+  it("says how the backend runs: as the unit's user, with an optional settings file, writing only to staging", async () => {
     const text = await readFile(UNIT, 'utf8');
     expect(text).toMatch(/TCAB_AGENT_DRILL_BACKEND_COMMAND/);
     expect(unit.get('EnvironmentFile')).toEqual(['/etc/tcab-backup/agent.env', '-/etc/tcab-backup/drill-backend.env']);
@@ -128,7 +128,9 @@ describe('infra/vm: the agent unit and the application drill', () => {
 
 describe('infra/vm: agent.env.example', () => {
   it('lists every agent setting and nothing else', () => {
-    const agentSettings = SETTINGS.filter((s) => s.side === 'agent').map((s) => s.name).sort();
+    const agentSettings = SETTINGS.filter((s) => s.side === 'agent')
+      .map((s) => s.name)
+      .sort();
     expect(Object.keys(example).sort()).toEqual(agentSettings);
   });
 
@@ -140,13 +142,29 @@ describe('infra/vm: agent.env.example', () => {
       error = e;
     }
     expect(error).toBeInstanceOf(ConfigError);
-    expect((error as ConfigError).problems.join('\n')).toMatch(/TCAB_AGENT_KEYS: the secret of key "functions-1" is shorter than 32 characters/);
+    expect((error as ConfigError).problems.join('\n')).toMatch(
+      /TCAB_AGENT_KEYS: the secret of key "functions-1" is shorter than 32 characters/,
+    );
   });
 
   it('is accepted by the agent once a real key and certificate are filled in', async () => {
     const cert = path.join(tmp, 'agent.crt');
     const key = path.join(tmp, 'agent.key');
-    await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=10.0.1.4']);
+    await run('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'rsa:2048',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=10.0.1.4',
+    ]);
     const secret = (await run('openssl', ['rand', '-hex', '32'])).stdout.trim();
     const config = loadAgentConfig({
       ...example,

@@ -47,11 +47,17 @@ function closingEarly(target: Target, after: number): Target {
 
 describe('copySnapshot', () => {
   it('fails naming the source, and stores nothing, when the source closes its download early without an error', async () => {
-    const err = await copySnapshot(closingEarly(source.target, 1024 * 1024), destination.target, snapshot.manifest).catch((e: unknown) => e);
+    const err = await copySnapshot(closingEarly(source.target, 1024 * 1024), destination.target, snapshot.manifest).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(CopyError);
     expect((err as CopyError).side).toBe('source');
     expect((err as CopyError).brokeOff).toBe(true);
-    expect((err as CopyError).message).toMatch(new RegExp(`reading snapshot ${snapshot.manifest.id} on target "copy-src" broke off: the download was closed before its end, without an error`));
+    expect((err as CopyError).message).toMatch(
+      new RegExp(
+        `reading snapshot ${snapshot.manifest.id} on target "copy-src" broke off: the download was closed before its end, without an error`,
+      ),
+    );
     const { snapshots, orphans } = await listCatalog(destination.target, DATABASE);
     expect(snapshots).toEqual([]);
     expect(orphans).toEqual([]);

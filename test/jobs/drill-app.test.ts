@@ -40,7 +40,11 @@ interface DrillAgent {
 const agents: DrillAgent[] = [];
 
 /** An agent on the fixture's live database whose backend command is the stand-in, with `knobs` to misbehave. */
-async function drillAgent(name: string, knobs: string[] = [], options: { healthTimeoutMs?: number; freeBytes?: number } = {}): Promise<DrillAgent> {
+async function drillAgent(
+  name: string,
+  knobs: string[] = [],
+  options: { healthTimeoutMs?: number; freeBytes?: number } = {},
+): Promise<DrillAgent> {
   const staging = join(fx.work, `staging-${name}`);
   const pidFile = join(fx.work, `${name}.pid`);
   const events = captureLogger();
@@ -50,7 +54,16 @@ async function drillAgent(name: string, knobs: string[] = [], options: { healthT
       stagingDir: staging,
       compression: 'gzip',
       drill: {
-        command: [process.execPath, STANDIN, '--database-url', '{database_url}', '--port', '{port}', `STANDIN_PID_FILE=${pidFile}`, ...knobs],
+        command: [
+          process.execPath,
+          STANDIN,
+          '--database-url',
+          '{database_url}',
+          '--port',
+          '{port}',
+          `STANDIN_PID_FILE=${pidFile}`,
+          ...knobs,
+        ],
         healthTimeoutMs: options.healthTimeoutMs ?? 30_000,
         stopGraceMs: 300,
       },
@@ -91,15 +104,22 @@ async function failedDrill(d: DrillAgent, targets: Target[] = [fx.local]): Promi
 }
 
 function monitor(targets: Target[]) {
-  return runMonitor({ targets, database: DATABASE, thresholds: loadMonitorSettings({}).thresholds }, { write: false, throwOnCritical: false });
+  return runMonitor(
+    { targets, database: DATABASE, thresholds: loadMonitorSettings({}).thresholds },
+    { write: false, throwOnCritical: false },
+  );
 }
 
 /** A target whose artifact reads, from the `nth` on, have one byte flipped on the way. */
 function corruptingReads(inner: Target, nth: number): Target {
   let reads = 0;
   return {
-    name: inner.name, url: inner.url,
-    put: (k, b, o) => inner.put(k, b, o), head: (k, o) => inner.head(k, o), list: (p, o) => inner.list(p, o), delete: (k, o) => inner.delete(k, o),
+    name: inner.name,
+    url: inner.url,
+    put: (k, b, o) => inner.put(k, b, o),
+    head: (k, o) => inner.head(k, o),
+    list: (p, o) => inner.list(p, o),
+    delete: (k, o) => inner.delete(k, o),
     get: async (key, options) => {
       const got = await inner.get(key, options);
       if (!ARTIFACT.test(key) || ++reads < nth) return got;
@@ -131,22 +151,35 @@ afterAll(async () => {
 });
 
 describe('restore drill with the application drill', () => {
-  it('starts the backend on every target\'s copy, records runs served and times, and counts the start in the recovery time', async () => {
+  it("starts the backend on every target's copy, records runs served and times, and counts the start in the recovery time", async () => {
     const d = await drillAgent('happy');
     const { logger, events } = captureLogger();
     const result = await runDrill({ targets: fx.targets, database: DATABASE, live: d.client, workDir, app: d.client, logger });
     expect(result.ok).toBe(true);
     expect(result.targets.map((r) => r.target)).toEqual(['local', 'blob']);
     for (const r of result.targets) {
-      expect(r.app).toMatchObject({ passed: true, failedStep: null, agent: d.client.agent, runs: { inFile: RUNS, served: RUNS, comparison: 'all' } });
+      expect(r.app).toMatchObject({
+        passed: true,
+        failedStep: null,
+        agent: d.client.agent,
+        runs: { inFile: RUNS, served: RUNS, comparison: 'all' },
+      });
       expect(r.app!.checks.map((c) => [c.name, c.ok])).toEqual([
-        ['receive', true], ['snapshot-sha256', true], ['integrity', true], ['start', true], ['healthz', true], ['runs', true], ['stop', true],
+        ['receive', true],
+        ['snapshot-sha256', true],
+        ['integrity', true],
+        ['start', true],
+        ['healthz', true],
+        ['runs', true],
+        ['stop', true],
       ]);
       const ms = (n: string) => r.app!.checks.find((c) => c.name === n)!.ms;
       expect(r.app!.startToServingMs).toBe(ms('start') + ms('healthz') + ms('runs'));
       expect(r.app!.startToServingMs).toBeGreaterThan(0);
       expect(r.recoveryTimeMs).toBeGreaterThan(r.app!.startToServingMs!);
-      const stored = (await readRecentDrills(r.target === 'local' ? fx.local : fx.blob!, DATABASE, 50)).find((x) => x.drillId === r.drillId);
+      const stored = (await readRecentDrills(r.target === 'local' ? fx.local : fx.blob!, DATABASE, 50)).find(
+        (x) => x.drillId === r.drillId,
+      );
       expect(stored!.record).toEqual(r);
     }
     // Two targets, two application drills: one per target's stored bytes.
@@ -170,7 +203,9 @@ describe('restore drill with the application drill', () => {
   it('fails the drill when the backend exits at start, naming the step, what to check and its last log lines', async () => {
     const d = await drillAgent('exits', ['STANDIN_EXIT_AT_START=3']);
     const { err, record } = await failedDrill(d);
-    expect(err.message).toMatch(/application drill on the agent at \S+ failed at step healthz: the backend exited with status 3 before \/healthz answered 200/);
+    expect(err.message).toMatch(
+      /application drill on the agent at \S+ failed at step healthz: the backend exited with status 3 before \/healthz answered 200/,
+    );
     expect(err.message).toContain('TCAB_AGENT_DRILL_BACKEND_COMMAND');
     expect(err.message).toContain('migration 0007 failed');
     expect(err.hint).toMatch(/application drill's step named above/);
@@ -181,7 +216,14 @@ describe('restore drill with the application drill', () => {
     // The monitor treats it as a failed drill: critical, with what to check about the backend.
     const doc = await monitor([fx.local]);
     expect(doc.targets[0]!.drill.state).toBe('critical');
-    expect(doc.problems).toContainEqual(expect.objectContaining({ state: 'critical', check: 'drill', message: expect.stringContaining('failed at step healthz'), hint: expect.stringContaining('TCAB_AGENT_DRILL_BACKEND_COMMAND') }));
+    expect(doc.problems).toContainEqual(
+      expect.objectContaining({
+        state: 'critical',
+        check: 'drill',
+        message: expect.stringContaining('failed at step healthz'),
+        hint: expect.stringContaining('TCAB_AGENT_DRILL_BACKEND_COMMAND'),
+      }),
+    );
     expect(renderStatusPage(doc)).toContain('failed: backend at step healthz');
     await expectNothingLeft(d);
   });
@@ -210,21 +252,30 @@ describe('restore drill with the application drill', () => {
     const d = await drillAgent('corrupt');
     // The first read (the file-level restore) is intact; the second, streamed to the agent, is not.
     const { err, record } = await failedDrill(d, [corruptingReads(fx.local, 2)]);
-    expect(err.message).toMatch(/failed at step receive: the agent refused the artifact before starting anything: .*answered 422.*changed or cut on the way/);
+    expect(err.message).toMatch(
+      /failed at step receive: the agent refused the artifact before starting anything: .*answered 422.*changed or cut on the way/,
+    );
     expect(record.app).toMatchObject({ passed: false, failedStep: 'receive' });
     expect(d.events.events('drill.backend_started')).toEqual([]);
     await expect(readFile(d.pidFile)).rejects.toMatchObject({ code: 'ENOENT' });
     await expectNothingLeft(d);
   });
 
-  it('stops the agent\'s drill and removes its scratch file when the drill is cancelled mid-stream', async () => {
+  it("stops the agent's drill and removes its scratch file when the drill is cancelled mid-stream", async () => {
     const d = await drillAgent('cancel');
     const cancel = new AbortController();
     const hanging = new FaultTarget(fx.local, {
-      op: 'get', keys: ARTIFACT, skip: 1, point: { at: 'body', offset: Math.floor(manifest.artifact.bytes / 2) }, kind: 'hang',
+      op: 'get',
+      keys: ARTIFACT,
+      skip: 1,
+      point: { at: 'body', offset: Math.floor(manifest.artifact.bytes / 2) },
+      kind: 'hang',
       onHang: () => cancel.abort(new Error('the operator pressed Ctrl-C')),
     });
-    const err = await runDrill({ targets: [hanging], database: DATABASE, live: d.client, workDir, app: d.client }, { signal: cancel.signal }).catch((e: unknown) => e);
+    const err = await runDrill(
+      { targets: [hanging], database: DATABASE, live: d.client, workDir, app: d.client },
+      { signal: cancel.signal },
+    ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(Error);
     expect(cancel.signal.aborted).toBe(true);
     expect(hanging.fired).toHaveLength(1);
@@ -248,7 +299,9 @@ describe('restore drill with the application drill', () => {
     });
     const cancel = new AbortController();
     const { body } = await fx.local.get(manifest.key);
-    const first = d.client.appDrill({ snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot }, body, { signal: cancel.signal }).catch((e: unknown) => e);
+    const first = d.client
+      .appDrill({ snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot }, body, { signal: cancel.signal })
+      .catch((e: unknown) => e);
     await up;
     const { err, record } = await failedDrill(d);
     expect(err.message).toMatch(/failed at step agent: the agent is busy with another application drill: .*answered 409/);
@@ -271,23 +324,41 @@ describe('restore drill with the application drill', () => {
     const err = await runDrill({ targets: [fx.local], database: DATABASE, live: offline, workDir, app: offline }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(DrillFailedError);
     expect((err as Error).message).toMatch(/failed at step agent: the agent did not run it: .*ECONNREFUSED/);
-    const missing = await runDrill({ targets: [fx.local], database: DATABASE, live: fx.client, workDir, app: { unavailable: 'TCAB_BACKUP_AGENT_URL is not set' } }).catch((e: unknown) => e);
+    const missing = await runDrill({
+      targets: [fx.local],
+      database: DATABASE,
+      live: fx.client,
+      workDir,
+      app: { unavailable: 'TCAB_BACKUP_AGENT_URL is not set' },
+    }).catch((e: unknown) => e);
     expect((missing as Error).message).toMatch(/needs the agent, which cannot be asked: TCAB_BACKUP_AGENT_URL is not set/);
     expect(await readdir(workDir)).toEqual([]);
   });
 });
 
 describe('tcab-backup drill --app', () => {
-  async function run(args: string[], agent: DrillAgent, extraEnv: Record<string, string> = {}): Promise<{ code: number; stdout: string; error?: unknown }> {
+  async function run(
+    args: string[],
+    agent: DrillAgent,
+    extraEnv: Record<string, string> = {},
+  ): Promise<{ code: number; stdout: string; error?: unknown }> {
     const stdout = new PassThrough();
     let text = '';
     stdout.on('data', (b: Buffer) => (text += b.toString()));
     const env = {
-      TCAB_BACKUP_TARGETS: `local=file://${fx.work}/backups`, TCAB_BACKUP_AGENT_URL: agent.agent.url, TCAB_BACKUP_AGENT_KEY_ID: KEY_ID,
-      TCAB_BACKUP_AGENT_KEY: KEY, TCAB_BACKUP_DRILL_WORK_DIR: workDir, ...extraEnv,
+      TCAB_BACKUP_TARGETS: `local=file://${fx.work}/backups`,
+      TCAB_BACKUP_AGENT_URL: agent.agent.url,
+      TCAB_BACKUP_AGENT_KEY_ID: KEY_ID,
+      TCAB_BACKUP_AGENT_KEY: KEY,
+      TCAB_BACKUP_DRILL_WORK_DIR: workDir,
+      ...extraEnv,
     };
     try {
-      const code = await drillCommand(args, { io: { stdout, stderr: process.stderr, stdin: process.stdin, env }, logger: createLogger({ level: 'error' }), env });
+      const code = await drillCommand(args, {
+        io: { stdout, stderr: process.stderr, stdin: process.stdin, env },
+        logger: createLogger({ level: 'error' }),
+        env,
+      });
       return { code, stdout: text };
     } catch (error) {
       return { code: 1, stdout: text, error };
@@ -298,7 +369,11 @@ describe('tcab-backup drill --app', () => {
     const d = await drillAgent('cli');
     const human = await run(['--app'], d);
     expect(human.error).toBeUndefined();
-    expect(human.stdout).toMatch(new RegExp(`application: backend started and served ${RUNS} runs in \\d+ ms \\(start \\d+ ms, /healthz \\d+ ms, /runs \\d+ ms; ${RUNS} runs in the file`));
+    expect(human.stdout).toMatch(
+      new RegExp(
+        `application: backend started and served ${RUNS} runs in \\d+ ms \\(start \\d+ ms, /healthz \\d+ ms, /runs \\d+ ms; ${RUNS} runs in the file`,
+      ),
+    );
     const json = JSON.parse((await run(['--json', '--app'], d)).stdout) as DrillResult;
     expect(json.targets[0]!.app).toMatchObject({ passed: true, runs: { served: RUNS, inFile: RUNS } });
     const bySetting = JSON.parse((await run(['--json'], d, { TCAB_BACKUP_DRILL_APP: 'true' })).stdout) as DrillResult;
@@ -308,7 +383,7 @@ describe('tcab-backup drill --app', () => {
     await expectNothingLeft(d);
   });
 
-  it('fails with exit status 1, printing the step, the backend\'s log lines and what to check', async () => {
+  it("fails with exit status 1, printing the step, the backend's log lines and what to check", async () => {
     const d = await drillAgent('cli-exits', ['STANDIN_EXIT_AT_START=3']);
     const out = await run(['--app'], d);
     expect(out.error).toBeInstanceOf(DrillFailedError);

@@ -64,7 +64,11 @@ describe('the drill with a temporary folder smaller than the database (default s
     expect(result.ok).toBe(true);
     const r = result.targets[0]!;
     expect(r).toMatchObject({ ok: true, target: 'local', snapshot: { id: manifest.id, bytes: manifest.snapshot.bytes } });
-    expect(r.checks).toMatchObject({ method: 'stream', ran: ['artifact-sha256', 'snapshot-sha256'], fromSnapshot: ['integrity-check', 'row-counts'] });
+    expect(r.checks).toMatchObject({
+      method: 'stream',
+      ran: ['artifact-sha256', 'snapshot-sha256'],
+      fromSnapshot: ['integrity-check', 'row-counts'],
+    });
     const free = Number(/has (\d+) bytes free/.exec(r.checks.reason)![1]);
     expect(free).toBeLessThanOrEqual(16 * MiB);
     expect(r.checks.reason).toContain(`${manifest.snapshot.bytes}-byte database`);
@@ -89,7 +93,10 @@ describe('the drill with a temporary folder smaller than the database (default s
   it('restores and runs every SQLite check itself when the folder has room', async () => {
     const { stdout } = await withSmallTmp(96, ['drill', '--json']);
     const r = (JSON.parse(stdout) as { targets: Array<Record<string, any>> }).targets[0]!;
-    expect(r).toMatchObject({ ok: true, checks: { method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] } });
+    expect(r).toMatchObject({
+      ok: true,
+      checks: { method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] },
+    });
     expect(r.recoveryPoint.newestPublishedAt.snapshot).not.toBeNull();
   });
 });

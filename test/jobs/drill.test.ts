@@ -45,7 +45,12 @@ describe('restore drill', () => {
     expect(published.inserts).toBeGreaterThan(5);
     for (const r of result.targets) {
       expect(r.ok).toBe(true);
-      expect(r.snapshot).toMatchObject({ id: manifest.id, createdAt: manifest.createdAt, artifactBytes: manifest.artifact.bytes, bytes: manifest.snapshot.bytes });
+      expect(r.snapshot).toMatchObject({
+        id: manifest.id,
+        createdAt: manifest.createdAt,
+        artifactBytes: manifest.artifact.bytes,
+        bytes: manifest.snapshot.bytes,
+      });
       expect(r.recoveryTimeMs).toBeGreaterThan(0);
       expect(r.recoveryTimeMs).toBeLessThan(Date.now() - started);
       const rp = r.recoveryPoint!;
@@ -59,7 +64,11 @@ describe('restore drill', () => {
       expect(rp.publishedGapMs).toBe(Date.parse(rp.newestPublishedAt.live!) - Date.parse(rp.newestPublishedAt.snapshot!));
       expect(r.live).toMatchObject({ available: true, agent: fx.client.agent });
       expect(r.warnings).toEqual([]);
-      expect(r.checks).toEqual({ method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] });
+      expect(r.checks).toEqual({
+        method: 'restore',
+        ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'],
+        fromSnapshot: [],
+      });
     }
     for (const target of fx.targets) {
       const [latest] = await readRecentDrills(target, DATABASE, 5);
@@ -81,7 +90,9 @@ describe('restore drill', () => {
     expect(r.ok).toBe(true);
     expect(r.recoveryTimeMs).toBeGreaterThan(0);
     expect(r.live).toMatchObject({ available: false, agent: '127.0.0.1:9', error: expect.stringContaining('127.0.0.1:9') });
-    expect(r.warnings).toEqual([expect.stringMatching(/^live comparison unavailable: Snapshot agent at 127\.0\.0\.1:9: GET \/v1\/status failed: ECONNREFUSED/)]);
+    expect(r.warnings).toEqual([
+      expect.stringMatching(/^live comparison unavailable: Snapshot agent at 127\.0\.0\.1:9: GET \/v1\/status failed: ECONNREFUSED/),
+    ]);
     expect(r.recoveryPoint!.runsSince).toBeNull();
     expect(r.tables.runs).toEqual({ snapshot: 150, live: null, difference: null });
     expect(events).toContainEqual(expect.objectContaining({ event: 'drill.live_unavailable', level: 'warn' }));
@@ -105,10 +116,20 @@ describe('restore drill', () => {
       expect(message).toMatch(/sha256|decompress/);
       expect(message).toContain('Check: the stored copy named is damaged');
       const { result } = err as DrillFailedError;
-      expect(result.targets.map((r) => [r.target, r.ok])).toEqual([['local', false], ['blob', true]]);
+      expect(result.targets.map((r) => [r.target, r.ok])).toEqual([
+        ['local', false],
+        ['blob', true],
+      ]);
       const stored = (await readRecentDrills(fx.local, DATABASE, 10)).find((d) => d.drillId === result.drillId);
-      expect(stored!.record).toMatchObject({ drillId: result.drillId, ok: false, error: expect.stringContaining(manifest.id), recoveryTimeMs: null });
-      expect(events).toContainEqual(expect.objectContaining({ event: 'drill.failed', level: 'error', target: 'local', snapshot: manifest.id }));
+      expect(stored!.record).toMatchObject({
+        drillId: result.drillId,
+        ok: false,
+        error: expect.stringContaining(manifest.id),
+        recoveryTimeMs: null,
+      });
+      expect(events).toContainEqual(
+        expect.objectContaining({ event: 'drill.failed', level: 'error', target: 'local', snapshot: manifest.id }),
+      );
       expect(events).toContainEqual(expect.objectContaining({ event: 'drill.completed', target: 'blob' }));
       expect(await readdir(workDir)).toEqual([]);
     } finally {
@@ -116,13 +137,16 @@ describe('restore drill', () => {
     }
   });
 
-  it('verifies by streaming when told to: both sha256 sums, nothing written, the agent\'s checks of the same bytes, and the record says so', async () => {
+  it("verifies by streaming when told to: both sha256 sums, nothing written, the agent's checks of the same bytes, and the record says so", async () => {
     const { logger, events } = capturingLogger();
     const result = await runDrill({ targets: fx.targets, database: DATABASE, live: fx.client, workDir, method: 'stream', logger });
     expect(result.ok).toBe(true);
     for (const r of result.targets) {
       expect(r.checks).toEqual({
-        method: 'stream', ran: ['artifact-sha256', 'snapshot-sha256'], fromSnapshot: ['integrity-check', 'row-counts'], reason: 'TCAB_BACKUP_DRILL_METHOD=stream',
+        method: 'stream',
+        ran: ['artifact-sha256', 'snapshot-sha256'],
+        fromSnapshot: ['integrity-check', 'row-counts'],
+        reason: 'TCAB_BACKUP_DRILL_METHOD=stream',
       });
       expect(r.recoveryTimeMs).toBeGreaterThan(0);
       expect(r.recoveryPoint!.runsSince).toBe(published.inserts);
@@ -142,9 +166,15 @@ describe('restore drill', () => {
     damaged[damaged.length - 20]! ^= 0x55;
     await writeFile(path, damaged);
     try {
-      const err = await runDrill({ targets: [fx.local], database: DATABASE, live: fx.client, workDir, method: 'stream' }).catch((e: unknown) => e);
+      const err = await runDrill({ targets: [fx.local], database: DATABASE, live: fx.client, workDir, method: 'stream' }).catch(
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(DrillFailedError);
-      expect((err as Error).message).toMatch(new RegExp(`target "local" .* snapshot ${manifest.id}: (artifact sha256 [0-9a-f]{64} does not match|the gzip artifact does not decompress)`));
+      expect((err as Error).message).toMatch(
+        new RegExp(
+          `target "local" .* snapshot ${manifest.id}: (artifact sha256 [0-9a-f]{64} does not match|the gzip artifact does not decompress)`,
+        ),
+      );
       expect((err as DrillFailedError).result.targets[0]!.checks).toBeUndefined();
     } finally {
       await writeFile(path, original);

@@ -15,7 +15,14 @@ import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import {
-  artifactBytes, casesOf, faultOf, PRUNE_TABLE, REPLICATE_TABLE, settleWithin, VERIFY_TABLE, type MatrixCase,
+  artifactBytes,
+  casesOf,
+  faultOf,
+  PRUNE_TABLE,
+  REPLICATE_TABLE,
+  settleWithin,
+  VERIFY_TABLE,
+  type MatrixCase,
 } from '../support/fault-matrix.js';
 import { expectOutcome, goodIds, matrixFolder, visibleProblems, type MatrixFolder } from '../support/matrix-world.js';
 import { DATABASE, DAY, HOUR, history, makeSnapshot, snapshotIdAt, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
@@ -63,7 +70,10 @@ describe.concurrent('fault matrix: replicate', () => {
       const fault = faultOf(c, bytes, () => controller.abort());
       faults.arm(fault);
       const settled = await settleWithin(`replicate (${c.title})`, controller, [src.faults, dst.faults], (signal) =>
-        runReplicate({ targets: [src.target, dst.target], database: DATABASE }, { signal, concurrency: 1, retry: { retries: 2, baseDelayMs: 1, maxDelayMs: 4 } }),
+        runReplicate(
+          { targets: [src.target, dst.target], database: DATABASE },
+          { signal, concurrency: 1, retry: { retries: 2, baseDelayMs: 1, maxDelayMs: 4 } },
+        ),
       );
       expectOutcome(c, settled, faults, fault);
 
@@ -77,7 +87,8 @@ describe.concurrent('fault matrix: replicate', () => {
       const dstRecord = await readVerifyRecord(dstPlain, DATABASE);
       // A copy still damaged is still recorded as failed, never forgotten (a repaired one may still be, until
       // the record is written: the next run then copies it once more).
-      if (stillDamaged.size) expect(copyState(dstRecord, older.manifest.id).state, 'the damaged copy is no longer recorded as failed').toBe('failed');
+      if (stillDamaged.size)
+        expect(copyState(dstRecord, older.manifest.id).state, 'the damaged copy is no longer recorded as failed').toBe('failed');
       if (settled.status === 'resolved') {
         expect(dstGood).toContain(newer.manifest.id);
         // Unless the row tolerates a run that skips repairs, the damaged copy was repaired and recorded as good
@@ -91,10 +102,16 @@ describe.concurrent('fault matrix: replicate', () => {
 });
 
 /** Rails that keep nothing on their own, so only the policies and the cross-target rail decide. */
-const PRUNE_RETENTION = loadRetentionConfig({
-  TCAB_BACKUP_RETENTION_MIN_KEEP: '0', TCAB_BACKUP_RETENTION_MIN_AGE: '0s', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
-  TCAB_BACKUP_RETENTION_KEEPER: 'last=1', TCAB_BACKUP_RETENTION_HOLDER: 'last=3',
-}, ['keeper', 'holder']);
+const PRUNE_RETENTION = loadRetentionConfig(
+  {
+    TCAB_BACKUP_RETENTION_MIN_KEEP: '0',
+    TCAB_BACKUP_RETENTION_MIN_AGE: '0s',
+    TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
+    TCAB_BACKUP_RETENTION_KEEPER: 'last=1',
+    TCAB_BACKUP_RETENTION_HOLDER: 'last=3',
+  },
+  ['keeper', 'holder'],
+);
 
 describe.concurrent('fault matrix: prune', () => {
   it.each(cases(PRUNE_TABLE))('%s', async (_title, c) => {
@@ -129,7 +146,10 @@ describe.concurrent('fault matrix: prune', () => {
       const onHolder = await goodIds(world.plain('holder'), DATABASE);
       // "holder" keeps all three: each must still have a good copy somewhere.
       for (const id of ids) {
-        expect(onKeeper.includes(id) || onHolder.includes(id), `snapshot ${id}${id === middle ? ' (whose only good copy was on "keeper")' : ''} has no good copy left`).toBe(true);
+        expect(
+          onKeeper.includes(id) || onHolder.includes(id),
+          `snapshot ${id}${id === middle ? ' (whose only good copy was on "keeper")' : ''} has no good copy left`,
+        ).toBe(true);
       }
       expect(await visibleProblems(world.plain('keeper'), DATABASE)).toEqual([]);
       expect(await visibleProblems(world.plain('holder'), DATABASE, new Set([middle]))).toEqual([]);
@@ -162,7 +182,10 @@ describe.concurrent('fault matrix: verify', () => {
       const fault = faultOf(c, artifactBytes(c.size), () => controller.abort());
       faulty.faults.arm(fault);
       const settled = await settleWithin(`verify (${c.title})`, controller, [faulty.faults], (signal) =>
-        runVerifyRotation({ targets: [good.target, faulty.target], database: DATABASE }, { ...VERIFY_WINDOW, all: true, signal, concurrency: 1 }),
+        runVerifyRotation(
+          { targets: [good.target, faulty.target], database: DATABASE },
+          { ...VERIFY_WINDOW, all: true, signal, concurrency: 1 },
+        ),
       );
       expectOutcome(c, settled, faulty.faults, fault);
 

@@ -27,7 +27,8 @@ afterAll(async () => {
 });
 
 /** A restore request to ARM: the PUT of a drill server. */
-const restoreRequests = (resourceGroup: string) => arm.requestsOf('PUT', new RegExp(`/resourceGroups/${resourceGroup}/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-drill-`));
+const restoreRequests = (resourceGroup: string) =>
+  arm.requestsOf('PUT', new RegExp(`/resourceGroups/${resourceGroup}/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-drill-`));
 
 describe.concurrent('fault matrix: pg drill', () => {
   it.each(casesOf(PG_DRILL_TABLE).map((c) => [c.title, c] as const))('%s', async (_title, c) => {
@@ -37,11 +38,21 @@ describe.concurrent('fault matrix: pg drill', () => {
     const source = arm.addServer({ subscriptionId: SUBSCRIPTION, resourceGroup, name: SERVER, location: 'westeurope' });
     try {
       const clock = new TestClock();
-      const config = loadPgDrillConfig(pgEnv(arm.endpoint, [FakeArm.id(source)], {
-        TCAB_BACKUP_PG_DRILL_USER: 'drill', TCAB_BACKUP_PG_DRILL_PASSWORD: 'not-used-before-validation', TCAB_BACKUP_PG_DRILL_TLS: 'disable',
-      }));
+      const config = loadPgDrillConfig(
+        pgEnv(arm.endpoint, [FakeArm.id(source)], {
+          TCAB_BACKUP_PG_DRILL_USER: 'drill',
+          TCAB_BACKUP_PG_DRILL_PASSWORD: 'not-used-before-validation',
+          TCAB_BACKUP_PG_DRILL_TLS: 'disable',
+        }),
+      );
       const tick = (target: Target, signal?: AbortSignal): Promise<PgDrillResult> =>
-        runPgDrill(config, { target, credential: new FixedCredential({ arm: ARM_TOKEN }), now: clock.now, arm: { ca: arm.ca, maxRetries: 0 }, ...(signal ? { signal } : {}) });
+        runPgDrill(config, {
+          target,
+          credential: new FixedCredential({ arm: ARM_TOKEN }),
+          now: clock.now,
+          arm: { ca: arm.ca, maxRetries: 0 },
+          ...(signal ? { signal } : {}),
+        });
 
       const primary = world.target('primary');
       const controller = new AbortController();
@@ -51,7 +62,10 @@ describe.concurrent('fault matrix: pg drill', () => {
       expectOutcome(c, settled, primary.faults, fault);
       if (settled.status === 'resolved') {
         // Nothing else ran: a tick that reports it backed off for another invocation is wrong, and its drill is lost.
-        expect(settled.value.servers[0]!.action, `tick 1 reported "${settled.value.servers[0]!.detail}" with no other invocation running`).not.toBe('backed-off');
+        expect(
+          settled.value.servers[0]!.action,
+          `tick 1 reported "${settled.value.servers[0]!.detail}" with no other invocation running`,
+        ).not.toBe('backed-off');
       }
       expect(restoreRequests(resourceGroup).length, 'restores requested by the faulted tick').toBeLessThanOrEqual(1);
 
@@ -61,7 +75,10 @@ describe.concurrent('fault matrix: pg drill', () => {
       const pointer = await readRecord(plain, pgCurrentDrillKey(SERVER), PgCurrentDrillSchema);
       expect(pointer, 'no current drill after two ticks').toBeDefined();
       const record = await readRecord(plain, pgDrillKey(SERVER, pointer!.value.drillId), PgDrillRecordSchema);
-      expect(record, `the current drill ${pointer!.value.drillId} has no record: the drill is lost until the interval passes`).toBeDefined();
+      expect(
+        record,
+        `the current drill ${pointer!.value.drillId} has no record: the drill is lost until the interval passes`,
+      ).toBeDefined();
       // Exactly one restore was asked for across both ticks, and the drill goes on.
       expect(restoreRequests(resourceGroup)).toHaveLength(1);
       expect(['restoring', 'validating']).toContain(record!.value.state);

@@ -23,7 +23,17 @@ import { silentLogger } from '../../src/log.js';
 import { FileTarget } from '../../src/targets/file.js';
 import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
 import { agentConfig, KEY, KEY_ID, tableCounts } from '../agent/helpers.js';
-import { casesOf, DRILL_TABLE, faultOf, PART, RESTORE_TABLE, settleWithin, SIZES, type MatrixCase, type SizeName } from '../support/fault-matrix.js';
+import {
+  casesOf,
+  DRILL_TABLE,
+  faultOf,
+  PART,
+  RESTORE_TABLE,
+  settleWithin,
+  SIZES,
+  type MatrixCase,
+  type SizeName,
+} from '../support/fault-matrix.js';
 import { expectOutcome, goodIds, matrixFolder, type MatrixFolder } from '../support/matrix-world.js';
 
 const DATABASE = 'tcab';
@@ -41,7 +51,10 @@ beforeAll(async () => {
     try {
       const store = join(work, `template-${size}`);
       const target = new FileTarget(parseTargetUrl('template', `file://${store}`) as FileTargetSpec, { fsync: false });
-      const { manifest } = await runSnapshot({ agent: new AgentClient({ url: agent.url, keyId: KEY_ID, key: KEY }), targets: [target], database: DATABASE }, { trigger: { kind: 'cli' } });
+      const { manifest } = await runSnapshot(
+        { agent: new AgentClient({ url: agent.url, keyId: KEY_ID, key: KEY }), targets: [target], database: DATABASE },
+        { trigger: { kind: 'cli' } },
+      );
       templates.set(size, { dir: store, manifest });
     } finally {
       await agent.close();
@@ -63,7 +76,9 @@ async function seed(world: MatrixFolder, name: string, size: SizeName): Promise<
 }
 
 async function sha256(path: string): Promise<string> {
-  return createHash('sha256').update(await readFile(path)).digest('hex');
+  return createHash('sha256')
+    .update(await readFile(path))
+    .digest('hex');
 }
 
 /** Every file of a folder with its sha256: what "untouched" means for a restore destination. */
@@ -97,7 +112,10 @@ describe.concurrent('fault matrix: restore', () => {
       const fault = faultOf(c, manifest.artifact.bytes, () => controller.abort());
       faulty.faults.arm(fault);
       const settled = await settleWithin(`restore (${c.title})`, controller, [faulty.faults], (signal) =>
-        runRestore({ targets: [faulty.target], database: DATABASE }, { selector: { latest: true }, outPath: join(dest, 'runs.sqlite'), force: true, signal }),
+        runRestore(
+          { targets: [faulty.target], database: DATABASE },
+          { selector: { latest: true }, outPath: join(dest, 'runs.sqlite'), force: true, signal },
+        ),
       );
       expectOutcome(c, settled, faulty.faults, fault);
 
@@ -137,12 +155,18 @@ describe.concurrent('fault matrix: restore', () => {
       existingDatabase(live);
       const db = openDatabase(live);
       db.exec('PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;');
-      db.prepare("INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-again', title, published_at, record FROM runs").run();
+      db.prepare(
+        "INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-again', title, published_at, record FROM runs",
+      ).run();
       for (const suffix of ['', '-wal', '-shm']) await cp(live + suffix, out + suffix);
       db.close();
 
-      const settled = await runRestore({ targets: [world.plain('store')], database: DATABASE }, { selector: { latest: true }, outPath: out, force: true }).then(
-        (r) => ({ ok: true as const, r }), (e: unknown) => ({ ok: false as const, e }),
+      const settled = await runRestore(
+        { targets: [world.plain('store')], database: DATABASE },
+        { selector: { latest: true }, outPath: out, force: true },
+      ).then(
+        (r) => ({ ok: true as const, r }),
+        (e: unknown) => ({ ok: false as const, e }),
       );
       if (settled.ok) {
         // What opens at the path is the snapshot, not the snapshot with the old writer's log replayed over it.
@@ -169,7 +193,10 @@ describe.concurrent('fault matrix: drill', () => {
       const fault = faultOf(c, manifest.artifact.bytes, () => controller.abort());
       faulty.faults.arm(fault);
       const settled = await settleWithin(`drill (${c.title})`, controller, [faulty.faults], (signal) =>
-        runDrill({ targets: [good.target, faulty.target], database: DATABASE, live: { unavailable: 'no agent in this test' }, workDir }, { signal }),
+        runDrill(
+          { targets: [good.target, faulty.target], database: DATABASE, live: { unavailable: 'no agent in this test' }, workDir },
+          { signal },
+        ),
       );
       expectOutcome(c, settled, faulty.faults, fault);
 

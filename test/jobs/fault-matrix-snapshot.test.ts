@@ -41,14 +41,17 @@ async function snapshotCase(c: MatrixCase, client: AgentClient): Promise<void> {
     const fault = faultOf(c, (SIZES[c.size].parts - 0.5) * PART, () => controller.abort());
     faults.arm(fault);
     const settled = await settleWithin(`snapshot (${c.title})`, controller, [faults], (signal) =>
-      runSnapshot({ agent: client, targets: [healthy, faulty], database: DATABASE }, { trigger: { kind: 'cli', reason: c.title }, compression: 'none', signal }),
+      runSnapshot(
+        { agent: client, targets: [healthy, faulty], database: DATABASE },
+        { trigger: { kind: 'cli', reason: c.title }, compression: 'none', signal },
+      ),
     );
     expectOutcome(c, settled, faults, fault);
 
     const healthyPlain = world.plain('healthy');
     const faultyPlain = world.plain('faulty');
     // No manifest anywhere without its whole data.
-    expect([...await visibleProblems(healthyPlain, DATABASE), ...await visibleProblems(faultyPlain, DATABASE)]).toEqual([]);
+    expect([...(await visibleProblems(healthyPlain, DATABASE)), ...(await visibleProblems(faultyPlain, DATABASE))]).toEqual([]);
     if (settled.status === 'resolved') {
       const id = settled.value.manifest.id;
       if (c.size === 'many') expect(settled.value.manifest.artifact.bytes).toBeGreaterThan(SIZES.many.parts * PART * 0.8);

@@ -18,7 +18,8 @@ describe('fault matrix', () => {
     expect(new Set(all.map((c) => c.kind))).toEqual(new Set(Object.keys(KINDS)));
     expect(new Set(all.map((c) => c.row.at))).toEqual(new Set(['start', 'body', 'commit', 'page']));
     for (const t of TABLES) {
-      if (t.sizes.length < Object.keys(SIZES).length) expect(t.sizeNote, `${t.job} runs at one size only and does not say why`).toBeTruthy();
+      if (t.sizes.length < Object.keys(SIZES).length)
+        expect(t.sizeNote, `${t.job} runs at one size only and does not say why`).toBeTruthy();
     }
     // The README states the size; it must say what the tables hold.
     expect(readFileSync(new URL('../../README.md', import.meta.url), 'utf8')).toContain(`It is ${size.total} cases`);

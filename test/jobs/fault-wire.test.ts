@@ -41,7 +41,9 @@ beforeAll(async () => {
   agents = await startAgentPool(2, { targetBytes: ARTIFACT_BYTES }, 'none');
   const dir = join(work, 'template');
   const store = openTarget(parseTargetUrl('template', `file://${dir}`));
-  const { manifest } = await agents.with((client) => runSnapshot({ agent: client, targets: [store], database: DATABASE }, { trigger: { kind: 'cli' } }));
+  const { manifest } = await agents.with((client) =>
+    runSnapshot({ agent: client, targets: [store], database: DATABASE }, { trigger: { kind: 'cli' } }),
+  );
   template = { dir, manifest };
   expect(manifest.artifact.bytes).toBeGreaterThan(5 * MiB);
 });
@@ -70,7 +72,9 @@ const BACKENDS: Backend[] = [
       const upstream = new URL(world.clouds.azurite.endpoint);
       const endpoint = proxy ? `${proxy.endpoint}${upstream.pathname}` : world.clouds.azurite.endpoint;
       const connectionString = world.clouds.azurite.connectionString.replace(/BlobEndpoint=[^;]+;/, `BlobEndpoint=${endpoint};`);
-      const spec = parseTargetUrl('cloud', `azblob://${world.clouds.azurite.account}/${CONTAINER}/${prefix}?endpoint=${endpoint}`, { connectionString });
+      const spec = parseTargetUrl('cloud', `azblob://${world.clouds.azurite.account}/${CONTAINER}/${prefix}?endpoint=${endpoint}`, {
+        connectionString,
+      });
       return openTarget(spec, { retry: MATRIX_RETRY, tuning: { ...TUNING, partSize: MiB } });
     },
   },
@@ -80,7 +84,8 @@ const BACKENDS: Backend[] = [
     open(prefix, proxy) {
       const endpoint = proxy?.endpoint ?? world.clouds.s3.endpoint;
       const spec = parseTargetUrl('cloud', `s3://${BUCKET}/${prefix}?endpoint=${endpoint}`, {
-        accessKeyId: world.clouds.s3.accessKeyId, secretAccessKey: world.clouds.s3.secretAccessKey,
+        accessKeyId: world.clouds.s3.accessKeyId,
+        secretAccessKey: world.clouds.s3.secretAccessKey,
       });
       return openTarget(spec, { retry: MATRIX_RETRY, tuning: { ...TUNING, partSize: 5 * MiB } });
     },
@@ -101,19 +106,66 @@ const UPLOADS: Job[] = ['snapshot', 'replicate to the cloud'];
 const READS: Job[] = ['snapshot', 'replicate from the cloud', 'restore'];
 
 const WIRE_CASES: WireCase[] = [
-  { name: 'the 2nd part answered 503 once', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'UploadPart', nth: 2, fault: { status: 503, code: 'SlowDown' } }) },
-  { name: 'the 2nd part and every one after answered 500', jobs: UPLOADS, expect: 'fails', rule: () => ({ kind: 'UploadPart', nth: 2, times: Infinity, fault: { status: 500, code: 'InternalError' } }) },
-  { name: 'the 2nd part reset before the service has it', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'UploadPart', nth: 2, fault: 'reset' }) },
-  { name: 'the 2nd part stored, its answer lost', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'UploadPart', nth: 2, fault: 'answer-lost' }) },
   {
-    name: 'CreateMultipartUpload answered 503 once', jobs: UPLOADS, expect: 'succeeds',
+    name: 'the 2nd part answered 503 once',
+    jobs: UPLOADS,
+    expect: 'succeeds',
+    rule: () => ({ kind: 'UploadPart', nth: 2, fault: { status: 503, code: 'SlowDown' } }),
+  },
+  {
+    name: 'the 2nd part and every one after answered 500',
+    jobs: UPLOADS,
+    expect: 'fails',
+    rule: () => ({ kind: 'UploadPart', nth: 2, times: Infinity, fault: { status: 500, code: 'InternalError' } }),
+  },
+  {
+    name: 'the 2nd part reset before the service has it',
+    jobs: UPLOADS,
+    expect: 'succeeds',
+    rule: () => ({ kind: 'UploadPart', nth: 2, fault: 'reset' }),
+  },
+  {
+    name: 'the 2nd part stored, its answer lost',
+    jobs: UPLOADS,
+    expect: 'succeeds',
+    rule: () => ({ kind: 'UploadPart', nth: 2, fault: 'answer-lost' }),
+  },
+  {
+    name: 'CreateMultipartUpload answered 503 once',
+    jobs: UPLOADS,
+    expect: 'succeeds',
     rule: (b) => (b.name === 's3rver' ? { kind: 'CreateUpload', nth: 1, fault: { status: 503, code: 'SlowDown' } } : undefined),
   },
-  { name: 'the commit (CompleteMultipartUpload, Put Block List) answered 503 once', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'CompleteUpload', nth: 1, fault: { status: 503, code: 'ServerBusy' } }) },
-  { name: 'the commit carried out, its answer lost', jobs: UPLOADS, expect: 'either', rule: () => ({ kind: 'CompleteUpload', nth: 1, fault: 'answer-lost' }) },
-  { name: 'the manifest stored, its answer lost', jobs: UPLOADS, expect: 'succeeds', rule: () => ({ kind: 'PutObject', nth: 1, path: /\.json$/, fault: 'answer-lost' }) },
-  { name: 'the artifact GET cut off after 3 MiB', jobs: READS, expect: 'either', rule: () => ({ kind: 'GetObject', nth: 1, path: /\.sqlite$/, fault: { cutAfterBytes: 3 * MiB } }) },
-  { name: 'the artifact GET reset once', jobs: ['restore'], expect: 'succeeds', rule: () => ({ kind: 'GetObject', nth: 1, path: /\.sqlite$/, fault: 'reset' }) },
+  {
+    name: 'the commit (CompleteMultipartUpload, Put Block List) answered 503 once',
+    jobs: UPLOADS,
+    expect: 'succeeds',
+    rule: () => ({ kind: 'CompleteUpload', nth: 1, fault: { status: 503, code: 'ServerBusy' } }),
+  },
+  {
+    name: 'the commit carried out, its answer lost',
+    jobs: UPLOADS,
+    expect: 'either',
+    rule: () => ({ kind: 'CompleteUpload', nth: 1, fault: 'answer-lost' }),
+  },
+  {
+    name: 'the manifest stored, its answer lost',
+    jobs: UPLOADS,
+    expect: 'succeeds',
+    rule: () => ({ kind: 'PutObject', nth: 1, path: /\.json$/, fault: 'answer-lost' }),
+  },
+  {
+    name: 'the artifact GET cut off after 3 MiB',
+    jobs: READS,
+    expect: 'either',
+    rule: () => ({ kind: 'GetObject', nth: 1, path: /\.sqlite$/, fault: { cutAfterBytes: 3 * MiB } }),
+  },
+  {
+    name: 'the artifact GET reset once',
+    jobs: ['restore'],
+    expect: 'succeeds',
+    rule: () => ({ kind: 'GetObject', nth: 1, path: /\.sqlite$/, fault: 'reset' }),
+  },
 ];
 
 /** A replicate that copies from the cloud retries a copy that broke off: a cut body must not fail it. */
@@ -122,11 +174,15 @@ function expected(c: WireCase, job: Job): WireCase['expect'] {
 }
 
 const ROWS = BACKENDS.flatMap((backend) =>
-  WIRE_CASES.flatMap((c) => c.jobs.filter(() => c.rule(backend) !== undefined).map((job) => ({ backend, c, job, title: `${backend.name} | ${job} | ${c.name}` }))),
+  WIRE_CASES.flatMap((c) =>
+    c.jobs.filter(() => c.rule(backend) !== undefined).map((job) => ({ backend, c, job, title: `${backend.name} | ${job} | ${c.name}` })),
+  ),
 );
 
 async function sha256(path: string): Promise<string> {
-  return createHash('sha256').update(await readFile(path)).digest('hex');
+  return createHash('sha256')
+    .update(await readFile(path))
+    .digest('hex');
 }
 
 describe('fault matrix at the wire', () => {
@@ -173,27 +229,41 @@ async function wireCase(backend: Backend, c: WireCase, job: Job, client?: AgentC
 
     proxy.inject(c.rule(backend)!);
     const controller = new AbortController();
-    const settled = await settleWithin<unknown>(`${job} through ${backend.name} (${c.name})`, controller, [], (signal): Promise<unknown> => {
-      switch (job) {
-        case 'snapshot':
-          return runSnapshot({ agent: client!, targets: [healthy, cloud], database: DATABASE }, { trigger: { kind: 'cli' }, signal });
-        case 'replicate to the cloud':
-        case 'replicate from the cloud':
-          return runReplicate({ targets: [healthy, cloud], database: DATABASE }, { signal, retry: { retries: 2, baseDelayMs: 1, maxDelayMs: 4 } });
-        case 'restore':
-          return runRestore({ targets: [cloud], database: DATABASE }, { selector: { latest: true }, outPath: dest, force: true, signal });
-      }
-    });
+    const settled = await settleWithin<unknown>(
+      `${job} through ${backend.name} (${c.name})`,
+      controller,
+      [],
+      (signal): Promise<unknown> => {
+        switch (job) {
+          case 'snapshot':
+            return runSnapshot({ agent: client!, targets: [healthy, cloud], database: DATABASE }, { trigger: { kind: 'cli' }, signal });
+          case 'replicate to the cloud':
+          case 'replicate from the cloud':
+            return runReplicate(
+              { targets: [healthy, cloud], database: DATABASE },
+              { signal, retry: { retries: 2, baseDelayMs: 1, maxDelayMs: 4 } },
+            );
+          case 'restore':
+            return runRestore({ targets: [cloud], database: DATABASE }, { selector: { latest: true }, outPath: dest, force: true, signal });
+        }
+      },
+    );
     const applied = proxy.applied();
-    expect(applied, `the fault never reached the service: ${JSON.stringify(c.rule(backend))}; requests: ${proxy.seen.map((s) => `${s.kind} ${s.request}`).join(', ')}`).not.toEqual([]);
+    expect(
+      applied,
+      `the fault never reached the service: ${JSON.stringify(c.rule(backend))}; requests: ${proxy.seen.map((s) => `${s.kind} ${s.request}`).join(', ')}`,
+    ).not.toEqual([]);
     const message = settled.status === 'rejected' ? fullMessage(settled.error) : '';
     const want = expected(c, job);
-    if (want === 'succeeds') expect(settled.status === 'resolved' ? 'resolved' : `rejected: ${message}`, `retries should absorb ${applied.join('; ')}`).toBe('resolved');
+    if (want === 'succeeds')
+      expect(settled.status === 'resolved' ? 'resolved' : `rejected: ${message}`, `retries should absorb ${applied.join('; ')}`).toBe(
+        'resolved',
+      );
     if (want === 'fails') expect(settled.status, `no retry absorbs ${applied.join('; ')}, yet the job succeeded`).toBe('rejected');
     if (settled.status === 'rejected') expect(message, 'the failure does not name the cloud target').toContain('"cloud"');
 
     // Whatever happened, no target shows a snapshot without its whole data.
-    expect([...await visibleProblems(healthy, DATABASE), ...await visibleProblems(cloudDirect, DATABASE)]).toEqual([]);
+    expect([...(await visibleProblems(healthy, DATABASE)), ...(await visibleProblems(cloudDirect, DATABASE))]).toEqual([]);
     if (job === 'snapshot') {
       expect(await goodIds(healthy, DATABASE), 'the healthy target holds no verified snapshot').toHaveLength(1);
       if (settled.status === 'resolved') expect((await listCatalog(cloudDirect, DATABASE)).snapshots).toHaveLength(1);

@@ -10,7 +10,14 @@ import { MonitorCriticalError, runMonitor } from '../../src/jobs/monitor/index.j
 import { runSnapshot } from '../../src/jobs/snapshot/index.js';
 import type { MonitorThresholds, StatusDocument } from '../../src/status/document.js';
 import { runVerifyRotation } from '../../src/jobs/verify/index.js';
-import { PG_RECORD_FORMAT_VERSION, pgCurrentDrillKey, pgStatusKey, writeRecord, type PgCheckStatus, type PgCurrentDrill } from '../../src/postgres/records.js';
+import {
+  PG_RECORD_FORMAT_VERSION,
+  pgCurrentDrillKey,
+  pgStatusKey,
+  writeRecord,
+  type PgCheckStatus,
+  type PgCurrentDrill,
+} from '../../src/postgres/records.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
@@ -34,7 +41,13 @@ async function storedStatus(target: Target): Promise<StatusDocument> {
 function monitor(now: number, options: { thresholds?: MonitorThresholds; targets?: Target[]; throwOnCritical?: boolean } = {}) {
   const { logger, events } = capturingLogger();
   const run = runMonitor(
-    { targets: options.targets ?? fx.targets, database: DATABASE, thresholds: options.thresholds ?? defaults, logger, now: () => new Date(now) },
+    {
+      targets: options.targets ?? fx.targets,
+      database: DATABASE,
+      thresholds: options.thresholds ?? defaults,
+      logger,
+      now: () => new Date(now),
+    },
     { throwOnCritical: options.throwOnCritical ?? true, targetTimeoutMs: 20_000 },
   );
   return { run, events };
@@ -60,16 +73,26 @@ describe('monitor', () => {
     const doc = await run;
     expect(doc.state).toBe('ok');
     expect(doc.problems).toEqual([]);
-    expect(doc.targets.map((t) => [t.name, t.state])).toEqual([['local', 'ok'], ['blob', 'ok']]);
+    expect(doc.targets.map((t) => [t.name, t.state])).toEqual([
+      ['local', 'ok'],
+      ['blob', 'ok'],
+    ]);
     const local = doc.targets[0]!;
-    expect(local.snapshots.newest).toMatchObject({ id: manifest.id, ageMs: HOUR, artifactBytes: manifest.artifact.bytes, bytes: manifest.snapshot.bytes });
+    expect(local.snapshots.newest).toMatchObject({
+      id: manifest.id,
+      ageMs: HOUR,
+      artifactBytes: manifest.artifact.bytes,
+      bytes: manifest.snapshot.bytes,
+    });
     expect(local.recoveryPointNowMs).toBe(HOUR);
     expect(local.drill.lastSucceeded).toMatchObject({ ok: true, snapshotId: manifest.id, runsSince: 0 });
     expect(local.drill.recent).toHaveLength(1);
     expect(local.verify).toMatchObject({ state: 'ok', failing: [], reread: 1 });
     expect(doc.postgres).toBeUndefined();
     for (const target of fx.targets) expect(await storedStatus(target)).toEqual(doc);
-    expect(events).toContainEqual(expect.objectContaining({ event: 'monitor.status', level: 'info', state: 'ok', targets: { local: 'ok', blob: 'ok' } }));
+    expect(events).toContainEqual(
+      expect.objectContaining({ event: 'monitor.status', level: 'info', state: 'ok', targets: { local: 'ok', blob: 'ok' } }),
+    );
   });
 
   it('warns when the newest snapshot passes the warn age, naming target and snapshot', async () => {
@@ -78,7 +101,9 @@ describe('monitor', () => {
     expect(doc.state).toBe('warn');
     expect(doc.problems).toHaveLength(2);
     expect(doc.problems[0]).toMatchObject({
-      state: 'warn', check: 'snapshot', target: 'local',
+      state: 'warn',
+      check: 'snapshot',
+      target: 'local',
       message: `target "local": the newest snapshot ${manifest.id} is 3h old (warn after 2h, critical after 4h)`,
       hint: expect.stringContaining('snapshotTimer'),
     });
@@ -89,7 +114,9 @@ describe('monitor', () => {
     const { run, events } = monitor(created + 5 * HOUR);
     const err = await run.catch((e: unknown) => e);
     expect(err).toBeInstanceOf(MonitorCriticalError);
-    expect((err as Error).message).toContain(`Backups of database "tcab" are critical: target "local": the newest snapshot ${manifest.id} is 5h old`);
+    expect((err as Error).message).toContain(
+      `Backups of database "tcab" are critical: target "local": the newest snapshot ${manifest.id} is 5h old`,
+    );
     expect((err as Error).message).toContain('Check: that snapshotTimer runs');
     expect((err as MonitorCriticalError).status.state).toBe('critical');
     expect((await storedStatus(fx.local)).state).toBe('critical');
@@ -107,7 +134,9 @@ describe('monitor', () => {
     expect(critical.state).toBe('critical');
     expect(critical.targets[0]!.snapshots.state).toBe('ok');
     expect(critical.targets[0]!.drill.state).toBe('critical');
-    expect(critical.problems.find((p) => p.check === 'verify')!.message).toMatch(/^target "local": the last verify run without damage finished 2d1[12]h ago/);
+    expect(critical.problems.find((p) => p.check === 'verify')!.message).toMatch(
+      /^target "local": the last verify run without damage finished 2d1[12]h ago/,
+    );
   });
 
   it('counts a missing drill and verify from the oldest snapshot, so timers that never ran are caught', async () => {
@@ -117,7 +146,10 @@ describe('monitor', () => {
       const { manifest: m } = await runSnapshot({ agent: fx.client, targets: [fresh], database: DATABASE }, { trigger: { kind: 'cli' } });
       const doc = await monitor(Date.parse(m.createdAt) + HOUR, { targets: [fresh] }).run;
       expect(doc.state).toBe('ok');
-      const later = await monitor(Date.parse(m.createdAt) + 27 * HOUR, { targets: [fresh], thresholds: { ...defaults, snapshot: { warnMs: 100 * HOUR, criticalMs: 200 * HOUR } } }).run;
+      const later = await monitor(Date.parse(m.createdAt) + 27 * HOUR, {
+        targets: [fresh],
+        thresholds: { ...defaults, snapshot: { warnMs: 100 * HOUR, criticalMs: 200 * HOUR } },
+      }).run;
       expect(later.state).toBe('warn');
       expect(later.problems.map((p) => p.message)).toEqual([
         'target "fresh": no restore drill has succeeded since the oldest snapshot, 1d3h ago (warn after 1d2h, critical after 2d2h)',
@@ -129,42 +161,100 @@ describe('monitor', () => {
   });
 
   it('is critical when a target cannot be reached, and still writes the document to the others', async () => {
-    const offline = openTarget(parseTargetUrl('offline', `azblob://${fx.azurite!.account}/backups?endpoint=http://127.0.0.1:9/${fx.azurite!.account}`, {
-      connectionString: fx.azurite!.connectionString.replace(/BlobEndpoint=[^;]+;/, 'BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;'),
-    }), { retry: { retries: 0 } });
+    const offline = openTarget(
+      parseTargetUrl('offline', `azblob://${fx.azurite!.account}/backups?endpoint=http://127.0.0.1:9/${fx.azurite!.account}`, {
+        connectionString: fx.azurite!.connectionString.replace(/BlobEndpoint=[^;]+;/, 'BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;'),
+      }),
+      { retry: { retries: 0 } },
+    );
     const doc = await monitor(created + HOUR, { targets: [fx.local, offline], throwOnCritical: false }).run;
     expect(doc.state).toBe('critical');
     expect(doc.targets[0]!.state).toBe('ok');
-    expect(doc.targets[1]).toMatchObject({ name: 'offline', state: 'critical', reachable: false, error: expect.stringContaining('127.0.0.1:9') });
-    expect(doc.problems).toEqual([expect.objectContaining({ state: 'critical', check: 'reachability', target: 'offline', message: expect.stringMatching(/^target "offline": cannot be read: /) })]);
+    expect(doc.targets[1]).toMatchObject({
+      name: 'offline',
+      state: 'critical',
+      reachable: false,
+      error: expect.stringContaining('127.0.0.1:9'),
+    });
+    expect(doc.problems).toEqual([
+      expect.objectContaining({
+        state: 'critical',
+        check: 'reachability',
+        target: 'offline',
+        message: expect.stringMatching(/^target "offline": cannot be read: /),
+      }),
+    ]);
     expect((await storedStatus(fx.local)).targets.map((t) => t.name)).toEqual(['local', 'offline']);
     await expect(monitor(created + HOUR, { targets: [fx.local, offline] }).run).rejects.toThrow(/target "offline": cannot be read/);
   });
 
   it('includes the Postgres servers from their records, judged on their own thresholds', async () => {
-    const server = { id: '/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg', name: 'tcab-pg' };
+    const server = {
+      id: '/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg',
+      name: 'tcab-pg',
+    };
     const now = created + HOUR;
     const check: PgCheckStatus = {
-      formatVersion: PG_RECORD_FORMAT_VERSION, kind: 'pg-check', server: server.name, serverId: server.id, checkedAt: new Date(now - 30 * 60_000).toISOString(),
-      ok: false, violations: [{ rule: 'retention', message: 'backup retention is 3 days, the policy asks for at least 7', hint: 'raise it' }], facts: null, actions: [],
+      formatVersion: PG_RECORD_FORMAT_VERSION,
+      kind: 'pg-check',
+      server: server.name,
+      serverId: server.id,
+      checkedAt: new Date(now - 30 * 60_000).toISOString(),
+      ok: false,
+      violations: [{ rule: 'retention', message: 'backup retention is 3 days, the policy asks for at least 7', hint: 'raise it' }],
+      facts: null,
+      actions: [],
     };
-    const summary = { drillId: '20261120T040000Z-0a1b2c3d', outcome: 'succeeded' as const, requestedAt: new Date(now - 3 * DAY).toISOString(), finishedAt: new Date(now - 2 * DAY).toISOString(), recoveryTimeMs: 1_800_000 };
+    const summary = {
+      drillId: '20261120T040000Z-0a1b2c3d',
+      outcome: 'succeeded' as const,
+      requestedAt: new Date(now - 3 * DAY).toISOString(),
+      finishedAt: new Date(now - 2 * DAY).toISOString(),
+      recoveryTimeMs: 1_800_000,
+    };
     const pointer: PgCurrentDrill = {
-      formatVersion: PG_RECORD_FORMAT_VERSION, kind: 'pg-current-drill', sourceServerId: server.id, drillId: summary.drillId, requestedAt: summary.requestedAt,
-      lastFinished: summary, lastSucceeded: summary,
+      formatVersion: PG_RECORD_FORMAT_VERSION,
+      kind: 'pg-current-drill',
+      sourceServerId: server.id,
+      drillId: summary.drillId,
+      requestedAt: summary.requestedAt,
+      lastFinished: summary,
+      lastSucceeded: summary,
     };
     await writeRecord(fx.local, pgStatusKey(server.name), check, {});
     await writeRecord(fx.local, pgCurrentDrillKey(server.name), pointer, {});
     const { logger } = capturingLogger();
     const doc = await runMonitor(
-      { targets: fx.targets, database: DATABASE, thresholds: defaults, logger, now: () => new Date(now), postgres: { servers: [server], recordsTarget: fx.local } },
+      {
+        targets: fx.targets,
+        database: DATABASE,
+        thresholds: defaults,
+        logger,
+        now: () => new Date(now),
+        postgres: { servers: [server], recordsTarget: fx.local },
+      },
       { throwOnCritical: false, write: false },
     );
     expect(doc.postgres).toMatchObject({ state: 'critical', recordsTarget: 'local' });
     expect(doc.postgres!.servers[0]).toMatchObject({ server: 'tcab-pg', state: 'critical', checkAgeMs: 30 * 60_000, drillAgeMs: 2 * DAY });
-    expect(doc.problems).toEqual([expect.objectContaining({ check: 'pg-check', server: 'tcab-pg', message: 'Postgres server "tcab-pg": violates the backup policy: backup retention is 3 days, the policy asks for at least 7' })]);
+    expect(doc.problems).toEqual([
+      expect.objectContaining({
+        check: 'pg-check',
+        server: 'tcab-pg',
+        message: 'Postgres server "tcab-pg": violates the backup policy: backup retention is 3 days, the policy asks for at least 7',
+      }),
+    ]);
     await writeRecord(fx.local, pgStatusKey(server.name), { ...check, ok: true, violations: [] }, {});
-    const fine = await runMonitor({ targets: fx.targets, database: DATABASE, thresholds: defaults, now: () => new Date(now), postgres: { servers: [server], recordsTarget: fx.local } }, { write: false });
+    const fine = await runMonitor(
+      {
+        targets: fx.targets,
+        database: DATABASE,
+        thresholds: defaults,
+        now: () => new Date(now),
+        postgres: { servers: [server], recordsTarget: fx.local },
+      },
+      { write: false },
+    );
     expect(fine.state).toBe('ok');
     expect(fine.postgres!.servers[0]!.state).toBe('ok');
   });
@@ -177,7 +267,9 @@ describe('monitor', () => {
     await writeFile(path, damaged);
     try {
       await expect(runDrill({ targets: [fx.local], database: DATABASE, live: fx.client, workDir })).rejects.toThrow(/failed/);
-      await expect(runVerifyRotation({ targets: [fx.local], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true })).rejects.toThrow(/failed/);
+      await expect(
+        runVerifyRotation({ targets: [fx.local], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true }),
+      ).rejects.toThrow(/failed/);
     } finally {
       await writeFile(path, original);
     }
@@ -189,7 +281,11 @@ describe('monitor', () => {
     expect(local.verify.failing).toEqual([expect.objectContaining({ id: manifest.id, error: expect.stringContaining('sha256') })]);
     expect(doc.targets[1]!.state).toBe('ok');
     const messages = doc.problems.map((p) => p.message);
-    expect(messages).toContainEqual(expect.stringMatching(new RegExp(`^target "local": the last restore drill \\S+ failed: target "local" .*snapshot ${manifest.id}`)));
-    expect(messages).toContainEqual(expect.stringMatching(new RegExp(`^target "local": snapshot ${manifest.id} failed verification at .*sha256`)));
+    expect(messages).toContainEqual(
+      expect.stringMatching(new RegExp(`^target "local": the last restore drill \\S+ failed: target "local" .*snapshot ${manifest.id}`)),
+    );
+    expect(messages).toContainEqual(
+      expect.stringMatching(new RegExp(`^target "local": snapshot ${manifest.id} failed verification at .*sha256`)),
+    );
   });
 });

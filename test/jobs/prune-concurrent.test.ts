@@ -12,7 +12,16 @@ import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/ind
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { PutOptions, Target } from '../../src/targets/target.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, history, idsOn, invalidSnapshots, s3Target, storeSnapshot, testWorld,
+  DATABASE,
+  DAY,
+  HOUR,
+  blobTarget,
+  history,
+  idsOn,
+  invalidSnapshots,
+  s3Target,
+  storeSnapshot,
+  testWorld,
 } from '../support/stored-snapshots.js';
 
 const world = testWorld();
@@ -49,9 +58,15 @@ function withHooks(inner: Target, hooks: { beforeDelete?(key: string): Promise<v
 }
 
 function rails(settings: Record<string, string>, names: string[]) {
-  return loadRetentionConfig({
-    TCAB_BACKUP_RETENTION_MIN_KEEP: '1', TCAB_BACKUP_RETENTION_MIN_AGE: '0s', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1', ...settings,
-  }, names);
+  return loadRetentionConfig(
+    {
+      TCAB_BACKUP_RETENTION_MIN_KEEP: '1',
+      TCAB_BACKUP_RETENTION_MIN_AGE: '0s',
+      TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
+      ...settings,
+    },
+    names,
+  );
 }
 
 describe('prune and replicate at the same time', () => {
@@ -134,9 +149,14 @@ describe('prune and replicate at the same time', () => {
       if (i % 3 === 0) await storeSnapshot(s3, s);
     }
     const keep = { local: 6, blob: 10, s3: 16 };
-    const retention = rails({
-      TCAB_BACKUP_RETENTION_LOCAL: `last=${keep.local}`, TCAB_BACKUP_RETENTION_BLOB: `last=${keep.blob}`, TCAB_BACKUP_RETENTION_S3: `last=${keep.s3}`,
-    }, ['local', 'blob', 's3']);
+    const retention = rails(
+      {
+        TCAB_BACKUP_RETENTION_LOCAL: `last=${keep.local}`,
+        TCAB_BACKUP_RETENTION_BLOB: `last=${keep.blob}`,
+        TCAB_BACKUP_RETENTION_S3: `last=${keep.s3}`,
+      },
+      ['local', 'blob', 's3'],
+    );
     const deps = { targets, database: DATABASE, retention };
     const before = { local: await idsOn(local), blob: await idsOn(blob), s3: await idsOn(s3) };
 
@@ -146,21 +166,31 @@ describe('prune and replicate at the same time', () => {
       expect(await invalidSnapshots(targets)).toEqual([]);
     }
     const first = rounds[0]!;
-    expect(first[0].status === 'fulfilled' ? first[0].value.copied : (first[0].reason as ReplicateFailedError).result.copied).toBeGreaterThan(0);
+    expect(
+      first[0].status === 'fulfilled' ? first[0].value.copied : (first[0].reason as ReplicateFailedError).result.copied,
+    ).toBeGreaterThan(0);
     expect(first[1].status === 'fulfilled' ? first[1].value.removed : 0).toBeGreaterThan(0);
 
     // Every snapshot a policy keeps (the newest N of all there are) that a target held is still there.
-    for (const [name, target] of [['local', local], ['blob', blob], ['s3', s3]] as const) {
+    for (const [name, target] of [
+      ['local', local],
+      ['blob', blob],
+      ['s3', s3],
+    ] as const) {
       const kept = ids.slice(-keep[name]);
       const after = new Set(await idsOn(target));
       expect(kept.filter((id) => before[name].includes(id) && !after.has(id))).toEqual([]);
     }
     // Once both have run alone, every target holds exactly what its policy keeps of what still exists.
     // (Each target's policy is its own: a snapshot only one target held, and whose policy dropped it, is gone.)
-    const existing = [...new Set([...await idsOn(local), ...await idsOn(blob), ...await idsOn(s3)])].sort();
+    const existing = [...new Set([...(await idsOn(local)), ...(await idsOn(blob)), ...(await idsOn(s3))])].sort();
     await runReplicate(deps);
     await runPrune(deps);
-    for (const [name, target] of [['local', local], ['blob', blob], ['s3', s3]] as const) {
+    for (const [name, target] of [
+      ['local', local],
+      ['blob', blob],
+      ['s3', s3],
+    ] as const) {
       expect(await idsOn(target)).toEqual(existing.slice(-keep[name]));
     }
     expect(await invalidSnapshots(targets)).toEqual([]);

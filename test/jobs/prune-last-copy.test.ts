@@ -13,7 +13,16 @@ import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { listPage, startFaultProxy } from '../support/fault-proxy.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, history, idsOn, invalidSnapshots, storeSnapshot, testWorld, type TestSnapshot,
+  DATABASE,
+  DAY,
+  HOUR,
+  blobTarget,
+  history,
+  idsOn,
+  invalidSnapshots,
+  storeSnapshot,
+  testWorld,
+  type TestSnapshot,
 } from '../support/stored-snapshots.js';
 
 const world = testWorld();
@@ -25,10 +34,15 @@ async function folder(name: string): Promise<{ target: Target; dir: string }> {
 
 /** Rails that keep nothing on their own, so only the policies and the cross-target rail decide. */
 function retention(names: string[], settings: Record<string, string>) {
-  return loadRetentionConfig({
-    TCAB_BACKUP_RETENTION_MIN_KEEP: '0', TCAB_BACKUP_RETENTION_MIN_AGE: '0s', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
-    ...settings,
-  }, names);
+  return loadRetentionConfig(
+    {
+      TCAB_BACKUP_RETENTION_MIN_KEEP: '0',
+      TCAB_BACKUP_RETENTION_MIN_AGE: '0s',
+      TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
+      ...settings,
+    },
+    names,
+  );
 }
 
 const ago = (ms: number) => new Date(Date.now() - ms);
@@ -45,7 +59,9 @@ async function corruptAndVerify(target: Target, dir: string, snaps: TestSnapshot
     bytes[100]! ^= 0xff;
     await writeFile(file, bytes);
   }
-  await expect(runVerifyRotation({ targets: [target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true })).rejects.toThrow(snaps[0]!.manifest.id);
+  await expect(
+    runVerifyRotation({ targets: [target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true }),
+  ).rejects.toThrow(snaps[0]!.manifest.id);
 }
 
 const outcome = (result: PruneResult, name: string) => result.targets.find((t) => t.target === name)!;
@@ -63,7 +79,8 @@ describe('prune: last good copy across targets', () => {
     await truncate(join(b.dir, ...snaps[2]!.manifest.key.split('/')), 10);
 
     const result = await runPrune({
-      targets: [a.target, b.target], database: DATABASE,
+      targets: [a.target, b.target],
+      database: DATABASE,
       retention: retention(['a', 'b'], { TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=4' }),
     });
     const onA = outcome(result, 'a');
@@ -71,8 +88,12 @@ describe('prune: last good copy across targets', () => {
     expect(onA.removed).toEqual([ids[0]]);
     expect(onA.rails).toEqual([expect.objectContaining({ rail: 'last-good-copy', ids: [ids[2], ids[1]] })]);
     expect(onA.rails[0]!.message).toContain('tcab-backup replicate');
-    expect(reasonsOf(result, 'a', ids[1]!)).toEqual([expect.stringMatching(/^last good copy: target "b" keeps it but its copy failed verify \(.*sha256/)]);
-    expect(reasonsOf(result, 'a', ids[2]!)).toEqual([expect.stringMatching(/^last good copy: target "b" keeps it but its copy is damaged \(artifact .* is 10 bytes/)]);
+    expect(reasonsOf(result, 'a', ids[1]!)).toEqual([
+      expect.stringMatching(/^last good copy: target "b" keeps it but its copy failed verify \(.*sha256/),
+    ]);
+    expect(reasonsOf(result, 'a', ids[2]!)).toEqual([
+      expect.stringMatching(/^last good copy: target "b" keeps it but its copy is damaged \(artifact .* is 10 bytes/),
+    ]);
     expect(outcome(result, 'b').rails).toEqual([]);
     expect(await idsOn(a.target)).toEqual(ids.slice(1));
     expect(await idsOn(b.target)).toEqual(ids);
@@ -88,7 +109,8 @@ describe('prune: last good copy across targets', () => {
     await store(b.target, [snaps[0]!, snaps[2]!]);
 
     const result = await runPrune({
-      targets: [a.target, b.target], database: DATABASE,
+      targets: [a.target, b.target],
+      database: DATABASE,
       retention: retention(['a', 'b'], { TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=3' }),
     });
     expect(outcome(result, 'a').removed).toEqual([ids[0]]);
@@ -109,7 +131,8 @@ describe('prune: last good copy across targets', () => {
     await corruptAndVerify(b.target, b.dir, [snaps[0]!, snaps[1]!]);
 
     const result = await runPrune({
-      targets: [a.target, b.target], database: DATABASE,
+      targets: [a.target, b.target],
+      database: DATABASE,
       retention: retention(['a', 'b'], { TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=2' }),
     });
     expect(outcome(result, 'a').removed).toEqual([ids[0]]);
@@ -128,7 +151,8 @@ describe('prune: last good copy across targets', () => {
     await store(b.target, [snaps[0]!, snaps[2]!, snaps[3]!]);
 
     const result = await runPrune({
-      targets: [a.target, b.target], database: DATABASE,
+      targets: [a.target, b.target],
+      database: DATABASE,
       retention: retention(['a', 'b'], { TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=4' }),
     });
     // "b" keeps 0 and 2 with good copies: "a" may drop its own; 1 exists on "a" alone.
@@ -147,12 +171,19 @@ describe('prune: last good copy across targets', () => {
     await store(c.target, [snaps[0]!, snaps[1]!, snaps[3]!]);
 
     const result = await runPrune({
-      targets: [a.target, b.target, c.target], database: DATABASE,
-      retention: retention(['a', 'b', 'c'], { TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=4', TCAB_BACKUP_RETENTION_C: 'last=4' }),
+      targets: [a.target, b.target, c.target],
+      database: DATABASE,
+      retention: retention(['a', 'b', 'c'], {
+        TCAB_BACKUP_RETENTION_A: 'last=1',
+        TCAB_BACKUP_RETENTION_B: 'last=4',
+        TCAB_BACKUP_RETENTION_C: 'last=4',
+      }),
     });
     expect(outcome(result, 'a').removed).toEqual([ids[1], ids[0]]);
     expect(outcome(result, 'a').rails).toEqual([expect.objectContaining({ rail: 'last-good-copy', ids: [ids[2]] })]);
-    expect(reasonsOf(result, 'a', ids[2]!)).toEqual(['last good copy: target "b" keeps it but has no copy; target "c" keeps it but has no copy']);
+    expect(reasonsOf(result, 'a', ids[2]!)).toEqual([
+      'last good copy: target "b" keeps it but has no copy; target "c" keeps it but has no copy',
+    ]);
     expect(await idsOn(a.target)).toEqual(ids.slice(2));
   });
 
@@ -165,14 +196,20 @@ describe('prune: last good copy across targets', () => {
     await store(b.target, snaps);
     await corruptAndVerify(b.target, b.dir, [snaps[1]!]);
 
-    const result = await runPrune({
-      targets: [a.target, b.target], database: DATABASE,
-      retention: retention(['a', 'b'], { TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=3' }),
-    }, { dryRun: true });
+    const result = await runPrune(
+      {
+        targets: [a.target, b.target],
+        database: DATABASE,
+        retention: retention(['a', 'b'], { TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=3' }),
+      },
+      { dryRun: true },
+    );
     expect(result.dryRun).toBe(true);
     expect(outcome(result, 'a').removed).toEqual([ids[0]]);
     expect(outcome(result, 'a').rails).toEqual([expect.objectContaining({ rail: 'last-good-copy', ids: [ids[1]] })]);
-    expect(reasonsOf(result, 'a', ids[1]!)).toEqual([expect.stringMatching(/^last good copy: target "b" keeps it but its copy failed verify/)]);
+    expect(reasonsOf(result, 'a', ids[1]!)).toEqual([
+      expect.stringMatching(/^last good copy: target "b" keeps it but its copy failed verify/),
+    ]);
     expect(await idsOn(a.target)).toEqual(ids);
   });
 
@@ -188,7 +225,8 @@ describe('prune: last good copy across targets', () => {
     proxy.inject({ match: listPage(2), fault: { status: 500, code: 'InternalError' }, times: Infinity });
 
     const err = await runPrune({
-      targets: [a.target, unreachable], database: DATABASE,
+      targets: [a.target, unreachable],
+      database: DATABASE,
       retention: retention(['a', 'b'], { TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=3' }),
     }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PruneFailedError);
@@ -196,7 +234,9 @@ describe('prune: last good copy across targets', () => {
     expect(outcome(result, 'b').refused!.rail).toBe('listing-complete');
     expect(outcome(result, 'a').removed).toEqual([ids[1], ids[0]]);
     expect(outcome(result, 'a').rails).toEqual([expect.objectContaining({ rail: 'last-good-copy', ids: [ids[3], ids[2]] })]);
-    expect(reasonsOf(result, 'a', ids[2]!)).toEqual(['last good copy: target "b" would keep it but could not be listed, so its copy is unknown']);
+    expect(reasonsOf(result, 'a', ids[2]!)).toEqual([
+      'last good copy: target "b" would keep it but could not be listed, so its copy is unknown',
+    ]);
     expect(await idsOn(a.target)).toEqual(ids.slice(2));
     proxy.clear();
     expect(await idsOn(unreachable)).toEqual(ids);

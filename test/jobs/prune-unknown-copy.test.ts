@@ -16,7 +16,15 @@ import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy } from '../support/fault-proxy.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, history, idsOn, storeSnapshot, testWorld, type TestSnapshot,
+  DATABASE,
+  DAY,
+  HOUR,
+  blobTarget,
+  history,
+  idsOn,
+  storeSnapshot,
+  testWorld,
+  type TestSnapshot,
 } from '../support/stored-snapshots.js';
 
 const world = testWorld();
@@ -24,10 +32,15 @@ const RECORD = verifyRecordKey(DATABASE);
 
 /** Rails that keep nothing on their own, so only the policies and the cross-target rail decide. */
 function retention(settings: Record<string, string>) {
-  return loadRetentionConfig({
-    TCAB_BACKUP_RETENTION_MIN_KEEP: '0', TCAB_BACKUP_RETENTION_MIN_AGE: '0s', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
-    ...settings,
-  }, ['a', 'b']);
+  return loadRetentionConfig(
+    {
+      TCAB_BACKUP_RETENTION_MIN_KEEP: '0',
+      TCAB_BACKUP_RETENTION_MIN_AGE: '0s',
+      TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
+      ...settings,
+    },
+    ['a', 'b'],
+  );
 }
 
 const ago = (ms: number) => new Date(Date.now() - ms);
@@ -43,8 +56,9 @@ async function damageAndVerify(target: Target, snap: TestSnapshot): Promise<void
   const bytes = Buffer.from(snap.data);
   bytes[100]! ^= 0xff;
   await target.put(snap.manifest.key, bytes);
-  await expect(runVerifyRotation({ targets: [target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true }))
-    .rejects.toThrow(snap.manifest.id);
+  await expect(
+    runVerifyRotation({ targets: [target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true }),
+  ).rejects.toThrow(snap.manifest.id);
   expect(copyState(await readVerifyRecord(target, DATABASE), snap.manifest.id).state).toBe('failed');
 }
 
@@ -66,7 +80,12 @@ const unreadable: Unreadable[] = [
       const target = blobTarget(world.clouds, 'b', { proxy });
       return {
         target,
-        breakRecord: async () => proxy.inject({ match: (m, url) => m === 'GET' && url.pathname.endsWith(`/${RECORD}`), fault: { cutAfterBytes: 64 }, times: Infinity }),
+        breakRecord: async () =>
+          proxy.inject({
+            match: (m, url) => m === 'GET' && url.pathname.endsWith(`/${RECORD}`),
+            fault: { cutAfterBytes: 64 },
+            times: Infinity,
+          }),
         healRecord: () => proxy.clear(),
       };
     },
@@ -87,14 +106,18 @@ const unreadable: Unreadable[] = [
     async setup() {
       const { target, dir } = await world.folder('b');
       // Trailing blanks: still valid JSON, so only the cap can refuse it.
-      return { target, breakRecord: () => appendFile(join(dir, ...RECORD.split('/')), ' '.repeat(17 * 1024 * 1024)), healRecord: () => undefined };
+      return {
+        target,
+        breakRecord: () => appendFile(join(dir, ...RECORD.split('/')), ' '.repeat(17 * 1024 * 1024)),
+        healRecord: () => undefined,
+      };
     },
     because: /larger than 16777216 bytes/,
     check: /Check: run "tcab-backup verify --target b"/,
   },
 ];
 
-describe('prune: a verify record that cannot be read makes that target\'s copies unknown', () => {
+describe("prune: a verify record that cannot be read makes that target's copies unknown", () => {
   for (const u of unreadable) {
     it(`keeps the intact copies on "a" that "b" wants and may hold damaged, deletes nothing on "b", and fails naming its record, when ${u.name}`, async () => {
       const a = await world.folder('a');
@@ -110,7 +133,8 @@ describe('prune: a verify record that cannot be read makes that target\'s copies
       // "a" keeps only the newest; "b" keeps the three newest. Counting b's copies as good would let "a"
       // delete 1 (and 2), leaving only b's damaged copy of 1.
       const err = await runPrune({
-        targets: [a.target, b.target], database: DATABASE,
+        targets: [a.target, b.target],
+        database: DATABASE,
         retention: retention({ TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=3' }),
       }).catch((e: unknown) => e);
 
@@ -128,7 +152,11 @@ describe('prune: a verify record that cannot be read makes that target\'s copies
       expect(outcome(result, 'a').ok).toBe(true);
       expect(outcome(result, 'a').removed).toEqual([ids[0]]);
       expect(outcome(result, 'a').rails).toEqual([expect.objectContaining({ rail: 'last-good-copy', ids: [ids[2], ids[1]] })]);
-      expect(reasonsOf(result, 'a', ids[1]!)).toEqual([expect.stringMatching(/^last good copy: target "b" keeps it but its verify record .* could not be read, so whether its copy is good is unknown/)]);
+      expect(reasonsOf(result, 'a', ids[1]!)).toEqual([
+        expect.stringMatching(
+          /^last good copy: target "b" keeps it but its verify record .* could not be read, so whether its copy is good is unknown/,
+        ),
+      ]);
       // "b" deletes nothing (its policy would remove 0) and says why.
       expect(outcome(result, 'b').ok).toBe(false);
       expect(outcome(result, 'b').refused).toMatchObject({ rail: 'verify-record', ids: [ids[0]] });
@@ -151,7 +179,8 @@ describe('prune: a verify record that cannot be read makes that target\'s copies
     await b.target.put(RECORD, Buffer.from('{ "formatVersion": 1, half a record'));
 
     const err = await runPrune({
-      targets: [a.target, b.target], database: DATABASE,
+      targets: [a.target, b.target],
+      database: DATABASE,
       retention: retention({ TCAB_BACKUP_RETENTION_A: 'last=3', TCAB_BACKUP_RETENTION_B: 'last=1' }),
     }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PruneFailedError);
@@ -170,11 +199,17 @@ describe('prune: a verify record that cannot be read makes that target\'s copies
     await store(b.target, snaps);
     await b.target.put(RECORD, Buffer.from('{ "formatVersion": 1, half a record'));
     const err = await runPrune({
-      targets: [b.target], database: DATABASE,
-      retention: loadRetentionConfig({
-        TCAB_BACKUP_RETENTION_MIN_KEEP: '0', TCAB_BACKUP_RETENTION_MIN_AGE: '0s', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '0.5',
-        TCAB_BACKUP_RETENTION_B: 'last=1',
-      }, ['b']),
+      targets: [b.target],
+      database: DATABASE,
+      retention: loadRetentionConfig(
+        {
+          TCAB_BACKUP_RETENTION_MIN_KEEP: '0',
+          TCAB_BACKUP_RETENTION_MIN_AGE: '0s',
+          TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '0.5',
+          TCAB_BACKUP_RETENTION_B: 'last=1',
+        },
+        ['b'],
+      ),
     }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PruneFailedError);
     const message = (err as Error).message;

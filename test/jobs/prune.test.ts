@@ -12,7 +12,18 @@ import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { listPage, startFaultProxy } from '../support/fault-proxy.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, storeSnapshot, testWorld, type TestSnapshot,
+  DATABASE,
+  DAY,
+  HOUR,
+  blobTarget,
+  history,
+  idsOn,
+  invalidSnapshots,
+  makeSnapshot,
+  s3Target,
+  storeSnapshot,
+  testWorld,
+  type TestSnapshot,
 } from '../support/stored-snapshots.js';
 
 const world = testWorld();
@@ -24,10 +35,15 @@ async function folder(name = 'local'): Promise<{ target: Target; dir: string }> 
 
 /** Settings as an operator writes them; rails default to permissive so each test turns on the one it checks. */
 function retention(names: string[], settings: Record<string, string>) {
-  return loadRetentionConfig({
-    TCAB_BACKUP_RETENTION_MIN_KEEP: '0', TCAB_BACKUP_RETENTION_MIN_AGE: '0s', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
-    ...settings,
-  }, names);
+  return loadRetentionConfig(
+    {
+      TCAB_BACKUP_RETENTION_MIN_KEEP: '0',
+      TCAB_BACKUP_RETENTION_MIN_AGE: '0s',
+      TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
+      ...settings,
+    },
+    names,
+  );
 }
 
 async function stored(target: Target, snaps: TestSnapshot[]): Promise<string[]> {
@@ -41,10 +57,19 @@ describe('prune', () => {
   it('removes what the policy removes, manifest and data, and says why each kept snapshot stays', async () => {
     const { target } = await folder();
     const ids = await stored(target, history(6, ago(HOUR), DAY));
-    const result = await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'daily=3' }) });
+    const result = await runPrune({
+      targets: [target],
+      database: DATABASE,
+      retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'daily=3' }),
+    });
     const t = result.targets[0]!;
     expect(t.removed).toEqual(ids.slice(0, 3).reverse());
-    expect(t.kept).toEqual(ids.slice(3).reverse().map((id) => ({ id, reasons: ['daily snapshot'] })));
+    expect(t.kept).toEqual(
+      ids
+        .slice(3)
+        .reverse()
+        .map((id) => ({ id, reasons: ['daily snapshot'] })),
+    );
     expect(t.policy).toBe('TCAB_BACKUP_RETENTION_LOCAL');
     expect(t.rails).toEqual([]);
     expect(await idsOn(target)).toEqual(ids.slice(3));
@@ -58,7 +83,10 @@ describe('prune', () => {
   it('lists what it would remove with --dry-run and removes nothing', async () => {
     const { target } = await folder();
     const ids = await stored(target, history(4, ago(HOUR), DAY));
-    const result = await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) }, { dryRun: true });
+    const result = await runPrune(
+      { targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) },
+      { dryRun: true },
+    );
     expect(result.dryRun).toBe(true);
     expect(result.targets[0]!.removed).toEqual(ids.slice(0, 3).reverse());
     expect(await idsOn(target)).toEqual(ids);
@@ -68,7 +96,9 @@ describe('prune', () => {
     const { target } = await folder();
     const pinned = makeSnapshot({ time: ago(40 * DAY), tags: ['pinned'] });
     const ids = await stored(target, [pinned, ...history(3, ago(HOUR), DAY)]);
-    const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) })).targets[0]!;
+    const t = (
+      await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) })
+    ).targets[0]!;
     expect(t.rails).toEqual([expect.objectContaining({ rail: 'pinned', ids: [pinned.manifest.id] })]);
     expect(await idsOn(target)).toEqual([pinned.manifest.id, ids[3]]);
   });
@@ -78,7 +108,9 @@ describe('prune', () => {
     const snaps = history(3, ago(HOUR), DAY);
     const ids = await stored(target, snaps);
     await target.delete(snaps[2]!.manifest.key); // the newest has lost its data: not verified
-    const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) })).targets[0]!;
+    const t = (
+      await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) })
+    ).targets[0]!;
     expect(t.rails).toEqual([expect.objectContaining({ rail: 'newest-verified', ids: [ids[1]] })]);
     expect(t.removed).toEqual([ids[0]]);
     expect(await idsOn(target)).toEqual(ids.slice(1));
@@ -92,8 +124,12 @@ describe('prune', () => {
     const bytes = await readFile(damaged);
     bytes[0]! ^= 0xff;
     await writeFile(damaged, bytes);
-    await expect(runVerifyRotation({ targets: [target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true })).rejects.toThrow(ids[2]!);
-    const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) })).targets[0]!;
+    await expect(
+      runVerifyRotation({ targets: [target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true }),
+    ).rejects.toThrow(ids[2]!);
+    const t = (
+      await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) })
+    ).targets[0]!;
     expect(t.rails).toEqual([expect.objectContaining({ rail: 'newest-verified', ids: [ids[1]] })]);
     expect(await idsOn(target)).toEqual(ids.slice(1));
   });
@@ -103,19 +139,29 @@ describe('prune', () => {
     const young = history(2, ago(10 * 60_000), 15 * 60_000);
     const old = history(4, ago(2 * DAY), DAY);
     const ids = await stored(target, [...old, ...young]);
-    const t = (await runPrune({
-      targets: [target], database: DATABASE,
-      retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1', TCAB_BACKUP_RETENTION_MIN_KEEP: '3', TCAB_BACKUP_RETENTION_MIN_AGE: '1h' }),
-    })).targets[0]!;
+    const t = (
+      await runPrune({
+        targets: [target],
+        database: DATABASE,
+        retention: retention(['local'], {
+          TCAB_BACKUP_RETENTION_LOCAL: 'last=1',
+          TCAB_BACKUP_RETENTION_MIN_KEEP: '3',
+          TCAB_BACKUP_RETENTION_MIN_AGE: '1h',
+        }),
+      })
+    ).targets[0]!;
     expect(t.rails.map((r) => [r.rail, r.ids])).toEqual([['min-keep', [ids[4], ids[3]]]]);
     expect(t.kept.find((k) => k.id === ids[4])!.reasons).toEqual(['one of the 3 newest (min keep)']);
     expect(await idsOn(target)).toEqual(ids.slice(3));
 
     // With fewer to keep by count, the age rail holds the young ones.
-    const again = (await runPrune({
-      targets: [target], database: DATABASE,
-      retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1', TCAB_BACKUP_RETENTION_MIN_AGE: '1h' }),
-    })).targets[0]!;
+    const again = (
+      await runPrune({
+        targets: [target],
+        database: DATABASE,
+        retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1', TCAB_BACKUP_RETENTION_MIN_AGE: '1h' }),
+      })
+    ).targets[0]!;
     expect(again.rails.map((r) => [r.rail, r.ids])).toEqual([['min-age', [ids[4]]]]);
     expect(await idsOn(target)).toEqual(ids.slice(4));
   });
@@ -126,7 +172,13 @@ describe('prune', () => {
     const recent = [makeSnapshot({ time: ago(5 * HOUR) }), makeSnapshot({ time: ago(HOUR) })];
     const stale = makeSnapshot({ time: ago(3 * DAY) });
     await stored(target, [stale, ...recent, future]);
-    const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'within=1d' }) })).targets[0]!;
+    const t = (
+      await runPrune({
+        targets: [target],
+        database: DATABASE,
+        retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'within=1d' }),
+      })
+    ).targets[0]!;
     expect(t.removed).toEqual([stale.manifest.id]);
     expect(await idsOn(target)).toEqual([recent[0]!.manifest.id, recent[1]!.manifest.id, future.manifest.id]);
   });
@@ -134,12 +186,18 @@ describe('prune', () => {
   it('refuses a policy that would delete (almost) everything, and deletes as asked with --force', async () => {
     const { target } = await folder();
     const ids = await stored(target, history(5, ago(HOUR), DAY));
-    const deps = { targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'tags=release', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '0.5' }) };
+    const deps = {
+      targets: [target],
+      database: DATABASE,
+      retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'tags=release', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '0.5' }),
+    };
 
     const err = await runPrune(deps).catch((e: Error) => e);
     expect(err).toBeInstanceOf(PruneFailedError);
     expect((err as PruneFailedError).code).toBe('PRUNE_REFUSED');
-    expect((err as Error).message).toContain('would delete 4 of 5 snapshots on target "local" (80%), more than TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE allows (50%)');
+    expect((err as Error).message).toContain(
+      'would delete 4 of 5 snapshots on target "local" (80%), more than TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE allows (50%)',
+    );
     expect((err as Error).message).toContain('--force');
     expect((err as PruneFailedError).result.targets[0]!.refused!.rail).toBe('max-delete-share');
     expect(await idsOn(target)).toEqual(ids);
@@ -163,7 +221,9 @@ describe('prune', () => {
     await writeFile(partial, 'an upload that never finished');
     await utimes(partial, twoDaysAgo, twoDaysAgo);
 
-    const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=5' }) })).targets[0]!;
+    const t = (
+      await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=5' }) })
+    ).targets[0]!;
     expect(t.garbage).toEqual({ removed: [old.manifest.key], held: [], staleUploads: 1 });
     await expect(target.head(old.manifest.key)).rejects.toMatchObject({ code: 'NOT_FOUND' });
     expect((await target.head(young.manifest.key)).size).toBe(young.data.length);
@@ -177,7 +237,11 @@ describe('prune', () => {
     const broken = join(dir, ...manifestKey(DATABASE, ids[0]!).split('/'));
     await mkdir(dirname(broken), { recursive: true });
     await writeFile(broken, '{"formatVersion": 1, "id": "truncated');
-    const err = await runPrune({ targets: [target], database: DATABASE, retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) }).catch((e: Error) => e);
+    const err = await runPrune({
+      targets: [target],
+      database: DATABASE,
+      retention: retention(['local'], { TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }),
+    }).catch((e: Error) => e);
     expect(err).toBeInstanceOf(PruneFailedError);
     expect((err as Error).message).toContain(`snapshot ${ids[0]}`);
     expect((err as Error).message).toContain('not valid JSON');
@@ -198,7 +262,11 @@ describe('prune', () => {
     proxy.inject({ match: (m, u) => m === 'DELETE' && u.pathname.endsWith(`${ids[0]}.json`), fault: immutable, times: Infinity });
     proxy.inject({ match: (m, u) => m === 'DELETE' && u.pathname.endsWith(`${ids[1]}.sqlite`), fault: immutable, times: Infinity });
 
-    const result = await runPrune({ targets: [target], database: DATABASE, retention: retention(['blob'], { TCAB_BACKUP_RETENTION_BLOB: 'last=2' }) });
+    const result = await runPrune({
+      targets: [target],
+      database: DATABASE,
+      retention: retention(['blob'], { TCAB_BACKUP_RETENTION_BLOB: 'last=2' }),
+    });
     const t = result.targets[0]!;
     expect(t.ok).toBe(true);
     expect(t.removed).toEqual([]);
@@ -220,7 +288,11 @@ describe('prune', () => {
     const onHealthy = await stored(healthy, snaps);
     proxy.inject({ match: listPage(3), fault: { status: 500, code: 'InternalError' }, times: Infinity });
 
-    const deps = { targets: [flaky, healthy], database: DATABASE, retention: retention(['blob', 'local'], { TCAB_BACKUP_RETENTION_BLOB: 'last=1', TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }) };
+    const deps = {
+      targets: [flaky, healthy],
+      database: DATABASE,
+      retention: retention(['blob', 'local'], { TCAB_BACKUP_RETENTION_BLOB: 'last=1', TCAB_BACKUP_RETENTION_LOCAL: 'last=1' }),
+    };
     const err = await runPrune(deps).catch((e: Error) => e);
     expect(err).toBeInstanceOf(PruneFailedError);
     expect((err as Error).message).toMatch(/target "blob": listing failed: .*HTTP 500/);
@@ -239,7 +311,9 @@ describe('prune', () => {
     const target = blobTarget(world.clouds, 'blob', { proxy, pageSize: 2 });
     const ids = await stored(target, history(6, ago(HOUR), DAY));
     proxy.inject({ match: listPage(3), fault: { status: 503, code: 'ServerBusy' }, times: 1 });
-    const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['blob'], { TCAB_BACKUP_RETENTION_BLOB: 'last=2' }) })).targets[0]!;
+    const t = (
+      await runPrune({ targets: [target], database: DATABASE, retention: retention(['blob'], { TCAB_BACKUP_RETENTION_BLOB: 'last=2' }) })
+    ).targets[0]!;
     expect(proxy.seen.some((s) => s.fault === '503')).toBe(true);
     expect(t.removed).toEqual(ids.slice(0, 4).reverse());
     expect(await idsOn(target)).toEqual(ids.slice(4));
@@ -255,9 +329,16 @@ describe('prune', () => {
     proxy.inject({ match: (m) => m === 'DELETE', fault: 'reset', times: 2 });
     proxy.inject({ match: (m) => m === 'GET', fault: { status: 429, code: 'SlowDown', retryAfter: '0' }, times: 2 });
 
-    const t = (await runPrune({ targets: [target], database: DATABASE, retention: retention(['s3'], { TCAB_BACKUP_RETENTION_S3: 'last=3' }) })).targets[0]!;
+    const t = (
+      await runPrune({ targets: [target], database: DATABASE, retention: retention(['s3'], { TCAB_BACKUP_RETENTION_S3: 'last=3' }) })
+    ).targets[0]!;
 
-    expect(proxy.seen.filter((s) => s.fault).map((s) => s.fault).sort()).toEqual(['429', '429', '503', '503', '503', 'reset', 'reset']);
+    expect(
+      proxy.seen
+        .filter((s) => s.fault)
+        .map((s) => s.fault)
+        .sort(),
+    ).toEqual(['429', '429', '503', '503', '503', 'reset', 'reset']);
     expect(t.removed).toEqual(ids.slice(0, 5).reverse());
     expect(await idsOn(target)).toEqual(ids.slice(5));
     expect(await invalidSnapshots([target])).toEqual([]);
@@ -266,7 +347,11 @@ describe('prune', () => {
     await stored(target, history(2, ago(30 * DAY), DAY));
     proxy.clear();
     proxy.inject({ match: (m) => m === 'DELETE', fault: { status: 500, code: 'InternalError' }, times: Infinity });
-    const err = await runPrune({ targets: [target], database: DATABASE, retention: retention(['s3'], { TCAB_BACKUP_RETENTION_S3: 'last=3' }) }).catch((e: Error) => e);
+    const err = await runPrune({
+      targets: [target],
+      database: DATABASE,
+      retention: retention(['s3'], { TCAB_BACKUP_RETENTION_S3: 'last=3' }),
+    }).catch((e: Error) => e);
     expect(err).toBeInstanceOf(PruneFailedError);
     expect((err as Error).message).toMatch(/target "s3": removing snapshot .* failed: .*HTTP 500/);
     proxy.clear();

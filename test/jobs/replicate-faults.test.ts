@@ -15,7 +15,18 @@ import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startForwardingProxy, type ForwardingProxy } from '../support/http-proxy.js';
 import { startR2Proxy, type R2Proxy } from '../support/r2-proxy.js';
 import {
-  BUCKET, DATABASE, HOUR, blobTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, storeSnapshot, testWorld, type TestSnapshot,
+  BUCKET,
+  DATABASE,
+  HOUR,
+  blobTarget,
+  history,
+  idsOn,
+  invalidSnapshots,
+  makeSnapshot,
+  s3Target,
+  storeSnapshot,
+  testWorld,
+  type TestSnapshot,
 } from '../support/stored-snapshots.js';
 
 const world = testWorld();
@@ -27,13 +38,20 @@ async function folder(name: string): Promise<Target> {
 }
 
 const KINDS = [
-  { kind: 'Azurite', upstream: () => world.clouds.azurite.endpoint, open: (proxy: FaultProxy) => blobTarget(world.clouds, 'cloud', { proxy }) },
+  {
+    kind: 'Azurite',
+    upstream: () => world.clouds.azurite.endpoint,
+    open: (proxy: FaultProxy) => blobTarget(world.clouds, 'cloud', { proxy }),
+  },
   { kind: 's3rver', upstream: () => world.clouds.s3.endpoint, open: (proxy: FaultProxy) => s3Target(world.clouds, 'cloud', { proxy }) },
 ];
 
 /** Two small snapshots and one of 9 MiB: more than one upload part or block. */
 function snapshots(): TestSnapshot[] {
-  return [...history(2, new Date(Date.now() - 2 * HOUR), HOUR), makeSnapshot({ time: new Date(Date.now() - HOUR), bytes: 9 * 1024 * 1024 + 17 })];
+  return [
+    ...history(2, new Date(Date.now() - 2 * HOUR), HOUR),
+    makeSnapshot({ time: new Date(Date.now() - HOUR), bytes: 9 * 1024 * 1024 + 17 }),
+  ];
 }
 
 async function seeded(target: Target, snaps: TestSnapshot[]): Promise<string[]> {
@@ -62,7 +80,12 @@ describe.each(KINDS)('replicate through faults in front of $kind', ({ upstream, 
     const result = await runReplicate({ targets: [local, cloud], database: DATABASE }, FAST);
 
     expect(proxy.seen.filter((s) => s.fault).map((s) => s.fault)).toEqual(['503', '503', '503', '429', '429']);
-    expect(result.targets.find((t) => t.target === 'cloud')!.copied.map((c) => c.id).sort()).toEqual(ids);
+    expect(
+      result.targets
+        .find((t) => t.target === 'cloud')!
+        .copied.map((c) => c.id)
+        .sort(),
+    ).toEqual(ids);
     expect(await idsOn(cloud)).toEqual(ids);
     expect(await invalidSnapshots([local, cloud])).toEqual([]);
   });
@@ -92,7 +115,9 @@ describe.each(KINDS)('replicate through faults in front of $kind', ({ upstream, 
     const result = await runReplicate({ targets: [cloud, local], database: DATABASE }, FAST);
 
     expect(proxy.seen.filter((s) => s.fault?.startsWith('cut'))).toHaveLength(1);
-    expect(result.targets.find((t) => t.target === 'local')!.copied).toEqual([expect.objectContaining({ id: big.manifest.id, from: 'cloud' })]);
+    expect(result.targets.find((t) => t.target === 'local')!.copied).toEqual([
+      expect.objectContaining({ id: big.manifest.id, from: 'cloud' }),
+    ]);
     expect(await invalidSnapshots([local, cloud])).toEqual([]);
   });
 
@@ -107,7 +132,9 @@ describe.each(KINDS)('replicate through faults in front of $kind', ({ upstream, 
     const err = await runReplicate({ targets: [cloud, local], database: DATABASE }, FAST).catch((e: Error) => e);
 
     expect(err).toBeInstanceOf(ReplicateFailedError);
-    expect((err as Error).message).toContain(`snapshot ${big.manifest.id} to target "local" from "cloud": reading snapshot ${big.manifest.id} on target "cloud" broke off`);
+    expect((err as Error).message).toContain(
+      `snapshot ${big.manifest.id} to target "local" from "cloud": reading snapshot ${big.manifest.id} on target "cloud" broke off`,
+    );
     expect(proxy.seen.filter((s) => s.fault?.startsWith('cut'))).toHaveLength(3); // the first try and two retries
     expect(await idsOn(local)).toEqual([]);
     await expect(local.head(big.manifest.key)).rejects.toMatchObject({ code: 'NOT_FOUND' });
@@ -144,7 +171,11 @@ describe('replicate to R2 when bytes change on the way', () => {
   let garbler: ForwardingProxy;
   let garble = 0;
   beforeAll(async () => {
-    r2 = await startR2Proxy({ upstream: world.clouds.s3.endpoint, accessKeyId: world.clouds.s3.accessKeyId, secretAccessKey: world.clouds.s3.secretAccessKey });
+    r2 = await startR2Proxy({
+      upstream: world.clouds.s3.endpoint,
+      accessKeyId: world.clouds.s3.accessKeyId,
+      secretAccessKey: world.clouds.s3.secretAccessKey,
+    });
     // Between us and "R2": flips one bit in the middle of the next `garble` artifact uploads, keeping the
     // length and the headers (and so the signature and the x-amz-content-sha256 it promises).
     const upstream = new URL(r2.endpoint);
@@ -153,7 +184,14 @@ describe('replicate to R2 when bytes change on the way', () => {
       garble--;
       const middle = Math.floor(Number(x.req.headers['content-length']) / 2);
       let seen = 0;
-      const out = httpRequest({ host: upstream.hostname, port: upstream.port, method: 'PUT', path: x.req.url, headers: x.req.headers, agent: false });
+      const out = httpRequest({
+        host: upstream.hostname,
+        port: upstream.port,
+        method: 'PUT',
+        path: x.req.url,
+        headers: x.req.headers,
+        agent: false,
+      });
       await new Promise<void>((resolve) => {
         out.on('response', (answer) => {
           x.res.writeHead(answer.statusCode ?? 502, answer.headers);
@@ -181,7 +219,8 @@ describe('replicate to R2 when bytes change on the way', () => {
   it('R2 refuses the changed bytes, stores nothing of them, and the copy is sent again from the source', async () => {
     const local = await folder('local');
     const spec = parseTargetUrl('r2', `s3://${BUCKET}/garbled-${Date.now()}?endpoint=${garbler.endpoint}`, {
-      accessKeyId: world.clouds.s3.accessKeyId, secretAccessKey: world.clouds.s3.secretAccessKey,
+      accessKeyId: world.clouds.s3.accessKeyId,
+      secretAccessKey: world.clouds.s3.secretAccessKey,
     });
     const cloud = openTarget(spec, { retry: FAST.retry });
     const big = makeSnapshot({ time: new Date(Date.now() - HOUR), bytes: 3 * 1024 * 1024 + 5 });

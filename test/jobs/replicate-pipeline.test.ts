@@ -11,7 +11,17 @@ import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
 import { startForwardingProxy, type ForwardingProxy } from '../support/http-proxy.js';
 import {
-  BUCKET, CONTAINER, DATABASE, FAST_RETRY, HOUR, history, idsOn, invalidSnapshots, startClouds, storeSnapshot, type Clouds,
+  BUCKET,
+  CONTAINER,
+  DATABASE,
+  FAST_RETRY,
+  HOUR,
+  history,
+  idsOn,
+  invalidSnapshots,
+  startClouds,
+  storeSnapshot,
+  type Clouds,
 } from '../support/stored-snapshots.js';
 
 const MiB = 1024 * 1024;
@@ -58,7 +68,9 @@ async function recordedSource(): Promise<Target> {
   const upstream = new URL(clouds.azurite.endpoint);
   const endpoint = `${proxy.endpoint}${upstream.pathname}`;
   const connectionString = clouds.azurite.connectionString.replace(/BlobEndpoint=[^;]+;/, `BlobEndpoint=${endpoint};`);
-  const spec = parseTargetUrl('blob', `azblob://${clouds.azurite.account}/${CONTAINER}/pipeline-${Date.now()}?endpoint=${endpoint}`, { connectionString });
+  const spec = parseTargetUrl('blob', `azblob://${clouds.azurite.account}/${CONTAINER}/pipeline-${Date.now()}?endpoint=${endpoint}`, {
+    connectionString,
+  });
   return openTarget(spec, { retry: FAST_RETRY });
 }
 
@@ -70,14 +82,16 @@ async function slowCompletingDestination(singlePutMaxBytes: number | undefined):
   const proxy = await startForwardingProxy(clouds.s3.endpoint, async (x) => {
     const q = x.url.searchParams;
     destinationRequests.push(`${x.req.method} ${x.url.pathname}${x.url.search}`);
-    const complete = (x.req.method === 'POST' && q.has('uploadId'))
-      || (x.req.method === 'PUT' && /\.sqlite[^/]*$/.test(x.url.pathname) && !q.has('uploadId'));
+    const complete =
+      (x.req.method === 'POST' && q.has('uploadId')) ||
+      (x.req.method === 'PUT' && /\.sqlite[^/]*$/.test(x.url.pathname) && !q.has('uploadId'));
     await x.forward({ beforeAnswer: () => (complete ? hold(x.url.pathname) : Promise.resolve()) });
     if (complete) note('complete-end', x.url.pathname);
   });
   proxies.push(proxy);
   const spec = parseTargetUrl('r2', `s3://${BUCKET}/pipeline-${Date.now()}?endpoint=${proxy.endpoint}`, {
-    accessKeyId: clouds.s3.accessKeyId, secretAccessKey: clouds.s3.secretAccessKey,
+    accessKeyId: clouds.s3.accessKeyId,
+    secretAccessKey: clouds.s3.secretAccessKey,
   });
   return openTarget(spec, { retry: FAST_RETRY, ...(singlePutMaxBytes !== undefined ? { tuning: { singlePutMaxBytes } } : {}) });
 }
@@ -102,44 +116,47 @@ describe('replicate pipeline', () => {
   it.each([
     { upload: 'one PutObject per copy', singlePutMaxBytes: undefined },
     { upload: 'multipart uploads', singlePutMaxBytes: 5 * MiB },
-  ])('$upload: reads the next snapshot while the destination completes the previous one, never more than `concurrency` reads at once', async ({ upload, singlePutMaxBytes }) => {
-    const source = await recordedSource();
-    const destination = await slowCompletingDestination(singlePutMaxBytes);
-    // Over 5 MiB each: with a 5 MiB cut-off every copy is a multipart upload with a completion step.
-    const snaps = history(3, new Date(), HOUR, { bytes: 6 * MiB + 12_345 });
-    for (const s of snaps) await storeSnapshot(source, s);
-    events.length = 0;
-    destinationRequests.length = 0;
-    completedIds.clear();
-    expectedReads = snaps.length;
+  ])(
+    '$upload: reads the next snapshot while the destination completes the previous one, never more than `concurrency` reads at once',
+    async ({ upload, singlePutMaxBytes }) => {
+      const source = await recordedSource();
+      const destination = await slowCompletingDestination(singlePutMaxBytes);
+      // Over 5 MiB each: with a 5 MiB cut-off every copy is a multipart upload with a completion step.
+      const snaps = history(3, new Date(), HOUR, { bytes: 6 * MiB + 12_345 });
+      for (const s of snaps) await storeSnapshot(source, s);
+      events.length = 0;
+      destinationRequests.length = 0;
+      completedIds.clear();
+      expectedReads = snaps.length;
 
-    const result = await runReplicate({ targets: [source, destination], database: DATABASE }, { concurrency: 1 });
+      const result = await runReplicate({ targets: [source, destination], database: DATABASE }, { concurrency: 1 });
 
-    expect(result.copied).toBe(3);
-    const multipart = destinationRequests.filter((r) => r.includes('uploadId='));
-    if (upload === 'multipart uploads') expect(multipart.length).toBeGreaterThanOrEqual(3 * 3);
-    else expect(multipart, 'no part uploads when one PutObject takes the copy').toEqual([]);
-    expect(await idsOn(destination)).toEqual(snaps.map((s) => s.manifest.id));
-    expect(await invalidSnapshots([destination])).toEqual([]);
+      expect(result.copied).toBe(3);
+      const multipart = destinationRequests.filter((r) => r.includes('uploadId='));
+      if (upload === 'multipart uploads') expect(multipart.length).toBeGreaterThanOrEqual(3 * 3);
+      else expect(multipart, 'no part uploads when one PutObject takes the copy').toEqual([]);
+      expect(await idsOn(destination)).toEqual(snaps.map((s) => s.manifest.id));
+      expect(await invalidSnapshots([destination])).toEqual([]);
 
-    const reads = events.filter((e) => e.what === 'read-start').map((e) => idOf(e.path));
-    const newestFirst = snaps.map((s) => s.manifest.id).reverse();
-    expect(reads).toEqual(newestFirst);
+      const reads = events.filter((e) => e.what === 'read-start').map((e) => idOf(e.path));
+      const newestFirst = snaps.map((s) => s.manifest.id).reverse();
+      expect(reads).toEqual(newestFirst);
 
-    // Each later read started before the completion of the copy before it was answered.
-    for (let i = 1; i < newestFirst.length; i++) {
-      const nextRead = events.find((e) => e.what === 'read-start' && idOf(e.path) === newestFirst[i])!;
-      const previousComplete = events.find((e) => e.what === 'complete-end' && idOf(e.path) === newestFirst[i - 1])!;
-      expect(nextRead.at, `read of ${newestFirst[i]} vs completion of ${newestFirst[i - 1]}`).toBeLessThan(previousComplete.at);
-    }
+      // Each later read started before the completion of the copy before it was answered.
+      for (let i = 1; i < newestFirst.length; i++) {
+        const nextRead = events.find((e) => e.what === 'read-start' && idOf(e.path) === newestFirst[i])!;
+        const previousComplete = events.find((e) => e.what === 'complete-end' && idOf(e.path) === newestFirst[i - 1])!;
+        expect(nextRead.at, `read of ${newestFirst[i]} vs completion of ${newestFirst[i - 1]}`).toBeLessThan(previousComplete.at);
+      }
 
-    // Concurrency 1: a read starts only after the previous read has ended.
-    let reading = 0;
-    let most = 0;
-    for (const e of events) {
-      if (e.what === 'read-start') most = Math.max(most, ++reading);
-      if (e.what === 'read-end') reading--;
-    }
-    expect(most).toBe(1);
-  });
+      // Concurrency 1: a read starts only after the previous read has ended.
+      let reading = 0;
+      let most = 0;
+      for (const e of events) {
+        if (e.what === 'read-start') most = Math.max(most, ++reading);
+        if (e.what === 'read-end') reading--;
+      }
+      expect(most).toBe(1);
+    },
+  );
 });

@@ -46,7 +46,11 @@ async function twoTargets() {
   const b = await fresh('b');
   const snaps = history(4, new Date(Date.now() - 2 * HOUR), DAY);
   for (const s of snaps) await storeSnapshot(a.target, s);
-  const env = { TCAB_BACKUP_TARGETS: `a=file://${a.dir},b=file://${b.dir}`, TCAB_BACKUP_RETENTION_MIN_KEEP: '1', TCAB_BACKUP_RETENTION_MIN_AGE: '1h' };
+  const env = {
+    TCAB_BACKUP_TARGETS: `a=file://${a.dir},b=file://${b.dir}`,
+    TCAB_BACKUP_RETENTION_MIN_KEEP: '1',
+    TCAB_BACKUP_RETENTION_MIN_AGE: '1h',
+  };
   return { a, b, ids: snaps.map((s) => s.manifest.id), env };
 }
 
@@ -79,7 +83,9 @@ describe('tcab-backup replicate', () => {
   it('rejects an unknown flag and names a bad setting', async () => {
     const { env } = await twoTargets();
     await expect(replicateCommand(['--force'], cli(env).ctx)).rejects.toBeInstanceOf(UsageError);
-    await expect(replicateCommand([], cli({ ...env, TCAB_BACKUP_RETENTION_C: 'last=1' }).ctx)).rejects.toThrow(/TCAB_BACKUP_RETENTION_C: is set, but no target/);
+    await expect(replicateCommand([], cli({ ...env, TCAB_BACKUP_RETENTION_C: 'last=1' }).ctx)).rejects.toThrow(
+      /TCAB_BACKUP_RETENTION_C: is set, but no target/,
+    );
     await expect(replicateCommand([], cli({}).ctx)).rejects.toBeInstanceOf(ConfigError);
   });
 });
@@ -117,7 +123,9 @@ describe('tcab-backup prune', () => {
     const err = await pruneCommand(['--force'], run.ctx).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(PruneFailedError);
     expect((err as PruneFailedError).code).toBe('PRUNE_FAILED');
-    expect((err as Error).message).toMatch(/target "a": its verify record status\/tcab\.verify\.json could not be read \(.*is not valid JSON\)/);
+    expect((err as Error).message).toMatch(
+      /target "a": its verify record status\/tcab\.verify\.json could not be read \(.*is not valid JSON\)/,
+    );
     expect(run.out()).toMatch(/\n\s+a\s+4\s+4\s+refused\s+0\s+0\s+TCAB_BACKUP_RETENTION_A\n/);
     expect(run.out()).toContain('a: REFUSED (verify-record): Retention refused on target "a"');
     expect(run.out()).toContain('Check: run "tcab-backup verify --target a"');

@@ -13,7 +13,15 @@ import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import {
-  DATABASE, DAY, HOUR, history, idsOn, invalidSnapshots, storeSnapshot, testWorld, type TestSnapshot,
+  DATABASE,
+  DAY,
+  HOUR,
+  history,
+  idsOn,
+  invalidSnapshots,
+  storeSnapshot,
+  testWorld,
+  type TestSnapshot,
 } from '../support/stored-snapshots.js';
 
 const world = testWorld({ clouds: false });
@@ -38,8 +46,9 @@ async function corruptAndVerify(f: Folder, snap: TestSnapshot): Promise<void> {
   const bytes = await readFile(artifactPath(f, snap));
   bytes[100]! ^= 0xff;
   await writeFile(artifactPath(f, snap), bytes);
-  await expect(runVerifyRotation({ targets: [f.target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true }))
-    .rejects.toThrow(snap.manifest.id);
+  await expect(
+    runVerifyRotation({ targets: [f.target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true }),
+  ).rejects.toThrow(snap.manifest.id);
   expect(copyState(await readVerifyRecord(f.target, DATABASE), snap.manifest.id).state).toBe('failed');
 }
 
@@ -68,7 +77,13 @@ describe('replicate repairs copies whose last verify failed', () => {
     const result = await runReplicate({ targets: [a.target, b.target], database: DATABASE });
 
     const onB = result.targets.find((t) => t.target === 'b')!;
-    expect(onB.copied).toEqual([expect.objectContaining({ id: damaged.manifest.id, from: 'a', repaired: expect.stringMatching(/^its last verify failed \(.*sha256/) })]);
+    expect(onB.copied).toEqual([
+      expect.objectContaining({
+        id: damaged.manifest.id,
+        from: 'a',
+        repaired: expect.stringMatching(/^its last verify failed \(.*sha256/),
+      }),
+    ]);
     expect(onB.copied[0]!.refusedSources).toBeUndefined();
     expect(result.targets.find((t) => t.target === 'a')!.copied).toEqual([]);
     expect(await readFile(artifactPath(b, damaged))).toEqual(damaged.data);
@@ -86,7 +101,10 @@ describe('replicate repairs copies whose last verify failed', () => {
     const again = await runReplicate({ targets: [a.target, b.target], database: DATABASE });
     expect(again.copied).toBe(0);
     expect(again.targets.every((t) => t.present === 2 && t.planned.length === 0)).toBe(true);
-    const verified = await runVerifyRotation({ targets: [a.target, b.target], database: DATABASE }, { withinMs: 7 * DAY, intervalMs: DAY, all: true });
+    const verified = await runVerifyRotation(
+      { targets: [a.target, b.target], database: DATABASE },
+      { withinMs: 7 * DAY, intervalMs: DAY, all: true },
+    );
     expect(verified.failed).toBe(0);
   });
 
@@ -103,7 +121,9 @@ describe('replicate repairs copies whose last verify failed', () => {
 
     for (const name of ['a', 'b']) {
       const copied = result.targets.find((t) => t.target === name)!.copied;
-      expect(copied).toEqual([expect.objectContaining({ id: snap!.manifest.id, from: 'c', repaired: expect.stringMatching(/last verify failed/) })]);
+      expect(copied).toEqual([
+        expect.objectContaining({ id: snap!.manifest.id, from: 'c', repaired: expect.stringMatching(/last verify failed/) }),
+      ]);
       // Had the other damaged copy been tried first, it would show as a refused source.
       expect(copied[0]!.refusedSources).toBeUndefined();
     }
@@ -149,7 +169,9 @@ describe('replicate repairs copies whose last verify failed', () => {
     const result = await runReplicate({ targets: [a.target, b.target], database: DATABASE }, { dryRun: true });
 
     const onB = result.targets.find((t) => t.target === 'b')!;
-    expect(onB.planned).toEqual([{ id: damaged.manifest.id, from: 'a', bytes: damaged.data.length, repairs: expect.stringMatching(/^its last verify failed/) }]);
+    expect(onB.planned).toEqual([
+      { id: damaged.manifest.id, from: 'a', bytes: damaged.data.length, repairs: expect.stringMatching(/^its last verify failed/) },
+    ]);
     expect(onB.present).toBe(1);
     expect(result.targets.find((t) => t.target === 'a')!.planned).toEqual([]);
     expect(result.copied).toBe(0);
@@ -164,10 +186,16 @@ describe('replicate repairs copies whose last verify failed', () => {
     await store(a.target, snaps);
     await store(b.target, snaps);
     await corruptAndVerify(b, snaps[1]!);
-    const retention = loadRetentionConfig({
-      TCAB_BACKUP_RETENTION_MIN_KEEP: '0', TCAB_BACKUP_RETENTION_MIN_AGE: '0s', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
-      TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=3',
-    }, ['a', 'b']);
+    const retention = loadRetentionConfig(
+      {
+        TCAB_BACKUP_RETENTION_MIN_KEEP: '0',
+        TCAB_BACKUP_RETENTION_MIN_AGE: '0s',
+        TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
+        TCAB_BACKUP_RETENTION_A: 'last=1',
+        TCAB_BACKUP_RETENTION_B: 'last=3',
+      },
+      ['a', 'b'],
+    );
     const deps = { targets: [a.target, b.target], database: DATABASE, retention };
 
     // Before the repair, "a" must hold its good copy of the snapshot "b" keeps damaged.

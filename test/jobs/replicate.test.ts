@@ -12,7 +12,17 @@ import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, storeSnapshot, testWorld,
+  DATABASE,
+  DAY,
+  HOUR,
+  blobTarget,
+  history,
+  idsOn,
+  invalidSnapshots,
+  makeSnapshot,
+  s3Target,
+  storeSnapshot,
+  testWorld,
 } from '../support/stored-snapshots.js';
 
 const world = testWorld();
@@ -28,7 +38,11 @@ describe('replicate', () => {
     const blob = blobTarget(world.clouds, 'blob');
     const s3 = s3Target(world.clouds, 's3');
     const now = Date.now();
-    const [a, b, c] = [makeSnapshot({ time: new Date(now - 3 * HOUR) }), makeSnapshot({ time: new Date(now - 2 * HOUR) }), makeSnapshot({ time: new Date(now - HOUR), tags: ['pinned'] })];
+    const [a, b, c] = [
+      makeSnapshot({ time: new Date(now - 3 * HOUR) }),
+      makeSnapshot({ time: new Date(now - 2 * HOUR) }),
+      makeSnapshot({ time: new Date(now - HOUR), tags: ['pinned'] }),
+    ];
     await storeSnapshot(local, a!);
     await storeSnapshot(blob, b!);
     await storeSnapshot(s3, c!);
@@ -42,7 +56,12 @@ describe('replicate', () => {
     expect(result.failed).toBe(0);
     expect(result.bytes).toBe(6 * a!.data.length);
     const onS3 = result.targets.find((t) => t.target === 's3')!;
-    expect(onS3.copied.map((x) => [x.id, x.from]).sort()).toEqual([[a!.manifest.id, 'local'], [b!.manifest.id, 'blob']].sort());
+    expect(onS3.copied.map((x) => [x.id, x.from]).sort()).toEqual(
+      [
+        [a!.manifest.id, 'local'],
+        [b!.manifest.id, 'blob'],
+      ].sort(),
+    );
     const copiedManifest = await readManifest(s3, DATABASE, a!.manifest.id);
     expect(copiedManifest.replicatedFrom).toBe('local');
     expect(copiedManifest.artifact).toEqual(a!.manifest.artifact);
@@ -63,8 +82,9 @@ describe('replicate', () => {
     for (const s of snaps) await storeSnapshot(local, s);
     const result = await runReplicate({ targets: [local, blob], database: DATABASE }, { dryRun: true });
     expect(result.dryRun).toBe(true);
-    expect(result.targets.find((t) => t.target === 'blob')!.planned.map((p) => [p.id, p.from, p.bytes]))
-      .toEqual(snaps.map((s) => [s.manifest.id, 'local', s.data.length]).reverse());
+    expect(result.targets.find((t) => t.target === 'blob')!.planned.map((p) => [p.id, p.from, p.bytes])).toEqual(
+      snaps.map((s) => [s.manifest.id, 'local', s.data.length]).reverse(),
+    );
     expect(result.copied).toBe(0);
     expect(await idsOn(blob)).toEqual([]);
   });
@@ -92,7 +112,12 @@ describe('replicate', () => {
 
     proxy.clear();
     const next = await runReplicate({ targets: [local, blob, s3], database: DATABASE });
-    expect(next.targets.find((t) => t.target === 's3')!.copied.map((c) => c.id).sort()).toEqual([a!.manifest.id, b!.manifest.id]);
+    expect(
+      next.targets
+        .find((t) => t.target === 's3')!
+        .copied.map((c) => c.id)
+        .sort(),
+    ).toEqual([a!.manifest.id, b!.manifest.id]);
     expect(await idsOn(s3)).toEqual([a!.manifest.id, b!.manifest.id]);
     expect(await invalidSnapshots([local, blob, s3])).toEqual([]);
   });
@@ -172,18 +197,26 @@ describe('replicate', () => {
     const old = history(5, new Date(now.getTime() - 10 * DAY), DAY);
     const pinned = makeSnapshot({ time: new Date(now.getTime() - 30 * DAY), tags: ['pinned'] });
     for (const s of [pinned, ...old]) await storeSnapshot(local, s);
-    const retention = loadRetentionConfig({
-      TCAB_BACKUP_RETENTION_ARCHIVE: 'last=2',
-      TCAB_BACKUP_RETENTION_MIN_KEEP: '1',
-      TCAB_BACKUP_RETENTION_MIN_AGE: '1h',
-    }, ['local', 'archive']);
+    const retention = loadRetentionConfig(
+      {
+        TCAB_BACKUP_RETENTION_ARCHIVE: 'last=2',
+        TCAB_BACKUP_RETENTION_MIN_KEEP: '1',
+        TCAB_BACKUP_RETENTION_MIN_AGE: '1h',
+      },
+      ['local', 'archive'],
+    );
 
     const result = await runReplicate({ targets: [local, archive], database: DATABASE, retention });
 
     const newestTwo = old.slice(-2).map((s) => s.manifest.id);
     expect(await idsOn(archive)).toEqual([pinned.manifest.id, ...newestTwo]);
     const skipped = result.targets.find((t) => t.target === 'archive')!.skipped;
-    expect(skipped.map((s) => s.id).sort()).toEqual(old.slice(0, 3).map((s) => s.manifest.id).sort());
+    expect(skipped.map((s) => s.id).sort()).toEqual(
+      old
+        .slice(0, 3)
+        .map((s) => s.manifest.id)
+        .sort(),
+    );
     expect(skipped[0]!.reason).toMatch(/retention policy of target "archive" \(TCAB_BACKUP_RETENTION_ARCHIVE\) would remove it at once/);
     // The local target's default policy keeps all of them: nothing to copy back.
     expect(result.targets.find((t) => t.target === 'local')!.planned).toEqual([]);

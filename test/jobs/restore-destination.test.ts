@@ -39,7 +39,9 @@ async function runCli(args: string[], targets = `a=file://${join(work, 'a')}`): 
   stdout.on('data', (d: Buffer) => (out += d));
   stderr.on('data', (d: Buffer) => (err += d));
   const code = await cli(args, {
-    stdout, stderr: stderr as unknown as NodeJS.WriteStream, stdin: new PassThrough(),
+    stdout,
+    stderr: stderr as unknown as NodeJS.WriteStream,
+    stdin: new PassThrough(),
     env: { TCAB_BACKUP_TARGETS: targets, TCAB_LOG_LEVEL: 'error' },
   });
   return { code, stdout: out, stderr: err };
@@ -71,15 +73,26 @@ function sha256(path: string): string {
 
 /** Every file in the folder with its sha256: what "the destination is untouched" means. */
 function folderState(dir: string): Record<string, string> {
-  return Object.fromEntries(readdirSync(dir).sort().map((f) => [f, sha256(join(dir, f))]));
+  return Object.fromEntries(
+    readdirSync(dir)
+      .sort()
+      .map((f) => [f, sha256(join(dir, f))]),
+  );
 }
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'tcab-restore-dest-'));
   createSampleDatabase(join(work, 'tcab.sqlite'), { runs: 500 });
   agent = await startAgent({
-    dbPath: join(work, 'tcab.sqlite'), stagingDir: join(work, 'staging'), host: '127.0.0.1', port: 0,
-    keys: new Map([['ops', key]]), tls: undefined, databaseName: 'tcab', compression: 'auto', stagingTtlMs: 3_600_000,
+    dbPath: join(work, 'tcab.sqlite'),
+    stagingDir: join(work, 'staging'),
+    host: '127.0.0.1',
+    port: 0,
+    keys: new Map([['ops', key]]),
+    tls: undefined,
+    databaseName: 'tcab',
+    compression: 'auto',
+    stagingTtlMs: 3_600_000,
   });
   const target = openTarget({ kind: 'file', name: 'a', displayUrl: `file://${join(work, 'a')}`, path: join(work, 'a') });
   ({ manifest: snapshot } = await runSnapshot(
@@ -95,7 +108,9 @@ beforeAll(async () => {
   const live = openDatabase(livePath);
   live.exec('PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;');
   live.exec(SAMPLE_SCHEMA);
-  const insert = live.prepare("INSERT INTO runs (id, slug, title, published_at, record) VALUES (?, ?, 'live', '2026-01-01T00:00:00Z', '{}')");
+  const insert = live.prepare(
+    "INSERT INTO runs (id, slug, title, published_at, record) VALUES (?, ?, 'live', '2026-01-01T00:00:00Z', '{}')",
+  );
   inTransaction(live, () => {
     for (let i = 1; i <= LIVE_RUNS; i++) insert.run(i, `run-${i}`);
   });
@@ -228,8 +243,12 @@ function watched(target: Target, beforeGet: (key: string) => Promise<void>): { t
   return {
     bodies,
     target: {
-      name: target.name, url: target.url,
-      put: (k, b, o) => target.put(k, b, o), head: (k, o) => target.head(k, o), list: (p, o) => target.list(p, o), delete: (k, o) => target.delete(k, o),
+      name: target.name,
+      url: target.url,
+      put: (k, b, o) => target.put(k, b, o),
+      head: (k, o) => target.head(k, o),
+      list: (p, o) => target.list(p, o),
+      delete: (k, o) => target.delete(k, o),
       async get(k: string, o?: GetOptions): Promise<GetResult> {
         await beforeGet(k);
         const got = await target.get(k, o);
@@ -251,7 +270,10 @@ describe('restore when the destination folder fails', () => {
     const err = await runRestore(
       { targets: [first.target, { ...second.target, name: 'b' }], database: 'tcab' },
       { selector: { id: snapshot.id }, outPath: join(dir, 'runs.sqlite') },
-    ).then(() => undefined, (e: unknown) => e as Error);
+    ).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
     expect(err).toBeInstanceOf(Error);
     expect(err!.message).toContain(dir);
     expect(err!.message).toMatch(/ENOENT|no such file/);

@@ -46,10 +46,16 @@ async function runCli(args: string[], env: Record<string, string> = {}): Promise
   stdout.on('data', (d: Buffer) => (out += d));
   (stderr as unknown as PassThrough).on('data', (d: Buffer) => (err += d));
   const code = await cli(args, {
-    stdout, stderr, stdin: new PassThrough(),
+    stdout,
+    stderr,
+    stdin: new PassThrough(),
     env: {
       TCAB_BACKUP_TARGETS: `a=file://${join(work, 'a')},b=file://${join(work, 'b')}`,
-      TCAB_BACKUP_AGENT_URL: agent.url, TCAB_BACKUP_AGENT_KEY_ID: 'ops', TCAB_BACKUP_AGENT_KEY: key, TCAB_LOG_LEVEL: 'debug', ...env,
+      TCAB_BACKUP_AGENT_URL: agent.url,
+      TCAB_BACKUP_AGENT_KEY_ID: 'ops',
+      TCAB_BACKUP_AGENT_KEY: key,
+      TCAB_LOG_LEVEL: 'debug',
+      ...env,
     },
   });
   logLines.push(err);
@@ -60,7 +66,17 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'tcab-snap-'));
   createSampleDatabase(join(work, 'tcab.sqlite'), { runs: 1500 });
   agent = await startAgent(
-    { dbPath: join(work, 'tcab.sqlite'), stagingDir: join(work, 'staging'), host: '127.0.0.1', port: 0, keys: new Map([['ops', key]]), tls: undefined, databaseName: 'tcab', compression: 'auto', stagingTtlMs: 3_600_000 },
+    {
+      dbPath: join(work, 'tcab.sqlite'),
+      stagingDir: join(work, 'staging'),
+      host: '127.0.0.1',
+      port: 0,
+      keys: new Map([['ops', key]]),
+      tls: undefined,
+      databaseName: 'tcab',
+      compression: 'auto',
+      stagingTtlMs: 3_600_000,
+    },
     { logger },
   );
   targets = [fileTarget('a'), fileTarget('b')];
@@ -81,7 +97,10 @@ describe('snapshot and restore', () => {
     const { inserts, errors } = await writer.stop();
     expect(errors).toEqual([]);
     expect(inserts).toBeGreaterThan(0);
-    expect(result.targets.map((t) => [t.target, t.ok])).toEqual([['a', true], ['b', true]]);
+    expect(result.targets.map((t) => [t.target, t.ok])).toEqual([
+      ['a', true],
+      ['b', true],
+    ]);
     for (const t of targets) {
       const { snapshots, orphans } = await listCatalog(t, 'tcab');
       expect(snapshots.map((s) => s.id)).toEqual([result.manifest.id]);
@@ -181,10 +200,11 @@ async function startCuttingProxy(upstream: URL, cutAfter: number): Promise<{ url
   const port = (server.address() as { port: number }).port;
   return {
     url: `http://127.0.0.1:${port}`,
-    close: () => new Promise<void>((r) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => r());
-    }),
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
   };
 }
 
@@ -193,7 +213,10 @@ describe('faults', () => {
     const targetsC = [fileTarget('c1'), fileTarget('c2')];
     const proxy = await startCuttingProxy(new URL(agent.url), 64 * 1024);
     try {
-      const err = await runSnapshot({ agent: client(proxy.url), targets: targetsC, database: 'tcab', logger }, { trigger: { kind: 'timer' } }).catch((e) => e);
+      const err = await runSnapshot(
+        { agent: client(proxy.url), targets: targetsC, database: 'tcab', logger },
+        { trigger: { kind: 'timer' } },
+      ).catch((e) => e);
       expect(err).toBeInstanceOf(SnapshotFailedError);
       expect(err.message).toMatch(/download from the agent failed/);
       expect(err.message).toMatch(/Check: /);
@@ -209,11 +232,26 @@ describe('faults', () => {
 
   it('stores on the healthy target and fails naming the unreachable one', async () => {
     const unreachable = openTarget(
-      { kind: 's3', name: 'r2', displayUrl: 's3://tcab?endpoint=http://127.0.0.1:9', r2: false, bucket: 'tcab', prefix: '', endpoint: 'http://127.0.0.1:9', region: 'us-east-1', forcePathStyle: true, accessKeyId: 'AKIATEST', secretAccessKey: 'super-secret-access-key-value' },
+      {
+        kind: 's3',
+        name: 'r2',
+        displayUrl: 's3://tcab?endpoint=http://127.0.0.1:9',
+        r2: false,
+        bucket: 'tcab',
+        prefix: '',
+        endpoint: 'http://127.0.0.1:9',
+        region: 'us-east-1',
+        forcePathStyle: true,
+        accessKeyId: 'AKIATEST',
+        secretAccessKey: 'super-secret-access-key-value',
+      },
       { logger, retry: { retries: 1, baseDelayMs: 10, maxDelayMs: 20 } },
     );
     const healthy = fileTarget('d');
-    const err = await runSnapshot({ agent: client(), targets: [healthy, unreachable], database: 'tcab', logger }, { trigger: { kind: 'timer' } }).catch((e) => e);
+    const err = await runSnapshot(
+      { agent: client(), targets: [healthy, unreachable], database: 'tcab', logger },
+      { trigger: { kind: 'timer' } },
+    ).catch((e) => e);
     expect(err).toBeInstanceOf(SnapshotFailedError);
     expect(err.message).toContain('failed on 1 of 2 target(s): "r2"');
     expect(err.message).toContain('stored on "d"');
@@ -225,7 +263,11 @@ describe('faults', () => {
   });
 
   it('rejects invalid settings naming each variable, with exit status 2', async () => {
-    const r = await runCli(['snapshot'], { TCAB_BACKUP_TARGETS: 'a=ftp://x', TCAB_BACKUP_AGENT_KEY: 'short', TCAB_BACKUP_AGENT_URL: 'http://10.0.0.5:8787' });
+    const r = await runCli(['snapshot'], {
+      TCAB_BACKUP_TARGETS: 'a=ftp://x',
+      TCAB_BACKUP_AGENT_KEY: 'short',
+      TCAB_BACKUP_AGENT_URL: 'http://10.0.0.5:8787',
+    });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('TCAB_BACKUP_TARGETS: target "a": unknown scheme "ftp:"');
     const r2 = await runCli(['snapshot'], { TCAB_BACKUP_AGENT_KEY: 'short', TCAB_BACKUP_AGENT_URL: 'http://10.0.0.5:8787' });
@@ -240,7 +282,9 @@ describe('faults', () => {
 
 describe('settings from Key Vault', () => {
   it('names a Key Vault reference that did not resolve instead of using it as a key', async () => {
-    const r = await runCli(['snapshot'], { TCAB_BACKUP_AGENT_KEY: '@Microsoft.KeyVault(SecretUri=https://kv-tcab.vault.azure.net/secrets/agent-key/)' });
+    const r = await runCli(['snapshot'], {
+      TCAB_BACKUP_AGENT_KEY: '@Microsoft.KeyVault(SecretUri=https://kv-tcab.vault.azure.net/secrets/agent-key/)',
+    });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('TCAB_BACKUP_AGENT_KEY: is an unresolved Key Vault reference');
   });

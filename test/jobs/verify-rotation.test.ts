@@ -11,7 +11,14 @@ const DAY = 24 * HOUR;
 const MIN = 60_000;
 
 function snapshotId(ms: number, n: number): string {
-  return new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z') + '-' + n.toString(16).padStart(8, '0');
+  return (
+    new Date(ms)
+      .toISOString()
+      .replace(/[-:]/g, '')
+      .replace(/\.\d{3}Z$/, 'Z') +
+    '-' +
+    n.toString(16).padStart(8, '0')
+  );
 }
 
 interface Simulation {
@@ -25,7 +32,14 @@ interface Simulation {
  * Months of hourly snapshots under a restic-like retention (48 hourly, 14 daily, 8 weekly), verified daily at
  * 05:00 with a 7-day window, checking every hour that no stored snapshot has gone unread for longer.
  */
-function simulate(options: { days: number; sizeOf: (n: number) => number; withinMs?: number; intervalMs?: number; verifyHourUtc?: number; timerStopped?: [number, number] }): Simulation {
+function simulate(options: {
+  days: number;
+  sizeOf: (n: number) => number;
+  withinMs?: number;
+  intervalMs?: number;
+  verifyHourUtc?: number;
+  timerStopped?: [number, number];
+}): Simulation {
   const withinMs = options.withinMs ?? 7 * DAY;
   const intervalMs = options.intervalMs ?? DAY;
   const start = Date.UTC(2026, 0, 5);
@@ -40,7 +54,8 @@ function simulate(options: { days: number; sizeOf: (n: number) => number; within
     for (const [sid, c] of live) {
       const age = now - c.storedAt.getTime();
       const t = new Date(c.storedAt.getTime() - 2 * MIN);
-      const keep = age < 48 * HOUR || (t.getUTCHours() === 0 && age < 14 * DAY) || (t.getUTCHours() === 0 && t.getUTCDay() === 1 && age < 8 * 7 * DAY);
+      const keep =
+        age < 48 * HOUR || (t.getUTCHours() === 0 && age < 14 * DAY) || (t.getUTCHours() === 0 && t.getUTCDay() === 1 && age < 8 * 7 * DAY);
       if (!keep) {
         if (age > withinMs && !sim.rereadCount.get(sid)) sim.neverRereadButLongLived.push(sid);
         live.delete(sid);
@@ -59,13 +74,18 @@ function simulate(options: { days: number; sizeOf: (n: number) => number; within
         sim.rereadCount.set(s.id, (sim.rereadCount.get(s.id) ?? 0) + 1);
       }
       sim.runs.push({
-        at: now, selected: plan.selected.length, snapshots: candidates.length,
+        at: now,
+        selected: plan.selected.length,
+        snapshots: candidates.length,
         bytes: plan.selected.reduce((b, s) => b + (live.get(s.id)!.artifactBytes ?? 0), 0),
         totalBytes: candidates.reduce((b, c) => b + (c.artifactBytes ?? 0), 0),
       });
     }
     // While the timer is stopped nothing can keep the promise; it must hold again from the first run after.
-    const excused = options.timerStopped !== undefined && day >= options.timerStopped[0] && (day < options.timerStopped[1] || (day === options.timerStopped[1] && hour < (options.verifyHourUtc ?? 5) + 1));
+    const excused =
+      options.timerStopped !== undefined &&
+      day >= options.timerStopped[0] &&
+      (day < options.timerStopped[1] || (day === options.timerStopped[1] && hour < (options.verifyHourUtc ?? 5) + 1));
     if (!excused) for (const c of candidates) sim.worstUnreadMs = Math.max(sim.worstUnreadMs, now - lastReadAt(c, entries[c.id]));
   }
   return sim;
@@ -108,20 +128,31 @@ describe('verify rotation', () => {
   it('reads every snapshot already past the window at once, e.g. on the first run after an upgrade', () => {
     const now = new Date(Date.UTC(2026, 5, 1, 5));
     const candidates: RotationCandidate[] = Array.from({ length: 80 }, (_, i) => ({
-      id: snapshotId(now.getTime() - i * 2.5 * DAY - HOUR, i), storedAt: new Date(now.getTime() - i * 2.5 * DAY - HOUR), artifactBytes: 100,
+      id: snapshotId(now.getTime() - i * 2.5 * DAY - HOUR, i),
+      storedAt: new Date(now.getTime() - i * 2.5 * DAY - HOUR),
+      artifactBytes: 100,
     }));
     const plan = planVerifyRotation(candidates, {}, { now, withinMs: 7 * DAY, intervalMs: DAY });
     const overdue = candidates.filter((c) => c.storedAt.getTime() + 7 * DAY <= now.getTime() + DAY + HOUR).map((c) => c.id);
     expect(overdue.length).toBe(77);
-    expect(plan.selected.filter((s) => s.reason === 'due').map((s) => s.id).sort()).toEqual(overdue.sort());
+    expect(
+      plan.selected
+        .filter((s) => s.reason === 'due')
+        .map((s) => s.id)
+        .sort(),
+    ).toEqual(overdue.sort());
   });
 
   it('always re-reads a snapshot whose last check failed and one whose artifact is missing, and reads all with --all', () => {
     const now = new Date(Date.UTC(2026, 2, 1, 5));
     const candidates: RotationCandidate[] = Array.from({ length: 30 }, (_, i) => ({
-      id: snapshotId(now.getTime() - (i + 1) * HOUR, i), storedAt: new Date(now.getTime() - (i + 1) * HOUR), artifactBytes: i === 7 ? undefined : 1000,
+      id: snapshotId(now.getTime() - (i + 1) * HOUR, i),
+      storedAt: new Date(now.getTime() - (i + 1) * HOUR),
+      artifactBytes: i === 7 ? undefined : 1000,
     }));
-    const entries: Record<string, VerifyEntry> = Object.fromEntries(candidates.map((c) => [c.id, { checkedAt: new Date(now.getTime() - HOUR / 2).toISOString(), ok: true }]));
+    const entries: Record<string, VerifyEntry> = Object.fromEntries(
+      candidates.map((c) => [c.id, { checkedAt: new Date(now.getTime() - HOUR / 2).toISOString(), ok: true }]),
+    );
     entries[candidates[3]!.id] = { checkedAt: new Date(now.getTime() - HOUR / 2).toISOString(), ok: false, error: 'sha256 mismatch' };
     const plan = planVerifyRotation(candidates, entries, { now, withinMs: 7 * DAY, intervalMs: DAY });
     expect(plan.selected).toContainEqual({ id: candidates[3]!.id, reason: 'failed-before' });
@@ -137,7 +168,9 @@ describe('verify rotation', () => {
   it('picks the least recently verified first', () => {
     const now = new Date(Date.UTC(2026, 2, 1, 5));
     const candidates: RotationCandidate[] = Array.from({ length: 14 }, (_, i) => ({
-      id: snapshotId(now.getTime() - (20 - i) * DAY, i), storedAt: new Date(now.getTime() - (20 - i) * DAY), artifactBytes: 10,
+      id: snapshotId(now.getTime() - (20 - i) * DAY, i),
+      storedAt: new Date(now.getTime() - (20 - i) * DAY),
+      artifactBytes: 10,
     }));
     // Checked one a day over the last 14 days, in a shuffled order.
     const order = [5, 2, 9, 0, 13, 7, 11, 1, 4, 12, 3, 8, 6, 10];
@@ -151,7 +184,10 @@ describe('verify rotation', () => {
     // With a 14-day window the two read longest ago are due: the first falls out of the window before the next
     // run, the second just at it (a late timer must not push it over).
     const tight = planVerifyRotation(candidates, entries, { now, withinMs: 14 * DAY, intervalMs: DAY });
-    expect(tight.selected).toEqual([{ id: candidates[5]!.id, reason: 'due' }, { id: candidates[2]!.id, reason: 'due' }]);
+    expect(tight.selected).toEqual([
+      { id: candidates[5]!.id, reason: 'due' },
+      { id: candidates[2]!.id, reason: 'due' },
+    ]);
   });
 });
 
@@ -189,8 +225,12 @@ describe('settings', () => {
   });
 
   it('refuse a window no rotation can meet, thresholds in the wrong order and a relative drill folder, naming each variable', () => {
-    expect(() => loadVerifySettings({ TCAB_BACKUP_VERIFY_WITHIN: '12h' })).toThrow(/TCAB_BACKUP_VERIFY_WITHIN: 12h is shorter than the longest gap between two verify runs/);
-    expect(() => loadVerifySettings({ TCAB_BACKUP_VERIFY_SCHEDULE: 'daily' })).toThrow(/TCAB_BACKUP_VERIFY_SCHEDULE: "daily" is not an NCRONTAB schedule/);
+    expect(() => loadVerifySettings({ TCAB_BACKUP_VERIFY_WITHIN: '12h' })).toThrow(
+      /TCAB_BACKUP_VERIFY_WITHIN: 12h is shorter than the longest gap between two verify runs/,
+    );
+    expect(() => loadVerifySettings({ TCAB_BACKUP_VERIFY_SCHEDULE: 'daily' })).toThrow(
+      /TCAB_BACKUP_VERIFY_SCHEDULE: "daily" is not an NCRONTAB schedule/,
+    );
     let err: unknown;
     try {
       loadMonitorSettings({ TCAB_BACKUP_SNAPSHOT_WARN_AGE: '5h', TCAB_BACKUP_DRILL_CRITICAL_AGE: 'soon' });
@@ -202,6 +242,8 @@ describe('settings', () => {
       expect.stringMatching(/^TCAB_BACKUP_SNAPSHOT_WARN_AGE: 5h must be shorter than TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE \(4h\)/),
       expect.stringMatching(/^TCAB_BACKUP_DRILL_CRITICAL_AGE: "soon" is invalid/),
     ]);
-    expect(() => loadDrillSettings({ TCAB_BACKUP_DRILL_WORK_DIR: 'scratch' })).toThrow(/TCAB_BACKUP_DRILL_WORK_DIR: "scratch" must be an absolute path/);
+    expect(() => loadDrillSettings({ TCAB_BACKUP_DRILL_WORK_DIR: 'scratch' })).toThrow(
+      /TCAB_BACKUP_DRILL_WORK_DIR: "scratch" must be an absolute path/,
+    );
   });
 });

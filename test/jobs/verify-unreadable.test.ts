@@ -19,7 +19,16 @@ import { renderStatusPage } from '../../src/status/page.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type Fault, type FaultProxy } from '../support/fault-proxy.js';
 import {
-  DATABASE, DAY, HOUR, blobTarget, history, idsOn, s3Target, storeSnapshot, testWorld, type TestSnapshot,
+  DATABASE,
+  DAY,
+  HOUR,
+  blobTarget,
+  history,
+  idsOn,
+  s3Target,
+  storeSnapshot,
+  testWorld,
+  type TestSnapshot,
 } from '../support/stored-snapshots.js';
 import { capturingLogger } from '../status/fixture.js';
 
@@ -31,10 +40,15 @@ const BYTES = 256 * 1024;
 const ago = (ms: number) => new Date(Date.now() - ms);
 
 function retention(settings: Record<string, string>) {
-  return loadRetentionConfig({
-    TCAB_BACKUP_RETENTION_MIN_KEEP: '0', TCAB_BACKUP_RETENTION_MIN_AGE: '0s', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
-    ...settings,
-  }, ['a', 'b']);
+  return loadRetentionConfig(
+    {
+      TCAB_BACKUP_RETENTION_MIN_KEEP: '0',
+      TCAB_BACKUP_RETENTION_MIN_AGE: '0s',
+      TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
+      ...settings,
+    },
+    ['a', 'b'],
+  );
 }
 
 const outcome = (result: PruneResult, name: string) => result.targets.find((t) => t.target === name)!;
@@ -53,7 +67,11 @@ async function behindProxy(cloud: 'azurite' | 's3'): Promise<{ target: Target; p
 }
 
 /** A verify run over "b" during which every read of the snapshot's artifact fails with `fault`. */
-async function verifyWhileUnreadable(b: { target: Target; proxy: FaultProxy }, snap: TestSnapshot, fault: Fault): Promise<VerifyFailedError> {
+async function verifyWhileUnreadable(
+  b: { target: Target; proxy: FaultProxy },
+  snap: TestSnapshot,
+  fault: Fault,
+): Promise<VerifyFailedError> {
   b.proxy.inject({ match: readsOf(snap), fault, times: Infinity });
   try {
     const err = await runVerifyRotation({ targets: [b.target], database: DATABASE }, { ...ROTATION, all: true }).catch((e: unknown) => e);
@@ -75,7 +93,12 @@ async function damageAndVerify(target: Target, snap: TestSnapshot): Promise<void
 
 const faults: Array<{ name: string; cloud: 'azurite' | 's3'; fault: Fault; says: RegExp }> = [
   { name: 'the answer breaks off mid-body (Azurite)', cloud: 'azurite', fault: { cutAfterBytes: 10_000 }, says: /could not be read/ },
-  { name: 'the target answers 503 past the retries (s3rver)', cloud: 's3', fault: { status: 503, code: 'SlowDown' }, says: /could not be read.*503|could not be read.*SlowDown/ },
+  {
+    name: 'the target answers 503 past the retries (s3rver)',
+    cloud: 's3',
+    fault: { status: 503, code: 'SlowDown' },
+    says: /could not be read.*503|could not be read.*SlowDown/,
+  },
   { name: 'every connection is reset (s3rver)', cloud: 's3', fault: 'reset', says: /could not be read/ },
 ];
 
@@ -88,7 +111,9 @@ describe('verify: a copy that could not be read is not a damaged copy', () => {
       await store(b.target, snaps);
       const { logger, events } = capturingLogger();
       b.proxy.inject({ match: readsOf(snaps[0]!), fault: f.fault, times: Infinity });
-      const err = await runVerifyRotation({ targets: [b.target], database: DATABASE, logger }, { ...ROTATION, all: true }).catch((e: unknown) => e);
+      const err = await runVerifyRotation({ targets: [b.target], database: DATABASE, logger }, { ...ROTATION, all: true }).catch(
+        (e: unknown) => e,
+      );
       b.proxy.clear();
 
       expect(err).toBeInstanceOf(VerifyFailedError);
@@ -108,7 +133,11 @@ describe('verify: a copy that could not be read is not a damaged copy', () => {
       expect(record!.snapshots[ids[0]!]).toMatchObject({ ok: false, verdict: 'unreadable' });
       expect(copyState(record, ids[1]!).state).toBe('ok');
       expect(record!.lastCleanRun).toBeUndefined();
-      expect(record!.lastFailedRun).toMatchObject({ failed: 0, unreadable: 1, failures: [expect.objectContaining({ id: ids[0], verdict: 'unreadable' })] });
+      expect(record!.lastFailedRun).toMatchObject({
+        failed: 0,
+        unreadable: 1,
+        failures: [expect.objectContaining({ id: ids[0], verdict: 'unreadable' })],
+      });
 
       // The next rotating run, which would read nothing else, reads it again; the target answers now.
       const again = await runVerifyRotation({ targets: [b.target], database: DATABASE }, ROTATION);
@@ -132,7 +161,9 @@ describe('verify: a copy that could not be read is not a damaged copy', () => {
     expect(after!.snapshots[snaps[0]!.manifest.id]).toEqual(before);
 
     const plan = await runReplicate({ targets: [a.target, b.target], database: DATABASE }, { dryRun: true });
-    expect(plan.targets.find((t) => t.target === 'b')!.planned).toEqual([expect.objectContaining({ id: snaps[0]!.manifest.id, from: 'a', repairs: expect.stringContaining('its last verify failed') })]);
+    expect(plan.targets.find((t) => t.target === 'b')!.planned).toEqual([
+      expect.objectContaining({ id: snaps[0]!.manifest.id, from: 'a', repairs: expect.stringContaining('its last verify failed') }),
+    ]);
   });
 
   it('does not let replicate copy over an intact copy that verify could not read', async () => {
@@ -170,7 +201,11 @@ describe('verify: a verify record that could not be read is not a damaged record
     expect((await b.target.head(key)).etag).toBe(stored.etag);
     expect(events.some((e) => e.event === 'verify.record_damaged')).toBe(false);
     expect(err).toBeInstanceOf(VerifyFailedError);
-    expect((err as Error).message).toMatch(new RegExp(`target "b" \\(.*\\): reading the verify record failed: .*get ${key.replace(/\./g, '\\.')} failed: the answer broke off after 100 of \\d+ bytes`));
+    expect((err as Error).message).toMatch(
+      new RegExp(
+        `target "b" \\(.*\\): reading the verify record failed: .*get ${key.replace(/\./g, '\\.')} failed: the answer broke off after 100 of \\d+ bytes`,
+      ),
+    );
     expect(copyState(await readVerifyRecord(b.target, DATABASE), snaps[0]!.manifest.id).state).toBe('failed');
   });
 });
@@ -188,13 +223,16 @@ describe('prune: a copy that verify could not read', () => {
 
     // "a" keeps all three, "b" only the newest: b's intact copy of 0 is the last good one.
     const result = await runPrune({
-      targets: [a.target, b.target], database: DATABASE,
+      targets: [a.target, b.target],
+      database: DATABASE,
       retention: retention({ TCAB_BACKUP_RETENTION_A: 'last=3', TCAB_BACKUP_RETENTION_B: 'last=1' }),
     });
     expect(await idsOn(b.target)).toEqual([ids[0], ids[2]]);
     expect((await verifyStoredSnapshot(b.target, DATABASE, ids[0]!)).ok).toBe(true);
     expect(outcome(result, 'b').removed).toEqual([ids[1]]);
-    expect(outcome(result, 'b').kept.find((k) => k.id === ids[0])?.reasons).toEqual([expect.stringMatching(/^last good copy: target "a" keeps it but its copy failed verify \(.*sha256/)]);
+    expect(outcome(result, 'b').kept.find((k) => k.id === ids[0])?.reasons).toEqual([
+      expect.stringMatching(/^last good copy: target "a" keeps it but its copy failed verify \(.*sha256/),
+    ]);
     expect(await idsOn(a.target)).toEqual(ids);
   });
 
@@ -208,12 +246,15 @@ describe('prune: a copy that verify could not read', () => {
     await verifyWhileUnreadable(b, snaps[0]!, 'reset');
 
     const result = await runPrune({
-      targets: [a.target, b.target], database: DATABASE,
+      targets: [a.target, b.target],
+      database: DATABASE,
       retention: retention({ TCAB_BACKUP_RETENTION_A: 'last=1', TCAB_BACKUP_RETENTION_B: 'last=3' }),
     });
     expect(outcome(result, 'a').removed).toEqual([ids[1]]);
     expect(outcome(result, 'a').kept.find((k) => k.id === ids[0])?.reasons).toEqual([
-      expect.stringMatching(/^last good copy: target "b" keeps it but verify could not read its copy, so whether it is good is unknown \(could not be read/),
+      expect.stringMatching(
+        /^last good copy: target "b" keeps it but verify could not read its copy, so whether it is good is unknown \(could not be read/,
+      ),
     ]);
     expect(await idsOn(a.target)).toEqual([ids[0], ids[2]]);
   });
@@ -226,14 +267,26 @@ describe('monitor: a copy that verify could not read', () => {
     await store(b.target, snaps);
     await verifyWhileUnreadable(b, snaps[0]!, { cutAfterBytes: 10_000 });
 
-    const doc = await runMonitor({ targets: [b.target], database: DATABASE, thresholds: loadMonitorSettings({}).thresholds }, { write: false, throwOnCritical: false });
+    const doc = await runMonitor(
+      { targets: [b.target], database: DATABASE, thresholds: loadMonitorSettings({}).thresholds },
+      { write: false, throwOnCritical: false },
+    );
     const verify = doc.targets[0]!.verify;
     expect(verify.failing).toEqual([]);
-    expect(verify.unreadable).toEqual([expect.objectContaining({ id: snaps[0]!.manifest.id, error: expect.stringContaining('could not be read') })]);
+    expect(verify.unreadable).toEqual([
+      expect.objectContaining({ id: snaps[0]!.manifest.id, error: expect.stringContaining('could not be read') }),
+    ]);
     expect(verify.state).toBe('warn');
-    expect(doc.problems.filter((p) => p.check === 'verify')).toContainEqual(expect.objectContaining({
-      state: 'warn', message: expect.stringMatching(new RegExp(`^target "b": snapshot ${snaps[0]!.manifest.id} could not be read by verify at .*, so whether it is intact is unknown`)),
-    }));
+    expect(doc.problems.filter((p) => p.check === 'verify')).toContainEqual(
+      expect.objectContaining({
+        state: 'warn',
+        message: expect.stringMatching(
+          new RegExp(
+            `^target "b": snapshot ${snaps[0]!.manifest.id} could not be read by verify at .*, so whether it is intact is unknown`,
+          ),
+        ),
+      }),
+    );
     const page = renderStatusPage(doc);
     expect(page).toContain('1 unreadable');
     expect(page).toContain('Snapshots that verify could not read (not proven damaged)');
@@ -250,17 +303,45 @@ describe('verify records written before verdicts', () => {
     await store(a.target, snaps);
     await store(b.target, snaps);
     const at = new Date().toISOString();
-    const run = { startedAt: at, finishedAt: at, all: true, snapshots: 2, checked: 2, failed: 1, bytes: 1, durationMs: 1, failures: [{ id, error: 'a read error of old' }] };
-    await b.target.put(verifyRecordKey(DATABASE), Buffer.from(JSON.stringify({
-      formatVersion: 1, kind: 'verify-record', database: DATABASE, target: 'b', updatedAt: at,
-      snapshots: { [id]: { checkedAt: at, ok: false, error: 'a read error of old', failingSince: at }, [snaps[1]!.manifest.id]: { checkedAt: at, ok: true, bytes: 1 } },
-      lastRun: run, lastFailedRun: run,
-    })));
+    const run = {
+      startedAt: at,
+      finishedAt: at,
+      all: true,
+      snapshots: 2,
+      checked: 2,
+      failed: 1,
+      bytes: 1,
+      durationMs: 1,
+      failures: [{ id, error: 'a read error of old' }],
+    };
+    await b.target.put(
+      verifyRecordKey(DATABASE),
+      Buffer.from(
+        JSON.stringify({
+          formatVersion: 1,
+          kind: 'verify-record',
+          database: DATABASE,
+          target: 'b',
+          updatedAt: at,
+          snapshots: {
+            [id]: { checkedAt: at, ok: false, error: 'a read error of old', failingSince: at },
+            [snaps[1]!.manifest.id]: { checkedAt: at, ok: true, bytes: 1 },
+          },
+          lastRun: run,
+          lastFailedRun: run,
+        }),
+      ),
+    );
 
     expect(copyState(await readVerifyRecord(b.target, DATABASE), id).state).toBe('failed');
     const plan = await runReplicate({ targets: [a.target, b.target], database: DATABASE }, { dryRun: true });
-    expect(plan.targets.find((t) => t.target === 'b')!.planned).toEqual([expect.objectContaining({ id, repairs: expect.stringContaining('a read error of old') })]);
-    const doc = await runMonitor({ targets: [b.target], database: DATABASE, thresholds: loadMonitorSettings({}).thresholds }, { write: false, throwOnCritical: false });
+    expect(plan.targets.find((t) => t.target === 'b')!.planned).toEqual([
+      expect.objectContaining({ id, repairs: expect.stringContaining('a read error of old') }),
+    ]);
+    const doc = await runMonitor(
+      { targets: [b.target], database: DATABASE, thresholds: loadMonitorSettings({}).thresholds },
+      { write: false, throwOnCritical: false },
+    );
     expect(doc.targets[0]!.verify.failing).toEqual([expect.objectContaining({ id })]);
     expect(doc.targets[0]!.verify.state).toBe('critical');
   });

@@ -69,13 +69,17 @@ describe('verify rotation on real targets', () => {
     await writeFile(path, damaged);
     const { logger, events } = capturingLogger();
     try {
-      const err = await runVerifyRotation({ targets: fx.targets, database: DATABASE, logger }, { ...rotation, all: true }).catch((e: unknown) => e);
+      const err = await runVerifyRotation({ targets: fx.targets, database: DATABASE, logger }, { ...rotation, all: true }).catch(
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(VerifyFailedError);
       const message = (err as Error).message;
       expect(message).toContain(`target "local" snapshot ${ids[1]}`);
       expect(message).toMatch(/sha256 [0-9a-f]{64}, the manifest says/);
       expect(message).toContain('Check: restore from a target whose copy verifies');
-      expect((err as VerifyFailedError).result.outcomes.filter((o) => !o.ok)).toEqual([expect.objectContaining({ target: 'local', id: ids[1] })]);
+      expect((err as VerifyFailedError).result.outcomes.filter((o) => !o.ok)).toEqual([
+        expect.objectContaining({ target: 'local', id: ids[1] }),
+      ]);
       expect(events).toContainEqual(expect.objectContaining({ event: 'verify.mismatch', level: 'error', target: 'local', id: ids[1] }));
       expect(events.some((e) => e.event === 'verify.completed')).toBe(false);
 
@@ -118,7 +122,11 @@ describe('verify rotation on real targets', () => {
     const run = { startedAt: at, finishedAt: at, all: false, snapshots: 3, checked: 1, failed: 0, bytes: 1, durationMs: 1, failures: [] };
     await Promise.all([
       recordVerifyResults(fx.local, DATABASE, { listed: ids, results: { [ids[0]!]: { checkedAt: at, ok: true, bytes: 1 } }, run }),
-      recordVerifyResults(fx.local, DATABASE, { listed: ids, results: { [ids[2]!]: { checkedAt: at, ok: false, error: 'test mismatch' } }, run: { ...run, failed: 1 } }),
+      recordVerifyResults(fx.local, DATABASE, {
+        listed: ids,
+        results: { [ids[2]!]: { checkedAt: at, ok: false, error: 'test mismatch' } },
+        run: { ...run, failed: 1 },
+      }),
     ]);
     const record = await readVerifyRecord(fx.local, DATABASE);
     expect(record!.snapshots[ids[0]!]).toMatchObject({ checkedAt: at, ok: true });
@@ -126,9 +134,14 @@ describe('verify rotation on real targets', () => {
   });
 
   it('names an unreachable target and still records the others', async () => {
-    const dead = openTarget(parseTargetUrl('offline', `azblob://${fx.azurite!.account}/backups?endpoint=http://127.0.0.1:9/${fx.azurite!.account}`, { connectionString: fx.azurite!.connectionString.replace(/BlobEndpoint=[^;]+;/, 'BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;') }), {
-      retry: { retries: 0 },
-    });
+    const dead = openTarget(
+      parseTargetUrl('offline', `azblob://${fx.azurite!.account}/backups?endpoint=http://127.0.0.1:9/${fx.azurite!.account}`, {
+        connectionString: fx.azurite!.connectionString.replace(/BlobEndpoint=[^;]+;/, 'BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;'),
+      }),
+      {
+        retry: { retries: 0 },
+      },
+    );
     const before = (await readVerifyRecord(fx.blob!, DATABASE))!.updatedAt;
     const err = await runVerifyRotation({ targets: [fx.blob!, dead], database: DATABASE }, rotation).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(VerifyFailedError);

@@ -4,7 +4,16 @@ import { PgPolicyViolationError, runPgCheck, type PgCheckResult } from '../../sr
 import { PgCheckStatusSchema, pgStatusKey, readRecord } from '../../src/postgres/records.js';
 import { pgStatusSummary } from '../../src/postgres/status.js';
 import { FakeArm, type FakeServer } from '../support/fake-arm.js';
-import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, bypassProxyForLoopback, captureLog, pgEnv, tempTarget, type TempTarget } from '../support/pg-harness.js';
+import {
+  ARM_TOKEN,
+  FixedCredential,
+  SUBSCRIPTION,
+  bypassProxyForLoopback,
+  captureLog,
+  pgEnv,
+  tempTarget,
+  type TempTarget,
+} from '../support/pg-harness.js';
 
 const HOUR = 3_600_000;
 let arm: FakeArm;
@@ -34,13 +43,28 @@ function healthy(name: string, over: Partial<FakeServer> = {}): FakeServer {
 async function check(servers: FakeServer[], extra: Record<string, string> = {}, token = ARM_TOKEN) {
   store = await tempTarget();
   const log = captureLog();
-  const config = loadPgCheckConfig(pgEnv(arm.endpoint, servers.map((s) => FakeArm.id(s)), extra));
-  const run = () => runPgCheck(config, { credential: new FixedCredential({ arm: token }), target: store.target, logger: log.logger, arm: { ca: arm.ca, maxRetries: 0 } });
+  const config = loadPgCheckConfig(
+    pgEnv(
+      arm.endpoint,
+      servers.map((s) => FakeArm.id(s)),
+      extra,
+    ),
+  );
+  const run = () =>
+    runPgCheck(config, {
+      credential: new FixedCredential({ arm: token }),
+      target: store.target,
+      logger: log.logger,
+      arm: { ca: arm.ca, maxRetries: 0 },
+    });
   return { run, log };
 }
 
 async function violationOf(run: () => Promise<PgCheckResult>): Promise<PgPolicyViolationError> {
-  const err = await run().then(() => undefined, (e: unknown) => e);
+  const err = await run().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   expect(err).toBeInstanceOf(PgPolicyViolationError);
   return err as PgPolicyViolationError;
 }
@@ -55,16 +79,28 @@ describe('pg check', () => {
     // The absence alert counts these events: a passing run must emit one.
     expect(log.lines.some((l) => l.includes('"event":"pg.check.completed"'))).toBe(true);
     const facts = result.servers[0]!.facts!;
-    expect(facts).toMatchObject({ state: 'Ready', location: 'westeurope', backupRetentionDays: 14, geoRedundantBackup: 'Enabled', automaticBackups: 2 });
+    expect(facts).toMatchObject({
+      state: 'Ready',
+      location: 'westeurope',
+      backupRetentionDays: 14,
+      geoRedundantBackup: 'Enabled',
+      automaticBackups: 2,
+    });
     // The on-demand backup is newer but does not count as the schedule running.
     expect(Date.now() - Date.parse(facts.newestAutomaticBackupAt!)).toBeGreaterThan(5.9 * HOUR);
     expect(facts.earliestRestorePoint).toBe(s.earliestRestoreDate!.toISOString());
     const status = await readRecord(store.target, pgStatusKey('tcab-prod'), PgCheckStatusSchema);
     expect(status?.value).toMatchObject({ server: 'tcab-prod', serverId: FakeArm.id(s), ok: true, violations: [] });
-    expect(await pgStatusSummary(store.target, [{ id: FakeArm.id(s), name: 'tcab-prod' }])).toEqual([{
-      server: 'tcab-prod', serverId: FakeArm.id(s), check: { checkedAt: result.checkedAt, ok: true, violations: [] },
-      drill: null, lastFinishedDrill: null, lastSucceededDrill: null,
-    }]);
+    expect(await pgStatusSummary(store.target, [{ id: FakeArm.id(s), name: 'tcab-prod' }])).toEqual([
+      {
+        server: 'tcab-prod',
+        serverId: FakeArm.id(s),
+        check: { checkedAt: result.checkedAt, ok: true, violations: [] },
+        drill: null,
+        lastFinishedDrill: null,
+        lastSucceededDrill: null,
+      },
+    ]);
     // Every ARM call carried the managed identity's bearer token (the fake refuses others).
     expect(arm.requests.length).toBeGreaterThanOrEqual(2);
   });
@@ -73,7 +109,9 @@ describe('pg check', () => {
     const s = healthy('tcab-prod', { backupRetentionDays: 7 });
     const { run, log } = await check([s], { TCAB_BACKUP_PG_MIN_RETENTION_DAYS: '14' });
     const err = await violationOf(run);
-    expect(err.message).toContain('PostgreSQL server "tcab-prod": backup retention is 7 days; policy requires at least 14 (TCAB_BACKUP_PG_MIN_RETENTION_DAYS). Fix: raise it with az postgres flexible-server update -g rg-tcab -n tcab-prod --backup-retention 14, or set TCAB_BACKUP_PG_ENFORCE=true');
+    expect(err.message).toContain(
+      'PostgreSQL server "tcab-prod": backup retention is 7 days; policy requires at least 14 (TCAB_BACKUP_PG_MIN_RETENTION_DAYS). Fix: raise it with az postgres flexible-server update -g rg-tcab -n tcab-prod --backup-retention 14, or set TCAB_BACKUP_PG_ENFORCE=true',
+    );
     expect(err.result.servers[0]!.violations.map((v) => v.rule)).toEqual(['retention']);
     expect(arm.requestsOf('PATCH')).toHaveLength(0);
     const status = await readRecord(store.target, pgStatusKey('tcab-prod'), PgCheckStatusSchema);
@@ -85,7 +123,9 @@ describe('pg check', () => {
   it('fails when geo-redundancy is required and missing, and says it can only be set at creation', async () => {
     const { run } = await check([healthy('tcab-prod')], { TCAB_BACKUP_PG_REQUIRE_GEO_REDUNDANT: 'true' });
     const err = await violationOf(run);
-    expect(err.message).toMatch(/"tcab-prod": geo-redundant backup is Disabled; policy requires it \(TCAB_BACKUP_PG_REQUIRE_GEO_REDUNDANT=true\)\. Fix: geo-redundancy can only be chosen when a server is created/);
+    expect(err.message).toMatch(
+      /"tcab-prod": geo-redundant backup is Disabled; policy requires it \(TCAB_BACKUP_PG_REQUIRE_GEO_REDUNDANT=true\)\. Fix: geo-redundancy can only be chosen when a server is created/,
+    );
   });
 
   it('fails on a stale newest automatic backup, and on a server with no automatic backup at all', async () => {
@@ -95,7 +135,9 @@ describe('pg check', () => {
     arm.addBackup(none, { name: 'manual', backupType: 'Customer On-Demand', completedTime: new Date(Date.now() - HOUR) });
     const { run } = await check([stale, none]);
     const err = await violationOf(run);
-    expect(err.message).toMatch(/"tcab-stale": newest automatic backup completed 2d2h ago \(.*\); policy allows at most 1d2h \(TCAB_BACKUP_PG_MAX_BACKUP_AGE\)/);
+    expect(err.message).toMatch(
+      /"tcab-stale": newest automatic backup completed 2d2h ago \(.*\); policy allows at most 1d2h \(TCAB_BACKUP_PG_MAX_BACKUP_AGE\)/,
+    );
     expect(err.message).toMatch(/"tcab-none": lists no automatic backup/);
     expect(err.result.servers.map((r) => r.ok)).toEqual([false, false]);
   });
@@ -105,7 +147,9 @@ describe('pg check', () => {
     const { run } = await check([s]);
     const err = await violationOf(run);
     expect(err.result.servers[0]!.violations.map((v) => v.rule)).toEqual(['server-state', 'earliest-restore-point']);
-    expect(err.message).toMatch(/state is Stopped; backups are only taken while it is Ready\. Fix: start it \(az postgres flexible-server start -g rg-tcab -n tcab-prod\)/);
+    expect(err.message).toMatch(
+      /state is Stopped; backups are only taken while it is Ready\. Fix: start it \(az postgres flexible-server start -g rg-tcab -n tcab-prod\)/,
+    );
     expect(err.message).toMatch(/reports no earliest restore point, so point-in-time restore is not possible/);
   });
 
@@ -114,14 +158,21 @@ describe('pg check', () => {
     const gone = { subscriptionId: SUBSCRIPTION, resourceGroup: 'rg-tcab', name: 'tcab-gone' } as FakeServer;
     const { run } = await check([gone, good]);
     const err = await violationOf(run);
-    expect(err.message).toMatch(/"tcab-gone": reading the server from Azure failed: 404 ResourceNotFound: .*\. Fix: the resource id in TCAB_BACKUP_PG_SERVERS/);
-    expect(err.result.servers.map((r) => [r.server, r.ok])).toEqual([['tcab-gone', false], ['tcab-prod', true]]);
+    expect(err.message).toMatch(
+      /"tcab-gone": reading the server from Azure failed: 404 ResourceNotFound: .*\. Fix: the resource id in TCAB_BACKUP_PG_SERVERS/,
+    );
+    expect(err.result.servers.map((r) => [r.server, r.ok])).toEqual([
+      ['tcab-gone', false],
+      ['tcab-prod', true],
+    ]);
   });
 
   it('names the role to grant when the identity is refused', async () => {
     const { run } = await check([healthy('tcab-prod')], {}, 'a-token-arm-does-not-accept');
     const err = await violationOf(run);
-    expect(err.message).toMatch(/"tcab-prod": reading the server from Azure failed: 401 AuthenticationFailed: .*Fix: the function app's managed identity \(AZURE_CLIENT_ID\) needs the Reader role on resource group "rg-tcab"/);
+    expect(err.message).toMatch(
+      /"tcab-prod": reading the server from Azure failed: 401 AuthenticationFailed: .*Fix: the function app's managed identity \(AZURE_CLIENT_ID\) needs the Reader role on resource group "rg-tcab"/,
+    );
     expect(err.message).not.toContain('a-token-arm-does-not-accept');
   });
 
@@ -147,11 +198,19 @@ describe('pg check', () => {
 
   it('enforce that Azure refuses keeps the violation, with the ARM error and the role to grant', async () => {
     const s = healthy('tcab-prod', { backupRetentionDays: 7 });
-    arm.injectFailure({ method: 'PATCH', path: /flexibleServers\/tcab-prod$/, status: 403, code: 'AuthorizationFailed', message: 'The client does not have authorization to perform action Microsoft.DBforPostgreSQL/flexibleServers/write.' });
+    arm.injectFailure({
+      method: 'PATCH',
+      path: /flexibleServers\/tcab-prod$/,
+      status: 403,
+      code: 'AuthorizationFailed',
+      message: 'The client does not have authorization to perform action Microsoft.DBforPostgreSQL/flexibleServers/write.',
+    });
     const { run } = await check([s], { TCAB_BACKUP_PG_MIN_RETENTION_DAYS: '14', TCAB_BACKUP_PG_ENFORCE: 'true' });
     const err = await violationOf(run);
     expect(err.result.servers[0]!.actions[0]).toMatchObject({ status: 'failed', fromDays: 7, toDays: 14 });
-    expect(err.message).toMatch(/backup retention is 7 days; .*; raising it to 14 days failed: 403 AuthorizationFailed: .*Fix: the function app's managed identity \(AZURE_CLIENT_ID\) needs the Contributor role on resource group "rg-tcab"/);
+    expect(err.message).toMatch(
+      /backup retention is 7 days; .*; raising it to 14 days failed: 403 AuthorizationFailed: .*Fix: the function app's managed identity \(AZURE_CLIENT_ID\) needs the Contributor role on resource group "rg-tcab"/,
+    );
     expect(s.backupRetentionDays).toBe(7);
   });
 });

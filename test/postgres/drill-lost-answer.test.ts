@@ -42,14 +42,27 @@ it('goes on with its drill when every record write lands but loses its answer', 
   const target = openTarget(parseTargetUrl('primary', url, { connectionString }), { retry: { baseDelayMs: 5, maxDelayMs: 20 } });
   const clock = new TestClock();
   const log = captureLog();
-  const config = loadPgDrillConfig(pgEnv(arm.endpoint, [FakeArm.id(source)], { TCAB_BACKUP_PG_DRILL_USER: 'tcab', TCAB_BACKUP_PG_DRILL_PASSWORD: 'unused-here' }));
-  const tick = async () => (await runPgDrill(config, {
-    target, credential: new FixedCredential({ arm: ARM_TOKEN }), logger: log.logger, now: clock.now, arm: { ca: arm.ca, maxRetries: 0 },
-  })).servers[0]!;
+  const config = loadPgDrillConfig(
+    pgEnv(arm.endpoint, [FakeArm.id(source)], { TCAB_BACKUP_PG_DRILL_USER: 'tcab', TCAB_BACKUP_PG_DRILL_PASSWORD: 'unused-here' }),
+  );
+  const tick = async () =>
+    (
+      await runPgDrill(config, {
+        target,
+        credential: new FixedCredential({ arm: ARM_TOKEN }),
+        logger: log.logger,
+        now: clock.now,
+        arm: { ca: arm.ca, maxRetries: 0 },
+      })
+    ).servers[0]!;
 
   // The first attempt of every write under drills/ is applied, and then its connection is reset.
   let attempt = 0;
-  faults.inject({ fault: 'lost-answer', times: Infinity, match: (m, u) => m === 'PUT' && u.pathname.includes('/drills/') && attempt++ % 2 === 0 });
+  faults.inject({
+    fault: 'lost-answer',
+    times: Infinity,
+    match: (m, u) => m === 'PUT' && u.pathname.includes('/drills/') && attempt++ % 2 === 0,
+  });
 
   const t1 = await tick();
   expect(t1).toMatchObject({ action: 'restore-started', newDrill: true, drill: { state: 'restoring' } });

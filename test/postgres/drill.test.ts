@@ -8,7 +8,18 @@ import { PgDrillError, runPgDrill, type PgDrillOptions, type PgDrillServerResult
 import { PgDrillRecordSchema, pgDrillKey, readRecord, type PgDrillRecord } from '../../src/postgres/records.js';
 import { pgStatusSummary } from '../../src/postgres/status.js';
 import { FakeArm, type FakeServer } from '../support/fake-arm.js';
-import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, TestClock, bypassProxyForLoopback, captureLog, pgEnv, tempTarget, type CapturedLog, type TempTarget } from '../support/pg-harness.js';
+import {
+  ARM_TOKEN,
+  FixedCredential,
+  SUBSCRIPTION,
+  TestClock,
+  bypassProxyForLoopback,
+  captureLog,
+  pgEnv,
+  tempTarget,
+  type CapturedLog,
+  type TempTarget,
+} from '../support/pg-harness.js';
 import { startPgServer, type PgTestServer } from '../support/pg-server.js';
 
 const MIN = 60_000;
@@ -56,17 +67,28 @@ afterEach(async () => {
 
 function env(extra: Record<string, string> = {}) {
   return pgEnv(arm.endpoint, [FakeArm.id(source)], {
-    TCAB_BACKUP_PG_DRILL_USER: pg.user, TCAB_BACKUP_PG_DRILL_PASSWORD: pg.password, TCAB_BACKUP_PG_DRILL_PORT: String(pg.port),
-    TCAB_BACKUP_PG_DRILL_TLS: 'disable', ...extra,
+    TCAB_BACKUP_PG_DRILL_USER: pg.user,
+    TCAB_BACKUP_PG_DRILL_PASSWORD: pg.password,
+    TCAB_BACKUP_PG_DRILL_PORT: String(pg.port),
+    TCAB_BACKUP_PG_DRILL_TLS: 'disable',
+    ...extra,
   });
 }
 
 /** A fresh job instance each call, as after a restart: nothing but the target carries state between ticks. */
-function job(extra: Record<string, string> = {}, target: Target = store.target, credential = new FixedCredential({ arm: ARM_TOKEN, postgres: ENTRA_TOKEN })) {
+function job(
+  extra: Record<string, string> = {},
+  target: Target = store.target,
+  credential = new FixedCredential({ arm: ARM_TOKEN, postgres: ENTRA_TOKEN }),
+) {
   return async (options: PgDrillOptions = {}): Promise<PgDrillServerResult> => {
     const config = loadPgDrillConfig(env(extra));
     try {
-      const result = await runPgDrill(config, { target, credential, logger: log.logger, now: clock.now, arm: { ca: arm.ca, maxRetries: 0 } }, options);
+      const result = await runPgDrill(
+        config,
+        { target, credential, logger: log.logger, now: clock.now, arm: { ca: arm.ca, maxRetries: 0 } },
+        options,
+      );
       return result.servers[0]!;
     } catch (e) {
       thrown.push(e);
@@ -76,7 +98,10 @@ function job(extra: Record<string, string> = {}, target: Target = store.target, 
 }
 
 async function failureOf(tick: () => Promise<unknown>): Promise<PgDrillError> {
-  const err = await tick().then(() => undefined, (e: unknown) => e);
+  const err = await tick().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   expect(err).toBeInstanceOf(PgDrillError);
   return err as PgDrillError;
 }
@@ -99,11 +124,22 @@ describe('pg drill', () => {
     expect(drillName).toBe(`tcab-drill-tcab-prod-${id.slice(-8)}`);
     const [put] = arm.requestsOf('PUT');
     const requestedAt = Date.parse(t1.drill!.requestedAt);
-    expect(put!.path).toBe(`/subscriptions/${SUBSCRIPTION}/resourceGroups/rg-tcab/providers/Microsoft.DBforPostgreSQL/flexibleServers/${drillName}`);
+    expect(put!.path).toBe(
+      `/subscriptions/${SUBSCRIPTION}/resourceGroups/rg-tcab/providers/Microsoft.DBforPostgreSQL/flexibleServers/${drillName}`,
+    );
     expect(put!.body).toEqual({
       location: 'westeurope',
-      tags: { 'tcab-backup-drill': 'true', 'tcab-backup-drill-source': FakeArm.id(source), 'tcab-backup-drill-created': new Date(requestedAt).toISOString(), 'tcab-backup-drill-id': id },
-      properties: { createMode: 'PointInTimeRestore', sourceServerResourceId: FakeArm.id(source), pointInTimeUTC: new Date(requestedAt - 15 * MIN).toISOString() },
+      tags: {
+        'tcab-backup-drill': 'true',
+        'tcab-backup-drill-source': FakeArm.id(source),
+        'tcab-backup-drill-created': new Date(requestedAt).toISOString(),
+        'tcab-backup-drill-id': id,
+      },
+      properties: {
+        createMode: 'PointInTimeRestore',
+        sourceServerResourceId: FakeArm.id(source),
+        pointInTimeUTC: new Date(requestedAt - 15 * MIN).toISOString(),
+      },
     });
     expect(arm.find('rg-tcab', drillName)?.state).toBe('Provisioning');
 
@@ -115,7 +151,14 @@ describe('pg drill', () => {
     const t3 = await tick();
     expect(t3).toMatchObject({ action: 'validated', drill: { state: 'deleting', outcome: 'succeeded' } });
     const validated = await record(id);
-    expect(validated.validation).toMatchObject({ runs: 3, checks: [{ name: 'has-runs', ok: true }, { name: 'not-after-restore-point', ok: true }, { name: 'recovery-point', ok: true }] });
+    expect(validated.validation).toMatchObject({
+      runs: 3,
+      checks: [
+        { name: 'has-runs', ok: true },
+        { name: 'not-after-restore-point', ok: true },
+        { name: 'recovery-point', ok: true },
+      ],
+    });
     // The newest run was published 20 minutes before the drill, the restore point is 15 minutes before it.
     expect(validated.recoveryPointMs).toBeGreaterThan(4 * MIN);
     expect(validated.recoveryPointMs).toBeLessThan(6 * MIN);
@@ -136,12 +179,21 @@ describe('pg drill', () => {
     expect(arm.requestsOf('PUT')).toHaveLength(1);
 
     const [status] = await pgStatusSummary(store.target, [{ id: FakeArm.id(source), name: 'tcab-prod' }]);
-    expect(status).toMatchObject({ server: 'tcab-prod', drill: { drillId: id, state: 'done' }, lastSucceededDrill: { drillId: id, outcome: 'succeeded', recoveryTimeMs: 10 * MIN } });
+    expect(status).toMatchObject({
+      server: 'tcab-prod',
+      drill: { drillId: id, state: 'done' },
+      lastSucceededDrill: { drillId: id, outcome: 'succeeded', recoveryTimeMs: 10 * MIN },
+    });
     expect(log.lines.some((l) => l.includes('"event":"pg.drill.completed"') && l.includes('"recoveryPointMs"'))).toBe(true);
   });
 
   it('a restore that Azure fails fails the drill, deletes the half-made server, then raises the ARM error', async () => {
-    arm.restoreScript = { pollsUntilDone: 1, outcome: 'fail', error: { code: 'PointInTimeRestoreFailed', message: 'The restore could not read the source backup.' }, keepServerOnFailure: true };
+    arm.restoreScript = {
+      pollsUntilDone: 1,
+      outcome: 'fail',
+      error: { code: 'PointInTimeRestoreFailed', message: 'The restore could not read the source backup.' },
+      keepServerOnFailure: true,
+    };
     arm.deleteScript = { pollsUntilDone: 0, outcome: 'succeed' };
     const tick = job();
     const { drill } = await tick();
@@ -149,7 +201,9 @@ describe('pg drill', () => {
     expect(failing).toMatchObject({ action: 'failing', drill: { state: 'deleting', outcome: 'failed' } });
     expect(arm.find('rg-tcab', drill!.drillServer)?.state).toBe('Disabled');
     const err = await failureOf(tick);
-    expect(err.message).toContain(`drill ${drill!.drillId} failed: the point-in-time restore of "tcab-prod" to drill server "${drill!.drillServer}"`);
+    expect(err.message).toContain(
+      `drill ${drill!.drillId} failed: the point-in-time restore of "tcab-prod" to drill server "${drill!.drillServer}"`,
+    );
     expect(err.message).toContain('PointInTimeRestoreFailed');
     expect(err.message).toContain('The restore could not read the source backup.');
     expect(err.result.servers[0]!.drill).toMatchObject({ state: 'failed', outcome: 'failed' });
@@ -157,11 +211,19 @@ describe('pg drill', () => {
   });
 
   it('a restore that Azure refuses fails the drill without any server to delete', async () => {
-    arm.injectFailure({ method: 'PUT', path: /tcab-drill-/, status: 400, code: 'InvalidParameterValue', message: 'Restore is not supported for this server.' });
+    arm.injectFailure({
+      method: 'PUT',
+      path: /tcab-drill-/,
+      status: 400,
+      code: 'InvalidParameterValue',
+      message: 'Restore is not supported for this server.',
+    });
     const tick = job();
     expect(await tick()).toMatchObject({ action: 'failing', newDrill: true });
     const err = await failureOf(tick);
-    expect(err.message).toMatch(/Azure refused the point-in-time restore of "tcab-prod" at .* to drill server "tcab-drill-tcab-prod-[0-9a-f]{8}" .*: 400 InvalidParameterValue: Restore is not supported for this server\./);
+    expect(err.message).toMatch(
+      /Azure refused the point-in-time restore of "tcab-prod" at .* to drill server "tcab-drill-tcab-prod-[0-9a-f]{8}" .*: 400 InvalidParameterValue: Restore is not supported for this server\./,
+    );
     expect(arm.requestsOf('DELETE')).toHaveLength(0);
   });
 
@@ -175,7 +237,11 @@ describe('pg drill', () => {
     clock.advance(HOUR + MIN);
     expect(await tick()).toMatchObject({ action: 'failing', drill: { state: 'deleting' } });
     const err = await failureOf(tick);
-    expect(err.message).toMatch(new RegExp(`drill server "${drill!.drillServer}" \\(drill ${drill!.drillId} of "tcab-prod"\\) was not ready 2h after its restore started`));
+    expect(err.message).toMatch(
+      new RegExp(
+        `drill server "${drill!.drillServer}" \\(drill ${drill!.drillId} of "tcab-prod"\\) was not ready 2h after its restore started`,
+      ),
+    );
     expect(err.message).toContain('TCAB_BACKUP_PG_DRILL_TIMEOUT');
     expect(arm.find('rg-tcab', drill!.drillServer)).toBeUndefined();
   });
@@ -200,7 +266,9 @@ describe('pg drill', () => {
     await tick();
     await tick();
     const err = await failureOf(tick);
-    expect(err.message).toMatch(/the validation SQL failed on drill server .*database "tcab": the validation SQL returned columns ok; it must return one row with columns runs and newest_published_at/);
+    expect(err.message).toMatch(
+      /the validation SQL failed on drill server .*database "tcab": the validation SQL returned columns ok; it must return one row with columns runs and newest_published_at/,
+    );
   });
 
   it('runs the validation SQL read-only, so a statement that writes fails and changes nothing', async () => {
@@ -225,7 +293,9 @@ describe('pg drill', () => {
     clock.advance(31 * MIN);
     expect(await tick()).toMatchObject({ action: 'failing' });
     const err = await failureOf(tick);
-    expect(err.message).toMatch(/cannot connect to drill server .* at 127\.0\.0\.1:\d+ as "tcab_drill" \(database "tcab"\) for 31m: password authentication failed/);
+    expect(err.message).toMatch(
+      /cannot connect to drill server .* at 127\.0\.0\.1:\d+ as "tcab_drill" \(database "tcab"\) for 31m: password authentication failed/,
+    );
     expect(err.message).not.toContain(pg.password);
   });
 
@@ -247,14 +317,21 @@ describe('pg drill', () => {
     await tick();
     expect(await tick()).toMatchObject({ action: 'failing' });
     const err = await failureOf(tick);
-    expect(err.message).toMatch(/TCAB_BACKUP_PG_DRILL_TLS=disable would send the drill login to tcab-drill\.postgres\.database\.azure\.com unencrypted/);
+    expect(err.message).toMatch(
+      /TCAB_BACKUP_PG_DRILL_TLS=disable would send the drill login to tcab-drill\.postgres\.database\.azure\.com unencrypted/,
+    );
   });
 
   it('moves a restore point older than the earliest one up to it, and says so', async () => {
     source.earliestRestoreDate = new Date(Date.now() - 5 * MIN);
     const t1 = await job()();
-    expect(t1).toMatchObject({ action: 'restore-started', drill: { restorePointClamped: true, restorePoint: source.earliestRestoreDate.toISOString() } });
-    expect((arm.requestsOf('PUT')[0]!.body as { properties: { pointInTimeUTC: string } }).properties.pointInTimeUTC).toBe(source.earliestRestoreDate.toISOString());
+    expect(t1).toMatchObject({
+      action: 'restore-started',
+      drill: { restorePointClamped: true, restorePoint: source.earliestRestoreDate.toISOString() },
+    });
+    expect((arm.requestsOf('PUT')[0]!.body as { properties: { pointInTimeUTC: string } }).properties.pointInTimeUTC).toBe(
+      source.earliestRestoreDate.toISOString(),
+    );
     const r = await record(t1.drill!.drillId);
     expect(r.restorePoint).toMatchObject({ clamped: true, earliestRestorePoint: source.earliestRestoreDate.toISOString() });
     expect(Date.parse(r.restorePoint.requested)).toBeLessThan(source.earliestRestoreDate.getTime());
@@ -349,4 +426,3 @@ function gate(target: Target, key: string, parties: number): { target: Target } 
   };
   return { target: gated };
 }
-

@@ -27,14 +27,22 @@ afterEach(() => {
 });
 
 function drillTags(sourceId: string, ageMs: number): Record<string, string> {
-  return { 'tcab-backup-drill': 'true', 'tcab-backup-drill-source': sourceId, 'tcab-backup-drill-created': new Date(Date.now() - ageMs).toISOString() };
+  return {
+    'tcab-backup-drill': 'true',
+    'tcab-backup-drill-source': sourceId,
+    'tcab-backup-drill-created': new Date(Date.now() - ageMs).toISOString(),
+  };
 }
 
 function add(name: string, tags: Record<string, string>, over: Partial<FakeServer> = {}): FakeServer {
   return arm.addServer({ subscriptionId: SUBSCRIPTION, resourceGroup: 'rg-tcab', name, tags, ...over });
 }
 
-const env = () => pgEnv(arm.endpoint, [FakeArm.id(source)], { TCAB_BACKUP_PG_DRILL_USER: 'tcab_drill', TCAB_BACKUP_PG_DRILL_PASSWORD: 'drill-password-123' });
+const env = () =>
+  pgEnv(arm.endpoint, [FakeArm.id(source)], {
+    TCAB_BACKUP_PG_DRILL_USER: 'tcab_drill',
+    TCAB_BACKUP_PG_DRILL_PASSWORD: 'drill-password-123',
+  });
 
 async function sweep() {
   const config = loadPgDrillConfig(env());
@@ -77,15 +85,30 @@ describe('the drill server sweeper', () => {
 
   it('runs within every drill tick, and a delete Azure refuses fails the tick with the server and the role to grant', async () => {
     add('tcab-drill-tcab-prod-old00001', drillTags(FakeArm.id(source), 7 * HOUR));
-    arm.injectFailure({ method: 'DELETE', path: /tcab-drill-tcab-prod-old00001$/, status: 403, code: 'AuthorizationFailed', message: 'No delete permission.' });
+    arm.injectFailure({
+      method: 'DELETE',
+      path: /tcab-drill-tcab-prod-old00001$/,
+      status: 403,
+      code: 'AuthorizationFailed',
+      message: 'No delete permission.',
+    });
     const store = await tempTarget();
     try {
       const log = captureLog();
-      const err = await runPgDrill(loadPgDrillConfig(env()), { target: store.target, credential: new FixedCredential({ arm: ARM_TOKEN }), logger: log.logger, arm: { ca: arm.ca, maxRetries: 0 } })
-        .then(() => undefined, (e: unknown) => e);
+      const err = await runPgDrill(loadPgDrillConfig(env()), {
+        target: store.target,
+        credential: new FixedCredential({ arm: ARM_TOKEN }),
+        logger: log.logger,
+        arm: { ca: arm.ca, maxRetries: 0 },
+      }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(PgDrillError);
       const drillError = err as PgDrillError;
-      expect(drillError.message).toMatch(/Deleting drill server "tcab-drill-tcab-prod-old00001" \(resource group "rg-tcab", 7h old\) failed: 403 AuthorizationFailed: No delete permission\. Check: the function app's managed identity \(AZURE_CLIENT_ID\) needs the Contributor role on resource group "rg-tcab"/);
+      expect(drillError.message).toMatch(
+        /Deleting drill server "tcab-drill-tcab-prod-old00001" \(resource group "rg-tcab", 7h old\) failed: 403 AuthorizationFailed: No delete permission\. Check: the function app's managed identity \(AZURE_CLIENT_ID\) needs the Contributor role on resource group "rg-tcab"/,
+      );
       // The sweep failing does not hold up the drill itself.
       expect(drillError.result.servers[0]).toMatchObject({ action: 'restore-started', newDrill: true });
       expect(arm.find('rg-tcab', 'tcab-drill-tcab-prod-old00001')?.state).toBe('Ready');

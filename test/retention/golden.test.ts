@@ -12,7 +12,10 @@ import { describe, expect, it } from 'vitest';
 import { runRetentionPlanCommand } from '../../src/retention/plan-command.js';
 
 const dir = join(fileURLToPath(new URL('.', import.meta.url)), 'golden');
-const cases = readdirSync(dir).filter((f) => f.endsWith('.in.json')).map((f) => f.slice(0, -'.in.json'.length)).sort();
+const cases = readdirSync(dir)
+  .filter((f) => f.endsWith('.in.json'))
+  .map((f) => f.slice(0, -'.in.json'.length))
+  .sort();
 const update = process.env.TCAB_UPDATE_GOLDEN === '1';
 
 describe('retention plan golden files', () => {

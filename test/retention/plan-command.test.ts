@@ -26,14 +26,19 @@ describe('tcab-backup retention plan', () => {
   });
 
   it('takes durations and tag lists as the architecture names them, and ignores extra snapshot fields', () => {
-    const out = runRetentionPlanCommand(input({
-      policy: { withinDaily: '1d', tags: [['pinned']] },
-      snapshots: [...snapshots.map((s) => ({ ...s, verified: true, artifact: { bytes: 1 } })), { id: 'c', time: '2026-11-20T00:00:00Z' }],
-      now: '2026-11-25T00:00:00Z',
-    }));
+    const out = runRetentionPlanCommand(
+      input({
+        policy: { withinDaily: '1d', tags: [['pinned']] },
+        snapshots: [...snapshots.map((s) => ({ ...s, verified: true, artifact: { bytes: 1 } })), { id: 'c', time: '2026-11-20T00:00:00Z' }],
+        now: '2026-11-25T00:00:00Z',
+      }),
+    );
     expect(JSON.parse(out)).toEqual({
       // a is 09:00 UTC on the 24th, so the day before from 09:00 on is within a day of it.
-      keep: [{ id: 'a', reasons: ['has tags [pinned]', 'daily within 1d'] }, { id: 'b', reasons: ['daily within 1d'] }],
+      keep: [
+        { id: 'a', reasons: ['has tags [pinned]', 'daily within 1d'] },
+        { id: 'b', reasons: ['daily within 1d'] },
+      ],
       remove: ['c'],
     });
   });
@@ -42,10 +47,18 @@ describe('tcab-backup retention plan', () => {
     const future = new Date(Date.now() + 86_400_000).toISOString();
     const past = new Date(Date.now() - 3_600_000).toISOString();
     const older = new Date(Date.now() - 3 * 86_400_000).toISOString();
-    const out = JSON.parse(runRetentionPlanCommand(input({
-      policy: { within: '1d' },
-      snapshots: [{ id: 'future', time: future, tags: [] }, { id: 'past', time: past, tags: [] }, { id: 'older', time: older, tags: [] }],
-    })));
+    const out = JSON.parse(
+      runRetentionPlanCommand(
+        input({
+          policy: { within: '1d' },
+          snapshots: [
+            { id: 'future', time: future, tags: [] },
+            { id: 'past', time: past, tags: [] },
+            { id: 'older', time: older, tags: [] },
+          ],
+        }),
+      ),
+    );
     expect(out.remove).toEqual(['older']);
   });
 
@@ -55,12 +68,18 @@ describe('tcab-backup retention plan', () => {
   });
 
   it('names the field and the snapshot index of each problem, all at once', () => {
-    const e = errorOf(input({
-      policy: { daily: -2, dayly: 3, within: '30min', tags: [[]] },
-      snapshots: [{ id: 'a', time: '2026-11-24T10:00:00Z', tags: [] }, { id: '', time: 'yesterday', tags: 'pinned' }, { id: 'a', time: '2026-11-24T11:00:00Z' }],
-      now: 'soon',
-      extra: true,
-    }));
+    const e = errorOf(
+      input({
+        policy: { daily: -2, dayly: 3, within: '30min', tags: [[]] },
+        snapshots: [
+          { id: 'a', time: '2026-11-24T10:00:00Z', tags: [] },
+          { id: '', time: 'yesterday', tags: 'pinned' },
+          { id: 'a', time: '2026-11-24T11:00:00Z' },
+        ],
+        now: 'soon',
+        extra: true,
+      }),
+    );
     expect(e.message).toMatch(/^Invalid retention plan input: /);
     expect(e.message).toContain('policy.daily: expected a whole number from 0, or -1 for no limit');
     expect(e.message).toContain('policy: unknown field(s) "dayly"');
@@ -75,14 +94,17 @@ describe('tcab-backup retention plan', () => {
   });
 
   it('refuses a snapshot listed twice, naming both indexes', () => {
-    const e = errorOf(input({ policy: { last: 1 }, snapshots: [snapshots[0], snapshots[1], { ...snapshots[0], time: '2026-11-01T00:00:00Z' }] }));
+    const e = errorOf(
+      input({ policy: { last: 1 }, snapshots: [snapshots[0], snapshots[1], { ...snapshots[0], time: '2026-11-01T00:00:00Z' }] }),
+    );
     expect(e.message).toContain('snapshots[2].id: "b" is also snapshots[0].id: each snapshot must appear once');
   });
 
   it('refuses what is not an input object, and a time without a zone', () => {
     expect(errorOf('[]').message).toContain('(input): expected an object {"policy": {...}, "snapshots": [...], "now"?}');
     expect(errorOf(input({ snapshots: [] })).message).toContain('policy: expected an object of rules');
-    expect(errorOf(input({ policy: {}, snapshots: [{ id: 'x', time: '2026-11-24T10:00:00', tags: [] }] })).message)
-      .toContain('snapshots[0].time: expected an ISO 8601 time with a zone');
+    expect(errorOf(input({ policy: {}, snapshots: [{ id: 'x', time: '2026-11-24T10:00:00', tags: [] }] })).message).toContain(
+      'snapshots[0].time: expected an ISO 8601 time with a zone',
+    );
   });
 });

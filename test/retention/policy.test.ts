@@ -14,7 +14,10 @@ const snap = (id: string, iso: string, tags: string[] = []): RetentionSnapshot =
  * oldest snapshot when fewer than n were used before reaching it.
  */
 function referencePlan(snapshots: RetentionSnapshot[], policy: RetentionPolicy, now: Date) {
-  const sorted = snapshots.map((s, i) => ({ s, i })).sort((a, b) => b.s.time.getTime() - a.s.time.getTime() || a.i - b.i).map((x) => x.s);
+  const sorted = snapshots
+    .map((s, i) => ({ s, i }))
+    .sort((a, b) => b.s.time.getTime() - a.s.time.getTime() || a.i - b.i)
+    .map((x) => x.s);
   const reasons = new Map<string, string[]>();
   const add = (id: string, r: string) => reasons.set(id, [...(reasons.get(id) ?? []), r]);
   const oldest = sorted.length - 1;
@@ -45,8 +48,12 @@ function referencePlan(snapshots: RetentionSnapshot[], policy: RetentionPolicy, 
     for (const i of all.filter((i) => ms(i) > cutoff)) note(i, 'within', o);
   }
   const countRules: Array<[keyof RetentionPolicy, (i: number) => number, string]> = [
-    ['last', (i) => i, 'last'], ['hourly', (i) => hourOf(ms(i)), 'hourly'], ['daily', (i) => dayOf(ms(i)), 'daily'],
-    ['weekly', (i) => weekOf(ms(i)), 'weekly'], ['monthly', (i) => monthOf(ms(i)), 'monthly'], ['yearly', (i) => yearOf(ms(i)), 'yearly'],
+    ['last', (i) => i, 'last'],
+    ['hourly', (i) => hourOf(ms(i)), 'hourly'],
+    ['daily', (i) => dayOf(ms(i)), 'daily'],
+    ['weekly', (i) => weekOf(ms(i)), 'weekly'],
+    ['monthly', (i) => monthOf(ms(i)), 'monthly'],
+    ['yearly', (i) => yearOf(ms(i)), 'yearly'],
   ];
   for (const [rule, key, word] of countRules) {
     const n = policy[rule] as number | undefined;
@@ -59,8 +66,11 @@ function referencePlan(snapshots: RetentionSnapshot[], policy: RetentionPolicy, 
     if (!chosen.includes(oldest) && (n === -1 || usedBeforeOldest < n)) note(oldest, `oldest ${word} snapshot`, o);
   }
   const withinRules: Array<[keyof RetentionPolicy, (i: number) => number, string]> = [
-    ['withinHourly', (i) => hourOf(ms(i)), 'hourly'], ['withinDaily', (i) => dayOf(ms(i)), 'daily'],
-    ['withinWeekly', (i) => weekOf(ms(i)), 'weekly'], ['withinMonthly', (i) => monthOf(ms(i)), 'monthly'], ['withinYearly', (i) => yearOf(ms(i)), 'yearly'],
+    ['withinHourly', (i) => hourOf(ms(i)), 'hourly'],
+    ['withinDaily', (i) => dayOf(ms(i)), 'daily'],
+    ['withinWeekly', (i) => weekOf(ms(i)), 'weekly'],
+    ['withinMonthly', (i) => monthOf(ms(i)), 'monthly'],
+    ['withinYearly', (i) => yearOf(ms(i)), 'yearly'],
   ];
   for (const [rule, key, word] of withinRules) {
     const d = policy[rule] as RetentionPolicy['within'];
@@ -81,7 +91,10 @@ function referencePlan(snapshots: RetentionSnapshot[], policy: RetentionPolicy, 
 
 // Reasons without the durations, to compare with the reference's shorter words.
 const shortReasons = (plan: { keep: Array<{ id: string; reasons: string[] }>; remove: string[] }) => ({
-  keep: plan.keep.map((k) => ({ id: k.id, reasons: k.reasons.map((r) => r.replace(/ within .*$/, ' within').replace(/^within .*$/, 'within')) })),
+  keep: plan.keep.map((k) => ({
+    id: k.id,
+    reasons: k.reasons.map((r) => r.replace(/ within .*$/, ' within').replace(/^within .*$/, 'within')),
+  })),
   remove: plan.remove,
 });
 
@@ -110,14 +123,25 @@ describe('planRetention at scale', () => {
 
   it('plans 10,000 snapshots with every kind of rule like the reference formulation', () => {
     const policy: RetentionPolicy = {
-      last: 5, hourly: 30, daily: -1, weekly: 20, monthly: 6, yearly: 1,
-      within: parseCalendarDuration('2d'), withinHourly: parseCalendarDuration('3d'), withinDaily: parseCalendarDuration('1m15d'),
-      withinWeekly: parseCalendarDuration('4m'), withinMonthly: parseCalendarDuration('1y'), withinYearly: parseCalendarDuration('5y'),
+      last: 5,
+      hourly: 30,
+      daily: -1,
+      weekly: 20,
+      monthly: 6,
+      yearly: 1,
+      within: parseCalendarDuration('2d'),
+      withinHourly: parseCalendarDuration('3d'),
+      withinDaily: parseCalendarDuration('1m15d'),
+      withinWeekly: parseCalendarDuration('4m'),
+      withinMonthly: parseCalendarDuration('1y'),
+      withinYearly: parseCalendarDuration('5y'),
       tags: [['pinned'], ['manual', 'pinned']],
     };
     const plan = planRetention(history, policy, now);
     expect(shortReasons(plan)).toEqual(referencePlan(history, policy, now));
-    expect(plan.keep.filter((k) => k.reasons.includes('has tags [pinned]'))).toHaveLength(history.filter((s) => s.tags.includes('pinned')).length);
+    expect(plan.keep.filter((k) => k.reasons.includes('has tags [pinned]'))).toHaveLength(
+      history.filter((s) => s.tags.includes('pinned')).length,
+    );
   });
 
   it('gives the same plan for any input order when times are distinct', () => {
@@ -149,7 +173,9 @@ describe('planRetention', () => {
   it('measures within from the newest snapshot before the current time when no "now" is given', () => {
     const hour = 3_600_000;
     const at = (offsetHours: number) => new Date(Date.now() + offsetHours * hour).toISOString();
-    const plan = planRetention([snap('future', at(5)), snap('newest', at(-1)), snap('old', at(-30))], { within: parseCalendarDuration('1d') });
+    const plan = planRetention([snap('future', at(5)), snap('newest', at(-1)), snap('old', at(-30))], {
+      within: parseCalendarDuration('1d'),
+    });
     expect(plan.keep.map((k) => k.id)).toEqual(['future', 'newest']);
     expect(plan.remove).toEqual(['old']);
   });
@@ -157,7 +183,10 @@ describe('planRetention', () => {
   it('treats zero counts and zero durations as rules not set', () => {
     const list = [snap('a', '2026-11-20T10:00:00Z'), snap('b', '2026-11-19T10:00:00Z')];
     const plan = planRetention(list, { daily: 0, within: parseCalendarDuration('0d') });
-    expect(plan.keep).toEqual([{ id: 'a', reasons: ['no retention rule set'] }, { id: 'b', reasons: ['no retention rule set'] }]);
+    expect(plan.keep).toEqual([
+      { id: 'a', reasons: ['no retention rule set'] },
+      { id: 'b', reasons: ['no retention rule set'] },
+    ]);
     expect(plan.remove).toEqual([]);
   });
 
@@ -167,13 +196,16 @@ describe('planRetention', () => {
     expect(() => planRetention(list, { hourly: 1.5 })).toThrow(/hourly: 1.5 is not a count/);
     expect(() => planRetention(list, { tags: [[]] })).toThrow(/tags\[0\]: a tag list is empty/);
     expect(() => planRetention(list, { tags: [['a', '']] })).toThrow(/tags\[0\]: a tag is empty/);
-    expect(() => planRetention(list, { within: { years: 0, months: -1, days: 0, hours: 0 } })).toThrow(/within: years, months, days and hours/);
+    expect(() => planRetention(list, { within: { years: 0, months: -1, days: 0, hours: 0 } })).toThrow(
+      /within: years, months, days and hours/,
+    );
     expect(() => planRetention(list, { daily: -2 })).toThrow(TcabError);
   });
 
   it('refuses a listing with a duplicate id or an invalid time, naming the snapshot', () => {
-    expect(() => planRetention([snap('a', '2026-11-20T10:00:00Z'), snap('a', '2026-11-21T10:00:00Z')], { last: 1 }))
-      .toThrow(/snapshot a twice/);
+    expect(() => planRetention([snap('a', '2026-11-20T10:00:00Z'), snap('a', '2026-11-21T10:00:00Z')], { last: 1 })).toThrow(
+      /snapshot a twice/,
+    );
     expect(() => planRetention([snap('bad', 'not a time')], { last: 1 })).toThrow(/snapshot bad with an invalid time/);
     expect(() => planRetention([], { last: 1 }, new Date('nope'))).toThrow(/invalid "now"/);
   });

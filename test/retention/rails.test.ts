@@ -8,7 +8,11 @@ const HOUR = 3_600_000;
 /** n snapshots, one a day back from 11:00 today; s0 is the newest. All verified unless listed. */
 function history(n: number, extra: Partial<Record<number, Partial<RailSnapshot>>> = {}): RailSnapshot[] {
   return Array.from({ length: n }, (_, i) => ({
-    id: `s${i}`, time: new Date(NOW.getTime() - HOUR - i * 24 * HOUR), tags: [], verified: true, ...extra[i],
+    id: `s${i}`,
+    time: new Date(NOW.getTime() - HOUR - i * 24 * HOUR),
+    tags: [],
+    verified: true,
+    ...extra[i],
   }));
 }
 
@@ -33,7 +37,9 @@ describe('applySafetyRails', () => {
     expect(guarded.keep.map((k) => k.id)).toEqual(['s0', 's1', 's2', 's3', 's4']);
     expect(guarded.keep[1]!.reasons).toEqual(['run refused (listing-complete)']);
     expect(guarded.refused).toMatchObject({ rail: 'listing-complete', ids: ['s1', 's2', 's3', 's4'] });
-    expect(guarded.refused!.message).toMatch(/^Retention refused on target "r2": the snapshot listing is incomplete.*nothing is removed.*Check: /);
+    expect(guarded.refused!.message).toMatch(
+      /^Retention refused on target "r2": the snapshot listing is incomplete.*nothing is removed.*Check: /,
+    );
   });
 
   it('always keeps pinned snapshots, by tag or by flag', () => {
@@ -45,7 +51,9 @@ describe('applySafetyRails', () => {
       { id: 's3', reasons: ['pinned'] },
     ]);
     expect(guarded.remove).toEqual(['s1', 's4']);
-    expect(guarded.rails).toEqual([{ rail: 'pinned', ids: ['s2', 's3'], message: 'Kept 2 pinned snapshot(s) on target "blob" that the policy would remove: s2, s3' }]);
+    expect(guarded.rails).toEqual([
+      { rail: 'pinned', ids: ['s2', 's3'], message: 'Kept 2 pinned snapshot(s) on target "blob" that the policy would remove: s2, s3' },
+    ]);
   });
 
   it('never deletes the newest verified snapshot', () => {
@@ -53,7 +61,9 @@ describe('applySafetyRails', () => {
     const guarded = run(snaps, { last: 1 });
     expect(guarded.keep.map((k) => k.id)).toEqual(['s0', 's2']);
     expect(guarded.keep[1]!.reasons).toEqual(['newest verified snapshot']);
-    expect(guarded.rails).toEqual([{ rail: 'newest-verified', ids: ['s2'], message: expect.stringMatching(/^Kept s2, the newest snapshot whose sha256 was verified/) }]);
+    expect(guarded.rails).toEqual([
+      { rail: 'newest-verified', ids: ['s2'], message: expect.stringMatching(/^Kept s2, the newest snapshot whose sha256 was verified/) },
+    ]);
     // With nothing verified there is nothing to protect, and nothing is reported.
     expect(run(history(3, { 0: { verified: false }, 1: { verified: false }, 2: { verified: false } }), { last: 1 }).rails).toEqual([]);
   });
@@ -80,9 +90,16 @@ describe('applySafetyRails', () => {
     // `tags` keeps nothing here: the policy alone would remove everything.
     const guarded = run(snaps, { tags: [['never']] }, { minAgeMs: HOUR });
     expect(guarded.keep.map((k) => k.id)).toEqual(['future', 'ten-minutes', 'fifty-minutes']);
-    expect(guarded.keep.map((k) => k.reasons[0])).toEqual(['younger than 1h (min age)', 'newest verified snapshot', 'younger than 1h (min age)']);
+    expect(guarded.keep.map((k) => k.reasons[0])).toEqual([
+      'younger than 1h (min age)',
+      'newest verified snapshot',
+      'younger than 1h (min age)',
+    ]);
     expect(guarded.remove).toEqual(['one-hour', 'two-hours']);
-    expect(guarded.rails.map((r) => [r.rail, r.ids])).toEqual([['newest-verified', ['ten-minutes']], ['min-age', ['future', 'fifty-minutes']]]);
+    expect(guarded.rails.map((r) => [r.rail, r.ids])).toEqual([
+      ['newest-verified', ['ten-minutes']],
+      ['min-age', ['future', 'fifty-minutes']],
+    ]);
   });
 
   it('refuses a run that would delete more than the allowed share, and removes nothing', () => {
@@ -94,14 +111,21 @@ describe('applySafetyRails', () => {
     expect(guarded.refused).toMatchObject({ rail: 'max-delete-share', ids: ['s2', 's3', 's4', 's5', 's6', 's7', 's8', 's9'] });
     expect(guarded.refused!.message).toBe(
       'Retention refused: the run would delete 8 of 10 snapshots on target "blob" (80%), more than TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE allows (50%); nothing is removed. ' +
-      'Check: the retention policy of this target; if the deletion is intended, run prune with --force or raise TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE');
+        'Check: the retention policy of this target; if the deletion is intended, run prune with --force or raise TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE',
+    );
   });
 
   it('lets a forced run delete more than the share, and reports that it was forced', () => {
     const guarded = run(history(10), { last: 2 }, { maxDeleteShare: 0.5, force: true });
     expect(guarded.refused).toBeNull();
     expect(guarded.remove).toHaveLength(8);
-    expect(guarded.rails).toEqual([{ rail: 'max-delete-share', ids: guarded.remove, message: expect.stringMatching(/^Forced: the run would delete 8 of 10 snapshots \(80%\)/) }]);
+    expect(guarded.rails).toEqual([
+      {
+        rail: 'max-delete-share',
+        ids: guarded.remove,
+        message: expect.stringMatching(/^Forced: the run would delete 8 of 10 snapshots \(80%\)/),
+      },
+    ]);
   });
 
   it('allows exactly the share, and counts the share after the other rails have kept what they keep', () => {

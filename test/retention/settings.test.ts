@@ -4,15 +4,29 @@ import { ConfigError } from '../../src/errors.js';
 import { parseCalendarDuration } from '../../src/retention/duration.js';
 import { planRetention } from '../../src/retention/policy.js';
 import {
-  DEFAULT_MAX_DELETE_SHARE, DEFAULT_MIN_AGE, DEFAULT_MIN_KEEP, DEFAULT_RETENTION_POLICY, DEFAULT_RETENTION_POLICY_TEXT,
-  formatRetentionPolicy, loadRetentionConfig, parseRetentionPolicy, retentionVariable,
+  DEFAULT_MAX_DELETE_SHARE,
+  DEFAULT_MIN_AGE,
+  DEFAULT_MIN_KEEP,
+  DEFAULT_RETENTION_POLICY,
+  DEFAULT_RETENTION_POLICY_TEXT,
+  formatRetentionPolicy,
+  loadRetentionConfig,
+  parseRetentionPolicy,
+  retentionVariable,
 } from '../../src/retention/settings.js';
 
 describe('parseRetentionPolicy', () => {
   it('reads every rule of the documented example', () => {
-    const policy = parseRetentionPolicy('last=3,hourly=24,daily=14,weekly=8,monthly=12,yearly=-1,within=2d,withinDaily=30d,tags=pinned;release+v1');
+    const policy = parseRetentionPolicy(
+      'last=3,hourly=24,daily=14,weekly=8,monthly=12,yearly=-1,within=2d,withinDaily=30d,tags=pinned;release+v1',
+    );
     expect(policy).toEqual({
-      last: 3, hourly: 24, daily: 14, weekly: 8, monthly: 12, yearly: -1,
+      last: 3,
+      hourly: 24,
+      daily: 14,
+      weekly: 8,
+      monthly: 12,
+      yearly: -1,
       within: { years: 0, months: 0, days: 2, hours: 0 },
       withinDaily: { years: 0, months: 0, days: 30, hours: 0 },
       tags: [['pinned'], ['release', 'v1']],
@@ -20,11 +34,15 @@ describe('parseRetentionPolicy', () => {
   });
 
   it('takes "unlimited" for -1, rule names in any case, spaces around rules, and every within rule', () => {
-    const policy = parseRetentionPolicy(' Daily = unlimited , WITHINHOURLY=1d, withinWeekly=1m, withinMonthly=1y, withinYearly=10y, withinDaily=1y2m3d4h, ');
+    const policy = parseRetentionPolicy(
+      ' Daily = unlimited , WITHINHOURLY=1d, withinWeekly=1m, withinMonthly=1y, withinYearly=10y, withinDaily=1y2m3d4h, ',
+    );
     expect(policy.daily).toBe(-1);
     expect(policy.withinHourly).toEqual(parseCalendarDuration('1d'));
     expect(policy.withinDaily).toEqual({ years: 1, months: 2, days: 3, hours: 4 });
-    expect(formatRetentionPolicy(policy)).toBe('daily=-1,withinHourly=1d,withinDaily=1y2m3d4h,withinWeekly=1m,withinMonthly=1y,withinYearly=10y');
+    expect(formatRetentionPolicy(policy)).toBe(
+      'daily=-1,withinHourly=1d,withinDaily=1y2m3d4h,withinWeekly=1m,withinMonthly=1y,withinYearly=10y',
+    );
   });
 
   it('round-trips through its canonical text', () => {
@@ -59,7 +77,12 @@ describe('the default policy', () => {
     expect(doc('TCAB_BACKUP_RETENTION_MIN_KEEP')?.default).toBe(String(DEFAULT_MIN_KEEP));
     expect(doc('TCAB_BACKUP_RETENTION_MIN_AGE')?.default).toBe(DEFAULT_MIN_AGE);
     expect(doc('TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE')?.default).toBe(String(DEFAULT_MAX_DELETE_SHARE));
-    for (const name of ['TCAB_BACKUP_RETENTION_<NAME>', 'TCAB_BACKUP_RETENTION_MIN_KEEP', 'TCAB_BACKUP_RETENTION_MIN_AGE', 'TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE']) {
+    for (const name of [
+      'TCAB_BACKUP_RETENTION_<NAME>',
+      'TCAB_BACKUP_RETENTION_MIN_KEEP',
+      'TCAB_BACKUP_RETENTION_MIN_AGE',
+      'TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE',
+    ]) {
       expect(doc(name)).toMatchObject({ side: 'backup', requiredInAzure: false, secret: false });
     }
   });
@@ -85,18 +108,30 @@ describe('the default policy', () => {
 
 describe('loadRetentionConfig', () => {
   it('gives each target its own policy, or the default, and the rails their defaults', () => {
-    const config = loadRetentionConfig({ TCAB_BACKUP_RETENTION_BLOB: 'daily=7', TCAB_BACKUP_RETENTION_R2_EU: 'last=2' }, ['blob', 'r2-eu', 'local']);
+    const config = loadRetentionConfig({ TCAB_BACKUP_RETENTION_BLOB: 'daily=7', TCAB_BACKUP_RETENTION_R2_EU: 'last=2' }, [
+      'blob',
+      'r2-eu',
+      'local',
+    ]);
     expect(config.policies.get('blob')).toEqual({ policy: { daily: 7 }, source: 'TCAB_BACKUP_RETENTION_BLOB' });
     expect(config.policies.get('r2-eu')).toEqual({ policy: { last: 2 }, source: 'TCAB_BACKUP_RETENTION_R2_EU' });
-    expect(config.policies.get('local')).toEqual({ policy: DEFAULT_RETENTION_POLICY, source: `default (${DEFAULT_RETENTION_POLICY_TEXT})` });
+    expect(config.policies.get('local')).toEqual({
+      policy: DEFAULT_RETENTION_POLICY,
+      source: `default (${DEFAULT_RETENTION_POLICY_TEXT})`,
+    });
     expect(config.rails).toEqual({ minKeep: 3, minAgeMs: 3_600_000, maxDeleteShare: 0.5 });
     expect(retentionVariable('r2-eu')).toBe('TCAB_BACKUP_RETENTION_R2_EU');
   });
 
   it('reads the rails', () => {
-    const config = loadRetentionConfig({
-      TCAB_BACKUP_RETENTION_MIN_KEEP: '0', TCAB_BACKUP_RETENTION_MIN_AGE: '1d', TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
-    }, ['blob']);
+    const config = loadRetentionConfig(
+      {
+        TCAB_BACKUP_RETENTION_MIN_KEEP: '0',
+        TCAB_BACKUP_RETENTION_MIN_AGE: '1d',
+        TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '1',
+      },
+      ['blob'],
+    );
     expect(config.rails).toEqual({ minKeep: 0, minAgeMs: 86_400_000, maxDeleteShare: 1 });
     expect(loadRetentionConfig({ TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '.25' }, []).rails.maxDeleteShare).toBe(0.25);
   });
@@ -104,31 +139,46 @@ describe('loadRetentionConfig', () => {
   it('lists every problem at once, each naming its variable', () => {
     let error: unknown;
     try {
-      loadRetentionConfig({
-        TCAB_BACKUP_RETENTION_BLOB: 'daily=seven',
-        TCAB_BACKUP_RETENTION_BLOBB: 'daily=7',
-        TCAB_BACKUP_RETENTION_MIN_KEEP: '-1',
-        TCAB_BACKUP_RETENTION_MIN_AGE: 'soon',
-        TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '50%',
-      }, ['blob']);
+      loadRetentionConfig(
+        {
+          TCAB_BACKUP_RETENTION_BLOB: 'daily=seven',
+          TCAB_BACKUP_RETENTION_BLOBB: 'daily=7',
+          TCAB_BACKUP_RETENTION_MIN_KEEP: '-1',
+          TCAB_BACKUP_RETENTION_MIN_AGE: 'soon',
+          TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE: '50%',
+        },
+        ['blob'],
+      );
     } catch (e) {
       error = e;
     }
     expect(error).toBeInstanceOf(ConfigError);
     const problems = (error as ConfigError).problems;
     expect(problems).toHaveLength(5);
-    expect(problems).toContain('TCAB_BACKUP_RETENTION_BLOB: "daily=seven" is invalid: daily: "seven" is not a count: expected a whole number from 0, or -1 (or "unlimited") for no limit');
-    expect(problems.find((p) => p.startsWith('TCAB_BACKUP_RETENTION_BLOBB:'))).toMatch(/no target in TCAB_BACKUP_TARGETS has this name \(targets: blob\)/);
-    expect(problems.find((p) => p.startsWith('TCAB_BACKUP_RETENTION_MIN_KEEP:'))).toMatch(/"-1" is invalid: expected a whole number from 0/);
+    expect(problems).toContain(
+      'TCAB_BACKUP_RETENTION_BLOB: "daily=seven" is invalid: daily: "seven" is not a count: expected a whole number from 0, or -1 (or "unlimited") for no limit',
+    );
+    expect(problems.find((p) => p.startsWith('TCAB_BACKUP_RETENTION_BLOBB:'))).toMatch(
+      /no target in TCAB_BACKUP_TARGETS has this name \(targets: blob\)/,
+    );
+    expect(problems.find((p) => p.startsWith('TCAB_BACKUP_RETENTION_MIN_KEEP:'))).toMatch(
+      /"-1" is invalid: expected a whole number from 0/,
+    );
     expect(problems.find((p) => p.startsWith('TCAB_BACKUP_RETENTION_MIN_AGE:'))).toMatch(/"soon" is not a duration/);
-    expect(problems.find((p) => p.startsWith('TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE:'))).toMatch(/"50%" is invalid: expected a share from 0 to 1/);
+    expect(problems.find((p) => p.startsWith('TCAB_BACKUP_RETENTION_MAX_DELETE_SHARE:'))).toMatch(
+      /"50%" is invalid: expected a share from 0 to 1/,
+    );
   });
 
   it('refuses a target whose name would read a safety-rail setting as its policy', () => {
-    expect(() => loadRetentionConfig({}, ['min-age'])).toThrow(/target name "min-age" makes its retention variable TCAB_BACKUP_RETENTION_MIN_AGE, which is a safety-rail setting/);
+    expect(() => loadRetentionConfig({}, ['min-age'])).toThrow(
+      /target name "min-age" makes its retention variable TCAB_BACKUP_RETENTION_MIN_AGE, which is a safety-rail setting/,
+    );
   });
 
   it('takes an empty variable as unset', () => {
-    expect(loadRetentionConfig({ TCAB_BACKUP_RETENTION_BLOB: '  ' }, ['blob']).policies.get('blob')?.policy).toEqual(DEFAULT_RETENTION_POLICY);
+    expect(loadRetentionConfig({ TCAB_BACKUP_RETENTION_BLOB: '  ' }, ['blob']).policies.get('blob')?.policy).toEqual(
+      DEFAULT_RETENTION_POLICY,
+    );
   });
 });

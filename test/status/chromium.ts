@@ -20,16 +20,32 @@ export async function findChromium(): Promise<string> {
       // try the next name
     }
   }
-  throw new Error(`No Chromium found (tried ${CANDIDATES.join(', ')}): the status page test renders the page in a real browser. Install it: apt-get install -y chromium`);
+  throw new Error(
+    `No Chromium found (tried ${CANDIDATES.join(', ')}): the status page test renders the page in a real browser. Install it: apt-get install -y chromium`,
+  );
 }
 
 async function chromium(binary: string, args: string[], url: string): Promise<string> {
   const profile = await mkdtemp(join(tmpdir(), 'tcab-chromium-'));
   try {
-    const { stdout } = await run(binary, [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--hide-scrollbars', `--user-data-dir=${profile}`, ...args, url,
-    ], { timeout: 90_000, maxBuffer: 64 * 1024 * 1024 });
+    const { stdout } = await run(
+      binary,
+      [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+        '--hide-scrollbars',
+        `--user-data-dir=${profile}`,
+        ...args,
+        url,
+      ],
+      { timeout: 90_000, maxBuffer: 64 * 1024 * 1024 },
+    );
     return stdout;
   } finally {
     await rm(profile, { recursive: true, force: true });

@@ -26,10 +26,18 @@ async function run(command: Command, args: string[], extraEnv: Record<string, st
   let text = '';
   stdout.on('data', (d: Buffer) => (text += d.toString()));
   const env = {
-    TCAB_BACKUP_TARGETS: `local=file://${fx.work}/backups`, TCAB_BACKUP_AGENT_URL: fx.agent.url, TCAB_BACKUP_AGENT_KEY_ID: 'functions',
-    TCAB_BACKUP_AGENT_KEY: fx.key, TCAB_BACKUP_DRILL_WORK_DIR: join(fx.work, 'scratch'), ...extraEnv,
+    TCAB_BACKUP_TARGETS: `local=file://${fx.work}/backups`,
+    TCAB_BACKUP_AGENT_URL: fx.agent.url,
+    TCAB_BACKUP_AGENT_KEY_ID: 'functions',
+    TCAB_BACKUP_AGENT_KEY: fx.key,
+    TCAB_BACKUP_DRILL_WORK_DIR: join(fx.work, 'scratch'),
+    ...extraEnv,
   };
-  const code = await command(args, { io: { stdout, stderr: process.stderr, stdin: process.stdin, env }, logger: createLogger({ level: 'error' }), env });
+  const code = await command(args, {
+    io: { stdout, stderr: process.stderr, stdin: process.stdin, env },
+    logger: createLogger({ level: 'error' }),
+    env,
+  });
   return { code, stdout: text };
 }
 
@@ -37,7 +45,9 @@ describe('drill, verify and status commands', () => {
   it('drill prints what a restore would lose and how long it took; --json is the drill result', async () => {
     const human = await run(drillCommand, []);
     expect(human.code).toBe(0);
-    expect(human.stdout).toMatch(/^restore drill \S+ of "tcab":\n {2}target local: snapshot \S+ restored and verified in (\d+ ms|\d+(\.\d)? s)/);
+    expect(human.stdout).toMatch(
+      /^restore drill \S+ of "tcab":\n {2}target local: snapshot \S+ restored and verified in (\d+ ms|\d+(\.\d)? s)/,
+    );
     expect(human.stdout).toContain('runs published since the snapshot: 3');
     expect(human.stdout).toMatch(/runs 80 -> 83 \(\+3\)/);
     const json = JSON.parse((await run(drillCommand, ['--json'])).stdout);
@@ -54,7 +64,9 @@ describe('drill, verify and status commands', () => {
     const all = JSON.parse((await run(verifyCommand, ['--all', '--json'])).stdout);
     expect(all).toMatchObject({ ok: true, all: true, checked: 1, failed: 0, withinMs: 7 * 86_400_000, intervalMs: 86_400_000 });
     const human = await run(verifyCommand, []);
-    expect(human.stdout).toMatch(/^target local: read 1 of 1 snapshot\(s\), .* all match their manifests; longest any snapshot has gone unread: \d+s \(window 7d\)/);
+    expect(human.stdout).toMatch(
+      /^target local: read 1 of 1 snapshot\(s\), .* all match their manifests; longest any snapshot has gone unread: \d+s \(window 7d\)/,
+    );
   });
 
   it('status prints the state, exits 1 when critical, and writes the page with --html', async () => {
@@ -64,7 +76,10 @@ describe('drill, verify and status commands', () => {
     expect(ok.stdout).toMatch(/^tcab: OK \(as of /);
     expect(ok.stdout).toMatch(/target local OK: newest snapshot \d+s ago/);
     expect(await readFile(join(fx.work, 'status.html'), 'utf8')).toContain('data-target="local"');
-    const critical = await run(statusCommand, ['--json'], { TCAB_BACKUP_SNAPSHOT_WARN_AGE: '1ms', TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE: '2ms' });
+    const critical = await run(statusCommand, ['--json'], {
+      TCAB_BACKUP_SNAPSHOT_WARN_AGE: '1ms',
+      TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE: '2ms',
+    });
     expect(critical.code).toBe(1);
     expect(JSON.parse(critical.stdout)).toMatchObject({ state: 'critical', problems: [{ check: 'snapshot', target: 'local' }] });
   });

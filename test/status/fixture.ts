@@ -44,7 +44,17 @@ export async function startFixture(options: { runs?: number; azurite?: boolean; 
   const key = randomBytes(32).toString('hex');
   const logger = options.logger ?? createLogger({ level: 'error' });
   const agent = await startAgent(
-    { dbPath, stagingDir: join(work, 'staging'), host: '127.0.0.1', port: 0, keys: new Map([['functions', key]]), tls: undefined, databaseName: DATABASE, compression: 'gzip', stagingTtlMs: 3_600_000 },
+    {
+      dbPath,
+      stagingDir: join(work, 'staging'),
+      host: '127.0.0.1',
+      port: 0,
+      keys: new Map([['functions', key]]),
+      tls: undefined,
+      databaseName: DATABASE,
+      compression: 'gzip',
+      stagingTtlMs: 3_600_000,
+    },
     { logger },
   );
   const client = new AgentClient({ url: agent.url, keyId: 'functions', key });
@@ -54,18 +64,33 @@ export async function startFixture(options: { runs?: number; azurite?: boolean; 
   if (options.azurite) {
     azurite = await startAzurite();
     await BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient('backups').createIfNotExists();
-    blob = openTarget(parseTargetUrl('blob', `azblob://${azurite.account}/backups/tcab?endpoint=${azurite.endpoint}`, { connectionString: azurite.connectionString }), {
-      retry: { retries: 1, baseDelayMs: 10 },
-    });
+    blob = openTarget(
+      parseTargetUrl('blob', `azblob://${azurite.account}/backups/tcab?endpoint=${azurite.endpoint}`, {
+        connectionString: azurite.connectionString,
+      }),
+      {
+        retry: { retries: 1, baseDelayMs: 10 },
+      },
+    );
   }
   const targets = blob ? [local, blob] : [local];
   return {
-    work, dbPath, key, agent, client, local, blob, azurite, targets,
+    work,
+    dbPath,
+    key,
+    agent,
+    client,
+    local,
+    blob,
+    azurite,
+    targets,
     snapshot: () => runSnapshot({ agent: client, targets, database: DATABASE }, { trigger: { kind: 'cli' } }),
     publishRuns(count, publishedAt = new Date().toISOString()) {
       const db = openDatabase(dbPath, { mustExist: true });
       try {
-        const insert = db.prepare("INSERT INTO runs (slug, title, published_at, record) VALUES (?, 'published after the snapshot', ?, '{}')");
+        const insert = db.prepare(
+          "INSERT INTO runs (slug, title, published_at, record) VALUES (?, 'published after the snapshot', ?, '{}')",
+        );
         inTransaction(db, () => {
           for (let i = 0; i < count; i++) insert.run(`late-${randomBytes(4).toString('hex')}`, publishedAt);
         });

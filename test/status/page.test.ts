@@ -24,34 +24,128 @@ let browser: string;
 let realDoc: StatusDocument;
 
 const hex = (n: number) => n.toString(16).padStart(8, '0');
-const idAt = (ms: number, n: number) => new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d{3}Z$/, 'Z') + '-' + hex(n);
+const idAt = (ms: number, n: number) =>
+  new Date(ms)
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}Z$/, 'Z') +
+  '-' +
+  hex(n);
 
 /** Twenty days of hourly snapshots and daily drills, one target in trouble, one unreachable, and a Postgres server. */
 function longHistory(now: number): StatusDocument {
-  const snapshots = Array.from({ length: 20 * 24 }, (_, i) => ({ id: idAt(now - (i + 1) * HOUR + 120_000, i), time: new Date(Math.floor((now - (i + 1) * HOUR + 120_000) / 1000) * 1000), artifactBytes: Math.round(280e6 + i * 90_000 + (i % 24) * 1e6) }));
+  const snapshots = Array.from({ length: 20 * 24 }, (_, i) => ({
+    id: idAt(now - (i + 1) * HOUR + 120_000, i),
+    time: new Date(Math.floor((now - (i + 1) * HOUR + 120_000) / 1000) * 1000),
+    artifactBytes: Math.round(280e6 + i * 90_000 + (i % 24) * 1e6),
+  }));
   const drill = (day: number, ok: boolean, ms: number, warnings: string[] = []): DrillRecord => ({
-    formatVersion: 1, kind: 'sqlite-drill', drillId: idAt(now - day * DAY, 1000 + day), database: DATABASE, target: 'blob',
-    startedAt: new Date(now - day * DAY - ms - 5000).toISOString(), finishedAt: new Date(now - day * DAY).toISOString(), ok,
-    snapshot: { id: snapshots[day * 24 + 3]!.id, createdAt: snapshots[day * 24 + 3]!.time.toISOString(), artifactBytes: 282_968_738, bytes: 1_265_516_544, compression: 'zstd' },
+    formatVersion: 1,
+    kind: 'sqlite-drill',
+    drillId: idAt(now - day * DAY, 1000 + day),
+    database: DATABASE,
+    target: 'blob',
+    startedAt: new Date(now - day * DAY - ms - 5000).toISOString(),
+    finishedAt: new Date(now - day * DAY).toISOString(),
+    ok,
+    snapshot: {
+      id: snapshots[day * 24 + 3]!.id,
+      createdAt: snapshots[day * 24 + 3]!.time.toISOString(),
+      artifactBytes: 282_968_738,
+      bytes: 1_265_516_544,
+      compression: 'zstd',
+    },
     recoveryTimeMs: ok ? ms : null,
-    recoveryPoint: ok ? { snapshotAgeMs: 52 * 60_000, runsSince: 4 + day, newestPublishedAt: { snapshot: new Date(now - day * DAY - HOUR).toISOString(), live: new Date(now - day * DAY).toISOString() }, publishedGapMs: HOUR } : null,
-    tables: { runs: { snapshot: 148467, live: 148471, difference: 4 } }, live: { available: warnings.length === 0, ...(warnings.length ? { error: 'agent down' } : {}) }, warnings,
-    ...(ok ? {} : { error: `target "blob" (azblob://stbak/tcab) snapshot ${snapshots[day * 24 + 3]!.id}: artifact sha256 does not match the manifest` }),
+    recoveryPoint: ok
+      ? {
+          snapshotAgeMs: 52 * 60_000,
+          runsSince: 4 + day,
+          newestPublishedAt: { snapshot: new Date(now - day * DAY - HOUR).toISOString(), live: new Date(now - day * DAY).toISOString() },
+          publishedGapMs: HOUR,
+        }
+      : null,
+    tables: { runs: { snapshot: 148467, live: 148471, difference: 4 } },
+    live: { available: warnings.length === 0, ...(warnings.length ? { error: 'agent down' } : {}) },
+    warnings,
+    ...(ok
+      ? {}
+      : {
+          error: `target "blob" (azblob://stbak/tcab) snapshot ${snapshots[day * 24 + 3]!.id}: artifact sha256 does not match the manifest`,
+        }),
   });
-  const drills = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11].map((d) => drill(d, d !== 0 && d !== 5, 14_000 + d * 900 + (d % 3) * 2500, d === 2 ? ['live comparison unavailable: agent down'] : []));
+  const drills = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11].map((d) =>
+    drill(d, d !== 0 && d !== 5, 14_000 + d * 900 + (d % 3) * 2500, d === 2 ? ['live comparison unavailable: agent down'] : []),
+  );
   const verify: VerifyRecord = {
-    formatVersion: 1, kind: 'verify-record', database: DATABASE, target: 'blob', updatedAt: new Date(now - 5 * HOUR).toISOString(),
-    snapshots: Object.fromEntries(snapshots.slice(0, 60).map((s, i) => [s.id, i === 30 ? { checkedAt: new Date(now - 5 * HOUR).toISOString(), ok: false, error: 'artifact is 282968738 bytes with sha256 1f2e…, the manifest says 9a8b…', failingSince: new Date(now - 29 * HOUR).toISOString() } : { checkedAt: new Date(now - 5 * HOUR).toISOString(), ok: true, bytes: 280e6 }])),
-    lastRun: { startedAt: new Date(now - 5.1 * HOUR).toISOString(), finishedAt: new Date(now - 5 * HOUR).toISOString(), all: false, snapshots: 336, checked: 48, failed: 1, bytes: 13e9, durationMs: 360_000, failures: [] },
-    lastCleanRun: { startedAt: new Date(now - 29.1 * HOUR).toISOString(), finishedAt: new Date(now - 29 * HOUR).toISOString(), all: false, snapshots: 336, checked: 48, failed: 0, bytes: 13e9, durationMs: 350_000, failures: [] },
+    formatVersion: 1,
+    kind: 'verify-record',
+    database: DATABASE,
+    target: 'blob',
+    updatedAt: new Date(now - 5 * HOUR).toISOString(),
+    snapshots: Object.fromEntries(
+      snapshots.slice(0, 60).map((s, i) => [
+        s.id,
+        i === 30
+          ? {
+              checkedAt: new Date(now - 5 * HOUR).toISOString(),
+              ok: false,
+              error: 'artifact is 282968738 bytes with sha256 1f2e…, the manifest says 9a8b…',
+              failingSince: new Date(now - 29 * HOUR).toISOString(),
+            }
+          : { checkedAt: new Date(now - 5 * HOUR).toISOString(), ok: true, bytes: 280e6 },
+      ]),
+    ),
+    lastRun: {
+      startedAt: new Date(now - 5.1 * HOUR).toISOString(),
+      finishedAt: new Date(now - 5 * HOUR).toISOString(),
+      all: false,
+      snapshots: 336,
+      checked: 48,
+      failed: 1,
+      bytes: 13e9,
+      durationMs: 360_000,
+      failures: [],
+    },
+    lastCleanRun: {
+      startedAt: new Date(now - 29.1 * HOUR).toISOString(),
+      finishedAt: new Date(now - 29 * HOUR).toISOString(),
+      all: false,
+      snapshots: 336,
+      checked: 48,
+      failed: 0,
+      bytes: 13e9,
+      durationMs: 350_000,
+      failures: [],
+    },
   };
   const facts: TargetFacts[] = [
     { name: 'blob', url: 'azblob://stbak/tcab', snapshots, drills: drills.map((r) => ({ drillId: r.drillId, record: r })), verify },
-    { name: 'r2', url: 'r2://0123456789abcdef0123456789abcdef/tcab', error: 'Target "r2": list snapshots/tcab/ failed: connect ECONNREFUSED', snapshots: [], drills: [] },
+    {
+      name: 'r2',
+      url: 'r2://0123456789abcdef0123456789abcdef/tcab',
+      error: 'Target "r2": list snapshots/tcab/ failed: connect ECONNREFUSED',
+      snapshots: [],
+      drills: [],
+    },
   ];
   return buildStatusDocument({
-    database: DATABASE, now: new Date(now), thresholds, targets: facts,
-    postgres: { recordsTarget: 'blob', servers: [{ server: 'tcab-pg', serverId: '/subscriptions/x/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg', check: { checkedAt: new Date(now - 40 * 60_000).toISOString(), ok: true, violations: [] }, drill: null, lastFinishedDrill: null, lastSucceededDrill: null }] },
+    database: DATABASE,
+    now: new Date(now),
+    thresholds,
+    targets: facts,
+    postgres: {
+      recordsTarget: 'blob',
+      servers: [
+        {
+          server: 'tcab-pg',
+          serverId: '/subscriptions/x/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg',
+          check: { checkedAt: new Date(now - 40 * 60_000).toISOString(), ok: true, violations: [] },
+          drill: null,
+          lastFinishedDrill: null,
+          lastSucceededDrill: null,
+        },
+      ],
+    },
   });
 }
 
@@ -108,7 +202,9 @@ describe('status page in headless Chromium', () => {
     const dom = await dumpDom(browser, page.url);
     expect(realDoc.state).toBe('ok');
     for (const name of ['local', 'blob']) {
-      const section = new RegExp(`<section[^>]*id="target-${name}"[^>]*data-target="${name}"[^>]*data-state="ok"[^>]*>([\\s\\S]*?)</section>`).exec(dom);
+      const section = new RegExp(
+        `<section[^>]*id="target-${name}"[^>]*data-target="${name}"[^>]*data-state="ok"[^>]*>([\\s\\S]*?)</section>`,
+      ).exec(dom);
       expect(section, `section of target ${name}`).not.toBeNull();
       const body = section![1]!;
       expect(body).toContain(`Target <code>${name}</code>`);
@@ -139,11 +235,17 @@ describe('status page in headless Chromium', () => {
     const dom = await dumpDom(browser, page.url);
     expect(dom).toMatch(/<span id="overall"><span class="badge badge-critical" data-state="critical">✕ Critical<\/span>/);
     expect(dom).toMatch(/<section[^>]*id="target-blob"[^>]*data-state="critical"/);
-    expect(dom).toMatch(/<section[^>]*id="target-r2"[^>]*data-state="critical"[^>]*>[\s\S]*?✕ Unreachable:<\/strong> Target "r2": list snapshots\/tcab\/ failed/);
+    expect(dom).toMatch(
+      /<section[^>]*id="target-r2"[^>]*data-state="critical"[^>]*>[\s\S]*?✕ Unreachable:<\/strong> Target "r2": list snapshots\/tcab\/ failed/,
+    );
     expect(dom).toContain('✕ Last drill failed');
     expect(dom).toContain('✕ Snapshots that failed verification');
-    expect(dom).toMatch(/<section[^>]*id="postgres"[^>]*data-state="warn"[\s\S]*?<tr data-server="tcab-pg"><td><code>tcab-pg<\/code><\/td><td><span class="badge badge-warn" data-state="warn">! Warning<\/span>/);
-    expect(dom).toMatch(/<li data-state="critical"><span class="badge badge-critical" data-state="critical">✕ Critical<\/span> target "blob": the last restore drill \S+ failed/);
+    expect(dom).toMatch(
+      /<section[^>]*id="postgres"[^>]*data-state="warn"[\s\S]*?<tr data-server="tcab-pg"><td><code>tcab-pg<\/code><\/td><td><span class="badge badge-warn" data-state="warn">! Warning<\/span>/,
+    );
+    expect(dom).toMatch(
+      /<li data-state="critical"><span class="badge badge-critical" data-state="critical">✕ Critical<\/span> target "blob": the last restore drill \S+ failed/,
+    );
     expect(dom).toMatch(/\d+ older snapshot\(s\) not shown/);
     expect(dom.match(/✕ failed<\/text>/g)).toHaveLength(2);
     await screenshot(browser, page.url, page.png, '1280,2400');
@@ -152,6 +254,7 @@ describe('status page in headless Chromium', () => {
     expect(critical.matches).toBeGreaterThan(100);
     expect(critical.distinct).toBeGreaterThan(50);
     if (process.env.TCAB_KEEP_SCREENSHOTS) await writeFile(join(process.env.TCAB_KEEP_SCREENSHOTS, 'status-long-history.png'), png);
-    if (process.env.TCAB_KEEP_SCREENSHOTS) await writeFile(join(process.env.TCAB_KEEP_SCREENSHOTS, 'status-real.png'), await readFile(join(out, 'real.png')));
+    if (process.env.TCAB_KEEP_SCREENSHOTS)
+      await writeFile(join(process.env.TCAB_KEEP_SCREENSHOTS, 'status-real.png'), await readFile(join(out, 'real.png')));
   });
 });

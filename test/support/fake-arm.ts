@@ -103,8 +103,25 @@ export class FakeArm {
     const dir = await mkdtemp(join(tmpdir(), 'tcab-fake-arm-'));
     const key = join(dir, 'key.pem');
     const cert = join(dir, 'cert.pem');
-    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert,
-      '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']);
+    await run('openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=127.0.0.1',
+      '-addext',
+      'subjectAltName=IP:127.0.0.1,DNS:localhost',
+    ]);
     const [keyPem, certPem] = await Promise.all([readFile(key, 'utf8'), readFile(cert, 'utf8')]);
     let fake: FakeArm | undefined;
     const server = createServer({ key: keyPem, cert: certPem }, (req, res) => {
@@ -128,9 +145,15 @@ export class FakeArm {
 
   addServer(init: Partial<FakeServer> & Pick<FakeServer, 'subscriptionId' | 'resourceGroup' | 'name'>): FakeServer {
     const s: FakeServer = {
-      location: 'westeurope', state: 'Ready', tags: {}, backupRetentionDays: 7, geoRedundantBackup: 'Disabled',
-      earliestRestoreDate: new Date(Date.now() - 7 * 86_400_000), createdAt: new Date(Date.now() - 30 * 86_400_000),
-      fullyQualifiedDomainName: `${init.name}.postgres.database.azure.com`, ...init,
+      location: 'westeurope',
+      state: 'Ready',
+      tags: {},
+      backupRetentionDays: 7,
+      geoRedundantBackup: 'Disabled',
+      earliestRestoreDate: new Date(Date.now() - 7 * 86_400_000),
+      createdAt: new Date(Date.now() - 30 * 86_400_000),
+      fullyQualifiedDomainName: `${init.name}.postgres.database.azure.com`,
+      ...init,
     };
     this.servers.set(FakeArm.id(s).toLowerCase(), s);
     return s;
@@ -164,10 +187,17 @@ export class FakeArm {
     this.requests.push({ method, path: url.pathname, body });
 
     if (req.headers.authorization !== `Bearer ${this.token}`) {
-      return send(res, 401, { error: { code: 'AuthenticationFailed', message: 'Authentication failed. The Authorization header is missing or the token is invalid.' } });
+      return send(res, 401, {
+        error: {
+          code: 'AuthenticationFailed',
+          message: 'Authentication failed. The Authorization header is missing or the token is invalid.',
+        },
+      });
     }
     if (url.searchParams.get('api-version') !== FAKE_ARM_API_VERSION) {
-      return send(res, 400, { error: { code: 'InvalidApiVersionParameter', message: `The api-version '${url.searchParams.get('api-version')}' is invalid.` } });
+      return send(res, 400, {
+        error: { code: 'InvalidApiVersionParameter', message: `The api-version '${url.searchParams.get('api-version')}' is invalid.` },
+      });
     }
     const injected = this.failures.find((f) => f.times > 0 && f.method === method && f.path.test(url.pathname));
     if (injected) {
@@ -176,7 +206,10 @@ export class FakeArm {
     }
 
     const p = url.pathname;
-    let m = new RegExp(`^/subscriptions/([^/]+)/providers/${PROVIDER}/locations/([^/]+)/(azureAsyncOperation|operationResults)/([^/]+)$`, 'i').exec(p);
+    let m = new RegExp(
+      `^/subscriptions/([^/]+)/providers/${PROVIDER}/locations/([^/]+)/(azureAsyncOperation|operationResults)/([^/]+)$`,
+      'i',
+    ).exec(p);
     if (m && method === 'GET') return this.operationStatus(res, m[3]!.toLowerCase() === 'operationresults', m[4]!);
     m = new RegExp(`^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/${PROVIDER}/flexibleServers$`, 'i').exec(p);
     if (m && method === 'GET') {
@@ -190,8 +223,14 @@ export class FakeArm {
       const s = this.lookup(m[1]!, m[2]!, m[3]!);
       if (!s) return notFound(res, m[3]!);
       const value = (this.backups.get(FakeArm.id(s).toLowerCase()) ?? []).map((b) => ({
-        id: `${FakeArm.id(s)}/backups/${b.name}`, name: b.name, type: `${PROVIDER}/flexibleServers/backups`,
-        properties: { backupType: b.backupType, completedTime: b.completedTime.toISOString(), source: b.backupType === 'Full' ? 'Automatic' : 'Customer' },
+        id: `${FakeArm.id(s)}/backups/${b.name}`,
+        name: b.name,
+        type: `${PROVIDER}/flexibleServers/backups`,
+        properties: {
+          backupType: b.backupType,
+          completedTime: b.completedTime.toISOString(),
+          source: b.backupType === 'Full' ? 'Automatic' : 'Customer',
+        },
       }));
       return send(res, 200, { value });
     }
@@ -206,14 +245,33 @@ export class FakeArm {
           return this.createRestore(res, sub, rg, name, body);
         case 'PATCH':
           if (!s) return notFound(res, name);
-          return this.accept(res, s, 202, undefined, this.updateScript, () => {
-            const days = (body as { properties?: { backup?: { backupRetentionDays?: number } } })?.properties?.backup?.backupRetentionDays;
-            if (days !== undefined) s.backupRetentionDays = days;
-          }, () => {});
+          return this.accept(
+            res,
+            s,
+            202,
+            undefined,
+            this.updateScript,
+            () => {
+              const days = (body as { properties?: { backup?: { backupRetentionDays?: number } } })?.properties?.backup
+                ?.backupRetentionDays;
+              if (days !== undefined) s.backupRetentionDays = days;
+            },
+            () => {},
+          );
         case 'DELETE': {
           if (!s) return send(res, 204, undefined);
           s.state = 'Dropping';
-          return this.accept(res, s, 202, undefined, this.deleteScript, () => this.servers.delete(FakeArm.id(s).toLowerCase()), () => { s.state = 'Ready'; });
+          return this.accept(
+            res,
+            s,
+            202,
+            undefined,
+            this.deleteScript,
+            () => this.servers.delete(FakeArm.id(s).toLowerCase()),
+            () => {
+              s.state = 'Ready';
+            },
+          );
         }
       }
     }
@@ -225,38 +283,90 @@ export class FakeArm {
   }
 
   private createRestore(res: ServerResponse, sub: string, rg: string, name: string, body: unknown): void {
-    const b = body as { location?: string; tags?: Record<string, string>; properties?: { createMode?: string; sourceServerResourceId?: string; pointInTimeUTC?: string } } | undefined;
+    const b = body as
+      | {
+          location?: string;
+          tags?: Record<string, string>;
+          properties?: { createMode?: string; sourceServerResourceId?: string; pointInTimeUTC?: string };
+        }
+      | undefined;
     const bad = (message: string) => send(res, 400, { error: { code: 'InvalidParameterValue', message } });
-    if (!NAME_RE.test(name)) return bad(`The server name '${name}' is invalid: 3-63 lower-case letters, digits and hyphens, not starting or ending with a hyphen.`);
-    if (this.lookup(sub, rg, name)) return send(res, 409, { error: { code: 'ServerAlreadyExists', message: `Server '${name}' already exists.` } });
-    if (b?.properties?.createMode !== 'PointInTimeRestore') return bad(`This fake only restores (createMode PointInTimeRestore), got ${b?.properties?.createMode}.`);
-    const source = [...this.servers.values()].find((s) => FakeArm.id(s).toLowerCase() === b.properties?.sourceServerResourceId?.toLowerCase());
-    if (!source) return send(res, 404, { error: { code: 'SourceServerNotFound', message: `Source server '${b.properties.sourceServerResourceId}' was not found.` } });
+    if (!NAME_RE.test(name))
+      return bad(
+        `The server name '${name}' is invalid: 3-63 lower-case letters, digits and hyphens, not starting or ending with a hyphen.`,
+      );
+    if (this.lookup(sub, rg, name))
+      return send(res, 409, { error: { code: 'ServerAlreadyExists', message: `Server '${name}' already exists.` } });
+    if (b?.properties?.createMode !== 'PointInTimeRestore')
+      return bad(`This fake only restores (createMode PointInTimeRestore), got ${b?.properties?.createMode}.`);
+    const source = [...this.servers.values()].find(
+      (s) => FakeArm.id(s).toLowerCase() === b.properties?.sourceServerResourceId?.toLowerCase(),
+    );
+    if (!source)
+      return send(res, 404, {
+        error: { code: 'SourceServerNotFound', message: `Source server '${b.properties.sourceServerResourceId}' was not found.` },
+      });
     const point = new Date(b.properties.pointInTimeUTC ?? 'invalid');
-    if (Number.isNaN(point.getTime()) || !source.earliestRestoreDate || point < source.earliestRestoreDate || point.getTime() > Date.now() + 60_000) {
-      return send(res, 400, { error: { code: 'InvalidRestorePointInTime', message: `The restore point '${b.properties.pointInTimeUTC}' is outside the restore window of '${source.name}' (${source.earliestRestoreDate?.toISOString()} to now).` } });
+    if (
+      Number.isNaN(point.getTime()) ||
+      !source.earliestRestoreDate ||
+      point < source.earliestRestoreDate ||
+      point.getTime() > Date.now() + 60_000
+    ) {
+      return send(res, 400, {
+        error: {
+          code: 'InvalidRestorePointInTime',
+          message: `The restore point '${b.properties.pointInTimeUTC}' is outside the restore window of '${source.name}' (${source.earliestRestoreDate?.toISOString()} to now).`,
+        },
+      });
     }
     if (b.location?.toLowerCase().replace(/\s/g, '') !== source.location.toLowerCase().replace(/\s/g, '')) {
       return bad(`A point-in-time restore must be in the source's region '${source.location}', not '${b.location}'.`);
     }
     const s = this.addServer({
-      subscriptionId: sub, resourceGroup: rg, name, location: source.location, state: 'Provisioning', tags: b.tags ?? {},
-      backupRetentionDays: source.backupRetentionDays, geoRedundantBackup: source.geoRedundantBackup, earliestRestoreDate: undefined,
-      createdAt: new Date(), fullyQualifiedDomainName: undefined, createMode: 'PointInTimeRestore',
-      sourceServerResourceId: b.properties.sourceServerResourceId, pointInTimeUTC: point.toISOString(),
+      subscriptionId: sub,
+      resourceGroup: rg,
+      name,
+      location: source.location,
+      state: 'Provisioning',
+      tags: b.tags ?? {},
+      backupRetentionDays: source.backupRetentionDays,
+      geoRedundantBackup: source.geoRedundantBackup,
+      earliestRestoreDate: undefined,
+      createdAt: new Date(),
+      fullyQualifiedDomainName: undefined,
+      createMode: 'PointInTimeRestore',
+      sourceServerResourceId: b.properties.sourceServerResourceId,
+      pointInTimeUTC: point.toISOString(),
     });
     const script = this.restoreScript;
-    this.accept(res, s, 201, this.json(s), script, () => {
-      s.state = 'Ready';
-      s.earliestRestoreDate = new Date();
-      s.fullyQualifiedDomainName = script.fqdn ?? '127.0.0.1';
-    }, () => {
-      if (script.keepServerOnFailure ?? true) s.state = 'Disabled';
-      else this.servers.delete(FakeArm.id(s).toLowerCase());
-    });
+    this.accept(
+      res,
+      s,
+      201,
+      this.json(s),
+      script,
+      () => {
+        s.state = 'Ready';
+        s.earliestRestoreDate = new Date();
+        s.fullyQualifiedDomainName = script.fqdn ?? '127.0.0.1';
+      },
+      () => {
+        if (script.keepServerOnFailure ?? true) s.state = 'Disabled';
+        else this.servers.delete(FakeArm.id(s).toLowerCase());
+      },
+    );
   }
 
-  private accept(res: ServerResponse, s: FakeServer, status: number, body: unknown, script: OperationScript, onSucceed: () => void, onFail: () => void): void {
+  private accept(
+    res: ServerResponse,
+    s: FakeServer,
+    status: number,
+    body: unknown,
+    script: OperationScript,
+    onSucceed: () => void,
+    onFail: () => void,
+  ): void {
     const id = randomBytes(8).toString('hex');
     this.operations.set(id, { script: { ...script }, polls: 0, status: 'InProgress', onSucceed, onFail });
     const base = `${this.endpoint}/subscriptions/${s.subscriptionId}/providers/${PROVIDER}/locations/${s.location}`;
@@ -282,31 +392,52 @@ export class FakeArm {
       op.polls++;
     }
     if (resultStyle) return op.status === 'InProgress' ? send(res, 202, undefined) : send(res, 200, undefined);
-    const error = op.status === 'Failed' ? { error: op.script.error ?? { code: 'InternalServerError', message: 'The operation failed.' } } : {};
+    const error =
+      op.status === 'Failed' ? { error: op.script.error ?? { code: 'InternalServerError', message: 'The operation failed.' } } : {};
     send(res, 200, { name: id, status: op.status, startTime: new Date().toISOString(), ...error });
   }
 
   private json(s: FakeServer): unknown {
     return {
-      id: FakeArm.id(s), name: s.name, type: `${PROVIDER}/flexibleServers`, location: s.location, tags: s.tags,
+      id: FakeArm.id(s),
+      name: s.name,
+      type: `${PROVIDER}/flexibleServers`,
+      location: s.location,
+      tags: s.tags,
       ...(s.createdAt ? { systemData: { createdAt: s.createdAt.toISOString(), createdBy: 'fake', createdByType: 'Application' } } : {}),
       sku: { name: 'Standard_B1ms', tier: 'Burstable' },
       properties: {
-        state: s.state, version: '16', fullyQualifiedDomainName: s.fullyQualifiedDomainName, administratorLogin: 'tcabadmin',
+        state: s.state,
+        version: '16',
+        fullyQualifiedDomainName: s.fullyQualifiedDomainName,
+        administratorLogin: 'tcabadmin',
         storage: { storageSizeGB: 32 },
-        backup: { backupRetentionDays: s.backupRetentionDays, geoRedundantBackup: s.geoRedundantBackup, earliestRestoreDate: s.earliestRestoreDate?.toISOString() },
-        ...(s.createMode ? { createMode: s.createMode, sourceServerResourceId: s.sourceServerResourceId, pointInTimeUTC: s.pointInTimeUTC } : {}),
+        backup: {
+          backupRetentionDays: s.backupRetentionDays,
+          geoRedundantBackup: s.geoRedundantBackup,
+          earliestRestoreDate: s.earliestRestoreDate?.toISOString(),
+        },
+        ...(s.createMode
+          ? { createMode: s.createMode, sourceServerResourceId: s.sourceServerResourceId, pointInTimeUTC: s.pointInTimeUTC }
+          : {}),
       },
     };
   }
 }
 
 function notFound(res: ServerResponse, name: string): void {
-  send(res, 404, { error: { code: 'ResourceNotFound', message: `The Resource '${PROVIDER}/flexibleServers/${name}' under resource group was not found.` } });
+  send(res, 404, {
+    error: { code: 'ResourceNotFound', message: `The Resource '${PROVIDER}/flexibleServers/${name}' under resource group was not found.` },
+  });
 }
 
 function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
   const text = body === undefined ? '' : JSON.stringify(body);
-  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Content-Length': Buffer.byteLength(text), 'x-ms-request-id': randomBytes(8).toString('hex'), ...headers });
+  res.writeHead(status, {
+    'Content-Type': 'application/json; charset=utf-8',
+    'Content-Length': Buffer.byteLength(text),
+    'x-ms-request-id': randomBytes(8).toString('hex'),
+    ...headers,
+  });
   res.end(text);
 }

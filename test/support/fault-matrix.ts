@@ -154,7 +154,8 @@ export const REPLICATE_TABLE: JobTable = {
     ...getRows('src', 'artifact (source)', ARTIFACT, true),
     listRow('dst', 'snapshots (destination)', SNAPSHOTS_PREFIX),
     ...getRows('dst', 'verify record (destination)', VERIFY_RECORD, true, {
-      tolerated: 'replicate reads the verify record only to find copies to repair; unreadable, it repairs nothing this run and the damaged copy stays recorded as failed',
+      tolerated:
+        'replicate reads the verify record only to find copies to repair; unreadable, it repairs nothing this run and the damaged copy stays recorded as failed',
     }).slice(0, 1),
     ...streamPut('dst', 'artifact', ARTIFACT, true),
     bufferPut('dst', 'manifest', MANIFEST),
@@ -206,7 +207,8 @@ export const DRILL_TABLE: JobTable = {
     ...getRows('faulty', 'artifact', ARTIFACT, false),
     bufferPut('faulty', 'drill record', DRILL_RECORD),
     listRow('faulty', 'drill records (trim)', DRILLS_PREFIX, {
-      tolerated: 'trimming old drill records is housekeeping after a drill that passed and was recorded; a failure is logged and retried by the next drill',
+      tolerated:
+        'trimming old drill records is housekeeping after a drill that passed and was recorded; a failure is logged and retried by the next drill',
     }),
   ],
 };
@@ -260,7 +262,11 @@ export function casesOf(table: JobTable): MatrixCase[] {
   return table.rows.flatMap((row) =>
     row.kinds.flatMap((kind) =>
       table.sizes.map((size) => ({
-        job: table.job, row, kind, size, title: `${row.name} | ${kind} | ${size}${row.skip ? ` (call ${row.skip + 1})` : ''}`,
+        job: table.job,
+        row,
+        kind,
+        size,
+        title: `${row.name} | ${kind} | ${size}${row.skip ? ` (call ${row.skip + 1})` : ''}`,
         expect: expectation(row, kind),
       })),
     ),
@@ -271,12 +277,19 @@ export function casesOf(table: JobTable): MatrixCase[] {
 export function faultOf(c: MatrixCase, bytes: number, onHang?: (what: string) => void): Fault {
   const k = KINDS[c.kind];
   const point: FaultPoint =
-    c.row.at === 'body' ? { at: 'body', offset: c.row.op === 'put' ? faultPart(c.size) * PART : Math.floor(bytes / 2) }
-    : c.row.at === 'page' ? { at: 'page', items: 1 }
-    : { at: c.row.at };
+    c.row.at === 'body'
+      ? { at: 'body', offset: c.row.op === 'put' ? faultPart(c.size) * PART : Math.floor(bytes / 2) }
+      : c.row.at === 'page'
+        ? { at: 'page', items: 1 }
+        : { at: c.row.at };
   return {
-    op: c.row.op, point, kind: k.kind, ...(c.row.keys ? { keys: c.row.keys } : {}), ...(c.row.skip ? { skip: c.row.skip } : {}),
-    ...('times' in k ? { times: k.times } : {}), ...(onHang ? { onHang } : {}),
+    op: c.row.op,
+    point,
+    kind: k.kind,
+    ...(c.row.keys ? { keys: c.row.keys } : {}),
+    ...(c.row.skip ? { skip: c.row.skip } : {}),
+    ...('times' in k ? { times: k.times } : {}),
+    ...(onHang ? { onHang } : {}),
   };
 }
 
@@ -332,6 +345,7 @@ export async function settleWithin<T>(
 /** The message of an error and of its causes, for checking that a failure names its target. */
 export function fullMessage(err: unknown): string {
   const parts: string[] = [];
-  for (let e = err, depth = 0; e && depth < 6; e = (e as { cause?: unknown }).cause, depth++) parts.push(e instanceof Error ? e.message : String(e));
+  for (let e = err, depth = 0; e && depth < 6; e = (e as { cause?: unknown }).cause, depth++)
+    parts.push(e instanceof Error ? e.message : String(e));
   return parts.join(' <- ');
 }

@@ -61,7 +61,12 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
       return forwardAndCut(x, upstream, rule.fault.cutAfterBytes);
     }
     seen.push({ request, fault: String(rule.fault.status) });
-    await x.reply(rule.fault.status, rule.fault.code, 'injected by the test', rule.fault.retryAfter ? { 'retry-after': rule.fault.retryAfter } : {});
+    await x.reply(
+      rule.fault.status,
+      rule.fault.code,
+      'injected by the test',
+      rule.fault.retryAfter ? { 'retry-after': rule.fault.retryAfter } : {},
+    );
   });
   return {
     endpoint: proxy.endpoint,
@@ -160,7 +165,16 @@ function forwardAndCut(x: Exchange, upstream: string, limit: number): Promise<vo
  * - GetObject, HeadObject, DeleteObject, List (S3 ListObjectsV2 and ListMultipartUploads, Blob List Blobs).
  */
 export type WireRequestKind =
-  | 'CreateUpload' | 'UploadPart' | 'CompleteUpload' | 'AbortUpload' | 'PutObject' | 'GetObject' | 'HeadObject' | 'DeleteObject' | 'List' | 'Other';
+  | 'CreateUpload'
+  | 'UploadPart'
+  | 'CompleteUpload'
+  | 'AbortUpload'
+  | 'PutObject'
+  | 'GetObject'
+  | 'HeadObject'
+  | 'DeleteObject'
+  | 'List'
+  | 'Other';
 
 export function wireRequestKind(method: string, url: URL): WireRequestKind {
   const q = url.searchParams;

@@ -53,7 +53,14 @@ export interface Fault {
 }
 
 export function describeFault(f: Fault): string {
-  const point = f.kind === 'lost' ? 'answer' : f.point.at === 'body' ? `body@${f.point.offset}` : f.point.at === 'page' ? `page@${f.point.items}` : f.point.at;
+  const point =
+    f.kind === 'lost'
+      ? 'answer'
+      : f.point.at === 'body'
+        ? `body@${f.point.offset}`
+        : f.point.at === 'page'
+          ? `page@${f.point.items}`
+          : f.point.at;
   const which = f.keys ? ` ${f.keys.source}` : '';
   const count = `${f.skip ? ` after ${f.skip}` : ''}${f.times !== undefined ? ` x${f.times}` : ''}`;
   return `${f.op}${which} ${point} ${f.kind}${count}`;
@@ -70,7 +77,10 @@ export class FaultTarget implements Target {
   private matched = 0;
   private applied = 0;
 
-  constructor(readonly inner: Target, private fault?: Fault) {
+  constructor(
+    readonly inner: Target,
+    private fault?: Fault,
+  ) {
     if (inner.abortStaleUploads) {
       const abortStale = inner.abortStaleUploads.bind(inner);
       this.abortStaleUploads = (olderThan, options) => this.track('abortStaleUploads', '', abortStale(olderThan, options));
@@ -105,7 +115,12 @@ export class FaultTarget implements Target {
 
   private error(op: string, key: string, what: string, transient: boolean): TargetError {
     return new TargetError({
-      target: this.name, url: this.url, operation: op, key, transient, code: 'INJECTED_FAULT',
+      target: this.name,
+      url: this.url,
+      operation: op,
+      key,
+      transient,
+      code: 'INJECTED_FAULT',
       detail: `injected fault: ${what}${transient ? ' (transient)' : ''}`,
       hint: 'nothing: the test injected this failure',
     });
@@ -219,7 +234,10 @@ export class FaultTarget implements Target {
           }
         }
         relay.destroy(new Error('injected fault: the backend gave up on this upload'));
-        const stored = await inner.then(() => true, () => false);
+        const stored = await inner.then(
+          () => true,
+          () => false,
+        );
         if (f.kind === 'destroy') source.destroy();
         if (stored) return settle(new Error(`fault-target: the inner put of ${key} stored the object although its body failed`));
         settle(this.error('put', key, `${what}; nothing was stored`, f.kind === 'transient'));
@@ -334,11 +352,19 @@ export class FaultTarget implements Target {
   }
 
   head(key: string, options: { signal?: AbortSignal } = {}): Promise<ObjectInfo> {
-    return this.track('head', key, this.simple('head', key, options.signal, () => this.inner.head(key, options)));
+    return this.track(
+      'head',
+      key,
+      this.simple('head', key, options.signal, () => this.inner.head(key, options)),
+    );
   }
 
   delete(key: string, options: { signal?: AbortSignal } = {}): Promise<void> {
-    return this.track('delete', key, this.simple('delete', key, options.signal, () => this.inner.delete(key, options)));
+    return this.track(
+      'delete',
+      key,
+      this.simple('delete', key, options.signal, () => this.inner.delete(key, options)),
+    );
   }
 
   private async simple<T>(op: 'head' | 'delete', key: string, signal: AbortSignal | undefined, run: () => Promise<T>): Promise<T> {

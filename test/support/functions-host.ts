@@ -7,7 +7,10 @@ import Module from 'node:module';
 
 export interface Registration {
   name: string;
-  bindings: Record<string, { type: string; direction: string; schedule?: string; route?: string; authLevel?: string; methods?: string[]; [k: string]: unknown }>;
+  bindings: Record<
+    string,
+    { type: string; direction: string; schedule?: string; route?: string; authLevel?: string; methods?: string[]; [k: string]: unknown }
+  >;
   handler: (...args: unknown[]) => unknown;
 }
 

@@ -41,7 +41,9 @@ export async function startForwardingProxy(upstream: string, handle: (x: Exchang
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://proxy');
     const exchange: Exchange = {
-      req, res, url,
+      req,
+      res,
+      url,
       forward: (options = {}) =>
         new Promise<void>((resolve) => {
           const out = httpRequest(
@@ -95,14 +97,24 @@ export async function startForwardingProxy(upstream: string, handle: (x: Exchang
             }
             refused = true;
             out.destroy();
-            void exchange.reply(400, 'XAmzContentSHA256Mismatch', "The provided 'x-amz-content-sha256' header does not match what was computed.").then(resolve, resolve);
+            void exchange
+              .reply(400, 'XAmzContentSHA256Mismatch', "The provided 'x-amz-content-sha256' header does not match what was computed.")
+              .then(resolve, resolve);
           });
         }),
       reply: async (status, code, message, headers = {}) => {
         req.resume();
         if (!req.readableEnded) await new Promise((r) => req.once('end', r));
-        const body = req.method === 'HEAD' ? '' : `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message></Error>`;
-        res.writeHead(status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body), 'x-ms-error-code': code, ...headers });
+        const body =
+          req.method === 'HEAD'
+            ? ''
+            : `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${message}</Message></Error>`;
+        res.writeHead(status, {
+          'content-type': 'application/xml',
+          'content-length': Buffer.byteLength(body),
+          'x-ms-error-code': code,
+          ...headers,
+        });
         res.end(body);
       },
     };

@@ -53,17 +53,25 @@ export async function matrixFolder(prefix: string): Promise<MatrixFolder> {
 export function expectOutcome(c: MatrixCase, settled: Settled<unknown>, faults: FaultTarget, fault: Fault): void {
   const what = `${c.job}: ${describeFault(fault)} on target "${c.row.on}"`;
   expect(faults.fired, `the fault never fired (${what}): the job does not do this operation, so the case tests nothing`).not.toEqual([]);
-  expect(faults.unsignalled, `${what}: these operations were called without an AbortSignal, so a hang there could never be cancelled`).toEqual([]);
+  expect(
+    faults.unsignalled,
+    `${what}: these operations were called without an AbortSignal, so a hang there could never be cancelled`,
+  ).toEqual([]);
   const message = settled.status === 'rejected' ? fullMessage(settled.error) : '';
   switch (c.expect) {
     case 'aborted':
       expect(settled.status, `${what}: the job was aborted while an operation hung, yet it resolved`).toBe('rejected');
       break;
     case 'succeeds':
-      expect(settled.status === 'resolved' ? 'resolved' : `rejected: ${message}`, `${what}: a retry should absorb this fault, yet the job failed`).toBe('resolved');
+      expect(
+        settled.status === 'resolved' ? 'resolved' : `rejected: ${message}`,
+        `${what}: a retry should absorb this fault, yet the job failed`,
+      ).toBe('resolved');
       break;
     case 'fails':
-      expect(settled.status, `${what}: no retry absorbs this fault, yet the job reported success (fired: ${faults.fired.join('; ')})`).toBe('rejected');
+      expect(settled.status, `${what}: no retry absorbs this fault, yet the job reported success (fired: ${faults.fired.join('; ')})`).toBe(
+        'rejected',
+      );
       expect(message, `${what}: the failure does not name the target`).toContain(`"${c.row.on}"`);
       break;
     case 'settles':

@@ -57,7 +57,17 @@ export async function startPgServer(options: { user?: string; password?: string 
   const data = join(dir, 'data');
   const user = options.user ?? 'tcab_drill';
   const password = options.password ?? 'Drill-Pass-' + Math.random().toString(36).slice(2, 14);
-  await asPostgres(bin, 'initdb', ['-D', data, '-U', 'postgres', '--auth-local=trust', '--auth-host=scram-sha-256', '-E', 'UTF8', '--no-sync']);
+  await asPostgres(bin, 'initdb', [
+    '-D',
+    data,
+    '-U',
+    'postgres',
+    '--auth-local=trust',
+    '--auth-host=scram-sha-256',
+    '-E',
+    'UTF8',
+    '--no-sync',
+  ]);
   const port = await freePort();
   const serverOptions = `-p ${port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=${dir} -c fsync=off -c synchronous_commit=off -c full_page_writes=off`;
   await asPostgres(bin, 'pg_ctl', ['-D', data, '-o', serverOptions, '-l', join(dir, 'server.log'), '-w', '-t', '60', 'start']);
@@ -82,14 +92,20 @@ export async function startPgServer(options: { user?: string; password?: string 
     query,
     async createTcabDatabase(database, publishedAt) {
       await query('postgres', `CREATE DATABASE ${database} OWNER ${user}`);
-      await query(database, `
+      await query(
+        database,
+        `
         CREATE TABLE runs (id bigserial PRIMARY KEY, published_at timestamptz NOT NULL, record jsonb NOT NULL);
         CREATE TABLE reviews (id bigserial PRIMARY KEY, run_id bigint NOT NULL REFERENCES runs(id), verdict text NOT NULL);
         CREATE INDEX runs_published_at ON runs (published_at);
         ALTER TABLE runs OWNER TO ${user};
-        ALTER TABLE reviews OWNER TO ${user};`);
+        ALTER TABLE reviews OWNER TO ${user};`,
+      );
       for (const [i, at] of publishedAt.entries()) {
-        await query(database, 'INSERT INTO runs (published_at, record) VALUES ($1, $2)', [at, JSON.stringify({ run: i, model: 'm', score: i / 10 })]);
+        await query(database, 'INSERT INTO runs (published_at, record) VALUES ($1, $2)', [
+          at,
+          JSON.stringify({ run: i, model: 'm', score: i / 10 }),
+        ]);
       }
     },
     async stop() {

@@ -41,9 +41,13 @@ export interface R2Proxy {
 
 export async function startR2Proxy(options: { upstream: string; accessKeyId: string; secretAccessKey: string }): Promise<R2Proxy> {
   const upstream = new S3Client({
-    region: 'auto', endpoint: options.upstream, forcePathStyle: true, maxAttempts: 1,
+    region: 'auto',
+    endpoint: options.upstream,
+    forcePathStyle: true,
+    maxAttempts: 1,
     credentials: { accessKeyId: options.accessKeyId, secretAccessKey: options.secretAccessKey },
-    requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED',
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
   });
   const keyLocks = new Map<string, Promise<void>>();
   const partSizes = new Map<string, Map<number, number>>();
@@ -90,17 +94,27 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
     const [, bucket = '', ...rest] = url.pathname.split('/');
     const key = decodeURIComponent(rest.join('/'));
     const op =
-      method === 'PUT' && q.has('partNumber') && q.has('uploadId') ? 'UploadPart'
-      : method === 'PUT' && key && !h['x-amz-copy-source'] && [...q.keys()].every((k) => k === 'x-id') ? 'PutObject'
-      : method === 'POST' && q.has('uploads') ? 'CreateMultipartUpload'
-      : method === 'POST' && q.has('uploadId') ? 'CompleteMultipartUpload'
-      : method === 'POST' && q.has('delete') ? 'DeleteObjects'
-      : method === 'GET' && !key && q.get('list-type') === '2' && !q.has('delimiter') ? 'ListObjectsV2'
-      : method === 'GET' && !key && q.has('uploads') ? 'ListMultipartUploads'
-      : method === 'DELETE' && key && q.has('uploadId') ? 'AbortMultipartUpload'
-      : `${method}`;
+      method === 'PUT' && q.has('partNumber') && q.has('uploadId')
+        ? 'UploadPart'
+        : method === 'PUT' && key && !h['x-amz-copy-source'] && [...q.keys()].every((k) => k === 'x-id')
+          ? 'PutObject'
+          : method === 'POST' && q.has('uploads')
+            ? 'CreateMultipartUpload'
+            : method === 'POST' && q.has('uploadId')
+              ? 'CompleteMultipartUpload'
+              : method === 'POST' && q.has('delete')
+                ? 'DeleteObjects'
+                : method === 'GET' && !key && q.get('list-type') === '2' && !q.has('delimiter')
+                  ? 'ListObjectsV2'
+                  : method === 'GET' && !key && q.has('uploads')
+                    ? 'ListMultipartUploads'
+                    : method === 'DELETE' && key && q.has('uploadId')
+                      ? 'AbortMultipartUpload'
+                      : `${method}`;
 
-    const checksumHeaders = Object.keys(h).filter((n) => n.startsWith('x-amz-checksum-') || n === 'x-amz-sdk-checksum-algorithm' || n === 'x-amz-trailer');
+    const checksumHeaders = Object.keys(h).filter(
+      (n) => n.startsWith('x-amz-checksum-') || n === 'x-amz-sdk-checksum-algorithm' || n === 'x-amz-trailer',
+    );
     if (op === 'DeleteObjects') {
       if (!h['content-md5'] && !Object.keys(h).some((n) => n.startsWith('x-amz-checksum-'))) {
         return refuse(x, 400, 'MissingContentMD5', 'DeleteObjects without Content-MD5 or a checksum');
@@ -117,12 +131,20 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
     const lockHeaders = Object.keys(h).filter((n) => n.startsWith('x-amz-object-lock-'));
     if (lockHeaders.length > 0) return refuse(x, 501, 'NotImplemented', `object lock headers: ${lockHeaders.join(', ')}`);
     if (h['x-amz-tagging'] || q.has('tagging')) return refuse(x, 501, 'NotImplemented', 'object tagging');
-    if (h['x-amz-server-side-encryption'] === 'aws:kms' || h['x-amz-server-side-encryption-aws-kms-key-id'] || h['x-amz-server-side-encryption-context']) {
+    if (
+      h['x-amz-server-side-encryption'] === 'aws:kms' ||
+      h['x-amz-server-side-encryption-aws-kms-key-id'] ||
+      h['x-amz-server-side-encryption-context']
+    ) {
       return refuse(x, 501, 'NotImplemented', 'SSE-KMS');
     }
 
     if ((op === 'UploadPart' || op === 'CompleteMultipartUpload') && ended.has(q.get('uploadId')!)) {
-      return x.reply(404, 'NoSuchUpload', 'The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.');
+      return x.reply(
+        404,
+        'NoSuchUpload',
+        'The specified multipart upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.',
+      );
     }
     if (op === 'CompleteMultipartUpload') {
       const id = q.get('uploadId')!;
@@ -138,7 +160,9 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
       partSizes.set(q.get('uploadId')!, sizes);
     }
     if (op === 'CompleteMultipartUpload') {
-      const sizes = [...(partSizes.get(q.get('uploadId')!) ?? new Map<number, number>()).entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]);
+      const sizes = [...(partSizes.get(q.get('uploadId')!) ?? new Map<number, number>()).entries()]
+        .sort((a, b) => a[0] - b[0])
+        .map((e) => e[1]);
       const first = sizes[0] ?? 0;
       if (sizes.slice(0, -1).some((s) => s !== first) || (sizes.length > 1 && first < 5 * MiB) || (sizes.at(-1) ?? 0) > first) {
         return refuse(x, 400, 'EntityTooSmall', `parts must be equal-sized and at least 5 MiB but the last: ${sizes.join(', ')}`);
@@ -181,7 +205,7 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
     const prefix = q.get('prefix') ?? '';
     const maxKeys = Math.min(1000, Number(q.get('max-keys') ?? 1000));
     const token = q.get('continuation-token');
-    const after = token ? Buffer.from(token, 'base64url').toString() : q.get('start-after') ?? '';
+    const after = token ? Buffer.from(token, 'base64url').toString() : (q.get('start-after') ?? '');
     const all = await upstream.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, MaxKeys: 1000 }));
     if (all.IsTruncated) throw new Error('the R2 rules list at most 1000 keys per prefix; use a narrower prefix in tests');
     const sorted = (all.Contents ?? []).sort((a, b) => Buffer.compare(Buffer.from(a.Key!), Buffer.from(b.Key!)));
@@ -196,8 +220,11 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
       `<IsTruncated>${truncated}</IsTruncated>`,
       token ? `<ContinuationToken>${token}</ContinuationToken>` : '',
       truncated ? `<NextContinuationToken>${Buffer.from(page.at(-1)!.Key!).toString('base64url')}</NextContinuationToken>` : '',
-      ...page.map((o) => `<Contents><Key>${esc(o.Key!)}</Key><LastModified>${o.LastModified!.toISOString()}</LastModified>`
-        + `<ETag>${esc(o.ETag ?? '')}</ETag><Size>${o.Size ?? 0}</Size><StorageClass>STANDARD</StorageClass></Contents>`),
+      ...page.map(
+        (o) =>
+          `<Contents><Key>${esc(o.Key!)}</Key><LastModified>${o.LastModified!.toISOString()}</LastModified>` +
+          `<ETag>${esc(o.ETag ?? '')}</ETag><Size>${o.Size ?? 0}</Size><StorageClass>STANDARD</StorageClass></Contents>`,
+      ),
       '</ListBucketResult>',
     ].join('');
     x.res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
@@ -214,7 +241,10 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
       '<?xml version="1.0" encoding="UTF-8"?>',
       '<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">',
       `<Bucket>${esc(bucket)}</Bucket><Prefix>${esc(prefix)}</Prefix><IsTruncated>false</IsTruncated>`,
-      ...mine.map(([id, u]) => `<Upload><Key>${esc(u.key)}</Key><UploadId>${esc(id)}</UploadId><Initiated>${u.initiated.toISOString()}</Initiated></Upload>`),
+      ...mine.map(
+        ([id, u]) =>
+          `<Upload><Key>${esc(u.key)}</Key><UploadId>${esc(id)}</UploadId><Initiated>${u.initiated.toISOString()}</Initiated></Upload>`,
+      ),
       '</ListMultipartUploadsResult>',
     ].join('');
     x.res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(body) });
@@ -226,10 +256,11 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
     const ifMatch = x.req.headers['if-match'];
     // R2 checks a body against the sha256 it was signed with (UNSIGNED-PAYLOAD is not a sha256, and not checked).
     const signed = String(x.req.headers['x-amz-content-sha256'] ?? '');
-    const forward = () => x.forward({
-      ...(/^[0-9a-f]{64}$/.test(signed) && (op === 'PutObject' || op === 'UploadPart') ? { sha256: signed } : {}),
-      ...(answered ? { beforeAnswer: async () => answered() } : {}),
-    });
+    const forward = () =>
+      x.forward({
+        ...(/^[0-9a-f]{64}$/.test(signed) && (op === 'PutObject' || op === 'UploadPart') ? { sha256: signed } : {}),
+        ...(answered ? { beforeAnswer: async () => answered() } : {}),
+      });
     if ((op !== 'PutObject' && op !== 'CompleteMultipartUpload') || (!ifNoneMatch && !ifMatch)) return forward();
     return serialised(`${bucket}/${key}`, async () => {
       let etag: string | undefined;
@@ -239,7 +270,8 @@ export async function startR2Proxy(options: { upstream: string; accessKeyId: str
         if ((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode !== 404) throw err;
       }
       const bare = (t: string | undefined) => t?.replace(/^W\//, '').replace(/"/g, '');
-      if (ifNoneMatch === '*' && etag !== undefined) return x.reply(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold');
+      if (ifNoneMatch === '*' && etag !== undefined)
+        return x.reply(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold');
       if (ifMatch && (etag === undefined || bare(etag) !== bare(String(ifMatch)))) {
         return x.reply(412, 'PreconditionFailed', 'At least one of the pre-conditions you specified did not hold');
       }

@@ -45,7 +45,15 @@ export function makeSnapshot(options: { time: Date; bytes?: number; tags?: strin
     formatVersion: MANIFEST_FORMAT_VERSION,
     id,
     createdAt: new Date(Math.floor(options.time.getTime() / 1000) * 1000).toISOString(),
-    database: { name: DATABASE, sqliteVersion: '3.46.1', pageSize: 4096, pageCount: 8, journalMode: 'wal', userVersion: 0, tables: { runs: 3, reviews: 2 } },
+    database: {
+      name: DATABASE,
+      sqliteVersion: '3.46.1',
+      pageSize: 4096,
+      pageCount: 8,
+      journalMode: 'wal',
+      userVersion: 0,
+      tables: { runs: 3, reviews: 2 },
+    },
     integrity: 'ok',
     snapshot: { bytes: data.length, sha256 },
     artifact: { bytes: data.length, sha256, compression: 'none' },
@@ -67,7 +75,9 @@ export async function storeSnapshot(target: Target, snapshot: TestSnapshot): Pro
 
 /** `count` snapshots `everyMs` apart, the newest at `newest`, oldest first. */
 export function history(count: number, newest: Date, everyMs: number, options: { bytes?: number } = {}): TestSnapshot[] {
-  return Array.from({ length: count }, (_, i) => makeSnapshot({ time: new Date(newest.getTime() - (count - 1 - i) * everyMs), ...options }));
+  return Array.from({ length: count }, (_, i) =>
+    makeSnapshot({ time: new Date(newest.getTime() - (count - 1 - i) * everyMs), ...options }),
+  );
 }
 
 /** Ids with a manifest on the target, oldest first. */
@@ -122,7 +132,9 @@ export function blobTarget(clouds: Clouds, name: string, options: TargetOptions 
   const upstream = new URL(clouds.azurite.endpoint);
   const endpoint = options.proxy ? `${options.proxy.endpoint}${upstream.pathname}` : clouds.azurite.endpoint;
   const connectionString = clouds.azurite.connectionString.replace(/BlobEndpoint=[^;]+;/, `BlobEndpoint=${endpoint};`);
-  const spec = parseTargetUrl(name, `azblob://${clouds.azurite.account}/${CONTAINER}/${freshPrefix()}?endpoint=${endpoint}`, { connectionString });
+  const spec = parseTargetUrl(name, `azblob://${clouds.azurite.account}/${CONTAINER}/${freshPrefix()}?endpoint=${endpoint}`, {
+    connectionString,
+  });
   return openTarget(spec, { retry: FAST_RETRY, tuning: { ...(options.pageSize ? { pageSize: options.pageSize } : {}) } });
 }
 
@@ -130,7 +142,8 @@ export function blobTarget(clouds: Clouds, name: string, options: TargetOptions 
 export function s3Target(clouds: Clouds, name: string, options: TargetOptions = {}): Target {
   const endpoint = options.proxy?.endpoint ?? clouds.s3.endpoint;
   const spec = parseTargetUrl(name, `s3://${BUCKET}/${freshPrefix()}?endpoint=${endpoint}`, {
-    accessKeyId: clouds.s3.accessKeyId, secretAccessKey: clouds.s3.secretAccessKey,
+    accessKeyId: clouds.s3.accessKeyId,
+    secretAccessKey: clouds.s3.secretAccessKey,
   });
   return openTarget(spec, { retry: FAST_RETRY, tuning: { ...(options.pageSize ? { pageSize: options.pageSize } : {}) } });
 }

@@ -39,10 +39,15 @@ function viaFaults(): string {
   return azurite.connectionString.replace(new URL(azurite.endpoint).origin, faults.endpoint);
 }
 
-describeTargetConformance('azblob (Azurite)', async () => openTarget(blobSpec(), {
-  tuning: { pageSize: 4, partSize: 5 * MiB },
-  retry: { baseDelayMs: 20 },
-}), { pageSize: 4 });
+describeTargetConformance(
+  'azblob (Azurite)',
+  async () =>
+    openTarget(blobSpec(), {
+      tuning: { pageSize: 4, partSize: 5 * MiB },
+      retry: { baseDelayMs: 20 },
+    }),
+  { pageSize: 4 },
+);
 
 describe('azblob target', () => {
   it('says so when the container does not exist, instead of reporting objects as missing', async () => {
@@ -98,7 +103,8 @@ describe('azblob target', () => {
     delete spec.connectionString;
     const saved = { ...process.env };
     // No identity of any kind here: keep the credential chain from finding a developer login either.
-    for (const k of Object.keys(process.env)) if (k.startsWith('AZURE_') || k.startsWith('IDENTITY_') || k === 'MSI_ENDPOINT') delete process.env[k];
+    for (const k of Object.keys(process.env))
+      if (k.startsWith('AZURE_') || k.startsWith('IDENTITY_') || k === 'MSI_ENDPOINT') delete process.env[k];
     try {
       const t = openTarget(spec, { retry: { retries: 0 } });
       const started = Date.now();
@@ -144,7 +150,8 @@ describe('azblob retries and held objects (Azurite behind a fault-injecting prox
     const t = openTarget(blobSpec({ connectionString: viaFaults() }), { tuning: { partSize: 5 * MiB } });
     const data = randomBytes(9 * MiB);
     await t.put('whole.bin', bufferStream(data), { contentLength: data.length, sha256: sha256Hex(data) });
-    const puts = () => faults.seen.filter((s) => s.request.startsWith('PUT')).map((s) => s.request.replace(/^PUT \/[^/]+\/[^/]+\/[^/]+\//, ''));
+    const puts = () =>
+      faults.seen.filter((s) => s.request.startsWith('PUT')).map((s) => s.request.replace(/^PUT \/[^/]+\/[^/]+\/[^/]+\//, ''));
     expect(puts()).toEqual(['whole.bin']);
     expect((await sha256Of((await t.get('whole.bin')).body)).sha256).toBe(sha256Hex(data));
 

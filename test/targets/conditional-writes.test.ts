@@ -50,7 +50,8 @@ const backends: Record<string, () => Target> = {
   r2: () => {
     const url = `r2://${ACCOUNT}/tcab/t-${randomBytes(4).toString('hex')}?endpoint=${proxies.r2!.endpoint}&pathStyle=true`;
     return openTarget(parseTargetUrl('r2', url, { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey }), {
-      logger, retry: { baseDelayMs: 5, maxDelayMs: 20 },
+      logger,
+      retry: { baseDelayMs: 5, maxDelayMs: 20 },
     });
   },
 };
@@ -59,7 +60,8 @@ const isPut = (key: string) => (method: string, url: URL) => method === 'PUT' &&
 
 for (const [backend, fresh] of Object.entries(backends)) {
   describe(`conditional writes with a lost answer (${backend} behind the fault proxy)`, () => {
-    const puts = (key: string) => proxies[backend]!.seen.filter((s) => s.request.startsWith('PUT') && s.request.includes(key)).map((s) => s.fault);
+    const puts = (key: string) =>
+      proxies[backend]!.seen.filter((s) => s.request.startsWith('PUT') && s.request.includes(key)).map((s) => s.fault);
 
     it('If-None-Match: a create that landed but lost its answer ends as written, with the stored etag', async () => {
       const t = fresh();

@@ -182,9 +182,20 @@ export function describeTargetConformance(name: string, fresh: () => Promise<Tar
     it('lists in key order across several pages, and by prefix', async () => {
       const t = await fresh();
       const keys = [
-        'snapshots/tcab/2026/11/24/a.json', 'snapshots/tcab/2026/11/24/a.sqlite.gz', 'snapshots/tcab/2026/11/25/b.json',
-        'snapshots/tcab/2026/11/3/c.json', 'snapshots/tcab-old/x.json', 'snapshots/tcab.json', 'snapshots/tcab0',
-        'drills/tcab/1.json', 'drills/tcab/10.json', 'drills/tcab/2.json', 'status/tcab.json', 'a-b', 'a/c', 'a0',
+        'snapshots/tcab/2026/11/24/a.json',
+        'snapshots/tcab/2026/11/24/a.sqlite.gz',
+        'snapshots/tcab/2026/11/25/b.json',
+        'snapshots/tcab/2026/11/3/c.json',
+        'snapshots/tcab-old/x.json',
+        'snapshots/tcab.json',
+        'snapshots/tcab0',
+        'drills/tcab/1.json',
+        'drills/tcab/10.json',
+        'drills/tcab/2.json',
+        'status/tcab.json',
+        'a-b',
+        'a/c',
+        'a0',
       ];
       expect(keys.length).toBeGreaterThan(options.pageSize * 2);
       const shuffled = [...keys].sort(() => Math.random() - 0.5);
@@ -220,9 +231,15 @@ export function describeTargetConformance(name: string, fresh: () => Promise<Tar
     it('stores a stream given with its length and sha256 byte for byte (7 MiB)', async () => {
       const t = await fresh();
       const data = randomBytes(7 * MiB);
-      const put = await t.put('snapshots/tcab/known.sqlite.zst', bufferStream(data), { contentLength: data.length, sha256: sha256Hex(data) });
+      const put = await t.put('snapshots/tcab/known.sqlite.zst', bufferStream(data), {
+        contentLength: data.length,
+        sha256: sha256Hex(data),
+      });
       expect(put.size).toBe(data.length);
-      expect(await sha256Of((await t.get('snapshots/tcab/known.sqlite.zst')).body)).toEqual({ sha256: sha256Hex(data), bytes: data.length });
+      expect(await sha256Of((await t.get('snapshots/tcab/known.sqlite.zst')).body)).toEqual({
+        sha256: sha256Hex(data),
+        bytes: data.length,
+      });
     });
 
     it('leaves nothing visible when the body fails after its last byte instead of ending, with or without its sha256', async () => {
@@ -230,9 +247,12 @@ export function describeTargetConformance(name: string, fresh: () => Promise<Tar
       for (const size of [1000, 6 * MiB + 3]) {
         const data = randomBytes(size);
         for (const sha256 of [undefined, sha256Hex(data)]) {
-          const err = await failureOf(t.put('snapshots/tcab/late.sqlite.zst', bufferStream(data, { failAtEnd: true }), {
-            contentLength: size, ...(sha256 ? { sha256 } : {}),
-          }));
+          const err = await failureOf(
+            t.put('snapshots/tcab/late.sqlite.zst', bufferStream(data, { failAtEnd: true }), {
+              contentLength: size,
+              ...(sha256 ? { sha256 } : {}),
+            }),
+          );
           expect(err.message).toContain('do not match the manifest');
           await expect(t.head('snapshots/tcab/late.sqlite.zst')).rejects.toBeInstanceOf(NotFoundError);
           expect(await listKeys(t, '')).toEqual([]);
@@ -252,7 +272,9 @@ export function describeTargetConformance(name: string, fresh: () => Promise<Tar
           sent += chunk.length;
           if (sent >= 3 * MiB) body.destroy();
         });
-        const err = await failureOf(t.put('snapshots/tcab/closed.sqlite.zst', body, { contentLength: size, ...(sha256 ? { sha256 } : {}) }));
+        const err = await failureOf(
+          t.put('snapshots/tcab/closed.sqlite.zst', body, { contentLength: size, ...(sha256 ? { sha256 } : {}) }),
+        );
         expect(err).toBeInstanceOf(Error);
         await expect(t.head('snapshots/tcab/closed.sqlite.zst')).rejects.toBeInstanceOf(NotFoundError);
         expect(await listKeys(t, '')).toEqual([]);
@@ -292,7 +314,9 @@ export function describeTargetConformance(name: string, fresh: () => Promise<Tar
     it('ifNoneMatch "*": the second writer loses with PreconditionFailedError', async () => {
       const t = await fresh();
       await t.put('snapshots/tcab/m.json', Buffer.from('first'), { ifNoneMatch: '*' });
-      await expect(t.put('snapshots/tcab/m.json', Buffer.from('second'), { ifNoneMatch: '*' })).rejects.toBeInstanceOf(PreconditionFailedError);
+      await expect(t.put('snapshots/tcab/m.json', Buffer.from('second'), { ifNoneMatch: '*' })).rejects.toBeInstanceOf(
+        PreconditionFailedError,
+      );
       const big = randomStream(11 * MiB);
       await expect(t.put('snapshots/tcab/m.json', big.stream, { ifNoneMatch: '*' })).rejects.toBeInstanceOf(PreconditionFailedError);
       expect((await readAll((await t.get('snapshots/tcab/m.json')).body)).toString()).toBe('first');
@@ -330,10 +354,7 @@ export function describeTargetConformance(name: string, fresh: () => Promise<Tar
       const t = await fresh();
       const buffers = Array.from({ length: 8 }, (_, i) => randomBytes(1000 + i));
       const streams = [randomStream(6 * MiB), randomStream(7 * MiB)];
-      await Promise.all([
-        ...buffers.map((b, i) => t.put(`many/b${i}`, b)),
-        ...streams.map((s, i) => t.put(`many/s${i}`, s.stream)),
-      ]);
+      await Promise.all([...buffers.map((b, i) => t.put(`many/b${i}`, b)), ...streams.map((s, i) => t.put(`many/s${i}`, s.stream))]);
       for (const [i, b] of buffers.entries()) expect((await readAll((await t.get(`many/b${i}`)).body)).equals(b)).toBe(true);
       for (const [i, s] of streams.entries()) expect((await sha256Of((await t.get(`many/s${i}`)).body)).sha256).toBe(s.sha256());
       expect(await listKeys(t, 'many/')).toEqual([...buffers.map((_, i) => `many/b${i}`), 'many/s0', 'many/s1']);

@@ -34,7 +34,10 @@ async function freshFolder(): Promise<string> {
 /** Every file under `dir`, relative, including the hidden temporary and lock files. */
 async function allFiles(dir: string): Promise<string[]> {
   const entries = await readdir(dir, { recursive: true, withFileTypes: true });
-  return entries.filter((e) => e.isFile()).map((e) => join(e.parentPath, e.name).slice(dir.length + 1)).sort();
+  return entries
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath, e.name).slice(dir.length + 1))
+    .sort();
 }
 
 describeTargetConformance('file', async () => openTarget(specFor(await freshFolder())), { pageSize: 1 });
@@ -63,7 +66,9 @@ describe('file target', () => {
     const t = openTarget(specFor(dir));
     await expect(t.put('a/broken', randomStream(3_000_000, { failAfter: 1_000_000 }).stream)).rejects.toThrow(/broke off/);
     const controller = new AbortController();
-    const aborted = t.put('a/aborted', randomStream(50_000_000, { onRead: (n) => n > 1_000_000 && controller.abort() }).stream, { signal: controller.signal });
+    const aborted = t.put('a/aborted', randomStream(50_000_000, { onRead: (n) => n > 1_000_000 && controller.abort() }).stream, {
+      signal: controller.signal,
+    });
     await expect(aborted).rejects.toMatchObject({ name: 'AbortError' });
     expect(await allFiles(dir)).toEqual([]);
   });

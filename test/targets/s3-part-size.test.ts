@@ -26,9 +26,14 @@ afterAll(async () => {
 });
 
 function r2Target() {
-  const spec = parseTargetUrl('r2', `r2://0123456789abcdef0123456789abcdef/${BUCKET}/p-${randomBytes(4).toString('hex')}?endpoint=${r2.endpoint}&pathStyle=true`, {
-    accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey,
-  }) as S3TargetSpec;
+  const spec = parseTargetUrl(
+    'r2',
+    `r2://0123456789abcdef0123456789abcdef/${BUCKET}/p-${randomBytes(4).toString('hex')}?endpoint=${r2.endpoint}&pathStyle=true`,
+    {
+      accessKeyId: s3.accessKeyId,
+      secretAccessKey: s3.secretAccessKey,
+    },
+  ) as S3TargetSpec;
   return openTarget(spec);
 }
 

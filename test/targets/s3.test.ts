@@ -1,7 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import { inspect } from 'node:util';
-import { CreateMultipartUploadCommand, ListMultipartUploadsCommand, PutObjectCommand, S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
+import {
+  CreateMultipartUploadCommand,
+  ListMultipartUploadsCommand,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+} from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startS3Server, type S3Server } from '../../src/dev/emulators.js';
 import { NotFoundError, ObjectHeldError, TargetError } from '../../src/errors.js';
@@ -11,7 +17,17 @@ import { S3Target, choosePartSize, multipartEtag } from '../../src/targets/s3.js
 import { parseTargetUrl, type S3TargetSpec } from '../../src/targets/spec.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startR2Proxy, type R2Proxy } from '../support/r2-proxy.js';
-import { bufferStream, describeTargetConformance, failureOf, listKeys, MiB, randomStream, readAll, sha256Hex, sha256Of } from './conformance.js';
+import {
+  bufferStream,
+  describeTargetConformance,
+  failureOf,
+  listKeys,
+  MiB,
+  randomStream,
+  readAll,
+  sha256Hex,
+  sha256Of,
+} from './conformance.js';
 
 const ACCOUNT = '0123456789abcdef0123456789abcdef';
 const BUCKET = 'tcab';
@@ -39,20 +55,30 @@ function prefix(): string {
   return `t-${randomBytes(4).toString('hex')}`;
 }
 
-function r2Spec(name = 'r2', endpoint = r2.endpoint, creds = { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey }): S3TargetSpec {
+function r2Spec(
+  name = 'r2',
+  endpoint = r2.endpoint,
+  creds = { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
+): S3TargetSpec {
   return parseTargetUrl(name, `r2://${ACCOUNT}/${BUCKET}/${prefix()}?endpoint=${endpoint}&pathStyle=true`, creds) as S3TargetSpec;
 }
 
 function s3Spec(endpoint: string): S3TargetSpec {
   return parseTargetUrl('s3', `s3://${BUCKET}/${prefix()}?endpoint=${endpoint}`, {
-    accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey,
+    accessKeyId: s3.accessKeyId,
+    secretAccessKey: s3.secretAccessKey,
   }) as S3TargetSpec;
 }
 
-describeTargetConformance('r2 (s3rver behind the R2 rules)', async () => openTarget(r2Spec(), {
-  tuning: { pageSize: 4, partSize: 5 * MiB },
-  retry: { baseDelayMs: 20 },
-}), { pageSize: 4 });
+describeTargetConformance(
+  'r2 (s3rver behind the R2 rules)',
+  async () =>
+    openTarget(r2Spec(), {
+      tuning: { pageSize: 4, partSize: 5 * MiB },
+      retry: { baseDelayMs: 20 },
+    }),
+  { pageSize: 4 },
+);
 
 describe('r2 target', () => {
   it('sent nothing R2 refuses during the conformance run (no checksum headers, no aws-chunked bodies)', () => {
@@ -64,11 +90,18 @@ describe('r2 target', () => {
 
   it('the R2 rules refuse what the SDK sends by default, so they are not toothless', async () => {
     const defaults = new S3Client({
-      region: 'auto', endpoint: r2.endpoint, forcePathStyle: true, maxAttempts: 1,
+      region: 'auto',
+      endpoint: r2.endpoint,
+      forcePathStyle: true,
+      maxAttempts: 1,
       credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
     });
     try {
-      const err = await failureOf(defaults.send(new PutObjectCommand({ Bucket: BUCKET, Key: 'defaults', Body: randomStream(100_000).stream, ContentLength: 100_000 })));
+      const err = await failureOf(
+        defaults.send(
+          new PutObjectCommand({ Bucket: BUCKET, Key: 'defaults', Body: randomStream(100_000).stream, ContentLength: 100_000 }),
+        ),
+      );
       expect((err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode).toBeGreaterThanOrEqual(400);
       expect(r2.violations.join('\n')).toMatch(/checksum|aws-chunked/);
     } finally {
@@ -128,7 +161,10 @@ describe('r2 target', () => {
     const parts = r2.requests.filter((r) => r.query.includes('partNumber='));
     expect(parts).toHaveLength(2);
     const signed = parts.map((p) => [/partNumber=(\d+)/.exec(p.query)![1], p.headers['x-amz-content-sha256']]).sort();
-    expect(signed).toEqual([['1', sha256Hex(data.subarray(0, 5 * MiB))], ['2', sha256Hex(data.subarray(5 * MiB))]]);
+    expect(signed).toEqual([
+      ['1', sha256Hex(data.subarray(0, 5 * MiB))],
+      ['2', sha256Hex(data.subarray(5 * MiB))],
+    ]);
     expect((await sha256Of((await t.get('parts.bin')).body)).sha256).toBe(sha256Hex(data));
     expect(r2.violations).toEqual([]);
   });
@@ -176,7 +212,9 @@ describe('r2 target', () => {
     r2.resetCounters();
     const t = openTarget(r2Spec(), { tuning: { partSize: 5 * MiB } });
     await expect(t.put('broken.bin', randomStream(20 * MiB, { failAfter: 12 * MiB }).stream)).rejects.toThrow(/broke off/);
-    const ids = new Set(r2.requests.filter((r) => r.query.includes('partNumber=')).map((r) => new URLSearchParams(r.query).get('uploadId')));
+    const ids = new Set(
+      r2.requests.filter((r) => r.query.includes('partNumber=')).map((r) => new URLSearchParams(r.query).get('uploadId')),
+    );
     expect(ids.size).toBe(1);
     const aborts = r2.requests.filter((r) => r.method === 'DELETE' && r.query.includes('uploadId='));
     expect(aborts.map((r) => new URLSearchParams(r.query).get('uploadId'))).toEqual([...ids]);
@@ -187,14 +225,19 @@ describe('r2 target', () => {
     const spec = r2Spec();
     const t = openTarget(spec);
     const raw = new S3Client({
-      region: 'auto', endpoint: r2.endpoint, forcePathStyle: true, requestChecksumCalculation: 'WHEN_REQUIRED',
+      region: 'auto',
+      endpoint: r2.endpoint,
+      forcePathStyle: true,
+      requestChecksumCalculation: 'WHEN_REQUIRED',
       credentials: { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey },
     });
     try {
       // What a process that died mid-upload leaves behind: a started upload with a part, never completed.
       for (const key of [`${spec.prefix}crashed-1.bin`, `${spec.prefix}crashed-2.bin`, 'elsewhere/crashed.bin']) {
         const { UploadId } = await raw.send(new CreateMultipartUploadCommand({ Bucket: BUCKET, Key: key }));
-        await raw.send(new UploadPartCommand({ Bucket: BUCKET, Key: key, UploadId, PartNumber: 1, Body: Buffer.alloc(1024), ContentLength: 1024 }));
+        await raw.send(
+          new UploadPartCommand({ Bucket: BUCKET, Key: key, UploadId, PartNumber: 1, Body: Buffer.alloc(1024), ContentLength: 1024 }),
+        );
       }
       expect(await t.abortStaleUploads!(new Date(Date.now() - 3_600_000))).toBe(0);
       expect(await t.abortStaleUploads!(new Date(Date.now() + 1_000))).toBe(2);
@@ -231,7 +274,9 @@ describe('r2 target', () => {
 
   it('never shows the secret access key in an error, even when the service refuses the credentials', async () => {
     const secret = `wrong-${randomBytes(16).toString('hex')}`;
-    const t = openTarget(r2Spec('badkey', r2.endpoint, { accessKeyId: 'AKIDNOTKNOWNHERE', secretAccessKey: secret }), { retry: { retries: 0 } });
+    const t = openTarget(r2Spec('badkey', r2.endpoint, { accessKeyId: 'AKIDNOTKNOWNHERE', secretAccessKey: secret }), {
+      retry: { retries: 0 },
+    });
     const err = await failureOf(t.put('x.json', Buffer.from('{}')));
     expect(err).toBeInstanceOf(TargetError);
     expect((err as TargetError).status).toBe(403);
@@ -241,7 +286,10 @@ describe('r2 target', () => {
   });
 
   it('says so when the bucket does not exist, instead of reporting objects as missing', async () => {
-    const spec = parseTargetUrl('nobucket', `s3://no-such-bucket/x?endpoint=${s3.endpoint}`, { accessKeyId: s3.accessKeyId, secretAccessKey: s3.secretAccessKey });
+    const spec = parseTargetUrl('nobucket', `s3://no-such-bucket/x?endpoint=${s3.endpoint}`, {
+      accessKeyId: s3.accessKeyId,
+      secretAccessKey: s3.secretAccessKey,
+    });
     const t = openTarget(spec, { retry: { retries: 0 } });
     const err = await failureOf(t.get('a'));
     expect(err).not.toBeInstanceOf(NotFoundError);
@@ -282,7 +330,10 @@ describe('retries (s3rver behind a fault-injecting proxy)', () => {
   it('retries a failed part of a streamed upload without restarting the upload', async () => {
     faults.clear();
     const t = openTarget(s3Spec(faults.endpoint), { tuning: { partSize: 5 * MiB }, retry: { baseDelayMs: 20 } });
-    faults.inject({ fault: { status: 500, code: 'InternalError' }, match: (m, url) => m === 'PUT' && url.searchParams.get('partNumber') === '2' });
+    faults.inject({
+      fault: { status: 500, code: 'InternalError' },
+      match: (m, url) => m === 'PUT' && url.searchParams.get('partNumber') === '2',
+    });
     const { stream, sha256 } = randomStream(12 * MiB);
     await t.put('big.bin', stream);
     expect((await sha256Of((await t.get('big.bin')).body)).sha256).toBe(sha256());
@@ -362,7 +413,10 @@ describe('retries (s3rver behind a fault-injecting proxy)', () => {
     const keys = ['a', 'b', 'c', 'd', 'e', 'f', 'g'];
     for (const k of keys) await t.put(k, Buffer.from(k));
     faults.clear();
-    faults.inject({ fault: { status: 500, code: 'InternalError' }, match: (m, url) => m === 'GET' && url.searchParams.has('continuation-token') });
+    faults.inject({
+      fault: { status: 500, code: 'InternalError' },
+      match: (m, url) => m === 'GET' && url.searchParams.has('continuation-token'),
+    });
     expect(await listKeys(t, '')).toEqual(keys);
     expect(faults.seen.filter((s) => s.fault === '500')).toHaveLength(1);
   });
@@ -396,7 +450,9 @@ describe('s3 multipart upload start and completion (s3rver behind a fault-inject
     const stored = await t.put('big.bin', stream, { contentLength: 11 * MiB });
     // The retry found the upload gone (NoSuchUpload), and the object there holding exactly its parts.
     expect(faultsOf(r2Faults, isComplete)).toEqual(['lost answer', null]);
-    expect(events.filter((e) => e.event === 'target.upload_completed_unanswered')).toMatchObject([{ object: 'big.bin', parts: 3, bytes: 11 * MiB }]);
+    expect(events.filter((e) => e.event === 'target.upload_completed_unanswered')).toMatchObject([
+      { object: 'big.bin', parts: 3, bytes: 11 * MiB },
+    ]);
     expect(stored).toEqual({ etag: (await t.head('big.bin')).etag, size: 11 * MiB });
     expect(await sha256Of((await t.get('big.bin')).body)).toEqual({ sha256: sha256(), bytes: 11 * MiB });
   });
@@ -421,7 +477,9 @@ describe('s3 multipart upload start and completion (s3rver behind a fault-inject
   });
 
   it('computes the etag S3 and R2 give a multipart object (the example in the R2 documentation)', () => {
-    expect(multipartEtag(['"bce6bf66aeb76c7040fdd5f4eccb78e6"', '8165449fc15bbf43d3b674595cbcc406'])).toBe('f77dc0eecdebcd774a2a22cb393ad2ff-2');
+    expect(multipartEtag(['"bce6bf66aeb76c7040fdd5f4eccb78e6"', '8165449fc15bbf43d3b674595cbcc406'])).toBe(
+      'f77dc0eecdebcd774a2a22cb393ad2ff-2',
+    );
     expect(multipartEtag(['not-an-md5'])).toBeUndefined();
   });
 });

@@ -19,9 +19,12 @@ function chunk(n: number): Buffer {
 }
 
 function source(): Readable {
-  return Readable.from((function* () {
-    for (let i = 0; i < CHUNKS; i++) yield chunk(i);
-  })(), { objectMode: false });
+  return Readable.from(
+    (function* () {
+      for (let i = 0; i < CHUNKS; i++) yield chunk(i);
+    })(),
+    { objectMode: false },
+  );
 }
 
 const expectedSha256 = (() => {
@@ -66,7 +69,12 @@ function reader(options: { stopAt?: number; error?: Error; waitFor?: Promise<unk
 
 async function run(readers: Reader[], options: { signal?: AbortSignal } = {}) {
   const failures: Array<{ index: number; error: Error }> = [];
-  const copy = fanOut(source(), readers.map((r) => r.sink), (index, error) => failures.push({ index, error }), options);
+  const copy = fanOut(
+    source(),
+    readers.map((r) => r.sink),
+    (index, error) => failures.push({ index, error }),
+    options,
+  );
   return { copy, failures };
 }
 
@@ -138,7 +146,11 @@ describe('fanOut with a sink that stops', () => {
     const sinks = [reader({ stopAt: 0 }), reader({ stopAt: 1024 * 1024 })];
     const src = source();
     const failures: number[] = [];
-    await fanOut(src, sinks.map((r) => r.sink), (i) => failures.push(i));
+    await fanOut(
+      src,
+      sinks.map((r) => r.sink),
+      (i) => failures.push(i),
+    );
     expect(failures.sort()).toEqual([0, 1]);
     expect(src.destroyed).toBe(true);
   });
@@ -166,7 +178,11 @@ describe('fanOut with a sink that stops', () => {
     const readers = [reader(), reader()];
     const broken = new Readable({ read() {} });
     broken.push(chunk(0));
-    const copy = fanOut(broken, readers.map((r) => r.sink), () => undefined);
+    const copy = fanOut(
+      broken,
+      readers.map((r) => r.sink),
+      () => undefined,
+    );
     setImmediate(() => broken.destroy(new Error('the agent went away')));
     await expect(copy).rejects.toThrow('the agent went away');
     for (const r of readers) {

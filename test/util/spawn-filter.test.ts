@@ -9,9 +9,11 @@ import { spawnFilter } from '../../src/util/streams.js';
 
 function input(bytes: number): Readable {
   const chunk = Buffer.alloc(64 * 1024, 7);
-  return Readable.from((function* () {
-    for (let sent = 0; sent < bytes; sent += chunk.length) yield chunk;
-  })());
+  return Readable.from(
+    (function* () {
+      for (let sent = 0; sent < bytes; sent += chunk.length) yield chunk;
+    })(),
+  );
 }
 
 function discard(): Writable {
@@ -21,18 +23,30 @@ function discard(): Writable {
 describe('spawnFilter', () => {
   it('passes a whole stream through a tool that reads all of it', async () => {
     let out = 0;
-    await pipeline(input(4 << 20), spawnFilter('cat', [], 'install coreutils'), new Writable({ write: (c: Buffer, _e, cb) => { out += c.length; cb(); } }));
+    await pipeline(
+      input(4 << 20),
+      spawnFilter('cat', [], 'install coreutils'),
+      new Writable({
+        write: (c: Buffer, _e, cb) => {
+          out += c.length;
+          cb();
+        },
+      }),
+    );
     expect(out).toBe(4 << 20);
   });
 
   it('fails, naming the tool, when it exits with status 0 before reading all of its input', async () => {
     // head exits as soon as it has its 10 bytes; megabytes are still to be written to it.
-    await expect(pipeline(input(4 << 20), spawnFilter('head', ['-c', '10'], 'install coreutils'), discard()))
-      .rejects.toMatchObject({ code: 'FILTER_FAILED', message: expect.stringMatching(/head -c 10 .*before reading all of its input/) });
+    await expect(pipeline(input(4 << 20), spawnFilter('head', ['-c', '10'], 'install coreutils'), discard())).rejects.toMatchObject({
+      code: 'FILTER_FAILED',
+      message: expect.stringMatching(/head -c 10 .*before reading all of its input/),
+    });
   });
 
   it('fails when the tool exits with status 0 without reading anything', async () => {
-    await expect(pipeline(input(4 << 20), spawnFilter('true', [], 'install coreutils'), discard()))
-      .rejects.toMatchObject({ code: 'FILTER_FAILED' });
+    await expect(pipeline(input(4 << 20), spawnFilter('true', [], 'install coreutils'), discard())).rejects.toMatchObject({
+      code: 'FILTER_FAILED',
+    });
   });
 });

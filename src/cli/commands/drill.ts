@@ -14,8 +14,10 @@ function drillLines(r: DrillRecord): string {
   if (!r.ok) {
     const lines = [`target ${r.target}: FAILED ${r.error}`];
     if (r.app && !r.app.passed) {
-      lines.push(`  application drill: failed at step ${r.app.failedStep ?? 'unknown'}${r.app.checks.length ? ` after ${r.app.checks.map((c) => `${c.name} ${c.ok ? 'ok' : 'FAILED'} ${c.ms} ms`).join(', ')}` : ''}`);
-      if (r.app.backendLog?.length) lines.push('  backend\'s last log lines:', ...r.app.backendLog.slice(-10).map((l) => `    ${l}`));
+      lines.push(
+        `  application drill: failed at step ${r.app.failedStep ?? 'unknown'}${r.app.checks.length ? ` after ${r.app.checks.map((c) => `${c.name} ${c.ok ? 'ok' : 'FAILED'} ${c.ms} ms`).join(', ')}` : ''}`,
+      );
+      if (r.app.backendLog?.length) lines.push("  backend's last log lines:", ...r.app.backendLog.slice(-10).map((l) => `    ${l}`));
     }
     return lines.join('\n') + '\n';
   }
@@ -23,13 +25,28 @@ function drillLines(r: DrillRecord): string {
   const how = r.checks?.method === 'stream' ? 'verified while streaming' : 'restored and verified';
   // With the application drill, the recovery time is the file's plus the backend's start to serving.
   const fileMs = (r.recoveryTimeMs ?? 0) - (r.app?.startToServingMs ?? 0);
-  const lines = [`target ${r.target}: snapshot ${r.snapshot!.id} ${how} in ${shortMs(fileMs)} `
-    + `(${formatBytes(r.snapshot!.artifactBytes)} ${r.snapshot!.compression} -> ${formatBytes(r.snapshot!.bytes)}); snapshot age ${formatDuration(rp.snapshotAgeMs)}`,
-  `  proved: ${provenText(r.checks)}${r.checks?.reason ? ` (streamed because ${r.checks.reason})` : ''}`];
-  if (r.app) lines.push(`  application: ${appDrillText(r.app)}`, `  recovery time ${shortMs(r.recoveryTimeMs ?? 0)}: the file ${shortMs(fileMs)}, then the backend to serving ${shortMs(r.app.startToServingMs ?? 0)}`);
+  const lines = [
+    `target ${r.target}: snapshot ${r.snapshot!.id} ${how} in ${shortMs(fileMs)} ` +
+      `(${formatBytes(r.snapshot!.artifactBytes)} ${r.snapshot!.compression} -> ${formatBytes(r.snapshot!.bytes)}); snapshot age ${formatDuration(rp.snapshotAgeMs)}`,
+    `  proved: ${provenText(r.checks)}${r.checks?.reason ? ` (streamed because ${r.checks.reason})` : ''}`,
+  ];
+  if (r.app)
+    lines.push(
+      `  application: ${appDrillText(r.app)}`,
+      `  recovery time ${shortMs(r.recoveryTimeMs ?? 0)}: the file ${shortMs(fileMs)}, then the backend to serving ${shortMs(r.app.startToServingMs ?? 0)}`,
+    );
   if (r.live.available) {
-    lines.push(`  runs published since the snapshot: ${rp.runsSince ?? 'unknown'}; newest published_at live ${rp.newestPublishedAt.live ?? '-'}, in the snapshot ${rp.newestPublishedAt.snapshot ?? '-'}`);
-    lines.push(`  tables (snapshot -> live): ${Object.entries(r.tables).map(([n, t]) => `${n} ${t.snapshot ?? '-'} -> ${t.live ?? '-'}${t.difference !== null ? ` (${t.difference >= 0 ? '+' : ''}${t.difference})` : ''}`).join(', ')}`);
+    lines.push(
+      `  runs published since the snapshot: ${rp.runsSince ?? 'unknown'}; newest published_at live ${rp.newestPublishedAt.live ?? '-'}, in the snapshot ${rp.newestPublishedAt.snapshot ?? '-'}`,
+    );
+    lines.push(
+      `  tables (snapshot -> live): ${Object.entries(r.tables)
+        .map(
+          ([n, t]) =>
+            `${n} ${t.snapshot ?? '-'} -> ${t.live ?? '-'}${t.difference !== null ? ` (${t.difference >= 0 ? '+' : ''}${t.difference})` : ''}`,
+        )
+        .join(', ')}`,
+    );
   }
   for (const w of r.warnings) lines.push(`  warning: ${w}`);
   return lines.join('\n') + '\n';
@@ -49,7 +66,15 @@ export const drillCommand: Command = async (args, ctx) => {
   };
   try {
     const result = await runDrill(
-      { targets: openTargets(config, ctx.logger, values.target), database: config.database, live, workDir: settings.workDir, method: settings.method, logger: ctx.logger, ...(app ? { app } : {}) },
+      {
+        targets: openTargets(config, ctx.logger, values.target),
+        database: config.database,
+        live,
+        workDir: settings.workDir,
+        method: settings.method,
+        logger: ctx.logger,
+        ...(app ? { app } : {}),
+      },
       { signal: interruptible() },
     );
     print(result);

@@ -16,31 +16,62 @@ export const listCommand: Command = async (args, ctx) => {
   const config = loadTargetsConfig(ctx.env);
   const targets = openTargets(config, ctx.logger, values.target);
   const signal = interruptible();
-  const out = await Promise.all(targets.map(async (target) => {
-    try {
-      const listing = await listCatalog(target, config.database, { signal });
-      const manifests = await readManifests(target, config.database, listing.snapshots.map((s) => s.id), { signal });
-      return {
-        name: target.name, url: target.url, ok: true,
-        snapshots: manifests.map(({ id, manifest, error }) => manifest ? {
-          id, createdAt: manifest.createdAt, trigger: manifest.trigger, tags: manifest.tags, pinned: manifest.tags.includes(PIN_TAG),
-          bytes: manifest.snapshot.bytes, artifactBytes: manifest.artifact.bytes, compression: manifest.artifact.compression,
-          sha256: manifest.artifact.sha256, tables: manifest.database.tables, key: manifest.key,
-        } : { id, error: error?.message ?? 'unreadable manifest' }),
-        orphans: listing.orphans.map((o) => ({ key: o.key, bytes: o.size, lastModified: o.lastModified.toISOString() })),
-      };
-    } catch (e) {
-      return { name: target.name, url: target.url, ok: false, error: errorMessage(e), snapshots: [], orphans: [] };
-    }
-  }));
+  const out = await Promise.all(
+    targets.map(async (target) => {
+      try {
+        const listing = await listCatalog(target, config.database, { signal });
+        const manifests = await readManifests(
+          target,
+          config.database,
+          listing.snapshots.map((s) => s.id),
+          { signal },
+        );
+        return {
+          name: target.name,
+          url: target.url,
+          ok: true,
+          snapshots: manifests.map(({ id, manifest, error }) =>
+            manifest
+              ? {
+                  id,
+                  createdAt: manifest.createdAt,
+                  trigger: manifest.trigger,
+                  tags: manifest.tags,
+                  pinned: manifest.tags.includes(PIN_TAG),
+                  bytes: manifest.snapshot.bytes,
+                  artifactBytes: manifest.artifact.bytes,
+                  compression: manifest.artifact.compression,
+                  sha256: manifest.artifact.sha256,
+                  tables: manifest.database.tables,
+                  key: manifest.key,
+                }
+              : { id, error: error?.message ?? 'unreadable manifest' },
+          ),
+          orphans: listing.orphans.map((o) => ({ key: o.key, bytes: o.size, lastModified: o.lastModified.toISOString() })),
+        };
+      } catch (e) {
+        return { name: target.name, url: target.url, ok: false, error: errorMessage(e), snapshots: [], orphans: [] };
+      }
+    }),
+  );
   if (values.json) printJson(ctx, { database: config.database, targets: out });
   else {
     for (const t of out) {
-      ctx.io.stdout.write(`target ${t.name} (${t.url}): ${t.ok ? `${t.snapshots.length} snapshot(s)` : `ERROR ${t.error}`}${t.orphans.length ? `, ${t.orphans.length} object(s) without manifest` : ''}\n`);
+      ctx.io.stdout.write(
+        `target ${t.name} (${t.url}): ${t.ok ? `${t.snapshots.length} snapshot(s)` : `ERROR ${t.error}`}${t.orphans.length ? `, ${t.orphans.length} object(s) without manifest` : ''}\n`,
+      );
       const rows = [['ID', 'CREATED (UTC)', 'SIZE', 'STORED', 'TRIGGER', 'TAGS']];
       for (const s of t.snapshots) {
         if ('error' in s) rows.push([s.id, '-', '-', '-', '-', `ERROR ${s.error}`]);
-        else rows.push([s.id, s.createdAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), formatBytes(s.bytes), `${formatBytes(s.artifactBytes)} ${s.compression}`, s.trigger.kind + (s.trigger.reason ? `: ${s.trigger.reason}` : ''), s.tags.join(',')]);
+        else
+          rows.push([
+            s.id,
+            s.createdAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'),
+            formatBytes(s.bytes),
+            `${formatBytes(s.artifactBytes)} ${s.compression}`,
+            s.trigger.kind + (s.trigger.reason ? `: ${s.trigger.reason}` : ''),
+            s.tags.join(','),
+          ]);
       }
       if (t.snapshots.length) ctx.io.stdout.write(table(rows).replace(/^/gm, '  ') + '\n');
     }

@@ -4,5 +4,8 @@ import type { PgSubcommand } from './pg.js';
 
 export const pgCheck: PgSubcommand = async (env, deps) => {
   const result = await runPgCheck(loadPgCheckConfig(env), deps);
-  return { result, lines: result.servers.map((s) => `pg check ${s.server}: ${s.ok ? 'ok' : `PROBLEM ${s.violations.map((v) => v.message).join("; ")}`}`) };
+  return {
+    result,
+    lines: result.servers.map((s) => `pg check ${s.server}: ${s.ok ? 'ok' : `PROBLEM ${s.violations.map((v) => v.message).join('; ')}`}`),
+  };
 };

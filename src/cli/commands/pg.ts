@@ -10,7 +10,11 @@ import { managedIdentity, openTargets } from '../../runtime.js';
 import { interruptSignal, parse, printJson, UsageError, type Command } from '../command.js';
 
 /** One `pg` subcommand: its job run with the settings in `env`; `lines` is one line per server for a terminal. */
-export type PgSubcommand = (env: NodeJS.ProcessEnv, deps: PgJobDeps, options: { force: boolean }) => Promise<{ result: object; lines: string[] }>;
+export type PgSubcommand = (
+  env: NodeJS.ProcessEnv,
+  deps: PgJobDeps,
+  options: { force: boolean },
+) => Promise<{ result: object; lines: string[] }>;
 
 export const pgCommand: Command = async (args, ctx) => {
   const [sub, ...rest] = args;
@@ -23,7 +27,11 @@ export const pgCommand: Command = async (args, ctx) => {
   const [target] = openTargets(targetsConfig, ctx.logger);
   const credential = managedIdentity();
   try {
-    const { result, lines } = await run(ctx.env, { credential, target: target!, logger: ctx.logger, signal: interruptSignal() }, { force: Boolean(values.force) });
+    const { result, lines } = await run(
+      ctx.env,
+      { credential, target: target!, logger: ctx.logger, signal: interruptSignal() },
+      { force: Boolean(values.force) },
+    );
     // --json is the stable interface; the summary is one line per server for a terminal.
     if (values.json) printJson(ctx, result);
     else ctx.io.stdout.write((lines.join('\n') || `pg ${sub}: no servers configured`) + '\n');

@@ -14,7 +14,10 @@ export const pruneCommand: Command = async (args, ctx) => {
   const { values } = parse(args, { 'dry-run': { type: 'boolean' }, json: { type: 'boolean' }, force: { type: 'boolean' } });
   const options = { dryRun: Boolean(values['dry-run']), json: Boolean(values.json), force: Boolean(values.force) };
   const targets = loadTargetsConfig(ctx.env);
-  const retention = loadRetentionConfig(ctx.env, targets.targets.map((t) => t.name));
+  const retention = loadRetentionConfig(
+    ctx.env,
+    targets.targets.map((t) => t.name),
+  );
   let result: PruneResult;
   try {
     result = await runPrune(
@@ -35,15 +38,24 @@ function printPrune(ctx: CommandContext, result: PruneResult, json: boolean, ok:
     printJson(ctx, { ok, ...result });
     return;
   }
-  out.write(`prune "${result.database}"${result.dryRun ? ' (dry run: nothing removed)' : ''}${result.force ? ' (forced)' : ''}: ${result.dryRun ? 'would remove' : 'removed'} ${result.removed} snapshot(s)\n`);
+  out.write(
+    `prune "${result.database}"${result.dryRun ? ' (dry run: nothing removed)' : ''}${result.force ? ' (forced)' : ''}: ${result.dryRun ? 'would remove' : 'removed'} ${result.removed} snapshot(s)\n`,
+  );
   const rows = [['TARGET', 'SNAPSHOTS', 'KEPT', result.dryRun ? 'TO REMOVE' : 'REMOVED', 'HELD', 'GARBAGE', 'POLICY']];
   for (const t of result.targets) {
     if (t.error) {
       rows.push([t.target, '-', '-', '-', '-', '-', `ERROR ${t.error}`]);
       continue;
     }
-    rows.push([t.target, String(t.snapshots), String(t.kept.length), t.refused ? 'refused' : String(t.removed.length),
-      String(t.held.length + t.garbage.held.length), String(t.garbage.removed.length), t.policy]);
+    rows.push([
+      t.target,
+      String(t.snapshots),
+      String(t.kept.length),
+      t.refused ? 'refused' : String(t.removed.length),
+      String(t.held.length + t.garbage.held.length),
+      String(t.garbage.removed.length),
+      t.policy,
+    ]);
   }
   out.write(table(rows).replace(/^/gm, '  ') + '\n');
   for (const t of result.targets) {

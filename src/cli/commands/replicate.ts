@@ -14,7 +14,10 @@ export const replicateCommand: Command = async (args, ctx) => {
   const { values } = parse(args, { 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } });
   const options = { dryRun: Boolean(values['dry-run']), json: Boolean(values.json) };
   const targets = loadTargetsConfig(ctx.env);
-  const retention = loadRetentionConfig(ctx.env, targets.targets.map((t) => t.name));
+  const retention = loadRetentionConfig(
+    ctx.env,
+    targets.targets.map((t) => t.name),
+  );
   let result: ReplicateResult;
   try {
     result = await runReplicate(
@@ -36,9 +39,11 @@ function printReplicate(ctx: CommandContext, result: ReplicateResult, json: bool
     return;
   }
   const planned = result.targets.reduce((n, t) => n + t.planned.length, 0);
-  out.write(result.dryRun
-    ? `replicate "${result.database}" (dry run): would copy ${planned} snapshot(s), ${formatBytes(result.targets.reduce((n, t) => n + t.planned.reduce((b, p) => b + p.bytes, 0), 0))}\n`
-    : `replicate "${result.database}": copied ${result.copied} snapshot(s), ${formatBytes(result.bytes)}, ${result.failed} failed, in ${(result.durationMs / 1000).toFixed(1)} s\n`);
+  out.write(
+    result.dryRun
+      ? `replicate "${result.database}" (dry run): would copy ${planned} snapshot(s), ${formatBytes(result.targets.reduce((n, t) => n + t.planned.reduce((b, p) => b + p.bytes, 0), 0))}\n`
+      : `replicate "${result.database}": copied ${result.copied} snapshot(s), ${formatBytes(result.bytes)}, ${result.failed} failed, in ${(result.durationMs / 1000).toFixed(1)} s\n`,
+  );
   const rows = [['TARGET', 'HAD', result.dryRun ? 'TO COPY' : 'COPIED', 'BYTES', 'SKIPPED', 'FAILED']];
   for (const t of result.targets) {
     if (t.error) {
@@ -46,11 +51,20 @@ function printReplicate(ctx: CommandContext, result: ReplicateResult, json: bool
       continue;
     }
     const copies = result.dryRun ? t.planned : t.copied;
-    rows.push([t.target, String(t.present), String(copies.length), formatBytes(copies.reduce((b, c) => b + c.bytes, 0)), String(t.skipped.length), String(t.failed.length)]);
+    rows.push([
+      t.target,
+      String(t.present),
+      String(copies.length),
+      formatBytes(copies.reduce((b, c) => b + c.bytes, 0)),
+      String(t.skipped.length),
+      String(t.failed.length),
+    ]);
   }
   out.write(table(rows).replace(/^/gm, '  ') + '\n');
   for (const t of result.targets) {
-    if (result.dryRun) for (const p of t.planned) out.write(`  would copy ${p.id} to "${t.target}" from "${p.from}"${p.repairs ? ` (repairs: ${p.repairs})` : ''}\n`);
+    if (result.dryRun)
+      for (const p of t.planned)
+        out.write(`  would copy ${p.id} to "${t.target}" from "${p.from}"${p.repairs ? ` (repairs: ${p.repairs})` : ''}\n`);
     for (const s of t.skipped) out.write(`  skipped ${s.id} for "${t.target}": ${s.reason}\n`);
     for (const f of t.failed) out.write(`  FAILED ${f.id} to "${t.target}" ${f.error}\n`);
   }

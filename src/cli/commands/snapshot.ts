@@ -14,13 +14,25 @@ export const snapshotCommand: Command = async (args, ctx) => {
   const agentConfig = loadAgentClientConfig(ctx.env);
   try {
     const result = await runSnapshot(
-      { agent: openAgent(agentConfig, ctx.logger), targets: openTargets(targetsConfig, ctx.logger), database: targetsConfig.database, logger: ctx.logger },
-      { trigger: { kind: 'cli', ...(values.reason ? { reason: values.reason } : {}) }, pin: Boolean(values.pin), compression: agentConfig.compression, signal: interruptible() },
+      {
+        agent: openAgent(agentConfig, ctx.logger),
+        targets: openTargets(targetsConfig, ctx.logger),
+        database: targetsConfig.database,
+        logger: ctx.logger,
+      },
+      {
+        trigger: { kind: 'cli', ...(values.reason ? { reason: values.reason } : {}) },
+        pin: Boolean(values.pin),
+        compression: agentConfig.compression,
+        signal: interruptible(),
+      },
     );
     if (values.json) printJson(ctx, { ok: true, manifest: result.manifest, targets: result.targets, totalMs: result.totalMs });
     else {
       const m = result.manifest;
-      ctx.io.stdout.write(`snapshot ${m.id} of "${m.databaseName}" (${formatBytes(m.snapshot.bytes)} -> ${formatBytes(m.artifact.bytes)} ${m.artifact.compression}) stored on ${result.targets.map((t) => t.target).join(', ')} in ${(result.totalMs / 1000).toFixed(1)} s\n`);
+      ctx.io.stdout.write(
+        `snapshot ${m.id} of "${m.databaseName}" (${formatBytes(m.snapshot.bytes)} -> ${formatBytes(m.artifact.bytes)} ${m.artifact.compression}) stored on ${result.targets.map((t) => t.target).join(', ')} in ${(result.totalMs / 1000).toFixed(1)} s\n`,
+      );
     }
     return 0;
   } catch (e) {

@@ -26,15 +26,19 @@ function statusText(doc: StatusDocument): string {
       continue;
     }
     const n = t.snapshots.newest;
-    out.push(`  target ${t.name} ${WORD[t.state]}: newest snapshot ${n ? `${formatDuration(n.ageMs)} ago (${n.id})` : 'none'}, ${t.snapshots.count} snapshot(s) ${formatBytes(t.snapshots.totalArtifactBytes)}; `
-      + `drill ${t.drill.lastSucceeded ? `${formatDuration(t.drill.ageMs!)} ago (${t.drill.lastSucceeded.checks?.method === 'stream' ? 'verified streaming' : 'restored'}${t.drill.lastSucceeded.app ? `, backend served ${t.drill.lastSucceeded.app.runsServed ?? 0} runs,` : ''} in ${shortMs(t.drill.lastSucceeded.recoveryTimeMs ?? 0)})` : 'never'}; `
-      + `verify ${t.verify.lastCleanRunAt ? `${formatDuration(t.verify.ageMs!)} ago` : 'never'}${t.verify.failing.length ? `, ${t.verify.failing.length} damaged` : ''}`
-      + `${t.verify.unreadable?.length ? `, ${t.verify.unreadable.length} unreadable` : ''}`);
+    out.push(
+      `  target ${t.name} ${WORD[t.state]}: newest snapshot ${n ? `${formatDuration(n.ageMs)} ago (${n.id})` : 'none'}, ${t.snapshots.count} snapshot(s) ${formatBytes(t.snapshots.totalArtifactBytes)}; ` +
+        `drill ${t.drill.lastSucceeded ? `${formatDuration(t.drill.ageMs!)} ago (${t.drill.lastSucceeded.checks?.method === 'stream' ? 'verified streaming' : 'restored'}${t.drill.lastSucceeded.app ? `, backend served ${t.drill.lastSucceeded.app.runsServed ?? 0} runs,` : ''} in ${shortMs(t.drill.lastSucceeded.recoveryTimeMs ?? 0)})` : 'never'}; ` +
+        `verify ${t.verify.lastCleanRunAt ? `${formatDuration(t.verify.ageMs!)} ago` : 'never'}${t.verify.failing.length ? `, ${t.verify.failing.length} damaged` : ''}` +
+        `${t.verify.unreadable?.length ? `, ${t.verify.unreadable.length} unreadable` : ''}`,
+    );
   }
   if (doc.postgres) {
     out.push(`  postgres ${WORD[doc.postgres.state]}${doc.postgres.error ? `: ${doc.postgres.error}` : ''}`);
     for (const s of doc.postgres.servers) {
-      out.push(`    server ${s.server} ${WORD[s.state]}: check ${s.checkAgeMs === null ? 'never' : `${formatDuration(s.checkAgeMs)} ago`}, last successful drill ${s.drillAgeMs === null ? 'never' : `${formatDuration(s.drillAgeMs)} ago`}`);
+      out.push(
+        `    server ${s.server} ${WORD[s.state]}: check ${s.checkAgeMs === null ? 'never' : `${formatDuration(s.checkAgeMs)} ago`}, last successful drill ${s.drillAgeMs === null ? 'never' : `${formatDuration(s.drillAgeMs)} ago`}`,
+      );
     }
   }
   if (doc.problems.length) {
@@ -50,7 +54,13 @@ export const statusCommand: Command = async (args, ctx) => {
   const settings = loadMonitorSettings(ctx.env);
   const targets = openTargets(config, ctx.logger, values.target);
   const doc = await runMonitor(
-    { targets, database: config.database, thresholds: settings.thresholds, postgres: values.target ? undefined : monitorPostgresSource(ctx.env, targets), logger: ctx.logger },
+    {
+      targets,
+      database: config.database,
+      thresholds: settings.thresholds,
+      postgres: values.target ? undefined : monitorPostgresSource(ctx.env, targets),
+      logger: ctx.logger,
+    },
     { write: false, throwOnCritical: false, signal: interruptible() },
   );
   if (values.html) await writeFile(resolve(values.html), renderStatusPage(doc));

@@ -22,13 +22,17 @@ export const verifyCommand: Command = async (args, ctx) => {
         continue;
       }
       const found = [...(t.failed ? [`${t.failed} DAMAGED`] : []), ...(t.unreadable ? [`${t.unreadable} UNREADABLE`] : [])];
-      ctx.io.stdout.write(`target ${t.target}: read ${t.checked} of ${t.snapshots} snapshot(s), ${formatBytes(t.bytes)}, ${found.length ? found.join(', ') : 'all match their manifests'}; `
-        + `longest any snapshot has gone unread: ${formatDuration(t.longestUnreadMs)} (window ${formatDuration(settings.withinMs)})\n`);
+      ctx.io.stdout.write(
+        `target ${t.target}: read ${t.checked} of ${t.snapshots} snapshot(s), ${formatBytes(t.bytes)}, ${found.length ? found.join(', ') : 'all match their manifests'}; ` +
+          `longest any snapshot has gone unread: ${formatDuration(t.longestUnreadMs)} (window ${formatDuration(settings.withinMs)})\n`,
+      );
     }
     for (const o of result.outcomes.filter((x) => !x.ok)) {
-      ctx.io.stdout.write(o.verdict === 'unreadable'
-        ? `  UNREADABLE target ${o.target} snapshot ${o.id}: ${o.error}\n`
-        : `  DAMAGED target ${o.target} snapshot ${o.id}: ${o.error}\n`);
+      ctx.io.stdout.write(
+        o.verdict === 'unreadable'
+          ? `  UNREADABLE target ${o.target} snapshot ${o.id}: ${o.error}\n`
+          : `  DAMAGED target ${o.target} snapshot ${o.id}: ${o.error}\n`,
+      );
     }
   };
   try {

@@ -38,7 +38,13 @@ import { NotFoundError, TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { newDrillId } from '../../catalog/layout.js';
 import type { Target } from '../../targets/target.js';
-import { DRILL_RECORD_FORMAT_VERSION, trimDrillRecords, writeDrillRecord, type AppDrillRecord, type DrillRecord } from '../../catalog/drill-record.js';
+import {
+  DRILL_RECORD_FORMAT_VERSION,
+  trimDrillRecords,
+  writeDrillRecord,
+  type AppDrillRecord,
+  type DrillRecord,
+} from '../../catalog/drill-record.js';
 import { runRestore } from '../restore/index.js';
 import { firstValue, openDatabase } from '../../util/sqlite.js';
 import { verifyByStreaming } from './stream.js';
@@ -84,13 +90,16 @@ export interface DrillResult {
 }
 
 export class DrillFailedError extends TcabError {
-  constructor(message: string, readonly result: DrillResult) {
+  constructor(
+    message: string,
+    readonly result: DrillResult,
+  ) {
     const fileFailed = result.targets.some((r) => !r.ok && !(r.app && !r.app.passed));
     super(message, {
       code: 'DRILL_FAILED',
       hint: fileFailed
         ? 'the stored copy named is damaged or unreadable: restore from another target, run "tcab-backup verify --all --target <name>", and let replicate copy a good snapshot back'
-        : 'the application drill\'s step named above: on the VM, TCAB_AGENT_DRILL_BACKEND_COMMAND, the backend\'s last log lines (in the drill record and the agent\'s log, journalctl -u tcab-backup-agent), and that this backend version starts on the stored database',
+        : "the application drill's step named above: on the VM, TCAB_AGENT_DRILL_BACKEND_COMMAND, the backend's last log lines (in the drill record and the agent's log, journalctl -u tcab-backup-agent), and that this backend version starts on the stored database",
     });
     this.name = 'DrillFailedError';
   }
@@ -105,7 +114,12 @@ export async function runDrill(deps: DrillDeps, options: { signal?: AbortSignal 
   if (deps.targets.length === 0) throw new TcabError('No targets configured', { hint: 'set TCAB_BACKUP_TARGETS' });
   const drillId = newDrillId(now());
   const live = await askLive(deps.live, options.signal, now);
-  if (live.error) log.warn('drill.live_unavailable', { database: deps.database, error: live.error, note: 'the restore is still checked; the comparison with the live database is skipped' });
+  if (live.error)
+    log.warn('drill.live_unavailable', {
+      database: deps.database,
+      error: live.error,
+      note: 'the restore is still checked; the comparison with the live database is skipped',
+    });
   await mkdir(deps.workDir, { recursive: true });
   const records: DrillRecord[] = [];
   // One target at a time: each restore needs the database's full size on local disk.
@@ -116,7 +130,10 @@ export async function runDrill(deps: DrillDeps, options: { signal?: AbortSignal 
   const failed = records.filter((r) => !r.ok);
   const result: DrillResult = { database: deps.database, drillId, ok: failed.length === 0, targets: records };
   if (failed.length) {
-    throw new DrillFailedError(`Restore drill ${drillId} of database "${deps.database}" failed on ${failed.length} of ${records.length} target(s): ${failed.map((r) => r.error).join('; ')}`, result);
+    throw new DrillFailedError(
+      `Restore drill ${drillId} of database "${deps.database}" failed on ${failed.length} of ${records.length} target(s): ${failed.map((r) => r.error).join('; ')}`,
+      result,
+    );
   }
   return result;
 }
@@ -150,9 +167,20 @@ async function drillTarget(
 ): Promise<DrillRecord> {
   const startedAt = now();
   const record: DrillRecord = {
-    formatVersion: DRILL_RECORD_FORMAT_VERSION, kind: 'sqlite-drill', drillId, database: deps.database, target: target.name,
-    startedAt: startedAt.toISOString(), finishedAt: startedAt.toISOString(), ok: false, snapshot: null, recoveryTimeMs: null,
-    recoveryPoint: null, tables: {}, live: { available: false }, warnings: [],
+    formatVersion: DRILL_RECORD_FORMAT_VERSION,
+    kind: 'sqlite-drill',
+    drillId,
+    database: deps.database,
+    target: target.name,
+    startedAt: startedAt.toISOString(),
+    finishedAt: startedAt.toISOString(),
+    ok: false,
+    snapshot: null,
+    recoveryTimeMs: null,
+    recoveryPoint: null,
+    tables: {},
+    live: { available: false },
+    warnings: [],
   };
   let manifest: Manifest | undefined;
   const scratch = await mkdtemp(join(deps.workDir, 'tcab-drill-'));
@@ -160,19 +188,26 @@ async function drillTarget(
     try {
       manifest = await selectSnapshot(target, deps.database, { latest: true }, signal);
     } catch (e) {
-      if (e instanceof NotFoundError) throw new TcabError(`target "${target.name}" (${target.url}) holds no snapshot of "${deps.database}" to drill`);
+      if (e instanceof NotFoundError)
+        throw new TcabError(`target "${target.name}" (${target.url}) holds no snapshot of "${deps.database}" to drill`);
       throw e;
     }
     record.snapshot = {
-      id: manifest.id, createdAt: manifest.createdAt, artifactBytes: manifest.artifact.bytes, bytes: manifest.snapshot.bytes, compression: manifest.artifact.compression,
+      id: manifest.id,
+      createdAt: manifest.createdAt,
+      artifactBytes: manifest.artifact.bytes,
+      bytes: manifest.snapshot.bytes,
+      compression: manifest.artifact.compression,
     };
     const method = await chooseMethod(deps.method ?? 'auto', deps.workDir, scratch, manifest);
     if (method.method === 'restore') {
       const path = join(scratch, `${manifest.id}.sqlite`);
-      const restored = await runRestore({ targets: [target], database: deps.database }, { selector: { id: manifest.id }, outPath: path, ...(signal ? { signal } : {}) })
-        .catch((e: unknown) => {
-          throw new TcabError(restoreFailure(e, manifest!.id, target.name));
-        });
+      const restored = await runRestore(
+        { targets: [target], database: deps.database },
+        { selector: { id: manifest.id }, outPath: path, ...(signal ? { signal } : {}) },
+      ).catch((e: unknown) => {
+        throw new TcabError(restoreFailure(e, manifest!.id, target.name));
+      });
       record.recoveryTimeMs = restored.durationMs;
       record.checks = { method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] };
       compareWithLive(record, manifest, restored.tables, newestPublishedAt(path), live, deps.database);
@@ -180,7 +215,12 @@ async function drillTarget(
       log.info('drill.streaming', { database: deps.database, target: target.name, snapshot: manifest.id, reason: method.reason });
       const streamed = await verifyByStreaming(target, manifest, signal);
       record.recoveryTimeMs = streamed.durationMs;
-      record.checks = { method: 'stream', ran: ['artifact-sha256', 'snapshot-sha256'], fromSnapshot: ['integrity-check', 'row-counts'], reason: method.reason };
+      record.checks = {
+        method: 'stream',
+        ran: ['artifact-sha256', 'snapshot-sha256'],
+        fromSnapshot: ['integrity-check', 'row-counts'],
+        reason: method.reason,
+      };
       // The counts are the agent's, of these very bytes; the newest published run is not known without opening the file.
       compareWithLive(record, manifest, manifest.database.tables, null, live, deps.database);
     }
@@ -197,7 +237,9 @@ async function drillTarget(
     const detail = errorMessage(e);
     record.error = manifest
       ? `target "${target.name}" (${target.url}) snapshot ${manifest.id}: ${detail}`
-      : detail.startsWith('target "') ? detail : `target "${target.name}" (${target.url}): ${detail}`;
+      : detail.startsWith('target "')
+        ? detail
+        : `target "${target.name}" (${target.url}): ${detail}`;
   } finally {
     await rm(scratch, { recursive: true, force: true });
   }
@@ -211,10 +253,27 @@ async function drillTarget(
     record.ok = false;
   }
   const fields = {
-    database: deps.database, target: target.name, drillId, snapshot: record.snapshot?.id, recoveryTimeMs: record.recoveryTimeMs,
-    snapshotAgeMs: record.recoveryPoint?.snapshotAgeMs, runsSince: record.recoveryPoint?.runsSince, publishedGapMs: record.recoveryPoint?.publishedGapMs,
-    liveAvailable: record.live.available, method: record.checks?.method, checks: record.checks?.ran, fromSnapshot: record.checks?.fromSnapshot, warnings: record.warnings,
-    ...(record.app ? { app: record.app.passed ? 'passed' : 'failed', appFailedStep: record.app.failedStep, runsServed: record.app.runs.served, startToServingMs: record.app.startToServingMs } : {}),
+    database: deps.database,
+    target: target.name,
+    drillId,
+    snapshot: record.snapshot?.id,
+    recoveryTimeMs: record.recoveryTimeMs,
+    snapshotAgeMs: record.recoveryPoint?.snapshotAgeMs,
+    runsSince: record.recoveryPoint?.runsSince,
+    publishedGapMs: record.recoveryPoint?.publishedGapMs,
+    liveAvailable: record.live.available,
+    method: record.checks?.method,
+    checks: record.checks?.ran,
+    fromSnapshot: record.checks?.fromSnapshot,
+    warnings: record.warnings,
+    ...(record.app
+      ? {
+          app: record.app.passed ? 'passed' : 'failed',
+          appFailedStep: record.app.failedStep,
+          runsServed: record.app.runs.served,
+          startToServingMs: record.app.startToServingMs,
+        }
+      : {}),
   };
   if (record.ok) log.info('drill.completed', fields);
   else log.error('drill.failed', { ...fields, error: record.error });
@@ -228,55 +287,93 @@ async function drillTarget(
 
 /** What to check when a step of the application drill fails, by step. */
 const APP_STEP_HINTS: Record<string, string> = {
-  receive: 'the stored artifact against its manifest ("tcab-backup verify --all --target <name>"), and the network between the function app and the VM',
-  'snapshot-sha256': 'the stored artifact decompresses to a file other than the manifest\'s: run "tcab-backup verify --all --target <name>"',
+  receive:
+    'the stored artifact against its manifest ("tcab-backup verify --all --target <name>"), and the network between the function app and the VM',
+  'snapshot-sha256':
+    'the stored artifact decompresses to a file other than the manifest\'s: run "tcab-backup verify --all --target <name>"',
   integrity: 'the restored database is damaged: run "tcab-backup verify --all --target <name>" and drill another target',
-  start: 'TCAB_AGENT_DRILL_BACKEND_COMMAND on the VM, and that the agent\'s user may run it',
-  healthz: 'the backend\'s last log lines (below and in the drill record), TCAB_AGENT_DRILL_BACKEND_COMMAND and TCAB_AGENT_DRILL_HEALTH_TIMEOUT on the VM, and that this backend version starts on the stored database (its migrations)',
-  runs: 'that the backend serves every run of the restored database: its version against the stored schema, and the backend\'s last log lines',
-  stop: 'the backend\'s handling of SIGTERM, and TCAB_AGENT_DRILL_STOP_GRACE on the VM',
+  start: "TCAB_AGENT_DRILL_BACKEND_COMMAND on the VM, and that the agent's user may run it",
+  healthz:
+    "the backend's last log lines (below and in the drill record), TCAB_AGENT_DRILL_BACKEND_COMMAND and TCAB_AGENT_DRILL_HEALTH_TIMEOUT on the VM, and that this backend version starts on the stored database (its migrations)",
+  runs: "that the backend serves every run of the restored database: its version against the stored schema, and the backend's last log lines",
+  stop: "the backend's handling of SIGTERM, and TCAB_AGENT_DRILL_STOP_GRACE on the VM",
 };
 
 /**
  * Streams the target's artifact to the agent's POST /v1/drills and turns the answer, or the refusal, into the
  * record's `app` part. Never throws but for a cancellation: every failure is a failed application drill.
  */
-async function appDrill(target: Target, manifest: Manifest, source: AppDrillSource | { unavailable: string }, log: Logger, signal: AbortSignal | undefined): Promise<AppDrillRecord> {
+async function appDrill(
+  target: Target,
+  manifest: Manifest,
+  source: AppDrillSource | { unavailable: string },
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<AppDrillRecord> {
   const empty = { runs: { inFile: null, served: null, comparison: null }, checks: [], startToServingMs: null, totalMs: null };
   if ('unavailable' in source) {
-    return { passed: false, failedStep: 'agent', agent: null, ...empty,
-      error: `the application drill (TCAB_BACKUP_DRILL_APP=true) needs the agent, which cannot be asked: ${source.unavailable}. Check: TCAB_BACKUP_AGENT_URL and its key, or set TCAB_BACKUP_DRILL_APP=false` };
+    return {
+      passed: false,
+      failedStep: 'agent',
+      agent: null,
+      ...empty,
+      error: `the application drill (TCAB_BACKUP_DRILL_APP=true) needs the agent, which cannot be asked: ${source.unavailable}. Check: TCAB_BACKUP_AGENT_URL and its key, or set TCAB_BACKUP_DRILL_APP=false`,
+    };
   }
   let result: AppDrillResult;
   let reading = true;
   try {
     const { body } = await target.get(manifestArtifactKey(manifest), signal ? { signal } : {});
     reading = false;
-    log.info('drill.app_started', { target: target.name, snapshot: manifest.id, agent: source.agent, artifactBytes: manifest.artifact.bytes });
-    result = await source.appDrill({ snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot }, body, signal ? { signal } : {});
+    log.info('drill.app_started', {
+      target: target.name,
+      snapshot: manifest.id,
+      agent: source.agent,
+      artifactBytes: manifest.artifact.bytes,
+    });
+    result = await source.appDrill(
+      { snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot },
+      body,
+      signal ? { signal } : {},
+    );
   } catch (e) {
     if (signal?.aborted) throw e;
     const status = e instanceof TcabError && 'status' in e ? (e as { status?: number }).status : undefined;
     const step = reading || status === 422 ? 'receive' : 'agent';
-    const what = reading ? 'reading the artifact from the target failed'
-      : status === 409 ? 'the agent is busy with another application drill'
-        : status === 422 ? 'the agent refused the artifact before starting anything'
+    const what = reading
+      ? 'reading the artifact from the target failed'
+      : status === 409
+        ? 'the agent is busy with another application drill'
+        : status === 422
+          ? 'the agent refused the artifact before starting anything'
           : 'the agent did not run it';
-    return { passed: false, failedStep: step, agent: source.agent, ...empty, error: `application drill on the agent at ${source.agent} failed at step ${step}: ${what}: ${errorMessage(e)}` };
+    return {
+      passed: false,
+      failedStep: step,
+      agent: source.agent,
+      ...empty,
+      error: `application drill on the agent at ${source.agent} failed at step ${step}: ${what}: ${errorMessage(e)}`,
+    };
   }
   const ms = (name: string) => result.checks.find((c) => c.name === name)?.ms ?? 0;
   const app: AppDrillRecord = {
-    passed: result.passed, failedStep: result.failedStep, agent: source.agent, runs: result.runs,
-    checks: result.checks, startToServingMs: result.passed ? ms('start') + ms('healthz') + ms('runs') : null, totalMs: result.totalMs,
+    passed: result.passed,
+    failedStep: result.failedStep,
+    agent: source.agent,
+    runs: result.runs,
+    checks: result.checks,
+    startToServingMs: result.passed ? ms('start') + ms('healthz') + ms('runs') : null,
+    totalMs: result.totalMs,
     ...(result.backendLog ? { backendLog: result.backendLog } : {}),
   };
   if (!result.passed) {
     const step = result.failedStep ?? 'unknown';
     const failed = result.checks.find((c) => !c.ok);
     const lines = (result.backendLog ?? []).filter((l) => l.trim()).slice(-5);
-    app.error = `application drill on the agent at ${source.agent} failed at step ${step}: ${failed?.detail ?? 'no detail'}. `
-      + `Check: ${APP_STEP_HINTS[step] ?? 'the agent\'s log on the VM'}`
-      + (lines.length ? `. The backend's last log lines: ${lines.join(' | ')}` : '');
+    app.error =
+      `application drill on the agent at ${source.agent} failed at step ${step}: ${failed?.detail ?? 'no detail'}. ` +
+      `Check: ${APP_STEP_HINTS[step] ?? "the agent's log on the VM"}` +
+      (lines.length ? `. The backend's last log lines: ${lines.join(' | ')}` : '');
   }
   return app;
 }
@@ -288,14 +385,23 @@ function restoreFailure(e: unknown, id: string, targetName: string): string {
   const prefix = `Restore of snapshot ${id} failed on every target: "${targetName}": `;
   if (message.startsWith(prefix)) message = message.slice(prefix.length);
   // The drill's own message names the target and snapshot already.
-  for (const named of [`Snapshot ${id} on target "${targetName}": `, `Snapshot ${id} from target "${targetName}": `, `Snapshot ${id} from target "${targetName}" `]) {
+  for (const named of [
+    `Snapshot ${id} on target "${targetName}": `,
+    `Snapshot ${id} from target "${targetName}": `,
+    `Snapshot ${id} from target "${targetName}" `,
+  ]) {
     if (message.startsWith(named)) return message.slice(named.length);
   }
   return message;
 }
 
 /** restore when asked, or (auto) when the folder has room for the database; otherwise stream, saying why. */
-async function chooseMethod(setting: DrillMethodSetting, workDir: string, scratch: string, manifest: Manifest): Promise<{ method: 'restore' } | { method: 'stream'; reason: string }> {
+async function chooseMethod(
+  setting: DrillMethodSetting,
+  workDir: string,
+  scratch: string,
+  manifest: Manifest,
+): Promise<{ method: 'restore' } | { method: 'stream'; reason: string }> {
   if (setting === 'stream') return { method: 'stream', reason: 'TCAB_BACKUP_DRILL_METHOD=stream' };
   const fs = await statfs(scratch);
   const free = fs.bavail * fs.bsize;
@@ -322,7 +428,14 @@ function newestPublishedAt(path: string): string | null {
   }
 }
 
-function compareWithLive(record: DrillRecord, manifest: Manifest, restored: Record<string, number>, snapshotNewest: string | null, live: LiveFacts, database: string): void {
+function compareWithLive(
+  record: DrillRecord,
+  manifest: Manifest,
+  restored: Record<string, number>,
+  snapshotNewest: string | null,
+  live: LiveFacts,
+  database: string,
+): void {
   const at = live.checkedAt.getTime();
   const status = live.status;
   let liveError = live.error;
@@ -337,18 +450,21 @@ function compareWithLive(record: DrillRecord, manifest: Manifest, restored: Reco
   const names = new Set([...Object.keys(restored), ...Object.keys(usable?.database.tables ?? {})]);
   for (const name of [...names].sort()) {
     const snap = restored[name] ?? null;
-    const liveCount = usable ? usable.database.tables[name] ?? null : null;
+    const liveCount = usable ? (usable.database.tables[name] ?? null) : null;
     const difference = snap !== null && liveCount !== null ? liveCount - snap : null;
     record.tables[name] = { snapshot: snap, live: liveCount, difference };
     // The runs database is append-mostly: fewer rows live than in a backup means deletions, or another database.
     if (difference !== null && difference < 0) {
-      record.warnings.push(`table ${name} has ${liveCount} rows live but ${snap} in snapshot ${manifest.id}: rows were deleted since, or the agent reads another database file`);
+      record.warnings.push(
+        `table ${name} has ${liveCount} rows live but ${snap} in snapshot ${manifest.id}: rows were deleted since, or the agent reads another database file`,
+      );
     }
   }
   const liveNewest = usable?.database.newestPublishedAt ?? null;
-  const gap = liveNewest && snapshotNewest && !Number.isNaN(Date.parse(liveNewest)) && !Number.isNaN(Date.parse(snapshotNewest))
-    ? Date.parse(liveNewest) - Date.parse(snapshotNewest)
-    : null;
+  const gap =
+    liveNewest && snapshotNewest && !Number.isNaN(Date.parse(liveNewest)) && !Number.isNaN(Date.parse(snapshotNewest))
+      ? Date.parse(liveNewest) - Date.parse(snapshotNewest)
+      : null;
   record.recoveryPoint = {
     snapshotAgeMs: at - Date.parse(manifest.createdAt),
     runsSince: record.tables.runs?.difference ?? null,

@@ -38,18 +38,26 @@ export async function verifyByStreaming(target: Target, manifest: Manifest, sign
     if (signal?.aborted) throw e;
     // A damaged artifact usually fails decompression first; its hash names the real cause.
     if (artifact.bytes === manifest.artifact.bytes && artifact.digest() !== manifest.artifact.sha256) {
-      throw new IntegrityError(`artifact sha256 ${artifact.digest()} does not match the manifest's ${manifest.artifact.sha256}`, { cause: e });
+      throw new IntegrityError(`artifact sha256 ${artifact.digest()} does not match the manifest's ${manifest.artifact.sha256}`, {
+        cause: e,
+      });
     }
     if (decompressFailed) {
       throw new IntegrityError(`the ${manifest.artifact.compression} artifact does not decompress (${errorMessage(e)})`, { cause: e });
     }
-    throw e instanceof TcabError ? e : new TcabError(`reading the artifact failed after ${artifact.bytes} bytes: ${errorMessage(e)}`, { cause: e });
+    throw e instanceof TcabError
+      ? e
+      : new TcabError(`reading the artifact failed after ${artifact.bytes} bytes: ${errorMessage(e)}`, { cause: e });
   }
   if (artifact.bytes !== manifest.artifact.bytes || artifact.digest() !== manifest.artifact.sha256) {
-    throw new IntegrityError(`artifact is ${artifact.bytes} bytes with sha256 ${artifact.digest()}, the manifest says ${manifest.artifact.bytes} bytes with ${manifest.artifact.sha256}`);
+    throw new IntegrityError(
+      `artifact is ${artifact.bytes} bytes with sha256 ${artifact.digest()}, the manifest says ${manifest.artifact.bytes} bytes with ${manifest.artifact.sha256}`,
+    );
   }
   if (plain.bytes !== manifest.snapshot.bytes || plain.digest() !== manifest.snapshot.sha256) {
-    throw new IntegrityError(`decompressed, it is ${plain.bytes} bytes with sha256 ${plain.digest()}, the manifest says ${manifest.snapshot.bytes} bytes with ${manifest.snapshot.sha256}`);
+    throw new IntegrityError(
+      `decompressed, it is ${plain.bytes} bytes with sha256 ${plain.digest()}, the manifest says ${manifest.snapshot.bytes} bytes with ${manifest.snapshot.sha256}`,
+    );
   }
   return { durationMs: Date.now() - started };
 }

@@ -15,7 +15,13 @@ import type { ServerRef } from '../../postgres/resource-id.js';
 import type { Target } from '../../targets/target.js';
 import { readRecentDrills } from '../../catalog/drill-record.js';
 import {
-  RECENT_DRILLS, addProblem, buildStatusDocument, type MonitorThresholds, type PostgresFacts, type StatusDocument, type TargetFacts,
+  RECENT_DRILLS,
+  addProblem,
+  buildStatusDocument,
+  type MonitorThresholds,
+  type PostgresFacts,
+  type StatusDocument,
+  type TargetFacts,
 } from '../../status/document.js';
 import { readVerifyRecord } from '../../catalog/verify-record.js';
 
@@ -49,7 +55,11 @@ export class MonitorCriticalError extends TcabError {
     const critical = status.problems.filter((p) => p.state === 'critical');
     super(`Backups of database "${status.database}" are critical: ${critical.map((p) => p.message).join('; ')}`, {
       code: 'MONITOR_CRITICAL',
-      hint: critical.map((p) => p.hint).filter((h, i, all) => all.indexOf(h) === i).join('; ') + '. "tcab-backup status" shows the whole picture',
+      hint:
+        critical
+          .map((p) => p.hint)
+          .filter((h, i, all) => all.indexOf(h) === i)
+          .join('; ') + '. "tcab-backup status" shows the whole picture',
     });
     this.name = 'MonitorCriticalError';
   }
@@ -59,37 +69,52 @@ export async function runMonitor(deps: MonitorDeps, options: MonitorOptions = {}
   const log = deps.logger ?? silentLogger;
   const now = deps.now ?? (() => new Date());
   const timeoutMs = options.targetTimeoutMs ?? TARGET_TIMEOUT_MS;
-  const facts = await Promise.all(deps.targets.map((t) => readTargetFacts(t, deps.database, bounded(options.signal, timeoutMs), timeoutMs)));
+  const facts = await Promise.all(
+    deps.targets.map((t) => readTargetFacts(t, deps.database, bounded(options.signal, timeoutMs), timeoutMs)),
+  );
   const postgres = deps.postgres ? await readPostgresFacts(deps.postgres, bounded(options.signal, timeoutMs)) : undefined;
-  const doc = buildStatusDocument({ database: deps.database, now: now(), thresholds: deps.thresholds, targets: facts, ...(postgres ? { postgres } : {}) });
+  const doc = buildStatusDocument({
+    database: deps.database,
+    now: now(),
+    thresholds: deps.thresholds,
+    targets: facts,
+    ...(postgres ? { postgres } : {}),
+  });
 
   if (options.write ?? true) {
     const body = doc;
-    await Promise.all(deps.targets.map(async (target, i) => {
-      if (facts[i]!.error) return;
-      try {
-        await writeRecord(target, statusKey(deps.database), body, {}, bounded(options.signal, timeoutMs));
-      } catch (e) {
-        if (options.signal?.aborted) throw e;
-        addProblem(doc, {
-          state: 'critical', check: 'status-write', target: target.name,
-          message: `target "${target.name}": the status document could not be written: ${errorMessage(e)}`,
-          hint: 'that the function app may write to the target (role assignment, access key, bucket policy)',
-        });
-      }
-    }));
+    await Promise.all(
+      deps.targets.map(async (target, i) => {
+        if (facts[i]!.error) return;
+        try {
+          await writeRecord(target, statusKey(deps.database), body, {}, bounded(options.signal, timeoutMs));
+        } catch (e) {
+          if (options.signal?.aborted) throw e;
+          addProblem(doc, {
+            state: 'critical',
+            check: 'status-write',
+            target: target.name,
+            message: `target "${target.name}": the status document could not be written: ${errorMessage(e)}`,
+            hint: 'that the function app may write to the target (role assignment, access key, bucket policy)',
+          });
+        }
+      }),
+    );
   }
 
   const fields = {
-    database: deps.database, state: doc.state,
+    database: deps.database,
+    state: doc.state,
     targets: Object.fromEntries(doc.targets.map((t) => [t.name, t.state])),
     // What the newest successful drill of each target proved: restore (SQLite checks run by the drill) or stream.
     drills: Object.fromEntries(doc.targets.map((t) => [t.name, t.drill.lastSucceeded?.checks?.method ?? 'none'])),
     // The newest drill's application drill, where one ran: passed, or the step it failed at (a failed one is a failed drill above).
-    appDrills: Object.fromEntries(doc.targets.flatMap((t) => {
-      const app = t.drill.recent[0]?.app;
-      return app ? [[t.name, app.passed ? 'passed' : `failed at ${app.failedStep ?? 'unknown'}`]] : [];
-    })),
+    appDrills: Object.fromEntries(
+      doc.targets.flatMap((t) => {
+        const app = t.drill.recent[0]?.app;
+        return app ? [[t.name, app.passed ? 'passed' : `failed at ${app.failedStep ?? 'unknown'}`]] : [];
+      }),
+    ),
     ...(doc.postgres ? { postgres: doc.postgres.state } : {}),
     problems: doc.problems.map((p) => `${p.state}: ${p.message}`),
   };
@@ -115,11 +140,31 @@ async function readTargetFacts(target: Target, database: string, signal: AbortSi
   }
   const newest = facts.snapshots[0];
   await Promise.all([
-    newest && readManifest(target, database, newest.id, { signal }).then((m) => { facts.newestManifest = m; }, (e: unknown) => { facts.newestManifestError = errorMessage(e); }),
-    readRecentDrills(target, database, DRILLS_READ, signal).then((d) => { facts.drills = d; }, (e: unknown) => {
-      facts.drills = [{ drillId: '(listing)', error: errorMessage(e) }];
-    }),
-    readVerifyRecord(target, database, signal).then((v) => { if (v) facts.verify = v; }, (e: unknown) => { facts.verifyError = errorMessage(e); }),
+    newest &&
+      readManifest(target, database, newest.id, { signal }).then(
+        (m) => {
+          facts.newestManifest = m;
+        },
+        (e: unknown) => {
+          facts.newestManifestError = errorMessage(e);
+        },
+      ),
+    readRecentDrills(target, database, DRILLS_READ, signal).then(
+      (d) => {
+        facts.drills = d;
+      },
+      (e: unknown) => {
+        facts.drills = [{ drillId: '(listing)', error: errorMessage(e) }];
+      },
+    ),
+    readVerifyRecord(target, database, signal).then(
+      (v) => {
+        if (v) facts.verify = v;
+      },
+      (e: unknown) => {
+        facts.verifyError = errorMessage(e);
+      },
+    ),
   ]);
   return facts;
 }

@@ -46,14 +46,20 @@ async function settle(target: Target, database: string, id: string, signal: Abor
 }
 
 /** Removes one snapshot: manifest first (then it no longer exists), then its data. */
-export async function removeSnapshot(target: Target, database: string, snapshot: StoredSnapshot, signal?: AbortSignal): Promise<RemoveOutcome> {
+export async function removeSnapshot(
+  target: Target,
+  database: string,
+  snapshot: StoredSnapshot,
+  signal?: AbortSignal,
+): Promise<RemoveOutcome> {
   const dataKeys = new Set<string>();
   if (snapshot.manifest) dataKeys.add(manifestArtifactKey(snapshot.manifest));
   if (snapshot.artifactObject) dataKeys.add(snapshot.artifactObject.key);
   try {
     await target.delete(manifestKey(database, snapshot.id), signalOf(signal));
   } catch (e) {
-    if (e instanceof ObjectHeldError) return { status: 'held', detail: 'its manifest is under an immutability lock or legal hold; nothing was removed' };
+    if (e instanceof ObjectHeldError)
+      return { status: 'held', detail: 'its manifest is under an immutability lock or legal hold; nothing was removed' };
     throw e;
   }
   const held: string[] = [];
@@ -63,22 +69,32 @@ export async function removeSnapshot(target: Target, database: string, snapshot:
     } catch (e) {
       if (e instanceof ObjectHeldError) held.push(key);
       else {
-        throw new TcabError(`Snapshot ${snapshot.id} on target "${target.name}": the manifest was removed but deleting ${key} failed: ${errorMessage(e)}`, {
-          hint: 'the data object is now garbage without a manifest; the next prune removes it once it is a day old',
-          cause: e,
-        });
+        throw new TcabError(
+          `Snapshot ${snapshot.id} on target "${target.name}": the manifest was removed but deleting ${key} failed: ${errorMessage(e)}`,
+          {
+            hint: 'the data object is now garbage without a manifest; the next prune removes it once it is a day old',
+            cause: e,
+          },
+        );
       }
     }
   }
   if ((await settle(target, database, snapshot.id, signal)) === 'recreated') {
     return { status: 'left', detail: 'a replicate run stored it again while it was being removed; the next prune decides again' };
   }
-  if (held.length) return { status: 'held', detail: `its manifest was removed, but ${held.join(', ')} is under an immutability lock or legal hold` };
+  if (held.length)
+    return { status: 'held', detail: `its manifest was removed, but ${held.join(', ')} is under an immutability lock or legal hold` };
   return { status: 'removed' };
 }
 
 /** Removes a data object without a manifest, if it still is one and still older than `cutoff`. */
-export async function removeOrphan(target: Target, database: string, orphan: ObjectInfo, cutoff: Date, signal?: AbortSignal): Promise<RemoveOutcome> {
+export async function removeOrphan(
+  target: Target,
+  database: string,
+  orphan: ObjectInfo,
+  cutoff: Date,
+  signal?: AbortSignal,
+): Promise<RemoveOutcome> {
   const parsed = parseArtifactKey(orphan.key);
   if (!parsed || parsed.database !== database) return { status: 'left', detail: 'not an artifact of this database' };
   try {

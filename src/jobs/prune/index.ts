@@ -121,13 +121,27 @@ export async function runPrune(deps: PruneDeps, request: PruneRequest = {}): Pro
   keepLastGoodCopies(plans, deps.retention, now);
   const targets = await Promise.all(plans.map((p) => carryOut(p, deps, request, now, log)));
   const result: PruneResult = {
-    database: deps.database, dryRun: Boolean(request.dryRun), force: Boolean(request.force), targets,
-    removed: targets.reduce((n, t) => n + t.removed.length, 0), durationMs: Date.now() - started,
+    database: deps.database,
+    dryRun: Boolean(request.dryRun),
+    force: Boolean(request.force),
+    targets,
+    removed: targets.reduce((n, t) => n + t.removed.length, 0),
+    durationMs: Date.now() - started,
   };
   throwIfFailed(result);
   log.info('prune.completed', {
-    database: deps.database, dryRun: result.dryRun, removed: result.removed, durationMs: result.durationMs,
-    targets: targets.map((t) => ({ target: t.target, kept: t.kept.length, removed: t.removed.length, held: t.held.length, garbage: t.garbage.removed.length, rails: t.rails.map((r) => r.rail) })),
+    database: deps.database,
+    dryRun: result.dryRun,
+    removed: result.removed,
+    durationMs: result.durationMs,
+    targets: targets.map((t) => ({
+      target: t.target,
+      kept: t.kept.length,
+      removed: t.removed.length,
+      held: t.held.length,
+      garbage: t.garbage.removed.length,
+      rails: t.rails.map((r) => r.rail),
+    })),
   });
   return result;
 }
@@ -150,8 +164,18 @@ interface TargetPlan {
 async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest, now: Date, log: Logger): Promise<TargetPlan> {
   const retention = deps.retention.policies.get(target.name);
   const outcome: PruneTargetOutcome = {
-    target: target.name, ok: false, policy: retention?.source ?? 'none', snapshots: 0, kept: [], removed: [], held: [], left: [],
-    rails: [], refused: null, garbage: { removed: [], held: [], staleUploads: 0 }, failures: [],
+    target: target.name,
+    ok: false,
+    policy: retention?.source ?? 'none',
+    snapshots: 0,
+    kept: [],
+    removed: [],
+    held: [],
+    left: [],
+    rails: [],
+    refused: null,
+    garbage: { removed: [], held: [], staleUploads: 0 },
+    failures: [],
   };
   const plan: TargetPlan = { target, outcome, wanted: new Set(), remove: [] };
   if (!retention) {
@@ -164,7 +188,12 @@ async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest
   } catch (e) {
     if (signal?.aborted) throw e;
     outcome.error = `listing failed: ${errorMessage(e)}`;
-    outcome.refused = applySafetyRails({ keep: [], remove: [] }, [], { ...deps.retention.rails, force: false, listingComplete: false, target: target.name }, now).refused;
+    outcome.refused = applySafetyRails(
+      { keep: [], remove: [] },
+      [],
+      { ...deps.retention.rails, force: false, listingComplete: false, target: target.name },
+      now,
+    ).refused;
     log.error('prune.listing_failed', { target: target.name, error: errorMessage(e) });
     return plan;
   }
@@ -180,7 +209,9 @@ async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest
     log.error('prune.verify_record_unreadable', { target: target.name, record: verifyRecordKey(deps.database), error: errorMessage(e) });
   }
   const snapshots: RailSnapshot[] = catalog.snapshots.map((s) => ({
-    id: s.id, time: s.time, tags: s.manifest?.tags ?? [],
+    id: s.id,
+    time: s.time,
+    tags: s.manifest?.tags ?? [],
     verified: copyStatus(plan, s.id) === 'good',
   }));
   const guarded = applySafetyRails(
@@ -204,7 +235,8 @@ async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest
   const unreadable = new Map(catalog.snapshots.filter((s) => s.manifestError).map((s) => [s.id, s.manifestError!]));
   for (const [id, error] of unreadable) outcome.failures.push(`snapshot ${id}: ${error}`);
   plan.remove = guarded.remove.filter((id) => !unreadable.has(id));
-  for (const id of guarded.remove.filter((x) => unreadable.has(x))) outcome.kept.push({ id, reasons: ['manifest unreadable: kept until repaired'] });
+  for (const id of guarded.remove.filter((x) => unreadable.has(x)))
+    outcome.kept.push({ id, reasons: ['manifest unreadable: kept until repaired'] });
   return plan;
 }
 
@@ -236,9 +268,11 @@ function refuseUnknownCopies(plan: TargetPlan, ids: string[]): void {
   // A rail that refused first (max-delete-share) keeps its say: the operator must hear of both.
   const earlier = plan.outcome.refused;
   plan.outcome.refused = {
-    rail: 'verify-record', ids,
-    message: `Retention refused on target "${name}": its verify record ${key} could not be read (${message}), so whether its copies are good is unknown; nothing is removed there (the plan would remove ${ids.length}), and no other target removes a snapshot on the strength of its copies. Check: ${check}`
-      + (earlier ? `. The ${earlier.rail} rail refused this run too: ${earlier.message}` : ''),
+    rail: 'verify-record',
+    ids,
+    message:
+      `Retention refused on target "${name}": its verify record ${key} could not be read (${message}), so whether its copies are good is unknown; nothing is removed there (the plan would remove ${ids.length}), and no other target removes a snapshot on the strength of its copies. Check: ${check}` +
+      (earlier ? `. The ${earlier.rail} rail refused this run too: ${earlier.message}` : ''),
   };
   const refused = new Set(ids);
   plan.outcome.kept = plan.outcome.kept.filter((k) => !refused.has(k.id));
@@ -259,9 +293,11 @@ function lackOf(plan: TargetPlan, id: string): string {
   const own = plan.catalog.byId.get(id);
   if (!own) return 'keeps it but has no copy';
   if (!own.complete) return `keeps it but its copy is damaged (${own.problem})`;
-  if (plan.verifyRecordError) return `keeps it but its verify record ${plan.verifyRecordError.key} could not be read, so whether its copy is good is unknown`;
+  if (plan.verifyRecordError)
+    return `keeps it but its verify record ${plan.verifyRecordError.key} could not be read, so whether its copy is good is unknown`;
   const state = copyState(plan.verifyRecord, id);
-  if (state.state === 'unreadable') return `keeps it but verify could not read its copy, so whether it is good is unknown${state.error ? ` (${state.error})` : ''}`;
+  if (state.state === 'unreadable')
+    return `keeps it but verify could not read its copy, so whether it is good is unknown${state.error ? ` (${state.error})` : ''}`;
   return `keeps it but its copy failed verify${state.error ? ` (${state.error})` : ''}`;
 }
 
@@ -293,7 +329,8 @@ function keepLastGoodCopies(plans: TargetPlan[], retention: RetentionConfig, now
     plan.remove = plan.remove.filter((id) => !ids.has(id));
     for (const k of kept) plan.outcome.kept.push({ id: k.id, reasons: [k.reason] });
     plan.outcome.rails.push({
-      rail: 'last-good-copy', ids: kept.map((k) => k.id),
+      rail: 'last-good-copy',
+      ids: kept.map((k) => k.id),
       message: `Kept ${kept.length} snapshot(s) on ${where} that the policy would remove, because another target keeps them without a good copy and no target keeping them has one: ${kept.map((k) => `${k.id} (${k.reason.replace(/^last good copy: /, '')})`).join(', ')}. Check: run tcab-backup replicate to copy them there (it also repairs copies that failed verify)`,
     });
   }
@@ -315,7 +352,12 @@ async function carryOut(plan: TargetPlan, deps: PruneDeps, request: PruneRequest
       if (done.status === 'removed') outcome.removed.push(id);
       else if (done.status === 'held') outcome.held.push({ id, detail: done.detail });
       else outcome.left.push({ id, detail: done.detail });
-      log.info('prune.snapshot', { target: target.name, id, status: done.status, ...(done.status !== 'removed' ? { detail: done.detail } : {}) });
+      log.info('prune.snapshot', {
+        target: target.name,
+        id,
+        status: done.status,
+        ...(done.status !== 'removed' ? { detail: done.detail } : {}),
+      });
     } catch (e) {
       if (signal?.aborted) throw e;
       outcome.failures.push(`removing snapshot ${id} failed: ${errorMessage(e)}`);
@@ -325,7 +367,15 @@ async function carryOut(plan: TargetPlan, deps: PruneDeps, request: PruneRequest
   return finish(outcome);
 }
 
-async function collectGarbage(target: Target, database: string, catalog: TargetCatalog, outcome: PruneTargetOutcome, request: PruneRequest, now: Date, log: Logger): Promise<void> {
+async function collectGarbage(
+  target: Target,
+  database: string,
+  catalog: TargetCatalog,
+  outcome: PruneTargetOutcome,
+  request: PruneRequest,
+  now: Date,
+  log: Logger,
+): Promise<void> {
   const cutoff = new Date(now.getTime() - GARBAGE_AGE_MS);
   const signal = request.signal;
   for (const orphan of catalog.orphans) {
@@ -338,7 +388,12 @@ async function collectGarbage(target: Target, database: string, catalog: TargetC
       const done = await removeOrphan(target, database, orphan, cutoff, signal);
       if (done.status === 'removed') outcome.garbage.removed.push(orphan.key);
       else if (done.status === 'held') outcome.garbage.held.push({ key: orphan.key, detail: done.detail });
-      log.info('prune.garbage', { target: target.name, key: orphan.key, status: done.status, ...(done.status !== 'removed' ? { detail: done.detail } : {}) });
+      log.info('prune.garbage', {
+        target: target.name,
+        key: orphan.key,
+        status: done.status,
+        ...(done.status !== 'removed' ? { detail: done.detail } : {}),
+      });
     } catch (e) {
       if (signal?.aborted) throw e;
       outcome.failures.push(`removing garbage ${orphan.key} failed: ${errorMessage(e)}`);
@@ -378,8 +433,8 @@ function throwIfFailed(result: PruneResult): void {
     hint: onlyRefused
       ? 'the message of the safety rail above; nothing was removed on a refused target'
       : [
-        'the named target (reachability, permissions); an unreadable manifest must be repaired (replicate rewrites it from another target) or removed by hand',
-        ...(unknown.length ? ['a target whose verify record cannot be read removes nothing until it can be read again'] : []),
-      ].join('; '),
+          'the named target (reachability, permissions); an unreadable manifest must be repaired (replicate rewrites it from another target) or removed by hand',
+          ...(unknown.length ? ['a target whose verify record cannot be read removes nothing until it can be read again'] : []),
+        ].join('; '),
   });
 }

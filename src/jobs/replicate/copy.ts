@@ -34,7 +34,10 @@ export class VerifyingStream extends Transform {
   bytes = 0;
   mismatch: IntegrityError | undefined;
 
-  constructor(private readonly expected: { bytes: number; sha256: string }, private readonly describe: string) {
+  constructor(
+    private readonly expected: { bytes: number; sha256: string },
+    private readonly describe: string,
+  ) {
     super({ highWaterMark: 1 << 20 });
   }
 
@@ -70,7 +73,11 @@ export interface CopyResult {
  * `replicatedFrom`. Throws CopyError naming the side that failed.
  */
 export async function copySnapshot(
-  source: Target, destination: Target, manifest: Manifest, signal?: AbortSignal, onStreamed?: () => void,
+  source: Target,
+  destination: Target,
+  manifest: Manifest,
+  signal?: AbortSignal,
+  onStreamed?: () => void,
 ): Promise<CopyResult> {
   const started = Date.now();
   const key = manifestArtifactKey(manifest);
@@ -91,9 +98,13 @@ export async function copySnapshot(
   // wait for bytes that will never come.
   finished(body, (e) => {
     if (!e) return;
-    const why = (e as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE'
-      ? new Error(`the download was closed before its end, without an error, after about ${verifier.bytes} of ${manifest.artifact.bytes} bytes`, { cause: e })
-      : e;
+    const why =
+      (e as NodeJS.ErrnoException).code === 'ERR_STREAM_PREMATURE_CLOSE'
+        ? new Error(
+            `the download was closed before its end, without an error, after about ${verifier.bytes} of ${manifest.artifact.bytes} bytes`,
+            { cause: e },
+          )
+        : e;
     sourceError ??= why;
     verifier.destroy(why);
   });
@@ -104,24 +115,37 @@ export async function copySnapshot(
   try {
     // The manifest's sha256 goes with the put: a service that checks it (S3, R2) refuses any other bytes.
     const put = await destination.put(key, verifier, {
-      contentLength: manifest.artifact.bytes, sha256: manifest.artifact.sha256, contentType: 'application/octet-stream', ...signalOption,
+      contentLength: manifest.artifact.bytes,
+      sha256: manifest.artifact.sha256,
+      contentType: 'application/octet-stream',
+      ...signalOption,
     });
     if (put.size !== manifest.artifact.bytes) {
-      throw new IntegrityError(`target "${destination.name}" stored ${put.size} bytes of ${key}, the manifest says ${manifest.artifact.bytes}`);
+      throw new IntegrityError(
+        `target "${destination.name}" stored ${put.size} bytes of ${key}, the manifest says ${manifest.artifact.bytes}`,
+      );
     }
   } catch (e) {
     body.destroy();
     if (signal?.aborted) throw e;
     if (verifier.mismatch) throw new CopyError('source', verifier.mismatch.message, { cause: verifier.mismatch, integrity: true });
-    if (sourceError !== undefined) throw new CopyError('source', `reading ${what} broke off: ${errorMessage(sourceError)}`, { cause: sourceError, brokeOff: true });
-    throw new CopyError('destination', `storing ${key} on target "${destination.name}" failed: ${errorMessage(e)}`, { cause: e, integrity: e instanceof IntegrityError });
+    if (sourceError !== undefined)
+      throw new CopyError('source', `reading ${what} broke off: ${errorMessage(sourceError)}`, { cause: sourceError, brokeOff: true });
+    throw new CopyError('destination', `storing ${key} on target "${destination.name}" failed: ${errorMessage(e)}`, {
+      cause: e,
+      integrity: e instanceof IntegrityError,
+    });
   }
 
   const stored: Manifest = { ...manifest, storedAt: new Date().toISOString(), replicatedFrom: source.name };
   try {
     await writeManifest(destination, stored, signalOption);
   } catch (e) {
-    throw new CopyError('destination', `writing the manifest of snapshot ${manifest.id} on target "${destination.name}" failed: ${errorMessage(e)}`, { cause: e });
+    throw new CopyError(
+      'destination',
+      `writing the manifest of snapshot ${manifest.id} on target "${destination.name}" failed: ${errorMessage(e)}`,
+      { cause: e },
+    );
   }
   await confirmData(destination, manifest, key, signal);
   return { bytes: manifest.artifact.bytes, ms: Date.now() - started };
@@ -141,7 +165,11 @@ async function confirmData(destination: Target, manifest: Manifest, key: string,
   } catch (e) {
     if (!(e instanceof NotFoundError)) {
       // Unknown state: leave the manifest; the next run re-checks the listing and repairs it if needed.
-      throw new CopyError('destination', `checking ${key} on target "${destination.name}" after writing its manifest failed: ${errorMessage(e)}`, { cause: e });
+      throw new CopyError(
+        'destination',
+        `checking ${key} on target "${destination.name}" after writing its manifest failed: ${errorMessage(e)}`,
+        { cause: e },
+      );
     }
     problem = `${key} disappeared right after it was stored`;
   }
@@ -152,5 +180,8 @@ async function confirmData(destination: Target, manifest: Manifest, key: string,
   } catch (e) {
     withdrawn = `withdrawing its manifest failed too (${errorMessage(e)}); the next replicate run repairs it`;
   }
-  throw new CopyError('destination', `copy of snapshot ${manifest.id} to target "${destination.name}" is not valid: ${problem} (a prune ran at the same time?); ${withdrawn}`);
+  throw new CopyError(
+    'destination',
+    `copy of snapshot ${manifest.id} to target "${destination.name}" is not valid: ${problem} (a prune ran at the same time?); ${withdrawn}`,
+  );
 }

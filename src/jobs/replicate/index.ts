@@ -114,21 +114,35 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
   const signal = request.signal;
   if (deps.targets.length === 0) throw new TcabError('No targets configured', { hint: 'set TCAB_BACKUP_TARGETS' });
 
-  const outcomes = new Map<string, DestinationOutcome>(deps.targets.map((t) => [t.name, {
-    target: t.name, ok: true, present: 0, planned: [], copied: [], skipped: [], failed: [], bytes: 0,
-  }]));
+  const outcomes = new Map<string, DestinationOutcome>(
+    deps.targets.map((t) => [
+      t.name,
+      {
+        target: t.name,
+        ok: true,
+        present: 0,
+        planned: [],
+        copied: [],
+        skipped: [],
+        failed: [],
+        bytes: 0,
+      },
+    ]),
+  );
   const catalogs: TargetCatalog[] = [];
-  await Promise.all(deps.targets.map(async (target) => {
-    try {
-      catalogs.push(await readTargetCatalog(target, deps.database, signal ? { signal } : {}));
-    } catch (e) {
-      if (signal?.aborted) throw e;
-      const outcome = outcomes.get(target.name)!;
-      outcome.ok = false;
-      outcome.error = `listing failed: ${errorMessage(e)}`;
-      log.error('replicate.listing_failed', { target: target.name, error: errorMessage(e) });
-    }
-  }));
+  await Promise.all(
+    deps.targets.map(async (target) => {
+      try {
+        catalogs.push(await readTargetCatalog(target, deps.database, signal ? { signal } : {}));
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        const outcome = outcomes.get(target.name)!;
+        outcome.ok = false;
+        outcome.error = `listing failed: ${errorMessage(e)}`;
+        log.error('replicate.listing_failed', { target: target.name, error: errorMessage(e) });
+      }
+    }),
+  );
   catalogs.sort((a, b) => deps.targets.indexOf(a.target) - deps.targets.indexOf(b.target));
   const verifyRecords = await readVerifyRecords(catalogs, deps.database, log, signal);
 
@@ -139,7 +153,12 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
     outcome.skipped.push(...plan.skipped);
     outcome.failed.push(...plan.unrepairable.map((u) => ({ id: u.id, error: u.reason, attempts: [] })));
     for (const u of plan.unrepairable) log.error('replicate.unrepairable', { id: u.id, target: plan.destination, error: u.reason });
-    outcome.planned = plan.copies.map((c) => ({ id: c.id, from: c.sources[0]!, bytes: c.bytes, ...(c.repairs ? { repairs: c.repairs } : {}) }));
+    outcome.planned = plan.copies.map((c) => ({
+      id: c.id,
+      from: c.sources[0]!,
+      bytes: c.bytes,
+      ...(c.repairs ? { repairs: c.repairs } : {}),
+    }));
   }
   if (!request.dryRun) {
     await copyAll(catalogs, plans, outcomes, log, request);
@@ -148,7 +167,9 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
 
   const targets = [...outcomes.values()];
   const result: ReplicateResult = {
-    database: deps.database, dryRun: Boolean(request.dryRun), targets,
+    database: deps.database,
+    dryRun: Boolean(request.dryRun),
+    targets,
     copied: targets.reduce((n, t) => n + t.copied.length, 0),
     failed: targets.reduce((n, t) => n + t.failed.length, 0),
     bytes: targets.reduce((n, t) => n + t.bytes, 0),
@@ -157,8 +178,13 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
   for (const t of targets) t.ok = !t.error && t.failed.length === 0;
   throwIfFailed(result);
   log.info('replicate.completed', {
-    database: deps.database, dryRun: result.dryRun, copied: result.copied, bytes: result.bytes, durationMs: result.durationMs,
-    planned: targets.reduce((n, t) => n + t.planned.length, 0), skipped: targets.reduce((n, t) => n + t.skipped.length, 0),
+    database: deps.database,
+    dryRun: result.dryRun,
+    copied: result.copied,
+    bytes: result.bytes,
+    durationMs: result.durationMs,
+    planned: targets.reduce((n, t) => n + t.planned.length, 0),
+    skipped: targets.reduce((n, t) => n + t.skipped.length, 0),
   });
   return result;
 }
@@ -167,17 +193,28 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
  * Each listed target's verify record. One that cannot be read counts as none: no copy there is repaired this
  * run, and its copies may still serve as sources, which are checked against the manifest as they stream.
  */
-async function readVerifyRecords(catalogs: TargetCatalog[], database: string, log: Logger, signal: AbortSignal | undefined): Promise<Map<string, VerifyRecord | undefined>> {
+async function readVerifyRecords(
+  catalogs: TargetCatalog[],
+  database: string,
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<Map<string, VerifyRecord | undefined>> {
   const records = new Map<string, VerifyRecord | undefined>();
-  await Promise.all(catalogs.map(async (c) => {
-    try {
-      records.set(c.target.name, await readVerifyRecord(c.target, database, signal));
-    } catch (e) {
-      if (signal?.aborted) throw e;
-      log.warn('replicate.verify_record_unreadable', { target: c.target.name, error: errorMessage(e), note: 'copies there whose last verify failed are not repaired this run' });
-      records.set(c.target.name, undefined);
-    }
-  }));
+  await Promise.all(
+    catalogs.map(async (c) => {
+      try {
+        records.set(c.target.name, await readVerifyRecord(c.target, database, signal));
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        log.warn('replicate.verify_record_unreadable', {
+          target: c.target.name,
+          error: errorMessage(e),
+          note: 'copies there whose last verify failed are not repaired this run',
+        });
+        records.set(c.target.name, undefined);
+      }
+    }),
+  );
   return records;
 }
 
@@ -193,26 +230,29 @@ async function recordRepairs(
   log: Logger,
   signal: AbortSignal | undefined,
 ): Promise<void> {
-  await Promise.all(catalogs.map(async ({ target }) => {
-    const record = verifyRecords.get(target.name);
-    const outcome = outcomes.get(target.name)!;
-    const rewritten = outcome.copied.filter((c) => record?.snapshots[c.id]?.ok === false);
-    if (rewritten.length === 0) return;
-    const entries: Record<string, VerifyEntry> = {};
-    for (const c of rewritten) entries[c.id] = { checkedAt: c.checkedAt, ok: true, bytes: c.bytes };
-    try {
-      await recordRewrittenCopies(target, database, entries, signal);
-      log.info('replicate.verify_record_updated', { target: target.name, ids: rewritten.map((c) => c.id) });
-    } catch (e) {
-      if (signal?.aborted) throw e;
-      for (const c of rewritten) {
-        outcome.failed.push({
-          id: c.id, attempts: [],
-          error: `was copied again, but marking it ok in the verify record failed (${errorMessage(e)}); the next replicate run copies it again`,
-        });
+  await Promise.all(
+    catalogs.map(async ({ target }) => {
+      const record = verifyRecords.get(target.name);
+      const outcome = outcomes.get(target.name)!;
+      const rewritten = outcome.copied.filter((c) => record?.snapshots[c.id]?.ok === false);
+      if (rewritten.length === 0) return;
+      const entries: Record<string, VerifyEntry> = {};
+      for (const c of rewritten) entries[c.id] = { checkedAt: c.checkedAt, ok: true, bytes: c.bytes };
+      try {
+        await recordRewrittenCopies(target, database, entries, signal);
+        log.info('replicate.verify_record_updated', { target: target.name, ids: rewritten.map((c) => c.id) });
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        for (const c of rewritten) {
+          outcome.failed.push({
+            id: c.id,
+            attempts: [],
+            error: `was copied again, but marking it ok in the verify record failed (${errorMessage(e)}); the next replicate run copies it again`,
+          });
+        }
       }
-    }
-  }));
+    }),
+  );
 }
 
 async function copyAll(
@@ -224,7 +264,8 @@ async function copyAll(
 ): Promise<void> {
   const byName = new Map(catalogs.map((c) => [c.target.name, c]));
   // Newest first across destinations: the snapshots a restore would want are copied before older ones.
-  const tasks = plans.flatMap((p) => p.copies.map((copy) => ({ destination: byName.get(p.destination)!, copy })))
+  const tasks = plans
+    .flatMap((p) => p.copies.map((copy) => ({ destination: byName.get(p.destination)!, copy })))
     .sort((a, b) => (a.copy.id < b.copy.id ? 1 : a.copy.id > b.copy.id ? -1 : 0));
   const failStreak = new Map<string, number>();
   const concurrency = Math.max(1, request.concurrency ?? 2);
@@ -248,11 +289,18 @@ async function copyAll(
     }
   });
 
-  async function copyOne(destination: TargetCatalog, copy: DestinationPlan['copies'][number], turn: () => Promise<() => void>): Promise<void> {
+  async function copyOne(
+    destination: TargetCatalog,
+    copy: DestinationPlan['copies'][number],
+    turn: () => Promise<() => void>,
+  ): Promise<void> {
     const name = destination.target.name;
     const outcome = outcomes.get(name)!;
     if ((failStreak.get(name) ?? 0) >= DESTINATION_GIVE_UP) {
-      outcome.skipped.push({ id: copy.id, reason: `not attempted: target "${name}" failed ${DESTINATION_GIVE_UP} copies in a row this run` });
+      outcome.skipped.push({
+        id: copy.id,
+        reason: `not attempted: target "${name}" failed ${DESTINATION_GIVE_UP} copies in a row this run`,
+      });
       return;
     }
     const attempts: FailedCopy['attempts'] = [];
@@ -263,12 +311,24 @@ async function copyAll(
       try {
         const done = await copyWithRetry(source.target, destination.target, manifest, request, log, turn);
         outcome.copied.push({
-          id: copy.id, from: sourceName, bytes: done.bytes, ms: done.ms, checkedAt: new Date().toISOString(),
-          ...(copy.repairs ? { repaired: copy.repairs } : {}), ...(attempts.length ? { refusedSources: attempts } : {}),
+          id: copy.id,
+          from: sourceName,
+          bytes: done.bytes,
+          ms: done.ms,
+          checkedAt: new Date().toISOString(),
+          ...(copy.repairs ? { repaired: copy.repairs } : {}),
+          ...(attempts.length ? { refusedSources: attempts } : {}),
         });
         outcome.bytes += done.bytes;
         failStreak.set(name, 0);
-        log.info('replicate.copied', { id: copy.id, from: sourceName, to: name, bytes: done.bytes, ms: done.ms, ...(copy.repairs ? { repaired: copy.repairs } : {}) });
+        log.info('replicate.copied', {
+          id: copy.id,
+          from: sourceName,
+          to: name,
+          bytes: done.bytes,
+          ms: done.ms,
+          ...(copy.repairs ? { repaired: copy.repairs } : {}),
+        });
         return;
       } catch (e) {
         if (request.signal?.aborted) throw e;
@@ -286,7 +346,12 @@ async function copyAll(
 
 /** A copy cannot resume a broken stream, so a transient failure repeats the whole copy from the same source. */
 async function copyWithRetry(
-  source: Target, destination: Target, manifest: Manifest, request: ReplicateRequest, log: Logger, turn: () => Promise<() => void>,
+  source: Target,
+  destination: Target,
+  manifest: Manifest,
+  request: ReplicateRequest,
+  log: Logger,
+  turn: () => Promise<() => void>,
 ): Promise<CopyResult> {
   const retry = { ...DEFAULT_COPY_RETRY, ...request.retry };
   for (let attempt = 0; ; attempt++) {
@@ -301,7 +366,14 @@ async function copyWithRetry(
       const transient = e instanceof CopyError ? !e.integrity && (e.brokeOff || isRetryable(cause)) : isRetryable(e);
       if (attempt >= (retry.retries ?? 0) || !transient) throw e;
       const delayMs = backoffMs(attempt, retry);
-      log.warn('replicate.copy_retry', { id: manifest.id, from: source.name, to: destination.name, attempt: attempt + 1, delayMs: Math.round(delayMs), error: errorMessage(e) });
+      log.warn('replicate.copy_retry', {
+        id: manifest.id,
+        from: source.name,
+        to: destination.name,
+        attempt: attempt + 1,
+        delayMs: Math.round(delayMs),
+        error: errorMessage(e),
+      });
       await sleep(delayMs, request.signal);
     } finally {
       release();

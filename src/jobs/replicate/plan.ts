@@ -77,10 +77,17 @@ export function planReplication(catalogs: readonly TargetCatalog[], options: Pla
       const known = complete.filter((c) => ['ok', 'unchecked'].includes(verifyOf(c, id).state));
       const good = [...known, ...complete.filter((c) => verifyOf(c, id).state === 'unreadable')];
       const holders = failedVerify ? good : [...good, ...complete.filter((c) => !good.includes(c))];
-      const damage = own && !own.complete ? own.problem : failedVerify ? `its last verify failed${ownVerify.error ? ` (${ownVerify.error})` : ''}` : undefined;
+      const damage =
+        own && !own.complete
+          ? own.problem
+          : failedVerify
+            ? `its last verify failed${ownVerify.error ? ` (${ownVerify.error})` : ''}`
+            : undefined;
       if (holders.length === 0) {
         if (failedVerify) {
-          const others = catalogs.filter((c) => c !== destination).map((c) => `target "${c.target.name}" ${goodCopyLack(c, id, verifyOf(c, id))}`);
+          const others = catalogs
+            .filter((c) => c !== destination)
+            .map((c) => `target "${c.target.name}" ${goodCopyLack(c, id, verifyOf(c, id))}`);
           plan.unrepairable.push({
             id,
             reason: `cannot be repaired: its copy there failed verify${ownVerify.error ? ` (${ownVerify.error})` : ''}, and no other target has a good copy to copy again (${others.join('; ') || 'no other target could be listed'})`,
@@ -93,7 +100,10 @@ export function planReplication(catalogs: readonly TargetCatalog[], options: Pla
       }
       const manifest = holders[0]!.byId.get(id)!.manifest!;
       plan.copies.push({
-        id, manifest, sources: holders.map((c) => c.target.name), bytes: manifest.artifact.bytes,
+        id,
+        manifest,
+        sources: holders.map((c) => c.target.name),
+        bytes: manifest.artifact.bytes,
         ...(damage ? { repairs: damage } : {}),
       });
     }

@@ -104,7 +104,8 @@ async function restoreFromTarget(
     // The file first: a destination that cannot take it is found before anything is downloaded.
     const file = await open(tmp, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600).catch((e: unknown) => {
       throw new DestinationError(`Restore cannot create its temporary file ${tmp} beside ${outPath} (${errorMessage(e)})`, {
-        hint: `check that ${dirname(outPath)} exists, is writable and has room for the database; nothing was changed there`, cause: e,
+        hint: `check that ${dirname(outPath)} exists, is writable and has room for the database; nothing was changed there`,
+        cause: e,
       });
     });
     const artifactHash = new HashingStream();
@@ -127,32 +128,51 @@ async function restoreFromTarget(
       // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
       const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
       // flush: the stream fsyncs the file before it closes the handle, so the rename below publishes durable bytes.
-      await pipeline(body, artifactHash, inflate, plainHash, file.createWriteStream({ flush: true }), request.signal ? { signal: request.signal } : {});
+      await pipeline(
+        body,
+        artifactHash,
+        inflate,
+        plainHash,
+        file.createWriteStream({ flush: true }),
+        request.signal ? { signal: request.signal } : {},
+      );
     } catch (e) {
       // A get that failed leaves the decompressor unused (for zstd on older Node, a child process waiting).
       inflate?.destroy();
       // A damaged artifact usually fails decompression first; name the real cause when the hash says so.
       if (artifactHash.bytes === manifest.artifact.bytes && artifactHash.digest() !== manifest.artifact.sha256) {
-        throw new IntegrityError(`Snapshot ${manifest.id} on target "${target.name}": artifact sha256 ${artifactHash.digest()} does not match the manifest's ${manifest.artifact.sha256}`, { cause: e });
+        throw new IntegrityError(
+          `Snapshot ${manifest.id} on target "${target.name}": artifact sha256 ${artifactHash.digest()} does not match the manifest's ${manifest.artifact.sha256}`,
+          { cause: e },
+        );
       }
       if (request.signal?.aborted || !decompressFailed) throw e;
-      throw new IntegrityError(`Snapshot ${manifest.id} on target "${target.name}": the ${manifest.artifact.compression} artifact does not decompress (${errorMessage(e)})`, {
-        hint: 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"',
-        cause: e,
-      });
+      throw new IntegrityError(
+        `Snapshot ${manifest.id} on target "${target.name}": the ${manifest.artifact.compression} artifact does not decompress (${errorMessage(e)})`,
+        {
+          hint: 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"',
+          cause: e,
+        },
+      );
     } finally {
       await file.close().catch(() => undefined);
     }
     request.onProgress?.(artifactHash.bytes, manifest.artifact.bytes);
     if (artifactHash.bytes !== manifest.artifact.bytes || artifactHash.digest() !== manifest.artifact.sha256) {
-      throw new IntegrityError(`Snapshot ${manifest.id} on target "${target.name}": artifact is ${artifactHash.bytes} bytes with sha256 ${artifactHash.digest()}, the manifest says ${manifest.artifact.bytes} bytes with ${manifest.artifact.sha256}`, {
-        hint: 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"',
-      });
+      throw new IntegrityError(
+        `Snapshot ${manifest.id} on target "${target.name}": artifact is ${artifactHash.bytes} bytes with sha256 ${artifactHash.digest()}, the manifest says ${manifest.artifact.bytes} bytes with ${manifest.artifact.sha256}`,
+        {
+          hint: 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"',
+        },
+      );
     }
     if (plainHash.bytes !== manifest.snapshot.bytes || plainHash.digest() !== manifest.snapshot.sha256) {
-      throw new IntegrityError(`Snapshot ${manifest.id} on target "${target.name}": decompressed file is ${plainHash.bytes} bytes with sha256 ${plainHash.digest()}, the manifest says ${manifest.snapshot.bytes} bytes with ${manifest.snapshot.sha256}`, {
-        hint: 'the artifact does not decompress to the snapshot the agent made; restore from another target',
-      });
+      throw new IntegrityError(
+        `Snapshot ${manifest.id} on target "${target.name}": decompressed file is ${plainHash.bytes} bytes with sha256 ${plainHash.digest()}, the manifest says ${manifest.snapshot.bytes} bytes with ${manifest.snapshot.sha256}`,
+        {
+          hint: 'the artifact does not decompress to the snapshot the agent made; restore from another target',
+        },
+      );
     }
     const tables = checkDatabase(tmp, manifest, target.name);
     let movedAside: RestoreResult['movedAside'] = [];
@@ -163,7 +183,8 @@ async function restoreFromTarget(
       } catch (e) {
         await putBack(movedAside, log);
         throw new DestinationError(`Restore could not move the verified file into place at ${outPath} (${errorMessage(e)})`, {
-          hint: `${movedAside.length ? 'what was there has been moved back; ' : ''}check that the folder is writable`, cause: e,
+          hint: `${movedAside.length ? 'what was there has been moved back; ' : ''}check that the folder is writable`,
+          cause: e,
         });
       }
     } else {
@@ -171,15 +192,25 @@ async function restoreFromTarget(
       await refuseOccupied(outPath, 'appeared during the restore');
       // link() fails if the destination appeared meanwhile: never replace a file without --force.
       await link(tmp, outPath).catch((e: NodeJS.ErrnoException) => {
-        throw new DestinationError(`Restore destination ${outPath} ${e.code === 'EEXIST' ? 'appeared during the restore' : `cannot be created (${e.code})`}`, { hint: 'pass --force to replace it, or choose another path', cause: e });
+        throw new DestinationError(
+          `Restore destination ${outPath} ${e.code === 'EEXIST' ? 'appeared during the restore' : `cannot be created (${e.code})`}`,
+          { hint: 'pass --force to replace it, or choose another path', cause: e },
+        );
       });
       await rm(tmp, { force: true });
     }
     // The renames are durable only once the folder is: a power cut must not bring the old database back.
     await syncFolder(dirname(outPath));
     const result = {
-      id: manifest.id, target: target.name, path: outPath, createdAt: manifest.createdAt,
-      artifactBytes: manifest.artifact.bytes, bytes: plainHash.bytes, tables, durationMs: Date.now() - started, movedAside,
+      id: manifest.id,
+      target: target.name,
+      path: outPath,
+      createdAt: manifest.createdAt,
+      artifactBytes: manifest.artifact.bytes,
+      bytes: plainHash.bytes,
+      tables,
+      durationMs: Date.now() - started,
+      movedAside,
     };
     log.info('restore.completed', { ...result });
     return result;
@@ -198,13 +229,18 @@ export function checkDatabase(path: string, manifest: Manifest, targetName: stri
   }
   try {
     const verdict = firstColumn<string>(db, 'PRAGMA integrity_check').join('; ');
-    if (verdict !== 'ok') throw new IntegrityError(`Snapshot ${manifest.id} from target "${targetName}" fails PRAGMA integrity_check: ${verdict.slice(0, 300)}`);
+    if (verdict !== 'ok')
+      throw new IntegrityError(
+        `Snapshot ${manifest.id} from target "${targetName}" fails PRAGMA integrity_check: ${verdict.slice(0, 300)}`,
+      );
     const tables: Record<string, number> = {};
     for (const name of Object.keys(manifest.database.tables)) {
       const exists = firstValue(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", name);
       tables[name] = exists ? firstValue<number>(db, `SELECT count(*) FROM "${name.replace(/"/g, '""')}"`)! : -1;
       if (tables[name] !== manifest.database.tables[name]) {
-        throw new IntegrityError(`Snapshot ${manifest.id} from target "${targetName}": table ${name} has ${tables[name]} rows, the manifest says ${manifest.database.tables[name]}`);
+        throw new IntegrityError(
+          `Snapshot ${manifest.id} from target "${targetName}": table ${name} has ${tables[name]} rows, the manifest says ${manifest.database.tables[name]}`,
+        );
       }
     }
     return tables;
@@ -232,11 +268,12 @@ async function refuseOccupied(outPath: string, what: string): Promise<void> {
     });
   }
   throw new DestinationError(
-    `Restore destination ${outPath} ${found.includes(outPath) ? `${what}, with ${companions.join(', ')} beside it` : `has ${companions.join(', ')} beside it`}: `
-      + 'SQLite would replay them over the restored database, which would then open as the old one',
+    `Restore destination ${outPath} ${found.includes(outPath) ? `${what}, with ${companions.join(', ')} beside it` : `has ${companions.join(', ')} beside it`}: ` +
+      'SQLite would replay them over the restored database, which would then open as the old one',
     {
-      hint: `stop every process that uses ${outPath} (after a crash these files hold its newest writes); then choose another -o path, `
-        + `or pass --force to move them aside once the restore is verified: they are kept together, never deleted, as ${found.map((f) => `${basename(aside)}${f.slice(outPath.length)}`).join(', ')}`,
+      hint:
+        `stop every process that uses ${outPath} (after a crash these files hold its newest writes); then choose another -o path, ` +
+        `or pass --force to move them aside once the restore is verified: they are kept together, never deleted, as ${found.map((f) => `${basename(aside)}${f.slice(outPath.length)}`).join(', ')}`,
     },
   );
 }
@@ -249,7 +286,10 @@ async function refuseOccupied(outPath: string, what: string): Promise<void> {
 async function moveAside(outPath: string, log: Logger): Promise<RestoreResult['movedAside']> {
   const found = await occupants(outPath);
   if (found.length === 0) return [];
-  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const stamp = new Date()
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
   let base = `${outPath}.replaced-${stamp}`;
   for (let n = 2; (await occupants(base)).length > 0; n++) base = `${outPath}.replaced-${stamp}-${n}`;
   const moved: RestoreResult['movedAside'] = [];
@@ -260,7 +300,8 @@ async function moveAside(outPath: string, log: Logger): Promise<RestoreResult['m
     } catch (e) {
       await putBack(moved, log);
       throw new DestinationError(`Restore could not move ${from} aside to ${to} (${errorMessage(e)})`, {
-        hint: `nothing was replaced${moved.length ? ' and what was moved has been moved back' : ''}; check that the folder is writable`, cause: e,
+        hint: `nothing was replaced${moved.length ? ' and what was moved has been moved back' : ''}; check that the folder is writable`,
+        cause: e,
       });
     }
     moved.push({ from, to });
@@ -283,7 +324,8 @@ async function syncFolder(dir: string): Promise<void> {
     // Some file systems cannot sync a folder at all; there is nothing more to do there.
     if (!['EINVAL', 'ENOTSUP', 'EPERM', 'EISDIR'].includes((e as NodeJS.ErrnoException).code ?? '')) {
       throw new DestinationError(`Restore wrote ${dir} but could not flush the folder to disk (${errorMessage(e)})`, {
-        hint: 'the restored file is in place but may not survive a power cut; check the disk (dmesg) and run the restore again', cause: e,
+        hint: 'the restored file is in place but may not survive a power cut; check the disk (dmesg) and run the restore again',
+        cause: e,
       });
     }
   } finally {
@@ -299,7 +341,8 @@ async function exists(path: string): Promise<boolean> {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw new DestinationError(`Restore cannot tell whether ${path} exists (${errorMessage(e)})`, {
-      hint: `check the permissions of ${dirname(path)}; nothing was changed there`, cause: e,
+      hint: `check the permissions of ${dirname(path)}; nothing was changed there`,
+      cause: e,
     });
   }
 }

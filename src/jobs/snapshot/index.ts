@@ -69,7 +69,14 @@ export async function runSnapshot(
   const compression = request.compression && request.compression !== 'auto' ? request.compression : undefined;
   log.debug('snapshot.requesting', { database: deps.database, targets: deps.targets.map((t) => t.name) });
   const desc = await deps.agent.createSnapshot({ ...(compression ? { compression } : {}), ...(signal ? { signal } : {}) });
-  log.info('snapshot.created', { id: desc.id, database: desc.database.name, bytes: desc.snapshot.bytes, artifactBytes: desc.artifact.bytes, compression: desc.artifact.compression, timings: desc.timings });
+  log.info('snapshot.created', {
+    id: desc.id,
+    database: desc.database.name,
+    bytes: desc.snapshot.bytes,
+    artifactBytes: desc.artifact.bytes,
+    compression: desc.artifact.compression,
+    timings: desc.timings,
+  });
   if (desc.database.name !== deps.database) {
     await deps.agent.deleteSnapshot(desc.id).catch(() => undefined);
     throw new TcabError(`The agent snapshots database "${desc.database.name}" but this function app backs up "${deps.database}"`, {
@@ -87,30 +94,38 @@ export async function runSnapshot(
   const outcomes: TargetOutcome[] = deps.targets.map((t) => ({ target: t.name, ok: false, key }));
   try {
     await uploadToAll(deps.agent, deps.targets, desc, key, outcomes, log, signal);
-    await Promise.all(deps.targets.map(async (target, i) => {
-      const outcome = outcomes[i]!;
-      if (outcome.error) return;
-      const t0 = Date.now();
-      try {
-        const { body, size } = await target.get(key, signal ? { signal } : {});
-        const got = await hashStream(body, signal);
-        if (got.sha256 !== desc.artifact.sha256 || got.bytes !== desc.artifact.bytes || size !== desc.artifact.bytes) {
-          throw new IntegrityError(`read back ${got.bytes} bytes with sha256 ${got.sha256}, expected ${desc.artifact.bytes} bytes with ${desc.artifact.sha256}`);
+    await Promise.all(
+      deps.targets.map(async (target, i) => {
+        const outcome = outcomes[i]!;
+        if (outcome.error) return;
+        const t0 = Date.now();
+        try {
+          const { body, size } = await target.get(key, signal ? { signal } : {});
+          const got = await hashStream(body, signal);
+          if (got.sha256 !== desc.artifact.sha256 || got.bytes !== desc.artifact.bytes || size !== desc.artifact.bytes) {
+            throw new IntegrityError(
+              `read back ${got.bytes} bytes with sha256 ${got.sha256}, expected ${desc.artifact.bytes} bytes with ${desc.artifact.sha256}`,
+            );
+          }
+          outcome.verifyMs = Date.now() - t0;
+        } catch (e) {
+          outcome.error = `verification failed: ${errorMessage(e)}`;
+          await target.delete(key).catch(() => undefined);
         }
-        outcome.verifyMs = Date.now() - t0;
-      } catch (e) {
-        outcome.error = `verification failed: ${errorMessage(e)}`;
-        await target.delete(key).catch(() => undefined);
-      }
-    }));
+      }),
+    );
   } catch (e) {
     // The source failed (agent gone, bad bytes): no target gets a manifest.
     await Promise.all(deps.targets.map((t) => t.delete(key).catch(() => undefined)));
     await deps.agent.deleteSnapshot(desc.id).catch(() => undefined);
-    throw new SnapshotFailedError(`Snapshot ${desc.id}: download from the agent failed: ${errorMessage(e)}`, { targets: outcomes }, {
-      hint: 'check the agent service on the VM (journalctl -u tcab-backup-agent) and the network path; no snapshot was recorded',
-      cause: e,
-    });
+    throw new SnapshotFailedError(
+      `Snapshot ${desc.id}: download from the agent failed: ${errorMessage(e)}`,
+      { targets: outcomes },
+      {
+        hint: 'check the agent service on the VM (journalctl -u tcab-backup-agent) and the network path; no snapshot was recorded',
+        cause: e,
+      },
+    );
   }
 
   const manifest: Manifest = {
@@ -122,19 +137,25 @@ export async function runSnapshot(
     key,
     storedAt: new Date().toISOString(),
   };
-  await Promise.all(deps.targets.map(async (target, i) => {
-    const outcome = outcomes[i]!;
-    if (outcome.error) return;
-    try {
-      await writeManifest(target, { ...manifest, storedAt: new Date().toISOString() }, signal ? { signal } : {});
-      outcome.ok = true;
-    } catch (e) {
-      outcome.error = `manifest write failed: ${errorMessage(e)}`;
-    }
-  }));
+  await Promise.all(
+    deps.targets.map(async (target, i) => {
+      const outcome = outcomes[i]!;
+      if (outcome.error) return;
+      try {
+        await writeManifest(target, { ...manifest, storedAt: new Date().toISOString() }, signal ? { signal } : {});
+        outcome.ok = true;
+      } catch (e) {
+        outcome.error = `manifest write failed: ${errorMessage(e)}`;
+      }
+    }),
+  );
 
   await deps.agent.deleteSnapshot(desc.id).catch((e) => {
-    log.warn('snapshot.staging_cleanup_failed', { id: desc.id, error: errorMessage(e), note: 'the agent removes staged files after its TTL' });
+    log.warn('snapshot.staging_cleanup_failed', {
+      id: desc.id,
+      error: errorMessage(e),
+      note: 'the agent removes staged files after its TTL',
+    });
   });
 
   const result: SnapshotResult = { manifest, targets: outcomes, totalMs: Date.now() - started };
@@ -150,8 +171,15 @@ export async function runSnapshot(
     );
   }
   log.info('snapshot.completed', {
-    database: deps.database, id: desc.id, createdAt: desc.createdAt, trigger: request.trigger.kind, pinned: manifest.tags.includes(PIN_TAG),
-    artifactBytes: desc.artifact.bytes, snapshotBytes: desc.snapshot.bytes, targets: outcomes.map((o) => o.target), totalMs: result.totalMs,
+    database: deps.database,
+    id: desc.id,
+    createdAt: desc.createdAt,
+    trigger: request.trigger.kind,
+    pinned: manifest.tags.includes(PIN_TAG),
+    artifactBytes: desc.artifact.bytes,
+    snapshotBytes: desc.snapshot.bytes,
+    targets: outcomes.map((o) => o.target),
+    totalMs: result.totalMs,
   });
   return result;
 }
@@ -175,36 +203,46 @@ async function uploadToAll(
   const hasher = new HashingStream();
   const pipes = targets.map(() => new PassThrough({ highWaterMark: 1 << 20 }));
   const puts = targets.map((target, i) =>
-    target.put(key, pipes[i]!, { contentLength: desc.artifact.bytes, contentType: 'application/octet-stream', ...(signal ? { signal } : {}) }).then(
-      (r) => {
-        outcomes[i]!.bytes = r.size;
-        outcomes[i]!.uploadMs = Date.now() - t0;
-        // A put that returns before reading its body to the end would hold the other targets back for good.
-        if (!pipes[i]!.readableEnded) pipes[i]!.destroy(new Error(`target "${target.name}" said the upload was stored before it had read all of it`));
-      },
-      (e: unknown) => {
-        // The target's own error says more than the fan-out's view of its stream stopping.
-        outcomes[i]!.error = `upload failed: ${errorMessage(e)}`;
-        pipes[i]!.destroy(e instanceof Error ? e : new Error(String(e)));
-      },
-    ),
+    target
+      .put(key, pipes[i]!, { contentLength: desc.artifact.bytes, contentType: 'application/octet-stream', ...(signal ? { signal } : {}) })
+      .then(
+        (r) => {
+          outcomes[i]!.bytes = r.size;
+          outcomes[i]!.uploadMs = Date.now() - t0;
+          // A put that returns before reading its body to the end would hold the other targets back for good.
+          if (!pipes[i]!.readableEnded)
+            pipes[i]!.destroy(new Error(`target "${target.name}" said the upload was stored before it had read all of it`));
+        },
+        (e: unknown) => {
+          // The target's own error says more than the fan-out's view of its stream stopping.
+          outcomes[i]!.error = `upload failed: ${errorMessage(e)}`;
+          pipes[i]!.destroy(e instanceof Error ? e : new Error(String(e)));
+        },
+      ),
   );
   // Whichever side stops first, the other is stopped too: a download nobody reads any more is closed, and
   // one that closes early fails the copy instead of leaving it waiting for an end that never comes.
   const source = pipeline(download.body, hasher, () => undefined);
   try {
-    await fanOut(source, pipes, (i, err) => {
-      outcomes[i]!.error ??= `upload failed: ${errorMessage(err)}`;
-      log.warn('snapshot.target_upload_failed', { target: targets[i]!.name, id: desc.id, error: errorMessage(err) });
-    }, {
-      beforeEnd: () => {
-        if (hasher.bytes !== desc.artifact.bytes || hasher.digest() !== desc.artifact.sha256) {
-          return new IntegrityError(`downloaded ${hasher.bytes} bytes with sha256 ${hasher.digest()}, the agent promised ${desc.artifact.bytes} bytes with ${desc.artifact.sha256}`);
-        }
-        return undefined;
+    await fanOut(
+      source,
+      pipes,
+      (i, err) => {
+        outcomes[i]!.error ??= `upload failed: ${errorMessage(err)}`;
+        log.warn('snapshot.target_upload_failed', { target: targets[i]!.name, id: desc.id, error: errorMessage(err) });
       },
-      ...(signal ? { signal } : {}),
-    });
+      {
+        beforeEnd: () => {
+          if (hasher.bytes !== desc.artifact.bytes || hasher.digest() !== desc.artifact.sha256) {
+            return new IntegrityError(
+              `downloaded ${hasher.bytes} bytes with sha256 ${hasher.digest()}, the agent promised ${desc.artifact.bytes} bytes with ${desc.artifact.sha256}`,
+            );
+          }
+          return undefined;
+        },
+        ...(signal ? { signal } : {}),
+      },
+    );
   } finally {
     await Promise.all(puts);
   }

@@ -45,10 +45,22 @@ export async function verifyStoredSnapshot(target: Target, database: string, id:
     const got = await hashStream(body, signal);
     if (got.bytes < size) {
       // The target said how big the object is and sent less: the transfer broke, not the copy.
-      return { ...base, ok: false, verdict: 'unreadable', bytes: got.bytes, error: `could not be read, so whether it matches is unknown: ${key} on target "${target.name}" is ${size} bytes but the answer ended after ${got.bytes}` };
+      return {
+        ...base,
+        ok: false,
+        verdict: 'unreadable',
+        bytes: got.bytes,
+        error: `could not be read, so whether it matches is unknown: ${key} on target "${target.name}" is ${size} bytes but the answer ended after ${got.bytes}`,
+      };
     }
     if (got.bytes !== manifest.artifact.bytes || got.sha256 !== manifest.artifact.sha256) {
-      return { ...base, ok: false, verdict: 'damaged', bytes: got.bytes, error: `artifact is ${got.bytes} bytes with sha256 ${got.sha256}, the manifest says ${manifest.artifact.bytes} bytes with ${manifest.artifact.sha256}` };
+      return {
+        ...base,
+        ok: false,
+        verdict: 'damaged',
+        bytes: got.bytes,
+        error: `artifact is ${got.bytes} bytes with sha256 ${got.sha256}, the manifest says ${manifest.artifact.bytes} bytes with ${manifest.artifact.sha256}`,
+      };
     }
     return { ...base, ok: true, verdict: 'ok', bytes: got.bytes };
   } catch (e) {
@@ -56,9 +68,10 @@ export async function verifyStoredSnapshot(target: Target, database: string, id:
     const verdict = verdictOfFailure(e);
     if (verdict === 'damaged') return { ...base, ok: false, verdict, error: errorMessage(e) };
     // A stream that broke off says only "aborted" or "socket hang up": say what was being read, and where.
-    const detail = reading && !(e instanceof TcabError)
-      ? `reading ${reading.key} (${reading.size} bytes) from target "${target.name}" broke off: ${errorMessage(e).replace(/\.$/, '')}`
-      : errorMessage(e);
+    const detail =
+      reading && !(e instanceof TcabError)
+        ? `reading ${reading.key} (${reading.size} bytes) from target "${target.name}" broke off: ${errorMessage(e).replace(/\.$/, '')}`
+        : errorMessage(e);
     return { ...base, ok: false, verdict, error: `could not be read, so whether it matches is unknown: ${detail}` };
   }
 }

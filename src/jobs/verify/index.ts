@@ -18,7 +18,14 @@ import { silentLogger, type Logger } from '../../log.js';
 import type { Target } from '../../targets/target.js';
 import { formatDuration } from '../../util/duration.js';
 import { verifyStoredSnapshot, type VerifyOutcome } from './check.js';
-import { readVerifyRecord, recordVerifyResults, verdictOf, type VerifyEntry, type VerifyRecord, type VerifyRun } from '../../catalog/verify-record.js';
+import {
+  readVerifyRecord,
+  recordVerifyResults,
+  verdictOf,
+  type VerifyEntry,
+  type VerifyRecord,
+  type VerifyRun,
+} from '../../catalog/verify-record.js';
 
 export interface RotationCandidate {
   id: string;
@@ -56,7 +63,11 @@ export function lastReadAt(candidate: RotationCandidate, entry: VerifyEntry | un
 }
 
 /** Which snapshots this run reads; pure, so the coverage guarantee can be tested over simulated months. */
-export function planVerifyRotation(candidates: RotationCandidate[], entries: Record<string, VerifyEntry>, options: RotationOptions): RotationPlan {
+export function planVerifyRotation(
+  candidates: RotationCandidate[],
+  entries: Record<string, VerifyEntry>,
+  options: RotationOptions,
+): RotationPlan {
   const runsPerWindow = Math.max(1, Math.floor(options.withinMs / options.intervalMs));
   const totalBytes = candidates.reduce((n, c) => n + (c.artifactBytes ?? 0), 0);
   const countShare = Math.ceil(candidates.length / runsPerWindow);
@@ -65,7 +76,9 @@ export function planVerifyRotation(candidates: RotationCandidate[], entries: Rec
   // A timer run may start a little late; do not let a snapshot's deadline fall in that slack.
   const slackMs = Math.min(options.intervalMs / 10, 3_600_000);
   const nextRun = options.now.getTime() + options.intervalMs + slackMs;
-  const ordered = [...candidates].sort((a, b) => lastReadAt(a, entries[a.id]) - lastReadAt(b, entries[b.id]) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const ordered = [...candidates].sort(
+    (a, b) => lastReadAt(a, entries[a.id]) - lastReadAt(b, entries[b.id]) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
+  );
   const selected: RotationPlan['selected'] = [];
   const rest: RotationCandidate[] = [];
   let count = 0;
@@ -73,10 +86,15 @@ export function planVerifyRotation(candidates: RotationCandidate[], entries: Rec
   for (const c of ordered) {
     const entry = entries[c.id];
     const reason: SelectionReason | undefined =
-      entry && !entry.ok ? (verdictOf(entry) === 'unreadable' ? 'unreadable-before' : 'failed-before')
-      : c.artifactBytes === undefined ? 'missing-artifact'
-      : lastReadAt(c, entry) + options.withinMs <= nextRun ? 'due'
-      : undefined;
+      entry && !entry.ok
+        ? verdictOf(entry) === 'unreadable'
+          ? 'unreadable-before'
+          : 'failed-before'
+        : c.artifactBytes === undefined
+          ? 'missing-artifact'
+          : lastReadAt(c, entry) + options.withinMs <= nextRun
+            ? 'due'
+            : undefined;
     if (!reason) {
       rest.push(c);
       continue;
@@ -136,11 +154,16 @@ export interface VerifyRotationRequest {
   concurrency?: number;
 }
 
-const DAMAGED_HINT = 'restore from a target whose copy verifies; the next replicate run (or "tcab-backup replicate" now) copies a good one over the damaged copy and marks it verified';
-const UNREADABLE_HINT = 'for a copy that could not be read, the reachability and health of its target: it counts as neither good nor damaged (prune keeps it, replicate does not replace it) until the next verify run reads it again';
+const DAMAGED_HINT =
+  'restore from a target whose copy verifies; the next replicate run (or "tcab-backup replicate" now) copies a good one over the damaged copy and marks it verified';
+const UNREADABLE_HINT =
+  'for a copy that could not be read, the reachability and health of its target: it counts as neither good nor damaged (prune keeps it, replicate does not replace it) until the next verify run reads it again';
 
 export class VerifyFailedError extends TcabError {
-  constructor(message: string, readonly result: VerifyRotationResult) {
+  constructor(
+    message: string,
+    readonly result: VerifyRotationResult,
+  ) {
     const damaged = result.failed > 0 || result.targets.some((t) => !t.reachable);
     super(message, {
       code: 'VERIFY_FAILED',
@@ -161,9 +184,15 @@ export async function runVerifyRotation(
   const targets = await Promise.all(deps.targets.map((target) => verifyTarget(target, deps.database, request, now, log, outcomes)));
   outcomes.sort((a, b) => a.target.localeCompare(b.target) || (a.id < b.id ? 1 : -1));
   const result: VerifyRotationResult = {
-    database: deps.database, all: Boolean(request.all), checked: outcomes.length,
-    failed: outcomes.filter((o) => o.verdict === 'damaged').length, unreadable: outcomes.filter((o) => o.verdict === 'unreadable').length,
-    bytes: outcomes.reduce((n, o) => n + (o.bytes ?? 0), 0), durationMs: Date.now() - started, targets, outcomes,
+    database: deps.database,
+    all: Boolean(request.all),
+    checked: outcomes.length,
+    failed: outcomes.filter((o) => o.verdict === 'damaged').length,
+    unreadable: outcomes.filter((o) => o.verdict === 'unreadable').length,
+    bytes: outcomes.reduce((n, o) => n + (o.bytes ?? 0), 0),
+    durationMs: Date.now() - started,
+    targets,
+    outcomes,
   };
   const problems = [
     ...targets.filter((t) => !t.reachable).map((t) => `target "${t.target}" (${t.url}): ${t.error}`),
@@ -171,10 +200,17 @@ export async function runVerifyRotation(
     ...outcomes.filter((o) => o.verdict === 'unreadable').map((o) => `target "${o.target}" snapshot ${o.id} ${o.error}`),
   ];
   if (problems.length) {
-    throw new VerifyFailedError(`Verify of database "${deps.database}" failed: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? `; and ${problems.length - 5} more` : ''}`, result);
+    throw new VerifyFailedError(
+      `Verify of database "${deps.database}" failed: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? `; and ${problems.length - 5} more` : ''}`,
+      result,
+    );
   }
   log.info('verify.completed', {
-    database: deps.database, all: result.all, checked: result.checked, bytes: result.bytes, durationMs: result.durationMs,
+    database: deps.database,
+    all: result.all,
+    checked: result.checked,
+    bytes: result.bytes,
+    durationMs: result.durationMs,
     targets: targets.map((t) => ({ target: t.target, snapshots: t.snapshots, checked: t.checked, longestUnreadMs: t.longestUnreadMs })),
   });
   return result;
@@ -189,7 +225,18 @@ async function verifyTarget(
   outcomes: VerifyOutcome[],
 ): Promise<TargetVerifyResult> {
   const signal = request.signal;
-  const base: TargetVerifyResult = { target: target.name, url: target.url, reachable: true, snapshots: 0, checked: 0, failed: 0, unreadable: 0, bytes: 0, longestUnreadMs: 0, selected: [] };
+  const base: TargetVerifyResult = {
+    target: target.name,
+    url: target.url,
+    reachable: true,
+    snapshots: 0,
+    checked: 0,
+    failed: 0,
+    unreadable: 0,
+    bytes: 0,
+    longestUnreadMs: 0,
+    selected: [],
+  };
   const startedAt = now();
   let record: VerifyRecord | undefined;
   let damaged = false;
@@ -207,13 +254,23 @@ async function verifyTarget(
   } catch (e) {
     if (signal?.aborted) throw e;
     // Not delivered is not damaged: a record that could not be read is never replaced (it may hold verdicts).
-    if (e instanceof TargetError || isAbortError(e)) return { ...base, reachable: false, error: `reading the verify record failed: ${errorMessage(e)}` };
+    if (e instanceof TargetError || isAbortError(e))
+      return { ...base, reachable: false, error: `reading the verify record failed: ${errorMessage(e)}` };
     // A damaged record cannot say what was read when: read everything once and start a new one.
-    log.warn('verify.record_damaged', { target: target.name, error: errorMessage(e), note: 'this run reads every snapshot and replaces the record' });
+    log.warn('verify.record_damaged', {
+      target: target.name,
+      error: errorMessage(e),
+      note: 'this run reads every snapshot and replaces the record',
+    });
     all = true;
     damaged = true;
   }
-  const plan = planVerifyRotation(candidates, record?.snapshots ?? {}, { now: startedAt, withinMs: request.withinMs, intervalMs: request.intervalMs, all });
+  const plan = planVerifyRotation(candidates, record?.snapshots ?? {}, {
+    now: startedAt,
+    withinMs: request.withinMs,
+    intervalMs: request.intervalMs,
+    all,
+  });
   const results: Record<string, VerifyEntry> = {};
   const mine: VerifyOutcome[] = [];
   let next = 0;
@@ -223,8 +280,11 @@ async function verifyTarget(
       const outcome = await verifyStoredSnapshot(target, database, id, signal);
       mine.push(outcome);
       results[id] = {
-        checkedAt: now().toISOString(), ok: outcome.ok, verdict: outcome.verdict,
-        ...(outcome.bytes !== undefined ? { bytes: outcome.bytes } : {}), ...(outcome.error ? { error: outcome.error } : {}),
+        checkedAt: now().toISOString(),
+        ok: outcome.ok,
+        verdict: outcome.verdict,
+        ...(outcome.bytes !== undefined ? { bytes: outcome.bytes } : {}),
+        ...(outcome.error ? { error: outcome.error } : {}),
       };
       if (outcome.verdict === 'damaged') log.error('verify.mismatch', { database, target: target.name, id, error: outcome.error });
       if (outcome.verdict === 'unreadable') log.error('verify.unreadable', { database, target: target.name, id, error: outcome.error });
@@ -236,20 +296,44 @@ async function verifyTarget(
   const failures = mine.filter((o) => !o.ok);
   const unreadable = failures.filter((o) => o.verdict === 'unreadable').length;
   const run: VerifyRun = {
-    startedAt: startedAt.toISOString(), finishedAt: finishedAt.toISOString(), all, snapshots: candidates.length, checked: mine.length,
-    failed: failures.length - unreadable, unreadable, bytes: mine.reduce((n, o) => n + (o.bytes ?? 0), 0), durationMs: finishedAt.getTime() - startedAt.getTime(),
+    startedAt: startedAt.toISOString(),
+    finishedAt: finishedAt.toISOString(),
+    all,
+    snapshots: candidates.length,
+    checked: mine.length,
+    failed: failures.length - unreadable,
+    unreadable,
+    bytes: mine.reduce((n, o) => n + (o.bytes ?? 0), 0),
+    durationMs: finishedAt.getTime() - startedAt.getTime(),
     failures: failures.slice(0, 20).map((o) => ({ id: o.id, error: o.error ?? 'unknown', verdict: o.verdict })),
   };
-  const summary: TargetVerifyResult = { ...base, snapshots: candidates.length, checked: run.checked, failed: run.failed, unreadable, bytes: run.bytes, selected: plan.selected };
+  const summary: TargetVerifyResult = {
+    ...base,
+    snapshots: candidates.length,
+    checked: run.checked,
+    failed: run.failed,
+    unreadable,
+    bytes: run.bytes,
+    selected: plan.selected,
+  };
   try {
-    const updated = await recordVerifyResults(target, database, { listed: candidates.map((c) => c.id), results, run, replaceDamaged: damaged }, signal);
+    const updated = await recordVerifyResults(
+      target,
+      database,
+      { listed: candidates.map((c) => c.id), results, run, replaceDamaged: damaged },
+      signal,
+    );
     summary.longestUnreadMs = Math.max(0, ...candidates.map((c) => finishedAt.getTime() - lastReadAt(c, updated.snapshots[c.id])));
   } catch (e) {
     if (signal?.aborted) throw e;
     return { ...summary, reachable: false, error: `writing the verify record failed: ${errorMessage(e)}` };
   }
   if (summary.longestUnreadMs > request.withinMs) {
-    log.warn('verify.window_exceeded', { target: target.name, longestUnread: formatDuration(summary.longestUnreadMs), within: formatDuration(request.withinMs) });
+    log.warn('verify.window_exceeded', {
+      target: target.name,
+      longestUnread: formatDuration(summary.longestUnreadMs),
+      within: formatDuration(request.withinMs),
+    });
   }
   return summary;
 }
