@@ -1,16 +1,8 @@
 /**
- * The verify record kept on each target (status/<database>.verify.json): when each stored snapshot was last
- * re-read and whether its bytes still matched the manifest. The verify rotation reads it to pick the least
- * recently verified snapshots; prune reads it so that a copy whose last re-read failed never counts as the
- * "newest verified snapshot"; the monitor reads it for the age of the last clean run.
- *
- * Each entry has a verdict: 'ok' (the bytes matched), 'damaged' (they did not, or the manifest or data is
- * gone or invalid) or 'unreadable' (the target did not deliver them: a timeout, a 5xx after retries, an
- * answer that broke off). An unreadable copy is proven neither good nor damaged: prune keeps it, replicate
- * does not replace it, and verify reads it again on its next run. The verdict field came after format 1:
- * an entry without it has `ok` alone, and `ok: false` then means damaged, as it always did. Entries written
- * now keep `ok` (false for unreadable), so a reader that knows only `ok` still sees no unreadable copy as
- * good.
+ * The verify record on each target (status/<database>.verify.json): per stored snapshot, when it was last
+ * re-read and the verdict, `ok`, `damaged` or `unreadable`. Reads older entries that carry only `ok`, and
+ * writes `ok` beside the verdict (false for unreadable) so such readers never take an unreadable copy as good.
+ * Its readers and what each verdict means to them: docs/architecture.md, "Verify".
  */
 import { z } from 'zod';
 import { verifyRecordKey } from './layout.js';

@@ -1,32 +1,8 @@
 /**
- * The retention policy and its planner: restic `forget` semantics, in UTC, as a pure function from a
- * list of snapshots and a policy to what is kept (with why) and what is removed.
- *
- * How the planner decides, exactly as restic does:
- * - Snapshots are sorted newest first with a stable sort: snapshots with equal times keep their input order.
- * - Count rules (last, hourly, daily, weekly, monthly, yearly; a count, or -1 for no limit): walking from
- *   the newest, a snapshot is kept when it is the first one seen in its period (hour, day, ISO 8601 week,
- *   month, year, or simply the next snapshot for `last`) and the rule has counts left; each keep uses one.
- *   While a rule still has counts left at the oldest snapshot, the oldest is kept too, so the history
- *   reaches as far back as the counts allow.
- * - Within rules (`within`, `withinHourly` ... `withinYearly`; durations like 1y2m3d4h) are measured back
- *   from the newest snapshot that is not in the future (relative to `now`); a snapshot strictly newer than
- *   that cutoff is kept by `within`, and by `withinDaily` etc. when it is the newest of its period (and the
- *   oldest snapshot, when it lies within the duration). Future-dated snapshots are newer than any cutoff.
- * - `tags` is a list of tag lists: a snapshot carrying every tag of one list is kept.
- * - Rules are OR-ed: a snapshot is kept when any rule keeps it, and it is removed otherwise.
- * - A policy with no rule set removes nothing: every snapshot is kept (restic's forget does the same, and
- *   says "no policy was specified, no snapshots will be removed").
- *
- * Reasons (restic's own words, so that plans read the same as `restic forget` output), in this order:
- *   "has tags [a, b]"                      for each tag list the snapshot carries
- *   "within 2d"                            the `within` rule, its duration in canonical form
- *   "last snapshot", "hourly snapshot", "daily snapshot", "weekly snapshot", "monthly snapshot",
- *   "yearly snapshot"                      the newest of its period, for each count rule
- *   "oldest daily snapshot" ...            the oldest snapshot, kept because the rule had counts left
- *   "hourly within 1d", "daily within 7d", "weekly within 1m", "monthly within 1y", "yearly within 9y"
- *   "oldest daily within 7d" ...           the oldest snapshot, within the duration, not newest of its period
- *   "no retention rule set"                the policy is empty, everything is kept
+ * The retention policy and its planner: restic `forget` semantics, in UTC, as a pure function from a list of
+ * snapshots, a policy and `now` to what is kept (each with restic's reasons) and what is removed, newest
+ * first. A policy with no rule removes nothing.
+ * The exact rules and reasons: docs/architecture.md, "Retention".
  */
 import { TcabError } from '../errors.js';
 import { formatCalendarDuration, isZeroDuration, subtractCalendarDuration, type CalendarDuration } from './duration.js';

@@ -1,23 +1,8 @@
 /**
- * Safety rails: a second, separate pass over a retention plan that can only move snapshots from "remove"
- * to "keep", or refuse the whole run. Kept apart from the planner so that the planner stays restic's
- * semantics exactly and `tcab-backup retention plan` shows the policy alone.
- *
- * Rails, in the order they apply (each reported when it changes the plan):
- *   listing-complete  refuse unless the listing of the target was complete: a partial view could make the
- *                     policy delete snapshots whose newer neighbours it did not see
- *   pinned            snapshots tagged "pinned" (or marked pinned) are always kept
- *   newest-verified   the newest snapshot whose artifact sha256 was verified is never deleted
- *   min-keep          the N newest snapshots are kept
- *   min-age           nothing younger than the minimum age (or dated in the future) is deleted
- *   max-delete-share  refuse a run that would delete more than this share of the target's snapshots,
- *                     unless forced (a forced run is reported, not refused)
- * A refused run removes nothing: `remove` is empty and every snapshot is in `keep`, so a caller that
- * forgot to look at `refused` still deletes nothing.
- *
- * A snapshot a rail keeps carries that rail's reason instead of the policy's (which had none):
- *   "pinned", "newest verified snapshot", "one of the 3 newest (min keep)", "younger than 1h (min age)",
- *   "run refused (listing-complete)", "run refused (max-delete-share)"
+ * Safety rails: a second pass over a retention plan that can only move snapshots from "remove" to "keep"
+ * (with the rail's reason), or refuse the run. A refused plan removes nothing and keeps everything, so a
+ * caller that ignores `refused` still deletes nothing. Each rail is reported when it changes the plan.
+ * The rails, their order and why they are apart from the planner: docs/architecture.md, "Retention".
  */
 import { TcabError } from '../errors.js';
 import { PIN_TAG } from '../catalog/manifest.js';

@@ -1,16 +1,7 @@
 /**
- * Retention settings. Each target has its own policy in TCAB_BACKUP_RETENTION_<NAME> (NAME: the target
- * name in upper case, "-" as "_"), written as comma-separated rules:
- *
- *   last=3,hourly=24,daily=14,weekly=8,monthly=12,yearly=-1,within=2d,withinDaily=30d,tags=pinned;release+v1
- *
- * - counts (last, hourly, daily, weekly, monthly, yearly): a whole number, or -1 (or "unlimited") for no limit
- * - durations (within, withinHourly, withinDaily, withinWeekly, withinMonthly, withinYearly): y, m, d, h
- *   with m for MONTHS, e.g. 1y2m3d4h (restic's syntax)
- * - tags: tag lists separated by ";", the tags of one list joined by "+": "pinned;release+v1" keeps
- *   snapshots tagged pinned, and those tagged both release and v1 (so tags cannot contain , ; + or =)
- * Rule names are matched without regard to case. A target without the setting gets DEFAULT_RETENTION_POLICY.
- * The safety rails (src/retention/rails.ts) are shared by all targets.
+ * Retention settings: declares and reads each target's policy (TCAB_BACKUP_RETENTION_<NAME>) and the rails'
+ * settings shared by all targets; a target without a policy gets DEFAULT_RETENTION_POLICY. Every problem
+ * names its variable. The syntax: docs/architecture.md, "Retention".
  */
 import { ConfigError } from '../errors.js';
 import { parseDurationMs } from '../util/duration.js';

@@ -1,21 +1,8 @@
 /**
  * The status document (status/<database>.json on every target, GET /api/status, `tcab-backup status --json`):
- * what the monitor found, judged against the age thresholds. Building it is a pure function of the facts
- * read from the targets and the time, so every state can be tested by choosing `now`.
- *
- * Judgement, per target:
- * - unreachable: critical;
- * - snapshots: none, or the newest older than the critical age: critical; older than the warn age: warn;
- * - drill: the newest drill failed (the newest snapshot did not restore): critical; the newest successful
- *   drill older than the thresholds: warn or critical (before the first drill, the age of the oldest
- *   snapshot stands in, so a drill timer that never ran is still caught); the last drill could not compare
- *   with the live database: warn;
- * - verify: a stored snapshot whose last re-read found it damaged: critical; one whose last re-read could
- *   not get its bytes: warn (not proven damaged; a run with such a copy is not clean, so the age of the last
- *   clean run turns critical if it stays unreadable); the last clean run older than the thresholds: warn or
- *   critical (the oldest snapshot stands in before the first run).
- * Postgres servers (when configured): a policy violation or unreadable records: critical; check or successful
- * drill older than the thresholds: warn or critical; no record yet: warn.
+ * what the monitor found per target and Postgres server, judged ok, warn or critical against the age
+ * thresholds. Building it is a pure function of the facts read and `now`.
+ * The judgement: docs/architecture.md, "Monitor and status".
  */
 import type { Manifest } from '../catalog/manifest.js';
 import type { PgServerStatus } from '../postgres/status.js';

@@ -1,30 +1,10 @@
 /**
- * The restore drill: for each target, restore its newest snapshot into a scratch folder exactly as an
- * operator would (download, artifact sha256, decompress, file sha256, PRAGMA integrity_check, row counts
- * against the manifest: runRestore does all of it), then compare it with the live database through the
- * agent's /v1/status and record what a restore would cost now.
- *
- * When the work folder has no room for the whole database (a Flex Consumption instance has 0.8 GB of
- * temporary disk), or TCAB_BACKUP_DRILL_METHOD=stream, the drill verifies the snapshot as it streams instead
- * (drill-stream.ts): both sha256 sums, nothing written; integrity_check and the row counts are then the
- * agent's, made on the same bytes. The record's `checks` says which checks ran and how. The record holds:
- * - recovery point: how old the snapshot is, how many runs were published since (live minus snapshot), and
- *   the newest published_at live against the newest in the snapshot;
- * - recovery time: from the first downloaded byte to a verified file.
- * Each target gets a drill record and a `drill.completed` or `drill.failed` log event.
- *
- * When the agent cannot be asked (down, unreachable, not configured), the drill still proves the restore and
- * records the live comparison as unavailable, with a warning, but does not fail: what it set out to prove
- * (the backup restores) holds, and an agent that is down already fails the snapshot job and its alert.
- * Any failure of the restore itself fails the drill, naming the target and the snapshot.
- *
- * The application drill (TCAB_BACKUP_DRILL_APP=true, `deps.app`): per target, once that target's copy passed
- * the file checks, its artifact is read from the target again and streamed to the agent's POST /v1/drills,
- * which restores it on the VM, starts the backend on the copy and checks /healthz and /runs. It runs per
- * target, not once, because each target's stored bytes are what a recovery from that target would start the
- * backend on. A failed step fails that target's drill, naming the step and what to check; so does an agent
- * that cannot be asked (the operator asked for the application drill: its absence is not a warning). The
- * recovery time then adds the backend's start to serving the runs to the file's restore time.
+ * The restore drill: per target, proves its newest snapshot restorable (restored as `tcab-backup restore`
+ * does, or checked as it streams: TCAB_BACKUP_DRILL_METHOD), compares it with the live database through the
+ * agent, optionally runs the application drill on the agent, and writes a drill record with recovery point
+ * and recovery time. A failed restore or application drill fails that target's drill; an agent that cannot
+ * be asked only for the live comparison is a warning.
+ * Why: docs/architecture.md, "Drill".
  */
 import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';

@@ -1,34 +1,10 @@
 /**
- * Prune: apply each target's retention policy, behind the safety rails, and collect garbage.
- *
- * Per target: a complete listing with every manifest read (a failed page means this target deletes
- * nothing), the policy's plan, then the rails (pinned, newest verified, min keep, min age, max delete share
- * unless forced). A snapshot counts as verified when its manifest is readable and its artifact is listed
- * at the manifest's size (every manifest is written only after the bytes under it were hashed and matched:
- * snapshot reads its uploads back, replicate checks while it streams) and the verify record does not say
- * its last re-read failed or could not read it. Snapshots go manifest first, then data. Then garbage: data
- * objects without a manifest older than a day, and stale multipart uploads. Objects under an immutability
- * lock are reported as held, not as failures. A refused target throws with the rail's message, after the
- * other targets are done.
- *
- * Every target is planned before any target deletes, because one rail looks across targets: last-good-copy.
- * A snapshot that one target's plan removes stays there when its copy may be good (complete, and its last
- * verify did not find it damaged), another target wants it but has no good copy of it, and no target that
- * keeps it after this run has a good copy. A copy verify could not read is not known to be good: it never
- * lets another target delete, and it stays where it may be the last good one. "Wants" is what replicate acts on: the other target's policy and rails keep it over
- * what it holds plus what it would receive (so a missing or incomplete copy counts, as replicate would
- * restore it from here), or its own plan keeps a copy whose last verify failed. Every target with a good
- * copy keeps it then, not just one: until the damaged side is repaired, two good copies are cheap insurance.
- * A target whose listing failed counts as holding nothing and wanting what its policy would keep of the
- * snapshots the others hold: its copies are unknown, and while it is unreachable the others keep what it
- * would need (the run fails anyway, naming the listing). A target without a loaded policy takes no part.
- * A target whose verify record cannot be read (the answer broke off, not JSON, over the size cap) is much
- * the same: the record may say that some of its copies are damaged, so none of them counts as good (no other
- * target deletes a snapshot on the strength of them), it removes nothing itself, and the run fails naming
- * the record. The other targets still prune what is safe: failing whole would let every target grow until
- * one record is fixed, and the rail already keeps all they might need.
- * This rail runs after the others, so max-delete-share judges the plan before it: it may refuse more, never
- * less.
+ * Prune: applies each target's retention policy behind the safety rails, then collects garbage (data without
+ * a manifest and multipart uploads older than a day). Every target is planned before any deletes, because
+ * the last-good-copy rail looks across targets; a snapshot goes manifest first, then data. A target whose
+ * listing or verify record fails, or whose run a rail refuses, deletes nothing, and the run throws naming it
+ * after the other targets are done.
+ * Why: docs/architecture.md, "Prune" and "Retention".
  */
 import { idTime, verifyRecordKey } from '../../catalog/layout.js';
 import { copyState, readVerifyRecord, type VerifyRecord } from '../../catalog/verify-record.js';

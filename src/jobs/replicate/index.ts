@@ -1,21 +1,8 @@
 /**
- * Replicate: make every target hold every snapshot that any target holds, except what the destination's
- * own retention would remove at once. Each copy streams from a target that has the snapshot to one that
- * lacks it, checked against the manifest as it streams; a corrupt source is refused and the next source
- * tried. Idempotent: a second run finds nothing to copy, and a target that was unreachable catches up on
- * the next run.
- *
- * A copy whose last verify failed (the target's verify record) is repaired: the artifact is copied again from
- * a target whose copy is good and put over the damaged one (a put replaces an object whole on every backend,
- * so a reader sees the old bytes or the new, never a mix), the manifest is rewritten, and the verify record
- * entry becomes ok, since the new bytes were hashed against the manifest on the way in. Until then prune's
- * last-good-copy rail holds the good copies elsewhere.
- *
- * Safe to run at the same time as itself and as prune, without a lock: two copies of one snapshot write the
- * same bytes and equivalent manifests; a manifest is written only after its data is stored and verified;
- * and the manifest-then-data-check handshake with prune (copy.ts, ../prune/delete.ts) withdraws any
- * manifest whose data a concurrent prune removed. A lock would add an expiry to tune and a stuck-lock
- * failure mode, and would still need the same ordering to survive a crash.
+ * Replicate: makes every target hold every snapshot that any target holds (as planned by plan.ts), each copy
+ * checked against the manifest while it streams, and repairs copies that verify found damaged. Idempotent,
+ * and safe to run alongside itself and prune without a lock. Throws after the run, naming what failed.
+ * Why it is safe: docs/architecture.md, "Replicate".
  */
 import { TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';

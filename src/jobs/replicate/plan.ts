@@ -1,21 +1,8 @@
 /**
- * What replicate should copy where: every snapshot that some target holds completely and another lacks
- * (no manifest, or a manifest whose data is missing or the wrong size) or holds a copy of whose last verify
- * failed (same size, other bytes: only a re-read finds that), except what the destination's own retention
- * would remove at once. Pure: no I/O.
- *
- * A copy whose last verify failed is never a source for a repair: the repair would only be refused halfway,
- * and with no other source the operator needs to hear that no good copy is left. Where the destination lacks
- * the snapshot or holds it incomplete, such a copy is still tried, last: every copy is checked against the
- * manifest as it streams, so bytes that match are good whatever an earlier re-read found.
- *
- * A copy that verify could not read (the target did not deliver it) is not damaged as far as anyone knows:
- * it is not copied over, and as a source it comes after the copies known to be good.
- *
- * "Would remove at once" means what `prune --force` would remove right after the copy: the destination's
- * policy over the union of what it has and what it would get, with the safety rails that keep snapshots
- * (pinned, newest verified, min keep, min age). Copying less than that would leave a target short of
- * snapshots its prune keeps; copying more would churn.
+ * What replicate should copy where, and from which sources in what order: every snapshot some target holds
+ * that another lacks, holds incomplete, or holds a damaged copy of, except what the destination's own
+ * retention would remove at once. Pure: no I/O.
+ * Why these sources and this limit: docs/architecture.md, "Replicate".
  */
 import type { Manifest } from '../../catalog/manifest.js';
 import { TcabError } from '../../errors.js';

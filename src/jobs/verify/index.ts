@@ -1,16 +1,8 @@
 /**
- * Verify rotation: each run re-reads a subset of the stored snapshots so that, across runs, every snapshot is
- * re-read within TCAB_BACKUP_VERIFY_WITHIN (restic's `check --read-data-subset`, but choosing the least
- * recently verified snapshots instead of a fixed slice, so snapshots that come and go do not upset the cycle).
- *
- * A snapshot's clock starts when its manifest was stored (the writer read the copy back then) and restarts at
- * each re-read. A run reads, least recently verified first:
- * - every snapshot whose last re-read failed (found it damaged, or could not read it), or whose artifact is
- *   missing (they stay loud until fixed);
- * - every snapshot that would pass the window before the next run could read it;
- * - more, until it has read its share: 1/R of the snapshots and 1/R of the bytes, R being the runs that fit
- *   in the window, so the work is spread evenly rather than piling up on the day snapshots fall due.
- * `--all` reads everything. Results go to the verify record on each target (src/catalog/verify-record.ts).
+ * Verify rotation: each run re-reads the least recently verified share of the stored copies (all of them
+ * with `--all`) so that every copy is re-read within TCAB_BACKUP_VERIFY_WITHIN, and writes the verdicts to
+ * each target's verify record (src/catalog/verify-record.ts). A damaged copy fails the run.
+ * What a run picks and why: docs/architecture.md, "Verify".
  */
 import { listCatalog } from '../../catalog/catalog.js';
 import { TcabError, TargetError, errorMessage, isAbortError } from '../../errors.js';
