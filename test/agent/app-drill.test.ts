@@ -13,7 +13,8 @@ import { signRequest, type SnapshotDescription } from '../../src/agent/protocol.
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { createLogger } from '../../src/log.js';
-import { agentConfig, KEY, KEY_ID, signedRequest, tempDir } from './helpers.js';
+import { agentConfig, KEY, KEY_ID, signedRequest } from './helpers.js';
+import { tempDir } from '../support/world.js';
 
 const STANDIN = fileURLToPath(new URL('../support/standin-backend.mjs', import.meta.url));
 const RUNS = 300;

@@ -11,9 +11,8 @@ import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { listPage, startFaultProxy } from '../support/fault-proxy.js';
-import {
-  DATABASE, DAY, HOUR, blobTarget, history, idsOn, invalidSnapshots, makeSnapshot, s3Target, storeSnapshot, testWorld, type TestSnapshot,
-} from '../support/stored-snapshots.js';
+import { DATABASE, DAY, HOUR, history, idsOn, invalidSnapshots, makeSnapshot, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
+import { blobTarget, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
 

@@ -5,7 +5,8 @@ import { PgDrillError, runPgDrill } from '../../src/postgres/drill.js';
 import { sweepDrillServers } from '../../src/postgres/sweeper.js';
 import { silentLogger } from '../../src/log.js';
 import { FakeArm, type FakeServer } from '../support/fake-arm.js';
-import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, bypassProxyForLoopback, captureLog, pgEnv, tempTarget } from '../support/pg-harness.js';
+import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, bypassProxyForLoopback, pgEnv } from '../support/pg-harness.js';
+import { captureLog, folderTarget } from '../support/world.js';
 
 const HOUR = 3_600_000;
 let arm: FakeArm;
@@ -78,7 +79,7 @@ describe('the drill server sweeper', () => {
   it('runs within every drill tick, and a delete Azure refuses fails the tick with the server and the role to grant', async () => {
     add('tcab-drill-tcab-prod-old00001', drillTags(FakeArm.id(source), 7 * HOUR));
     arm.injectFailure({ method: 'DELETE', path: /tcab-drill-tcab-prod-old00001$/, status: 403, code: 'AuthorizationFailed', message: 'No delete permission.' });
-    const store = await tempTarget();
+    const store = await folderTarget('primary');
     try {
       const log = captureLog();
       const err = await runPgDrill(loadPgDrillConfig(env()), { target: store.target, credential: new FixedCredential({ arm: ARM_TOKEN }), logger: log.logger, arm: { ca: arm.ca, maxRetries: 0 } })
