@@ -14,7 +14,8 @@ import { signRequest, type SnapshotDescription } from '../../src/agent/protocol.
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { createLogger } from '../../src/log.js';
-import { agentConfig, KEY, KEY_ID, rawRequest, signedRequest, STANDIN, tempDir } from './helpers.js';
+import { agentConfig, KEY, KEY_ID, rawRequest, signedRequest, STANDIN } from './helpers.js';
+import { tempDir } from '../support/world.js';
 
 const RUNS = 300;
 

@@ -13,18 +13,8 @@ import { RequestAuthenticator } from '../../src/agent/auth.js';
 import { MAX_BODY_BYTES, signRequest } from '../../src/agent/protocol.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
-import {
-  agentConfig,
-  captureLogger,
-  KEY,
-  KEY_ID,
-  problemOf,
-  rawRequest,
-  signedHeaders,
-  signedRequest,
-  tempDir,
-  type RawAnswer,
-} from './helpers.js';
+import { agentConfig, KEY, KEY_ID, problemOf, rawRequest, signedHeaders, signedRequest, type RawAnswer } from './helpers.js';
+import { captureLog, tempDir } from '../support/world.js';
 
 const OLD_KEY_ID = 'functions-2025';
 const OLD_KEY = randomBytes(32).toString('hex');
@@ -32,7 +22,7 @@ const WRONG_KEY = randomBytes(32).toString('hex');
 
 let work: { dir: string; remove(): Promise<void> };
 let agent: RunningAgent;
-const logs = captureLogger();
+const logs = captureLog();
 
 beforeAll(async () => {
   work = await tempDir('auth');

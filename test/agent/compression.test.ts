@@ -13,7 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createCompressor, detectCompressions, runtimeHasZstd, zstdFileCompressor } from '../../src/agent/compression.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { decompressor } from '../../src/util/streams.js';
-import { sha256OfFile, sha256OfStream, tempDir } from './helpers.js';
+import { sha256OfFile, sha256OfStream } from './helpers.js';
+import { tempDir } from '../support/world.js';
 
 const run = promisify(execFile);
 

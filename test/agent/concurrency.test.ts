@@ -13,18 +13,8 @@ import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { startWriter } from '../../src/dev/writer.js';
 import { isAbortError } from '../../src/errors.js';
-import {
-  agentConfig,
-  captureLogger,
-  KEY,
-  KEY_ID,
-  problemOf,
-  rawRequest,
-  sha256OfFile,
-  signedRequest,
-  tableCounts,
-  tempDir,
-} from './helpers.js';
+import { agentConfig, KEY, KEY_ID, problemOf, rawRequest, sha256OfFile, signedRequest, tableCounts } from './helpers.js';
+import { captureLog, tempDir } from '../support/world.js';
 
 let work: { dir: string; remove(): Promise<void> };
 let agent: RunningAgent;
@@ -36,7 +26,7 @@ beforeAll(async () => {
   dbPath = join(work.dir, 'tcab.sqlite');
   // Large enough that a gzip snapshot takes a noticeable while (hundreds of ms), small enough for a test.
   createSampleDatabase(dbPath, { targetBytes: 60e6, seed: 3 });
-  agent = await startAgent(agentConfig(work.dir), { logger: captureLogger().logger });
+  agent = await startAgent(agentConfig(work.dir), { logger: captureLog().logger });
   client = new AgentClient({ url: agent.url, keyId: KEY_ID, key: KEY });
 });
 
@@ -117,7 +107,7 @@ describe('stopping the agent', () => {
     const dir = await tempDir('stop');
     try {
       createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { targetBytes: 20e6 });
-      const other = await startAgent(agentConfig(dir.dir), { logger: captureLogger().logger });
+      const other = await startAgent(agentConfig(dir.dir), { logger: captureLog().logger });
       const c = new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY });
       const pending = c.createSnapshot({ compression: 'gzip' }).then(
         () => undefined,
@@ -141,7 +131,7 @@ describe('staging space, expiry and leftovers', () => {
     try {
       createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { runs: 100 });
       let free = 1000;
-      const other = await startAgent(agentConfig(dir.dir), { logger: captureLogger().logger, freeBytes: async () => free });
+      const other = await startAgent(agentConfig(dir.dir), { logger: captureLog().logger, freeBytes: async () => free });
       try {
         const answer = await signedRequest(other.url, 'POST', '/v1/snapshots', '');
         expect(answer.status).toBe(507);
@@ -167,7 +157,7 @@ describe('staging space, expiry and leftovers', () => {
     const dir = await tempDir('ttl');
     try {
       createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { runs: 50 });
-      const logs = captureLogger();
+      const logs = captureLog();
       // Long enough that the first GET comes before expiry on a loaded machine, short enough to wait for.
       const other = await startAgent(agentConfig(dir.dir, { stagingTtlMs: 2000 }), { logger: logs.logger });
       try {
@@ -201,7 +191,7 @@ describe('staging space, expiry and leftovers', () => {
     try {
       createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { runs: 20 });
       const staging = join(dir.dir, 'staging');
-      await startAgent(agentConfig(dir.dir), { logger: captureLogger().logger }).then((a) => a.close());
+      await startAgent(agentConfig(dir.dir), { logger: captureLog().logger }).then((a) => a.close());
       const ours = [
         'work-0123456789abcdef.sqlite',
         'work-0123456789abcdef.sqlite-journal',
@@ -211,7 +201,7 @@ describe('staging space, expiry and leftovers', () => {
       ];
       const theirs = ['notes.txt', 'tcab.sqlite', 'tcab.sqlite-wal', '20260101T000000Z-deadbeef.json'];
       for (const name of [...ours, ...theirs]) await writeFile(join(staging, name), 'x');
-      const logs = captureLogger();
+      const logs = captureLog();
       const other = await startAgent(agentConfig(dir.dir), { logger: logs.logger });
       await other.close();
       expect((await readdir(staging)).sort()).toEqual([...theirs].sort());
@@ -227,7 +217,7 @@ describe('a download that does not complete', () => {
     const dir = await tempDir('cut');
     try {
       createSampleDatabase(join(dir.dir, 'tcab.sqlite'), { targetBytes: 8e6 });
-      const other = await startAgent(agentConfig(dir.dir), { logger: captureLogger().logger });
+      const other = await startAgent(agentConfig(dir.dir), { logger: captureLog().logger });
       const c = new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY });
       const desc = await c.createSnapshot({ compression: 'none' });
       const { body, bytes } = await c.openSnapshot(desc.id);

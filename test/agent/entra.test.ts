@@ -17,7 +17,8 @@ import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { silentLogger } from '../../src/log.js';
 import { openAgent } from '../../src/runtime.js';
 import { newSigningKey, signToken, startFakeAuthority, tokenCredential, type FakeAuthority, type SigningKey } from './entra-authority.js';
-import { agentConfig, captureLogger, KEY, KEY_ID, problemOf, rawRequest, signedRequest, tempDir, type RawAnswer } from './helpers.js';
+import { agentConfig, KEY, KEY_ID, problemOf, rawRequest, signedRequest, type RawAnswer } from './helpers.js';
+import { captureLog, tempDir } from '../support/world.js';
 
 const TENANT = randomUUID();
 const OTHER_TENANT = randomUUID();
@@ -33,7 +34,7 @@ let keyA: SigningKey;
 let keyB: SigningKey;
 let notPublished: SigningKey;
 const issued: string[] = [];
-const logs = captureLogger();
+const logs = captureLog();
 const agents: RunningAgent[] = [];
 let both: RunningAgent;
 

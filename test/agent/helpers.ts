@@ -1,15 +1,15 @@
-/** Shared pieces of the agent tests: real agents on 127.0.0.1:0, real SQLite files, raw HTTP where exact bytes matter. */
+/**
+ * Shared pieces of the agent tests: real agents on 127.0.0.1:0, real SQLite files, raw HTTP where exact bytes
+ * matter. Temporary folders and log capture come from ../support/world.ts.
+ */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { request as httpRequest, type IncomingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
 import type { AgentConfig } from '../../src/agent/config.js';
-import { createLogger, type Logger } from '../../src/log.js';
 import { signRequest } from '../../src/agent/protocol.js';
 import { firstColumn, firstValue, openDatabase } from '../../src/util/sqlite.js';
 
@@ -17,11 +17,6 @@ export const KEY_ID = 'functions';
 /** The stand-in backend of application drills; the demo runs it built, the tests from its source (Node 24 strips the types). */
 export const STANDIN = fileURLToPath(new URL('../../src/dev/standin-backend.ts', import.meta.url));
 export const KEY = randomBytes(32).toString('hex');
-
-export async function tempDir(prefix: string): Promise<{ dir: string; remove(): Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), `tcab-agent-${prefix}-`));
-  return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
-}
 
 export function agentConfig(work: string, overrides: Partial<AgentConfig> = {}): AgentConfig {
   return {
@@ -35,17 +30,6 @@ export function agentConfig(work: string, overrides: Partial<AgentConfig> = {}):
     compression: 'auto',
     stagingTtlMs: 3_600_000,
     ...overrides,
-  };
-}
-
-/** A logger whose every line is kept, to assert on events and on what must never be logged. */
-export function captureLogger(): { logger: Logger; lines: string[]; events(name: string): Array<Record<string, unknown>> } {
-  const lines: string[] = [];
-  const logger = createLogger({ level: 'debug', sink: (_level, line) => lines.push(line) });
-  return {
-    logger,
-    lines,
-    events: (name) => lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.event === name),
   };
 }
 

@@ -6,7 +6,8 @@ import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { startWriter } from '../../src/dev/writer.js';
 import { TcabError } from '../../src/errors.js';
 import { firstColumn, firstValue, openDatabase } from '../../src/util/sqlite.js';
-import { sha256OfFile, tableCounts, tempDir } from './helpers.js';
+import { sha256OfFile, tableCounts } from './helpers.js';
+import { tempDir } from '../support/world.js';
 
 let work: { dir: string; remove(): Promise<void> };
 beforeAll(async () => {

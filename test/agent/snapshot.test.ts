@@ -16,7 +16,6 @@ import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { firstValue, openDatabase } from '../../src/util/sqlite.js';
 import {
   agentConfig,
-  captureLogger,
   integrityCheck,
   KEY,
   KEY_ID,
@@ -26,8 +25,8 @@ import {
   sha256OfStream,
   signedRequest,
   tableCounts,
-  tempDir,
 } from './helpers.js';
+import { captureLog, tempDir } from '../support/world.js';
 
 const run = promisify(execFile);
 
@@ -50,7 +49,7 @@ let work: { dir: string; remove(): Promise<void> };
 let agent: RunningAgent;
 let client: AgentClient;
 let source: { runs: number; reviews: number; bytes: number };
-const log = captureLogger();
+const log = captureLog();
 
 beforeAll(async () => {
   work = await tempDir('snap');
@@ -139,7 +138,7 @@ describe('POST /v1/snapshots then GET: a restorable, verified snapshot', () => {
     try {
       const dbPath = join(dir.dir, 'tcab.sqlite');
       corruptIndex(dbPath);
-      const other = await startAgent(agentConfig(dir.dir), { logger: captureLogger().logger });
+      const other = await startAgent(agentConfig(dir.dir), { logger: captureLog().logger });
       try {
         const c = new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY });
         const desc = await c.createSnapshot({ compression: 'gzip' });
@@ -163,7 +162,7 @@ describe('POST /v1/snapshots then GET: a restorable, verified snapshot', () => {
         '#!/bin/sh\n[ "$1" = --version ] && { echo fake zstd; exit 0; }\nhead -c 5000 /dev/zero\necho "zstd: out of memory" >&2\nexit 3\n',
         { mode: 0o755 },
       );
-      const logs = captureLogger();
+      const logs = captureLog();
       // runtimeZstd: false, so the zstd program is used even on a runtime whose node:zlib has zstd.
       const other = await startAgent(agentConfig(dir.dir), { logger: logs.logger, zstdCommand: fake, runtimeZstd: false });
       try {
@@ -306,7 +305,7 @@ describe('GET /v1/status', () => {
       db.exec('PRAGMA journal_mode = WAL');
       db.exec("CREATE TABLE events (id INTEGER PRIMARY KEY, at TEXT); INSERT INTO events (at) VALUES ('a'), ('b'); CREATE TABLE notes (x)");
       db.close();
-      const other = await startAgent(agentConfig(dir.dir), { logger: captureLogger().logger });
+      const other = await startAgent(agentConfig(dir.dir), { logger: captureLog().logger });
       try {
         const status = await new AgentClient({ url: other.url, keyId: KEY_ID, key: KEY }).status();
         expect(status.database.tables).toEqual({ events: 2, notes: 0 });

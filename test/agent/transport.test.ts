@@ -12,7 +12,8 @@ import { AgentClient, AgentError } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { TcabError } from '../../src/errors.js';
-import { agentConfig, captureLogger, KEY, KEY_ID, problemOf, signedRequest, tempDir } from './helpers.js';
+import { agentConfig, KEY, KEY_ID, problemOf, signedRequest } from './helpers.js';
+import { captureLog, tempDir } from '../support/world.js';
 
 const run = promisify(execFile);
 
@@ -28,7 +29,7 @@ afterAll(() => work?.remove());
 describe('startAgent refuses what it must not run with', () => {
   it('refuses a non-loopback address without TLS, even when the config was built in code', async () => {
     for (const host of ['0.0.0.0', '10.0.1.4', '::']) {
-      const err = await startAgent(agentConfig(work.dir, { host }), { logger: captureLogger().logger }).catch((e: unknown) => e);
+      const err = await startAgent(agentConfig(work.dir, { host }), { logger: captureLog().logger }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(TcabError);
       expect((err as Error).message).toContain(`refuses to listen on ${host} without TLS`);
       expect((err as Error).message).toContain('TCAB_AGENT_TLS_CERT');
@@ -37,7 +38,7 @@ describe('startAgent refuses what it must not run with', () => {
 
   it('refuses a database it cannot read, naming the setting', async () => {
     const err = await startAgent(agentConfig(work.dir, { dbPath: join(work.dir, 'missing.sqlite') }), {
-      logger: captureLogger().logger,
+      logger: captureLog().logger,
     }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(TcabError);
     expect((err as Error).message).toMatch(/cannot read the database .*missing\.sqlite \(ENOENT\).*TCAB_AGENT_DB/);
@@ -46,7 +47,7 @@ describe('startAgent refuses what it must not run with', () => {
   it('refuses a configured compression this machine cannot do', async () => {
     // A runtime without zstd in node:zlib and a machine without the zstd program.
     const noZstd = { zstdCommand: join(work.dir, 'no-such-zstd'), runtimeZstd: false };
-    const err = await startAgent(agentConfig(work.dir, { compression: 'zstd' }), { logger: captureLogger().logger, ...noZstd }).catch(
+    const err = await startAgent(agentConfig(work.dir, { compression: 'zstd' }), { logger: captureLog().logger, ...noZstd }).catch(
       (e: unknown) => e,
     );
     expect(err).toBeInstanceOf(TcabError);
@@ -58,7 +59,7 @@ describe('startAgent refuses what it must not run with', () => {
 describe('without zstd in the runtime or on the machine', () => {
   it('offers gzip and none, makes gzip by default, and answers 400 to a request for zstd', async () => {
     const agent = await startAgent(agentConfig(work.dir), {
-      logger: captureLogger().logger,
+      logger: captureLog().logger,
       zstdCommand: join(work.dir, 'no-such-zstd'),
       runtimeZstd: false,
     });
@@ -106,7 +107,7 @@ describe('HTTPS with a self-signed certificate', () => {
   });
 
   it('serves https, and a client trusting the certificate through `ca` works end to end', async () => {
-    const agent = await startAgent(agentConfig(work.dir, { tls: { cert, key } }), { logger: captureLogger().logger });
+    const agent = await startAgent(agentConfig(work.dir, { tls: { cert, key } }), { logger: captureLog().logger });
     try {
       expect(agent.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
       const client = new AgentClient({ url: agent.url, keyId: KEY_ID, key: KEY, ca: cert });
@@ -131,7 +132,7 @@ describe('HTTPS with a self-signed certificate', () => {
   });
 
   it('may listen on a non-loopback address with TLS', async () => {
-    const agent = await startAgent(agentConfig(work.dir, { host: '0.0.0.0', tls: { cert, key } }), { logger: captureLogger().logger });
+    const agent = await startAgent(agentConfig(work.dir, { host: '0.0.0.0', tls: { cert, key } }), { logger: captureLog().logger });
     try {
       const port = new URL(agent.url).port;
       await new AgentClient({ url: `https://127.0.0.1:${port}`, keyId: KEY_ID, key: KEY, ca: cert }).status();
@@ -143,7 +144,7 @@ describe('HTTPS with a self-signed certificate', () => {
 
 describe('what the client says when the agent is not there or silent', () => {
   it('names the agent (host only) and what to check when nothing listens', async () => {
-    const agent = await startAgent(agentConfig(work.dir), { logger: captureLogger().logger });
+    const agent = await startAgent(agentConfig(work.dir), { logger: captureLog().logger });
     const url = agent.url;
     await agent.close();
     const client = new AgentClient({ url, keyId: KEY_ID, key: KEY });

@@ -9,15 +9,16 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listCatalog } from '../../src/catalog/catalog.js';
 import { CopyError, copySnapshot } from '../../src/jobs/replicate/copy.js';
 import type { Target } from '../../src/targets/target.js';
-import { DATABASE, fileTarget, makeSnapshot, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
+import { DATABASE, makeSnapshot, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
+import { FAST_RETRY, folderTarget, type FolderTarget } from '../support/world.js';
 
-let source: Awaited<ReturnType<typeof fileTarget>>;
-let destination: Awaited<ReturnType<typeof fileTarget>>;
+let source: FolderTarget;
+let destination: FolderTarget;
 let snapshot: TestSnapshot;
 
 beforeAll(async () => {
-  source = await fileTarget('copy-src');
-  destination = await fileTarget('copy-dst');
+  source = await folderTarget('copy-src', { retry: FAST_RETRY });
+  destination = await folderTarget('copy-dst', { retry: FAST_RETRY });
   snapshot = makeSnapshot({ time: new Date(), bytes: 6 * 1024 * 1024 });
   await storeSnapshot(source.target, snapshot);
 });

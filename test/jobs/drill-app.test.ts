@@ -20,7 +20,8 @@ import { runMonitor } from '../../src/jobs/monitor/index.js';
 import { createLogger } from '../../src/log.js';
 import { renderStatusPage } from '../../src/status/page.js';
 import type { Target } from '../../src/targets/target.js';
-import { agentConfig, captureLogger, KEY, KEY_ID, STANDIN } from '../agent/helpers.js';
+import { agentConfig, KEY, KEY_ID, STANDIN } from '../agent/helpers.js';
+import { captureLog } from '../support/world.js';
 import { ARTIFACT } from '../support/fault-matrix.js';
 import { FaultTarget } from '../support/fault-target.js';
 import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
@@ -35,7 +36,7 @@ interface DrillAgent {
   client: AgentClient;
   staging: string;
   pidFile: string;
-  events: ReturnType<typeof captureLogger>;
+  events: ReturnType<typeof captureLog>;
 }
 const agents: DrillAgent[] = [];
 
@@ -47,7 +48,7 @@ async function drillAgent(
 ): Promise<DrillAgent> {
   const staging = join(fx.work, `staging-${name}`);
   const pidFile = join(fx.work, `${name}.pid`);
-  const events = captureLogger();
+  const events = captureLog();
   const agent = await startAgent(
     agentConfig(fx.work, {
       dbPath: fx.dbPath,
@@ -153,7 +154,7 @@ afterAll(async () => {
 describe('restore drill with the application drill', () => {
   it("starts the backend on every target's copy, records runs served and times, and counts the start in the recovery time", async () => {
     const d = await drillAgent('happy');
-    const { logger, events } = captureLogger();
+    const { logger, events } = captureLog();
     const result = await runDrill({ targets: fx.targets, database: DATABASE, live: d.client, workDir, app: d.client, logger });
     expect(result.ok).toBe(true);
     expect(result.targets.map((r) => r.target)).toEqual(['local', 'blob']);

@@ -10,7 +10,8 @@ import { DrillFailedError, runDrill } from '../../src/jobs/drill/index.js';
 import { DrillRecordSchema, readRecentDrills } from '../../src/catalog/drill-record.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
-import { capturingLogger, DATABASE, startFixture, type Fixture } from '../status/fixture.js';
+import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
+import { captureLog } from '../support/world.js';
 
 let fx: Fixture;
 let workDir: string;
@@ -37,7 +38,7 @@ afterAll(async () => {
 
 describe('restore drill', () => {
   it('restores the newest snapshot of every target, measures recovery point and time, counts the runs published since, and records it all', async () => {
-    const { logger, events } = capturingLogger();
+    const { logger, records: events } = captureLog();
     const started = Date.now();
     const result = await runDrill({ targets: fx.targets, database: DATABASE, live: fx.client, workDir, logger });
     expect(result.ok).toBe(true);
@@ -83,7 +84,7 @@ describe('restore drill', () => {
   });
 
   it('still proves the restore when the agent cannot be reached, and warns that the live comparison is unavailable', async () => {
-    const { logger, events } = capturingLogger();
+    const { logger, records: events } = captureLog();
     const offline = new AgentClient({ url: 'http://127.0.0.1:9', keyId: 'functions', key: fx.key, timeoutMs: 5000 });
     const result = await runDrill({ targets: [fx.local], database: DATABASE, live: offline, workDir, logger });
     const r = result.targets[0]!;
@@ -106,7 +107,7 @@ describe('restore drill', () => {
     const damaged = Buffer.from(original);
     damaged[damaged.length - 20]! ^= 0x55;
     await writeFile(path, damaged);
-    const { logger, events } = capturingLogger();
+    const { logger, records: events } = captureLog();
     try {
       const err = await runDrill({ targets: fx.targets, database: DATABASE, live: fx.client, workDir, logger }).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(DrillFailedError);
@@ -138,7 +139,7 @@ describe('restore drill', () => {
   });
 
   it("verifies by streaming when told to: both sha256 sums, nothing written, the agent's checks of the same bytes, and the record says so", async () => {
-    const { logger, events } = capturingLogger();
+    const { logger, records: events } = captureLog();
     const result = await runDrill({ targets: fx.targets, database: DATABASE, live: fx.client, workDir, method: 'stream', logger });
     expect(result.ok).toBe(true);
     for (const r of result.targets) {

@@ -25,7 +25,8 @@ import { startAgentPool, type AgentPool } from '../support/agent-pool.js';
 import { fullMessage, MATRIX_RETRY, settleWithin } from '../support/fault-matrix.js';
 import { startWireFaultProxy, type WireFaultProxy, type WireRule } from '../support/fault-proxy.js';
 import { goodIds, visibleProblems } from '../support/matrix-world.js';
-import { BUCKET, CONTAINER, DATABASE, HOUR, makeSnapshot, storeSnapshot, testWorld } from '../support/stored-snapshots.js';
+import { DATABASE, HOUR, makeSnapshot, storeSnapshot } from '../support/stored-snapshots.js';
+import { BUCKET, CONTAINER, testWorld } from '../support/world.js';
 
 const MiB = 1024 * 1024;
 /** Two S3 parts (their least size is 5 MiB), six Blob blocks of 1 MiB; more than the snapshot's fan-out buffers. */

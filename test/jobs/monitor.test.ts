@@ -21,7 +21,8 @@ import {
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
-import { capturingLogger, DATABASE, startFixture, type Fixture } from '../status/fixture.js';
+import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
+import { captureLog } from '../support/world.js';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
@@ -39,7 +40,7 @@ async function storedStatus(target: Target): Promise<StatusDocument> {
 }
 
 function monitor(now: number, options: { thresholds?: MonitorThresholds; targets?: Target[]; throwOnCritical?: boolean } = {}) {
-  const { logger, events } = capturingLogger();
+  const { logger, records: events } = captureLog();
   const run = runMonitor(
     {
       targets: options.targets ?? fx.targets,
@@ -223,7 +224,7 @@ describe('monitor', () => {
     };
     await writeRecord(fx.local, pgStatusKey(server.name), check, {});
     await writeRecord(fx.local, pgCurrentDrillKey(server.name), pointer, {});
-    const { logger } = capturingLogger();
+    const { logger } = captureLog();
     const doc = await runMonitor(
       {
         targets: fx.targets,

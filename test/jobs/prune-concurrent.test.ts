@@ -11,18 +11,8 @@ import { runPrune } from '../../src/jobs/prune/index.js';
 import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { PutOptions, Target } from '../../src/targets/target.js';
-import {
-  DATABASE,
-  DAY,
-  HOUR,
-  blobTarget,
-  history,
-  idsOn,
-  invalidSnapshots,
-  s3Target,
-  storeSnapshot,
-  testWorld,
-} from '../support/stored-snapshots.js';
+import { DATABASE, DAY, HOUR, history, idsOn, invalidSnapshots, storeSnapshot } from '../support/stored-snapshots.js';
+import { blobTarget, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
 

@@ -12,18 +12,8 @@ import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { listPage, startFaultProxy } from '../support/fault-proxy.js';
-import {
-  DATABASE,
-  DAY,
-  HOUR,
-  blobTarget,
-  history,
-  idsOn,
-  invalidSnapshots,
-  storeSnapshot,
-  testWorld,
-  type TestSnapshot,
-} from '../support/stored-snapshots.js';
+import { DATABASE, DAY, HOUR, history, idsOn, invalidSnapshots, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
+import { blobTarget, testWorld } from '../support/world.js';
 
 const world = testWorld();
 

@@ -15,16 +15,14 @@ import {
   DATABASE,
   DAY,
   HOUR,
-  blobTarget,
   history,
   idsOn,
   invalidSnapshots,
   makeSnapshot,
-  s3Target,
   storeSnapshot,
-  testWorld,
   type TestSnapshot,
 } from '../support/stored-snapshots.js';
+import { blobTarget, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
 

@@ -15,19 +15,16 @@ import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { startForwardingProxy, type ForwardingProxy } from '../support/http-proxy.js';
 import { startR2Proxy, type R2Proxy } from '../support/r2-proxy.js';
 import {
-  BUCKET,
   DATABASE,
   HOUR,
-  blobTarget,
   history,
   idsOn,
   invalidSnapshots,
   makeSnapshot,
-  s3Target,
   storeSnapshot,
-  testWorld,
   type TestSnapshot,
 } from '../support/stored-snapshots.js';
+import { blobTarget, BUCKET, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
 const FAST = { retry: { retries: 2, baseDelayMs: 5, maxDelayMs: 20 } };

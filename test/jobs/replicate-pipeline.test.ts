@@ -4,25 +4,14 @@
  * reading from its source; yet no more than `concurrency` copies read from sources at once. Recording proxies in front of both servers show the
  * order of requests as the servers saw it.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runReplicate } from '../../src/jobs/replicate/index.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
 import { startForwardingProxy, type ForwardingProxy } from '../support/http-proxy.js';
-import {
-  BUCKET,
-  CONTAINER,
-  DATABASE,
-  FAST_RETRY,
-  HOUR,
-  history,
-  idsOn,
-  invalidSnapshots,
-  startClouds,
-  storeSnapshot,
-  type Clouds,
-} from '../support/stored-snapshots.js';
+import { DATABASE, HOUR, history, idsOn, invalidSnapshots, storeSnapshot } from '../support/stored-snapshots.js';
+import { BUCKET, CONTAINER, FAST_RETRY, testWorld } from '../support/world.js';
 
 const MiB = 1024 * 1024;
 /** Upper bound on how long a completion is held; a pipelined copier releases it much sooner. */
@@ -37,19 +26,14 @@ interface Event {
   path: string;
 }
 
-let clouds: Clouds;
+const world = testWorld();
 const proxies: ForwardingProxy[] = [];
 const events: Event[] = [];
 /** Method and path with query of every request the destination saw. */
 const destinationRequests: string[] = [];
 
-beforeAll(async () => {
-  clouds = await startClouds();
-});
-
-afterAll(async () => {
+world.cleanup(async () => {
   for (const p of proxies) await p.stop();
-  await clouds?.stop();
 });
 
 function note(what: Event['what'], path: string): void {
@@ -58,17 +42,17 @@ function note(what: Event['what'], path: string): void {
 
 /** Azurite behind a proxy that notes when each artifact download starts and when its last byte has passed. */
 async function recordedSource(): Promise<Target> {
-  const proxy = await startForwardingProxy(clouds.azurite.endpoint, async (x) => {
+  const proxy = await startForwardingProxy(world.clouds.azurite.endpoint, async (x) => {
     const artifact = x.req.method === 'GET' && /\.sqlite[^/]*$/.test(x.url.pathname);
     if (artifact) note('read-start', x.url.pathname);
     await x.forward();
     if (artifact) note('read-end', x.url.pathname);
   });
   proxies.push(proxy);
-  const upstream = new URL(clouds.azurite.endpoint);
+  const upstream = new URL(world.clouds.azurite.endpoint);
   const endpoint = `${proxy.endpoint}${upstream.pathname}`;
-  const connectionString = clouds.azurite.connectionString.replace(/BlobEndpoint=[^;]+;/, `BlobEndpoint=${endpoint};`);
-  const spec = parseTargetUrl('blob', `azblob://${clouds.azurite.account}/${CONTAINER}/pipeline-${Date.now()}?endpoint=${endpoint}`, {
+  const connectionString = world.clouds.azurite.connectionString.replace(/BlobEndpoint=[^;]+;/, `BlobEndpoint=${endpoint};`);
+  const spec = parseTargetUrl('blob', `azblob://${world.clouds.azurite.account}/${CONTAINER}/pipeline-${Date.now()}?endpoint=${endpoint}`, {
     connectionString,
   });
   return openTarget(spec, { retry: FAST_RETRY });
@@ -79,7 +63,7 @@ async function recordedSource(): Promise<Target> {
  * one, or a CompleteMultipartUpload) for up to COMPLETE_MS, as a slow service would.
  */
 async function slowCompletingDestination(singlePutMaxBytes: number | undefined): Promise<Target> {
-  const proxy = await startForwardingProxy(clouds.s3.endpoint, async (x) => {
+  const proxy = await startForwardingProxy(world.clouds.s3.endpoint, async (x) => {
     const q = x.url.searchParams;
     destinationRequests.push(`${x.req.method} ${x.url.pathname}${x.url.search}`);
     const complete =
@@ -90,8 +74,8 @@ async function slowCompletingDestination(singlePutMaxBytes: number | undefined):
   });
   proxies.push(proxy);
   const spec = parseTargetUrl('r2', `s3://${BUCKET}/pipeline-${Date.now()}?endpoint=${proxy.endpoint}`, {
-    accessKeyId: clouds.s3.accessKeyId,
-    secretAccessKey: clouds.s3.secretAccessKey,
+    accessKeyId: world.clouds.s3.accessKeyId,
+    secretAccessKey: world.clouds.s3.secretAccessKey,
   });
   return openTarget(spec, { retry: FAST_RETRY, ...(singlePutMaxBytes !== undefined ? { tuning: { singlePutMaxBytes } } : {}) });
 }

@@ -12,17 +12,8 @@ import { copyState, readVerifyRecord } from '../../src/catalog/verify-record.js'
 import { runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
-import {
-  DATABASE,
-  DAY,
-  HOUR,
-  history,
-  idsOn,
-  invalidSnapshots,
-  storeSnapshot,
-  testWorld,
-  type TestSnapshot,
-} from '../support/stored-snapshots.js';
+import { DATABASE, DAY, HOUR, history, idsOn, invalidSnapshots, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
+import { testWorld } from '../support/world.js';
 
 const world = testWorld({ clouds: false });
 

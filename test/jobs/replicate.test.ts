@@ -11,19 +11,8 @@ import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/ind
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
-import {
-  DATABASE,
-  DAY,
-  HOUR,
-  blobTarget,
-  history,
-  idsOn,
-  invalidSnapshots,
-  makeSnapshot,
-  s3Target,
-  storeSnapshot,
-  testWorld,
-} from '../support/stored-snapshots.js';
+import { DATABASE, DAY, HOUR, history, idsOn, invalidSnapshots, makeSnapshot, storeSnapshot } from '../support/stored-snapshots.js';
+import { blobTarget, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
 

@@ -18,19 +18,8 @@ import { loadRetentionConfig } from '../../src/retention/settings.js';
 import { renderStatusPage } from '../../src/status/page.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type Fault, type FaultProxy } from '../support/fault-proxy.js';
-import {
-  DATABASE,
-  DAY,
-  HOUR,
-  blobTarget,
-  history,
-  idsOn,
-  s3Target,
-  storeSnapshot,
-  testWorld,
-  type TestSnapshot,
-} from '../support/stored-snapshots.js';
-import { capturingLogger } from '../status/fixture.js';
+import { DATABASE, DAY, HOUR, history, idsOn, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
+import { blobTarget, captureLog, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
 const ROTATION = { withinMs: 7 * DAY, intervalMs: DAY };
@@ -109,7 +98,7 @@ describe('verify: a copy that could not be read is not a damaged copy', () => {
       const snaps = history(2, ago(HOUR), HOUR, { bytes: BYTES });
       const ids = snaps.map((s) => s.manifest.id);
       await store(b.target, snaps);
-      const { logger, events } = capturingLogger();
+      const { logger, records: events } = captureLog();
       b.proxy.inject({ match: readsOf(snaps[0]!), fault: f.fault, times: Infinity });
       const err = await runVerifyRotation({ targets: [b.target], database: DATABASE, logger }, { ...ROTATION, all: true }).catch(
         (e: unknown) => e,
@@ -192,7 +181,7 @@ describe('verify: a verify record that could not be read is not a damaged record
     const key = verifyRecordKey(DATABASE);
     const stored = await b.target.head(key);
 
-    const { logger, events } = capturingLogger();
+    const { logger, records: events } = captureLog();
     b.proxy.inject({ match: (m, url) => m === 'GET' && url.pathname.endsWith(`/${key}`), fault: { cutAfterBytes: 100 }, times: Infinity });
     const err = await runVerifyRotation({ targets: [b.target], database: DATABASE, logger }, ROTATION).catch((e: unknown) => e);
     b.proxy.clear();

@@ -6,7 +6,8 @@ import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import { VerifyFailedError, runVerifyRotation } from '../../src/jobs/verify/index.js';
 import { copyState, readVerifyRecord, recordVerifyResults } from '../../src/catalog/verify-record.js';
-import { capturingLogger, DATABASE, startFixture, type Fixture } from '../status/fixture.js';
+import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
+import { captureLog } from '../support/world.js';
 
 const DAY = 86_400_000;
 let fx: Fixture;
@@ -33,7 +34,7 @@ const rotation = { withinMs: 7 * DAY, intervalMs: DAY };
 
 describe('verify rotation on real targets', () => {
   it('re-reads every snapshot on every target within the window over a week of simulated daily runs, and records each read', async () => {
-    const { logger, events } = capturingLogger();
+    const { logger, records: events } = captureLog();
     // Simulated days from now on: the reads are recorded at those (future) times.
     let clock = Date.now();
     const readAt = new Map<string, number[]>();
@@ -67,7 +68,7 @@ describe('verify rotation on real targets', () => {
     const damaged = Buffer.from(original);
     damaged[Math.floor(damaged.length / 2)]! ^= 0xff;
     await writeFile(path, damaged);
-    const { logger, events } = capturingLogger();
+    const { logger, records: events } = captureLog();
     try {
       const err = await runVerifyRotation({ targets: fx.targets, database: DATABASE, logger }, { ...rotation, all: true }).catch(
         (e: unknown) => e,
@@ -108,7 +109,7 @@ describe('verify rotation on real targets', () => {
 
   it('replaces a damaged verify record after reading every snapshot, and says so', async () => {
     await fx.local.put(verifyRecordKey(DATABASE), Buffer.from('{"not": "a verify record"'));
-    const { logger, events } = capturingLogger();
+    const { logger, records: events } = captureLog();
     const result = await runVerifyRotation({ targets: [fx.local], database: DATABASE, logger }, rotation);
     expect(result.targets[0]!.checked).toBe(3);
     expect(events).toContainEqual(expect.objectContaining({ event: 'verify.record_damaged', level: 'warn', target: 'local' }));

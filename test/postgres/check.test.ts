@@ -4,20 +4,12 @@ import { PgPolicyViolationError, runPgCheck, type PgCheckResult } from '../../sr
 import { PgCheckStatusSchema, pgStatusKey, readRecord } from '../../src/postgres/records.js';
 import { pgStatusSummary } from '../../src/postgres/status.js';
 import { FakeArm, type FakeServer } from '../support/fake-arm.js';
-import {
-  ARM_TOKEN,
-  FixedCredential,
-  SUBSCRIPTION,
-  bypassProxyForLoopback,
-  captureLog,
-  pgEnv,
-  tempTarget,
-  type TempTarget,
-} from '../support/pg-harness.js';
+import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, bypassProxyForLoopback, pgEnv } from '../support/pg-harness.js';
+import { captureLog, folderTarget, type FolderTarget } from '../support/world.js';
 
 const HOUR = 3_600_000;
 let arm: FakeArm;
-let store: TempTarget;
+let store: FolderTarget;
 
 beforeAll(async () => {
   bypassProxyForLoopback();
@@ -41,7 +33,7 @@ function healthy(name: string, over: Partial<FakeServer> = {}): FakeServer {
 }
 
 async function check(servers: FakeServer[], extra: Record<string, string> = {}, token = ARM_TOKEN) {
-  store = await tempTarget();
+  store = await folderTarget('primary');
   const log = captureLog();
   const config = loadPgCheckConfig(
     pgEnv(

@@ -16,7 +16,8 @@ import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import { FakeArm } from '../support/fake-arm.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
-import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, TestClock, bypassProxyForLoopback, captureLog, pgEnv } from '../support/pg-harness.js';
+import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, TestClock, bypassProxyForLoopback, pgEnv } from '../support/pg-harness.js';
+import { captureLog } from '../support/world.js';
 
 const MIN = 60_000;
 let arm: FakeArm;

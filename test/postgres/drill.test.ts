@@ -8,18 +8,8 @@ import { PgDrillError, runPgDrill, type PgDrillOptions, type PgDrillServerResult
 import { PgDrillRecordSchema, pgDrillKey, readRecord, type PgDrillRecord } from '../../src/postgres/records.js';
 import { pgStatusSummary } from '../../src/postgres/status.js';
 import { FakeArm, type FakeServer } from '../support/fake-arm.js';
-import {
-  ARM_TOKEN,
-  FixedCredential,
-  SUBSCRIPTION,
-  TestClock,
-  bypassProxyForLoopback,
-  captureLog,
-  pgEnv,
-  tempTarget,
-  type CapturedLog,
-  type TempTarget,
-} from '../support/pg-harness.js';
+import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, TestClock, bypassProxyForLoopback, pgEnv } from '../support/pg-harness.js';
+import { type CapturedLog, captureLog, folderTarget, type FolderTarget } from '../support/world.js';
 import { startPgServer, type PgTestServer } from '../support/pg-server.js';
 
 const MIN = 60_000;
@@ -27,7 +17,7 @@ const HOUR = 60 * MIN;
 const ENTRA_TOKEN = 'entra-token-for-the-drill-login-8c1f2a';
 let arm: FakeArm;
 let pg: PgTestServer;
-let store: TempTarget;
+let store: FolderTarget;
 let source: FakeServer;
 let clock: TestClock;
 let log: CapturedLog;
@@ -47,7 +37,7 @@ afterAll(async () => {
   await Promise.all([arm?.stop(), pg?.stop()]);
 });
 beforeEach(async () => {
-  store = await tempTarget();
+  store = await folderTarget('primary');
   clock = new TestClock();
   log = captureLog();
   thrown.length = 0;

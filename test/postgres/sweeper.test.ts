@@ -5,7 +5,8 @@ import { PgDrillError, runPgDrill } from '../../src/postgres/drill.js';
 import { sweepDrillServers } from '../../src/postgres/sweeper.js';
 import { silentLogger } from '../../src/log.js';
 import { FakeArm, type FakeServer } from '../support/fake-arm.js';
-import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, bypassProxyForLoopback, captureLog, pgEnv, tempTarget } from '../support/pg-harness.js';
+import { ARM_TOKEN, FixedCredential, SUBSCRIPTION, bypassProxyForLoopback, pgEnv } from '../support/pg-harness.js';
+import { captureLog, folderTarget } from '../support/world.js';
 
 const HOUR = 3_600_000;
 let arm: FakeArm;
@@ -92,7 +93,7 @@ describe('the drill server sweeper', () => {
       code: 'AuthorizationFailed',
       message: 'No delete permission.',
     });
-    const store = await tempTarget();
+    const store = await folderTarget('primary');
     try {
       const log = captureLog();
       const err = await runPgDrill(loadPgDrillConfig(env()), {

@@ -3,10 +3,8 @@
  * browser engine, with no test-only browser library. A missing browser fails the test with what to install.
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { tempDir } from '../support/world.js';
 
 const run = promisify(execFile);
 const CANDIDATES = ['chromium', 'chromium-browser', 'google-chrome'];
@@ -26,7 +24,7 @@ export async function findChromium(): Promise<string> {
 }
 
 async function chromium(binary: string, args: string[], url: string): Promise<string> {
-  const profile = await mkdtemp(join(tmpdir(), 'tcab-chromium-'));
+  const { dir: profile, remove } = await tempDir('chromium');
   try {
     const { stdout } = await run(
       binary,
@@ -48,7 +46,7 @@ async function chromium(binary: string, args: string[], url: string): Promise<st
     );
     return stdout;
   } finally {
-    await rm(profile, { recursive: true, force: true });
+    await remove();
   }
 }
 

@@ -1,23 +1,21 @@
 /**
  * A real backup set-up for the verify, drill, monitor and status tests: a sample SQLite database, the
  * snapshot agent serving it, a file:// target and (optionally) an Azurite blob target, and snapshots made
- * by the real snapshot job.
+ * by the real snapshot job. Its folder and emulator come from ../support/world.ts.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { BlobServiceClient } from '@azure/storage-blob';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
-import { startAzurite, type Azurite } from '../../src/dev/emulators.js';
+import type { Azurite } from '../../src/dev/emulators.js';
 import { runSnapshot, type SnapshotResult } from '../../src/jobs/snapshot/index.js';
 import { createLogger, type Logger } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
 import { inTransaction, openDatabase } from '../../src/util/sqlite.js';
+import { startEmulatedBlob, tempDir } from '../support/world.js';
 
 export const DATABASE = 'tcab';
 
@@ -38,7 +36,8 @@ export interface Fixture {
 }
 
 export async function startFixture(options: { runs?: number; azurite?: boolean; logger?: Logger } = {}): Promise<Fixture> {
-  const work = await mkdtemp(join(tmpdir(), 'tcab-health-'));
+  const folder = await tempDir('health');
+  const work = folder.dir;
   const dbPath = join(work, 'tcab.sqlite');
   createSampleDatabase(dbPath, { runs: options.runs ?? 200 });
   const key = randomBytes(32).toString('hex');
@@ -62,8 +61,7 @@ export async function startFixture(options: { runs?: number; azurite?: boolean; 
   let azurite: Azurite | undefined;
   let blob: Target | undefined;
   if (options.azurite) {
-    azurite = await startAzurite();
-    await BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient('backups').createIfNotExists();
+    azurite = await startEmulatedBlob(['backups']);
     blob = openTarget(
       parseTargetUrl('blob', `azblob://${azurite.account}/backups/tcab?endpoint=${azurite.endpoint}`, {
         connectionString: azurite.connectionString,
@@ -101,13 +99,7 @@ export async function startFixture(options: { runs?: number; azurite?: boolean; 
     async stop() {
       await agent.close();
       await azurite?.stop();
-      await rm(work, { recursive: true, force: true });
+      await folder.remove();
     },
   };
-}
-
-/** A log sink that keeps parsed records, to assert on structured events. */
-export function capturingLogger(): { logger: Logger; events: Array<Record<string, unknown>> } {
-  const events: Array<Record<string, unknown>> = [];
-  return { events, logger: createLogger({ level: 'debug', sink: (_l, _line, record) => events.push(record) }) };
 }

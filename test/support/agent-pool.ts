@@ -2,8 +2,7 @@
  * A few real snapshot agents serving copies of one database: an agent makes one snapshot at a time, so cases
  * that run side by side each borrow one.
  */
-import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentClient } from '../../src/agent/client.js';
 import type { Compression } from '../../src/agent/protocol.js';
@@ -11,6 +10,7 @@ import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase, type SampleDatabaseOptions } from '../../src/dev/sample-db.js';
 import { silentLogger } from '../../src/log.js';
 import { agentConfig, KEY, KEY_ID } from '../agent/helpers.js';
+import { tempDir } from './world.js';
 
 export interface AgentPool {
   /** The database the agents serve (a copy each). */
@@ -21,7 +21,8 @@ export interface AgentPool {
 }
 
 export async function startAgentPool(size: number, db: SampleDatabaseOptions, compression: Compression | 'auto'): Promise<AgentPool> {
-  const work = await mkdtemp(join(tmpdir(), 'tcab-agents-'));
+  const folder = await tempDir('agents');
+  const work = folder.dir;
   const database = join(work, 'tcab.sqlite');
   createSampleDatabase(database, db);
   const all: Array<{ agent: RunningAgent; client: AgentClient }> = [];
@@ -48,7 +49,7 @@ export async function startAgentPool(size: number, db: SampleDatabaseOptions, co
     },
     async close() {
       for (const { agent } of all) await agent.close();
-      await rm(work, { recursive: true, force: true });
+      await folder.remove();
     },
   };
 }

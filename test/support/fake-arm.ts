@@ -8,12 +8,12 @@
  */
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createServer, type Server as HttpsServer } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { tempDir } from './world.js';
 
 const run = promisify(execFile);
 export const FAKE_ARM_API_VERSION = '2025-08-01';
@@ -93,14 +93,14 @@ export class FakeArm {
 
   private constructor(
     private readonly server: HttpsServer,
-    private readonly dir: string,
+    private readonly removeFolder: () => Promise<void>,
     readonly endpoint: string,
     readonly ca: string,
     private readonly token: string,
   ) {}
 
   static async start(options: { token: string }): Promise<FakeArm> {
-    const dir = await mkdtemp(join(tmpdir(), 'tcab-fake-arm-'));
+    const { dir, remove } = await tempDir('fake-arm');
     const key = join(dir, 'key.pem');
     const cert = join(dir, 'cert.pem');
     await run('openssl', [
@@ -129,14 +129,14 @@ export class FakeArm {
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const port = (server.address() as { port: number }).port;
-    fake = new FakeArm(server, dir, `https://127.0.0.1:${port}`, certPem, options.token);
+    fake = new FakeArm(server, remove, `https://127.0.0.1:${port}`, certPem, options.token);
     return fake;
   }
 
   async stop(): Promise<void> {
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
-    await rm(this.dir, { recursive: true, force: true });
+    await this.removeFolder();
   }
 
   static id(s: Pick<FakeServer, 'subscriptionId' | 'resourceGroup' | 'name'>): string {

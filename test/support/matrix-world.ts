@@ -3,8 +3,6 @@
  * the retry wrapper as in production), the same folders opened without faults for the checks, and the
  * checks themselves.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { listCatalog } from '../../src/catalog/catalog.js';
@@ -15,6 +13,7 @@ import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
 import { describeFault, FaultTarget, type Fault } from './fault-target.js';
 import { fullMessage, MATRIX_RETRY, type MatrixCase, type Settled } from './fault-matrix.js';
+import { tempDir } from './world.js';
 
 /** Durability against power cuts is not what the matrix tests; skipping fsync makes its hundreds of cases cheap. */
 const NO_FSYNC = { fsync: false };
@@ -31,7 +30,7 @@ export interface MatrixFolder {
 }
 
 export async function matrixFolder(prefix: string): Promise<MatrixFolder> {
-  const root = await mkdtemp(join(tmpdir(), `tcab-matrix-${prefix}-`));
+  const { dir: root, remove } = await tempDir(`matrix-${prefix}`);
   const spec = (name: string) => parseTargetUrl(name, `file://${join(root, name)}`) as FileTargetSpec;
   return {
     root,
@@ -41,7 +40,7 @@ export async function matrixFolder(prefix: string): Promise<MatrixFolder> {
       return { target: withRetry(faults, MATRIX_RETRY), faults };
     },
     plain: (name) => withRetry(new FileTarget(spec(name), NO_FSYNC), MATRIX_RETRY),
-    remove: () => rm(root, { recursive: true, force: true }),
+    remove,
   };
 }
 

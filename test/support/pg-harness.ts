@@ -1,15 +1,9 @@
 /**
  * Shared pieces of the Postgres job tests: a credential that hands out fixed tokens (the fake ARM checks
- * the bearer token; a test PostgreSQL can take an Entra token as a password), a log sink that keeps every
- * line, a file:// target in a temporary folder, and the environment that points the jobs at the fakes.
+ * the bearer token; a test PostgreSQL can take an Entra token as a password), a clock moved by hand, and
+ * the environment that points the jobs at the fakes. Folders and log capture come from world.ts.
  */
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { AccessToken, TokenCredential } from '@azure/identity';
-import { createLogger, type Logger } from '../../src/log.js';
-import { openTarget } from '../../src/targets/index.js';
-import type { Target } from '../../src/targets/target.js';
 
 export const SUBSCRIPTION = '0b1f6471-1bf0-4dda-aec3-cb9272f09590';
 export const ARM_TOKEN = 'arm-token-for-tests-0123456789';
@@ -24,39 +18,6 @@ export class FixedCredential implements TokenCredential {
     if (!token) throw new Error(`no token for ${scope}`);
     return { token, expiresOnTimestamp: Date.now() + 3_600_000 };
   }
-}
-
-export interface CapturedLog {
-  lines: string[];
-  logger: Logger;
-}
-
-export function captureLog(): CapturedLog {
-  const lines: string[] = [];
-  return { lines, logger: createLogger({ level: 'debug', sink: (_level, line) => lines.push(line) }) };
-}
-
-export interface TempTarget {
-  target: Target;
-  dir: string;
-  /** Every file under the folder, as text (to look for what must never be stored). */
-  allText(): Promise<string>;
-  remove(): Promise<void>;
-}
-
-export async function tempTarget(): Promise<TempTarget> {
-  const dir = await mkdtemp(join(tmpdir(), 'tcab-pg-target-'));
-  const target = openTarget({ kind: 'file', name: 'primary', displayUrl: `file://${dir}`, path: dir });
-  return {
-    target,
-    dir,
-    async allText() {
-      const files = (await readdir(dir, { recursive: true, withFileTypes: true })).filter((d) => d.isFile());
-      const texts = await Promise.all(files.map((f) => readFile(join(f.parentPath, f.name), 'utf8')));
-      return texts.join('\n');
-    },
-    remove: () => rm(dir, { recursive: true, force: true }),
-  };
 }
 
 /** The environment of a deployment watching `serverIds` through the fake ARM at `endpoint`. */

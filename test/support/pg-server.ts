@@ -5,12 +5,12 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chown, mkdtemp, rm } from 'node:fs/promises';
+import { chown } from 'node:fs/promises';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { tempDir } from './world.js';
 
 const run = promisify(execFile);
 
@@ -51,7 +51,7 @@ async function asPostgres(bin: string, tool: string, args: string[]): Promise<vo
 
 export async function startPgServer(options: { user?: string; password?: string } = {}): Promise<PgTestServer> {
   const bin = await binDir();
-  const dir = await mkdtemp(join(tmpdir(), 'tcab-pg-'));
+  const { dir, remove } = await tempDir('pg');
   const { uid, gid } = await postgresIds();
   await chown(dir, uid, gid);
   const data = join(dir, 'data');
@@ -114,7 +114,7 @@ export async function startPgServer(options: { user?: string; password?: string 
       try {
         await asPostgres(bin, 'pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']);
       } finally {
-        await rm(dir, { recursive: true, force: true });
+        await remove();
       }
     },
   };
