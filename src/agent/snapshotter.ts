@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage } from '../errors.js';
-import { chunkStream } from '../format/chunker.js';
+import { CutFinder } from '../format/chunker.js';
 import { FORMAT2_CHUNKING, FORMAT2_CHUNKING_DESCRIPTION } from '../format/params.js';
 import type { Logger } from '../log.js';
 import { createCompressor, zstdFileCompressor, type CompressionSupport } from './compression.js';
@@ -363,6 +363,9 @@ export class Snapshotter {
  * The format-2 pass: reads the plain file once, hashing it whole and cutting it into chunks, and writes the chunk
  * list (`<sha256> <offset> <length>` a line) to `listPath`. Returns the plain file's digest and what GET
  * .../chunks will send: its lines, bytes and sha256 (of the `<sha256> <length>` lines).
+ *
+ * The cut points are chunker.ts's (the same CutFinder that chunkStream uses), but no chunk is copied out of the
+ * reads: each chunk's sha256 is fed the pieces of the reads it spans, so memory is the read buffers only.
  */
 async function chunkListPass(workPath: string, listPath: string, signal: AbortSignal) {
   const plain = new Digest();
@@ -374,20 +377,41 @@ async function chunkListPass(workPath: string, listPath: string, signal: AbortSi
     createReadStream(workPath, { highWaterMark: READ_CHUNK }),
     plain.tap(),
     async function* (source: AsyncIterable<Buffer>) {
+      const finder = new CutFinder(FORMAT2_CHUNKING);
+      let chunk = createHash('sha256');
+      let length = 0;
+      let offset = 0;
       let batch = '';
       let lines = 0;
-      for await (const chunk of chunkStream(source, FORMAT2_CHUNKING)) {
-        const line = chunkListLine(chunk.sha256, chunk.length);
+      const cut = () => {
+        const sha256 = chunk.digest('hex');
+        const line = chunkListLine(sha256, length);
         served.update(line);
         listBytes += line.length;
         count++;
-        batch += `${chunk.sha256} ${chunk.offset} ${chunk.length}\n`;
-        if (++lines === LIST_BATCH) {
+        batch += `${sha256} ${offset} ${length}\n`;
+        lines++;
+        offset += length;
+        length = 0;
+        chunk = createHash('sha256');
+      };
+      for await (const buf of source) {
+        let start = 0;
+        while (start < buf.length) {
+          const at = finder.scan(buf, start, buf.length);
+          const end = at < 0 ? buf.length : at;
+          chunk.update(buf.subarray(start, end));
+          length += end - start;
+          start = end;
+          if (at >= 0) cut();
+        }
+        if (lines >= LIST_BATCH) {
           yield batch;
           batch = '';
           lines = 0;
         }
       }
+      if (length > 0) cut();
       if (batch) yield batch;
     },
     createWriteStream(partialPath, { flags: 'wx', mode: 0o600 }),
