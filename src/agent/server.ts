@@ -160,19 +160,19 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
     return createSnapshot(deps, log, body.body, res);
   }
   if (path.startsWith(`${SNAPSHOTS}/`)) {
-    const [id = '', sub, ...extra] = path.slice(SNAPSHOTS.length + 1).split('/');
+    // `<id>/chunks` and `<id>/chunk-data` are the only sub-paths; anything else is all taken as the id.
+    const rest = path.slice(SNAPSHOTS.length + 1);
+    const sub = /^([^/]+)\/(chunks|chunk-data)$/.exec(rest);
+    const id = sub ? sub[1]! : rest;
     if (!SNAPSHOT_ID_RE.test(id))
       return sendProblem(res, 400, 'The snapshot id is not valid: expected an id like 20261124T161300Z-3f9a1c2e.');
-    if (sub !== undefined || extra.length > 0) {
-      if (sub === 'chunks' && extra.length === 0) {
-        if (method !== 'GET') return sendProblem(res, 405, 'Use GET to read the chunk list.', { Allow: 'GET' });
-        return sendChunkList(deps.staging, log, id, res);
-      }
-      if (sub === 'chunk-data' && extra.length === 0) {
-        if (method !== 'POST') return sendProblem(res, 405, 'Use POST with the hashes of the chunks wanted.', { Allow: 'POST' });
-        return sendChunkData(deps.staging, log, id, body.body, res);
-      }
-      return sendProblem(res, 404, `No such endpoint. A snapshot has /v1/snapshots/${id}, /chunks and /chunk-data.`);
+    if (sub?.[2] === 'chunks') {
+      if (method !== 'GET') return sendProblem(res, 405, 'Use GET to read the chunk list.', { Allow: 'GET' });
+      return sendChunkList(deps.staging, log, id, res);
+    }
+    if (sub?.[2] === 'chunk-data') {
+      if (method !== 'POST') return sendProblem(res, 405, 'Use POST with the hashes of the chunks wanted.', { Allow: 'POST' });
+      return sendChunkData(deps.staging, log, id, body.body, res);
     }
     if (method === 'GET') return downloadSnapshot(deps, id, req, res);
     if (method === 'DELETE') {

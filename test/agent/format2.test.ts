@@ -234,6 +234,22 @@ describe('POST /v1/snapshots {"format": 2}', () => {
     expect(relisted).toEqual(list);
   });
 
+  it('checks the id of the chunk routes like any snapshot id, and knows no other sub-path', async () => {
+    for (const path of [
+      '/v1/snapshots/20260101T000000Z-DEADBEEF/chunks',
+      '/v1/snapshots/../chunks',
+      `/v1/snapshots/${desc.id}/chunks/more`,
+      `/v1/snapshots/${desc.id}/other`,
+    ]) {
+      const answer = await signedRequest(agent.url, 'GET', path);
+      expect(answer.status, path).toBe(400);
+      expect(problemOf(answer).detail).toContain('expected an id like');
+    }
+    const wrongMethod = await signedRequest(agent.url, 'GET', `/v1/snapshots/${desc.id}/chunk-data`);
+    expect(wrongMethod.status).toBe(405);
+    expect(wrongMethod.headers.allow).toBe('POST');
+  });
+
   it('keeps format-1 and format-2 routes apart: no artifact for format 2, no chunks for format 1', async () => {
     const artifact = await signedRequest(agent.url, 'GET', `/v1/snapshots/${desc.id}`);
     expect(artifact.status).toBe(400);
