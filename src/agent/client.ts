@@ -11,18 +11,26 @@ import type { AccessToken, TokenCredential } from '@azure/identity';
 import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { Transform, type Readable } from 'node:stream';
+import { createHash } from 'node:crypto';
 import { TcabError } from '../errors.js';
+import { FORMAT2_CHUNKING, zstdFrameBound } from '../format/params.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
   AppDrillResultSchema,
   AgentStatusSchema,
+  CHUNK_LIST_LINE_RE,
+  CHUNK_RECORD_HEADER_MAX,
+  CHUNK_RECORD_HEADER_RE,
+  MAX_CHUNK_REQUEST_BYTES,
   SNAPSHOT_ID_RE,
   signRequest,
   SnapshotDescriptionSchema,
+  SnapshotDescriptionV2Schema,
   type AgentStatus,
   type AppDrillResult,
   type Compression,
   type SnapshotDescription,
+  type SnapshotDescriptionV2,
 } from './protocol.js';
 
 /** HMAC signing with a key, or Bearer tokens from a credential for a scope (e.g. api://tcab-backup-agent/.default). */
@@ -66,6 +74,22 @@ export class AgentError extends TcabError {
   }
 }
 
+/** One line of a format-2 snapshot's chunk list: where the chunk is in the plain file. */
+export interface ChunkListEntry {
+  sha256: string;
+  length: number;
+  offset: number;
+}
+
+/** One record of POST /v1/snapshots/{id}/chunk-data: the chunk's plain sha256 and its zstd frame (not yet checked). */
+export interface ChunkFrame {
+  sha256: string;
+  frame: Buffer;
+}
+
+const ZSTD_MAGIC = 0xfd2fb528;
+const SHA256_HEX_RE = /^[0-9a-f]{64}$/;
+
 /** 409: another snapshot is being made on the agent. */
 export class AgentBusyError extends AgentError {
   readonly retryAfterSeconds: number;
@@ -81,7 +105,7 @@ const STATUS_HINTS: Record<number, string> = {
   401: "key id/secret mismatch (TCAB_BACKUP_AGENT_KEY_ID and TCAB_BACKUP_AGENT_KEY against the agent's TCAB_AGENT_KEYS) or clock skew > 300 s between function app and VM",
   404: 'the snapshot may have expired on the agent (TCAB_AGENT_STAGING_TTL) or the agent restarted; make a new one',
   409: 'another snapshot is being made; retry after Retry-After',
-  413: 'the request body is over 16 KiB',
+  413: 'the request body is over 16 KiB (1 MiB for chunk-data: ask for fewer chunks at a time)',
   416: 'the requested range lies outside the artifact',
   500: "the agent's log on the VM (journalctl -u <agent unit>)",
   507: 'free space in the staging folder on the VM (TCAB_AGENT_STAGING needs about 1.2 x the database size)',
@@ -183,15 +207,206 @@ export class AgentClient {
     if (exchange.res.statusCode !== 200 || text !== 'ok') throw this.answerError('GET', '/healthz', exchange.res, text);
   }
 
-  async createSnapshot(opts: { compression?: Compression; signal?: AbortSignal } = {}): Promise<SnapshotDescription> {
+  /**
+   * Makes a snapshot. Format 1 (the default) stages one compressed artifact (openSnapshot); `{ format: 2 }`
+   * stages the plain file cut into chunks (chunkList, chunkData). A format-1 request's body is the same as
+   * before format 2 existed, so agents without format 2 still understand it.
+   */
+  async createSnapshot(opts?: { compression?: Compression; format?: 1; signal?: AbortSignal }): Promise<SnapshotDescription>;
+  async createSnapshot(opts: { format: 2; signal?: AbortSignal }): Promise<SnapshotDescriptionV2>;
+  async createSnapshot(
+    opts: { compression?: Compression; format?: 1 | 2; signal?: AbortSignal } = {},
+  ): Promise<SnapshotDescription | SnapshotDescriptionV2> {
     const path = '/v1/snapshots';
-    const body = Buffer.from(JSON.stringify(opts.compression ? { compression: opts.compression } : {}));
+    const format = opts.format ?? 1;
+    const request = format === 2 ? { format: 2 } : opts.compression ? { compression: opts.compression } : {};
+    const body = Buffer.from(JSON.stringify(request));
     const started = Date.now();
     const answer = await this.json('POST', path, { body, signal: opts.signal, headers: { 'Content-Type': 'application/json' } }, 201);
-    const parsed = SnapshotDescriptionSchema.safeParse(answer);
+    const answered = (answer as { format?: unknown } | null)?.format ?? 1;
+    if (answered !== format) {
+      throw this.contractError('POST', path, 'snapshot description', [
+        { message: `a format-${String(answered)} snapshot was made, but format ${format} was asked for` },
+      ]);
+    }
+    const parsed = (format === 2 ? SnapshotDescriptionV2Schema : SnapshotDescriptionSchema).safeParse(answer);
     if (!parsed.success) throw this.contractError('POST', path, 'snapshot description', parsed.error.issues);
-    this.logger.info('agent.snapshot_created', { agent: this.agent, snapshot: parsed.data.id, ms: Date.now() - started });
+    this.logger.info('agent.snapshot_created', { agent: this.agent, snapshot: parsed.data.id, format, ms: Date.now() - started });
     return parsed.data;
+  }
+
+  /**
+   * The chunk list of a staged format-2 snapshot, streamed line by line in file order (offsets are the running
+   * sum of the lengths). The list is checked as it arrives (each line's form) and at its end (its bytes and
+   * sha256 against the answer's Content-Length and ETag, which the description's `chunks` states); a list
+   * cut short or altered throws instead of ending. Stopping the iteration early closes the connection.
+   */
+  async *chunkList(id: string, opts: { signal?: AbortSignal } = {}): AsyncGenerator<ChunkListEntry, void, undefined> {
+    const path = `${this.snapshotPath(id)}/chunks`;
+    const exchange = await this.send('GET', path, { signal: opts.signal });
+    const { res, done } = exchange;
+    if (res.statusCode !== 200) {
+      const text = await this.readAnswer('GET', path, exchange, MAX_ANSWER_BYTES);
+      throw this.answerError('GET', path, res, text, id);
+    }
+    const what = `the chunk list of snapshot ${id}`;
+    const broken = (message: string) =>
+      new AgentError(`Snapshot agent at ${this.agent}: ${what} ${message}`, {
+        path,
+        permanent: true,
+        hint: 'the agent version matches this tcab-backup version; if it does, the staged list is damaged: make a new snapshot',
+      });
+    try {
+      const etag = /^"([0-9a-f]{64})"$/.exec(String(res.headers.etag ?? ''))?.[1];
+      const bytes = Number(res.headers['content-length']);
+      if (!etag || !Number.isSafeInteger(bytes)) throw broken('comes without ETag "<sha256>" or Content-Length');
+      const hash = createHash('sha256');
+      let received = 0;
+      let offset = 0;
+      let line = 0;
+      let rest = '';
+      try {
+        for await (const data of res as AsyncIterable<Buffer>) {
+          hash.update(data);
+          received += data.length;
+          if (received > bytes) throw broken(`is longer than the ${bytes} bytes announced`);
+          const lines = (rest + data.toString('latin1')).split('\n');
+          rest = lines.pop()!;
+          if (rest.length > 100) throw broken(`has a line longer than any chunk list line at line ${line + 1}`);
+          for (const text of lines) {
+            line++;
+            const m = CHUNK_LIST_LINE_RE.exec(text);
+            if (!m) throw broken(`has a malformed line ${line}: "${text.slice(0, 100)}"`);
+            const length = Number(m[2]);
+            yield { sha256: m[1]!, length, offset };
+            offset += length;
+          }
+        }
+      } catch (err) {
+        if (err instanceof AgentError) throw err;
+        throw exchange.failure() ?? this.networkError('GET', path, err as Error);
+      }
+      if (!res.complete) {
+        throw (
+          exchange.failure() ??
+          new AgentError(`Snapshot agent at ${this.agent}: ${what} was cut off after ${received} of ${bytes} bytes`, {
+            path,
+            hint: 'is the agent still running? Read the list again',
+          })
+        );
+      }
+      if (rest !== '') throw broken('does not end with a newline');
+      if (received !== bytes) throw broken(`ended after ${received} of ${bytes} bytes`);
+      const sha256 = hash.digest('hex');
+      if (sha256 !== etag) throw broken(`has sha256 ${sha256}, not the ${etag} its ETag states`);
+    } finally {
+      if (!res.complete) res.destroy();
+      done();
+    }
+  }
+
+  /**
+   * The chunks `hashes` names, from a staged format-2 snapshot, each as one zstd frame, in the order asked
+   * (a hash may repeat). Only the framing is checked here: each record's header must name the next hash asked
+   * for, its length must be within a zstd frame of `maxChunkBytes` (default: format 2's maximum chunk), and the
+   * answer must hold exactly the records asked for. Whether a frame decompresses to its hash is the
+   * receiver's check (chunk-codec.ts decompressChunk). At most MAX_CHUNK_REQUEST_BYTES of hashes (about
+   * 15,000) a call. Stopping the iteration early closes the connection, which stops the agent's work.
+   */
+  async *chunkData(
+    id: string,
+    hashes: readonly string[],
+    opts: { signal?: AbortSignal; maxChunkBytes?: number } = {},
+  ): AsyncGenerator<ChunkFrame, void, undefined> {
+    const path = `${this.snapshotPath(id)}/chunk-data`;
+    const bad = hashes.find((h) => !SHA256_HEX_RE.test(h));
+    if (bad !== undefined) {
+      throw new AgentError(`"${String(bad).slice(0, 80)}" is not a chunk hash (a lower-case hex sha256)`, { path, permanent: true });
+    }
+    if (hashes.length === 0) return;
+    const body = Buffer.from(`${hashes.join('\n')}\n`, 'latin1');
+    if (body.length > MAX_CHUNK_REQUEST_BYTES) {
+      throw new AgentError(
+        `A chunk-data request for ${hashes.length} chunks is ${body.length} bytes, over the agent's ${MAX_CHUNK_REQUEST_BYTES}`,
+        { path, permanent: true, hint: `ask for at most ${Math.floor(MAX_CHUNK_REQUEST_BYTES / 65)} chunks a request` },
+      );
+    }
+    const bound = zstdFrameBound(opts.maxChunkBytes ?? FORMAT2_CHUNKING.maxBytes);
+    const exchange = await this.send('POST', path, { body, signal: opts.signal, headers: { 'Content-Type': 'text/plain' } });
+    const { res, done } = exchange;
+    if (res.statusCode !== 200) {
+      const text = await this.readAnswer('POST', path, exchange, MAX_ANSWER_BYTES);
+      throw this.answerError('POST', path, res, text, id);
+    }
+    const what = `the chunk data of snapshot ${id}`;
+    const broken = (message: string) =>
+      new AgentError(`Snapshot agent at ${this.agent}: ${what} ${message}`, {
+        path,
+        permanent: true,
+        hint: 'the agent version matches this tcab-backup version',
+      });
+    let index = 0;
+    try {
+      // Either a header being read (frame undefined) or a frame being filled.
+      let header = Buffer.alloc(0);
+      let frame: Buffer | undefined;
+      let filled = 0;
+      try {
+        for await (const data of res as AsyncIterable<Buffer>) {
+          let at = 0;
+          while (at < data.length) {
+            if (!frame) {
+              const nl = data.indexOf(10, at);
+              const end = nl < 0 ? data.length : nl;
+              header = Buffer.concat([header, data.subarray(at, end)]);
+              if (header.length >= CHUNK_RECORD_HEADER_MAX)
+                throw broken(`record ${index + 1} has no header line: "${header.toString('latin1', 0, 80)}"`);
+              if (nl < 0) break;
+              at = nl + 1;
+              if (index >= hashes.length) throw broken(`holds more than the ${hashes.length} records asked for`);
+              const text = header.toString('latin1');
+              header = Buffer.alloc(0);
+              const m = CHUNK_RECORD_HEADER_RE.exec(text);
+              if (!m) throw broken(`record ${index + 1} has a malformed header "${text.slice(0, 80)}"`);
+              if (m[1] !== hashes[index]) throw broken(`record ${index + 1} is chunk ${m[1]}, but ${hashes[index]} was asked for there`);
+              const length = Number(m[2]);
+              if (length > bound)
+                throw broken(`record ${index + 1} (chunk ${m[1]}) is ${length} bytes, over the ${bound} a zstd frame of a chunk can take`);
+              frame = Buffer.allocUnsafe(length);
+              filled = 0;
+            } else {
+              const n = Math.min(frame.length - filled, data.length - at);
+              data.copy(frame, filled, at, at + n);
+              filled += n;
+              at += n;
+            }
+            if (frame && filled === frame.length) {
+              if (frame.length < 4 || frame.readUInt32LE(0) !== ZSTD_MAGIC)
+                throw broken(`record ${index + 1} (chunk ${hashes[index]}) is not a zstd frame`);
+              const record = { sha256: hashes[index]!, frame };
+              frame = undefined;
+              index++;
+              yield record;
+            }
+          }
+        }
+      } catch (err) {
+        if (err instanceof AgentError) throw err;
+        throw exchange.failure() ?? this.networkError('POST', path, err as Error);
+      }
+      if (!res.complete || frame || header.length > 0 || index < hashes.length) {
+        throw (
+          exchange.failure() ??
+          new AgentError(`Snapshot agent at ${this.agent}: ${what} was cut off after ${index} of ${hashes.length} chunks`, {
+            path,
+            hint: "is the agent still running? Ask again for the chunks not received; the agent's log says why it stopped",
+          })
+        );
+      }
+    } finally {
+      if (!res.complete) res.destroy();
+      done();
+    }
   }
 
   /**

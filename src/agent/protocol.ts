@@ -4,11 +4,14 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
+import { ChunkingDescriptionSchema } from '../format/params.js';
 
 export const AUTH_SCHEME = 'TCAB-HMAC-SHA256';
 /** Accepted clock skew between client and agent, in seconds, either way. */
 export const AUTH_WINDOW_SECONDS = 300;
 export const MAX_BODY_BYTES = 16 * 1024;
+/** The body of POST /v1/snapshots/{id}/chunk-data: newline-separated hashes, about 15,000 of them. */
+export const MAX_CHUNK_REQUEST_BYTES = 1024 * 1024;
 export const SNAPSHOT_ID_RE = /^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$/;
 /** A database name as both sides write it in storage keys and snapshot descriptions. */
 export const DATABASE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
@@ -23,6 +26,10 @@ export const COMPRESSION_EXT: Record<Compression, string> = { gzip: '.gz', zstd:
 
 const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
 
+/**
+ * A format-1 snapshot as the agent describes it: one compressed artifact. The catalog's manifest extends it, so
+ * it stays this object; its JSON is the same as before format 2 existed (no `format` field).
+ */
 export const SnapshotDescriptionSchema = z.object({
   id: z.string().regex(SNAPSHOT_ID_RE, 'an agent snapshot id like 20261124T161300Z-3f9a1c2e'),
   createdAt: z.string().datetime({ offset: true }),
@@ -41,6 +48,29 @@ export const SnapshotDescriptionSchema = z.object({
   timings: z.record(z.string(), z.number().nonnegative()),
 });
 export type SnapshotDescription = z.infer<typeof SnapshotDescriptionSchema>;
+
+/**
+ * A format-2 snapshot: the plain file stays staged, cut into chunks (GET /v1/snapshots/{id}/chunks lists them,
+ * POST /v1/snapshots/{id}/chunk-data sends them as zstd frames). No artifact; `chunks` describes the list as
+ * GET .../chunks sends it: its lines, its bytes and their sha256.
+ */
+export const SnapshotDescriptionV2Schema = SnapshotDescriptionSchema.omit({ artifact: true }).extend({
+  format: z.literal(2),
+  chunking: ChunkingDescriptionSchema,
+  chunks: z.object({ count: z.number().int().nonnegative(), listSha256: Sha256Hex, listBytes: z.number().int().nonnegative() }),
+});
+export type SnapshotDescriptionV2 = z.infer<typeof SnapshotDescriptionV2Schema>;
+
+/** What POST /v1/snapshots answers: a format-1 description (no `format` field) or a format-2 one. */
+export const AnySnapshotDescriptionSchema = z.union([SnapshotDescriptionV2Schema, SnapshotDescriptionSchema]);
+export type AnySnapshotDescription = SnapshotDescription | SnapshotDescriptionV2;
+
+export function isFormat2(d: AnySnapshotDescription): d is SnapshotDescriptionV2 {
+  return 'format' in d && d.format === 2;
+}
+
+export const SnapshotFormatSchema = z.union([z.literal(1), z.literal(2)]);
+export type SnapshotFormat = z.infer<typeof SnapshotFormatSchema>;
 
 export const AgentStatusSchema = z.object({
   database: z.object({
@@ -74,7 +104,19 @@ export const AppDrillResultSchema = z.object({
 });
 export type AppDrillResult = z.infer<typeof AppDrillResultSchema>;
 
-export const CreateSnapshotBodySchema = z.object({ compression: CompressionSchema.optional() }).strict();
+export const CreateSnapshotBodySchema = z
+  .object({ compression: CompressionSchema.optional(), format: SnapshotFormatSchema.optional() })
+  .strict();
+
+/** One line of GET /v1/snapshots/{id}/chunks: `<sha256> <plain length>`, in file order. */
+export function chunkListLine(sha256: string, length: number): string {
+  return `${sha256} ${length}\n`;
+}
+export const CHUNK_LIST_LINE_RE = /^([0-9a-f]{64}) ([1-9][0-9]{0,15})$/;
+/** The header of one record of POST /v1/snapshots/{id}/chunk-data: `<sha256> <stored length>`, then the frame. */
+export const CHUNK_RECORD_HEADER_RE = /^([0-9a-f]{64}) ([1-9][0-9]{0,15})$/;
+/** Longest record header: 64 hex digits, a space, 16 digits and the newline. */
+export const CHUNK_RECORD_HEADER_MAX = 64 + 1 + 16 + 1;
 
 export function sha256Hex(data: string | Buffer): string {
   return createHash('sha256').update(data).digest('hex');

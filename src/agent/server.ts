@@ -19,10 +19,11 @@ import {
   type DrillRequest,
 } from './app-drill.js';
 import type { AgentAuthenticator } from './auth.js';
-import { ARTIFACT_CONTENT_TYPE, chooseCompression, type CompressionSupport } from './compression.js';
+import { bodyLimitFor, sendChunkData, sendChunkList } from './chunks.js';
+import { ARTIFACT_CONTENT_TYPE, chooseCompression, runtimeHasZstd, type CompressionSupport } from './compression.js';
 import { parseRange, readBody, sendJson, sendProblem } from './http.js';
-import { CompressionSchema, CreateSnapshotBodySchema, MAX_BODY_BYTES, SNAPSHOT_ID_RE, type Compression } from './protocol.js';
-import { InsufficientStagingError, SnapshotBusyError, SnapshotStepError, type Snapshotter } from './snapshotter.js';
+import { CompressionSchema, CreateSnapshotBodySchema, isFormat2, MAX_BODY_BYTES, SNAPSHOT_ID_RE, type Compression } from './protocol.js';
+import { InsufficientStagingError, SnapshotBusyError, type SnapshotRequest, SnapshotStepError, type Snapshotter } from './snapshotter.js';
 import type { Staging } from './staging.js';
 import { readStatus, type StatusSources } from './status.js';
 
@@ -131,11 +132,14 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
   if (path === DRILLS) return drill(deps, req, res, method, rawUrl);
   if (expectsContinue(req)) res.writeContinue();
 
-  const body = await readBody(req, MAX_BODY_BYTES);
+  const limit = bodyLimitFor(method, path);
+  const body = await readBody(req, limit);
   if (!body.ok) {
     if (body.reason === 'aborted') return void res.destroy();
     // Closing the connection is what stops the client from sending the rest.
-    return sendProblem(res, 413, `Request bodies are limited to ${MAX_BODY_BYTES} bytes.`, { Connection: 'close' });
+    return sendProblem(res, 413, `Request bodies ${limit === MAX_BODY_BYTES ? '' : 'to this route '}are limited to ${limit} bytes.`, {
+      Connection: 'close',
+    });
   }
 
   const verdict = await deps.authenticator.verify({
@@ -156,9 +160,20 @@ async function handle(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerR
     return createSnapshot(deps, log, body.body, res);
   }
   if (path.startsWith(`${SNAPSHOTS}/`)) {
-    const id = path.slice(SNAPSHOTS.length + 1);
+    // `<id>/chunks` and `<id>/chunk-data` are the only sub-paths; anything else is all taken as the id.
+    const rest = path.slice(SNAPSHOTS.length + 1);
+    const sub = /^([^/]+)\/(chunks|chunk-data)$/.exec(rest);
+    const id = sub ? sub[1]! : rest;
     if (!SNAPSHOT_ID_RE.test(id))
       return sendProblem(res, 400, 'The snapshot id is not valid: expected an id like 20261124T161300Z-3f9a1c2e.');
+    if (sub?.[2] === 'chunks') {
+      if (method !== 'GET') return sendProblem(res, 405, 'Use GET to read the chunk list.', { Allow: 'GET' });
+      return sendChunkList(deps.staging, log, id, res);
+    }
+    if (sub?.[2] === 'chunk-data') {
+      if (method !== 'POST') return sendProblem(res, 405, 'Use POST with the hashes of the chunks wanted.', { Allow: 'POST' });
+      return sendChunkData(deps.staging, log, id, body.body, res);
+    }
     if (method === 'GET') return downloadSnapshot(deps, id, req, res);
     if (method === 'DELETE') {
       if (!(await deps.staging.remove(id))) return sendProblem(res, 404, `No snapshot ${id} is staged on this agent.`);
@@ -189,12 +204,17 @@ function hintFor(code: string | undefined): string {
 
 async function createSnapshot(deps: AgentHandlerDeps, log: Logger, raw: Buffer, res: ServerResponse): Promise<void> {
   let asked: Compression | undefined;
+  let format: 1 | 2 = 1;
   if (raw.length > 0) {
     let json: unknown;
     try {
       json = JSON.parse(raw.toString('utf8'));
     } catch {
-      return sendProblem(res, 400, 'The request body is not JSON. Expected {"compression": "gzip" | "zstd" | "none"} or no body.');
+      return sendProblem(
+        res,
+        400,
+        'The request body is not JSON. Expected {"compression": "gzip" | "zstd" | "none"}, {"format": 2} or no body.',
+      );
     }
     const parsed = CreateSnapshotBodySchema.safeParse(json);
     if (!parsed.success) {
@@ -203,16 +223,36 @@ async function createSnapshot(deps: AgentHandlerDeps, log: Logger, raw: Buffer, 
       return sendProblem(
         res,
         400,
-        `The request body is not valid: ${where}${issue?.message ?? 'invalid'}. Expected {"compression": "gzip" | "zstd" | "none"}.`,
+        `The request body is not valid: ${where}${issue?.message ?? 'invalid'}. Expected {"compression": "gzip" | "zstd" | "none"} or {"format": 2}.`,
       );
     }
     asked = parsed.data.compression;
+    format = parsed.data.format ?? 1;
   }
-  const choice = chooseCompression(asked, deps.defaultCompression, deps.compressions);
-  if (!choice.ok) return sendProblem(res, 400, `${choice.reason[0]!.toUpperCase()}${choice.reason.slice(1)}.`);
+  let request: SnapshotRequest;
+  if (format === 2) {
+    // Every chunk is one zstd frame, made by node:zlib when a client asks for it (POST .../chunk-data).
+    if (asked !== undefined && asked !== 'zstd')
+      return sendProblem(
+        res,
+        400,
+        `A format-2 snapshot stores each chunk as a zstd frame: "compression": "${asked}" does not apply to it.`,
+      );
+    if (!runtimeHasZstd())
+      return sendProblem(
+        res,
+        400,
+        `This agent's Node.js ${process.version} has no zstd in node:zlib, which format 2 needs: run the agent on Node 24.`,
+      );
+    request = { format: 2 };
+  } else {
+    const choice = chooseCompression(asked, deps.defaultCompression, deps.compressions);
+    if (!choice.ok) return sendProblem(res, 400, `${choice.reason[0]!.toUpperCase()}${choice.reason.slice(1)}.`);
+    request = { format: 1, compression: choice.compression };
+  }
 
   try {
-    const description = await deps.snapshotter.create(choice.compression);
+    const description = await deps.snapshotter.create(request);
     return sendJson(res, 201, description, { Location: `${SNAPSHOTS}/${description.id}` });
   } catch (err) {
     if (err instanceof SnapshotBusyError) {
@@ -242,6 +282,14 @@ async function downloadSnapshot(deps: AgentHandlerDeps, id: string, req: Incomin
   const file = staged ? await open(staged.path, 'r').catch(() => undefined) : undefined;
   if (!staged || !file)
     return sendProblem(res, 404, `No snapshot ${id} is staged on this agent (it may have expired: TCAB_AGENT_STAGING_TTL).`);
+  if (isFormat2(staged.description)) {
+    await file.close();
+    return sendProblem(
+      res,
+      400,
+      `Snapshot ${id} is a format-2 snapshot: it has no artifact. Read its chunk list with GET /v1/snapshots/${id}/chunks and its chunks with POST /v1/snapshots/${id}/chunk-data.`,
+    );
+  }
   const { artifact } = staged.description;
   const size = artifact.bytes;
   const headers: Record<string, string | number> = {

@@ -1,7 +1,11 @@
 /**
  * Makes one snapshot at a time: VACUUM INTO a work file (in a worker thread), integrity_check and row counts of
- * the result, then one pass over the plain file that hashes it, compresses it, hashes the compressed bytes and
- * writes the artifact (read -> sha256 -> compressor -> sha256 -> file), and finally removes the plain file.
+ * the result, then one pass over the plain file while the check runs:
+ *   - format 1: the pass hashes the file, compresses it, hashes the compressed bytes and writes the artifact
+ *     (read -> sha256 -> compressor -> sha256 -> file), and finally the plain file is removed;
+ *   - format 2: the pass hashes the file and cuts it into chunks (src/format/chunker.ts, FORMAT2_CHUNKING),
+ *     writing the chunk list `<id>.chunks` (`<sha256> <offset> <length>` a line); the plain file stays staged
+ *     as `<id>.sqlite`, and chunks are compressed only when a client asks for them (POST .../chunk-data).
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -10,9 +14,17 @@ import { performance } from 'node:perf_hooks';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { errorMessage } from '../errors.js';
+import { CutFinder } from '../format/chunker.js';
+import { FORMAT2_CHUNKING, FORMAT2_CHUNKING_DESCRIPTION } from '../format/params.js';
 import type { Logger } from '../log.js';
 import { createCompressor, zstdFileCompressor, type CompressionSupport } from './compression.js';
-import type { Compression, SnapshotDescription } from './protocol.js';
+import {
+  chunkListLine,
+  type AnySnapshotDescription,
+  type Compression,
+  type SnapshotDescription,
+  type SnapshotDescriptionV2,
+} from './protocol.js';
 import { prepareSqliteWorker, runSqliteTask, SqliteTaskError, type SnapshotFacts, type Vacuumed } from './sqlite-worker.js';
 import type { FreeBytes, Staging } from './staging.js';
 
@@ -56,6 +68,12 @@ export class SnapshotStepError extends Error {
     this.code = code;
   }
 }
+
+/** What to make: a format-1 snapshot with its artifact's compression, or a format-2 (chunked) one. */
+export type SnapshotRequest = { format: 1; compression: Compression } | { format: 2 };
+
+/** Lines of the chunk list written to disk at a time. */
+const LIST_BATCH = 256;
 
 export interface SnapshotterOptions {
   dbPath: string;
@@ -107,10 +125,13 @@ export class Snapshotter {
    * Makes a snapshot. Throws SnapshotBusyError at once (before any await) while another is running, so two
    * requests arriving together can never both start one.
    */
-  async create(compression: Compression): Promise<SnapshotDescription> {
+  async create(compression: Compression): Promise<SnapshotDescription>;
+  async create(request: SnapshotRequest): Promise<AnySnapshotDescription>;
+  async create(what: Compression | SnapshotRequest): Promise<AnySnapshotDescription> {
     if (this.running) throw new SnapshotBusyError(this.retryAfterSeconds());
+    const request: SnapshotRequest = typeof what === 'string' ? { format: 1, compression: what } : what;
     const startedMs = Date.now();
-    const work = this.make(compression);
+    const work = this.make(request);
     this.running = {
       startedMs,
       settled: work.then(
@@ -133,7 +154,9 @@ export class Snapshotter {
     return Math.max(1, Math.ceil((left > 0 ? left : 5_000) / 1000));
   }
 
-  private async make(compression: Compression): Promise<SnapshotDescription> {
+  private async make(request: SnapshotRequest): Promise<AnySnapshotDescription> {
+    // Format 2 keeps the plain file as it is, the way format 1 does for compression 'none'.
+    const compression: Compression = request.format === 2 ? 'none' : request.compression;
     const { dbPath, staging, logger } = this.options;
     let dbBytes: number;
     try {
@@ -152,6 +175,7 @@ export class Snapshotter {
 
     const workPath = staging.newWorkPath();
     let artifactPath: string | undefined;
+    let chunkListPath: string | undefined;
     let sqlite: Promise<SnapshotFacts> | undefined;
     let answered = false;
     try {
@@ -166,25 +190,28 @@ export class Snapshotter {
       const v = await Promise.race([vacuumed, sqlite]);
       const id = snapshotId(v.createdAtMs);
       artifactPath = staging.artifactPath(id, compression);
+      if (request.format === 2) chunkListPath = staging.chunkListPath(id);
       // The worker runs integrity_check and the counts on the finished file while zstd compresses it and this
       // thread hashes it: the three read the same cached pages on different cores. A failed check stops the
       // compression; a failed compression waits for the check to end before the file is removed.
       const stop = new AbortController();
       sqlite.catch(() => stop.abort());
       const t0 = performance.now();
-      const [checked, written] = await Promise.allSettled([
-        sqlite,
-        this.writeArtifact(workPath, artifactPath, compression, stop.signal).then((digests) => ({ digests, ms: performance.now() - t0 })),
-      ]);
+      type Sum = { bytes: number; sha256: string };
+      const pass: Promise<{ plain: Sum; artifact?: Sum; list?: SnapshotDescriptionV2['chunks'] }> =
+        request.format === 2
+          ? chunkListPass(workPath, chunkListPath!, stop.signal)
+          : this.writeArtifact(workPath, artifactPath, compression, stop.signal);
+      const [checked, written] = await Promise.allSettled([sqlite, pass.then((digests) => ({ digests, ms: performance.now() - t0 }))]);
       if (checked.status === 'rejected') throw checked.reason;
       if (written.status === 'rejected') {
         const err = written.reason as NodeJS.ErrnoException;
-        throw new SnapshotStepError('compress', err?.code, err);
+        throw new SnapshotStepError(request.format === 2 ? 'chunk' : 'compress', err?.code, err);
       }
       const facts = checked.value;
-      const { digests, ms: compressMs } = written.value;
+      const { digests, ms: passMs } = written.value;
       if (compression === 'none') await rename(workPath, artifactPath);
-      const description: SnapshotDescription = {
+      const common = {
         id,
         createdAt: new Date(facts.createdAtMs).toISOString(),
         database: {
@@ -198,16 +225,30 @@ export class Snapshotter {
         },
         integrity: facts.integrity,
         snapshot: digests.plain,
-        artifact: { ...digests.artifact, compression },
-        timings: { vacuumMs: Math.round(facts.vacuumMs), checkMs: Math.round(facts.checkMs), compressMs: Math.round(compressMs) },
       };
-      staging.add(description, artifactPath);
+      const timings = { vacuumMs: Math.round(facts.vacuumMs), checkMs: Math.round(facts.checkMs) };
+      let description: AnySnapshotDescription;
+      if (request.format === 2) {
+        description = {
+          ...common,
+          format: 2,
+          chunking: { ...FORMAT2_CHUNKING_DESCRIPTION },
+          chunks: digests.list!,
+          timings: { ...timings, chunkMs: Math.round(passMs) },
+        } satisfies SnapshotDescriptionV2;
+      } else {
+        description = {
+          ...common,
+          artifact: { ...digests.artifact!, compression },
+          timings: { ...timings, compressMs: Math.round(passMs) },
+        } satisfies SnapshotDescription;
+      }
+      staging.add(description, artifactPath, chunkListPath);
       logger[facts.integrity === 'ok' ? 'info' : 'error']('snapshot.created', {
         snapshot: id,
         integrity: facts.integrity,
         bytes: digests.plain.bytes,
-        artifactBytes: digests.artifact.bytes,
-        compression,
+        ...(request.format === 2 ? { format: 2, chunks: digests.list!.count } : { artifactBytes: digests.artifact!.bytes, compression }),
         ...description.timings,
       });
       answered = true;
@@ -215,6 +256,10 @@ export class Snapshotter {
     } catch (err) {
       if (artifactPath) await rm(`${artifactPath}.partial`, { force: true });
       if (artifactPath && compression === 'none') await rm(artifactPath, { force: true });
+      if (chunkListPath) {
+        await rm(`${chunkListPath}.partial`, { force: true });
+        await rm(chunkListPath, { force: true });
+      }
       throw err;
     } finally {
       const cleanup = (async () => {
@@ -312,6 +357,68 @@ export class Snapshotter {
     await rename(partialPath, artifactPath);
     return { plain: plain.result(), artifact: artifact.result() };
   }
+}
+
+/**
+ * The format-2 pass: reads the plain file once, hashing it whole and cutting it into chunks, and writes the chunk
+ * list (`<sha256> <offset> <length>` a line) to `listPath`. Returns the plain file's digest and what GET
+ * .../chunks will send: its lines, bytes and sha256 (of the `<sha256> <length>` lines).
+ *
+ * The cut points are chunker.ts's (the same CutFinder that chunkStream uses), but no chunk is copied out of the
+ * reads: each chunk's sha256 is fed the pieces of the reads it spans, so memory is the read buffers only.
+ */
+async function chunkListPass(workPath: string, listPath: string, signal: AbortSignal) {
+  const plain = new Digest();
+  const served = createHash('sha256');
+  let listBytes = 0;
+  let count = 0;
+  const partialPath = `${listPath}.partial`;
+  await pipeline(
+    createReadStream(workPath, { highWaterMark: READ_CHUNK }),
+    plain.tap(),
+    async function* (source: AsyncIterable<Buffer>) {
+      const finder = new CutFinder(FORMAT2_CHUNKING);
+      let chunk = createHash('sha256');
+      let length = 0;
+      let offset = 0;
+      let batch = '';
+      let lines = 0;
+      const cut = () => {
+        const sha256 = chunk.digest('hex');
+        const line = chunkListLine(sha256, length);
+        served.update(line);
+        listBytes += line.length;
+        count++;
+        batch += `${sha256} ${offset} ${length}\n`;
+        lines++;
+        offset += length;
+        length = 0;
+        chunk = createHash('sha256');
+      };
+      for await (const buf of source) {
+        let start = 0;
+        while (start < buf.length) {
+          const at = finder.scan(buf, start, buf.length);
+          const end = at < 0 ? buf.length : at;
+          chunk.update(buf.subarray(start, end));
+          length += end - start;
+          start = end;
+          if (at >= 0) cut();
+        }
+        if (lines >= LIST_BATCH) {
+          yield batch;
+          batch = '';
+          lines = 0;
+        }
+      }
+      if (length > 0) cut();
+      if (batch) yield batch;
+    },
+    createWriteStream(partialPath, { flags: 'wx', mode: 0o600 }),
+    { signal },
+  );
+  await rename(partialPath, listPath);
+  return { plain: plain.result(), list: { count, listSha256: served.digest('hex'), listBytes } };
 }
 
 /** sha256 and byte count of whatever flows through `tap()`. */

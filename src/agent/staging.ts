@@ -1,5 +1,6 @@
 /**
- * The agent's staging folder: finished artifacts waiting to be downloaded, and the work files of the snapshot
+ * The agent's staging folder: finished artifacts waiting to be downloaded (format 1), plain snapshots and their
+ * chunk lists `<id>.chunks` waiting to be read chunk by chunk (format 2), and the work files of the snapshot
  * being made. Finished snapshots are known in memory only, so after a restart every file the agent made is a
  * leftover and is removed at start. Only files named the way this agent names them are ever touched: an
  * operator who points the staging folder somewhere shared (or at the database's own folder) loses nothing.
@@ -8,14 +9,17 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '../log.js';
-import { COMPRESSION_EXT, type Compression, type SnapshotDescription } from './protocol.js';
+import { COMPRESSION_EXT, type AnySnapshotDescription, type Compression } from './protocol.js';
 
 const OWN_FILE_RE =
-  /^(?:(?:work|drill)-[0-9a-f]{16}\.sqlite(?:-journal|-wal|-shm)?|[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}\.sqlite(?:\.gz|\.zst)?(?:\.partial)?)$/;
+  /^(?:(?:work|drill)-[0-9a-f]{16}\.sqlite(?:-journal|-wal|-shm)?|[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}(?:\.sqlite(?:\.gz|\.zst)?|\.chunks)(?:\.partial)?)$/;
 
 export interface StagedSnapshot {
-  description: SnapshotDescription;
+  description: AnySnapshotDescription;
+  /** The artifact (format 1) or the plain file (format 2). */
   path: string;
+  /** Format 2: the chunk list, `<sha256> <offset> <length>` a line. */
+  chunkListPath?: string;
   stagedAtMs: number;
 }
 
@@ -63,8 +67,13 @@ export class Staging {
     return join(this.dir, `${id}.sqlite${COMPRESSION_EXT[compression]}`);
   }
 
-  add(description: SnapshotDescription, path: string, nowMs = Date.now()): void {
-    this.staged.set(description.id, { description, path, stagedAtMs: nowMs });
+  /** Where a format-2 snapshot's chunk list is kept. */
+  chunkListPath(id: string): string {
+    return join(this.dir, `${id}.chunks`);
+  }
+
+  add(description: AnySnapshotDescription, path: string, chunkListPath?: string, nowMs = Date.now()): void {
+    this.staged.set(description.id, { description, path, stagedAtMs: nowMs, ...(chunkListPath ? { chunkListPath } : {}) });
   }
 
   /** `id` must already match SNAPSHOT_ID_RE: the caller validates before anything reaches the file system. */
@@ -82,6 +91,7 @@ export class Staging {
     this.staged.delete(id);
     // A download still streaming from this file keeps reading it: unlinking an open file is safe on POSIX.
     await rm(entry.path, { force: true });
+    if (entry.chunkListPath) await rm(entry.chunkListPath, { force: true });
     return true;
   }
 
