@@ -16,7 +16,6 @@ import { chunkStream } from '../../src/format/chunker.js';
 import { FORMAT2_CHUNKING, FORMAT2_CHUNKING_DESCRIPTION } from '../../src/format/params.js';
 import {
   agentConfig,
-  captureLogger,
   integrityCheck,
   KEY,
   KEY_ID,
@@ -27,14 +26,14 @@ import {
   signedHeaders,
   signedRequest,
   tableCounts,
-  tempDir,
 } from './helpers.js';
+import { captureLog, tempDir } from '../support/world.js';
 
 let work: { dir: string; remove(): Promise<void> };
 let agent: RunningAgent;
 let client: AgentClient;
 let staging: string;
-const log = captureLogger();
+const log = captureLog();
 let desc: SnapshotDescriptionV2;
 let list: ChunkListEntry[];
 
