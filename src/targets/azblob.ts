@@ -209,7 +209,7 @@ export class AzureBlobTarget implements Target {
       return await putInParts(body, this.blocks(key, options), {
         partSize: chooseBlockSize(this.blockSize, options.contentLength),
         concurrency: this.concurrency,
-        ...(signal ? { signal } : {}),
+        signal,
       });
     } catch (err) {
       const failure = signal?.aborted ? abortError(signal) : this.fail('put', key, err, Boolean(options.ifMatch || options.ifNoneMatch));
@@ -284,7 +284,7 @@ export class AzureBlobTarget implements Target {
             operation: 'stage block',
             key: `${key} #${number}`,
             logger: this.logger,
-            ...(signal ? { signal } : {}),
+            signal,
           },
         );
       },
@@ -311,7 +311,7 @@ export class AzureBlobTarget implements Target {
             operation: 'commit block list',
             key,
             logger: this.logger,
-            ...(signal ? { signal } : {}),
+            signal,
           },
         );
         return { etag: quoted(out.etag), size };

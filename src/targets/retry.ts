@@ -166,7 +166,7 @@ async function conditionalPut(target: Target, key: string, body: Buffer, options
 async function etagIfHolding(target: Target, key: string, expected: Buffer, signal: AbortSignal | undefined): Promise<string | undefined> {
   let got;
   try {
-    got = await target.get(key, signal ? { signal } : {});
+    got = await target.get(key, { signal });
   } catch (err) {
     if (err instanceof NotFoundError) return undefined;
     throw err;
@@ -203,7 +203,7 @@ async function* listWithRetry(
   for (;;) {
     let progressed = false;
     try {
-      for await (const item of target.list(prefix, { ...(signal ? { signal } : {}) })) {
+      for await (const item of target.list(prefix, { signal })) {
         if (last !== undefined && compareKeys(item.key, last) <= 0) continue;
         last = item.key;
         progressed = true;

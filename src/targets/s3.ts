@@ -261,7 +261,7 @@ export class S3Target implements Target {
           options.contentLength,
         ),
         concurrency: this.concurrency,
-        ...(signal ? { signal } : {}),
+        signal,
       });
     } catch (err) {
       const failure = signal?.aborted ? abortError(signal) : this.fail('put', key, err, Boolean(options.ifMatch || options.ifNoneMatch));
@@ -340,7 +340,7 @@ export class S3Target implements Target {
       operation,
       key,
       logger: this.logger,
-      ...(signal ? { signal } : {}),
+      signal,
     });
     return {
       single: (data: Buffer) => this.putObject(key, data, options),
@@ -478,7 +478,7 @@ export class S3Target implements Target {
   ): Promise<string | undefined> {
     let info: ObjectInfo;
     try {
-      info = await this.head(key, signal ? { signal } : {});
+      info = await this.head(key, { signal });
     } catch (err) {
       if (err instanceof NotFoundError) return undefined;
       throw err;
@@ -486,7 +486,7 @@ export class S3Target implements Target {
     if (info.size !== size) return undefined;
     const expected = multipartEtag(parts.map((p) => p.ETag ?? ''));
     if (expected !== undefined && bareEtag(info.etag) === expected) return info.etag;
-    const { body, etag } = await this.get(key, signal ? { signal } : {});
+    const { body, etag } = await this.get(key, { signal });
     let part = 0;
     let filled = 0;
     let hash = createHash('sha256');

@@ -128,7 +128,7 @@ interface LiveFacts {
 async function askLive(source: DrillDeps['live'], signal: AbortSignal | undefined, now: () => Date): Promise<LiveFacts> {
   if ('unavailable' in source) return { checkedAt: now(), error: source.unavailable };
   try {
-    const status = await source.status(signal ? { signal } : {});
+    const status = await source.status({ signal });
     return { status, checkedAt: now(), agent: source.agent };
   } catch (e) {
     if (signal?.aborted) throw e;
@@ -184,7 +184,7 @@ async function drillTarget(
       const path = join(scratch, `${manifest.id}.sqlite`);
       const restored = await runRestore(
         { targets: [target], database: deps.database },
-        { selector: { id: manifest.id }, outPath: path, ...(signal ? { signal } : {}) },
+        { selector: { id: manifest.id }, outPath: path, signal },
       ).catch((e: unknown) => {
         throw new TcabError(restoreFailure(e, manifest!.id, target.name));
       });
@@ -303,7 +303,7 @@ async function appDrill(
   let result: AppDrillResult;
   let reading = true;
   try {
-    const { body } = await target.get(manifestArtifactKey(manifest), signal ? { signal } : {});
+    const { body } = await target.get(manifestArtifactKey(manifest), { signal });
     reading = false;
     log.info('drill.app_started', {
       target: target.name,
@@ -311,11 +311,7 @@ async function appDrill(
       agent: source.agent,
       artifactBytes: manifest.artifact.bytes,
     });
-    result = await source.appDrill(
-      { snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot },
-      body,
-      signal ? { signal } : {},
-    );
+    result = await source.appDrill({ snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot }, body, { signal });
   } catch (e) {
     if (signal?.aborted) throw e;
     const status = e instanceof TcabError && 'status' in e ? (e as { status?: number }).status : undefined;

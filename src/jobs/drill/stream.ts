@@ -25,7 +25,7 @@ export async function verifyByStreaming(target: Target, manifest: Manifest, sign
     throw new IntegrityError(`the agent's integrity_check of this snapshot reported "${manifest.integrity.slice(0, 300)}"`);
   }
   const started = Date.now();
-  const { body } = await target.get(manifestArtifactKey(manifest), signal ? { signal } : {});
+  const { body } = await target.get(manifestArtifactKey(manifest), { signal });
   const artifact = new HashingStream();
   const plain = new HashingStream();
   const inflate = decompressor(manifest.artifact.compression);
@@ -33,7 +33,7 @@ export async function verifyByStreaming(target: Target, manifest: Manifest, sign
   inflate.once('error', () => (decompressFailed = true));
   const discard = new Writable({ write: (_chunk, _enc, done) => done() });
   try {
-    await pipeline(body, artifact, inflate, plain, discard, signal ? { signal } : {});
+    await pipeline(body, artifact, inflate, plain, discard, { signal });
   } catch (e) {
     if (signal?.aborted) throw e;
     // A damaged artifact usually fails decompression first; its hash names the real cause.

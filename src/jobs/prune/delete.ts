@@ -19,7 +19,7 @@ export type RemoveOutcome =
   | { status: 'left'; detail: string };
 
 function signalOf(signal: AbortSignal | undefined): { signal?: AbortSignal } {
-  return signal ? { signal } : {};
+  return { signal };
 }
 
 /**

@@ -160,7 +160,7 @@ async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest
   }
   const signal = request.signal;
   try {
-    plan.catalog = await readTargetCatalog(target, deps.database, signal ? { signal } : {});
+    plan.catalog = await readTargetCatalog(target, deps.database, { signal });
   } catch (e) {
     if (signal?.aborted) throw e;
     outcome.error = `listing failed: ${errorMessage(e)}`;
@@ -377,7 +377,7 @@ async function collectGarbage(
   }
   if (request.dryRun || !target.abortStaleUploads) return;
   try {
-    outcome.garbage.staleUploads = await target.abortStaleUploads(cutoff, signal ? { signal } : {});
+    outcome.garbage.staleUploads = await target.abortStaleUploads(cutoff, { signal });
   } catch (e) {
     if (signal?.aborted) throw e;
     outcome.failures.push(`aborting stale uploads failed: ${errorMessage(e)}`);

@@ -82,7 +82,7 @@ export async function copySnapshot(
   const started = Date.now();
   const key = manifestArtifactKey(manifest);
   const what = `snapshot ${manifest.id} on target "${source.name}"`;
-  const signalOption = signal ? { signal } : {};
+  const signalOption = { signal };
   let body;
   try {
     body = (await source.get(key, signalOption)).body;
@@ -157,7 +157,7 @@ export async function copySnapshot(
  * manifest never stays without its data (prune does the mirror check after its deletes).
  */
 async function confirmData(destination: Target, manifest: Manifest, key: string, signal: AbortSignal | undefined): Promise<void> {
-  const signalOption = signal ? { signal } : {};
+  const signalOption = { signal };
   let problem: string | undefined;
   try {
     const info = await destination.head(key, signalOption);

@@ -120,7 +120,7 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
   await Promise.all(
     deps.targets.map(async (target) => {
       try {
-        catalogs.push(await readTargetCatalog(target, deps.database, signal ? { signal } : {}));
+        catalogs.push(await readTargetCatalog(target, deps.database, { signal }));
       } catch (e) {
         if (signal?.aborted) throw e;
         const outcome = outcomes.get(target.name)!;

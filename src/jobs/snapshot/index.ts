@@ -68,7 +68,7 @@ export async function runSnapshot(
 
   const compression = request.compression && request.compression !== 'auto' ? request.compression : undefined;
   log.debug('snapshot.requesting', { database: deps.database, targets: deps.targets.map((t) => t.name) });
-  const desc = await deps.agent.createSnapshot({ ...(compression ? { compression } : {}), ...(signal ? { signal } : {}) });
+  const desc = await deps.agent.createSnapshot({ ...(compression ? { compression } : {}), signal });
   log.info('snapshot.created', {
     id: desc.id,
     database: desc.database.name,
@@ -100,7 +100,7 @@ export async function runSnapshot(
         if (outcome.error) return;
         const t0 = Date.now();
         try {
-          const { body, size } = await target.get(key, signal ? { signal } : {});
+          const { body, size } = await target.get(key, { signal });
           const got = await hashStream(body, signal);
           if (got.sha256 !== desc.artifact.sha256 || got.bytes !== desc.artifact.bytes || size !== desc.artifact.bytes) {
             throw new IntegrityError(
@@ -142,7 +142,7 @@ export async function runSnapshot(
       const outcome = outcomes[i]!;
       if (outcome.error) return;
       try {
-        await writeManifest(target, { ...manifest, storedAt: new Date().toISOString() }, signal ? { signal } : {});
+        await writeManifest(target, { ...manifest, storedAt: new Date().toISOString() }, { signal });
         outcome.ok = true;
       } catch (e) {
         outcome.error = `manifest write failed: ${errorMessage(e)}`;
@@ -195,7 +195,7 @@ async function uploadToAll(
   signal: AbortSignal | undefined,
 ): Promise<void> {
   const t0 = Date.now();
-  const download = await agent.openSnapshot(desc.id, signal ? { signal } : {});
+  const download = await agent.openSnapshot(desc.id, { signal });
   if (download.bytes !== desc.artifact.bytes) {
     download.body.destroy();
     throw new IntegrityError(`the agent offers ${download.bytes} bytes for ${desc.id}, its description says ${desc.artifact.bytes}`);
@@ -203,22 +203,20 @@ async function uploadToAll(
   const hasher = new HashingStream();
   const pipes = targets.map(() => new PassThrough({ highWaterMark: 1 << 20 }));
   const puts = targets.map((target, i) =>
-    target
-      .put(key, pipes[i]!, { contentLength: desc.artifact.bytes, contentType: 'application/octet-stream', ...(signal ? { signal } : {}) })
-      .then(
-        (r) => {
-          outcomes[i]!.bytes = r.size;
-          outcomes[i]!.uploadMs = Date.now() - t0;
-          // A put that returns before reading its body to the end would hold the other targets back for good.
-          if (!pipes[i]!.readableEnded)
-            pipes[i]!.destroy(new Error(`target "${target.name}" said the upload was stored before it had read all of it`));
-        },
-        (e: unknown) => {
-          // The target's own error says more than the fan-out's view of its stream stopping.
-          outcomes[i]!.error = `upload failed: ${errorMessage(e)}`;
-          pipes[i]!.destroy(e instanceof Error ? e : new Error(String(e)));
-        },
-      ),
+    target.put(key, pipes[i]!, { contentLength: desc.artifact.bytes, contentType: 'application/octet-stream', signal }).then(
+      (r) => {
+        outcomes[i]!.bytes = r.size;
+        outcomes[i]!.uploadMs = Date.now() - t0;
+        // A put that returns before reading its body to the end would hold the other targets back for good.
+        if (!pipes[i]!.readableEnded)
+          pipes[i]!.destroy(new Error(`target "${target.name}" said the upload was stored before it had read all of it`));
+      },
+      (e: unknown) => {
+        // The target's own error says more than the fan-out's view of its stream stopping.
+        outcomes[i]!.error = `upload failed: ${errorMessage(e)}`;
+        pipes[i]!.destroy(e instanceof Error ? e : new Error(String(e)));
+      },
+    ),
   );
   // Whichever side stops first, the other is stopped too: a download nobody reads any more is closed, and
   // one that closes early fails the copy instead of leaving it waiting for an end that never comes.
@@ -240,7 +238,7 @@ async function uploadToAll(
           }
           return undefined;
         },
-        ...(signal ? { signal } : {}),
+        signal,
       },
     );
   } finally {

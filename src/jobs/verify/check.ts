@@ -38,9 +38,9 @@ export async function verifyStoredSnapshot(target: Target, database: string, id:
   const base = { target: target.name, id };
   let reading: { key: string; size: number } | undefined;
   try {
-    const manifest = await readManifest(target, database, id, signal ? { signal } : {});
+    const manifest = await readManifest(target, database, id, { signal });
     const key = manifestArtifactKey(manifest);
-    const { body, size } = await target.get(key, signal ? { signal } : {});
+    const { body, size } = await target.get(key, { signal });
     reading = { key, size };
     const got = await hashStream(body, signal);
     if (got.bytes < size) {

@@ -235,7 +235,7 @@ async function verifyTarget(
   let all = Boolean(request.all);
   let candidates: RotationCandidate[];
   try {
-    const listing = await listCatalog(target, database, signal ? { signal } : {});
+    const listing = await listCatalog(target, database, { signal });
     candidates = listing.snapshots.map((s) => ({ id: s.id, storedAt: s.manifest.lastModified, artifactBytes: s.artifact?.size }));
   } catch (e) {
     if (signal?.aborted) throw e;
