@@ -10,7 +10,7 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { manifestKey } from '../src/catalog/layout.js';
-import { ManifestSchema, type Manifest } from '../src/catalog/manifest.js';
+import { ManifestSchema, type ManifestV1 as Manifest } from '../src/catalog/manifest.js';
 import { TcabError, errorMessage } from '../src/errors.js';
 import type { AgentProcess } from './agent-process.js';
 import type { TreePeaks } from './memory.js';

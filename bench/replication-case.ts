@@ -136,6 +136,7 @@ async function runOurs(
   for (const s of source.snapshots) {
     try {
       const manifest = await readManifest(destination, 'tcab', s.id);
+      if (manifest.formatVersion !== 1) throw new Error(`${s.id} is format ${manifest.formatVersion}; this case copies format 1`);
       const got = await hashStream((await destination.get(manifest.key)).body);
       if (got.sha256 !== s.sha256 || manifest.artifact.sha256 !== s.sha256)
         problems.push(`${s.id}: copy hashes to ${got.sha256}, source manifest says ${s.sha256}`);

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent } from '../src/agent/run.js';
 import { listCatalog, manifestArtifactKey, readManifest } from '../src/catalog/catalog.js';
+import { v1 } from './support/stored-snapshots.js';
 import { createSampleDatabase } from '../src/dev/sample-db.js';
 import { createLogger } from '../src/log.js';
 import { openTarget } from '../src/targets/index.js';
@@ -111,7 +112,7 @@ describe('tcab-backup snapshot with one target down', () => {
     const { snapshots, orphans } = await listCatalog(target, 'tcab');
     expect(snapshots.map((s) => s.id)).toEqual([out.manifest.id]);
     expect(orphans).toEqual([]);
-    const manifest = await readManifest(target, 'tcab', out.manifest.id);
+    const manifest = v1(await readManifest(target, 'tcab', out.manifest.id));
     expect(manifest.artifact.bytes).toBeGreaterThan(10 * 1024 * 1024);
     const artifact = join(good, ...manifestArtifactKey(manifest).split('/'));
     expect(await sha256Of(artifact)).toBe(manifest.artifact.sha256);

@@ -5,13 +5,31 @@
 import { text } from 'node:stream/consumers';
 import { NotFoundError, TcabError } from '../errors.js';
 import type { ObjectInfo, Target } from '../targets/target.js';
-import { artifactKey, idTime, manifestKey, parseArtifactKey, parseManifestKey, snapshotsPrefix } from './layout.js';
-import { ManifestSchema, type Manifest } from './manifest.js';
+import { ManifestV2Schema, invalidManifestV2, serializeManifestV2, type ManifestV2 } from '../format/manifest-v2.js';
+import {
+  artifactKey,
+  chunkListKey,
+  idTime,
+  manifestKey,
+  parseArtifactKey,
+  parseChunkListKey,
+  parseManifestKey,
+  snapshotsPrefix,
+} from './layout.js';
+import { ManifestSchema, type Manifest, type ManifestV1 } from './manifest.js';
 
 export interface CatalogListing {
   /** Snapshots that have a manifest, newest first (by id, which starts with the creation time). */
-  snapshots: Array<{ id: string; time: Date; manifest: ObjectInfo; artifact: ObjectInfo | undefined }>;
-  /** Data objects without a manifest: in-flight uploads or garbage, depending on their age. */
+  snapshots: Array<{
+    id: string;
+    time: Date;
+    manifest: ObjectInfo;
+    /** Format 1's data object. */
+    artifact: ObjectInfo | undefined;
+    /** Format 2's data object (the chunk list; the chunks live under chunks/, shared). */
+    chunkList: ObjectInfo | undefined;
+  }>;
+  /** Data objects (artifacts, chunk lists) without a manifest: in-flight uploads or garbage, depending on their age. */
   orphans: ObjectInfo[];
 }
 
@@ -19,6 +37,7 @@ export interface CatalogListing {
 export async function listCatalog(target: Target, database: string, options: { signal?: AbortSignal } = {}): Promise<CatalogListing> {
   const manifests = new Map<string, ObjectInfo>();
   const artifacts = new Map<string, ObjectInfo>();
+  const chunkLists = new Map<string, ObjectInfo>();
   for await (const info of target.list(snapshotsPrefix(database), options)) {
     const m = parseManifestKey(info.key);
     if (m && m.database === database) {
@@ -26,12 +45,20 @@ export async function listCatalog(target: Target, database: string, options: { s
       continue;
     }
     const a = parseArtifactKey(info.key);
-    if (a && a.database === database) artifacts.set(a.id, info);
+    if (a && a.database === database) {
+      artifacts.set(a.id, info);
+      continue;
+    }
+    const c = parseChunkListKey(info.key);
+    if (c && c.database === database) chunkLists.set(c.id, info);
   }
   const snapshots = [...manifests.entries()]
-    .map(([id, manifest]) => ({ id, time: idTime(id), manifest, artifact: artifacts.get(id) }))
+    .map(([id, manifest]) => ({ id, time: idTime(id), manifest, artifact: artifacts.get(id), chunkList: chunkLists.get(id) }))
     .sort((x, y) => (x.id < y.id ? 1 : x.id > y.id ? -1 : 0));
-  const orphans = [...artifacts.entries()].filter(([id]) => !manifests.has(id)).map(([, info]) => info);
+  const orphans = [...artifacts.entries(), ...chunkLists.entries()]
+    .filter(([id]) => !manifests.has(id))
+    .map(([, info]) => info)
+    .sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : 0));
   return { snapshots, orphans };
 }
 
@@ -53,33 +80,43 @@ export async function readManifest(
       cause: e,
     });
   }
-  const parsed = ManifestSchema.safeParse(json);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    throw new TcabError(
-      `Manifest ${key} on target "${target.name}" does not match format version 1: ${issue?.path.join('.')}: ${issue?.message}`,
-      {
-        hint: 'was it written by a newer tcab-backup? Upgrade, or restore from another target',
-      },
-    );
+  const version = (json as { formatVersion?: unknown } | null)?.formatVersion;
+  let manifest: Manifest;
+  if (version === 2) {
+    const parsed = ManifestV2Schema.safeParse(json);
+    if (!parsed.success) throw invalidManifestV2(parsed.error.issues, `${key} on target "${target.name}"`);
+    manifest = parsed.data;
+  } else {
+    const parsed = ManifestSchema.safeParse(json);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new TcabError(
+        `Manifest ${key} on target "${target.name}" does not match format version 1: ${issue?.path.join('.')}: ${issue?.message}`,
+        {
+          hint: 'was it written by a newer tcab-backup? Upgrade, or restore from another target',
+        },
+      );
+    }
+    manifest = parsed.data;
   }
-  if (parsed.data.id !== id) {
-    throw new TcabError(`Manifest ${key} on target "${target.name}" describes snapshot ${parsed.data.id}, not ${id}`, {
+  if (manifest.id !== id) {
+    throw new TcabError(`Manifest ${key} on target "${target.name}" describes snapshot ${manifest.id}, not ${id}`, {
       hint: 'the manifest was copied to the wrong key; delete it and run replicate',
     });
   }
-  return parsed.data;
+  return manifest;
 }
 
 export async function writeManifest(target: Target, manifest: Manifest, options: { signal?: AbortSignal } = {}): Promise<void> {
-  await target.put(manifestKey(manifest.databaseName, manifest.id), Buffer.from(JSON.stringify(manifest, null, 2) + '\n'), {
+  const text = manifest.formatVersion === 2 ? serializeManifestV2(manifest) : JSON.stringify(manifest, null, 2) + '\n';
+  await target.put(manifestKey(manifest.databaseName, manifest.id), Buffer.from(text), {
     ...options,
     contentType: 'application/json',
   });
 }
 
 /** The artifact key recorded in a manifest, cross-checked against the layout so a bad manifest cannot point elsewhere. */
-export function manifestArtifactKey(manifest: Manifest): string {
+export function manifestArtifactKey(manifest: ManifestV1): string {
   const expected = artifactKey(manifest.databaseName, manifest.id, manifest.artifact.compression);
   if (manifest.key !== expected) {
     throw new TcabError(`Manifest of snapshot ${manifest.id} names artifact "${manifest.key}", expected "${expected}"`, {
@@ -87,6 +124,27 @@ export function manifestArtifactKey(manifest: Manifest): string {
     });
   }
   return expected;
+}
+
+/** The chunk list key recorded in a format-2 manifest, cross-checked against the layout like manifestArtifactKey. */
+export function manifestChunkListKey(manifest: ManifestV2): string {
+  const expected = chunkListKey(manifest.databaseName, manifest.id);
+  if (manifest.chunkList.key !== expected) {
+    throw new TcabError(`Manifest of snapshot ${manifest.id} names chunk list "${manifest.chunkList.key}", expected "${expected}"`, {
+      hint: 'the manifest was edited or damaged; restore from another target',
+    });
+  }
+  return expected;
+}
+
+/** The key of the snapshot's data object: the artifact (format 1) or the chunk list (format 2), checked. */
+export function manifestDataKey(manifest: Manifest): string {
+  return manifest.formatVersion === 1 ? manifestArtifactKey(manifest) : manifestChunkListKey(manifest);
+}
+
+/** The size the manifest gives its data object (the artifact, or the chunk list). */
+export function manifestDataBytes(manifest: Manifest): number {
+  return manifest.formatVersion === 1 ? manifest.artifact.bytes : manifest.chunkList.bytes;
 }
 
 /** Reads the manifests of the listed snapshots with bounded concurrency, newest first. */

@@ -2,7 +2,9 @@
  * Where things live on a target (docs/architecture.md, "On a target"), relative to the target's prefix:
  *
  *   snapshots/<database>/<YYYY>/<MM>/<DD>/<id>.sqlite.<gz|zst>   the artifact, exactly as the agent made it
+ *   snapshots/<database>/<YYYY>/<MM>/<DD>/<id>.chunks            format 2: the chunk list (the snapshot's data object)
  *   snapshots/<database>/<YYYY>/<MM>/<DD>/<id>.json              the manifest: written last, deleted first
+ *   chunks/<database>/<aa>/<sha256>.zst                          format 2: the chunks (src/format/chunk-key.ts)
  *   drills/<database>/<drill id>.json                            drill records
  *   status/<database>.json                                       the latest health summary
  *   status/<database>.verify.json                                when each snapshot was last re-read, and the result
@@ -34,6 +36,11 @@ function snapshotFolder(database: string, id: string): string {
 
 export function artifactKey(database: string, id: string, compression: Compression): string {
   return `${snapshotFolder(database, id)}${id}.sqlite${COMPRESSION_EXT[compression]}`;
+}
+
+/** Format 2: the snapshot's chunk list (docs/format-2.md, "A snapshot"), its data object as the artifact is in format 1. */
+export function chunkListKey(database: string, id: string): string {
+  return `${snapshotFolder(database, id)}${id}.chunks`;
 }
 
 export function manifestKey(database: string, id: string): string {
@@ -81,6 +88,20 @@ export function parseArtifactKey(key: string): { database: string; id: string } 
   const m = ARTIFACT_KEY_RE.exec(key);
   if (!m || m[5]!.slice(0, 8) !== `${m[2]}${m[3]}${m[4]}`) return null;
   return { database: m[1]!, id: m[5]! };
+}
+
+const CHUNK_LIST_KEY_RE = /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.chunks$/;
+
+/** The snapshot id of a format-2 chunk list key, or null when the key is not one. */
+export function parseChunkListKey(key: string): { database: string; id: string } | null {
+  const m = CHUNK_LIST_KEY_RE.exec(key);
+  if (!m || m[5]!.slice(0, 8) !== `${m[2]}${m[3]}${m[4]}`) return null;
+  return { database: m[1]!, id: m[5]! };
+}
+
+/** The snapshot id of a data object key of either format (artifact or chunk list), or null. */
+export function parseDataKey(key: string): { database: string; id: string } | null {
+  return parseArtifactKey(key) ?? parseChunkListKey(key);
 }
 
 /** The creation time encoded in a snapshot id (second precision, UTC). */

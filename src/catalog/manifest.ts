@@ -3,17 +3,16 @@
  * trigger, tags, key). A snapshot exists on a target only when its manifest does.
  */
 import { z } from 'zod';
+import { TcabError } from '../errors.js';
 import { SnapshotDescriptionSchema } from '../agent/protocol.js';
+import type { ManifestV2 } from '../format/manifest-v2.js';
+import { TriggerSchema } from '../format/trigger.js';
+
+export { TriggerSchema, type Trigger } from '../format/trigger.js';
 
 export const MANIFEST_FORMAT_VERSION = 1;
+export { MANIFEST_V2_FORMAT_VERSION, type ManifestV2 } from '../format/manifest-v2.js';
 export const PIN_TAG = 'pinned';
-
-export const TriggerSchema = z.object({
-  /** What started it: the timer, the HTTP function, the CLI, or a replication copy. */
-  kind: z.enum(['timer', 'manual', 'cli']),
-  reason: z.string().max(500).optional(),
-});
-export type Trigger = z.infer<typeof TriggerSchema>;
 
 export const ManifestSchema = SnapshotDescriptionSchema.extend({
   formatVersion: z.literal(MANIFEST_FORMAT_VERSION),
@@ -28,7 +27,31 @@ export const ManifestSchema = SnapshotDescriptionSchema.extend({
   /** Set on copies made by replication: the target the bytes came from. */
   replicatedFrom: z.string().optional(),
 });
-export type Manifest = z.infer<typeof ManifestSchema>;
+/** A format-1 manifest: the snapshot is one artifact. */
+export type ManifestV1 = z.infer<typeof ManifestSchema>;
+/** A manifest of either format, told apart by formatVersion (catalog.ts's readManifest returns this). */
+export type Manifest = ManifestV1 | ManifestV2;
+
+/** The size of the snapshot's data when stored: the artifact (format 1), the sum of its chunks (format 2). */
+export function storedBytes(m: Manifest): number {
+  return m.formatVersion === 1 ? m.artifact.bytes : m.stored.bytes;
+}
+
+/** How the stored data is compressed: the artifact's compression, or "zstd chunks" for format 2. */
+export function storedCompression(m: Manifest): string {
+  return m.formatVersion === 1 ? m.artifact.compression : `${m.encoding.compression} chunks`;
+}
+
+/**
+ * The error for a job that meets a format-2 snapshot it cannot handle yet: it names the job and the snapshot,
+ * so the operator knows the snapshot is fine and what is not done with it.
+ */
+export function format2NotSupported(job: string, m: Pick<Manifest, 'id'>, where: string): TcabError {
+  return new TcabError(`Snapshot ${m.id} on ${where} is format 2: format 2 is not supported by ${job} yet`, {
+    hint: `the snapshot is intact and restorable ("tcab-backup restore --id ${m.id}"); ${job} leaves it alone until it learns format 2`,
+    code: 'FORMAT2_UNSUPPORTED',
+  });
+}
 
 export function isPinned(m: Pick<Manifest, 'tags'>): boolean {
   return m.tags.includes(PIN_TAG);

@@ -3,7 +3,7 @@
  * against the listing, so both jobs agree on what "this target has snapshot X" means: a readable manifest
  * whose artifact is listed at the size the manifest gives.
  */
-import { listCatalog, manifestArtifactKey, readManifest } from './catalog.js';
+import { listCatalog, manifestDataBytes, manifestDataKey, readManifest } from './catalog.js';
 import { idTime } from './layout.js';
 import type { Manifest } from './manifest.js';
 import { NotFoundError, errorMessage } from '../errors.js';
@@ -15,12 +15,14 @@ export interface StoredSnapshot {
   /** The manifest's createdAt; the time in the id when the manifest cannot be read. */
   time: Date;
   manifestObject: ObjectInfo;
+  /** The data object as listed: the artifact (format 1) or the chunk list (format 2). */
   artifactObject: ObjectInfo | undefined;
   manifest: Manifest | undefined;
   /** Why the manifest cannot be used (unreadable, invalid, pointing elsewhere). */
   manifestError: string | undefined;
   /**
-   * The manifest is valid and its artifact is listed at the size it gives. Every manifest is written only
+   * The manifest is valid and its data object (artifact, or format 2's chunk list) is listed at the size it
+   * gives. For format 2 the chunks themselves are not looked at here (they are shared; see docs/format-2.md). Every manifest is written only
    * after the bytes under it were hashed and matched, so a complete snapshot counts as verified.
    */
   complete: boolean;
@@ -51,7 +53,7 @@ export async function readTargetCatalog(
     let manifestError: string | undefined;
     try {
       manifest = await readManifest(target, database, listed.id, signalOption);
-      manifestArtifactKey(manifest);
+      manifestDataKey(manifest);
       if (manifest.databaseName !== database) throw new Error(`it describes database "${manifest.databaseName}", not "${database}"`);
     } catch (e) {
       if (options.signal?.aborted) throw e;
@@ -60,13 +62,14 @@ export async function readTargetCatalog(
       manifest = undefined;
       manifestError = errorMessage(e);
     }
-    const artifact = listed.artifact;
+    const artifact = manifest ? (manifest.formatVersion === 1 ? listed.artifact : listed.chunkList) : (listed.artifact ?? listed.chunkList);
+    const what = manifest?.formatVersion === 2 ? 'chunk list' : 'artifact';
     const problem = manifestError
       ? `manifest unusable: ${manifestError}`
       : !artifact
-        ? `manifest without artifact (${manifest!.key} is missing)`
-        : artifact.size !== manifest!.artifact.bytes
-          ? `artifact ${artifact.key} is ${artifact.size} bytes, the manifest says ${manifest!.artifact.bytes}`
+        ? `manifest without ${what} (${manifestDataKey(manifest!)} is missing)`
+        : artifact.size !== manifestDataBytes(manifest!)
+          ? `${what} ${artifact.key} is ${artifact.size} bytes, the manifest says ${manifestDataBytes(manifest!)}`
           : undefined;
     const createdAt = manifest ? new Date(manifest.createdAt) : undefined;
     read[i] = {

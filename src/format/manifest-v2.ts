@@ -1,38 +1,37 @@
 /**
- * The manifest of a format-2 (deduplicated) snapshot. Not wired in yet: this is the shape, its checks and its
- * serialization, for the snapshot, restore, replicate, verify and prune jobs to adopt.
+ * The manifest of a format-2 (deduplicated) snapshot, and its chunk list (docs/format-2.md, "A snapshot").
  *
- * It carries everything a v1 manifest does (src/catalog/manifest.ts: the agent's description of the database,
- * its tables and row counts, the integrity check, the plain file's bytes and sha256, timings, trigger, tags,
- * when stored, where replicated from) except the single artifact, which becomes:
+ * The manifest carries everything a v1 manifest does (src/catalog/manifest.ts: the agent's description of the
+ * database, its tables and row counts, the integrity check, the plain file's bytes and sha256, timings,
+ * trigger, tags, when stored, where replicated from) except the single artifact, which becomes:
+ *   - `chunkList`: the key, bytes, sha256 and line count of the snapshot's chunk list object
+ *     (`snapshots/<db>/<YYYY>/<MM>/<DD>/<id>.chunks`, src/catalog/layout.ts), which names the chunks;
  *   - `chunking`: the chunker and its parameters. Restore does not need them (it only concatenates), but the
- *     snapshot job must cut with the same ones to deduplicate against what a target already holds.
- *   - `encoding`: each chunk is stored as one zstd frame (chunk-codec.ts) at this level.
- *   - `chunks`: the file in order, each `[sha256 of the plain bytes, plain length, stored length]`. Stored at
- *     chunk-key.ts's address. A hash may repeat (the same bytes twice in one file).
- *   - `stored.bytes`: the sum of the stored lengths: what restoring this snapshot downloads. It is not what
+ *     snapshot job must cut with the same ones to deduplicate against what a target already holds;
+ *   - `encoding`: each chunk is stored as one zstd frame (chunk-codec.ts) at this level;
+ *   - `stored.bytes`: the sum of the stored chunk sizes: what restoring this snapshot downloads. It is not what
  *     the snapshot added to a target; that depends on what the target held before.
+ * So the manifest stays a few KB whatever the size of the database: prune, status and replicate read every
+ * manifest, while only restore, verify and the chunk collection read chunk lists.
  *
- * Chunk refs are tuples, not objects, because they are most of the manifest: about 80 bytes of JSON each,
- * 65,000 of them for a 1 GB database (some 5 MB a manifest). serializeManifestV2 writes one per line after
- * every other field, so the manual restore can pick the hashes with sed (README recipe, tested in
- * test/format/manifest-v2.test.ts):
- *
- *   sed -n 's|^\["\([0-9a-f]\{64\}\)".*|\1|p' $ID.json | while read h; do cat chunks/tcab/$(echo $h | cut -c1-2)/$h.zst; done | zstd -d > tcab.sqlite
- *
- * or with jq: `jq -r '.chunks[][0]' $ID.json`.
+ * The chunk list is text, one line per chunk of the file in order, `<sha256> <plain bytes> <stored bytes>\n`
+ * (the sha256 of the chunk's plain bytes, lower-case hex; decimal lengths): `cut -d' ' -f1` gives the keys'
+ * hashes for the manual restore. A hash may repeat (the same bytes twice in one file). ChunkListWriter makes
+ * it a line at a time; readChunkList checks it a line at a time and its totals against the manifest.
  */
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { SnapshotDescriptionSchema } from '../agent/protocol.js';
-import { TriggerSchema } from '../catalog/manifest.js';
-import { TcabError } from '../errors.js';
+import { IntegrityError, TcabError } from '../errors.js';
 import { chunkerParams } from './chunker.js';
+import { TriggerSchema } from './trigger.js';
 
 export const MANIFEST_V2_FORMAT_VERSION = 2;
 
 const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
 
-/** [sha256 of the plain bytes, plain length, stored (compressed) length]. */
+/** [sha256 of the plain bytes, plain length, stored (compressed) length]: one line of a chunk list. */
 export const ChunkRefV2Schema = z.tuple([Sha256Hex, z.number().int().positive(), z.number().int().positive()]);
 export type ChunkRefV2 = z.infer<typeof ChunkRefV2Schema>;
 
@@ -59,6 +58,19 @@ export type Chunking = z.infer<typeof ChunkingSchema>;
 
 export const ChunkEncodingSchema = z.object({ compression: z.literal('zstd'), level: z.number().int().min(1).max(19) }).strict();
 
+export const ChunkListInfoSchema = z
+  .object({
+    /** The chunk list's key, relative to the target prefix (checked against the layout by the catalog). */
+    key: z.string().min(1),
+    /** Size and sha256 of the chunk list object. */
+    bytes: z.number().int().positive(),
+    sha256: Sha256Hex,
+    /** Its number of lines: the chunks of the file, repeats included. */
+    count: z.number().int().positive(),
+  })
+  .strict();
+export type ChunkListInfo = z.infer<typeof ChunkListInfoSchema>;
+
 export const ManifestV2Schema = SnapshotDescriptionSchema.omit({ artifact: true })
   .extend({
     formatVersion: z.literal(MANIFEST_V2_FORMAT_VERSION),
@@ -72,8 +84,9 @@ export const ManifestV2Schema = SnapshotDescriptionSchema.omit({ artifact: true 
     replicatedFrom: z.string().optional(),
     chunking: ChunkingSchema,
     encoding: ChunkEncodingSchema,
-    stored: z.object({ bytes: z.number().int().nonnegative() }).strict(),
-    chunks: z.array(ChunkRefV2Schema),
+    /** The sum of the chunk list's stored lengths: what a restore downloads. */
+    stored: z.object({ bytes: z.number().int().positive() }).strict(),
+    chunkList: ChunkListInfoSchema,
   })
   .superRefine((m, ctx) => {
     if (m.databaseName !== m.database.name) {
@@ -83,42 +96,18 @@ export const ManifestV2Schema = SnapshotDescriptionSchema.omit({ artifact: true 
         message: `databaseName "${m.databaseName}" differs from database.name "${m.database.name}"`,
       });
     }
+    const { count } = m.chunkList;
     const { minBytes, maxBytes } = m.chunking;
-    let plain = 0;
-    let stored = 0;
-    m.chunks.forEach(([, bytes, storedBytes], i) => {
-      plain += bytes;
-      stored += storedBytes;
-      const last = i === m.chunks.length - 1;
-      if (bytes > maxBytes || (!last && bytes < minBytes)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['chunks', i, 1],
-          message: `chunk ${i} is ${bytes} bytes, outside the chunker's ${last ? 1 : minBytes}..${maxBytes}`,
-        });
-      }
-    });
-    if (plain !== m.snapshot.bytes) {
+    // Every chunk but the last is minBytes..maxBytes long, the last 1..maxBytes.
+    if (m.snapshot.bytes > count * maxBytes || m.snapshot.bytes < (count - 1) * minBytes + 1) {
       ctx.addIssue({
         code: 'custom',
-        path: ['chunks'],
-        message: `the chunks add up to ${plain} bytes, not the snapshot's ${m.snapshot.bytes}`,
-      });
-    }
-    if (stored !== m.stored.bytes) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['stored', 'bytes'],
-        message: `the chunks' stored lengths add up to ${stored}, not stored.bytes ${m.stored.bytes}`,
+        path: ['chunkList', 'count'],
+        message: `${count} chunks of ${minBytes}..${maxBytes} bytes cannot make the snapshot's ${m.snapshot.bytes} bytes`,
       });
     }
   });
 export type ManifestV2 = z.infer<typeof ManifestV2Schema>;
-
-/** The distinct chunk hashes of a manifest, in first-use order: what a restore or a copy must fetch. */
-export function distinctChunks(m: Pick<ManifestV2, 'chunks'>): string[] {
-  return [...new Set(m.chunks.map((c) => c[0]))];
-}
 
 /**
  * Parses and checks a v2 manifest's JSON. `where` names it (key and target) in the error, which lists every
@@ -135,26 +124,152 @@ export function parseManifestV2(text: string, where: string): ManifestV2 {
     });
   }
   const result = ManifestV2Schema.safeParse(json);
-  if (!result.success) {
-    const problems = result.error.issues.slice(0, 10).map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`);
-    const more = result.error.issues.length > 10 ? `; and ${result.error.issues.length - 10} more` : '';
-    throw new TcabError(`The manifest ${where} is not a valid format-2 manifest: ${problems.join('; ')}${more}`, {
-      hint: 'the object is damaged, or was written by a newer or older tcab-backup; restore it with the version that wrote it',
-      code: 'MANIFEST_INVALID',
-    });
-  }
+  if (!result.success) throw invalidManifestV2(result.error.issues, where);
   return result.data;
 }
 
-/**
- * The manifest's JSON: every field but the chunk list on the first line, then one chunk ref per line, then
- * the closing brackets. JSON.stringify escapes newlines inside strings, so only chunk lines begin with `["`.
- * Checked before it is written: an invalid manifest is never produced.
- */
+/** The error for a manifest that does not pass ManifestV2Schema, naming it and its problems with their paths. */
+export function invalidManifestV2(issues: z.ZodError['issues'], where: string): TcabError {
+  const problems = issues.slice(0, 10).map((i) => `${i.path.join('.') || '(top)'}: ${i.message}`);
+  const more = issues.length > 10 ? `; and ${issues.length - 10} more` : '';
+  return new TcabError(`The manifest ${where} is not a valid format-2 manifest: ${problems.join('; ')}${more}`, {
+    hint: 'the object is damaged, or was written by a newer or older tcab-backup; restore it with the version that wrote it',
+    code: 'MANIFEST_INVALID',
+  });
+}
+
+/** The manifest's JSON (checked first: an invalid manifest is never produced). */
 export function serializeManifestV2(m: ManifestV2): string {
-  const checked = ManifestV2Schema.parse(m);
-  const { chunks, ...rest } = checked;
-  const head = JSON.stringify(rest);
-  const lines = chunks.map((c) => JSON.stringify(c));
-  return `${head.slice(0, -1)},"chunks":[\n${lines.join(',\n')}\n]}\n`;
+  return `${JSON.stringify(ManifestV2Schema.parse(m), null, 2)}\n`;
+}
+
+const LINE_RE = /^([0-9a-f]{64}) ([1-9][0-9]{0,9}) ([1-9][0-9]{0,9})$/;
+/** No valid line is longer: 64 + two 10-digit numbers + two spaces. */
+const MAX_LINE = 64 + 2 + 2 * 10;
+
+/** One line of a chunk list, with its newline. */
+export function chunkListLine(ref: ChunkRefV2): string {
+  ChunkRefV2Schema.parse(ref);
+  return `${ref[0]} ${ref[1]} ${ref[2]}\n`;
+}
+
+/** What a chunk list adds up to: its own size, sha256 and lines, and the chunks' plain and stored bytes. */
+export interface ChunkListSummary {
+  bytes: number;
+  sha256: string;
+  count: number;
+  plainBytes: number;
+  storedBytes: number;
+}
+
+/**
+ * Makes a chunk list a line at a time while adding up what the manifest records about it (chunkList.bytes,
+ * sha256, count; snapshot.bytes; stored.bytes). Holds only the running totals.
+ */
+export class ChunkListWriter {
+  private readonly hash = createHash('sha256');
+  private bytes = 0;
+  private count = 0;
+  private plainBytes = 0;
+  private storedBytes = 0;
+  private done: ChunkListSummary | undefined;
+
+  /** The line of the next chunk, in file order. */
+  line(ref: ChunkRefV2): string {
+    if (this.done) throw new Error('ChunkListWriter: a line after summary()');
+    const line = chunkListLine(ref);
+    this.hash.update(line);
+    this.bytes += line.length;
+    this.count++;
+    this.plainBytes += ref[1];
+    this.storedBytes += ref[2];
+    return line;
+  }
+
+  summary(): ChunkListSummary {
+    this.done ??= {
+      bytes: this.bytes,
+      sha256: this.hash.digest('hex'),
+      count: this.count,
+      plainBytes: this.plainBytes,
+      storedBytes: this.storedBytes,
+    };
+    return this.done;
+  }
+}
+
+/** A byte stream of chunk list lines (from ChunkListWriter.line), for a target's put. */
+export function chunkListBody(lines: Iterable<string> | AsyncIterable<string>): Readable {
+  return Readable.from(
+    (async function* () {
+      for await (const line of lines) yield Buffer.from(line, 'latin1');
+    })(),
+    { objectMode: false },
+  );
+}
+
+/**
+ * Reads a chunk list as it streams and yields its chunks in file order, checking each line (its shape, and
+ * the chunk's length against the manifest's chunking: every chunk but the last at least minBytes, none above
+ * maxBytes) and, at the end, the totals against the manifest: lines, plain bytes, stored bytes, and the list's
+ * own bytes and sha256. A failure names `where` (the list's key and target) and the line. Holds one line.
+ * A consumer that must not act on a list before it is known to be the manifest's reads it to the end first.
+ */
+export async function* readChunkList(
+  source: AsyncIterable<unknown>,
+  manifest: Pick<ManifestV2, 'id' | 'snapshot' | 'stored' | 'chunking' | 'chunkList'>,
+  where: string,
+): AsyncGenerator<ChunkRefV2, void, undefined> {
+  const hint = 'the chunk list is damaged or belongs to another snapshot; restore from another target and run "tcab-backup verify"';
+  const fail = (message: string): never => {
+    throw new IntegrityError(`Chunk list ${where} of snapshot ${manifest.id}: ${message}`, { hint });
+  };
+  const { minBytes, maxBytes } = manifest.chunking;
+  const hash = createHash('sha256');
+  let bytes = 0;
+  let lineNo = 0;
+  let plain = 0;
+  let stored = 0;
+  let partial = '';
+  let previous: ChunkRefV2 | undefined;
+  const parseLine = (line: string): ChunkRefV2 => {
+    lineNo++;
+    const m = LINE_RE.exec(line);
+    if (!m) return fail(`line ${lineNo} is not "<sha256> <plain bytes> <stored bytes>": ${JSON.stringify(line.slice(0, MAX_LINE))}`);
+    const ref: ChunkRefV2 = [m[1]!, Number(m[2]), Number(m[3])];
+    if (ref[1] > maxBytes) fail(`line ${lineNo} lists a chunk of ${ref[1]} bytes, above the chunking's maximum of ${maxBytes}`);
+    if (previous && previous[1] < minBytes) {
+      fail(`line ${lineNo - 1} lists a chunk of ${previous[1]} bytes before the last, below the chunking's minimum of ${minBytes}`);
+    }
+    if (lineNo > manifest.chunkList.count) fail(`it has more than the ${manifest.chunkList.count} lines the manifest gives`);
+    plain += ref[1];
+    stored += ref[2];
+    previous = ref;
+    return ref;
+  };
+  for await (const data of source) {
+    const text = typeof data === 'string' ? data : Buffer.from(data as Uint8Array).toString('latin1');
+    hash.update(text, 'latin1');
+    bytes += text.length;
+    let start = 0;
+    for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', start)) {
+      const line = partial + text.slice(start, nl);
+      partial = '';
+      start = nl + 1;
+      yield parseLine(line);
+    }
+    partial += text.slice(start);
+    if (partial.length > MAX_LINE) fail(`line ${lineNo + 1} is longer than any chunk line (${MAX_LINE} characters)`);
+  }
+  if (partial.length > 0) fail(`line ${lineNo + 1} does not end with a newline (the list is cut short?)`);
+  if (lineNo !== manifest.chunkList.count) fail(`it has ${lineNo} lines, the manifest says ${manifest.chunkList.count}`);
+  if (plain !== manifest.snapshot.bytes)
+    fail(`its chunks add up to ${plain} plain bytes, the manifest's snapshot has ${manifest.snapshot.bytes}`);
+  if (stored !== manifest.stored.bytes) fail(`its chunks add up to ${stored} stored bytes, the manifest says ${manifest.stored.bytes}`);
+  const sha256 = hash.digest('hex');
+  if (bytes !== manifest.chunkList.bytes || sha256 !== manifest.chunkList.sha256) {
+    fail(
+      `it is ${bytes} bytes with sha256 ${sha256}, the manifest says ${manifest.chunkList.bytes} bytes with ${manifest.chunkList.sha256}`,
+    );
+  }
 }

@@ -4,7 +4,7 @@
  * thresholds. Building it is a pure function of the facts read and `now`.
  * The judgement: docs/architecture.md, "Monitor and status".
  */
-import type { Manifest } from '../catalog/manifest.js';
+import { storedBytes, storedCompression, type Manifest } from '../catalog/manifest.js';
 import type { PgServerStatus } from '../postgres/status.js';
 import { formatDuration } from '../util/duration.js';
 import { appDrillText, type DrillChecks, type DrillRecord } from '../catalog/drill-record.js';
@@ -229,9 +229,9 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
             id: newestSnapshot.id,
             createdAt: f.newestManifest?.createdAt ?? newestSnapshot.time.toISOString(),
             ageMs: snapshotAge!,
-            artifactBytes: f.newestManifest?.artifact.bytes ?? newestSnapshot.artifactBytes ?? null,
+            artifactBytes: (f.newestManifest && storedBytes(f.newestManifest)) ?? newestSnapshot.artifactBytes ?? null,
             bytes: f.newestManifest?.snapshot.bytes ?? null,
-            compression: f.newestManifest?.artifact.compression ?? null,
+            compression: f.newestManifest ? storedCompression(f.newestManifest) : null,
           }
         : null,
       oldest: oldestSnapshot ? { id: oldestSnapshot.id, time: oldestSnapshot.time.toISOString() } : null,

@@ -1,24 +1,27 @@
 /**
- * The format-2 manifest and chunk addresses: what is accepted and refused, the serialized shape, and the
- * manual restore recipe run verbatim against a file-target layout built from a real snapshot.
+ * The format-2 manifest and its chunk list: what is accepted and refused, the serialized shape, and the chunk
+ * list written a line at a time and read back with every check naming the line. (The manual restore recipe
+ * runs verbatim from the README in test/restore-by-hand-v2.test.ts.)
  */
-import { spawnSync } from 'node:child_process';
 import { createReadStream } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { manifestKey } from '../../src/catalog/layout.js';
+import { chunkListKey } from '../../src/catalog/layout.js';
 import { CHUNK_ZSTD_LEVEL, compressChunk } from '../../src/format/chunk-codec.js';
 import { chunkKey, chunksPrefix, parseChunkKey } from '../../src/format/chunk-key.js';
-import { chunkerDescription, chunkerParams } from '../../src/format/chunker.js';
+import { chunkerDescription } from '../../src/format/chunker.js';
 import {
+  ChunkListWriter,
   MANIFEST_V2_FORMAT_VERSION,
   ManifestV2Schema,
-  distinctChunks,
+  chunkListLine,
   parseManifestV2,
+  readChunkList,
   serializeManifestV2,
+  type ChunkRefV2,
   type ManifestV2,
 } from '../../src/format/manifest-v2.js';
+import { FORMAT2_CHUNKING } from '../../src/format/params.js';
 import { firstValue, openDatabase } from '../../src/util/sqlite.js';
 import { collect, sampleSnapshot, sha256, tempDir } from './helpers.js';
 
@@ -26,14 +29,15 @@ const ID = '20261124T161300Z-3f9a1c2e';
 let work: { dir: string; remove(): Promise<void> };
 let snapshotPath: string;
 let manifest: ManifestV2;
-let frames: Map<string, Buffer>;
+let refs: ChunkRefV2[];
+let listText: string;
 
 beforeAll(async () => {
   work = await tempDir('manifest');
-  snapshotPath = sampleSnapshot(work.dir, 250, 11);
+  snapshotPath = sampleSnapshot(work.dir, 600, 11);
   const plain = await readFile(snapshotPath);
-  const chunks = await collect(createReadStream(snapshotPath));
-  frames = new Map();
+  const chunks = await collect(createReadStream(snapshotPath), FORMAT2_CHUNKING);
+  const frames = new Map<string, Buffer>();
   for (const c of chunks) if (!frames.has(c.sha256)) frames.set(c.sha256, await compressChunk(c.bytes));
   const db = openDatabase(snapshotPath, { readOnly: true });
   let facts;
@@ -47,7 +51,10 @@ beforeAll(async () => {
   } finally {
     db.close();
   }
-  const refs = chunks.map((c) => [c.sha256, c.length, frames.get(c.sha256)!.length] as [string, number, number]);
+  refs = chunks.map((c) => [c.sha256, c.length, frames.get(c.sha256)!.length] as ChunkRefV2);
+  const writer = new ChunkListWriter();
+  listText = refs.map((r) => writer.line(r)).join('');
+  const list = writer.summary();
   manifest = {
     id: ID,
     createdAt: '2026-11-24T16:13:00.000Z',
@@ -68,10 +75,10 @@ beforeAll(async () => {
     trigger: { kind: 'timer' },
     tags: [],
     storedAt: '2026-11-24T16:13:05.000Z',
-    chunking: chunkerDescription(chunkerParams()),
+    chunking: chunkerDescription(FORMAT2_CHUNKING),
     encoding: { compression: 'zstd', level: CHUNK_ZSTD_LEVEL },
-    stored: { bytes: refs.reduce((n, r) => n + r[2], 0) },
-    chunks: refs,
+    stored: { bytes: list.storedBytes },
+    chunkList: { key: chunkListKey('tcab', ID), bytes: list.bytes, sha256: list.sha256, count: list.count },
   };
 });
 afterAll(() => work?.remove());
@@ -100,17 +107,16 @@ describe('chunk keys', () => {
 });
 
 describe('ManifestV2Schema', () => {
-  it('accepts a manifest made from a real snapshot, and serializes it so it parses back the same', () => {
+  it('accepts a manifest made from a real snapshot, small, and serializes it so it parses back the same', () => {
     expect(problems(manifest)).toEqual([]);
     expect(manifest.formatVersion).toBe(MANIFEST_V2_FORMAT_VERSION);
+    expect(refs.length).toBeGreaterThan(3);
+    expect(manifest.chunkList.key).toBe(`snapshots/tcab/2026/11/24/${ID}.chunks`);
     const text = serializeManifestV2(manifest);
     expect(parseManifestV2(text, 'test')).toEqual(manifest);
-    // One chunk per line after a first line with everything else.
-    const lines = text.trimEnd().split('\n');
-    expect(lines.length).toBe(manifest.chunks.length + 2);
-    expect(lines[0]).toMatch(/^\{"id":.*"chunks":\[$/);
-    expect(lines.at(-1)).toBe(']}');
-    expect(distinctChunks(manifest)).toEqual([...frames.keys()]);
+    // No chunk in the manifest: it stays a few KB whatever the size of the database.
+    expect(text.length).toBeLessThan(2048);
+    expect(text).not.toContain(refs[1]![0]);
   });
 
   it.each<[string, (m: ManifestV2) => unknown, RegExp]>([
@@ -120,34 +126,16 @@ describe('ManifestV2Schema', () => {
       /formatVersion: Invalid input: expected 2/,
     ],
     [
-      'chunks that do not add up to the file',
-      (m) => ({ ...m, chunks: m.chunks.slice(1), stored: { bytes: m.stored.bytes - m.chunks[0]![2] } }),
-      /chunks: the chunks add up to \d+ bytes, not the snapshot's \d+/,
+      'a chunk count that cannot make the file',
+      (m) => ({ ...m, chunkList: { ...m.chunkList, count: 1 } }),
+      /chunkList\.count: 1 chunks of 16384\.\.262144 bytes cannot make the snapshot's \d+ bytes/,
     ],
-    [
-      'a stored total that is not the sum',
-      (m) => ({ ...m, stored: { bytes: m.stored.bytes + 1 } }),
-      /stored\.bytes: the chunks' stored lengths add up to/,
-    ],
-    [
-      'a chunk under the minimum before the last',
-      (m) => ({ ...m, chunks: [[m.chunks[0]![0], 100, 50], ...m.chunks.slice(1)] }),
-      /chunks\.0\.1: chunk 0 is 100 bytes, outside the chunker's 4096\.\.65536/,
-    ],
-    [
-      'a chunk over the maximum',
-      (m) => ({ ...m, chunks: [...m.chunks.slice(0, -1), [m.chunks.at(-1)![0], 70000, 50]] }),
-      /chunk \d+ is 70000 bytes, outside the chunker's 1\.\.65536/,
-    ],
-    [
-      'an upper-case hash',
-      (m) => ({ ...m, chunks: [[m.chunks[0]![0].toUpperCase(), m.chunks[0]![1], m.chunks[0]![2]], ...m.chunks.slice(1)] }),
-      /chunks\.0\.0: a lower-case hex sha256/,
-    ],
+    ['a chunk list without its hash', (m) => ({ ...m, chunkList: { ...m.chunkList, sha256: undefined } }), /chunkList\.sha256/],
+    ['a stored size of 0', (m) => ({ ...m, stored: { bytes: 0 } }), /stored\.bytes/],
     [
       'chunker parameters the chunker refuses',
       (m) => ({ ...m, chunking: { ...m.chunking, avgBytes: 10000 } }),
-      /chunking: Invalid chunker parameters: avgBytes must be a power of two/,
+      /chunking: Invalid chunker parameters: .*avgBytes must be a power of two/,
     ],
     [
       'another database name than the database',
@@ -162,67 +150,77 @@ describe('ManifestV2Schema', () => {
   });
 
   it('parseManifestV2 names the manifest and every problem', () => {
-    const bad = JSON.stringify({ ...manifest, databaseName: 'other', stored: { bytes: 1 } });
+    const bad = JSON.stringify({ ...manifest, databaseName: 'other', stored: { bytes: 0 } });
     expect(() => parseManifestV2(bad, 'snapshots/tcab/2026/11/24/x.json on target "file"')).toThrow(
-      /The manifest snapshots\/tcab\/2026\/11\/24\/x\.json on target "file" is not a valid format-2 manifest: databaseName: .*; stored\.bytes: .*Check: the object is damaged/,
+      /The manifest snapshots\/tcab\/2026\/11\/24\/x\.json on target "file" is not a valid format-2 manifest: .*stored\.bytes: .*databaseName: .*Check: the object is damaged/,
     );
     expect(() => parseManifestV2('{"id":', 'm.json')).toThrow(/The manifest m\.json is not JSON/);
   });
 });
 
-describe('the manual restore recipe', () => {
-  const recipe = (target: string) => `set -e
-ID=${ID}
-T=${target}
-cp $T/snapshots/tcab/2026/11/24/$ID.json .
-sed -n 's|^\\["\\([0-9a-f]\\{64\\}\\)".*|\\1|p' $ID.json | while read h; do cat $T/chunks/tcab/$(echo $h | cut -c1-2)/$h.zst; done | zstd -d > tcab.sqlite
-echo "$(sed -n 's/.*"snapshot": *{[^}]*"sha256": *"\\([0-9a-f]*\\)".*/\\1/p' <(head -1 $ID.json))  tcab.sqlite" | sha256sum -c -
-sqlite3 tcab.sqlite 'PRAGMA integrity_check; SELECT count(*) FROM runs;'
-`;
-
-  async function targetFolder(name: string, m: ManifestV2): Promise<string> {
-    const target = join(work.dir, name);
-    for (const [hash, frame] of frames) {
-      const path = join(target, chunkKey('tcab', hash));
-      await mkdir(dirname(path), { recursive: true });
-      await writeFile(path, frame);
-    }
-    const mPath = join(target, manifestKey('tcab', ID));
-    await mkdir(dirname(mPath), { recursive: true });
-    await writeFile(mPath, serializeManifestV2(m));
-    return target;
+/** Reads `text` back through readChunkList in pieces of `piece` bytes. */
+async function readBack(text: string, m: ManifestV2 = manifest, piece = 37): Promise<ChunkRefV2[]> {
+  async function* pieces() {
+    for (let at = 0; at < text.length; at += piece) yield Buffer.from(text.slice(at, at + piece), 'latin1');
   }
+  const out: ChunkRefV2[] = [];
+  for await (const ref of readChunkList(pieces(), m, 'L on target "t"')) out.push(ref);
+  return out;
+}
 
-  it('restores the snapshot with cat, zstd -d, sha256sum and sqlite3, verbatim', async () => {
-    // A trigger reason that looks like a chunk line must not be taken for one.
-    const m = {
-      ...manifest,
-      trigger: { kind: 'manual' as const, reason: `before upgrade\n["${'0'.repeat(64)}",1,1]` },
-      tags: ['f'.repeat(64)],
-    };
-    const target = await targetFolder('target-ok', m);
-    const restoreDir = join(work.dir, 'restore-ok');
-    await mkdir(restoreDir);
-    const run = spawnSync('bash', ['-c', recipe(target)], { cwd: restoreDir, encoding: 'utf8' });
-    expect(run.stderr).toBe('');
-    expect(run.stdout).toBe(`tcab.sqlite: OK\nok\n250\n`);
-    expect((await readFile(join(restoreDir, 'tcab.sqlite'))).equals(await readFile(snapshotPath))).toBe(true);
-    // The hashes the recipe picks are exactly the manifest's list (what `jq -r '.chunks[][0]'` prints).
-    const picked = spawnSync('bash', ['-c', `sed -n 's|^\\["\\([0-9a-f]\\{64\\}\\)".*|\\1|p' ${ID}.json`], {
-      cwd: restoreDir,
-      encoding: 'utf8',
-    }).stdout;
-    expect(picked).toBe(manifest.chunks.map((c) => `${c[0]}\n`).join(''));
+describe('the chunk list', () => {
+  it('is one "<sha256> <plain bytes> <stored bytes>" line per chunk in file order, and reads back the same in any pieces', async () => {
+    const lines = listText.split('\n');
+    expect(lines.pop()).toBe('');
+    expect(lines.length).toBe(refs.length);
+    expect(lines[0]).toBe(`${refs[0]![0]} ${refs[0]![1]} ${refs[0]![2]}`);
+    expect(chunkListLine(refs[1]!)).toBe(`${lines[1]}\n`);
+    expect(sha256(Buffer.from(listText))).toBe(manifest.chunkList.sha256);
+    for (const piece of [1, 37, 4096, 1 << 20]) expect(await readBack(listText, manifest, piece)).toEqual(refs);
   });
 
-  it('fails at the sha256 check when a chunk is missing, leaving no doubt', async () => {
-    const target = await targetFolder('target-missing', manifest);
-    await rm(join(target, chunkKey('tcab', manifest.chunks[3]![0])));
-    const restoreDir = join(work.dir, 'restore-missing');
-    await mkdir(restoreDir);
-    const run = spawnSync('bash', ['-c', recipe(target)], { cwd: restoreDir, encoding: 'utf8' });
-    expect(run.status).not.toBe(0);
-    expect(run.stderr).toMatch(/No such file or directory/);
-    expect(run.stdout).toMatch(/tcab\.sqlite: FAILED/);
+  const line = (r: ChunkRefV2) => `${r[0]} ${r[1]} ${r[2]}\n`;
+  it.each<[string, () => [string, Partial<ManifestV2>?], RegExp]>([
+    [
+      'a malformed line',
+      () => [listText.replace(line(refs[2]!), `${refs[2]![0].toUpperCase()} ${refs[2]![1]} ${refs[2]![2]}\n`)],
+      /line 3 is not "<sha256> <plain bytes> <stored bytes>"/,
+    ],
+    ['a line cut short', () => [listText.slice(0, -5)], /line \d+ does not end with a newline/],
+    [
+      'a missing line',
+      () => [listText.replace(line(refs[1]!), '')],
+      /line 2 lists a chunk of \d+ bytes before the last, below|it has \d+ lines, the manifest says/,
+    ],
+    [
+      'a chunk above the maximum',
+      () => [listText.replace(line(refs[0]!), `${refs[0]![0]} 300000 ${refs[0]![2]}\n`)],
+      /line 1 lists a chunk of 300000 bytes, above the chunking's maximum of 262144/,
+    ],
+    [
+      'a short chunk before the last',
+      () => [listText.replace(line(refs[1]!), `${refs[1]![0]} 100 ${refs[1]![2]}\n`)],
+      /line 2 lists a chunk of 100 bytes before the last, below the chunking's minimum of 16384/,
+    ],
+    ['one more line', () => [listText + line(refs[0]!)], /it has more than the \d+ lines the manifest gives/],
+    [
+      'a changed stored size',
+      () => [listText.replace(line(refs[0]!), `${refs[0]![0]} ${refs[0]![1]} ${refs[0]![2] + 1}\n`)],
+      /its chunks add up to \d+ stored bytes, the manifest says/,
+    ],
+    [
+      'another hash (same sizes)',
+      () => [listText.replace(refs[0]![0], 'f'.repeat(64))],
+      /it is \d+ bytes with sha256 [0-9a-f]{64}, the manifest says \d+ bytes with/,
+    ],
+    ['an endless line', () => [listText.replace('\n', 'x'.repeat(200))], /line 1 is longer than any chunk line|line 1 is not/],
+  ])('refuses %s, naming the list, the snapshot and the line', async (_name, make, message) => {
+    const [text] = make();
+    const error = await readBack(text).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(error?.message).toMatch(/^Chunk list L on target "t" of snapshot 20261124T161300Z-3f9a1c2e: /);
+    expect(error?.message).toMatch(message);
   });
 });

@@ -11,6 +11,7 @@ import { resetBackupConfig } from '../../src/host/context.js';
 import { createLogger } from '../../src/log.js';
 import { openTarget } from '../../src/targets/index.js';
 import { listCatalog, readManifest } from '../../src/catalog/catalog.js';
+import { v1 } from '../support/stored-snapshots.js';
 
 let work: string;
 let agent: { url: string; close(): Promise<void> };
@@ -98,7 +99,7 @@ describe('snapshotHttp', () => {
     expect(body.manifest.trigger).toEqual({ kind: 'manual', reason: 'before schema migration' });
     expect(body.manifest.tags).toContain('pinned');
     const target = openTarget({ kind: 'file', name: 'local', displayUrl: 'file://', path: join(work, 'backups') });
-    const stored = await readManifest(target, 'tcab', body.manifest.id);
+    const stored = v1(await readManifest(target, 'tcab', body.manifest.id));
     expect(stored.artifact.sha256).toBe(body.manifest.artifact.sha256);
     expect(stored.database.tables.runs).toBe(300);
   });

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { drillCommand } from '../../src/cli/commands/drill.js';
-import type { Manifest } from '../../src/catalog/manifest.js';
+import type { ManifestV1 as Manifest } from '../../src/catalog/manifest.js';
 import { DrillFailedError, runDrill, type DrillResult } from '../../src/jobs/drill/index.js';
 import { DrillRecordSchema, readRecentDrills, type DrillRecord } from '../../src/catalog/drill-record.js';
 import { loadMonitorSettings } from '../../src/jobs/settings.js';

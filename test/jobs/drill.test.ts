@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { drillKey } from '../../src/catalog/layout.js';
-import type { Manifest } from '../../src/catalog/manifest.js';
+import type { ManifestV1 as Manifest } from '../../src/catalog/manifest.js';
 import { startWriter } from '../../src/dev/writer.js';
 import { DrillFailedError, runDrill } from '../../src/jobs/drill/index.js';
 import { DrillRecordSchema, readRecentDrills } from '../../src/catalog/drill-record.js';

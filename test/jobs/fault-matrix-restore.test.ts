@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
-import type { Manifest } from '../../src/catalog/manifest.js';
+import type { ManifestV1 as Manifest } from '../../src/catalog/manifest.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { openDatabase } from '../../src/util/sqlite.js';
 import { readRecentDrills } from '../../src/catalog/drill-record.js';

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentClient } from '../../src/agent/client.js';
 import { listCatalog, writeManifest } from '../../src/catalog/catalog.js';
-import type { Manifest } from '../../src/catalog/manifest.js';
+import type { ManifestV1 as Manifest } from '../../src/catalog/manifest.js';
 import { runReplicate } from '../../src/jobs/replicate/index.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
 import { runSnapshot } from '../../src/jobs/snapshot/index.js';

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { statusKey } from '../../src/catalog/layout.js';
-import type { Manifest } from '../../src/catalog/manifest.js';
+import type { ManifestV1 as Manifest } from '../../src/catalog/manifest.js';
 import { runDrill } from '../../src/jobs/drill/index.js';
 import { loadMonitorSettings } from '../../src/jobs/settings.js';
 import { MonitorCriticalError, runMonitor } from '../../src/jobs/monitor/index.js';

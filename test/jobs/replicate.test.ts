@@ -11,7 +11,7 @@ import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/ind
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import type { Target } from '../../src/targets/target.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
-import { DATABASE, DAY, HOUR, history, idsOn, invalidSnapshots, makeSnapshot, storeSnapshot } from '../support/stored-snapshots.js';
+import { DATABASE, DAY, HOUR, history, idsOn, invalidSnapshots, makeSnapshot, storeSnapshot, v1 } from '../support/stored-snapshots.js';
 import { blobTarget, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
@@ -51,7 +51,7 @@ describe('replicate', () => {
         [b!.manifest.id, 'blob'],
       ].sort(),
     );
-    const copiedManifest = await readManifest(s3, DATABASE, a!.manifest.id);
+    const copiedManifest = v1(await readManifest(s3, DATABASE, a!.manifest.id));
     expect(copiedManifest.replicatedFrom).toBe('local');
     expect(copiedManifest.artifact).toEqual(a!.manifest.artifact);
     expect((await readManifest(local, DATABASE, c!.manifest.id)).tags).toEqual(['pinned']);

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
 import { manifestKey } from '../../src/catalog/layout.js';
-import type { Manifest } from '../../src/catalog/manifest.js';
+import type { ManifestV1 as Manifest } from '../../src/catalog/manifest.js';
 import { main as cli } from '../../src/cli/main.js';
 import { createSampleDatabase, SAMPLE_SCHEMA } from '../../src/dev/sample-db.js';
 import { firstValue, inTransaction, openDatabase } from '../../src/util/sqlite.js';

@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
 import { listCatalog, readManifest } from '../../src/catalog/catalog.js';
+import { v1 } from '../support/stored-snapshots.js';
 import { main as cli } from '../../src/cli/main.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { startWriter } from '../../src/dev/writer.js';
@@ -105,7 +106,7 @@ describe('snapshot and restore', () => {
       const { snapshots, orphans } = await listCatalog(t, 'tcab');
       expect(snapshots.map((s) => s.id)).toEqual([result.manifest.id]);
       expect(orphans).toEqual([]);
-      expect((await readManifest(t, 'tcab', result.manifest.id)).artifact.sha256).toBe(result.manifest.artifact.sha256);
+      expect(v1(await readManifest(t, 'tcab', result.manifest.id)).artifact.sha256).toBe(result.manifest.artifact.sha256);
     }
     expect(await readdir(join(work, 'staging'))).toEqual([]);
 
@@ -145,7 +146,7 @@ describe('snapshot and restore', () => {
 
   it('refuses a corrupted artifact (one byte flipped), writes nothing at -o, and falls back to a good target', async () => {
     const { snapshots } = await listCatalog(targets[0]!, 'tcab');
-    const manifest = await readManifest(targets[0]!, 'tcab', snapshots[0]!.id);
+    const manifest = v1(await readManifest(targets[0]!, 'tcab', snapshots[0]!.id));
     const path = join(work, 'a', manifest.key);
     const bytes = await readFile(path);
     bytes[Math.floor(bytes.length / 2)]! ^= 0x01;

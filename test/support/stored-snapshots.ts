@@ -7,7 +7,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { listCatalog, writeManifest } from '../../src/catalog/catalog.js';
 import { artifactKey } from '../../src/catalog/layout.js';
-import { MANIFEST_FORMAT_VERSION, type Manifest } from '../../src/catalog/manifest.js';
+import { MANIFEST_FORMAT_VERSION, type ManifestV1 as Manifest } from '../../src/catalog/manifest.js';
+import type { ManifestV2 } from '../../src/format/manifest-v2.js';
 import { verifyStoredSnapshot } from '../../src/jobs/verify/check.js';
 import type { Target } from '../../src/targets/target.js';
 
@@ -87,4 +88,10 @@ export async function invalidSnapshots(targets: Target[]): Promise<string[]> {
     }
   }
   return problems;
+}
+
+/** The manifest as format 1, for tests of format-1 snapshots; throws on any other format. */
+export function v1(m: Manifest | ManifestV2): Manifest {
+  if (m.formatVersion !== 1) throw new Error(`snapshot ${m.id} is format ${m.formatVersion}, the test expected format 1`);
+  return m;
 }

@@ -3,7 +3,7 @@
  * Exit status 1 when a target could not be listed; the others are still shown.
  */
 import { listCatalog, readManifests } from '../../catalog/catalog.js';
-import { PIN_TAG } from '../../catalog/manifest.js';
+import { PIN_TAG, storedBytes, storedCompression } from '../../catalog/manifest.js';
 import { loadTargetsConfig } from '../../config.js';
 import { errorMessage } from '../../errors.js';
 import { openTargets } from '../../runtime.js';
@@ -38,12 +38,15 @@ export const listCommand: Command = async (args, ctx) => {
                   trigger: manifest.trigger,
                   tags: manifest.tags,
                   pinned: manifest.tags.includes(PIN_TAG),
+                  formatVersion: manifest.formatVersion,
                   bytes: manifest.snapshot.bytes,
-                  artifactBytes: manifest.artifact.bytes,
-                  compression: manifest.artifact.compression,
-                  sha256: manifest.artifact.sha256,
+                  // Format 2: the sum of its chunks, shared with other snapshots (what a restore downloads).
+                  artifactBytes: storedBytes(manifest),
+                  compression: storedCompression(manifest),
+                  // The data object's: the artifact, or format 2's chunk list.
+                  sha256: manifest.formatVersion === 1 ? manifest.artifact.sha256 : manifest.chunkList.sha256,
                   tables: manifest.database.tables,
-                  key: manifest.key,
+                  key: manifest.formatVersion === 1 ? manifest.key : manifest.chunkList.key,
                 }
               : { id, error: error?.message ?? 'unreadable manifest' },
           ),

@@ -13,7 +13,7 @@ import type { AppDrillArtifact } from '../../agent/client.js';
 import type { AppDrillResult, AgentStatus } from '../../agent/protocol.js';
 import { manifestArtifactKey } from '../../catalog/catalog.js';
 import { toIsoTime } from '../../util/time.js';
-import type { Manifest } from '../../catalog/manifest.js';
+import { format2NotSupported, storedBytes, type Manifest } from '../../catalog/manifest.js';
 import { NotFoundError, TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { newDrillId } from '../../catalog/layout.js';
@@ -175,9 +175,9 @@ async function drillTarget(
     record.snapshot = {
       id: manifest.id,
       createdAt: manifest.createdAt,
-      artifactBytes: manifest.artifact.bytes,
+      artifactBytes: storedBytes(manifest),
       bytes: manifest.snapshot.bytes,
-      compression: manifest.artifact.compression,
+      compression: manifest.formatVersion === 1 ? manifest.artifact.compression : `${manifest.encoding.compression} chunks`,
     };
     const method = await chooseMethod(deps.method ?? 'auto', deps.workDir, scratch, manifest);
     if (method.method === 'restore') {
@@ -193,6 +193,7 @@ async function drillTarget(
       compareWithLive(record, manifest, restored.tables, newestPublishedAt(path), live, deps.database);
     } else {
       log.info('drill.streaming', { database: deps.database, target: target.name, snapshot: manifest.id, reason: method.reason });
+      if (manifest.formatVersion === 2) throw format2NotSupported('the drill by streaming', manifest, `target "${target.name}"`);
       const streamed = await verifyByStreaming(target, manifest, signal);
       record.recoveryTimeMs = streamed.durationMs;
       record.checks = {
@@ -298,6 +299,15 @@ async function appDrill(
       agent: null,
       ...empty,
       error: `the application drill (TCAB_BACKUP_DRILL_APP=true) needs the agent, which cannot be asked: ${source.unavailable}. Check: TCAB_BACKUP_AGENT_URL and its key, or set TCAB_BACKUP_DRILL_APP=false`,
+    };
+  }
+  if (manifest.formatVersion === 2) {
+    return {
+      passed: false,
+      failedStep: 'agent',
+      agent: source.agent,
+      ...empty,
+      error: format2NotSupported('the application drill', manifest, `target "${target.name}"`).message,
     };
   }
   let result: AppDrillResult;

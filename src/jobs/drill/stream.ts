@@ -11,7 +11,7 @@
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { manifestArtifactKey } from '../../catalog/catalog.js';
-import type { Manifest } from '../../catalog/manifest.js';
+import type { ManifestV1 } from '../../catalog/manifest.js';
 import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
 import type { Target } from '../../targets/target.js';
 import { HashingStream, decompressor } from '../../util/streams.js';
@@ -20,7 +20,7 @@ import { HashingStream, decompressor } from '../../util/streams.js';
  * Resolves once the bytes match the manifest; throws naming what differs. Messages leave out the target and
  * the snapshot, and what to do next: the drill's own error names them.
  */
-export async function verifyByStreaming(target: Target, manifest: Manifest, signal?: AbortSignal): Promise<{ durationMs: number }> {
+export async function verifyByStreaming(target: Target, manifest: ManifestV1, signal?: AbortSignal): Promise<{ durationMs: number }> {
   if (manifest.integrity !== 'ok') {
     throw new IntegrityError(`the agent's integrity_check of this snapshot reported "${manifest.integrity.slice(0, 300)}"`);
   }

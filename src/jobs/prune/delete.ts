@@ -5,8 +5,8 @@
  * replicate/copy.ts). Whichever of the two acts last sees the other's work and withdraws a manifest whose
  * data is gone, so no interleaving ends with a visible snapshot that cannot be restored.
  */
-import { manifestArtifactKey, readManifest } from '../../catalog/catalog.js';
-import { manifestKey, parseArtifactKey } from '../../catalog/layout.js';
+import { manifestDataBytes, manifestDataKey, readManifest } from '../../catalog/catalog.js';
+import { manifestKey, parseDataKey } from '../../catalog/layout.js';
 import { NotFoundError, ObjectHeldError, TcabError, errorMessage } from '../../errors.js';
 import type { ObjectInfo, Target } from '../../targets/target.js';
 import type { StoredSnapshot } from '../../catalog/target-catalog.js';
@@ -34,10 +34,10 @@ async function settle(target: Target, database: string, id: string, signal: Abor
     if (e instanceof NotFoundError) return 'clear';
     throw e;
   }
-  const key = manifestArtifactKey(manifest);
+  const key = manifestDataKey(manifest);
   try {
     const info = await target.head(key, signalOf(signal));
-    if (info.size === manifest.artifact.bytes) return 'recreated';
+    if (info.size === manifestDataBytes(manifest)) return 'recreated';
   } catch (e) {
     if (!(e instanceof NotFoundError)) throw e;
   }
@@ -45,7 +45,11 @@ async function settle(target: Target, database: string, id: string, signal: Abor
   return 'clear';
 }
 
-/** Removes one snapshot: manifest first (then it no longer exists), then its data. */
+/**
+ * Removes one snapshot: manifest first (then it no longer exists), then its data object: the artifact, or
+ * format 2's chunk list. A format-2 snapshot's chunks are shared with other snapshots and stay: collecting
+ * the ones no manifest references is a separate step (docs/format-2.md, "Collecting chunks"), not built yet.
+ */
 export async function removeSnapshot(
   target: Target,
   database: string,
@@ -53,7 +57,7 @@ export async function removeSnapshot(
   signal?: AbortSignal,
 ): Promise<RemoveOutcome> {
   const dataKeys = new Set<string>();
-  if (snapshot.manifest) dataKeys.add(manifestArtifactKey(snapshot.manifest));
+  if (snapshot.manifest) dataKeys.add(manifestDataKey(snapshot.manifest));
   if (snapshot.artifactObject) dataKeys.add(snapshot.artifactObject.key);
   try {
     await target.delete(manifestKey(database, snapshot.id), signalOf(signal));
@@ -87,7 +91,7 @@ export async function removeSnapshot(
   return { status: 'removed' };
 }
 
-/** Removes a data object without a manifest, if it still is one and still older than `cutoff`. */
+/** Removes a data object (artifact or chunk list) without a manifest, if it still is one and still older than `cutoff`. */
 export async function removeOrphan(
   target: Target,
   database: string,
@@ -95,8 +99,8 @@ export async function removeOrphan(
   cutoff: Date,
   signal?: AbortSignal,
 ): Promise<RemoveOutcome> {
-  const parsed = parseArtifactKey(orphan.key);
-  if (!parsed || parsed.database !== database) return { status: 'left', detail: 'not an artifact of this database' };
+  const parsed = parseDataKey(orphan.key);
+  if (!parsed || parsed.database !== database) return { status: 'left', detail: 'not a data object of this database' };
   try {
     const now = await target.head(orphan.key, signalOf(signal));
     if (now.etag !== orphan.etag || now.lastModified.getTime() >= cutoff.getTime()) {

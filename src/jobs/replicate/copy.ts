@@ -9,7 +9,7 @@ import { finished, Transform, type TransformCallback } from 'node:stream';
 import { createHash, type Hash } from 'node:crypto';
 import { manifestArtifactKey, writeManifest } from '../../catalog/catalog.js';
 import { manifestKey } from '../../catalog/layout.js';
-import type { Manifest } from '../../catalog/manifest.js';
+import type { ManifestV1 as Manifest } from '../../catalog/manifest.js';
 import { IntegrityError, NotFoundError, TcabError, errorMessage } from '../../errors.js';
 import type { Target } from '../../targets/target.js';
 

@@ -9,7 +9,7 @@ import { silentLogger, type Logger } from '../../log.js';
 import type { RetentionConfig } from '../../retention/settings.js';
 import { backoffMs, isRetryable, sleep, type RetryOptions } from '../../targets/retry.js';
 import type { Target } from '../../targets/target.js';
-import type { Manifest } from '../../catalog/manifest.js';
+import { format2NotSupported, type ManifestV1 as Manifest } from '../../catalog/manifest.js';
 import { copySnapshot, CopyError, type CopyResult } from './copy.js';
 import { planReplication, type DestinationPlan, type SkippedCopy } from './plan.js';
 import { readTargetCatalog, type TargetCatalog } from '../../catalog/target-catalog.js';
@@ -295,6 +295,10 @@ async function copyAll(
       const source = byName.get(sourceName)!;
       // The source's own manifest: its bytes are checked against what it claims, and that is what is copied.
       const manifest = source.byId.get(copy.id)!.manifest!;
+      if (manifest.formatVersion === 2) {
+        attempts.push({ source: sourceName, error: format2NotSupported('replicate', manifest, `target "${sourceName}"`).message });
+        continue;
+      }
       try {
         const done = await copyWithRetry(source.target, destination.target, manifest, request, log, turn);
         outcome.copied.push({

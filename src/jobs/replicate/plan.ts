@@ -4,7 +4,7 @@
  * retention would remove at once. Pure: no I/O.
  * Why these sources and this limit: docs/architecture.md, "Replicate".
  */
-import type { Manifest } from '../../catalog/manifest.js';
+import { format2NotSupported, type ManifestV1 } from '../../catalog/manifest.js';
 import { TcabError } from '../../errors.js';
 import { planRetention } from '../../retention/policy.js';
 import { applySafetyRails, type RailSnapshot } from '../../retention/rails.js';
@@ -14,7 +14,8 @@ import { copyState, type VerifyRecord } from '../../catalog/verify-record.js';
 
 export interface PlannedCopy {
   id: string;
-  manifest: Manifest;
+  /** Format 1 only: a format-2 snapshot is skipped, saying so (replicate does not copy chunks yet). */
+  manifest: ManifestV1;
   /** Targets holding a complete copy, in configuration order. */
   sources: string[];
   bytes: number;
@@ -86,6 +87,10 @@ export function planReplication(catalogs: readonly TargetCatalog[], options: Pla
         continue;
       }
       const manifest = holders[0]!.byId.get(id)!.manifest!;
+      if (manifest.formatVersion === 2) {
+        plan.skipped.push({ id, reason: format2NotSupported('replicate', manifest, `target "${holders[0]!.target.name}"`).message });
+        continue;
+      }
       plan.copies.push({
         id,
         manifest,

@@ -1,6 +1,8 @@
 /**
  * Restore: download a snapshot, check the artifact's sha256 against the manifest while it streams,
  * decompress, check the plain file's sha256 and PRAGMA integrity_check, and only then move it into place.
+ * A format-2 snapshot is its chunk list and chunks instead of one artifact (chunks.ts); everything after the
+ * file is written (the SQLite checks, the move into place) is the same for both formats.
  * The file is written beside the destination under a temporary name and renamed at the end, so a failed
  * restore leaves the destination as it was (and never replaces an existing file without `force`).
  *
@@ -13,18 +15,19 @@
  */
 import { randomBytes } from 'node:crypto';
 import { constants as fsc } from 'node:fs';
-import { link, lstat, mkdir, open, rename, rm } from 'node:fs/promises';
+import { type FileHandle, link, lstat, mkdir, open, rename, rm } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { manifestArtifactKey } from '../../catalog/catalog.js';
-import type { Manifest } from '../../catalog/manifest.js';
+import { manifestArtifactKey, manifestDataKey } from '../../catalog/catalog.js';
+import type { Manifest, ManifestV1 } from '../../catalog/manifest.js';
 import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
 import type { Target } from '../../targets/target.js';
 import { firstColumn, firstValue, openDatabase } from '../../util/sqlite.js';
 import { HashingStream, decompressor } from '../../util/streams.js';
 import { describeSelector, selectSnapshot, type SnapshotSelector } from '../../catalog/select.js';
+import { writeChunkedSnapshot } from './chunks.js';
 
 export interface RestoreRequest {
   selector: SnapshotSelector;
@@ -98,7 +101,8 @@ async function restoreFromTarget(
   log: Logger,
 ): Promise<Omit<RestoreResult, 'skipped'>> {
   const started = Date.now();
-  const key = manifestArtifactKey(manifest);
+  // Checked before anything is created: a manifest that points elsewhere is refused at once.
+  manifestDataKey(manifest);
   const tmp = join(dirname(outPath), `.${basename(outPath)}.restore-${randomBytes(4).toString('hex')}.tmp`);
   try {
     // The file first: a destination that cannot take it is found before anything is downloaded.
@@ -108,71 +112,17 @@ async function restoreFromTarget(
         cause: e,
       });
     });
-    const artifactHash = new HashingStream();
-    const plainHash = new HashingStream();
-    let lastReport = 0;
-    if (request.onProgress) {
-      artifactHash.on('data', () => {
-        const now = Date.now();
-        if (now - lastReport > 250) {
-          lastReport = now;
-          request.onProgress!(artifactHash.bytes, manifest.artifact.bytes);
-        }
-      });
-    }
-    let decompressFailed = false;
-    let inflate: Duplex | undefined;
+    let written: { storedBytes: number; plainBytes: number };
     try {
-      inflate = decompressor(manifest.artifact.compression);
-      inflate.once('error', () => (decompressFailed = true));
-      // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
-      const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
-      // flush: the stream fsyncs the file before it closes the handle, so the rename below publishes durable bytes.
-      await pipeline(
-        body,
-        artifactHash,
-        inflate,
-        plainHash,
-        file.createWriteStream({ flush: true }),
-        request.signal ? { signal: request.signal } : {},
-      );
-    } catch (e) {
-      // A get that failed leaves the decompressor unused (for zstd on older Node, a child process waiting).
-      inflate?.destroy();
-      // A damaged artifact usually fails decompression first; name the real cause when the hash says so.
-      if (artifactHash.bytes === manifest.artifact.bytes && artifactHash.digest() !== manifest.artifact.sha256) {
-        throw new IntegrityError(
-          `Snapshot ${manifest.id} on target "${target.name}": artifact sha256 ${artifactHash.digest()} does not match the manifest's ${manifest.artifact.sha256}`,
-          { cause: e },
-        );
-      }
-      if (request.signal?.aborted || !decompressFailed) throw e;
-      throw new IntegrityError(
-        `Snapshot ${manifest.id} on target "${target.name}": the ${manifest.artifact.compression} artifact does not decompress (${errorMessage(e)})`,
-        {
-          hint: 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"',
-          cause: e,
-        },
-      );
+      written =
+        manifest.formatVersion === 1
+          ? await writeArtifact(target, manifest, file, request)
+          : await writeChunkedSnapshot(target, manifest, file, {
+              ...(request.signal ? { signal: request.signal } : {}),
+              ...(request.onProgress ? { onProgress: request.onProgress } : {}),
+            });
     } finally {
       await file.close().catch(() => undefined);
-    }
-    request.onProgress?.(artifactHash.bytes, manifest.artifact.bytes);
-    if (artifactHash.bytes !== manifest.artifact.bytes || artifactHash.digest() !== manifest.artifact.sha256) {
-      throw new IntegrityError(
-        `Snapshot ${manifest.id} on target "${target.name}": artifact is ${artifactHash.bytes} bytes with sha256 ${artifactHash.digest()}, the manifest says ${manifest.artifact.bytes} bytes with ${manifest.artifact.sha256}`,
-        {
-          hint: 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"',
-        },
-      );
-    }
-    if (plainHash.bytes !== manifest.snapshot.bytes || plainHash.digest() !== manifest.snapshot.sha256) {
-      throw new IntegrityError(
-        `Snapshot ${manifest.id} on target "${target.name}": decompressed file is ${plainHash.bytes} bytes with sha256 ${plainHash.digest()}, the manifest says ${manifest.snapshot.bytes} bytes with ${manifest.snapshot.sha256}`,
-        {
-          hint: 'the artifact does not decompress to the snapshot the agent made; restore from another target',
-        },
-      );
     }
     const tables = checkDatabase(tmp, manifest, target.name);
     let movedAside: RestoreResult['movedAside'] = [];
@@ -206,17 +156,95 @@ async function restoreFromTarget(
       target: target.name,
       path: outPath,
       createdAt: manifest.createdAt,
-      artifactBytes: manifest.artifact.bytes,
-      bytes: plainHash.bytes,
+      artifactBytes: written.storedBytes,
+      bytes: written.plainBytes,
       tables,
       durationMs: Date.now() - started,
       movedAside,
     };
-    log.info('restore.completed', { ...result });
+    log.info('restore.completed', { ...result, formatVersion: manifest.formatVersion });
     return result;
   } finally {
     await Promise.all([tmp, `${tmp}-wal`, `${tmp}-shm`, `${tmp}-journal`].map((p) => rm(p, { force: true })));
   }
+}
+
+/**
+ * Format 1: streams the artifact into `file`, checking its sha256 as it arrives, decompressing, and checking
+ * the plain file's sha256. The write stream fsyncs the file before it closes the handle.
+ */
+async function writeArtifact(
+  target: Target,
+  manifest: ManifestV1,
+  file: FileHandle,
+  request: RestoreRequest,
+): Promise<{ storedBytes: number; plainBytes: number }> {
+  const key = manifestArtifactKey(manifest);
+  const artifactHash = new HashingStream();
+  const plainHash = new HashingStream();
+  let lastReport = 0;
+  if (request.onProgress) {
+    artifactHash.on('data', () => {
+      const now = Date.now();
+      if (now - lastReport > 250) {
+        lastReport = now;
+        request.onProgress!(artifactHash.bytes, manifest.artifact.bytes);
+      }
+    });
+  }
+  let decompressFailed = false;
+  let inflate: Duplex | undefined;
+  try {
+    inflate = decompressor(manifest.artifact.compression);
+    inflate.once('error', () => (decompressFailed = true));
+    // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
+    const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
+    // flush: the stream fsyncs the file before it closes the handle, so the rename below publishes durable bytes.
+    await pipeline(
+      body,
+      artifactHash,
+      inflate,
+      plainHash,
+      file.createWriteStream({ flush: true }),
+      request.signal ? { signal: request.signal } : {},
+    );
+  } catch (e) {
+    // A get that failed leaves the decompressor unused (for zstd on older Node, a child process waiting).
+    inflate?.destroy();
+    // A damaged artifact usually fails decompression first; name the real cause when the hash says so.
+    if (artifactHash.bytes === manifest.artifact.bytes && artifactHash.digest() !== manifest.artifact.sha256) {
+      throw new IntegrityError(
+        `Snapshot ${manifest.id} on target "${target.name}": artifact sha256 ${artifactHash.digest()} does not match the manifest's ${manifest.artifact.sha256}`,
+        { cause: e },
+      );
+    }
+    if (request.signal?.aborted || !decompressFailed) throw e;
+    throw new IntegrityError(
+      `Snapshot ${manifest.id} on target "${target.name}": the ${manifest.artifact.compression} artifact does not decompress (${errorMessage(e)})`,
+      {
+        hint: 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"',
+        cause: e,
+      },
+    );
+  }
+  request.onProgress?.(artifactHash.bytes, manifest.artifact.bytes);
+  if (artifactHash.bytes !== manifest.artifact.bytes || artifactHash.digest() !== manifest.artifact.sha256) {
+    throw new IntegrityError(
+      `Snapshot ${manifest.id} on target "${target.name}": artifact is ${artifactHash.bytes} bytes with sha256 ${artifactHash.digest()}, the manifest says ${manifest.artifact.bytes} bytes with ${manifest.artifact.sha256}`,
+      {
+        hint: 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"',
+      },
+    );
+  }
+  if (plainHash.bytes !== manifest.snapshot.bytes || plainHash.digest() !== manifest.snapshot.sha256) {
+    throw new IntegrityError(
+      `Snapshot ${manifest.id} on target "${target.name}": decompressed file is ${plainHash.bytes} bytes with sha256 ${plainHash.digest()}, the manifest says ${manifest.snapshot.bytes} bytes with ${manifest.snapshot.sha256}`,
+      {
+        hint: 'the artifact does not decompress to the snapshot the agent made; restore from another target',
+      },
+    );
+  }
+  return { storedBytes: artifactHash.bytes, plainBytes: plainHash.bytes };
 }
 
 /** PRAGMA integrity_check and row counts of the restored file, compared with the manifest. */

@@ -9,7 +9,7 @@
 import { PassThrough, pipeline } from 'node:stream';
 import type { Compression, SnapshotDescription } from '../../agent/protocol.js';
 import { artifactKey } from '../../catalog/layout.js';
-import { MANIFEST_FORMAT_VERSION, PIN_TAG, type Manifest, type Trigger } from '../../catalog/manifest.js';
+import { MANIFEST_FORMAT_VERSION, PIN_TAG, type ManifestV1, type Trigger } from '../../catalog/manifest.js';
 import { writeManifest } from '../../catalog/catalog.js';
 import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
@@ -43,7 +43,7 @@ export interface TargetOutcome {
 }
 
 export interface SnapshotResult {
-  manifest: Manifest;
+  manifest: ManifestV1;
   targets: TargetOutcome[];
   totalMs: number;
 }
@@ -128,7 +128,7 @@ export async function runSnapshot(
     );
   }
 
-  const manifest: Manifest = {
+  const manifest: ManifestV1 = {
     formatVersion: MANIFEST_FORMAT_VERSION,
     ...desc,
     databaseName: deps.database,

@@ -9,6 +9,7 @@
  * and the next run reads it again).
  */
 import { manifestArtifactKey, readManifest } from '../../catalog/catalog.js';
+import { format2NotSupported } from '../../catalog/manifest.js';
 import { NotFoundError, TargetError, TcabError, errorMessage } from '../../errors.js';
 import type { Target } from '../../targets/target.js';
 import { hashStream } from '../../util/streams.js';
@@ -39,6 +40,15 @@ export async function verifyStoredSnapshot(target: Target, database: string, id:
   let reading: { key: string; size: number } | undefined;
   try {
     const manifest = await readManifest(target, database, id, { signal });
+    // Not a verdict on the copy: the snapshot is not re-read at all, and the message says why.
+    if (manifest.formatVersion === 2) {
+      return {
+        ...base,
+        ok: false,
+        verdict: 'unreadable',
+        error: format2NotSupported('verify', manifest, `target "${target.name}"`).message,
+      };
+    }
     const key = manifestArtifactKey(manifest);
     const { body, size } = await target.get(key, { signal });
     reading = { key, size };

@@ -1,0 +1,167 @@
+/**
+ * Writing a format-2 snapshot to a file (docs/format-2.md, "Restoring"): read the chunk list and check it
+ * against the manifest before fetching anything, then fetch the chunks in parallel while writing them in
+ * order, each decompressed on its own (Node's zstd decompressor stops at the end of the first frame of a write)
+ * and checked against its length and sha256, and the whole file against the manifest's bytes and sha256.
+ *
+ * Memory is bounded by construction, whatever the size of the database: at most IN_FLIGHT chunks are being
+ * fetched or waiting to be written, each read into a buffer only up to the stored size its chunk-list line
+ * gives (plus one byte, to tell a longer object), and decompressed to at most its plain length (at most the
+ * chunking's maximum, 256 KiB); nothing else is held but the chunk list's lines (about 140 bytes a chunk).
+ * The file is written with positional writes and synced before the caller checks it with SQLite.
+ */
+import { createHash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
+import { manifestChunkListKey } from '../../catalog/catalog.js';
+import { IntegrityError, NotFoundError, TcabError, errorMessage } from '../../errors.js';
+import { decompressChunk } from '../../format/chunk-codec.js';
+import { chunkKey } from '../../format/chunk-key.js';
+import { readChunkList, type ChunkRefV2, type ManifestV2 } from '../../format/manifest-v2.js';
+import type { Target } from '../../targets/target.js';
+
+/** Chunks fetched at once: enough to hide a request's latency, few enough that memory stays a few MB. */
+export const IN_FLIGHT = 8;
+
+const DAMAGED_HINT = 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"';
+
+/** Reads a stored object into one buffer, refusing more than `limit` bytes. */
+async function readBounded(target: Target, key: string, limit: number, signal: AbortSignal): Promise<Buffer> {
+  const { body } = await target.get(key, { signal });
+  const parts: Buffer[] = [];
+  let length = 0;
+  try {
+    for await (const data of body) {
+      const buf = data as Buffer;
+      length += buf.length;
+      if (length > limit) break;
+      parts.push(buf);
+    }
+  } finally {
+    body.destroy();
+  }
+  return length > limit ? Buffer.alloc(limit + 1) : Buffer.concat(parts, length);
+}
+
+/**
+ * Writes the snapshot `manifest` describes from `target` into `file` (empty, just created). Resolves with the
+ * bytes read from the target and written to the file once both the chunks and the whole file match.
+ */
+export async function writeChunkedSnapshot(
+  target: Target,
+  manifest: ManifestV2,
+  file: FileHandle,
+  options: { signal?: AbortSignal; onProgress?: (bytesRead: number, totalBytes: number) => void },
+): Promise<{ storedBytes: number; plainBytes: number }> {
+  const snapshot = `Snapshot ${manifest.id} on target "${target.name}" (${target.url})`;
+  const listKey = manifestChunkListKey(manifest);
+  const stop = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
+
+  // 1. The chunk list, read to the end and checked against the manifest before a single chunk is fetched.
+  const refs: ChunkRefV2[] = [];
+  try {
+    const { body } = await target.get(listKey, { signal });
+    for await (const ref of readChunkList(body, manifest, `${listKey} on target "${target.name}"`)) refs.push(ref);
+  } catch (e) {
+    if (options.signal?.aborted) throw e;
+    if (e instanceof NotFoundError) {
+      throw new TcabError(`${snapshot}: its chunk list ${listKey} is missing`, {
+        hint: 'the snapshot is incomplete there (a prune or an interrupted copy); restore from another target (--target)',
+        cause: e,
+      });
+    }
+    if (e instanceof IntegrityError) {
+      throw new IntegrityError(`${snapshot}: ${e.message}`, { hint: DAMAGED_HINT, cause: e });
+    }
+    throw new TcabError(`${snapshot}: reading its chunk list ${listKey} failed: ${errorMessage(e)}`, {
+      hint: 'check that the target is reachable, then run the restore again',
+      cause: e,
+    });
+  }
+
+  // 2. The chunks: up to IN_FLIGHT fetched ahead, written strictly in order.
+  const fetchChunk = async (index: number): Promise<Buffer> => {
+    const ref = refs[index]!;
+    const key = chunkKey(manifest.databaseName, ref[0]);
+    const where = `${key}, line ${index + 1} of the chunk list`;
+    let stored: Buffer;
+    try {
+      stored = await readBounded(target, key, ref[2], signal);
+    } catch (e) {
+      if (signal.aborted) throw e;
+      if (e instanceof NotFoundError) {
+        throw new TcabError(`${snapshot}: chunk ${where} is missing`, {
+          hint: 'the target lost a chunk this snapshot needs (a prune that did not see the manifest?); restore from another target (--target) and run "tcab-backup verify"',
+          cause: e,
+        });
+      }
+      throw new TcabError(`${snapshot}: reading chunk ${where} failed: ${errorMessage(e)}`, {
+        hint: 'check that the target is reachable, then run the restore again',
+        cause: e,
+      });
+    }
+    if (stored.length !== ref[2]) {
+      throw new IntegrityError(
+        `${snapshot}: chunk ${where} is ${stored.length > ref[2] ? 'longer than' : `${stored.length} bytes, not`} the ${ref[2]} bytes the chunk list gives`,
+        { hint: DAMAGED_HINT },
+      );
+    }
+    try {
+      return await decompressChunk(
+        stored,
+        { sha256: ref[0], bytes: ref[1] },
+        `${where}, of snapshot ${manifest.id} on target "${target.name}"`,
+      );
+    } catch (e) {
+      throw new IntegrityError(`${snapshot}: chunk ${where} is damaged: ${errorMessage(e)}`, { hint: DAMAGED_HINT, cause: e });
+    }
+  };
+
+  const pending: Array<Promise<Buffer> | undefined> = new Array(refs.length);
+  let started = 0;
+  const startUpTo = (limit: number) => {
+    for (; started < Math.min(limit, refs.length); started++) {
+      const p = fetchChunk(started);
+      // Handled where it is awaited; this keeps a failure of a chunk fetched ahead from going unhandled meanwhile.
+      p.catch(() => undefined);
+      pending[started] = p;
+    }
+  };
+  const whole = createHash('sha256');
+  let position = 0;
+  let storedBytes = 0;
+  let lastReport = 0;
+  try {
+    for (let i = 0; i < refs.length; i++) {
+      startUpTo(i + IN_FLIGHT);
+      const plain = await pending[i]!;
+      pending[i] = undefined;
+      whole.update(plain);
+      for (let at = 0; at < plain.length; ) {
+        const { bytesWritten } = await file.write(plain, at, plain.length - at, position);
+        at += bytesWritten;
+        position += bytesWritten;
+      }
+      storedBytes += refs[i]![2];
+      const now = Date.now();
+      if (options.onProgress && now - lastReport > 250) {
+        lastReport = now;
+        options.onProgress(storedBytes, manifest.stored.bytes);
+      }
+    }
+  } catch (e) {
+    stop.abort();
+    await Promise.allSettled(pending.filter(Boolean));
+    throw e;
+  }
+  options.onProgress?.(storedBytes, manifest.stored.bytes);
+  const sha256 = whole.digest('hex');
+  if (position !== manifest.snapshot.bytes || sha256 !== manifest.snapshot.sha256) {
+    throw new IntegrityError(
+      `${snapshot}: the chunks make a file of ${position} bytes with sha256 ${sha256}, the manifest says ${manifest.snapshot.bytes} bytes with ${manifest.snapshot.sha256}`,
+      { hint: DAMAGED_HINT },
+    );
+  }
+  await file.sync();
+  return { storedBytes, plainBytes: position };
+}
