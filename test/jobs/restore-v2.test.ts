@@ -1,0 +1,273 @@
+/**
+ * Restore of format-2 snapshots on real parts: real SQLite files stored as chunks (test/support/store-v2.ts)
+ * on a file folder, Azurite and s3rver; the CLI's restore and list; and the failures a user meets: a damaged
+ * chunk, a missing chunk, a chunk list that is not the manifest's. Each names the snapshot, the target and the
+ * chunk, and leaves nothing at the destination.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readManifest } from '../../src/catalog/catalog.js';
+import { chunkListKey, manifestKey } from '../../src/catalog/layout.js';
+import { main as cli } from '../../src/cli/main.js';
+import { createSampleDatabase } from '../../src/dev/sample-db.js';
+import { chunkKey } from '../../src/format/chunk-key.js';
+import { runRestore } from '../../src/jobs/restore/index.js';
+import { IN_FLIGHT } from '../../src/jobs/restore/chunks.js';
+import type { Target } from '../../src/targets/target.js';
+import { openDatabase } from '../../src/util/sqlite.js';
+import { blobTarget, s3Target, testWorld } from '../support/stored-snapshots.js';
+import { storeFileAsV2 } from '../support/store-v2.js';
+
+const world = testWorld();
+let work: string;
+let first: string;
+let second: string;
+
+/** The live database, then VACUUM INTO a snapshot file, as the agent does. */
+function vacuumInto(live: string, out: string): string {
+  const db = openDatabase(live);
+  try {
+    db.exec(`VACUUM INTO '${out.replaceAll("'", "''")}'`);
+  } finally {
+    db.close();
+  }
+  return out;
+}
+
+async function sha256Of(path: string): Promise<string> {
+  return createHash('sha256')
+    .update(await readFile(path))
+    .digest('hex');
+}
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'tcab-restore-v2-'));
+  const live = join(work, 'live.sqlite');
+  createSampleDatabase(live, { runs: 1200, seed: 3 });
+  first = vacuumInto(live, join(work, 'first.sqlite'));
+  // A few more runs: the second snapshot shares most of its chunks with the first.
+  const db = openDatabase(live);
+  try {
+    db.exec(
+      "INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-again', title, published_at, record FROM runs ORDER BY id DESC LIMIT 15",
+    );
+  } finally {
+    db.close();
+  }
+  second = vacuumInto(live, join(work, 'second.sqlite'));
+});
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+function restoreTo(target: Target | Target[], id: string, name: string, signal?: AbortSignal) {
+  return runRestore(
+    { targets: Array.isArray(target) ? target : [target], database: 'tcab' },
+    { selector: { id }, outPath: join(work, name), ...(signal ? { signal } : {}) },
+  );
+}
+
+describe.each(['file', 'blob', 's3'] as const)('on a %s target', (kind) => {
+  it("restores both snapshots to their exact bytes, the second reusing the first one's chunks", async () => {
+    const target =
+      kind === 'file' ? (await world.folder('v2')).target : kind === 'blob' ? blobTarget(world.clouds, 'v2') : s3Target(world.clouds, 'v2');
+    const a = await storeFileAsV2(target, 'tcab', first);
+    const b = await storeFileAsV2(target, 'tcab', second, { createdAt: new Date(Date.parse(a.manifest.createdAt) + 1000) });
+    expect(a.reused).toBe(0);
+    expect(b.reused).toBeGreaterThan(b.uploaded * 3);
+    // The manifest on the target is format 2 and small; the chunk list is beside it.
+    const stored = await readManifest(target, 'tcab', b.manifest.id);
+    expect(stored.formatVersion).toBe(2);
+    for (const [s, file] of [
+      [a, first],
+      [b, second],
+    ] as const) {
+      const out = `${kind}-${s.manifest.id}.sqlite`;
+      const result = await restoreTo(target, s.manifest.id, out);
+      expect(await sha256Of(join(work, out))).toBe(await sha256Of(file));
+      expect(result.bytes).toBe((await readFile(file)).length);
+      expect(result.artifactBytes).toBe(s.manifest.stored.bytes);
+      expect(result.tables).toEqual(s.manifest.database.tables);
+      expect(result.tables.runs).toBeGreaterThan(1000);
+    }
+  });
+});
+
+describe('on a file target', () => {
+  let dir: string;
+  let target: Target;
+  let id: string;
+  beforeAll(async () => {
+    ({ dir, target } = await world.folder('damage'));
+    id = (await storeFileAsV2(target, 'tcab', first)).manifest.id;
+  });
+
+  async function listLines(): Promise<string[]> {
+    return (await readFile(join(dir, chunkListKey('tcab', id)), 'latin1')).trimEnd().split('\n');
+  }
+
+  async function expectNothingLeft(name: string) {
+    expect(existsSync(join(work, name))).toBe(false);
+    expect((await readdir(work)).filter((f) => f.includes('.restore-'))).toEqual([]);
+  }
+
+  it('fetches chunks in parallel, never more than 8 at once', async () => {
+    let now = 0;
+    let most = 0;
+    const counting: Target = Object.create(target, {
+      get: {
+        value: async (key: string, options?: Parameters<Target['get']>[1]) => {
+          const isChunk = key.startsWith('chunks/');
+          if (isChunk) most = Math.max(most, ++now);
+          try {
+            const got = await target.get(key, options);
+            if (isChunk) got.body.once('close', () => now--);
+            return got;
+          } catch (e) {
+            if (isChunk) now--;
+            throw e;
+          }
+        },
+      },
+    });
+    await restoreTo(counting, id, 'parallel.sqlite');
+    expect(IN_FLIGHT).toBe(8);
+    expect(most).toBeGreaterThan(1);
+    expect(most).toBeLessThanOrEqual(IN_FLIGHT);
+  });
+
+  it('refuses a damaged chunk (bytes flipped), naming the snapshot, the target and the chunk key', async () => {
+    const [hash] = (await listLines())[3]!.split(' ');
+    const path = join(dir, chunkKey('tcab', hash!));
+    const good = await readFile(path);
+    const bad = Buffer.from(good);
+    for (let i = 20; i < 28 && i < bad.length; i++) bad[i]! ^= 0xff;
+    await writeFile(path, bad);
+    try {
+      const error = await restoreTo(target, id, 'damaged.sqlite').catch((e: Error) => e);
+      expect(error).toBeInstanceOf(Error);
+      const message = (error as Error).message;
+      expect(message).toContain(`Snapshot ${id} on target "damage"`);
+      expect(message).toContain(`chunk ${chunkKey('tcab', hash!)}, line 4 of the chunk list is damaged`);
+      expect(message).toMatch(/restore from another target/);
+      await expectNothingLeft('damaged.sqlite');
+    } finally {
+      await writeFile(path, good);
+    }
+  });
+
+  it('refuses a missing chunk, naming it', async () => {
+    const lines = await listLines();
+    const [hash] = lines[lines.length - 2]!.split(' ');
+    const path = join(dir, chunkKey('tcab', hash!));
+    const good = await readFile(path);
+    await rm(path);
+    try {
+      const message = (await restoreTo(target, id, 'missing.sqlite').catch((e: Error) => e)) as Error;
+      expect(message.message).toContain(`Snapshot ${id} on target "damage"`);
+      expect(message.message).toContain(`chunk ${chunkKey('tcab', hash!)}, line ${lines.length - 1} of the chunk list is missing`);
+      await expectNothingLeft('missing.sqlite');
+    } finally {
+      await writeFile(path, good);
+    }
+  });
+
+  it("refuses a chunk list whose sha256 is not the manifest's, before fetching any chunk", async () => {
+    const path = join(dir, chunkListKey('tcab', id));
+    const good = await readFile(path, 'latin1');
+    // Same length, same sizes: only the hash of the list tells.
+    const lines = good.split('\n');
+    const [h, ...rest] = lines[0]!.split(' ');
+    lines[0] = [`${h!.slice(0, -1)}${h!.endsWith('0') ? '1' : '0'}`, ...rest].join(' ');
+    await writeFile(path, lines.join('\n'), 'latin1');
+    let chunkGets = 0;
+    const counting: Target = Object.create(target, {
+      get: {
+        value: (key: string, options?: Parameters<Target['get']>[1]) => {
+          if (key.startsWith('chunks/')) chunkGets++;
+          return target.get(key, options);
+        },
+      },
+    });
+    try {
+      const error = (await restoreTo(counting, id, 'list.sqlite').catch((e: Error) => e)) as Error;
+      expect(error.message).toContain(`Snapshot ${id} on target "damage"`);
+      expect(error.message).toMatch(
+        new RegExp(
+          `Chunk list ${chunkListKey('tcab', id)} on target "damage" of snapshot ${id}: it is \\d+ bytes with sha256 [0-9a-f]{64}, the manifest says`,
+        ),
+      );
+      expect(chunkGets).toBe(0);
+      await expectNothingLeft('list.sqlite');
+    } finally {
+      await writeFile(path, good, 'latin1');
+    }
+  });
+
+  it('restores from the next target when the first has lost a chunk', async () => {
+    const { target: other } = await world.folder('other');
+    await storeFileAsV2(other, 'tcab', first, { id, createdAt: new Date() });
+    const lines = await listLines();
+    const path = join(dir, chunkKey('tcab', lines[0]!.split(' ')[0]!));
+    const good = await readFile(path);
+    await rm(path);
+    try {
+      const result = await restoreTo([target, other], id, 'fallback.sqlite');
+      expect(result.target).toBe('other');
+      expect(result.skipped[0]!.error).toMatch(/line 1 of the chunk list is missing/);
+      expect(await sha256Of(join(work, 'fallback.sqlite'))).toBe(await sha256Of(first));
+    } finally {
+      await writeFile(path, good);
+    }
+  });
+
+  it('restores and lists with the CLI', async () => {
+    const run = async (args: string[]) => {
+      const stdout = new PassThrough();
+      const stderr = new PassThrough();
+      let out = '';
+      let err = '';
+      stdout.on('data', (d: Buffer) => (out += d));
+      stderr.on('data', (d: Buffer) => (err += d));
+      const code = await cli(args, {
+        stdout,
+        stderr: stderr as unknown as NodeJS.WriteStream,
+        stdin: new PassThrough(),
+        env: { TCAB_BACKUP_TARGETS: `damage=file://${dir}`, TCAB_LOG_LEVEL: 'warn' },
+      });
+      return { code, out, err };
+    };
+    const listed = await run(['list', '--json']);
+    expect(listed.code).toBe(0);
+    const snap = JSON.parse(listed.out).targets[0].snapshots.find((s: { id: string }) => s.id === id);
+    const manifest = await readManifest(target, 'tcab', id);
+    expect(manifest.formatVersion).toBe(2);
+    if (manifest.formatVersion !== 2) return;
+    expect(snap).toMatchObject({
+      formatVersion: 2,
+      bytes: manifest.snapshot.bytes,
+      artifactBytes: manifest.stored.bytes,
+      compression: 'zstd chunks',
+      key: chunkListKey('tcab', id),
+    });
+    expect(JSON.parse(listed.out).targets[0].orphans).toEqual([]);
+    const text = await run(['list']);
+    expect(text.out).toMatch(new RegExp(`${id} .* zstd chunks`));
+    const out = join(work, 'cli.sqlite');
+    const restored = await run(['restore', '--snapshot', id, '-o', out, '--json']);
+    expect(restored.err).toBe('');
+    expect(restored.code).toBe(0);
+    expect(JSON.parse(restored.out)).toMatchObject({ id, target: 'damage', bytes: manifest.snapshot.bytes });
+    expect(await sha256Of(out)).toBe(await sha256Of(first));
+    // A chunk list without its manifest is an orphan, like an artifact.
+    await rm(join(dir, manifestKey('tcab', id)));
+    const orphaned = JSON.parse((await run(['list', '--json'])).out).targets[0];
+    expect(orphaned.snapshots.map((s: { id: string }) => s.id)).not.toContain(id);
+    expect(orphaned.orphans.map((o: { key: string }) => o.key)).toEqual([chunkListKey('tcab', id)]);
+  });
+});
