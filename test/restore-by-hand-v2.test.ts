@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { chunkListKey } from '../src/catalog/layout.js';
 import { createSampleDatabase } from '../src/dev/sample-db.js';
-import type { ManifestV2 } from '../src/format/manifest-v2.js';
+import type { ManifestV2 } from '../src/catalog/manifest-v2.js';
 import { openTarget } from '../src/targets/index.js';
 import { openDatabase } from '../src/util/sqlite.js';
 import { storeFileAsV2 } from './support/store-v2.js';

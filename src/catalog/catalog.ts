@@ -5,7 +5,7 @@
 import { text } from 'node:stream/consumers';
 import { NotFoundError, TcabError } from '../errors.js';
 import type { ObjectInfo, Target } from '../targets/target.js';
-import { ManifestV2Schema, invalidManifestV2, serializeManifestV2, type ManifestV2 } from '../format/manifest-v2.js';
+import { ManifestV2Schema, invalidManifestV2, serializeManifestV2, type ManifestV2 } from './manifest-v2.js';
 import {
   artifactKey,
   chunkListKey,

@@ -10,7 +10,8 @@
 import { createHash } from 'node:crypto';
 import { PreconditionFailedError, TcabError, errorMessage } from '../errors.js';
 import { chunkKey, chunksPrefix, parseChunkKey } from '../format/chunk-key.js';
-import { chunkListBody, type ManifestV2 } from '../format/manifest-v2.js';
+import { chunkListBody } from '../format/chunk-list.js';
+import type { ManifestV2 } from './manifest-v2.js';
 import type { Target } from '../targets/target.js';
 import { manifestChunkListKey, writeManifest } from './catalog.js';
 

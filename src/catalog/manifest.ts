@@ -5,14 +5,20 @@
 import { z } from 'zod';
 import { TcabError } from '../errors.js';
 import { SnapshotDescriptionSchema } from '../agent/protocol.js';
-import type { ManifestV2 } from '../format/manifest-v2.js';
-import { TriggerSchema } from '../format/trigger.js';
+// Type only: manifest-v2.ts imports TriggerSchema from here.
+import type { ManifestV2 } from './manifest-v2.js';
 
-export { TriggerSchema, type Trigger } from '../format/trigger.js';
+export type { ManifestV2 } from './manifest-v2.js';
 
 export const MANIFEST_FORMAT_VERSION = 1;
-export { MANIFEST_V2_FORMAT_VERSION, type ManifestV2 } from '../format/manifest-v2.js';
 export const PIN_TAG = 'pinned';
+
+export const TriggerSchema = z.object({
+  /** What started it: the timer, the HTTP function, the CLI, or a replication copy. */
+  kind: z.enum(['timer', 'manual', 'cli']),
+  reason: z.string().max(500).optional(),
+});
+export type Trigger = z.infer<typeof TriggerSchema>;
 
 export const ManifestSchema = SnapshotDescriptionSchema.extend({
   formatVersion: z.literal(MANIFEST_FORMAT_VERSION),

@@ -20,10 +20,10 @@
  * list of keys, the same chunk compressed at another level is still the same chunk, and a download is
  * checked against the plain hash after decompression (chunk-codec.ts).
  */
-// From the agent's protocol, not src/catalog: the catalog reads format-2 objects, so src/format stays below it.
-import { DATABASE_NAME_RE } from '../agent/protocol.js';
 
 const SHA256_RE = /^[0-9a-f]{64}$/;
+/** A database name, as src/agent/protocol.ts's DATABASE_NAME_RE has it (src/format imports neither agent nor catalog). */
+const DATABASE_NAME_RE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 const CHUNK_KEY_RE = /^chunks\/([a-z0-9][a-z0-9_-]{0,62})\/([0-9a-f]{2})\/([0-9a-f]{64})\.zst$/;
 
 function checkDatabase(database: string): void {

@@ -3,7 +3,7 @@
  * a chunk is stored. Both sides use these: the agent to cut and compress, the client to bound what it accepts.
  *
  * This module imports nothing from src/agent or src/catalog, so the agent protocol can describe a format-2
- * snapshot with it without an import cycle (src/format/manifest-v2.ts imports the protocol).
+ * snapshot with it without an import cycle (src/catalog/manifest-v2.ts, the format-2 manifest, imports the protocol).
  */
 import { z } from 'zod';
 import { chunkerDescription, chunkerParams, type ChunkerParams } from './chunker.js';
@@ -28,7 +28,7 @@ export function zstdFrameBound(plainBytes: number): number {
 
 const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
 
-/** The chunker named in a format-2 description: the same fields as src/format/manifest-v2.ts's ChunkingSchema. */
+/** The chunker named in a format-2 description: also the manifest's `chunking` (src/catalog/manifest-v2.ts). */
 export const ChunkingDescriptionSchema = z
   .object({
     algorithm: z.string().min(1).max(64),

@@ -15,7 +15,7 @@ import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { compressChunk } from '../../src/format/chunk-codec.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { chunkStream } from '../../src/format/chunker.js';
-import { ChunkListWriter } from '../../src/format/manifest-v2.js';
+import { ChunkListWriter } from '../../src/format/chunk-list.js';
 import { FORMAT2_CHUNKING } from '../../src/format/params.js';
 import { removeSnapshot } from '../../src/jobs/prune/delete.js';
 import { planReplication } from '../../src/jobs/replicate/plan.js';
@@ -24,7 +24,7 @@ import type { Target } from '../../src/targets/target.js';
 import { openTarget } from '../../src/targets/index.js';
 import { parseTargetUrl } from '../../src/targets/spec.js';
 import { startR2Proxy } from '../support/r2-proxy.js';
-import { BUCKET, FAST_RETRY, blobTarget, testWorld } from '../support/stored-snapshots.js';
+import { BUCKET, FAST_RETRY, blobTarget, testWorld } from '../support/world.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
 
 const world = testWorld();

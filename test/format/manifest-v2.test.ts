@@ -11,16 +11,13 @@ import { CHUNK_ZSTD_LEVEL, compressChunk } from '../../src/format/chunk-codec.js
 import { chunkKey, chunksPrefix, parseChunkKey } from '../../src/format/chunk-key.js';
 import { chunkerDescription } from '../../src/format/chunker.js';
 import {
-  ChunkListWriter,
   MANIFEST_V2_FORMAT_VERSION,
   ManifestV2Schema,
-  chunkListLine,
   parseManifestV2,
-  readChunkList,
   serializeManifestV2,
-  type ChunkRefV2,
   type ManifestV2,
-} from '../../src/format/manifest-v2.js';
+} from '../../src/catalog/manifest-v2.js';
+import { ChunkListWriter, chunkListLine, readChunkList, type ChunkRefV2 } from '../../src/format/chunk-list.js';
 import { FORMAT2_CHUNKING } from '../../src/format/params.js';
 import { firstValue, openDatabase } from '../../src/util/sqlite.js';
 import { collect, sampleSnapshot, sha256, tempDir } from './helpers.js';

@@ -20,7 +20,7 @@ import { runRestore } from '../../src/jobs/restore/index.js';
 import { IN_FLIGHT } from '../../src/jobs/restore/chunks.js';
 import type { Target } from '../../src/targets/target.js';
 import { openDatabase } from '../../src/util/sqlite.js';
-import { blobTarget, s3Target, testWorld } from '../support/stored-snapshots.js';
+import { blobTarget, s3Target, testWorld } from '../support/world.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
 
 const world = testWorld();

@@ -8,7 +8,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { listCatalog, writeManifest } from '../../src/catalog/catalog.js';
 import { artifactKey } from '../../src/catalog/layout.js';
 import { MANIFEST_FORMAT_VERSION, type ManifestV1 as Manifest } from '../../src/catalog/manifest.js';
-import type { ManifestV2 } from '../../src/format/manifest-v2.js';
+import type { ManifestV2 } from '../../src/catalog/manifest-v2.js';
 import { verifyStoredSnapshot } from '../../src/jobs/verify/check.js';
 import type { Target } from '../../src/targets/target.js';
 

@@ -16,7 +16,8 @@ import { manifestChunkListKey } from '../../catalog/catalog.js';
 import { IntegrityError, NotFoundError, TcabError, errorMessage } from '../../errors.js';
 import { decompressChunk } from '../../format/chunk-codec.js';
 import { chunkKey } from '../../format/chunk-key.js';
-import { readChunkList, type ChunkRefV2, type ManifestV2 } from '../../format/manifest-v2.js';
+import type { ManifestV2 } from '../../catalog/manifest-v2.js';
+import { readChunkList, type ChunkRefV2 } from '../../format/chunk-list.js';
 import type { Target } from '../../targets/target.js';
 
 /** Chunks fetched at once: enough to hide a request's latency, few enough that memory stays a few MB. */
