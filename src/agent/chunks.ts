@@ -1,5 +1,5 @@
 /**
- * The two routes of a format-2 snapshot (docs/agent-protocol.md, "Format 2: chunks"):
+ * The two routes of a format-2 snapshot (docs/agent-protocol.md, "Format 2: chunked snapshots"):
  *   - GET /v1/snapshots/{id}/chunks: the chunk list, `<sha256> <length>` a line in file order;
  *   - POST /v1/snapshots/{id}/chunk-data: for each hash of the body, in order, `<sha256> <stored length>\n`
  *     and that chunk as one zstd frame (src/format/chunk-codec.ts).
