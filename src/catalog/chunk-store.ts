@@ -180,3 +180,32 @@ export async function checkChunks(
   }
   return missing;
 }
+
+/**
+ * Reads one stored chunk into a buffer, refusing more than `storedBytes` + 1 bytes (memory stays bounded
+ * whatever the object holds; one spare byte tells a longer object apart). The caller compares the length with
+ * the chunk list's and decompresses (chunk-codec.ts decompressChunk). Target errors, NotFoundError included,
+ * are passed on as they are, so the caller can tell a missing chunk from one that could not be read.
+ */
+export async function readStoredChunk(
+  target: Target,
+  database: string,
+  sha256: string,
+  storedBytes: number,
+  options: { signal?: AbortSignal } = {},
+): Promise<Buffer> {
+  const { body } = await target.get(chunkKey(database, sha256), options.signal ? { signal: options.signal } : {});
+  const parts: Buffer[] = [];
+  let length = 0;
+  try {
+    for await (const data of body) {
+      const buf = data as Buffer;
+      length += buf.length;
+      if (length > storedBytes) break;
+      parts.push(buf);
+    }
+  } finally {
+    body.destroy();
+  }
+  return length > storedBytes ? Buffer.alloc(storedBytes + 1) : Buffer.concat(parts, length);
+}

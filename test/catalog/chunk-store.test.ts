@@ -123,23 +123,17 @@ describe('on a folder', () => {
     expect(listed.orphans.map((o) => o.key).sort()).toEqual([chunkListKey('tcab', manifest.id), chunkListKey('tcab', other.id)].sort());
   });
 
-  it('the jobs without format 2 say so; prune removes the manifest and the chunk list and leaves the chunks', async () => {
+  it('replicate plans a format-2 copy and verify reads it; prune removes the manifest and the chunk list and leaves the chunks', async () => {
     const { target: a } = await world.folder('a');
     const { target: b } = await world.folder('b');
     const { manifest } = await storeFileAsV2(a, 'tcab', db);
     const catalogs = [await readTargetCatalog(a, 'tcab'), await readTargetCatalog(b, 'tcab')];
     expect(catalogs[0]!.byId.get(manifest.id)).toMatchObject({ complete: true, problem: undefined });
     const plan = planReplication(catalogs, { now: new Date() });
-    expect(plan[1]!.copies).toEqual([]);
-    expect(plan[1]!.skipped).toEqual([
-      {
-        id: manifest.id,
-        reason: expect.stringContaining(`Snapshot ${manifest.id} on target "a" is format 2: format 2 is not supported by replicate yet`),
-      },
-    ]);
+    expect(plan[1]!.skipped).toEqual([]);
+    expect(plan[1]!.copies).toMatchObject([{ id: manifest.id, sources: ['a'], bytes: manifest.stored.bytes }]);
     const verified = await verifyStoredSnapshot(a, 'tcab', manifest.id);
-    expect(verified.ok).toBe(false);
-    expect(verified.error).toContain('format 2 is not supported by verify yet');
+    expect(verified).toMatchObject({ ok: true, verdict: 'ok', chunks: { distinct: expect.any(Number) } });
     const chunksBefore = await listChunks(a, 'tcab');
     expect(await removeSnapshot(a, 'tcab', catalogs[0]!.byId.get(manifest.id)!)).toEqual({ status: 'removed' });
     const after = await listCatalog(a, 'tcab');

@@ -9,8 +9,9 @@ import { silentLogger, type Logger } from '../../log.js';
 import type { RetentionConfig } from '../../retention/settings.js';
 import { backoffMs, isRetryable, sleep, type RetryOptions } from '../../targets/retry.js';
 import type { Target } from '../../targets/target.js';
-import { format2NotSupported, type ManifestV1 as Manifest } from '../../catalog/manifest.js';
+import type { Manifest } from '../../catalog/manifest.js';
 import { copySnapshot, CopyError, type CopyResult } from './copy.js';
+import { copySnapshotV2, DEFAULT_CHUNK_GRACE_MS, DestinationChunks, type CopyV2Result } from './copy-v2.js';
 import { planReplication, type DestinationPlan, type SkippedCopy } from './plan.js';
 import { readTargetCatalog, type TargetCatalog } from '../../catalog/target-catalog.js';
 import { forEachLimit, Gate } from '../../util/pool.js';
@@ -24,6 +25,11 @@ export interface ReplicateDeps {
   retention?: RetentionConfig;
   /** The current time (tests). */
   now?: () => Date;
+  /**
+   * G of docs/format-2.md: a format-2 chunk the destination holds is reused while younger than G/2, written
+   * again when older. Default DEFAULT_CHUNK_GRACE_MS (7 days).
+   */
+  chunkGraceMs?: number;
 }
 
 export interface ReplicateRequest {
@@ -47,6 +53,8 @@ export interface CopiedSnapshot {
   repaired?: string;
   /** Sources tried first and given up (a corrupt copy, a read that broke off). */
   refusedSources?: Array<{ source: string; error: string }>;
+  /** Format 2: what happened to the snapshot's distinct chunks (`bytes` is what the copied and renewed ones weigh). */
+  chunks?: CopyV2Result['chunks'];
 }
 
 export interface FailedCopy {
@@ -148,7 +156,7 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
     }));
   }
   if (!request.dryRun) {
-    await copyAll(catalogs, plans, outcomes, log, request);
+    await copyAll(catalogs, plans, outcomes, log, request, deps.chunkGraceMs ?? DEFAULT_CHUNK_GRACE_MS, deps.database);
     await recordRepairs(catalogs, verifyRecords, outcomes, deps.database, log, signal);
   }
 
@@ -248,8 +256,17 @@ async function copyAll(
   outcomes: Map<string, DestinationOutcome>,
   log: Logger,
   request: ReplicateRequest,
+  graceMs: number,
+  database: string,
 ): Promise<void> {
   const byName = new Map(catalogs.map((c) => [c.target.name, c]));
+  // Format 2: each destination's chunks are listed once this run, and a chunk shared by several copies is stored once.
+  const chunkStates = new Map<string, DestinationChunks>();
+  const chunksOf = (target: Target) => {
+    let state = chunkStates.get(target.name);
+    if (!state) chunkStates.set(target.name, (state = new DestinationChunks(target, database, request.signal)));
+    return state;
+  };
   // Newest first across destinations: the snapshots a restore would want are copied before older ones.
   const tasks = plans
     .flatMap((p) => p.copies.map((copy) => ({ destination: byName.get(p.destination)!, copy })))
@@ -295,12 +312,17 @@ async function copyAll(
       const source = byName.get(sourceName)!;
       // The source's own manifest: its bytes are checked against what it claims, and that is what is copied.
       const manifest = source.byId.get(copy.id)!.manifest!;
-      if (manifest.formatVersion === 2) {
-        attempts.push({ source: sourceName, error: format2NotSupported('replicate', manifest, `target "${sourceName}"`).message });
-        continue;
-      }
       try {
-        const done = await copyWithRetry(source.target, destination.target, manifest, request, log, turn);
+        const done = await copyWithRetry(source.target, destination.target, manifest, request, log, turn, (release) =>
+          manifest.formatVersion === 1
+            ? copySnapshot(source.target, destination.target, manifest, request.signal, release)
+            : copySnapshotV2(source.target, chunksOf(destination.target), manifest, {
+                graceMs,
+                repair: copy.repairs !== undefined,
+                onStreamed: release,
+                ...(request.signal ? { signal: request.signal } : {}),
+              }),
+        );
         outcome.copied.push({
           id: copy.id,
           from: sourceName,
@@ -309,6 +331,7 @@ async function copyAll(
           checkedAt: new Date().toISOString(),
           ...(copy.repairs ? { repaired: copy.repairs } : {}),
           ...(attempts.length ? { refusedSources: attempts } : {}),
+          ...('chunks' in done ? { chunks: (done as CopyV2Result).chunks } : {}),
         });
         outcome.bytes += done.bytes;
         failStreak.set(name, 0);
@@ -319,6 +342,7 @@ async function copyAll(
           bytes: done.bytes,
           ms: done.ms,
           ...(copy.repairs ? { repaired: copy.repairs } : {}),
+          ...('chunks' in done ? { chunks: (done as CopyV2Result).chunks } : {}),
         });
         return;
       } catch (e) {
@@ -335,7 +359,10 @@ async function copyAll(
   }
 }
 
-/** A copy cannot resume a broken stream, so a transient failure repeats the whole copy from the same source. */
+/**
+ * A copy cannot resume a broken stream, so a transient failure repeats the whole copy from the same source
+ * (format 2: again, but the chunks stored by the failed attempt count as stored).
+ */
 async function copyWithRetry(
   source: Target,
   destination: Target,
@@ -343,13 +370,14 @@ async function copyWithRetry(
   request: ReplicateRequest,
   log: Logger,
   turn: () => Promise<() => void>,
-): Promise<CopyResult> {
+  copy: (release: () => void) => Promise<CopyResult | CopyV2Result>,
+): Promise<CopyResult | CopyV2Result> {
   const retry = { ...DEFAULT_COPY_RETRY, ...request.retry };
   for (let attempt = 0; ; attempt++) {
     // A turn per attempt: a copy waiting out its backoff does not keep another from reading.
     const release = await turn();
     try {
-      return await copySnapshot(source, destination, manifest, request.signal, release);
+      return await copy(release);
     } catch (e) {
       release();
       if (request.signal?.aborted) throw e;

@@ -4,7 +4,7 @@
  * retention would remove at once. Pure: no I/O.
  * Why these sources and this limit: docs/architecture.md, "Replicate".
  */
-import { format2NotSupported, type ManifestV1 } from '../../catalog/manifest.js';
+import { storedBytes, type Manifest } from '../../catalog/manifest.js';
 import { TcabError } from '../../errors.js';
 import { planRetention } from '../../retention/policy.js';
 import { applySafetyRails, type RailSnapshot } from '../../retention/rails.js';
@@ -14,10 +14,11 @@ import { copyState, type VerifyRecord } from '../../catalog/verify-record.js';
 
 export interface PlannedCopy {
   id: string;
-  /** Format 1 only: a format-2 snapshot is skipped, saying so (replicate does not copy chunks yet). */
-  manifest: ManifestV1;
+  /** The first source's manifest (format 1: one artifact; format 2: a chunk list and chunks). */
+  manifest: Manifest;
   /** Targets holding a complete copy, in configuration order. */
   sources: string[];
+  /** The stored bytes of the snapshot (format 2: of all its chunks, of which only those the destination lacks travel). */
   bytes: number;
   /** Set when the destination has a damaged copy that this copy replaces: what is wrong with it. */
   repairs?: string;
@@ -87,15 +88,11 @@ export function planReplication(catalogs: readonly TargetCatalog[], options: Pla
         continue;
       }
       const manifest = holders[0]!.byId.get(id)!.manifest!;
-      if (manifest.formatVersion === 2) {
-        plan.skipped.push({ id, reason: format2NotSupported('replicate', manifest, `target "${holders[0]!.target.name}"`).message });
-        continue;
-      }
       plan.copies.push({
         id,
         manifest,
         sources: holders.map((c) => c.target.name),
-        bytes: manifest.artifact.bytes,
+        bytes: storedBytes(manifest),
         ...(damage ? { repairs: damage } : {}),
       });
     }

@@ -8,10 +8,15 @@
  * (the target did not deliver them: the copy may be intact, so it is neither replaced nor counted as good,
  * and the next run reads it again).
  */
-import { manifestArtifactKey, readManifest } from '../../catalog/catalog.js';
-import { format2NotSupported } from '../../catalog/manifest.js';
-import { NotFoundError, TargetError, TcabError, errorMessage } from '../../errors.js';
+import { manifestArtifactKey, manifestChunkListKey, readManifest } from '../../catalog/catalog.js';
+import { readStoredChunk } from '../../catalog/chunk-store.js';
+import type { ManifestV2 } from '../../catalog/manifest-v2.js';
+import { IntegrityError, NotFoundError, TargetError, TcabError, errorMessage } from '../../errors.js';
+import { decompressChunk } from '../../format/chunk-codec.js';
+import { chunkKey } from '../../format/chunk-key.js';
+import { readChunkList, type ChunkRefV2 } from '../../format/chunk-list.js';
 import type { Target } from '../../targets/target.js';
+import { forEachLimit } from '../../util/pool.js';
 import { hashStream } from '../../util/streams.js';
 import type { Verdict } from '../../catalog/verify-record.js';
 
@@ -23,6 +28,71 @@ export interface VerifyOutcome {
   verdict: Verdict;
   bytes?: number;
   error?: string;
+  /** Format 2: the distinct chunks the snapshot names, and how many of them this check was the first to read. */
+  chunks?: { distinct: number; read: number };
+}
+
+/** What one re-read of a stored chunk found. */
+export interface ChunkVerdict {
+  verdict: Verdict;
+  /** The chunk's key and what is wrong with it (not for 'ok'). */
+  error?: string;
+}
+
+/** Chunks of one snapshot re-read at once. */
+export const CHUNKS_IN_FLIGHT = 8;
+
+/**
+ * The verdict on each chunk of one target re-read during one verify run: a chunk that several snapshots of the
+ * run name is read once, and every one of them gets its verdict. Holds one small entry per distinct chunk.
+ */
+export class ChunkVerdicts {
+  private readonly verdicts = new Map<string, Promise<ChunkVerdict>>();
+  /** Chunk reads made, and their stored bytes. */
+  reads = 0;
+  bytes = 0;
+
+  constructor(
+    readonly target: Target,
+    readonly database: string,
+  ) {}
+
+  /** The verdict on the chunk `ref` names, reading it unless this run already did; `first` when this call read it. */
+  check(ref: ChunkRefV2, signal?: AbortSignal): { verdict: Promise<ChunkVerdict>; first: boolean } {
+    const id = ref.join(' ');
+    const known = this.verdicts.get(id);
+    if (known) return { verdict: known, first: false };
+    const verdict = this.read(ref, signal);
+    this.verdicts.set(id, verdict);
+    return { verdict, first: true };
+  }
+
+  private async read([sha256, plainBytes, storedBytes]: ChunkRefV2, signal?: AbortSignal): Promise<ChunkVerdict> {
+    const key = chunkKey(this.database, sha256);
+    const where = `target "${this.target.name}"`;
+    let frame: Buffer;
+    this.reads++;
+    try {
+      frame = await readStoredChunk(this.target, this.database, sha256, storedBytes, signal ? { signal } : {});
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      if (e instanceof NotFoundError) return { verdict: 'damaged', error: `chunk ${key} is missing on ${where}` };
+      return { verdict: 'unreadable', error: `reading chunk ${key} on ${where} failed: ${errorMessage(e)}` };
+    }
+    this.bytes += Math.min(frame.length, storedBytes);
+    if (frame.length !== storedBytes) {
+      return {
+        verdict: 'damaged',
+        error: `chunk ${key} on ${where} is ${frame.length > storedBytes ? 'longer than' : `${frame.length} bytes, not`} the ${storedBytes} bytes its chunk list gives`,
+      };
+    }
+    try {
+      await decompressChunk(frame, { sha256, bytes: plainBytes }, `${key} on ${where}`);
+    } catch (e) {
+      return { verdict: 'damaged', error: errorMessage(e) };
+    }
+    return { verdict: 'ok' };
+  }
 }
 
 /**
@@ -34,21 +104,22 @@ function verdictOfFailure(e: unknown): Verdict {
   return e instanceof TcabError && !(e instanceof TargetError) ? 'damaged' : 'unreadable';
 }
 
-/** Checks one stored snapshot; returns the outcome instead of throwing so one bad copy does not hide others. */
-export async function verifyStoredSnapshot(target: Target, database: string, id: string, signal?: AbortSignal): Promise<VerifyOutcome> {
+/**
+ * Checks one stored snapshot; returns the outcome instead of throwing so one bad copy does not hide others.
+ * A format-2 snapshot takes its chunks' verdicts from `chunks` (one per target and run; a fresh one if none).
+ */
+export async function verifyStoredSnapshot(
+  target: Target,
+  database: string,
+  id: string,
+  signal?: AbortSignal,
+  chunks: ChunkVerdicts = new ChunkVerdicts(target, database),
+): Promise<VerifyOutcome> {
   const base = { target: target.name, id };
   let reading: { key: string; size: number } | undefined;
   try {
     const manifest = await readManifest(target, database, id, { signal });
-    // Not a verdict on the copy: the snapshot is not re-read at all, and the message says why.
-    if (manifest.formatVersion === 2) {
-      return {
-        ...base,
-        ok: false,
-        verdict: 'unreadable',
-        error: format2NotSupported('verify', manifest, `target "${target.name}"`).message,
-      };
-    }
+    if (manifest.formatVersion === 2) return await verifyChunkedSnapshot(target, manifest, chunks, signal);
     const key = manifestArtifactKey(manifest);
     const { body, size } = await target.get(key, { signal });
     reading = { key, size };
@@ -84,4 +155,73 @@ export async function verifyStoredSnapshot(target: Target, database: string, id:
         : errorMessage(e);
     return { ...base, ok: false, verdict, error: `could not be read, so whether it matches is unknown: ${detail}` };
   }
+}
+
+/**
+ * A format-2 snapshot: its chunk list, read to the end and checked against the manifest, then every distinct
+ * chunk it names (stored length, decompression to its plain length, sha256), each through `chunks`, so a chunk
+ * already read this run is not read again. A damaged or missing chunk makes the snapshot damaged, naming the
+ * chunk's key; one that could not be read, unreadable. `bytes` is what this check read itself: the chunk list
+ * and the chunks no earlier check of the run had read.
+ */
+async function verifyChunkedSnapshot(
+  target: Target,
+  manifest: ManifestV2,
+  chunks: ChunkVerdicts,
+  signal: AbortSignal | undefined,
+): Promise<VerifyOutcome> {
+  const base = { target: target.name, id: manifest.id };
+  const listKey = manifestChunkListKey(manifest);
+  const distinct = new Map<string, ChunkRefV2>();
+  let listBytes = 0;
+  try {
+    const { body } = await target.get(listKey, { signal });
+    for await (const ref of readChunkList(body, manifest, `${listKey} on target "${target.name}"`)) distinct.set(ref.join(' '), ref);
+    listBytes = manifest.chunkList.bytes;
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    if (e instanceof NotFoundError) return { ...base, ok: false, verdict: 'damaged', error: `its chunk list ${listKey} is missing` };
+    if (e instanceof IntegrityError) return { ...base, ok: false, verdict: 'damaged', error: errorMessage(e) };
+    return {
+      ...base,
+      ok: false,
+      verdict: 'unreadable',
+      error: `could not be read, so whether it matches is unknown: reading its chunk list ${listKey} on target "${target.name}" failed: ${errorMessage(e)}`,
+    };
+  }
+  const damaged: string[] = [];
+  const unreadable: string[] = [];
+  let read = 0;
+  let readBytes = 0;
+  await forEachLimit([...distinct.values()], CHUNKS_IN_FLIGHT, async (ref) => {
+    const { verdict, first } = chunks.check(ref, signal);
+    const found = await verdict;
+    if (first) {
+      read++;
+      readBytes += ref[2];
+    }
+    if (found.verdict === 'damaged') damaged.push(found.error!);
+    else if (found.verdict === 'unreadable') unreadable.push(found.error!);
+  });
+  const summary = { bytes: listBytes + readBytes, chunks: { distinct: distinct.size, read } };
+  const some = (list: string[]) => `${list.slice(0, 3).join('; ')}${list.length > 3 ? `; and ${list.length - 3} more` : ''}`;
+  if (damaged.length > 0) {
+    return {
+      ...base,
+      ok: false,
+      verdict: 'damaged',
+      ...summary,
+      error: `${damaged.length} of its ${distinct.size} chunks ${damaged.length === 1 ? 'is' : 'are'} damaged or missing (every snapshot that names ${damaged.length === 1 ? 'it' : 'them'} fails with it): ${some(damaged)}`,
+    };
+  }
+  if (unreadable.length > 0) {
+    return {
+      ...base,
+      ok: false,
+      verdict: 'unreadable',
+      ...summary,
+      error: `could not be read, so whether it matches is unknown: ${unreadable.length} of its ${distinct.size} chunks could not be read: ${some(unreadable)}`,
+    };
+  }
+  return { ...base, ok: true, verdict: 'ok', ...summary };
 }

@@ -9,7 +9,7 @@ import { TcabError, TargetError, errorMessage, isAbortError } from '../../errors
 import { silentLogger, type Logger } from '../../log.js';
 import type { Target } from '../../targets/target.js';
 import { formatDuration } from '../../util/duration.js';
-import { verifyStoredSnapshot, type VerifyOutcome } from './check.js';
+import { ChunkVerdicts, verifyStoredSnapshot, type VerifyOutcome } from './check.js';
 import {
   readVerifyRecord,
   recordVerifyResults,
@@ -23,7 +23,7 @@ export interface RotationCandidate {
   id: string;
   /** When the manifest was written to this target. */
   storedAt: Date;
-  /** Size of the stored artifact; undefined when the data object is missing. */
+  /** Size of the stored artifact (format 2: of the chunk list); undefined when the data object is missing. */
   artifactBytes: number | undefined;
 }
 
@@ -236,7 +236,11 @@ async function verifyTarget(
   let candidates: RotationCandidate[];
   try {
     const listing = await listCatalog(target, database, { signal });
-    candidates = listing.snapshots.map((s) => ({ id: s.id, storedAt: s.manifest.lastModified, artifactBytes: s.artifact?.size }));
+    candidates = listing.snapshots.map((s) => ({
+      id: s.id,
+      storedAt: s.manifest.lastModified,
+      artifactBytes: (s.artifact ?? s.chunkList)?.size,
+    }));
   } catch (e) {
     if (signal?.aborted) throw e;
     return { ...base, reachable: false, error: `listing failed: ${errorMessage(e)}` };
@@ -266,10 +270,12 @@ async function verifyTarget(
   const results: Record<string, VerifyEntry> = {};
   const mine: VerifyOutcome[] = [];
   let next = 0;
+  // Format 2: a chunk that several snapshots of this run name is read once, and each gets its verdict.
+  const chunks = new ChunkVerdicts(target, database);
   const worker = async () => {
     while (next < plan.selected.length) {
       const { id } = plan.selected[next++]!;
-      const outcome = await verifyStoredSnapshot(target, database, id, signal);
+      const outcome = await verifyStoredSnapshot(target, database, id, signal, chunks);
       mine.push(outcome);
       results[id] = {
         checkedAt: now().toISOString(),

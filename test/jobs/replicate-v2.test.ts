@@ -1,0 +1,146 @@
+/**
+ * Replicate of format-2 snapshots on real targets (a folder as the source, Azurite and s3rver as
+ * destinations): only the chunks a destination lacks travel, a chunk two snapshots share is stored once, both
+ * snapshots restore to their exact files there; a damaged source chunk is never copied (another source is
+ * taken when there is one); a destination failing mid-chunks fails the job naming the chunk, without a manifest.
+ */
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { listCatalog, readManifest } from '../../src/catalog/catalog.js';
+import { listChunks } from '../../src/catalog/chunk-store.js';
+import { chunkKey } from '../../src/format/chunk-key.js';
+import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/index.js';
+import { runRestore } from '../../src/jobs/restore/index.js';
+import type { Target } from '../../src/targets/target.js';
+import { FaultTarget } from '../support/fault-target.js';
+import { storeFileAsV2, type StoredV2 } from '../support/store-v2.js';
+import { chunkRefs, counting, flipByte, sha256Of, tally, twoSnapshotFiles } from '../support/v2-fixtures.js';
+import { blobTarget, s3Target, testWorld } from '../support/world.js';
+
+const world = testWorld();
+const CHUNK = /^chunks\//;
+let work: string;
+let files: { first: string; second: string };
+
+beforeAll(async () => {
+  work = await world.tempDir('replicate-v2');
+  files = twoSnapshotFiles(work);
+});
+
+/** A folder target holding both snapshots (the second one second later). */
+async function sourceWithBoth(name = 'local'): Promise<{ target: Target; a: StoredV2; b: StoredV2 }> {
+  const { target } = await world.folder(name);
+  const a = await storeFileAsV2(target, 'tcab', files.first, { createdAt: new Date(Date.now() - 60_000) });
+  const b = await storeFileAsV2(target, 'tcab', files.second, { createdAt: new Date(Date.now() - 30_000) });
+  return { target, a, b };
+}
+
+async function restoresExactly(target: Target, id: string, file: string, name: string): Promise<void> {
+  const out = join(work, name);
+  await runRestore({ targets: [target], database: 'tcab' }, { selector: { id }, outPath: out });
+  expect(await sha256Of(out)).toBe(await sha256Of(file));
+}
+
+describe.each(['blob', 's3'] as const)('from a folder to %s', (kind) => {
+  it('stores each chunk once, and both snapshots restore there to their exact files', async () => {
+    const source = await sourceWithBoth();
+    const dest = counting(kind === 'blob' ? blobTarget(world.clouds, kind) : s3Target(world.clouds, kind));
+    const refsA = new Set((await chunkRefs(source.target, source.a.manifest)).map((r) => r[0]));
+    const refsB = new Set((await chunkRefs(source.target, source.b.manifest)).map((r) => r[0]));
+    const union = new Set([...refsA, ...refsB]);
+    const common = [...refsA].filter((h) => refsB.has(h));
+    // The two snapshots share most of their chunks.
+    expect(common.length).toBeGreaterThan(union.size * 0.8);
+
+    const result = await runReplicate({ targets: [source.target, dest.target], database: 'tcab' });
+    const outcome = result.targets.find((t) => t.target === kind)!;
+    expect(outcome.copied.map((c) => c.id).sort()).toEqual([source.a.manifest.id, source.b.manifest.id].sort());
+    const puts = tally(dest.puts, CHUNK);
+    expect(puts.size).toBe(union.size);
+    expect([...puts.values()].every((n) => n === 1)).toBe(true);
+    expect([...(await listChunks(dest.target, 'tcab')).keys()].sort()).toEqual([...union].sort());
+    // What travelled is the chunks once, not each snapshot whole.
+    const storedUnion = [...(await listChunks(source.target, 'tcab')).values()].reduce((n, c) => n + c.bytes, 0);
+    expect(outcome.bytes).toBe(storedUnion);
+    expect(outcome.bytes).toBeLessThan(source.a.manifest.stored.bytes + source.b.manifest.stored.bytes);
+    const copiedChunks = outcome.copied.reduce((n, c) => n + c.chunks!.copied, 0);
+    expect(copiedChunks).toBe(union.size);
+    for (const s of [source.a, source.b]) {
+      const m = await readManifest(dest.target, 'tcab', s.manifest.id);
+      expect(m).toMatchObject({ formatVersion: 2, replicatedFrom: 'local', chunkList: s.manifest.chunkList });
+    }
+    await restoresExactly(dest.target, source.a.manifest.id, files.first, `${kind}-a.sqlite`);
+    await restoresExactly(dest.target, source.b.manifest.id, files.second, `${kind}-b.sqlite`);
+
+    // A second run finds both there and stores nothing.
+    dest.puts.length = 0;
+    const again = await runReplicate({ targets: [source.target, dest.target], database: 'tcab' });
+    expect(again.copied).toBe(0);
+    expect(again.targets.find((t) => t.target === kind)!.present).toBe(2);
+    expect(dest.puts).toEqual([]);
+  });
+});
+
+describe('a damaged source chunk', () => {
+  it('is never copied: the job fails naming it, and no manifest is written', async () => {
+    const source = await sourceWithBoth();
+    const { target: dest } = await world.folder('dest');
+    const refsA = (await chunkRefs(source.target, source.a.manifest)).map((r) => r[0]);
+    const refsB = new Set((await chunkRefs(source.target, source.b.manifest)).map((r) => r[0]));
+    const shared = refsA.find((h) => refsB.has(h))!;
+    const key = chunkKey('tcab', shared);
+    await flipByte(source.target, key);
+
+    const err = await runReplicate({ targets: [source.target, dest], database: 'tcab' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ReplicateFailedError);
+    const message = (err as Error).message;
+    expect(message).toContain(`snapshot ${source.a.manifest.id} to target "dest"`);
+    expect(message).toContain(`snapshot ${source.b.manifest.id} to target "dest"`);
+    expect(message).toContain(key);
+    expect(message).toMatch(/it was not copied/);
+    expect((await listChunks(dest, 'tcab')).has(shared)).toBe(false);
+    expect((await listCatalog(dest, 'tcab')).snapshots).toEqual([]);
+  });
+
+  it('makes replicate take another source that holds a good copy', async () => {
+    const source = await sourceWithBoth();
+    const { target: good } = await world.folder('good');
+    const { target: dest } = await world.folder('dest');
+    await runReplicate({ targets: [source.target, good], database: 'tcab' });
+    const refsA = (await chunkRefs(source.target, source.a.manifest)).map((r) => r[0]);
+    const key = chunkKey('tcab', refsA[3]!);
+    await flipByte(source.target, key);
+
+    const result = await runReplicate({ targets: [source.target, good, dest], database: 'tcab' });
+    const outcome = result.targets.find((t) => t.target === 'dest')!;
+    expect(outcome.failed).toEqual([]);
+    const copiedA = outcome.copied.find((c) => c.id === source.a.manifest.id)!;
+    expect(copiedA.from).toBe('good');
+    expect(copiedA.refusedSources).toEqual([{ source: 'local', error: expect.stringContaining(key) }]);
+    await restoresExactly(dest, source.a.manifest.id, files.first, 'other-source-a.sqlite');
+    await restoresExactly(dest, source.b.manifest.id, files.second, 'other-source-b.sqlite');
+  });
+});
+
+describe('a destination that fails mid-chunks', () => {
+  it('fails the job naming the chunk and the target, with no manifest there', async () => {
+    const source = await sourceWithBoth();
+    const inner = blobTarget(world.clouds, 'flaky');
+    const flaky = new FaultTarget(inner, { op: 'put', keys: CHUNK, skip: 5, point: { at: 'start' }, kind: 'error' });
+    const err = await runReplicate({ targets: [source.target, flaky], database: 'tcab' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ReplicateFailedError);
+    const message = (err as Error).message;
+    expect(message).toMatch(/Storing chunk chunks\/tcab\/[0-9a-f]{2}\/[0-9a-f]{64}\.zst \(\d+ bytes\) on target "flaky"/);
+    const result = (err as ReplicateFailedError).result.targets.find((t) => t.target === 'flaky')!;
+    expect(result.copied).toEqual([]);
+    expect(result.failed.map((f) => f.id).sort()).toEqual([source.a.manifest.id, source.b.manifest.id].sort());
+    expect((await listCatalog(inner, 'tcab')).snapshots).toEqual([]);
+    // Once the target works again, the next run completes the copies from what is already there.
+    flaky.arm(undefined);
+    const again = await runReplicate({ targets: [source.target, flaky], database: 'tcab' });
+    const outcome = again.targets.find((t) => t.target === 'flaky')!;
+    expect(outcome.copied).toHaveLength(2);
+    expect(outcome.copied.reduce((n, c) => n + c.chunks!.reused, 0)).toBeGreaterThanOrEqual(5);
+    await restoresExactly(inner, source.b.manifest.id, files.second, 'flaky-b.sqlite');
+  });
+});
