@@ -144,3 +144,39 @@ describe('a destination that fails mid-chunks', () => {
     await restoresExactly(inner, source.b.manifest.id, files.second, 'flaky-b.sqlite');
   });
 });
+
+describe('chunks the destination already holds', () => {
+  it('are reused while younger than G/2 and written again (renewed) when older', async () => {
+    const { target: source } = await world.folder('local');
+    const { target: young } = await world.folder('young');
+    const { target: old } = await world.folder('old');
+    const a = await storeFileAsV2(source, 'tcab', files.first, { createdAt: new Date(Date.now() - 60_000) });
+    await runReplicate({ targets: [source, young, old], database: 'tcab' });
+    const b = await storeFileAsV2(source, 'tcab', files.second, { createdAt: new Date(Date.now() - 30_000) });
+    const refsA = new Set((await chunkRefs(source, a.manifest)).map((r) => r[0]));
+    const refsB = new Set((await chunkRefs(source, b.manifest)).map((r) => r[0]));
+    const shared = [...refsB].filter((h) => refsA.has(h)).length;
+    const fresh = refsB.size - shared;
+
+    const byDefault = await runReplicate({ targets: [source, young], database: 'tcab' });
+    expect(byDefault.targets.find((t) => t.target === 'young')!.copied[0]!.chunks).toEqual({
+      distinct: refsB.size,
+      copied: fresh,
+      renewed: 0,
+      reused: shared,
+    });
+    // A grace period of 2 ms: every chunk the target holds is older than G/2.
+    const before = await listChunks(old, 'tcab');
+    const renewing = await runReplicate({ targets: [source, old], database: 'tcab', chunkGraceMs: 2 });
+    expect(renewing.targets.find((t) => t.target === 'old')!.copied[0]!.chunks).toEqual({
+      distinct: refsB.size,
+      copied: fresh,
+      renewed: shared,
+      reused: 0,
+    });
+    const after = await listChunks(old, 'tcab');
+    const renewedOne = [...refsB].find((h) => refsA.has(h))!;
+    expect(after.get(renewedOne)!.lastModified.getTime()).toBeGreaterThan(before.get(renewedOne)!.lastModified.getTime());
+    await restoresExactly(old, b.manifest.id, files.second, 'renewed-b.sqlite');
+  });
+});
