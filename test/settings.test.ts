@@ -3,7 +3,7 @@ import { expect, it } from 'vitest';
 import { loadAgentConfig } from '../src/agent/config.js';
 import { loadAgentClientConfig, loadBackupConfig, loadJobTimeoutMs, loadTargetsConfig } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
-import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../src/jobs/settings.js';
+import { loadChunkGrace, loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../src/jobs/settings.js';
 import { isPgConfigured, loadPgCheckConfig, loadPgDrillConfig } from '../src/postgres/config.js';
 import { loadRetentionConfig } from '../src/retention/settings.js';
 import { SETTINGS } from '../src/settings.js';
@@ -47,6 +47,7 @@ const LOADERS: Record<string, (env: Env) => unknown> = {
     const r = loadRetentionConfig(env, ['zz']);
     return { rails: r.rails, policies: [...r.policies].map(([name, p]) => [name, p.policy]) };
   },
+  chunkGrace: loadChunkGrace,
   verify: loadVerifySettings,
   drill: loadDrillSettings,
   monitor: loadMonitorSettings,
@@ -143,6 +144,21 @@ it('an unset setting loads exactly as its catalogued default written out', () =>
   expect(compared).toBe(2 * Object.keys(LOADERS).length);
   // The check can fail: a value other than the default loads differently.
   expect(run(loadJobTimeoutMs, { TCAB_BACKUP_JOB_TIMEOUT: '24m' })).not.toEqual(run(loadJobTimeoutMs, {}));
+});
+
+it('the chunk grace must exceed 4 x TCAB_BACKUP_JOB_TIMEOUT, and the loader says so naming both', () => {
+  expect(loadChunkGrace({})).toEqual({ graceMs: 7 * 24 * 3_600_000, jobTimeoutMs: 25 * 60_000 });
+  expect(loadChunkGrace({ TCAB_BACKUP_CHUNK_GRACE: '101m' })).toEqual({ graceMs: 101 * 60_000, jobTimeoutMs: 25 * 60_000 });
+  const refused = run(loadChunkGrace, { TCAB_BACKUP_CHUNK_GRACE: '100m' }) as { problems: string[] };
+  expect(refused.problems).toHaveLength(1);
+  expect(refused.problems[0]).toMatch(/^TCAB_BACKUP_CHUNK_GRACE: .* must exceed 4 x TCAB_BACKUP_JOB_TIMEOUT \(4 x 25m/);
+  // A longer job timeout needs a longer grace; both problems of a bad environment are reported together.
+  expect(run(loadChunkGrace, { TCAB_BACKUP_CHUNK_GRACE: '1d', TCAB_BACKUP_JOB_TIMEOUT: '6h' })).toEqual({
+    problems: [expect.stringMatching(/^TCAB_BACKUP_CHUNK_GRACE: 1d must exceed 4 x TCAB_BACKUP_JOB_TIMEOUT/)],
+  });
+  expect(run(loadChunkGrace, { TCAB_BACKUP_CHUNK_GRACE: 'soon', TCAB_BACKUP_JOB_TIMEOUT: 'never' })).toEqual({
+    problems: [expect.stringMatching(/^TCAB_BACKUP_CHUNK_GRACE: /), expect.stringMatching(/^TCAB_BACKUP_JOB_TIMEOUT: /)],
+  });
 });
 
 it('no setting is declared by two parts', () => {

@@ -8,6 +8,7 @@ import type { InvocationContext, Timer } from '@azure/functions';
 import { errorMessage } from '../errors.js';
 import { backupConfig, invocation } from '../host/context.js';
 import { runPrune } from '../jobs/prune/index.js';
+import { loadChunkGrace } from '../jobs/settings.js';
 import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
 
@@ -22,8 +23,9 @@ export async function pruneTimer(timer: Timer, context: InvocationContext): Prom
       process.env,
       config.targets.map((t) => t.name),
     );
+    const chunkGrace = loadChunkGrace(process.env);
     await bounded('prune', (signal) =>
-      runPrune({ targets: openTargets(config, logger), database: config.database, logger, retention }, { signal }),
+      runPrune({ targets: openTargets(config, logger), database: config.database, logger, retention, chunkGrace }, { signal }),
     );
   } catch (e) {
     logger.error('prune.failed', { error: errorMessage(e) });

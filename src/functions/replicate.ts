@@ -8,6 +8,7 @@ import type { InvocationContext, Timer } from '@azure/functions';
 import { errorMessage } from '../errors.js';
 import { backupConfig, invocation } from '../host/context.js';
 import { runReplicate } from '../jobs/replicate/index.js';
+import { loadChunkGrace } from '../jobs/settings.js';
 import { loadRetentionConfig } from '../retention/settings.js';
 import { openTargets } from '../runtime.js';
 
@@ -23,7 +24,10 @@ export async function replicateTimer(timer: Timer, context: InvocationContext): 
       config.targets.map((t) => t.name),
     );
     await bounded('replicate', (signal) =>
-      runReplicate({ targets: openTargets(config, logger), database: config.database, logger, retention }, { signal }),
+      runReplicate(
+        { targets: openTargets(config, logger), database: config.database, logger, retention, chunkGraceMs: loadChunkGrace().graceMs },
+        { signal },
+      ),
     );
   } catch (e) {
     logger.error('replicate.failed', { error: errorMessage(e) });

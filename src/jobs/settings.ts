@@ -1,6 +1,7 @@
 /**
  * Settings of the jobs beyond the snapshot: the replicate and prune timers (read by the Functions host from
- * their timer bindings), and verify rotation, restore drill and monitor, whose loaders are below. The
+ * their timer bindings), format 2's chunk grace (shared by the jobs that write or collect chunks), and verify
+ * rotation, restore drill and monitor, whose loaders are below. The
  * declarations here are the only place their defaults are written; the catalogue (src/settings.ts) takes them.
  * Every problem names its variable; all problems are reported together.
  */
@@ -10,8 +11,13 @@ import type { AgeThreshold, MonitorThresholds } from '../status/document.js';
 import { formatDuration } from '../util/duration.js';
 import { longestGapMs } from '../util/schedule-gap.js';
 import { booleanSetting, defineSettings, durationMs, Problems, settingsReader, type Env } from '../util/settings.js';
+import { loadJobTimeoutMs } from '../config.js';
+import { ConfigError } from '../errors.js';
 
-/** Read only by the Functions host (the timer bindings of src/functions/replicate.ts and prune.ts). */
+/**
+ * The replicate and prune timers, read only by the Functions host (the timer bindings of
+ * src/functions/replicate.ts and prune.ts), and the chunk grace, read by loadChunkGrace.
+ */
 export const REPLICATE_PRUNE_SETTINGS = defineSettings([
   {
     name: 'TCAB_BACKUP_REPLICATE_SCHEDULE',
@@ -31,7 +37,51 @@ export const REPLICATE_PRUNE_SETTINGS = defineSettings([
     description:
       "NCRONTAB (six fields, UTC) of the timer-triggered prune: applies each target's retention policy behind the safety rails and removes garbage. Default hourly, 45 minutes past.",
   },
+  {
+    name: 'TCAB_BACKUP_CHUNK_GRACE',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: '7d',
+    description:
+      'Format 2 (docs/format-2.md): prune deletes a chunk no manifest references only once it is older than this, and the snapshot and replicate jobs reuse a stored chunk only while it is younger than half of it (an older one is written again). Must exceed 4 x TCAB_BACKUP_JOB_TIMEOUT: the margin that keeps a chunk a job is committing safe from a concurrent prune.',
+  },
 ]);
+
+const pruneReader = settingsReader(REPLICATE_PRUNE_SETTINGS);
+
+/** G and J of docs/format-2.md, "Writing": the chunk grace and the longest a job runs. */
+export interface ChunkGrace {
+  /** TCAB_BACKUP_CHUNK_GRACE. */
+  graceMs: number;
+  /** TCAB_BACKUP_JOB_TIMEOUT. */
+  jobTimeoutMs: number;
+}
+
+/**
+ * TCAB_BACKUP_CHUNK_GRACE (G) with TCAB_BACKUP_JOB_TIMEOUT (J), for every job that writes or collects format-2
+ * chunks: snapshot and replicate reuse a chunk younger than G/2, prune deletes an unreferenced chunk older than
+ * G. Refuses a G not greater than 4 J, naming both: the proof of docs/format-2.md needs that margin.
+ */
+export function loadChunkGrace(env: Env = process.env): ChunkGrace {
+  const problems = new Problems();
+  const graceMs = pruneReader.read(env, problems, 'TCAB_BACKUP_CHUNK_GRACE', durationMs('a duration like 7d'));
+  let jobTimeoutMs: number | undefined;
+  try {
+    jobTimeoutMs = loadJobTimeoutMs(env);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    problems.list.push(...e.problems);
+  }
+  if (graceMs !== undefined && jobTimeoutMs !== undefined && graceMs <= 4 * jobTimeoutMs) {
+    problems.add(
+      'TCAB_BACKUP_CHUNK_GRACE',
+      `${formatDuration(graceMs)} must exceed 4 x TCAB_BACKUP_JOB_TIMEOUT (4 x ${formatDuration(jobTimeoutMs)} = ${formatDuration(4 * jobTimeoutMs)}), or a prune could delete a chunk a snapshot or replicate job is still committing; lengthen TCAB_BACKUP_CHUNK_GRACE or shorten TCAB_BACKUP_JOB_TIMEOUT`,
+    );
+  }
+  problems.throwIfAny();
+  return { graceMs: graceMs!, jobTimeoutMs: jobTimeoutMs! };
+}
 
 export const CHECK_JOB_SETTINGS = defineSettings([
   {

@@ -4,7 +4,9 @@
  * failure too ("ok": false), then the exit status says whether the run succeeded.
  */
 import { loadTargetsConfig } from '../../config.js';
+import { describeSweep } from '../../jobs/prune/chunks.js';
 import { PruneFailedError, runPrune, type PruneResult } from '../../jobs/prune/index.js';
+import { loadChunkGrace } from '../../jobs/settings.js';
 import { loadRetentionConfig } from '../../retention/settings.js';
 import { openTargets } from '../../runtime.js';
 import { interruptSignal as interruptible, parse, printJson, type Command, type CommandContext } from '../command.js';
@@ -18,10 +20,11 @@ export const pruneCommand: Command = async (args, ctx) => {
     ctx.env,
     targets.targets.map((t) => t.name),
   );
+  const chunkGrace = loadChunkGrace(ctx.env);
   let result: PruneResult;
   try {
     result = await runPrune(
-      { targets: openTargets(targets, ctx.logger), database: targets.database, logger: ctx.logger, retention },
+      { targets: openTargets(targets, ctx.logger), database: targets.database, logger: ctx.logger, retention, chunkGrace },
       { dryRun: options.dryRun, force: options.force, signal: interruptible() },
     );
   } catch (e) {
@@ -63,6 +66,7 @@ function printPrune(ctx: CommandContext, result: PruneResult, json: boolean, ok:
     if (t.refused && !t.rails.includes(t.refused)) out.write(`  ${t.target}: REFUSED (${t.refused.rail}): ${t.refused.message}\n`);
     if (t.removed.length) out.write(`  ${t.target}: ${result.dryRun ? 'would remove' : 'removed'} ${t.removed.join(', ')}\n`);
     for (const h of t.held) out.write(`  ${t.target}: held ${h.id}: ${h.detail}\n`);
+    if (t.chunks && (t.chunks.listed > 0 || t.chunks.error)) out.write(`  ${t.target}: ${describeSweep(t.chunks, result.dryRun)}\n`);
     for (const l of t.left) out.write(`  ${t.target}: left ${l.id}: ${l.detail}\n`);
     for (const f of t.failures) out.write(`  ${t.target}: FAILED ${f}\n`);
   }

@@ -2,6 +2,7 @@
  * `tcab-backup replicate [--dry-run] [--json]`: copies the snapshots one target has and another lacks. With --json
  * the result is printed on failure too ("ok": false), then the exit status says whether the run succeeded.
  */
+import { loadChunkGrace } from '../../jobs/settings.js';
 import { loadTargetsConfig } from '../../config.js';
 import { ReplicateFailedError, runReplicate, type ReplicateResult } from '../../jobs/replicate/index.js';
 import { loadRetentionConfig } from '../../retention/settings.js';
@@ -21,7 +22,13 @@ export const replicateCommand: Command = async (args, ctx) => {
   let result: ReplicateResult;
   try {
     result = await runReplicate(
-      { targets: openTargets(targets, ctx.logger), database: targets.database, logger: ctx.logger, retention },
+      {
+        targets: openTargets(targets, ctx.logger),
+        database: targets.database,
+        logger: ctx.logger,
+        retention,
+        chunkGraceMs: loadChunkGrace(ctx.env).graceMs,
+      },
       { dryRun: options.dryRun, signal: interruptible() },
     );
   } catch (e) {

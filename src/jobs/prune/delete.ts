@@ -47,8 +47,9 @@ async function settle(target: Target, database: string, id: string, signal: Abor
 
 /**
  * Removes one snapshot: manifest first (then it no longer exists), then its data object: the artifact, or
- * format 2's chunk list. A format-2 snapshot's chunks are shared with other snapshots and stay: collecting
- * the ones no manifest references is a separate step (docs/format-2.md, "Collecting chunks"), not built yet.
+ * format 2's chunk list. A format-2 snapshot's chunks are shared with other snapshots and stay: the chunk
+ * sweep after the target's deletions (chunks.ts; docs/format-2.md, "Collecting chunks") collects the ones no
+ * manifest references once they are older than the grace.
  */
 export async function removeSnapshot(
   target: Target,

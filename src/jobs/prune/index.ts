@@ -1,6 +1,7 @@
 /**
  * Prune: applies each target's retention policy behind the safety rails, then collects garbage (data without
- * a manifest and multipart uploads older than a day). Every target is planned before any deletes, because
+ * a manifest and multipart uploads older than a day), then format-2 chunks no manifest references that are
+ * older than the chunk grace (chunks.ts; that sweep runs on a target whose retention a rail refused too). Every target is planned before any deletes, because
  * the last-good-copy rail looks across targets; a snapshot goes manifest first, then data. A target whose
  * listing or verify record fails, or whose run a rail refuses, deletes nothing, and the run throws naming it
  * after the other targets are done.
@@ -16,6 +17,8 @@ import type { RetentionConfig } from '../../retention/settings.js';
 import { abortError } from '../../targets/failure.js';
 import type { Target } from '../../targets/target.js';
 import { removeOrphan, removeSnapshot } from './delete.js';
+import { describeSweep, emptySweep, sweepChunks, type ChunkSweepOutcome } from './chunks.js';
+import { loadChunkGrace, type ChunkGrace } from '../settings.js';
 import { planReplication } from '../replicate/plan.js';
 import { readTargetCatalog, type TargetCatalog } from '../../catalog/target-catalog.js';
 
@@ -29,6 +32,10 @@ export interface PruneDeps {
   logger?: Logger;
   /** The current time (tests). */
   now?: () => Date;
+  /** G and J for the chunk collection (loadChunkGrace); the catalogued defaults when absent. */
+  chunkGrace?: ChunkGrace;
+  /** Milliseconds from some origin, for the chunk sweep's J limit (tests). */
+  sweepClock?: () => number;
 }
 
 export interface PruneRequest {
@@ -59,6 +66,8 @@ export interface PruneTargetOutcome {
   rails: Array<RailReport | LastGoodCopyReport>;
   refused: RailReport | null;
   garbage: { removed: string[]; held: Array<{ key: string; detail: string }>; staleUploads: number };
+  /** Format-2 chunk collection; null when the target could not be listed (then it was not swept). */
+  chunks: ChunkSweepOutcome | null;
   failures: string[];
 }
 
@@ -76,6 +85,9 @@ export interface PruneResult {
   force: boolean;
   targets: PruneTargetOutcome[];
   removed: number;
+  /** Chunks removed over all targets (with dryRun: that would be), and their stored bytes. */
+  chunksRemoved: number;
+  chunkBytesRemoved: number;
   durationMs: number;
 }
 
@@ -102,6 +114,8 @@ export async function runPrune(deps: PruneDeps, request: PruneRequest = {}): Pro
     force: Boolean(request.force),
     targets,
     removed: targets.reduce((n, t) => n + t.removed.length, 0),
+    chunksRemoved: targets.reduce((n, t) => n + (t.chunks?.removed ?? 0), 0),
+    chunkBytesRemoved: targets.reduce((n, t) => n + (t.chunks?.removedBytes ?? 0), 0),
     durationMs: Date.now() - started,
   };
   throwIfFailed(result);
@@ -109,6 +123,8 @@ export async function runPrune(deps: PruneDeps, request: PruneRequest = {}): Pro
     database: deps.database,
     dryRun: result.dryRun,
     removed: result.removed,
+    chunksRemoved: result.chunksRemoved,
+    chunkBytesRemoved: result.chunkBytesRemoved,
     durationMs: result.durationMs,
     targets: targets.map((t) => ({
       target: t.target,
@@ -116,6 +132,8 @@ export async function runPrune(deps: PruneDeps, request: PruneRequest = {}): Pro
       removed: t.removed.length,
       held: t.held.length,
       garbage: t.garbage.removed.length,
+      chunksRemoved: t.chunks?.removed ?? 0,
+      chunksLeft: t.chunks?.left ?? 0,
       rails: t.rails.map((r) => r.rail),
     })),
   });
@@ -151,6 +169,7 @@ async function planTarget(target: Target, deps: PruneDeps, request: PruneRequest
     rails: [],
     refused: null,
     garbage: { removed: [], held: [], staleUploads: 0 },
+    chunks: null,
     failures: [],
   };
   const plan: TargetPlan = { target, outcome, wanted: new Set(), remove: [] };
@@ -312,10 +331,22 @@ function keepLastGoodCopies(plans: TargetPlan[], retention: RetentionConfig, now
   }
 }
 
-/** Deletes what the plan removes (manifest first, then data), then collects garbage. */
+/**
+ * Deletes what the plan removes (manifest first, then data), then collects garbage, then chunks. A refused
+ * target deletes no snapshot and no garbage, but its chunks are still collected: the rails judge snapshots,
+ * and an unreferenced chunk older than the grace is garbage by construction.
+ */
 async function carryOut(plan: TargetPlan, deps: PruneDeps, request: PruneRequest, now: Date, log: Logger): Promise<PruneTargetOutcome> {
-  const { target, outcome, catalog } = plan;
-  if (!catalog || outcome.refused) return finish(outcome);
+  const { outcome, catalog } = plan;
+  if (!catalog) return finish(outcome);
+  if (!outcome.refused) await removeAndCollect(plan, deps, request, now, log);
+  await collectChunks(plan, deps, request, log);
+  return finish(outcome);
+}
+
+async function removeAndCollect(plan: TargetPlan, deps: PruneDeps, request: PruneRequest, now: Date, log: Logger): Promise<void> {
+  const { target, outcome } = plan;
+  const catalog = plan.catalog!;
   const signal = request.signal;
   for (const id of plan.remove) {
     if (signal?.aborted) throw abortError(signal);
@@ -340,7 +371,52 @@ async function carryOut(plan: TargetPlan, deps: PruneDeps, request: PruneRequest
     }
   }
   await collectGarbage(target, deps.database, catalog, outcome, request, now, log);
-  return finish(outcome);
+}
+
+/**
+ * The chunk sweep (chunks.ts), after the target's deletions. A dry run deleted no snapshot, so it does not
+ * count the chunk lists of the snapshots it would remove: it reports what a real run would collect. A sweep
+ * whose referenced set could not be made whole deleted nothing and fails the run, naming what it could not read.
+ */
+async function collectChunks(plan: TargetPlan, deps: PruneDeps, request: PruneRequest, log: Logger): Promise<void> {
+  const { target, outcome } = plan;
+  const grace = deps.chunkGrace ?? loadChunkGrace({});
+  try {
+    outcome.chunks = await sweepChunks(target, {
+      database: deps.database,
+      graceMs: grace.graceMs,
+      jobTimeoutMs: grace.jobTimeoutMs,
+      dryRun: Boolean(request.dryRun),
+      ...(request.dryRun ? { ignore: new Set(plan.remove) } : {}),
+      now: () => deps.now?.() ?? new Date(),
+      ...(deps.sweepClock ? { clock: deps.sweepClock } : {}),
+      ...(request.signal ? { signal: request.signal } : {}),
+    });
+  } catch (e) {
+    if (request.signal?.aborted) throw e;
+    outcome.chunks = { ...emptySweep(), error: errorMessage(e) };
+    outcome.failures.push(errorMessage(e));
+    log.error('prune.chunks_failed', { target: target.name, error: errorMessage(e) });
+    return;
+  }
+  const s = outcome.chunks;
+  outcome.failures.push(...s.failures);
+  if (s.failed > s.failures.length) outcome.failures.push(`and ${s.failed - s.failures.length} more chunk delete(s) failed`);
+  if (s.listed === 0) return;
+  (s.failed ? log.warn : log.info).call(log, 'prune.chunks', {
+    target: target.name,
+    dryRun: Boolean(request.dryRun),
+    listed: s.listed,
+    referenced: s.referenced,
+    young: s.young,
+    removed: s.removed,
+    removedBytes: s.removedBytes,
+    held: s.held,
+    left: s.left,
+    leftBytes: s.leftBytes,
+    failed: s.failed,
+    summary: describeSweep(s, Boolean(request.dryRun)),
+  });
 }
 
 async function collectGarbage(

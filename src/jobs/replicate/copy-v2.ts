@@ -29,16 +29,17 @@ import { chunkKey } from '../../format/chunk-key.js';
 import { chunkListLine, readChunkList, type ChunkRefV2 } from '../../format/chunk-list.js';
 import type { Target } from '../../targets/target.js';
 import { forEachLimit } from '../../util/pool.js';
+import { loadChunkGrace } from '../settings.js';
 import { CopyError, type CopyResult } from './copy.js';
 
 /** Chunks of one copy read and written at once. */
 export const CHUNKS_IN_FLIGHT = 8;
 
 /**
- * The grace period G of docs/format-2.md, used until the deployment's setting (TCAB_BACKUP_CHUNK_GRACE) is
- * wired in: a chunk the destination holds is reused while younger than G/2 and written again when older.
+ * The grace period G of docs/format-2.md when the caller names none: TCAB_BACKUP_CHUNK_GRACE's declared
+ * default. A chunk the destination holds is reused while younger than G/2 and written again when older.
  */
-export const DEFAULT_CHUNK_GRACE_MS = 7 * 24 * 3_600_000;
+export const DEFAULT_CHUNK_GRACE_MS = loadChunkGrace({}).graceMs;
 
 /** One destination's chunks during one replicate run: listed once, and every chunk this run stored there. */
 export class DestinationChunks {

@@ -1,0 +1,236 @@
+/**
+ * Collecting format-2 chunks on one target (docs/format-2.md, "Collecting chunks (prune)"): a chunk is deleted
+ * only when no manifest references it and it is older than the grace G.
+ *   1. list the chunk folder (keys and last-modified times), *then*
+ *   2. list the manifests and read every format-2 snapshot's chunk list: the referenced set,
+ *   3. delete the chunks 2 does not reference whose time in 1 is older than G before that listing, and stop
+ *      deleting once the sweep has run for J (what is left waits for the next prune).
+ * The order of 1 and 2 is what the proof rests on: a manifest written after the chunk listing is read in 2,
+ * so a chunk it reuses is kept. A referenced set that cannot be made whole (a manifest or chunk list that
+ * cannot be read) stops the sweep before it deletes anything: a chunk is never deleted on a guess.
+ *
+ * The max-delete-share rail does not apply here: an unreferenced chunk older than G is garbage by construction
+ * (no snapshot can restore from it, and no writer may reuse it), whatever its share of the folder.
+ */
+import { manifestChunkListKey } from '../../catalog/catalog.js';
+import { listChunks } from '../../catalog/chunk-store.js';
+import { manifestKey } from '../../catalog/layout.js';
+import type { ManifestV2 } from '../../catalog/manifest-v2.js';
+import { readTargetCatalog } from '../../catalog/target-catalog.js';
+import { NotFoundError, ObjectHeldError, TcabError, errorMessage } from '../../errors.js';
+import { chunkKey } from '../../format/chunk-key.js';
+import { readChunkList } from '../../format/chunk-list.js';
+import { formatDuration } from '../../util/duration.js';
+import { forEachLimit } from '../../util/pool.js';
+import type { Target } from '../../targets/target.js';
+
+/** Chunk lists read, and chunks deleted, at once. */
+const CONCURRENCY = 8;
+
+export interface ChunkSweepOptions {
+  database: string;
+  /** G: an unreferenced chunk is deleted only once it is older than this at the listing. */
+  graceMs: number;
+  /** J: the sweep stops deleting once it has run this long. */
+  jobTimeoutMs: number;
+  /** Count what would be deleted; delete nothing. */
+  dryRun: boolean;
+  /** Snapshots whose chunk lists do not count as references: those a dry run would remove. */
+  ignore?: ReadonlySet<string>;
+  /** The time of the chunk listing (the storage's clock is what counts; tests move it). */
+  now: () => Date;
+  /** Milliseconds since some origin, for the J limit (tests make it jump). */
+  clock?: () => number;
+  signal?: AbortSignal;
+}
+
+export interface ChunkSweepOutcome {
+  /** Chunks the listing of step 1 found, and their stored bytes. */
+  listed: number;
+  listedBytes: number;
+  /** Distinct chunks the manifests reference (those listed or not). */
+  referenced: number;
+  /** Format-2 snapshots whose chunk lists were read. */
+  snapshots: number;
+  /** Unreferenced chunks younger than G: kept (a job may be writing or about to reference them). */
+  young: number;
+  youngBytes: number;
+  /** Deleted (with dryRun: would be deleted). */
+  removed: number;
+  removedBytes: number;
+  /** Under an immutability lock or legal hold. */
+  held: number;
+  /** Unreferenced and older than G, not deleted because the sweep had run for J: the next prune takes them. */
+  left: number;
+  leftBytes: number;
+  /** Set when the sweep stopped early (J reached): how long it had run. */
+  stoppedAfterMs?: number;
+  /** Set when the referenced set could not be made whole: nothing was deleted. */
+  error?: string;
+  /** Chunks whose delete failed, and the first few of them, each naming the key. */
+  failed: number;
+  failures: string[];
+}
+
+export function emptySweep(): ChunkSweepOutcome {
+  return {
+    listed: 0,
+    listedBytes: 0,
+    referenced: 0,
+    snapshots: 0,
+    young: 0,
+    youngBytes: 0,
+    removed: 0,
+    removedBytes: 0,
+    held: 0,
+    left: 0,
+    leftBytes: 0,
+    failed: 0,
+    failures: [],
+  };
+}
+
+/**
+ * Runs steps 1 to 3 on one target. Throws (a TcabError naming the target and the object) when a listing, a
+ * manifest or a chunk list cannot be read: then nothing was deleted. Failed deletes are reported, not thrown.
+ */
+export async function sweepChunks(target: Target, options: ChunkSweepOptions): Promise<ChunkSweepOutcome> {
+  const { database, signal } = options;
+  const clock = options.clock ?? (() => performance.now());
+  const started = clock();
+  const out = emptySweep();
+  const where = `target "${target.name}" (${target.url})`;
+
+  // 1. The chunks, with their ages, before anything else is read.
+  const listedAt = options.now();
+  const chunks = await listChunks(target, database, signal ? { signal } : {});
+  out.listed = chunks.size;
+  for (const c of chunks.values()) out.listedBytes += c.bytes;
+  if (chunks.size === 0) return out;
+
+  // 2. The manifests, listed after the chunks, and the chunk list of every format-2 one.
+  const catalog = await readTargetCatalog(target, database, signal ? { signal } : {});
+  const unreadable = catalog.snapshots.filter((s) => s.manifestError !== undefined);
+  if (unreadable.length) {
+    const s = unreadable[0]!;
+    throw new TcabError(
+      `Collecting the chunks of "${database}" on ${where} stopped before deleting any: the manifest ${manifestKey(database, s.id)} cannot be read (${s.manifestError}), so the chunks it references are unknown${unreadable.length > 1 ? ` (and ${unreadable.length - 1} more manifest(s))` : ''}`,
+      {
+        hint: 'repair the manifest (replicate rewrites it from another target) or remove the snapshot by hand; chunks are collected again on the next prune',
+      },
+    );
+  }
+  const v2 = catalog.snapshots
+    .filter((s) => s.manifest?.formatVersion === 2 && !options.ignore?.has(s.id))
+    .map((s) => s.manifest as ManifestV2);
+  const referenced = new Set<string>();
+  await forEachLimit(v2, CONCURRENCY, async (manifest) => {
+    for await (const sha256 of chunkListHashes(target, manifest, where, signal)) referenced.add(sha256);
+  });
+  out.snapshots = v2.length;
+  out.referenced = referenced.size;
+
+  // 3. Unreferenced and older than G at the listing: deleted, until the sweep has run for J.
+  const cutoff = listedAt.getTime() - options.graceMs;
+  const garbage: Array<{ sha256: string; bytes: number }> = [];
+  for (const [sha256, c] of chunks) {
+    if (referenced.has(sha256)) continue;
+    if (c.lastModified.getTime() >= cutoff) {
+      out.young++;
+      out.youngBytes += c.bytes;
+    } else garbage.push({ sha256, bytes: c.bytes });
+  }
+  let stopped = false;
+  await forEachLimit(garbage, CONCURRENCY, async ({ sha256, bytes }) => {
+    if (stopped || clock() - started >= options.jobTimeoutMs) {
+      if (!stopped) out.stoppedAfterMs = Math.round(clock() - started);
+      stopped = true;
+      out.left++;
+      out.leftBytes += bytes;
+      return;
+    }
+    if (signal?.aborted) throw signal.reason;
+    const key = chunkKey(database, sha256);
+    if (!options.dryRun) {
+      try {
+        await target.delete(key, signal ? { signal } : {});
+      } catch (e) {
+        if (signal?.aborted) throw e;
+        // Another prune deleted it first: done all the same.
+        if (!(e instanceof NotFoundError)) {
+          if (e instanceof ObjectHeldError) out.held++;
+          else {
+            out.failed++;
+            if (out.failures.length < 3) out.failures.push(`deleting chunk ${key} failed: ${errorMessage(e)}`);
+          }
+          return;
+        }
+      }
+    }
+    out.removed++;
+    out.removedBytes += bytes;
+  });
+  return out;
+}
+
+/** The hashes of one snapshot's chunk list, read to the end and checked against its manifest. */
+async function* chunkListHashes(
+  target: Target,
+  manifest: ManifestV2,
+  where: string,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<string> {
+  const key = manifestChunkListKey(manifest);
+  const stop = (why: string, cause?: unknown): never => {
+    throw new TcabError(
+      `Collecting the chunks of "${manifest.databaseName}" on ${where} stopped before deleting any: the chunk list ${key} of snapshot ${manifest.id} ${why}, so the chunks it references are unknown`,
+      {
+        hint: 'repair the snapshot (replicate copies it again from another target) or remove it by hand; chunks are collected again on the next prune',
+        ...(cause ? { cause } : {}),
+      },
+    );
+  };
+  let body: AsyncIterable<unknown>;
+  try {
+    body = (await target.get(key, signal ? { signal } : {})).body;
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    if (e instanceof NotFoundError && !(await manifestStillThere(target, manifest, signal))) return; // removed meanwhile
+    return stop(e instanceof NotFoundError ? 'is missing' : `cannot be read (${errorMessage(e)})`, e);
+  }
+  const hashes: string[] = [];
+  try {
+    for await (const ref of readChunkList(body, manifest, `${key} on ${where}`)) hashes.push(ref[0]);
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    return stop(`cannot be read (${errorMessage(e)})`, e);
+  }
+  yield* hashes;
+}
+
+/** Whether the manifest is still on the target: when it is gone, its snapshot was removed meanwhile. */
+async function manifestStillThere(target: Target, manifest: ManifestV2, signal: AbortSignal | undefined): Promise<boolean> {
+  try {
+    await target.head(manifestKey(manifest.databaseName, manifest.id), signal ? { signal } : {});
+    return true;
+  } catch (e) {
+    if (e instanceof NotFoundError) return false;
+    throw e;
+  }
+}
+
+/** One line for the log and the CLI: what the sweep did. */
+export function describeSweep(s: ChunkSweepOutcome, dryRun: boolean): string {
+  if (s.error) return `chunks: ${s.error}`;
+  const parts = [
+    `${dryRun ? 'would remove' : 'removed'} ${s.removed} chunk(s) (${s.removedBytes} bytes)`,
+    `${s.listed} listed, ${s.referenced} referenced by ${s.snapshots} format-2 snapshot(s), ${s.young} unreferenced but younger than the grace kept`,
+  ];
+  if (s.held) parts.push(`${s.held} held`);
+  if (s.left)
+    parts.push(
+      `${s.left} (${s.leftBytes} bytes) left for the next prune: the sweep stopped after ${formatDuration(s.stoppedAfterMs ?? 0)} (TCAB_BACKUP_JOB_TIMEOUT)`,
+    );
+  if (s.failed) parts.push(`${s.failed} delete(s) failed`);
+  return `chunks: ${parts.join('; ')}`;
+}
