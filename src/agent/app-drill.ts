@@ -19,6 +19,7 @@ import { Digest } from './snapshotter.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { decompressor } from '../util/streams.js';
+import { ZstdFrameSplitter } from '../util/zstd-frames.js';
 import type { CompressionSupport } from './compression.js';
 import type { Compression } from './protocol.js';
 import { runSqliteTask } from './sqlite-worker.js';
@@ -38,14 +39,20 @@ export interface AppDrillSettings {
   stopGraceMs: number;
 }
 
-export interface DrillRequest {
+/**
+ * What the signed query says of the body. Format 1: the body is the snapshot's artifact, named by its sha256.
+ * Format 2: the body is the snapshot's chunks as stored (zstd frames) in chunk-list order, one zstd stream;
+ * its sha256 is not known before it is sent, so the request names the chunk list's sha256 instead (the
+ * signature's body hash), and the body's length (artifactBytes, the sum of the stored chunk sizes) and the
+ * decompressed file's sha256 are what the agent checks.
+ */
+export type DrillRequest = {
   snapshotId: string | undefined;
-  artifactSha256: string;
   artifactBytes: number;
   compression: Compression;
   snapshotSha256: string;
   snapshotBytes: number;
-}
+} & ({ format: 1; artifactSha256: string } | { format: 2; chunkListSha256: string });
 
 export interface DrillCheck {
   name: 'receive' | 'snapshot-sha256' | 'integrity' | 'start' | 'healthz' | 'runs' | 'stop';
@@ -180,13 +187,22 @@ export class AppDriller {
       if (!r.ok) log.warn('drill.check_failed', { step: name, detail: r.detail });
       return r;
     };
-    log.info('drill.started', { artifactBytes: req.artifactBytes, compression: req.compression });
+    log.info('drill.started', { format: req.format, artifactBytes: req.artifactBytes, compression: req.compression });
     try {
       // 1. Receive: artifact sha256 as it arrives, decompressed straight into the scratch file.
       let received!: { artifact: Digest; plain: Digest };
       const recv = await step('receive', async () => {
         received = await this.receive(body, req, scratch, signal);
         const got = received.artifact.result();
+        if (req.format === 2) {
+          // No sha256 of the body is named: its length here, and the restored file's sha256 in the next step.
+          if (got.bytes !== req.artifactBytes) {
+            throw new DrillRefusedError(
+              `the chunks received are ${got.bytes} bytes, not the ${req.artifactBytes} named: they were changed or cut on the way`,
+            );
+          }
+          return { ok: true, detail: `${got.bytes} bytes of chunks, as named; the restored file's sha256 is checked next` };
+        }
         if (got.bytes !== req.artifactBytes || got.sha256 !== req.artifactSha256) {
           throw new DrillRefusedError(
             `the artifact received (${got.bytes} bytes, sha256 ${got.sha256}) is not the one named (${req.artifactBytes} bytes, sha256 ${req.artifactSha256}): it was changed or cut on the way`,
@@ -276,17 +292,14 @@ export class AppDriller {
     const forward = (err: Error) => first.destroy(err);
     body.once('error', forward);
     body.pipe(first);
-    const stages = [
-      first,
-      decompressor(req.compression, {
-        runtimeZstd: this.options.compressions.zstdSource === 'zlib',
-        zstdCommand: this.options.compressions.zstdCommand,
-      }),
-      plain.tap(),
-      createWriteStream(scratch, { flags: 'wx', mode: 0o600 }),
-    ] as const;
+    const runtimeZstd = this.options.compressions.zstdSource === 'zlib';
+    const inflate = decompressor(req.compression, { runtimeZstd, zstdCommand: this.options.compressions.zstdCommand });
+    // Node's zstd decompressor drops every frame after the first within one write: a format-2 body is many
+    // frames (and a format-1 artifact may be), so the writes are cut at frame boundaries. The program needs no help.
+    const split = req.compression === 'zstd' && runtimeZstd ? [new ZstdFrameSplitter()] : [];
+    const stages = [first, ...split, inflate, plain.tap(), createWriteStream(scratch, { flags: 'wx', mode: 0o600 })] as const;
     try {
-      await pipeline(...stages, { signal });
+      await pipeline(stages, { signal });
       body.off('error', forward);
     } catch (err) {
       body.off('error', forward);
@@ -295,7 +308,14 @@ export class AppDriller {
       if (signal.aborted) throw err;
       // A body whose bytes were changed may not even decompress: that is the same refusal as a wrong sha256.
       const got = artifact.result();
-      if (got.sha256 !== req.artifactSha256) {
+      if (req.format === 2) {
+        // The frames are checked as they decompress (each carries its checksum): bytes that fail were changed.
+        if (!isDiskError(err)) {
+          throw new DrillRefusedError(
+            `the chunks received (${got.bytes} bytes so far) could not be restored (${errorMessage(err)}): they were changed or cut on the way`,
+          );
+        }
+      } else if (got.sha256 !== req.artifactSha256) {
         throw new DrillRefusedError(
           `the artifact received (${got.bytes} bytes so far) could not be restored (${errorMessage(err)}) and its sha256 is not the one named: it was changed or cut on the way`,
         );
@@ -304,6 +324,12 @@ export class AppDriller {
     }
     return { artifact, plain };
   }
+}
+
+/** An error of the scratch file's disk (the agent's problem, 500), as opposed to bytes that do not decompress. */
+function isDiskError(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return typeof code === 'string' && ['ENOSPC', 'EDQUOT', 'EIO', 'EROFS', 'EACCES', 'EPERM', 'EEXIST', 'EMFILE'].includes(code);
 }
 
 function nextStep(checks: DrillCheck[]): DrillCheck['name'] {

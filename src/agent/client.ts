@@ -131,12 +131,25 @@ const DRILL_HINTS: Record<number, string> = {
 /** How long a drill's upload waits for the agent's 100 Continue before sending anyway (an agent or proxy that ignores Expect). */
 const CONTINUE_WAIT_MS = 5_000;
 
-/** What POST /v1/drills needs to know of the artifact it is sent: the manifest's artifact and snapshot facts. */
-export interface AppDrillArtifact {
-  snapshotId?: string;
-  artifact: { bytes: number; sha256: string; compression: Compression };
-  snapshot: { bytes: number; sha256: string };
-}
+/**
+ * What POST /v1/drills needs to know of the body it is sent: for a format-1 snapshot, the manifest's artifact
+ * and snapshot facts; for a format-2 snapshot (`format: 2`, the body its stored chunks in chunk-list order), the
+ * chunk list's sha256, the sum of the stored chunk sizes and the snapshot facts.
+ */
+export type AppDrillArtifact =
+  | {
+      format?: 1;
+      snapshotId?: string;
+      artifact: { bytes: number; sha256: string; compression: Compression };
+      snapshot: { bytes: number; sha256: string };
+    }
+  | {
+      format: 2;
+      snapshotId?: string;
+      chunkList: { sha256: string };
+      stored: { bytes: number };
+      snapshot: { bytes: number; sha256: string };
+    };
 
 const ENTRA_401_HINT =
   "the agent's log says which check failed; usually: TCAB_AGENT_AUTH includes entra, TCAB_BACKUP_AGENT_ENTRA_SCOPE names the application in the agent's TCAB_AGENT_ENTRA_AUDIENCE, the function app identity's object id is in TCAB_AGENT_ENTRA_ALLOWED_OBJECT_IDS, and the agent can reach Entra ID for its signing keys";
@@ -501,7 +514,8 @@ export class AgentClient {
   /**
    * The application drill (POST /v1/drills): streams `body`, the artifact `of` describes, to the agent, which
    * restores it, starts the backend on the copy and answers with the result, passed or not. The body is never
-   * buffered here; it is signed with the artifact's sha256, which the agent checks as the bytes arrive.
+   * buffered here; it is signed with the artifact's sha256, which the agent checks as the bytes arrive (format 2:
+   * with the chunk list's sha256, and the agent checks the restored file's sha256 before it uses a byte).
    *
    * The request asks `Expect: 100-continue`, so a refusal before the body is read (400, 401, 409, 501, 507)
    * arrives before any byte is sent and is reported as the agent's status and message (AgentBusyError for 409),
@@ -510,11 +524,16 @@ export class AgentClient {
    */
   async appDrill(of: AppDrillArtifact, body: Readable, opts: { signal?: AbortSignal } = {}): Promise<AppDrillResult> {
     const path = '/v1/drills';
+    // Format 1's query is the one from before format 2 existed, to the byte; format 2 names the chunk list.
+    const named: Record<string, string> =
+      of.format === 2
+        ? { format: '2', chunkListSha256: of.chunkList.sha256, artifactBytes: String(of.stored.bytes), compression: 'zstd' }
+        : { artifactSha256: of.artifact.sha256, artifactBytes: String(of.artifact.bytes), compression: of.artifact.compression };
+    const bodySha256 = of.format === 2 ? of.chunkList.sha256 : of.artifact.sha256;
+    const bodyBytes = of.format === 2 ? of.stored.bytes : of.artifact.bytes;
     const query = new URLSearchParams({
       ...(of.snapshotId ? { snapshotId: of.snapshotId } : {}),
-      artifactSha256: of.artifact.sha256,
-      artifactBytes: String(of.artifact.bytes),
-      compression: of.artifact.compression,
+      ...named,
       snapshotSha256: of.snapshot.sha256,
       snapshotBytes: String(of.snapshot.bytes),
     });
@@ -526,11 +545,11 @@ export class AgentClient {
       const headers: OutgoingHttpHeaders = {
         Accept: 'application/json, application/problem+json',
         'Content-Type': 'application/octet-stream',
-        'Content-Length': of.artifact.bytes,
+        'Content-Length': bodyBytes,
         Expect: '100-continue',
         Authorization: this.credential
           ? `Bearer ${await this.bearerToken('POST', path, signal)}`
-          : signRequest({ keyId: this.keyId!, secret: this.key!, method: 'POST', pathAndQuery, bodySha256: of.artifact.sha256 }),
+          : signRequest({ keyId: this.keyId!, secret: this.key!, method: 'POST', pathAndQuery, bodySha256 }),
       };
       if (signal?.aborted) throw abortError(signal);
       const exchange = await this.upload(pathAndQuery, path, headers, body, signal);

@@ -323,29 +323,45 @@ async function downloadSnapshot(deps: AgentHandlerDeps, id: string, req: Incomin
   }
 }
 
-/** The drill's parameters, from the signed query. */
+/**
+ * The drill's parameters, from the signed query. Without `format` (or with format=1) the body is an artifact
+ * named by artifactSha256, as before format 2 existed; with format=2 it is a snapshot's stored chunks, one zstd
+ * stream, and chunkListSha256 takes artifactSha256's place (docs/agent-protocol.md, "POST /v1/drills").
+ */
 function drillRequest(rawUrl: string): DrillRequest | string {
   const query = new URLSearchParams(rawUrl.includes('?') ? rawUrl.slice(rawUrl.indexOf('?') + 1) : '');
-  const artifactSha256 = query.get('artifactSha256') ?? '';
+  const format = query.get('format');
+  const artifactSha256 = query.get('artifactSha256');
+  const chunkListSha256 = query.get('chunkListSha256');
   const snapshotSha256 = query.get('snapshotSha256') ?? '';
   const artifactBytes = query.get('artifactBytes') ?? '';
   const snapshotBytes = query.get('snapshotBytes') ?? '';
   const compression = CompressionSchema.safeParse(query.get('compression'));
   const snapshotId = query.get('snapshotId') ?? undefined;
-  if (!SHA256_RE.test(artifactSha256)) return "artifactSha256 must be the artifact's lower-case hex sha256";
+  if (format !== null && format !== '1' && format !== '2') return 'format must be 1 or 2';
+  const chunked = format === '2';
+  if (chunked) {
+    if (!SHA256_RE.test(chunkListSha256 ?? '')) return "a format-2 drill names chunkListSha256, the chunk list's lower-case hex sha256";
+    if (artifactSha256 !== null) return 'a format-2 drill names chunkListSha256, not artifactSha256';
+  } else {
+    if (!SHA256_RE.test(artifactSha256 ?? '')) return "artifactSha256 must be the artifact's lower-case hex sha256";
+    if (chunkListSha256 !== null) return 'chunkListSha256 belongs to a format-2 drill (format=2)';
+  }
   if (!SHA256_RE.test(snapshotSha256)) return "snapshotSha256 must be the plain snapshot's lower-case hex sha256";
-  if (!COUNT_RE.test(artifactBytes)) return "artifactBytes must be the artifact's size in bytes";
+  if (!COUNT_RE.test(artifactBytes))
+    return chunked ? 'artifactBytes must be the sum of the stored chunk sizes' : "artifactBytes must be the artifact's size in bytes";
   if (!COUNT_RE.test(snapshotBytes)) return "snapshotBytes must be the plain snapshot's size in bytes";
   if (!compression.success) return 'compression must be gzip, zstd or none';
+  if (chunked && compression.data !== 'zstd') return "a format-2 drill's chunks are zstd frames: compression must be zstd";
   if (snapshotId !== undefined && !SNAPSHOT_ID_RE.test(snapshotId)) return 'snapshotId must be an id like 20261124T161300Z-3f9a1c2e';
-  return {
-    artifactSha256,
+  const common = {
     snapshotSha256,
     artifactBytes: Number(artifactBytes),
     snapshotBytes: Number(snapshotBytes),
     compression: compression.data,
     snapshotId,
   };
+  return chunked ? { ...common, format: 2, chunkListSha256: chunkListSha256! } : { ...common, format: 1, artifactSha256: artifactSha256! };
 }
 
 async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerResponse, method: string, rawUrl: string): Promise<void> {
@@ -359,7 +375,9 @@ async function drill(deps: AgentHandlerDeps, req: IncomingMessage, res: ServerRe
     pathAndQuery: rawUrl,
     authorization: req.headers.authorization,
     body: Buffer.alloc(0),
-    bodySha256: parsed.artifactSha256,
+    // The body is not read before the signature holds. Format 2 signs the chunk list's sha256: the agent uses
+    // no byte of the body it has not checked against the signed snapshotSha256 (docs/agent-protocol.md).
+    bodySha256: parsed.format === 2 ? parsed.chunkListSha256 : parsed.artifactSha256,
   });
   if (!verdict.ok) {
     deps.logger.warn('auth.rejected', {

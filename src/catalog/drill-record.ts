@@ -16,8 +16,19 @@ export const DRILL_RECORDS_KEPT = 400;
 
 const Iso = z.string().datetime({ offset: true });
 
-/** The checks a drill can make: the artifact's sha256, the decompressed file's sha256, PRAGMA integrity_check, row counts. */
-export const DRILL_CHECKS = ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'] as const;
+/**
+ * The checks a drill can make: the artifact's sha256 (format 1), the chunk list's sha256 against the manifest
+ * and every chunk's plain sha256 against its line of the list (format 2), the whole decompressed file's
+ * sha256, PRAGMA integrity_check, row counts. Names are only ever added, so older records stay readable.
+ */
+export const DRILL_CHECKS = [
+  'artifact-sha256',
+  'snapshot-sha256',
+  'integrity-check',
+  'row-counts',
+  'chunk-list-sha256',
+  'chunk-sha256',
+] as const;
 export type DrillCheck = (typeof DRILL_CHECKS)[number];
 
 export const DrillChecksSchema = z.object({
@@ -35,10 +46,15 @@ export const DrillChecksSchema = z.object({
 });
 export type DrillChecks = z.infer<typeof DrillChecksSchema>;
 
-/** What a successful drill proved, in words, for the CLI and the status page. Records without `checks` restored. */
+/**
+ * What a successful drill proved, in words, for the CLI and the status page. Records without `checks` restored
+ * a format-1 artifact; a record whose checks name the chunks drilled a format-2 (chunked) snapshot.
+ */
 export function provenText(checks: DrillChecks | null | undefined): string {
-  if (!checks || checks.method === 'restore') return 'restored to a file: artifact and database sha256, integrity_check and row counts';
-  return "verified as it streamed, nothing written: artifact and database sha256 equal the manifest's, so integrity_check and row counts are the agent's on the same bytes";
+  const chunked = checks?.ran.includes('chunk-sha256') ?? false;
+  const stored = chunked ? "chunk list, every chunk's and the database's sha256" : 'artifact and database sha256';
+  if (!checks || checks.method === 'restore') return `restored to a file: ${stored}, integrity_check and row counts`;
+  return `verified as it streamed, nothing written: ${stored} equal the manifest's, so integrity_check and row counts are the agent's on the same bytes`;
 }
 
 /**

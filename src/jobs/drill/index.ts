@@ -8,12 +8,12 @@
  */
 import { mkdir, mkdtemp, rm, statfs } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { AppDrillArtifact } from '../../agent/client.js';
 import type { AppDrillResult, AgentStatus } from '../../agent/protocol.js';
 import { manifestArtifactKey } from '../../catalog/catalog.js';
 import { toIsoTime } from '../../util/time.js';
-import { format2NotSupported, storedBytes, type Manifest } from '../../catalog/manifest.js';
+import { storedBytes, type Manifest } from '../../catalog/manifest.js';
 import { NotFoundError, TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { newDrillId } from '../../catalog/layout.js';
@@ -23,11 +23,13 @@ import {
   trimDrillRecords,
   writeDrillRecord,
   type AppDrillRecord,
+  type DrillCheck,
   type DrillRecord,
 } from '../../catalog/drill-record.js';
 import { runRestore } from '../restore/index.js';
+import { readCheckedChunks } from '../restore/chunks.js';
 import { firstValue, openDatabase } from '../../util/sqlite.js';
-import { verifyByStreaming } from './stream.js';
+import { verifyByStreaming, verifyChunksByStreaming } from './stream.js';
 import type { DrillMethodSetting } from '../settings.js';
 import { selectSnapshot } from '../../catalog/select.js';
 
@@ -186,19 +188,27 @@ async function drillTarget(
         { targets: [target], database: deps.database },
         { selector: { id: manifest.id }, outPath: path, signal },
       ).catch((e: unknown) => {
-        throw new TcabError(restoreFailure(e, manifest!.id, target.name));
+        throw new TcabError(restoreFailure(e, manifest!.id, target.name, target.url));
       });
       record.recoveryTimeMs = restored.durationMs;
-      record.checks = { method: 'restore', ran: ['artifact-sha256', 'snapshot-sha256', 'integrity-check', 'row-counts'], fromSnapshot: [] };
+      record.checks = {
+        method: 'restore',
+        ran: [...storedChecks(manifest), 'snapshot-sha256', 'integrity-check', 'row-counts'],
+        fromSnapshot: [],
+      };
       compareWithLive(record, manifest, restored.tables, newestPublishedAt(path), live, deps.database);
     } else {
       log.info('drill.streaming', { database: deps.database, target: target.name, snapshot: manifest.id, reason: method.reason });
-      if (manifest.formatVersion === 2) throw format2NotSupported('the drill by streaming', manifest, `target "${target.name}"`);
-      const streamed = await verifyByStreaming(target, manifest, signal);
+      const streamed =
+        manifest.formatVersion === 1
+          ? await verifyByStreaming(target, manifest, signal)
+          : await verifyChunksByStreaming(target, manifest, signal).catch((e: unknown) => {
+              throw signal?.aborted ? e : new TcabError(withoutSnapshotPrefix(e, manifest!.id, target), { cause: e });
+            });
       record.recoveryTimeMs = streamed.durationMs;
       record.checks = {
         method: 'stream',
-        ran: ['artifact-sha256', 'snapshot-sha256'],
+        ran: [...storedChecks(manifest), 'snapshot-sha256'],
         fromSnapshot: ['integrity-check', 'row-counts'],
         reason: method.reason,
       };
@@ -281,8 +291,8 @@ const APP_STEP_HINTS: Record<string, string> = {
 };
 
 /**
- * Streams the target's artifact to the agent's POST /v1/drills and turns the answer, or the refusal, into the
- * record's `app` part. Never throws but for a cancellation: every failure is a failed application drill.
+ * Streams the target's artifact (format 2: its stored chunks in order, checked as they go) to the agent's
+ * POST /v1/drills and turns the answer, or the refusal, into the record's `app` part. Never throws but for a cancellation: every failure is a failed application drill.
  */
 async function appDrill(
   target: Target,
@@ -301,29 +311,59 @@ async function appDrill(
       error: `the application drill (TCAB_BACKUP_DRILL_APP=true) needs the agent, which cannot be asked: ${source.unavailable}. Check: TCAB_BACKUP_AGENT_URL and its key, or set TCAB_BACKUP_DRILL_APP=false`,
     };
   }
-  if (manifest.formatVersion === 2) {
-    return {
-      passed: false,
-      failedStep: 'agent',
-      agent: source.agent,
-      ...empty,
-      error: format2NotSupported('the application drill', manifest, `target "${target.name}"`).message,
-    };
-  }
   let result: AppDrillResult;
   let reading = true;
+  /** Format 2: a chunk that could not be read or failed its check while streaming to the agent. */
+  let chunkFailure: unknown;
   try {
-    const { body } = await target.get(manifestArtifactKey(manifest), { signal });
+    let of: AppDrillArtifact;
+    let body: Readable;
+    if (manifest.formatVersion === 1) {
+      ({ body } = await target.get(manifestArtifactKey(manifest), { signal }));
+      of = { snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot };
+    } else {
+      // The stored chunks in order, one zstd stream; each checked as it passes, so a damaged chunk cuts the
+      // upload (the agent then stops and cleans up, having started nothing) and is named here.
+      const chunks = readCheckedChunks(target, manifest, signal ? { signal } : {});
+      body = Readable.from(
+        (async function* () {
+          try {
+            for await (const chunk of chunks) yield chunk.stored;
+          } catch (e) {
+            chunkFailure = e;
+            throw e;
+          }
+        })(),
+        { objectMode: false },
+      );
+      of = {
+        format: 2,
+        snapshotId: manifest.id,
+        chunkList: { sha256: manifest.chunkList.sha256 },
+        stored: manifest.stored,
+        snapshot: manifest.snapshot,
+      };
+    }
     reading = false;
     log.info('drill.app_started', {
       target: target.name,
       snapshot: manifest.id,
       agent: source.agent,
-      artifactBytes: manifest.artifact.bytes,
+      formatVersion: manifest.formatVersion,
+      artifactBytes: storedBytes(manifest),
     });
-    result = await source.appDrill({ snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot }, body, { signal });
+    result = await source.appDrill(of, body, { signal });
   } catch (e) {
     if (signal?.aborted) throw e;
+    if (chunkFailure !== undefined) {
+      return {
+        passed: false,
+        failedStep: 'receive',
+        agent: source.agent,
+        ...empty,
+        error: `application drill on the agent at ${source.agent} failed at step receive: the upload was stopped, the agent started nothing: ${withoutSnapshotPrefix(chunkFailure, manifest.id, target)}`,
+      };
+    }
     const status = e instanceof TcabError && 'status' in e ? (e as { status?: number }).status : undefined;
     const step = reading || status === 422 ? 'receive' : 'agent';
     const what = reading
@@ -364,14 +404,27 @@ async function appDrill(
   return app;
 }
 
+/** What a drill checked of the stored bytes themselves, before the whole file's sha256: by format. */
+function storedChecks(manifest: Manifest): DrillCheck[] {
+  return manifest.formatVersion === 1 ? ['artifact-sha256'] : ['chunk-list-sha256', 'chunk-sha256'];
+}
+
+/** A chunked read's message without the "Snapshot <id> on target ... (<url>): " the drill's own error adds. */
+function withoutSnapshotPrefix(e: unknown, id: string, target: Target): string {
+  const message = errorMessage(e);
+  const prefix = `Snapshot ${id} on target "${target.name}" (${target.url}): `;
+  return message.startsWith(prefix) ? message.slice(prefix.length) : message;
+}
+
 /** runRestore's message names every target tried; here there is one, so keep only what went wrong. */
-function restoreFailure(e: unknown, id: string, targetName: string): string {
+function restoreFailure(e: unknown, id: string, targetName: string, targetUrl: string): string {
   let message = errorMessage(e);
   if (e instanceof TcabError && e.hint && message.endsWith(`. Check: ${e.hint}`)) message = message.slice(0, -`. Check: ${e.hint}`.length);
   const prefix = `Restore of snapshot ${id} failed on every target: "${targetName}": `;
   if (message.startsWith(prefix)) message = message.slice(prefix.length);
   // The drill's own message names the target and snapshot already.
   for (const named of [
+    `Snapshot ${id} on target "${targetName}" (${targetUrl}): `,
     `Snapshot ${id} on target "${targetName}": `,
     `Snapshot ${id} from target "${targetName}": `,
     `Snapshot ${id} from target "${targetName}" `,

@@ -7,23 +7,55 @@
  * the snapshot file the agent made (that sha256 too). The agent ran PRAGMA integrity_check and counted the
  * rows of that very file before it answered, and the manifest records both; equal bytes inherit them. What it
  * does not do is open the file with SQLite here: that needs a folder with room (TCAB_BACKUP_DRILL_WORK_DIR).
+ *
+ * Format 2 (chunked): the chunk list is read and checked against the manifest (its bytes, sha256 and totals)
+ * before a chunk is fetched; the chunks are fetched in order, a few at once (restore's IN_FLIGHT), each
+ * decompressed and checked against its stored length, plain length and sha256, and the whole file's bytes and
+ * sha256 against the manifest. Memory is a few chunks; nothing is written either.
  */
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { manifestArtifactKey } from '../../catalog/catalog.js';
 import type { ManifestV1 } from '../../catalog/manifest.js';
+import type { ManifestV2 } from '../../catalog/manifest-v2.js';
 import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
 import type { Target } from '../../targets/target.js';
 import { HashingStream, decompressor } from '../../util/streams.js';
+import { readCheckedChunks } from '../restore/chunks.js';
+
+/** A snapshot the agent did not find intact is not drilled: its bytes would prove nothing. */
+function checkAgentIntegrity(manifest: ManifestV1 | ManifestV2): void {
+  if (manifest.integrity !== 'ok') {
+    throw new IntegrityError(`the agent's integrity_check of this snapshot reported "${manifest.integrity.slice(0, 300)}"`);
+  }
+}
+
+/**
+ * Format 2: resolves once the chunk list, every chunk and the whole file match the manifest; throws naming the
+ * chunk (its key and line of the chunk list) or what else differs. Nothing is written.
+ */
+export async function verifyChunksByStreaming(
+  target: Target,
+  manifest: ManifestV2,
+  signal?: AbortSignal,
+): Promise<{ durationMs: number; chunks: number; storedBytes: number }> {
+  checkAgentIntegrity(manifest);
+  const started = Date.now();
+  let chunks = 0;
+  let storedBytes = 0;
+  for await (const chunk of readCheckedChunks(target, manifest, signal ? { signal } : {})) {
+    chunks++;
+    storedBytes += chunk.stored.length;
+  }
+  return { durationMs: Date.now() - started, chunks, storedBytes };
+}
 
 /**
  * Resolves once the bytes match the manifest; throws naming what differs. Messages leave out the target and
  * the snapshot, and what to do next: the drill's own error names them.
  */
 export async function verifyByStreaming(target: Target, manifest: ManifestV1, signal?: AbortSignal): Promise<{ durationMs: number }> {
-  if (manifest.integrity !== 'ok') {
-    throw new IntegrityError(`the agent's integrity_check of this snapshot reported "${manifest.integrity.slice(0, 300)}"`);
-  }
+  checkAgentIntegrity(manifest);
   const started = Date.now();
   const { body } = await target.get(manifestArtifactKey(manifest), { signal });
   const artifact = new HashingStream();
