@@ -292,7 +292,8 @@ const APP_STEP_HINTS: Record<string, string> = {
 
 /**
  * Streams the target's artifact (format 2: its stored chunks in order, checked as they go) to the agent's
- * POST /v1/drills and turns the answer, or the refusal, into the record's `app` part. Never throws but for a cancellation: every failure is a failed application drill.
+ * POST /v1/drills and turns the answer, or the refusal, into the record's `app` part. Never throws but for a
+ * cancellation: every failure is a failed application drill.
  */
 async function appDrill(
   target: Target,
