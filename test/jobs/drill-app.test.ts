@@ -262,6 +262,29 @@ describe('restore drill with the application drill', () => {
     await expectNothingLeft(d);
   });
 
+  it('blames the target, not the agent, when the artifact breaks off on its way from the target', async () => {
+    const d = await drillAgent('target-breaks');
+    const breaking = new FaultTarget(fx.local, {
+      op: 'get',
+      keys: ARTIFACT,
+      skip: 1,
+      point: { at: 'body', offset: Math.floor(manifest.artifact.bytes / 2) },
+      kind: 'error',
+    });
+    const err = await runDrill({ targets: [breaking], database: DATABASE, live: d.client, workDir, app: d.client }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(DrillFailedError);
+    const record = (err as DrillFailedError).result.targets[0]!;
+    expect(record.app).toMatchObject({ passed: false, failedStep: 'receive' });
+    expect(record.error).toMatch(/failed at step receive: reading the artifact from target "local" broke off during the upload/);
+    // What to check is the stored copy and the target, not the backend on the VM.
+    expect((err as DrillFailedError).hint).toMatch(/the stored copy named is damaged or unreadable/);
+    await d.agent.idle();
+    expect(d.events.events('drill.backend_started')).toEqual([]);
+    await expectNothingLeft(d);
+  });
+
   it("stops the agent's drill and removes its scratch file when the drill is cancelled mid-stream", async () => {
     const d = await drillAgent('cancel');
     const cancel = new AbortController();

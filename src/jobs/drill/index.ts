@@ -76,7 +76,8 @@ export class DrillFailedError extends TcabError {
     message: string,
     readonly result: DrillResult,
   ) {
-    const fileFailed = result.targets.some((r) => !r.ok && !(r.app && !r.app.passed));
+    // A copy that could not be read or was refused on its way to the agent is the stored copy's problem.
+    const fileFailed = result.targets.some((r) => !r.ok && !(r.app && !r.app.passed && r.app.failedStep !== 'receive'));
     super(message, {
       code: 'DRILL_FAILED',
       hint: fileFailed
@@ -316,11 +317,17 @@ async function appDrill(
   let reading = true;
   /** Format 2: a chunk that could not be read or failed its check while streaming to the agent. */
   let chunkFailure: unknown;
+  /** Format 1: the artifact's stream from the target broke while it was being sent. */
+  let readFailure: unknown;
   try {
     let of: AppDrillArtifact;
     let body: Readable;
     if (manifest.formatVersion === 1) {
       ({ body } = await target.get(manifestArtifactKey(manifest), { signal }));
+      // The target's stream breaking mid-upload is the target's failure, not the agent's.
+      body.once('error', (e) => {
+        readFailure ??= e;
+      });
       of = { snapshotId: manifest.id, artifact: manifest.artifact, snapshot: manifest.snapshot };
     } else {
       // The stored chunks in order, one zstd stream; each checked as it passes, so a damaged chunk cuts the
@@ -363,6 +370,15 @@ async function appDrill(
         agent: source.agent,
         ...empty,
         error: `application drill on the agent at ${source.agent} failed at step receive: the upload was stopped, the agent started nothing: ${withoutSnapshotPrefix(chunkFailure, manifest.id, target)}`,
+      };
+    }
+    if (readFailure !== undefined) {
+      return {
+        passed: false,
+        failedStep: 'receive',
+        agent: source.agent,
+        ...empty,
+        error: `application drill on the agent at ${source.agent} failed at step receive: reading the artifact from target "${target.name}" broke off during the upload, so the agent started nothing: ${errorMessage(readFailure)}`,
       };
     }
     const status = e instanceof TcabError && 'status' in e ? (e as { status?: number }).status : undefined;
