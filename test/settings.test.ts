@@ -1,9 +1,9 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { expect, it } from 'vitest';
 import { loadAgentConfig } from '../src/agent/config.js';
-import { loadAgentClientConfig, loadBackupConfig, loadJobTimeoutMs, loadTargetsConfig } from '../src/config.js';
+import { loadAgentClientConfig, loadBackupConfig, loadJobTimeoutMs, loadSnapshotFormat, loadTargetsConfig } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
-import { loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../src/jobs/settings.js';
+import { loadChunkTiming, loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../src/jobs/settings.js';
 import { isPgConfigured, loadPgCheckConfig, loadPgDrillConfig } from '../src/postgres/config.js';
 import { loadRetentionConfig } from '../src/retention/settings.js';
 import { SETTINGS } from '../src/settings.js';
@@ -42,6 +42,8 @@ const LOADERS: Record<string, (env: Env) => unknown> = {
   agentClient: loadAgentClientConfig,
   backup: loadBackupConfig,
   jobTimeout: loadJobTimeoutMs,
+  snapshotFormat: loadSnapshotFormat,
+  chunkTiming: loadChunkTiming,
   agent: loadAgentConfig,
   retention: (env) => {
     const r = loadRetentionConfig(env, ['zz']);

@@ -6,6 +6,8 @@
  */
 import { tmpdir } from 'node:os';
 import { isAbsolute } from 'node:path';
+import { loadJobTimeoutMs } from '../config.js';
+import { ConfigError } from '../errors.js';
 import type { AgeThreshold, MonitorThresholds } from '../status/document.js';
 import { formatDuration } from '../util/duration.js';
 import { longestGapMs } from '../util/schedule-gap.js';
@@ -31,7 +33,42 @@ export const REPLICATE_PRUNE_SETTINGS = defineSettings([
     description:
       "NCRONTAB (six fields, UTC) of the timer-triggered prune: applies each target's retention policy behind the safety rails and removes garbage. Default hourly, 45 minutes past.",
   },
+  {
+    name: 'TCAB_BACKUP_CHUNK_GRACE',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: '7d',
+    description:
+      'Format 2: a chunk no manifest names is deleted only once it is older than this; a snapshot reuses a chunk a target holds while it is younger than half of it and writes an older one again (docs/format-2.md, "Writing"). Must exceed 4 x TCAB_BACKUP_JOB_TIMEOUT.',
+  },
 ]);
+
+const { read: readChunkSetting } = settingsReader(REPLICATE_PRUNE_SETTINGS);
+
+/**
+ * TCAB_BACKUP_CHUNK_GRACE (G) and TCAB_BACKUP_JOB_TIMEOUT (J) together: the writers' and the chunk collection's
+ * clock (docs/format-2.md, "Writing"). G must exceed 4 J, or a chunk renewed by a snapshot could be collected.
+ */
+export function loadChunkTiming(env: Env = process.env): { graceMs: number; jobTimeoutMs: number } {
+  const problems = new Problems();
+  const graceMs = readChunkSetting(env, problems, 'TCAB_BACKUP_CHUNK_GRACE', durationMs('a duration like 7d'));
+  let jobTimeoutMs: number | undefined;
+  try {
+    jobTimeoutMs = loadJobTimeoutMs(env);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    problems.list.push(...e.problems);
+  }
+  if (graceMs !== undefined && jobTimeoutMs !== undefined && graceMs <= 4 * jobTimeoutMs) {
+    problems.add(
+      'TCAB_BACKUP_CHUNK_GRACE',
+      `is ${formatDuration(graceMs)}, which must exceed 4 x TCAB_BACKUP_JOB_TIMEOUT (${formatDuration(4 * jobTimeoutMs)}): raise it, or lower the job timeout`,
+    );
+  }
+  problems.throwIfAny();
+  return { graceMs: graceMs!, jobTimeoutMs: jobTimeoutMs! };
+}
 
 export const CHECK_JOB_SETTINGS = defineSettings([
   {
