@@ -7,6 +7,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
@@ -16,6 +17,7 @@ import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
 import { runSnapshot, SnapshotFailedError, type SnapshotResultV2 } from '../../src/jobs/snapshot/index.js';
+import { main as cli } from '../../src/cli/main.js';
 import { createLogger } from '../../src/log.js';
 import type { Target } from '../../src/targets/target.js';
 import { openDatabase } from '../../src/util/sqlite.js';
@@ -184,5 +186,44 @@ describe('format-2 snapshot job', () => {
     expect((await listChunks(target, 'tcab')).has(victim)).toBe(true);
     await restoreAndCheck(target, first, 'race-first.sqlite');
     await restoreAndCheck(target, second, 'race-second.sqlite');
+  });
+
+  it('is what "tcab-backup snapshot" makes with TCAB_BACKUP_FORMAT=2 or --format 2, and --format refuses anything else', async () => {
+    const { dir } = await world.folder('cli');
+    const run = async (args: string[], env: Record<string, string> = {}) => {
+      const stdout = new PassThrough();
+      const stderr = new PassThrough();
+      let out = '';
+      let err = '';
+      stdout.on('data', (d: Buffer) => (out += d));
+      stderr.on('data', (d: Buffer) => (err += d));
+      const code = await cli(args, {
+        stdout,
+        stderr: stderr as unknown as NodeJS.WriteStream,
+        stdin: new PassThrough(),
+        env: {
+          TCAB_BACKUP_TARGETS: `cli=file://${dir}`,
+          TCAB_BACKUP_AGENT_URL: agent.url,
+          TCAB_BACKUP_AGENT_KEY_ID: KEY_ID,
+          TCAB_BACKUP_AGENT_KEY: KEY,
+          ...env,
+        },
+      });
+      return { code, out, err };
+    };
+    const bySetting = await run(['snapshot', '--json'], { TCAB_BACKUP_FORMAT: '2' });
+    expect(bySetting.code).toBe(0);
+    expect(JSON.parse(bySetting.out).manifest.formatVersion).toBe(2);
+    const byFlag = await run(['snapshot', '--format', '2']);
+    expect(byFlag.code).toBe(0);
+    expect(byFlag.out).toMatch(/format 2, \d+ chunks, uploaded cli /);
+    const v1 = await run(['snapshot', '--format', '1', '--json'], { TCAB_BACKUP_FORMAT: '2' });
+    expect(JSON.parse(v1.out).manifest.formatVersion).toBe(1);
+    const bad = await run(['snapshot', '--format', '3']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.err).toContain('--format 3: expected 1');
+    const badSetting = await run(['snapshot'], { TCAB_BACKUP_FORMAT: 'two' });
+    expect(badSetting.code).not.toBe(0);
+    expect(badSetting.err).toContain('TCAB_BACKUP_FORMAT');
   });
 });

@@ -347,7 +347,15 @@ export async function runSnapshotV2(
         try {
           const still = await checkChunks(plan.target, database, named, { signal });
           if (still.length) {
-            plan.outcome.error = `${still.length} chunk(s) still missing after writing them again (e.g. ${still[0]!.key}): the manifest ${plan.outcome.key} names chunks the target does not hold`;
+            // A manifest naming chunks the target lacks is not a snapshot: take it back (the chunk list goes after it).
+            const removed = await plan.target
+              .delete(plan.outcome.key)
+              .then(() => plan.target.delete(chunkListKey(database, id)))
+              .then(
+                () => 'its manifest was removed again',
+                (e: unknown) => `removing its manifest failed too (${errorMessage(e)}): restore from another target`,
+              );
+            plan.outcome.error = `${still.length} chunk(s) still missing after writing them again (e.g. ${still[0]!.key}); ${removed}`;
           }
         } catch (e) {
           fail(plan, 'checking its chunks failed', e);
