@@ -125,6 +125,15 @@ export const BACKUP_SETTINGS = defineSettings([
     description: "Compression asked of the agent: auto (the agent's best: zstd, else gzip), zstd, gzip or none.",
   },
   {
+    name: 'TCAB_BACKUP_FORMAT',
+    side: 'backup',
+    requiredInAzure: false,
+    secret: false,
+    default: '1',
+    description:
+      'Format of new snapshots: 1 (the whole database, one compressed artifact per snapshot and target) or 2 (deduplicated: the agent cuts the file into content-defined chunks and only the chunks a target lacks are uploaded; docs/format-2.md). Both formats restore side by side; "tcab-backup snapshot --format" overrides it for one snapshot.',
+  },
+  {
     name: 'TCAB_BACKUP_JOB_TIMEOUT',
     side: 'backup',
     requiredInAzure: false,
@@ -171,6 +180,7 @@ export interface AgentClientConfig {
 export interface BackupConfig extends TargetsConfig {
   agent: AgentClientConfig;
   snapshotSchedule: string;
+  snapshotFormat: SnapshotFormat;
 }
 
 export function loadTargetsConfig(env: Env = process.env): TargetsConfig {
@@ -274,9 +284,25 @@ export function loadBackupConfig(env: Env = process.env): BackupConfig {
   }
   const p = new Problems();
   const snapshotSchedule = read(env, p, 'TCAB_BACKUP_SNAPSHOT_SCHEDULE', NCRONTAB);
+  const snapshotFormat = read(env, p, 'TCAB_BACKUP_FORMAT', snapshotFormatSchema);
   problems.push(...p.list);
   if (problems.length) throw new ConfigError(problems);
-  return { ...targets!, agent: agent!, snapshotSchedule: snapshotSchedule! };
+  return { ...targets!, agent: agent!, snapshotSchedule: snapshotSchedule!, snapshotFormat: snapshotFormat! };
+}
+
+/** The snapshot format new snapshots use (TCAB_BACKUP_FORMAT). */
+export type SnapshotFormat = 1 | 2;
+
+const snapshotFormatSchema = z
+  .enum(['1', '2'], { message: 'expected 1 (one artifact per snapshot) or 2 (deduplicated chunks)' })
+  .transform((s) => Number(s) as SnapshotFormat);
+
+/** TCAB_BACKUP_FORMAT: 1 (one artifact per snapshot) or 2 (deduplicated chunks). */
+export function loadSnapshotFormat(env: Env = process.env): SnapshotFormat {
+  const problems = new Problems();
+  const format = read(env, problems, 'TCAB_BACKUP_FORMAT', snapshotFormatSchema);
+  problems.throwIfAny();
+  return format!;
 }
 
 /** TCAB_BACKUP_JOB_TIMEOUT: how long a job of the functions may run before it is stopped. */

@@ -1,7 +1,7 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { expect, it } from 'vitest';
 import { loadAgentConfig } from '../src/agent/config.js';
-import { loadAgentClientConfig, loadBackupConfig, loadJobTimeoutMs, loadTargetsConfig } from '../src/config.js';
+import { loadAgentClientConfig, loadBackupConfig, loadJobTimeoutMs, loadSnapshotFormat, loadTargetsConfig } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 import { loadChunkGrace, loadDrillSettings, loadMonitorSettings, loadVerifySettings } from '../src/jobs/settings.js';
 import { isPgConfigured, loadPgCheckConfig, loadPgDrillConfig } from '../src/postgres/config.js';
@@ -42,6 +42,7 @@ const LOADERS: Record<string, (env: Env) => unknown> = {
   agentClient: loadAgentClientConfig,
   backup: loadBackupConfig,
   jobTimeout: loadJobTimeoutMs,
+  snapshotFormat: loadSnapshotFormat,
   agent: loadAgentConfig,
   retention: (env) => {
     const r = loadRetentionConfig(env, ['zz']);

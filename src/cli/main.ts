@@ -38,7 +38,7 @@ export const USAGE = `Usage: tcab-backup <command> [options]
 
 Commands:
   agent                                   run the snapshot agent (TCAB_AGENT_* settings)
-  snapshot [--reason TEXT] [--pin] [--json]
+  snapshot [--reason TEXT] [--pin] [--format 1|2] [--json]
                                           take a snapshot now and store it on every target
   list [--target NAME] [--json]           list the snapshots on each target
   restore (--snapshot ID | --at ISO-TIME | --latest) -o PATH [--target NAME] [--force] [--json]

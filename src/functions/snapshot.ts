@@ -8,7 +8,14 @@ import { z } from 'zod';
 import { AgentError } from '../agent/client.js';
 import { ConfigError, errorMessage } from '../errors.js';
 import { backupConfig, invocation, JobTimeoutError, json, problem, type Invocation } from '../host/context.js';
-import { runSnapshot, SnapshotFailedError, type SnapshotRequest, type SnapshotResult } from '../jobs/snapshot/index.js';
+import { loadChunkGrace } from '../jobs/settings.js';
+import {
+  runSnapshot,
+  SnapshotFailedError,
+  type SnapshotRequest,
+  type SnapshotResult,
+  type SnapshotResultV2,
+} from '../jobs/snapshot/index.js';
 import { openAgent, openTargets } from '../runtime.js';
 
 const { app } = functions;
@@ -18,13 +25,21 @@ let running = false;
 
 async function snapshotOnce(
   { logger, bounded }: Invocation,
-  request: Omit<SnapshotRequest, 'compression' | 'signal'>,
-): Promise<SnapshotResult> {
+  request: Omit<SnapshotRequest, 'compression' | 'format' | 'signal'>,
+): Promise<SnapshotResult | SnapshotResultV2> {
   const config = backupConfig();
+  // The chunk clock is read only for format 2, so a format-1 deployment is not held to its settings.
+  const timing = config.snapshotFormat === 2 ? loadChunkGrace() : undefined;
   return bounded('snapshot', (signal) =>
     runSnapshot(
-      { agent: openAgent(config.agent, logger), targets: openTargets(config, logger), database: config.database, logger },
-      { ...request, compression: config.agent.compression, signal },
+      {
+        agent: openAgent(config.agent, logger),
+        targets: openTargets(config, logger),
+        database: config.database,
+        logger,
+        ...(timing ? { timing } : {}),
+      } as Parameters<typeof runSnapshot>[0] & { timing: NonNullable<typeof timing> },
+      { ...request, compression: config.agent.compression, format: config.snapshotFormat, signal },
     ),
   );
 }

@@ -7,12 +7,12 @@
  */
 import { tmpdir } from 'node:os';
 import { isAbsolute } from 'node:path';
+import { loadJobTimeoutMs } from '../config.js';
+import { ConfigError } from '../errors.js';
 import type { AgeThreshold, MonitorThresholds } from '../status/document.js';
 import { formatDuration } from '../util/duration.js';
 import { longestGapMs } from '../util/schedule-gap.js';
 import { booleanSetting, defineSettings, durationMs, Problems, settingsReader, type Env } from '../util/settings.js';
-import { loadJobTimeoutMs } from '../config.js';
-import { ConfigError } from '../errors.js';
 
 /**
  * The replicate and prune timers, read only by the Functions host (the timer bindings of

@@ -104,6 +104,28 @@ describe('snapshotHttp', () => {
     expect(stored.database.tables.runs).toBe(300);
   });
 
+  it('takes a format-2 snapshot when TCAB_BACKUP_FORMAT=2, and a second one uploads only what changed', async () => {
+    process.env.TCAB_BACKUP_FORMAT = '2';
+    resetBackupConfig();
+    try {
+      const first = await call(JSON.stringify({ reason: 'format 2' }));
+      expect(first.status).toBe(201);
+      const a = JSON.parse(first.body);
+      expect(a.manifest.formatVersion).toBe(2);
+      expect(a.targets[0]).toMatchObject({ target: 'local', ok: true });
+      const second = JSON.parse((await call('')).body);
+      expect(second.manifest.formatVersion).toBe(2);
+      // Nothing changed in the database: every chunk is reused, nothing is uploaded.
+      expect(second.targets[0].chunks.reused).toBe(second.targets[0].chunks.distinct);
+      expect(second.targets[0].uploadedBytes).toBe(0);
+      const target = openTarget({ kind: 'file', name: 'local', displayUrl: 'file://', path: join(work, 'backups') });
+      expect((await readManifest(target, 'tcab', second.manifest.id)).formatVersion).toBe(2);
+    } finally {
+      delete process.env.TCAB_BACKUP_FORMAT;
+      resetBackupConfig();
+    }
+  });
+
   it('answers 400 naming the field for a bad body, and takes no snapshot', async () => {
     const target = openTarget({ kind: 'file', name: 'local', displayUrl: 'file://', path: join(work, 'backups') });
     const before = (await listCatalog(target, 'tcab')).snapshots.length;

@@ -1,37 +1,54 @@
 /**
- * `tcab-backup snapshot [--reason TEXT] [--pin] [--json]`: a snapshot now, stored on every target. With --json
+ * `tcab-backup snapshot [--reason TEXT] [--pin] [--format 1|2] [--json]`: a snapshot now, stored on every
+ * target, in TCAB_BACKUP_FORMAT unless --format says otherwise. With --json
  * the result is printed on failure too ("ok": false), then the exit status says whether it succeeded.
  */
-import { loadAgentClientConfig, loadTargetsConfig } from '../../config.js';
+import { loadAgentClientConfig, loadSnapshotFormat, loadTargetsConfig } from '../../config.js';
+import { loadChunkGrace } from '../../jobs/settings.js';
 import { runSnapshot, SnapshotFailedError } from '../../jobs/snapshot/index.js';
 import { openAgent, openTargets } from '../../runtime.js';
 import { formatBytes } from '../../util/format.js';
-import { interruptSignal as interruptible, parse, printJson, type Command } from '../command.js';
+import { interruptSignal as interruptible, parse, printJson, UsageError, type Command } from '../command.js';
 
 export const snapshotCommand: Command = async (args, ctx) => {
-  const { values } = parse(args, { reason: { type: 'string' }, pin: { type: 'boolean' }, json: { type: 'boolean' } });
+  const { values } = parse(args, {
+    reason: { type: 'string' },
+    pin: { type: 'boolean' },
+    format: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (values.format !== undefined && values.format !== '1' && values.format !== '2') {
+    throw new UsageError(`--format ${values.format}: expected 1 (one artifact per snapshot) or 2 (deduplicated chunks)`);
+  }
+  const format = values.format ? (Number(values.format) as 1 | 2) : loadSnapshotFormat(ctx.env);
   const targetsConfig = loadTargetsConfig(ctx.env);
   const agentConfig = loadAgentClientConfig(ctx.env);
+  const deps = {
+    agent: openAgent(agentConfig, ctx.logger),
+    targets: openTargets(targetsConfig, ctx.logger),
+    database: targetsConfig.database,
+    logger: ctx.logger,
+  };
+  const request = {
+    trigger: { kind: 'cli' as const, ...(values.reason ? { reason: values.reason } : {}) },
+    pin: Boolean(values.pin),
+    compression: agentConfig.compression,
+    signal: interruptible(),
+  };
   try {
-    const result = await runSnapshot(
-      {
-        agent: openAgent(agentConfig, ctx.logger),
-        targets: openTargets(targetsConfig, ctx.logger),
-        database: targetsConfig.database,
-        logger: ctx.logger,
-      },
-      {
-        trigger: { kind: 'cli', ...(values.reason ? { reason: values.reason } : {}) },
-        pin: Boolean(values.pin),
-        compression: agentConfig.compression,
-        signal: interruptible(),
-      },
-    );
+    const result =
+      format === 2
+        ? await runSnapshot({ ...deps, timing: loadChunkGrace(ctx.env) }, { ...request, format: 2 })
+        : await runSnapshot(deps, { ...request, format: 1 });
     if (values.json) printJson(ctx, { ok: true, manifest: result.manifest, targets: result.targets, totalMs: result.totalMs });
     else {
       const m = result.manifest;
+      const stored =
+        'artifact' in m
+          ? `${formatBytes(m.artifact.bytes)} ${m.artifact.compression}`
+          : `format 2, ${m.chunkList.count} chunks, uploaded ${result.targets.map((t) => `${t.target} ${formatBytes('uploadedBytes' in t ? (t.uploadedBytes ?? 0) : 0)}`).join(', ')}`;
       ctx.io.stdout.write(
-        `snapshot ${m.id} of "${m.databaseName}" (${formatBytes(m.snapshot.bytes)} -> ${formatBytes(m.artifact.bytes)} ${m.artifact.compression}) stored on ${result.targets.map((t) => t.target).join(', ')} in ${(result.totalMs / 1000).toFixed(1)} s\n`,
+        `snapshot ${m.id} of "${m.databaseName}" (${formatBytes(m.snapshot.bytes)} -> ${stored}) stored on ${result.targets.map((t) => t.target).join(', ')} in ${(result.totalMs / 1000).toFixed(1)} s\n`,
       );
     }
     return 0;

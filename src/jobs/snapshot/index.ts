@@ -16,6 +16,10 @@ import { silentLogger, type Logger } from '../../log.js';
 import type { Target } from '../../targets/target.js';
 import { HashingStream, fanOut, hashStream } from '../../util/streams.js';
 import type { Readable } from 'node:stream';
+import type { SnapshotDescriptionV2 } from '../../agent/protocol.js';
+import { runSnapshotV2, type ChunkSource, type ChunkTiming, type SnapshotResultV2, type TargetOutcomeV2 } from './v2.js';
+
+export { UPLOADS_IN_FLIGHT, type ChunkTiming, type SnapshotResultV2, type TargetOutcomeV2 } from './v2.js';
 
 /** What the job needs from the agent (AgentClient implements it). */
 export interface SnapshotSource {
@@ -29,7 +33,18 @@ export interface SnapshotRequest {
   pin?: boolean;
   tags?: string[];
   compression?: Compression | 'auto';
+  /** 1 (one artifact) or 2 (deduplicated chunks, docs/format-2.md); TCAB_BACKUP_FORMAT. Default 1. */
+  format?: 1 | 2;
   signal?: AbortSignal;
+}
+
+/** Format 2 also needs the agent's chunk routes and the chunk clock (G and J). */
+export interface SnapshotDepsV2 {
+  agent: SnapshotSource & ChunkSource;
+  targets: Target[];
+  database: string;
+  logger?: Logger;
+  timing: ChunkTiming;
 }
 
 export interface TargetOutcome {
@@ -49,21 +64,102 @@ export interface SnapshotResult {
 }
 
 export class SnapshotFailedError extends TcabError {
-  readonly result: Partial<SnapshotResult>;
-  constructor(message: string, result: Partial<SnapshotResult>, options: { hint?: string; cause?: unknown } = {}) {
+  readonly result: Partial<SnapshotResult> | Partial<SnapshotResultV2>;
+  constructor(
+    message: string,
+    result: Partial<SnapshotResult> | Partial<SnapshotResultV2>,
+    options: { hint?: string; cause?: unknown } = {},
+  ) {
     super(message, { code: 'SNAPSHOT_FAILED', ...options });
     this.name = 'SnapshotFailedError';
     this.result = result;
   }
 }
 
+export function runSnapshot(
+  deps: { agent: SnapshotSource; targets: Target[]; database: string; logger?: Logger },
+  request: SnapshotRequest & { format?: 1 },
+): Promise<SnapshotResult>;
+export function runSnapshot(deps: SnapshotDepsV2, request: SnapshotRequest & { format: 2 }): Promise<SnapshotResultV2>;
+export function runSnapshot(deps: SnapshotDepsV2, request: SnapshotRequest): Promise<SnapshotResult | SnapshotResultV2>;
 export async function runSnapshot(
+  deps: { agent: SnapshotSource; targets: Target[]; database: string; logger?: Logger; timing?: ChunkTiming },
+  request: SnapshotRequest,
+): Promise<SnapshotResult | SnapshotResultV2> {
+  if (deps.targets.length === 0) throw new TcabError('No targets configured', { hint: 'set TCAB_BACKUP_TARGETS' });
+  if (request.format === 2) {
+    if (!deps.timing) throw new TcabError('A format-2 snapshot needs the chunk timing (TCAB_BACKUP_CHUNK_GRACE, TCAB_BACKUP_JOB_TIMEOUT)');
+    return runFormat2({ ...(deps as SnapshotDepsV2), timing: deps.timing }, request);
+  }
+  return runFormat1(deps, request);
+}
+
+/** The checks both formats make on the agent's description before anything is stored. */
+async function checkDescription(
+  agent: SnapshotSource,
+  database: string,
+  desc: { id: string; database: { name: string }; integrity: string },
+) {
+  if (desc.database.name !== database) {
+    await agent.deleteSnapshot(desc.id).catch(() => undefined);
+    throw new TcabError(`The agent snapshots database "${desc.database.name}" but this function app backs up "${database}"`, {
+      hint: 'TCAB_BACKUP_DATABASE (function app) must equal TCAB_AGENT_DATABASE_NAME (agent)',
+    });
+  }
+  if (desc.integrity !== 'ok') {
+    await agent.deleteSnapshot(desc.id).catch(() => undefined);
+    throw new IntegrityError(`The agent's snapshot ${desc.id} failed PRAGMA integrity_check: ${desc.integrity.slice(0, 300)}`, {
+      hint: 'the source database itself may be damaged: run PRAGMA integrity_check on the VM and keep the existing snapshots',
+    });
+  }
+}
+
+async function runFormat2(deps: SnapshotDepsV2, request: SnapshotRequest): Promise<SnapshotResultV2> {
+  const log = deps.logger ?? silentLogger;
+  log.debug('snapshot.requesting', { database: deps.database, format: 2, targets: deps.targets.map((t) => t.name) });
+  const result = await runSnapshotV2({ ...deps, logger: log }, request, (desc: SnapshotDescriptionV2) =>
+    checkDescription(deps.agent, deps.database, desc),
+  ).catch((e: unknown) => {
+    if (e instanceof TcabError && e.code === 'SNAPSHOT_SOURCE_FAILED') {
+      const targets = (e as unknown as { targets: TargetOutcomeV2[] }).targets;
+      throw new SnapshotFailedError(e.message, { targets }, { hint: e.hint ?? '', cause: e });
+    }
+    throw e;
+  });
+  const failed = result.targets.filter((o) => !o.ok);
+  for (const o of failed) log.error('snapshot.target_failed', { id: result.manifest?.id, target: o.target, error: o.error });
+  if (failed.length) {
+    const stored = result.targets.filter((o) => o.ok).map((o) => o.target);
+    throw new SnapshotFailedError(
+      `Snapshot ${failed[0]!.key} failed on ${failed.length} of ${result.targets.length} target(s): ${failed.map((o) => `"${o.target}" (${o.error})`).join('; ')}` +
+        (stored.length ? `; stored on ${stored.map((s) => `"${s}"`).join(', ')}` : ''),
+      result,
+      {
+        hint: 'check the named target (reachability, credentials, permissions, room); the next snapshot uploads only the chunks it still lacks',
+      },
+    );
+  }
+  log.info('snapshot.completed', {
+    database: deps.database,
+    id: result.manifest.id,
+    format: 2,
+    createdAt: result.manifest.createdAt,
+    trigger: request.trigger.kind,
+    pinned: result.manifest.tags.includes(PIN_TAG),
+    snapshotBytes: result.manifest.snapshot.bytes,
+    uploadedBytes: Object.fromEntries(result.targets.map((o) => [o.target, o.uploadedBytes])),
+    targets: result.targets.map((o) => o.target),
+    totalMs: result.totalMs,
+  });
+  return result;
+}
+
+async function runFormat1(
   deps: { agent: SnapshotSource; targets: Target[]; database: string; logger?: Logger },
   request: SnapshotRequest,
 ): Promise<SnapshotResult> {
   const log = deps.logger ?? silentLogger;
   const started = Date.now();
-  if (deps.targets.length === 0) throw new TcabError('No targets configured', { hint: 'set TCAB_BACKUP_TARGETS' });
   const signal = request.signal;
 
   const compression = request.compression && request.compression !== 'auto' ? request.compression : undefined;
@@ -77,18 +173,7 @@ export async function runSnapshot(
     compression: desc.artifact.compression,
     timings: desc.timings,
   });
-  if (desc.database.name !== deps.database) {
-    await deps.agent.deleteSnapshot(desc.id).catch(() => undefined);
-    throw new TcabError(`The agent snapshots database "${desc.database.name}" but this function app backs up "${deps.database}"`, {
-      hint: 'TCAB_BACKUP_DATABASE (function app) must equal TCAB_AGENT_DATABASE_NAME (agent)',
-    });
-  }
-  if (desc.integrity !== 'ok') {
-    await deps.agent.deleteSnapshot(desc.id).catch(() => undefined);
-    throw new IntegrityError(`The agent's snapshot ${desc.id} failed PRAGMA integrity_check: ${desc.integrity.slice(0, 300)}`, {
-      hint: 'the source database itself may be damaged: run PRAGMA integrity_check on the VM and keep the existing snapshots',
-    });
-  }
+  await checkDescription(deps.agent, deps.database, desc);
 
   const key = artifactKey(deps.database, desc.id, desc.artifact.compression);
   const outcomes: TargetOutcome[] = deps.targets.map((t) => ({ target: t.name, ok: false, key }));

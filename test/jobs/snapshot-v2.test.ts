@@ -1,0 +1,229 @@
+/**
+ * The format-2 snapshot job on real parts: a real agent over HTTP, a real SQLite database, a folder target,
+ * Azurite and s3rver. Only the chunks a target lacks travel; the snapshot restores to the exact file; a target
+ * that fails mid-chunks fails the job naming it while the other gets a complete snapshot; a chunk deleted
+ * after the listing is found by the check after the commit and written again.
+ */
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { PassThrough } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AgentClient } from '../../src/agent/client.js';
+import { startAgent } from '../../src/agent/run.js';
+import { listCatalog } from '../../src/catalog/catalog.js';
+import { listChunks } from '../../src/catalog/chunk-store.js';
+import { createSampleDatabase } from '../../src/dev/sample-db.js';
+import { chunkKey } from '../../src/format/chunk-key.js';
+import { runRestore } from '../../src/jobs/restore/index.js';
+import { runSnapshot, SnapshotFailedError, type SnapshotResultV2 } from '../../src/jobs/snapshot/index.js';
+import { main as cli } from '../../src/cli/main.js';
+import { createLogger } from '../../src/log.js';
+import type { Target } from '../../src/targets/target.js';
+import { openDatabase } from '../../src/util/sqlite.js';
+import { agentConfig, KEY, KEY_ID } from '../agent/helpers.js';
+import { blobTarget, s3Target, testWorld } from '../support/world.js';
+
+const world = testWorld();
+let work: string;
+let agent: { url: string; close(): Promise<void> };
+const logLines: string[] = [];
+const logger = createLogger({ level: 'debug', sink: (_l, line) => logLines.push(line) });
+const timing = { graceMs: 7 * 86_400_000, jobTimeoutMs: 25 * 60_000 };
+
+function client(): AgentClient {
+  return new AgentClient({ url: agent.url, keyId: KEY_ID, key: KEY, logger });
+}
+
+function snapshot(targets: Target[], t = timing): Promise<SnapshotResultV2> {
+  return runSnapshot({ agent: client(), targets, database: 'tcab', logger, timing: t }, { trigger: { kind: 'cli' }, format: 2 });
+}
+
+/** A few more runs in the live database. */
+function insertRuns(n: number): void {
+  const db = openDatabase(join(work, 'tcab.sqlite'));
+  try {
+    db.exec(
+      `INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-' || abs(random()), title, published_at, record FROM runs ORDER BY id DESC LIMIT ${n}`,
+    );
+  } finally {
+    db.close();
+  }
+}
+
+async function restoreAndCheck(target: Target, result: SnapshotResultV2, name: string): Promise<void> {
+  const out = join(work, name);
+  const r = await runRestore({ targets: [target], database: 'tcab' }, { selector: { id: result.manifest.id }, outPath: out });
+  expect(r.id).toBe(result.manifest.id);
+  const sha = createHash('sha256')
+    .update(await readFile(out))
+    .digest('hex');
+  expect(sha).toBe(result.manifest.snapshot.sha256);
+}
+
+function outcome(result: SnapshotResultV2, target: string) {
+  return result.targets.find((t) => t.target === target)!;
+}
+
+beforeAll(async () => {
+  work = await world.tempDir('snap-v2');
+  createSampleDatabase(join(work, 'tcab.sqlite'), { runs: 1500 });
+  agent = await startAgent(agentConfig(work), { logger });
+});
+afterAll(async () => {
+  await agent?.close();
+  expect(logLines.join('\n')).not.toContain(KEY);
+});
+
+describe('format-2 snapshot job', () => {
+  it('uploads every chunk the first time, only the new ones after a few inserts, and both restore exactly', async () => {
+    const { target } = await world.folder('a');
+    const first = await snapshot([target]);
+    const a1 = outcome(first, 'a');
+    expect(a1.ok).toBe(true);
+    expect(a1.chunks!.new).toBe(a1.chunks!.distinct);
+    expect(a1.chunks!.reused).toBe(0);
+    expect(a1.uploadedBytes).toBeGreaterThan(0);
+    expect(a1.uploadedBytes).toBeLessThanOrEqual(first.manifest.stored.bytes);
+    expect((await listChunks(target, 'tcab')).size).toBe(a1.chunks!.distinct);
+
+    insertRuns(10);
+    const second = await snapshot([target]);
+    const a2 = outcome(second, 'a');
+    expect(a2.ok).toBe(true);
+    expect(a2.chunks!.reused).toBeGreaterThan(0);
+    expect(a2.chunks!.new).toBeGreaterThan(0);
+    expect(a2.chunks!.new).toBeLessThan(a2.chunks!.distinct / 4);
+    // Only the changed chunks travel: a small part of the database's bytes.
+    expect(a2.uploadedBytes!).toBeLessThan(second.manifest.snapshot.bytes / 10);
+    const event = logLines.map((l) => JSON.parse(l)).find((e) => e.event === 'snapshot.target_chunks' && e.id === second.manifest.id);
+    expect(event).toMatchObject({ target: 'a', new: a2.chunks!.new, reused: a2.chunks!.reused, uploadedBytes: a2.uploadedBytes });
+
+    const { snapshots, orphans } = await listCatalog(target, 'tcab');
+    expect(snapshots.map((s) => s.id).sort()).toEqual([first.manifest.id, second.manifest.id].sort());
+    expect(orphans).toEqual([]);
+    expect(await readdir(join(work, 'staging'))).toEqual([]);
+    await restoreAndCheck(target, first, 'first.sqlite');
+    await restoreAndCheck(target, second, 'second.sqlite');
+  });
+
+  it('serves two targets at once, one of which already holds most chunks (Azurite and s3rver)', async () => {
+    const blob = blobTarget(world.clouds, 'blob');
+    await snapshot([blob]);
+    insertRuns(5);
+    const s3 = s3Target(world.clouds, 's3');
+    const result = await snapshot([blob, s3]);
+    const b = outcome(result, 'blob');
+    const s = outcome(result, 's3');
+    expect([b.ok, s.ok]).toEqual([true, true]);
+    expect(s.chunks!.new).toBe(s.chunks!.distinct);
+    expect(b.chunks!.new).toBeLessThan(b.chunks!.distinct / 4);
+    expect(b.uploadedBytes!).toBeLessThan(s.uploadedBytes! / 4);
+    await restoreAndCheck(blob, result, 'blob.sqlite');
+    await restoreAndCheck(s3, result, 's3.sqlite');
+  });
+
+  it('renews the chunks older than half the grace period instead of reusing them', async () => {
+    const { target } = await world.folder('renew');
+    await snapshot([target]);
+    // A grace of 2 s: a second later every chunk is older than G/2 (and older than G - 2J, so checked again J later).
+    await new Promise((r) => setTimeout(r, 1100));
+    const result = await snapshot([target], { graceMs: 2000, jobTimeoutMs: 200 });
+    const o = outcome(result, 'renew');
+    expect(o.ok).toBe(true);
+    expect(o.chunks!.renewed).toBe(o.chunks!.distinct);
+    expect(o.chunks!.reused).toBe(0);
+    expect(logLines.some((l) => l.includes('snapshot.late_check_waiting') && l.includes(result.manifest.id))).toBe(true);
+    await restoreAndCheck(target, result, 'renewed.sqlite');
+  });
+
+  it('fails the job naming a target that fails mid-chunks, while the other gets a complete snapshot', async () => {
+    const good = await world.folder('good');
+    const bad = await world.folder('bad');
+    insertRuns(3);
+    // Some of the chunk folders of "bad" are files (ENOTDIR, even for root): uploads fail part way through.
+    const dir = join(bad.dir, 'chunks', 'tcab');
+    await mkdir(dir, { recursive: true });
+    for (const hex of ['40', '80', 'c0']) await writeFile(join(dir, hex), 'not a folder');
+    const err = await snapshot([bad.target, good.target]).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SnapshotFailedError);
+    const message = (err as Error).message;
+    expect(message).toContain('"bad"');
+    expect(message).toContain('stored on "good"');
+    const result = (err as SnapshotFailedError).result as SnapshotResultV2;
+    expect(outcome(result, 'good').ok).toBe(true);
+    expect(outcome(result, 'bad').ok).toBe(false);
+    expect((await listCatalog(bad.target, 'tcab')).snapshots).toEqual([]);
+    await restoreAndCheck(good.target, result, 'good.sqlite');
+  });
+
+  it('writes a chunk deleted between the listing and the commit again, found by the check after the manifest', async () => {
+    const { target, dir } = await world.folder('race');
+    const first = await snapshot([target]);
+    // Delete a chunk the next snapshot will reuse, after its listing: wrap the target's list so the second
+    // listing of the chunk folder (after the uploads) happens once a reused chunk is gone.
+    const lines = (await readFile(join(dir, first.manifest.chunkList.key), 'utf8')).trim().split('\n');
+    const victim = lines[Math.floor(lines.length / 2)]!.split(' ')[0]!;
+    let listings = 0;
+    const racing: Target = Object.create(target, {
+      list: {
+        value: (prefix: string, options?: { signal?: AbortSignal }) => {
+          if (prefix.startsWith('chunks/') && ++listings === 2) {
+            return (async function* () {
+              await rm(join(dir, chunkKey('tcab', victim)));
+              yield* target.list(prefix, options);
+            })();
+          }
+          return target.list(prefix, options);
+        },
+      },
+    });
+    const second = await snapshot([racing]);
+    const o = outcome(second, 'race');
+    expect(o.ok).toBe(true);
+    expect(o.chunks!.rewritten).toBe(1);
+    expect(logLines.some((l) => l.includes('snapshot.chunks_missing_after_commit') && l.includes(second.manifest.id))).toBe(true);
+    expect((await listChunks(target, 'tcab')).has(victim)).toBe(true);
+    await restoreAndCheck(target, first, 'race-first.sqlite');
+    await restoreAndCheck(target, second, 'race-second.sqlite');
+  });
+
+  it('is what "tcab-backup snapshot" makes with TCAB_BACKUP_FORMAT=2 or --format 2, and --format refuses anything else', async () => {
+    const { dir } = await world.folder('cli');
+    const run = async (args: string[], env: Record<string, string> = {}) => {
+      const stdout = new PassThrough();
+      const stderr = new PassThrough();
+      let out = '';
+      let err = '';
+      stdout.on('data', (d: Buffer) => (out += d));
+      stderr.on('data', (d: Buffer) => (err += d));
+      const code = await cli(args, {
+        stdout,
+        stderr: stderr as unknown as NodeJS.WriteStream,
+        stdin: new PassThrough(),
+        env: {
+          TCAB_BACKUP_TARGETS: `cli=file://${dir}`,
+          TCAB_BACKUP_AGENT_URL: agent.url,
+          TCAB_BACKUP_AGENT_KEY_ID: KEY_ID,
+          TCAB_BACKUP_AGENT_KEY: KEY,
+          ...env,
+        },
+      });
+      return { code, out, err };
+    };
+    const bySetting = await run(['snapshot', '--json'], { TCAB_BACKUP_FORMAT: '2' });
+    expect(bySetting.code).toBe(0);
+    expect(JSON.parse(bySetting.out).manifest.formatVersion).toBe(2);
+    const byFlag = await run(['snapshot', '--format', '2']);
+    expect(byFlag.code).toBe(0);
+    expect(byFlag.out).toMatch(/format 2, \d+ chunks, uploaded cli /);
+    const v1 = await run(['snapshot', '--format', '1', '--json'], { TCAB_BACKUP_FORMAT: '2' });
+    expect(JSON.parse(v1.out).manifest.formatVersion).toBe(1);
+    const bad = await run(['snapshot', '--format', '3']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.err).toContain('--format 3: expected 1');
+    const badSetting = await run(['snapshot'], { TCAB_BACKUP_FORMAT: 'two' });
+    expect(badSetting.code).not.toBe(0);
+    expect(badSetting.err).toContain('TCAB_BACKUP_FORMAT');
+  });
+});
