@@ -1,13 +1,14 @@
 /**
- * The format-2 fault matrix at the wire: restore, replicate (to and from the cloud) and prune's chunk sweep
- * of two real snapshots stored as chunks (several dozen each), through a proxy that fails request N of a
+ * The format-2 fault matrix at the wire: restore, replicate (to and from the cloud), verify and prune's chunk
+ * sweep of two real snapshots stored as chunks (several dozen each), through a proxy that fails request N of a
  * kind in front of Azurite, and in front of s3rver behind the R2 rules (test/support/r2-proxy.ts: create-only
  * PUTs honoured, as R2 does). Faults: the 7th chunk GET or PUT answered 503 once, reset, cut short, or every
  * one from the 7th on answered 500; a chunk stored and its answer lost (the create-only retry meets a 412);
  * the chunk list and the manifest stored and their answers lost; the first listing answered 503; the 7th
  * chunk delete and every one after answered 500. After each case: the job settled, failed naming the cloud
- * target or succeeded as the fault allows; the source still restores to its exact files; every manifest
- * the destination shows restores to its exact file; a failed restore left its destination as it was.
+ * target (and the chunk) or succeeded as the fault allows; the source still restores to its exact files;
+ * every manifest the destination shows restores to its exact file; a failed restore left its destination as
+ * it was; verify recorded no intact copy as failed.
  */
 import { createHash } from 'node:crypto';
 import { cp, mkdir, readFile } from 'node:fs/promises';
@@ -18,6 +19,8 @@ import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { runPrune } from '../../src/jobs/prune/index.js';
 import { runReplicate } from '../../src/jobs/replicate/index.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
+import { runVerifyRotation } from '../../src/jobs/verify/index.js';
+import { copyState, readVerifyRecord } from '../../src/catalog/verify-record.js';
 import { loadChunkGrace } from '../../src/jobs/settings.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import { openTarget } from '../../src/targets/index.js';
@@ -85,7 +88,7 @@ const BACKENDS: Backend[] = [
   },
 ];
 
-type Job = 'restore' | 'replicate to the cloud' | 'replicate from the cloud' | 'prune';
+type Job = 'restore' | 'replicate to the cloud' | 'replicate from the cloud' | 'verify' | 'prune';
 
 interface WireCase {
   name: string;
@@ -102,7 +105,7 @@ const WRITES: Job[] = ['replicate to the cloud'];
 const WIRE_CASES: WireCase[] = [
   {
     name: 'the 7th chunk GET answered 503 once',
-    jobs: READS,
+    jobs: [...READS, 'verify'],
     expect: 'succeeds',
     rule: { kind: 'GetObject', nth: 7, path: CHUNK_PATH, fault: { status: 503, code: 'ServerBusy' } },
   },
@@ -122,7 +125,7 @@ const WIRE_CASES: WireCase[] = [
   },
   {
     name: 'the 7th chunk GET and every one after answered 500',
-    jobs: READS,
+    jobs: [...READS, 'verify'],
     expect: 'fails',
     rule: { kind: 'GetObject', nth: 7, times: Infinity, path: CHUNK_PATH, fault: { status: 500, code: 'InternalError' } },
   },
@@ -261,6 +264,8 @@ describe('format-2 fault matrix at the wire', () => {
                 { targets: [folder, cloud], database: DB },
                 { signal, retry: { retries: 2, baseDelayMs: 1, maxDelayMs: 4 } },
               );
+            case 'verify':
+              return runVerifyRotation({ targets: [cloud], database: DB }, { withinMs: 7 * DAY, intervalMs: DAY, all: true, signal });
             case 'prune': {
               const future = new Date(Date.now() + GRACE.graceMs + DAY);
               return runPrune(
@@ -301,6 +306,12 @@ describe('format-2 fault matrix at the wire', () => {
       } else if (job === 'replicate from the cloud') {
         expect(cloudShows).toEqual(kept);
         if (settled.status === 'resolved') expect(localShows).toEqual(kept);
+      } else if (job === 'verify') {
+        // Verify only reads; a chunk it could not read is not a damaged copy: no intact snapshot is recorded as failed.
+        expect(cloudShows).toEqual(kept);
+        const record = await readVerifyRecord(direct, DB);
+        for (const id of kept) expect(copyState(record, id).state, `intact snapshot ${id} recorded as failed verify`).not.toBe('failed');
+        if (settled.status === 'resolved') for (const id of kept) expect(copyState(record, id).state).toBe('ok');
       } else if (job === 'prune') {
         for (const id of kept) expect(cloudShows).toContain(id);
         if (settled.status === 'resolved') expect(cloudShows).toEqual(kept);
