@@ -28,6 +28,7 @@ import { decompressChunk } from '../../format/chunk-codec.js';
 import { chunkKey } from '../../format/chunk-key.js';
 import { chunkListLine, readChunkList, type ChunkRefV2 } from '../../format/chunk-list.js';
 import type { Target } from '../../targets/target.js';
+import { isRetryable } from '../../targets/retry.js';
 import { forEachLimit } from '../../util/pool.js';
 import { loadChunkGrace } from '../settings.js';
 import { CopyError, type CopyResult } from './copy.js';
@@ -229,7 +230,9 @@ export async function copySnapshotV2(
     ));
   } catch (e) {
     if (signal?.aborted) throw e;
-    throw new CopyError('destination', errorMessage(e), { cause: e });
+    // commitSnapshotV2 wraps the target's error: a transient one under it (a blip while the chunk list streamed,
+    // its answer lost) makes the whole copy worth repeating, as a broken artifact stream does in format 1.
+    throw new CopyError('destination', errorMessage(e), { cause: e, brokeOff: transientWithin(e) });
   }
   if (missing.length > 0) await rewriteMissing(missing);
   return { bytes, ms: Date.now() - started, chunks: counts };
@@ -273,4 +276,10 @@ export async function copySnapshotV2(
       { cause, integrity: cause instanceof CopyError && cause.integrity },
     );
   }
+}
+
+/** Whether `err` or one of its causes is a failure a retry may cure. */
+function transientWithin(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 6; e = (e as { cause?: unknown }).cause, depth++) if (isRetryable(e)) return true;
+  return false;
 }
