@@ -256,19 +256,14 @@ export class AgentClient {
    */
   async *chunkList(id: string, opts: { signal?: AbortSignal } = {}): AsyncGenerator<ChunkListEntry, void, undefined> {
     const path = `${this.snapshotPath(id)}/chunks`;
-    const exchange = await this.send('GET', path, { signal: opts.signal });
+    const exchange = await this.okStream('GET', path, await this.send('GET', path, { signal: opts.signal }), id);
     const { res, done } = exchange;
-    if (res.statusCode !== 200) {
-      const text = await this.readAnswer('GET', path, exchange, MAX_ANSWER_BYTES);
-      throw this.answerError('GET', path, res, text, id);
-    }
     const what = `the chunk list of snapshot ${id}`;
-    const broken = (message: string) =>
-      new AgentError(`Snapshot agent at ${this.agent}: ${what} ${message}`, {
-        path,
-        permanent: true,
-        hint: 'the agent version matches this tcab-backup version; if it does, the staged list is damaged: make a new snapshot',
-      });
+    const broken = this.brokenAnswer(
+      path,
+      what,
+      'the agent version matches this tcab-backup version; if it does, the staged list is damaged: make a new snapshot',
+    );
     try {
       const etag = /^"([0-9a-f]{64})"$/.exec(String(res.headers.etag ?? ''))?.[1];
       const bytes = Number(res.headers['content-length']);
@@ -345,19 +340,11 @@ export class AgentClient {
       );
     }
     const bound = zstdFrameBound(opts.maxChunkBytes ?? FORMAT2_CHUNKING.maxBytes);
-    const exchange = await this.send('POST', path, { body, signal: opts.signal, headers: { 'Content-Type': 'text/plain' } });
+    const sent = await this.send('POST', path, { body, signal: opts.signal, headers: { 'Content-Type': 'text/plain' } });
+    const exchange = await this.okStream('POST', path, sent, id);
     const { res, done } = exchange;
-    if (res.statusCode !== 200) {
-      const text = await this.readAnswer('POST', path, exchange, MAX_ANSWER_BYTES);
-      throw this.answerError('POST', path, res, text, id);
-    }
     const what = `the chunk data of snapshot ${id}`;
-    const broken = (message: string) =>
-      new AgentError(`Snapshot agent at ${this.agent}: ${what} ${message}`, {
-        path,
-        permanent: true,
-        hint: 'the agent version matches this tcab-backup version',
-      });
+    const broken = this.brokenAnswer(path, what, 'the agent version matches this tcab-backup version');
     let index = 0;
     try {
       // Either a header being read (frame undefined) or a frame being filled.
@@ -694,6 +681,18 @@ export class AgentClient {
         else fail();
       });
     });
+  }
+
+  /** The exchange when the agent answered 200; its problem as an error otherwise. */
+  private async okStream(method: string, path: string, exchange: Exchange, id: string): Promise<Exchange> {
+    if (exchange.res.statusCode === 200) return exchange;
+    const text = await this.readAnswer(method, path, exchange, MAX_ANSWER_BYTES);
+    throw this.answerError(method, path, exchange.res, text, id);
+  }
+
+  /** An answer that breaks the protocol: `what` is the thing that was being read, `hint` what to check. */
+  private brokenAnswer(path: string, what: string, hint: string): (message: string) => AgentError {
+    return (message) => new AgentError(`Snapshot agent at ${this.agent}: ${what} ${message}`, { path, permanent: true, hint });
   }
 
   private snapshotPath(id: string): string {

@@ -194,7 +194,7 @@ export async function readStoredChunk(
   storedBytes: number,
   options: { signal?: AbortSignal } = {},
 ): Promise<Buffer> {
-  const { body } = await target.get(chunkKey(database, sha256), options.signal ? { signal: options.signal } : {});
+  const { body } = await target.get(chunkKey(database, sha256), { signal: options.signal });
   const parts: Buffer[] = [];
   let length = 0;
   try {

@@ -14,6 +14,7 @@
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { manifestChunkListKey } from '../../catalog/catalog.js';
+import { readStoredChunk } from '../../catalog/chunk-store.js';
 import { IntegrityError, NotFoundError, TcabError, errorMessage } from '../../errors.js';
 import { decompressChunk } from '../../format/chunk-codec.js';
 import { chunkKey } from '../../format/chunk-key.js';
@@ -25,24 +26,6 @@ import type { Target } from '../../targets/target.js';
 export const IN_FLIGHT = 8;
 
 const DAMAGED_HINT = 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"';
-
-/** Reads a stored object into one buffer, refusing more than `limit` bytes. */
-async function readBounded(target: Target, key: string, limit: number, signal: AbortSignal): Promise<Buffer> {
-  const { body } = await target.get(key, { signal });
-  const parts: Buffer[] = [];
-  let length = 0;
-  try {
-    for await (const data of body) {
-      const buf = data as Buffer;
-      length += buf.length;
-      if (length > limit) break;
-      parts.push(buf);
-    }
-  } finally {
-    body.destroy();
-  }
-  return length > limit ? Buffer.alloc(limit + 1) : Buffer.concat(parts, length);
-}
 
 /** One chunk of a format-2 snapshot, fetched and checked, in file order. */
 export interface CheckedChunk {
@@ -102,7 +85,7 @@ export async function* readCheckedChunks(
     const where = `${key}, line ${index + 1} of the chunk list`;
     let stored: Buffer;
     try {
-      stored = await readBounded(target, key, ref[2], signal);
+      stored = await readStoredChunk(target, manifest.databaseName, ref[0], ref[2], { signal });
     } catch (e) {
       if (signal.aborted) throw e;
       if (e instanceof NotFoundError) {
