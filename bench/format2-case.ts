@@ -91,9 +91,7 @@ function clientEnv(root: string, agent?: { url: string; keyId: string; key: stri
     PATH: process.env.PATH,
     TCAB_BACKUP_TARGETS: `target=file://${root}`,
     TCAB_BACKUP_DATABASE: DATABASE,
-    ...(agent
-      ? { TCAB_BACKUP_AGENT_URL: agent.url, TCAB_BACKUP_AGENT_KEY_ID: agent.keyId, TCAB_BACKUP_AGENT_KEY: agent.key }
-      : {}),
+    ...(agent ? { TCAB_BACKUP_AGENT_URL: agent.url, TCAB_BACKUP_AGENT_KEY_ID: agent.keyId, TCAB_BACKUP_AGENT_KEY: agent.key } : {}),
     TCAB_LOG_LEVEL: 'warn',
   };
 }
@@ -133,9 +131,13 @@ async function snapshot(
   agent: { url: string; keyId: string; key: string },
   before: number,
 ): Promise<SnapshotSample> {
-  const finished = await runWatched(process.execPath, [cliPath(), 'snapshot', '--format', String(format), '--reason', 'benchmark', '--json'], {
-    env: clientEnv(root, agent),
-  });
+  const finished = await runWatched(
+    process.execPath,
+    [cliPath(), 'snapshot', '--format', String(format), '--reason', 'benchmark', '--json'],
+    {
+      env: clientEnv(root, agent),
+    },
+  );
   const answer = parseAnswer<SnapshotAnswer>(finished, `tcab-backup snapshot --format ${format} (snapshot ${index})`, root);
   const m = answer.manifest;
   // The manifest is the commit marker: a snapshot the client reported is one the target holds.
@@ -236,8 +238,7 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   const restoreV1 = median(restoreOf(1).map((r) => r.wallMs));
   const restoreV2 = median(restoreOf(2).map((r) => r.wallMs));
   const agentPeak = agentPeaks.root?.peakHwmBytes ?? Number.NaN;
-  const clientPeak = (f: Format) =>
-    Math.max(...samples[f].map((s) => s.clientHwmBytes), ...restoreOf(f).map((r) => r.clientHwmBytes));
+  const clientPeak = (f: Format) => Math.max(...samples[f].map((s) => s.clientHwmBytes), ...restoreOf(f).map((r) => r.clientHwmBytes));
   const mismatched = samples[2]
     .map((s, i) => ({ s, v1: samples[1][i]! }))
     .filter(({ s, v1 }) => !sameTables(s.tables, v1.tables))
@@ -246,10 +247,17 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   const badRestores = restores.filter((r) => r.id !== newest[r.format].id || !sameTables(r.tables, newest[r.format].tables));
 
   const checks: Check[] = [
-    atMost('v2 bytes added per snapshot after the first / database bytes (worst of 2..12)', worstUpload, FORMAT2_TARGETS.uploadShare, formatPercent),
+    atMost(
+      'v2 bytes added per snapshot after the first / database bytes (worst of 2..12)',
+      worstUpload,
+      FORMAT2_TARGETS.uploadShare,
+      formatPercent,
+    ),
     atMost(`v2 target after ${SNAPSHOTS} snapshots / one v1 artifact`, storedRatio, FORMAT2_TARGETS.storedRatio, (v) => v.toFixed(2)),
     atMost('snapshot time, v2 / v1 (medians of snapshots 2..12)', v2Ms / v1Ms, FORMAT2_TARGETS.timeRatio, (v) => v.toFixed(2)),
-    atMost('restore time of the newest snapshot, v2 / v1 (medians)', restoreV2 / restoreV1, FORMAT2_TARGETS.restoreRatio, (v) => v.toFixed(2)),
+    atMost('restore time of the newest snapshot, v2 / v1 (medians)', restoreV2 / restoreV1, FORMAT2_TARGETS.restoreRatio, (v) =>
+      v.toFixed(2),
+    ),
     atMost('agent process peak RSS (VmHWM), both formats', agentPeak, FORMAT2_TARGETS.peakRssBytes, formatMb),
     atMost('client process peak RSS (VmHWM), v2 snapshot and restore', clientPeak(2), FORMAT2_TARGETS.peakRssBytes, formatMb),
     holds(
@@ -271,7 +279,9 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
     `database: ${formatMb(db.facts.bytes)} at the start (${db.facts.runs} runs, seed ${db.facts.seed}), ${formatMb(lastV1.snapshotBytes)} at the end; ` +
       `between snapshots ${RUNS_BETWEEN} runs and their reviews, one transaction each, 20 s of simulated time apart (${published.runs} runs, ${published.reviews} reviews in all)`,
     `each snapshot: node dist/src/cli/main.js snapshot --format 2|1 --json (its own process, which format first alternates) -> one agent process -> one file:// target per format`,
-    `v2 added per snapshot (target folder growth: chunks, chunk list, manifest): first ${formatMb(first.addedBytes)} (${first.chunks} chunks), then ${later(2)
+    `v2 added per snapshot (target folder growth: chunks, chunk list, manifest): first ${formatMb(first.addedBytes)} (${first.chunks} chunks), then ${later(
+      2,
+    )
       .map((s) => formatMb(s.addedBytes))
       .join(', ')}; ` + `share of the database: median ${formatPercent(median(uploadShares))}, worst ${formatPercent(worstUpload)}`,
     `v2 chunk bytes uploaded (client's count), snapshots 2..12: ${later(2)
