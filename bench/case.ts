@@ -38,6 +38,8 @@ export interface BenchCase {
   name: string;
   /** One line: what the case compares. */
   title: string;
+  /** Run only when named with --case (it takes too long for the default run at the default size). */
+  optIn?: boolean;
   run(options: BenchOptions, ctx: CaseContext): Promise<CaseResult>;
 }
 

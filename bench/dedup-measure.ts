@@ -252,8 +252,8 @@ function vacuumInto(source: string, target: string): number {
  * per run, published after the newest run. The rows come from a small sample database of another seed, so
  * they look like the rest (records of a few KB, 0 to 2 reviews each).
  */
-function publishRuns(livePath: string, workDir: string, runs: number, seed: number): { runs: number; reviews: number } {
-  const batchPath = join(workDir, 'batch.sqlite');
+export function publishRuns(livePath: string, workDir: string, runs: number, seed: number): { runs: number; reviews: number } {
+  const batchPath = join(workDir, `batch-${seed}.sqlite`);
   createSampleDatabase(batchPath, { runs, seed: seed + 1000 });
   const db = openDatabase(livePath, { mustExist: true, busyTimeoutMs: 5000 });
   try {

@@ -29,7 +29,7 @@ async function run(options: BenchOptions): Promise<number> {
 
   const report: BenchReport = { startedAt: new Date().toISOString(), machine: describeMachine(), options, outcomes: [] };
   try {
-    for (const benchCase of CASES.filter((c) => !options.cases || options.cases.includes(c.name))) {
+    for (const benchCase of CASES.filter((c) => (options.cases ? options.cases.includes(c.name) : !c.optIn))) {
       const caseDir = join(workDir, benchCase.name);
       await mkdir(caseDir, { recursive: true });
       progress(`case ${benchCase.name}: ${benchCase.title}`);

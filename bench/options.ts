@@ -34,7 +34,7 @@ export const USAGE = `Usage: npm run bench -- [options]
   --retention-runs N    runs of the retention planner (default 15)
   --replicate-snapshots N
                         snapshots copied per replication run, of mixed sizes (default 6)
-  --case NAME[,NAME]    run only these cases (default: all)
+  --case NAME[,NAME]    run only these cases (default: all but format2, which runs only when named)
   --keep                keep the work folder and print where it is
   --json                one JSON document on stdout (progress still goes to stderr)
   --help                this text

@@ -139,6 +139,28 @@ describe('npm run bench (built)', () => {
     expect(report.ok).toBe(missed.length === 0);
   });
 
+  it('runs the opt-in format2 case only when named: 12 snapshots of each format, then restores', { timeout: 120_000 }, () => {
+    const r = run(['--size', '2MB', '--samples', '1', '--case', 'format2', '--json']);
+    const report = JSON.parse(r.stdout) as {
+      failures: string[];
+      cases: Array<{ name: string; checks: Array<{ measure: string; value: number; ok: boolean }>; details: Record<string, any> }>;
+    };
+    expect(report.cases.map((c) => c.name)).toEqual(['format2']);
+    const format2 = report.cases[0]!;
+    const check = (measure: string) => format2.checks.find((c) => c.measure.startsWith(measure))!;
+    expect(check('v2 and v1 snapshots of each state have the same row counts')).toMatchObject({ ok: true });
+    expect(check('restores are the newest snapshot')).toMatchObject({ ok: true });
+    const { v1, v2 } = format2.details.snapshots as Record<string, Array<{ addedBytes: number; tables: { runs: number } }>>;
+    expect(v1).toHaveLength(12);
+    expect(v2).toHaveLength(12);
+    // 15 runs are published between two snapshots, and a later v2 snapshot adds far less than its first.
+    expect(v2[11]!.tables.runs - v2[0]!.tables.runs).toBe(11 * 15);
+    for (const later of v2.slice(1)) expect(later.addedBytes).toBeLessThan(v2[0]!.addedBytes / 3);
+    for (const later of v1.slice(1)) expect(later.addedBytes).toBeGreaterThan(v1[0]!.addedBytes * 0.9);
+    for (const who of ['agent', 'client']) expect(check(`${who} process peak RSS`).value, who).toBeGreaterThan(30e6);
+    expect(r.status).toBe(report.failures.length ? 1 : 0);
+  });
+
   it('refuses bad options with status 2 and says which', () => {
     const r = run(['--size', '10']);
     expect(r.status).toBe(2);
