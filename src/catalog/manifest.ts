@@ -3,7 +3,6 @@
  * trigger, tags, key). A snapshot exists on a target only when its manifest does.
  */
 import { z } from 'zod';
-import { TcabError } from '../errors.js';
 import { SnapshotDescriptionSchema } from '../agent/protocol.js';
 // Type only: manifest-v2.ts imports TriggerSchema from here.
 import type { ManifestV2 } from './manifest-v2.js';
@@ -46,17 +45,6 @@ export function storedBytes(m: Manifest): number {
 /** How the stored data is compressed: the artifact's compression, or "zstd chunks" for format 2. */
 export function storedCompression(m: Manifest): string {
   return m.formatVersion === 1 ? m.artifact.compression : `${m.encoding.compression} chunks`;
-}
-
-/**
- * The error for a job that meets a format-2 snapshot it cannot handle yet: it names the job and the snapshot,
- * so the operator knows the snapshot is fine and what is not done with it.
- */
-export function format2NotSupported(job: string, m: Pick<Manifest, 'id'>, where: string): TcabError {
-  return new TcabError(`Snapshot ${m.id} on ${where} is format 2: format 2 is not supported by ${job} yet`, {
-    hint: `the snapshot is intact and restorable ("tcab-backup restore --id ${m.id}"); ${job} leaves it alone until it learns format 2`,
-    code: 'FORMAT2_UNSUPPORTED',
-  });
 }
 
 export function isPinned(m: Pick<Manifest, 'tags'>): boolean {
