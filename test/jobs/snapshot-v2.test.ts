@@ -126,8 +126,9 @@ describe('format-2 snapshot job', () => {
   it('renews the chunks older than half the grace period instead of reusing them', async () => {
     const { target } = await world.folder('renew');
     await snapshot([target]);
-    // A grace of 2 s: a second later every chunk is older than G/2 (and older than G - 2J, so checked again J later).
-    await new Promise((r) => setTimeout(r, 1100));
+    // A grace of 2 s and J of 200 ms: 1.7 s later every chunk is older than G/2 and than G - 2J (1.6 s), so it is
+    // renewed and checked again J later, however fast the first snapshot ended.
+    await new Promise((r) => setTimeout(r, 1700));
     const result = await snapshot([target], { graceMs: 2000, jobTimeoutMs: 200 });
     const o = outcome(result, 'renew');
     expect(o.ok).toBe(true);
