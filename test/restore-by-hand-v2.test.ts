@@ -13,7 +13,7 @@ import { chunkListKey } from '../src/catalog/layout.js';
 import { createSampleDatabase } from '../src/dev/sample-db.js';
 import type { ManifestV2 } from '../src/catalog/manifest-v2.js';
 import { openTarget } from '../src/targets/index.js';
-import { openDatabase } from '../src/util/sqlite.js';
+import { publishAgain, vacuumInto } from './support/v2-fixtures.js';
 import { storeFileAsV2 } from './support/store-v2.js';
 
 let work: string;
@@ -21,30 +21,13 @@ let backups: string;
 const files: string[] = [];
 const manifests: ManifestV2[] = [];
 
-function vacuumInto(live: string, out: string): string {
-  const db = openDatabase(live);
-  try {
-    db.exec(`VACUUM INTO '${out.replaceAll("'", "''")}'`);
-  } finally {
-    db.close();
-  }
-  return out;
-}
-
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'tcab-byhand-v2-'));
   backups = join(work, 'backups');
   const live = join(work, 'live.sqlite');
   createSampleDatabase(live, { runs: 900, seed: 5 });
   files.push(vacuumInto(live, join(work, 'first.sqlite')));
-  const db = openDatabase(live);
-  try {
-    db.exec(
-      "INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-2', title, published_at, record FROM runs ORDER BY id DESC LIMIT 12",
-    );
-  } finally {
-    db.close();
-  }
+  publishAgain(live, 12, '-2');
   files.push(vacuumInto(live, join(work, 'second.sqlite')));
   const target = openTarget({ kind: 'file', name: 'local', displayUrl: `file://${backups}`, path: backups });
   const a = await storeFileAsV2(target, 'tcab', files[0]!, { createdAt: new Date('2026-12-02T23:59:30Z') });

@@ -14,12 +14,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readManifest } from '../../src/catalog/catalog.js';
 import { chunkListKey, manifestKey } from '../../src/catalog/layout.js';
 import { main as cli } from '../../src/cli/main.js';
-import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
 import { IN_FLIGHT } from '../../src/jobs/restore/chunks.js';
 import type { Target } from '../../src/targets/target.js';
-import { openDatabase } from '../../src/util/sqlite.js';
+import { twoSnapshotFiles } from '../support/v2-fixtures.js';
 import { blobTarget, s3Target, testWorld } from '../support/world.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
 
@@ -27,17 +26,6 @@ const world = testWorld();
 let work: string;
 let first: string;
 let second: string;
-
-/** The live database, then VACUUM INTO a snapshot file, as the agent does. */
-function vacuumInto(live: string, out: string): string {
-  const db = openDatabase(live);
-  try {
-    db.exec(`VACUUM INTO '${out.replaceAll("'", "''")}'`);
-  } finally {
-    db.close();
-  }
-  return out;
-}
 
 async function sha256Of(path: string): Promise<string> {
   return createHash('sha256')
@@ -47,19 +35,8 @@ async function sha256Of(path: string): Promise<string> {
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'tcab-restore-v2-'));
-  const live = join(work, 'live.sqlite');
-  createSampleDatabase(live, { runs: 1200, seed: 3 });
-  first = vacuumInto(live, join(work, 'first.sqlite'));
-  // A few more runs: the second snapshot shares most of its chunks with the first.
-  const db = openDatabase(live);
-  try {
-    db.exec(
-      "INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-again', title, published_at, record FROM runs ORDER BY id DESC LIMIT 15",
-    );
-  } finally {
-    db.close();
-  }
-  second = vacuumInto(live, join(work, 'second.sqlite'));
+  // The second snapshot shares most of its chunks with the first (15 more runs).
+  ({ first, second } = twoSnapshotFiles(work));
 });
 afterAll(async () => {
   await rm(work, { recursive: true, force: true });

@@ -18,11 +18,10 @@ import { readChunkList, type ChunkRefV2 } from '../../src/format/chunk-list.js';
 import { FileTarget } from '../../src/targets/file.js';
 import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
-import { openDatabase } from '../../src/util/sqlite.js';
 import type { FaultKind } from './fault-target.js';
 import { expectation, KINDS, type KindName, type MatrixCase, type MatrixRow } from './fault-matrix.js';
 import { storeFileAsV2 } from './store-v2.js';
-import { sha256Of } from './v2-fixtures.js';
+import { publishAgain, sha256Of, vacuumInto } from './v2-fixtures.js';
 
 export const DB = 'tcab';
 export const CHUNK = /^chunks\//;
@@ -208,16 +207,6 @@ export interface FixtureV2 {
   counts: FixtureCounts;
 }
 
-function vacuumInto(live: string, out: string): string {
-  const db = openDatabase(live);
-  try {
-    db.exec(`VACUUM INTO '${out.replaceAll("'", "''")}'`);
-  } finally {
-    db.close();
-  }
-  return out;
-}
-
 export function plainFolder(name: string, dir: string): Target {
   return new FileTarget(parseTargetUrl(name, `file://${dir}`) as FileTargetSpec, { fsync: false });
 }
@@ -234,14 +223,7 @@ export async function makeFixtureV2(work: string): Promise<FixtureV2> {
   const live = join(work, 'live.sqlite');
   createSampleDatabase(live, { runs: 900, seed: 3 });
   const a = vacuumInto(live, join(work, 'a.sqlite'));
-  const db = openDatabase(live);
-  try {
-    db.exec(
-      "INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-again', title, published_at, record FROM runs ORDER BY id DESC LIMIT 15",
-    );
-  } finally {
-    db.close();
-  }
+  publishAgain(live, 15);
   const b = vacuumInto(live, join(work, 'b.sqlite'));
   const other = join(work, 'other.sqlite');
   createSampleDatabase(other, { runs: 300, seed: 29 });

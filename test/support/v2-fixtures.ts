@@ -13,7 +13,7 @@ import type { Target } from '../../src/targets/target.js';
 import { openDatabase } from '../../src/util/sqlite.js';
 
 /** The live database, then VACUUM INTO a snapshot file, as the agent does. */
-function vacuumInto(live: string, out: string): string {
+export function vacuumInto(live: string, out: string): string {
   const db = openDatabase(live);
   try {
     db.exec(`VACUUM INTO '${out.replaceAll("'", "''")}'`);
@@ -23,19 +23,24 @@ function vacuumInto(live: string, out: string): string {
   return out;
 }
 
+/** Publishes `count` more runs on the live database: copies of the newest under new slugs (`<slug><suffix>`). */
+export function publishAgain(live: string, count: number, suffix = '-again'): void {
+  const db = openDatabase(live);
+  try {
+    db.exec(
+      `INSERT INTO runs (slug, title, published_at, record) SELECT slug || '${suffix}', title, published_at, record FROM runs ORDER BY id DESC LIMIT ${count}`,
+    );
+  } finally {
+    db.close();
+  }
+}
+
 /** Two snapshot files in `dir`: the second is the first plus 15 runs, so they share most chunks. */
 export function twoSnapshotFiles(dir: string): { first: string; second: string } {
   const live = join(dir, 'live.sqlite');
   createSampleDatabase(live, { runs: 1200, seed: 3 });
   const first = vacuumInto(live, join(dir, 'first.sqlite'));
-  const db = openDatabase(live);
-  try {
-    db.exec(
-      "INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-again', title, published_at, record FROM runs ORDER BY id DESC LIMIT 15",
-    );
-  } finally {
-    db.close();
-  }
+  publishAgain(live, 15);
   return { first, second: vacuumInto(live, join(dir, 'second.sqlite')) };
 }
 
