@@ -1,41 +1,27 @@
-/**
- * The format-2 fault matrix (test/support/fault-matrix-v2.ts) of prune's chunk sweep: a folder holding an old
- * snapshot O of another file and two snapshots A and B sharing most chunks; retention keeps two, so O's
- * manifest and chunk list go and then its own chunks (older than the grace at the listing time) are garbage.
- * One operation (the chunk listing, the snapshot listing, a manifest, a chunk list, delete k of n) fails in
- * one way. After each case: the job settled, failed naming the target or succeeded as the fault allows; no
- * chunk a kept snapshot names was taken (A and B restore to their exact files, as does O while its manifest
- * shows); a prune that succeeded left no garbage unless the fault was on a delete it reports.
- */
-import { createHash } from 'node:crypto';
-import { cp, mkdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { cp } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listCatalog } from '../../src/catalog/catalog.js';
 import { listChunks } from '../../src/catalog/chunk-store.js';
 import { runPrune } from '../../src/jobs/prune/index.js';
-import { runRestore } from '../../src/jobs/restore/index.js';
 import { loadChunkGrace } from '../../src/jobs/settings.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import { settleWithin } from '../support/fault-matrix.js';
 import {
-  CHUNK,
   casesOfV2,
   DB,
   faultOfV2,
   makeFixtureV2,
   PRUNE_V2,
-  type CaseV2,
   type FixtureV2,
-  type TableV2,
+  caseRows,
+  expectChunkNamed,
+  everyManifestRestores,
 } from '../support/fault-matrix-v2.js';
-import { expectOutcome, goodIds, matrixFolder, visibleProblems, type MatrixFolder } from '../support/matrix-world.js';
+import { expectOutcome, goodIds, matrixFolder, visibleProblems } from '../support/matrix-world.js';
 import { chunkRefs } from '../support/v2-fixtures.js';
 import { tempDir } from '../support/world.js';
 
 const DAY = 24 * 3600_000;
 const HARD = new Set(['error', 'transient', 'destroy']);
-const CHUNK_KEY = /chunks\/tcab\/[0-9a-f]{2}\/[0-9a-f]{64}\.zst/;
 let fx: FixtureV2;
 let removeWork: () => Promise<void>;
 
@@ -50,35 +36,6 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(() => removeWork?.());
 
-function cases(table: TableV2): Array<readonly [string, CaseV2]> {
-  return casesOfV2(table).map((c) => [c.title, c] as const);
-}
-
-async function sha256(path: string): Promise<string> {
-  return createHash('sha256')
-    .update(await readFile(path))
-    .digest('hex');
-}
-
-/** Restores each snapshot `name` shows (fault-free) and checks it is its exact file. Returns the ids it shows. */
-async function everyManifestRestores(world: MatrixFolder, name: string, expected: Record<string, string>): Promise<string[]> {
-  const out = join(world.root, `check-${name}`);
-  await mkdir(out, { recursive: true });
-  const shown = (await listCatalog(world.plain(name), DB)).snapshots.map((s) => s.id).sort();
-  for (const id of shown) {
-    expect(expected[id], `"${name}" shows a snapshot ${id} nobody stored`).toBeDefined();
-    const path = join(out, `${id}.sqlite`);
-    await runRestore({ targets: [world.plain(name)], database: DB }, { selector: { id }, outPath: path, force: true });
-    expect(await sha256(path), `snapshot ${id} on "${name}" does not restore to its file`).toBe(expected[id]);
-  }
-  return shown;
-}
-
-function expectChunkNamed(c: CaseV2, settled: { status: string; error?: unknown }): void {
-  if (settled.status !== 'rejected' || c.row.keys !== CHUNK || c.kind === 'hang') return;
-  expect(String((settled.error as Error).message), 'the failure does not name the chunk that failed').toMatch(CHUNK_KEY);
-}
-
 const GRACE = loadChunkGrace({});
 const PRUNE_RETENTION = loadRetentionConfig(
   {
@@ -91,7 +48,7 @@ const PRUNE_RETENTION = loadRetentionConfig(
 );
 
 describe.concurrent('fault matrix v2: prune chunk sweep', () => {
-  it.each(cases(PRUNE_V2))('%s', async (_title, c) => {
+  it.each(caseRows(PRUNE_V2))('%s', async (_title, c) => {
     const world = await matrixFolder('prune-v2');
     try {
       await cp(fx.triple.dir, world.dir('store'), { recursive: true });

@@ -1,13 +1,4 @@
-/**
- * The format-2 fault matrix (test/support/fault-matrix-v2.ts) of the jobs that only read a target: restore
- * and verify, on folder targets holding two real snapshots stored as chunks, one target failing one
- * operation (a listing, the manifest, the chunk list, chunk k of n) in one way. After each case: the job
- * settled, failed naming the target or succeeded as the fault allows; the stored snapshots still restore to
- * their exact files; a restore that failed left its destination folder as it was (no partial file); verify
- * never records an intact copy as failed.
- */
-import { createHash } from 'node:crypto';
-import { cp, mkdir, readdir, readFile } from 'node:fs/promises';
+import { cp, mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyState, readVerifyRecord } from '../../src/catalog/verify-record.js';
@@ -23,11 +14,11 @@ import {
   plainFolder,
   RESTORE_V2,
   VERIFY_V2,
-  type CaseV2,
   type FixtureV2,
-  type TableV2,
+  caseRows,
 } from '../support/fault-matrix-v2.js';
 import { expectOutcome, matrixFolder, type MatrixFolder } from '../support/matrix-world.js';
+import { sha256Of } from '../support/v2-fixtures.js';
 import { tempDir } from '../support/world.js';
 
 const DAY = 24 * 3600_000;
@@ -54,19 +45,9 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(() => removeWork?.());
 
-function cases(table: TableV2): Array<readonly [string, CaseV2]> {
-  return casesOfV2(table).map((c) => [c.title, c] as const);
-}
-
-async function sha256(path: string): Promise<string> {
-  return createHash('sha256')
-    .update(await readFile(path))
-    .digest('hex');
-}
-
 async function folderState(dir: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
-  for (const name of (await readdir(dir)).sort()) out[name] = await sha256(join(dir, name));
+  for (const name of (await readdir(dir)).sort()) out[name] = await sha256Of(join(dir, name));
   return out;
 }
 
@@ -77,12 +58,12 @@ async function restoresExactly(world: MatrixFolder, name: string, expected: Reco
   for (const [id, sha] of Object.entries(expected)) {
     const path = join(out, `${id}.sqlite`);
     await runRestore({ targets: [world.plain(name)], database: DB }, { selector: { id }, outPath: path, force: true });
-    expect(await sha256(path), `snapshot ${id} on "${name}" no longer restores to its file`).toBe(sha);
+    expect(await sha256Of(path), `snapshot ${id} on "${name}" no longer restores to its file`).toBe(sha);
   }
 }
 
 describe.concurrent('fault matrix v2: restore', () => {
-  it.each(cases(RESTORE_V2))('%s', async (_title, c) => {
+  it.each(caseRows(RESTORE_V2))('%s', async (_title, c) => {
     const world = await matrixFolder('restore-v2');
     try {
       await cp(fx.pair.dir, world.dir('faulty'), { recursive: true });
@@ -109,7 +90,7 @@ describe.concurrent('fault matrix v2: restore', () => {
 
       if (settled.status === 'resolved') {
         expect(Object.keys(await folderState(dest)).filter((f) => f.includes('.restore-'))).toEqual([]);
-        expect(await sha256(join(dest, 'runs.sqlite'))).toBe(fx.sha.b);
+        expect(await sha256Of(join(dest, 'runs.sqlite'))).toBe(fx.sha.b);
       } else {
         expect(await folderState(dest), 'a restore that failed changed its destination folder').toEqual(before);
       }
@@ -122,7 +103,7 @@ describe.concurrent('fault matrix v2: restore', () => {
 });
 
 describe.concurrent('fault matrix v2: verify', () => {
-  it.each(cases(VERIFY_V2))('%s', async (_title, c) => {
+  it.each(caseRows(VERIFY_V2))('%s', async (_title, c) => {
     const world = await matrixFolder('verify-v2');
     try {
       const ids = [fx.pair.a.id, fx.pair.b.id].sort();

@@ -1,36 +1,22 @@
-/**
- * The format-2 fault matrix (test/support/fault-matrix-v2.ts) of replicate: every chunk of two real
- * snapshots, their chunk lists and manifests, from folder "src" to an empty folder "dst", one of them failing
- * one operation (a listing, the manifest, the chunk list, chunk k of n) in one way. After each case: the job
- * settled, failed naming the target (and the chunk's key where a chunk failed) or succeeded as the fault
- * allows; the source still restores to its exact files; the destination holds no manifest whose chunks are
- * not all there: each manifest it shows restores to its exact file.
- */
-import { createHash } from 'node:crypto';
-import { cp, mkdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { cp, mkdir } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listCatalog } from '../../src/catalog/catalog.js';
 import { runReplicate } from '../../src/jobs/replicate/index.js';
-import { runRestore } from '../../src/jobs/restore/index.js';
 import { settleWithin } from '../support/fault-matrix.js';
 import {
-  CHUNK,
   casesOfV2,
   DB,
   faultOfV2,
   makeFixtureV2,
   REPLICATE_V2,
-  type CaseV2,
   type FixtureV2,
-  type TableV2,
+  caseRows,
+  expectChunkNamed,
+  everyManifestRestores,
 } from '../support/fault-matrix-v2.js';
-import { expectOutcome, matrixFolder, type MatrixFolder } from '../support/matrix-world.js';
+import { expectOutcome, matrixFolder } from '../support/matrix-world.js';
 import { tempDir } from '../support/world.js';
 
 const _DAY = 24 * 3600_000;
-const _HARD = new Set(['error', 'transient', 'destroy']);
-const CHUNK_KEY = /chunks\/tcab\/[0-9a-f]{2}\/[0-9a-f]{64}\.zst/;
 let fx: FixtureV2;
 let removeWork: () => Promise<void>;
 
@@ -45,37 +31,8 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(() => removeWork?.());
 
-function cases(table: TableV2): Array<readonly [string, CaseV2]> {
-  return casesOfV2(table).map((c) => [c.title, c] as const);
-}
-
-async function sha256(path: string): Promise<string> {
-  return createHash('sha256')
-    .update(await readFile(path))
-    .digest('hex');
-}
-
-/** Restores each snapshot `name` shows (fault-free) and checks it is its exact file. Returns the ids it shows. */
-async function everyManifestRestores(world: MatrixFolder, name: string, expected: Record<string, string>): Promise<string[]> {
-  const out = join(world.root, `check-${name}`);
-  await mkdir(out, { recursive: true });
-  const shown = (await listCatalog(world.plain(name), DB)).snapshots.map((s) => s.id).sort();
-  for (const id of shown) {
-    expect(expected[id], `"${name}" shows a snapshot ${id} nobody stored`).toBeDefined();
-    const path = join(out, `${id}.sqlite`);
-    await runRestore({ targets: [world.plain(name)], database: DB }, { selector: { id }, outPath: path, force: true });
-    expect(await sha256(path), `snapshot ${id} on "${name}" does not restore to its file`).toBe(expected[id]);
-  }
-  return shown;
-}
-
-function expectChunkNamed(c: CaseV2, settled: { status: string; error?: unknown }): void {
-  if (settled.status !== 'rejected' || c.row.keys !== CHUNK || c.kind === 'hang') return;
-  expect(String((settled.error as Error).message), 'the failure does not name the chunk that failed').toMatch(CHUNK_KEY);
-}
-
 describe.concurrent('fault matrix v2: replicate', () => {
-  it.each(cases(REPLICATE_V2))('%s', async (_title, c) => {
+  it.each(caseRows(REPLICATE_V2))('%s', async (_title, c) => {
     const world = await matrixFolder('replicate-v2');
     try {
       await cp(fx.pair.dir, world.dir('src'), { recursive: true });

@@ -10,6 +10,9 @@
  * of an unrelated database file whose chunks become garbage once retention removes it.
  */
 import { cp, mkdir } from 'node:fs/promises';
+import { expect } from 'vitest';
+import { listCatalog } from '../../src/catalog/catalog.js';
+import { runRestore } from '../../src/jobs/restore/index.js';
 import { join } from 'node:path';
 import { chunkListKey } from '../../src/catalog/layout.js';
 import type { ManifestV2 } from '../../src/catalog/manifest-v2.js';
@@ -20,6 +23,7 @@ import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
 import type { FaultKind } from './fault-target.js';
 import { expectation, KINDS, type KindName, type MatrixCase, type MatrixRow } from './fault-matrix.js';
+import type { MatrixFolder } from './matrix-world.js';
 import { storeFileAsV2 } from './store-v2.js';
 import { publishAgain, sha256Of, vacuumInto } from './v2-fixtures.js';
 
@@ -252,4 +256,31 @@ export async function makeFixtureV2(work: string): Promise<FixtureV2> {
     triple: { dir: tripleDir, o: so.manifest, a: sa.manifest, b: sb.manifest },
     counts: { refsB: refsB.length, union: union.size, garbage: garbage.size },
   };
+}
+
+/** The cases of a table as vitest `it.each` rows: [title, case]. */
+export function caseRows(table: TableV2): Array<readonly [string, CaseV2]> {
+  return casesOfV2(table).map((c) => [c.title, c] as const);
+}
+
+/** A chunk's key in an error message. */
+export const CHUNK_KEY = /chunks\/tcab\/[0-9a-f]{2}\/[0-9a-f]{64}\.zst/;
+
+/** Restores each snapshot `name` shows (fault-free) and checks it is its exact file. Returns the ids it shows. */
+export async function everyManifestRestores(world: MatrixFolder, name: string, expected: Record<string, string>): Promise<string[]> {
+  const out = join(world.root, `check-${name}`);
+  await mkdir(out, { recursive: true });
+  const shown = (await listCatalog(world.plain(name), DB)).snapshots.map((s) => s.id).sort();
+  for (const id of shown) {
+    expect(expected[id], `"${name}" shows a snapshot ${id} nobody stored`).toBeDefined();
+    const path = join(out, `${id}.sqlite`);
+    await runRestore({ targets: [world.plain(name)], database: DB }, { selector: { id }, outPath: path, force: true });
+    expect(await sha256Of(path), `snapshot ${id} on "${name}" does not restore to its file`).toBe(expected[id]);
+  }
+  return shown;
+}
+
+export function expectChunkNamed(c: CaseV2, settled: { status: string; error?: unknown }): void {
+  if (settled.status !== 'rejected' || c.row.keys !== CHUNK || c.kind === 'hang') return;
+  expect(String((settled.error as Error).message), 'the failure does not name the chunk that failed').toMatch(CHUNK_KEY);
 }
