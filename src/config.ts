@@ -140,7 +140,7 @@ export const BACKUP_SETTINGS = defineSettings([
     secret: false,
     default: '25m',
     description:
-      'Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step once the job has settled (at most a minute later). Keep it at least a minute below functionTimeout in host.json (30 minutes), so that the job, not the host, says what was stuck.',
+      'Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step once the job has settled (at most a minute later). At most 29m: a value that leaves less than a minute before functionTimeout in host.json (30 minutes) fails every invocation naming this setting, so that the job, not the host, says what was stuck.',
   },
   {
     name: 'TCAB_BACKUP_SNAPSHOT_SCHEDULE',

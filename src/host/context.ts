@@ -4,7 +4,7 @@
  */
 import type { HttpResponseInit, InvocationContext } from '@azure/functions';
 import { loadBackupConfig, loadJobTimeoutMs, type BackupConfig, type Env } from '../config.js';
-import { TcabError } from '../errors.js';
+import { ConfigError, TcabError } from '../errors.js';
 import { createLogger, redact, type EventObserver, type Level, type Logger } from '../log.js';
 import { formatDuration } from '../util/duration.js';
 import { LastStep } from '../util/last-step.js';
@@ -44,11 +44,24 @@ export function invocationLogger(context: InvocationContext, onEvent?: EventObse
 }
 
 /** How long a job stopped at its timeout gets to settle before its invocation fails anyway. */
-const JOB_SETTLE_GRACE_MS = 60_000;
+export const JOB_SETTLE_GRACE_MS = 60_000;
 
-/** TCAB_BACKUP_JOB_TIMEOUT, read at every invocation; an invalid value fails the invocation naming it. */
+/** host.json's functionTimeout (test/functions/job-timeout.test.ts checks the two agree). */
+export const FUNCTION_TIMEOUT_MS = 30 * 60_000;
+
+/**
+ * TCAB_BACKUP_JOB_TIMEOUT, read at every invocation; an invalid value fails the invocation naming it, and so
+ * does one that leaves the stopped job less than JOB_SETTLE_GRACE_MS before the host's functionTimeout: the
+ * host would then end the invocation first, without a word of what was stuck.
+ */
 export function jobTimeoutMs(env: Env = process.env): number {
-  return loadJobTimeoutMs(env);
+  const ms = loadJobTimeoutMs(env);
+  if (ms + JOB_SETTLE_GRACE_MS > FUNCTION_TIMEOUT_MS) {
+    throw new ConfigError([
+      `TCAB_BACKUP_JOB_TIMEOUT: ${formatDuration(ms)} leaves less than ${formatDuration(JOB_SETTLE_GRACE_MS)} (the time a stopped job is given to settle) before the host's functionTimeout of ${formatDuration(FUNCTION_TIMEOUT_MS)} in host.json; set ${formatDuration(FUNCTION_TIMEOUT_MS - JOB_SETTLE_GRACE_MS)} or less (the default is 25m)`,
+    ]);
+  }
+  return ms;
 }
 
 export class JobTimeoutError extends TcabError {

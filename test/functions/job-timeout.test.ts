@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { HttpRequest, InvocationContext } from '@azure/functions';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { SETTINGS } from '../../src/settings.js';
-import { invocation, resetBackupConfig } from '../../src/host/context.js';
+import { FUNCTION_TIMEOUT_MS, invocation, jobTimeoutMs, resetBackupConfig } from '../../src/host/context.js';
 import { parseDurationMs } from '../../src/util/duration.js';
 
 let work: string;
@@ -135,6 +135,15 @@ describe('a job stuck on a request that is never answered', () => {
       /TCAB_BACKUP_JOB_TIMEOUT: "soon" is invalid/,
     );
   });
+
+  it('fails an invocation whose TCAB_BACKUP_JOB_TIMEOUT leaves the stopped job less than a minute before functionTimeout', async () => {
+    setEnv({ TCAB_BACKUP_JOB_TIMEOUT: '29m30s' });
+    await expect(registration('snapshotTimer').handler(timer, context('snapshotTimer')) as Promise<void>).rejects.toThrow(
+      /TCAB_BACKUP_JOB_TIMEOUT: 29m30s leaves less than 1m .* functionTimeout of 30m in host.json; set 29m or less/,
+    );
+    // A minute below is accepted.
+    expect(jobTimeoutMs({ TCAB_BACKUP_JOB_TIMEOUT: '29m' })).toBe(29 * 60_000);
+  });
 });
 
 describe('a job stopped at its timeout', () => {
@@ -173,4 +182,6 @@ it('keeps the default TCAB_BACKUP_JOB_TIMEOUT below the functionTimeout of host.
   const jobTimeoutMs = parseDurationMs(SETTINGS.find((x) => x.name === 'TCAB_BACKUP_JOB_TIMEOUT')!.default!);
   // Room for the aborted job to clean up and for the failure to be logged before the host would step in.
   expect(functionTimeoutMs - jobTimeoutMs).toBeGreaterThanOrEqual(5 * 60_000);
+  // The bound the functions enforce on TCAB_BACKUP_JOB_TIMEOUT is host.json's.
+  expect(FUNCTION_TIMEOUT_MS).toBe(functionTimeoutMs);
 });
