@@ -3,7 +3,7 @@
  * which data objects have no manifest (orphans), and the manifests themselves.
  */
 import { text } from 'node:stream/consumers';
-import { NotFoundError, TcabError } from '../errors.js';
+import { NotFoundError, TargetError, TcabError, errorMessage, isAbortError } from '../errors.js';
 import type { ObjectInfo, Target } from '../targets/target.js';
 import { ManifestV2Schema, invalidManifestV2, serializeManifestV2, type ManifestV2 } from './manifest-v2.js';
 import {
@@ -70,7 +70,23 @@ export async function readManifest(
 ): Promise<Manifest> {
   const key = manifestKey(database, id);
   const { body } = await target.get(key, options);
-  const raw = await text(body);
+  let raw: string;
+  try {
+    raw = await text(body);
+  } catch (e) {
+    if (isAbortError(e) || options.signal?.aborted || e instanceof TargetError) throw e;
+    // A body that breaks off mid-read is a raw stream error ("Premature close"): name the manifest it was.
+    throw new TargetError({
+      target: target.name,
+      url: target.url,
+      operation: 'read of manifest',
+      key,
+      detail: `its body broke off: ${errorMessage(e)}`,
+      hint: 'run the job again; if it keeps failing, check the target (reachability, the object) or use another target',
+      transient: true,
+      cause: e,
+    });
+  }
   let json: unknown;
   try {
     json = JSON.parse(raw);

@@ -57,12 +57,18 @@ export async function verifyChunksByStreaming(
 export async function verifyByStreaming(target: Target, manifest: ManifestV1, signal?: AbortSignal): Promise<{ durationMs: number }> {
   checkAgentIntegrity(manifest);
   const started = Date.now();
-  const { body } = await target.get(manifestArtifactKey(manifest), { signal });
+  const key = manifestArtifactKey(manifest);
+  const { body } = await target.get(key, { signal });
   const artifact = new HashingStream();
   const plain = new HashingStream();
   const inflate = decompressor(manifest.artifact.compression);
   let decompressFailed = false;
-  inflate.once('error', () => (decompressFailed = true));
+  let bodyError: Error | undefined;
+  body.once('error', (err) => (bodyError ??= err));
+  // Only an error of the decompressor's own says the bytes are damaged; a body that broke off reaches it too.
+  inflate.once('error', (err: NodeJS.ErrnoException) => {
+    if (err !== bodyError && err.code !== 'ERR_STREAM_PREMATURE_CLOSE') decompressFailed = true;
+  });
   const discard = new Writable({ write: (_chunk, _enc, done) => done() });
   try {
     await pipeline(body, artifact, inflate, plain, discard, { signal });
@@ -79,7 +85,13 @@ export async function verifyByStreaming(target: Target, manifest: ManifestV1, si
     }
     throw e instanceof TcabError
       ? e
-      : new TcabError(`reading the artifact failed after ${artifact.bytes} bytes: ${errorMessage(e)}`, { cause: e });
+      : new TcabError(
+          `reading the artifact ${key} broke off after ${artifact.bytes} of ${manifest.artifact.bytes} bytes: ${errorMessage(e)}`,
+          {
+            hint: 'check that the target is reachable and run the drill again',
+            cause: e,
+          },
+        );
   }
   if (artifact.bytes !== manifest.artifact.bytes || artifact.digest() !== manifest.artifact.sha256) {
     throw new IntegrityError(

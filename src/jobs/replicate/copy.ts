@@ -130,7 +130,10 @@ export async function copySnapshot(
     if (signal?.aborted) throw e;
     if (verifier.mismatch) throw new CopyError('source', verifier.mismatch.message, { cause: verifier.mismatch, integrity: true });
     if (sourceError !== undefined)
-      throw new CopyError('source', `reading ${what} broke off: ${errorMessage(sourceError)}`, { cause: sourceError, brokeOff: true });
+      throw new CopyError('source', `reading ${what} broke off (object ${key}): ${errorMessage(sourceError)}`, {
+        cause: sourceError,
+        brokeOff: true,
+      });
     throw new CopyError('destination', `storing ${key} on target "${destination.name}" failed: ${errorMessage(e)}`, {
       cause: e,
       integrity: e instanceof IntegrityError,

@@ -21,7 +21,7 @@ import type { Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { manifestArtifactKey, manifestDataKey } from '../../catalog/catalog.js';
 import type { Manifest, ManifestV1 } from '../../catalog/manifest.js';
-import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
+import { IntegrityError, NotFoundError, TargetError, TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
 import type { Target } from '../../targets/target.js';
 import { firstColumn, firstValue, openDatabase } from '../../util/sqlite.js';
@@ -193,12 +193,18 @@ async function writeArtifact(
     });
   }
   let decompressFailed = false;
+  let bodyError: Error | undefined;
   let inflate: Duplex | undefined;
   try {
     inflate = decompressor(manifest.artifact.compression);
-    inflate.once('error', () => (decompressFailed = true));
+    // A body that breaks off reaches the decompressor too (as the body's error, or as "Premature close" when it
+    // was destroyed without one): only an error of the decompressor's own says the bytes are damaged.
+    inflate.once('error', (err: NodeJS.ErrnoException) => {
+      if (err !== bodyError && err.code !== 'ERR_STREAM_PREMATURE_CLOSE') decompressFailed = true;
+    });
     // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
     const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
+    body.once('error', (err) => (bodyError ??= err));
     // flush: the stream fsyncs the file before it closes the handle, so the rename below publishes durable bytes.
     await pipeline(
       body,
@@ -218,7 +224,20 @@ async function writeArtifact(
         { cause: e },
       );
     }
-    if (request.signal?.aborted || !decompressFailed) throw e;
+    if (request.signal?.aborted || e instanceof NotFoundError) throw e;
+    if (!decompressFailed) {
+      if (e instanceof TargetError) throw e;
+      throw new TargetError({
+        target: target.name,
+        url: target.url,
+        operation: 'read of artifact',
+        key,
+        detail: `its body broke off after ${artifactHash.bytes} of ${manifest.artifact.bytes} bytes: ${errorMessage(e)}`,
+        hint: 'nothing was written; check that the target is reachable and run the restore again (or restore from another target with --target)',
+        transient: true,
+        cause: e,
+      });
+    }
     throw new IntegrityError(
       `Snapshot ${manifest.id} on target "${target.name}": the ${manifest.artifact.compression} artifact does not decompress (${errorMessage(e)})`,
       {
