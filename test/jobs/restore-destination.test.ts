@@ -18,7 +18,8 @@ import type { ManifestV1 as Manifest } from '../../src/catalog/manifest.js';
 import { main as cli } from '../../src/cli/main.js';
 import { createSampleDatabase, SAMPLE_SCHEMA } from '../../src/dev/sample-db.js';
 import { firstValue, inTransaction, openDatabase } from '../../src/util/sqlite.js';
-import { runRestore } from '../../src/jobs/restore/index.js';
+import { publishNoClobber, runRestore } from '../../src/jobs/restore/index.js';
+import { createLogger, silentLogger } from '../../src/log.js';
 import { runSnapshot } from '../../src/jobs/snapshot/index.js';
 import { openTarget } from '../../src/targets/index.js';
 import type { GetOptions, GetResult, Target } from '../../src/targets/target.js';
@@ -282,5 +283,55 @@ describe('restore when the destination folder fails', () => {
     // Every target would meet the same folder: the second is not asked for the snapshot's data.
     expect(second.bodies).toHaveLength(0);
     expect(existsSync(dir)).toBe(false);
+  });
+});
+
+describe('publishing the restored file on a file system without hard links (an SMB share)', () => {
+  // An Azure Files SMB mount answers link() with EPERM or ENOTSUP; no such file system mounts here, so only
+  // link() is replaced, by one that answers as such a share does. Everything else is the real file system.
+  const noLinks = (code: string) => async () => {
+    throw Object.assign(new Error(`${code}: operation not permitted, link`), { code });
+  };
+
+  it('reserves the free name and renames the verified file onto it', async () => {
+    const dir = await mkdtemp(join(work, 'smb-'));
+    const tmp = join(dir, '.runs.sqlite.restore-x.tmp');
+    await writeFile(tmp, 'the verified snapshot');
+    const events: string[] = [];
+    const log = createLogger({ sink: (_level, _line, record) => events.push(String(record.event)) });
+    for (const code of ['EPERM', 'ENOTSUP']) {
+      const out = join(dir, `runs-${code}.sqlite`);
+      await writeFile(tmp, 'the verified snapshot');
+      await publishNoClobber(tmp, out, log, noLinks(code));
+      expect(await readFile(out, 'utf8')).toBe('the verified snapshot');
+      expect(existsSync(tmp)).toBe(false);
+    }
+    expect(events.filter((e) => e === 'restore.no_hard_links')).toHaveLength(2);
+  });
+
+  it('still never replaces a file that appeared at the path', async () => {
+    const dir = await mkdtemp(join(work, 'smb-'));
+    const tmp = join(dir, '.runs.sqlite.restore-y.tmp');
+    const out = join(dir, 'runs.sqlite');
+    await writeFile(tmp, 'the verified snapshot');
+    await writeFile(out, 'a database someone opened meanwhile');
+    const err = await publishNoClobber(tmp, out, silentLogger, noLinks('EPERM')).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(err?.message).toContain(`Restore destination ${out} appeared during the restore`);
+    expect(await readFile(out, 'utf8')).toBe('a database someone opened meanwhile');
+  });
+
+  it('reports another link() failure as it is, naming the path', async () => {
+    const dir = await mkdtemp(join(work, 'smb-'));
+    const tmp = join(dir, '.runs.sqlite.restore-z.tmp');
+    await writeFile(tmp, 'x');
+    const err = await publishNoClobber(tmp, join(dir, 'runs.sqlite'), silentLogger, noLinks('EIO')).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(err?.message).toContain(`Restore destination ${join(dir, 'runs.sqlite')} cannot be created (EIO)`);
+    expect(existsSync(join(dir, 'runs.sqlite'))).toBe(false);
   });
 });

@@ -140,14 +140,7 @@ async function restoreFromTarget(
     } else {
       // Checked again: a database may have been opened there during the download.
       await refuseOccupied(outPath, 'appeared during the restore');
-      // link() fails if the destination appeared meanwhile: never replace a file without --force.
-      await link(tmp, outPath).catch((e: NodeJS.ErrnoException) => {
-        throw new DestinationError(
-          `Restore destination ${outPath} ${e.code === 'EEXIST' ? 'appeared during the restore' : `cannot be created (${e.code})`}`,
-          { hint: 'pass --force to replace it, or choose another path', cause: e },
-        );
-      });
-      await rm(tmp, { force: true });
+      await publishNoClobber(tmp, outPath, log);
     }
     // The renames are durable only once the folder is: a power cut must not bring the old database back.
     await syncFolder(dirname(outPath));
@@ -354,6 +347,43 @@ async function moveAside(outPath: string, log: Logger): Promise<RestoreResult['m
     moved.push({ from, to });
   }
   return moved;
+}
+
+/** Errors of link() that say the file system has no hard links (an SMB share, some FUSE mounts). */
+const NO_HARD_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
+
+/**
+ * Puts the verified file `tmp` at `outPath`, which must not exist: never replace a file without --force.
+ * link() fails if the destination appeared meanwhile. On a file system without hard links (an Azure Files
+ * SMB share, which a drill's scratch folder may be), the name is reserved instead by creating it exclusively,
+ * and the file renamed over that reservation: the only window is an empty file at a path that was free.
+ * `linkFile` is node:fs's link, replaced only by the test of that fallback.
+ */
+export async function publishNoClobber(tmp: string, outPath: string, log: Logger, linkFile: typeof link = link): Promise<void> {
+  const refuse = (e: NodeJS.ErrnoException) =>
+    new DestinationError(
+      `Restore destination ${outPath} ${e.code === 'EEXIST' ? 'appeared during the restore' : `cannot be created (${e.code ?? errorMessage(e)})`}`,
+      { hint: 'pass --force to replace it, or choose another path', cause: e },
+    );
+  try {
+    await linkFile(tmp, outPath);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? '';
+    if (!NO_HARD_LINKS.has(code)) throw refuse(e as NodeJS.ErrnoException);
+    log.info('restore.no_hard_links', { path: outPath, code, note: 'reserving the name and renaming instead' });
+    const reservation = await open(outPath, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600).catch((err: NodeJS.ErrnoException) => {
+      throw refuse(err);
+    });
+    await reservation.close();
+    try {
+      await rename(tmp, outPath);
+    } catch (err) {
+      await rm(outPath, { force: true });
+      throw refuse(err as NodeJS.ErrnoException);
+    }
+    return;
+  }
+  await rm(tmp, { force: true });
 }
 
 /** Undoes moveAside as far as it can; what cannot be moved back is logged with both names. */
