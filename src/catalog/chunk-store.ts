@@ -159,7 +159,18 @@ export async function commitSnapshotV2(
       cause: e,
     });
   }
-  return { chunks: named.size, missing: await checkChunks(target, manifest.databaseName, named, options) };
+  try {
+    return { chunks: named.size, missing: await checkChunks(target, manifest.databaseName, named, options) };
+  } catch (e) {
+    if (options.signal?.aborted) throw e;
+    throw new TcabError(
+      `The manifest of ${where} was written, but the check that every chunk it names is there failed: ${errorMessage(e)}`,
+      {
+        hint: `run "tcab-backup verify --all --target ${target.name}": it shows whether the snapshot there is whole`,
+        cause: e,
+      },
+    );
+  }
 }
 
 /**

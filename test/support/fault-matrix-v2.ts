@@ -22,7 +22,7 @@ import { FileTarget } from '../../src/targets/file.js';
 import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
 import type { FaultKind } from './fault-target.js';
-import { expectation, KINDS, type KindName, type MatrixCase, type MatrixRow } from './fault-matrix.js';
+import { expectation, fullMessage, KINDS, type KindName, type MatrixCase, type MatrixRow } from './fault-matrix.js';
 import type { MatrixFolder } from './matrix-world.js';
 import { storeFileAsV2 } from './store-v2.js';
 import { publishAgain, sha256Of, vacuumInto } from './v2-fixtures.js';
@@ -49,16 +49,24 @@ export interface RowV2 extends MatrixRow {
   positions?: Position[];
   /** What n is for a chunk row (how many matching calls a fault-free run makes). */
   count?: keyof FixtureCounts;
+  /** Matching calls of an earlier step let through first, as a count of the fixture (the application drill's reads come after the file-level drill's). */
+  after?: keyof FixtureCounts;
+  /** What a failure's message must name besides the target: the object's key, or the step. */
+  names?: RegExp;
 }
 
 export interface TableV2 {
   job: string;
   rows: RowV2[];
+  /** The table runs once in each of these ways (the drill's methods); each is a case of its own. */
+  ways?: string[];
 }
 
 export interface CaseV2 extends MatrixCase {
   row: RowV2;
   position?: Position;
+  /** One of the table's `ways`. */
+  way?: string;
 }
 
 const START: KindName[] = ['error', 'transient', 'blip', 'hang', 'lost'];
@@ -81,6 +89,13 @@ function list(on: string, what: string, keys: RegExp, extra: Partial<RowV2> = {}
 }
 
 const chunkRows = (count: keyof FixtureCounts) => ({ keys: CHUNK, positions: POSITIONS, count });
+
+/** What a failure names, by object. */
+export const NAMES = {
+  chunkList: /chunks\/tcab\/[^ ]*\.chunks|chunk list/,
+  manifest: /snapshots\/tcab\/[^ ]*\.json|manifest/,
+  listing: /list/i,
+};
 
 /** Restore --latest --force of B from "faulty" alone over an existing database file. */
 export const RESTORE_V2: TableV2 = {
@@ -148,20 +163,81 @@ export const PRUNE_V2: TableV2 = {
   ],
 };
 
-export const TABLES_V2: TableV2[] = [RESTORE_V2, REPLICATE_V2, VERIFY_V2, PRUNE_V2];
+/**
+ * The snapshot job (format 2): the real agent over HTTP into "healthy" and "faulty" folders, each holding A and
+ * B already; the agent's database is another, so nearly every chunk is new. n of a chunk row is the number of
+ * chunks a fault-free run uploads to a target. The first chunk listing is what the target holds, the second
+ * the check after the manifest. Agent-side faults (its chunk-data answer breaking off at chunk k of n) are
+ * cases of their own (test/jobs/fault-matrix-v2-snapshot.test.ts).
+ */
+export const SNAPSHOT_V2: TableV2 = {
+  job: 'snapshot v2',
+  rows: [
+    list('faulty', 'chunks (what it holds)', CHUNKS_PREFIX, { names: /listing its chunks failed/ }),
+    { name: 'put chunk', op: 'put', at: 'start', on: 'faulty', kinds: CHUNK_PUT, retried: true, ...chunkRows('uploads') },
+    { name: 'put chunk body', op: 'put', at: 'body', on: 'faulty', kinds: ['destroy'], retried: true, ...chunkRows('uploads') },
+    // The chunk list streams from the lines as they are made; the job repeats a commit that failed transiently.
+    {
+      name: 'put chunk list start',
+      op: 'put',
+      at: 'start',
+      keys: CHUNK_LIST,
+      on: 'faulty',
+      kinds: STREAM_PUT_START,
+      retried: true,
+      names: NAMES.chunkList,
+    },
+    {
+      name: 'put chunk list body',
+      op: 'put',
+      at: 'body',
+      keys: CHUNK_LIST,
+      on: 'faulty',
+      kinds: BODY,
+      retried: true,
+      names: NAMES.chunkList,
+    },
+    {
+      name: 'put chunk list commit',
+      op: 'put',
+      at: 'commit',
+      keys: CHUNK_LIST,
+      on: 'faulty',
+      kinds: COMMIT,
+      retried: true,
+      names: NAMES.chunkList,
+    },
+    {
+      name: 'put manifest',
+      op: 'put',
+      at: 'start',
+      keys: MANIFEST_V2,
+      on: 'faulty',
+      kinds: CHUNK_PUT,
+      retried: true,
+      names: NAMES.manifest,
+    },
+    list('faulty', 'chunks (the check after the manifest)', CHUNKS_PREFIX, { skip: 1, names: /manifest .* was written, but the check/ }),
+  ],
+};
+
+export const TABLES_V2: TableV2[] = [RESTORE_V2, REPLICATE_V2, VERIFY_V2, PRUNE_V2, SNAPSHOT_V2];
 
 export function casesOfV2(table: TableV2): CaseV2[] {
-  return table.rows.flatMap((row) =>
-    row.kinds.flatMap((kind) =>
-      (row.positions ?? [undefined]).map((position) => ({
-        job: table.job,
-        row,
-        kind,
-        size: 'one' as const,
-        position,
-        title: `${row.name}${position ? ` (${position})` : ''} | ${kind}${row.skip ? ` (call ${row.skip + 1})` : ''}`,
-        expect: expectation(row, kind),
-      })),
+  return (table.ways ?? [undefined]).flatMap((way) =>
+    table.rows.flatMap((row) =>
+      row.kinds.flatMap((kind) =>
+        (row.positions ?? [undefined]).map((position) => ({
+          job: table.job,
+          row,
+          kind,
+          size: 'one' as const,
+          position,
+          way,
+          title: `${way ? `${way} | ` : ''}${row.name}${position ? ` (${position})` : ''} | ${kind}${row.skip ? ` (call ${row.skip + 1})` : ''}`,
+          expect: expectation(row, kind),
+        })),
+      ),
     ),
   );
 }
@@ -175,7 +251,7 @@ export function matrixSizeV2(): { total: number; byJob: Record<string, number> }
 /** The fault of a case, given the fixture's counts; a get body is cut half-way (chunks: at 4 KiB, inside the smallest). */
 export function faultOfV2(c: CaseV2, counts: FixtureCounts, onHang: (what: string) => void) {
   const k = KINDS[c.kind];
-  const skip = c.position ? skipFor(c.position, counts[c.row.count!]) : (c.row.skip ?? 0);
+  const skip = (c.position ? skipFor(c.position, counts[c.row.count!]) : (c.row.skip ?? 0)) + (c.row.after ? counts[c.row.after] : 0);
   const point =
     c.row.at === 'body'
       ? { at: 'body' as const, offset: c.row.op === 'put' ? (c.row.keys === CHUNK_LIST ? 1024 : 0) : c.row.keys === CHUNK ? 4096 : 64 }
@@ -200,6 +276,8 @@ export interface FixtureCounts {
   union: number;
   /** Distinct chunks of O that neither A nor B names. */
   garbage: number;
+  /** Chunks the snapshot job uploads to a target holding A and B (counted by its test from a fault-free run; 0 until then). */
+  uploads: number;
 }
 
 export interface FixtureV2 {
@@ -254,7 +332,7 @@ export async function makeFixtureV2(work: string): Promise<FixtureV2> {
     sha: { a: await sha256Of(a), b: await sha256Of(b), o: await sha256Of(o) },
     pair: { dir: pairDir, a: sa.manifest, b: sb.manifest },
     triple: { dir: tripleDir, o: so.manifest, a: sa.manifest, b: sb.manifest },
-    counts: { refsB: refsB.length, union: union.size, garbage: garbage.size },
+    counts: { refsB: refsB.length, union: union.size, garbage: garbage.size, uploads: 0 },
   };
 }
 
@@ -283,4 +361,11 @@ export async function everyManifestRestores(world: MatrixFolder, name: string, e
 export function expectChunkNamed(c: CaseV2, settled: { status: string; error?: unknown }): void {
   if (settled.status !== 'rejected' || c.row.keys !== CHUNK || c.kind === 'hang') return;
   expect(String((settled.error as Error).message), 'the failure does not name the chunk that failed').toMatch(CHUNK_KEY);
+}
+
+/** A failure (not an abort) names what failed: the chunk's key, or the row's object or step (`names`). */
+export function expectObjectNamed(c: CaseV2, settled: { status: string; error?: unknown }): void {
+  expectChunkNamed(c, settled);
+  if (settled.status !== 'rejected' || !c.row.names || c.kind === 'hang') return;
+  expect(fullMessage(settled.error), `the failure does not name what failed (${c.row.names.source})`).toMatch(c.row.names);
 }

@@ -304,3 +304,75 @@ function forwardThenReset(x: Exchange, upstream: string): Promise<void> {
     x.req.pipe(out);
   });
 }
+
+/**
+ * A proxy between the snapshot job and its agent whose first chunk-data answer (POST .../chunk-data) breaks
+ * off in the middle of record `k` (1-based): records 1 to k-1 pass whole, then half of record k's frame, then
+ * the connection drops, as when the agent or the network between dies mid-answer. Every other request, and
+ * every later chunk-data request, passes untouched. `cut` says whether the fault has happened.
+ */
+export async function startChunkDataCutProxy(
+  upstream: string,
+  k: number,
+): Promise<{ endpoint: string; cut(): boolean; stop(): Promise<void> }> {
+  let done = false;
+  const proxy = await startForwardingProxy(upstream, async (x) => {
+    if (done || x.req.method !== 'POST' || !x.url.pathname.endsWith('/chunk-data')) return x.forward();
+    done = true;
+    const target = new URL(upstream);
+    await new Promise<void>((resolve) => {
+      const out = httpRequest(
+        { host: target.hostname, port: target.port, method: x.req.method, path: x.req.url, headers: x.req.headers, agent: false },
+        (answer) => {
+          x.res.writeHead(answer.statusCode ?? 502, answer.headers);
+          // The answer's framing: "<sha256> <length>\n" then `length` bytes of zstd frame, per record.
+          let pos = 0;
+          let header = '';
+          let frameLeft = 0;
+          let index = 0;
+          let cutAt: number | undefined;
+          answer.on('data', (data: Buffer) => {
+            const base = pos;
+            for (let at = 0; at < data.length && cutAt === undefined; ) {
+              if (frameLeft > 0) {
+                const n = Math.min(frameLeft, data.length - at);
+                frameLeft -= n;
+                at += n;
+                continue;
+              }
+              const nl = data.indexOf(10, at);
+              header += data.toString('latin1', at, nl < 0 ? data.length : nl);
+              if (nl < 0) break;
+              at = nl + 1;
+              frameLeft = Number(header.split(' ')[1]);
+              header = '';
+              index++;
+              if (index === k) cutAt = base + at + Math.floor(frameLeft / 2);
+            }
+            pos += data.length;
+            if (cutAt === undefined || pos < cutAt) {
+              x.res.write(data);
+              return;
+            }
+            answer.destroy();
+            x.res.write(data.subarray(0, cutAt - base), () => {
+              x.res.socket?.destroy();
+              resolve();
+            });
+          });
+          answer.on('end', () => {
+            x.res.end();
+            resolve();
+          });
+          answer.on('error', () => resolve());
+        },
+      );
+      out.on('error', () => {
+        x.res.socket?.destroy();
+        resolve();
+      });
+      x.req.pipe(out);
+    });
+  });
+  return { endpoint: proxy.endpoint, cut: () => done, stop: proxy.stop };
+}

@@ -15,6 +15,7 @@ import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
 import { CHUNK_ZSTD_LEVEL, decompressChunk } from '../../format/chunk-codec.js';
 import { ChunkListWriter } from '../../format/chunk-list.js';
 import type { Logger } from '../../log.js';
+import { isRetryable } from '../../targets/retry.js';
 import type { Target } from '../../targets/target.js';
 import type { SnapshotRequest } from './index.js';
 
@@ -258,7 +259,7 @@ export async function runSnapshotV2(
           chunkList: { key: chunkListKey(deps.database, desc.id), bytes: list.bytes, sha256: list.sha256, count: list.count },
         };
         try {
-          const { missing } = await commitSnapshotV2(plan.target, m, lines, { signal });
+          const { missing } = await commitRepeating(plan.target, m, lines, signal);
           manifest ??= m;
           if (missing.length) missingBy.set(plan, new Map(missing.map((x) => [x.sha256, x.bytes])));
           log.info('snapshot.chunks_committed', { target: plan.target.name, id: desc.id, missing: missing.length });
@@ -386,6 +387,30 @@ export async function runSnapshotV2(
     );
     await rewriteMissing(agent, id, database, lengths, missingBy, log, signal);
   }
+}
+
+/** Commits of one target tried at most this often when a transient failure is under the error. */
+const COMMIT_ATTEMPTS = 3;
+
+/**
+ * commitSnapshotV2, repeated after a transient failure under it (a blip while the chunk list streamed, which
+ * the retry wrapper cannot replay; its answer lost after the write): the lines are in memory and every write
+ * of the commit may be made again, as replicate repeats a copy.
+ */
+async function commitRepeating(target: Target, m: ManifestV2, lines: string[], signal: AbortSignal | undefined) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await commitSnapshotV2(target, m, lines, { signal });
+    } catch (e) {
+      if (signal?.aborted || attempt >= COMMIT_ATTEMPTS || !transientWithin(e)) throw e;
+      await sleep(50 * attempt, signal);
+    }
+  }
+}
+
+function transientWithin(err: unknown): boolean {
+  for (let e = err, depth = 0; e && depth < 6; e = (e as { cause?: unknown }).cause, depth++) if (isRetryable(e)) return true;
+  return false;
 }
 
 function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
