@@ -28,14 +28,22 @@ describe('fault matrix', () => {
     for (const t of TABLES) expect(new Set(casesOf(t).map((c) => c.title)).size).toBe(casesOf(t).length);
   });
 
-  it('has format-2 tables for every job (restore, replicate, verify, the chunk sweep, snapshot), chunk operations at the first, a middle and the last of n', () => {
+  it('has format-2 tables for every job (restore, replicate, verify, the chunk sweep, snapshot, drill), chunk operations at the first, a middle and the last of n', () => {
     const size = matrixSizeV2();
     console.log(
       `fault matrix, format 2: ${size.total} cases (${Object.entries(size.byJob)
         .map(([j, n]) => `${j} ${n}`)
         .join(', ')})`,
     );
-    expect(TABLES_V2.map((t) => t.job)).toEqual(['restore v2', 'replicate v2', 'verify v2', 'prune v2 sweep', 'snapshot v2']);
+    expect(TABLES_V2.map((t) => t.job)).toEqual([
+      'restore v2',
+      'replicate v2',
+      'verify v2',
+      'prune v2 sweep',
+      'snapshot v2',
+      'drill v2',
+      'drill v2 (application)',
+    ]);
     const all = TABLES_V2.flatMap(casesOfV2);
     expect(new Set(all.map((c) => c.row.op))).toEqual(new Set(['put', 'get', 'list', 'delete']));
     expect(new Set(all.map((c) => c.kind))).toEqual(new Set(Object.keys(KINDS)));

@@ -22,7 +22,7 @@ import { FileTarget } from '../../src/targets/file.js';
 import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
 import type { FaultKind } from './fault-target.js';
-import { expectation, fullMessage, KINDS, type KindName, type MatrixCase, type MatrixRow } from './fault-matrix.js';
+import { DRILL_RECORD, expectation, fullMessage, KINDS, type KindName, type MatrixCase, type MatrixRow } from './fault-matrix.js';
 import type { MatrixFolder } from './matrix-world.js';
 import { storeFileAsV2 } from './store-v2.js';
 import { publishAgain, sha256Of, vacuumInto } from './v2-fixtures.js';
@@ -221,7 +221,49 @@ export const SNAPSHOT_V2: TableV2 = {
   ],
 };
 
-export const TABLES_V2: TableV2[] = [RESTORE_V2, REPLICATE_V2, VERIFY_V2, PRUNE_V2, SNAPSHOT_V2];
+/**
+ * The restore drill of "good" then "faulty", each holding A and B: B (the newest) restored to a file, and
+ * checked as it streams. Faults are persistent from the call they hit on (every later read fails too), so a
+ * drill that reads a chunk again after a bad read still meets it; a blip is the one-off.
+ */
+export const DRILL_V2: TableV2 = {
+  job: 'drill v2',
+  ways: ['restore', 'stream'],
+  rows: [
+    list('faulty', 'snapshots', SNAPSHOTS, { names: NAMES.listing }),
+    { ...gets('faulty', 'manifest', MANIFEST_V2, false)[0]!, names: NAMES.manifest },
+    ...gets('faulty', 'chunk list', CHUNK_LIST, false, { names: NAMES.chunkList }),
+    ...gets('faulty', 'chunk', CHUNK, false, chunkRows('refsB')),
+    {
+      name: 'put drill record',
+      op: 'put',
+      at: 'start',
+      keys: DRILL_RECORD,
+      on: 'faulty',
+      kinds: CHUNK_PUT,
+      retried: true,
+      names: /drill record/,
+    },
+  ],
+};
+
+/**
+ * The application drill of "faulty" (file level checked as it streams, then the stored chunks sent to the
+ * agent's stand-in backend): its own reads of the chunk list and the chunks, after the file-level drill's.
+ * Only faults that persist: one-off ones are the file-level table's, and one that heals would start the backend.
+ */
+export const DRILL_APP_V2: TableV2 = {
+  job: 'drill v2 (application)',
+  rows: [
+    { ...gets('faulty', 'chunk list', CHUNK_LIST, false, { names: NAMES.chunkList })[0]!, skip: 1, kinds: ['error', 'transient', 'hang'] },
+    ...gets('faulty', 'chunk', CHUNK, false, { ...chunkRows('refsB'), after: 'refsB' }).map((r) => ({
+      ...r,
+      kinds: r.kinds.filter((k) => k !== 'blip' && k !== 'lost'),
+    })),
+  ],
+};
+
+export const TABLES_V2: TableV2[] = [RESTORE_V2, REPLICATE_V2, VERIFY_V2, PRUNE_V2, SNAPSHOT_V2, DRILL_V2, DRILL_APP_V2];
 
 export function casesOfV2(table: TableV2): CaseV2[] {
   return (table.ways ?? [undefined]).flatMap((way) =>

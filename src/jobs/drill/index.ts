@@ -71,18 +71,24 @@ export interface DrillResult {
   targets: DrillRecord[];
 }
 
+/** Drills that passed whose record could not be written: the target's write failed, not the stored copy. */
+const unrecorded = new WeakSet<DrillRecord>();
+
 export class DrillFailedError extends TcabError {
   constructor(
     message: string,
     readonly result: DrillResult,
   ) {
     // A copy that could not be read or was refused on its way to the agent is the stored copy's problem.
-    const fileFailed = result.targets.some((r) => !r.ok && !(r.app && !r.app.passed && r.app.failedStep !== 'receive'));
+    const failed = result.targets.filter((r) => !r.ok);
+    const fileFailed = failed.some((r) => !unrecorded.has(r) && !(r.app && !r.app.passed && r.app.failedStep !== 'receive'));
     super(message, {
       code: 'DRILL_FAILED',
       hint: fileFailed
         ? 'the stored copy named is damaged or unreadable: restore from another target, run "tcab-backup verify --all --target <name>", and let replicate copy a good snapshot back'
-        : "the application drill's step named above: on the VM, TCAB_AGENT_DRILL_BACKEND_COMMAND, the backend's last log lines (in the drill record and the agent's log, journalctl -u tcab-backup-agent), and that this backend version starts on the stored database",
+        : failed.every((r) => unrecorded.has(r))
+          ? 'the drill passed, but its record could not be stored: check that the target named is reachable and writable; the next drill is recorded again'
+          : "the application drill's step named above: on the VM, TCAB_AGENT_DRILL_BACKEND_COMMAND, the backend's last log lines (in the drill record and the agent's log, journalctl -u tcab-backup-agent), and that this backend version starts on the stored database",
     });
     this.name = 'DrillFailedError';
   }
@@ -240,6 +246,7 @@ async function drillTarget(
     await writeDrillRecord(target, record, signal);
   } catch (e) {
     if (signal?.aborted) throw e;
+    if (record.ok) unrecorded.add(record);
     const why = `the drill record ${record.drillId} could not be written: ${errorMessage(e)}`;
     record.error = record.error ? `${record.error}; ${why}` : `target "${target.name}" (${target.url}): ${why}`;
     record.ok = false;
