@@ -1,17 +1,20 @@
 /**
- * The format-2 fault matrix at the wire: restore, replicate (to and from the cloud), verify and prune's chunk
- * sweep of two real snapshots stored as chunks (several dozen each), through a proxy that fails request N of a
- * kind in front of Azurite, and in front of s3rver behind the R2 rules (test/support/r2-proxy.ts: create-only
- * PUTs honoured, as R2 does). Faults: the 7th chunk GET or PUT answered 503 once, reset, cut short, or every
- * one from the 7th on answered 500; a chunk stored and its answer lost (the create-only retry meets a 412);
- * the chunk list and the manifest stored and their answers lost; the first listing answered 503; the 7th
- * chunk delete and every one after answered 500. After each case: the job settled, failed naming the cloud
- * target (and the chunk) or succeeded as the fault allows; the source still restores to its exact files;
- * every manifest the destination shows restores to its exact file; a failed restore left its destination as
- * it was; verify recorded no intact copy as failed.
+ * The format-2 fault matrix at the wire: restore, replicate (to and from the cloud), verify, prune's chunk
+ * sweep, the snapshot job (the real agent into a folder and the cloud) and the drill, of two real snapshots
+ * stored as chunks (several dozen each), through a proxy that fails request N of a kind in front of Azurite,
+ * and in front of s3rver behind the R2 rules (test/support/r2-proxy.ts: create-only PUTs honoured, as R2
+ * does). Faults: the 7th chunk GET or PUT answered 503 once, reset, cut short, or every one from the 7th on
+ * answered 500; a chunk stored and its answer lost (the create-only retry meets a 412); the chunk list and
+ * the manifest stored and their answers lost; the first listing answered 503, or every one from the 2nd on
+ * answered 500 (the snapshot's check after its manifest); the 7th chunk delete and every one after answered
+ * 500. After each case: the job settled, failed naming the cloud target (and the chunk) or succeeded as the
+ * fault allows; the source still restores to its exact files; every manifest the destination shows restores
+ * to its exact file; a failed restore left its destination as it was; verify recorded no intact copy as
+ * failed; the snapshot reached the folder whatever the cloud did, and a second run completes on both; a drill
+ * is recorded as it went and leaves no scratch file.
  */
 import { createHash } from 'node:crypto';
-import { cp, mkdir, readFile } from 'node:fs/promises';
+import { cp, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listCatalog } from '../../src/catalog/catalog.js';
@@ -20,6 +23,13 @@ import { runPrune } from '../../src/jobs/prune/index.js';
 import { runReplicate } from '../../src/jobs/replicate/index.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
 import { runVerifyRotation } from '../../src/jobs/verify/index.js';
+import { runSnapshot } from '../../src/jobs/snapshot/index.js';
+import { runDrill } from '../../src/jobs/drill/index.js';
+import { readRecentDrills } from '../../src/catalog/drill-record.js';
+import { silentLogger } from '../../src/log.js';
+import type { AgentClient } from '../../src/agent/client.js';
+import { startAgentPool, type AgentPool } from '../support/agent-pool.js';
+import { vacuumInto } from '../support/v2-fixtures.js';
 import { copyState, readVerifyRecord } from '../../src/catalog/verify-record.js';
 import { loadChunkGrace } from '../../src/jobs/settings.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
@@ -39,17 +49,28 @@ const DAY = 24 * HOUR;
 const CHUNK_PATH = /\/chunks\/tcab\/[0-9a-f]{2}\/[0-9a-f]{64}\.zst$/;
 let fx: FixtureV2;
 let r2: R2Proxy;
+/** Agents for the snapshot cases, one per case that may run at once (vitest's maxConcurrency, 5). */
+let pool: AgentPool;
+/** The file every snapshot of the agents' database is. */
+let agentSha: string;
+const TIMING = { graceMs: 7 * 86_400_000, jobTimeoutMs: 25 * 60_000 };
 
 beforeAll(async () => {
-  fx = await makeFixtureV2(await world.tempDir('wire-v2'));
+  const work = await world.tempDir('wire-v2');
+  fx = await makeFixtureV2(work);
   expect(fx.counts.union).toBeGreaterThanOrEqual(30);
+  pool = await startAgentPool(5, { runs: 900, seed: 11 }, 'auto');
+  agentSha = await sha256(vacuumInto(pool.database, join(work, 'agent.sqlite')));
   r2 = await startR2Proxy({
     upstream: world.clouds.s3.endpoint,
     accessKeyId: world.clouds.s3.accessKeyId,
     secretAccessKey: world.clouds.s3.secretAccessKey,
   });
 }, 90_000);
-afterAll(() => r2?.stop());
+afterAll(async () => {
+  await r2?.stop();
+  await pool?.close();
+});
 
 let prefixes = 0;
 
@@ -88,7 +109,7 @@ const BACKENDS: Backend[] = [
   },
 ];
 
-type Job = 'restore' | 'replicate to the cloud' | 'replicate from the cloud' | 'verify' | 'prune';
+type Job = 'restore' | 'replicate to the cloud' | 'replicate from the cloud' | 'verify' | 'prune' | 'snapshot' | 'drill';
 
 interface WireCase {
   name: string;
@@ -99,8 +120,8 @@ interface WireCase {
   per?: Partial<Record<Job, WireCase['expect']>>;
 }
 
-const READS: Job[] = ['restore', 'replicate from the cloud'];
-const WRITES: Job[] = ['replicate to the cloud'];
+const READS: Job[] = ['restore', 'replicate from the cloud', 'drill'];
+const WRITES: Job[] = ['replicate to the cloud', 'snapshot'];
 
 const WIRE_CASES: WireCase[] = [
   {
@@ -167,9 +188,16 @@ const WIRE_CASES: WireCase[] = [
   },
   {
     name: 'the first listing answered 503 once',
-    jobs: ['restore', 'replicate to the cloud', 'prune'],
+    jobs: ['restore', 'replicate to the cloud', 'prune', 'snapshot', 'drill'],
     expect: 'succeeds',
     rule: { kind: 'List', nth: 1, fault: { status: 503, code: 'ServerBusy' } },
+  },
+  {
+    name: 'every listing from the 2nd on (the check after the manifest) answered 500',
+    jobs: ['snapshot'],
+    // The manifest is written; the job cannot tell whether every chunk is there, and says so.
+    expect: 'fails',
+    rule: { kind: 'List', nth: 2, times: Infinity, fault: { status: 500, code: 'InternalError' } },
   },
   {
     name: 'the 7th chunk DELETE and every one after answered 500',
@@ -203,6 +231,11 @@ async function everyManifestRestores(target: Target, dir: string, expected: Reco
   return shown;
 }
 
+/** Snapshots of the agents' database that `target` shows, added to `expected` as the file they restore to. */
+async function addAgentSnapshots(target: Target, expected: Record<string, string>): Promise<void> {
+  for (const s of (await listCatalog(target, DB)).snapshots) expected[s.id] ??= agentSha;
+}
+
 const GRACE = loadChunkGrace({});
 const PRUNE_RETENTION = loadRetentionConfig(
   {
@@ -231,10 +264,11 @@ describe('format-2 fault matrix at the wire', () => {
       const expected: Record<string, string> = {};
       const dest = join(local, 'restored.sqlite');
       let before: string | undefined;
-      if (job === 'replicate to the cloud') {
+      if (job === 'replicate to the cloud' || job === 'snapshot') {
         await cp(fx.pair.dir, join(local, 'local'), { recursive: true });
         Object.assign(expected, { [fx.pair.a.id]: fx.sha.a, [fx.pair.b.id]: fx.sha.b });
-      } else {
+      }
+      if (job !== 'replicate to the cloud') {
         if (job === 'prune') {
           const o = await storeFileAsV2(direct, DB, fx.files.o, { createdAt: new Date(Date.now() - 3 * HOUR) });
           expected[o.manifest.id] = fx.sha.o;
@@ -249,7 +283,15 @@ describe('format-2 fault matrix at the wire', () => {
       }
 
       proxy.inject(c.rule);
+      const drillWork = join(local, 'drill-work');
       const controller = new AbortController();
+      const snapshot = (signal?: AbortSignal) =>
+        pool.with((client: AgentClient) =>
+          runSnapshot(
+            { agent: client, targets: [folder, cloud], database: DB, timing: TIMING },
+            { trigger: { kind: 'cli', reason: c.name }, format: 2, ...(signal ? { signal } : {}) },
+          ),
+        );
       const settled = await settleWithin<unknown>(
         `${job} through ${backend.name} (${c.name})`,
         controller,
@@ -266,6 +308,19 @@ describe('format-2 fault matrix at the wire', () => {
               );
             case 'verify':
               return runVerifyRotation({ targets: [cloud], database: DB }, { withinMs: 7 * DAY, intervalMs: DAY, all: true, signal });
+            case 'snapshot':
+              return snapshot(signal);
+            case 'drill':
+              return runDrill(
+                {
+                  targets: [cloud],
+                  database: DB,
+                  live: { unavailable: 'not asked at the wire' },
+                  workDir: drillWork,
+                  logger: silentLogger,
+                },
+                { signal },
+              );
             case 'prune': {
               const future = new Date(Date.now() + GRACE.graceMs + DAY);
               return runPrune(
@@ -290,11 +345,12 @@ describe('format-2 fault matrix at the wire', () => {
       if (want === 'fails') expect(settled.status, `no retry absorbs ${applied.join('; ')}, yet the job succeeded`).toBe('rejected');
       if (settled.status === 'rejected') {
         expect(message, 'the failure does not name the cloud target').toContain('"cloud"');
-        if (c.rule.path === CHUNK_PATH && job !== 'prune')
+        if (c.rule.path === CHUNK_PATH && job !== 'prune' && (job !== 'snapshot' || want === 'fails'))
           expect(message, 'the failure does not name the chunk').toMatch(/chunks\/tcab\/[0-9a-f]{2}\/[0-9a-f]{64}\.zst/);
       }
 
       // Whatever happened: the source restores exactly, and every manifest a target shows restores exactly.
+      if (job === 'snapshot') for (const t of [direct, folder]) await addAgentSnapshots(t, expected);
       const cloudShows = await everyManifestRestores(direct, join(local, 'check-cloud'), expected);
       const localShows = await everyManifestRestores(folder, join(local, 'check-local'), expected);
       const kept = Object.keys(expected)
@@ -312,6 +368,29 @@ describe('format-2 fault matrix at the wire', () => {
         const record = await readVerifyRecord(direct, DB);
         for (const id of kept) expect(copyState(record, id).state, `intact snapshot ${id} recorded as failed verify`).not.toBe('failed');
         if (settled.status === 'resolved') for (const id of kept) expect(copyState(record, id).state).toBe('ok');
+      } else if (job === 'snapshot') {
+        // "local" (healthy) got the snapshot whatever the cloud did; the cloud kept A and B, and got it unless the job failed.
+        expect(localShows).toHaveLength(3);
+        for (const id of kept) expect([...localShows, ...cloudShows]).toContain(id);
+        expect(cloudShows.length).toBeGreaterThanOrEqual(2);
+        if (settled.status === 'resolved') expect(cloudShows).toHaveLength(3);
+        // Without the fault, the next run completes on both and restores exactly.
+        proxy.clear();
+        const again = await snapshot();
+        expect(again.targets.map((o) => o.ok)).toEqual([true, true]);
+        for (const t of [direct, folder]) await addAgentSnapshots(t, expected);
+        expect(await everyManifestRestores(direct, join(local, 'again-cloud'), expected)).toContain(again.manifest.id);
+        expect(await everyManifestRestores(folder, join(local, 'again-local'), expected)).toContain(again.manifest.id);
+      } else if (job === 'drill') {
+        expect(cloudShows).toEqual(kept);
+        expect(await readdir(drillWork).catch(() => []), 'the drill left scratch files').toEqual([]);
+        const records = await readRecentDrills(direct, DB, 5);
+        expect(
+          records.map((r) => r.record?.ok),
+          'the drill is not recorded as it went',
+        ).toEqual([settled.status === 'resolved']);
+        if (settled.status === 'rejected' && c.rule.path === CHUNK_PATH)
+          expect(records[0]!.record!.error).toMatch(/chunks\/tcab\/[0-9a-f]{2}\/[0-9a-f]{64}\.zst/);
       } else if (job === 'prune') {
         for (const id of kept) expect(cloudShows).toContain(id);
         if (settled.status === 'resolved') expect(cloudShows).toEqual(kept);
