@@ -42,13 +42,14 @@ afterAll(async () => {
 async function cli(args: string[], env: Record<string, string>): Promise<{ code: number; out: string; err: string }> {
   const stdout = new PassThrough();
   const stderr = new PassThrough();
+  const stderrStream = stderr as unknown as NodeJS.WriteStream;
   let out = '';
   let err = '';
   stdout.on('data', (d: Buffer) => (out += d.toString()));
   stderr.on('data', (d: Buffer) => (err += d.toString()));
   const code = await main(args, {
     stdout,
-    stderr,
+    stderr: stderrStream,
     stdin: new PassThrough(),
     env: { PATH: process.env.PATH, TCAB_LOG_LEVEL: 'error', ...env },
   });
