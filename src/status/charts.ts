@@ -53,13 +53,14 @@ export function snapshotTimelineSvg(id: string, target: TargetStatus, now: numbe
   const span = Math.min(TIMELINE_SPAN_MS, Math.max(6 * HOUR, (now - oldest) * 1.02));
   const start = now - span;
   const shown = points.filter((p) => p.ms >= start);
-  const maxBytes = Math.max(1, ...shown.map((p) => p.artifactBytes ?? 0));
+  const barBytes = (p: (typeof shown)[number]) => p.artifactBytes ?? p.chunkListBytes ?? 0;
+  const maxBytes = Math.max(1, ...shown.map(barBytes));
   const step = niceBytesStep(maxBytes, 3);
   const yMax = Math.ceil(maxBytes / step) * step;
   const x = (ms: number) => m.l + ((ms - start) / span) * pw;
   const y = (bytes: number) => m.t + ph - (bytes / yMax) * ph;
   const desc = shown.length
-    ? `${shown.length} snapshot(s) from ${utcMinute(shown[shown.length - 1]!.ms)} to ${utcMinute(shown[0]!.ms)}; stored sizes from ${formatBytes(Math.min(...shown.map((p) => p.artifactBytes ?? 0)))} to ${formatBytes(maxBytes)}.`
+    ? `${shown.length} snapshot(s) from ${utcMinute(shown[shown.length - 1]!.ms)} to ${utcMinute(shown[0]!.ms)}; stored sizes from ${formatBytes(Math.min(...shown.map(barBytes)))} to ${formatBytes(maxBytes)}.`
     : 'No snapshot in this period.';
   const parts = [svgOpen(id, W, H, `Snapshot timeline of target ${target.name}`, desc)];
   for (let v = 0; v <= yMax + step / 2; v += step) {
@@ -76,8 +77,20 @@ export function snapshotTimelineSvg(id: string, target: TargetStatus, now: numbe
   const barW = Math.max(2, Math.min(12, (pw / Math.max(shown.length, 1)) * 0.6));
   shown.forEach((p, i) => {
     const cx = x(p.ms);
-    const label = `Snapshot ${p.id}, ${utcMinute(p.ms)}, ${p.artifactBytes === null ? 'artifact missing' : formatBytes(p.artifactBytes)}`;
-    if (p.artifactBytes === null) {
+    const chunked = p.artifactBytes === null && p.chunkListBytes !== undefined;
+    const size =
+      p.artifactBytes !== null
+        ? formatBytes(p.artifactBytes)
+        : chunked
+          ? `format 2: its chunk list ${formatBytes(p.chunkListBytes!)}, its chunks shared with other snapshots`
+          : 'artifact missing';
+    const label = `Snapshot ${p.id}, ${utcMinute(p.ms)}, ${size}`;
+    if (chunked) {
+      const top = y(p.chunkListBytes!);
+      parts.push(
+        `<rect x="${px(cx - barW / 2)}" y="${px(Math.min(top, m.t + ph - 3))}" width="${px(barW)}" height="${px(Math.max(3, m.t + ph - top))}" fill="${i === 0 ? COLOURS.barNewest : COLOURS.bar}"><title>${esc(label)}</title></rect>`,
+      );
+    } else if (p.artifactBytes === null) {
       parts.push(
         `<rect x="${px(cx - barW / 2)}" y="${m.t}" width="${px(barW)}" height="${ph}" fill="url(#hatch-critical)" stroke="${COLOURS.critical}"><title>${esc(label)}</title></rect>`,
       );

@@ -79,7 +79,16 @@ export interface TargetStatus {
   snapshots: {
     state: State;
     count: number;
-    totalArtifactBytes: number;
+    /**
+     * The bytes the target stores for the database's snapshots, from listings alone (no object is read): the
+     * format-1 artifacts, the format-2 chunk lists, and every chunk under chunks/<database>/ once, however many
+     * snapshots share it (chunks no snapshot names any more, until prune collects them, included). Manifests
+     * and records are not counted. Without the chunk listing (chunks null), artifacts and chunk lists only.
+     */
+    storedBytes: number;
+    /** The chunk store's listing: its chunks and their stored bytes; null when it could not be listed (chunksError). */
+    chunks: { count: number; bytes: number } | null;
+    chunksError?: string;
     newest: {
       id: string;
       createdAt: string;
@@ -90,7 +99,14 @@ export interface TargetStatus {
     } | null;
     oldest: { id: string; time: string } | null;
     /** Newest first, at most TIMELINE_LIMIT. */
-    timeline: Array<{ id: string; time: string; artifactBytes: number | null }>;
+    timeline: Array<{
+      id: string;
+      time: string;
+      /** Format 1: the artifact's size; null when neither an artifact nor a chunk list is listed (data missing). */
+      artifactBytes: number | null;
+      /** Format 2: the chunk list's size (its chunks are shared with other snapshots and counted in storedBytes). */
+      chunkListBytes?: number;
+    }>;
   };
   /** Age of the newest snapshot: what a restore from this target would lose at least, right now. */
   recoveryPointNowMs: number | null;
@@ -153,7 +169,10 @@ export interface TargetFacts {
   /** Set when the target could not be listed: nothing else is known. */
   error?: string;
   /** Newest first. */
-  snapshots: Array<{ id: string; time: Date; artifactBytes: number | undefined }>;
+  snapshots: Array<{ id: string; time: Date; artifactBytes: number | undefined; chunkListBytes?: number }>;
+  /** The listing of chunks/<database>/ (format 2): how many chunks and their stored bytes. */
+  chunks?: { count: number; bytes: number };
+  chunksError?: string;
   newestManifest?: Manifest;
   newestManifestError?: string;
   /** Newest first. */
@@ -223,7 +242,9 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
     snapshots: {
       state: 'ok',
       count: f.snapshots.length,
-      totalArtifactBytes: f.snapshots.reduce((n, s) => n + (s.artifactBytes ?? 0), 0),
+      storedBytes: f.snapshots.reduce((n, s) => n + (s.artifactBytes ?? 0) + (s.chunkListBytes ?? 0), 0) + (f.chunks?.bytes ?? 0),
+      chunks: f.chunks ?? null,
+      ...(f.chunksError ? { chunksError: f.chunksError } : {}),
       newest: newestSnapshot
         ? {
             id: newestSnapshot.id,
@@ -235,9 +256,12 @@ function judgeTarget(f: TargetFacts, t: MonitorThresholds, now: number, problems
           }
         : null,
       oldest: oldestSnapshot ? { id: oldestSnapshot.id, time: oldestSnapshot.time.toISOString() } : null,
-      timeline: f.snapshots
-        .slice(0, TIMELINE_LIMIT)
-        .map((s) => ({ id: s.id, time: s.time.toISOString(), artifactBytes: s.artifactBytes ?? null })),
+      timeline: f.snapshots.slice(0, TIMELINE_LIMIT).map((s) => ({
+        id: s.id,
+        time: s.time.toISOString(),
+        artifactBytes: s.artifactBytes ?? null,
+        ...(s.chunkListBytes !== undefined ? { chunkListBytes: s.chunkListBytes } : {}),
+      })),
     },
     recoveryPointNowMs: snapshotAge,
     drill: { state: 'ok', ageMs: null, lastSucceeded: null, lastFailed: null, recent: [] },

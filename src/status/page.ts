@@ -102,7 +102,7 @@ function targetSection(t: TargetStatus, thresholds: MonitorThresholds, now: numb
       'Snapshots',
       String(t.snapshots.count),
       null,
-      `${formatBytes(t.snapshots.totalArtifactBytes)} stored${newest?.artifactBytes != null ? `; newest ${formatBytes(newest.artifactBytes)}${newest.bytes != null ? ` (${formatBytes(newest.bytes)} restored)` : ''}` : ''}`,
+      `${storedText(t)}${newest?.artifactBytes != null ? `; newest ${formatBytes(newest.artifactBytes)}${newest.bytes != null ? ` (${formatBytes(newest.bytes)} restored)` : ''}` : ''}`,
     ),
     fact(
       'Last restore drill',
@@ -191,6 +191,16 @@ function postgresSection(p: PostgresStatus): string {
       : '') +
     '</section>'
   );
+}
+
+/** What the target stores for the snapshots, and, with format-2 chunks, how that was counted. */
+export function storedText(t: TargetStatus): string {
+  const { storedBytes, chunks, chunksError } = t.snapshots;
+  if (chunks && chunks.count > 0) {
+    return `${formatBytes(storedBytes)} stored (${formatBytes(chunks.bytes)} of it in ${chunks.count} chunk(s), each counted once however many snapshots share it)`;
+  }
+  if (chunksError) return `${formatBytes(storedBytes)} stored in artifacts and chunk lists (format-2 chunks not counted: ${chunksError})`;
+  return `${formatBytes(storedBytes)} stored`;
 }
 
 export function renderStatusPage(doc: StatusDocument): string {

@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { cp, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -95,6 +95,31 @@ async function copyOfFixture(name: string): Promise<string> {
   const dir = join(work, name);
   await cp(join(FIXTURE, 'target'), dir, { recursive: true });
   return dir;
+}
+
+/** Sizes of the files under `dir` whose relative path passes `keep`. */
+async function bytesUnder(dir: string, keep: (path: string) => boolean): Promise<{ files: number; bytes: number }> {
+  let files = 0;
+  let bytes = 0;
+  for (const path of await filesUnder(dir)) {
+    if (!keep(path)) continue;
+    files++;
+    bytes += (await stat(join(dir, path))).size;
+  }
+  return { files, bytes };
+}
+
+/** `tcab-backup status --json` gives the bytes of the folder's artifacts, chunk lists and chunks, each chunk once. */
+async function expectStatusCountsFolder(dir: string, env: Record<string, string>): Promise<void> {
+  const r = await cli(['status', '--json'], env);
+  const doc = JSON.parse(r.out) as {
+    targets: Array<{ snapshots: { storedBytes: number; chunks: { count: number; bytes: number } | null } }>;
+  };
+  const chunks = await bytesUnder(dir, (p) => p.startsWith('chunks/'));
+  const data = await bytesUnder(dir, (p) => p.startsWith('snapshots/') && !p.endsWith('.json'));
+  expect(chunks.files).toBeGreaterThan(0);
+  expect(doc.targets[0]!.snapshots.chunks).toEqual({ count: chunks.files, bytes: chunks.bytes });
+  expect(doc.targets[0]!.snapshots.storedBytes).toBe(chunks.bytes + data.bytes);
 }
 
 interface Listed {
@@ -218,6 +243,9 @@ describe('a target with the old format-1 snapshots and new format-2 ones', () =>
       expect(rowCounts(out).runs).toBe(snap.runs);
     }
 
+    // The status counts what the folder really holds: artifacts, chunk lists, and each chunk once.
+    await expectStatusCountsFolder(dir, env);
+
     await json(['verify', '--all'], env);
     // last=2 counts across both formats: the two newest format-2 snapshots stay, the oldest format-2 one
     // and the unpinned format-1 ones go, and the pinned format-1 snapshot stays by its pin.
@@ -228,6 +256,9 @@ describe('a target with the old format-1 snapshots and new format-2 ones', () =>
     expect(pruned.targets[0]!.rails.find((r) => r.rail === 'pinned')?.ids).toEqual(pinned);
     const after = (await json<Listed>(['list'], env)).targets[0]!.snapshots.map((s) => `${s.formatVersion} ${s.id}`);
     expect(after.sort()).toEqual([...pinned.map((id) => `1 ${id}`), `2 ${v2[1]!.id}`, `2 ${v2[2]!.id}`].sort());
+
+    // The pruned snapshot's chunks no other snapshot names stay until the grace has passed: still counted.
+    await expectStatusCountsFolder(dir, env);
 
     // What is left restores: the pinned format-1 snapshot and both format-2 ones (their shared chunks kept).
     for (const snap of [...expected.snapshots.filter((s) => s.pinned), v2[1]!, v2[2]!]) {

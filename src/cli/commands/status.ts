@@ -10,10 +10,9 @@ import { runMonitor } from '../../jobs/monitor/index.js';
 import type { State, StatusDocument } from '../../status/document.js';
 import { loadMonitorSettings } from '../../jobs/settings.js';
 import { openTargets } from '../../runtime.js';
-import { renderStatusPage } from '../../status/page.js';
+import { renderStatusPage, storedText } from '../../status/page.js';
 import { shortMs } from '../../status/svg.js';
 import { formatDuration } from '../../util/duration.js';
-import { formatBytes } from '../../util/format.js';
 import { interruptSignal as interruptible, parse, printJson, type Command } from '../command.js';
 
 const WORD: Record<State, string> = { ok: 'OK', warn: 'WARNING', critical: 'CRITICAL' };
@@ -27,7 +26,7 @@ function statusText(doc: StatusDocument): string {
     }
     const n = t.snapshots.newest;
     out.push(
-      `  target ${t.name} ${WORD[t.state]}: newest snapshot ${n ? `${formatDuration(n.ageMs)} ago (${n.id})` : 'none'}, ${t.snapshots.count} snapshot(s) ${formatBytes(t.snapshots.totalArtifactBytes)}; ` +
+      `  target ${t.name} ${WORD[t.state]}: newest snapshot ${n ? `${formatDuration(n.ageMs)} ago (${n.id})` : 'none'}, ${t.snapshots.count} snapshot(s), ${storedText(t)}; ` +
         `drill ${t.drill.lastSucceeded ? `${formatDuration(t.drill.ageMs!)} ago (${t.drill.lastSucceeded.checks?.method === 'stream' ? 'verified streaming' : 'restored'}${t.drill.lastSucceeded.app ? `, backend served ${t.drill.lastSucceeded.app.runsServed ?? 0} runs,` : ''} in ${shortMs(t.drill.lastSucceeded.recoveryTimeMs ?? 0)})` : 'never'}; ` +
         `verify ${t.verify.lastCleanRunAt ? `${formatDuration(t.verify.ageMs!)} ago` : 'never'}${t.verify.failing.length ? `, ${t.verify.failing.length} damaged` : ''}` +
         `${t.verify.unreadable?.length ? `, ${t.verify.unreadable.length} unreadable` : ''}`,

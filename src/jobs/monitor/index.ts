@@ -7,6 +7,7 @@
  */
 import { listCatalog, readManifest } from '../../catalog/catalog.js';
 import { statusKey } from '../../catalog/layout.js';
+import { listChunks } from '../../catalog/chunk-store.js';
 import { TcabError, errorMessage } from '../../errors.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { writeRecord } from '../../catalog/records.js';
@@ -133,7 +134,12 @@ async function readTargetFacts(target: Target, database: string, signal: AbortSi
   const facts: TargetFacts = { name: target.name, url: target.url, snapshots: [], drills: [] };
   try {
     const listing = await listCatalog(target, database, { signal });
-    facts.snapshots = listing.snapshots.map((s) => ({ id: s.id, time: s.time, artifactBytes: s.artifact?.size }));
+    facts.snapshots = listing.snapshots.map((s) => ({
+      id: s.id,
+      time: s.time,
+      artifactBytes: s.artifact?.size,
+      ...(s.chunkList ? { chunkListBytes: s.chunkList.size } : {}),
+    }));
   } catch (e) {
     facts.error = signal.aborted ? `no answer within ${Math.round(timeoutMs / 1000)} s` : errorMessage(e);
     return facts;
@@ -155,6 +161,17 @@ async function readTargetFacts(target: Target, database: string, signal: AbortSi
       },
       (e: unknown) => {
         facts.drills = [{ drillId: '(listing)', error: errorMessage(e) }];
+      },
+    ),
+    // One listing of the chunk store (no chunk is read), so the status counts what the target really stores.
+    listChunks(target, database, { signal }).then(
+      (chunks) => {
+        let bytes = 0;
+        for (const c of chunks.values()) bytes += c.bytes;
+        facts.chunks = { count: chunks.size, bytes };
+      },
+      (e: unknown) => {
+        facts.chunksError = errorMessage(e);
       },
     ),
     readVerifyRecord(target, database, signal).then(
