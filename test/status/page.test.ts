@@ -258,3 +258,39 @@ describe('status page in headless Chromium', () => {
       await writeFile(join(process.env.TCAB_KEEP_SCREENSHOTS, 'status-real.png'), await readFile(join(out, 'real.png')));
   });
 });
+
+describe('status page of a target holding format-2 snapshots', () => {
+  const now = Date.parse('2026-12-03T12:00:00Z');
+  const facts = (extra: Partial<TargetFacts>): TargetFacts => ({
+    name: 'local',
+    url: 'file:///backups',
+    snapshots: [
+      { id: idAt(now - 5 * 60_000, 2), time: new Date(now - 5 * 60_000), artifactBytes: undefined, chunkListBytes: 90_000 },
+      { id: idAt(now - 10 * 60_000, 1), time: new Date(now - 10 * 60_000), artifactBytes: undefined, chunkListBytes: 89_000 },
+      { id: idAt(now - HOUR, 0), time: new Date(now - HOUR), artifactBytes: 27_000_000 },
+    ],
+    drills: [],
+    ...extra,
+  });
+  const doc = (f: TargetFacts) => buildStatusDocument({ database: DATABASE, now: new Date(now), thresholds, targets: [f] });
+
+  it('counts the artifacts, the chunk lists and every chunk once, and draws a format-2 snapshot by its chunk list', () => {
+    const d = doc(facts({ chunks: { count: 1300, bytes: 27_500_000 } }));
+    expect(d.targets[0]!.snapshots.storedBytes).toBe(27_000_000 + 90_000 + 89_000 + 27_500_000);
+    expect(d.targets[0]!.snapshots.chunks).toEqual({ count: 1300, bytes: 27_500_000 });
+    const html = renderStatusPage(d);
+    expect(html).toContain('in 1300 chunk(s), each counted once however many snapshots share it');
+    expect(html).not.toContain('artifact missing');
+    expect(html.match(/format 2: its chunk list [^,<]+, its chunks shared with other snapshots/g)).toHaveLength(2);
+  });
+
+  it('says the chunks were not counted when their listing failed, and a snapshot with no data object is missing', () => {
+    const f = facts({ chunksError: 'list chunks/tcab/ failed: 503' });
+    f.snapshots.push({ id: idAt(now - 2 * HOUR, 3), time: new Date(now - 2 * HOUR), artifactBytes: undefined });
+    const d = doc(f);
+    expect(d.targets[0]!.snapshots.storedBytes).toBe(27_000_000 + 90_000 + 89_000);
+    const html = renderStatusPage(d);
+    expect(html).toContain('(format-2 chunks not counted: list chunks/tcab/ failed: 503)');
+    expect(html.match(/artifact missing/g)).toHaveLength(1);
+  });
+});
