@@ -1,5 +1,5 @@
 /**
- * One run of our side: `node dist/src/cli/main.js snapshot --json` as its own process, against the agent
+ * One run of our side: `node dist/src/cli/main.js snapshot --format 1 --json` as its own process, against the agent
  * process, storing on two file targets. Its wall time is the figure compared with the shell recipe. After
  * it, each target is checked by hand, independently of our code: the stored manifest parses, and the stored
  * artifact's sha256 and size, computed here, equal what that manifest says.
@@ -125,7 +125,7 @@ export async function runOurSnapshot(agent: AgentProcess, folder: string, keep: 
     // info, for the agent.snapshot_created line that says how long the agent took as seen from the client.
     TCAB_LOG_LEVEL: 'info',
   };
-  const finished = await runWatched(process.execPath, [cliPath(), 'snapshot', '--reason', 'benchmark', '--json'], { env });
+  const finished = await runWatched(process.execPath, [cliPath(), 'snapshot', '--format', '1', '--reason', 'benchmark', '--json'], { env });
   let answer: ClientAnswer | undefined;
   try {
     answer = JSON.parse(finished.stdout) as ClientAnswer;

@@ -77,10 +77,10 @@ param r2AccessKeyId string = ''
 param r2SecretAccessKey string = ''
 
 @description('Retention of the Azure Blob target (TCAB_BACKUP_RETENTION_BLOB).')
-param retentionBlob retentionPolicy = { hourly: 24, daily: 14, weekly: 8, monthly: 12 }
+param retentionBlob retentionPolicy = { last: 24, hourly: 24, daily: 14, weekly: 8, monthly: 12 }
 
 @description('Retention of the R2 target (TCAB_BACKUP_RETENTION_R2).')
-param retentionR2 retentionPolicy = { hourly: 24, daily: 14, weekly: 8, monthly: 12 }
+param retentionR2 retentionPolicy = { last: 24, hourly: 24, daily: 14, weekly: 8, monthly: 12 }
 
 @minValue(1)
 @maxValue(365)
@@ -106,7 +106,7 @@ param previousVersionDeleteAfterDays int = 7
 
 // ---- Schedules (NCRONTAB, six fields, UTC) and the absence alerts that watch them -----------------
 
-param snapshotSchedule string = '0 0 * * * *'
+param snapshotSchedule string = '0 */5 * * * *'
 param replicateSchedule string = '0 20 * * * *'
 param pruneSchedule string = '0 45 * * * *'
 param verifySchedule string = '0 0 5 * * *'
@@ -118,7 +118,7 @@ param pgDrillSchedule string = '0 */10 * * * *'
 
 @minValue(1)
 @description('Minutes between two snapshots as snapshotSchedule makes them; turns retention "last" into days.')
-param snapshotIntervalMinutes int = 60
+param snapshotIntervalMinutes int = 5
 
 @description('Absence alerts: minutes without the job\'s success event before an alert (interval plus grace; at most 2880).')
 param alertAfterMinutes {
@@ -137,7 +137,7 @@ param alertAfterMinutes {
   @minValue(15)
   @maxValue(2880)
   pgCheck: int
-} = { snapshot: 90, verify: 1560, drill: 1560, monitor: 30, pgCheck: 180 }
+} = { snapshot: 30, verify: 1560, drill: 1560, monitor: 30, pgCheck: 180 }
 
 // ---- Postgres mode (off while pgServerIds is empty) -----------------------------------------------
 

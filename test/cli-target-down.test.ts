@@ -1,6 +1,6 @@
 /**
  * One target failing while a snapshot of several parts streams into every target, as an operator meets it:
- * `tcab-backup snapshot --json` in its own process, a real agent, a healthy file target beside a dead one.
+ * `tcab-backup snapshot --format 1 --json` in its own process, a real agent, a healthy file target beside a dead one.
  * The snapshot must be stored whole on the healthy target and the command must fail naming the dead one;
  * it must never stop early and exit 0 with nothing said.
  */
@@ -89,10 +89,10 @@ const DEAD: Array<{ why: string; url: () => string; env: Record<string, string> 
   },
 ];
 
-describe('tcab-backup snapshot with one target down', () => {
+describe('tcab-backup snapshot --format 1 with one target down', () => {
   it.each(DEAD)('stores the snapshot whole on the healthy target and exits 1 naming the dead one when $why', async ({ url, env }) => {
     const good = join(work, `good-${randomBytes(4).toString('hex')}`);
-    const r = await cli(['snapshot', '--json'], { TCAB_BACKUP_TARGETS: `good=file://${good},dead=${url()}`, ...env });
+    const r = await cli(['snapshot', '--format', '1', '--json'], { TCAB_BACKUP_TARGETS: `good=file://${good},dead=${url()}`, ...env });
 
     expect(r.status, r.stderr).toBe(1);
     expect(r.stderr).toMatch(/tcab-backup snapshot failed: Snapshot \S+ failed on 1 of 2 target\(s\): "dead" \(upload failed: /);

@@ -1,8 +1,9 @@
 /**
  * `npm run demo`: the whole snapshot path on one machine, nothing to configure. It creates a sample TCAB
  * database, starts the snapshot agent on loopback with a fresh key, starts Azurite and an S3 server
- * in-process, and then runs the real CLI: snapshot to a file target, Azurite and S3; list; restore the
- * latest and verify it; verify every stored copy; drill every target, with the application drill: the agent
+ * in-process, and then runs the real CLI: snapshot to a file target, Azurite and S3 in the default format
+ * (2: deduplicated chunks), then again after runs are published, uploading only the chunks that changed; list;
+ * restore the latest and verify it; verify every stored copy; drill every target, with the application drill: the agent
  * starts a stand-in backend (src/dev/standin-backend.ts, run built from dist) on each restored copy and checks
  * /healthz and /runs. Everything is removed at the end unless --keep is given.
  */
@@ -14,6 +15,8 @@ import { fileURLToPath } from 'node:url';
 import { PassThrough } from 'node:stream';
 import { BlobServiceClient } from '@azure/storage-blob';
 import { startAgent } from '../agent/run.js';
+import type { ManifestV1 } from '../catalog/manifest.js';
+import type { ManifestV2 } from '../catalog/manifest-v2.js';
 import { main as cli } from '../cli/main.js';
 import { createLogger } from '../log.js';
 import { createSampleDatabase } from '../dev/sample-db.js';
@@ -35,6 +38,44 @@ async function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<string> {
   const code = await cli(args, { stdout, stderr: process.stderr, stdin: process.stdin, env });
   if (code !== 0) throw new Error(`tcab-backup ${args.join(' ')} exited with ${code}:\n${out}`);
   return out;
+}
+
+interface DemoTargetOutcome {
+  target: string;
+  ok: boolean;
+  chunks?: { total: number; distinct: number; new: number; reused: number };
+  uploadedBytes?: number;
+}
+
+/** What `tcab-backup snapshot --json` stored: its format, and per target the chunks (format 2) or the artifact (format 1). */
+function sayUploads(snap: { manifest: ManifestV1 | ManifestV2; targets: DemoTargetOutcome[]; totalMs: number }, what: string): void {
+  const m = snap.manifest;
+  const mb = (bytes: number) => `${(bytes / 1e6).toFixed(2)} MB`;
+  if (m.formatVersion !== 2) {
+    say(
+      `   ${m.id}: format ${m.formatVersion}, ${mb(m.snapshot.bytes)} -> ${mb(m.artifact.bytes)} ${m.artifact.compression} on each target, in ${snap.totalMs} ms`,
+    );
+    return;
+  }
+  say(
+    `   ${m.id}: format 2, ${mb(m.snapshot.bytes)} in ${m.chunkList.count} chunks (${mb(m.stored.bytes)} zstd), in ${snap.totalMs} ms; uploaded (${what}):`,
+  );
+  for (const t of snap.targets) {
+    say(`     ${t.target}: ${t.chunks?.new ?? 0} new chunks, ${mb(t.uploadedBytes ?? 0)}; ${t.chunks?.reused ?? 0} already there`);
+  }
+}
+
+/** Publishes `count` runs on the live database, as the backend does between two snapshots. */
+function publishRuns(dbPath: string, count: number): number {
+  const db = openDatabase(dbPath, { mustExist: true });
+  try {
+    db.exec(
+      `INSERT INTO runs (slug, title, published_at, record) SELECT slug || '-demo', title, published_at, record FROM runs ORDER BY id DESC LIMIT ${count}`,
+    );
+  } finally {
+    db.close();
+  }
+  return count;
 }
 
 async function demo(): Promise<void> {
@@ -90,12 +131,20 @@ async function demo(): Promise<void> {
       TCAB_BACKUP_AGENT_KEY: key,
     };
 
-    say('4. tcab-backup snapshot --reason demo --pin');
-    const snap = JSON.parse(await runCli(['snapshot', '--reason', 'demo', '--pin', '--json'], env));
-    const m = snap.manifest;
-    say(
-      `   ${m.id}: ${(m.snapshot.bytes / 1e6).toFixed(1)} MB -> ${(m.artifact.bytes / 1e6).toFixed(1)} MB ${m.artifact.compression}, on ${snap.targets.map((t: { target: string }) => t.target).join(', ')} in ${snap.totalMs} ms`,
-    );
+    say('4. tcab-backup snapshot --reason demo --pin   (TCAB_BACKUP_FORMAT not set: format 2, the default)');
+    sayUploads(JSON.parse(await runCli(['snapshot', '--reason', 'demo', '--pin', '--json'], env)), 'an empty target: every chunk');
+
+    const published = publishRuns(dbPath, 15);
+    const runsNow = sample.runs + published;
+    say(`   ${published} runs published on the live database, then tcab-backup snapshot --reason "after ${published} runs"`);
+    const second = JSON.parse(await runCli(['snapshot', '--reason', `after ${published} runs`, '--json'], env));
+    sayUploads(second, 'only the chunks the targets lack');
+    const perTarget = second.targets.map((t: DemoTargetOutcome) => t.chunks?.new ?? 0);
+    if (perTarget.some((n: number) => n >= second.manifest.chunkList.count)) {
+      throw new Error(
+        `the second snapshot uploaded every chunk again (${perTarget.join(', ')} of ${second.manifest.chunkList.count}): nothing was deduplicated`,
+      );
+    }
 
     say('5. tcab-backup list');
     process.stdout.write((await runCli(['list'], env)).trimEnd().replace(/^/gm, '   ') + '\n');
@@ -106,7 +155,7 @@ async function demo(): Promise<void> {
     const db = openDatabase(restored, { readOnly: true });
     const runs = firstValue<number>(db, 'SELECT count(*) FROM runs');
     db.close();
-    if (runs !== sample.runs) throw new Error(`restored database has ${runs} runs, the sample has ${sample.runs}`);
+    if (runs !== runsNow) throw new Error(`restored database has ${runs} runs, the live database has ${runsNow}`);
     say(`   restored ${r.id} from "${r.target}" in ${r.durationMs} ms: sha256 ok, integrity_check ok, ${runs} runs as in the source`);
 
     say('7. tcab-backup verify');
@@ -117,14 +166,16 @@ async function demo(): Promise<void> {
     const drilled = await runCli(['drill', '--app'], env);
     process.stdout.write(drilled.trimEnd().replace(/^/gm, '   ') + '\n');
     const served = drilled.match(/backend started and served \d+ runs/g) ?? [];
-    if (served.length !== 3 || !served.every((line) => line === `backend started and served ${sample.runs} runs`)) {
-      throw new Error(`the application drill did not show the backend serving all ${sample.runs} runs on every target:\n${drilled}`);
+    if (served.length !== 3 || !served.every((line) => line === `backend started and served ${runsNow} runs`)) {
+      throw new Error(`the application drill did not show the backend serving all ${runsNow} runs on every target:\n${drilled}`);
     }
 
     say('9. tcab-backup status');
     process.stdout.write((await runCli(['status'], env)).trimEnd().replace(/^/gm, '   ') + '\n');
 
-    say('\nDemo passed: one snapshot on three targets, restored, verified and drilled, and the backend started on each copy.');
+    say(
+      '\nDemo passed: two format-2 snapshots on three targets (the second uploading only what changed), restored, verified and drilled, and the backend started on each copy.',
+    );
     if (keep) say(`Kept ${work} (the servers are stopped).`);
   } finally {
     for (const stop of stops.reverse()) await stop().catch(() => undefined);

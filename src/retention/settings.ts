@@ -11,10 +11,11 @@ import { COUNT_RULES, WITHIN_RULES, isEmptyPolicy, policyProblems, type Retentio
 import type { RetentionRailSettings } from './rails.js';
 
 /**
- * The default policy, for a snapshot every hour: two days of hours (an incident found the next working day
- * can still be undone to the hour), two weeks of days, two months of weeks, a year of months, and one
- * snapshot of every year for good (the runs database is a system of record, and one file a year costs next to
- * nothing). About 80 snapshots per target once a year has passed.
+ * The default policy, for the default snapshot every 5 minutes: the last 24 snapshots (two hours at 5 minutes:
+ * a mistake noticed soon is undone to the 5 minutes), then two days of hours (an incident found the next
+ * working day can still be undone to the hour), two weeks of days, two months of weeks, a year of months, and
+ * one snapshot of every year for good (the runs database is a system of record, and one file a year costs next
+ * to nothing). About 100 snapshots per target once a year has passed, 24 more than the hourly rules alone.
  */
 export const RETENTION_SETTINGS = defineSettings([
   {
@@ -22,7 +23,7 @@ export const RETENTION_SETTINGS = defineSettings([
     side: 'backup',
     requiredInAzure: false,
     secret: false,
-    default: 'hourly=48,daily=14,weekly=8,monthly=12,yearly=-1',
+    default: 'last=24,hourly=48,daily=14,weekly=8,monthly=12,yearly=-1',
     description:
       'Retention policy of one target (restic forget semantics, UTC), comma-separated rules: last, hourly, daily, weekly (ISO weeks), monthly, yearly = a count or -1 (unlimited); within, withinHourly, withinDaily, withinWeekly, withinMonthly, withinYearly = a duration in y, m (months), d, h like 1y2m3d4h, measured back from the newest snapshot; tags = tag lists separated by ";", tags of one list joined by "+" (pinned;release+v1 keeps snapshots tagged pinned, or tagged both release and v1). E.g. last=3,hourly=24,daily=14,weekly=8,monthly=12,yearly=-1.',
   },

@@ -32,6 +32,8 @@ function setEnv(agentUrl: string): void {
   process.env.TCAB_BACKUP_AGENT_KEY_ID = 'functions';
   process.env.TCAB_BACKUP_AGENT_KEY = key;
   process.env.TCAB_BACKUP_SNAPSHOT_SCHEDULE = '0 0 * * * *';
+  // The tests below check format 1's artifact unless they say otherwise; the default (2) is tested by the timer.
+  process.env.TCAB_BACKUP_FORMAT = '1';
   resetBackupConfig();
 }
 
@@ -121,8 +123,7 @@ describe('snapshotHttp', () => {
       const target = openTarget({ kind: 'file', name: 'local', displayUrl: 'file://', path: join(work, 'backups') });
       expect((await readManifest(target, 'tcab', second.manifest.id)).formatVersion).toBe(2);
     } finally {
-      delete process.env.TCAB_BACKUP_FORMAT;
-      resetBackupConfig();
+      setEnv(agent.url);
     }
   });
 
@@ -150,7 +151,9 @@ describe('snapshotHttp', () => {
 });
 
 describe('snapshotTimer', () => {
-  it('stores a timer snapshot on the target', async () => {
+  it('stores a timer snapshot on the target, in format 2 when TCAB_BACKUP_FORMAT is not set', async () => {
+    delete process.env.TCAB_BACKUP_FORMAT;
+    resetBackupConfig();
     await registration('snapshotTimer').handler(
       { isPastDue: false, schedule: { adjustForDST: false }, scheduleStatus: { last: '', next: '', lastUpdated: '' } },
       context('snapshotTimer'),
@@ -158,7 +161,8 @@ describe('snapshotTimer', () => {
     const target = openTarget({ kind: 'file', name: 'local', displayUrl: 'file://', path: join(work, 'backups') });
     const { snapshots } = await listCatalog(target, 'tcab');
     const manifests = await Promise.all(snapshots.map((s) => readManifest(target, 'tcab', s.id)));
-    expect(manifests.some((m) => m.trigger.kind === 'timer')).toBe(true);
+    const timed = manifests.filter((m) => m.trigger.kind === 'timer');
+    expect(timed.map((m) => m.formatVersion)).toEqual([2]);
     expect(logs.some((l) => l.includes('"event":"snapshot.completed"'))).toBe(true);
     expect(await readdir(join(work, 'staging'))).toEqual([]);
   });

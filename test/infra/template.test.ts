@@ -222,8 +222,14 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(r2.kind === 's3' && r2.r2 && r2.bucket).toBe('tcab-backups');
     expect(config.agent.url.href).toBe('https://10.0.1.4:8787/');
     expect(loadTargetsConfig(resolved(env)).database).toBe('tcab');
-    expect(parseRetentionPolicy(env.TCAB_BACKUP_RETENTION_BLOB!)).toMatchObject({ hourly: 24, daily: 14, weekly: 8, monthly: 12 });
-    expect(parseRetentionPolicy(env.TCAB_BACKUP_RETENTION_R2!)).toMatchObject({ hourly: 24, daily: 14, weekly: 8, monthly: 12 });
+    expect(parseRetentionPolicy(env.TCAB_BACKUP_RETENTION_BLOB!)).toMatchObject({
+      last: 24,
+      hourly: 24,
+      daily: 14,
+      weekly: 8,
+      monthly: 12,
+    });
+    expect(parseRetentionPolicy(env.TCAB_BACKUP_RETENTION_R2!)).toMatchObject({ last: 24, hourly: 24, daily: 14, weekly: 8, monthly: 12 });
     const pgCheck = loadPgCheckConfig(resolved(env));
     expect(pgCheck.servers).toHaveLength(2);
     expect(pgCheck.policy.minRetentionDays).toBe(7);
@@ -336,7 +342,7 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
     expect(snapshots.definition.filters.prefixMatch).toEqual(['tcab/snapshots/']);
     expect(snapshots.definition.actions.baseBlob.tierToCool.daysAfterModificationGreaterThan).toBe(30);
     // monthly=12 reaches back at most 12 x 31 days.
-    expect(env.TCAB_BACKUP_RETENTION_BLOB).toBe('daily=14,hourly=24,monthly=12,weekly=8');
+    expect(env.TCAB_BACKUP_RETENTION_BLOB).toBe('daily=14,hourly=24,last=24,monthly=12,weekly=8');
     expect(snapshots.definition.actions.baseBlob.delete.daysAfterModificationGreaterThan).toBeGreaterThan(12 * 31);
     const versions = rules.find((r: any) => r.name === 'previous-versions');
     expect(versions.definition.actions.version.delete.daysAfterCreationGreaterThan).toBe(7);
@@ -406,8 +412,8 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
       expect(absence(event)[0]!.properties.criteria.allOf[0].threshold).toBe(1);
     }
     const snapshotRule = absence('snapshot.completed')[0]!;
-    expect(snapshotRule.properties.overrideQueryTimeRange).toBe('PT90M');
-    expect(query(snapshotRule)).toContain('ago(90m)');
+    expect(snapshotRule.properties.overrideQueryTimeRange).toBe('PT30M');
+    expect(query(snapshotRule)).toContain('ago(30m)');
     const critical = rules.filter((r) => query(r).includes('tostring(e.state) == "critical"'));
     expect(critical).toHaveLength(1);
     expect(critical[0]!.properties.criteria.allOf[0]).toMatchObject({ operator: 'GreaterThan', threshold: 0 });

@@ -28,8 +28,10 @@ describe('infra: the lifecycle backstop never deletes what retention keeps', () 
   // Three compilations in one test: on a loaded 2-core machine each takes up to 40 s.
   it('counts every rule: weekly=60 reaches 420 days, last=2000 hourly snapshots 84 days', { timeout: 180_000 }, async () => {
     await expect(lifecycleDelete('weekly-horizon', { retentionBlob: { weekly: 60 }, deleteAfterDays: 400 })).rejects.toThrow(/420 days/);
-    await expect(lifecycleDelete('last-horizon', { retentionBlob: { last: 2000 }, deleteAfterDays: 84 })).rejects.toThrow(/84 days/);
-    expect(await lifecycleDelete('last-ok', { retentionBlob: { last: 2000 }, deleteAfterDays: 85 })).toBe(85);
+    await expect(
+      lifecycleDelete('last-horizon', { retentionBlob: { last: 2000 }, snapshotIntervalMinutes: 60, deleteAfterDays: 84 }),
+    ).rejects.toThrow(/84 days/);
+    expect(await lifecycleDelete('last-ok', { retentionBlob: { last: 2000 }, snapshotIntervalMinutes: 60, deleteAfterDays: 85 })).toBe(85);
   });
 
   it('refuses lifecycle deletion under an unlimited (-1) rule, and drops the delete action when it is off', async () => {

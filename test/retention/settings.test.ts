@@ -106,6 +106,30 @@ describe('the default policy', () => {
   });
 });
 
+describe('the defaults for a snapshot every 5 minutes', () => {
+  it('keep the last 24 snapshots (two hours), then the newest of each hour, day, week, month and year', () => {
+    const newest = Date.parse('2026-11-24T16:55:00Z');
+    const FIVE_MINUTES = 300_000;
+    // A year of snapshots every 5 minutes, as the default TCAB_BACKUP_SNAPSHOT_SCHEDULE makes them.
+    const history = Array.from({ length: 365 * 288 }, (_, i) => ({ id: `s${i}`, time: new Date(newest - i * FIVE_MINUTES), tags: [] }));
+    const plan = planRetention(history, DEFAULT_RETENTION_POLICY, new Date(newest + 60_000));
+    const kept = new Set(plan.keep.map((k) => k.id));
+    for (let i = 0; i < 24; i++) expect(kept.has(`s${i}`), `s${i}, ${i * 5} minutes before the newest`).toBe(true);
+    // The last 24 reach back to 15:00; 14:55, the newest of its hour, stays by the hourly rule, 14:50 goes.
+    expect(kept.has('s24')).toBe(true);
+    expect(kept.has('s25')).toBe(false);
+    // 98 in all: 24 more than hourly snapshots with the calendar rules alone keep (76, README "What it costs").
+    expect(plan.keep).toHaveLength(98);
+  });
+
+  it('are TCAB_BACKUP_FORMAT=2 and a snapshot every 5 minutes', () => {
+    const doc = (name: string) => SETTINGS.find((s) => s.name === name);
+    expect(doc('TCAB_BACKUP_FORMAT')?.default).toBe('2');
+    expect(doc('TCAB_BACKUP_SNAPSHOT_SCHEDULE')?.default).toBe('0 */5 * * * *');
+    expect(DEFAULT_RETENTION_POLICY_TEXT).toBe('last=24,hourly=48,daily=14,weekly=8,monthly=12,yearly=-1');
+  });
+});
+
 describe('loadRetentionConfig', () => {
   it('gives each target its own policy, or the default, and the rails their defaults', () => {
     const config = loadRetentionConfig({ TCAB_BACKUP_RETENTION_BLOB: 'daily=7', TCAB_BACKUP_RETENTION_R2_EU: 'last=2' }, [

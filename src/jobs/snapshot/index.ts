@@ -33,7 +33,7 @@ export interface SnapshotRequest {
   pin?: boolean;
   tags?: string[];
   compression?: Compression | 'auto';
-  /** 1 (one artifact) or 2 (deduplicated chunks, docs/format-2.md); TCAB_BACKUP_FORMAT. Default 1. */
+  /** 1 (one artifact) or 2 (deduplicated chunks, docs/format-2.md). Default 1 here; the CLI and the functions pass TCAB_BACKUP_FORMAT (default 2). */
   format?: 1 | 2;
   signal?: AbortSignal;
 }
