@@ -4,6 +4,7 @@
  * snapshots restore to their exact files there; a damaged source chunk is never copied (another source is
  * taken when there is one); a destination failing mid-chunks fails the job naming the chunk, without a manifest.
  */
+import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { listCatalog, readManifest } from '../../src/catalog/catalog.js';
@@ -178,5 +179,84 @@ describe('chunks the destination already holds', () => {
     const renewedOne = [...refsB].find((h) => refsA.has(h))!;
     expect(after.get(renewedOne)!.lastModified.getTime()).toBeGreaterThan(before.get(renewedOne)!.lastModified.getTime());
     await restoresExactly(old, b.manifest.id, files.second, 'renewed-b.sqlite');
+  });
+});
+
+describe('renewal records', () => {
+  /** The renewal records on a folder target (the folder goes with its last record). */
+  const recordsIn = (dir: string): Promise<string[]> =>
+    readdir(join(dir, 'renewals', 'tcab')).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return [];
+      throw e;
+    });
+
+  it('records the chunks renewed near G, and a run J later copies one a prune deleted back from the source', async () => {
+    const { target: source } = await world.folder('local');
+    const { target: dest, dir } = await world.folder('renewed');
+    const a = await storeFileAsV2(source, 'tcab', files.first, { createdAt: new Date(Date.now() - 60_000) });
+    await runReplicate({ targets: [source, dest], database: 'tcab' });
+    const b = await storeFileAsV2(source, 'tcab', files.second, { createdAt: new Date(Date.now() - 30_000) });
+    const refsA = new Set((await chunkRefs(source, a.manifest)).map((r) => r[0]));
+    const shared = (await chunkRefs(source, b.manifest)).filter((r) => refsA.has(r[0]));
+    // G of 2 s and J of 200 ms: 1.7 s later the destination's chunks are older than G - 2J (1.6 s).
+    await new Promise((r) => setTimeout(r, 1700));
+    const short = { chunkGraceMs: 2000, chunkJobTimeoutMs: 200 };
+    const renewing = await runReplicate({ targets: [source, dest], database: 'tcab', ...short });
+    expect(renewing.targets.find((t) => t.target === 'renewed')!.copied[0]!.chunks!.renewed).toBe(shared.length);
+    const records = await recordsIn(dir);
+    expect(records).toHaveLength(1);
+    const record = JSON.parse(await readFile(join(dir, 'renewals', 'tcab', records[0]!), 'utf8'));
+    expect(record).toMatchObject({ writer: 'replicate', snapshot: b.manifest.id, jobTimeoutMs: 200 });
+    expect(new Set(record.chunks)).toEqual(new Set(shared.map((r) => r.join(' '))));
+
+    // A run less than J after the record (J of 25 minutes) copies nothing and leaves it pending.
+    const early = await runReplicate({ targets: [source, dest], database: 'tcab' });
+    expect(early.copied).toBe(0);
+    expect(early.targets.find((t) => t.target === 'renewed')!.renewals).toMatchObject({ records: 1, pending: 1, settled: 0 });
+    expect(await recordsIn(dir)).toEqual(records);
+
+    // A prune that listed a shared chunk as old before the renewal deletes it after: the next run J later finds
+    // it gone, copies it back from the source, and deletes the record; the snapshot restores there again.
+    const victim = shared[Math.floor(shared.length / 2)]![0];
+    await rm(join(dir, chunkKey('tcab', victim)));
+    await new Promise((r) => setTimeout(r, 250));
+    const later = await runReplicate({ targets: [source, dest], database: 'tcab', chunkJobTimeoutMs: 200 });
+    expect(later.copied).toBe(0);
+    expect(later.targets.find((t) => t.target === 'renewed')!.renewals).toMatchObject({
+      records: 1,
+      pending: 0,
+      settled: 1,
+      rewritten: 1,
+      lost: [],
+    });
+    expect((await listChunks(dest, 'tcab')).has(victim)).toBe(true);
+    expect(await recordsIn(dir)).toEqual([]);
+    await restoresExactly(dest, b.manifest.id, files.second, 'renewal-record-b.sqlite');
+  });
+
+  it('fails naming a recorded chunk no target holds and the snapshots naming it, keeping the record', async () => {
+    const { target: source } = await world.folder('local');
+    const { target: dest, dir } = await world.folder('gone');
+    const a = await storeFileAsV2(source, 'tcab', files.first, { createdAt: new Date(Date.now() - 60_000) });
+    await runReplicate({ targets: [source, dest], database: 'tcab' });
+    const b = await storeFileAsV2(source, 'tcab', files.second, { createdAt: new Date(Date.now() - 30_000) });
+    await new Promise((r) => setTimeout(r, 1700));
+    await runReplicate({ targets: [source, dest], database: 'tcab', chunkGraceMs: 2000, chunkJobTimeoutMs: 200 });
+    const records = await recordsIn(dir);
+    const refsA = new Set((await chunkRefs(source, a.manifest)).map((r) => r[0]));
+    const victim = (await chunkRefs(source, b.manifest)).find((r) => refsA.has(r[0]))![0];
+    // Gone from both targets: nothing can copy it back.
+    await rm(join(dir, chunkKey('tcab', victim)));
+    await source.delete(chunkKey('tcab', victim));
+    await new Promise((r) => setTimeout(r, 250));
+    const err = await runReplicate({ targets: [source, dest], database: 'tcab', chunkJobTimeoutMs: 200 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ReplicateFailedError);
+    const message = (err as Error).message;
+    expect(message).toContain(chunkKey('tcab', victim));
+    expect(message).toContain('"gone"');
+    expect(message).toContain(a.manifest.id);
+    expect(message).toContain(b.manifest.id);
+    expect((err as ReplicateFailedError).hint).toContain('verify');
+    expect(await recordsIn(dir)).toEqual(records);
   });
 });
