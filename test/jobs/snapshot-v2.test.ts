@@ -22,6 +22,7 @@ import { createLogger } from '../../src/log.js';
 import type { Target } from '../../src/targets/target.js';
 import { openDatabase } from '../../src/util/sqlite.js';
 import { agentConfig, KEY, KEY_ID } from '../agent/helpers.js';
+import { FaultTarget } from '../support/fault-target.js';
 import { blobTarget, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
@@ -217,6 +218,26 @@ describe('format-2 snapshot job', () => {
     expect(outcome(settled, 'lost').renewals).toMatchObject({ records: 1, settled: 1, lost: [] });
     expect(await recordsIn(dir)).toEqual([]);
     await restoreAndCheck(target, first, 'lost-first.sqlite');
+  });
+
+  it('writes no manifest on a target whose renewal record cannot be written, and fails naming it', async () => {
+    const bad = await world.folder('rec-bad');
+    const good = await world.folder('rec-good');
+    const first = await snapshot([bad.target, good.target]);
+    await new Promise((r) => setTimeout(r, 1700));
+    const faulty = new FaultTarget(bad.target, { op: 'put', keys: /^renewals\//, point: { at: 'start' }, kind: 'error' });
+    const err = await snapshot([faulty, good.target], { graceMs: 2000, jobTimeoutMs: 200 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SnapshotFailedError);
+    const message = (err as Error).message;
+    expect(message).toContain('"rec-bad"');
+    expect(message).toMatch(/Recording \d+ renewed chunk\(s\) of snapshot/);
+    expect(message).toContain('stored on "rec-good"');
+    const result = (err as SnapshotFailedError).result as SnapshotResultV2;
+    // The manifest relies on the record: without it there is no snapshot on that target.
+    expect((await listCatalog(bad.target, 'tcab')).snapshots.map((s) => s.id)).toEqual([first.manifest.id]);
+    expect(await recordsIn(bad.dir)).toEqual([]);
+    expect(outcome(result, 'rec-good').ok).toBe(true);
+    expect(await recordsIn(good.dir)).toHaveLength(1);
   });
 
   it('fails the job naming a target that fails mid-chunks, while the other gets a complete snapshot', async () => {
