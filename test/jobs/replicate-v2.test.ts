@@ -4,7 +4,7 @@
  * snapshots restore to their exact files there; a damaged source chunk is never copied (another source is
  * taken when there is one); a destination failing mid-chunks fails the job naming the chunk, without a manifest.
  */
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listCatalog, readManifest } from '../../src/catalog/catalog.js';
