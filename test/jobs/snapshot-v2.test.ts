@@ -13,6 +13,7 @@ import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
 import { listCatalog } from '../../src/catalog/catalog.js';
 import { listChunks } from '../../src/catalog/chunk-store.js';
+import { writeRenewalRecord } from '../../src/catalog/renewals.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
@@ -218,6 +219,25 @@ describe('format-2 snapshot job', () => {
     expect(outcome(settled, 'lost').renewals).toMatchObject({ records: 1, settled: 1, lost: [] });
     expect(await recordsIn(dir)).toEqual([]);
     await restoreAndCheck(target, first, 'lost-first.sqlite');
+  });
+
+  it('settles a record whose missing chunk no manifest names (its snapshot never got its manifest)', async () => {
+    const { target, dir } = await world.folder('unnamed');
+    const first = await snapshot([target]);
+    // The record of a commit that failed after it: its chunk was collected as unreferenced since.
+    const sha256 = createHash('sha256').update('a chunk no manifest names').digest('hex');
+    await writeRenewalRecord(target, {
+      database: 'tcab',
+      snapshot: '20260101T000000Z-0123abcd',
+      writer: 'snapshot',
+      jobTimeoutMs: 200,
+      chunks: [{ sha256, plainBytes: 100, storedBytes: 50 }],
+    });
+    await new Promise((r) => setTimeout(r, 250));
+    const next = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 });
+    expect(outcome(next, 'unnamed').renewals).toMatchObject({ records: 1, settled: 1, rewritten: 0, lost: [] });
+    expect(await recordsIn(dir)).toEqual([]);
+    await restoreAndCheck(target, first, 'unnamed-first.sqlite');
   });
 
   it('writes no manifest on a target whose renewal record cannot be written, and fails naming it', async () => {
