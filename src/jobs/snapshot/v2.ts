@@ -5,8 +5,8 @@
  * most UPLOADS_IN_FLIGHT at a time, reading the agent's answer no faster than the targets take it. Then each
  * target gets its chunk list and manifest, and the check that every chunk the manifest names is there; missing
  * ones are uploaded again from the agent. A target that fails does not stop the others. Old chunks renewed near G
- * are recorded on the target before its manifest, and a later run checks them (docs/format-2.md, "Renewal
- * records"); this run checks the records earlier runs left that are due, writing again what went missing.
+ * are recorded on the target before its manifest, and a later run checks them; this run checks the records
+ * earlier runs left that are due, writing again what went missing (docs/format-2.md, "Renewal records").
  */
 import { MAX_CHUNK_REQUEST_BYTES, type SnapshotDescriptionV2 } from '../../agent/protocol.js';
 import { checkChunks, commitSnapshotV2, listChunks, putChunk, type StoredChunk } from '../../catalog/chunk-store.js';
