@@ -8,6 +8,7 @@
  *   drills/<database>/<drill id>.json                            drill records
  *   status/<database>.json                                       the latest health summary
  *   status/<database>.verify.json                                when each snapshot was last re-read, and the result
+ *   renewals/<database>/<time>-<id>-<rand>.json                  format 2: old chunks a writer renewed, checked by a later run
  *
  * The date folders come from the snapshot id (its creation time, UTC), so every key is derived from the id.
  */
@@ -70,6 +71,30 @@ export function statusKey(database: string): string {
 export function verifyRecordKey(database: string): string {
   checkDatabase(database);
   return `status/${database}.verify.json`;
+}
+
+/** Format 2: where the renewal records of a database live (docs/format-2.md, "Writing", step 4). */
+export function renewalsPrefix(database: string): string {
+  checkDatabase(database);
+  return `renewals/${database}/`;
+}
+
+/**
+ * One renewal record: the writer's time (UTC, millisecond precision), the snapshot it wrote and 8 random hex
+ * digits, so two writers never name the same record (and each writes its own create-only).
+ */
+export function renewalRecordKey(database: string, writtenAt: Date, id: string): string {
+  checkId(id);
+  const stamp = writtenAt.toISOString().replace(/[-:]/g, '').replace('.', '');
+  return `${renewalsPrefix(database)}${stamp}-${id}-${randomBytes(4).toString('hex')}.json`;
+}
+
+const RENEWAL_KEY_RE = /^renewals\/([a-z0-9][a-z0-9_-]*)\/(\d{8}T\d{9}Z)-([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})-[0-9a-f]{8}\.json$/;
+
+/** The database and snapshot id of a renewal record's key, or null when the key is not one. */
+export function parseRenewalRecordKey(key: string): { database: string; id: string } | null {
+  const m = RENEWAL_KEY_RE.exec(key);
+  return m ? { database: m[1]!, id: m[3]! } : null;
 }
 
 const MANIFEST_KEY_RE = /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.json$/;

@@ -23,9 +23,17 @@ export async function replicateTimer(timer: Timer, context: InvocationContext): 
       process.env,
       config.targets.map((t) => t.name),
     );
+    const chunkGrace = loadChunkGrace();
     await bounded('replicate', (signal) =>
       runReplicate(
-        { targets: openTargets(config, logger), database: config.database, logger, retention, chunkGraceMs: loadChunkGrace().graceMs },
+        {
+          targets: openTargets(config, logger),
+          database: config.database,
+          logger,
+          retention,
+          chunkGraceMs: chunkGrace.graceMs,
+          chunkJobTimeoutMs: chunkGrace.jobTimeoutMs,
+        },
         { signal },
       ),
     );

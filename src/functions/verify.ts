@@ -5,7 +5,7 @@
 import functions from '@azure/functions';
 import type { InvocationContext, Timer } from '@azure/functions';
 import { backupConfig, invocation } from '../host/context.js';
-import { loadVerifySettings } from '../jobs/settings.js';
+import { loadChunkGrace, loadVerifySettings } from '../jobs/settings.js';
 import { runVerifyRotation } from '../jobs/verify/index.js';
 import { openTargets } from '../runtime.js';
 
@@ -18,7 +18,7 @@ export async function verifyTimer(timer: Timer, context: InvocationContext): Pro
   const settings = loadVerifySettings();
   await bounded('verify', (signal) =>
     runVerifyRotation(
-      { targets: openTargets(config, logger), database: config.database, logger },
+      { targets: openTargets(config, logger), database: config.database, logger, chunkGraceMs: loadChunkGrace().graceMs },
       { withinMs: settings.withinMs, intervalMs: settings.intervalMs, signal },
     ),
   );

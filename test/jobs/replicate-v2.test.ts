@@ -4,18 +4,23 @@
  * snapshots restore to their exact files there; a damaged source chunk is never copied (another source is
  * taken when there is one); a destination failing mid-chunks fails the job naming the chunk, without a manifest.
  */
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listCatalog, readManifest } from '../../src/catalog/catalog.js';
 import { listChunks } from '../../src/catalog/chunk-store.js';
+import { listRenewalRecords, readRenewalRecord } from '../../src/catalog/renewals.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { ReplicateFailedError, runReplicate } from '../../src/jobs/replicate/index.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
+import { openTarget } from '../../src/targets/index.js';
+import { parseTargetUrl } from '../../src/targets/spec.js';
 import type { Target } from '../../src/targets/target.js';
 import { FaultTarget } from '../support/fault-target.js';
 import { storeFileAsV2, type StoredV2 } from '../support/store-v2.js';
 import { chunkRefs, counting, flipByte, sha256Of, tally, twoSnapshotFiles } from '../support/v2-fixtures.js';
-import { blobTarget, s3Target, testWorld } from '../support/world.js';
+import { startR2Proxy, type R2Proxy } from '../support/r2-proxy.js';
+import { BUCKET, blobTarget, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
 const CHUNK = /^chunks\//;
@@ -178,5 +183,108 @@ describe('chunks the destination already holds', () => {
     const renewedOne = [...refsB].find((h) => refsA.has(h))!;
     expect(after.get(renewedOne)!.lastModified.getTime()).toBeGreaterThan(before.get(renewedOne)!.lastModified.getTime());
     await restoresExactly(old, b.manifest.id, files.second, 'renewed-b.sqlite');
+  });
+});
+
+describe('renewal records', () => {
+  /** The renewal records on a folder target (the folder goes with its last record). */
+  const recordsIn = (dir: string): Promise<string[]> =>
+    readdir(join(dir, 'renewals', 'tcab')).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return [];
+      throw e;
+    });
+
+  let r2: R2Proxy | undefined;
+  afterAll(() => r2?.stop());
+  /** The destination: a folder, Azurite, or s3rver behind the R2 rules (create-only writes honoured). */
+  const destinations: Record<string, (name: string) => Promise<Target>> = {
+    folder: async (name) => (await world.folder(name)).target,
+    azurite: async (name) => blobTarget(world.clouds, name),
+    r2: async (name) => {
+      r2 ??= await startR2Proxy({
+        upstream: world.clouds.s3.endpoint,
+        accessKeyId: world.clouds.s3.accessKeyId,
+        secretAccessKey: world.clouds.s3.secretAccessKey,
+      });
+      const spec = parseTargetUrl(name, `r2://${'0'.repeat(32)}/${BUCKET}/renewals-${Date.now()}?endpoint=${r2.endpoint}&pathStyle=true`, {
+        accessKeyId: world.clouds.s3.accessKeyId,
+        secretAccessKey: world.clouds.s3.secretAccessKey,
+      });
+      return openTarget(spec);
+    },
+  };
+
+  it.each(Object.keys(destinations))(
+    'on %s: records the chunks renewed near G, and a run J later copies one a prune deleted back from the source',
+    async (kind) => {
+      const { target: source } = await world.folder('local');
+      const dest = await destinations[kind]!('renewed');
+      const a = await storeFileAsV2(source, 'tcab', files.first, { createdAt: new Date(Date.now() - 60_000) });
+      await runReplicate({ targets: [source, dest], database: 'tcab' });
+      const b = await storeFileAsV2(source, 'tcab', files.second, { createdAt: new Date(Date.now() - 30_000) });
+      const refsA = new Set((await chunkRefs(source, a.manifest)).map((r) => r[0]));
+      const shared = (await chunkRefs(source, b.manifest)).filter((r) => refsA.has(r[0]));
+      // G of 2 s and J of 200 ms: 1.7 s later the destination's chunks are older than G - 2J (1.6 s).
+      await new Promise((r) => setTimeout(r, 1700));
+      const short = { chunkGraceMs: 2000, chunkJobTimeoutMs: 200 };
+      const renewing = await runReplicate({ targets: [source, dest], database: 'tcab', ...short });
+      expect(renewing.targets.find((t) => t.target === 'renewed')!.copied[0]!.chunks!.renewed).toBe(shared.length);
+      const records = await listRenewalRecords(dest, 'tcab');
+      expect(records).toHaveLength(1);
+      const record = await readRenewalRecord(dest, records[0]!.key);
+      expect(record).toMatchObject({ writer: 'replicate', snapshot: b.manifest.id, jobTimeoutMs: 200 });
+      expect(new Set(record!.chunks)).toEqual(new Set(shared.map((r) => r.join(' '))));
+
+      // A run less than J after the record (J of 25 minutes) copies nothing and leaves it pending.
+      const early = await runReplicate({ targets: [source, dest], database: 'tcab' });
+      expect(early.copied).toBe(0);
+      expect(early.targets.find((t) => t.target === 'renewed')!.renewals).toMatchObject({ records: 1, pending: 1, settled: 0 });
+      expect(await listRenewalRecords(dest, 'tcab')).toEqual(records);
+
+      // A prune that listed a shared chunk as old before the renewal deletes it after: the next run J later finds
+      // it gone, copies it back from the source, and deletes the record; the snapshot restores there again.
+      const victim = shared[Math.floor(shared.length / 2)]![0];
+      await dest.delete(chunkKey('tcab', victim));
+      await new Promise((r) => setTimeout(r, 250));
+      const later = await runReplicate({ targets: [source, dest], database: 'tcab', chunkJobTimeoutMs: 200 });
+      expect(later.copied).toBe(0);
+      expect(later.targets.find((t) => t.target === 'renewed')!.renewals).toMatchObject({
+        records: 1,
+        pending: 0,
+        settled: 1,
+        rewritten: 1,
+        lost: [],
+      });
+      expect((await listChunks(dest, 'tcab')).has(victim)).toBe(true);
+      expect(await listRenewalRecords(dest, 'tcab')).toEqual([]);
+      await restoresExactly(dest, b.manifest.id, files.second, `renewal-record-${kind}.sqlite`);
+      if (r2) expect(r2.violations).toEqual([]);
+    },
+  );
+
+  it('fails naming a recorded chunk no target holds and the snapshots naming it, keeping the record', async () => {
+    const { target: source } = await world.folder('local');
+    const { target: dest, dir } = await world.folder('gone');
+    const a = await storeFileAsV2(source, 'tcab', files.first, { createdAt: new Date(Date.now() - 60_000) });
+    await runReplicate({ targets: [source, dest], database: 'tcab' });
+    const b = await storeFileAsV2(source, 'tcab', files.second, { createdAt: new Date(Date.now() - 30_000) });
+    await new Promise((r) => setTimeout(r, 1700));
+    await runReplicate({ targets: [source, dest], database: 'tcab', chunkGraceMs: 2000, chunkJobTimeoutMs: 200 });
+    const records = await recordsIn(dir);
+    const refsA = new Set((await chunkRefs(source, a.manifest)).map((r) => r[0]));
+    const victim = (await chunkRefs(source, b.manifest)).find((r) => refsA.has(r[0]))![0];
+    // Gone from both targets: nothing can copy it back.
+    await rm(join(dir, chunkKey('tcab', victim)));
+    await source.delete(chunkKey('tcab', victim));
+    await new Promise((r) => setTimeout(r, 250));
+    const err = await runReplicate({ targets: [source, dest], database: 'tcab', chunkJobTimeoutMs: 200 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ReplicateFailedError);
+    const message = (err as Error).message;
+    expect(message).toContain(chunkKey('tcab', victim));
+    expect(message).toContain('"gone"');
+    expect(message).toContain(a.manifest.id);
+    expect(message).toContain(b.manifest.id);
+    expect((err as ReplicateFailedError).hint).toContain('verify');
+    expect(await recordsIn(dir)).toEqual(records);
   });
 });

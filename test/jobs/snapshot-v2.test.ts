@@ -13,6 +13,7 @@ import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
 import { listCatalog } from '../../src/catalog/catalog.js';
 import { listChunks } from '../../src/catalog/chunk-store.js';
+import { writeRenewalRecord } from '../../src/catalog/renewals.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
@@ -22,6 +23,7 @@ import { createLogger } from '../../src/log.js';
 import type { Target } from '../../src/targets/target.js';
 import { openDatabase } from '../../src/util/sqlite.js';
 import { agentConfig, KEY, KEY_ID } from '../agent/helpers.js';
+import { FaultTarget } from '../support/fault-target.js';
 import { blobTarget, s3Target, testWorld } from '../support/world.js';
 
 const world = testWorld();
@@ -59,6 +61,14 @@ async function restoreAndCheck(target: Target, result: SnapshotResultV2, name: s
     .update(await readFile(out))
     .digest('hex');
   expect(sha).toBe(result.manifest.snapshot.sha256);
+}
+
+/** The renewal records on a folder target (the folder goes with its last record). */
+async function recordsIn(dir: string): Promise<string[]> {
+  return readdir(join(dir, 'renewals', 'tcab')).catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return [];
+    throw e;
+  });
 }
 
 function outcome(result: SnapshotResultV2, target: string) {
@@ -123,19 +133,131 @@ describe('format-2 snapshot job', () => {
     await restoreAndCheck(s3, result, 's3.sqlite');
   });
 
-  it('renews the chunks older than half the grace period instead of reusing them', async () => {
-    const { target } = await world.folder('renew');
+  it('renews the chunks older than half the grace period, records those near G, and a run J later settles the record', async () => {
+    const { target, dir } = await world.folder('renew');
     await snapshot([target]);
     // A grace of 2 s and J of 200 ms: 1.7 s later every chunk is older than G/2 and than G - 2J (1.6 s), so it is
-    // renewed and checked again J later, however fast the first snapshot ended.
+    // renewed and recorded for a later run's check, however fast the first snapshot ended.
     await new Promise((r) => setTimeout(r, 1700));
-    const result = await snapshot([target], { graceMs: 2000, jobTimeoutMs: 200 });
+    const short = { graceMs: 2000, jobTimeoutMs: 200 };
+    const result = await snapshot([target], short);
     const o = outcome(result, 'renew');
     expect(o.ok).toBe(true);
     expect(o.chunks!.renewed).toBe(o.chunks!.distinct);
     expect(o.chunks!.reused).toBe(0);
-    expect(logLines.some((l) => l.includes('snapshot.late_check_waiting') && l.includes(result.manifest.id))).toBe(true);
+    // No wait inside the job: the record holds every renewed chunk, written before the manifest.
+    expect(logLines.some((l) => l.includes('late_check_waiting'))).toBe(false);
+    const records = await recordsIn(dir);
+    expect(records).toHaveLength(1);
+    expect(`renewals/tcab/${records[0]}`).toBe(o.renewals!.recorded);
+    const record = JSON.parse(await readFile(join(dir, 'renewals', 'tcab', records[0]!), 'utf8'));
+    expect(record).toMatchObject({ writer: 'snapshot', snapshot: result.manifest.id, jobTimeoutMs: 200 });
+    expect(record.chunks).toHaveLength(o.chunks!.distinct);
+    const lines = (await readFile(join(dir, result.manifest.chunkList.key), 'utf8')).trim().split('\n');
+    expect(new Set(record.chunks)).toEqual(new Set(lines));
     await restoreAndCheck(target, result, 'renewed.sqlite');
+
+    // A run that starts less than J after the record (J of 25 minutes here) leaves it pending.
+    const early = await snapshot([target]);
+    expect(outcome(early, 'renew').renewals).toMatchObject({ records: 1, pending: 1, settled: 0 });
+    expect(await recordsIn(dir)).toEqual(records);
+
+    // A prune that listed a chunk as old and unreferenced before the renewal deletes it after: the first run J
+    // after the record finds it gone, writes it again (this snapshot holds it) and only then deletes the record.
+    const victim = lines[Math.floor(lines.length / 2)]!.split(' ')[0]!;
+    await rm(join(dir, chunkKey('tcab', victim)));
+    await new Promise((r) => setTimeout(r, 250));
+    const later = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 });
+    expect(outcome(later, 'renew').renewals).toMatchObject({ records: 1, pending: 0, settled: 1, rewritten: 1, lost: [] });
+    expect((await listChunks(target, 'tcab')).has(victim)).toBe(true);
+    expect(await recordsIn(dir)).toEqual([]);
+    await restoreAndCheck(target, result, 'renewed-again.sqlite');
+  });
+
+  it('fails naming a recorded chunk gone that the run cannot write again, and the snapshots naming it; the record stays', async () => {
+    const { target, dir } = await world.folder('lost');
+    const first = await snapshot([target]);
+    await new Promise((r) => setTimeout(r, 1700));
+    const renewing = await snapshot([target], { graceMs: 2000, jobTimeoutMs: 200 });
+    const [record] = await recordsIn(dir);
+    const recorded: string[] = JSON.parse(await readFile(join(dir, 'renewals', 'tcab', record!), 'utf8')).chunks.map(
+      (l: string) => l.split(' ')[0],
+    );
+    // The database changes, so some recorded chunks are in no later snapshot; one of those is deleted.
+    insertRuns(200);
+    const next = await snapshot([target]);
+    const now = new Set(
+      (await readFile(join(dir, next.manifest.chunkList.key), 'utf8'))
+        .trim()
+        .split('\n')
+        .map((l) => l.split(' ')[0]),
+    );
+    const victim = recorded.find((h) => !now.has(h))!;
+    expect(victim).toBeDefined();
+    const victimPath = join(dir, chunkKey('tcab', victim));
+    const saved = await readFile(victimPath);
+    await rm(victimPath);
+    await new Promise((r) => setTimeout(r, 250));
+
+    const err = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SnapshotFailedError);
+    const message = (err as Error).message;
+    expect(message).toContain(chunkKey('tcab', victim));
+    expect(message).toContain(renewing.manifest.id);
+    expect(message).toContain('"lost"');
+    expect((err as SnapshotFailedError).hint).toContain('replicate');
+    const failed = (err as SnapshotFailedError).result as SnapshotResultV2;
+    // The snapshot itself was stored; the record stays until its check passes.
+    expect(outcome(failed, 'lost').ok).toBe(true);
+    expect(outcome(failed, 'lost').renewals).toMatchObject({ records: 1, pending: 1, settled: 0 });
+    expect(outcome(failed, 'lost').renewals!.lost[0]!.snapshots).toContain(renewing.manifest.id);
+    expect(await recordsIn(dir)).toEqual([record]);
+
+    // Once the chunk is back (replicate copies it from another target), the next run settles the record.
+    await writeFile(victimPath, saved);
+    const settled = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 });
+    expect(outcome(settled, 'lost').renewals).toMatchObject({ records: 1, settled: 1, lost: [] });
+    expect(await recordsIn(dir)).toEqual([]);
+    await restoreAndCheck(target, first, 'lost-first.sqlite');
+  });
+
+  it('settles a record whose missing chunk no manifest names (its snapshot never got its manifest)', async () => {
+    const { target, dir } = await world.folder('unnamed');
+    const first = await snapshot([target]);
+    // The record of a commit that failed after it: its chunk was collected as unreferenced since.
+    const sha256 = createHash('sha256').update('a chunk no manifest names').digest('hex');
+    await writeRenewalRecord(target, {
+      database: 'tcab',
+      snapshot: '20260101T000000Z-0123abcd',
+      writer: 'snapshot',
+      jobTimeoutMs: 200,
+      chunks: [{ sha256, plainBytes: 100, storedBytes: 50 }],
+    });
+    await new Promise((r) => setTimeout(r, 250));
+    const next = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 });
+    expect(outcome(next, 'unnamed').renewals).toMatchObject({ records: 1, settled: 1, rewritten: 0, lost: [] });
+    expect(await recordsIn(dir)).toEqual([]);
+    await restoreAndCheck(target, first, 'unnamed-first.sqlite');
+  });
+
+  it('writes no manifest on a target whose renewal record cannot be written, and fails naming it', async () => {
+    const bad = await world.folder('rec-bad');
+    const good = await world.folder('rec-good');
+    const first = await snapshot([bad.target, good.target]);
+    await new Promise((r) => setTimeout(r, 1700));
+    const faulty = new FaultTarget(bad.target, { op: 'put', keys: /^renewals\//, point: { at: 'start' }, kind: 'error' });
+    const err = await snapshot([faulty, good.target], { graceMs: 2000, jobTimeoutMs: 200 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SnapshotFailedError);
+    const message = (err as Error).message;
+    expect(message).toContain('"rec-bad"');
+    expect(message).toMatch(/Recording \d+ renewed chunk\(s\) of snapshot/);
+    expect(message).toContain('stored on "rec-good"');
+    const result = (err as SnapshotFailedError).result as SnapshotResultV2;
+    // The manifest relies on the record: without it there is no snapshot on that target.
+    expect((await listCatalog(bad.target, 'tcab')).snapshots.map((s) => s.id)).toEqual([first.manifest.id]);
+    expect(await recordsIn(bad.dir)).toEqual([]);
+    expect(outcome(result, 'rec-good').ok).toBe(true);
+    expect(await recordsIn(good.dir)).toHaveLength(1);
   });
 
   it('fails the job naming a target that fails mid-chunks, while the other gets a complete snapshot', async () => {

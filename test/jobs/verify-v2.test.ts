@@ -4,7 +4,9 @@
  * in the run and in the verify record, naming the chunk's key; replicate then repairs both from a good copy.
  */
 import { beforeAll, describe, expect, it } from 'vitest';
+import { listRenewalRecords, writeRenewalRecord } from '../../src/catalog/renewals.js';
 import { readVerifyRecord } from '../../src/catalog/verify-record.js';
+import { createLogger } from '../../src/log.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { runReplicate } from '../../src/jobs/replicate/index.js';
 import { VerifyFailedError, runVerifyRotation } from '../../src/jobs/verify/index.js';
@@ -82,5 +84,34 @@ describe.each(['file', 'blob'] as const)('on a %s target', (kind) => {
     expect([...tally(counted.puts, CHUNK).values()].every((n) => n === 1)).toBe(true);
     const after = await verify();
     expect(after.failed).toBe(0);
+  });
+});
+
+describe('renewal records', () => {
+  it('are reported waiting, and as overdue (a warning, not a failure) once older than G', async () => {
+    const { target } = await world.folder('renewals');
+    const a = await storeFileAsV2(target, 'tcab', files.first, { createdAt: new Date(Date.now() - 60_000) });
+    const [ref] = await chunkRefs(target, a.manifest);
+    const key = await writeRenewalRecord(target, {
+      database: 'tcab',
+      snapshot: a.manifest.id,
+      writer: 'snapshot',
+      jobTimeoutMs: 25 * 60_000,
+      chunks: [{ sha256: ref![0], plainBytes: ref![1], storedBytes: ref![2] }],
+    });
+    const lines: string[] = [];
+    const logger = createLogger({ level: 'debug', sink: (_l, line) => lines.push(line) });
+    const verify = (chunkGraceMs: number) =>
+      runVerifyRotation({ targets: [target], database: 'tcab', logger, chunkGraceMs }, { withinMs: 7 * DAY, intervalMs: DAY, all: true });
+
+    const fresh = await verify(7 * DAY);
+    expect(fresh.targets[0]!.renewals).toMatchObject({ pending: 1 });
+    expect(lines.some((l) => l.includes('verify.renewals_overdue'))).toBe(false);
+    await new Promise((r) => setTimeout(r, 20));
+    const overdue = await verify(10);
+    expect(overdue.outcomes.every((o) => o.ok)).toBe(true);
+    expect(lines.some((l) => l.includes('verify.renewals_overdue') && l.includes('"pending":1'))).toBe(true);
+    // Verify only reports: the record stays for a snapshot or replicate run to check.
+    expect((await listRenewalRecords(target, 'tcab')).map((r) => r.key)).toEqual([key]);
   });
 });

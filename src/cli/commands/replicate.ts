@@ -28,6 +28,7 @@ export const replicateCommand: Command = async (args, ctx) => {
         logger: ctx.logger,
         retention,
         chunkGraceMs: loadChunkGrace(ctx.env).graceMs,
+        chunkJobTimeoutMs: loadChunkGrace(ctx.env).jobTimeoutMs,
       },
       { dryRun: options.dryRun, signal: interruptible() },
     );

@@ -3,7 +3,7 @@
  * timer reads, or --all) and checks each against its manifest's sha256, with the timer's settings.
  */
 import { loadTargetsConfig } from '../../config.js';
-import { loadVerifySettings } from '../../jobs/settings.js';
+import { loadChunkGrace, loadVerifySettings } from '../../jobs/settings.js';
 import { VerifyFailedError, runVerifyRotation, type VerifyRotationResult } from '../../jobs/verify/index.js';
 import { openTargets } from '../../runtime.js';
 import { formatDuration } from '../../util/duration.js';
@@ -14,6 +14,7 @@ export const verifyCommand: Command = async (args, ctx) => {
   const { values } = parse(args, { all: { type: 'boolean' }, target: { type: 'string' }, json: { type: 'boolean' } });
   const config = loadTargetsConfig(ctx.env);
   const settings = loadVerifySettings(ctx.env);
+  const { graceMs } = loadChunkGrace(ctx.env);
   const print = (result: VerifyRotationResult, ok: boolean) => {
     if (values.json) return printJson(ctx, { ok, withinMs: settings.withinMs, intervalMs: settings.intervalMs, ...result });
     for (const t of result.targets) {
@@ -26,6 +27,13 @@ export const verifyCommand: Command = async (args, ctx) => {
         `target ${t.target}: read ${t.checked} of ${t.snapshots} snapshot(s), ${formatBytes(t.bytes)}, ${found.length ? found.join(', ') : 'all match their manifests'}; ` +
           `longest any snapshot has gone unread: ${formatDuration(t.longestUnreadMs)} (window ${formatDuration(settings.withinMs)})\n`,
       );
+      if (t.renewals) {
+        const age = Date.now() - Date.parse(t.renewals.oldest);
+        ctx.io.stdout.write(
+          `  ${age > graceMs ? 'WARNING ' : ''}${t.renewals.pending} renewal record(s) waiting for their check, the oldest ${formatDuration(age)} old` +
+            `${age > graceMs ? ` (longer than TCAB_BACKUP_CHUNK_GRACE: run a snapshot or replicate against target ${t.target})` : ' (the next snapshot or replicate run J after each checks it)'}\n`,
+        );
+      }
     }
     for (const o of result.outcomes.filter((x) => !x.ok)) {
       ctx.io.stdout.write(
@@ -37,7 +45,7 @@ export const verifyCommand: Command = async (args, ctx) => {
   };
   try {
     const result = await runVerifyRotation(
-      { targets: openTargets(config, ctx.logger, values.target), database: config.database, logger: ctx.logger },
+      { targets: openTargets(config, ctx.logger, values.target), database: config.database, logger: ctx.logger, chunkGraceMs: graceMs },
       { withinMs: settings.withinMs, intervalMs: settings.intervalMs, all: Boolean(values.all), signal: interruptible() },
     );
     print(result, true);

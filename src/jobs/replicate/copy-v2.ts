@@ -22,6 +22,7 @@ import {
   type StoredChunk,
 } from '../../catalog/chunk-store.js';
 import { manifestKey } from '../../catalog/layout.js';
+import { writeRenewalRecord } from '../../catalog/renewals.js';
 import type { ManifestV2 } from '../../catalog/manifest-v2.js';
 import { IntegrityError, NotFoundError, errorMessage } from '../../errors.js';
 import { decompressChunk } from '../../format/chunk-codec.js';
@@ -41,10 +42,19 @@ export const CHUNKS_IN_FLIGHT = 8;
  * default. A chunk the destination holds is reused while younger than G/2 and written again when older.
  */
 export const DEFAULT_CHUNK_GRACE_MS = loadChunkGrace({}).graceMs;
+/** J of docs/format-2.md when the caller names none: TCAB_BACKUP_JOB_TIMEOUT's declared default. */
+export const DEFAULT_CHUNK_JOB_TIMEOUT_MS = loadChunkGrace({}).jobTimeoutMs;
 
 /** One destination's chunks during one replicate run: listed once, and every chunk this run stored there. */
 export class DestinationChunks {
   private listing: Promise<Map<string, StoredChunk>> | undefined;
+  /** When the listing began (Date.now()): renewal records due by then are checked against it. */
+  listedAt = 0;
+  /**
+   * Chunks this run renewed there that were older than G - 2J when listed: every copy whose manifest names one
+   * records it before that manifest (docs/format-2.md, "Renewal records"), whichever copy renewed it.
+   */
+  readonly lateRenewed = new Set<string>();
   /** Chunks being stored right now, so a copy that needs the same chunk waits instead of copying it again. */
   readonly inFlight = new Map<string, Promise<void>>();
   /** Chunks this run stored (or renewed) there: fresh whatever the listing said. */
@@ -58,6 +68,7 @@ export class DestinationChunks {
 
   /** The listing of the destination's chunk folder, made on first use and kept for the run (a failure too). */
   held(): Promise<Map<string, StoredChunk>> {
+    if (!this.listing) this.listedAt = Date.now();
     this.listing ??= listChunks(this.target, this.database, this.signal ? { signal: this.signal } : {});
     return this.listing;
   }
@@ -78,6 +89,8 @@ export interface CopyV2Result extends CopyResult {
 
 export interface CopyV2Options {
   graceMs: number;
+  /** J: a renewed chunk older than G - 2J when listed is recorded for a later run's check. DEFAULT_CHUNK_JOB_TIMEOUT_MS when absent. */
+  jobTimeoutMs?: number;
   signal?: AbortSignal;
   /** Called once every chunk has been read from the source and stored: the next copy may start reading. */
   onStreamed?: () => void;
@@ -102,6 +115,7 @@ export async function copySnapshotV2(
   const database = manifest.databaseName;
   const to = destination.target;
   const what = `snapshot ${manifest.id} on target "${source.name}"`;
+  const jobTimeoutMs = options.jobTimeoutMs ?? DEFAULT_CHUNK_JOB_TIMEOUT_MS;
 
   let held: Map<string, StoredChunk>;
   try {
@@ -194,7 +208,10 @@ export async function copySnapshotV2(
       return;
     }
     const renew = found !== undefined;
-    const copying = copyChunk(ref, renew);
+    const nearGrace = found !== undefined && now() - found.lastModified.getTime() >= options.graceMs - 2 * jobTimeoutMs;
+    const copying = copyChunk(ref, renew).then(() => {
+      if (nearGrace) destination.lateRenewed.add(sha256);
+    });
     destination.inFlight.set(sha256, copying);
     try {
       await copying;
@@ -218,10 +235,25 @@ export async function copySnapshotV2(
   if (failure) throw failure.error;
   options.onStreamed?.();
 
-  // 3. Chunk list, manifest, and the check that every chunk is there.
+  // 3. The old chunks renewed near G that this snapshot names (by this copy or another of the run) are recorded
+  // before the manifest that relies on them; then chunk list, manifest, and the check that every chunk is there.
+  const late = [...distinct.values()].filter((r) => destination.lateRenewed.has(r[0]));
   const stored: ManifestV2 = { ...manifest, storedAt: new Date().toISOString(), replicatedFrom: source.name };
   let missing: CommitResult['missing'];
   try {
+    if (late.length) {
+      await writeRenewalRecord(
+        to,
+        {
+          database,
+          snapshot: manifest.id,
+          writer: 'replicate',
+          jobTimeoutMs,
+          chunks: late.map(([sha256, plainBytes, storedBytes]) => ({ sha256, plainBytes, storedBytes })),
+        },
+        signalOption,
+      );
+    }
     ({ missing } = await commitSnapshotV2(
       to,
       stored,

@@ -11,7 +11,9 @@ import { backoffMs, isRetryable, sleep, type RetryOptions } from '../../targets/
 import type { Target } from '../../targets/target.js';
 import type { Manifest } from '../../catalog/manifest.js';
 import { copySnapshot, CopyError, type CopyResult } from './copy.js';
-import { copySnapshotV2, DEFAULT_CHUNK_GRACE_MS, DestinationChunks, type CopyV2Result } from './copy-v2.js';
+import { copySnapshotV2, DEFAULT_CHUNK_GRACE_MS, DEFAULT_CHUNK_JOB_TIMEOUT_MS, DestinationChunks, type CopyV2Result } from './copy-v2.js';
+import { checkRenewalsOn } from './renewals.js';
+import { lostChunksMessage, type RenewalOutcome } from '../renewals.js';
 import { planReplication, type DestinationPlan, type SkippedCopy } from './plan.js';
 import { readTargetCatalog, type TargetCatalog } from '../../catalog/target-catalog.js';
 import { forEachLimit, Gate } from '../../util/pool.js';
@@ -30,6 +32,8 @@ export interface ReplicateDeps {
    * again when older. Default DEFAULT_CHUNK_GRACE_MS (7 days).
    */
   chunkGraceMs?: number;
+  /** J of docs/format-2.md (TCAB_BACKUP_JOB_TIMEOUT): when a renewal is recorded, and when a record is due. */
+  chunkJobTimeoutMs?: number;
 }
 
 export interface ReplicateRequest {
@@ -77,6 +81,8 @@ export interface DestinationOutcome {
   skipped: SkippedCopy[];
   failed: FailedCopy[];
   bytes: number;
+  /** Format 2: the renewal records on this target checked this run (docs/format-2.md, "Renewal records"). */
+  renewals?: RenewalOutcome;
 }
 
 export interface ReplicateResult {
@@ -156,7 +162,10 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
     }));
   }
   if (!request.dryRun) {
-    await copyAll(catalogs, plans, outcomes, log, request, deps.chunkGraceMs ?? DEFAULT_CHUNK_GRACE_MS, deps.database);
+    await copyAll(catalogs, plans, outcomes, log, request, deps.database, {
+      graceMs: deps.chunkGraceMs ?? DEFAULT_CHUNK_GRACE_MS,
+      jobTimeoutMs: deps.chunkJobTimeoutMs ?? DEFAULT_CHUNK_JOB_TIMEOUT_MS,
+    });
     await recordRepairs(catalogs, verifyRecords, outcomes, deps.database, log, signal);
   }
 
@@ -170,7 +179,7 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
     bytes: targets.reduce((n, t) => n + t.bytes, 0),
     durationMs: Date.now() - started,
   };
-  for (const t of targets) t.ok = !t.error && t.failed.length === 0;
+  for (const t of targets) t.ok = !t.error && t.failed.length === 0 && !t.renewals?.error && !t.renewals?.lost.length;
   throwIfFailed(result);
   log.info('replicate.completed', {
     database: deps.database,
@@ -256,8 +265,8 @@ async function copyAll(
   outcomes: Map<string, DestinationOutcome>,
   log: Logger,
   request: ReplicateRequest,
-  graceMs: number,
   database: string,
+  { graceMs, jobTimeoutMs }: { graceMs: number; jobTimeoutMs: number },
 ): Promise<void> {
   const byName = new Map(catalogs.map((c) => [c.target.name, c]));
   // Format 2: each destination's chunks are listed once this run, and a chunk shared by several copies is stored once.
@@ -267,6 +276,15 @@ async function copyAll(
     if (!state) chunkStates.set(target.name, (state = new DestinationChunks(target, database, request.signal)));
     return state;
   };
+  // The renewal records earlier runs left on each listed target, checked when due; a recorded chunk gone is
+  // copied again from another target. Before the copies: a copy may reuse such a chunk.
+  await Promise.all(
+    catalogs.map(async (c) => {
+      const others = catalogs.filter((o) => o !== c).map((o) => chunksOf(o.target));
+      const renewals = await checkRenewalsOn(chunksOf(c.target), others, jobTimeoutMs, log, request.signal);
+      if (renewals.records) outcomes.get(c.target.name)!.renewals = renewals;
+    }),
+  );
   // Newest first across destinations: the snapshots a restore would want are copied before older ones.
   const tasks = plans
     .flatMap((p) => p.copies.map((copy) => ({ destination: byName.get(p.destination)!, copy })))
@@ -318,6 +336,7 @@ async function copyAll(
             ? copySnapshot(source.target, destination.target, manifest, request.signal, release)
             : copySnapshotV2(source.target, chunksOf(destination.target), manifest, {
                 graceMs,
+                jobTimeoutMs,
                 repair: copy.repairs !== undefined,
                 onStreamed: release,
                 ...(request.signal ? { signal: request.signal } : {}),
@@ -405,12 +424,18 @@ function throwIfFailed(result: ReplicateResult): void {
   for (const t of result.targets) {
     if (t.error) problems.push(`target "${t.target}": ${t.error}`);
     for (const f of t.failed) problems.push(`snapshot ${f.id} to target "${t.target}" ${f.error}`);
+    if (t.renewals?.error) problems.push(`checking the renewal records on target "${t.target}" failed: ${t.renewals.error}`);
+    if (t.renewals?.lost.length) problems.push(lostChunksMessage(t.target, t.renewals.lost));
   }
   if (problems.length === 0) return;
+  const lost = result.targets.some((t) => t.renewals?.lost.length);
   const shown = problems.slice(0, 5).join('; ') + (problems.length > 5 ? `; and ${problems.length - 5} more` : '');
   throw new ReplicateFailedError(
     `Replicate of "${result.database}" failed: ${shown}${result.copied ? ` (${result.copied} other copies succeeded)` : ''}`,
     result,
-    'the named target (reachability, credentials, free space); a source whose copy does not match its manifest is damaged: run tcab-backup verify. A snapshot that cannot be repaired has no good copy left on any target: keep its copies, and check them with "tcab-backup verify --all" (a failed re-read may have been the storage, not the bytes). The next replicate run retries what failed',
+    (lost
+      ? 'a renewed chunk no other target holds at its size cannot be copied back: run "tcab-backup verify" on that target, and delete the snapshots it names there if no target can repair them (their record goes once no manifest names the chunk). '
+      : '') +
+      'the named target (reachability, credentials, free space); a source whose copy does not match its manifest is damaged: run tcab-backup verify. A snapshot that cannot be repaired has no good copy left on any target: keep its copies, and check them with "tcab-backup verify --all" (a failed re-read may have been the storage, not the bytes). The next replicate run retries what failed',
   );
 }

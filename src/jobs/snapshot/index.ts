@@ -17,6 +17,7 @@ import type { Target } from '../../targets/target.js';
 import { HashingStream, fanOut, hashStream } from '../../util/streams.js';
 import type { Readable } from 'node:stream';
 import type { SnapshotDescriptionV2 } from '../../agent/protocol.js';
+import { LOST_CHUNKS_HINT, lostChunksMessage } from '../renewals.js';
 import { runSnapshotV2, type ChunkSource, type ChunkTiming, type SnapshotResultV2, type TargetOutcomeV2 } from './v2.js';
 
 export { UPLOADS_IN_FLIGHT, type ChunkTiming, type SnapshotResultV2, type TargetOutcomeV2 } from './v2.js';
@@ -138,6 +139,21 @@ async function runFormat2(deps: SnapshotDepsV2, request: SnapshotRequest): Promi
         hint: 'check the named target (reachability, credentials, permissions, room); the next snapshot uploads only the chunks it still lacks',
       },
     );
+  }
+  // The snapshot is stored everywhere, but an earlier renewal's check found chunks gone it could not write again.
+  const renewalProblems = result.targets.flatMap((o) =>
+    o.renewals?.error
+      ? [`checking the renewal records on "${o.target}" failed: ${o.renewals.error}`]
+      : o.renewals?.lost.length
+        ? [lostChunksMessage(o.target, o.renewals.lost)]
+        : [],
+  );
+  if (renewalProblems.length) {
+    throw new SnapshotFailedError(`Snapshot ${result.manifest.id} was stored on every target, but ${renewalProblems.join('; ')}`, result, {
+      hint: result.targets.some((o) => o.renewals?.lost.length)
+        ? LOST_CHUNKS_HINT
+        : 'check the named target (reachability, credentials); the renewal records stay, and the next run checks them again',
+    });
   }
   log.info('snapshot.completed', {
     database: deps.database,

@@ -4,7 +4,9 @@
  * to renew them) are asked of the agent, checked (decompressed to their sha256 and length) and uploaded, at
  * most UPLOADS_IN_FLIGHT at a time, reading the agent's answer no faster than the targets take it. Then each
  * target gets its chunk list and manifest, and the check that every chunk the manifest names is there; missing
- * ones are uploaded again from the agent. A target that fails does not stop the others.
+ * ones are uploaded again from the agent. A target that fails does not stop the others. Old chunks renewed near G
+ * are recorded on the target before its manifest, and a later run checks them; this run checks the records
+ * earlier runs left that are due, writing again what went missing (docs/format-2.md, "Renewal records").
  */
 import { MAX_CHUNK_REQUEST_BYTES, type SnapshotDescriptionV2 } from '../../agent/protocol.js';
 import { checkChunks, commitSnapshotV2, listChunks, putChunk, type StoredChunk } from '../../catalog/chunk-store.js';
@@ -16,6 +18,8 @@ import { CHUNK_ZSTD_LEVEL, decompressChunk } from '../../format/chunk-codec.js';
 import { ChunkListWriter } from '../../format/chunk-list.js';
 import type { Logger } from '../../log.js';
 import { isRetryable } from '../../targets/retry.js';
+import { writeRenewalRecord } from '../../catalog/renewals.js';
+import { emptyRenewalOutcome, scanRenewals, settleRenewals, type DueRenewal, type RenewalOutcome } from '../renewals.js';
 import type { Target } from '../../targets/target.js';
 import type { SnapshotRequest } from './index.js';
 
@@ -48,6 +52,11 @@ export interface TargetOutcomeV2 {
   /** Bytes of chunks written to this target by this snapshot (new, renewed and rewritten after the check). */
   uploadedBytes?: number;
   error?: string;
+  /**
+   * The renewal records on this target: those earlier runs left, checked when due, and the key of the one this
+   * run wrote. A chunk lost there (`lost`) fails the job even when this snapshot was stored.
+   */
+  renewals?: RenewalOutcome & { recorded?: string };
 }
 
 export interface SnapshotResultV2 {
@@ -66,8 +75,13 @@ interface Plan {
   write: Map<string, boolean>;
   /** sha256 -> stored bytes on this target. */
   stored: Map<string, number>;
-  /** Renewed chunks that were older than G - 2J when listed: checked again J after their renewal. */
-  lateCheck: Map<string, number>;
+  /** Renewed chunks that were older than G - 2J when listed: recorded before the manifest, checked by a later run. */
+  lateRenewals: Set<string>;
+  /** When the listing of the chunks began: renewal records due by then are checked against it. */
+  listedAt: number;
+  /** Renewal records of earlier runs due at this run's listing. */
+  due: DueRenewal[];
+  renewals: RenewalOutcome & { recorded?: string };
   uploadedBytes: number;
   counts: { new: number; reused: number; renewed: number; rewritten: number };
 }
@@ -131,7 +145,6 @@ async function transfer(
             (r) => {
               plan.stored.set(sha256, r.bytes);
               plan.uploadedBytes += r.status === 'stored' ? r.bytes : 0;
-              if (plan.lateCheck.has(sha256)) plan.lateCheck.set(sha256, Date.now());
             },
             (e: unknown) => {
               fail(plan, 'chunk upload failed', e);
@@ -170,7 +183,10 @@ export async function runSnapshotV2(
     held: undefined,
     write: new Map(),
     stored: new Map(),
-    lateCheck: new Map(),
+    lateRenewals: new Set(),
+    listedAt: 0,
+    due: [],
+    renewals: emptyRenewalOutcome(),
     uploadedBytes: 0,
     counts: { new: 0, reused: 0, renewed: 0, rewritten: 0 },
   }));
@@ -180,9 +196,21 @@ export async function runSnapshotV2(
     const listed = Promise.all(
       plans.map(async (plan) => {
         try {
+          plan.listedAt = Date.now();
           plan.held = await listChunks(plan.target, deps.database, { signal });
         } catch (e) {
           fail(plan, 'listing its chunks failed', e);
+          return;
+        }
+        // Renewal records of earlier runs due by this listing (docs/format-2.md, "Renewal records").
+        try {
+          const scan = await scanRenewals(plan.target, deps.database, plan.held, { listedAt: plan.listedAt, jobTimeoutMs, signal });
+          plan.due = scan.due;
+          plan.renewals.records = scan.records;
+          plan.renewals.pending = scan.pending;
+        } catch (e) {
+          if (signal?.aborted) throw e;
+          plan.renewals.error = errorMessage(e);
         }
       }),
     );
@@ -215,7 +243,7 @@ export async function runSnapshotV2(
         } else if (age >= graceMs / 2) {
           plan.write.set(sha256, true);
           plan.counts.renewed++;
-          if (age >= graceMs - 2 * jobTimeoutMs) plan.lateCheck.set(sha256, now);
+          if (age >= graceMs - 2 * jobTimeoutMs) plan.lateRenewals.add(sha256);
         } else {
           plan.stored.set(sha256, held.bytes);
           plan.counts.reused++;
@@ -259,6 +287,25 @@ export async function runSnapshotV2(
           chunkList: { key: chunkListKey(deps.database, desc.id), bytes: list.bytes, sha256: list.sha256, count: list.count },
         };
         try {
+          // Old chunks renewed near G: recorded before the manifest that relies on them, or no manifest.
+          if (plan.lateRenewals.size) {
+            const chunks = [...plan.lateRenewals].map((sha256) => ({
+              sha256,
+              plainBytes: lengths.get(sha256)!,
+              storedBytes: plan.stored.get(sha256)!,
+            }));
+            plan.renewals.recorded = await writeRenewalRecord(
+              plan.target,
+              { database: deps.database, snapshot: desc.id, writer: 'snapshot', jobTimeoutMs, chunks },
+              { signal },
+            );
+            log.info('snapshot.renewals_recorded', {
+              target: plan.target.name,
+              id: desc.id,
+              key: plan.renewals.recorded,
+              chunks: chunks.length,
+            });
+          }
           const { missing } = await commitRepeating(plan.target, m, lines, signal);
           manifest ??= m;
           if (missing.length) missingBy.set(plan, new Map(missing.map((x) => [x.sha256, x.bytes])));
@@ -270,20 +317,32 @@ export async function runSnapshotV2(
     );
     await rewriteMissing(deps.agent, desc.id, deps.database, lengths, missingBy, log, signal);
 
-    // 5. Renewed chunks that were near G when listed: checked once more J after their renewal.
-    const late = plans.filter((p) => !p.outcome.error && p.lateCheck.size > 0);
-    if (late.length) {
-      const until = Math.max(...late.flatMap((p) => [...p.lateCheck.values()])) + jobTimeoutMs;
-      log.info('snapshot.late_check_waiting', {
-        id: desc.id,
-        chunks: late.reduce((n, p) => n + p.lateCheck.size, 0),
-        waitMs: until - Date.now(),
-      });
-      await sleep(until - Date.now(), signal);
-      const again = new Map<Plan, Map<string, number>>();
-      for (const plan of late) again.set(plan, new Map([...plan.lateCheck.keys()].map((h) => [h, plan.stored.get(h)!])));
-      await checkAndRewrite(deps.agent, desc.id, deps.database, lengths, again, log, signal);
-    }
+    // 5. The due renewal records of earlier runs: a missing chunk this snapshot holds was uploaded in 3 as new
+    // and found by the check in 4; what is left is named, and its record stays.
+    await Promise.all(
+      plans.map(async (plan) => {
+        if (plan.outcome.error || plan.renewals.error || plan.due.length === 0) return;
+        const restored = new Set<string>();
+        for (const d of plan.due) for (const c of d.missing) if (lengths.has(c.sha256)) restored.add(c.sha256);
+        plan.renewals.rewritten = restored.size;
+        try {
+          await settleRenewals(plan.target, deps.database, plan.due, restored, plan.renewals, signal);
+        } catch (e) {
+          if (signal?.aborted) throw e;
+          plan.renewals.error = errorMessage(e);
+        }
+        log[plan.renewals.lost.length ? 'error' : 'info']('snapshot.renewals_checked', {
+          target: plan.target.name,
+          id: desc.id,
+          records: plan.renewals.records,
+          pending: plan.renewals.pending,
+          settled: plan.renewals.settled,
+          rewritten: plan.renewals.rewritten,
+          lost: plan.renewals.lost.map((l) => l.key),
+          ...(plan.renewals.error ? { error: plan.renewals.error } : {}),
+        });
+      }),
+    );
   } catch (e) {
     // The source failed (agent gone, a bad frame): committed manifests stay only if their chunks are all there.
     await deps.agent.deleteSnapshot(desc.id).catch(() => undefined);
@@ -305,6 +364,7 @@ export async function runSnapshotV2(
   for (const plan of plans) {
     plan.outcome.chunks = { total: desc.chunks.count, distinct: plan.write.size + plan.counts.reused, ...plan.counts };
     plan.outcome.uploadedBytes = plan.uploadedBytes;
+    plan.outcome.renewals = plan.renewals;
     if (!plan.outcome.error) plan.outcome.ok = true;
     log.info('snapshot.target_chunks', {
       id: desc.id,
@@ -363,29 +423,6 @@ export async function runSnapshotV2(
         }
       }),
     );
-  }
-
-  async function checkAndRewrite(
-    agent: ChunkSource,
-    id: string,
-    database: string,
-    lengths: ReadonlyMap<string, number>,
-    named: Map<Plan, Map<string, number>>,
-    log: Logger,
-    signal: AbortSignal | undefined,
-  ): Promise<void> {
-    const missingBy = new Map<Plan, Map<string, number>>();
-    await Promise.all(
-      [...named].map(async ([plan, chunks]) => {
-        try {
-          const missing = await checkChunks(plan.target, database, chunks, { signal });
-          if (missing.length) missingBy.set(plan, new Map(missing.map((x) => [x.sha256, x.bytes])));
-        } catch (e) {
-          fail(plan, 'checking its renewed chunks failed', e);
-        }
-      }),
-    );
-    await rewriteMissing(agent, id, database, lengths, missingBy, log, signal);
   }
 }
 

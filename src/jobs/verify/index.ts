@@ -9,6 +9,8 @@ import { TcabError, TargetError, errorMessage, isAbortError } from '../../errors
 import { silentLogger, type Logger } from '../../log.js';
 import type { Target } from '../../targets/target.js';
 import { formatDuration } from '../../util/duration.js';
+import { listRenewalRecords } from '../../catalog/renewals.js';
+import { loadChunkGrace } from '../settings.js';
 import { ChunkVerdicts, verifyStoredSnapshot, type VerifyOutcome } from './check.js';
 import {
   readVerifyRecord,
@@ -120,6 +122,11 @@ export interface TargetVerifyResult {
   /** The longest any snapshot on the target had gone unread, after this run. */
   longestUnreadMs: number;
   selected: RotationPlan['selected'];
+  /**
+   * Format 2: renewal records waiting for their check (docs/format-2.md, "Renewal records"), and when the
+   * oldest was written. One older than G means no snapshot or replicate run has reached the target since.
+   */
+  renewals?: { pending: number; oldest: string };
 }
 
 export interface VerifyRotationResult {
@@ -166,14 +173,24 @@ export class VerifyFailedError extends TcabError {
 }
 
 export async function runVerifyRotation(
-  deps: { targets: Target[]; database: string; logger?: Logger; now?: () => Date },
+  deps: {
+    targets: Target[];
+    database: string;
+    logger?: Logger;
+    now?: () => Date;
+    /** G: a renewal record older than this is reported (warning). TCAB_BACKUP_CHUNK_GRACE's default when absent. */
+    chunkGraceMs?: number;
+  },
   request: VerifyRotationRequest,
 ): Promise<VerifyRotationResult> {
   const log = deps.logger ?? silentLogger;
   const now = deps.now ?? (() => new Date());
   const started = Date.now();
   const outcomes: VerifyOutcome[] = [];
-  const targets = await Promise.all(deps.targets.map((target) => verifyTarget(target, deps.database, request, now, log, outcomes)));
+  const graceMs = deps.chunkGraceMs ?? loadChunkGrace({}).graceMs;
+  const targets = await Promise.all(
+    deps.targets.map((target) => verifyTarget(target, deps.database, request, now, log, outcomes, graceMs)),
+  );
   outcomes.sort((a, b) => a.target.localeCompare(b.target) || (a.id < b.id ? 1 : -1));
   const result: VerifyRotationResult = {
     database: deps.database,
@@ -215,6 +232,7 @@ async function verifyTarget(
   now: () => Date,
   log: Logger,
   outcomes: VerifyOutcome[],
+  graceMs: number,
 ): Promise<TargetVerifyResult> {
   const signal = request.signal;
   const base: TargetVerifyResult = {
@@ -325,6 +343,25 @@ async function verifyTarget(
   } catch (e) {
     if (signal?.aborted) throw e;
     return { ...summary, reachable: false, error: `writing the verify record failed: ${errorMessage(e)}` };
+  }
+  // Renewal records still waiting: reported, never acted on (a snapshot or replicate run checks them).
+  try {
+    const records = await listRenewalRecords(target, database, signal ? { signal } : {});
+    if (records.length) {
+      const oldest = records.reduce((a, r) => (r.lastModified < a ? r.lastModified : a), records[0]!.lastModified);
+      summary.renewals = { pending: records.length, oldest: oldest.toISOString() };
+      if (finishedAt.getTime() - oldest.getTime() > graceMs) {
+        log.warn('verify.renewals_overdue', {
+          target: target.name,
+          pending: records.length,
+          oldest: oldest.toISOString(),
+          note: 'a renewed chunk has waited longer than TCAB_BACKUP_CHUNK_GRACE for its check: run "tcab-backup snapshot" or "tcab-backup replicate" against this target',
+        });
+      }
+    }
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    log.warn('verify.renewals_unlisted', { target: target.name, error: errorMessage(e) });
   }
   if (summary.longestUnreadMs > request.withinMs) {
     log.warn('verify.window_exceeded', {
