@@ -193,10 +193,22 @@ export async function checkChunks(
 }
 
 /**
+ * The body of a chunk's GET broke off after the target answered: the object is there and was readable, so
+ * reading it again may well succeed (restore does, src/jobs/restore/chunks.ts). The message is the cause's.
+ */
+export class ChunkBodyError extends Error {
+  constructor(override readonly cause: unknown) {
+    super(errorMessage(cause));
+    this.name = 'ChunkBodyError';
+  }
+}
+
+/**
  * Reads one stored chunk into a buffer, refusing more than `storedBytes` + 1 bytes (memory stays bounded
  * whatever the object holds; one spare byte tells a longer object apart). The caller compares the length with
- * the chunk list's and decompresses (chunk-codec.ts decompressChunk). Target errors, NotFoundError included,
- * are passed on as they are, so the caller can tell a missing chunk from one that could not be read.
+ * the chunk list's and decompresses (chunk-codec.ts decompressChunk). Target errors of the GET, NotFoundError
+ * included, are passed on as they are, so the caller can tell a missing chunk from one that could not be read;
+ * a body that breaks off afterwards is a ChunkBodyError (unless `signal` aborted it).
  */
 export async function readStoredChunk(
   target: Target,
@@ -215,8 +227,13 @@ export async function readStoredChunk(
       if (length > storedBytes) break;
       parts.push(buf);
     }
+  } catch (e) {
+    if (options.signal?.aborted) throw e;
+    throw new ChunkBodyError(e);
   } finally {
     body.destroy();
   }
-  return length > storedBytes ? Buffer.alloc(storedBytes + 1) : Buffer.concat(parts, length);
+  if (length > storedBytes) return Buffer.alloc(storedBytes + 1);
+  // A file target reads a chunk in one piece: no copy then.
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
 }

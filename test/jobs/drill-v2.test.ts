@@ -243,53 +243,104 @@ describe('application drill of a format-2 snapshot', () => {
     });
   }
 
-  it('stops the upload at a chunk damaged on the way, naming it, and the agent starts nothing', async () => {
+  /**
+   * The local target, where the application drill's read of the chunk of line 4 (the file-level restore reads
+   * every line once before it) meets damage: `atRest`, the stored file gets a byte flipped before that read
+   * and stays so (every read after fails its check); otherwise that one transfer has a byte flipped on the way.
+   */
+  function damagingTarget(atRest: boolean) {
+    const count = manifests.get('local')!.chunkList.count;
+    const damagedAt = count + 4;
+    let reads = 0;
+    const state = { key: '', readsOfKey: 0, restore: async () => {} };
+    const inner = fx.local;
+    const target = {
+      name: inner.name,
+      url: inner.url,
+      put: (k, b, o) => inner.put(k, b, o),
+      head: (k, o) => inner.head(k, o),
+      list: (p, o) => inner.list(p, o),
+      delete: (k, o) => inner.delete(k, o),
+      get: async (key, options) => {
+        if (!CHUNK.test(key)) return inner.get(key, options);
+        if (key === state.key) state.readsOfKey++;
+        if (++reads !== damagedAt) return inner.get(key, options);
+        state.key = key;
+        state.readsOfKey = 1;
+        if (atRest) {
+          const path = join(fx.work, 'backups', key);
+          const good = await readFile(path);
+          const bad = Buffer.from(good);
+          bad[40]! ^= 0xff;
+          await writeFile(path, bad);
+          state.restore = () => writeFile(path, good);
+          return inner.get(key, options);
+        }
+        const got = await inner.get(key, options);
+        let at = 0;
+        const flip = new Transform({
+          transform(chunk: Buffer, _enc, cb) {
+            const copy = Buffer.from(chunk);
+            if (at <= 40 && at + copy.length > 40) copy[40 - at]! ^= 0xff;
+            at += copy.length;
+            cb(null, copy);
+          },
+        });
+        got.body.on('error', (e) => flip.destroy(e));
+        return { ...got, body: got.body.pipe(flip) };
+      },
+    } as Target;
+    return { target, state };
+  }
+
+  it('stops the upload at a chunk damaged at rest, naming it and saying it was read 3 times, and the agent starts nothing', async () => {
     const d = await drillAgent('v2-damaged', 'zlib');
+    const { target, state } = damagingTarget(true);
     try {
-      const m = manifests.get('local')!;
-      // The file-level restore reads every line's chunk once, intact; the application drill's reads, the next
-      // ones, get one damaged chunk a few lines in.
-      const count = m.chunkList.count;
-      const damagedAt = count + 3;
-      let reads = 0;
-      let damagedKey = '';
-      const inner = fx.local;
-      const target = {
-        name: inner.name,
-        url: inner.url,
-        put: (k, b, o) => inner.put(k, b, o),
-        head: (k, o) => inner.head(k, o),
-        list: (p, o) => inner.list(p, o),
-        delete: (k, o) => inner.delete(k, o),
-        get: async (key, options) => {
-          const got = await inner.get(key, options);
-          if (!CHUNK.test(key) || ++reads !== damagedAt) return got;
-          damagedKey = key;
-          let at = 0;
-          const flip = new Transform({
-            transform(chunk: Buffer, _enc, cb) {
-              const copy = Buffer.from(chunk);
-              if (at <= 40 && at + copy.length > 40) copy[40 - at]! ^= 0xff;
-              at += copy.length;
-              cb(null, copy);
-            },
-          });
-          got.body.on('error', (e) => flip.destroy(e));
-          return { ...got, body: got.body.pipe(flip) };
-        },
-      } as Target;
       const err = await runDrill({ targets: [target], database: DATABASE, live: d.client, workDir, app: d.client }).catch(
         (e: unknown) => e,
       );
       expect(err).toBeInstanceOf(DrillFailedError);
-      expect(damagedKey).toMatch(CHUNK);
+      expect(state.key).toMatch(CHUNK);
+      // Read three times: the damage is in the stored object, not in one transfer.
+      expect(state.readsOfKey).toBe(3);
       const record = (err as DrillFailedError).result.targets[0]!;
       expect(record.checks?.method).toBe('restore');
       expect(record.app).toMatchObject({ passed: false, failedStep: 'receive' });
-      expect(record.app!.error).toContain(`failed at step receive: the upload was stopped, the agent started nothing: chunk ${damagedKey}`);
-      expect((err as Error).message).toContain(damagedKey);
+      expect(record.app!.error).toContain(
+        `failed at step receive: the upload was stopped, the agent started nothing: chunk ${state.key}, line 4 of the chunk list is damaged`,
+      );
+      expect(record.app!.error).toContain('(read 3 times, every read failed)');
+      expect(record.warnings.filter((w) => w.includes(state.key))).toHaveLength(2);
+      expect((err as Error).message).toContain(state.key);
       expect(d.events.events('drill.backend_started')).toEqual([]);
       await expect(readFile(d.pidFile)).rejects.toMatchObject({ code: 'ENOENT' });
+      await expectNothingLeft(d);
+    } finally {
+      await state.restore();
+      await d.agent.close();
+    }
+  });
+
+  it('reads a chunk damaged on the way once again: the drill passes, the backend starts, and its warning names the chunk', async () => {
+    const d = await drillAgent('v2-healed', 'zlib');
+    const { target, state } = damagingTarget(false);
+    try {
+      const { logger, events } = captureLog();
+      const result = await runDrill({ targets: [target], database: DATABASE, live: d.client, workDir, app: d.client, logger });
+      expect(result.ok).toBe(true);
+      expect(state.key).toMatch(CHUNK);
+      expect(state.readsOfKey).toBe(2);
+      const record = result.targets[0]!;
+      expect(record.app).toMatchObject({ passed: true, failedStep: null, runs: { inFile: RUNS, served: RUNS, comparison: 'all' } });
+      const m = manifests.get('local')!;
+      expect(record.warnings).toEqual([
+        expect.stringContaining(
+          `chunk ${state.key}, line 4 of the chunk list of snapshot ${m.id} on target "local": read 1 of 3 failed (chunk ${state.key}, line 4 of the chunk list is damaged`,
+        ),
+      ]);
+      expect(events('chunk.reread').map((e) => [e.object, e.line, e.read])).toEqual([[state.key, 4, 1]]);
+      expect(d.events.events('drill.backend_started')).toHaveLength(1);
       await expectNothingLeft(d);
     } finally {
       await d.agent.close();

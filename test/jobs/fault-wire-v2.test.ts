@@ -4,7 +4,7 @@
  * stored as chunks (several dozen each), through a proxy that fails request N of a kind in front of Azurite,
  * and in front of s3rver behind the R2 rules (test/support/r2-proxy.ts: create-only PUTs honoured, as R2
  * does). Faults: the 7th chunk GET or PUT answered 503 once, reset, cut short, or every one from the 7th on
- * answered 500; a chunk stored and its answer lost (the create-only retry meets a 412); the chunk list and
+ * answered 500 or cut short; a chunk stored and its answer lost (the create-only retry meets a 412); the chunk list and
  * the manifest stored and their answers lost; the first listing answered 503, or every one from the 2nd on
  * answered 500 (the snapshot's check after its manifest); the 7th chunk delete and every one after answered
  * 500. After each case: the job settled, failed naming the cloud target (and the chunk) or succeeded as the
@@ -139,10 +139,16 @@ const WIRE_CASES: WireCase[] = [
   {
     name: 'the 7th chunk GET cut off after 4 KiB',
     jobs: READS,
-    // A copy that broke off is repeated; a restore may fail (naming the chunk) but never writes a wrong file.
-    expect: 'either',
-    per: { 'replicate from the cloud': 'succeeds' },
+    // A copy that broke off is repeated, and so is a restore's read of a chunk (up to 3 reads).
+    expect: 'succeeds',
     rule: { kind: 'GetObject', nth: 7, path: CHUNK_PATH, fault: { cutAfterBytes: 4096 } },
+  },
+  {
+    name: 'the 7th chunk GET and every one after cut off after 4 KiB',
+    jobs: ['restore'],
+    // Every read of that chunk breaks off: the restore reads it 3 times, then fails naming it.
+    expect: 'fails',
+    rule: { kind: 'GetObject', nth: 7, times: Infinity, path: CHUNK_PATH, fault: { cutAfterBytes: 4096 } },
   },
   {
     name: 'the 7th chunk GET and every one after answered 500',

@@ -9,17 +9,17 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
+import { PassThrough, Transform } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readManifest } from '../../src/catalog/catalog.js';
 import { chunkListKey, manifestKey } from '../../src/catalog/layout.js';
 import { main as cli } from '../../src/cli/main.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
-import { IN_FLIGHT } from '../../src/jobs/restore/chunks.js';
+import { IN_FLIGHT, READS_PER_CHUNK } from '../../src/jobs/restore/chunks.js';
 import type { Target } from '../../src/targets/target.js';
 import { twoSnapshotFiles } from '../support/v2-fixtures.js';
-import { blobTarget, s3Target, testWorld } from '../support/world.js';
+import { blobTarget, captureLog, s3Target, testWorld } from '../support/world.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
 
 const world = testWorld();
@@ -93,7 +93,7 @@ describe('on a file target', () => {
     expect((await readdir(work)).filter((f) => f.includes('.restore-'))).toEqual([]);
   }
 
-  it('fetches chunks in parallel, never more than 8 at once', async () => {
+  it('fetches chunks in parallel, never more than IN_FLIGHT (32) at once', async () => {
     let now = 0;
     let most = 0;
     const counting: Target = Object.create(target, {
@@ -113,10 +113,79 @@ describe('on a file target', () => {
       },
     });
     await restoreTo(counting, id, 'parallel.sqlite');
-    expect(IN_FLIGHT).toBe(8);
+    expect(IN_FLIGHT).toBe(32);
     expect(most).toBeGreaterThan(1);
     expect(most).toBeLessThanOrEqual(IN_FLIGHT);
   });
+
+  /** The target, counting the GETs of `key`. */
+  function readsOf(key: string): { target: Target; count: () => number } {
+    let n = 0;
+    const counting: Target = Object.create(target, {
+      get: {
+        value: (k: string, options?: Parameters<Target['get']>[1]) => {
+          if (k === key) n++;
+          return target.get(k, options);
+        },
+      },
+    });
+    return { target: counting, count: () => n };
+  }
+
+  /** The target, with the first read of the chunk of line 5 spoilt on the way by `spoil`; the object stays intact. */
+  function spoiltOnce(spoil: 'flip' | 'break'): { target: Target; key: () => string; reads: () => number } {
+    let key = '';
+    let reads = 0;
+    const spoiling: Target = Object.create(target, {
+      get: {
+        value: async (k: string, options?: Parameters<Target['get']>[1]) => {
+          const got = await target.get(k, options);
+          if (!key && k.startsWith('chunks/')) {
+            const lines = await listLines();
+            if (k === chunkKey('tcab', lines[4]!.split(' ')[0]!)) key = k;
+          }
+          if (k !== key) return got;
+          if (++reads > 1) return got;
+          let at = 0;
+          const spoilt = new Transform({
+            transform(piece: Buffer, _enc, cb) {
+              if (spoil === 'break' && at + piece.length > 100) return cb(new Error('connection reset by peer (test)'));
+              const copy = Buffer.from(piece);
+              if (at <= 40 && at + copy.length > 40) copy[40 - at]! ^= 0xff;
+              at += copy.length;
+              cb(null, copy);
+            },
+          });
+          got.body.on('error', (e) => spoilt.destroy(e));
+          return { ...got, body: got.body.pipe(spoilt) };
+        },
+      },
+    });
+    return { target: spoiling, key: () => key, reads: () => reads };
+  }
+
+  for (const spoil of ['flip', 'break'] as const) {
+    it(`reads a chunk again after one ${spoil === 'flip' ? 'damaged read (a byte flipped on the way)' : 'read whose body broke off'}, restores the exact file and warns naming the chunk`, async () => {
+      const { logger, events } = captureLog();
+      const rereads: string[] = [];
+      const spoilt = spoiltOnce(spoil);
+      const name = `healed-${spoil}.sqlite`;
+      const result = await runRestore(
+        { targets: [spoilt.target], database: 'tcab', logger },
+        { selector: { id }, outPath: join(work, name), onReread: (r) => rereads.push(r.message) },
+      );
+      expect(spoilt.key()).toMatch(/^chunks\/tcab\/[0-9a-f]{2}\/[0-9a-f]{64}\.zst$/);
+      expect(spoilt.reads()).toBe(2);
+      expect(result.skipped).toEqual([]);
+      expect(await sha256Of(join(work, name))).toBe(await sha256Of(first));
+      const warned = events('chunk.reread');
+      expect(warned).toHaveLength(1);
+      expect(warned[0]).toMatchObject({ level: 'warn', target: 'damage', snapshot: id, object: spoilt.key(), line: 5, read: 1, of: 3 });
+      expect(String(warned[0]!.error)).toMatch(spoil === 'flip' ? /is damaged/ : /connection reset by peer \(test\)/);
+      expect(rereads).toEqual([expect.stringContaining(`chunk ${spoilt.key()}, line 5 of the chunk list of snapshot ${id}`)]);
+      expect(rereads[0]).toContain('read 1 of 3 failed');
+    });
+  }
 
   it('refuses a damaged chunk (bytes flipped), naming the snapshot, the target and the chunk key', async () => {
     const [hash] = (await listLines())[3]!.split(' ');
@@ -125,12 +194,24 @@ describe('on a file target', () => {
     const bad = Buffer.from(good);
     for (let i = 20; i < 28 && i < bad.length; i++) bad[i]! ^= 0xff;
     await writeFile(path, bad);
+    const { logger, events } = captureLog();
+    const reads = readsOf(chunkKey('tcab', hash!));
     try {
-      const error = await restoreTo(target, id, 'damaged.sqlite').catch((e: Error) => e);
+      const error = await runRestore(
+        { targets: [reads.target], database: 'tcab', logger },
+        { selector: { id }, outPath: join(work, 'damaged.sqlite') },
+      ).catch((e: Error) => e);
       expect(error).toBeInstanceOf(Error);
       const message = (error as Error).message;
       expect(message).toContain(`Snapshot ${id} on target "damage"`);
       expect(message).toContain(`chunk ${chunkKey('tcab', hash!)}, line 4 of the chunk list is damaged`);
+      // Damaged at rest: every read fails the check, and the error says the chunk was read more than once.
+      expect(message).toContain(`(read ${READS_PER_CHUNK} times, every read failed)`);
+      expect(reads.count()).toBe(READS_PER_CHUNK);
+      expect(events('chunk.reread').map((e) => [e.object, e.line, e.read])).toEqual([
+        [chunkKey('tcab', hash!), 4, 1],
+        [chunkKey('tcab', hash!), 4, 2],
+      ]);
       expect(message).toMatch(/restore from another target/);
       await expectNothingLeft('damaged.sqlite');
     } finally {
@@ -144,10 +225,14 @@ describe('on a file target', () => {
     const path = join(dir, chunkKey('tcab', hash!));
     const good = await readFile(path);
     await rm(path);
+    const reads = readsOf(chunkKey('tcab', hash!));
     try {
-      const message = (await restoreTo(target, id, 'missing.sqlite').catch((e: Error) => e)) as Error;
+      const message = (await restoreTo(reads.target, id, 'missing.sqlite').catch((e: Error) => e)) as Error;
       expect(message.message).toContain(`Snapshot ${id} on target "damage"`);
       expect(message.message).toContain(`chunk ${chunkKey('tcab', hash!)}, line ${lines.length - 1} of the chunk list is missing`);
+      // A missing chunk is not read again: no read would find it.
+      expect(reads.count()).toBe(1);
+      expect(message.message).not.toContain('read 3 times');
       await expectNothingLeft('missing.sqlite');
     } finally {
       await writeFile(path, good);

@@ -97,14 +97,18 @@ export const NAMES = {
   listing: /list/i,
 };
 
-/** Restore --latest --force of B from "faulty" alone over an existing database file. */
+/**
+ * Restore --latest --force of B from "faulty" alone over an existing database file. A chunk whose body breaks
+ * off once (blip) is read again and the restore succeeds; one that breaks off on every read (error, destroy:
+ * each read from chunk k on) fails naming the chunk after 3 reads (src/jobs/restore/chunks.ts).
+ */
 export const RESTORE_V2: TableV2 = {
   job: 'restore v2',
   rows: [
     list('faulty', 'snapshots', SNAPSHOTS),
     ...gets('faulty', 'manifest', MANIFEST_V2, false),
     ...gets('faulty', 'chunk list', CHUNK_LIST, false),
-    ...gets('faulty', 'chunk', CHUNK, false, chunkRows('refsB')),
+    ...gets('faulty', 'chunk', CHUNK, true, chunkRows('refsB')),
   ],
 };
 

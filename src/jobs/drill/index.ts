@@ -27,7 +27,7 @@ import {
   type DrillRecord,
 } from '../../catalog/drill-record.js';
 import { runRestore } from '../restore/index.js';
-import { readCheckedChunks } from '../restore/chunks.js';
+import { readCheckedChunks, type ChunkReread } from '../restore/chunks.js';
 import { firstValue, openDatabase } from '../../util/sqlite.js';
 import { verifyByStreaming, verifyChunksByStreaming } from './stream.js';
 import type { DrillMethodSetting } from '../settings.js';
@@ -192,8 +192,8 @@ async function drillTarget(
     if (method.method === 'restore') {
       const path = join(scratch, `${manifest.id}.sqlite`);
       const restored = await runRestore(
-        { targets: [target], database: deps.database },
-        { selector: { id: manifest.id }, outPath: path, signal },
+        { targets: [target], database: deps.database, logger: log },
+        { selector: { id: manifest.id }, outPath: path, signal, onReread: (r) => record.warnings.push(r.message) },
       ).catch((e: unknown) => {
         throw new TcabError(restoreFailure(e, manifest!.id, target.name, target.url));
       });
@@ -209,7 +209,10 @@ async function drillTarget(
       const streamed =
         manifest.formatVersion === 1
           ? await verifyByStreaming(target, manifest, signal)
-          : await verifyChunksByStreaming(target, manifest, signal).catch((e: unknown) => {
+          : await verifyChunksByStreaming(target, manifest, signal, {
+              logger: log,
+              onReread: (r) => record.warnings.push(r.message),
+            }).catch((e: unknown) => {
               throw signal?.aborted ? e : new TcabError(withoutSnapshotPrefix(e, manifest!.id, target), { cause: e });
             });
       record.recoveryTimeMs = streamed.durationMs;
@@ -224,7 +227,7 @@ async function drillTarget(
     }
     if (deps.app) {
       const fileMs = record.recoveryTimeMs;
-      const app = await appDrill(target, manifest, deps.app, log, signal);
+      const app = await appDrill(target, manifest, deps.app, log, signal, (r) => record.warnings.push(r.message));
       record.app = app;
       if (!app.passed) throw new TcabError(app.error!);
       if (fileMs !== null && app.startToServingMs !== null) record.recoveryTimeMs = fileMs + app.startToServingMs;
@@ -309,6 +312,7 @@ async function appDrill(
   source: AppDrillSource | { unavailable: string },
   log: Logger,
   signal: AbortSignal | undefined,
+  onReread: (reread: ChunkReread) => void,
 ): Promise<AppDrillRecord> {
   const empty = { runs: { inFile: null, served: null, comparison: null }, checks: [], startToServingMs: null, totalMs: null };
   if ('unavailable' in source) {
@@ -339,7 +343,7 @@ async function appDrill(
     } else {
       // The stored chunks in order, one zstd stream; each checked as it passes, so a damaged chunk cuts the
       // upload (the agent then stops and cleans up, having started nothing) and is named here.
-      const chunks = readCheckedChunks(target, manifest, signal ? { signal } : {});
+      const chunks = readCheckedChunks(target, manifest, { logger: log, onReread, ...(signal ? { signal } : {}) });
       body = Readable.from(
         (async function* () {
           try {

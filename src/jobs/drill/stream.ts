@@ -21,7 +21,7 @@ import type { ManifestV2 } from '../../catalog/manifest-v2.js';
 import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
 import type { Target } from '../../targets/target.js';
 import { HashingStream, decompressor } from '../../util/streams.js';
-import { readCheckedChunks } from '../restore/chunks.js';
+import { readCheckedChunks, type ReadChunksOptions } from '../restore/chunks.js';
 
 /** A snapshot the agent did not find intact is not drilled: its bytes would prove nothing. */
 function checkAgentIntegrity(manifest: ManifestV1 | ManifestV2): void {
@@ -38,12 +38,13 @@ export async function verifyChunksByStreaming(
   target: Target,
   manifest: ManifestV2,
   signal?: AbortSignal,
+  options: Omit<ReadChunksOptions, 'signal'> = {},
 ): Promise<{ durationMs: number; chunks: number; storedBytes: number }> {
   checkAgentIntegrity(manifest);
   const started = Date.now();
   let chunks = 0;
   let storedBytes = 0;
-  for await (const chunk of readCheckedChunks(target, manifest, signal ? { signal } : {})) {
+  for await (const chunk of readCheckedChunks(target, manifest, { ...options, ...(signal ? { signal } : {}) })) {
     chunks++;
     storedBytes += chunk.stored.length;
   }

@@ -8,24 +8,80 @@
  * Memory is bounded by construction, whatever the size of the database: at most IN_FLIGHT chunks are being
  * fetched or waiting to be used, each read into a buffer only up to the stored size its chunk-list line
  * gives (plus one byte, to tell a longer object), and decompressed to at most its plain length (at most the
- * chunking's maximum, 256 KiB); nothing else is held but the chunk list's lines (about 140 bytes a chunk).
- * The file is written with positional writes and synced before the caller checks it with SQLite.
+ * chunking's maximum, 256 KiB): IN_FLIGHT x (256 KiB + a frame of at most about 256 KiB) = 16 MiB at most,
+ * whatever the database's size. Nothing else is held but the chunk list's lines (about 140 bytes a chunk)
+ * and, in restore, the writes under way (WRITE_BATCH_BYTES twice). The file is written with positional writes
+ * and synced before the caller checks it with SQLite.
+ *
+ * A read that went wrong after the target answered (the body broke off, or the bytes failed a check: stored
+ * length, decompression, plain length, sha256) is read again, up to READS_PER_CHUNK reads in all with a short
+ * backoff, each re-read reported (logger and onReread) naming the chunk's key, its line and what failed: a
+ * transfer damaged on the way heals, a chunk damaged at rest fails every read and stops the restore, naming
+ * the chunk and saying how often it was read. A missing chunk (NotFound) is not read again, nor is a GET the
+ * target refused for good (auth, a bad request); a GET that failed to start for a transient reason is the
+ * target's retry layer's (src/targets/retry.ts, five retries with backoff) and is not multiplied here.
  */
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { manifestChunkListKey } from '../../catalog/catalog.js';
-import { readStoredChunk } from '../../catalog/chunk-store.js';
-import { IntegrityError, NotFoundError, TcabError, errorMessage } from '../../errors.js';
+import { ChunkBodyError, readStoredChunk } from '../../catalog/chunk-store.js';
+import { IntegrityError, NotFoundError, TcabError, errorMessage, isPermanent } from '../../errors.js';
 import { decompressChunk } from '../../format/chunk-codec.js';
 import { chunkKey } from '../../format/chunk-key.js';
 import type { ManifestV2 } from '../../catalog/manifest-v2.js';
 import { readChunkList, type ChunkRefV2 } from '../../format/chunk-list.js';
+import { silentLogger, type Logger } from '../../log.js';
+import { sleep } from '../../targets/retry.js';
 import type { Target } from '../../targets/target.js';
 
-/** Chunks fetched at once: enough to hide a request's latency, few enough that memory stays a few MB. */
-export const IN_FLIGHT = 8;
+/**
+ * Chunks fetched at once. A cloud GET waits tens of milliseconds before its first byte, so with chunks of
+ * 80 KB on average 8 in flight cap a restore near 8 x 80 KB / 40 ms = 16 MB/s; 32 hide that latency (and keep
+ * the thread pool busy decompressing and hashing on a file target) for at most 16 MiB of memory (above).
+ */
+export const IN_FLIGHT = 32;
+
+/** Reads of one chunk before a restore gives up on it: the first and two more. */
+export const READS_PER_CHUNK = 3;
+/** Wait before re-read n (1-based): 100 ms, then 400 ms. */
+const rereadDelayMs = (n: number) => 100 * 4 ** (n - 1);
+
+/** A chunk read again after a bad read. */
+export interface ChunkReread {
+  /** The chunk's key on the target. */
+  key: string;
+  /** Its line of the chunk list (1-based). */
+  line: number;
+  /** The read that failed (1-based) and the reads allowed in all. */
+  read: number;
+  of: number;
+  /** What failed. */
+  error: string;
+  /** One sentence for a warning: the chunk, its line, the snapshot, the target and what failed. */
+  message: string;
+}
+
+export interface ReadChunksOptions {
+  signal?: AbortSignal;
+  /** Where each re-read is logged as a warning ("chunk.reread"). */
+  logger?: Logger;
+  /** Called for each re-read, e.g. to put it among a drill record's warnings. */
+  onReread?: (reread: ChunkReread) => void;
+}
 
 const DAMAGED_HINT = 'the stored copy is damaged; restore from another target (--target) and run "tcab-backup verify"';
+
+/** A failed read of a chunk: what failed (without the snapshot), what to check, and whether to read it again. */
+class ChunkReadFailure extends Error {
+  constructor(
+    readonly detail: string,
+    readonly options: { hint: string; cause?: unknown; integrity: boolean; again: boolean },
+  ) {
+    super(detail, { cause: options.cause });
+  }
+}
+
+const UNREADABLE_HINT = 'check that the target is reachable, then run the restore again';
 
 /** One chunk of a format-2 snapshot, fetched and checked, in file order. */
 export interface CheckedChunk {
@@ -50,8 +106,9 @@ export interface CheckedChunk {
 export async function* readCheckedChunks(
   target: Target,
   manifest: ManifestV2,
-  options: { signal?: AbortSignal } = {},
+  options: ReadChunksOptions = {},
 ): AsyncGenerator<CheckedChunk, { storedBytes: number; plainBytes: number }, undefined> {
+  const log = options.logger ?? silentLogger;
   const snapshot = `Snapshot ${manifest.id} on target "${target.name}" (${target.url})`;
   const listKey = manifestChunkListKey(manifest);
   const stop = new AbortController();
@@ -79,30 +136,36 @@ export async function* readCheckedChunks(
   }
 
   // 2. The chunks: up to IN_FLIGHT fetched ahead, written strictly in order.
-  const fetchChunk = async (index: number): Promise<{ stored: Buffer; plain: Buffer }> => {
+  /** One read of a chunk, checked; a ChunkReadFailure says whether reading it again may help. */
+  const readOnce = async (index: number, where: string): Promise<{ stored: Buffer; plain: Buffer }> => {
     const ref = refs[index]!;
-    const key = chunkKey(manifest.databaseName, ref[0]);
-    const where = `${key}, line ${index + 1} of the chunk list`;
     let stored: Buffer;
     try {
       stored = await readStoredChunk(target, manifest.databaseName, ref[0], ref[2], { signal });
     } catch (e) {
       if (signal.aborted) throw e;
       if (e instanceof NotFoundError) {
-        throw new TcabError(`${snapshot}: chunk ${where} is missing`, {
+        throw new ChunkReadFailure(`chunk ${where} is missing`, {
           hint: 'the target lost a chunk this snapshot needs (a prune that did not see the manifest?); restore from another target (--target) and run "tcab-backup verify"',
           cause: e,
+          integrity: false,
+          again: false,
         });
       }
-      throw new TcabError(`${snapshot}: reading chunk ${where} failed: ${errorMessage(e)}`, {
-        hint: 'check that the target is reachable, then run the restore again',
-        cause: e,
+      // A GET that did not start was the target's retry layer's to repeat; a body that broke off is repeated here.
+      const broke = e instanceof ChunkBodyError;
+      const cause = broke ? e.cause : e;
+      throw new ChunkReadFailure(`reading chunk ${where} failed: ${errorMessage(cause)}`, {
+        hint: UNREADABLE_HINT,
+        cause,
+        integrity: false,
+        again: broke && !isPermanent(cause),
       });
     }
     if (stored.length !== ref[2]) {
-      throw new IntegrityError(
-        `${snapshot}: chunk ${where} is ${stored.length > ref[2] ? 'longer than' : `${stored.length} bytes, not`} the ${ref[2]} bytes the chunk list gives`,
-        { hint: DAMAGED_HINT },
+      throw new ChunkReadFailure(
+        `chunk ${where} is ${stored.length > ref[2] ? 'longer than' : `${stored.length} bytes, not`} the ${ref[2]} bytes the chunk list gives`,
+        { hint: DAMAGED_HINT, integrity: true, again: true },
       );
     }
     try {
@@ -113,7 +176,57 @@ export async function* readCheckedChunks(
       );
       return { stored, plain };
     } catch (e) {
-      throw new IntegrityError(`${snapshot}: chunk ${where} is damaged: ${errorMessage(e)}`, { hint: DAMAGED_HINT, cause: e });
+      throw new ChunkReadFailure(`chunk ${where} is damaged: ${errorMessage(e)}`, {
+        hint: DAMAGED_HINT,
+        cause: e,
+        integrity: true,
+        again: true,
+      });
+    }
+  };
+
+  const fetchChunk = async (index: number): Promise<{ stored: Buffer; plain: Buffer }> => {
+    const key = chunkKey(manifest.databaseName, refs[index]![0]);
+    const where = `${key}, line ${index + 1} of the chunk list`;
+    for (let read = 1; ; read++) {
+      try {
+        return await readOnce(index, where);
+      } catch (e) {
+        if (signal.aborted || !(e instanceof ChunkReadFailure)) throw e;
+        const { hint, cause, integrity, again } = e.options;
+        const Kind = integrity ? IntegrityError : TcabError;
+        if (!again) throw new Kind(`${snapshot}: ${e.detail}`, { hint, cause });
+        if (read >= READS_PER_CHUNK) {
+          throw new Kind(`${snapshot}: ${e.detail} (read ${READS_PER_CHUNK} times, every read failed)`, {
+            hint: integrity
+              ? 'the stored copy is damaged, not one transfer of it; restore from another target (--target) and run "tcab-backup verify"'
+              : hint,
+            cause,
+          });
+        }
+        const delayMs = rereadDelayMs(read);
+        const reread: ChunkReread = {
+          key,
+          line: index + 1,
+          read,
+          of: READS_PER_CHUNK,
+          error: e.detail,
+          message: `chunk ${key}, line ${index + 1} of the chunk list of snapshot ${manifest.id} on target "${target.name}": read ${read} of ${READS_PER_CHUNK} failed (${e.detail}); reading it again`,
+        };
+        // "object", not "key": the logger masks fields named like credentials.
+        log.warn('chunk.reread', {
+          target: target.name,
+          snapshot: manifest.id,
+          object: key,
+          line: index + 1,
+          read,
+          of: READS_PER_CHUNK,
+          delayMs,
+          error: e.detail,
+        });
+        options.onReread?.(reread);
+        await sleep(delayMs, signal);
+      }
     }
   };
 
@@ -155,34 +268,79 @@ export async function* readCheckedChunks(
   return { storedBytes, plainBytes: position };
 }
 
+/** Plain bytes gathered into one positional write (writev), so that a write is not a system call per chunk. */
+export const WRITE_BATCH_BYTES = 4 << 20;
+
 /**
  * Writes the snapshot `manifest` describes from `target` into `file` (empty, just created). Resolves with the
  * bytes read from the target and written to the file once both the chunks and the whole file match.
+ *
+ * Chunks are gathered up to WRITE_BATCH_BYTES and written with one writev while the next batch is gathered:
+ * at most two batches are held, and the fetches never wait for the disk unless it is slower than they are.
  */
 export async function writeChunkedSnapshot(
   target: Target,
   manifest: ManifestV2,
   file: FileHandle,
-  options: { signal?: AbortSignal; onProgress?: (bytesRead: number, totalBytes: number) => void },
+  options: ReadChunksOptions & { onProgress?: (bytesRead: number, totalBytes: number) => void },
 ): Promise<{ storedBytes: number; plainBytes: number }> {
   let position = 0;
   let storedBytes = 0;
   let lastReport = 0;
-  // The whole file's check is the iteration's last step: the loop ends only once it has passed.
-  for await (const { plain, stored } of readCheckedChunks(target, manifest, options.signal ? { signal: options.signal } : {})) {
-    for (let at = 0; at < plain.length; ) {
-      const { bytesWritten } = await file.write(plain, at, plain.length - at, position);
-      at += bytesWritten;
-      position += bytesWritten;
+  let batch: Buffer[] = [];
+  let batchBytes = 0;
+  let writing: Promise<void> = Promise.resolve();
+  const writeAll = async (buffers: Buffer[], bytes: number, at: number) => {
+    let done = 0;
+    while (done < bytes) {
+      // A short write (rare, e.g. a full disk answers with what fitted) goes on from where it stopped.
+      const rest: Buffer[] = [];
+      let skip = done;
+      for (const b of buffers) {
+        if (skip >= b.length) skip -= b.length;
+        else {
+          rest.push(skip ? b.subarray(skip) : b);
+          skip = 0;
+        }
+      }
+      const { bytesWritten } = await file.writev(rest, at + done);
+      if (bytesWritten === 0) throw new Error(`writing at byte ${at + done} wrote nothing`);
+      done += bytesWritten;
     }
-    storedBytes += stored.length;
-    const now = Date.now();
-    if (options.onProgress && now - lastReport > 250) {
-      lastReport = now;
-      options.onProgress(storedBytes, manifest.stored.bytes);
+  };
+  const flush = async () => {
+    await writing;
+    const buffers = batch;
+    const at = position - batchBytes;
+    const bytes = batchBytes;
+    batch = [];
+    batchBytes = 0;
+    writing = writeAll(buffers, bytes, at);
+    // Awaited before the next batch starts and at the end; this keeps a failure from going unhandled meanwhile.
+    writing.catch(() => undefined);
+  };
+  const { onProgress, ...readOptions } = options;
+  try {
+    // The whole file's check is the iteration's last step: the loop ends only once it has passed.
+    for await (const { plain, stored } of readCheckedChunks(target, manifest, readOptions)) {
+      batch.push(plain);
+      batchBytes += plain.length;
+      position += plain.length;
+      if (batchBytes >= WRITE_BATCH_BYTES) await flush();
+      storedBytes += stored.length;
+      const now = Date.now();
+      if (onProgress && now - lastReport > 250) {
+        lastReport = now;
+        onProgress(storedBytes, manifest.stored.bytes);
+      }
     }
+    await flush();
+  } finally {
+    // Also on a failure: no write outlives the call (the caller closes and removes the file).
+    await writing.catch(() => undefined);
   }
-  options.onProgress?.(storedBytes, manifest.stored.bytes);
+  await writing;
+  onProgress?.(storedBytes, manifest.stored.bytes);
   await file.sync();
   return { storedBytes, plainBytes: position };
 }

@@ -27,7 +27,7 @@ import type { Target } from '../../targets/target.js';
 import { firstColumn, firstValue, openDatabase } from '../../util/sqlite.js';
 import { HashingStream, decompressor } from '../../util/streams.js';
 import { describeSelector, selectSnapshot, type SnapshotSelector } from '../../catalog/select.js';
-import { writeChunkedSnapshot } from './chunks.js';
+import { writeChunkedSnapshot, type ChunkReread } from './chunks.js';
 
 export interface RestoreRequest {
   selector: SnapshotSelector;
@@ -36,6 +36,8 @@ export interface RestoreRequest {
   signal?: AbortSignal;
   /** Called as bytes arrive (compressed bytes read from the target). */
   onProgress?: (bytesRead: number, totalBytes: number) => void;
+  /** Format 2: called for each chunk read again after a bad read (also logged as "chunk.reread"). */
+  onReread?: (reread: ChunkReread) => void;
 }
 
 export interface RestoreResult {
@@ -118,8 +120,10 @@ async function restoreFromTarget(
         manifest.formatVersion === 1
           ? await writeArtifact(target, manifest, file, request)
           : await writeChunkedSnapshot(target, manifest, file, {
+              logger: log,
               ...(request.signal ? { signal: request.signal } : {}),
               ...(request.onProgress ? { onProgress: request.onProgress } : {}),
+              ...(request.onReread ? { onReread: request.onReread } : {}),
             });
     } finally {
       await file.close().catch(() => undefined);
