@@ -131,7 +131,9 @@ export class ChunkCompressor {
         if (err || this.failed) return fail(err ?? this.failed);
         const parts: Buffer[] = [];
         for (let b: Buffer | null; (b = this.stream.read() as Buffer | null) !== null; ) parts.push(b);
-        const frame = Buffer.concat(parts);
+        // Mostly one part: a view of the stream's output buffer, which zstd never writes again, kept as it is
+        // rather than copied (a copy per chunk is as many bytes of garbage again as the frames themselves).
+        const frame = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
         if (frame.length < 4 || frame.readUInt32LE(0) !== ZSTD_MAGIC)
           return fail(new Error(`the compressor produced ${frame.length} bytes that do not start a zstd frame`));
         resolve(frame);
