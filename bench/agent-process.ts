@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { TcabError } from '../src/errors.js';
 import { redact, registerSecret } from '../src/log.js';
 import { ProcessTreeWatcher, type TreePeaks } from './memory.js';
-import { cliPath, killOnExit } from './processes.js';
+import { cliArgs, cliPath, killOnExit } from './processes.js';
 
 const START_TIMEOUT_MS = 30_000;
 const STOP_TIMEOUT_MS = 30_000;
@@ -42,7 +42,7 @@ export async function startAgentProcess(options: { dbPath: string; stagingDir: s
     TCAB_AGENT_KEYS: `${keyId}=${key}`,
     TCAB_LOG_LEVEL: 'info',
   };
-  const child = spawn(process.execPath, [cliPath(), 'agent'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, cliArgs('agent'), { env, stdio: ['ignore', 'ignore', 'pipe'] });
   const forget = killOnExit(child);
   if (child.pid === undefined) {
     forget();

@@ -3,13 +3,15 @@
  * in the same run. Between two snapshots the backend's write load is replayed at its rate (15 runs and their
  * reviews, one transaction each, 20 s of simulated time apart: 5 minutes), then `tcab-backup snapshot
  * --format 2` and `--format 1` run one after the other (which goes first alternates) as their own processes,
- * against one agent process, each to its own file target. Nothing waits in real time.
+ * each format against an agent process of its own (so each agent's peak memory is its format's alone), each
+ * to its own file target. Nothing waits in real time. Every process runs with the Node options production
+ * sets (src/node-flags.ts).
  *
  * Measured against issue 13's targets: bytes a format-2 snapshot after the first adds to its target (chunks,
  * chunk list and manifest: the growth of the target folder) against the database's bytes; the format-2 target
  * folder after the 12 against one format-1 snapshot's artifact; the median snapshot time of snapshots 2..12,
  * format 2 against format 1; the restore time of the newest snapshot of each (`tcab-backup restore --latest`);
- * peak RSS of the agent and of the clients.
+ * peak RSS of each format's agent and of the clients.
  *
  * Opt-in (`--case format2`): 24 snapshots and 6 restores take about 100 s at 100 MB and 8 minutes at the
  * default 1 GB on the 2-core test machine, more than the rest of the default run together.
@@ -18,13 +20,14 @@ import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { manifestKey } from '../src/catalog/layout.js';
 import { TcabError } from '../src/errors.js';
-import { startAgentProcess } from './agent-process.js';
+import { NODE_FLAGS } from '../src/node-flags.js';
+import { startAgentProcess, type AgentProcess } from './agent-process.js';
 import { atMost, holds, type BenchCase, type CaseContext, type CaseResult, type Check } from './case.js';
 import { prepareDatabase } from './database.js';
 import { publishRuns } from './dedup-measure.js';
 import { canWatchMemory, peakByName, type TreePeaks } from './memory.js';
 import type { BenchOptions } from './options.js';
-import { cliPath, describeExit, runWatched, type Finished } from './processes.js';
+import { cliArgs, describeExit, runWatched, type Finished } from './processes.js';
 import { formatMb, formatPercent, formatSeconds, median, round } from './stats.js';
 
 export const FORMAT2_TARGETS = {
@@ -131,13 +134,9 @@ async function snapshot(
   agent: { url: string; keyId: string; key: string },
   before: number,
 ): Promise<SnapshotSample> {
-  const finished = await runWatched(
-    process.execPath,
-    [cliPath(), 'snapshot', '--format', String(format), '--reason', 'benchmark', '--json'],
-    {
-      env: clientEnv(root, agent),
-    },
-  );
+  const finished = await runWatched(process.execPath, cliArgs('snapshot', '--format', String(format), '--reason', 'benchmark', '--json'), {
+    env: clientEnv(root, agent),
+  });
   const answer = parseAnswer<SnapshotAnswer>(finished, `tcab-backup snapshot --format ${format} (snapshot ${index})`, root);
   const m = answer.manifest;
   // The manifest is the commit marker: a snapshot the client reported is one the target holds.
@@ -162,7 +161,7 @@ async function snapshot(
 
 async function restore(format: Format, root: string, out: string): Promise<RestoreSample> {
   await rm(out, { force: true });
-  const finished = await runWatched(process.execPath, [cliPath(), 'restore', '--latest', '-o', out, '--json'], { env: clientEnv(root) });
+  const finished = await runWatched(process.execPath, cliArgs('restore', '--latest', '-o', out, '--json'), { env: clientEnv(root) });
   const r = parseAnswer<{ id: string; bytes: number; durationMs: number; tables: Record<string, number> }>(
     finished,
     `tcab-backup restore --latest (format ${format})`,
@@ -192,13 +191,18 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   const batches = join(ctx.workDir, 'batches');
   await mkdir(batches, { recursive: true });
 
-  const agent = await startAgentProcess({ dbPath: db.path, stagingDir: join(ctx.workDir, 'staging') });
-  ctx.progress(`agent process ${agent.pid} on ${agent.url}`);
+  // One agent process per format, on the same database: each peak is that format's alone.
+  const agents: Partial<Record<Format, AgentProcess>> = {};
+  const agentPeaks: Partial<Record<Format, TreePeaks>> = {};
   const samples: Record<Format, SnapshotSample[]> = { 1: [], 2: [] };
   const restores: RestoreSample[] = [];
   const published = { runs: 0, reviews: 0 };
-  let agentPeaks: TreePeaks;
   try {
+    for (const format of FORMATS) {
+      const agent = await startAgentProcess({ dbPath: db.path, stagingDir: join(ctx.workDir, `staging-v${format}`) });
+      agents[format] = agent;
+      ctx.progress(`format-${format} agent process ${agent.pid} on ${agent.url}`);
+    }
     for (let i = 1; i <= SNAPSHOTS; i++) {
       if (i > 1) {
         const p = publishRuns(db.path, batches, RUNS_BETWEEN, options.seed + 100 * i);
@@ -208,7 +212,7 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
       // Which format goes first alternates, so neither always meets a warmer page cache.
       for (const format of i % 2 ? FORMATS : ([...FORMATS].reverse() as Format[])) {
         const list = samples[format];
-        samples[format].push(await snapshot(format, i, roots[format], agent, list.at(-1)?.folderBytes ?? 0));
+        samples[format].push(await snapshot(format, i, roots[format], agents[format]!, list.at(-1)?.folderBytes ?? 0));
       }
       const [v1, v2] = [samples[1].at(-1)!, samples[2].at(-1)!];
       ctx.progress(
@@ -222,7 +226,7 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
         restores.push(await restore(format, roots[format], join(ctx.workDir, `restored-v${format}.sqlite`)));
     }
   } finally {
-    agentPeaks = await agent.stop();
+    for (const format of FORMATS) if (agents[format]) agentPeaks[format] = await agents[format].stop();
   }
 
   const later = (f: Format) => samples[f].slice(1);
@@ -237,7 +241,12 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   const restoreOf = (f: Format) => restores.filter((r) => r.format === f);
   const restoreV1 = median(restoreOf(1).map((r) => r.wallMs));
   const restoreV2 = median(restoreOf(2).map((r) => r.wallMs));
-  const agentPeak = agentPeaks.root?.peakHwmBytes ?? Number.NaN;
+  const agentPeak = (f: Format) => agentPeaks[f]?.root?.peakHwmBytes ?? Number.NaN;
+  // The agents were started with the production Node options (bench/processes.ts cliArgs): their command lines say so.
+  const flagsOf = (p: { command: string } | undefined) => NODE_FLAGS.every((flag) => p?.command.split(' ').includes(flag));
+  const unflagged = FORMATS.filter((f) => !flagsOf(agentPeaks[f]?.root)).map(
+    (f) => `format-${f} agent: ${agentPeaks[f]?.root?.command ?? 'not seen'}`,
+  );
   const clientPeak = (f: Format) => Math.max(...samples[f].map((s) => s.clientHwmBytes), ...restoreOf(f).map((r) => r.clientHwmBytes));
   const mismatched = samples[2]
     .map((s, i) => ({ s, v1: samples[1][i]! }))
@@ -258,8 +267,14 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
     atMost('restore time of the newest snapshot, v2 / v1 (medians)', restoreV2 / restoreV1, FORMAT2_TARGETS.restoreRatio, (v) =>
       v.toFixed(2),
     ),
-    atMost('agent process peak RSS (VmHWM), both formats', agentPeak, FORMAT2_TARGETS.peakRssBytes, formatMb),
+    atMost('format-2 agent process peak RSS (VmHWM), its 12 snapshots', agentPeak(2), FORMAT2_TARGETS.peakRssBytes, formatMb),
     atMost('client process peak RSS (VmHWM), v2 snapshot and restore', clientPeak(2), FORMAT2_TARGETS.peakRssBytes, formatMb),
+    holds(
+      `agents ran with production's Node options (${NODE_FLAGS.join(' ')})`,
+      unflagged.length === 0,
+      `${FORMATS.length - unflagged.length} of ${FORMATS.length}`,
+      unflagged.join('; '),
+    ),
     holds(
       'v2 and v1 snapshots of each state have the same row counts',
       mismatched.length === 0,
@@ -278,7 +293,7 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   const notes = [
     `database: ${formatMb(db.facts.bytes)} at the start (${db.facts.runs} runs, seed ${db.facts.seed}), ${formatMb(lastV1.snapshotBytes)} at the end; ` +
       `between snapshots ${RUNS_BETWEEN} runs and their reviews, one transaction each, 20 s of simulated time apart (${published.runs} runs, ${published.reviews} reviews in all)`,
-    `each snapshot: node dist/src/cli/main.js snapshot --format 2|1 --json (its own process, which format first alternates) -> one agent process -> one file:// target per format`,
+    `each snapshot: node ${NODE_FLAGS.join(' ')} dist/src/cli/main.js snapshot --format 2|1 --json (its own process, which format first alternates) -> that format's agent process -> that format's file:// target`,
     `v2 added per snapshot (target folder growth: chunks, chunk list, manifest): first ${formatMb(first.addedBytes)} (${first.chunks} chunks), then ${later(
       2,
     )
@@ -295,11 +310,13 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
       .join(', ')} | v2 ${restoreOf(2)
       .map((r) => formatSeconds(r.wallMs))
       .join(', ')}; medians v1 ${formatSeconds(restoreV1)}, v2 ${formatSeconds(restoreV2)}`,
-    `memory: agent ${formatMb(agentPeak)} over all ${2 * SNAPSHOTS} snapshots (children: ${
-      peakByName(agentPeaks.descendants)
+    `memory: agents (each over its format's ${SNAPSHOTS} snapshots) v2 ${formatMb(agentPeak(2))}, v1 ${formatMb(agentPeak(1))} (v1's children: ${
+      peakByName(agentPeaks[1]?.descendants ?? [])
         .map((c) => `${c.name} ${formatMb(c.peakHwmBytes)}`)
         .join(', ') || 'none seen'
-    }); clients v2 ${formatMb(clientPeak(2))}, v1 ${formatMb(clientPeak(1))}`,
+    }); clients v2 ${formatMb(clientPeak(2))} (first snapshot ${formatMb(first.clientHwmBytes)}, later snapshots up to ${formatMb(
+      Math.max(...later(2).map((s) => s.clientHwmBytes)),
+    )}, restores up to ${formatMb(Math.max(...restoreOf(2).map((r) => r.clientHwmBytes)))}), v1 ${formatMb(clientPeak(1))}`,
   ];
   const sampleDetails = (f: Format) => samples[f].map((s) => ({ ...s, wallMs: Math.round(s.wallMs) }));
   return {
@@ -318,8 +335,19 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
         uploadShare: round(median(uploadShares), 5),
       },
       memory: {
-        agent: { peakHwmBytes: agentPeak, peakRssBytes: agentPeaks.root?.peakRssBytes, polls: agentPeaks.polls },
-        agentChildren: peakByName(agentPeaks.descendants),
+        agents: Object.fromEntries(
+          FORMATS.map((f) => [
+            `v${f}`,
+            {
+              pid: agentPeaks[f]?.root?.pid,
+              peakHwmBytes: agentPeak(f),
+              peakRssBytes: agentPeaks[f]?.root?.peakRssBytes,
+              polls: agentPeaks[f]?.polls,
+              command: agentPeaks[f]?.root?.command,
+              children: peakByName(agentPeaks[f]?.descendants ?? []),
+            },
+          ]),
+        ),
         client: { v1PeakHwmBytes: clientPeak(1), v2PeakHwmBytes: clientPeak(2) },
       },
     },

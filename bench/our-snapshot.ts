@@ -14,7 +14,7 @@ import { ManifestSchema, type ManifestV1 as Manifest } from '../src/catalog/mani
 import { TcabError, errorMessage } from '../src/errors.js';
 import type { AgentProcess } from './agent-process.js';
 import type { TreePeaks } from './memory.js';
-import { cliPath, describeExit, runWatched } from './processes.js';
+import { cliArgs, describeExit, runWatched } from './processes.js';
 
 export const TARGET_NAMES = ['first', 'second'] as const;
 const DATABASE = 'tcab';
@@ -125,7 +125,7 @@ export async function runOurSnapshot(agent: AgentProcess, folder: string, keep: 
     // info, for the agent.snapshot_created line that says how long the agent took as seen from the client.
     TCAB_LOG_LEVEL: 'info',
   };
-  const finished = await runWatched(process.execPath, [cliPath(), 'snapshot', '--format', '1', '--reason', 'benchmark', '--json'], { env });
+  const finished = await runWatched(process.execPath, cliArgs('snapshot', '--format', '1', '--reason', 'benchmark', '--json'), { env });
   let answer: ClientAnswer | undefined;
   try {
     answer = JSON.parse(finished.stdout) as ClientAnswer;

@@ -1,6 +1,6 @@
 /**
  * Running the things being measured as separate processes, as an operator runs them: the built CLI
- * (`node dist/src/cli/main.js ...`) and shell commands. Wall time is taken from spawn to exit; peak memory
+ * (`node <src/node-flags.ts> dist/src/cli/main.js ...`) and shell commands. Wall time is taken from spawn to exit; peak memory
  * comes from a ProcessTreeWatcher on the child. Output is kept only in bounded amounts (the client's --json
  * answer, the tail of stderr to explain a failure).
  */
@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { TcabError } from '../src/errors.js';
 import { redact } from '../src/log.js';
+import { NODE_FLAGS } from '../src/node-flags.js';
 import { ProcessTreeWatcher, type TreePeaks } from './memory.js';
 
 const OUTPUT_LIMIT = 4 * 1024 * 1024;
@@ -36,6 +37,14 @@ export function cliPath(): string {
   const path = join(repoRoot(), 'dist', 'src', 'cli', 'main.js');
   if (!existsSync(path)) throw new TcabError(`The built CLI ${path} is missing`, { hint: 'npm run build (npm run bench builds first)' });
   return path;
+}
+
+/**
+ * The arguments of `node` that run the built CLI with `args` as production runs it: with the Node options of
+ * src/node-flags.ts, which the CLI's `#!` line, the agent's systemd unit and the function app also set.
+ */
+export function cliArgs(...args: string[]): string[] {
+  return [...NODE_FLAGS, cliPath(), ...args];
 }
 
 /** A child must not outlive the benchmark, even when it is interrupted. */

@@ -14,7 +14,7 @@ import { atMost, holds, type BenchCase, type CaseContext, type CaseResult, type 
 import { prepareDatabase } from './database.js';
 import { canWatchMemory, type TreePeaks } from './memory.js';
 import type { BenchOptions } from './options.js';
-import { cliPath, describeExit, runWatched } from './processes.js';
+import { cliArgs, describeExit, runWatched } from './processes.js';
 import { BUCKET, CONTAINER, prepareReplicationSource, type ReplicationSource } from './replication-source.js';
 import { formatMb, formatSeconds, median, round } from './stats.js';
 
@@ -118,7 +118,7 @@ async function runOurs(
   prefix: string,
   bookkeeping: NodeJS.ProcessEnv,
 ): Promise<Run & { jobMs: number; copied: number; problems: string[] }> {
-  const f = await runWatched(process.execPath, [cliPath(), 'replicate', '--json'], { env: direction.ourEnv(prefix) });
+  const f = await runWatched(process.execPath, cliArgs('replicate', '--json'), { env: direction.ourEnv(prefix) });
   let answer: { ok?: boolean; copied?: number; durationMs?: number } = {};
   try {
     answer = JSON.parse(f.stdout) as typeof answer;
@@ -202,7 +202,7 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   try {
     const env = rcloneEnv(source, ctx.workDir);
     sourceSize = size(`az:${CONTAINER}/snapshots`, env);
-    const rest = await runWatched(process.execPath, [cliPath(), 'list', '--json'], { env: source.env('rest') as NodeJS.ProcessEnv });
+    const rest = await runWatched(process.execPath, cliArgs('list', '--json'), { env: source.env('rest') as NodeJS.ProcessEnv });
     restPeak = rest.memory.root?.peakHwmBytes ?? Number.NaN;
     const there: Direction = {
       name: 'Azurite -> s3rver',

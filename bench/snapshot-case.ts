@@ -13,7 +13,7 @@ import { prepareDatabase } from './database.js';
 import { canWatchMemory, peakByName, type ProcessPeak, type TreePeaks } from './memory.js';
 import type { BenchOptions } from './options.js';
 import { runOurSnapshot, type OurRun } from './our-snapshot.js';
-import { cliPath, runWatched } from './processes.js';
+import { cliArgs, runWatched } from './processes.js';
 import { RECIPE_STEPS, recipeDescription, runRecipe, type RecipeCompression, type RecipeRun, type RecipeStep } from './shell-recipe.js';
 import { formatMb, formatPercent, formatSeconds, mb, median, round } from './stats.js';
 
@@ -91,7 +91,7 @@ async function measure(options: BenchOptions, ctx: CaseContext): Promise<CaseRes
   const agentAfterSample: number[] = [];
   let agentPeaks: TreePeaks;
   try {
-    clientAtStart = peakOf((await runWatched(process.execPath, [cliPath(), '--help'], { env: { PATH: process.env.PATH } })).memory.root);
+    clientAtStart = peakOf((await runWatched(process.execPath, cliArgs('--help'), { env: { PATH: process.env.PATH } })).memory.root);
     for (let i = 1; i <= options.samples; i++) {
       const s = await withWriter(db.path, () => runRecipe(db.path, join(ctx.workDir, 'shell'), compression));
       shell.push({ ...s.result, writer: s.writer });

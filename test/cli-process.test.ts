@@ -3,9 +3,11 @@
  * stderr is what an operator reads at 3 a.m., so a third party's notice must not be there.
  */
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startS3Server, type S3Server } from '../src/dev/emulators.js';
+import { NODE_FLAGS } from '../src/node-flags.js';
 
 const CLI = join(import.meta.dirname, '..', 'dist', 'src', 'cli', 'main.js');
 let s3: S3Server;
@@ -38,5 +40,22 @@ describe('tcab-backup in its own process', () => {
     expect(r.status, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ database: 'tcab' });
     expect(r.stderr).toBe('');
+  });
+});
+
+describe('the built CLI started through its #! line, as the tcab-backup command an operator runs', () => {
+  it('passes the Node options of src/node-flags.ts to node and runs', () => {
+    const [interpreter, ...rest] = readFileSync(CLI, 'utf8').split('\n', 1)[0]!.replace(/^#!/, '').split(' ');
+    // The kernel hands everything after the interpreter to it as one argument; env -S splits it.
+    expect(interpreter).toBe('/usr/bin/env');
+    expect(rest).toEqual(['-S', 'node', ...NODE_FLAGS]);
+    const r = spawnSync(interpreter!, [rest.join(' '), CLI, '--help'], {
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { PATH: process.env.PATH },
+    });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^Usage: tcab-backup <command>/);
   });
 });

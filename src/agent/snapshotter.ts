@@ -9,7 +9,7 @@
  */
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { rename, rm, stat } from 'node:fs/promises';
+import { open, rename, rm, stat } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -365,7 +365,11 @@ export class Snapshotter {
  * .../chunks will send: its lines, bytes and sha256 (of the `<sha256> <length>` lines).
  *
  * The cut points are chunker.ts's (the same CutFinder that chunkStream uses), but no chunk is copied out of the
- * reads: each chunk's sha256 is fed the pieces of the reads it spans, so memory is the read buffers only.
+ * reads: each chunk's sha256 is fed the pieces of the reads it spans, so memory is the read buffer only.
+ *
+ * One read buffer, filled again for every read (each read is hashed and cut before the next): a read stream
+ * allocates a fresh 1 MiB buffer per read, and the garbage collector frees those only after tens of MB of
+ * them have piled up (measured at 1 GB: the agent's resident set rose by about 40 MB during this pass).
  */
 async function chunkListPass(workPath: string, listPath: string, signal: AbortSignal) {
   const plain = new Digest();
@@ -374,9 +378,7 @@ async function chunkListPass(workPath: string, listPath: string, signal: AbortSi
   let count = 0;
   const partialPath = `${listPath}.partial`;
   await pipeline(
-    createReadStream(workPath, { highWaterMark: READ_CHUNK }),
-    plain.tap(),
-    async function* (source: AsyncIterable<Buffer>) {
+    async function* () {
       const finder = new CutFinder(FORMAT2_CHUNKING);
       let chunk = createHash('sha256');
       let length = 0;
@@ -395,7 +397,8 @@ async function chunkListPass(workPath: string, listPath: string, signal: AbortSi
         length = 0;
         chunk = createHash('sha256');
       };
-      for await (const buf of source) {
+      for await (const buf of readsInto(workPath, Buffer.allocUnsafe(READ_CHUNK), signal)) {
+        plain.update(buf);
         let start = 0;
         while (start < buf.length) {
           const at = finder.scan(buf, start, buf.length);
@@ -421,11 +424,34 @@ async function chunkListPass(workPath: string, listPath: string, signal: AbortSi
   return { plain: plain.result(), list: { count, listSha256: served.digest('hex'), listBytes } };
 }
 
-/** sha256 and byte count of whatever flows through `tap()`. */
+/**
+ * The file at `path` read front to back into `buffer`, yielding the filled part each time: the caller must be
+ * done with one before asking for the next, which fills the same buffer again.
+ */
+async function* readsInto(path: string, buffer: Buffer, signal: AbortSignal): AsyncGenerator<Buffer> {
+  const file = await open(path, 'r');
+  try {
+    for (;;) {
+      signal.throwIfAborted();
+      const { bytesRead } = await file.read(buffer, 0, buffer.length, null);
+      if (bytesRead === 0) return;
+      yield buffer.subarray(0, bytesRead);
+    }
+  } finally {
+    await file.close();
+  }
+}
+
+/** sha256 and byte count of whatever flows through `tap()` or is given to `update()`. */
 export class Digest {
   private readonly hash: Hash = createHash('sha256');
   private bytes = 0;
   private hex: string | undefined;
+
+  update(chunk: Buffer): void {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+  }
 
   tap(): Transform {
     return new Transform({

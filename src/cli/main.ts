@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=4
 /**
  * tcab-backup: the operators' command line. It runs the same jobs as the functions, with the same
  * configuration (environment variables). `--json` outputs are a stable interface.

@@ -130,7 +130,9 @@ export class ChunkCompressor {
         if (err || this.failed) return fail(err ?? this.failed);
         const parts: Buffer[] = [];
         for (let b: Buffer | null; (b = this.stream.read() as Buffer | null) !== null; ) parts.push(b);
-        const frame = Buffer.concat(parts);
+        // Mostly one part: a view of the stream's output buffer, which zstd never writes again, kept as it is
+        // rather than copied (a copy per chunk is as many bytes of garbage again as the frames themselves).
+        const frame = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
         if (frame.length < 4 || frame.readUInt32LE(0) !== ZSTD_MAGIC)
           return fail(new Error(`the compressor produced ${frame.length} bytes that do not start a zstd frame`));
         resolve(frame);
@@ -142,6 +144,97 @@ export class ChunkCompressor {
   async close(): Promise<void> {
     await this.queue;
     this.stream.destroy();
+  }
+}
+
+/**
+ * Checks stored chunks against their references, as decompressChunk does (decompression to exactly ref.bytes
+ * whose sha256 is ref.sha256), but keeps nothing: one zstd decompression context serves chunk after chunk,
+ * one frame per write, and the plain bytes are hashed as they come out and dropped.
+ *
+ * Why: decompressChunk makes a zstd context and a Buffer of the plain bytes per chunk, and both wait for the
+ * garbage collector; checking a whole snapshot's chunks that way piled up tens of MB before each collection
+ * (3,000 checks of an 80 KB chunk: 138 MB of resident set, against 80 MB with one context, measured in a
+ * bare process). A frame that fails (damaged, cut short, longer than ref.bytes) leaves
+ * the context mid-frame, so the next check starts a fresh one. Checks are queued: one at a time, in order.
+ */
+export class ChunkChecker {
+  private stream: zlib.ZstdDecompress | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+
+  /** Resolves when `stored` decompresses to `ref`'s bytes; an IntegrityError naming the chunk and `where` if not. */
+  check(stored: Uint8Array, ref: ChunkRef, where: string): Promise<void> {
+    const run = this.queue.then(() => this.checkOne(stored, ref, where));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private checkOne(stored: Uint8Array, ref: ChunkRef, where: string): Promise<void> {
+    const stream = (this.stream ??= zlib.createZstdDecompress());
+    return new Promise((resolve, reject) => {
+      const hash = createHash('sha256');
+      let length = 0;
+      let settled = false;
+      const finish = (error: IntegrityError | undefined) => {
+        if (settled) return;
+        settled = true;
+        stream.off('data', onData);
+        stream.off('error', onError);
+        if (error) {
+          // The context may be mid-frame or broken: the next chunk gets a new one.
+          if (this.stream === stream) this.stream = undefined;
+          stream.on('error', () => undefined);
+          stream.destroy();
+          reject(error);
+        } else resolve();
+      };
+      const onError = (e: Error) =>
+        finish(
+          new IntegrityError(`Chunk ${ref.sha256} (${where}) does not decompress as zstd to its ${ref.bytes} bytes: ${errorMessage(e)}`, {
+            hint: 'the stored chunk is damaged or not a chunk; verify the target, and replicate the chunk from another target',
+            cause: e,
+          }),
+        );
+      const onData = (data: Buffer) => {
+        length += data.length;
+        if (length > ref.bytes) {
+          finish(
+            new IntegrityError(`Chunk ${ref.sha256} (${where}) decompresses to more than the ${ref.bytes} bytes its manifest lists`, {
+              hint: 'the stored chunk is damaged or belongs to another file; verify the target, and replicate the chunk from another target',
+            }),
+          );
+        } else hash.update(data);
+      };
+      stream.on('data', onData);
+      stream.on('error', onError);
+      stream.write(stored, (err) => {
+        if (err) return onError(err);
+        if (settled) return;
+        if (length !== ref.bytes) {
+          return finish(
+            new IntegrityError(`Chunk ${ref.sha256} (${where}) decompresses to ${length} bytes, not the ${ref.bytes} its manifest lists`, {
+              hint: 'the stored chunk is damaged, cut short or belongs to another file; verify the target, and replicate the chunk from another target',
+            }),
+          );
+        }
+        const sha256 = hash.digest('hex');
+        if (sha256 !== ref.sha256) {
+          return finish(
+            new IntegrityError(`Chunk ${ref.sha256} (${where}) decompresses to bytes whose sha256 is ${sha256}`, {
+              hint: 'the stored chunk is damaged; verify the target, and replicate the chunk from another target',
+            }),
+          );
+        }
+        finish(undefined);
+      });
+    });
+  }
+
+  /** Frees the context. Waits for queued checks first. */
+  async close(): Promise<void> {
+    await this.queue;
+    this.stream?.destroy();
+    this.stream = undefined;
   }
 }
 

@@ -11,6 +11,7 @@ import { ProcessTreeWatcher } from '../../bench/memory.js';
 import { parseBenchArgs, parseSize } from '../../bench/options.js';
 import { repoRoot } from '../../bench/processes.js';
 import { median } from '../../bench/stats.js';
+import { NODE_FLAGS } from '../../src/node-flags.js';
 
 const CASES = ['snapshot', 'replication', 'retention'];
 
@@ -157,7 +158,12 @@ describe('npm run bench (built)', () => {
     expect(v2[11]!.tables.runs - v2[0]!.tables.runs).toBe(11 * 15);
     for (const later of v2.slice(1)) expect(later.addedBytes).toBeLessThan(v2[0]!.addedBytes / 3);
     for (const later of v1.slice(1)) expect(later.addedBytes).toBeGreaterThan(v1[0]!.addedBytes * 0.9);
-    for (const who of ['agent', 'client']) expect(check(`${who} process peak RSS`).value, who).toBeGreaterThan(30e6);
+    for (const who of ['format-2 agent', 'client']) expect(check(`${who} process peak RSS`).value, who).toBeGreaterThan(30e6);
+    // Each format has an agent process of its own, started with production's Node options.
+    expect(check("agents ran with production's Node options")).toMatchObject({ ok: true });
+    const agents = format2.details.memory.agents as Record<string, { pid: number; command: string; peakHwmBytes: number }>;
+    expect(agents.v1!.pid).not.toBe(agents.v2!.pid);
+    for (const agent of [agents.v1!, agents.v2!]) expect(agent.command).toContain(`${NODE_FLAGS.join(' ')} `);
     expect(r.status).toBe(report.failures.length ? 1 : 0);
   });
 

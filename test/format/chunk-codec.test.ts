@@ -12,7 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { createZstdDecompress, zstdDecompress } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IntegrityError, TcabError } from '../../src/errors.js';
-import { CHUNK_ZSTD_LEVEL, ChunkCompressor, compressChunk, decompressChunk } from '../../src/format/chunk-codec.js';
+import { CHUNK_ZSTD_LEVEL, ChunkChecker, ChunkCompressor, compressChunk, decompressChunk } from '../../src/format/chunk-codec.js';
 import type { Chunk } from '../../src/format/chunker.js';
 import { collect, deterministicBytes, sampleSnapshot, sha256, tempDir } from './helpers.js';
 
@@ -103,6 +103,47 @@ describe('compressChunk and decompressChunk', () => {
       await expect(compressor.compress(Buffer.alloc(0))).rejects.toThrow(/Compressing a chunk of 0 bytes failed: a chunk is never empty/);
     } finally {
       await compressor.close();
+    }
+  });
+
+  it('a ChunkChecker checks chunk after chunk with one context, and refuses what decompressChunk refuses', async () => {
+    const checker = new ChunkChecker();
+    try {
+      // Every chunk of the sample, in order, twice over: one context serves them all.
+      for (let round = 0; round < 2; round++)
+        for (const [i, c] of chunks.entries()) await checker.check(frames[i]!, { sha256: c.sha256, bytes: c.length }, `chunk ${i}`);
+      const c = chunks[3]!;
+      const ok = { sha256: c.sha256, bytes: c.length };
+      const damaged = Buffer.from(frames[3]!);
+      damaged[Math.floor(damaged.length / 2)]! ^= 0xff;
+      const refusals: Array<[Uint8Array, { sha256: string; bytes: number }, RegExp]> = [
+        [damaged, ok, /Chunk [0-9a-f]{64} \(damaged\) (does not decompress as zstd|decompresses to bytes whose sha256)/],
+        [
+          frames[2]!,
+          { sha256: c.sha256, bytes: chunks[2]!.length },
+          new RegExp(`\\(other\\) decompresses to bytes whose sha256 is ${chunks[2]!.sha256}`),
+        ],
+        [
+          frames[3]!.subarray(0, frames[3]!.length - 10),
+          ok,
+          new RegExp(`\\(cut\\) decompresses to \\d+ bytes, not the ${c.length} its manifest lists`),
+        ],
+        [
+          await compressChunk(Buffer.alloc(10_000_000)),
+          { sha256: c.sha256, bytes: 16_384 },
+          /\(bomb\) decompresses to more than the 16384 bytes/,
+        ],
+      ];
+      const names = ['damaged', 'other', 'cut', 'bomb'];
+      for (const [i, [frame, ref, message]] of refusals.entries()) {
+        const refused = checker.check(frame, ref, names[i]!);
+        await expect(refused).rejects.toBeInstanceOf(IntegrityError);
+        await expect(refused).rejects.toThrow(message);
+        // The next good chunk is still accepted: a failed frame does not spoil the ones after it.
+        await checker.check(frames[5]!, { sha256: chunks[5]!.sha256, bytes: chunks[5]!.length }, 'after');
+      }
+    } finally {
+      await checker.close();
     }
   });
 

@@ -6,6 +6,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { loadBackupConfig, loadTargetsConfig } from '../../src/config.js';
+import { NODE_FLAGS } from '../../src/node-flags.js';
 import { SETTINGS } from '../../src/settings.js';
 import { loadPgCheckConfig, loadPgDrillConfig } from '../../src/postgres/config.js';
 import { parseRetentionPolicy } from '../../src/retention/settings.js';
@@ -185,6 +186,10 @@ describe('infra: a full deployment (R2, Postgres mode, VNet and NSG rule, operat
       pgDrillPassword: PG_PASSWORD,
     });
     env = appSettings(s);
+  });
+
+  it("runs the jobs with the Node options of src/node-flags.ts (the function app's NODE_OPTIONS)", () => {
+    expect(env.NODE_OPTIONS).toBe(NODE_FLAGS.join(' '));
   });
 
   it('sets every setting the app requires in Azure, and the settings of the other jobs', () => {

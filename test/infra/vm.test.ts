@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError } from '../../src/errors.js';
 import { loadAgentConfig } from '../../src/agent/config.js';
+import { NODE_FLAGS } from '../../src/node-flags.js';
 import { SETTINGS } from '../../src/settings.js';
 import { INFRA } from './bicep.js';
 
@@ -71,6 +72,8 @@ describe('infra/vm: the agent unit', () => {
 
   it('runs `tcab-backup agent` as a dedicated user with the hardening the deployment guide promises', () => {
     expect(first('ExecStart')).toMatch(/ agent$/);
+    // The Node options of src/node-flags.ts, before the script (after it they would be the agent's arguments).
+    expect(first('ExecStart')).toBe(`/usr/bin/node ${NODE_FLAGS.join(' ')} /opt/tcab-backup/dist/src/cli/main.js agent`);
     expect(first('User')).toBe('tcab-backup');
     expect(first('User')).not.toBe('root');
     expect(first('NoNewPrivileges')).toBe('yes');

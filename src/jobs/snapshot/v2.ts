@@ -1,7 +1,8 @@
 /**
  * The snapshot job for format 2 (docs/format-2.md, "Writing"): the agent stages the plain file cut into chunks;
  * each target is listed, and only the chunks a target lacks (or holds older than G/2, which are written again
- * to renew them) are asked of the agent, checked (decompressed to their sha256 and length) and uploaded, at
+ * to renew them) are asked of the agent, checked (decompressed to their sha256 and length, through one reused
+ * context: ChunkChecker) and uploaded, at
  * most UPLOADS_IN_FLIGHT at a time, reading the agent's answer no faster than the targets take it. Then each
  * target gets its chunk list and manifest, and the check that every chunk the manifest names is there; missing
  * ones are uploaded again from the agent. A target that fails does not stop the others. Old chunks renewed near G
@@ -14,7 +15,7 @@ import { chunkListKey, manifestKey } from '../../catalog/layout.js';
 import { PIN_TAG } from '../../catalog/manifest.js';
 import { MANIFEST_V2_FORMAT_VERSION, type ManifestV2 } from '../../catalog/manifest-v2.js';
 import { IntegrityError, TcabError, errorMessage } from '../../errors.js';
-import { CHUNK_ZSTD_LEVEL, decompressChunk } from '../../format/chunk-codec.js';
+import { CHUNK_ZSTD_LEVEL, ChunkChecker } from '../../format/chunk-codec.js';
 import { ChunkListWriter } from '../../format/chunk-list.js';
 import type { Logger } from '../../log.js';
 import { isRetryable } from '../../targets/retry.js';
@@ -127,33 +128,39 @@ async function transfer(
   signal: AbortSignal | undefined,
 ): Promise<void> {
   const slots = limiter(UPLOADS_IN_FLIGHT);
-  for (let at = 0; at < hashes.length; at += HASHES_PER_REQUEST) {
-    const batch = hashes.slice(at, at + HASHES_PER_REQUEST);
-    for await (const { sha256, frame } of agent.chunkData(id, batch, { signal })) {
-      // Every target that wanted chunks has failed: stop reading (leaving the loop closes the agent's answer).
-      if (!alive()) break;
-      await decompressChunk(frame, { sha256, bytes: lengths.get(sha256)! }, `from the agent's snapshot ${id}`);
-      const receivers = wants(sha256).filter((w) => !w.plan.outcome.error);
-      for (const { plan, renew } of receivers) {
-        await slots.acquire();
-        if (plan.outcome.error) {
-          slots.release();
-          continue;
+  // One decompression context for every frame, the plain bytes hashed and dropped (chunk-codec.ts ChunkChecker).
+  const checker = new ChunkChecker();
+  try {
+    for (let at = 0; at < hashes.length; at += HASHES_PER_REQUEST) {
+      const batch = hashes.slice(at, at + HASHES_PER_REQUEST);
+      for await (const { sha256, frame } of agent.chunkData(id, batch, { signal })) {
+        // Every target that wanted chunks has failed: stop reading (leaving the loop closes the agent's answer).
+        if (!alive()) break;
+        await checker.check(frame, { sha256, bytes: lengths.get(sha256)! }, `from the agent's snapshot ${id}`);
+        const receivers = wants(sha256).filter((w) => !w.plan.outcome.error);
+        for (const { plan, renew } of receivers) {
+          await slots.acquire();
+          if (plan.outcome.error) {
+            slots.release();
+            continue;
+          }
+          void putChunk(plan.target, database, sha256, frame, { renew, signal })
+            .then(
+              (r) => {
+                plan.stored.set(sha256, r.bytes);
+                plan.uploadedBytes += r.status === 'stored' ? r.bytes : 0;
+              },
+              (e: unknown) => {
+                fail(plan, 'chunk upload failed', e);
+                log.warn('snapshot.target_upload_failed', { target: plan.target.name, id, chunk: sha256, error: errorMessage(e) });
+              },
+            )
+            .finally(() => slots.release());
         }
-        void putChunk(plan.target, database, sha256, frame, { renew, signal })
-          .then(
-            (r) => {
-              plan.stored.set(sha256, r.bytes);
-              plan.uploadedBytes += r.status === 'stored' ? r.bytes : 0;
-            },
-            (e: unknown) => {
-              fail(plan, 'chunk upload failed', e);
-              log.warn('snapshot.target_upload_failed', { target: plan.target.name, id, chunk: sha256, error: errorMessage(e) });
-            },
-          )
-          .finally(() => slots.release());
       }
     }
+  } finally {
+    await checker.close();
   }
   await slots.idle();
 }
