@@ -20,7 +20,7 @@
  * snapshot's does. Small frames compress worse than one whole-file stream (the v1 artifact, zstd -1, is 27.0%
  * of the same file): the price of frames that can be fetched, verified and shared alone.
  */
-import { webcrypto } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import { promisify } from 'node:util';
 import zlib from 'node:zlib';
 import { IntegrityError, TcabError, errorMessage } from '../errors.js';
