@@ -239,6 +239,17 @@ export class ChunkChecker {
 }
 
 /**
+ * True when `stored` begins a zstd frame whose header sets Content_Checksum_flag (bit 2 of the frame header
+ * descriptor, the byte after the magic number): its decompression then fails unless the content's XXH64 matches
+ * the checksum stored at the frame's end. Every frame this codec writes has one.
+ */
+export function frameHasChecksum(stored: Uint8Array): boolean {
+  return (
+    stored.byteLength > 4 && Buffer.from(stored.buffer, stored.byteOffset, 4).readUInt32LE(0) === ZSTD_MAGIC && (stored[4]! & 0x04) !== 0
+  );
+}
+
+/**
  * Decompresses one stored chunk and checks it against its reference: never more than ref.bytes are produced
  * (a damaged or hostile frame cannot blow up memory), and the plain bytes must have ref's length and sha256.
  * `where` names the chunk for the error (e.g. its key and target).
@@ -248,8 +259,17 @@ export class ChunkChecker {
  * millisecond) and the promisified zstdDecompress cost twice the CPU for the same bytes (a stream, a context
  * and a trip to the thread pool per chunk); the sha256 is WebCrypto's, which runs on the thread pool, so the
  * hashing of chunks fetched in parallel is spread over the cores instead of queuing on the main thread.
+ *
+ * With `sha256: false` the sha256 is left out for a frame that carries zstd's content checksum (which its
+ * decompression checks), for a reader that checks the sha256 of the whole file the chunks make (restore); a
+ * frame without one is always hashed.
  */
-export async function decompressChunk(stored: Uint8Array, ref: ChunkRef, where: string): Promise<Buffer> {
+export async function decompressChunk(
+  stored: Uint8Array,
+  ref: ChunkRef,
+  where: string,
+  options: { sha256?: boolean } = {},
+): Promise<Buffer> {
   let plain: Buffer;
   try {
     // One spare byte: a frame that inflates past ref.bytes fails the length check below instead of being cut.
@@ -268,6 +288,7 @@ export async function decompressChunk(stored: Uint8Array, ref: ChunkRef, where: 
       },
     );
   }
+  if (options.sha256 === false && frameHasChecksum(stored)) return plain;
   const sha256 = Buffer.from(await webcrypto.subtle.digest('SHA-256', plain)).toString('hex');
   if (sha256 !== ref.sha256) {
     throw new IntegrityError(`Chunk ${ref.sha256} (${where}) decompresses to bytes whose sha256 is ${sha256}`, {

@@ -9,10 +9,17 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createZstdDecompress, zstdDecompress } from 'node:zlib';
+import { createZstdDecompress, constants as zlibConstants, zstdCompressSync, zstdDecompress } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IntegrityError, TcabError } from '../../src/errors.js';
-import { CHUNK_ZSTD_LEVEL, ChunkChecker, ChunkCompressor, compressChunk, decompressChunk } from '../../src/format/chunk-codec.js';
+import {
+  CHUNK_ZSTD_LEVEL,
+  ChunkChecker,
+  ChunkCompressor,
+  compressChunk,
+  decompressChunk,
+  frameHasChecksum,
+} from '../../src/format/chunk-codec.js';
 import type { Chunk } from '../../src/format/chunker.js';
 import { collect, deterministicBytes, sampleSnapshot, sha256, tempDir } from './helpers.js';
 
@@ -65,6 +72,21 @@ describe('compressChunk and decompressChunk', () => {
     await expect(wrong).rejects.toBeInstanceOf(IntegrityError);
     await expect(wrong).rejects.toThrow(
       new RegExp(`Chunk ${c.sha256} \\(chunks/tcab/aa/x.zst on target "file"\\) decompresses to bytes whose sha256 is ${other.sha256}`),
+    );
+  });
+
+  it("with sha256: false, leaves the sha256 to the whole file only for a frame that carries zstd's checksum", async () => {
+    const c = chunks[1]!;
+    const other = chunks[2]!;
+    // Our frames carry zstd's checksum: the wrong chunk passes here, the whole file's sha256 is the reader's check.
+    expect(frameHasChecksum(frames[2]!)).toBe(true);
+    const plain = await decompressChunk(frames[2]!, { sha256: c.sha256, bytes: other.length }, 'x', { sha256: false });
+    expect(sha256(plain)).toBe(other.sha256);
+    // A frame without one (not ours) is hashed whatever the caller asked.
+    const bare = zstdCompressSync(other.bytes, { params: { [zlibConstants.ZSTD_c_checksumFlag]: 0 } });
+    expect(frameHasChecksum(bare)).toBe(false);
+    await expect(decompressChunk(bare, { sha256: c.sha256, bytes: other.length }, 'x', { sha256: false })).rejects.toThrow(
+      /decompresses to bytes whose sha256 is/,
     );
   });
 

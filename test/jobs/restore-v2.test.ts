@@ -10,6 +10,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Transform } from 'node:stream';
+import { constants as zlibConstants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readManifest } from '../../src/catalog/catalog.js';
 import { chunkListKey, manifestKey } from '../../src/catalog/layout.js';
@@ -214,6 +215,52 @@ describe('on a file target', () => {
       ]);
       expect(message).toMatch(/restore from another target/);
       await expectNothingLeft('damaged.sqlite');
+    } finally {
+      await writeFile(path, good);
+    }
+  });
+
+  it('names a chunk whose frame is whole but holds other bytes, after the whole file differs', async () => {
+    // A valid zstd frame, with its checksum, of the chunk's length and stored size but other plain bytes: what a
+    // writer that stored the wrong bytes under a chunk's key leaves. zstd's checksum cannot see it; the whole
+    // file's sha256 does, and a second pass, with each chunk's sha256, names the chunk.
+    const [hash] = (await listLines())[5]!.split(' ');
+    const path = join(dir, chunkKey('tcab', hash!));
+    const good = await readFile(path);
+    const plain = zstdDecompressSync(good);
+    let forged: Buffer | undefined;
+    for (let at = 0; at < 400 && !forged; at++) {
+      const other = Buffer.from(plain);
+      other[(at * 7919) % other.length]! ^= 0x5a;
+      for (let level = 1; level <= 9 && !forged; level++) {
+        const frame = zstdCompressSync(other, {
+          params: {
+            [zlibConstants.ZSTD_c_compressionLevel]: level,
+            [zlibConstants.ZSTD_c_checksumFlag]: 1,
+            [zlibConstants.ZSTD_c_contentSizeFlag]: 1,
+          },
+        });
+        if (frame.length === good.length) forged = frame;
+      }
+    }
+    expect(forged, 'no frame of the same stored size could be made for this chunk').toBeDefined();
+    await writeFile(path, forged!);
+    const { logger, events } = captureLog();
+    const reads = readsOf(chunkKey('tcab', hash!));
+    try {
+      const error = await runRestore(
+        { targets: [reads.target], database: 'tcab', logger },
+        { selector: { id }, outPath: join(work, 'forged.sqlite') },
+      ).catch((e: Error) => e);
+      expect(error).toBeInstanceOf(Error);
+      const message = (error as Error).message;
+      expect(message).toContain(`chunk ${chunkKey('tcab', hash!)}, line 6 of the chunk list is damaged`);
+      expect(message).toContain('decompresses to bytes whose sha256 is');
+      expect(message).toContain(`(read ${READS_PER_CHUNK} times, every read failed)`);
+      // Once in the first pass (checked by zstd, passed), then READS_PER_CHUNK times in the second.
+      expect(reads.count()).toBe(1 + READS_PER_CHUNK);
+      expect(events('chunk.whole_file_differs')).toHaveLength(1);
+      await expectNothingLeft('forged.sqlite');
     } finally {
       await writeFile(path, good);
     }

@@ -193,7 +193,8 @@ async function drillTarget(
       const path = join(scratch, `${manifest.id}.sqlite`);
       const restored = await runRestore(
         { targets: [target], database: deps.database, logger: log },
-        { selector: { id: manifest.id }, outPath: path, signal, onReread: (r) => record.warnings.push(r.message) },
+        // checkEachChunk: the record says every chunk's sha256 was checked; a plain restore leaves it to the whole file's.
+        { selector: { id: manifest.id }, outPath: path, signal, onReread: (r) => record.warnings.push(r.message), checkEachChunk: true },
       ).catch((e: unknown) => {
         throw new TcabError(restoreFailure(e, manifest!.id, target.name, target.url));
       });

@@ -38,6 +38,12 @@ export interface RestoreRequest {
   onProgress?: (bytesRead: number, totalBytes: number) => void;
   /** Format 2: called for each chunk read again after a bad read (also logged as "chunk.reread"). */
   onReread?: (reread: ChunkReread) => void;
+  /**
+   * Format 2: also check each chunk's sha256 (the drill, which records that it did). Without it a chunk is
+   * checked by zstd's content checksum and the whole file's sha256, and named by a second pass should the
+   * whole file differ (src/jobs/restore/chunks.ts, `chunkSha256`).
+   */
+  checkEachChunk?: boolean;
 }
 
 export interface RestoreResult {
@@ -124,6 +130,7 @@ async function restoreFromTarget(
               ...(request.signal ? { signal: request.signal } : {}),
               ...(request.onProgress ? { onProgress: request.onProgress } : {}),
               ...(request.onReread ? { onReread: request.onReread } : {}),
+              chunkSha256: request.checkEachChunk ?? false,
             });
     } finally {
       await file.close().catch(() => undefined);
