@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { listCatalog } from '../../src/catalog/catalog.js';
 import { runSnapshot, type SnapshotResultV2 } from '../../src/jobs/snapshot/index.js';
+import { CHUNK_DATA_REQUESTS } from '../../src/jobs/snapshot/v2.js';
 import type { Target } from '../../src/targets/target.js';
 import { KEY, KEY_ID } from '../agent/helpers.js';
 import { startAgentPool, type AgentPool } from '../support/agent-pool.js';
@@ -143,27 +144,44 @@ describe.concurrent('fault matrix v2: snapshot', () => {
   });
 });
 
-/** The agent's answer breaks off in chunk k of n: the job fails naming the agent; no target shows a part-snapshot. */
-const AGENT_CASES: Array<readonly [string, Position]> = POSITIONS.map((p) => [
-  `agent's chunk-data answer breaks off in chunk k of n (${p})`,
-  p,
+/**
+ * The agent's answer breaks off in chunk k of n. Once: the job asks the agent again for the chunks it did not
+ * receive, and both targets get the whole snapshot. On every request: the job fails naming the agent after
+ * CHUNK_DATA_REQUESTS, and no target shows a part-snapshot.
+ */
+const AGENT_CASES: Array<readonly [string, Position, 'once' | 'always']> = POSITIONS.flatMap((p) => [
+  [`agent's chunk-data answer breaks off in chunk k of n (${p}), once`, p, 'once'] as const,
+  [`agent's chunk-data answer breaks off in chunk k of n (${p}), on every request`, p, 'always'] as const,
 ]);
 
 describe.concurrent('fault matrix v2: snapshot, the agent side', () => {
-  it.each(AGENT_CASES)('%s', async (_title, position) => {
+  it.each(AGENT_CASES)('%s', async (_title, position, how) => {
     await pool.with(async (client) => {
       const world = await matrixFolder('snapshot-v2-agent');
       const k = skipFor(position, counts.uploads) + 1;
-      const proxy = await startChunkDataCutProxy(`http://${client.agent}`, k);
+      const proxy = await startChunkDataCutProxy(`http://${client.agent}`, k, how === 'once' ? 1 : Number.POSITIVE_INFINITY);
       try {
         for (const name of ['healthy', 'faulty']) await cp(fx.pair.dir, world.dir(name), { recursive: true });
         const cut = new AgentClient({ url: proxy.endpoint, keyId: KEY_ID, key: KEY });
         const controller = new AbortController();
-        const settled = await settleWithin(`snapshot v2 (agent cut in chunk ${k})`, controller, [], (signal) =>
+        const settled = await settleWithin(`snapshot v2 (agent cut in chunk ${k}, ${how})`, controller, [], (signal) =>
           snapshot(cut, [world.target('healthy').target, world.target('faulty').target], `agent cut at ${k}`, signal),
         );
         expect(proxy.cut(), 'the chunk-data request never passed the proxy').toBe(true);
-        expect(settled.status, 'the agent broke off, yet the job reported success').toBe('rejected');
+        if (how === 'once') {
+          const message = settled.status === 'rejected' ? fullMessage(settled.error) : '';
+          expect(settled.status, `the job did not resume the broken answer: ${message}`).toBe('resolved');
+          // Both targets hold the new snapshot whole (it restores to the agent's file), and A and B.
+          for (const name of ['healthy', 'faulty']) {
+            const shown = await everyManifestRestores(world, name, await expectedOn(world, name));
+            expect(shown).toHaveLength(3);
+            expect(shown).toContain((settled as { value: SnapshotResultV2 }).value.manifest.id);
+          }
+          await afterRun(world, client, true, true);
+          return;
+        }
+        expect(proxy.cuts(), 'the job did not ask the agent again').toBe(CHUNK_DATA_REQUESTS);
+        expect(settled.status, 'the agent broke off every answer, yet the job reported success').toBe('rejected');
         const message = fullMessage((settled as { error: unknown }).error);
         expect(message).toContain(`agent at ${proxy.endpoint.replace('http://', '')}`);
         expect(message).toMatch(/reading the chunks from the agent failed/);

@@ -306,19 +306,23 @@ function forwardThenReset(x: Exchange, upstream: string): Promise<void> {
 }
 
 /**
- * A proxy between the snapshot job and its agent whose first chunk-data answer (POST .../chunk-data) breaks
- * off in the middle of record `k` (1-based): records 1 to k-1 pass whole, then half of record k's frame, then
- * the connection drops, as when the agent or the network between dies mid-answer. Every other request, and
- * every later chunk-data request, passes untouched. `cut` says whether the fault has happened.
+ * A proxy between the snapshot job and its agent whose first `times` chunk-data answers (POST .../chunk-data)
+ * break off in the middle of record `k` (1-based): records 1 to k-1 pass whole, then half of record k's frame,
+ * then the connection drops, as when the agent or the network between dies mid-answer. Every other request,
+ * and every later chunk-data request, passes untouched; answers after the first break off in their first
+ * record (they ask for what the first did not deliver). `cuts` says how often the fault has happened.
  */
 export async function startChunkDataCutProxy(
   upstream: string,
   k: number,
-): Promise<{ endpoint: string; cut(): boolean; stop(): Promise<void> }> {
-  let done = false;
+  times = 1,
+): Promise<{ endpoint: string; cut(): boolean; cuts(): number; stop(): Promise<void> }> {
+  let cuts = 0;
   const proxy = await startForwardingProxy(upstream, async (x) => {
-    if (done || x.req.method !== 'POST' || !x.url.pathname.endsWith('/chunk-data')) return x.forward();
-    done = true;
+    if (cuts >= times || x.req.method !== 'POST' || !x.url.pathname.endsWith('/chunk-data')) return x.forward();
+    cuts++;
+    // The first answer breaks off in record k; a later one (asking for what was not received) in its first.
+    const cutRecord = cuts === 1 ? k : 1;
     const target = new URL(upstream);
     await new Promise<void>((resolve) => {
       const out = httpRequest(
@@ -347,7 +351,7 @@ export async function startChunkDataCutProxy(
               frameLeft = Number(header.split(' ')[1]);
               header = '';
               index++;
-              if (index === k) cutAt = base + at + Math.floor(frameLeft / 2);
+              if (index === cutRecord) cutAt = base + at + Math.floor(frameLeft / 2);
             }
             pos += data.length;
             if (cutAt === undefined || pos < cutAt) {
@@ -374,5 +378,5 @@ export async function startChunkDataCutProxy(
       x.req.pipe(out);
     });
   });
-  return { endpoint: proxy.endpoint, cut: () => done, stop: proxy.stop };
+  return { endpoint: proxy.endpoint, cut: () => cuts > 0, cuts: () => cuts, stop: proxy.stop };
 }

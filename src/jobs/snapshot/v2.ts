@@ -133,7 +133,7 @@ async function transfer(
   try {
     for (let at = 0; at < hashes.length; at += HASHES_PER_REQUEST) {
       const batch = hashes.slice(at, at + HASHES_PER_REQUEST);
-      for await (const { sha256, frame } of agent.chunkData(id, batch, { signal })) {
+      for await (const { sha256, frame } of resumingChunkData(agent, id, batch, log, signal)) {
         // Every target that wanted chunks has failed: stop reading (leaving the loop closes the agent's answer).
         if (!alive()) break;
         await checker.check(frame, { sha256, bytes: lengths.get(sha256)! }, `from the agent's snapshot ${id}`);
@@ -163,6 +163,47 @@ async function transfer(
     await checker.close();
   }
   await slots.idle();
+}
+
+/** Requests of one batch of chunks to the agent, the first and two that resume it after an answer broke off. */
+export const CHUNK_DATA_REQUESTS = 3;
+
+/**
+ * The agent's chunk data for `hashes`, in its order. An answer that breaks off (a reset, a proxy timeout, the
+ * agent restarting while the staged snapshot stays) is asked again for the chunks not yet received, after a
+ * short wait, up to CHUNK_DATA_REQUESTS requests in all: the frames already received were checked and handed
+ * on, so nothing is uploaded twice. A refusal (the agent's answer says the request itself is wrong) or a
+ * damaged frame is not asked again.
+ */
+async function* resumingChunkData(
+  agent: ChunkSource,
+  id: string,
+  hashes: string[],
+  log: Logger,
+  signal: AbortSignal | undefined,
+): AsyncGenerator<{ sha256: string; frame: Buffer }, void, undefined> {
+  let received = 0;
+  for (let request = 1; ; request++) {
+    try {
+      for await (const chunk of agent.chunkData(id, received ? hashes.slice(received) : hashes, { signal })) {
+        received++;
+        yield chunk;
+      }
+      return;
+    } catch (e) {
+      const permanent = (e as { permanent?: unknown }).permanent === true;
+      if (signal?.aborted || permanent || e instanceof IntegrityError || request >= CHUNK_DATA_REQUESTS) throw e;
+      log.warn('snapshot.chunk_data_resumed', {
+        id,
+        received,
+        of: hashes.length,
+        request: request + 1,
+        error: errorMessage(e),
+        note: 'the answer broke off; asking the agent again for the chunks not received',
+      });
+      await sleep(250 * request, signal);
+    }
+  }
 }
 
 export async function runSnapshotV2(
