@@ -6,7 +6,7 @@
  */
 import type { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { listCatalog } from '../../src/catalog/catalog.js';
+import { listCatalog, manifestArtifactKey } from '../../src/catalog/catalog.js';
 import { CopyError, copySnapshot } from '../../src/jobs/replicate/copy.js';
 import type { Target } from '../../src/targets/target.js';
 import { DATABASE, makeSnapshot, storeSnapshot, type TestSnapshot } from '../support/stored-snapshots.js';
@@ -56,7 +56,7 @@ describe('copySnapshot', () => {
     expect((err as CopyError).brokeOff).toBe(true);
     expect((err as CopyError).message).toMatch(
       new RegExp(
-        `reading snapshot ${snapshot.manifest.id} on target "copy-src" broke off: the download was closed before its end, without an error`,
+        `reading snapshot ${snapshot.manifest.id} on target "copy-src" broke off \\(object ${manifestArtifactKey(snapshot.manifest)}\\): the download was closed before its end, without an error`,
       ),
     );
     const { snapshots, orphans } = await listCatalog(destination.target, DATABASE);

@@ -210,7 +210,8 @@ async function runFormat1(
           }
           outcome.verifyMs = Date.now() - t0;
         } catch (e) {
-          outcome.error = `verification failed: ${errorMessage(e)}`;
+          // Name the object: a read that broke off is otherwise only "Premature close".
+          outcome.error = `verification (reading back ${key}) failed: ${errorMessage(e)}`;
           await target.delete(key).catch(() => undefined);
         }
       }),
