@@ -151,16 +151,18 @@ export const CHECK_JOB_SETTINGS = defineSettings([
     side: 'backup',
     requiredInAzure: false,
     secret: false,
-    default: '2h',
-    description: 'The monitor warns when the newest snapshot on a target is older than this.',
+    default: '30m',
+    description:
+      'The monitor warns when the newest snapshot on a target is older than this: 6 missed runs of the default 5-minute schedule. Raise it (and the critical age) with a slower TCAB_BACKUP_SNAPSHOT_SCHEDULE, e.g. 2h and 4h for an hourly one.',
   },
   {
     name: 'TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE',
     side: 'backup',
     requiredInAzure: false,
     secret: false,
-    default: '4h',
-    description: 'The monitor is critical (and fails, so the alert fires) when the newest snapshot on a target is older than this.',
+    default: '1h',
+    description:
+      'The monitor is critical (and fails, so the alert fires) when the newest snapshot on a target is older than this: 12 missed runs of the default 5-minute schedule.',
   },
   {
     name: 'TCAB_BACKUP_DRILL_WARN_AGE',

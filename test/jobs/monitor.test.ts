@@ -26,6 +26,8 @@ import { captureLog } from '../support/world.js';
 
 const HOUR = 3_600_000;
 const DAY = 24 * HOUR;
+/** Well inside the default snapshot warn age (30m: a snapshot every 5 minutes). */
+const SOON = 10 * 60_000;
 const defaults = loadMonitorSettings({}).thresholds;
 let fx: Fixture;
 let workDir: string;
@@ -69,8 +71,8 @@ afterAll(async () => {
 });
 
 describe('monitor', () => {
-  it('is ok an hour after a snapshot with a fresh drill and verify, and writes the status document to every target', async () => {
-    const { run, events } = monitor(created + HOUR);
+  it('is ok ten minutes after a snapshot with a fresh drill and verify, and writes the status document to every target', async () => {
+    const { run, events } = monitor(created + SOON);
     const doc = await run;
     expect(doc.state).toBe('ok');
     expect(doc.problems).toEqual([]);
@@ -81,11 +83,11 @@ describe('monitor', () => {
     const local = doc.targets[0]!;
     expect(local.snapshots.newest).toMatchObject({
       id: manifest.id,
-      ageMs: HOUR,
+      ageMs: SOON,
       artifactBytes: manifest.artifact.bytes,
       bytes: manifest.snapshot.bytes,
     });
-    expect(local.recoveryPointNowMs).toBe(HOUR);
+    expect(local.recoveryPointNowMs).toBe(SOON);
     expect(local.drill.lastSucceeded).toMatchObject({ ok: true, snapshotId: manifest.id, runsSince: 0 });
     expect(local.drill.recent).toHaveLength(1);
     expect(local.verify).toMatchObject({ state: 'ok', failing: [], reread: 1 });
@@ -97,7 +99,7 @@ describe('monitor', () => {
   });
 
   it('warns when the newest snapshot passes the warn age, naming target and snapshot', async () => {
-    const { run, events } = monitor(created + 3 * HOUR);
+    const { run, events } = monitor(created + 45 * 60_000);
     const doc = await run;
     expect(doc.state).toBe('warn');
     expect(doc.problems).toHaveLength(2);
@@ -105,7 +107,7 @@ describe('monitor', () => {
       state: 'warn',
       check: 'snapshot',
       target: 'local',
-      message: `target "local": the newest snapshot ${manifest.id} is 3h old (warn after 2h, critical after 4h)`,
+      message: `target "local": the newest snapshot ${manifest.id} is 45m old (warn after 30m, critical after 1h)`,
       hint: expect.stringContaining('snapshotTimer'),
     });
     expect(events).toContainEqual(expect.objectContaining({ event: 'monitor.status', level: 'warn', state: 'warn' }));
@@ -145,7 +147,7 @@ describe('monitor', () => {
     try {
       const fresh = openTarget(parseTargetUrl('fresh', `file://${dir}`));
       const { manifest: m } = await runSnapshot({ agent: fx.client, targets: [fresh], database: DATABASE }, { trigger: { kind: 'cli' } });
-      const doc = await monitor(Date.parse(m.createdAt) + HOUR, { targets: [fresh] }).run;
+      const doc = await monitor(Date.parse(m.createdAt) + SOON, { targets: [fresh] }).run;
       expect(doc.state).toBe('ok');
       const later = await monitor(Date.parse(m.createdAt) + 27 * HOUR, {
         targets: [fresh],
@@ -168,7 +170,7 @@ describe('monitor', () => {
       }),
       { retry: { retries: 0 } },
     );
-    const doc = await monitor(created + HOUR, { targets: [fx.local, offline], throwOnCritical: false }).run;
+    const doc = await monitor(created + SOON, { targets: [fx.local, offline], throwOnCritical: false }).run;
     expect(doc.state).toBe('critical');
     expect(doc.targets[0]!.state).toBe('ok');
     expect(doc.targets[1]).toMatchObject({
@@ -186,7 +188,7 @@ describe('monitor', () => {
       }),
     ]);
     expect((await storedStatus(fx.local)).targets.map((t) => t.name)).toEqual(['local', 'offline']);
-    await expect(monitor(created + HOUR, { targets: [fx.local, offline] }).run).rejects.toThrow(/target "offline": cannot be read/);
+    await expect(monitor(created + SOON, { targets: [fx.local, offline] }).run).rejects.toThrow(/target "offline": cannot be read/);
   });
 
   it('includes the Postgres servers from their records, judged on their own thresholds', async () => {
@@ -194,7 +196,7 @@ describe('monitor', () => {
       id: '/subscriptions/00000000-0000-0000-0000-000000000001/resourceGroups/rg/providers/Microsoft.DBforPostgreSQL/flexibleServers/tcab-pg',
       name: 'tcab-pg',
     };
-    const now = created + HOUR;
+    const now = created + SOON;
     const check: PgCheckStatus = {
       formatVersion: PG_RECORD_FORMAT_VERSION,
       kind: 'pg-check',

@@ -218,7 +218,7 @@ describe('settings', () => {
     expect(loadDrillSettings({}).schedule).toBe('0 0 4 * * *');
     const m = loadMonitorSettings({});
     expect(m.schedule).toBe('0 */5 * * * *');
-    expect(m.thresholds.snapshot).toEqual({ warnMs: 2 * HOUR, criticalMs: 4 * HOUR });
+    expect(m.thresholds.snapshot).toEqual({ warnMs: HOUR / 2, criticalMs: HOUR });
     for (const name of ['TCAB_BACKUP_VERIFY_SCHEDULE', 'TCAB_BACKUP_DRILL_SCHEDULE', 'TCAB_BACKUP_MONITOR_SCHEDULE']) {
       expect(SETTINGS.find((s) => s.name === name)?.requiredInAzure, name).toBe(true);
     }
@@ -239,7 +239,7 @@ describe('settings', () => {
     }
     expect(err).toBeInstanceOf(ConfigError);
     expect((err as ConfigError).problems).toEqual([
-      expect.stringMatching(/^TCAB_BACKUP_SNAPSHOT_WARN_AGE: 5h must be shorter than TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE \(4h\)/),
+      expect.stringMatching(/^TCAB_BACKUP_SNAPSHOT_WARN_AGE: 5h must be shorter than TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE \(1h\)/),
       expect.stringMatching(/^TCAB_BACKUP_DRILL_CRITICAL_AGE: "soon" is invalid/),
     ]);
     expect(() => loadDrillSettings({ TCAB_BACKUP_DRILL_WORK_DIR: 'scratch' })).toThrow(
