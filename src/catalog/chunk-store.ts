@@ -217,6 +217,9 @@ export async function readStoredChunk(
   storedBytes: number,
   options: { signal?: AbortSignal } = {},
 ): Promise<Buffer> {
+  // A backend that reads a small object whole (a folder) does it without a stream; its failures are the
+  // target's (and its retry wrapper's), like a get that did not start.
+  if (target.readSmall) return target.readSmall(chunkKey(database, sha256), storedBytes, { signal: options.signal });
   const { body } = await target.get(chunkKey(database, sha256), { signal: options.signal });
   const parts: Buffer[] = [];
   let length = 0;

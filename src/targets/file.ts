@@ -7,6 +7,8 @@
  * folder cannot both win. Temporary and lock files start with ".tcab-" and are never listed.
  */
 import { randomBytes } from 'node:crypto';
+import { close as closeCallback, open as openCallback, read as readCallback } from 'node:fs';
+import { promisify } from 'node:util';
 import type { Stats, BigIntStats } from 'node:fs';
 import { mkdir, open, readdir, rename, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -16,6 +18,10 @@ import type { FileTargetSpec } from './spec.js';
 import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
 import { abandonBody, abortError, bodyChunks, checkKey, compareKeys, sourceFailure, SourceError, type TargetIdentity } from './failure.js';
 import { sleep } from './retry.js';
+
+const fdOpen = promisify(openCallback);
+const fdRead = promisify(readCallback);
+const fdClose = promisify(closeCallback);
 
 const INTERNAL_PREFIX = '.tcab-';
 /** Objects up to this size are read in one read() rather than streamed: see get. */
@@ -254,6 +260,35 @@ export class FileTarget implements Target {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') throw this.notFound(key, err);
       throw this.fail('get', key, err);
+    }
+  }
+
+  /**
+   * Target.readSmall: open, read up to maxBytes + 1 bytes, close, on a file descriptor (no FileHandle, no
+   * stat, no stream). On 12,800 chunk files of 21 KB, 32 at a time, this took a third of the CPU of get and
+   * reading its stream (235 to 418 ms against 617 to 1,379 ms).
+   */
+  async readSmall(key: string, maxBytes: number, options: { signal?: AbortSignal } = {}): Promise<Buffer> {
+    const path = this.pathOf('get', key);
+    if (options.signal?.aborted) throw abortError(options.signal);
+    let fd: number | undefined;
+    try {
+      fd = await fdOpen(path, 'r');
+      const buffer = Buffer.allocUnsafe(maxBytes + 1);
+      let got = 0;
+      for (;;) {
+        const { bytesRead } = await fdRead(fd, buffer, got, buffer.length - got, got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+        if (got === buffer.length) break;
+      }
+      return got < buffer.length ? buffer.subarray(0, got) : buffer;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EISDIR') throw this.notFound(key, err);
+      throw this.fail('get', key, err);
+    } finally {
+      if (fd !== undefined) await fdClose(fd).catch(() => {});
     }
   }
 

@@ -121,6 +121,11 @@ export function withRetry(target: Target, options: RetryOptions & { logger?: Log
       return listWithRetry(target, prefix, listOptions?.signal, ctx('list', prefix, listOptions?.signal));
     },
   };
+  if (target.readSmall) {
+    const readSmall = target.readSmall.bind(target);
+    wrapped.readSmall = (key, maxBytes, readOptions) =>
+      retrying(() => readSmall(key, maxBytes, readOptions), ctx('get', key, readOptions?.signal));
+  }
   if (target.abortStaleUploads) {
     const abortStale = target.abortStaleUploads.bind(target);
     wrapped.abortStaleUploads = (olderThan, abortOptions) =>

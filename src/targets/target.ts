@@ -89,4 +89,12 @@ export interface Target {
    * Returns how many were removed; backends without such a thing return 0.
    */
   abortStaleUploads?(olderThan: Date, options?: { signal?: AbortSignal }): Promise<number>;
+
+  /**
+   * A small object read whole into one buffer, without a stream: the object when it is at most `maxBytes`,
+   * else its first `maxBytes + 1` bytes (so the caller sees that it is longer). Throws NotFoundError when it
+   * does not exist. Offered by backends where it is much cheaper than get (a folder: no stream, no stat); a
+   * format-2 restore reads thousands of chunks this way (catalog/chunk-store.ts, readStoredChunk).
+   */
+  readSmall?(key: string, maxBytes: number, options?: { signal?: AbortSignal }): Promise<Buffer>;
 }

@@ -98,6 +98,8 @@ describe('on a file target', () => {
     let now = 0;
     let most = 0;
     const counting: Target = Object.create(target, {
+      // Every read goes through get, where this wrapper counts or spoils it (a folder would read chunks by readSmall).
+      readSmall: { value: undefined },
       get: {
         value: async (key: string, options?: Parameters<Target['get']>[1]) => {
           const isChunk = key.startsWith('chunks/');
@@ -123,6 +125,8 @@ describe('on a file target', () => {
   function readsOf(key: string): { target: Target; count: () => number } {
     let n = 0;
     const counting: Target = Object.create(target, {
+      // Every read goes through get, where this wrapper counts or spoils it (a folder would read chunks by readSmall).
+      readSmall: { value: undefined },
       get: {
         value: (k: string, options?: Parameters<Target['get']>[1]) => {
           if (k === key) n++;
@@ -138,6 +142,8 @@ describe('on a file target', () => {
     let key = '';
     let reads = 0;
     const spoiling: Target = Object.create(target, {
+      // Every read goes through get, where this wrapper counts or spoils it (a folder would read chunks by readSmall).
+      readSmall: { value: undefined },
       get: {
         value: async (k: string, options?: Parameters<Target['get']>[1]) => {
           const got = await target.get(k, options);
@@ -296,6 +302,8 @@ describe('on a file target', () => {
     await writeFile(path, lines.join('\n'), 'latin1');
     let chunkGets = 0;
     const counting: Target = Object.create(target, {
+      // Every read goes through get, where this wrapper counts or spoils it (a folder would read chunks by readSmall).
+      readSmall: { value: undefined },
       get: {
         value: (key: string, options?: Parameters<Target['get']>[1]) => {
           if (key.startsWith('chunks/')) chunkGets++;

@@ -52,7 +52,7 @@ export async function sha256Of(path: string): Promise<string> {
 
 export interface Counted {
   target: Target;
-  /** Keys of every put, and of every get, in order. */
+  /** Keys of every put, and of every get (or readSmall), in order. */
   puts: string[];
   gets: string[];
 }
@@ -66,7 +66,8 @@ export function counting(inner: Target): Counted {
       const value = Reflect.get(t, prop, receiver) as unknown;
       if (typeof value !== 'function') return value;
       const call = (value as (...a: unknown[]) => unknown).bind(t);
-      const seen = prop === 'put' ? puts : prop === 'get' ? gets : undefined;
+      // readSmall is a get too: a folder target reads a chunk whole that way.
+      const seen = prop === 'put' ? puts : prop === 'get' || prop === 'readSmall' ? gets : undefined;
       if (!seen) return call;
       return (key: string, ...rest: unknown[]) => {
         seen.push(key);

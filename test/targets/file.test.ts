@@ -43,6 +43,21 @@ async function allFiles(dir: string): Promise<string[]> {
 describeTargetConformance('file', async () => openTarget(specFor(await freshFolder())), { pageSize: 1 });
 
 describe('file target', () => {
+  it('reads a small object whole with readSmall, and tells a longer one, a missing one and a folder apart', async () => {
+    const t = openTarget(specFor(await freshFolder()));
+    const bytes = randomBytes(3000);
+    await t.put('chunks/tcab/ab/x.zst', bytes);
+    expect(t.readSmall).toBeTypeOf('function');
+    expect(Buffer.compare(await t.readSmall!('chunks/tcab/ab/x.zst', 3000), bytes)).toBe(0);
+    expect(Buffer.compare(await t.readSmall!('chunks/tcab/ab/x.zst', 5000), bytes)).toBe(0);
+    // Longer than asked: maxBytes + 1 bytes, so that the caller sees it.
+    const cut = await t.readSmall!('chunks/tcab/ab/x.zst', 1000);
+    expect(cut.length).toBe(1001);
+    expect(Buffer.compare(cut, bytes.subarray(0, 1001))).toBe(0);
+    await expect(t.readSmall!('chunks/tcab/ab/missing.zst', 10)).rejects.toBeInstanceOf(NotFoundError);
+    await expect(t.readSmall!('chunks/tcab/ab', 10)).rejects.toBeInstanceOf(NotFoundError);
+  });
+
   it('keeps a put invisible until it is complete, then renames it into place', async () => {
     const dir = await freshFolder();
     const t = openTarget(specFor(dir));
