@@ -14,7 +14,7 @@ import { signRequest, type SnapshotDescription } from '../../src/agent/protocol.
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { createLogger } from '../../src/log.js';
-import { agentConfig, KEY, KEY_ID, rawRequest, signedRequest, STANDIN } from './helpers.js';
+import { agentConfig, KEY, KEY_ID, rawRequest, signedRequest, standinCommand } from './helpers.js';
 import { tempDir } from '../support/world.js';
 
 const RUNS = 300;
@@ -66,16 +66,7 @@ async function drillAgent(
     agentConfig(work.dir, {
       stagingDir: staging,
       drill: {
-        command: [
-          process.execPath,
-          STANDIN,
-          '--database-url',
-          '{database_url}',
-          '--port',
-          '{port}',
-          `STANDIN_PID_FILE=${pidFile}`,
-          ...knobs,
-        ],
+        command: standinCommand(pidFile, knobs),
         healthTimeoutMs: options.healthTimeoutMs ?? 30_000,
         stopGraceMs: options.stopGraceMs ?? 5_000,
       },

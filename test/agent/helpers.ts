@@ -16,6 +16,14 @@ import { firstColumn, firstValue, openDatabase } from '../../src/util/sqlite.js'
 export const KEY_ID = 'functions';
 /** The stand-in backend of application drills; the demo runs it built, the tests from its source (Node 24 strips the types). */
 export const STANDIN = fileURLToPath(new URL('../../src/dev/standin-backend.ts', import.meta.url));
+
+/**
+ * The agent's drill command starting the stand-in backend (src/dev/standin-backend.ts) on the restored copy,
+ * writing its pid to `pidFile`; `knobs` are its STANDIN_* settings (exit at start, no /healthz, ...).
+ */
+export function standinCommand(pidFile: string, knobs: string[] = []): string[] {
+  return [process.execPath, STANDIN, '--database-url', '{database_url}', '--port', '{port}', `STANDIN_PID_FILE=${pidFile}`, ...knobs];
+}
 export const KEY = randomBytes(32).toString('hex');
 
 export function agentConfig(work: string, overrides: Partial<AgentConfig> = {}): AgentConfig {

@@ -20,7 +20,7 @@ import { runMonitor } from '../../src/jobs/monitor/index.js';
 import { createLogger } from '../../src/log.js';
 import { renderStatusPage } from '../../src/status/page.js';
 import type { Target } from '../../src/targets/target.js';
-import { agentConfig, KEY, KEY_ID, STANDIN } from '../agent/helpers.js';
+import { agentConfig, KEY, KEY_ID, standinCommand } from '../agent/helpers.js';
 import { captureLog } from '../support/world.js';
 import { ARTIFACT } from '../support/fault-matrix.js';
 import { FaultTarget } from '../support/fault-target.js';
@@ -55,16 +55,7 @@ async function drillAgent(
       stagingDir: staging,
       compression: 'gzip',
       drill: {
-        command: [
-          process.execPath,
-          STANDIN,
-          '--database-url',
-          '{database_url}',
-          '--port',
-          '{port}',
-          `STANDIN_PID_FILE=${pidFile}`,
-          ...knobs,
-        ],
+        command: standinCommand(pidFile, knobs),
         healthTimeoutMs: options.healthTimeoutMs ?? 30_000,
         stopGraceMs: 300,
       },

@@ -20,7 +20,7 @@ import { DrillFailedError, runDrill } from '../../src/jobs/drill/index.js';
 import { createLogger } from '../../src/log.js';
 import type { Target } from '../../src/targets/target.js';
 import { openDatabase } from '../../src/util/sqlite.js';
-import { KEY, KEY_ID, STANDIN, agentConfig } from '../agent/helpers.js';
+import { KEY, KEY_ID, agentConfig, standinCommand } from '../agent/helpers.js';
 import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
 import { captureLog } from '../support/world.js';
@@ -192,7 +192,7 @@ describe('application drill of a format-2 snapshot', () => {
         stagingDir: staging,
         compression: 'gzip',
         drill: {
-          command: [process.execPath, STANDIN, '--database-url', '{database_url}', '--port', '{port}', `STANDIN_PID_FILE=${pidFile}`],
+          command: standinCommand(pidFile),
           healthTimeoutMs: 30_000,
           stopGraceMs: 300,
         },

@@ -20,7 +20,7 @@ import { startAgent, type RunningAgent } from '../../src/agent/run.js';
 import { readRecentDrills } from '../../src/catalog/drill-record.js';
 import { DrillFailedError, runDrill, type DrillResult } from '../../src/jobs/drill/index.js';
 import { silentLogger } from '../../src/log.js';
-import { agentConfig, KEY, KEY_ID, STANDIN } from '../agent/helpers.js';
+import { agentConfig, KEY, KEY_ID, standinCommand } from '../agent/helpers.js';
 import { fullMessage, settleWithin, type Settled } from '../support/fault-matrix.js';
 import {
   CHUNK,
@@ -58,15 +58,7 @@ beforeAll(async () => {
       dbPath: join(work, 'live.sqlite'),
       stagingDir: join(work, 'staging'),
       drill: {
-        command: [
-          process.execPath,
-          STANDIN,
-          '--database-url',
-          '{database_url}',
-          '--port',
-          '{port}',
-          `STANDIN_PID_FILE=${join(work, 'backend.pid')}`,
-        ],
+        command: standinCommand(join(work, 'backend.pid')),
         healthTimeoutMs: 30_000,
         stopGraceMs: 300,
       },
