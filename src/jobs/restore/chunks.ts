@@ -3,7 +3,9 @@
  * (checked as it streams, or sent to the agent's application drill): read the chunk list and check it
  * against the manifest before fetching anything, then fetch the chunks in parallel while writing them in
  * order, each decompressed on its own (Node's zstd decompressor stops at the end of the first frame of a write)
- * and checked against its length and sha256, and the whole file against the manifest's bytes and sha256.
+ * and checked against its lengths and its frame's content checksum (and its sha256 when chunkSha256 is on, as
+ * in the drill, or when the frame carries no checksum), and the whole file against the manifest's bytes and
+ * sha256.
  *
  * Memory is bounded by construction, whatever the size of the database: at most IN_FLIGHT chunks are being
  * fetched or waiting to be used, each read into a buffer only up to the stored size its chunk-list line
@@ -32,6 +34,7 @@ import type { ManifestV2 } from '../../catalog/manifest-v2.js';
 import { readChunkList, type ChunkRefV2 } from '../../format/chunk-list.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { sleep } from '../../targets/retry.js';
+import { syncFile, writeAllAt } from './destination.js';
 import type { Target } from '../../targets/target.js';
 
 /**
@@ -98,14 +101,14 @@ export interface CheckedChunk {
   key: string;
   /** The stored zstd frame, exactly the chunk list's stored length. */
   stored: Buffer;
-  /** Its plain bytes: the list's length and sha256. */
+  /** Its plain bytes: the list's length, and its sha256 when that was checked (see chunkSha256). */
   plain: Buffer;
 }
 
 /**
  * Reads the chunk list of the snapshot `manifest` describes from `target` and checks it against the manifest
  * before a single chunk is fetched; then yields its chunks in file order, up to IN_FLIGHT fetched ahead, each
- * checked (stored length, decompression, plain length and sha256). After the last chunk, the whole file's
+ * checked (stored length, decompression with zstd's checksum, plain length; sha256 as chunkSha256 says). After the last chunk, the whole file's
  * bytes and sha256 are checked against the manifest: a failure there is thrown by the last step of the
  * iteration, so a consumer acts on the file only once the iteration has ended. Errors name the snapshot, the
  * target, the object (the chunk's key and line) and what to do. Stopping the iteration early stops the fetches.
@@ -290,7 +293,8 @@ export async function* readCheckedChunks(
 export const WRITE_BATCH_BYTES = 4 << 20;
 
 /**
- * Writes the snapshot `manifest` describes from `target` into `file` (empty, just created). Resolves with the
+ * Writes the snapshot `manifest` describes from `target` into `file` (empty, just created, at `path`: a write
+ * or flush it refuses is a DestinationError naming it). Resolves with the
  * bytes read from the target and written to the file once both the chunks and the whole file match.
  *
  * Chunks are gathered up to WRITE_BATCH_BYTES and written with one writev while the next batch is gathered:
@@ -300,6 +304,7 @@ export async function writeChunkedSnapshot(
   target: Target,
   manifest: ManifestV2,
   file: FileHandle,
+  path: string,
   options: ReadChunksOptions & { onProgress?: (bytesRead: number, totalBytes: number) => void },
 ): Promise<{ storedBytes: number; plainBytes: number }> {
   let position = 0;
@@ -308,24 +313,6 @@ export async function writeChunkedSnapshot(
   let batch: Buffer[] = [];
   let batchBytes = 0;
   let writing: Promise<void> = Promise.resolve();
-  const writeAll = async (buffers: Buffer[], bytes: number, at: number) => {
-    let done = 0;
-    while (done < bytes) {
-      // A short write (rare, e.g. a full disk answers with what fitted) goes on from where it stopped.
-      const rest: Buffer[] = [];
-      let skip = done;
-      for (const b of buffers) {
-        if (skip >= b.length) skip -= b.length;
-        else {
-          rest.push(skip ? b.subarray(skip) : b);
-          skip = 0;
-        }
-      }
-      const { bytesWritten } = await file.writev(rest, at + done);
-      if (bytesWritten === 0) throw new Error(`writing at byte ${at + done} wrote nothing`);
-      done += bytesWritten;
-    }
-  };
   const flush = async () => {
     await writing;
     const buffers = batch;
@@ -333,7 +320,7 @@ export async function writeChunkedSnapshot(
     const bytes = batchBytes;
     batch = [];
     batchBytes = 0;
-    writing = writeAll(buffers, bytes, at);
+    writing = writeAllAt(file, path, buffers, bytes, at);
     // Awaited before the next batch starts and at the end; this keeps a failure from going unhandled meanwhile.
     writing.catch(() => undefined);
   };
@@ -359,6 +346,6 @@ export async function writeChunkedSnapshot(
   }
   await writing;
   onProgress?.(storedBytes, manifest.stored.bytes);
-  await file.sync();
+  await syncFile(file, path);
   return { storedBytes, plainBytes: position };
 }

@@ -28,6 +28,7 @@ import { firstColumn, firstValue, openDatabase } from '../../util/sqlite.js';
 import { HashingStream, decompressor } from '../../util/streams.js';
 import { describeSelector, selectSnapshot, type SnapshotSelector } from '../../catalog/select.js';
 import { writeChunkedSnapshot, type ChunkReread } from './chunks.js';
+import { DestinationError, FileSink } from './destination.js';
 
 export interface RestoreRequest {
   selector: SnapshotSelector;
@@ -67,12 +68,6 @@ export interface RestoreResult {
 
 /** Files SQLite reads beside a database `path` when it opens it (`path` + suffix). */
 export const SQLITE_COMPANION_SUFFIXES = ['-wal', '-shm', '-journal'] as const;
-
-/**
- * A problem with the destination rather than with a target: every target would meet it, so the restore
- * stops at once instead of downloading the snapshot again from the next one.
- */
-class DestinationError extends TcabError {}
 
 /** Tries the targets in order and restores from the first that has the snapshot and passes every check. */
 export async function runRestore(
@@ -124,8 +119,8 @@ async function restoreFromTarget(
     try {
       written =
         manifest.formatVersion === 1
-          ? await writeArtifact(target, manifest, file, request)
-          : await writeChunkedSnapshot(target, manifest, file, {
+          ? await writeArtifact(target, manifest, file, tmp, request)
+          : await writeChunkedSnapshot(target, manifest, file, tmp, {
               logger: log,
               ...(request.signal ? { signal: request.signal } : {}),
               ...(request.onProgress ? { onProgress: request.onProgress } : {}),
@@ -174,13 +169,14 @@ async function restoreFromTarget(
 }
 
 /**
- * Format 1: streams the artifact into `file`, checking its sha256 as it arrives, decompressing, and checking
- * the plain file's sha256. The write stream fsyncs the file before it closes the handle.
+ * Format 1: streams the artifact into `file` (at `path`), checking its sha256 as it arrives, decompressing,
+ * and checking the plain file's sha256. The sink fsyncs the file once the last byte is written.
  */
 async function writeArtifact(
   target: Target,
   manifest: ManifestV1,
   file: FileHandle,
+  path: string,
   request: RestoreRequest,
 ): Promise<{ storedBytes: number; plainBytes: number }> {
   const key = manifestArtifactKey(manifest);
@@ -199,6 +195,7 @@ async function writeArtifact(
   let decompressFailed = false;
   let bodyError: Error | undefined;
   let inflate: Duplex | undefined;
+  const sink = new FileSink(file, path);
   try {
     inflate = decompressor(manifest.artifact.compression);
     // A body that breaks off reaches the decompressor too (as the body's error, or as "Premature close" when it
@@ -209,18 +206,13 @@ async function writeArtifact(
     // Nothing between the get and the pipeline can fail: the pipeline closes the body whatever happens.
     const { body } = await target.get(key, request.signal ? { signal: request.signal } : {});
     body.once('error', (err) => (bodyError ??= err));
-    // flush: the stream fsyncs the file before it closes the handle, so the rename below publishes durable bytes.
-    await pipeline(
-      body,
-      artifactHash,
-      inflate,
-      plainHash,
-      file.createWriteStream({ flush: true }),
-      request.signal ? { signal: request.signal } : {},
-    );
+    // The sink fsyncs the file at its end, so the rename that publishes it publishes durable bytes.
+    await pipeline(body, artifactHash, inflate, plainHash, sink, request.signal ? { signal: request.signal } : {});
   } catch (e) {
     // A get that failed leaves the decompressor unused (for zstd on older Node, a child process waiting).
     inflate?.destroy();
+    // The local disk's failure reaches every stream of the pipeline: it is not the stored copy's.
+    if (sink.failure) throw sink.failure;
     // A damaged artifact usually fails decompression first; name the real cause when the hash says so.
     if (artifactHash.bytes === manifest.artifact.bytes && artifactHash.digest() !== manifest.artifact.sha256) {
       throw new IntegrityError(
@@ -385,11 +377,18 @@ export async function publishNoClobber(tmp: string, outPath: string, log: Logger
     const reservation = await open(outPath, fsc.O_CREAT | fsc.O_EXCL | fsc.O_WRONLY, 0o600).catch((err: NodeJS.ErrnoException) => {
       throw refuse(err);
     });
-    await reservation.close();
     try {
+      await reservation.close();
       await rename(tmp, outPath);
     } catch (err) {
-      await rm(outPath, { force: true });
+      // The reservation is ours and empty: it must not be left to be taken for a database, or refused next time.
+      await rm(outPath, { force: true }).catch((rmErr) =>
+        log.error('restore.reservation_left', {
+          path: outPath,
+          error: errorMessage(rmErr),
+          note: 'an empty file this restore created; remove it',
+        }),
+      );
       throw refuse(err as NodeJS.ErrnoException);
     }
     return;
