@@ -1,8 +1,9 @@
 /**
- * Renewal records (docs/format-2.md, "Writing", step 4, and "Renewal records"): a writer that renews a chunk
- * which was older than G - 2J when it listed it records the chunk on the target, before the chunk list and the
- * manifest that rely on it; a later snapshot or replicate run to that target, starting at least J after the
- * record, checks that every recorded chunk is still there and only then deletes the record.
+ * Renewal records (docs/format-2.md, "Writing", step 2, and "Renewal records"): a writer about to renew chunks
+ * which were older than G - 2J when it listed them records them on the target first, before any of those
+ * renewals (and so before the chunk list and the manifest that rely on them); a later snapshot or replicate run
+ * to that target, starting at least 2J after the record, checks that every recorded chunk is still there and
+ * only then deletes the record.
  *
  *   renewals/<database>/<writer's time>-<snapshot id>-<8 random hex>.json
  *
@@ -29,10 +30,16 @@ export const RenewalRecordSchema = z.object({
   /** The snapshot whose chunk list and manifest the writer was about to write. */
   snapshot: z.string(),
   writer: z.enum(['snapshot', 'replicate']),
-  /** The writer's clock when it wrote the record, after every renewal it names had completed. */
+  /** The writer's clock when it wrote the record. */
   writtenAt: z.string().datetime(),
-  /** J as the writer knew it: the record is checked no sooner than this long after writtenAt. */
+  /** J as the writer knew it: the record is checked no sooner than this long (twice, see renewalsFollow) after writtenAt. */
   jobTimeoutMs: z.number().int().positive(),
+  /**
+   * True on every record written now: it was written before the renewals it names, which the writer then made
+   * within its J, so the record is due 2J after writtenAt. Absent on records written after their renewals (as
+   * the first version of this code did), which are due J after.
+   */
+  renewalsFollow: z.literal(true).optional(),
   /** The renewed chunks, as chunk-list lines: "<sha256> <plain bytes> <stored bytes>". */
   chunks: z.array(ChunkLine).min(1),
 });
@@ -57,7 +64,7 @@ export function recordChunks(record: RenewalRecord): RenewedChunk[] {
  */
 export async function writeRenewalRecord(
   target: Target,
-  record: Omit<RenewalRecord, 'kind' | 'version' | 'chunks' | 'writtenAt'> & { chunks: Iterable<RenewedChunk> },
+  record: Omit<RenewalRecord, 'kind' | 'version' | 'chunks' | 'writtenAt' | 'renewalsFollow'> & { chunks: Iterable<RenewedChunk> },
   options: { signal?: AbortSignal; now?: () => Date } = {},
 ): Promise<string> {
   const writtenAt = (options.now ?? (() => new Date()))();
@@ -70,6 +77,7 @@ export async function writeRenewalRecord(
     writer: record.writer,
     writtenAt: writtenAt.toISOString(),
     jobTimeoutMs: record.jobTimeoutMs,
+    renewalsFollow: true,
     chunks: [...record.chunks].map((c) => `${c.sha256} ${c.plainBytes} ${c.storedBytes}`),
   };
   try {
@@ -79,7 +87,7 @@ export async function writeRenewalRecord(
     throw new TcabError(
       `Recording ${value.chunks.length} renewed chunk(s) of snapshot ${record.snapshot} (${key}) on target "${target.name}" (${target.url}) failed: ${errorMessage(e)}`,
       {
-        hint: 'check that the target is reachable and writable; the snapshot was not committed there (its manifest relies on the record), and the next run renews the chunks again',
+        hint: 'check that the target is reachable and writable; nothing was renewed or committed there (the renewals wait for their record), and the next run tries again',
         cause: e,
       },
     );
@@ -132,9 +140,12 @@ export async function deleteRenewalRecord(target: Target, key: string, signal?: 
 }
 
 /**
- * When a record may be checked: J after the later of the writer's time and the storage's, J being the longer of
- * the writer's and the checker's (a clock running ahead on either side only delays the check).
+ * When a record may be checked: 2J after the later of the writer's time and the storage's (J for a record written
+ * after its renewals), J being the longer of the writer's and the checker's (a clock running ahead on either side
+ * only delays the check). The renewals follow the record within the writer's J, and a prune that listed a
+ * renewed chunk's old object before its renewal deletes within its J of that listing: 2J covers both.
  */
 export function renewalCheckDue(record: RenewalRecord, lastModified: Date, jobTimeoutMs: number): number {
-  return Math.max(Date.parse(record.writtenAt), lastModified.getTime()) + Math.max(record.jobTimeoutMs, jobTimeoutMs);
+  const j = Math.max(record.jobTimeoutMs, jobTimeoutMs);
+  return Math.max(Date.parse(record.writtenAt), lastModified.getTime()) + (record.renewalsFollow ? 2 * j : j);
 }

@@ -35,7 +35,7 @@ export interface DueRenewal {
 export interface RenewalScan {
   /** Records on the target. */
   records: number;
-  /** Not due yet (written less than J before the listing): left for a later run. */
+  /** Not due yet (written less than 2J before the listing, J for an older record): left for a later run. */
   pending: number;
   due: DueRenewal[];
 }

@@ -4,7 +4,7 @@
  * snapshots restore to their exact files there; a damaged source chunk is never copied (another source is
  * taken when there is one); a destination failing mid-chunks fails the job naming the chunk, without a manifest.
  */
-import { readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { listCatalog, readManifest } from '../../src/catalog/catalog.js';
@@ -232,7 +232,7 @@ describe('renewal records', () => {
       const records = await listRenewalRecords(dest, 'tcab');
       expect(records).toHaveLength(1);
       const record = await readRenewalRecord(dest, records[0]!.key);
-      expect(record).toMatchObject({ writer: 'replicate', snapshot: b.manifest.id, jobTimeoutMs: 200 });
+      expect(record).toMatchObject({ writer: 'replicate', snapshot: b.manifest.id, jobTimeoutMs: 200, renewalsFollow: true });
       expect(new Set(record!.chunks)).toEqual(new Set(shared.map((r) => r.join(' '))));
 
       // A run less than J after the record (J of 25 minutes) copies nothing and leaves it pending.
@@ -245,7 +245,7 @@ describe('renewal records', () => {
       // it gone, copies it back from the source, and deletes the record; the snapshot restores there again.
       const victim = shared[Math.floor(shared.length / 2)]![0];
       await dest.delete(chunkKey('tcab', victim));
-      await new Promise((r) => setTimeout(r, 250));
+      await new Promise((r) => setTimeout(r, 450)); // 2J: the record was written before its renewals
       const later = await runReplicate({ targets: [source, dest], database: 'tcab', chunkJobTimeoutMs: 200 });
       expect(later.copied).toBe(0);
       expect(later.targets.find((t) => t.target === 'renewed')!.renewals).toMatchObject({
@@ -276,7 +276,7 @@ describe('renewal records', () => {
     // Gone from both targets: nothing can copy it back.
     await rm(join(dir, chunkKey('tcab', victim)));
     await source.delete(chunkKey('tcab', victim));
-    await new Promise((r) => setTimeout(r, 250));
+    await new Promise((r) => setTimeout(r, 450)); // 2J: the record was written before its renewals
     const err = await runReplicate({ targets: [source, dest], database: 'tcab', chunkJobTimeoutMs: 200 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ReplicateFailedError);
     const message = (err as Error).message;
@@ -286,5 +286,50 @@ describe('renewal records', () => {
     expect(message).toContain(b.manifest.id);
     expect((err as ReplicateFailedError).hint).toContain('verify');
     expect(await recordsIn(dir)).toEqual(records);
+  });
+
+  it('records the chunks a copy will renew near G before renewing any: a copy that fails half-way leaves the record', async () => {
+    const { target: source } = await world.folder('local');
+    const { target: dest, dir } = await world.folder('half');
+    const a = await storeFileAsV2(source, 'tcab', files.first, { createdAt: new Date(Date.now() - 60_000) });
+    await runReplicate({ targets: [source, dest], database: 'tcab' });
+    const b = await storeFileAsV2(source, 'tcab', files.second, { createdAt: new Date(Date.now() - 30_000) });
+    await new Promise((r) => setTimeout(r, 1700));
+    const before = Date.now();
+    // The 4th chunk write there fails for good: three renewals are made, and the copy stops.
+    const faulty = new FaultTarget(dest, { op: 'put', keys: CHUNK, point: { at: 'start' }, kind: 'error', skip: 3 });
+    const err = await runReplicate({ targets: [source, faulty], database: 'tcab', chunkGraceMs: 2000, chunkJobTimeoutMs: 200 }).catch(
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ReplicateFailedError);
+    const renewed = [...(await listChunks(dest, 'tcab')).entries()].filter(([, c]) => c.lastModified.getTime() >= before - 1000);
+    expect(renewed.length).toBeGreaterThanOrEqual(3);
+    const records = await listRenewalRecords(dest, 'tcab');
+    expect(records).toHaveLength(1);
+    const record = await readRenewalRecord(dest, records[0]!.key);
+    expect(record).toMatchObject({ writer: 'replicate', snapshot: b.manifest.id, renewalsFollow: true });
+    const recorded = new Set(record!.chunks.map((l) => l.split(' ')[0]));
+    for (const [sha256] of renewed) expect(recorded.has(sha256)).toBe(true);
+    expect((await listCatalog(dest, 'tcab')).snapshots.map((s) => s.id)).toEqual([a.manifest.id]);
+    expect(await recordsIn(dir)).toEqual([records[0]!.key.split('/').pop()]);
+  });
+
+  it('fails naming a renewal record it cannot read, instead of passing over it', async () => {
+    const { target: source } = await world.folder('local');
+    const { target: dest, dir } = await world.folder('unreadable');
+    await storeFileAsV2(source, 'tcab', files.first, { createdAt: new Date(Date.now() - 60_000) });
+    await runReplicate({ targets: [source, dest], database: 'tcab' });
+    const key = 'renewals/tcab/20261202T000000000Z-20261202T000000Z-0123abcd-0123abcd.json';
+    await mkdir(join(dir, 'renewals', 'tcab'), { recursive: true });
+    await writeFile(join(dir, key), '{"kind": "tcab-backup.renewals", "version": 1, "database": "tc');
+    const err = await runReplicate({ targets: [source, dest], database: 'tcab' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ReplicateFailedError);
+    const message = (err as Error).message;
+    expect(message).toContain('checking the renewal records on target "unreadable" failed');
+    expect(message).toContain(key);
+    const result = (err as ReplicateFailedError).result;
+    expect(result.targets.find((t) => t.target === 'unreadable')!.renewals!.error).toContain(key);
+    // The record is left as it is for the operator.
+    expect(await recordsIn(dir)).toEqual([key.split('/').pop()]);
   });
 });

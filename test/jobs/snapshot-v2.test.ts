@@ -145,13 +145,13 @@ describe('format-2 snapshot job', () => {
     expect(o.ok).toBe(true);
     expect(o.chunks!.renewed).toBe(o.chunks!.distinct);
     expect(o.chunks!.reused).toBe(0);
-    // No wait inside the job: the record holds every renewed chunk, written before the manifest.
+    // No wait inside the job: the record holds every renewed chunk, written before any of them was renewed.
     expect(logLines.some((l) => l.includes('late_check_waiting'))).toBe(false);
     const records = await recordsIn(dir);
     expect(records).toHaveLength(1);
     expect(`renewals/tcab/${records[0]}`).toBe(o.renewals!.recorded);
     const record = JSON.parse(await readFile(join(dir, 'renewals', 'tcab', records[0]!), 'utf8'));
-    expect(record).toMatchObject({ writer: 'snapshot', snapshot: result.manifest.id, jobTimeoutMs: 200 });
+    expect(record).toMatchObject({ writer: 'snapshot', snapshot: result.manifest.id, jobTimeoutMs: 200, renewalsFollow: true });
     expect(record.chunks).toHaveLength(o.chunks!.distinct);
     const lines = (await readFile(join(dir, result.manifest.chunkList.key), 'utf8')).trim().split('\n');
     expect(new Set(record.chunks)).toEqual(new Set(lines));
@@ -166,7 +166,7 @@ describe('format-2 snapshot job', () => {
     // after the record finds it gone, writes it again (this snapshot holds it) and only then deletes the record.
     const victim = lines[Math.floor(lines.length / 2)]!.split(' ')[0]!;
     await rm(join(dir, chunkKey('tcab', victim)));
-    await new Promise((r) => setTimeout(r, 250));
+    await new Promise((r) => setTimeout(r, 450)); // 2J: the record was written before its renewals
     const later = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 });
     expect(outcome(later, 'renew').renewals).toMatchObject({ records: 1, pending: 0, settled: 1, rewritten: 1, lost: [] });
     expect((await listChunks(target, 'tcab')).has(victim)).toBe(true);
@@ -197,7 +197,7 @@ describe('format-2 snapshot job', () => {
     const victimPath = join(dir, chunkKey('tcab', victim));
     const saved = await readFile(victimPath);
     await rm(victimPath);
-    await new Promise((r) => setTimeout(r, 250));
+    await new Promise((r) => setTimeout(r, 450)); // 2J: the record was written before its renewals
 
     const err = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(SnapshotFailedError);
@@ -233,7 +233,7 @@ describe('format-2 snapshot job', () => {
       jobTimeoutMs: 200,
       chunks: [{ sha256, plainBytes: 100, storedBytes: 50 }],
     });
-    await new Promise((r) => setTimeout(r, 250));
+    await new Promise((r) => setTimeout(r, 450)); // 2J: the record was written before its renewals
     const next = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 });
     expect(outcome(next, 'unnamed').renewals).toMatchObject({ records: 1, settled: 1, rewritten: 0, lost: [] });
     expect(await recordsIn(dir)).toEqual([]);
@@ -245,6 +245,7 @@ describe('format-2 snapshot job', () => {
     const good = await world.folder('rec-good');
     const first = await snapshot([bad.target, good.target]);
     await new Promise((r) => setTimeout(r, 1700));
+    const started = Date.now();
     const faulty = new FaultTarget(bad.target, { op: 'put', keys: /^renewals\//, point: { at: 'start' }, kind: 'error' });
     const err = await snapshot([faulty, good.target], { graceMs: 2000, jobTimeoutMs: 200 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(SnapshotFailedError);
@@ -258,6 +259,40 @@ describe('format-2 snapshot job', () => {
     expect(await recordsIn(bad.dir)).toEqual([]);
     expect(outcome(result, 'rec-good').ok).toBe(true);
     expect(await recordsIn(good.dir)).toHaveLength(1);
+    // Nothing was renewed there either: the renewals wait for their record.
+    const held = await listChunks(bad.target, 'tcab');
+    expect(Math.max(...[...held.values()].map((c) => c.lastModified.getTime()))).toBeLessThanOrEqual(started);
+  });
+
+  it('records the chunks it will renew near G before renewing any: a job that fails half-way leaves the record', async () => {
+    // Without it, a later run that reuses a chunk this job renewed (young now) would commit a manifest relying on
+    // the renewal, with nothing to check it after a prune that listed the old object deletes it.
+    const { target, dir } = await world.folder('half');
+    const first = await snapshot([target]);
+    await new Promise((r) => setTimeout(r, 1700));
+    const before = Date.now();
+    // The 6th chunk upload fails for good: five renewals are made, and the job stops there.
+    const faulty = new FaultTarget(target, { op: 'put', keys: /^chunks\//, point: { at: 'start' }, kind: 'error', skip: 5 });
+    const err = await snapshot([faulty], { graceMs: 2000, jobTimeoutMs: 200 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SnapshotFailedError);
+    const renewedNow = [...(await listChunks(target, 'tcab')).entries()].filter(([, c]) => c.lastModified.getTime() >= before - 1000);
+    expect(renewedNow.length).toBeGreaterThanOrEqual(5);
+    const [record] = await recordsIn(dir);
+    expect(record).toBeDefined();
+    const recorded = new Set<string>(
+      JSON.parse(await readFile(join(dir, 'renewals', 'tcab', record!), 'utf8')).chunks.map((l: string) => l.split(' ')[0]),
+    );
+    for (const [sha256] of renewedNow) expect(recorded.has(sha256)).toBe(true);
+    expect((await listCatalog(target, 'tcab')).snapshots.map((s) => s.id)).toEqual([first.manifest.id]);
+
+    // The next run reuses what was renewed (young now), renews the rest (a record of its own) and commits; a run
+    // 2J after both records settles them.
+    const next = await snapshot([target], { graceMs: 2000, jobTimeoutMs: 200 });
+    expect(outcome(next, 'half').ok).toBe(true);
+    await new Promise((r) => setTimeout(r, 450)); // 2J
+    const later = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 });
+    expect(outcome(later, 'half').renewals).toMatchObject({ records: 2, pending: 0, settled: 2, lost: [] });
+    expect(await recordsIn(dir)).toEqual([]);
   });
 
   it('fails the job naming a target that fails mid-chunks, while the other gets a complete snapshot', async () => {

@@ -50,11 +50,6 @@ export class DestinationChunks {
   private listing: Promise<Map<string, StoredChunk>> | undefined;
   /** When the listing began (Date.now()): renewal records due by then are checked against it. */
   listedAt = 0;
-  /**
-   * Chunks this run renewed there that were older than G - 2J when listed: every copy whose manifest names one
-   * records it before that manifest (docs/format-2.md, "Renewal records"), whichever copy renewed it.
-   */
-  readonly lateRenewed = new Set<string>();
   /** Chunks being stored right now, so a copy that needs the same chunk waits instead of copying it again. */
   readonly inFlight = new Map<string, Promise<void>>();
   /** Chunks this run stored (or renewed) there: fresh whatever the listing said. */
@@ -145,6 +140,31 @@ export async function copySnapshotV2(
   const counts = { distinct: distinct.size, copied: 0, renewed: 0, reused: 0 };
   let bytes = 0;
 
+  // Old chunks this copy may renew that were older than G - 2J when listed: recorded before any is renewed
+  // (docs/format-2.md, "Renewal records"), so that no manifest, this one or a later run's that reuses the renewed
+  // chunk after this copy failed half-way, relies on such a renewal without its record.
+  const late = [...distinct.values()].filter(
+    ([sha256]) => !destination.written.has(sha256) && ageOf(held.get(sha256)) >= options.graceMs - 2 * jobTimeoutMs,
+  );
+  if (late.length) {
+    try {
+      await writeRenewalRecord(
+        to,
+        {
+          database,
+          snapshot: manifest.id,
+          writer: 'replicate',
+          jobTimeoutMs,
+          chunks: late.map(([sha256, plainBytes, storedBytes]) => ({ sha256, plainBytes, storedBytes })),
+        },
+        signalOption,
+      );
+    } catch (e) {
+      if (signal?.aborted) throw e;
+      throw new CopyError('destination', errorMessage(e), { cause: e, brokeOff: transientWithin(e) });
+    }
+  }
+
   /** Reads one chunk from the source, checks it, and stores it on the destination. */
   const copyChunk = async (ref: ChunkRefV2, renew: boolean): Promise<void> => {
     const [sha256, plainBytes, storedBytes] = ref;
@@ -182,6 +202,11 @@ export async function copySnapshotV2(
     held.set(sha256, { bytes: frame.length, lastModified: new Date(now()) });
   };
 
+  /** How long ago the listing says `chunk` was written (0 when the destination lacks it). */
+  function ageOf(chunk: StoredChunk | undefined): number {
+    return chunk ? now() - chunk.lastModified.getTime() : 0;
+  }
+
   /** Makes sure the destination holds the chunk for this snapshot, copying it when it must. */
   const ensureChunk = async (ref: ChunkRefV2): Promise<void> => {
     const sha256 = ref[0];
@@ -208,10 +233,7 @@ export async function copySnapshotV2(
       return;
     }
     const renew = found !== undefined;
-    const nearGrace = found !== undefined && now() - found.lastModified.getTime() >= options.graceMs - 2 * jobTimeoutMs;
-    const copying = copyChunk(ref, renew).then(() => {
-      if (nearGrace) destination.lateRenewed.add(sha256);
-    });
+    const copying = copyChunk(ref, renew);
     destination.inFlight.set(sha256, copying);
     try {
       await copying;
@@ -235,25 +257,10 @@ export async function copySnapshotV2(
   if (failure) throw failure.error;
   options.onStreamed?.();
 
-  // 3. The old chunks renewed near G that this snapshot names (by this copy or another of the run) are recorded
-  // before the manifest that relies on them; then chunk list, manifest, and the check that every chunk is there.
-  const late = [...distinct.values()].filter((r) => destination.lateRenewed.has(r[0]));
+  // 3. Chunk list, manifest, and the check that every chunk is there.
   const stored: ManifestV2 = { ...manifest, storedAt: new Date().toISOString(), replicatedFrom: source.name };
   let missing: CommitResult['missing'];
   try {
-    if (late.length) {
-      await writeRenewalRecord(
-        to,
-        {
-          database,
-          snapshot: manifest.id,
-          writer: 'replicate',
-          jobTimeoutMs,
-          chunks: late.map(([sha256, plainBytes, storedBytes]) => ({ sha256, plainBytes, storedBytes })),
-        },
-        signalOption,
-      );
-    }
     ({ missing } = await commitSnapshotV2(
       to,
       stored,

@@ -282,7 +282,8 @@ async function copyAll(
     catalogs.map(async (c) => {
       const others = catalogs.filter((o) => o !== c).map((o) => chunksOf(o.target));
       const renewals = await checkRenewalsOn(chunksOf(c.target), others, jobTimeoutMs, log, request.signal);
-      if (renewals.records) outcomes.get(c.target.name)!.renewals = renewals;
+      // A check that failed is reported too (the run fails on it), whether or not records were found.
+      if (renewals.records || renewals.error) outcomes.get(c.target.name)!.renewals = renewals;
     }),
   );
   // Newest first across destinations: the snapshots a restore would want are copied before older ones.

@@ -31,7 +31,8 @@ export async function checkRenewalsOn(
   const signalOption = signal ? { signal } : {};
   try {
     // Most runs find none, and then the chunk folder is not listed for their sake.
-    if ((await listRenewalRecords(target, database, signalOption)).length === 0) return outcome;
+    outcome.records = (await listRenewalRecords(target, database, signalOption)).length;
+    if (outcome.records === 0) return outcome;
     const held = await destination.held();
     const scan = await scanRenewals(target, database, held, { listedAt: destination.listedAt, jobTimeoutMs, ...signalOption });
     outcome.records = scan.records;
@@ -56,7 +57,7 @@ export async function checkRenewalsOn(
     if (signal?.aborted) throw e;
     outcome.error = errorMessage(e);
   }
-  if (outcome.records) {
+  if (outcome.records || outcome.error) {
     log[outcome.lost.length || outcome.error ? 'error' : 'info']('replicate.renewals_checked', {
       target: target.name,
       records: outcome.records,

@@ -76,8 +76,11 @@ interface Plan {
   write: Map<string, boolean>;
   /** sha256 -> stored bytes on this target. */
   stored: Map<string, number>;
-  /** Renewed chunks that were older than G - 2J when listed: recorded before the manifest, checked by a later run. */
-  lateRenewals: Set<string>;
+  /**
+   * Chunks to renew that were older than G - 2J when listed, with their listed stored size: recorded before
+   * any of them is renewed, checked by a later run.
+   */
+  lateRenewals: Map<string, number>;
   /** When the listing of the chunks began: renewal records due by then are checked against it. */
   listedAt: number;
   /** Renewal records of earlier runs due at this run's listing. */
@@ -131,11 +134,11 @@ async function transfer(
   // One decompression context for every frame, the plain bytes hashed and dropped (chunk-codec.ts ChunkChecker).
   const checker = new ChunkChecker();
   try {
-    for (let at = 0; at < hashes.length; at += HASHES_PER_REQUEST) {
+    batches: for (let at = 0; at < hashes.length; at += HASHES_PER_REQUEST) {
       const batch = hashes.slice(at, at + HASHES_PER_REQUEST);
       for await (const { sha256, frame } of resumingChunkData(agent, id, batch, log, signal)) {
         // Every target that wanted chunks has failed: stop reading (leaving the loop closes the agent's answer).
-        if (!alive()) break;
+        if (!alive()) break batches;
         await checker.check(frame, { sha256, bytes: lengths.get(sha256)! }, `from the agent's snapshot ${id}`);
         const receivers = wants(sha256).filter((w) => !w.plan.outcome.error);
         for (const { plan, renew } of receivers) {
@@ -160,9 +163,10 @@ async function transfer(
       }
     }
   } finally {
+    // Also when the source failed: no upload outlives the job (each settles: stored, or failed and recorded).
+    await slots.idle();
     await checker.close();
   }
-  await slots.idle();
 }
 
 /** Requests of one batch of chunks to the agent, the first and two that resume it after an answer broke off. */
@@ -231,7 +235,7 @@ export async function runSnapshotV2(
     held: undefined,
     write: new Map(),
     stored: new Map(),
-    lateRenewals: new Set(),
+    lateRenewals: new Map(),
     listedAt: 0,
     due: [],
     renewals: emptyRenewalOutcome(),
@@ -262,6 +266,8 @@ export async function runSnapshotV2(
         }
       }),
     );
+    // Awaited below, after the agent's chunk list; an abort meanwhile must not leave its rejection unobserved.
+    listed.catch(() => undefined);
     // The list itself is small (a line per chunk: about 1.6 MB for a 1 GB database); the chunks are never held.
     const entries: Array<[string, number]> = [];
     const lengths = new Map<string, number>();
@@ -291,7 +297,7 @@ export async function runSnapshotV2(
         } else if (age >= graceMs / 2) {
           plan.write.set(sha256, true);
           plan.counts.renewed++;
-          if (age >= graceMs - 2 * jobTimeoutMs) plan.lateRenewals.add(sha256);
+          if (age >= graceMs - 2 * jobTimeoutMs) plan.lateRenewals.set(sha256, held.bytes);
         } else {
           plan.stored.set(sha256, held.bytes);
           plan.counts.reused++;
@@ -299,6 +305,33 @@ export async function runSnapshotV2(
       }
       plan.held = undefined;
     }
+
+    // Old chunks to renew near G: recorded before any of them is renewed, so that no manifest can rely on such a
+    // renewal without its record, even one of a later run that reuses the renewed chunk after this job failed
+    // half-way. A target whose record cannot be written gets no renewals and no manifest.
+    await Promise.all(
+      plans.map(async (plan) => {
+        if (plan.outcome.error || plan.lateRenewals.size === 0) return;
+        const chunks = [...plan.lateRenewals].map(([sha256, storedBytes]) => ({ sha256, plainBytes: lengths.get(sha256)!, storedBytes }));
+        try {
+          plan.renewals.recorded = await writeRenewalRecord(
+            plan.target,
+            { database: deps.database, snapshot: desc.id, writer: 'snapshot', jobTimeoutMs, chunks },
+            { signal },
+          );
+        } catch (e) {
+          if (signal?.aborted) throw e;
+          fail(plan, 'recording its renewals failed', e);
+          return;
+        }
+        log.info('snapshot.renewals_recorded', {
+          target: plan.target.name,
+          id: desc.id,
+          key: plan.renewals.recorded,
+          chunks: chunks.length,
+        });
+      }),
+    );
 
     // 3. The union of what the targets need, in file order, from the agent once.
     const needed = [...lengths.keys()].filter((h) => plans.some((p) => !p.outcome.error && p.write.has(h)));
@@ -335,25 +368,6 @@ export async function runSnapshotV2(
           chunkList: { key: chunkListKey(deps.database, desc.id), bytes: list.bytes, sha256: list.sha256, count: list.count },
         };
         try {
-          // Old chunks renewed near G: recorded before the manifest that relies on them, or no manifest.
-          if (plan.lateRenewals.size) {
-            const chunks = [...plan.lateRenewals].map((sha256) => ({
-              sha256,
-              plainBytes: lengths.get(sha256)!,
-              storedBytes: plan.stored.get(sha256)!,
-            }));
-            plan.renewals.recorded = await writeRenewalRecord(
-              plan.target,
-              { database: deps.database, snapshot: desc.id, writer: 'snapshot', jobTimeoutMs, chunks },
-              { signal },
-            );
-            log.info('snapshot.renewals_recorded', {
-              target: plan.target.name,
-              id: desc.id,
-              key: plan.renewals.recorded,
-              chunks: chunks.length,
-            });
-          }
           const { missing } = await commitRepeating(plan.target, m, lines, signal);
           manifest ??= m;
           if (missing.length) missingBy.set(plan, new Map(missing.map((x) => [x.sha256, x.bytes])));
