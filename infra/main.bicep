@@ -120,7 +120,7 @@ param pgDrillSchedule string = '0 */10 * * * *'
 @description('Minutes between two snapshots as snapshotSchedule makes them; turns retention "last" into days.')
 param snapshotIntervalMinutes int = 5
 
-@description('Absence alerts: minutes without the job\'s success event before an alert (interval plus grace; at most 2880).')
+@description('Absence alerts: minutes without the job\'s success event before an alert (interval plus grace; at most 2880). The snapshot alert waits at least 2 x snapshotIntervalMinutes.')
 param alertAfterMinutes {
   @minValue(15)
   @maxValue(2880)
@@ -268,6 +268,13 @@ var targets = concat(
   r2Enabled ? ['r2=${checkedR2TargetUrl}'] : []
 )
 
+// The monitor's snapshot ages and the absence alert follow the schedule: 30m and 1h for the default every 5
+// minutes, and never less than 2 and 4 intervals (2h and 4h for an hourly schedule), so that a slower schedule
+// does not warn between every two snapshots.
+var snapshotWarnMinutes = max(30, 2 * snapshotIntervalMinutes)
+var snapshotCriticalMinutes = max(60, 4 * snapshotIntervalMinutes)
+var snapshotAlertMinutes = min(2880, max(alertAfterMinutes.snapshot, 2 * snapshotIntervalMinutes))
+
 var backupSettings = {
   TCAB_BACKUP_TARGETS: join(targets, ',')
   TCAB_BACKUP_DATABASE: databaseName
@@ -280,6 +287,8 @@ var backupSettings = {
   TCAB_BACKUP_VERIFY_SCHEDULE: verifySchedule
   TCAB_BACKUP_DRILL_SCHEDULE: drillSchedule
   TCAB_BACKUP_MONITOR_SCHEDULE: monitorSchedule
+  TCAB_BACKUP_SNAPSHOT_WARN_AGE: '${snapshotWarnMinutes}m'
+  TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE: '${snapshotCriticalMinutes}m'
   TCAB_BACKUP_RETENTION_BLOB: retentionSetting(retentionBlob)
   TCAB_BACKUP_PG_SERVERS: join(checkedPgServerIds, ',')
   TCAB_BACKUP_PG_CHECK_SCHEDULE: pgCheckSchedule
@@ -432,10 +441,10 @@ var absenceChecks absenceCheck[] = concat(
   [
     {
       name: 'no-snapshot'
-      title: 'no snapshot in ${alertAfterMinutes.snapshot} minutes'
-      description: 'No snapshot.completed event within ${alertAfterMinutes.snapshot} minutes. Check that snapshotTimer runs (Application Insights > Failures), that the agent at ${agentUrl} answers, and the function app\'s health.'
+      title: 'no snapshot in ${snapshotAlertMinutes} minutes'
+      description: 'No snapshot.completed event within ${snapshotAlertMinutes} minutes. Check that snapshotTimer runs (Application Insights > Failures), that the agent at ${agentUrl} answers, and the function app\'s health.'
       event: 'snapshot.completed'
-      minutes: alertAfterMinutes.snapshot
+      minutes: snapshotAlertMinutes
       severity: 1
     }
     {

@@ -153,7 +153,7 @@ export const CHECK_JOB_SETTINGS = defineSettings([
     secret: false,
     default: '30m',
     description:
-      'The monitor warns when the newest snapshot on a target is older than this: 6 missed runs of the default 5-minute schedule. Raise it (and the critical age) with a slower TCAB_BACKUP_SNAPSHOT_SCHEDULE, e.g. 2h and 4h for an hourly one.',
+      'The monitor warns when the newest snapshot on a target is older than this: 6 missed runs of the default 5-minute schedule. Raise it (and the critical age) with a slower TCAB_BACKUP_SNAPSHOT_SCHEDULE, e.g. 2h and 4h for an hourly one; the Azure template sets both from snapshotIntervalMinutes (at least 2 and 4 intervals).',
   },
   {
     name: 'TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE',

@@ -8,6 +8,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { loadBackupConfig, loadTargetsConfig } from '../../src/config.js';
 import { NODE_FLAGS } from '../../src/node-flags.js';
 import { SETTINGS } from '../../src/settings.js';
+import { loadMonitorSettings } from '../../src/jobs/settings.js';
 import { loadPgCheckConfig, loadPgDrillConfig } from '../../src/postgres/config.js';
 import { parseRetentionPolicy } from '../../src/retention/settings.js';
 import {
@@ -472,6 +473,23 @@ describe('infra: the defaults (Azure target only, Postgres mode off, no operator
     expect(grants(s).every((g) => g.startsWith('function identity |'))).toBe(true);
     expect(grants(s)).toHaveLength(4);
   });
+
+  it("sets the monitor's snapshot ages and the no-snapshot alert from the schedule's interval (30m, 1h, 30 minutes every 5 minutes; 2h, 4h, 120 minutes hourly)", async () => {
+    const ages = (e: Record<string, string>) => loadMonitorSettings(resolved(e)).thresholds.snapshot;
+    const alert = (t: Snapshot) =>
+      ofType(t, 'Microsoft.Insights/scheduledQueryRules').find((r) =>
+        (r.properties.criteria.allOf[0].query as string).includes('tostring(e.event) == "snapshot.completed"'),
+      )!;
+    expect([env.TCAB_BACKUP_SNAPSHOT_WARN_AGE, env.TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE]).toEqual(['30m', '60m']);
+    expect(ages(env)).toEqual({ warnMs: 30 * 60_000, criticalMs: 60 * 60_000 });
+    expect(alert(s).properties.overrideQueryTimeRange).toBe('PT30M');
+    const hourly = await snapshot('hourly', { ...BASE_PARAMS, snapshotSchedule: '0 0 * * * *', snapshotIntervalMinutes: 60 });
+    const hourlyEnv = appSettings(hourly);
+    expect([hourlyEnv.TCAB_BACKUP_SNAPSHOT_WARN_AGE, hourlyEnv.TCAB_BACKUP_SNAPSHOT_CRITICAL_AGE]).toEqual(['120m', '240m']);
+    expect(ages(hourlyEnv)).toEqual({ warnMs: 2 * 3_600_000, criticalMs: 4 * 3_600_000 });
+    expect(alert(hourly).properties.overrideQueryTimeRange).toBe('PT120M');
+    expect(alert(hourly).properties.displayName ?? alert(hourly).properties.description).toContain('120 minutes');
+  }, 180_000);
 
   it("still watches every function, but not the Postgres jobs' absence", () => {
     const queries = ofType(s, 'Microsoft.Insights/scheduledQueryRules').map((r) => r.properties.criteria.allOf[0].query as string);
