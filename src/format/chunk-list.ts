@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { IntegrityError } from '../errors.js';
+import { zstdFrameBound } from './params.js';
 
 const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, 'a lower-case hex sha256');
 
@@ -122,6 +123,11 @@ export async function* readChunkList(
     if (!m) return fail(`line ${lineNo} is not "<sha256> <plain bytes> <stored bytes>": ${JSON.stringify(line.slice(0, MAX_LINE))}`);
     const ref: ChunkRefV2 = [m[1]!, Number(m[2]), Number(m[3])];
     if (ref[1] > maxBytes) fail(`line ${lineNo} lists a chunk of ${ref[1]} bytes, above the chunking's maximum of ${maxBytes}`);
+    // A reader holds a chunk's frame in a buffer of its stored length: a length no frame of a chunk can have is
+    // refused here, before anything is allocated for it.
+    if (ref[2] > zstdFrameBound(ref[1])) {
+      fail(`line ${lineNo} lists a frame of ${ref[2]} bytes for a chunk of ${ref[1]}, above zstd's bound of ${zstdFrameBound(ref[1])}`);
+    }
     if (previous && previous[1] < minBytes) {
       fail(`line ${lineNo - 1} lists a chunk of ${previous[1]} bytes before the last, below the chunking's minimum of ${minBytes}`);
     }

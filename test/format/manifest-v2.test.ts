@@ -196,8 +196,14 @@ describe('the chunk list', () => {
     ],
     [
       'a short chunk before the last',
-      () => [listText.replace(line(refs[1]!), `${refs[1]![0]} 100 ${refs[1]![2]}\n`)],
+      () => [listText.replace(line(refs[1]!), `${refs[1]![0]} 100 50\n`)],
       /line 2 lists a chunk of 100 bytes before the last, below the chunking's minimum of 16384/,
+    ],
+    [
+      // A reader would allocate a buffer of this length for the frame: refused from the line itself.
+      'a frame longer than any frame of its chunk',
+      () => [listText.replace(line(refs[0]!), `${refs[0]![0]} ${refs[0]![1]} 2000000000\n`)],
+      /line 1 lists a frame of 2000000000 bytes for a chunk of \d+, above zstd's bound of \d+/,
     ],
     ['one more line', () => [listText + line(refs[0]!)], /it has more than the \d+ lines the manifest gives/],
     [
