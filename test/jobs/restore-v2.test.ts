@@ -226,13 +226,8 @@ describe('on a file target', () => {
     }
   });
 
-  it('names a chunk whose frame is whole but holds other bytes, after the whole file differs', async () => {
-    // A valid zstd frame, with its checksum, of the chunk's length and stored size but other plain bytes: what a
-    // writer that stored the wrong bytes under a chunk's key leaves. zstd's checksum cannot see it; the whole
-    // file's sha256 does, and a second pass, with each chunk's sha256, names the chunk.
-    const [hash] = (await listLines())[5]!.split(' ');
-    const path = join(dir, chunkKey('tcab', hash!));
-    const good = await readFile(path);
+  /** A valid zstd frame, with its checksum, of the same stored size and plain length as `good` but other plain bytes. */
+  function forgeFrame(good: Buffer): Buffer | undefined {
     const plain = zstdDecompressSync(good);
     let forged: Buffer | undefined;
     for (let at = 0; at < 400 && !forged; at++) {
@@ -249,6 +244,17 @@ describe('on a file target', () => {
         if (frame.length === good.length) forged = frame;
       }
     }
+    return forged;
+  }
+
+  it('names a chunk whose frame is whole but holds other bytes, after the whole file differs', async () => {
+    // A valid zstd frame, with its checksum, of the chunk's length and stored size but other plain bytes: what a
+    // writer that stored the wrong bytes under a chunk's key leaves. zstd's checksum cannot see it; the whole
+    // file's sha256 does, and a second pass, with each chunk's sha256, names the chunk.
+    const [hash] = (await listLines())[5]!.split(' ');
+    const path = join(dir, chunkKey('tcab', hash!));
+    const good = await readFile(path);
+    const forged = forgeFrame(good);
     expect(forged, 'no frame of the same stored size could be made for this chunk').toBeDefined();
     await writeFile(path, forged!);
     const { logger, events } = captureLog();
@@ -267,6 +273,45 @@ describe('on a file target', () => {
       expect(reads.count()).toBe(1 + READS_PER_CHUNK);
       expect(events('chunk.whole_file_differs')).toHaveLength(1);
       await expectNothingLeft('forged.sqlite');
+    } finally {
+      await writeFile(path, good);
+    }
+  });
+
+  it('says the whole file differed when the second pass that would name the chunk cannot read every chunk', async () => {
+    const lines = await listLines();
+    const [hash] = lines[5]!.split(' ');
+    const [other] = lines[1]!.split(' ');
+    const path = join(dir, chunkKey('tcab', hash!));
+    const good = await readFile(path);
+    const forged = forgeFrame(good);
+    expect(forged, 'no frame of the same stored size could be made for this chunk').toBeDefined();
+    await writeFile(path, forged!);
+    // The chunk of line 2 reads in the first pass, and is refused for good after that.
+    let reads = 0;
+    const refusing: Target = Object.create(target, {
+      readSmall: { value: undefined },
+      get: {
+        value: (k: string, options?: Parameters<Target['get']>[1]) => {
+          if (k === chunkKey('tcab', other!) && ++reads > 1) {
+            return Promise.reject(Object.assign(new Error('403 AuthorizationFailure'), { permanent: true }));
+          }
+          return target.get(k, options);
+        },
+      },
+    });
+    try {
+      const error = await runRestore(
+        { targets: [refusing], database: 'tcab' },
+        { selector: { id }, outPath: join(work, 'forged-unread.sqlite') },
+      ).catch((e: Error) => e);
+      expect(error).toBeInstanceOf(Error);
+      const message = (error as Error).message;
+      expect(message).toMatch(/the chunks make a file of \d+ bytes with sha256 [0-9a-f]{64}, the manifest says/);
+      expect(message).toContain('reading every chunk again to name the one at fault failed');
+      expect(message).toContain(chunkKey('tcab', other!));
+      expect(message).toContain('403 AuthorizationFailure');
+      await expectNothingLeft('forged-unread.sqlite');
     } finally {
       await writeFile(path, good);
     }

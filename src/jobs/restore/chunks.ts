@@ -276,9 +276,18 @@ export async function* readCheckedChunks(
       // Name the chunk at fault: every chunk read again, each checked against its sha256 this time.
       log.warn('chunk.whole_file_differs', { target: target.name, snapshot: manifest.id, error: differs });
       const again = readCheckedChunks(target, manifest, { ...options, chunkSha256: true });
-      // A chunk that fails is thrown as such, naming it (the warning above keeps the whole file's figures).
-      for await (const _chunk of again) {
-        // Only the checks matter here.
+      // A chunk that fails its checks is thrown as such, naming it (the warning above keeps the whole file's
+      // figures); a second pass that could not read every chunk says what it was looking for.
+      try {
+        for await (const _chunk of again) {
+          // Only the checks matter here.
+        }
+      } catch (e) {
+        if (options.signal?.aborted || e instanceof IntegrityError) throw e;
+        throw new IntegrityError(`${snapshot}: ${differs}; reading every chunk again to name the one at fault failed: ${errorMessage(e)}`, {
+          hint: DAMAGED_HINT,
+          cause: e,
+        });
       }
       throw new IntegrityError(`${snapshot}: ${differs}; read again, every chunk matched its sha256`, {
         hint: 'a read was damaged on the way in a way zstd did not see: run the restore again, or restore from another target (--target)',
