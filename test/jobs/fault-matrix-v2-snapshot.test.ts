@@ -39,7 +39,7 @@ import {
 } from '../support/fault-matrix-v2.js';
 import { startChunkDataCutProxy } from '../support/fault-proxy.js';
 import { expectOutcome, matrixFolder, type MatrixFolder } from '../support/matrix-world.js';
-import { sha256Of, vacuumInto } from '../support/v2-fixtures.js';
+import { counting, sha256Of, tally, vacuumInto } from '../support/v2-fixtures.js';
 import { tempDir } from '../support/world.js';
 
 const TIMING = { graceMs: 7 * 86_400_000, jobTimeoutMs: 25 * 60_000 };
@@ -164,13 +164,24 @@ describe.concurrent('fault matrix v2: snapshot, the agent side', () => {
         for (const name of ['healthy', 'faulty']) await cp(fx.pair.dir, world.dir(name), { recursive: true });
         const cut = new AgentClient({ url: proxy.endpoint, keyId: KEY_ID, key: KEY });
         const controller = new AbortController();
+        // Every put is counted: a resumed answer must not hand on again a chunk the broken one delivered.
+        const targets = [counting(world.target('healthy').target), counting(world.target('faulty').target)];
         const settled = await settleWithin(`snapshot v2 (agent cut in chunk ${k}, ${how})`, controller, [], (signal) =>
-          snapshot(cut, [world.target('healthy').target, world.target('faulty').target], `agent cut at ${k}`, signal),
+          snapshot(
+            cut,
+            targets.map((t) => t.target),
+            `agent cut at ${k}`,
+            signal,
+          ),
         );
         expect(proxy.cut(), 'the chunk-data request never passed the proxy').toBe(true);
         if (how === 'once') {
           const message = settled.status === 'rejected' ? fullMessage(settled.error) : '';
           expect(settled.status, `the job did not resume the broken answer: ${message}`).toBe('resolved');
+          for (const t of targets) {
+            const twice = [...tally(t.puts, /^chunks\//)].filter(([, n]) => n > 1);
+            expect(twice, 'chunks written twice after the resume').toEqual([]);
+          }
           // Both targets hold the new snapshot whole (it restores to the agent's file), and A and B.
           for (const name of ['healthy', 'faulty']) {
             const shown = await everyManifestRestores(world, name, await expectedOn(world, name));
