@@ -176,7 +176,7 @@ export function lostChunksMessage(targetName: string, lost: RenewalOutcome['lost
     .slice(0, 3)
     .map((l) => `${l.key} (named by snapshot${l.snapshots.length > 1 ? 's' : ''} ${l.snapshots.join(', ')})`)
     .join('; ');
-  return `${lost.length} renewed chunk(s) are missing on target "${targetName}" and this run could not write them again: ${shown}${lost.length > 3 ? ` and ${lost.length - 3} more` : ''}; a prune deleted them while they were being renewed`;
+  return `${lost.length} renewed chunk(s) are missing on target "${targetName}" and this run could not write them again: ${shown}${lost.length > 3 ? ` and ${lost.length - 3} more` : ''}; they were deleted after their renewal was recorded (by a prune that had listed them before it, or by hand or a lifecycle rule)`;
 }
 
 export const LOST_CHUNKS_HINT =

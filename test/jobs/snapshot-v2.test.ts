@@ -213,6 +213,15 @@ describe('format-2 snapshot job', () => {
     expect(outcome(failed, 'lost').renewals!.lost[0]!.snapshots).toContain(renewing.manifest.id);
     expect(await recordsIn(dir)).toEqual([record]);
 
+    // With another target failing in the same run, the missing chunk is still named, beside that failure.
+    const { target: broken } = await world.folder('lost-broken');
+    const refusing = new FaultTarget(broken, { op: 'put', point: { at: 'start' }, kind: 'error' });
+    const both = await snapshot([target, refusing], { graceMs: timing.graceMs, jobTimeoutMs: 200 }).catch((e: unknown) => e);
+    expect(both).toBeInstanceOf(SnapshotFailedError);
+    expect((both as Error).message).toContain('"lost-broken"');
+    expect((both as Error).message).toContain(chunkKey('tcab', victim));
+    expect((both as SnapshotFailedError).hint).toContain('replicate');
+
     // Once the chunk is back (replicate copies it from another target), the next run settles the record.
     await writeFile(victimPath, saved);
     const settled = await snapshot([target], { graceMs: timing.graceMs, jobTimeoutMs: 200 });

@@ -129,18 +129,7 @@ async function runFormat2(deps: SnapshotDepsV2, request: SnapshotRequest): Promi
   });
   const failed = result.targets.filter((o) => !o.ok);
   for (const o of failed) log.error('snapshot.target_failed', { id: result.manifest?.id, target: o.target, error: o.error });
-  if (failed.length) {
-    const stored = result.targets.filter((o) => o.ok).map((o) => o.target);
-    throw new SnapshotFailedError(
-      `Snapshot ${failed[0]!.key} failed on ${failed.length} of ${result.targets.length} target(s): ${failed.map((o) => `"${o.target}" (${o.error})`).join('; ')}` +
-        (stored.length ? `; stored on ${stored.map((s) => `"${s}"`).join(', ')}` : ''),
-      result,
-      {
-        hint: 'check the named target (reachability, credentials, permissions, room); the next snapshot uploads only the chunks it still lacks',
-      },
-    );
-  }
-  // The snapshot is stored everywhere, but an earlier renewal's check found chunks gone it could not write again.
+  // An earlier renewal's check that failed, or found chunks gone it could not write again: said whatever else failed.
   const renewalProblems = result.targets.flatMap((o) =>
     o.renewals?.error
       ? [`checking the renewal records on "${o.target}" failed: ${o.renewals.error}`]
@@ -148,9 +137,22 @@ async function runFormat2(deps: SnapshotDepsV2, request: SnapshotRequest): Promi
         ? [lostChunksMessage(o.target, o.renewals.lost)]
         : [],
   );
+  const lost = result.targets.some((o) => o.renewals?.lost.length);
+  if (failed.length) {
+    const stored = result.targets.filter((o) => o.ok).map((o) => o.target);
+    throw new SnapshotFailedError(
+      `Snapshot ${failed[0]!.key} failed on ${failed.length} of ${result.targets.length} target(s): ${failed.map((o) => `"${o.target}" (${o.error})`).join('; ')}` +
+        (stored.length ? `; stored on ${stored.map((s) => `"${s}"`).join(', ')}` : '') +
+        (renewalProblems.length ? `; besides, ${renewalProblems.join('; ')}` : ''),
+      result,
+      {
+        hint: `check the named target (reachability, credentials, permissions, room); the next snapshot uploads only the chunks it still lacks${lost ? `. For the missing chunks: ${LOST_CHUNKS_HINT}` : ''}`,
+      },
+    );
+  }
   if (renewalProblems.length) {
     throw new SnapshotFailedError(`Snapshot ${result.manifest.id} was stored on every target, but ${renewalProblems.join('; ')}`, result, {
-      hint: result.targets.some((o) => o.renewals?.lost.length)
+      hint: lost
         ? LOST_CHUNKS_HINT
         : 'check the named target (reachability, credentials); the renewal records stay, and the next run checks them again',
     });
