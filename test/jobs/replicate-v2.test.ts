@@ -295,14 +295,19 @@ describe('renewal records', () => {
     await runReplicate({ targets: [source, dest], database: 'tcab' });
     const b = await storeFileAsV2(source, 'tcab', files.second, { createdAt: new Date(Date.now() - 30_000) });
     await new Promise((r) => setTimeout(r, 1700));
-    const before = Date.now();
-    // The 4th chunk write there fails for good: three renewals are made, and the copy stops.
-    const faulty = new FaultTarget(dest, { op: 'put', keys: CHUNK, point: { at: 'start' }, kind: 'error', skip: 3 });
+    const held = await listChunks(dest, 'tcab');
+    // The chunk writes there fail for good once the new chunks and three more are written: at least three
+    // renewals are made, and the copy stops.
+    const fresh = new Set((await chunkRefs(source, b.manifest)).map((r) => r[0]).filter((h) => !held.has(h))).size;
+    const faulty = new FaultTarget(dest, { op: 'put', keys: CHUNK, point: { at: 'start' }, kind: 'error', skip: fresh + 3 });
     const err = await runReplicate({ targets: [source, faulty], database: 'tcab', chunkGraceMs: 2000, chunkJobTimeoutMs: 200 }).catch(
       (e: unknown) => e,
     );
     expect(err).toBeInstanceOf(ReplicateFailedError);
-    const renewed = [...(await listChunks(dest, 'tcab')).entries()].filter(([, c]) => c.lastModified.getTime() >= before - 1000);
+    // Renewed: held before, and written again since (the chunks new to the snapshot are copied, not renewed).
+    const renewed = [...(await listChunks(dest, 'tcab')).entries()].filter(
+      ([sha256, c]) => held.has(sha256) && c.lastModified.getTime() > held.get(sha256)!.lastModified.getTime(),
+    );
     expect(renewed.length).toBeGreaterThanOrEqual(3);
     const records = await listRenewalRecords(dest, 'tcab');
     expect(records).toHaveLength(1);
