@@ -1,11 +1,12 @@
 /**
- * Prune collecting format-2 chunks (docs/format-2.md, "Collecting chunks (prune)") on a folder and on Azurite,
+ * Prune collecting format-2 chunks (docs/format-2.md, "Collecting chunks (prune)") on a folder, Azurite and R2,
  * with real SQLite files stored as chunks, and the race cases of the contract's proof: a snapshot or a
  * replicate in progress, a manifest written between prune's chunk listing and its manifest listing, two prunes
  * at once (one sweeps, the other steps back for its marker), a chunk uploaded again between two prunes'
  * deletes, and a delete whose answer is lost (sent once). Time is moved through prune's `now` (the listing
  * time) against the storage's own last-modified times, and on the folder through file times: no test waits
- * for the grace to pass (the marker tests wait 2J of a J of half a second).
+ * for the grace to pass (the marker test waits 2J of a J of a second). On a folder, Azurite and s3rver behind
+ * the R2 rules (create-only writes honoured).
  */
 import { mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -21,6 +22,7 @@ import { PruneFailedError, runPrune, type PruneDeps, type PruneResult } from '..
 import { loadChunkGrace } from '../../src/jobs/settings.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import { FileTarget } from '../../src/targets/file.js';
+import { openTarget } from '../../src/targets/index.js';
 import { withRetry } from '../../src/targets/retry.js';
 import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
 import type { DeleteOptions, PutOptions, Target } from '../../src/targets/target.js';
@@ -28,7 +30,8 @@ import { openDatabase } from '../../src/util/sqlite.js';
 import { FaultTarget } from '../support/fault-target.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
 import { DAY, makeSnapshot, storeSnapshot } from '../support/stored-snapshots.js';
-import { blobTarget, captureLog, testWorld } from '../support/world.js';
+import { startR2Proxy, type R2Proxy } from '../support/r2-proxy.js';
+import { BUCKET, blobTarget, captureLog, freshPrefix, testWorld } from '../support/world.js';
 
 const world = testWorld();
 const DB = 'tcab';
@@ -214,9 +217,27 @@ async function everyChunkOld(dir: string | undefined): Promise<() => Date> {
   return () => new Date();
 }
 
+let r2: R2Proxy | undefined;
+afterAll(() => r2?.stop());
+
 const backends: Array<[string, (name: string) => Promise<{ target: Target; dir?: string }>]> = [
   ['a folder', (name) => world.folder(name)],
   ['Azurite', async (name) => ({ target: blobTarget(world.clouds, name) })],
+  [
+    's3rver behind the R2 rules',
+    async (name) => {
+      r2 ??= await startR2Proxy({
+        upstream: world.clouds.s3.endpoint,
+        accessKeyId: world.clouds.s3.accessKeyId,
+        secretAccessKey: world.clouds.s3.secretAccessKey,
+      });
+      const spec = parseTargetUrl(name, `r2://${'0'.repeat(32)}/${BUCKET}/${freshPrefix()}?endpoint=${r2.endpoint}&pathStyle=true`, {
+        accessKeyId: world.clouds.s3.accessKeyId,
+        secretAccessKey: world.clouds.s3.secretAccessKey,
+      });
+      return { target: openTarget(spec) };
+    },
+  ],
 ];
 
 describe.each(backends)('on %s', (_label, open) => {
@@ -427,7 +448,8 @@ describe.each(backends)('on %s', (_label, open) => {
     const { target } = await open('local');
     await storeFileAsV2(target, DB, files[0]!);
     const garbage = await writerMidway(target, files[2]!);
-    const J = 500;
+    // Second-precision listings (S3) need a J of a second: 2J then lies between the two markers' times.
+    const J = 1000;
     const grace = { graceMs: G, jobTimeoutMs: J };
     const marker = sweepMarkerKey(DB, new Date());
     await target.put(marker, Buffer.from('{"kind":"tcab-backup.sweep"}\n'), { ifNoneMatch: '*' });

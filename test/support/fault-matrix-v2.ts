@@ -150,8 +150,9 @@ const SWEEP_DELETE =
 export const SWEEP_MARKER = /^sweeps\//;
 
 /**
- * Prune of "store" (O, A, B; retention keeps 2): O's manifest and chunk list go, then the sweep writes its
- * marker, lists the markers, deletes O's own chunks (each with one request: not retried) and its marker.
+ * Prune of "store" (O, A, B; retention keeps 2): O's manifest and chunk list go, then the sweep looks for a first
+ * chunk, writes its marker, lists the markers, lists the chunks and the snapshots, deletes O's own chunks (each
+ * with one request: not retried) and its marker.
  */
 export const PRUNE_V2: TableV2 = {
   job: 'prune v2 sweep',
@@ -167,7 +168,8 @@ export const PRUNE_V2: TableV2 = {
       names: /sweep marker sweeps\/tcab\//,
     },
     list('store', 'sweep markers', SWEEP_MARKER, { names: /sweeps\/tcab\// }),
-    list('store', 'chunks', CHUNKS_PREFIX),
+    // The sweep's listing of the chunks, after the first item of another that tells whether there are any.
+    list('store', 'chunks', CHUNKS_PREFIX, { skip: 1 }),
     list('store', 'snapshots', SNAPSHOTS),
     ...gets('store', 'manifest', MANIFEST_V2, false),
     ...gets('store', 'chunk list', CHUNK_LIST, false),

@@ -23,7 +23,7 @@ import type { ManifestV2 } from '../../catalog/manifest-v2.js';
 import { readTargetCatalog } from '../../catalog/target-catalog.js';
 import { NotFoundError, ObjectHeldError, TcabError, errorMessage } from '../../errors.js';
 import { isRetryable } from '../../targets/retry.js';
-import { chunkKey } from '../../format/chunk-key.js';
+import { chunkKey, chunksPrefix, parseChunkKey } from '../../format/chunk-key.js';
 import { readChunkList } from '../../format/chunk-list.js';
 import { formatDuration } from '../../util/duration.js';
 import { forEachLimit } from '../../util/pool.js';
@@ -122,6 +122,8 @@ export async function sweepChunks(target: Target, options: ChunkSweepOptions): P
   const started = clock();
   const out = emptySweep();
   if (options.dryRun) return sweep(target, options, out, started, clock);
+  // No chunk at all (a format-1 target): nothing to delete, so no marker either.
+  if (!(await anyChunk(target, database, signal))) return out;
   const claim = await claimSweep(target, {
     database,
     jobTimeoutMs: options.jobTimeoutMs,
@@ -150,6 +152,21 @@ export async function sweepChunks(target: Target, options: ChunkSweepOptions): P
   const left = await removeMarker(target, claim.key, signal);
   if (left) noteMarker(out, left);
   return out;
+}
+
+/** Whether the chunk folder holds anything: the first item of a listing, no more. */
+async function anyChunk(target: Target, database: string, signal: AbortSignal | undefined): Promise<boolean> {
+  const prefix = chunksPrefix(database);
+  try {
+    for await (const info of target.list(prefix, signal ? { signal } : {})) if (parseChunkKey(info.key)?.database === database) return true;
+    return false;
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    throw new TcabError(
+      `Listing the chunks of "${database}" (${prefix}) on target "${target.name}" (${target.url}) failed: ${errorMessage(e)}`,
+      { hint: 'check that the target is reachable and the credentials may list; nothing was deleted', cause: e },
+    );
+  }
 }
 
 function noteMarker(out: ChunkSweepOutcome, left: MarkerLeft): void {
