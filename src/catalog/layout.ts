@@ -9,6 +9,7 @@
  *   status/<database>.json                                       the latest health summary
  *   status/<database>.verify.json                                when each snapshot was last re-read, and the result
  *   renewals/<database>/<time>-<id>-<rand>.json                  format 2: old chunks a writer renewed, checked by a later run
+ *   sweeps/<database>/<time>-<rand>.json                         format 2: a prune sweeping the chunks now (one at a time)
  *
  * The date folders come from the snapshot id (its creation time, UTC), so every key is derived from the id.
  */
@@ -95,6 +96,29 @@ const RENEWAL_KEY_RE = /^renewals\/([a-z0-9][a-z0-9_-]*)\/(\d{8}T\d{9}Z)-([0-9]{
 export function parseRenewalRecordKey(key: string): { database: string; id: string } | null {
   const m = RENEWAL_KEY_RE.exec(key);
   return m ? { database: m[1]!, id: m[3]! } : null;
+}
+
+/** Format 2: where the markers of the prunes sweeping a database's chunks live (docs/format-2.md, "Collecting chunks (prune)"). */
+export function sweepsPrefix(database: string): string {
+  checkDatabase(database);
+  return `sweeps/${database}/`;
+}
+
+/**
+ * One sweep marker: the prune's time (UTC, millisecond precision) and 8 random hex digits, so two prunes never
+ * name the same marker (each writes its own create-only).
+ */
+export function sweepMarkerKey(database: string, startedAt: Date): string {
+  const stamp = startedAt.toISOString().replace(/[-:]/g, '').replace('.', '');
+  return `${sweepsPrefix(database)}${stamp}-${randomBytes(4).toString('hex')}.json`;
+}
+
+const SWEEP_KEY_RE = /^sweeps\/([a-z0-9][a-z0-9_-]*)\/\d{8}T\d{9}Z-[0-9a-f]{8}\.json$/;
+
+/** The database of a sweep marker's key, or null when the key is not one. */
+export function parseSweepMarkerKey(key: string): { database: string } | null {
+  const m = SWEEP_KEY_RE.exec(key);
+  return m ? { database: m[1]! } : null;
 }
 
 const MANIFEST_KEY_RE = /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.json$/;

@@ -34,7 +34,7 @@ import {
 import { putInParts, putWhole, wholeBodyLength } from './parts.js';
 import { retrying, type RetryOptions } from './retry.js';
 import type { AzureBlobTargetSpec } from './spec.js';
-import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
+import type { DeleteOptions, GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
 
 const MiB = 1024 * 1024;
 const DEFAULT_BLOCK_SIZE = 8 * MiB;
@@ -380,7 +380,8 @@ export class AzureBlobTarget implements Target {
     }
   }
 
-  async delete(key: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+  /** One request per call (the SDK retries nothing: maxTries 1); retries are retry.ts's, which `once` switches off. */
+  async delete(key: string, options: DeleteOptions = {}): Promise<void> {
     checkKey(this.id, 'delete', key);
     try {
       await this.blob(key).deleteIfExists({ deleteSnapshots: 'include', ...(options.signal ? { abortSignal: options.signal } : {}) });

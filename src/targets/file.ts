@@ -15,7 +15,7 @@ import { basename, dirname, join } from 'node:path';
 import { addAbortSignal, Readable } from 'node:stream';
 import { isAbortError, NotFoundError, PreconditionFailedError, TargetError } from '../errors.js';
 import type { FileTargetSpec } from './spec.js';
-import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
+import type { DeleteOptions, GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
 import { abandonBody, abortError, bodyChunks, checkKey, compareKeys, sourceFailure, SourceError, type TargetIdentity } from './failure.js';
 import { sleep } from './retry.js';
 
@@ -306,7 +306,8 @@ export class FileTarget implements Target {
     }
   }
 
-  async delete(key: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+  /** One rm per call (after waiting for the key's lock); retries are retry.ts's, which `once` switches off. */
+  async delete(key: string, options: DeleteOptions = {}): Promise<void> {
     const path = this.pathOf('delete', key);
     const { signal } = options;
     if (signal?.aborted) throw abortError(signal);

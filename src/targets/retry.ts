@@ -5,13 +5,13 @@
  *
  * The SDKs' own retries are switched off (S3 maxAttempts 1, Blob maxTries 1) so attempts do not multiply:
  * an operation is tried at most 1 + `retries` times. A streamed put cannot be replayed, so it is tried once
- * here; its backends retry each buffered part through `retrying` instead.
+ * here; its backends retry each buffered part through `retrying` instead. A delete asked `once` is sent once.
  */
 import type { Readable } from 'node:stream';
 import { errorMessage, isAbortError, isPermanent, NotFoundError, PreconditionFailedError, TargetError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { abortError, compareKeys, isTransientNetworkError } from './failure.js';
-import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
+import type { DeleteOptions, GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
 
 export interface RetryOptions {
   /** Retries after the first attempt. Default 5. */
@@ -114,7 +114,9 @@ export function withRetry(target: Target, options: RetryOptions & { logger?: Log
     head(key: string, headOptions?: { signal?: AbortSignal }): Promise<ObjectInfo> {
       return retrying(() => target.head(key, headOptions), ctx('head', key, headOptions?.signal));
     },
-    delete(key: string, deleteOptions?: { signal?: AbortSignal }): Promise<void> {
+    delete(key: string, deleteOptions?: DeleteOptions): Promise<void> {
+      // One request, as asked: a repeat after a lost answer could remove what another job wrote meanwhile.
+      if (deleteOptions?.once) return target.delete(key, deleteOptions);
       return retrying(() => target.delete(key, deleteOptions), ctx('delete', key, deleteOptions?.signal));
     },
     list(prefix: string, listOptions?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {

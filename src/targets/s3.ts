@@ -49,7 +49,7 @@ import {
 import { putInParts, putWhole, wholeBodyLength } from './parts.js';
 import { isRetryable, retrying, type RetryContext, type RetryOptions } from './retry.js';
 import type { S3TargetSpec } from './spec.js';
-import type { GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
+import type { DeleteOptions, GetOptions, GetResult, ObjectInfo, PutOptions, PutResult, Target } from './target.js';
 
 const MiB = 1024 * 1024;
 const MIN_PART_SIZE = 5 * MiB;
@@ -594,7 +594,8 @@ export class S3Target implements Target {
     } while (token);
   }
 
-  async delete(key: string, options: { signal?: AbortSignal } = {}): Promise<void> {
+  /** One request per call (the SDK retries nothing: maxAttempts 1); retries are retry.ts's, which `once` switches off. */
+  async delete(key: string, options: DeleteOptions = {}): Promise<void> {
     checkKey(this.id, 'delete', key);
     try {
       await this.client.send(

@@ -52,6 +52,17 @@ export interface GetResult {
   etag: string;
 }
 
+export interface DeleteOptions {
+  signal?: AbortSignal;
+  /**
+   * Send at most one delete request: the retry wrapper does not repeat it, and no backend retries on its own
+   * (the SDKs' retries are off). A delete whose answer is lost may have been applied; repeating it later could
+   * remove an object written at the key in between, which prune's chunk sweep must never do
+   * (docs/format-2.md, "Collecting chunks (prune)"). The caller then gets the error and decides.
+   */
+  once?: boolean;
+}
+
 export interface Target {
   /** The operator's name for this target (from TCAB_BACKUP_TARGETS). */
   readonly name: string;
@@ -81,8 +92,8 @@ export interface Target {
    */
   list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo>;
 
-  /** Removes the object. Idempotent: deleting a missing key succeeds. */
-  delete(key: string, options?: { signal?: AbortSignal }): Promise<void>;
+  /** Removes the object. Idempotent: deleting a missing key succeeds. One request per call with `once`. */
+  delete(key: string, options?: DeleteOptions): Promise<void>;
 
   /**
    * Incomplete multipart uploads (or their backend's equivalent) older than `olderThan`, removed.

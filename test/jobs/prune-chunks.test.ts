@@ -1,16 +1,19 @@
 /**
- * Prune collecting format-2 chunks (docs/format-2.md, "Collecting chunks (prune)") on a folder and on Azurite,
+ * Prune collecting format-2 chunks (docs/format-2.md, "Collecting chunks (prune)") on a folder, Azurite and R2,
  * with real SQLite files stored as chunks, and the race cases of the contract's proof: a snapshot or a
  * replicate in progress, a manifest written between prune's chunk listing and its manifest listing, two prunes
- * at once. Time is moved through prune's `now` (the listing time) against the storage's own last-modified
- * times, and on the folder through file times: no test waits for the grace to pass.
+ * at once (one sweeps, the other steps back for its marker), a chunk uploaded again between two prunes'
+ * deletes, and a delete whose answer is lost (sent once). Time is moved through prune's `now` (the listing
+ * time) against the storage's own last-modified times, and on the folder through file times: no test waits
+ * for the grace to pass (the marker test waits 2J of a J of a second). On a folder, Azurite and s3rver behind
+ * the R2 rules (create-only writes honoured).
  */
-import { mkdtemp, rm, utimes } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkChunks, commitSnapshotV2, listChunks, putChunk } from '../../src/catalog/chunk-store.js';
-import { chunkListKey, manifestKey } from '../../src/catalog/layout.js';
+import { chunkListKey, manifestKey, sweepMarkerKey, sweepsPrefix } from '../../src/catalog/layout.js';
 import type { ManifestV2 } from '../../src/catalog/manifest-v2.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
@@ -18,11 +21,17 @@ import { readChunkList } from '../../src/format/chunk-list.js';
 import { PruneFailedError, runPrune, type PruneDeps, type PruneResult } from '../../src/jobs/prune/index.js';
 import { loadChunkGrace } from '../../src/jobs/settings.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
-import type { Target } from '../../src/targets/target.js';
+import { FileTarget } from '../../src/targets/file.js';
+import { openTarget } from '../../src/targets/index.js';
+import { withRetry } from '../../src/targets/retry.js';
+import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
+import type { DeleteOptions, PutOptions, Target } from '../../src/targets/target.js';
 import { openDatabase } from '../../src/util/sqlite.js';
+import { FaultTarget } from '../support/fault-target.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
 import { DAY, makeSnapshot, storeSnapshot } from '../support/stored-snapshots.js';
-import { blobTarget, testWorld } from '../support/world.js';
+import { startR2Proxy, type R2Proxy } from '../support/r2-proxy.js';
+import { BUCKET, blobTarget, captureLog, freshPrefix, testWorld } from '../support/world.js';
 
 const world = testWorld();
 const DB = 'tcab';
@@ -138,9 +147,97 @@ function afterListing(inner: Target, prefix: string, hook: () => Promise<void>):
   });
 }
 
+/**
+ * The same target, whose chunk deletes all wait for `hook` (called once, at the first of them): a prune held
+ * after its listings, before it deletes anything.
+ */
+function holdChunkDeletes(inner: Target, hook: () => Promise<void>): Target {
+  let held: Promise<void> | undefined;
+  return new Proxy(inner, {
+    get(t, p) {
+      if (p === 'delete') {
+        return async (key: string, options?: DeleteOptions) => {
+          if (key.startsWith('chunks/')) await (held ??= hook());
+          return t.delete(key, options);
+        };
+      }
+      const v = Reflect.get(t, p, t);
+      return typeof v === 'function' ? v.bind(t) : v;
+    },
+  });
+}
+
+/** The same target, telling `note` when a sweep marker has been written or deleted, and when a chunk delete is sent. */
+function recording(inner: Target, note: (what: 'marker written' | 'marker deleted' | 'chunk delete') => void): Target {
+  return new Proxy(inner, {
+    get(t, p) {
+      if (p === 'put')
+        return async (key: string, body: Buffer, options?: PutOptions) => {
+          const out = await t.put(key, body, options);
+          if (key.startsWith('sweeps/')) note('marker written');
+          return out;
+        };
+      if (p === 'delete')
+        return async (key: string, options?: DeleteOptions) => {
+          if (key.startsWith('chunks/')) note('chunk delete');
+          await t.delete(key, options);
+          if (key.startsWith('sweeps/')) note('marker deleted');
+        };
+      const v = Reflect.get(t, p, t);
+      return typeof v === 'function' ? v.bind(t) : v;
+    },
+  });
+}
+
+/** Resolves when `open()` is called. */
+function gate(): { wait: Promise<void>; open(): void } {
+  let open!: () => void;
+  const wait = new Promise<void>((resolve) => (open = resolve));
+  return { wait, open };
+}
+
+/** Every key under `prefix`. */
+async function keysUnder(target: Target, prefix: string): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const o of target.list(prefix)) keys.push(o.key);
+  return keys;
+}
+
+/**
+ * A `now` that makes every chunk stored so far older than the grace. On a folder the files are made old and
+ * the clock stays true: a `now` days ahead would also make the other prune's garbage collection take the
+ * temporary file of a marker being written (a folder's stale uploads are judged by prune's `now`).
+ */
+async function everyChunkOld(dir: string | undefined): Promise<() => Date> {
+  if (!dir) return afterGrace;
+  const past = new Date(Date.now() - G - DAY);
+  const root = join(dir, 'chunks');
+  for (const e of await readdir(root, { recursive: true, withFileTypes: true }))
+    if (e.isFile()) await utimes(join(e.parentPath, e.name), past, past);
+  return () => new Date();
+}
+
+let r2: R2Proxy | undefined;
+afterAll(() => r2?.stop());
+
 const backends: Array<[string, (name: string) => Promise<{ target: Target; dir?: string }>]> = [
   ['a folder', (name) => world.folder(name)],
   ['Azurite', async (name) => ({ target: blobTarget(world.clouds, name) })],
+  [
+    's3rver behind the R2 rules',
+    async (name) => {
+      r2 ??= await startR2Proxy({
+        upstream: world.clouds.s3.endpoint,
+        accessKeyId: world.clouds.s3.accessKeyId,
+        secretAccessKey: world.clouds.s3.secretAccessKey,
+      });
+      const spec = parseTargetUrl(name, `r2://${'0'.repeat(32)}/${BUCKET}/${freshPrefix()}?endpoint=${r2.endpoint}&pathStyle=true`, {
+        accessKeyId: world.clouds.s3.accessKeyId,
+        secretAccessKey: world.clouds.s3.secretAccessKey,
+      });
+      return { target: openTarget(spec) };
+    },
+  ],
 ];
 
 describe.each(backends)('on %s', (_label, open) => {
@@ -253,21 +350,138 @@ describe.each(backends)('on %s', (_label, open) => {
     expect(await checkChunks(destination, DB, await chunksOf(source, second.manifest))).toEqual([]);
   });
 
-  it('(e) two prunes at once both complete, delete no referenced chunk, and a chunk the other deleted first is no error', async () => {
-    const { target } = await open('local');
+  it('(e) two prunes at once: their sweeps never overlap, one steps back for the other without failing, and no referenced chunk goes', async () => {
+    const { target, dir } = await open('local');
     await storeFileAsV2(target, DB, files[0]!, { createdAt: new Date(Date.now() - 3 * DAY) });
     await storeFileAsV2(target, DB, files[1]!, { createdAt: new Date(Date.now() - 2 * DAY) });
     const last = await storeFileAsV2(target, DB, files[2]!, { createdAt: new Date(Date.now() - DAY) });
     const keep = await chunksOf(target, last.manifest);
-    const both = await Promise.all([
-      prune(target, { policy: 'last=1', now: afterGrace }),
-      prune(target, { policy: 'last=1', now: afterGrace }),
-    ]);
+    const now = await everyChunkOld(dir);
+    const events: Array<{ prune: number; what: 'marker written' | 'marker deleted' | 'chunk delete' }> = [];
+    const both = await Promise.all(
+      [0, 1].map((n) =>
+        prune(
+          recording(target, (what) => events.push({ prune: n, what })),
+          { policy: 'last=1', now },
+        ),
+      ),
+    );
     for (const r of both) expect(r.targets[0]!.ok).toBe(true);
+    const sweeps = both.map((r) => r.targets[0]!.chunks!);
+    for (const s of sweeps.filter((x) => x.skipped)) {
+      expect(s.skipped!.marker).toMatch(/^sweeps\/tcab\/\d{8}T\d{9}Z-[0-9a-f]{8}\.json$/);
+      expect(s).toMatchObject({ listed: 0, removed: 0 });
+    }
+    // Each sweep's chunk deletes lie between its marker's write and its deletion, and no other prune deletes a
+    // chunk then (both may step back when they start together: each sees the other's marker).
+    for (const n of [0, 1]) {
+      const from = events.findIndex((e) => e.prune === n && e.what === 'marker written');
+      const to = events.findIndex((e) => e.prune === n && e.what === 'marker deleted');
+      expect(from).toBeGreaterThanOrEqual(0);
+      expect(to).toBeGreaterThan(from);
+      const during = events.slice(from, to).filter((e) => e.what === 'chunk delete');
+      expect(during.every((e) => e.prune === n)).toBe(true);
+      expect(events.filter((e) => e.prune === n && e.what === 'chunk delete').length).toBe(during.length);
+      if (sweeps[n]!.skipped) expect(during).toEqual([]);
+    }
     expect(await checkChunks(target, DB, keep)).toEqual([]);
-    // What one prune could not yet see removed (the other was still deleting the snapshots) the next one takes.
-    await prune(target, { policy: 'last=1', now: afterGrace });
+    // What one prune could not yet see removed, or did not sweep, the next one takes; no marker is left.
+    await prune(target, { policy: 'last=1', now });
     expect(await heldChunks(target)).toEqual([...keep.keys()].sort());
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([]);
+  });
+
+  it('(f) a chunk deleted by one prune and uploaded again by a writer is not deleted by a second prune that listed it before', async () => {
+    const { target, dir } = await open('local');
+    const kept = await storeFileAsV2(target, DB, files[0]!);
+    const garbage = await writerMidway(target, files[2]!); // chunks no manifest names, about to be old
+    expect(garbage.uploaded.length).toBeGreaterThan(0);
+    const now = await everyChunkOld(dir);
+    // P1 has listed the chunks and the manifests and waits before its first delete.
+    const p1Held = gate();
+    const p1Go = gate();
+    const p1 = prune(
+      holdChunkDeletes(target, async () => {
+        p1Held.open();
+        await p1Go.wait;
+      }),
+      { now },
+    );
+    await p1Held.wait;
+    // P2 starts meanwhile; without one sweep at a time it too lists the same old chunks and waits before deleting.
+    const p2Held = gate();
+    const p2Go = gate();
+    const p2 = prune(
+      holdChunkDeletes(target, async () => {
+        p2Held.open();
+        await p2Go.wait;
+      }),
+      { now },
+    );
+    const p2Done = p2.then(
+      (r) => r,
+      (e: unknown) => e,
+    );
+    await Promise.race([p2Held.wait, p2Done]);
+    // P1 deletes them; a writer then finds them absent, uploads them as new, commits and passes its check.
+    p1Go.open();
+    const first = await p1;
+    expect(first.targets[0]!.chunks).toMatchObject({ removed: garbage.uploaded.length });
+    const writer = await writerMidway(target, files[2]!);
+    expect(writer.uploaded).toEqual(garbage.uploaded);
+    expect(await writer.commit()).toEqual([]);
+    // Whatever P2 does now must not take the writer's chunks.
+    p2Go.open();
+    const second = await p2Done;
+    expect(second).not.toBeInstanceOf(Error);
+    // The writer's manifest names only chunks the target holds (what the reviewer's race broke).
+    expect(await checkChunks(target, DB, await chunksOf(target, writer.manifest))).toEqual([]);
+    expect(await checkChunks(target, DB, await chunksOf(target, kept.manifest))).toEqual([]);
+    const s2 = (second as PruneResult).targets[0]!;
+    expect(s2.ok).toBe(true);
+    expect(s2.chunks!.skipped?.marker).toMatch(/^sweeps\/tcab\//);
+    expect(s2.chunks!.removed).toBe(0);
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([]);
+  });
+
+  it('(g) another sweep marker younger than 2J: the prune does not sweep, warns naming it, and removes its own; one older than 2J is ignored and removed', async () => {
+    const { target } = await open('local');
+    await storeFileAsV2(target, DB, files[0]!);
+    const garbage = await writerMidway(target, files[2]!);
+    // Second-precision listings (S3) need a J of a second: 2J then lies between the two markers' times.
+    const J = 1000;
+    const grace = { graceMs: G, jobTimeoutMs: J };
+    const marker = sweepMarkerKey(DB, new Date());
+    await target.put(marker, Buffer.from('{"kind":"tcab-backup.sweep"}\n'), { ifNoneMatch: '*' });
+    const log = captureLog('info');
+    const skipped = await prune(target, { now: afterGrace, chunkGrace: grace, sweepClock: () => 0, logger: log.logger });
+    expect(skipped.targets[0]!.ok).toBe(true);
+    expect(skipped.targets[0]!.chunks).toMatchObject({ skipped: { marker }, listed: 0, removed: 0 });
+    expect(log.events('prune.sweep_skipped')).toEqual([expect.objectContaining({ level: 'warn', target: 'local', marker })]);
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([marker]);
+    expect(await heldChunks(target)).toEqual(expect.arrayContaining(garbage.uploaded));
+    // Once the marker is older than 2J (its prune crashed), it is stale: the next prune sweeps and removes it.
+    await new Promise((resolve) => setTimeout(resolve, 2 * J + 200));
+    const swept = await prune(target, { now: afterGrace, chunkGrace: grace, sweepClock: () => 0 });
+    expect(swept.targets[0]!.ok).toBe(true);
+    expect(swept.targets[0]!.chunks).toMatchObject({ removed: garbage.uploaded.length });
+    expect(swept.targets[0]!.chunks!.skipped).toBeUndefined();
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([]);
+  });
+
+  it('a dry run writes no sweep marker, and counts what a sweep would collect even while another sweep runs', async () => {
+    const { target } = await open('local');
+    await storeFileAsV2(target, DB, files[0]!);
+    const garbage = await writerMidway(target, files[2]!);
+    const marker = sweepMarkerKey(DB, new Date());
+    await target.put(marker, Buffer.from('{}\n'), { ifNoneMatch: '*' });
+    const dry = await runPrune(
+      { targets: [target], database: DB, retention: retention(target.name, 'last=-1'), chunkGrace: GRACE, now: afterGrace },
+      { dryRun: true },
+    );
+    expect(dry.targets[0]!.chunks).toMatchObject({ removed: garbage.uploaded.length });
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([marker]);
+    expect(await heldChunks(target)).toEqual(expect.arrayContaining(garbage.uploaded));
   });
 
   it("a chunk list that cannot be read stops that target's sweep before any delete, and fails the run naming it", async () => {
@@ -322,6 +536,85 @@ describe.each(backends)('on %s', (_label, open) => {
 });
 
 describe('on a folder', () => {
+  /** A folder target with a FaultTarget between the retry wrapper and the folder, and the folder's deletes counted. */
+  async function faultyFolder(): Promise<{ target: Target; plain: Target; faults: FaultTarget; deletes: Map<string, number> }> {
+    const { dir, target: plain } = await world.folder('local');
+    const folder = new FileTarget(parseTargetUrl('local', `file://${dir}`) as FileTargetSpec);
+    const deletes = new Map<string, number>();
+    const counted = new Proxy(folder, {
+      get(t, p) {
+        if (p === 'delete')
+          return (key: string, options?: DeleteOptions) => {
+            deletes.set(key, (deletes.get(key) ?? 0) + 1);
+            return t.delete(key, options);
+          };
+        const v = Reflect.get(t, p, t);
+        return typeof v === 'function' ? v.bind(t) : v;
+      },
+    });
+    const faults = new FaultTarget(counted);
+    return { target: withRetry(faults, { retries: 3, baseDelayMs: 1 }), plain, faults, deletes };
+  }
+
+  it('a sweep marker that cannot be written fails the run naming the target and the key, and deletes no chunk', async () => {
+    const { target, plain, faults } = await faultyFolder();
+    await storeFileAsV2(plain, DB, files[0]!);
+    const garbage = await writerMidway(plain, files[2]!);
+    const before = await heldChunks(plain);
+    faults.arm({ op: 'put', point: { at: 'start' }, kind: 'error', keys: /^sweeps\// });
+    const error = await prune(target, { now: afterGrace }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(PruneFailedError);
+    const message = (error as PruneFailedError).message;
+    expect(message).toContain('target "local"');
+    expect(message).toMatch(/its sweep marker sweeps\/tcab\/\d{8}T\d{9}Z-[0-9a-f]{8}\.json could not be written/);
+    expect((error as PruneFailedError).result.targets[0]!.chunks).toMatchObject({ removed: 0, error: expect.any(String) });
+    expect(await heldChunks(plain)).toEqual(before);
+    expect(before).toEqual(expect.arrayContaining(garbage.uploaded));
+    expect(await keysUnder(plain, sweepsPrefix(DB))).toEqual([]);
+  });
+
+  it('a chunk delete whose answer is lost is not sent again: it is reported as left, and the run succeeds', async () => {
+    const { target, plain, faults, deletes } = await faultyFolder();
+    await storeFileAsV2(plain, DB, files[0]!);
+    const garbage = await writerMidway(plain, files[2]!);
+    expect(garbage.uploaded.length).toBeGreaterThan(2);
+    faults.arm({ op: 'delete', point: { at: 'start' }, kind: 'lost', keys: /^chunks\//, skip: 1, times: 1 });
+    const result = await prune(target, { now: afterGrace });
+    expect(faults.fired).toEqual([expect.stringMatching(/^delete chunks\/tcab\/.* answer lost$/)]);
+    const chunkDeletes = [...deletes].filter(([k]) => k.startsWith('chunks/'));
+    expect(chunkDeletes).toHaveLength(garbage.uploaded.length);
+    for (const [key, n] of chunkDeletes) expect(n, `delete requests for ${key}`).toBe(1);
+    expect(result.targets[0]!.ok).toBe(true);
+    expect(result.targets[0]!.chunks).toMatchObject({
+      removed: garbage.uploaded.length - 1,
+      left: 1,
+      unanswered: 1,
+      failed: 0,
+    });
+    // The lost answer's delete was applied: nothing of the garbage is left, and the next prune finds nothing to do.
+    const held = new Set(await heldChunks(plain));
+    for (const h of garbage.uploaded) expect(held.has(h)).toBe(false);
+    expect(await keysUnder(plain, sweepsPrefix(DB))).toEqual([]);
+  });
+
+  it('a chunk delete that fails for a reason that may pass is sent once and left for the next prune, which takes it', async () => {
+    const { target, plain, faults, deletes } = await faultyFolder();
+    await storeFileAsV2(plain, DB, files[0]!);
+    const garbage = await writerMidway(plain, files[2]!);
+    faults.arm({ op: 'delete', point: { at: 'start' }, kind: 'transient', keys: /^chunks\//, times: 1 });
+    const first = await prune(target, { now: afterGrace });
+    expect(first.targets[0]!.ok).toBe(true);
+    expect(first.targets[0]!.chunks).toMatchObject({ removed: garbage.uploaded.length - 1, left: 1, unanswered: 1 });
+    for (const [key, n] of deletes) if (key.startsWith('chunks/')) expect(n, `delete requests for ${key}`).toBe(1);
+    const second = await prune(target, { now: afterGrace });
+    expect(second.targets[0]!.chunks).toMatchObject({ removed: 1, left: 0 });
+    const held = new Set(await heldChunks(plain));
+    for (const h of garbage.uploaded) expect(held.has(h)).toBe(false);
+  });
+
   it("collects old garbage and keeps a young upload in the same sweep, by the files' own times", async () => {
     const { target, dir } = await world.folder('local');
     await storeFileAsV2(target, DB, files[0]!);

@@ -146,11 +146,30 @@ export const VERIFY_V2: TableV2 = {
 const SWEEP_DELETE =
   'a chunk the sweep could not delete is unreferenced garbage: no snapshot restores from it and no writer reuses it; the sweep reports it and the next prune takes it';
 
-/** Prune of "store" (O, A, B; retention keeps 2): O's manifest and chunk list go, then the sweep deletes O's own chunks. */
+/** The sweep's marker (docs/format-2.md, "Collecting chunks (prune)"): written, listed, deleted once the sweep is done. */
+export const SWEEP_MARKER = /^sweeps\//;
+
+/**
+ * Prune of "store" (O, A, B; retention keeps 2): O's manifest and chunk list go, then the sweep looks for a first
+ * chunk, writes its marker, lists the markers, lists the chunks and the snapshots, deletes O's own chunks (each
+ * with one request: not retried) and its marker.
+ */
 export const PRUNE_V2: TableV2 = {
   job: 'prune v2 sweep',
   rows: [
-    list('store', 'chunks', CHUNKS_PREFIX),
+    {
+      name: 'put sweep marker',
+      op: 'put',
+      at: 'start',
+      keys: SWEEP_MARKER,
+      on: 'store',
+      kinds: CHUNK_PUT,
+      retried: true,
+      names: /sweep marker sweeps\/tcab\//,
+    },
+    list('store', 'sweep markers', SWEEP_MARKER, { names: /sweeps\/tcab\// }),
+    // The sweep's listing of the chunks, after the first item of another that tells whether there are any.
+    list('store', 'chunks', CHUNKS_PREFIX, { skip: 1 }),
     list('store', 'snapshots', SNAPSHOTS),
     ...gets('store', 'manifest', MANIFEST_V2, false),
     ...gets('store', 'chunk list', CHUNK_LIST, false),
@@ -160,9 +179,20 @@ export const PRUNE_V2: TableV2 = {
       at: 'start',
       on: 'store',
       kinds: START,
-      retried: true,
+      // Sent once: a repeat after a lost answer could delete a chunk a writer uploaded again meanwhile.
+      retried: false,
       ...chunkRows('garbage'),
       tolerated: SWEEP_DELETE,
+    },
+    {
+      name: 'delete sweep marker',
+      op: 'delete',
+      at: 'start',
+      keys: SWEEP_MARKER,
+      on: 'store',
+      kinds: START,
+      retried: true,
+      names: /sweep marker sweeps\/tcab\//,
     },
   ],
 };

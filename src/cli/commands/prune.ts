@@ -66,7 +66,8 @@ function printPrune(ctx: CommandContext, result: PruneResult, json: boolean, ok:
     if (t.refused && !t.rails.includes(t.refused)) out.write(`  ${t.target}: REFUSED (${t.refused.rail}): ${t.refused.message}\n`);
     if (t.removed.length) out.write(`  ${t.target}: ${result.dryRun ? 'would remove' : 'removed'} ${t.removed.join(', ')}\n`);
     for (const h of t.held) out.write(`  ${t.target}: held ${h.id}: ${h.detail}\n`);
-    if (t.chunks && (t.chunks.listed > 0 || t.chunks.error)) out.write(`  ${t.target}: ${describeSweep(t.chunks, result.dryRun)}\n`);
+    if (t.chunks && (t.chunks.listed > 0 || t.chunks.error || t.chunks.skipped))
+      out.write(`  ${t.target}: ${describeSweep(t.chunks, result.dryRun)}\n`);
     for (const l of t.left) out.write(`  ${t.target}: left ${l.id}: ${l.detail}\n`);
     for (const f of t.failures) out.write(`  ${t.target}: FAILED ${f}\n`);
   }

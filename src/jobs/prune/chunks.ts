@@ -6,7 +6,11 @@
  *   3. delete the chunks 2 does not reference whose time in 1 is older than G before that listing, and stop
  *      deleting once the sweep has run for J (what is left waits for the next prune).
  * The order of 1 and 2 is what the proof rests on: a manifest written after the chunk listing is read in 2,
- * so a chunk it reuses is kept. A referenced set that cannot be made whole (a manifest or chunk list that
+ * so a chunk it reuses is kept. So does this: sweeps of one target and database never overlap (a marker under
+ * `sweeps/<database>/`, sweep-marker.ts, written before 1 and removed once every delete has settled), and a
+ * sweep sends at most one delete request per chunk (no retry: a delete not answered leaves the chunk for the
+ * next prune), so a chunk a writer found absent and uploaded again is not deleted by a prune that listed the
+ * old object. A referenced set that cannot be made whole (a manifest or chunk list that
  * cannot be read) stops the sweep before it deletes anything: a chunk is never deleted on a guess.
  *
  * The max-delete-share rail does not apply here: an unreferenced chunk older than G is garbage by construction
@@ -18,11 +22,13 @@ import { manifestKey } from '../../catalog/layout.js';
 import type { ManifestV2 } from '../../catalog/manifest-v2.js';
 import { readTargetCatalog } from '../../catalog/target-catalog.js';
 import { NotFoundError, ObjectHeldError, TcabError, errorMessage } from '../../errors.js';
-import { chunkKey } from '../../format/chunk-key.js';
+import { isRetryable } from '../../targets/retry.js';
+import { chunkKey, chunksPrefix, parseChunkKey } from '../../format/chunk-key.js';
 import { readChunkList } from '../../format/chunk-list.js';
 import { formatDuration } from '../../util/duration.js';
 import { forEachLimit } from '../../util/pool.js';
 import type { Target } from '../../targets/target.js';
+import { claimSweep, removeMarker, type MarkerLeft } from './sweep-marker.js';
 
 /** Chunk lists read, and chunks deleted, at once. */
 const CONCURRENCY = 8;
@@ -60,9 +66,20 @@ export interface ChunkSweepOutcome {
   removedBytes: number;
   /** Under an immutability lock or legal hold. */
   held: number;
-  /** Unreferenced and older than G, not deleted because the sweep had run for J: the next prune takes them. */
+  /**
+   * Unreferenced and older than G, not deleted because the sweep had run for J, or because a delete was not
+   * answered (`unanswered`, not repeated): the next prune takes them.
+   */
   left: number;
   leftBytes: number;
+  /** Deletes that failed for a reason that may pass (or whose answer was lost): sent once, never repeated; in `left`. */
+  unanswered: number;
+  /** Set when another prune's sweep marker, younger than 2J, was found: this target was not swept (nothing was listed). */
+  skipped?: { marker: string; lastModified: string };
+  /** Markers this sweep could not delete (its own, a stale one), each naming the key. */
+  markerErrors: string[];
+  /** Markers an immutability lock keeps (not failures), each naming the key. */
+  markersHeld: string[];
   /** Set when the sweep stopped early (J reached): how long it had run. */
   stoppedAfterMs?: number;
   /** Set when the referenced set could not be made whole: nothing was deleted. */
@@ -85,20 +102,85 @@ export function emptySweep(): ChunkSweepOutcome {
     held: 0,
     left: 0,
     leftBytes: 0,
+    unanswered: 0,
+    markerErrors: [],
+    markersHeld: [],
     failed: 0,
     failures: [],
   };
 }
 
 /**
- * Runs steps 1 to 3 on one target. Throws (a TcabError naming the target and the object) when a listing, a
- * manifest or a chunk list cannot be read: then nothing was deleted. Failed deletes are reported, not thrown.
+ * Runs steps 1 to 3 on one target, between writing its sweep marker and deleting it (not on a dry run). Throws
+ * (a TcabError naming the target and the object) when the marker cannot be written, or a listing, a manifest
+ * or a chunk list cannot be read: then nothing was deleted. Another sweep's marker younger than 2J: nothing is
+ * listed or deleted, and `skipped` names it. Failed deletes are reported, not thrown.
  */
 export async function sweepChunks(target: Target, options: ChunkSweepOptions): Promise<ChunkSweepOutcome> {
   const { database, signal } = options;
   const clock = options.clock ?? (() => performance.now());
   const started = clock();
   const out = emptySweep();
+  if (options.dryRun) return sweep(target, options, out, started, clock);
+  // No chunk at all (a format-1 target): nothing to delete, so no marker either.
+  if (!(await anyChunk(target, database, signal))) return out;
+  const claim = await claimSweep(target, {
+    database,
+    jobTimeoutMs: options.jobTimeoutMs,
+    startedAt: options.now(),
+    ...(signal ? { signal } : {}),
+  });
+  if (claim.status === 'busy') {
+    out.skipped = { marker: claim.other.key, lastModified: claim.other.lastModified.toISOString() };
+    if (claim.release) noteMarker(out, claim.release);
+    return out;
+  }
+  for (const stale of claim.stale) {
+    const left = await removeMarker(target, stale.key, signal, true);
+    if (left) noteMarker(out, left);
+  }
+  try {
+    await sweep(target, options, out, started, clock);
+  } catch (e) {
+    // Aborted, deletes may still be on their way: the marker stays (stale after 2J).
+    if (signal?.aborted) throw e;
+    const left = await removeMarker(target, claim.key, signal);
+    if (left && !left.held) throw new TcabError(`${errorMessage(e)}; and ${left.message}`, { cause: e });
+    throw e;
+  }
+  // Every delete has settled (each was sent once): another sweep may begin.
+  const left = await removeMarker(target, claim.key, signal);
+  if (left) noteMarker(out, left);
+  return out;
+}
+
+/** Whether the chunk folder holds anything: the first item of a listing, no more. */
+async function anyChunk(target: Target, database: string, signal: AbortSignal | undefined): Promise<boolean> {
+  const prefix = chunksPrefix(database);
+  try {
+    for await (const info of target.list(prefix, signal ? { signal } : {})) if (parseChunkKey(info.key)?.database === database) return true;
+    return false;
+  } catch (e) {
+    if (signal?.aborted) throw e;
+    throw new TcabError(
+      `Listing the chunks of "${database}" (${prefix}) on target "${target.name}" (${target.url}) failed: ${errorMessage(e)}`,
+      { hint: 'check that the target is reachable and the credentials may list; nothing was deleted', cause: e },
+    );
+  }
+}
+
+function noteMarker(out: ChunkSweepOutcome, left: MarkerLeft): void {
+  (left.held ? out.markersHeld : out.markerErrors).push(left.message);
+}
+
+async function sweep(
+  target: Target,
+  options: ChunkSweepOptions,
+  out: ChunkSweepOutcome,
+  started: number,
+  clock: () => number,
+): Promise<ChunkSweepOutcome> {
+  const { database, signal } = options;
   const where = `target "${target.name}" (${target.url})`;
 
   // 1. The chunks, with their ages, before anything else is read.
@@ -153,13 +235,19 @@ export async function sweepChunks(target: Target, options: ChunkSweepOptions): P
     const key = chunkKey(database, sha256);
     if (!options.dryRun) {
       try {
-        await target.delete(key, signal ? { signal } : {});
+        // Once: a repeat after a lost answer could delete the chunk a writer uploaded again meanwhile.
+        await target.delete(key, { once: true, ...(signal ? { signal } : {}) });
       } catch (e) {
         if (signal?.aborted) throw e;
-        // Another prune deleted it first: done all the same.
+        // Gone already (a sweep that stopped short, by hand): done all the same.
         if (!(e instanceof NotFoundError)) {
           if (e instanceof ObjectHeldError) out.held++;
-          else {
+          else if (isRetryable(e)) {
+            // Maybe applied, maybe not: not asked again; the next prune finds it gone or deletes it.
+            out.unanswered++;
+            out.left++;
+            out.leftBytes += bytes;
+          } else {
             out.failed++;
             if (out.failures.length < 3) out.failures.push(`deleting chunk ${key} failed: ${errorMessage(e)}`);
           }
@@ -222,15 +310,20 @@ async function manifestStillThere(target: Target, manifest: ManifestV2, signal: 
 /** One line for the log and the CLI: what the sweep did. */
 export function describeSweep(s: ChunkSweepOutcome, dryRun: boolean): string {
   if (s.error) return `chunks: ${s.error}`;
+  if (s.skipped)
+    return `chunks: not swept: another prune's sweep marker ${s.skipped.marker} (written ${s.skipped.lastModified}) is younger than 2 x TCAB_BACKUP_JOB_TIMEOUT; the next prune sweeps`;
   const parts = [
     `${dryRun ? 'would remove' : 'removed'} ${s.removed} chunk(s) (${s.removedBytes} bytes)`,
     `${s.listed} listed, ${s.referenced} referenced by ${s.snapshots} format-2 snapshot(s), ${s.young} unreferenced but younger than the grace kept`,
   ];
   if (s.held) parts.push(`${s.held} held`);
-  if (s.left)
-    parts.push(
-      `${s.left} (${s.leftBytes} bytes) left for the next prune: the sweep stopped after ${formatDuration(s.stoppedAfterMs ?? 0)} (TCAB_BACKUP_JOB_TIMEOUT)`,
-    );
+  if (s.left) {
+    const why = [
+      ...(s.left > s.unanswered ? [`the sweep stopped after ${formatDuration(s.stoppedAfterMs ?? 0)} (TCAB_BACKUP_JOB_TIMEOUT)`] : []),
+      ...(s.unanswered ? [`${s.unanswered} delete(s) not answered, not sent again`] : []),
+    ];
+    parts.push(`${s.left} (${s.leftBytes} bytes) left for the next prune: ${why.join('; ')}`);
+  }
   if (s.failed) parts.push(`${s.failed} delete(s) failed`);
   return `chunks: ${parts.join('; ')}`;
 }

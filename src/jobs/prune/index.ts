@@ -134,6 +134,7 @@ export async function runPrune(deps: PruneDeps, request: PruneRequest = {}): Pro
       garbage: t.garbage.removed.length,
       chunksRemoved: t.chunks?.removed ?? 0,
       chunksLeft: t.chunks?.left ?? 0,
+      ...(t.chunks?.skipped ? { chunkSweepSkipped: t.chunks.skipped.marker } : {}),
       rails: t.rails.map((r) => r.rail),
     })),
   });
@@ -375,8 +376,10 @@ async function removeAndCollect(plan: TargetPlan, deps: PruneDeps, request: Prun
 
 /**
  * The chunk sweep (chunks.ts), after the target's deletions. A dry run deleted no snapshot, so it does not
- * count the chunk lists of the snapshots it would remove: it reports what a real run would collect. A sweep
- * whose referenced set could not be made whole deleted nothing and fails the run, naming what it could not read.
+ * count the chunk lists of the snapshots it would remove: it reports what a real run would collect (and writes
+ * no sweep marker). A sweep whose marker could not be written, or whose referenced set could not be made whole,
+ * deleted nothing and fails the run, naming what it could not write or read. A sweep that found another prune's
+ * marker younger than 2J did not sweep: a warning, not a failure.
  */
 async function collectChunks(plan: TargetPlan, deps: PruneDeps, request: PruneRequest, log: Logger): Promise<void> {
   const { target, outcome } = plan;
@@ -400,6 +403,19 @@ async function collectChunks(plan: TargetPlan, deps: PruneDeps, request: PruneRe
     return;
   }
   const s = outcome.chunks;
+  outcome.failures.push(...s.markerErrors);
+  for (const error of s.markerErrors) log.error('prune.sweep_marker_left', { target: target.name, error });
+  for (const detail of s.markersHeld) log.warn('prune.sweep_marker_held', { target: target.name, detail });
+  if (s.skipped) {
+    // Not a failure: the other sweep collects, or the next prune does.
+    log.warn('prune.sweep_skipped', {
+      target: target.name,
+      marker: s.skipped.marker,
+      markerWritten: s.skipped.lastModified,
+      summary: describeSweep(s, false),
+    });
+    return;
+  }
   outcome.failures.push(...s.failures);
   if (s.failed > s.failures.length) outcome.failures.push(`and ${s.failed - s.failures.length} more chunk delete(s) failed`);
   if (s.listed === 0) return;
@@ -414,6 +430,7 @@ async function collectChunks(plan: TargetPlan, deps: PruneDeps, request: PruneRe
     held: s.held,
     left: s.left,
     leftBytes: s.leftBytes,
+    unanswered: s.unanswered,
     failed: s.failed,
     summary: describeSweep(s, Boolean(request.dryRun)),
   });
