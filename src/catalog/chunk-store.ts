@@ -11,6 +11,7 @@ import { createHash } from 'node:crypto';
 import { PreconditionFailedError, TcabError, errorMessage } from '../errors.js';
 import { chunkKey, chunksPrefix, parseChunkKey } from '../format/chunk-key.js';
 import { chunkListBody } from '../format/chunk-list.js';
+import { zstdFrameBound } from '../format/params.js';
 import type { ManifestV2 } from './manifest-v2.js';
 import type { Target } from '../targets/target.js';
 import { manifestChunkListKey, writeManifest } from './catalog.js';
@@ -90,17 +91,17 @@ export interface CommitResult {
   /** Distinct chunks the chunk list names. */
   chunks: number;
   /**
-   * Chunks named by the list that the check after the manifest did not find at their stored size: the caller
+   * Chunks named by the list that the check after the manifest did not find (at any size): the caller
    * writes them again (putChunk with renew) and checks again (checkChunks) before counting the snapshot stored.
    */
-  missing: Array<{ sha256: string; key: string; bytes: number; found: number | null }>;
+  missing: Array<{ sha256: string; key: string; bytes: number; found: null }>;
 }
 
 /**
  * Commits a format-2 snapshot on one target whose chunks have been stored: writes the chunk list (streamed
  * from `chunkListLines`, ChunkListWriter's lines, and checked on the way against the manifest's chunkList
  * bytes, sha256 and count before the manifest is written), then the manifest (the commit marker), then lists
- * the chunk folder once and reports every chunk the list names that is not there at its stored size.
+ * the chunk folder once and reports every chunk the list names that is not there.
  */
 export async function commitSnapshotV2(
   target: Target,
@@ -174,7 +175,8 @@ export async function commitSnapshotV2(
 }
 
 /**
- * The chunks of `named` (sha256 -> stored bytes) that one listing of the target does not show at that size.
+ * The chunks of `named` (sha256 -> stored bytes as listed) that one listing of the target does not show, at
+ * any size (readStoredChunk says why a size may differ).
  * What commitSnapshotV2 does after the manifest, and what a caller repeats after writing missing ones again.
  */
 export async function checkChunks(
@@ -187,7 +189,8 @@ export async function checkChunks(
   const missing: CommitResult['missing'] = [];
   for (const [sha256, bytes] of named) {
     const found = held.get(sha256);
-    if (!found || found.bytes !== bytes) missing.push({ sha256, key: chunkKey(database, sha256), bytes, found: found?.bytes ?? null });
+    // Any size: another writer's zstd may have made the frame the key holds (readStoredChunk).
+    if (!found) missing.push({ sha256, key: chunkKey(database, sha256), bytes, found: null });
   }
   return missing;
 }
@@ -204,30 +207,52 @@ export class ChunkBodyError extends Error {
 }
 
 /**
- * Reads one stored chunk into a buffer, refusing more than `storedBytes` + 1 bytes (memory stays bounded
- * whatever the object holds; one spare byte tells a longer object apart). The caller compares the length with
- * the chunk list's and decompresses (chunk-codec.ts decompressChunk). Target errors of the GET, NotFoundError
- * included, are passed on as they are, so the caller can tell a missing chunk from one that could not be read;
- * a body that breaks off afterwards is a ChunkBodyError (unless `signal` aborted it).
+ * Reads one stored chunk into a buffer. `listed` is its chunk-list line (`[sha256, plain bytes, stored bytes]`).
+ *
+ * The frame a key holds need not be the size the line gives: zstd's output is not the same from version to
+ * version, so a chunk renewed, or stored first, by a writer with another zstd holds a frame of another size with
+ * the same content. Its content is what is checked (decompressChunk: zstd's checksum, the plain length, the
+ * sha256), not its size. The read is bounded all the same: first by the listed size plus one byte (the usual
+ * case, one read), and when the object is longer, read again up to zstd's bound for a chunk of that plain
+ * length (zstdFrameBound). An object longer than that bound cannot be a frame of the chunk: then a buffer of
+ * bound + 1 bytes comes back, and the caller reports it (frameTooLong). Memory stays bounded whatever the
+ * object holds.
+ *
+ * Target errors of the GET, NotFoundError included, are passed on as they are, so the caller can tell a
+ * missing chunk from one that could not be read; a body that breaks off afterwards is a ChunkBodyError
+ * (unless `signal` aborted it).
  */
 export async function readStoredChunk(
   target: Target,
   database: string,
-  sha256: string,
-  storedBytes: number,
+  listed: readonly [sha256: string, plainBytes: number, storedBytes: number],
   options: { signal?: AbortSignal } = {},
 ): Promise<Buffer> {
+  const [sha256, plainBytes, storedBytes] = listed;
+  const bound = zstdFrameBound(plainBytes);
+  const first = await readUpTo(target, chunkKey(database, sha256), Math.min(storedBytes, bound), options);
+  if (first.length <= storedBytes || storedBytes >= bound) return first;
+  return readUpTo(target, chunkKey(database, sha256), bound, options);
+}
+
+/** Whether a frame read by readStoredChunk is longer than any frame of a chunk of `plainBytes` can be. */
+export function frameTooLong(frame: Buffer, plainBytes: number): boolean {
+  return frame.length > zstdFrameBound(plainBytes);
+}
+
+/** The object at `key`, or its first `maxBytes` + 1 bytes when it is longer (one spare byte tells it apart). */
+async function readUpTo(target: Target, key: string, maxBytes: number, options: { signal?: AbortSignal }): Promise<Buffer> {
   // A backend that reads a small object whole (a folder) does it without a stream; its failures are the
   // target's (and its retry wrapper's), like a get that did not start.
-  if (target.readSmall) return target.readSmall(chunkKey(database, sha256), storedBytes, { signal: options.signal });
-  const { body } = await target.get(chunkKey(database, sha256), { signal: options.signal });
+  if (target.readSmall) return target.readSmall(key, maxBytes, { signal: options.signal });
+  const { body } = await target.get(key, { signal: options.signal });
   const parts: Buffer[] = [];
   let length = 0;
   try {
     for await (const data of body) {
       const buf = data as Buffer;
       length += buf.length;
-      if (length > storedBytes) break;
+      if (length > maxBytes) break;
       parts.push(buf);
     }
   } catch (e) {
@@ -236,7 +261,7 @@ export async function readStoredChunk(
   } finally {
     body.destroy();
   }
-  if (length > storedBytes) return Buffer.alloc(storedBytes + 1);
+  if (length > maxBytes) return Buffer.alloc(maxBytes + 1);
   // A file target reads a chunk in one piece: no copy then.
   return parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
 }

@@ -250,6 +250,38 @@ export function frameHasChecksum(stored: Uint8Array): boolean {
 }
 
 /**
+ * The length of the zstd frame `stored` begins with (RFC 8878, 3.1.1: magic number, frame header, blocks, and
+ * the content checksum when the header says so), or undefined when it does not begin with a whole frame.
+ * zstd's decompressor stops at the end of the first frame and ignores what follows, so a stored chunk with
+ * bytes after its frame would pass decompression; those bytes would break a `cat ... | zstd -d` restore.
+ */
+export function zstdFrameLength(stored: Uint8Array): number | undefined {
+  const b = stored;
+  if (b.byteLength < 5 || Buffer.from(b.buffer, b.byteOffset, 4).readUInt32LE(0) !== ZSTD_MAGIC) return undefined;
+  const descriptor = b[4]!;
+  const fcsFlag = descriptor >> 6;
+  const singleSegment = (descriptor & 0x20) !== 0;
+  const checksum = (descriptor & 0x04) !== 0;
+  const dictionaryIdBytes = [0, 1, 2, 4][descriptor & 0x03]!;
+  const contentSizeBytes = [singleSegment ? 1 : 0, 2, 4, 8][fcsFlag]!;
+  let at = 5 + (singleSegment ? 0 : 1) + dictionaryIdBytes + contentSizeBytes;
+  for (;;) {
+    if (at + 3 > b.byteLength) return undefined;
+    const header = b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16);
+    at += 3;
+    const last = (header & 1) !== 0;
+    const type = (header >> 1) & 3;
+    const size = header >>> 3;
+    if (type === 3) return undefined; // reserved
+    at += type === 1 ? 1 : size; // an RLE block stores one byte
+    if (at > b.byteLength) return undefined;
+    if (last) break;
+  }
+  at += checksum ? 4 : 0;
+  return at <= b.byteLength ? at : undefined;
+}
+
+/**
  * Decompresses one stored chunk and checks it against its reference: never more than ref.bytes are produced
  * (a damaged or hostile frame cannot blow up memory), and the plain bytes must have ref's length and sha256.
  * `where` names the chunk for the error (e.g. its key and target).
@@ -279,6 +311,13 @@ export async function decompressChunk(
       hint: 'the stored chunk is damaged or not a chunk; verify the target, and replicate the chunk from another target',
       cause: e,
     });
+  }
+  const frameLength = zstdFrameLength(stored);
+  if (frameLength !== stored.byteLength) {
+    throw new IntegrityError(
+      `Chunk ${ref.sha256} (${where}) is ${stored.byteLength} bytes, ${frameLength === undefined ? 'not one whole zstd frame' : `of which its zstd frame is ${frameLength}: other bytes follow it`}`,
+      { hint: 'the stored chunk is damaged or not a chunk; verify the target, and replicate the chunk from another target' },
+    );
   }
   if (plain.length !== ref.bytes) {
     throw new IntegrityError(

@@ -19,6 +19,7 @@ import {
   compressChunk,
   decompressChunk,
   frameHasChecksum,
+  zstdFrameLength,
 } from '../../src/format/chunk-codec.js';
 import type { Chunk } from '../../src/format/chunker.js';
 import { collect, deterministicBytes, sampleSnapshot, sha256, tempDir } from './helpers.js';
@@ -103,6 +104,40 @@ describe('compressChunk and decompressChunk', () => {
     await expect(tooLong).rejects.toThrow(/\(bomb\) (does not decompress as zstd to its 16384 bytes|decompresses to more than)/);
     const short = decompressChunk(frames[0]!, { sha256: chunks[0]!.sha256, bytes: chunks[0]!.length + 5 }, 'short');
     await expect(short).rejects.toThrow(`decompresses to ${chunks[0]!.length} bytes, not the ${chunks[0]!.length + 5} its manifest lists`);
+  });
+
+  it('refuses a stored chunk with bytes after its frame, which zstd alone ignores but would break cat | zstd -d', async () => {
+    const c = chunks[2]!;
+    const ref = { sha256: c.sha256, bytes: c.length };
+    for (const tail of [Buffer.from([0]), Buffer.from('trailing'), frames[2]!]) {
+      const stored = Buffer.concat([frames[2]!, tail]);
+      await expect(decompressChunk(stored, ref, 'tail')).rejects.toThrow(
+        `(tail) is ${stored.length} bytes, of which its zstd frame is ${frames[2]!.length}: other bytes follow it`,
+      );
+    }
+    // The same content made by another zstd level is another frame, of another size: accepted.
+    const other = zstdCompressSync(c.bytes, {
+      params: { [zlibConstants.ZSTD_c_compressionLevel]: 19, [zlibConstants.ZSTD_c_checksumFlag]: 1 },
+    });
+    expect(other.length).not.toBe(frames[2]!.length);
+    expect((await decompressChunk(other, ref, 'other zstd')).equals(c.bytes)).toBe(true);
+  });
+
+  it('zstdFrameLength measures whole frames of every block kind, and refuses a cut one', () => {
+    const kinds = [Buffer.alloc(200_000), deterministicBytes('frame kinds', 200_000), Buffer.alloc(0), Buffer.from('x')];
+    for (const plain of kinds) {
+      for (const params of [
+        {},
+        { [zlibConstants.ZSTD_c_checksumFlag]: 1, [zlibConstants.ZSTD_c_contentSizeFlag]: 1 },
+        { [zlibConstants.ZSTD_c_contentSizeFlag]: 0 },
+      ]) {
+        const frame = zstdCompressSync(plain, { params });
+        expect(zstdFrameLength(frame)).toBe(frame.length);
+        expect(zstdFrameLength(Buffer.concat([frame, Buffer.from([1, 2, 3])]))).toBe(frame.length);
+        expect(zstdFrameLength(frame.subarray(0, frame.length - 1))).toBeUndefined();
+      }
+    }
+    expect(zstdFrameLength(Buffer.from('not zstd at all'))).toBeUndefined();
   });
 
   it('one-shot compressChunk and a reused ChunkCompressor both make single frames that decode alone', async () => {

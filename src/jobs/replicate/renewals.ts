@@ -1,11 +1,11 @@
 /**
  * Replicate's part in the renewal records (docs/format-2.md, "Renewal records"): on every listed target, the
  * records due by the run's listing of that target's chunks are checked; a recorded chunk gone there is copied
- * again from another target that holds it at the same stored size (read, checked to decompress to its length
+ * again from another target that holds it, at any stored size (read, checked to decompress to its length
  * and sha256, stored create-only), then the target is listed again; a record is deleted only once all its
  * chunks are there (or named by no manifest any longer).
  */
-import { checkChunks, putChunk, readStoredChunk, type StoredChunk } from '../../catalog/chunk-store.js';
+import { checkChunks, frameTooLong, putChunk, readStoredChunk, type StoredChunk } from '../../catalog/chunk-store.js';
 import { listRenewalRecords, type RenewedChunk } from '../../catalog/renewals.js';
 import { errorMessage } from '../../errors.js';
 import { decompressChunk } from '../../format/chunk-codec.js';
@@ -43,8 +43,8 @@ export async function checkRenewalsOn(
     if (missing.size) {
       const copied = new Map<string, number>();
       for (const c of missing.values()) {
-        const from = await copyFromAnother(c, destination, others, log, signal);
-        if (from) copied.set(c.sha256, c.storedBytes);
+        const bytes = await copyFromAnother(c, destination, others, log, signal);
+        if (bytes !== undefined) copied.set(c.sha256, bytes);
       }
       if (copied.size) {
         const still = new Set((await checkChunks(target, database, copied, signalOption)).map((m) => m.sha256));
@@ -71,14 +71,17 @@ export async function checkRenewalsOn(
   return outcome;
 }
 
-/** Copies one chunk from the first other target holding it at the same stored size; its name, or undefined. */
+/**
+ * Copies one chunk from the first other target holding it, at whatever stored size (its content is checked:
+ * readStoredChunk); the stored size written, or undefined.
+ */
 async function copyFromAnother(
   chunk: RenewedChunk,
   destination: DestinationChunks,
   others: DestinationChunks[],
   log: Logger,
   signal: AbortSignal | undefined,
-): Promise<string | undefined> {
+): Promise<number | undefined> {
   const { database } = destination;
   const key = chunkKey(database, chunk.sha256);
   for (const source of others) {
@@ -88,15 +91,17 @@ async function copyFromAnother(
     } catch {
       continue; // that target cannot be listed this run: the next one may serve
     }
-    if (held.get(chunk.sha256)?.bytes !== chunk.storedBytes) continue;
+    const size = held.get(chunk.sha256)?.bytes;
+    if (size === undefined) continue;
     try {
-      const frame = await readStoredChunk(source.target, database, chunk.sha256, chunk.storedBytes, signal ? { signal } : {});
-      if (frame.length !== chunk.storedBytes) throw new Error(`it is ${frame.length} bytes there, not ${chunk.storedBytes}`);
+      const frame = await readStoredChunk(source.target, database, [chunk.sha256, chunk.plainBytes, size], signal ? { signal } : {});
+      if (frameTooLong(frame, chunk.plainBytes))
+        throw new Error(`it is longer there than any zstd frame of a ${chunk.plainBytes}-byte chunk can be`);
       await decompressChunk(frame, { sha256: chunk.sha256, bytes: chunk.plainBytes }, `${key} on target "${source.target.name}"`);
       await putChunk(destination.target, database, chunk.sha256, frame, signal ? { signal } : {});
       destination.written.add(chunk.sha256);
       log.warn('replicate.renewed_chunk_restored', { chunk: key, from: source.target.name, to: destination.target.name });
-      return source.target.name;
+      return frame.length;
     } catch (e) {
       if (signal?.aborted) throw e;
       log.warn('replicate.renewed_chunk_copy_failed', {

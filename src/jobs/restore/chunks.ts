@@ -26,7 +26,7 @@
 import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { manifestChunkListKey } from '../../catalog/catalog.js';
-import { ChunkBodyError, readStoredChunk } from '../../catalog/chunk-store.js';
+import { ChunkBodyError, frameTooLong, readStoredChunk } from '../../catalog/chunk-store.js';
 import { IntegrityError, NotFoundError, TcabError, errorMessage, isPermanent } from '../../errors.js';
 import { decompressChunk } from '../../format/chunk-codec.js';
 import { chunkKey } from '../../format/chunk-key.js';
@@ -151,7 +151,7 @@ export async function* readCheckedChunks(
     const ref = refs[index]!;
     let stored: Buffer;
     try {
-      stored = await readStoredChunk(target, manifest.databaseName, ref[0], ref[2], { signal });
+      stored = await readStoredChunk(target, manifest.databaseName, ref, { signal });
     } catch (e) {
       if (signal.aborted) throw e;
       if (e instanceof NotFoundError) {
@@ -172,11 +172,13 @@ export async function* readCheckedChunks(
         again: broke && !isPermanent(cause),
       });
     }
-    if (stored.length !== ref[2]) {
-      throw new ChunkReadFailure(
-        `chunk ${where} is ${stored.length > ref[2] ? 'longer than' : `${stored.length} bytes, not`} the ${ref[2]} bytes the chunk list gives`,
-        { hint: DAMAGED_HINT, integrity: true, again: true },
-      );
+    // Another size than the list's is fine (another zstd made the frame); longer than any frame of it is not.
+    if (frameTooLong(stored, ref[1])) {
+      throw new ChunkReadFailure(`chunk ${where} is longer than any zstd frame of a ${ref[1]}-byte chunk can be`, {
+        hint: DAMAGED_HINT,
+        integrity: true,
+        again: true,
+      });
     }
     try {
       const plain = await decompressChunk(
