@@ -164,6 +164,9 @@ export class ChunkChecker {
 
   /** Resolves when `stored` decompresses to `ref`'s bytes; an IntegrityError naming the chunk and `where` if not. */
   check(stored: Uint8Array, ref: ChunkRef, where: string): Promise<void> {
+    // As decompressChunk: one whole frame and nothing after it, which zstd's stream would pass over.
+    const frameLength = zstdFrameLength(stored);
+    if (frameLength !== stored.byteLength) return Promise.reject(notOneFrame(stored, frameLength, ref, where));
     const run = this.queue.then(() => this.checkOne(stored, ref, where));
     this.queue = run.catch(() => undefined);
     return run;
@@ -281,6 +284,13 @@ export function zstdFrameLength(stored: Uint8Array): number | undefined {
   return at <= b.byteLength ? at : undefined;
 }
 
+function notOneFrame(stored: Uint8Array, frameLength: number | undefined, ref: ChunkRef, where: string): IntegrityError {
+  return new IntegrityError(
+    `Chunk ${ref.sha256} (${where}) is ${stored.byteLength} bytes, ${frameLength === undefined ? 'not one whole zstd frame' : `of which its zstd frame is ${frameLength}: other bytes follow it`}`,
+    { hint: 'the stored chunk is damaged or not a chunk; verify the target, and replicate the chunk from another target' },
+  );
+}
+
 /**
  * Decompresses one stored chunk and checks it against its reference: never more than ref.bytes are produced
  * (a damaged or hostile frame cannot blow up memory), and the plain bytes must have ref's length and sha256.
@@ -313,12 +323,7 @@ export async function decompressChunk(
     });
   }
   const frameLength = zstdFrameLength(stored);
-  if (frameLength !== stored.byteLength) {
-    throw new IntegrityError(
-      `Chunk ${ref.sha256} (${where}) is ${stored.byteLength} bytes, ${frameLength === undefined ? 'not one whole zstd frame' : `of which its zstd frame is ${frameLength}: other bytes follow it`}`,
-      { hint: 'the stored chunk is damaged or not a chunk; verify the target, and replicate the chunk from another target' },
-    );
-  }
+  if (frameLength !== stored.byteLength) throw notOneFrame(stored, frameLength, ref, where);
   if (plain.length !== ref.bytes) {
     throw new IntegrityError(
       `Chunk ${ref.sha256} (${where}) decompresses to ${plain.length > ref.bytes ? 'more than' : plain.length} bytes, not the ${ref.bytes} its manifest lists`,

@@ -183,7 +183,8 @@ describe('compressChunk and decompressChunk', () => {
         [
           frames[3]!.subarray(0, frames[3]!.length - 10),
           ok,
-          new RegExp(`\\(cut\\) decompresses to \\d+ bytes, not the ${c.length} its manifest lists`),
+          // Found before decompression: a cut frame is not one whole zstd frame.
+          /\(cut\) is \d+ bytes, not one whole zstd frame/,
         ],
         [
           await compressChunk(Buffer.alloc(10_000_000)),
