@@ -140,7 +140,7 @@ export const BACKUP_SETTINGS = defineSettings([
     secret: false,
     default: '25m',
     description:
-      'Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step once the job has settled (at most a minute later). At most 29m: a value that leaves less than a minute before functionTimeout in host.json (30 minutes) fails every invocation naming this setting, so that the job, not the host, says what was stuck.',
+      "The longest a job runs (J of docs/format-2.md). Functions: a job still running this long is aborted, and its invocation fails naming the job and its last step once the job has settled (at most a minute later); at most 29m there: a value that leaves less than a minute before functionTimeout in host.json (30 minutes) fails every invocation naming this setting, so that the job, not the host, says what was stuck. CLI: \"tcab-backup snapshot\" and \"replicate\" stop at it too, in either format, and exit 1 saying what was done (run replicate again to go on: it copies only what is still missing); with no host there, it may be longer than 29m for one long catch-up, as long as TCAB_BACKUP_CHUNK_GRACE (the function app's) stays above 4 x it; never shorter than the function app's, whose prunes the renewal checks wait for. Prune's chunk sweep stops deleting at it, wherever prune runs (so keep a CLI prune's no longer than the function app's: sweep markers older than twice it count as stale).",
   },
   {
     name: 'TCAB_BACKUP_SNAPSHOT_SCHEDULE',

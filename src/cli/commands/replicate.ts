@@ -4,11 +4,11 @@
  */
 import { loadChunkGrace } from '../../jobs/settings.js';
 import { loadTargetsConfig } from '../../config.js';
-import { ReplicateFailedError, runReplicate, type ReplicateResult } from '../../jobs/replicate/index.js';
+import { ReplicateFailedError, ReplicateStoppedError, runReplicate, type ReplicateResult } from '../../jobs/replicate/index.js';
 import { loadRetentionConfig } from '../../retention/settings.js';
 import { openTargets } from '../../runtime.js';
 import { formatBytes } from '../../util/format.js';
-import { interruptSignal as interruptible, parse, printJson, type Command, type CommandContext } from '../command.js';
+import { CliJobTimeoutError, parse, printJson, runBounded, type Command, type CommandContext } from '../command.js';
 import { table } from '../output.js';
 
 export const replicateCommand: Command = async (args, ctx) => {
@@ -19,18 +19,40 @@ export const replicateCommand: Command = async (args, ctx) => {
     ctx.env,
     targets.targets.map((t) => t.name),
   );
+  // The job stops at TCAB_BACKUP_JOB_TIMEOUT, as in the functions, whatever the format: one rule for every writer.
+  const chunkGrace = loadChunkGrace(ctx.env);
+  const targetList = openTargets(targets, ctx.logger);
   let result: ReplicateResult;
   try {
-    result = await runReplicate(
-      {
-        targets: openTargets(targets, ctx.logger),
-        database: targets.database,
-        logger: ctx.logger,
-        retention,
-        chunkGraceMs: loadChunkGrace(ctx.env).graceMs,
-        chunkJobTimeoutMs: loadChunkGrace(ctx.env).jobTimeoutMs,
+    result = await runBounded(
+      ctx,
+      chunkGrace.jobTimeoutMs,
+      (signal) =>
+        runReplicate(
+          {
+            targets: targetList,
+            database: targets.database,
+            logger: ctx.logger,
+            retention,
+            chunkGraceMs: chunkGrace.graceMs,
+            chunkJobTimeoutMs: chunkGrace.jobTimeoutMs,
+          },
+          { dryRun: options.dryRun, signal },
+        ),
+      (cause) => {
+        const done = cause instanceof ReplicateStoppedError ? cause.result : undefined;
+        const copied = done?.copied ?? 0;
+        const error = new CliJobTimeoutError(
+          'replicate',
+          ctx.env,
+          chunkGrace,
+          `${copied} snapshot cop${copied === 1 ? 'y' : 'ies'} completed and checked before it stopped${done && copied ? ` (${formatBytes(done.bytes)})` : ''}; nothing half-written is visible: a copy shows on its target only once its manifest is written, after all its chunks or its artifact`,
+          'run it again to go on: it copies only what is still missing',
+        );
+        if (options.json) printJson(ctx, { ok: false, error: error.message, ...(done ?? {}) });
+        else if (done) printReplicate(ctx, done, false, false);
+        return error;
       },
-      { dryRun: options.dryRun, signal: interruptible() },
     );
   } catch (e) {
     if (e instanceof ReplicateFailedError) printReplicate(ctx, e.result, options.json, false);

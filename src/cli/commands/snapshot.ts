@@ -5,10 +5,10 @@
  */
 import { loadAgentClientConfig, loadSnapshotFormat, loadTargetsConfig } from '../../config.js';
 import { loadChunkGrace } from '../../jobs/settings.js';
-import { runSnapshot, SnapshotFailedError } from '../../jobs/snapshot/index.js';
+import { runSnapshot, SnapshotFailedError, type SnapshotResult, type SnapshotResultV2 } from '../../jobs/snapshot/index.js';
 import { openAgent, openTargets } from '../../runtime.js';
 import { formatBytes } from '../../util/format.js';
-import { interruptSignal as interruptible, parse, printJson, UsageError, type Command } from '../command.js';
+import { CliJobTimeoutError, parse, printJson, runBounded, UsageError, type Command } from '../command.js';
 
 export const snapshotCommand: Command = async (args, ctx) => {
   const { values } = parse(args, {
@@ -29,17 +29,33 @@ export const snapshotCommand: Command = async (args, ctx) => {
     database: targetsConfig.database,
     logger: ctx.logger,
   };
+  // Stopped at TCAB_BACKUP_JOB_TIMEOUT, as in the functions, whatever the format: one rule for every writer.
+  const timing = loadChunkGrace(ctx.env);
   const request = {
     trigger: { kind: 'cli' as const, ...(values.reason ? { reason: values.reason } : {}) },
     pin: Boolean(values.pin),
     compression: agentConfig.compression,
-    signal: interruptible(),
   };
   try {
-    const result =
-      format === 2
-        ? await runSnapshot({ ...deps, timing: loadChunkGrace(ctx.env) }, { ...request, format: 2 })
-        : await runSnapshot(deps, { ...request, format: 1 });
+    const result = await runBounded(
+      ctx,
+      timing.jobTimeoutMs,
+      (signal): Promise<SnapshotResult | SnapshotResultV2> =>
+        format === 2
+          ? runSnapshot({ ...deps, timing }, { ...request, signal, format: 2 })
+          : runSnapshot(deps, { ...request, signal, format: 1 }),
+      () => {
+        const error = new CliJobTimeoutError(
+          'snapshot',
+          ctx.env,
+          timing,
+          'the snapshot is stored on a target only if its manifest was written there, which comes after all its chunks or its artifact (tcab-backup list shows where); nothing half-written is visible',
+          'run it again for a new snapshot: a format-2 snapshot uploads only the chunks a target still lacks',
+        );
+        if (values.json) printJson(ctx, { ok: false, error: error.message });
+        return error;
+      },
+    );
     if (values.json) printJson(ctx, { ok: true, manifest: result.manifest, targets: result.targets, totalMs: result.totalMs });
     else {
       const m = result.manifest;

@@ -104,6 +104,23 @@ export class ReplicateFailedError extends TcabError {
   }
 }
 
+/**
+ * The run was stopped by its signal while copying: `result` holds the copies completed and checked before
+ * that (each with its manifest, written after its chunks or artifact); a copy under way left no manifest.
+ */
+export class ReplicateStoppedError extends TcabError {
+  readonly result: ReplicateResult;
+  constructor(result: ReplicateResult, cause: unknown) {
+    super(`Replicate of "${result.database}" was stopped after ${result.copied} completed copies: ${errorMessage(cause)}`, {
+      code: 'REPLICATE_STOPPED',
+      hint: 'run replicate again: it copies only what is still missing',
+      cause,
+    });
+    this.name = 'ReplicateStoppedError';
+    this.result = result;
+  }
+}
+
 /** A destination that failed this many copies in a row gets no more attempts this run. */
 const DESTINATION_GIVE_UP = 3;
 const DEFAULT_COPY_RETRY: RetryOptions = { retries: 2, baseDelayMs: 1_000, maxDelayMs: 20_000 };
@@ -161,24 +178,34 @@ export async function runReplicate(deps: ReplicateDeps, request: ReplicateReques
       ...(c.repairs ? { repairs: c.repairs } : {}),
     }));
   }
+  const summary = (): ReplicateResult => {
+    const targets = [...outcomes.values()];
+    return {
+      database: deps.database,
+      dryRun: Boolean(request.dryRun),
+      targets,
+      copied: targets.reduce((n, t) => n + t.copied.length, 0),
+      failed: targets.reduce((n, t) => n + t.failed.length, 0),
+      bytes: targets.reduce((n, t) => n + t.bytes, 0),
+      durationMs: Date.now() - started,
+    };
+  };
   if (!request.dryRun) {
-    await copyAll(catalogs, plans, outcomes, log, request, deps.database, {
-      graceMs: deps.chunkGraceMs ?? DEFAULT_CHUNK_GRACE_MS,
-      jobTimeoutMs: deps.chunkJobTimeoutMs ?? DEFAULT_CHUNK_JOB_TIMEOUT_MS,
-    });
-    await recordRepairs(catalogs, verifyRecords, outcomes, deps.database, log, signal);
+    try {
+      await copyAll(catalogs, plans, outcomes, log, request, deps.database, {
+        graceMs: deps.chunkGraceMs ?? DEFAULT_CHUNK_GRACE_MS,
+        jobTimeoutMs: deps.chunkJobTimeoutMs ?? DEFAULT_CHUNK_JOB_TIMEOUT_MS,
+      });
+      await recordRepairs(catalogs, verifyRecords, outcomes, deps.database, log, signal);
+    } catch (e) {
+      // Stopped (an interrupt, a job timeout): what was copied and checked by then is said, with the cause.
+      if (signal?.aborted) throw new ReplicateStoppedError(summary(), e);
+      throw e;
+    }
   }
 
-  const targets = [...outcomes.values()];
-  const result: ReplicateResult = {
-    database: deps.database,
-    dryRun: Boolean(request.dryRun),
-    targets,
-    copied: targets.reduce((n, t) => n + t.copied.length, 0),
-    failed: targets.reduce((n, t) => n + t.failed.length, 0),
-    bytes: targets.reduce((n, t) => n + t.bytes, 0),
-    durationMs: Date.now() - started,
-  };
+  const result = summary();
+  const targets = result.targets;
   for (const t of targets) t.ok = !t.error && t.failed.length === 0 && !t.renewals?.error && !t.renewals?.lost.length;
   throwIfFailed(result);
   log.info('replicate.completed', {
