@@ -369,7 +369,7 @@ describe.each(backends)('on %s', (_label, open) => {
     for (const r of both) expect(r.targets[0]!.ok).toBe(true);
     const sweeps = both.map((r) => r.targets[0]!.chunks!);
     for (const s of sweeps.filter((x) => x.skipped)) {
-      expect(s.skipped!.marker).toMatch(/^sweeps\/tcab\/\d{8}T\d{9}Z-[0-9a-f]{8}\.json$/);
+      expect(s.skipped!.marker).toMatch(/^sweeps\/tcab\/\d{8}T\d{9}Z-j\d+-[0-9a-f]{8}\.json$/);
       expect(s).toMatchObject({ listed: 0, removed: 0 });
     }
     // Each sweep's chunk deletes lie between its marker's write and its deletion, and no other prune deletes a
@@ -448,13 +448,14 @@ describe.each(backends)('on %s', (_label, open) => {
     const { target } = await open('local');
     await storeFileAsV2(target, DB, files[0]!);
     const garbage = await writerMidway(target, files[2]!);
-    // Second-precision listings (S3) need a J of a second: 2J then lies between the two markers' times.
+    // The other prune's J, in its marker's key, is a second: 2J then passes within the test. The first prune
+    // has the usual J, so the marker is young to it however slow this machine is (2 x the longer J); the
+    // second, after 2J, has a J of a second too (second-precision listings, S3: 2J lies between the two times).
     const J = 1000;
-    const grace = { graceMs: G, jobTimeoutMs: J };
-    const marker = sweepMarkerKey(DB, new Date());
+    const marker = sweepMarkerKey(DB, new Date(), J);
     await target.put(marker, Buffer.from('{"kind":"tcab-backup.sweep"}\n'), { ifNoneMatch: '*' });
     const log = captureLog('info');
-    const skipped = await prune(target, { now: afterGrace, chunkGrace: grace, sweepClock: () => 0, logger: log.logger });
+    const skipped = await prune(target, { now: afterGrace, sweepClock: () => 0, logger: log.logger });
     expect(skipped.targets[0]!.ok).toBe(true);
     expect(skipped.targets[0]!.chunks).toMatchObject({ skipped: { marker }, listed: 0, removed: 0 });
     expect(log.events('prune.sweep_skipped')).toEqual([expect.objectContaining({ level: 'warn', target: 'local', marker })]);
@@ -462,7 +463,7 @@ describe.each(backends)('on %s', (_label, open) => {
     expect(await heldChunks(target)).toEqual(expect.arrayContaining(garbage.uploaded));
     // Once the marker is older than 2J (its prune crashed), it is stale: the next prune sweeps and removes it.
     await new Promise((resolve) => setTimeout(resolve, 2 * J + 200));
-    const swept = await prune(target, { now: afterGrace, chunkGrace: grace, sweepClock: () => 0 });
+    const swept = await prune(target, { now: afterGrace, chunkGrace: { graceMs: G, jobTimeoutMs: J }, sweepClock: () => 0 });
     expect(swept.targets[0]!.ok).toBe(true);
     expect(swept.targets[0]!.chunks).toMatchObject({ removed: garbage.uploaded.length });
     expect(swept.targets[0]!.chunks!.skipped).toBeUndefined();
@@ -473,7 +474,7 @@ describe.each(backends)('on %s', (_label, open) => {
     const { target } = await open('local');
     await storeFileAsV2(target, DB, files[0]!);
     const garbage = await writerMidway(target, files[2]!);
-    const marker = sweepMarkerKey(DB, new Date());
+    const marker = sweepMarkerKey(DB, new Date(), GRACE.jobTimeoutMs);
     await target.put(marker, Buffer.from('{}\n'), { ifNoneMatch: '*' });
     const dry = await runPrune(
       { targets: [target], database: DB, retention: retention(target.name, 'last=-1'), chunkGrace: GRACE, now: afterGrace },
@@ -569,11 +570,52 @@ describe('on a folder', () => {
     expect(error).toBeInstanceOf(PruneFailedError);
     const message = (error as PruneFailedError).message;
     expect(message).toContain('target "local"');
-    expect(message).toMatch(/its sweep marker sweeps\/tcab\/\d{8}T\d{9}Z-[0-9a-f]{8}\.json could not be written/);
+    expect(message).toMatch(/its sweep marker sweeps\/tcab\/\d{8}T\d{9}Z-j\d+-[0-9a-f]{8}\.json could not be written/);
     expect((error as PruneFailedError).result.targets[0]!.chunks).toMatchObject({ removed: 0, error: expect.any(String) });
     expect(await heldChunks(plain)).toEqual(before);
     expect(before).toEqual(expect.arrayContaining(garbage.uploaded));
     expect(await keysUnder(plain, sweepsPrefix(DB))).toEqual([]);
+  });
+
+  it("another marker is stale only once older than 2 x the longer of the two prunes' J (read from its key); a key without J counts as this prune's J, one whose J cannot be read never goes stale", async () => {
+    const { target, dir } = await world.folder('local');
+    await storeFileAsV2(target, DB, files[0]!);
+    await writerMidway(target, files[2]!);
+    const J = GRACE.jobTimeoutMs;
+    const HOUR = 3600_000;
+    /** Writes another prune's marker under `name`, stored `age` ago (the file's time is the listing's). */
+    const marker = async (name: string, age: number): Promise<string> => {
+      const key = `${sweepsPrefix(DB)}${name}`;
+      await target.put(key, Buffer.from('{"kind":"tcab-backup.sweep"}\n'), { ifNoneMatch: '*' });
+      const at = new Date(Date.now() - age);
+      await utimes(join(dir, key), at, at);
+      return key;
+    };
+    const stamp = (age: number) => new Date(Date.now() - age).toISOString().replace(/[-:]/g, '').replace('.', '');
+    const outcome = async () => (await prune(target, { now: afterGrace })).targets[0]!.chunks!;
+
+    // A function app's prune (J of 2 hours in its key) whose marker is 3J (of this prune) old: it may still be
+    // deleting, so this prune steps back (2 x this prune's own J alone would call it stale).
+    expect(3 * J).toBeLessThan(4 * HOUR);
+    const longer = await marker(`${stamp(3 * J)}-j${2 * HOUR}-0000000a.json`, 3 * J);
+    expect(await outcome()).toMatchObject({ skipped: { marker: longer }, listed: 0 });
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([longer]);
+    // Older than 2 x its J: stale, removed by the sweep.
+    await utimes(join(dir, longer), new Date(Date.now() - 4 * HOUR - 1000), new Date(Date.now() - 4 * HOUR - 1000));
+    expect((await outcome()).skipped).toBeUndefined();
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([]);
+
+    // A marker written before keys carried J: this prune's J is its J.
+    const before = await marker(`${stamp(J)}-0000000b.json`, J);
+    expect(await outcome()).toMatchObject({ skipped: { marker: before } });
+    await utimes(join(dir, before), new Date(Date.now() - 2 * J - 1000), new Date(Date.now() - 2 * J - 1000));
+    expect((await outcome()).skipped).toBeUndefined();
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([]);
+
+    // Named like a marker, but its J cannot be read: never stale (stepping back is safe), and named in the warning.
+    const unknown = await marker(`${stamp(30 * 24 * HOUR)}-jx2-0000000c.json`, 30 * 24 * HOUR);
+    expect(await outcome()).toMatchObject({ skipped: { marker: unknown } });
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([unknown]);
   });
 
   it('a chunk delete whose answer is lost is not sent again: it is reported as left, and the run succeeds', async () => {

@@ -74,7 +74,7 @@ export interface ChunkSweepOutcome {
   leftBytes: number;
   /** Deletes that failed for a reason that may pass (or whose answer was lost): sent once, never repeated; in `left`. */
   unanswered: number;
-  /** Set when another prune's sweep marker, younger than 2J, was found: this target was not swept (nothing was listed). */
+  /** Set when another prune's sweep marker, younger than 2 x the longer of the two prunes' J, was found: this target was not swept (nothing was listed). */
   skipped?: { marker: string; lastModified: string };
   /** Markers this sweep could not delete (its own, a stale one), each naming the key. */
   markerErrors: string[];
@@ -113,7 +113,7 @@ export function emptySweep(): ChunkSweepOutcome {
 /**
  * Runs steps 1 to 3 on one target, between writing its sweep marker and deleting it (not on a dry run). Throws
  * (a TcabError naming the target and the object) when the marker cannot be written, or a listing, a manifest
- * or a chunk list cannot be read: then nothing was deleted. Another sweep's marker younger than 2J: nothing is
+ * or a chunk list cannot be read: then nothing was deleted. Another sweep's marker younger than 2J (the longer J): nothing is
  * listed or deleted, and `skipped` names it. Failed deletes are reported, not thrown.
  */
 export async function sweepChunks(target: Target, options: ChunkSweepOptions): Promise<ChunkSweepOutcome> {
@@ -311,7 +311,7 @@ async function manifestStillThere(target: Target, manifest: ManifestV2, signal: 
 export function describeSweep(s: ChunkSweepOutcome, dryRun: boolean): string {
   if (s.error) return `chunks: ${s.error}`;
   if (s.skipped)
-    return `chunks: not swept: another prune's sweep marker ${s.skipped.marker} (written ${s.skipped.lastModified}) is younger than 2 x TCAB_BACKUP_JOB_TIMEOUT; the next prune sweeps`;
+    return `chunks: not swept: another prune's sweep marker ${s.skipped.marker} (written ${s.skipped.lastModified}) is younger than 2 x TCAB_BACKUP_JOB_TIMEOUT (the longer of the two prunes'); the next prune sweeps`;
   const parts = [
     `${dryRun ? 'would remove' : 'removed'} ${s.removed} chunk(s) (${s.removedBytes} bytes)`,
     `${s.listed} listed, ${s.referenced} referenced by ${s.snapshots} format-2 snapshot(s), ${s.young} unreferenced but younger than the grace kept`,
