@@ -18,6 +18,7 @@ import type { ManifestV2 } from '../../src/catalog/manifest-v2.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { readChunkList } from '../../src/format/chunk-list.js';
+import { describeSweep } from '../../src/jobs/prune/chunks.js';
 import { PruneFailedError, runPrune, type PruneDeps, type PruneResult } from '../../src/jobs/prune/index.js';
 import { loadChunkGrace } from '../../src/jobs/settings.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
@@ -624,7 +625,8 @@ describe('on a folder', () => {
     const garbage = await writerMidway(plain, files[2]!);
     expect(garbage.uploaded.length).toBeGreaterThan(2);
     faults.arm({ op: 'delete', point: { at: 'start' }, kind: 'lost', keys: /^chunks\//, skip: 1, times: 1 });
-    const result = await prune(target, { now: afterGrace });
+    const log = captureLog('info');
+    const result = await prune(target, { now: afterGrace, logger: log.logger });
     expect(faults.fired).toEqual([expect.stringMatching(/^delete chunks\/tcab\/.* answer lost$/)]);
     const chunkDeletes = [...deletes].filter(([k]) => k.startsWith('chunks/'));
     expect(chunkDeletes).toHaveLength(garbage.uploaded.length);
@@ -636,6 +638,11 @@ describe('on a folder', () => {
       unanswered: 1,
       failed: 0,
     });
+    // Not a failure, but not silent: the log event is a warning, and the line the CLI prints says so.
+    expect(log.events('prune.chunks')).toEqual([expect.objectContaining({ level: 'warn', target: 'local', unanswered: 1, left: 1 })]);
+    const line = describeSweep(result.targets[0]!.chunks!, false);
+    expect(line).toContain('1 delete(s) not answered, not sent again');
+    expect(line).toContain('WARNING: 1 chunk delete(s) went unanswered');
     // The lost answer's delete was applied: nothing of the garbage is left, and the next prune finds nothing to do.
     const held = new Set(await heldChunks(plain));
     for (const h of garbage.uploaded) expect(held.has(h)).toBe(false);

@@ -325,5 +325,9 @@ export function describeSweep(s: ChunkSweepOutcome, dryRun: boolean): string {
     parts.push(`${s.left} (${s.leftBytes} bytes) left for the next prune: ${why.join('; ')}`);
   }
   if (s.failed) parts.push(`${s.failed} delete(s) failed`);
+  if (s.unanswered)
+    parts.push(
+      `WARNING: ${s.unanswered} chunk delete(s) went unanswered (a timeout, a server error, throttling or a lost answer): check the target's reachability if this recurs`,
+    );
   return `chunks: ${parts.join('; ')}`;
 }

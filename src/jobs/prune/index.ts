@@ -419,7 +419,8 @@ async function collectChunks(plan: TargetPlan, deps: PruneDeps, request: PruneRe
   outcome.failures.push(...s.failures);
   if (s.failed > s.failures.length) outcome.failures.push(`and ${s.failed - s.failures.length} more chunk delete(s) failed`);
   if (s.listed === 0) return;
-  (s.failed ? log.warn : log.info).call(log, 'prune.chunks', {
+  // A delete not answered is left for the next prune, not a failure; but a target that leaves deletes unanswered is worth a look.
+  (s.failed || s.unanswered ? log.warn : log.info).call(log, 'prune.chunks', {
     target: target.name,
     dryRun: Boolean(request.dryRun),
     listed: s.listed,
