@@ -23,6 +23,7 @@ import { PruneFailedError, runPrune, type PruneDeps, type PruneResult } from '..
 import { loadChunkGrace } from '../../src/jobs/settings.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import { FileTarget } from '../../src/targets/file.js';
+import { TargetError } from '../../src/errors.js';
 import { openTarget } from '../../src/targets/index.js';
 import { withRetry } from '../../src/targets/retry.js';
 import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
@@ -617,6 +618,83 @@ describe('on a folder', () => {
     const unknown = await marker(`${stamp(30 * 24 * HOUR)}-jx2-0000000c.json`, 30 * 24 * HOUR);
     expect(await outcome()).toMatchObject({ skipped: { marker: unknown } });
     expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([unknown]);
+  });
+
+  /**
+   * A folder target (retried as in production) whose sweep marker writes land, but whose every answer to them is
+   * lost; with `deleteFails`, the marker's deletes fail too.
+   */
+  async function markerLandsUnanswered(deleteFails: boolean): Promise<{ target: Target; plain: Target; puts: string[] }> {
+    const { dir, target: plain } = await world.folder('local');
+    const folder = new FileTarget(parseTargetUrl('local', `file://${dir}`) as FileTargetSpec);
+    const puts: string[] = [];
+    const lost = (operation: string, key: string) =>
+      new TargetError({
+        target: 'local',
+        url: folder.url,
+        operation,
+        key,
+        transient: true,
+        code: 'TEST_LOST',
+        detail: 'no answer',
+        hint: 'none',
+      });
+    const unanswered = new Proxy(folder, {
+      get(t, p) {
+        if (p === 'put')
+          return async (key: string, body: Buffer, options?: PutOptions) => {
+            if (!key.startsWith('sweeps/')) return t.put(key, body, options);
+            puts.push(key);
+            if (puts.length === 1) await t.put(key, body, options); // it lands; no answer comes back, now or on a retry
+            throw lost('put', key);
+          };
+        if (p === 'delete' && deleteFails)
+          return async (key: string, options?: DeleteOptions) => {
+            if (key.startsWith('sweeps/')) throw lost('delete', key);
+            return t.delete(key, options);
+          };
+        const v = Reflect.get(t, p, t);
+        return typeof v === 'function' ? v.bind(t) : v;
+      },
+    });
+    return { target: withRetry(unanswered, { retries: 3, baseDelayMs: 1 }), plain, puts };
+  }
+
+  it('a sweep marker write that landed though every answer was lost is deleted again, and the error says so', async () => {
+    const { target, plain, puts } = await markerLandsUnanswered(false);
+    await storeFileAsV2(plain, DB, files[0]!);
+    await writerMidway(plain, files[2]!);
+    const before = await heldChunks(plain);
+    const error = await prune(target, { now: afterGrace }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(PruneFailedError);
+    expect(puts.length).toBeGreaterThan(1); // retried, every answer lost
+    const message = (error as PruneFailedError).message;
+    expect(message).toContain(`its sweep marker ${puts[0]} could not be written`);
+    expect(message).toContain('it was deleted again: no marker of this prune is left');
+    // Not left behind for 2J: the next prune sweeps.
+    expect(await keysUnder(plain, sweepsPrefix(DB))).toEqual([]);
+    expect(await heldChunks(plain)).toEqual(before);
+    const next = await prune(plain, { now: afterGrace });
+    expect(next.targets[0]!.chunks!.skipped).toBeUndefined();
+    expect(next.targets[0]!.chunks!.removed).toBeGreaterThan(0);
+  });
+
+  it('a sweep marker write that landed unanswered and cannot be deleted again: the error names the marker left and for how long it counts', async () => {
+    const { target, plain, puts } = await markerLandsUnanswered(true);
+    await storeFileAsV2(plain, DB, files[0]!);
+    await writerMidway(plain, files[2]!);
+    const error = await prune(target, { now: afterGrace }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(PruneFailedError);
+    const message = (error as PruneFailedError).message;
+    expect(message).toContain(`it may have landed all the same, and the sweep marker ${puts[0]} could not be deleted`);
+    expect(message).toContain('2 x TCAB_BACKUP_JOB_TIMEOUT');
+    expect(await keysUnder(plain, sweepsPrefix(DB))).toEqual([puts[0]]);
   });
 
   it('a chunk delete whose answer is lost is not sent again: it is reported as left, and the run succeeds', async () => {

@@ -13,7 +13,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { parseSweepMarkerKey, sweepMarkerKey, sweepsPrefix } from '../../catalog/layout.js';
-import { ObjectHeldError, TcabError, errorMessage } from '../../errors.js';
+import { NotFoundError, ObjectHeldError, TcabError, errorMessage } from '../../errors.js';
 import type { ObjectInfo, Target } from '../../targets/target.js';
 
 export interface SweepMarker {
@@ -69,8 +69,13 @@ export async function claimSweep(
     });
   } catch (e) {
     if (signal?.aborted) throw e;
+    // A write whose answers were all lost may have landed: the key is this prune's alone, so deleting it is safe.
+    const left = await removeMarker(target, key, signal);
+    const after = left
+      ? `; it may have landed all the same, and ${left.message}`
+      : '; in case it had landed all the same, it was deleted again: no marker of this prune is left';
     throw new TcabError(
-      `Collecting the chunks of "${database}" on ${where} did not start: its sweep marker ${key} could not be written (${errorMessage(e)}), and without it another prune could sweep at the same time`,
+      `Collecting the chunks of "${database}" on ${where} did not start: its sweep marker ${key} could not be written (${errorMessage(e)}), and without it another prune could sweep at the same time${after}`,
       { hint, cause: e },
     );
   }
@@ -131,6 +136,7 @@ export async function removeMarker(target: Target, key: string, signal?: AbortSi
     return undefined;
   } catch (e) {
     if (signal?.aborted) throw e;
+    if (e instanceof NotFoundError) return undefined; // gone already (or never written): nothing is left
     if (e instanceof ObjectHeldError)
       return {
         held: true,
