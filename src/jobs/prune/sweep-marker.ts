@@ -32,7 +32,18 @@ export type SweepClaim =
   /** This sweep may go on; `stale` are markers older than 2 x the longer J, to remove. Call `release` once every delete has settled. */
   | { status: 'claimed'; key: string; stale: ObjectInfo[] }
   /** Another sweep's marker younger than 2 x the longer J: this sweep's own marker was removed again (`releaseError` if that failed). */
-  | { status: 'busy'; key: string; other: { key: string; lastModified: Date }; release?: MarkerLeft };
+  | {
+      status: 'busy';
+      key: string;
+      other: { key: string; lastModified: Date };
+      release?: MarkerLeft;
+      /**
+       * No other young marker is older than this sweep's own: they were written at about the same time (two
+       * prunes started together), none of them by a sweep well under way. Claiming once more after a random
+       * wait lets one of them sweep.
+       */
+      together: boolean;
+    };
 
 /** A marker that could not be deleted: `held` when an immutability lock keeps it (not a failure). */
 export interface MarkerLeft {
@@ -103,12 +114,14 @@ export async function claimSweep(
   const young = others.filter((o) => !isStale(o, own, jobTimeoutMs));
   if (young.length === 0) return { status: 'claimed', key, stale: others };
   const newest = young.reduce((a, b) => (b.lastModified > a.lastModified ? b : a));
+  const together = young.every((o) => o.lastModified.getTime() >= own.lastModified.getTime());
   const release = await removeMarker(target, key, signal);
   return {
     status: 'busy',
     key,
     other: { key: newest.key, lastModified: newest.lastModified },
     ...(release ? { release } : {}),
+    together,
   };
 }
 
