@@ -696,7 +696,10 @@ describe('on a folder', () => {
 
     // Named like a marker, but its J cannot be read: never stale (stepping back is safe), and named in the warning.
     const unknown = await marker(`${stamp(30 * 24 * HOUR)}-jx2-0000000c.json`, 30 * 24 * HOUR);
-    expect(await outcome()).toMatchObject({ skipped: { marker: unknown } });
+    const blocked = await outcome();
+    expect(blocked).toMatchObject({ skipped: { marker: unknown } });
+    expect(describeSweep(blocked, false)).toContain(`the sweep marker ${unknown}`);
+    expect(describeSweep(blocked, false)).toContain('never counts as stale');
     expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([unknown]);
   });
 

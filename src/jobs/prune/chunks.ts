@@ -18,7 +18,7 @@
  */
 import { manifestChunkListKey } from '../../catalog/catalog.js';
 import { listChunks } from '../../catalog/chunk-store.js';
-import { manifestKey } from '../../catalog/layout.js';
+import { manifestKey, parseSweepMarkerKey } from '../../catalog/layout.js';
 import type { ManifestV2 } from '../../catalog/manifest-v2.js';
 import { readTargetCatalog } from '../../catalog/target-catalog.js';
 import { NotFoundError, ObjectHeldError, TcabError, errorMessage } from '../../errors.js';
@@ -334,6 +334,8 @@ async function manifestStillThere(target: Target, manifest: ManifestV2, signal: 
 /** One line for the log and the CLI: what the sweep did. */
 export function describeSweep(s: ChunkSweepOutcome, dryRun: boolean): string {
   if (s.error) return `chunks: ${s.error}`;
+  if (s.skipped && parseSweepMarkerKey(s.skipped.marker)?.unknown)
+    return `chunks: not swept: the sweep marker ${s.skipped.marker} (written ${s.skipped.lastModified}) does not say its prune's TCAB_BACKUP_JOB_TIMEOUT in a form this version reads, so it never counts as stale: delete it by hand once no prune of another version is running; the next prune then sweeps`;
   if (s.skipped)
     return `chunks: not swept: another prune's sweep marker ${s.skipped.marker} (written ${s.skipped.lastModified}) is younger than 2 x TCAB_BACKUP_JOB_TIMEOUT (the longer of the two prunes')${s.retriedAfterMs !== undefined ? `, also when claimed once more ${formatDuration(s.retriedAfterMs)} later (the two prunes started together)` : ''}; the next prune sweeps`;
   const parts = [
