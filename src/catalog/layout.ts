@@ -9,7 +9,7 @@
  *   status/<database>.json                                       the latest health summary
  *   status/<database>.verify.json                                when each snapshot was last re-read, and the result
  *   renewals/<database>/<time>-<id>-<rand>.json                  format 2: old chunks a writer renewed, checked by a later run
- *   sweeps/<database>/<time>-<rand>.json                         format 2: a prune sweeping the chunks now (one at a time)
+ *   sweeps/<database>/<time>-j<J ms>-<rand>.json                 format 2: a prune sweeping the chunks now (one at a time)
  *
  * The date folders come from the snapshot id (its creation time, UTC), so every key is derived from the id.
  */
@@ -105,20 +105,32 @@ export function sweepsPrefix(database: string): string {
 }
 
 /**
- * One sweep marker: the prune's time (UTC, millisecond precision) and 8 random hex digits, so two prunes never
- * name the same marker (each writes its own create-only).
+ * One sweep marker: the prune's time (UTC, millisecond precision), its J in milliseconds (how long its sweep may
+ * delete, so another prune knows when the marker is stale without reading it) and 8 random hex digits, so two
+ * prunes never name the same marker (each writes its own create-only).
  */
-export function sweepMarkerKey(database: string, startedAt: Date): string {
+export function sweepMarkerKey(database: string, startedAt: Date, jobTimeoutMs: number): string {
+  if (!Number.isSafeInteger(jobTimeoutMs) || jobTimeoutMs <= 0)
+    throw new Error(`a sweep marker's J must be a positive whole number of ms, not ${jobTimeoutMs}`);
   const stamp = startedAt.toISOString().replace(/[-:]/g, '').replace('.', '');
-  return `${sweepsPrefix(database)}${stamp}-${randomBytes(4).toString('hex')}.json`;
+  return `${sweepsPrefix(database)}${stamp}-j${jobTimeoutMs}-${randomBytes(4).toString('hex')}.json`;
 }
 
-const SWEEP_KEY_RE = /^sweeps\/([a-z0-9][a-z0-9_-]*)\/\d{8}T\d{9}Z-[0-9a-f]{8}\.json$/;
+/** A marker's name: its time, then (since markers carry it) `j<J ms>`, then its random part. */
+const SWEEP_KEY_RE = /^sweeps\/([a-z0-9][a-z0-9_-]*)\/\d{8}T\d{9}Z-(?:j([1-9]\d{0,11})-)?[0-9a-f]{8}\.json$/;
+/** Anything named like a marker (its time first) that the form above does not describe: a marker whose J is unknown. */
+const SWEEP_LIKE_RE = /^sweeps\/([a-z0-9][a-z0-9_-]*)\/\d{8}T\d{9}Z-[^/]*\.json$/;
 
-/** The database of a sweep marker's key, or null when the key is not one. */
-export function parseSweepMarkerKey(key: string): { database: string } | null {
+/**
+ * The database and J of a sweep marker's key, or null when the key is not one. `jobTimeoutMs` is undefined for
+ * a marker written before markers carried J (its J is taken as the reader's own), and `unknown` is set for a
+ * key named like a marker whose J cannot be read (a later form): such a marker is never taken as stale.
+ */
+export function parseSweepMarkerKey(key: string): { database: string; jobTimeoutMs?: number; unknown?: true } | null {
   const m = SWEEP_KEY_RE.exec(key);
-  return m ? { database: m[1]! } : null;
+  if (m) return m[2] ? { database: m[1]!, jobTimeoutMs: Number(m[2]) } : { database: m[1]! };
+  const like = SWEEP_LIKE_RE.exec(key);
+  return like ? { database: like[1]!, unknown: true } : null;
 }
 
 const MANIFEST_KEY_RE = /^snapshots\/([a-z0-9][a-z0-9_-]*)\/(\d{4})\/(\d{2})\/(\d{2})\/([0-9]{8}T[0-9]{6}Z-[0-9a-f]{8})\.json$/;

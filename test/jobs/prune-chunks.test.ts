@@ -2,7 +2,7 @@
  * Prune collecting format-2 chunks (docs/format-2.md, "Collecting chunks (prune)") on a folder, Azurite and R2,
  * with real SQLite files stored as chunks, and the race cases of the contract's proof: a snapshot or a
  * replicate in progress, a manifest written between prune's chunk listing and its manifest listing, two prunes
- * at once (one sweeps, the other steps back for its marker), a chunk uploaded again between two prunes'
+ * at once (one sweeps, the other steps back for its marker; started together, one claims again and sweeps), a chunk uploaded again between two prunes'
  * deletes, and a delete whose answer is lost (sent once). Time is moved through prune's `now` (the listing
  * time) against the storage's own last-modified times, and on the folder through file times: no test waits
  * for the grace to pass (the marker test waits 2J of a J of a second). On a folder, Azurite and s3rver behind
@@ -18,10 +18,12 @@ import type { ManifestV2 } from '../../src/catalog/manifest-v2.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { readChunkList } from '../../src/format/chunk-list.js';
+import { describeSweep } from '../../src/jobs/prune/chunks.js';
 import { PruneFailedError, runPrune, type PruneDeps, type PruneResult } from '../../src/jobs/prune/index.js';
 import { loadChunkGrace } from '../../src/jobs/settings.js';
 import { loadRetentionConfig } from '../../src/retention/settings.js';
 import { FileTarget } from '../../src/targets/file.js';
+import { TargetError } from '../../src/errors.js';
 import { openTarget } from '../../src/targets/index.js';
 import { withRetry } from '../../src/targets/retry.js';
 import { parseTargetUrl, type FileTargetSpec } from '../../src/targets/spec.js';
@@ -369,14 +371,17 @@ describe.each(backends)('on %s', (_label, open) => {
     for (const r of both) expect(r.targets[0]!.ok).toBe(true);
     const sweeps = both.map((r) => r.targets[0]!.chunks!);
     for (const s of sweeps.filter((x) => x.skipped)) {
-      expect(s.skipped!.marker).toMatch(/^sweeps\/tcab\/\d{8}T\d{9}Z-[0-9a-f]{8}\.json$/);
+      expect(s.skipped!.marker).toMatch(/^sweeps\/tcab\/\d{8}T\d{9}Z-j\d+-[0-9a-f]{8}\.json$/);
       expect(s).toMatchObject({ listed: 0, removed: 0 });
     }
-    // Each sweep's chunk deletes lie between its marker's write and its deletion, and no other prune deletes a
-    // chunk then (both may step back when they start together: each sees the other's marker).
+    // Each sweep's chunk deletes lie between its (last) marker's write and its deletion, and no other prune
+    // deletes a chunk then. Started together, each may see the other's marker and step back; the one whose
+    // marker was not the later claims once more after a random wait (its last marker is the one that counts),
+    // and both may step back again when those claims meet too: which happens depends on timing, so this test
+    // allows it, and (h) forces the order.
     for (const n of [0, 1]) {
-      const from = events.findIndex((e) => e.prune === n && e.what === 'marker written');
-      const to = events.findIndex((e) => e.prune === n && e.what === 'marker deleted');
+      const from = events.findLastIndex((e) => e.prune === n && e.what === 'marker written');
+      const to = events.findLastIndex((e) => e.prune === n && e.what === 'marker deleted');
       expect(from).toBeGreaterThanOrEqual(0);
       expect(to).toBeGreaterThan(from);
       const during = events.slice(from, to).filter((e) => e.what === 'chunk delete');
@@ -388,6 +393,80 @@ describe.each(backends)('on %s', (_label, open) => {
     // What one prune could not yet see removed, or did not sweep, the next one takes; no marker is left.
     await prune(target, { policy: 'last=1', now });
     expect(await heldChunks(target)).toEqual([...keep.keys()].sort());
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([]);
+  });
+
+  it('(h) two prunes started together: both step back, the one whose marker is not the later claims once more after its wait, and exactly one sweeps', async () => {
+    const { target, dir } = await open('local');
+    await storeFileAsV2(target, DB, files[0]!);
+    const garbage = await writerMidway(target, files[2]!);
+    expect(garbage.uploaded.length).toBeGreaterThan(0);
+    const now = await everyChunkOld(dir);
+    // The order of starting together, forced: both first markers are written before either lists the markers
+    // (so each sees the other's); a second claim is written only once both first markers are gone, prune 1's
+    // only after prune 0's second claim has listed (or prune 0 is done); a sweep's chunk deletes wait until
+    // the other prune is done (so its second claim meets this sweep's marker). The waits (the hook) are short.
+    const bothWritten = gate();
+    const firstsGone = gate();
+    const secondListed = [gate(), gate()];
+    let written = 0;
+    let deleted = 0;
+    const done: Array<Promise<void>> = [];
+    const delays = [50, 80];
+    const runs = [0, 1].map((n) => {
+      let puts = 0;
+      let lists = 0;
+      const forced = new Proxy(target, {
+        get(t, p) {
+          if (p === 'put')
+            return async (key: string, body: Buffer, options?: PutOptions) => {
+              if (key.startsWith('sweeps/') && ++puts === 2) {
+                await firstsGone.wait;
+                if (n === 1) await Promise.race([secondListed[0]!.wait, done[0]]);
+              }
+              const out = await t.put(key, body, options);
+              if (key.startsWith('sweeps/') && ++written === 2) bothWritten.open();
+              return out;
+            };
+          if (p === 'list')
+            return async function* (prefix: string, options?: { signal?: AbortSignal }) {
+              const mine = prefix.startsWith('sweeps/') ? ++lists : 0;
+              if (mine === 1) await bothWritten.wait;
+              yield* t.list(prefix, options);
+              if (mine === 2) secondListed[n]!.open();
+            };
+          if (p === 'delete')
+            return async (key: string, options?: DeleteOptions) => {
+              if (key.startsWith('chunks/')) await done[1 - n];
+              await t.delete(key, options);
+              if (key.startsWith('sweeps/') && ++deleted === 2) firstsGone.open();
+            };
+          const v = Reflect.get(t, p, t);
+          return typeof v === 'function' ? v.bind(t) : v;
+        },
+      });
+      return prune(forced, { now, sweepRetryDelay: () => delays[n]! });
+    });
+    for (const r of runs)
+      done.push(
+        r.then(
+          () => undefined,
+          () => undefined,
+        ),
+      );
+    const both = await Promise.all(runs);
+    const sweeps = both.map((r) => r.targets[0]!.chunks!);
+    for (const r of both) expect(r.targets[0]!.ok).toBe(true);
+    const swept = sweeps.filter((x) => !x.skipped);
+    expect(swept, 'exactly one of the two prunes swept').toHaveLength(1);
+    expect(swept[0]).toMatchObject({ removed: garbage.uploaded.length, retriedAfterMs: delays[sweeps.indexOf(swept[0]!)] });
+    const other = sweeps.find((x) => x.skipped)!;
+    expect(other).toMatchObject({ listed: 0, removed: 0 });
+    // Its claim met either the other's first marker (written later than its own: no retry) or the sweep's marker.
+    if (other.retriedAfterMs !== undefined) expect(other.retriedAfterMs).toBe(delays[sweeps.indexOf(other)]);
+    expect(describeSweep(other, false)).toContain('not swept');
+    const held = new Set(await heldChunks(target));
+    for (const h of garbage.uploaded) expect(held.has(h)).toBe(false);
     expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([]);
   });
 
@@ -448,13 +527,14 @@ describe.each(backends)('on %s', (_label, open) => {
     const { target } = await open('local');
     await storeFileAsV2(target, DB, files[0]!);
     const garbage = await writerMidway(target, files[2]!);
-    // Second-precision listings (S3) need a J of a second: 2J then lies between the two markers' times.
+    // The other prune's J, in its marker's key, is a second: 2J then passes within the test. The first prune
+    // has the usual J, so the marker is young to it however slow this machine is (2 x the longer J); the
+    // second, after 2J, has a J of a second too (second-precision listings, S3: 2J lies between the two times).
     const J = 1000;
-    const grace = { graceMs: G, jobTimeoutMs: J };
-    const marker = sweepMarkerKey(DB, new Date());
+    const marker = sweepMarkerKey(DB, new Date(), J);
     await target.put(marker, Buffer.from('{"kind":"tcab-backup.sweep"}\n'), { ifNoneMatch: '*' });
     const log = captureLog('info');
-    const skipped = await prune(target, { now: afterGrace, chunkGrace: grace, sweepClock: () => 0, logger: log.logger });
+    const skipped = await prune(target, { now: afterGrace, sweepClock: () => 0, logger: log.logger });
     expect(skipped.targets[0]!.ok).toBe(true);
     expect(skipped.targets[0]!.chunks).toMatchObject({ skipped: { marker }, listed: 0, removed: 0 });
     expect(log.events('prune.sweep_skipped')).toEqual([expect.objectContaining({ level: 'warn', target: 'local', marker })]);
@@ -462,7 +542,7 @@ describe.each(backends)('on %s', (_label, open) => {
     expect(await heldChunks(target)).toEqual(expect.arrayContaining(garbage.uploaded));
     // Once the marker is older than 2J (its prune crashed), it is stale: the next prune sweeps and removes it.
     await new Promise((resolve) => setTimeout(resolve, 2 * J + 200));
-    const swept = await prune(target, { now: afterGrace, chunkGrace: grace, sweepClock: () => 0 });
+    const swept = await prune(target, { now: afterGrace, chunkGrace: { graceMs: G, jobTimeoutMs: J }, sweepClock: () => 0 });
     expect(swept.targets[0]!.ok).toBe(true);
     expect(swept.targets[0]!.chunks).toMatchObject({ removed: garbage.uploaded.length });
     expect(swept.targets[0]!.chunks!.skipped).toBeUndefined();
@@ -473,7 +553,7 @@ describe.each(backends)('on %s', (_label, open) => {
     const { target } = await open('local');
     await storeFileAsV2(target, DB, files[0]!);
     const garbage = await writerMidway(target, files[2]!);
-    const marker = sweepMarkerKey(DB, new Date());
+    const marker = sweepMarkerKey(DB, new Date(), GRACE.jobTimeoutMs);
     await target.put(marker, Buffer.from('{}\n'), { ifNoneMatch: '*' });
     const dry = await runPrune(
       { targets: [target], database: DB, retention: retention(target.name, 'last=-1'), chunkGrace: GRACE, now: afterGrace },
@@ -569,11 +649,135 @@ describe('on a folder', () => {
     expect(error).toBeInstanceOf(PruneFailedError);
     const message = (error as PruneFailedError).message;
     expect(message).toContain('target "local"');
-    expect(message).toMatch(/its sweep marker sweeps\/tcab\/\d{8}T\d{9}Z-[0-9a-f]{8}\.json could not be written/);
+    expect(message).toMatch(/its sweep marker sweeps\/tcab\/\d{8}T\d{9}Z-j\d+-[0-9a-f]{8}\.json could not be written/);
     expect((error as PruneFailedError).result.targets[0]!.chunks).toMatchObject({ removed: 0, error: expect.any(String) });
     expect(await heldChunks(plain)).toEqual(before);
     expect(before).toEqual(expect.arrayContaining(garbage.uploaded));
     expect(await keysUnder(plain, sweepsPrefix(DB))).toEqual([]);
+  });
+
+  it("another marker is stale only once older than 2 x the longer of the two prunes' J (read from its key); a key without J counts as this prune's J, one whose J cannot be read never goes stale", async () => {
+    const { target, dir } = await world.folder('local');
+    await storeFileAsV2(target, DB, files[0]!);
+    await writerMidway(target, files[2]!);
+    const J = GRACE.jobTimeoutMs;
+    const HOUR = 3600_000;
+    /** Writes another prune's marker under `name`, stored `age` ago (the file's time is the listing's). */
+    const marker = async (name: string, age: number): Promise<string> => {
+      const key = `${sweepsPrefix(DB)}${name}`;
+      await target.put(key, Buffer.from('{"kind":"tcab-backup.sweep"}\n'), { ifNoneMatch: '*' });
+      const at = new Date(Date.now() - age);
+      await utimes(join(dir, key), at, at);
+      return key;
+    };
+    const stamp = (age: number) => new Date(Date.now() - age).toISOString().replace(/[-:]/g, '').replace('.', '');
+    const outcome = async () => (await prune(target, { now: afterGrace })).targets[0]!.chunks!;
+
+    // A function app's prune (J of 2 hours in its key) whose marker is 3J (of this prune) old: it may still be
+    // deleting, so this prune steps back (2 x this prune's own J alone would call it stale).
+    expect(3 * J).toBeLessThan(4 * HOUR);
+    const longer = await marker(`${stamp(3 * J)}-j${2 * HOUR}-0000000a.json`, 3 * J);
+    const stepped = await outcome();
+    expect(stepped).toMatchObject({ skipped: { marker: longer }, listed: 0 });
+    // A marker older than this sweep's own belongs to a sweep under way: stepped back at once, no second claim.
+    expect(stepped.retriedAfterMs).toBeUndefined();
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([longer]);
+    // Older than 2 x its J: stale, removed by the sweep.
+    await utimes(join(dir, longer), new Date(Date.now() - 4 * HOUR - 1000), new Date(Date.now() - 4 * HOUR - 1000));
+    expect((await outcome()).skipped).toBeUndefined();
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([]);
+
+    // A marker written before keys carried J: this prune's J is its J.
+    const before = await marker(`${stamp(J)}-0000000b.json`, J);
+    expect(await outcome()).toMatchObject({ skipped: { marker: before } });
+    await utimes(join(dir, before), new Date(Date.now() - 2 * J - 1000), new Date(Date.now() - 2 * J - 1000));
+    expect((await outcome()).skipped).toBeUndefined();
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([]);
+
+    // Named like a marker, but its J cannot be read: never stale (stepping back is safe), and named in the warning.
+    const unknown = await marker(`${stamp(30 * 24 * HOUR)}-jx2-0000000c.json`, 30 * 24 * HOUR);
+    const blocked = await outcome();
+    expect(blocked).toMatchObject({ skipped: { marker: unknown } });
+    expect(describeSweep(blocked, false)).toContain(`the sweep marker ${unknown}`);
+    expect(describeSweep(blocked, false)).toContain('never counts as stale');
+    expect(await keysUnder(target, sweepsPrefix(DB))).toEqual([unknown]);
+  });
+
+  /**
+   * A folder target (retried as in production) whose sweep marker writes land, but whose every answer to them is
+   * lost; with `deleteFails`, the marker's deletes fail too.
+   */
+  async function markerLandsUnanswered(deleteFails: boolean): Promise<{ target: Target; plain: Target; puts: string[] }> {
+    const { dir, target: plain } = await world.folder('local');
+    const folder = new FileTarget(parseTargetUrl('local', `file://${dir}`) as FileTargetSpec);
+    const puts: string[] = [];
+    const lost = (operation: string, key: string) =>
+      new TargetError({
+        target: 'local',
+        url: folder.url,
+        operation,
+        key,
+        transient: true,
+        code: 'TEST_LOST',
+        detail: 'no answer',
+        hint: 'none',
+      });
+    const unanswered = new Proxy(folder, {
+      get(t, p) {
+        if (p === 'put')
+          return async (key: string, body: Buffer, options?: PutOptions) => {
+            if (!key.startsWith('sweeps/')) return t.put(key, body, options);
+            puts.push(key);
+            if (puts.length === 1) await t.put(key, body, options); // it lands; no answer comes back, now or on a retry
+            throw lost('put', key);
+          };
+        if (p === 'delete' && deleteFails)
+          return async (key: string, options?: DeleteOptions) => {
+            if (key.startsWith('sweeps/')) throw lost('delete', key);
+            return t.delete(key, options);
+          };
+        const v = Reflect.get(t, p, t);
+        return typeof v === 'function' ? v.bind(t) : v;
+      },
+    });
+    return { target: withRetry(unanswered, { retries: 3, baseDelayMs: 1 }), plain, puts };
+  }
+
+  it('a sweep marker write that landed though every answer was lost is deleted again, and the error says so', async () => {
+    const { target, plain, puts } = await markerLandsUnanswered(false);
+    await storeFileAsV2(plain, DB, files[0]!);
+    await writerMidway(plain, files[2]!);
+    const before = await heldChunks(plain);
+    const error = await prune(target, { now: afterGrace }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(PruneFailedError);
+    expect(puts.length).toBeGreaterThan(1); // retried, every answer lost
+    const message = (error as PruneFailedError).message;
+    expect(message).toContain(`its sweep marker ${puts[0]} could not be written`);
+    expect(message).toContain('it was deleted again: no marker of this prune is left');
+    // Not left behind for 2J: the next prune sweeps.
+    expect(await keysUnder(plain, sweepsPrefix(DB))).toEqual([]);
+    expect(await heldChunks(plain)).toEqual(before);
+    const next = await prune(plain, { now: afterGrace });
+    expect(next.targets[0]!.chunks!.skipped).toBeUndefined();
+    expect(next.targets[0]!.chunks!.removed).toBeGreaterThan(0);
+  });
+
+  it('a sweep marker write that landed unanswered and cannot be deleted again: the error names the marker left and for how long it counts', async () => {
+    const { target, plain, puts } = await markerLandsUnanswered(true);
+    await storeFileAsV2(plain, DB, files[0]!);
+    await writerMidway(plain, files[2]!);
+    const error = await prune(target, { now: afterGrace }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(PruneFailedError);
+    const message = (error as PruneFailedError).message;
+    expect(message).toContain(`it may have landed all the same, and the sweep marker ${puts[0]} could not be deleted`);
+    expect(message).toContain('2 x TCAB_BACKUP_JOB_TIMEOUT');
+    expect(await keysUnder(plain, sweepsPrefix(DB))).toEqual([puts[0]]);
   });
 
   it('a chunk delete whose answer is lost is not sent again: it is reported as left, and the run succeeds', async () => {
@@ -582,7 +786,8 @@ describe('on a folder', () => {
     const garbage = await writerMidway(plain, files[2]!);
     expect(garbage.uploaded.length).toBeGreaterThan(2);
     faults.arm({ op: 'delete', point: { at: 'start' }, kind: 'lost', keys: /^chunks\//, skip: 1, times: 1 });
-    const result = await prune(target, { now: afterGrace });
+    const log = captureLog('info');
+    const result = await prune(target, { now: afterGrace, logger: log.logger });
     expect(faults.fired).toEqual([expect.stringMatching(/^delete chunks\/tcab\/.* answer lost$/)]);
     const chunkDeletes = [...deletes].filter(([k]) => k.startsWith('chunks/'));
     expect(chunkDeletes).toHaveLength(garbage.uploaded.length);
@@ -594,6 +799,11 @@ describe('on a folder', () => {
       unanswered: 1,
       failed: 0,
     });
+    // Not a failure, but not silent: the log event is a warning, and the line the CLI prints says so.
+    expect(log.events('prune.chunks')).toEqual([expect.objectContaining({ level: 'warn', target: 'local', unanswered: 1, left: 1 })]);
+    const line = describeSweep(result.targets[0]!.chunks!, false);
+    expect(line).toContain('1 delete(s) not answered, not sent again');
+    expect(line).toContain('WARNING: 1 chunk delete(s) went unanswered');
     // The lost answer's delete was applied: nothing of the garbage is left, and the next prune finds nothing to do.
     const held = new Set(await heldChunks(plain));
     for (const h of garbage.uploaded) expect(held.has(h)).toBe(false);

@@ -18,11 +18,11 @@
  */
 import { manifestChunkListKey } from '../../catalog/catalog.js';
 import { listChunks } from '../../catalog/chunk-store.js';
-import { manifestKey } from '../../catalog/layout.js';
+import { manifestKey, parseSweepMarkerKey } from '../../catalog/layout.js';
 import type { ManifestV2 } from '../../catalog/manifest-v2.js';
 import { readTargetCatalog } from '../../catalog/target-catalog.js';
 import { NotFoundError, ObjectHeldError, TcabError, errorMessage } from '../../errors.js';
-import { isRetryable } from '../../targets/retry.js';
+import { isRetryable, sleep } from '../../targets/retry.js';
 import { chunkKey, chunksPrefix, parseChunkKey } from '../../format/chunk-key.js';
 import { readChunkList } from '../../format/chunk-list.js';
 import { formatDuration } from '../../util/duration.js';
@@ -32,6 +32,9 @@ import { claimSweep, removeMarker, type MarkerLeft } from './sweep-marker.js';
 
 /** Chunk lists read, and chunks deleted, at once. */
 const CONCURRENCY = 8;
+/** The wait before claiming once more after stepping back for a marker written at the same time: random in this range. */
+const RETRY_MIN_MS = 500;
+const RETRY_MAX_MS = 3000;
 
 export interface ChunkSweepOptions {
   database: string;
@@ -47,6 +50,11 @@ export interface ChunkSweepOptions {
   now: () => Date;
   /** Milliseconds since some origin, for the J limit (tests make it jump). */
   clock?: () => number;
+  /**
+   * How long to wait before claiming once more after stepping back for a marker written at about the same
+   * time; a random 0.5 to 3 s when absent (tests choose).
+   */
+  retryDelayMs?: () => number;
   signal?: AbortSignal;
 }
 
@@ -74,7 +82,12 @@ export interface ChunkSweepOutcome {
   leftBytes: number;
   /** Deletes that failed for a reason that may pass (or whose answer was lost): sent once, never repeated; in `left`. */
   unanswered: number;
-  /** Set when another prune's sweep marker, younger than 2J, was found: this target was not swept (nothing was listed). */
+  /**
+   * Set when the first claim stepped back for a marker written at about the same time (two prunes started
+   * together) and the sweep claimed once more after this wait (ms); `skipped` tells how that second claim went.
+   */
+  retriedAfterMs?: number;
+  /** Set when another prune's sweep marker, younger than 2 x the longer of the two prunes' J, was found: this target was not swept (nothing was listed). */
   skipped?: { marker: string; lastModified: string };
   /** Markers this sweep could not delete (its own, a stale one), each naming the key. */
   markerErrors: string[];
@@ -113,7 +126,7 @@ export function emptySweep(): ChunkSweepOutcome {
 /**
  * Runs steps 1 to 3 on one target, between writing its sweep marker and deleting it (not on a dry run). Throws
  * (a TcabError naming the target and the object) when the marker cannot be written, or a listing, a manifest
- * or a chunk list cannot be read: then nothing was deleted. Another sweep's marker younger than 2J: nothing is
+ * or a chunk list cannot be read: then nothing was deleted. Another sweep's marker younger than 2J (the longer J): nothing is
  * listed or deleted, and `skipped` names it. Failed deletes are reported, not thrown.
  */
 export async function sweepChunks(target: Target, options: ChunkSweepOptions): Promise<ChunkSweepOutcome> {
@@ -124,12 +137,23 @@ export async function sweepChunks(target: Target, options: ChunkSweepOptions): P
   if (options.dryRun) return sweep(target, options, out, started, clock);
   // No chunk at all (a format-1 target): nothing to delete, so no marker either.
   if (!(await anyChunk(target, database, signal))) return out;
-  const claim = await claimSweep(target, {
-    database,
-    jobTimeoutMs: options.jobTimeoutMs,
-    startedAt: options.now(),
-    ...(signal ? { signal } : {}),
-  });
+  const claimOnce = () =>
+    claimSweep(target, {
+      database,
+      jobTimeoutMs: options.jobTimeoutMs,
+      startedAt: options.now(),
+      ...(signal ? { signal } : {}),
+    });
+  let claim = await claimOnce();
+  // Two prunes started together (a timer and a scheduled CLI) would each see the other's marker and step back
+  // every time: one more claim after a random wait lets the first to wake sweep. A marker older than this
+  // sweep's own belongs to a sweep under way: no retry. Nor when this sweep's own marker is still there.
+  if (claim.status === 'busy' && claim.together && !claim.release) {
+    const wait = Math.round(options.retryDelayMs?.() ?? RETRY_MIN_MS + Math.random() * (RETRY_MAX_MS - RETRY_MIN_MS));
+    await sleep(wait, signal);
+    out.retriedAfterMs = wait;
+    claim = await claimOnce();
+  }
   if (claim.status === 'busy') {
     out.skipped = { marker: claim.other.key, lastModified: claim.other.lastModified.toISOString() };
     if (claim.release) noteMarker(out, claim.release);
@@ -310,8 +334,10 @@ async function manifestStillThere(target: Target, manifest: ManifestV2, signal: 
 /** One line for the log and the CLI: what the sweep did. */
 export function describeSweep(s: ChunkSweepOutcome, dryRun: boolean): string {
   if (s.error) return `chunks: ${s.error}`;
+  if (s.skipped && parseSweepMarkerKey(s.skipped.marker)?.unknown)
+    return `chunks: not swept: the sweep marker ${s.skipped.marker} (written ${s.skipped.lastModified}) does not say its prune's TCAB_BACKUP_JOB_TIMEOUT in a form this version reads, so it never counts as stale: delete it by hand once no prune of another version is running; the next prune then sweeps`;
   if (s.skipped)
-    return `chunks: not swept: another prune's sweep marker ${s.skipped.marker} (written ${s.skipped.lastModified}) is younger than 2 x TCAB_BACKUP_JOB_TIMEOUT; the next prune sweeps`;
+    return `chunks: not swept: another prune's sweep marker ${s.skipped.marker} (written ${s.skipped.lastModified}) is younger than 2 x TCAB_BACKUP_JOB_TIMEOUT (the longer of the two prunes')${s.retriedAfterMs !== undefined ? `, also when claimed once more ${formatDuration(s.retriedAfterMs)} later (the two prunes started together)` : ''}; the next prune sweeps`;
   const parts = [
     `${dryRun ? 'would remove' : 'removed'} ${s.removed} chunk(s) (${s.removedBytes} bytes)`,
     `${s.listed} listed, ${s.referenced} referenced by ${s.snapshots} format-2 snapshot(s), ${s.young} unreferenced but younger than the grace kept`,
@@ -325,5 +351,9 @@ export function describeSweep(s: ChunkSweepOutcome, dryRun: boolean): string {
     parts.push(`${s.left} (${s.leftBytes} bytes) left for the next prune: ${why.join('; ')}`);
   }
   if (s.failed) parts.push(`${s.failed} delete(s) failed`);
+  if (s.unanswered)
+    parts.push(
+      `WARNING: ${s.unanswered} chunk delete(s) went unanswered (a timeout, a server error, throttling or a lost answer): check the target's reachability if this recurs`,
+    );
   return `chunks: ${parts.join('; ')}`;
 }
