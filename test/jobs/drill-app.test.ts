@@ -7,7 +7,7 @@
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Transform } from 'node:stream';
+import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent, type RunningAgent } from '../../src/agent/run.js';
@@ -24,6 +24,7 @@ import { agentConfig, KEY, KEY_ID, standinCommand } from '../agent/helpers.js';
 import { captureLog } from '../support/world.js';
 import { ARTIFACT } from '../support/fault-matrix.js';
 import { FaultTarget } from '../support/fault-target.js';
+import { flipBodyByte } from '../support/v2-fixtures.js';
 import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 
 const RUNS = 120;
@@ -115,17 +116,7 @@ function corruptingReads(inner: Target, nth: number): Target {
     get: async (key, options) => {
       const got = await inner.get(key, options);
       if (!ARTIFACT.test(key) || ++reads < nth) return got;
-      let at = 0;
-      const flip = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          const copy = Buffer.from(chunk);
-          if (at <= 100 && at + copy.length > 100) copy[100 - at]! ^= 0xff;
-          at += copy.length;
-          cb(null, copy);
-        },
-      });
-      got.body.on('error', (e) => flip.destroy(e));
-      return { ...got, body: got.body.pipe(flip) };
+      return flipBodyByte(got, 100);
     },
   } as Target;
 }

@@ -8,7 +8,7 @@
 import { readdir, readFile, rm, writeFile, mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Transform } from 'node:stream';
+import { PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
 import { startAgent } from '../../src/agent/run.js';
@@ -23,6 +23,7 @@ import { openDatabase } from '../../src/util/sqlite.js';
 import { KEY, KEY_ID, agentConfig, standinCommand } from '../agent/helpers.js';
 import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
+import { flipBodyByte } from '../support/v2-fixtures.js';
 import { captureLog } from '../support/world.js';
 
 const RUNS = 400;
@@ -276,18 +277,7 @@ describe('application drill of a format-2 snapshot', () => {
           state.restore = () => writeFile(path, good);
           return inner.get(key, options);
         }
-        const got = await inner.get(key, options);
-        let at = 0;
-        const flip = new Transform({
-          transform(chunk: Buffer, _enc, cb) {
-            const copy = Buffer.from(chunk);
-            if (at <= 40 && at + copy.length > 40) copy[40 - at]! ^= 0xff;
-            at += copy.length;
-            cb(null, copy);
-          },
-        });
-        got.body.on('error', (e) => flip.destroy(e));
-        return { ...got, body: got.body.pipe(flip) };
+        return flipBodyByte(await inner.get(key, options), 40);
       },
     } as Target;
     return { target, state };

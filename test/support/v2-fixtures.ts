@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import type { ManifestV2 } from '../../src/catalog/manifest-v2.js';
 import { createSampleDatabase } from '../../src/dev/sample-db.js';
 import { readChunkList, type ChunkRefV2 } from '../../src/format/chunk-list.js';
-import type { Target } from '../../src/targets/target.js';
+import { Transform } from 'node:stream';
+import type { GetResult, Target } from '../../src/targets/target.js';
 import { openDatabase } from '../../src/util/sqlite.js';
 
 /** The live database, then VACUUM INTO a snapshot file, as the agent does. */
@@ -101,4 +102,19 @@ export async function chunkRefs(target: Target, manifest: ManifestV2): Promise<C
   const { body } = await target.get(manifest.chunkList.key);
   for await (const ref of readChunkList(body, manifest, manifest.chunkList.key)) refs.push(ref);
   return refs;
+}
+
+/** `got` with the byte at `offset` of its body flipped on the way (the stored object is left intact). */
+export function flipBodyByte(got: GetResult, offset: number): GetResult {
+  let at = 0;
+  const flip = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      const copy = Buffer.from(chunk);
+      if (at <= offset && at + copy.length > offset) copy[offset - at]! ^= 0xff;
+      at += copy.length;
+      cb(null, copy);
+    },
+  });
+  got.body.on('error', (e) => flip.destroy(e));
+  return { ...got, body: got.body.pipe(flip) };
 }
