@@ -58,7 +58,7 @@ export async function startFaultProxy(upstream: string): Promise<FaultProxy> {
     }
     if ('cutAfterBytes' in rule.fault) {
       seen.push({ request, fault: `cut after ${rule.fault.cutAfterBytes} bytes` });
-      return forwardAndCut(x, upstream, rule.fault.cutAfterBytes);
+      return forwardAndCut(x, upstream, afterBytes(rule.fault.cutAfterBytes));
     }
     seen.push({ request, fault: String(rule.fault.status) });
     await x.reply(
@@ -116,26 +116,34 @@ function forwardAndDropAnswer(x: Exchange, upstream: string): Promise<void> {
   });
 }
 
-function forwardAndCut(x: Exchange, upstream: string, limit: number): Promise<void> {
+/**
+ * Forwards the request and passes the answer on until the byte `findCut` names (an offset in the answer's
+ * body, given each piece as it arrives and its offset, until it names one), then drops the connection: the
+ * status, the headers and the bytes before the cut reach the client, so it sees an answer that breaks off
+ * part-way, not one that never came.
+ */
+function forwardAndCut(x: Exchange, upstream: string, findCut: (data: Buffer, base: number) => number | undefined): Promise<void> {
   const target = new URL(upstream);
   return new Promise<void>((resolve) => {
     const out = httpRequest(
       { host: target.hostname, port: target.port, method: x.req.method, path: x.req.url, headers: x.req.headers, agent: false },
       (answer) => {
         x.res.writeHead(answer.statusCode ?? 502, answer.headers);
-        let sent = 0;
-        answer.on('data', (chunk: Buffer) => {
-          if (sent >= limit) return;
-          const room = limit - sent;
-          sent += chunk.length;
-          if (sent < limit) {
-            x.res.write(chunk);
+        let pos = 0;
+        let cutAt: number | undefined;
+        let cut = false;
+        answer.on('data', (data: Buffer) => {
+          if (cut) return;
+          const base = pos;
+          pos += data.length;
+          cutAt ??= findCut(data, base);
+          if (cutAt === undefined || pos < cutAt) {
+            x.res.write(data);
             return;
           }
+          cut = true;
           answer.destroy();
-          // The status, headers and the first `limit` bytes reach the client before the connection drops, so
-          // the client sees an answer that breaks off part-way, not one that never came.
-          x.res.write(chunk.subarray(0, room), () => {
+          x.res.write(data.subarray(0, cutAt - base), () => {
             x.res.socket?.destroy();
             resolve();
           });
@@ -153,6 +161,11 @@ function forwardAndCut(x: Exchange, upstream: string, limit: number): Promise<vo
     });
     x.req.pipe(out);
   });
+}
+
+/** The cut of a body after its first `limit` bytes (an answer without a body is passed on whole). */
+function afterBytes(limit: number): (data: Buffer, base: number) => number | undefined {
+  return (data, base) => (base + data.length >= limit ? limit : undefined);
 }
 
 /**
@@ -265,7 +278,7 @@ export async function startWireFaultProxy(upstream: string): Promise<WireFaultPr
       return;
     }
     if (fault === 'answer-lost') return forwardThenReset(x, upstream);
-    if ('cutAfterBytes' in fault) return forwardAndCut(x, upstream, fault.cutAfterBytes);
+    if ('cutAfterBytes' in fault) return forwardAndCut(x, upstream, afterBytes(fault.cutAfterBytes));
     await x.reply(fault.status, fault.code, 'injected by the test');
   });
   return {
@@ -323,59 +336,29 @@ export async function startChunkDataCutProxy(
     cuts++;
     // The first answer breaks off in record k; a later one (asking for what was not received) in its first.
     const cutRecord = cuts === 1 ? k : 1;
-    const target = new URL(upstream);
-    await new Promise<void>((resolve) => {
-      const out = httpRequest(
-        { host: target.hostname, port: target.port, method: x.req.method, path: x.req.url, headers: x.req.headers, agent: false },
-        (answer) => {
-          x.res.writeHead(answer.statusCode ?? 502, answer.headers);
-          // The answer's framing: "<sha256> <length>\n" then `length` bytes of zstd frame, per record.
-          let pos = 0;
-          let header = '';
-          let frameLeft = 0;
-          let index = 0;
-          let cutAt: number | undefined;
-          answer.on('data', (data: Buffer) => {
-            const base = pos;
-            for (let at = 0; at < data.length && cutAt === undefined; ) {
-              if (frameLeft > 0) {
-                const n = Math.min(frameLeft, data.length - at);
-                frameLeft -= n;
-                at += n;
-                continue;
-              }
-              const nl = data.indexOf(10, at);
-              header += data.toString('latin1', at, nl < 0 ? data.length : nl);
-              if (nl < 0) break;
-              at = nl + 1;
-              frameLeft = Number(header.split(' ')[1]);
-              header = '';
-              index++;
-              if (index === cutRecord) cutAt = base + at + Math.floor(frameLeft / 2);
-            }
-            pos += data.length;
-            if (cutAt === undefined || pos < cutAt) {
-              x.res.write(data);
-              return;
-            }
-            answer.destroy();
-            x.res.write(data.subarray(0, cutAt - base), () => {
-              x.res.socket?.destroy();
-              resolve();
-            });
-          });
-          answer.on('end', () => {
-            x.res.end();
-            resolve();
-          });
-          answer.on('error', () => resolve());
-        },
-      );
-      out.on('error', () => {
-        x.res.socket?.destroy();
-        resolve();
-      });
-      x.req.pipe(out);
+    // The answer's framing: "<sha256> <length>\n" then `length` bytes of zstd frame, per record; the cut is
+    // half-way through record `cutRecord`'s frame.
+    let header = '';
+    let frameLeft = 0;
+    let index = 0;
+    await forwardAndCut(x, upstream, (data, base) => {
+      for (let at = 0; at < data.length; ) {
+        if (frameLeft > 0) {
+          const n = Math.min(frameLeft, data.length - at);
+          frameLeft -= n;
+          at += n;
+          continue;
+        }
+        const nl = data.indexOf(10, at);
+        header += data.toString('latin1', at, nl < 0 ? data.length : nl);
+        if (nl < 0) break;
+        at = nl + 1;
+        frameLeft = Number(header.split(' ')[1]);
+        header = '';
+        index++;
+        if (index === cutRecord) return base + at + Math.floor(frameLeft / 2);
+      }
+      return undefined;
     });
   });
   return { endpoint: proxy.endpoint, cut: () => cuts > 0, cuts: () => cuts, stop: proxy.stop };
