@@ -94,7 +94,7 @@ export interface CommitResult {
    * Chunks named by the list that the check after the manifest did not find (at any size): the caller
    * writes them again (putChunk with renew) and checks again (checkChunks) before counting the snapshot stored.
    */
-  missing: Array<{ sha256: string; key: string; bytes: number; found: null }>;
+  missing: Array<{ sha256: string; key: string; bytes: number }>;
 }
 
 /**
@@ -190,7 +190,7 @@ export async function checkChunks(
   for (const [sha256, bytes] of named) {
     const found = held.get(sha256);
     // Any size: another writer's zstd may have made the frame the key holds (readStoredChunk).
-    if (!found) missing.push({ sha256, key: chunkKey(database, sha256), bytes, found: null });
+    if (!found) missing.push({ sha256, key: chunkKey(database, sha256), bytes });
   }
   return missing;
 }

@@ -24,7 +24,7 @@ import { agentConfig, KEY, KEY_ID, standinCommand } from '../agent/helpers.js';
 import { captureLog } from '../support/world.js';
 import { ARTIFACT } from '../support/fault-matrix.js';
 import { FaultTarget } from '../support/fault-target.js';
-import { flipBodyByte } from '../support/v2-fixtures.js';
+import { flipBodyByte, readsThrough } from '../support/v2-fixtures.js';
 import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 
 const RUNS = 120;
@@ -106,19 +106,11 @@ function monitor(targets: Target[]) {
 /** A target whose artifact reads, from the `nth` on, have one byte flipped on the way. */
 function corruptingReads(inner: Target, nth: number): Target {
   let reads = 0;
-  return {
-    name: inner.name,
-    url: inner.url,
-    put: (k, b, o) => inner.put(k, b, o),
-    head: (k, o) => inner.head(k, o),
-    list: (p, o) => inner.list(p, o),
-    delete: (k, o) => inner.delete(k, o),
-    get: async (key, options) => {
-      const got = await inner.get(key, options);
-      if (!ARTIFACT.test(key) || ++reads < nth) return got;
-      return flipBodyByte(got, 100);
-    },
-  } as Target;
+  return readsThrough(inner, async (key, options) => {
+    const got = await inner.get(key, options);
+    if (!ARTIFACT.test(key) || ++reads < nth) return got;
+    return flipBodyByte(got, 100);
+  });
 }
 
 beforeAll(async () => {

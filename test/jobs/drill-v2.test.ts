@@ -18,12 +18,11 @@ import type { ManifestV2 } from '../../src/catalog/manifest-v2.js';
 import { chunkKey } from '../../src/format/chunk-key.js';
 import { DrillFailedError, runDrill } from '../../src/jobs/drill/index.js';
 import { createLogger } from '../../src/log.js';
-import type { Target } from '../../src/targets/target.js';
 import { openDatabase } from '../../src/util/sqlite.js';
 import { KEY, KEY_ID, agentConfig, standinCommand } from '../agent/helpers.js';
 import { DATABASE, startFixture, type Fixture } from '../status/fixture.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
-import { flipBodyByte } from '../support/v2-fixtures.js';
+import { flipBodyByte, readsThrough } from '../support/v2-fixtures.js';
 import { captureLog } from '../support/world.js';
 
 const RUNS = 400;
@@ -255,31 +254,23 @@ describe('application drill of a format-2 snapshot', () => {
     let reads = 0;
     const state = { key: '', readsOfKey: 0, restore: async () => {} };
     const inner = fx.local;
-    const target = {
-      name: inner.name,
-      url: inner.url,
-      put: (k, b, o) => inner.put(k, b, o),
-      head: (k, o) => inner.head(k, o),
-      list: (p, o) => inner.list(p, o),
-      delete: (k, o) => inner.delete(k, o),
-      get: async (key, options) => {
-        if (!CHUNK.test(key)) return inner.get(key, options);
-        if (key === state.key) state.readsOfKey++;
-        if (++reads !== damagedAt) return inner.get(key, options);
-        state.key = key;
-        state.readsOfKey = 1;
-        if (atRest) {
-          const path = join(fx.work, 'backups', key);
-          const good = await readFile(path);
-          const bad = Buffer.from(good);
-          bad[40]! ^= 0xff;
-          await writeFile(path, bad);
-          state.restore = () => writeFile(path, good);
-          return inner.get(key, options);
-        }
-        return flipBodyByte(await inner.get(key, options), 40);
-      },
-    } as Target;
+    const target = readsThrough(inner, async (key, options) => {
+      if (!CHUNK.test(key)) return inner.get(key, options);
+      if (key === state.key) state.readsOfKey++;
+      if (++reads !== damagedAt) return inner.get(key, options);
+      state.key = key;
+      state.readsOfKey = 1;
+      if (atRest) {
+        const path = join(fx.work, 'backups', key);
+        const good = await readFile(path);
+        const bad = Buffer.from(good);
+        bad[40]! ^= 0xff;
+        await writeFile(path, bad);
+        state.restore = () => writeFile(path, good);
+        return inner.get(key, options);
+      }
+      return flipBodyByte(await inner.get(key, options), 40);
+    });
     return { target, state };
   }
 

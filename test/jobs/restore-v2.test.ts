@@ -19,7 +19,7 @@ import { chunkKey } from '../../src/format/chunk-key.js';
 import { runRestore } from '../../src/jobs/restore/index.js';
 import { IN_FLIGHT, READS_PER_CHUNK } from '../../src/jobs/restore/chunks.js';
 import type { Target } from '../../src/targets/target.js';
-import { twoSnapshotFiles } from '../support/v2-fixtures.js';
+import { readsThrough, twoSnapshotFiles } from '../support/v2-fixtures.js';
 import { blobTarget, captureLog, s3Target, testWorld } from '../support/world.js';
 import { storeFileAsV2 } from '../support/store-v2.js';
 
@@ -97,23 +97,17 @@ describe('on a file target', () => {
   it('fetches chunks in parallel, never more than IN_FLIGHT (32) at once', async () => {
     let now = 0;
     let most = 0;
-    const counting: Target = Object.create(target, {
-      // Every read goes through get, where this wrapper counts or spoils it (a folder would read chunks by readSmall).
-      readSmall: { value: undefined },
-      get: {
-        value: async (key: string, options?: Parameters<Target['get']>[1]) => {
-          const isChunk = key.startsWith('chunks/');
-          if (isChunk) most = Math.max(most, ++now);
-          try {
-            const got = await target.get(key, options);
-            if (isChunk) got.body.once('close', () => now--);
-            return got;
-          } catch (e) {
-            if (isChunk) now--;
-            throw e;
-          }
-        },
-      },
+    const counting: Target = readsThrough(target, async (key, options) => {
+      const isChunk = key.startsWith('chunks/');
+      if (isChunk) most = Math.max(most, ++now);
+      try {
+        const got = await target.get(key, options);
+        if (isChunk) got.body.once('close', () => now--);
+        return got;
+      } catch (e) {
+        if (isChunk) now--;
+        throw e;
+      }
     });
     await restoreTo(counting, id, 'parallel.sqlite');
     expect(IN_FLIGHT).toBe(32);
@@ -124,15 +118,9 @@ describe('on a file target', () => {
   /** The target, counting the GETs of `key`. */
   function readsOf(key: string): { target: Target; count: () => number } {
     let n = 0;
-    const counting: Target = Object.create(target, {
-      // Every read goes through get, where this wrapper counts or spoils it (a folder would read chunks by readSmall).
-      readSmall: { value: undefined },
-      get: {
-        value: (k: string, options?: Parameters<Target['get']>[1]) => {
-          if (k === key) n++;
-          return target.get(k, options);
-        },
-      },
+    const counting: Target = readsThrough(target, (k, options) => {
+      if (k === key) n++;
+      return target.get(k, options);
     });
     return { target: counting, count: () => n };
   }
@@ -141,32 +129,26 @@ describe('on a file target', () => {
   function spoiltOnce(spoil: 'flip' | 'break'): { target: Target; key: () => string; reads: () => number } {
     let key = '';
     let reads = 0;
-    const spoiling: Target = Object.create(target, {
-      // Every read goes through get, where this wrapper counts or spoils it (a folder would read chunks by readSmall).
-      readSmall: { value: undefined },
-      get: {
-        value: async (k: string, options?: Parameters<Target['get']>[1]) => {
-          const got = await target.get(k, options);
-          if (!key && k.startsWith('chunks/')) {
-            const lines = await listLines();
-            if (k === chunkKey('tcab', lines[4]!.split(' ')[0]!)) key = k;
-          }
-          if (k !== key) return got;
-          if (++reads > 1) return got;
-          let at = 0;
-          const spoilt = new Transform({
-            transform(piece: Buffer, _enc, cb) {
-              if (spoil === 'break' && at + piece.length > 100) return cb(new Error('connection reset by peer (test)'));
-              const copy = Buffer.from(piece);
-              if (at <= 40 && at + copy.length > 40) copy[40 - at]! ^= 0xff;
-              at += copy.length;
-              cb(null, copy);
-            },
-          });
-          got.body.on('error', (e) => spoilt.destroy(e));
-          return { ...got, body: got.body.pipe(spoilt) };
+    const spoiling: Target = readsThrough(target, async (k, options) => {
+      const got = await target.get(k, options);
+      if (!key && k.startsWith('chunks/')) {
+        const lines = await listLines();
+        if (k === chunkKey('tcab', lines[4]!.split(' ')[0]!)) key = k;
+      }
+      if (k !== key) return got;
+      if (++reads > 1) return got;
+      let at = 0;
+      const spoilt = new Transform({
+        transform(piece: Buffer, _enc, cb) {
+          if (spoil === 'break' && at + piece.length > 100) return cb(new Error('connection reset by peer (test)'));
+          const copy = Buffer.from(piece);
+          if (at <= 40 && at + copy.length > 40) copy[40 - at]! ^= 0xff;
+          at += copy.length;
+          cb(null, copy);
         },
-      },
+      });
+      got.body.on('error', (e) => spoilt.destroy(e));
+      return { ...got, body: got.body.pipe(spoilt) };
     });
     return { target: spoiling, key: () => key, reads: () => reads };
   }
@@ -289,16 +271,11 @@ describe('on a file target', () => {
     await writeFile(path, forged!);
     // The chunk of line 2 reads in the first pass, and is refused for good after that.
     let reads = 0;
-    const refusing: Target = Object.create(target, {
-      readSmall: { value: undefined },
-      get: {
-        value: (k: string, options?: Parameters<Target['get']>[1]) => {
-          if (k === chunkKey('tcab', other!) && ++reads > 1) {
-            return Promise.reject(Object.assign(new Error('403 AuthorizationFailure'), { permanent: true }));
-          }
-          return target.get(k, options);
-        },
-      },
+    const refusing: Target = readsThrough(target, (k, options) => {
+      if (k === chunkKey('tcab', other!) && ++reads > 1) {
+        return Promise.reject(Object.assign(new Error('403 AuthorizationFailure'), { permanent: true }));
+      }
+      return target.get(k, options);
     });
     try {
       const error = await runRestore(
@@ -346,15 +323,9 @@ describe('on a file target', () => {
     lines[0] = [`${h!.slice(0, -1)}${h!.endsWith('0') ? '1' : '0'}`, ...rest].join(' ');
     await writeFile(path, lines.join('\n'), 'latin1');
     let chunkGets = 0;
-    const counting: Target = Object.create(target, {
-      // Every read goes through get, where this wrapper counts or spoils it (a folder would read chunks by readSmall).
-      readSmall: { value: undefined },
-      get: {
-        value: (key: string, options?: Parameters<Target['get']>[1]) => {
-          if (key.startsWith('chunks/')) chunkGets++;
-          return target.get(key, options);
-        },
-      },
+    const counting: Target = readsThrough(target, (key, options) => {
+      if (key.startsWith('chunks/')) chunkGets++;
+      return target.get(key, options);
     });
     try {
       const error = (await restoreTo(counting, id, 'list.sqlite').catch((e: Error) => e)) as Error;

@@ -118,3 +118,11 @@ export function flipBodyByte(got: GetResult, offset: number): GetResult {
   got.body.on('error', (e) => flip.destroy(e));
   return { ...got, body: got.body.pipe(flip) };
 }
+
+/**
+ * `inner` with every read going through `get` (a folder target would read chunks by readSmall instead), for a
+ * test that counts, spoils or refuses reads there; everything else is `inner`'s own.
+ */
+export function readsThrough(inner: Target, get: Target['get']): Target {
+  return Object.create(inner, { readSmall: { value: undefined }, get: { value: get } }) as Target;
+}

@@ -263,7 +263,7 @@ export async function* readCheckedChunks(
       pending[i] = undefined;
       whole.update(plain);
       position += plain.length;
-      storedBytes += refs[i]![2];
+      storedBytes += stored.length;
       yield { index: i, key: chunkKey(manifest.databaseName, refs[i]![0]), stored, plain };
     }
   } finally {

@@ -81,7 +81,7 @@ export class ChunkVerdicts {
     }
     // Another size than the list's is fine (another zstd made the frame: readStoredChunk); its content is checked.
     if (frameTooLong(frame, plainBytes)) {
-      this.bytes += frame.length - 1;
+      this.bytes += frame.length - 1; // the bound: the one spare byte only told the object apart
       return { verdict: 'damaged', error: `chunk ${key} on ${where} is longer than any zstd frame of a ${plainBytes}-byte chunk can be` };
     }
     this.bytes += frame.length;
