@@ -402,11 +402,14 @@ describe.each(backends)('on %s', (_label, open) => {
     const garbage = await writerMidway(target, files[2]!);
     expect(garbage.uploaded.length).toBeGreaterThan(0);
     const now = await everyChunkOld(dir);
-    // The order of starting together, forced: both first markers are written before either lists the markers
-    // (so each sees the other's); a second claim is written only once both first markers are gone, prune 1's
+    // The order of starting together, forced: both first markers are written before either lists the markers,
+    // and neither is deleted before both have been listed (so each sees the other's, however slow one prune
+    // is: otherwise the slower one could find the other's marker gone and claim at once); a second claim is written only once both first markers are gone, prune 1's
     // only after prune 0's second claim has listed (or prune 0 is done); a sweep's chunk deletes wait until
     // the other prune is done (so its second claim meets this sweep's marker). The waits (the hook) are short.
     const bothWritten = gate();
+    const bothListed = gate();
+    let firstListings = 0;
     const firstsGone = gate();
     const secondListed = [gate(), gate()];
     let written = 0;
@@ -416,6 +419,7 @@ describe.each(backends)('on %s', (_label, open) => {
     const runs = [0, 1].map((n) => {
       let puts = 0;
       let lists = 0;
+      let markerDeletes = 0;
       const forced = new Proxy(target, {
         get(t, p) {
           if (p === 'put')
@@ -433,11 +437,13 @@ describe.each(backends)('on %s', (_label, open) => {
               const mine = prefix.startsWith('sweeps/') ? ++lists : 0;
               if (mine === 1) await bothWritten.wait;
               yield* t.list(prefix, options);
+              if (mine === 1 && ++firstListings === 2) bothListed.open();
               if (mine === 2) secondListed[n]!.open();
             };
           if (p === 'delete')
             return async (key: string, options?: DeleteOptions) => {
               if (key.startsWith('chunks/')) await done[1 - n];
+              if (key.startsWith('sweeps/') && ++markerDeletes === 1) await bothListed.wait;
               await t.delete(key, options);
               if (key.startsWith('sweeps/') && ++deleted === 2) firstsGone.open();
             };
